@@ -1,0 +1,55 @@
+# mesh: the two commands a newcomer needs are `make run` and `make test`.
+# Everything else here is a step of those two.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+MESH := target/debug/mesh
+CLUSTER := e2e/scripts/cluster.sh
+
+.PHONY: help tools build crds cluster-up cluster-down env run test test-unit test-e2e lint fmt clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+tools: ## Install the pinned cluster tools, Envoy and helm into the cache (~/.cache/mesh)
+	@e2e/scripts/tools.sh
+
+build: ## Build the mesh binary
+	$(CARGO) build
+
+crds: build ## Regenerate crds/ and docs/api.md from the Rust types
+	$(MESH) crds > crds/istio.yaml
+	$(MESH) crds --format markdown > docs/api.md
+
+cluster-up: tools ## Start the local control plane (idempotent); writes .cluster/kubeconfig
+	@$(CLUSTER) up
+
+cluster-down: ## Stop the local control plane and remove its state
+	@$(CLUSTER) down
+
+env: ## Print export lines: eval "$$(make -s env)"
+	@$(CLUSTER) env
+
+run: tools build ## Local cluster + CRDs + the controller in the foreground; Ctrl-C stops both
+	@e2e/scripts/run.sh
+
+test: tools lint test-unit test-e2e ## Everything: format, lints, unit tests, end-to-end tests
+
+lint: ## cargo fmt --check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --features e2e -- -D warnings
+
+test-unit: ## Unit and in-process tests (no cluster)
+	$(CARGO) test
+
+test-e2e: tools build ## End-to-end tests on a cluster of their own, removed afterwards
+	@e2e/scripts/e2e.sh
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+clean: cluster-down ## Remove build output and local state
+	$(CARGO) clean

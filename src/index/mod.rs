@@ -1,0 +1,358 @@
+//! Watch events -> model. The index is a plain struct with synchronous
+//! `apply`/`delete`/`reset`, so tests drive it without a cluster; the
+//! watch loops in [`watch`] feed it from the API server.
+//!
+//! Every change that alters what the index holds bumps a revision published
+//! on a `tokio::sync::watch` channel; consumers (the xDS layer, status
+//! writers) wait on it and read the index again. An update that leaves the
+//! model entry unchanged (a pod's resourceVersion moving, say) does not
+//! bump it, so an idle cluster costs nothing downstream.
+//!
+//! An object that cannot be parsed is logged, counted and skipped; when it
+//! was an update, the last good version is kept, so one bad object never
+//! takes working configuration away.
+
+pub mod kinds;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::watch as channel;
+
+use crate::api::{
+    cluster_rbac_config::ClusterRbacConfigSpec, destination_rule::DestinationRuleSpec,
+    rbac_config::RbacConfigSpec, service_role::ServiceRoleSpec, service_role_binding::ServiceRoleBindingSpec,
+    virtual_service::VirtualServiceSpec,
+};
+use crate::model::{Config, EndpointSlice, Namespace, ObjectKey, Service, Workload};
+
+pub use kinds::{
+    ClusterRbacConfigs, DestinationRules, EndpointSlices, Namespaces, Pods, RbacConfigs, ServiceRoleBindings,
+    ServiceRoles, Services, VirtualServices,
+};
+
+/// Why a watched object could not be turned into a model entry.
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("{kind} {key}: field `{path}`: {reason}")]
+    Malformed { kind: &'static str, key: ObjectKey, path: String, reason: String },
+    #[error("{kind} object has no name")]
+    Unnamed { kind: &'static str },
+}
+
+/// One kind the index keeps: what is watched, what is stored, and how the
+/// one becomes the other.
+pub trait Kind: 'static {
+    /// The object as the watch delivers it.
+    type Object: kube::Resource + Clone + Send + Sync + std::fmt::Debug + 'static;
+    /// The model entry kept for it.
+    type Entry: Clone + PartialEq + Serialize;
+    /// The kind's name, for logs and metric labels.
+    const NAME: &'static str;
+
+    fn key(obj: &Self::Object) -> Result<ObjectKey, ConvertError>;
+    fn convert(obj: &Self::Object) -> Result<Self::Entry, ConvertError>;
+    fn store(index: &mut Index) -> &mut Store<Self::Entry>;
+    fn store_ref(index: &Index) -> &Store<Self::Entry>;
+}
+
+/// The entries of one kind, by namespace and name.
+pub type Store<E> = BTreeMap<ObjectKey, E>;
+
+/// Counters the index keeps about itself, exported on /metrics.
+#[derive(Clone, Default)]
+pub struct IndexMetrics {
+    objects: Family<KindLabel, Gauge>,
+    skipped: Family<KindLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+impl IndexMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("index_objects", "Objects held in the index, by kind", self.objects.clone());
+        registry.register(
+            "index_skipped_objects",
+            "Watched objects skipped because they could not be parsed, by kind",
+            self.skipped.clone(),
+        );
+    }
+
+    pub fn skipped(&self, kind: &'static str) -> u64 {
+        self.skipped.get_or_create(&KindLabel { kind }).get()
+    }
+}
+
+/// Everything the controller knows about the cluster.
+pub struct Index {
+    pub services: Store<Service>,
+    pub endpoint_slices: Store<EndpointSlice>,
+    pub workloads: Store<Workload>,
+    pub namespaces: Store<Namespace>,
+    pub virtual_services: Store<Config<VirtualServiceSpec>>,
+    pub destination_rules: Store<Config<DestinationRuleSpec>>,
+    pub service_roles: Store<Config<ServiceRoleSpec>>,
+    pub service_role_bindings: Store<Config<ServiceRoleBindingSpec>>,
+    pub cluster_rbac_configs: Store<Config<ClusterRbacConfigSpec>>,
+    pub rbac_configs: Store<Config<RbacConfigSpec>>,
+    revision: channel::Sender<u64>,
+    metrics: IndexMetrics,
+}
+
+/// The index shared between the watch loops and its readers.
+#[derive(Clone)]
+pub struct SharedIndex(Arc<Mutex<Index>>);
+
+impl SharedIndex {
+    pub fn new(index: Index) -> Self {
+        Self(Arc::new(Mutex::new(index)))
+    }
+
+    /// Locks the index. A watch loop that panicked while holding the lock
+    /// left a consistent map behind (every mutation is a single insert or
+    /// remove), so a poisoned lock is taken over rather than propagated.
+    pub fn lock(&self) -> MutexGuard<'_, Index> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Index {
+    pub fn new(metrics: IndexMetrics) -> Self {
+        Self {
+            services: Store::new(),
+            endpoint_slices: Store::new(),
+            workloads: Store::new(),
+            namespaces: Store::new(),
+            virtual_services: Store::new(),
+            destination_rules: Store::new(),
+            service_roles: Store::new(),
+            service_role_bindings: Store::new(),
+            cluster_rbac_configs: Store::new(),
+            rbac_configs: Store::new(),
+            revision: channel::Sender::new(0),
+            metrics,
+        }
+    }
+
+    /// A receiver that sees the revision move on every change.
+    pub fn subscribe(&self) -> channel::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+
+    /// Adds or updates one object. A malformed object is logged, counted and
+    /// skipped, and whatever was stored for it before stays.
+    pub fn apply<K: Kind>(&mut self, obj: &K::Object) {
+        let converted = K::key(obj).and_then(|key| Ok((key, K::convert(obj)?)));
+        let (key, entry) = match converted {
+            Ok(pair) => pair,
+            Err(error) => return self.skip::<K>(error),
+        };
+        let store = K::store(self);
+        if store.get(&key) == Some(&entry) {
+            return;
+        }
+        store.insert(key, entry);
+        self.changed::<K>();
+    }
+
+    /// Removes one object.
+    pub fn delete<K: Kind>(&mut self, obj: &K::Object) {
+        let Ok(key) = K::key(obj) else { return };
+        if K::store(self).remove(&key).is_some() {
+            self.changed::<K>();
+        }
+    }
+
+    /// Replaces every entry of a kind after a (re)list: objects that went
+    /// away while the watch was down are dropped. A malformed object keeps
+    /// its previous entry, as in [`Index::apply`].
+    pub fn reset<K: Kind>(&mut self, objs: &[K::Object]) {
+        let mut fresh = Store::new();
+        for obj in objs {
+            let key = match K::key(obj) {
+                Ok(key) => key,
+                Err(error) => {
+                    self.skip::<K>(error);
+                    continue;
+                }
+            };
+            match K::convert(obj) {
+                Ok(entry) => {
+                    fresh.insert(key, entry);
+                }
+                Err(error) => {
+                    if let Some(old) = K::store(self).get(&key) {
+                        fresh.insert(key, old.clone());
+                    }
+                    self.skip::<K>(error);
+                }
+            }
+        }
+        let store = K::store(self);
+        if *store != fresh {
+            *store = fresh;
+            self.changed::<K>();
+        } else {
+            // The gauge still needs setting on the first list of an empty kind.
+            self.count::<K>();
+        }
+    }
+
+    pub fn get<K: Kind>(&self, key: &ObjectKey) -> Option<&K::Entry> {
+        K::store_ref(self).get(key)
+    }
+
+    pub fn count<K: Kind>(&self) -> usize {
+        K::store_ref(self).len()
+    }
+
+    fn skip<K: Kind>(&self, error: ConvertError) {
+        tracing::warn!(kind = K::NAME, %error, "skipping an object the index cannot parse");
+        self.metrics.skipped.get_or_create(&KindLabel { kind: K::NAME }).inc();
+    }
+
+    fn changed<K: Kind>(&mut self) {
+        self.count::<K>();
+        self.revision.send_modify(|r| *r += 1);
+    }
+
+    fn count<K: Kind>(&self) {
+        let n = K::store_ref(self).len() as i64;
+        self.metrics.objects.get_or_create(&KindLabel { kind: K::NAME }).set(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1 as core;
+    use kube::api::{ApiResource, DynamicObject, ObjectMeta};
+    use serde_json::json;
+
+    fn vs(name: &str, generation: i64, spec: serde_json::Value) -> DynamicObject {
+        let ar = ApiResource::erase::<crate::api::VirtualService>(&());
+        let mut obj = DynamicObject::new(name, &ar).within("default");
+        obj.metadata.generation = Some(generation);
+        obj.data = json!({ "spec": spec });
+        obj
+    }
+
+    fn index() -> Index {
+        Index::new(IndexMetrics::default())
+    }
+
+    #[test]
+    fn applies_a_virtual_service_and_publishes_a_revision() {
+        let mut ix = index();
+        let rx = ix.subscribe();
+        ix.apply::<VirtualServices>(&vs("reviews", 1, json!({"hosts": ["reviews"]})));
+        let key = ObjectKey::new("default", "reviews");
+        let entry = ix.get::<VirtualServices>(&key).expect("indexed");
+        assert_eq!(entry.spec.hosts, vec!["reviews".to_string()]);
+        assert_eq!(entry.generation, 1);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(ix.revision(), 1);
+    }
+
+    #[test]
+    fn an_unchanged_update_does_not_bump_the_revision() {
+        let mut ix = index();
+        ix.apply::<VirtualServices>(&vs("reviews", 1, json!({"hosts": ["reviews"]})));
+        ix.apply::<VirtualServices>(&vs("reviews", 1, json!({"hosts": ["reviews"]})));
+        assert_eq!(ix.revision(), 1);
+    }
+
+    #[test]
+    fn skips_and_counts_a_malformed_object() {
+        let metrics = IndexMetrics::default();
+        let mut ix = Index::new(metrics.clone());
+        ix.apply::<VirtualServices>(&vs("bad", 1, json!({"hosts": "not-a-list"})));
+        assert_eq!(ix.count::<VirtualServices>(), 0);
+        assert_eq!(ix.revision(), 0);
+        assert_eq!(metrics.skipped("VirtualService"), 1);
+    }
+
+    #[test]
+    fn a_malformed_update_keeps_the_last_good_version() {
+        let metrics = IndexMetrics::default();
+        let mut ix = Index::new(metrics.clone());
+        ix.apply::<VirtualServices>(&vs("reviews", 1, json!({"hosts": ["reviews"]})));
+        ix.apply::<VirtualServices>(&vs("reviews", 2, json!({"http": [{"route": 7}]})));
+        let kept = ix.get::<VirtualServices>(&ObjectKey::new("default", "reviews")).expect("kept");
+        assert_eq!(kept.generation, 1);
+        assert_eq!(metrics.skipped("VirtualService"), 1);
+        // Also through a relist.
+        ix.reset::<VirtualServices>(&[vs("reviews", 3, json!({"hosts": 1}))]);
+        assert_eq!(
+            ix.get::<VirtualServices>(&ObjectKey::new("default", "reviews")).map(|c| c.generation),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn the_malformed_field_is_named() {
+        let err = VirtualServices::convert(&vs("bad", 1, json!({"http": [{"retries": {"attempts": "x"}}]})))
+            .expect_err("malformed");
+        let text = err.to_string();
+        assert!(text.contains("default/bad"), "{text}");
+        assert!(text.contains("http[0].retries.attempts"), "{text}");
+    }
+
+    #[test]
+    fn a_relist_drops_objects_deleted_meanwhile() {
+        let mut ix = index();
+        ix.apply::<VirtualServices>(&vs("a", 1, json!({})));
+        ix.apply::<VirtualServices>(&vs("b", 1, json!({})));
+        ix.reset::<VirtualServices>(&[vs("b", 1, json!({}))]);
+        assert_eq!(ix.count::<VirtualServices>(), 1);
+        assert!(ix.get::<VirtualServices>(&ObjectKey::new("default", "b")).is_some());
+        ix.delete::<VirtualServices>(&vs("b", 1, json!({})));
+        assert_eq!(ix.count::<VirtualServices>(), 0);
+    }
+
+    #[test]
+    fn a_pod_becomes_a_workload() {
+        let pod = core::Pod {
+            metadata: ObjectMeta {
+                name: Some("reviews-v1-abc".into()),
+                namespace: Some("default".into()),
+                uid: Some("u1".into()),
+                labels: Some([("app".to_string(), "reviews".to_string())].into()),
+                ..Default::default()
+            },
+            spec: Some(core::PodSpec {
+                service_account_name: Some("bookinfo-reviews".into()),
+                ..Default::default()
+            }),
+            status: Some(core::PodStatus {
+                pod_ip: Some("10.244.0.7".into()),
+                conditions: Some(vec![core::PodCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        };
+        let mut ix = index();
+        ix.apply::<Pods>(&pod);
+        let w = ix.get::<Pods>(&ObjectKey::new("default", "reviews-v1-abc")).expect("indexed");
+        assert_eq!(w.service_account, "bookinfo-reviews");
+        assert_eq!(w.ip.as_deref(), Some("10.244.0.7"));
+        assert!(w.ready);
+        assert_eq!(w.labels.get("app").map(String::as_str), Some("reviews"));
+    }
+}

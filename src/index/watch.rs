@@ -1,0 +1,47 @@
+//! Feeds the index from the API server: one cluster-wide watch per kind.
+//! A (re)list is buffered and applied as one `reset`, so objects deleted
+//! while the watch was down disappear; the kind counts as synced (for
+//! /readyz) after its first complete list.
+
+use futures::StreamExt;
+use kube::Client;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use serde::de::DeserializeOwned;
+
+use super::SharedIndex;
+use super::kinds::Watched;
+use crate::readiness::ReadyGuard;
+
+/// Watches one kind until the stream ends (it only ends on shutdown: errors
+/// are logged and retried with back-off).
+pub async fn run<K>(client: Client, index: SharedIndex, ready: ReadyGuard)
+where
+    K: Watched,
+    K::Object: DeserializeOwned,
+{
+    let mut ready = Some(ready);
+    let mut listing: Vec<K::Object> = Vec::new();
+    let stream = watcher::watcher(K::api(client), watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Apply(obj)) => index.lock().apply::<K>(&obj),
+            Ok(Event::Delete(obj)) => index.lock().delete::<K>(&obj),
+            Ok(Event::Init) => listing.clear(),
+            Ok(Event::InitApply(obj)) => listing.push(obj),
+            Ok(Event::InitDone) => {
+                let objs = std::mem::take(&mut listing);
+                index.lock().reset::<K>(&objs);
+                tracing::debug!(kind = K::NAME, count = objs.len(), "listed");
+                if let Some(guard) = ready.take() {
+                    guard.ready();
+                    tracing::info!(kind = K::NAME, count = objs.len(), "synced");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(kind = K::NAME, %error, "watch failed; retrying with back-off");
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The mesh as plain data: services, endpoints, workloads, namespaces and the
+//! Istio configuration that applies to them. Nothing here knows about kube,
+//! tonic or I/O; the index fills these types from watch events and the
+//! translation layer reads them to build Envoy configuration.
+//!
+//! Configuration specs are the `api` types themselves: they are plain serde
+//! structs, and keeping one definition avoids a second copy that can drift.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Names one object: namespace (empty for cluster-scoped kinds) and name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// A Kubernetes Service as the mesh sees it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Service {
+    pub key: ObjectKey,
+    /// The virtual IP, when the Service has one (not for headless Services).
+    pub cluster_ip: Option<String>,
+    pub ports: Vec<ServicePort>,
+    /// Pods with all of these labels back the Service.
+    pub selector: BTreeMap<String, String>,
+}
+
+/// One port of a Service.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ServicePort {
+    /// The port's name; Istio reads the protocol from its prefix (`http-web`).
+    pub name: String,
+    pub port: u16,
+    /// The container port, by number or by name, as the Service wrote it.
+    pub target_port: Option<String>,
+    /// TCP, UDP or SCTP.
+    pub protocol: String,
+    /// The explicit application protocol, which wins over the name prefix.
+    pub app_protocol: Option<String>,
+}
+
+/// The endpoints of one EndpointSlice.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct EndpointSlice {
+    pub key: ObjectKey,
+    /// The Service this slice belongs to (label `kubernetes.io/service-name`).
+    pub service: Option<String>,
+    /// IPv4, IPv6 or FQDN.
+    pub address_type: String,
+    pub ports: Vec<EndpointPort>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A port every endpoint of a slice listens on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct EndpointPort {
+    pub name: String,
+    pub port: u16,
+    pub protocol: String,
+    pub app_protocol: Option<String>,
+}
+
+/// One backend of a Service.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Endpoint {
+    pub addresses: Vec<String>,
+    /// Ready to take new traffic.
+    pub ready: bool,
+    /// Able to serve, even while terminating.
+    pub serving: bool,
+    pub terminating: bool,
+    /// The pod behind the endpoint, when it is one.
+    pub pod: Option<ObjectKey>,
+}
+
+/// A pod: the unit that gets a sidecar and an identity.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Workload {
+    pub key: ObjectKey,
+    pub uid: String,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    pub ip: Option<String>,
+    /// The pod's Ready condition.
+    pub ready: bool,
+}
+
+/// A namespace and its labels (injection and visibility read them).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One Istio configuration object: its spec, as the user wrote it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Config<S> {
+    pub key: ObjectKey,
+    /// metadata.generation: bumped by the API server on every spec change.
+    pub generation: i64,
+    pub spec: S,
+}
