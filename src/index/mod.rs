@@ -207,7 +207,7 @@ impl Index {
             self.changed::<K>();
         } else {
             // The gauge still needs setting on the first list of an empty kind.
-            self.count::<K>();
+            self.update_gauge::<K>();
         }
     }
 
@@ -225,11 +225,11 @@ impl Index {
     }
 
     fn changed<K: Kind>(&mut self) {
-        self.count::<K>();
+        self.update_gauge::<K>();
         self.revision.send_modify(|r| *r += 1);
     }
 
-    fn count<K: Kind>(&self) {
+    fn update_gauge<K: Kind>(&self) {
         let n = K::store_ref(self).len() as i64;
         self.metrics.objects.get_or_create(&KindLabel { kind: K::NAME }).set(n);
     }
