@@ -21,11 +21,21 @@ const KINDS: &[(&str, &str, bool)] = &[
     ("RbacConfig", "rbacconfigs.rbac.istio.io", true),
 ];
 
-/// Deletes the cluster-scoped ClusterRbacConfig the samples create.
-struct ClusterRbacConfigCleanup;
-impl Drop for ClusterRbacConfigCleanup {
+/// Objects the test made outside namespaces of its own (cluster-scoped, or
+/// in a namespace a sample names that already existed): deleted on drop.
+#[derive(Default)]
+struct Leftovers(Vec<(String, String, String)>);
+
+impl Drop for Leftovers {
     fn drop(&mut self) {
-        let _ = kubectl(&["delete", "clusterrbacconfigs.rbac.istio.io", "--all", "--wait=false"], None);
+        for (resource, namespace, name) in &self.0 {
+            let mut args =
+                vec!["delete", resource.as_str(), name.as_str(), "--ignore-not-found", "--wait=false"];
+            if !namespace.is_empty() {
+                args.extend(["-n", namespace.as_str()]);
+            }
+            let _ = kubectl(&args, None);
+        }
     }
 }
 
@@ -34,7 +44,7 @@ fn bookinfo_samples_apply_unmodified_read_back_whole_and_reach_the_index() {
     install_crds();
     let controller = Controller::start();
     let ns = TempNamespace::new("conformance");
-    let _cleanup = ClusterRbacConfigCleanup;
+    let mut leftovers = Leftovers::default();
 
     let mut files: Vec<_> = ["networking", "rbac"]
         .iter()
@@ -46,6 +56,8 @@ fn bookinfo_samples_apply_unmodified_read_back_whole_and_reach_the_index() {
         .collect();
     files.sort();
 
+    // Samples that name their own namespace (istio-system) get it made for them.
+    let mut named_namespaces: Vec<TempNamespace> = Vec::new();
     let mut checked = 0;
     let mut kinds_seen = BTreeSet::new();
     for file in &files {
@@ -58,29 +70,46 @@ fn bookinfo_samples_apply_unmodified_read_back_whole_and_reach_the_index() {
             let name = doc["metadata"]["name"].as_str().expect("sample has a name").to_string();
             let where_ = format!("{kind} {name} from {}", file.display());
 
+            let target = match doc["metadata"]["namespace"].as_str() {
+                Some(named) if namespaced => {
+                    let exists = kubectl(&["get", "namespace", named], None).ok;
+                    if exists && !named_namespaces.iter().any(|n| n.name == named) {
+                        leftovers.0.push((resource.into(), named.into(), name.clone()));
+                    } else if !exists {
+                        named_namespaces.push(TempNamespace::named(named));
+                    }
+                    named.to_string()
+                }
+                _ if !namespaced => {
+                    leftovers.0.push((resource.into(), String::new(), name.clone()));
+                    String::new()
+                }
+                _ => ns.name.clone(),
+            };
+
             // Apply the document exactly as written.
             let yaml = serde_yaml_ng::to_string(&doc).expect("re-encode");
             let mut apply = vec!["apply", "-f", "-"];
             if namespaced {
-                apply.extend(["-n", &ns.name]);
+                apply.extend(["-n", &target]);
             }
             kubectl_ok(&apply, Some(&yaml));
 
             // Read it back: nothing pruned, nothing changed.
             let mut get = vec!["get", resource, &name, "-o", "json"];
             if namespaced {
-                get.extend(["-n", &ns.name]);
+                get.extend(["-n", &target]);
             }
             let stored: Value = serde_json::from_str(&kubectl_ok(&get, None)).expect("JSON");
             pretty_assertions::assert_eq!(
-                stored["spec"],
-                doc["spec"],
+                numbers_by_value(&stored["spec"]),
+                numbers_by_value(&doc["spec"]),
                 "{where_}: spec changed in the API server"
             );
             let generation = stored["metadata"]["generation"].as_i64().expect("generation");
 
             // The controller's index holds the same spec at that generation.
-            let namespace = if namespaced { ns.name.as_str() } else { "" };
+            let namespace = if namespaced { target.as_str() } else { "" };
             let indexed = eventually(&format!("{where_} in the index"), Duration::from_secs(10), || {
                 let configz = controller.configz();
                 configz[kind]
@@ -93,9 +122,11 @@ fn bookinfo_samples_apply_unmodified_read_back_whole_and_reach_the_index() {
                     })
                     .cloned()
             });
+            // The index keeps Istio's JSON names; a sample may use the proto
+            // names Istio also accepts (`enforcement_mode`).
             pretty_assertions::assert_eq!(
-                indexed["spec"],
-                doc["spec"],
+                numbers_by_value(&indexed["spec"]),
+                numbers_by_value(&camel_case_keys(&doc["spec"])),
                 "{where_}: the index parsed it differently"
             );
             checked += 1;
@@ -221,4 +252,43 @@ fn the_controller_serves_health_and_metrics_and_stops_on_sigterm() {
     let configz = controller.configz();
     assert!(configz["counts"]["Namespace"].as_u64().unwrap_or(0) >= 4, "{configz}");
     assert!(controller.terminate(Duration::from_secs(10)), "the controller did not exit cleanly on SIGTERM");
+}
+
+/// `enforcement_mode` -> `enforcementMode`, at every depth.
+fn camel_case_keys(v: &Value) -> Value {
+    match v {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let mut key = String::new();
+                    let mut upper = false;
+                    for c in k.chars() {
+                        match c {
+                            '_' => upper = true,
+                            c if upper => {
+                                key.extend(c.to_uppercase());
+                                upper = false;
+                            }
+                            c => key.push(c),
+                        }
+                    }
+                    (key, camel_case_keys(v))
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(camel_case_keys).collect()),
+        other => other.clone(),
+    }
+}
+
+/// JSON does not tell 100 from 100.0 (YAML does): compare numbers by value.
+fn numbers_by_value(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => n.as_f64().map(Value::from).unwrap_or_else(|| v.clone()),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), numbers_by_value(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(numbers_by_value).collect()),
+        other => other.clone(),
+    }
 }

@@ -82,9 +82,13 @@ impl TempNamespace {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or_default();
-        let name = format!("{prefix}-{:x}{:x}", std::process::id(), nanos);
-        kubectl_ok(&["create", "namespace", &name], None);
-        Self { name }
+        Self::named(&format!("{prefix}-{:x}{:x}", std::process::id(), nanos))
+    }
+
+    /// A namespace with a fixed name (a sample may name its own); it must not exist yet.
+    pub fn named(name: &str) -> Self {
+        kubectl_ok(&["create", "namespace", name], None);
+        Self { name: name.to_string() }
     }
 }
 
