@@ -72,7 +72,7 @@ mod tests {
     use super::*;
     use crate::api::RbacConfig;
     use crate::api::rbac_config::{PROTO_NAMES, RbacConfigMode, RbacConfigTarget};
-    use crate::api::service_role::samples;
+    use crate::api::samples;
     use crate::api::service_role_binding::EnforcementMode;
     use kube::CustomResourceExt;
     use pretty_assertions::assert_eq;

@@ -907,28 +907,13 @@ subsets:
 
     #[test]
     fn bookinfo_samples_round_trip() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/conformance/bookinfo/networking");
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .unwrap_or_else(|e| panic!("reading {dir}: {e}"))
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-            .collect();
-        files.sort();
-        let mut checked = 0;
-        for file in &files {
-            let text = std::fs::read_to_string(file).unwrap();
-            for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-                let doc = Value::deserialize(doc).unwrap();
-                if doc.get("kind") != Some(&json!("DestinationRule")) {
-                    continue;
-                }
-                let name = format!("{} {}", file.display(), doc["metadata"]["name"]);
-                let dr: DestinationRule =
-                    serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
-                assert_eq!(serde_json::to_value(&dr.spec).unwrap(), doc["spec"], "{name}");
-                checked += 1;
-            }
+        let docs = crate::api::samples::of_kind("DestinationRule");
+        assert!(docs.len() >= 10, "only {} DestinationRules found", docs.len());
+        for (file, doc) in docs {
+            let name = format!("{file} {}", doc["metadata"]["name"]);
+            let dr: DestinationRule =
+                serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(serde_json::to_value(&dr.spec).unwrap(), doc["spec"], "{name}");
         }
-        assert!(checked >= 10, "only {checked} DestinationRules found in {dir}");
     }
 }

@@ -16,6 +16,8 @@ pub mod destination_rule;
 pub mod networking;
 pub mod rbac_config;
 pub mod reference;
+#[cfg(test)]
+pub(crate) mod samples;
 pub mod schema;
 pub mod service_role;
 pub mod service_role_binding;

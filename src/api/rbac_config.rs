@@ -8,7 +8,7 @@ use kube::CustomResource;
 use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 
-use crate::api::service_role::{accept_proto_names, field_doc_only};
+use crate::api::schema::{accept_proto_names, field_doc_only};
 use crate::api::service_role_binding::EnforcementMode;
 use crate::api::status::ConfigStatus;
 
@@ -109,7 +109,7 @@ fn rbac_config_proto_names(schema: &mut Schema) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::service_role::samples;
+    use crate::api::samples;
     use kube::CustomResourceExt;
     use pretty_assertions::assert_eq;
     use serde_json::{Value, json};

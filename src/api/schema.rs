@@ -50,3 +50,40 @@ pub fn also_served_as(mut crd: CustomResourceDefinition, versions: &[&str]) -> C
     }
     crd
 }
+
+/// Istio read these kinds with protobuf's JSON parser, which also accepts a
+/// field under its protobuf name (`enforcement_mode` for `enforcementMode`),
+/// and Istio's own samples use that spelling. The serde side takes these
+/// names as aliases; this declares them in the schema too, so the API server
+/// keeps them instead of pruning them. Each pair is (JSON name, proto name);
+/// the copy gets a description pointing at the JSON name, which is what the
+/// object reads back with once the mesh has rewritten it.
+pub fn accept_proto_names(schema: &mut Schema, names: &[(&str, &str)]) {
+    let Some(props) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    for (json, proto) in names {
+        let Some(mut copy) = props.get(*json).cloned() else {
+            continue;
+        };
+        if let Some(obj) = copy.as_object_mut() {
+            obj.insert(
+                "description".into(),
+                format!(
+                    "Same as {json}, under its protobuf field name, as Istio's own \
+                     YAML sometimes spells it. Prefer {json}; do not set both."
+                )
+                .into(),
+            );
+        }
+        props.insert((*proto).to_string(), copy);
+    }
+}
+
+/// Drops an enum's own description from its schema, for enums used only as
+/// optional fields: kube hoists an `Option<Enum>`'s inner schema over the
+/// field's, so the type's description would replace the field's doc comment
+/// in `kubectl explain`.
+pub fn field_doc_only(schema: &mut Schema) {
+    schema.remove("description");
+}

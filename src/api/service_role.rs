@@ -8,6 +8,7 @@ use kube::CustomResource;
 use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 
+use crate::api::schema::accept_proto_names;
 use crate::api::status::ConfigStatus;
 
 /// The permissions a role grants: a request is allowed by the role when any
@@ -130,100 +131,10 @@ fn access_rule_proto_names(schema: &mut Schema) {
     );
 }
 
-/// Istio read these kinds with protobuf's JSON parser, which also accepts a
-/// field under its protobuf name (`enforcement_mode` for `enforcementMode`),
-/// and Istio's own samples use that spelling. The serde side takes these
-/// names as aliases; this declares them in the schema too, so the API server
-/// keeps them instead of pruning them. Each pair is (JSON name, proto name);
-/// the copy gets a description pointing at the JSON name, which is what the
-/// object reads back with once the mesh has rewritten it.
-pub(crate) fn accept_proto_names(schema: &mut Schema, names: &[(&str, &str)]) {
-    let Some(props) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) else {
-        return;
-    };
-    for (json, proto) in names {
-        let Some(mut copy) = props.get(*json).cloned() else {
-            continue;
-        };
-        if let Some(obj) = copy.as_object_mut() {
-            obj.insert(
-                "description".into(),
-                format!(
-                    "Same as {json}, under its protobuf field name, as Istio's own \
-                     YAML sometimes spells it. Prefer {json}; do not set both."
-                )
-                .into(),
-            );
-        }
-        props.insert((*proto).to_string(), copy);
-    }
-}
-
-/// Drops an enum's own description from its schema, for enums used only as
-/// optional fields: kube hoists an `Option<Enum>`'s inner schema over the
-/// field's, so the type's description would replace the field's doc comment
-/// in `kubectl explain`.
-pub(crate) fn field_doc_only(schema: &mut Schema) {
-    schema.remove("description");
-}
-
-/// The Bookinfo RBAC samples, read at test time, shared by the tests of the
-/// rbac.istio.io kinds.
-#[cfg(test)]
-pub(crate) mod samples {
-    use serde::Deserialize;
-    use serde_json::Value;
-
-    /// Where the conformance samples live, beside the crate.
-    pub const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/conformance/bookinfo/rbac");
-
-    /// Every document of `kind` in group rbac.istio.io across the sample
-    /// files, as (file name, document).
-    pub fn of_kind(kind: &str) -> Vec<(String, Value)> {
-        let mut files: Vec<_> = std::fs::read_dir(DIR)
-            .unwrap_or_else(|e| panic!("reading {DIR}: {e}"))
-            .map(|e| e.expect("directory entry").path())
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-            .collect();
-        files.sort();
-        let mut out = Vec::new();
-        for path in files {
-            let text = std::fs::read_to_string(&path).expect("sample file");
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-                let value = Value::deserialize(doc).unwrap_or_else(|e| panic!("{name}: {e}"));
-                let api = value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-                if value.get("kind").and_then(Value::as_str) == Some(kind)
-                    && api.starts_with("rbac.istio.io/")
-                {
-                    out.push((name.clone(), value));
-                }
-            }
-        }
-        out
-    }
-
-    /// Renames protobuf field names to their JSON names anywhere in `v`, as
-    /// the mesh does when it reads an object back.
-    pub fn to_json_names(v: &mut Value, names: &[(&str, &str)]) {
-        match v {
-            Value::Object(map) => {
-                for (json, proto) in names {
-                    if let Some(x) = map.remove(*proto) {
-                        map.insert((*json).to_string(), x);
-                    }
-                }
-                map.values_mut().for_each(|x| to_json_names(x, names));
-            }
-            Value::Array(items) => items.iter_mut().for_each(|x| to_json_names(x, names)),
-            _ => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::samples;
     use kube::CustomResourceExt;
     use pretty_assertions::assert_eq;
     use serde_json::{Value, json};

@@ -9,7 +9,8 @@ use kube::CustomResource;
 use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 
-use crate::api::service_role::{AccessRule, accept_proto_names, field_doc_only};
+use crate::api::schema::{accept_proto_names, field_doc_only};
+use crate::api::service_role::AccessRule;
 use crate::api::status::ConfigStatus;
 
 /// Who is granted which role: every subject listed gets the permissions of
@@ -177,7 +178,7 @@ fn subject_proto_names(schema: &mut Schema) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::service_role::samples;
+    use crate::api::samples;
     use kube::CustomResourceExt;
     use pretty_assertions::assert_eq;
     use serde_json::{Value, json};
