@@ -18,7 +18,7 @@ tools: ## Install the pinned cluster tools, Envoy and helm into the cache (~/.ca
 	@e2e/scripts/tools.sh
 
 build: ## Build the mesh binary
-	$(CARGO) build
+	$(CARGO) build --workspace
 
 crds: build ## Regenerate crds/ and docs/api.md from the Rust types
 	$(MESH) crds > crds/istio.yaml
@@ -40,10 +40,10 @@ test: tools lint test-unit test-e2e ## Everything: format, lints, unit tests, en
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --features e2e -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --features mesh/e2e -- -D warnings
 
 test-unit: ## Unit and in-process tests (no cluster)
-	$(CARGO) test
+	$(CARGO) test --workspace
 
 test-e2e: tools build ## End-to-end tests on a cluster of their own, removed afterwards
 	@e2e/scripts/e2e.sh
