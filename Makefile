@@ -24,7 +24,7 @@ crds: build ## Regenerate crds/ and docs/api.md from the Rust types
 	$(MESH) crds > crds/istio.yaml
 	$(MESH) crds --format markdown > docs/api.md
 
-cluster-up: tools ## Start the local control plane (idempotent); writes .cluster/kubeconfig
+cluster-up: tools build ## Start the local control plane (idempotent); writes .cluster/kubeconfig
 	@$(CLUSTER) up
 
 cluster-down: ## Stop the local control plane and remove its state

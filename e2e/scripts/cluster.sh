@@ -24,8 +24,19 @@ etcd_port=$((2379 + off))
 etcd_peer_port=$((2380 + off))
 kcm_port=$((10257 + off))
 scheduler_port=$((10259 + off))
-service_cidr=10.96.0.0/16
-pod_cidr=10.244.0.0/16
+# Each cluster on the machine (demo, tests) gets its own address ranges and
+# interface prefix, so two can run side by side. They exist only inside
+# the node's network namespaces.
+k=$((off / 10000))
+prefix=mesh$k
+service_cidr=10.$((96 + k)).0.0/16
+kubernetes_ip=10.$((96 + k)).0.1
+cluster_cidr=10.$((244 + k)).0.0/16
+node_cidr=10.$((244 + k)).0.0/24
+node_ip=10.$((244 + k)).0.1
+link_ip=169.254.$((100 + k)).1
+node_name=local-node
+target=${CARGO_TARGET_DIR:-$repo/target}/debug
 
 pki=$dir/pki
 logs=$dir/logs
@@ -69,13 +80,15 @@ make_pki() {
       -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" -out "$pki/ca.crt" 2>/dev/null
   fi
   cert apiserver kube-apiserver "" \
-    "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.96.0.1"
+    "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$kubernetes_ip,IP:$node_ip"
   cert admin admin system:masters
   cert controller-manager system:kube-controller-manager
   cert scheduler system:kube-scheduler
   # The identity the API server uses when it proxies to aggregated APIs;
   # other components trust requests carrying it (request-header auth).
   cert front-proxy-client front-proxy-client
+  cert node "system:node:$node_name" system:nodes
+  cert kube-proxy system:kube-proxy
   # ServiceAccount tokens are signed with this key pair (RSA, as kube expects by default).
   if [ ! -f "$pki/sa.key" ]; then
     openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
@@ -83,16 +96,16 @@ make_pki() {
   fi
 }
 
-# kubeconfig FILE CERTNAME: a kubeconfig that authenticates with a client certificate.
+# kubeconfig FILE CERTNAME [SERVER]: a kubeconfig that authenticates with a client certificate.
 write_kubeconfig() {
-  local file=$1 who=$2
+  local file=$1 who=$2 server=${3:-https://127.0.0.1:$apiserver_port}
   cat >"$file" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
 - name: mesh-local
   cluster:
-    server: https://127.0.0.1:$apiserver_port
+    server: $server
     certificate-authority: $pki/ca.crt
 users:
 - name: $who
@@ -142,6 +155,10 @@ up() {
   write_kubeconfig "$kubeconfig" admin
   write_kubeconfig "$dir/controller-manager.kubeconfig" controller-manager
   write_kubeconfig "$dir/scheduler.kubeconfig" scheduler
+  write_kubeconfig "$dir/node.kubeconfig" node
+  # kube-proxy runs inside the node's namespace and reaches the API server
+  # through the node's forwarder on the bridge address.
+  write_kubeconfig "$dir/kube-proxy.kubeconfig" kube-proxy "https://$node_ip:6443"
 
   start etcd "$TOOLS_BIN/etcd" --name local --data-dir "$dir/etcd" \
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
@@ -166,7 +183,7 @@ up() {
     --authorization-mode Node,RBAC \
     --enable-admission-plugins NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultStorageClass,DefaultTolerationSeconds,NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ResourceQuota \
     --service-cluster-ip-range "$service_cidr" \
-    --endpoint-reconciler-type none \
+    --advertise-address "$node_ip" \
     --allow-privileged=true --profiling=false \
     --cert-dir "$dir/apiserver-certs"
   wait_for kube-apiserver 90 apiserver_ready
@@ -179,7 +196,7 @@ up() {
     --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
     --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
     --use-service-account-credentials=true --leader-elect=false \
-    --service-cluster-ip-range "$service_cidr" --cluster-cidr "$pod_cidr" \
+    --service-cluster-ip-range "$service_cidr" --cluster-cidr "$cluster_cidr" \
     --profiling=false --cert-dir "$dir/controller-manager-certs"
 
   start kube-scheduler "$TOOLS_BIN/kube-scheduler" \
@@ -193,13 +210,37 @@ up() {
   # each namespace: a sign that it is up and talking to the API server.
   wait_for "kube-controller-manager" 60 "$TOOLS_BIN/kubectl" --kubeconfig "$kubeconfig" \
     get serviceaccount default -n default
+  start_node
   log "ready: export KUBECONFIG=$kubeconfig"
+}
+
+# The node: runs the pods scheduled to it (e2e/node, `localnode run`).
+start_node() {
+  for b in localnode bookinfo mesh; do
+    [ -x "$target/$b" ] || die "$target/$b is missing: run 'make build' first"
+  done
+  start node "$target/localnode" run --name "$node_name" \
+    --kubeconfig "$dir/node.kubeconfig" --state-dir "$dir/node" \
+    --images "$repo/e2e/images.yaml" \
+    --program "bookinfo=$target/bookinfo" --program "mesh=$target/mesh" --program "envoy=$TOOLS_BIN/envoy" \
+    --apiserver "127.0.0.1:$apiserver_port" \
+    --kube-proxy "$TOOLS_BIN/kube-proxy" --kube-proxy-kubeconfig "$dir/kube-proxy.kubeconfig" \
+    --prefix "$prefix" --pod-cidr "$node_cidr" --cluster-cidr "$cluster_cidr" \
+    --service-cidr "$service_cidr" --link-ip "$link_ip"
+  wait_for "node $node_name" 60 "$TOOLS_BIN/kubectl" --kubeconfig "$kubeconfig" \
+    wait --for condition=Ready "node/$node_name" --timeout 1s
 }
 
 down() {
   local name pid
   if [ -d "$pids" ]; then
-    for name in kube-scheduler kube-controller-manager kube-apiserver etcd; do
+    # The node first: it stops its pods and removes its network itself.
+    if [ -f "$pids/node" ]; then
+      pid=$(cat "$pids/node")
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    for name in node kube-scheduler kube-controller-manager kube-apiserver etcd; do
       [ -f "$pids/$name" ] || continue
       pid=$(cat "$pids/$name")
       kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
@@ -211,14 +252,28 @@ down() {
     if [ $SECONDS -ge $deadline ]; then pkill -KILL -f -- "$dir/" || true; sleep 0.5; break; fi
     sleep 0.2
   done
+  remove_network
   # Remove only what looks like our state folder, never an arbitrary path.
   if [ -d "$dir/pki" ] || [ -z "$(ls -A "$dir" 2>/dev/null)" ]; then rm -rf "$dir"; fi
   log "down"
 }
 
+# Whatever network the node left (it removes its own when it stops cleanly).
+remove_network() {
+  local ns pid
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$prefix-" || true); do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+  done
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$prefix-" | grep -v -- '-node$' || true); do
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  ip netns del "$prefix-node" 2>/dev/null || true
+  ip link del "$prefix-host" 2>/dev/null || true
+}
+
 status() {
   local name
-  for name in etcd kube-apiserver kube-controller-manager kube-scheduler; do
+  for name in etcd kube-apiserver kube-controller-manager kube-scheduler node; do
     if running "$name"; then echo "$name: running (pid $(cat "$pids/$name"))"; else echo "$name: stopped"; fi
   done
   if apiserver_ready; then echo "apiserver: ready at https://127.0.0.1:$apiserver_port"; fi
@@ -226,6 +281,7 @@ status() {
 
 env_lines() {
   echo "export KUBECONFIG=$kubeconfig"
+  echo "export LOCALNODE_STATE_DIR=$dir/node"
   echo "export PATH=$TOOLS_BIN:\$PATH"
 }
 

@@ -1,0 +1,252 @@
+//! `localnode exec`: how a container process enters its pod. The node starts
+//! every container (and every exec probe, and `make pod-exec`) through this
+//! small launcher, which runs in a fresh process, so the namespace and
+//! credential changes are made in ordinary code, not between fork and exec:
+//!
+//! 1. join the pod's network namespace;
+//! 2. take a private mount namespace and UTS namespace (hostname = pod name);
+//! 3. mount the pod's volumes at their paths, and the pod's /etc/hosts and
+//!    /etc/resolv.conf. A target whose parent does not exist is made inside
+//!    an overlay of its nearest existing ancestor, so nothing is created on
+//!    the host's filesystem and nothing outlives the process;
+//! 4. change to the working directory, drop to the container's user, group
+//!    and capabilities, and exec the program.
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use caps::{CapSet, Capability, CapsHashSet};
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, setns, unshare};
+use std::os::fd::AsFd;
+
+use nix::unistd::{Gid, Uid, fexecve, setgid, setgroups, sethostname, setuid};
+
+/// What `localnode exec` was asked to do.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExecArgs {
+    /// The pod's network namespace (a /run/netns path).
+    #[arg(long)]
+    pub netns: PathBuf,
+    /// A volume mount: SOURCE:TARGET or SOURCE:TARGET:ro.
+    #[arg(long = "mount")]
+    pub mounts: Vec<String>,
+    /// The hostname inside the pod.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Scratch folder for overlay layers (one per pod).
+    #[arg(long)]
+    pub scratch: PathBuf,
+    #[arg(long)]
+    pub uid: Option<u32>,
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// The capabilities the process keeps, comma-separated (CAP_ prefix
+    /// optional), or ALL.
+    #[arg(long, default_value = "")]
+    pub caps: String,
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+    /// The program and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Enters the sandbox and execs the command; returns only on failure.
+pub fn exec(args: ExecArgs) -> Result<()> {
+    let netns = File::open(&args.netns).with_context(|| format!("opening {}", args.netns.display()))?;
+    setns(&netns, CloneFlags::CLONE_NEWNET).context("joining the pod's network namespace")?;
+    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)
+        .context("unsharing mount and UTS namespaces")?;
+    // Nothing mounted from here on propagates back to the host.
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .context("making / private")?;
+    if let Some(name) = &args.hostname {
+        sethostname(name).context("setting the hostname")?;
+    }
+
+    // Every target first, then the binds: an overlay made later would hide
+    // a bind made earlier below it.
+    let mut overlays = Overlays::new(&args.scratch);
+    let mounts = args.mounts.iter().map(|m| Mount::parse(m)).collect::<Result<Vec<_>>>()?;
+    for m in &mounts {
+        overlays.ensure_target(&m.target, m.source.is_dir())?;
+    }
+    for m in &mounts {
+        bind(&m.source, &m.target, m.read_only)?;
+    }
+    if let Some(dir) = &args.workdir {
+        overlays.ensure_target(dir, true)?;
+        std::env::set_current_dir(dir).with_context(|| format!("changing to {}", dir.display()))?;
+    }
+
+    // Open the program while still root: a container user (Envoy's 1337)
+    // may not be able to walk the path to it (a tool cache under /root).
+    let program = resolve(&args.command[0])?;
+    let file = File::open(&program).with_context(|| format!("opening {}", program.display()))?;
+    drop_privileges(args.uid, args.gid, &parse_caps(&args.caps)?)?;
+
+    let argv: Vec<CString> =
+        args.command.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>()?;
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| CString::new(format!("{}={}", k.display(), v.display())).ok())
+        .collect();
+    let err = fexecve(file.as_fd(), &argv, &env).unwrap_err();
+    bail!("exec {}: {err}", program.display())
+}
+
+/// Finds a program as the shell would: a path as given, a bare name on PATH.
+fn resolve(name: &str) -> Result<PathBuf> {
+    if name.contains('/') {
+        return Ok(PathBuf::from(name));
+    }
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .with_context(|| format!("{name}: not found on PATH ({path})"))
+}
+
+struct Mount {
+    source: PathBuf,
+    target: PathBuf,
+    read_only: bool,
+}
+
+impl Mount {
+    fn parse(spec: &str) -> Result<Self> {
+        let mut parts = spec.split(':');
+        let (Some(source), Some(target)) = (parts.next(), parts.next()) else {
+            bail!("mount {spec:?}: want SOURCE:TARGET[:ro]");
+        };
+        let read_only = match parts.next() {
+            None => false,
+            Some("ro") => true,
+            Some(other) => bail!("mount {spec:?}: unknown option {other:?}"),
+        };
+        Ok(Self { source: source.into(), target: target.into(), read_only })
+    }
+}
+
+fn bind(source: &Path, target: &Path, read_only: bool) -> Result<()> {
+    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .with_context(|| format!("bind-mounting {} at {}", source.display(), target.display()))?;
+    if read_only {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+            .with_context(|| format!("making {} read-only", target.display()))?;
+    }
+    Ok(())
+}
+
+/// Makes mount targets exist without writing to the host: the nearest
+/// existing ancestor gets a writable overlay (once), private to this process.
+struct Overlays {
+    scratch: PathBuf,
+    done: BTreeSet<PathBuf>,
+}
+
+impl Overlays {
+    fn new(scratch: &Path) -> Self {
+        Self { scratch: scratch.to_path_buf(), done: BTreeSet::new() }
+    }
+
+    fn ensure_target(&mut self, target: &Path, dir: bool) -> Result<()> {
+        if target.exists() {
+            return Ok(());
+        }
+        let ancestor = target
+            .ancestors()
+            .skip(1)
+            .find(|a| a.is_dir())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        if ancestor == Path::new("/") {
+            // An overlay of / would hide every mount below it (/proc, /dev).
+            bail!(
+                "cannot create {} on this node: its first missing folder is directly under / \
+                 (use a mountPath below an existing folder such as /tmp, /var or /etc)",
+                target.display()
+            );
+        }
+        if !self.done.iter().any(|d| ancestor.starts_with(d)) {
+            self.overlay(&ancestor)?;
+        }
+        if dir {
+            std::fs::create_dir_all(target)
+        } else {
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            File::create(target).map(drop)
+        }
+        .with_context(|| format!("creating mount target {}", target.display()))
+    }
+
+    fn overlay(&mut self, dir: &Path) -> Result<()> {
+        let layer = self.scratch.join(format!("overlay-{}", self.done.len()));
+        let (upper, work) = (layer.join("upper"), layer.join("work"));
+        // Layers from an earlier run of the same container are stale.
+        let _ = std::fs::remove_dir_all(&layer);
+        std::fs::create_dir_all(&upper)?;
+        std::fs::create_dir_all(&work)?;
+        let options =
+            format!("lowerdir={},upperdir={},workdir={}", dir.display(), upper.display(), work.display());
+        mount(Some("overlay"), dir, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
+            .with_context(|| format!("overlaying {}", dir.display()))?;
+        self.done.insert(dir.to_path_buf());
+        Ok(())
+    }
+}
+
+fn parse_caps(list: &str) -> Result<CapsHashSet> {
+    if list.trim().eq_ignore_ascii_case("ALL") {
+        return Ok(caps::all());
+    }
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            let full = if name.to_ascii_uppercase().starts_with("CAP_") {
+                name.to_ascii_uppercase()
+            } else {
+                format!("CAP_{}", name.to_ascii_uppercase())
+            };
+            full.parse::<Capability>().map_err(|_| anyhow::anyhow!("unknown capability {name:?}"))
+        })
+        .collect()
+}
+
+/// Leaves the process with exactly `keep` capabilities, as the given user
+/// and group. Non-root users get them as ambient capabilities so they
+/// survive exec, as container runtimes do.
+fn drop_privileges(uid: Option<u32>, gid: Option<u32>, keep: &CapsHashSet) -> Result<()> {
+    for cap in caps::all() {
+        if !keep.contains(&cap) {
+            // Capabilities the kernel does not know cannot be dropped, nor held.
+            let _ = caps::drop(None, CapSet::Bounding, cap);
+        }
+    }
+    let uid = uid.unwrap_or(0);
+    if let Some(gid) = gid.or((uid != 0).then_some(uid)) {
+        setgroups(&[Gid::from_raw(gid)]).context("setgroups")?;
+        setgid(Gid::from_raw(gid)).context("setgid")?;
+    }
+    if uid != 0 {
+        caps::securebits::set_keepcaps(true).context("keeping capabilities across setuid")?;
+        setuid(Uid::from_raw(uid)).context("setuid")?;
+    }
+    // Effective first: the kernel refuses a permitted set smaller than the effective one.
+    let keep: CapsHashSet = keep.intersection(&caps::read(None, CapSet::Permitted)?).copied().collect();
+    let keep = &keep;
+    caps::set(None, CapSet::Effective, keep).context("setting effective capabilities")?;
+    caps::set(None, CapSet::Permitted, keep).context("setting permitted capabilities")?;
+    caps::set(None, CapSet::Inheritable, keep).context("setting inheritable capabilities")?;
+    if uid != 0 {
+        caps::set(None, CapSet::Ambient, keep).context("setting ambient capabilities")?;
+    }
+    Ok(())
+}
