@@ -9,7 +9,7 @@ CARGO ?= cargo
 MESH := target/debug/mesh
 CLUSTER := e2e/scripts/cluster.sh
 
-.PHONY: help tools build crds cluster-up cluster-down env run test test-unit test-e2e lint fmt clean
+.PHONY: help tools build crds cluster-up cluster-down up down pod-exec env run test test-unit test-e2e lint fmt clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -30,10 +30,19 @@ cluster-up: tools build ## Start the local control plane (idempotent); writes .c
 cluster-down: ## Stop the local control plane and remove its state
 	@$(CLUSTER) down
 
+up: cluster-up ## Cluster + node + CRDs + controller, all in the background
+	@$(CLUSTER) mesh-up
+
+down: cluster-down ## Stop everything `make up` started and remove its state
+
+pod-exec: ## Run CMD in a pod: make pod-exec POD=default/productpage CMD='curl -s productpage:9080/productpage'
+	@test -n "$(POD)" || { echo "usage: make pod-exec POD=<namespace>/<pod> CMD='...'" >&2; exit 2; }
+	@target/debug/localnode enter --state-dir .cluster/node "$(POD)" -- sh -c '$(if $(CMD),$(CMD),exec sh)'
+
 env: ## Print export lines: eval "$$(make -s env)"
 	@$(CLUSTER) env
 
-run: tools build ## Local cluster + CRDs + the controller in the foreground; Ctrl-C stops both
+run: tools build ## Local cluster + Bookinfo + the controller in the foreground; Ctrl-C stops all
 	@e2e/scripts/run.sh
 
 test: tools lint test-unit test-e2e ## Everything: format, lints, unit tests, end-to-end tests

@@ -10,6 +10,8 @@
 #   MESH_CLUSTER_DIR   state folder (default <repo>/.cluster)
 #   MESH_PORT_OFFSET   added to every port, so a test cluster can run beside
 #                      the demo one (default 0: apiserver on 6443)
+#   MESH_TOKEN_MAX_AGE the node replaces projected tokens older than this
+#                      many seconds (tests use it to see refreshes)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -226,7 +228,8 @@ start_node() {
     --apiserver "127.0.0.1:$apiserver_port" \
     --kube-proxy "$TOOLS_BIN/kube-proxy" --kube-proxy-kubeconfig "$dir/kube-proxy.kubeconfig" \
     --prefix "$prefix" --pod-cidr "$node_cidr" --cluster-cidr "$cluster_cidr" \
-    --service-cidr "$service_cidr" --link-ip "$link_ip"
+    --service-cidr "$service_cidr" --link-ip "$link_ip" \
+    ${MESH_TOKEN_MAX_AGE:+--token-max-age "$MESH_TOKEN_MAX_AGE"}
   wait_for "node $node_name" 60 "$TOOLS_BIN/kubectl" --kubeconfig "$kubeconfig" \
     wait --for condition=Ready "node/$node_name" --timeout 1s
 }
@@ -240,7 +243,7 @@ down() {
       kill -TERM "$pid" 2>/dev/null || true
       for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     fi
-    for name in node kube-scheduler kube-controller-manager kube-apiserver etcd; do
+    for name in controller node kube-scheduler kube-controller-manager kube-apiserver etcd; do
       [ -f "$pids/$name" ] || continue
       pid=$(cat "$pids/$name")
       kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
@@ -269,11 +272,26 @@ remove_network() {
   done
   ip netns del "$prefix-node" 2>/dev/null || true
   ip link del "$prefix-host" 2>/dev/null || true
+  # iproute2 bind-mounts /run/netns on itself on first use; once no
+  # namespace is left, that mount goes too.
+  if [ -d /run/netns ] && [ -z "$(ls -A /run/netns)" ] && mountpoint -q /run/netns; then
+    umount /run/netns 2>/dev/null || true
+  fi
+}
+
+# The CRDs and the controller (in the background) on a running cluster.
+mesh_up() {
+  apiserver_ready || die "the cluster is not up: run '$0 up' first"
+  "$TOOLS_BIN/kubectl" --kubeconfig "$kubeconfig" apply --server-side --force-conflicts -f "$repo/crds/" >/dev/null
+  "$TOOLS_BIN/kubectl" --kubeconfig "$kubeconfig" wait --for condition=Established --timeout=60s -f "$repo/crds/" >/dev/null
+  start controller "$target/mesh" controller --kubeconfig "$kubeconfig" --monitoring-addr "127.0.0.1:$((15014 + off))"
+  wait_for controller 30 curl -sf --max-time 1 "http://127.0.0.1:$((15014 + off))/readyz"
+  log "controller ready: http://127.0.0.1:$((15014 + off))/debug/configz (logs: $logs/controller.log)"
 }
 
 status() {
   local name
-  for name in etcd kube-apiserver kube-controller-manager kube-scheduler node; do
+  for name in etcd kube-apiserver kube-controller-manager kube-scheduler node controller; do
     if running "$name"; then echo "$name: running (pid $(cat "$pids/$name"))"; else echo "$name: stopped"; fi
   done
   if apiserver_ready; then echo "apiserver: ready at https://127.0.0.1:$apiserver_port"; fi
@@ -287,8 +305,9 @@ env_lines() {
 
 case "${1:-}" in
   up) up ;;
+  mesh-up) mesh_up ;;
   down) down ;;
   status) status ;;
   env) env_lines ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|mesh-up|down|status|env" >&2; exit 2 ;;
 esac

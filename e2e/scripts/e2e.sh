@@ -7,6 +7,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 export MESH_CLUSTER_DIR=$repo/.cluster-e2e
 export MESH_PORT_OFFSET=${MESH_E2E_PORT_OFFSET:-10000}
+# Short enough that a test sees the node replace a projected token.
+export MESH_TOKEN_MAX_AGE=${MESH_TOKEN_MAX_AGE:-20}
 cluster=$repo/e2e/scripts/cluster.sh
 
 # A run that was killed may have left its cluster behind.
@@ -21,4 +23,11 @@ eval "$("$cluster" env)"
 export MESH_E2E_KUBECONFIG=$KUBECONFIG
 export MESH_BIN=$repo/target/debug/mesh
 cd "$repo"
-cargo test --features e2e --test e2e -- --test-threads=1 "$@"
+status=0
+cargo test --features e2e --test e2e -- --test-threads=1 "$@" || status=$?
+
+# Tear down here (not only in the trap) to check that nothing is left.
+trap - EXIT
+"$cluster" down
+"$repo/e2e/scripts/check-clean.sh" "$MESH_CLUSTER_DIR" "mesh$((MESH_PORT_OFFSET / 10000))" || status=1
+exit $status

@@ -199,3 +199,44 @@ pub fn yaml_documents(text: &str) -> Vec<Value> {
         .filter(|v| !v.is_null())
         .collect()
 }
+
+/// Applies YAML in a namespace.
+pub fn apply(namespace: &str, yaml: &str) {
+    kubectl_ok(&["apply", "-n", namespace, "-f", "-"], Some(yaml));
+}
+
+/// A JSONPath query, trimmed.
+pub fn jsonpath(namespace: &str, what: &str, path: &str) -> String {
+    kubectl_ok(&["get", "-n", namespace, what, "-o", &format!("jsonpath={path}")], None).trim().to_string()
+}
+
+/// Waits for every Deployment in the namespace to finish rolling out.
+pub fn rollout(namespace: &str) {
+    kubectl_ok(&["rollout", "status", "deployment", "-n", namespace, "--timeout=180s"], None);
+}
+
+/// Runs a shell command inside a pod (its network namespace, /etc/hosts and volumes), as root.
+pub fn enter(namespace: &str, pod: &str, script: &str) -> Output {
+    let state = std::env::var("LOCALNODE_STATE_DIR").expect("LOCALNODE_STATE_DIR (set by make test-e2e)");
+    let bin = repo().join("target/debug/localnode");
+    let out = Command::new(bin)
+        .args(["enter", "--state-dir", &state, &format!("{namespace}/{pod}"), "--", "sh", "-c", script])
+        .output()
+        .expect("localnode enter runs");
+    Output {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The one pod of a namespace matching a label selector.
+pub fn pod_named(namespace: &str, selector: &str) -> String {
+    eventually(&format!("a pod {selector} in {namespace}"), Duration::from_secs(60), || {
+        let name = kubectl(
+            &["get", "pods", "-n", namespace, "-l", selector, "-o", "jsonpath={.items[0].metadata.name}"],
+            None,
+        );
+        (name.ok && !name.stdout.trim().is_empty()).then(|| name.stdout.trim().to_string())
+    })
+}

@@ -58,6 +58,11 @@ pub struct RunArgs {
     /// kube-proxy's kubeconfig (server: the node's forwarded API address).
     #[arg(long)]
     pub kube_proxy_kubeconfig: PathBuf,
+    /// Replace projected ServiceAccount tokens after this many seconds even
+    /// when 80% of their life has not passed (the kubelet's cap is 24 hours;
+    /// tests shorten it to see refreshes happen).
+    #[arg(long)]
+    pub token_max_age: Option<u64>,
     #[command(flatten)]
     pub network: NetworkArgs,
 }
@@ -98,6 +103,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         images,
         self_exe: std::env::current_exe()?,
         services: services_rx,
+        token_max_age: args.token_max_age,
     });
     let pods = run_pods(shared, shutdown.clone());
     tokio::pin!(pods);

@@ -37,6 +37,7 @@ pub struct Shared {
     pub images: Images,
     pub self_exe: PathBuf,
     pub services: watch::Receiver<Arc<Vec<ServiceLink>>>,
+    pub token_max_age: Option<u64>,
 }
 
 /// The capabilities a container runtime gives a container by default.
@@ -174,7 +175,7 @@ impl Worker {
         containers.extend(spec.containers.into_iter().map(|c| ContainerRun::new(c, Role::App)));
         Self {
             services: sh.services.clone(),
-            volumes: Volumes::new(dir.join("volumes")),
+            volumes: Volumes::new(dir.join("volumes"), sh.token_max_age),
             sh,
             pod,
             namespace,
@@ -854,11 +855,20 @@ impl Worker {
 }
 
 /// The folder of a pod's state, for `localnode enter`.
+/// `name` may be the start of a pod name (`productpage` finds `productpage-v1-…`).
 pub fn find_pod_dir(state_dir: &std::path::Path, namespace: &str, name: &str) -> Option<PathBuf> {
-    let prefix = format!("{namespace}_{name}_");
-    std::fs::read_dir(state_dir.join("pods"))
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(state_dir.join("pods"))
         .ok()?
         .filter_map(|e| e.ok())
-        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
         .map(|e| e.path())
+        .filter(|p| p.join("sandbox.json").exists())
+        .collect();
+    dirs.sort();
+    let exact = format!("{namespace}_{name}_");
+    let prefix = format!("{namespace}_{name}");
+    let file_name = |p: &PathBuf| p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    dirs.iter()
+        .find(|p| file_name(p).starts_with(&exact))
+        .or_else(|| dirs.iter().find(|p| file_name(p).starts_with(&prefix)))
+        .cloned()
 }

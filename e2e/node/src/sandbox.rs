@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use caps::{CapSet, Capability, CapsHashSet};
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, setns, unshare};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use nix::unistd::{Gid, Uid, fexecve, setgid, setgroups, sethostname, setuid};
 
@@ -68,15 +68,22 @@ pub fn exec(args: ExecArgs) -> Result<()> {
         sethostname(name).context("setting the hostname")?;
     }
 
+    // Sources and the program are opened before anything is mounted: a
+    // mount over a folder (an emptyDir at /work, say) must not hide the
+    // source of a later mount, or the program itself.
+    let mounts = args.mounts.iter().map(|m| Mount::parse(m)).collect::<Result<Vec<_>>>()?;
+    let sources = mounts.iter().map(|m| open_path(&m.source)).collect::<Result<Vec<_>>>()?;
+    let program = resolve(&args.command[0]).ok().map(|p| File::open(&p).map(|f| (p, f))).transpose()?;
+
     // Every target first, then the binds: an overlay made later would hide
     // a bind made earlier below it.
     let mut overlays = Overlays::new(&args.scratch);
-    let mounts = args.mounts.iter().map(|m| Mount::parse(m)).collect::<Result<Vec<_>>>()?;
     for m in &mounts {
         overlays.ensure_target(&m.target, m.source.is_dir())?;
     }
-    for m in &mounts {
-        bind(&m.source, &m.target, m.read_only)?;
+    for (m, source) in mounts.iter().zip(&sources) {
+        let via = PathBuf::from(format!("/proc/self/fd/{}", source.as_raw_fd()));
+        bind(&via, &m.target, m.read_only).with_context(|| format!("mounting {}", m.source.display()))?;
     }
     if let Some(dir) = &args.workdir {
         overlays.ensure_target(dir, true)?;
@@ -85,8 +92,15 @@ pub fn exec(args: ExecArgs) -> Result<()> {
 
     // Open the program while still root: a container user (Envoy's 1337)
     // may not be able to walk the path to it (a tool cache under /root).
-    let program = resolve(&args.command[0])?;
-    let file = File::open(&program).with_context(|| format!("opening {}", program.display()))?;
+    // One that only a volume provides is looked up now.
+    let (program, file) = match program {
+        Some(found) => found,
+        None => {
+            let p = resolve(&args.command[0])?;
+            let f = File::open(&p).with_context(|| format!("opening {}", p.display()))?;
+            (p, f)
+        }
+    };
     drop_privileges(args.uid, args.gid, &parse_caps(&args.caps)?)?;
 
     let argv: Vec<CString> =
@@ -131,6 +145,16 @@ impl Mount {
     }
 }
 
+/// A handle on a path that stays valid whatever is mounted over it later.
+fn open_path(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_PATH)
+        .open(path)
+        .with_context(|| format!("opening volume source {}", path.display()))
+}
+
 fn bind(source: &Path, target: &Path, read_only: bool) -> Result<()> {
     mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .with_context(|| format!("bind-mounting {} at {}", source.display(), target.display()))?;
@@ -147,11 +171,12 @@ fn bind(source: &Path, target: &Path, read_only: bool) -> Result<()> {
 struct Overlays {
     scratch: PathBuf,
     done: BTreeSet<PathBuf>,
+    rooted: bool,
 }
 
 impl Overlays {
     fn new(scratch: &Path) -> Self {
-        Self { scratch: scratch.to_path_buf(), done: BTreeSet::new() }
+        Self { scratch: scratch.to_path_buf(), done: BTreeSet::new(), rooted: false }
     }
 
     fn ensure_target(&mut self, target: &Path, dir: bool) -> Result<()> {
@@ -165,14 +190,10 @@ impl Overlays {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/"));
         if ancestor == Path::new("/") {
-            // An overlay of / would hide every mount below it (/proc, /dev).
-            bail!(
-                "cannot create {} on this node: its first missing folder is directly under / \
-                 (use a mountPath below an existing folder such as /tmp, /var or /etc)",
-                target.display()
-            );
-        }
-        if !self.done.iter().any(|d| ancestor.starts_with(d)) {
+            // An overlay of / would hide every mount below it (/proc, /dev):
+            // the container gets a root of its own instead.
+            self.new_root()?;
+        } else if !self.done.iter().any(|d| ancestor.starts_with(d)) {
             self.overlay(&ancestor)?;
         }
         if dir {
@@ -184,6 +205,39 @@ impl Overlays {
             File::create(target).map(drop)
         }
         .with_context(|| format!("creating mount target {}", target.display()))
+    }
+
+    /// A tmpfs root holding the host's top-level entries (bound with every
+    /// mount below them, symlinks recreated), where new top-level folders
+    /// can be made; the process then chroots into it.
+    fn new_root(&mut self) -> Result<()> {
+        if self.rooted {
+            return Ok(());
+        }
+        let root = self.scratch.join("root");
+        std::fs::create_dir_all(&root)?;
+        mount(Some("tmpfs"), &root, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"))
+            .context("mounting the container's root")?;
+        for entry in std::fs::read_dir("/")? {
+            let entry = entry?;
+            let (from, to) = (entry.path(), root.join(entry.file_name()));
+            let kind = entry.file_type()?;
+            if kind.is_symlink() {
+                std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+                continue;
+            }
+            if kind.is_dir() {
+                std::fs::create_dir(&to)?;
+            } else {
+                File::create(&to)?;
+            }
+            mount(Some(&from), &to, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+                .with_context(|| format!("binding {} into the container's root", from.display()))?;
+        }
+        nix::unistd::chroot(&root).context("entering the container's root")?;
+        std::env::set_current_dir("/")?;
+        self.rooted = true;
+        Ok(())
     }
 
     fn overlay(&mut self, dir: &Path) -> Result<()> {

@@ -32,16 +32,19 @@ struct Token {
 }
 
 impl Token {
-    /// The kubelet's rule: refresh once 80% of the lifetime has passed, or after 24 hours.
-    fn due(&self, now: Timestamp) -> bool {
+    /// The kubelet's rule: refresh once 80% of the lifetime has passed, or
+    /// after 24 hours (`max_age`, which tests shorten).
+    fn due(&self, now: Timestamp, max_age: i64) -> bool {
         let life = self.expires.as_second() - self.issued.as_second();
         let age = now.as_second() - self.issued.as_second();
-        age * 10 >= life * 8 || age > 24 * 3600
+        age * 10 >= life * 8 || age >= max_age
     }
 }
 
 pub struct Volumes {
     root: PathBuf,
+    /// Tokens older than this are replaced even if 80% of their life has not passed.
+    token_max_age: i64,
     /// Files written per volume, to remove keys that disappear.
     written: BTreeMap<String, BTreeSet<String>>,
     tokens: BTreeMap<(String, String), Token>,
@@ -50,8 +53,15 @@ pub struct Volumes {
 }
 
 impl Volumes {
-    pub fn new(root: PathBuf) -> Self {
-        Self { root, written: BTreeMap::new(), tokens: BTreeMap::new(), host_paths: BTreeMap::new() }
+    pub fn new(root: PathBuf, token_max_age: Option<u64>) -> Self {
+        let token_max_age = token_max_age.map(|s| s as i64).unwrap_or(24 * 3600);
+        Self {
+            root,
+            token_max_age,
+            written: BTreeMap::new(),
+            tokens: BTreeMap::new(),
+            host_paths: BTreeMap::new(),
+        }
     }
 
     /// The folder a volume is mounted from.
@@ -104,7 +114,7 @@ impl Volumes {
                     let key = (volume.name.clone(), t.path.clone());
                     let now = Timestamp::now();
                     let token = match self.tokens.get(&key) {
-                        Some(token) if !token.due(now) => token.clone(),
+                        Some(token) if !token.due(now, self.token_max_age) => token.clone(),
                         _ => {
                             let token =
                                 request_token(client, pod, t.audience.clone(), t.expiration_seconds).await?;
@@ -297,8 +307,9 @@ mod tests {
     fn tokens_are_refreshed_at_eighty_percent_of_their_life() {
         let issued = Timestamp::from_second(1_000).unwrap();
         let token = Token { bytes: vec![], issued, expires: Timestamp::from_second(1_600).unwrap() };
-        assert!(!token.due(Timestamp::from_second(1_479).unwrap()));
-        assert!(token.due(Timestamp::from_second(1_480).unwrap()));
+        assert!(!token.due(Timestamp::from_second(1_479).unwrap(), 86400));
+        assert!(token.due(Timestamp::from_second(1_480).unwrap(), 86400));
+        assert!(token.due(Timestamp::from_second(1_030).unwrap(), 30));
     }
 
     #[test]

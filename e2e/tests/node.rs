@@ -1,0 +1,429 @@
+//! The local node runs real pods: Bookinfo over Service names and
+//! ClusterIPs, init containers and sidecars, every volume kind, tokens that
+//! the API server issues and the node refreshes, probes that gate
+//! EndpointSlices, graceful deletion, scaling and restarts.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::{
+    TempNamespace, apply, conformance, enter, eventually, jsonpath, kubectl, kubectl_ok, pod_named, rollout,
+};
+
+/// A folder on the host for a test's output (mounted into pods by hostPath).
+struct HostDir(PathBuf);
+
+impl HostDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("mesh-e2e-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        Self(dir)
+    }
+
+    fn read(&self, file: &str) -> Option<String> {
+        std::fs::read_to_string(self.0.join(file)).ok()
+    }
+}
+
+impl Drop for HostDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn pod_json(ns: &str, name: &str) -> Value {
+    serde_json::from_str(&kubectl_ok(&["get", "pod", "-n", ns, name, "-o", "json"], None)).expect("pod JSON")
+}
+
+fn wait_ready(ns: &str, pod: &str) {
+    kubectl_ok(&["wait", "-n", ns, "--for", "condition=Ready", &format!("pod/{pod}"), "--timeout=90s"], None);
+}
+
+#[test]
+fn bookinfo_runs_and_every_reviews_version_answers() {
+    let ns = TempNamespace::new("bookinfo");
+    let file = conformance().join("platform/bookinfo.yaml");
+    kubectl_ok(&["apply", "-n", &ns.name, "-f", file.to_str().expect("utf-8")], None);
+    rollout(&ns.name);
+
+    // EndpointSlices list the pods' IPs.
+    let pod_ips: Vec<String> =
+        jsonpath(&ns.name, "pods", "{.items[*].status.podIP}").split_whitespace().map(String::from).collect();
+    assert_eq!(pod_ips.len(), 6, "{pod_ips:?}");
+    let slice_ips = eventually("EndpointSlices with every pod", Duration::from_secs(30), || {
+        let ips = jsonpath(&ns.name, "endpointslices", "{.items[*].endpoints[*].addresses[*]}");
+        let ips: Vec<String> = ips.split_whitespace().map(String::from).collect();
+        (ips.len() == 6).then_some(ips)
+    });
+    for ip in &pod_ips {
+        assert!(slice_ips.contains(ip), "{ip} not in {slice_ips:?}");
+    }
+
+    // From the productpage pod, by Service name: the page shows details and reviews.
+    let productpage = pod_named(&ns.name, "app=productpage");
+    // kube-proxy programs a new Service within a second or so, as on any cluster.
+    let page = eventually("productpage answering by its Service name", Duration::from_secs(20), || {
+        let page = enter(&ns.name, &productpage, "curl -sf -m 5 http://productpage:9080/productpage");
+        page.ok.then_some(page)
+    });
+    assert!(page.stdout.contains(r#"id="details-publisher">PublisherA"#), "no details: {}", page.stdout);
+    assert!(page.stdout.contains(r#"id="reviews-podname">reviews-v"#), "no reviews: {}", page.stdout);
+    for name in [format!("productpage.{}", ns.name), format!("productpage.{}.svc.cluster.local", ns.name)] {
+        let out = enter(
+            &ns.name,
+            &productpage,
+            &format!("curl -s -o /dev/null -w '%{{http_code}}' http://{name}:9080/health"),
+        );
+        assert_eq!(out.stdout, "200", "{name}: {}", out.stderr);
+    }
+
+    // Over 300 requests, kube-proxy spreads reviews calls over all three versions.
+    let script = "for i in $(seq 300); do curl -s -m 5 http://productpage:9080/productpage | grep -o 'reviews-v[123]'; done";
+    let counts = enter(&ns.name, &productpage, script).stdout;
+    for version in ["reviews-v1", "reviews-v2", "reviews-v3"] {
+        let n = counts.lines().filter(|l| *l == version).count();
+        assert!(n > 0, "{version} never answered in 300 requests");
+    }
+    assert_eq!(counts.lines().count(), 300, "some requests failed");
+}
+
+#[test]
+fn init_containers_run_in_order_and_native_sidecars_keep_running() {
+    let ns = TempNamespace::new("init");
+    apply(
+        &ns.name,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: ordered}
+spec:
+  volumes: [{name: work, emptyDir: {}}]
+  initContainers:
+  - {name: first, image: busybox, command: [sh, -c, "sleep 1; echo first >> /work/order"], volumeMounts: [{name: work, mountPath: /work}]}
+  - {name: second, image: busybox, command: [sh, -c, "echo second >> /work/order"], volumeMounts: [{name: work, mountPath: /work}]}
+  - name: sidecar
+    image: busybox
+    restartPolicy: Always
+    command: [sh, -c, "echo sidecar >> /work/order; exec sleep 3600"]
+    volumeMounts: [{name: work, mountPath: /work}]
+    startupProbe: {exec: {command: [cat, /work/order]}, periodSeconds: 1}
+  containers:
+  - {name: app, image: busybox, command: [sh, -c, "echo app >> /work/order; exec sleep 3600"], volumeMounts: [{name: work, mountPath: /work}]}
+"#,
+    );
+    wait_ready(&ns.name, "ordered");
+    let order = enter(&ns.name, "ordered", "cat /work/order").stdout;
+    assert_eq!(order.lines().collect::<Vec<_>>(), ["first", "second", "sidecar", "app"]);
+    let pod = pod_json(&ns.name, "ordered");
+    let init = &pod["status"]["initContainerStatuses"];
+    assert_eq!(init[0]["state"]["terminated"]["reason"], "Completed", "{init}");
+    assert_eq!(init[1]["state"]["terminated"]["exitCode"], 0, "{init}");
+    assert!(init[2]["state"]["running"].is_object(), "the sidecar stopped: {init}");
+    assert_eq!(init[2]["started"], true);
+    assert_eq!(pod["status"]["phase"], "Running");
+}
+
+#[test]
+fn every_volume_kind_is_mounted_and_tokens_are_real() {
+    let ns = TempNamespace::new("volumes");
+    apply(
+        &ns.name,
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {greeting: hello, other: ignored}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: credentials}
+stringData: {password: s3cret}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: volumes, labels: {app: volumes, tier: test}}
+spec:
+  volumes:
+  - {name: scratch, emptyDir: {}}
+  - {name: config, configMap: {name: settings, items: [{key: greeting, path: hello.txt}]}}
+  - {name: secret, secret: {secretName: credentials}}
+  - name: downward
+    downwardAPI: {items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}, {path: name, fieldRef: {fieldPath: metadata.name}}]}
+  - name: projected
+    projected:
+      sources:
+      - serviceAccountToken: {audience: mesh-ca, expirationSeconds: 600, path: token}
+      - configMap: {name: settings, items: [{key: greeting, path: greeting}]}
+      - downwardAPI: {items: [{path: namespace, fieldRef: {fieldPath: metadata.namespace}}]}
+  containers:
+  - name: app
+    image: busybox
+    command: [sh, -c, "echo written > /scratch/file; exec sleep 3600"]
+    volumeMounts:
+    - {name: scratch, mountPath: /scratch}
+    - {name: config, mountPath: /etc/mesh-e2e/config}
+    - {name: secret, mountPath: /etc/mesh-e2e/secret, readOnly: true}
+    - {name: downward, mountPath: /etc/mesh-e2e/downward}
+    - {name: projected, mountPath: /var/run/secrets/mesh-e2e}
+"#,
+    );
+    wait_ready(&ns.name, "volumes");
+    let cat = |path: &str| {
+        let out = enter(&ns.name, "volumes", &format!("cat {path}"));
+        assert!(out.ok, "cat {path}: {}", out.stderr);
+        out.stdout
+    };
+    assert_eq!(cat("/scratch/file"), "written\n");
+    assert_eq!(cat("/etc/mesh-e2e/config/hello.txt"), "hello");
+    assert!(
+        !enter(&ns.name, "volumes", "test -e /etc/mesh-e2e/config/other").ok,
+        "items: only the listed key"
+    );
+    assert_eq!(cat("/etc/mesh-e2e/secret/password"), "s3cret");
+    assert!(cat("/etc/mesh-e2e/downward/labels").contains("tier=\"test\""));
+    assert_eq!(cat("/etc/mesh-e2e/downward/name"), "volumes");
+    assert_eq!(cat("/var/run/secrets/mesh-e2e/greeting"), "hello");
+    assert_eq!(cat("/var/run/secrets/mesh-e2e/namespace"), ns.name);
+    // The node made nothing on the host's filesystem for these paths.
+    assert!(!std::path::Path::new("/etc/mesh-e2e").exists());
+
+    // The token is the API server's, for the audience asked, bound to this pod.
+    let token = cat("/var/run/secrets/mesh-e2e/token");
+    let review = format!(
+        r#"{{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{{"token":"{token}","audiences":["mesh-ca"]}}}}"#
+    );
+    let out: Value = serde_json::from_str(&kubectl_ok(&["create", "-o", "json", "-f", "-"], Some(&review)))
+        .expect("TokenReview");
+    let status = &out["status"];
+    assert_eq!(status["authenticated"], true, "{status}");
+    assert_eq!(status["user"]["username"], format!("system:serviceaccount:{}:default", ns.name));
+    assert_eq!(status["user"]["extra"]["authentication.kubernetes.io/pod-name"][0], "volumes", "{status}");
+
+    // A configMap change reaches the running pod.
+    kubectl_ok(
+        &["patch", "-n", &ns.name, "configmap", "settings", "-p", r#"{"data":{"greeting":"bonjour"}}"#],
+        None,
+    );
+    eventually("the new configMap value in the pod", Duration::from_secs(30), || {
+        (enter(&ns.name, "volumes", "cat /etc/mesh-e2e/config/hello.txt").stdout == "bonjour").then_some(())
+    });
+}
+
+#[test]
+fn projected_tokens_are_replaced_before_they_expire() {
+    // The e2e cluster's node replaces tokens after MESH_TOKEN_MAX_AGE seconds.
+    let max_age: u64 = std::env::var("MESH_TOKEN_MAX_AGE").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    assert!(max_age > 0 && max_age <= 60, "run with MESH_TOKEN_MAX_AGE set (make test-e2e does)");
+    let ns = TempNamespace::new("token");
+    apply(
+        &ns.name,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: token}
+spec:
+  volumes:
+  - name: token
+    projected: {sources: [{serviceAccountToken: {audience: mesh-ca, expirationSeconds: 600, path: token}}]}
+  containers:
+  - {name: app, image: busybox, command: [sleep, "3600"], volumeMounts: [{name: token, mountPath: /var/run/secrets/tokens}]}
+"#,
+    );
+    wait_ready(&ns.name, "token");
+    let first = enter(&ns.name, "token", "cat /var/run/secrets/tokens/token").stdout;
+    assert!(first.starts_with("ey"), "not a JWT: {first}");
+    let replaced = eventually("a fresh token", Duration::from_secs(max_age + 30), || {
+        let now = enter(&ns.name, "token", "cat /var/run/secrets/tokens/token").stdout;
+        (now.starts_with("ey") && now != first).then_some(now)
+    });
+    assert_ne!(replaced, first);
+}
+
+#[test]
+fn container_settings_env_user_workdir_and_capabilities() {
+    let ns = TempNamespace::new("settings");
+    let out = HostDir::new(&ns.name);
+    apply(
+        &ns.name,
+        &format!(
+            r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: cm}}
+data: {{colour: blue}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: sec}}
+stringData: {{key: hush}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: settings, labels: {{app: settings}}}}
+spec:
+  volumes: [{{name: out, hostPath: {{path: {dir}}}}}]
+  securityContext: {{runAsUser: 1234, runAsGroup: 2345}}
+  containers:
+  - name: app
+    image: busybox
+    workingDir: /tmp
+    command: [sh, -c, "echo \"$(COMBINED)|$POD|$MEM|$COLOUR|$SECRET|$(id -u):$(id -g)|$(pwd)\" > /out/env; grep CapEff /proc/self/status > /out/caps; exec sleep 3600"]
+    resources: {{limits: {{memory: 64Mi}}}}
+    env:
+    - {{name: POD, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+    - {{name: MEM, valueFrom: {{resourceFieldRef: {{resource: limits.memory, divisor: 1Mi}}}}}}
+    - {{name: COLOUR, valueFrom: {{configMapKeyRef: {{name: cm, key: colour}}}}}}
+    - {{name: SECRET, valueFrom: {{secretKeyRef: {{name: sec, key: key}}}}}}
+    - {{name: COMBINED, value: "$(POD)-$(COLOUR)"}}
+    volumeMounts: [{{name: out, mountPath: /out}}]
+    securityContext: {{capabilities: {{drop: [ALL], add: [NET_ADMIN]}}}}
+"#,
+            dir = out.0.display()
+        ),
+    );
+    wait_ready(&ns.name, "settings");
+    let env = eventually("the container's report", Duration::from_secs(10), || out.read("env"));
+    assert_eq!(env.trim(), "settings-blue|settings|64|blue|hush|1234:2345|/tmp");
+    // NET_ADMIN is bit 12 and nothing else.
+    let caps = out.read("caps").unwrap_or_default();
+    assert!(caps.trim().ends_with("0000000000001000"), "{caps}");
+}
+
+#[test]
+fn readiness_probes_gate_endpoint_slice_readiness() {
+    let ns = TempNamespace::new("readiness");
+    apply(
+        &ns.name,
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: gated}
+spec: {selector: {app: gated}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: gated, labels: {app: gated}}
+spec:
+  volumes: [{name: flags, emptyDir: {}}]
+  containers:
+  - name: app
+    image: istio/examples-bookinfo-details-v1:1.15.0
+    ports: [{containerPort: 9080}]
+    volumeMounts: [{name: flags, mountPath: /flags}]
+    readinessProbe: {exec: {command: [test, -f, /flags/ready]}, periodSeconds: 1, failureThreshold: 1}
+    livenessProbe: {httpGet: {path: /health, port: 9080}, periodSeconds: 2}
+"#,
+    );
+    let ready = |want: &str| {
+        eventually(&format!("the endpoint ready={want}"), Duration::from_secs(30), || {
+            let got = jsonpath(&ns.name, "endpointslices", "{.items[*].endpoints[*].conditions.ready}");
+            (got == want).then_some(())
+        })
+    };
+    ready("false");
+    assert!(enter(&ns.name, "gated", "touch /flags/ready").ok);
+    ready("true");
+    assert!(enter(&ns.name, "gated", "rm /flags/ready").ok);
+    ready("false");
+    // The liveness probe over HTTP kept it alive all along.
+    assert_eq!(jsonpath(&ns.name, "pod/gated", "{.status.containerStatuses[0].restartCount}"), "0");
+}
+
+#[test]
+fn deletion_sends_sigterm_and_kills_after_the_grace_period() {
+    let ns = TempNamespace::new("grace");
+    let out = HostDir::new(&ns.name);
+    let pod = |name: &str, script: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 4\n  \
+             volumes: [{{name: out, hostPath: {{path: {dir}}}}}]\n  containers:\n  - name: app\n    image: busybox\n    \
+             command: [sh, -c, '{script}']\n    volumeMounts: [{{name: out, mountPath: /out}}]\n",
+            dir = out.0.display()
+        )
+    };
+    apply(
+        &ns.name,
+        &pod("polite", "trap \"echo term > /out/polite; exit 0\" TERM; while true; do sleep 0.2; done"),
+    );
+    apply(
+        &ns.name,
+        &pod("stubborn", "trap \"echo term > /out/stubborn\" TERM; while true; do sleep 0.2; done"),
+    );
+    wait_ready(&ns.name, "polite");
+    wait_ready(&ns.name, "stubborn");
+
+    let delete = |name: &str| {
+        let start = Instant::now();
+        kubectl_ok(&["delete", "pod", "-n", &ns.name, name, "--wait=true", "--timeout=30s"], None);
+        start.elapsed()
+    };
+    let polite = delete("polite");
+    assert_eq!(out.read("polite").as_deref(), Some("term\n"), "no SIGTERM");
+    assert!(polite < Duration::from_secs(4), "a pod that exits on SIGTERM took {polite:?}");
+    let stubborn = delete("stubborn");
+    assert_eq!(out.read("stubborn").as_deref(), Some("term\n"), "no SIGTERM");
+    assert!(stubborn >= Duration::from_secs(4), "killed before its grace period: {stubborn:?}");
+    assert!(stubborn < Duration::from_secs(12), "not killed after its grace period: {stubborn:?}");
+}
+
+#[test]
+fn endpoint_slices_follow_a_deployment_scaled_up_and_down() {
+    let ns = TempNamespace::new("scale");
+    apply(
+        &ns.name,
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: details}
+spec: {selector: {app: details}, ports: [{name: http, port: 9080}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: details}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: details}}
+  template:
+    metadata: {labels: {app: details}}
+    spec:
+      containers:
+      - name: details
+        image: docker.io/istio/examples-bookinfo-details-v1:1.15.0
+        readinessProbe: {httpGet: {path: /health, port: 9080}, periodSeconds: 1}
+"#,
+    );
+    for replicas in [1, 3, 1] {
+        kubectl_ok(&["scale", "-n", &ns.name, "deployment/details", &format!("--replicas={replicas}")], None);
+        rollout(&ns.name);
+        eventually(&format!("{replicas} ready endpoints"), Duration::from_secs(60), || {
+            let ready = jsonpath(&ns.name, "endpointslices", "{.items[*].endpoints[*].conditions.ready}");
+            let pods = jsonpath(&ns.name, "pods", "{.items[*].status.podIP}");
+            (ready.split_whitespace().filter(|r| *r == "true").count() == replicas
+                && ready.split_whitespace().count() == replicas
+                && pods.split_whitespace().count() == replicas)
+                .then_some(())
+        });
+    }
+}
+
+#[test]
+fn a_container_that_exits_is_restarted() {
+    let ns = TempNamespace::new("restart");
+    apply(
+        &ns.name,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: crasher}\nspec:\n  containers:\n  \
+         - {name: app, image: busybox, command: [sh, -c, 'sleep 1; exit 3']}\n",
+    );
+    let status = eventually("a restart", Duration::from_secs(40), || {
+        let pod = pod_json(&ns.name, "crasher");
+        let status = pod["status"]["containerStatuses"][0].clone();
+        (status["restartCount"].as_i64().unwrap_or(0) >= 1).then_some(status)
+    });
+    assert_eq!(status["lastState"]["terminated"]["exitCode"], 3, "{status}");
+    let _ = kubectl(&["delete", "pod", "-n", &ns.name, "crasher", "--wait=false"], None);
+}
