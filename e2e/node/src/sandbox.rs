@@ -175,8 +175,20 @@ struct Overlays {
 }
 
 impl Overlays {
+    /// Layers go in a folder of this process's own: exec probes and
+    /// `enter` share the container's scratch folder and run beside it.
+    /// Folders of processes that have exited are removed first.
     fn new(scratch: &Path) -> Self {
-        Self { scratch: scratch.to_path_buf(), done: BTreeSet::new(), rooted: false }
+        if let Ok(entries) = std::fs::read_dir(scratch) {
+            for entry in entries.flatten() {
+                let pid = entry.file_name().to_string_lossy().parse::<u32>().ok();
+                if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let own = scratch.join(std::process::id().to_string());
+        Self { scratch: own, done: BTreeSet::new(), rooted: false }
     }
 
     fn ensure_target(&mut self, target: &Path, dir: bool) -> Result<()> {
@@ -243,7 +255,7 @@ impl Overlays {
     fn overlay(&mut self, dir: &Path) -> Result<()> {
         let layer = self.scratch.join(format!("overlay-{}", self.done.len()));
         let (upper, work) = (layer.join("upper"), layer.join("work"));
-        // Layers from an earlier run of the same container are stale.
+        // A folder left by an earlier process with the same pid is stale.
         let _ = std::fs::remove_dir_all(&layer);
         std::fs::create_dir_all(&upper)?;
         std::fs::create_dir_all(&work)?;
