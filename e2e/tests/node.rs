@@ -117,8 +117,9 @@ spec:
 "#,
     );
     wait_ready(&ns.name, "ordered");
-    let order = enter(&ns.name, "ordered", "cat /work/order").stdout;
-    assert_eq!(order.lines().collect::<Vec<_>>(), ["first", "second", "sidecar", "app"]);
+    let order = enter(&ns.name, "ordered", "cat /work/order");
+    assert!(order.ok, "{}", order.stderr);
+    assert_eq!(order.stdout.lines().collect::<Vec<_>>(), ["first", "second", "sidecar", "app"]);
     let pod = pod_json(&ns.name, "ordered");
     let init = &pod["status"]["initContainerStatuses"];
     assert_eq!(init[0]["state"]["terminated"]["reason"], "Completed", "{init}");

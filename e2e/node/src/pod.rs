@@ -850,7 +850,16 @@ impl Worker {
             "scratch": self.dir.join("scratch").join("enter"),
             "mounts": mounts,
         });
-        let _ = std::fs::write(self.dir.join("sandbox.json"), file.to_string());
+        // Atomically, and only when it changes: `enter` may be reading it.
+        let path = self.dir.join("sandbox.json");
+        let text = file.to_string();
+        if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
+            return;
+        }
+        let tmp = self.dir.join("sandbox.json.tmp");
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
     }
 }
 
