@@ -288,10 +288,15 @@ spec:
         ),
     );
     wait_ready(&ns.name, "settings");
-    let env = eventually("the container's report", Duration::from_secs(10), || out.read("env"));
+    let env = eventually("the container's report", Duration::from_secs(10), || {
+        out.read("env").filter(|e| e.ends_with('\n'))
+    });
     assert_eq!(env.trim(), "settings-blue|settings|64|blue|hush|1234:2345|/tmp");
     // NET_ADMIN is bit 12 and nothing else.
-    let caps = out.read("caps").unwrap_or_default();
+    // The container writes this second: wait for it, not only for the first.
+    let caps = eventually("the capabilities report", Duration::from_secs(10), || {
+        out.read("caps").filter(|c| c.ends_with('\n'))
+    });
     assert!(caps.trim().ends_with("0000000000001000"), "{caps}");
 }
 
