@@ -7,7 +7,9 @@
 
 pub mod api;
 pub mod app;
+pub mod ca;
 pub mod index;
 pub mod model;
 pub mod monitoring;
 pub mod readiness;
+pub mod webhook;

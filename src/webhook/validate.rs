@@ -1,0 +1,327 @@
+//! Semantic validation of Istio configuration: the rules the admission
+//! webhook applies beyond the CRD schema.
+//!
+//! Each kind implements [`Validate`], which returns [`Finding`]s:
+//! - [`Severity::Error`]s are what Istio's own validation rejects (today's
+//!   Istio for `networking.istio.io`, Istio 1.4 for `rbac.istio.io`); the
+//!   webhook denies the object.
+//! - [`Severity::Warning`]s are legal configuration that will not do what
+//!   the user probably means (a subset no DestinationRule defines, weights
+//!   that do not add up to 100, a binding to a missing role); the webhook
+//!   admits the object and returns them as admission warnings. Checks that
+//!   need to know what the cluster holds read a [`Context`].
+//!
+//! Every message says what is wrong and how to fix it, and every finding
+//! names the field with the user's YAML names, e.g.
+//! `spec.http[0].route[1].weight`; [`render`] makes the one line users see.
+
+mod common;
+mod destination_rule;
+mod rbac;
+#[cfg(test)]
+mod tests;
+mod virtual_service;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+
+use crate::api::cluster_rbac_config::ClusterRbacConfigSpec;
+use crate::api::destination_rule::DestinationRuleSpec;
+use crate::api::rbac_config::RbacConfigSpec;
+use crate::api::service_role::ServiceRoleSpec;
+use crate::api::service_role_binding::ServiceRoleBindingSpec;
+use crate::api::virtual_service::VirtualServiceSpec;
+
+/// Whether a finding stops the object from being admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// Istio rejects this configuration; so does the webhook.
+    Error,
+    /// Legal, but probably not what the user means; admitted with a warning.
+    Warning,
+}
+
+/// One problem found in an object's spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub severity: Severity,
+    /// The offending field, with YAML names and indexes, e.g.
+    /// `spec.http[0].route[1].weight`, or `spec` for the whole spec.
+    pub field: String,
+    /// The problem and its fix, e.g. `timeout "10" is not a duration: ...`.
+    pub message: String,
+}
+
+impl Finding {
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Whether any finding is an error, i.e. the object must be rejected.
+pub fn has_errors(findings: &[Finding]) -> bool {
+    findings.iter().any(Finding::is_error)
+}
+
+/// The line users see for a finding, e.g. `VirtualService default/reviews:
+/// spec.http[0].route: weights add up to 90, not 100: ...`. A cluster-scoped
+/// object (empty namespace) is named without one.
+pub fn render(kind: &str, namespace: &str, name: &str, f: &Finding) -> String {
+    if namespace.is_empty() {
+        format!("{kind} {name}: {f}")
+    } else {
+        format!("{kind} {namespace}/{name}: {f}")
+    }
+}
+
+/// What the cluster holds, for the checks that compare an object with the
+/// rest of the configuration (all of which give warnings). The caller builds
+/// it from its index.
+///
+/// Each part is either unknown, and the checks that need it are skipped
+/// (`Context::default()` knows nothing), or known, once anything was added
+/// to it or [`Context::empty`] declared it known and empty. Start from
+/// `Context::empty()` when the index is synced, so that an empty cluster
+/// still gets its warnings.
+#[derive(Clone, Debug)]
+pub struct Context {
+    cluster_domain: String,
+    /// Service host names (FQDNs): Kubernetes Services and other known
+    /// hosts such as ServiceEntry hosts.
+    services: Option<BTreeSet<String>>,
+    /// Namespaces that hold at least one Kubernetes Service.
+    namespaces: BTreeSet<String>,
+    /// Subsets by DestinationRule host (resolved to an FQDN, may be a
+    /// wildcard): (namespace of the rule, subset name).
+    subsets: Option<BTreeMap<String, BTreeSet<(String, String)>>>,
+    /// ServiceRoles as (namespace, name).
+    service_roles: Option<BTreeSet<(String, String)>>,
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context {
+            cluster_domain: "cluster.local".into(),
+            services: None,
+            namespaces: BTreeSet::new(),
+            subsets: None,
+            service_roles: None,
+        }
+    }
+}
+
+impl Context {
+    /// A context that knows the cluster holds no Services, DestinationRules
+    /// or ServiceRoles (yet): add what it does hold.
+    pub fn empty() -> Self {
+        Context {
+            services: Some(BTreeSet::new()),
+            subsets: Some(BTreeMap::new()),
+            service_roles: Some(BTreeSet::new()),
+            ..Context::default()
+        }
+    }
+
+    /// The cluster's DNS domain, "cluster.local" unless set.
+    pub fn with_cluster_domain(mut self, domain: impl Into<String>) -> Self {
+        self.cluster_domain = domain.into();
+        self
+    }
+
+    /// A Kubernetes Service, `name` in `namespace`.
+    pub fn add_service(&mut self, namespace: &str, name: &str) -> &mut Self {
+        let fqdn = format!("{name}.{namespace}.svc.{}", self.cluster_domain);
+        self.services.get_or_insert_with(BTreeSet::new).insert(fqdn);
+        self.namespaces.insert(namespace.to_string());
+        self
+    }
+
+    /// A host the mesh knows other than as a Kubernetes Service, such as a
+    /// ServiceEntry host ("www.googleapis.com"); may be a wildcard.
+    pub fn add_host(&mut self, host: &str) -> &mut Self {
+        self.services.get_or_insert_with(BTreeSet::new).insert(host.to_string());
+        self
+    }
+
+    /// The subsets a DestinationRule in `namespace` defines. Its host is
+    /// resolved with [`Context::resolve_host`], so add the Services first.
+    pub fn add_destination_rule(&mut self, namespace: &str, rule: &DestinationRuleSpec) -> &mut Self {
+        let host = self.resolve_host(&rule.host, namespace);
+        let entry = self.subsets.get_or_insert_with(BTreeMap::new).entry(host).or_default();
+        entry.extend(rule.subsets.iter().map(|s| (namespace.to_string(), s.name.clone())));
+        self
+    }
+
+    /// A ServiceRole, `name` in `namespace`.
+    pub fn add_service_role(&mut self, namespace: &str, name: &str) -> &mut Self {
+        self.service_roles
+            .get_or_insert_with(BTreeSet::new)
+            .insert((namespace.to_string(), name.to_string()));
+        self
+    }
+
+    /// Resolves a host as Istio does for an object in `namespace`: a short
+    /// name `reviews` is `reviews.<namespace>.svc.<domain>`; `reviews.ns`
+    /// (when `ns` is a namespace with Services) and `reviews.ns.svc` are
+    /// completed likewise; wildcards, IP addresses and other names stay as
+    /// written.
+    pub fn resolve_host(&self, host: &str, namespace: &str) -> String {
+        if host.starts_with('*') || common::is_ip(host) || host.is_empty() {
+            return host.to_string();
+        }
+        let labels: Vec<&str> = host.split('.').collect();
+        match labels.as_slice() {
+            [name] => format!("{name}.{namespace}.svc.{}", self.cluster_domain),
+            [name, ns] if self.namespaces.contains(*ns) => format!("{name}.{ns}.svc.{}", self.cluster_domain),
+            [_, _, "svc"] => format!("{host}.{}", self.cluster_domain),
+            _ => host.to_string(),
+        }
+    }
+
+    /// Whether some known service has `fqdn` (a resolved, non-wildcard
+    /// host); `None` when services are unknown.
+    fn service_exists(&self, fqdn: &str) -> Option<bool> {
+        let services = self.services.as_ref()?;
+        Some(
+            services.contains(fqdn)
+                || services.iter().any(|s| s.starts_with('*') && common::host_subset_of(fqdn, s)),
+        )
+    }
+
+    /// Whether a DestinationRule for `fqdn` defines `subset`; `None` when
+    /// DestinationRules are unknown.
+    fn subset_exists(&self, fqdn: &str, subset: &str) -> Option<bool> {
+        let rules = self.subsets.as_ref()?;
+        Some(rules.iter().any(|(host, subsets)| {
+            common::host_subset_of(fqdn, host) && subsets.iter().any(|(_, name)| name == subset)
+        }))
+    }
+
+    /// Whether ServiceRole `namespace/name` exists; `None` when unknown.
+    fn service_role_exists(&self, namespace: &str, name: &str) -> Option<bool> {
+        let roles = self.service_roles.as_ref()?;
+        Some(roles.contains(&(namespace.to_string(), name.to_string())))
+    }
+}
+
+/// The semantic checks of one kind's spec.
+pub trait Validate {
+    /// Checks a spec for an object in `namespace` ("" for cluster-scoped
+    /// kinds). Findings come in the order of the fields they name.
+    fn validate(&self, namespace: &str, ctx: &Context) -> Vec<Finding>;
+}
+
+impl Validate for VirtualServiceSpec {
+    fn validate(&self, namespace: &str, ctx: &Context) -> Vec<Finding> {
+        let mut out = common::Out::default();
+        virtual_service::check(self, namespace, ctx, &mut out);
+        out.findings
+    }
+}
+
+impl Validate for DestinationRuleSpec {
+    fn validate(&self, namespace: &str, ctx: &Context) -> Vec<Finding> {
+        let mut out = common::Out::default();
+        destination_rule::check(self, namespace, ctx, &mut out);
+        out.findings
+    }
+}
+
+impl Validate for ServiceRoleSpec {
+    fn validate(&self, _namespace: &str, _ctx: &Context) -> Vec<Finding> {
+        let mut out = common::Out::default();
+        rbac::check_service_role(self, &mut out);
+        out.findings
+    }
+}
+
+impl Validate for ServiceRoleBindingSpec {
+    fn validate(&self, namespace: &str, ctx: &Context) -> Vec<Finding> {
+        let mut out = common::Out::default();
+        rbac::check_binding(self, namespace, ctx, &mut out);
+        out.findings
+    }
+}
+
+/// For both ClusterRbacConfig and RbacConfig, which share the spec.
+impl Validate for RbacConfigSpec {
+    fn validate(&self, _namespace: &str, _ctx: &Context) -> Vec<Finding> {
+        let mut out = common::Out::default();
+        rbac::check_rbac_config(self, &mut out);
+        out.findings
+    }
+}
+
+impl Validate for ClusterRbacConfigSpec {
+    fn validate(&self, namespace: &str, ctx: &Context) -> Vec<Finding> {
+        self.0.validate(namespace, ctx)
+    }
+}
+
+/// The rules on an object's name: Istio only reads a ClusterRbacConfig or
+/// RbacConfig named "default" (an error), and RbacConfig is deprecated (a
+/// warning).
+pub fn check_name(kind: &str, name: &str) -> Vec<Finding> {
+    let mut out = common::Out::default();
+    if matches!(kind, "ClusterRbacConfig" | "RbacConfig") && name != "default" {
+        out.err(
+            "metadata.name",
+            format!(
+                "a {kind} must be named \"default\", not {name:?}: rename it, as Istio ignores any other"
+            ),
+        );
+    }
+    if kind == "RbacConfig" {
+        out.warn(
+            "kind",
+            "RbacConfig is deprecated: use a ClusterRbacConfig named \"default\" with the same spec instead",
+        );
+    }
+    out.findings
+}
+
+/// Validates an object of any supported kind from its parts, as the
+/// webhook receives it: parses `spec` (a parse error is one error finding,
+/// at the field that did not fit), applies the name rules and the kind's
+/// [`Validate`]. Other kinds give no findings.
+pub fn validate_object(
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    spec: &serde_json::Value,
+    ctx: &Context,
+) -> Vec<Finding> {
+    fn run<S: DeserializeOwned + Validate>(
+        spec: &serde_json::Value,
+        namespace: &str,
+        ctx: &Context,
+    ) -> Vec<Finding> {
+        match serde_path_to_error::deserialize::<_, S>(spec) {
+            Ok(spec) => spec.validate(namespace, ctx),
+            Err(e) => {
+                let path = e.path().to_string();
+                let field = if path == "." { "spec".to_string() } else { format!("spec.{path}") };
+                let message = format!("{}: fix the value to match the field's schema", e.inner());
+                vec![Finding { severity: Severity::Error, field, message }]
+            }
+        }
+    }
+    let mut findings = check_name(kind, name);
+    findings.extend(match kind {
+        "VirtualService" => run::<VirtualServiceSpec>(spec, namespace, ctx),
+        "DestinationRule" => run::<DestinationRuleSpec>(spec, namespace, ctx),
+        "ServiceRole" => run::<ServiceRoleSpec>(spec, namespace, ctx),
+        "ServiceRoleBinding" => run::<ServiceRoleBindingSpec>(spec, namespace, ctx),
+        "ClusterRbacConfig" | "RbacConfig" => run::<RbacConfigSpec>(spec, namespace, ctx),
+        _ => Vec::new(),
+    });
+    findings
+}
