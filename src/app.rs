@@ -12,9 +12,10 @@ use serde::de::DeserializeOwned;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::ca;
 use crate::index::{self, Index, IndexMetrics, SharedIndex, kinds::Watched};
 use crate::monitoring;
-use crate::readiness::Readiness;
+use crate::readiness::{Readiness, ReadyGuard};
 
 /// Settings of the controller, from flags or their environment variables.
 #[derive(clap::Args, Debug, Clone)]
@@ -27,6 +28,15 @@ pub struct ControllerArgs {
     /// Address of /healthz, /readyz, /metrics and /debug/configz.
     #[arg(long, env = "MESH_MONITORING_ADDR", default_value = "0.0.0.0:15014")]
     pub monitoring_addr: SocketAddr,
+
+    /// The mesh's own namespace: where the CA's Secret lives (`cacerts` to
+    /// plug in your own CA, else the generated `mesh-ca`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "mesh-system")]
+    pub namespace: String,
+
+    /// The SPIFFE trust domain of workload identities.
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
 }
 
 pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
@@ -68,6 +78,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     spawn_watch::<index::ClusterRbacConfigs>(&mut watches, &client, &index, &readiness);
     spawn_watch::<index::RbacConfigs>(&mut watches, &client, &index, &readiness);
 
+    let ca_ready = readiness.register("certificate authority");
+    let authority = tokio::spawn(start_ca(client.clone(), args.clone(), ca_ready, shutdown.clone()));
+
     let listener = monitoring::bind(args.monitoring_addr).await?;
     tracing::info!(addr = %args.monitoring_addr, "serving /healthz, /readyz, /metrics, /debug/configz");
     let server =
@@ -77,12 +90,31 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     shutdown.cancel();
     watches.shutdown().await;
+    let _ = authority.await;
     match server.await {
         Ok(result) => result.context("monitoring server")?,
         Err(e) => anyhow::bail!("monitoring server task failed: {e}"),
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Loads (or makes) the CA, retrying until it can, then publishes its root
+/// to every namespace until shutdown.
+async fn start_ca(client: Client, args: ControllerArgs, ready: ReadyGuard, shutdown: CancellationToken) {
+    let authority = loop {
+        let now = time::OffsetDateTime::now_utc();
+        match ca::store::load_or_create(&client, &args.namespace, &args.trust_domain, now).await {
+            Ok(authority) => break authority,
+            Err(e) => tracing::error!(error = %e, "certificate authority not ready; retrying in 5s"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {},
+            _ = shutdown.cancelled() => return,
+        }
+    };
+    ready.ready();
+    ca::store::publish_root(client, authority.trust_bundle_pem().to_string(), shutdown).await;
 }
 
 fn spawn_watch<K>(set: &mut JoinSet<()>, client: &Client, index: &SharedIndex, readiness: &Readiness)

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
-export MESH_CLUSTER_DIR=$repo/.cluster-e2e
+export MESH_CLUSTER_DIR=${MESH_E2E_CLUSTER_DIR:-$repo/.cluster-e2e}
 export MESH_PORT_OFFSET=${MESH_E2E_PORT_OFFSET:-10000}
 # Short enough that a test sees the node replace a projected token.
 export MESH_TOKEN_MAX_AGE=${MESH_TOKEN_MAX_AGE:-20}

@@ -4,5 +4,6 @@
 
 mod support;
 
+mod ca;
 mod crds;
 mod node;

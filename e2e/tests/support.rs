@@ -110,22 +110,40 @@ pub fn free_port() -> u16 {
 pub struct Controller {
     child: Child,
     pub monitoring: String,
+    /// The mesh namespace made for it, when it was not given one.
+    _home: Option<TempNamespace>,
 }
 
 impl Controller {
+    /// A controller with a mesh namespace of its own, once it is ready.
     pub fn start() -> Self {
+        let home = TempNamespace::new("mesh-home");
+        let mut controller = Self::spawn_in(&home.name);
+        controller._home = Some(home);
+        controller.wait_ready(Duration::from_secs(30));
+        controller
+    }
+
+    /// A controller whose mesh namespace is `namespace`, once it is ready.
+    pub fn start_in(namespace: &str) -> Self {
+        let controller = Self::spawn_in(namespace);
+        controller.wait_ready(Duration::from_secs(30));
+        controller
+    }
+
+    /// A controller whose mesh namespace is `namespace`, not waiting for it.
+    pub fn spawn_in(namespace: &str) -> Self {
         let bin = std::env::var("MESH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mesh").to_string());
         let monitoring = format!("127.0.0.1:{}", free_port());
         let child = Command::new(bin)
             .args(["controller", "--kubeconfig", &kubeconfig(), "--monitoring-addr", &monitoring])
+            .args(["--namespace", namespace])
             .env("MESH_LOG", "info,mesh=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting mesh controller");
-        let controller = Self { child, monitoring };
-        controller.wait_ready(Duration::from_secs(30));
-        controller
+        Self { child, monitoring, _home: None }
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
@@ -145,7 +163,7 @@ impl Controller {
         serde_json::from_str(&body).expect("/debug/configz is JSON")
     }
 
-    fn wait_ready(&self, within: Duration) {
+    pub fn wait_ready(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
             let (status, body) = self.get("/readyz");

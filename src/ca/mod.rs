@@ -26,6 +26,7 @@ mod error;
 mod identity;
 mod key;
 mod policy;
+pub mod store;
 #[cfg(test)]
 mod tests;
 
