@@ -22,6 +22,7 @@ build: ## Build the mesh binary
 
 crds: build ## Regenerate crds/ and docs/api.md from the Rust types
 	$(MESH) crds > crds/istio.yaml
+	cp crds/istio.yaml charts/mesh/crds/istio.yaml
 	$(MESH) crds --format markdown > docs/api.md
 
 cluster-up: tools build ## Start the local control plane (idempotent); writes .cluster/kubeconfig

@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use kube::Client;
@@ -16,6 +18,7 @@ use crate::ca;
 use crate::index::{self, Index, IndexMetrics, SharedIndex, kinds::Watched};
 use crate::monitoring;
 use crate::readiness::{Readiness, ReadyGuard};
+use crate::webhook::{self, server::ServingCert};
 
 /// Settings of the controller, from flags or their environment variables.
 #[derive(clap::Args, Debug, Clone)]
@@ -37,6 +40,23 @@ pub struct ControllerArgs {
     /// The SPIFFE trust domain of workload identities.
     #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
+
+    /// Address of the admission webhooks (HTTPS).
+    #[arg(long, env = "MESH_WEBHOOK_ADDR", default_value = "0.0.0.0:15017")]
+    pub webhook_addr: SocketAddr,
+
+    /// The Service in front of the controller: its DNS names go in the
+    /// webhook's serving certificate.
+    #[arg(long, env = "MESH_SERVICE_NAME", default_value = "mesh")]
+    pub service_name: String,
+
+    /// The ValidatingWebhookConfiguration whose caBundle the controller keeps current.
+    #[arg(long, env = "MESH_WEBHOOK_CONFIG", default_value = "mesh-validator")]
+    pub webhook_config: String,
+
+    /// Lifetime of the serving certificate, in seconds; it is renewed at half.
+    #[arg(long, env = "MESH_SERVING_CERT_SECONDS", default_value_t = 86400)]
+    pub serving_cert_seconds: u64,
 }
 
 pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
@@ -78,8 +98,25 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     spawn_watch::<index::ClusterRbacConfigs>(&mut watches, &client, &index, &readiness);
     spawn_watch::<index::RbacConfigs>(&mut watches, &client, &index, &readiness);
 
+    let serving = Arc::new(ServingCert::default());
     let ca_ready = readiness.register("certificate authority");
-    let authority = tokio::spawn(start_ca(client.clone(), args.clone(), ca_ready, shutdown.clone()));
+    let authority =
+        tokio::spawn(start_ca(client.clone(), args.clone(), serving.clone(), ca_ready, shutdown.clone()));
+
+    let webhook_listener = tokio::net::TcpListener::bind(args.webhook_addr).await.with_context(|| {
+        format!("listening on {} for the webhook (set --webhook-addr)", args.webhook_addr)
+    })?;
+    let synced = {
+        let readiness = readiness.clone();
+        Arc::new(move || readiness.is_ready()) as Arc<dyn Fn() -> bool + Send + Sync>
+    };
+    let webhook = tokio::spawn(webhook::server::serve(
+        webhook_listener,
+        serving,
+        index.clone(),
+        synced,
+        shutdown.clone(),
+    ));
 
     let listener = monitoring::bind(args.monitoring_addr).await?;
     tracing::info!(addr = %args.monitoring_addr, "serving /healthz, /readyz, /metrics, /debug/configz");
@@ -91,6 +128,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     shutdown.cancel();
     watches.shutdown().await;
     let _ = authority.await;
+    if let Ok(Err(e)) = webhook.await {
+        tracing::warn!(error = %e, "webhook server");
+    }
     match server.await {
         Ok(result) => result.context("monitoring server")?,
         Err(e) => anyhow::bail!("monitoring server task failed: {e}"),
@@ -99,9 +139,16 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads (or makes) the CA, retrying until it can, then publishes its root
-/// to every namespace until shutdown.
-async fn start_ca(client: Client, args: ControllerArgs, ready: ReadyGuard, shutdown: CancellationToken) {
+/// Loads (or makes) the CA, retrying until it can; issues the webhook's
+/// serving certificate and renews it at half its life; publishes the root
+/// to every namespace and into the webhook configuration, until shutdown.
+async fn start_ca(
+    client: Client,
+    args: ControllerArgs,
+    serving: Arc<ServingCert>,
+    ready: ReadyGuard,
+    shutdown: CancellationToken,
+) {
     let authority = loop {
         let now = time::OffsetDateTime::now_utc();
         match ca::store::load_or_create(&client, &args.namespace, &args.trust_domain, now).await {
@@ -109,12 +156,56 @@ async fn start_ca(client: Client, args: ControllerArgs, ready: ReadyGuard, shutd
             Err(e) => tracing::error!(error = %e, "certificate authority not ready; retrying in 5s"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {},
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {},
             _ = shutdown.cancelled() => return,
         }
     };
+    let mut renew_at = match issue_serving(&authority, &args, &serving) {
+        Ok(at) => at,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot issue the webhook's certificate");
+            return;
+        }
+    };
     ready.ready();
-    ca::store::publish_root(client, authority.trust_bundle_pem().to_string(), shutdown).await;
+    let bundle = authority.trust_bundle_pem().to_string();
+    let renewals = async {
+        loop {
+            let wait = (renew_at - time::OffsetDateTime::now_utc()).try_into().unwrap_or(Duration::ZERO);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {},
+                _ = shutdown.cancelled() => return,
+            }
+            match issue_serving(&authority, &args, &serving) {
+                Ok(at) => renew_at = at,
+                Err(e) => {
+                    tracing::error!(error = %e, "renewing the webhook's certificate; retrying in 10s");
+                    renew_at = time::OffsetDateTime::now_utc() + Duration::from_secs(10);
+                }
+            }
+        }
+    };
+    tokio::join!(
+        ca::store::publish_root(client.clone(), bundle.clone(), shutdown.clone()),
+        webhook::configuration::keep_ca_bundle(client, args.webhook_config.clone(), bundle, shutdown.clone()),
+        renewals,
+    );
+}
+
+/// Issues and installs the serving certificate; returns when to renew it.
+fn issue_serving(
+    authority: &ca::Authority,
+    args: &ControllerArgs,
+    serving: &ServingCert,
+) -> anyhow::Result<time::OffsetDateTime> {
+    let now = time::OffsetDateTime::now_utc();
+    let names = ca::service_dns_names(&args.service_name, &args.namespace, "cluster.local");
+    let lifetime = Duration::from_secs(args.serving_cert_seconds.max(2));
+    let leaf = authority.issue_serving(&names, lifetime.try_into()?, now)?;
+    serving.set(&leaf.cert_chain_pem, &leaf.key_pem)?;
+    let renew_at = ca::RotationPolicy::default().renew_at(&leaf.cert);
+    tracing::info!(names = ?names, not_after = %leaf.cert.not_after, %renew_at, "webhook certificate issued");
+    Ok(renew_at)
 }
 
 fn spawn_watch<K>(set: &mut JoinSet<()>, client: &Client, index: &SharedIndex, readiness: &Readiness)

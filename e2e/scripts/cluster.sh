@@ -160,7 +160,7 @@ up() {
   write_kubeconfig "$dir/node.kubeconfig" node
   # kube-proxy runs inside the node's namespace and reaches the API server
   # through the node's forwarder on the bridge address.
-  write_kubeconfig "$dir/kube-proxy.kubeconfig" kube-proxy "https://$node_ip:6443"
+  write_kubeconfig "$dir/kube-proxy.kubeconfig" kube-proxy "https://$node_ip:$apiserver_port"
 
   start etcd "$TOOLS_BIN/etcd" --name local --data-dir "$dir/etcd" \
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
@@ -279,14 +279,15 @@ remove_network() {
   fi
 }
 
-# The CRDs and the controller (in the background) on a running cluster.
+# The mesh on a running cluster, installed as users install it: the Helm
+# chart, its controller running as a pod on the node.
 mesh_up() {
   apiserver_ready || die "the cluster is not up: run '$0 up' first"
-  "$TOOLS_BIN/kubectl" --kubeconfig "$kubeconfig" apply --server-side --force-conflicts -f "$repo/crds/" >/dev/null
-  "$TOOLS_BIN/kubectl" --kubeconfig "$kubeconfig" wait --for condition=Established --timeout=60s -f "$repo/crds/" >/dev/null
-  start controller "$target/mesh" controller --kubeconfig "$kubeconfig" --monitoring-addr "127.0.0.1:$((15014 + off))"
-  wait_for controller 30 curl -sf --max-time 1 "http://127.0.0.1:$((15014 + off))/readyz"
-  log "controller ready: http://127.0.0.1:$((15014 + off))/debug/configz (logs: $logs/controller.log)"
+  "$TOOLS_BIN/helm" --kubeconfig "$kubeconfig" upgrade --install mesh "$repo/charts/mesh" \
+    -n mesh-system --create-namespace --wait --timeout 180s >/dev/null
+  local ip
+  ip=$("$TOOLS_BIN/kubectl" --kubeconfig "$kubeconfig" -n mesh-system get service mesh -o jsonpath='{.spec.clusterIP}')
+  log "mesh ready: http://$ip:15014/debug/configz (kubectl -n mesh-system get pods)"
 }
 
 status() {

@@ -7,3 +7,4 @@ mod support;
 mod ca;
 mod crds;
 mod node;
+mod webhook;

@@ -138,6 +138,7 @@ impl Controller {
         let child = Command::new(bin)
             .args(["controller", "--kubeconfig", &kubeconfig(), "--monitoring-addr", &monitoring])
             .args(["--namespace", namespace])
+            .args(["--webhook-addr", &format!("127.0.0.1:{}", free_port())])
             .env("MESH_LOG", "info,mesh=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

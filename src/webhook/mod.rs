@@ -1,3 +1,11 @@
-//! The admission webhooks (work in progress; see docs/architecture.md).
+//! The admission webhooks, served over HTTPS with a certificate from the
+//! mesh's own CA:
+//! - `validate`: Istio's semantic rules per kind (pure);
+//! - `admission`: an AdmissionReview in, an answer out (pure);
+//! - `server`: the HTTPS listener, whose certificate is swapped in place
+//!   when it is renewed, so the webhook keeps answering across a rotation.
 
+pub mod admission;
+pub mod configuration;
+pub mod server;
 pub mod validate;

@@ -7,7 +7,7 @@
 //!  169.254.k.1           169.254.k.2                             default via 10.x.0.1
 //!  routes: pod and       br0 10.x.0.1/24 ─ <prefix>vN ──veth───┘
 //!  Service ranges        kube-proxy's iptables rules
-//!  via the node netns    the API server proxy on 10.x.0.1:6443
+//!  via the node netns    the API server relay on 10.x.0.1:<apiserver port>
 //! ```
 //!
 //! The host routes let the API server reach webhooks by Service or pod IP;

@@ -135,10 +135,13 @@ async fn shutdown_signal() {
     }
 }
 
-/// Pods reach the API server at the bridge address (the `kubernetes`
-/// Service's endpoint); the node relays those connections to the host.
+/// Pods reach the API server at the bridge address and the API server's
+/// port (the `kubernetes` Service's endpoint); the node relays those
+/// connections to the host.
 async fn forward_apiserver(net: Arc<NodeNetwork>, upstream: String, shutdown: CancellationToken) {
-    let addr = std::net::SocketAddr::from((net.gateway, 6443));
+    // The `kubernetes` Service's endpoint carries the API server's own port.
+    let port = upstream.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).unwrap_or(6443);
+    let addr = std::net::SocketAddr::from((net.gateway, port));
     let listener = match in_netns(&netns_path(&net.node_netns), move || {
         let l = std::net::TcpListener::bind(addr)?;
         l.set_nonblocking(true)?;

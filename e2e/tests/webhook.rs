@@ -1,0 +1,187 @@
+//! Galley's part, installed as users install it (helm), running as a pod on
+//! the node and called by the API server through its Service: Istio objects
+//! are accepted, rejected with a message naming object and field, or let
+//! through with kubectl's `Warning:`; a rejected object never reaches etcd.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::{TempNamespace, eventually, install_crds, kubectl, kubectl_ok, repo};
+
+/// The chart installed with helm into a namespace of its own; uninstalled on drop.
+struct Release {
+    namespace: String,
+}
+
+fn helm(args: &[&str]) -> crate::support::Output {
+    let out = Command::new("helm")
+        .args(args)
+        .args(["--kubeconfig", &crate::support::kubeconfig()])
+        .output()
+        .expect("helm is on PATH (make test-e2e puts the pinned one there)");
+    crate::support::Output {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+impl Release {
+    fn install(namespace: &str, extra: &[&str]) -> Self {
+        let chart = repo().join("charts/mesh");
+        let mut args =
+            vec!["install", "mesh", chart.to_str().expect("utf-8"), "-n", namespace, "--create-namespace"];
+        args.extend(["--wait", "--timeout", "120s"]);
+        args.extend(extra);
+        let out = helm(&args);
+        assert!(out.ok, "helm install: {}", out.stderr);
+        Self { namespace: namespace.to_string() }
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = helm(&["uninstall", "mesh", "-n", &self.namespace, "--wait", "--timeout", "60s"]);
+        let _ = kubectl(&["delete", "namespace", &self.namespace, "--wait=false"], None);
+    }
+}
+
+fn accepts(ns: &str, yaml: &str) -> String {
+    let out = kubectl(&["apply", "-n", ns, "-f", "-"], Some(yaml));
+    assert!(out.ok, "rejected: {}", out.stderr);
+    out.stderr
+}
+
+fn rejects(ns: &str, yaml: &str, fragment: &str) {
+    let out = kubectl(&["apply", "-n", ns, "-f", "-"], Some(yaml));
+    assert!(!out.ok, "accepted, but should have been rejected for {fragment:?}");
+    assert!(out.stderr.contains("admission webhook"), "not rejected by the webhook: {}", out.stderr);
+    assert!(out.stderr.contains(fragment), "message lacks {fragment:?}: {}", out.stderr);
+}
+
+fn warns(ns: &str, yaml: &str, fragment: &str) {
+    let stderr = accepts(ns, yaml);
+    assert!(
+        stderr.contains("Warning:") && stderr.contains(fragment),
+        "no warning with {fragment:?}: {stderr}"
+    );
+}
+
+#[test]
+fn the_chart_installs_a_ready_controller_whose_webhook_judges_istio_objects() {
+    install_crds();
+    let release = Release::install("mesh-e2e-system", &["--set", "webhook.certificateSeconds=3600"]);
+    // The controller keeps the webhook's caBundle current itself.
+    eventually("the caBundle filled in", Duration::from_secs(30), || {
+        let bundle = kubectl_ok(
+            &[
+                "get",
+                "validatingwebhookconfiguration",
+                "mesh-validator",
+                "-o",
+                "jsonpath={.webhooks[*].clientConfig.caBundle}",
+            ],
+            None,
+        );
+        (bundle.split_whitespace().count() == 2).then_some(())
+    });
+
+    let ns = TempNamespace::new("webhook");
+    kubectl_ok(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: reviews}\nspec: {ports: [{name: http, port: 9080}]}\n",
+        ),
+    );
+    // The first calls may come before the webhook's certificate is trusted everywhere.
+    eventually("the webhook answering", Duration::from_secs(30), || {
+        let out = kubectl(&["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"], Some(VS_OK));
+        out.ok.then_some(())
+    });
+    accepts(&ns.name, VS_OK);
+    rejects(
+        &ns.name,
+        &VS_OK.replace("route:", "timeout: \"10\"\n    route:").replace("name: reviews", "name: bad-timeout"),
+        &format!("VirtualService {}/bad-timeout: spec.http[0].timeout", ns.name),
+    );
+    rejects(&ns.name, DR_BAD_INTERVAL, "spec.trafficPolicy.outlierDetection.interval");
+    rejects(&ns.name, BINDING_NO_SUBJECTS, "spec.subjects");
+    warns(
+        &ns.name,
+        &VS_OK.replace("subset: v1", "subset: v9").replace("name: reviews", "name: unknown-subset"),
+        "v9",
+    );
+    warns(&ns.name, DR_NO_SERVICE, "ghost");
+    // Rejected objects never reached etcd.
+    let stored = kubectl_ok(&["get", "vs,dr,servicerolebindings", "-n", &ns.name, "-o", "name"], None);
+    assert!(
+        !stored.contains("bad-timeout") && !stored.contains("bad-interval") && !stored.contains("nobody"),
+        "{stored}"
+    );
+
+    // Every Bookinfo sample of our kinds is accepted (warnings allowed).
+    for dir in ["networking", "rbac"] {
+        let path = crate::support::conformance().join(dir);
+        for entry in std::fs::read_dir(&path).expect("samples") {
+            let file = entry.expect("entry").path();
+            let text = std::fs::read_to_string(&file).expect("sample");
+            for doc in crate::support::yaml_documents(&text) {
+                let kind = doc["kind"].as_str().unwrap_or_default();
+                if !["VirtualService", "DestinationRule", "ServiceRole", "ServiceRoleBinding"].contains(&kind)
+                {
+                    continue;
+                }
+                let mut doc = doc.clone();
+                doc["metadata"].as_object_mut().map(|m| m.remove("namespace"));
+                let yaml = serde_yaml_ng::to_string(&doc).expect("yaml");
+                let out = kubectl(&["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"], Some(&yaml));
+                assert!(out.ok, "{} from {} rejected: {}", kind, file.display(), out.stderr);
+            }
+        }
+    }
+
+    // Uninstall removes what the chart made, except the CRDs.
+    drop(release);
+    for what in ["validatingwebhookconfiguration/mesh-validator", "clusterrole/mesh-mesh-e2e-system"] {
+        eventually(&format!("{what} removed"), Duration::from_secs(30), || {
+            (!kubectl(&["get", what], None).ok).then_some(())
+        });
+    }
+    assert!(kubectl(&["get", "crd", "virtualservices.networking.istio.io"], None).ok, "the CRDs went too");
+}
+
+const VS_OK: &str = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews, subset: v1}
+"#;
+
+const DR_BAD_INTERVAL: &str = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: bad-interval}
+spec:
+  host: reviews
+  trafficPolicy: {outlierDetection: {interval: "5"}}
+"#;
+
+const DR_NO_SERVICE: &str = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: ghost}
+spec: {host: ghost}
+"#;
+
+const BINDING_NO_SUBJECTS: &str = r#"
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRoleBinding
+metadata: {name: nobody}
+spec:
+  subjects: []
+  roleRef: {kind: ServiceRole, name: viewer}
+"#;

@@ -1,0 +1,176 @@
+//! The webhook's HTTPS server. Its certificate sits behind a resolver that
+//! each TLS handshake asks, so a renewed certificate is used by the next
+//! connection without a restart or a dropped request. The validation
+//! context (what Services, DestinationRules and ServiceRoles exist) is
+//! built from the index once per index revision, not per request.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::post;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use kube::core::DynamicObject;
+use kube::core::admission::AdmissionReview;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio_util::sync::CancellationToken;
+
+use super::admission;
+use super::validate::Context;
+use crate::index::{Index, SharedIndex};
+
+/// The certificate the server presents, replaceable while it runs.
+#[derive(Debug, Default)]
+pub struct ServingCert(RwLock<Option<Arc<CertifiedKey>>>);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServingCertError {
+    #[error("serving certificate chain: {0}")]
+    Chain(String),
+    #[error("serving certificate key: {0}")]
+    Key(String),
+}
+
+impl ServingCert {
+    /// Installs a new certificate chain and key (PEM); the next handshake uses it.
+    pub fn set(&self, chain_pem: &str, key_pem: &str) -> Result<(), ServingCertError> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| ServingCertError::Chain(e.to_string()))?;
+        if chain.is_empty() {
+            return Err(ServingCertError::Chain("no certificate in the PEM".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| ServingCertError::Key(e.to_string()))?;
+        let signing = provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| ServingCertError::Key(e.to_string()))?;
+        let certified = Arc::new(CertifiedKey::new(chain, signing));
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(certified);
+        Ok(())
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The TLS settings of the webhook: TLS 1.2+, HTTP/2 or HTTP/1.1.
+pub fn tls_config(cert: Arc<ServingCert>) -> Result<rustls::ServerConfig, rustls::Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// The last context built, and the index revision it was built from.
+type ContextCache = Arc<Mutex<Option<(u64, Arc<Context>)>>>;
+
+#[derive(Clone)]
+struct Webhook {
+    index: SharedIndex,
+    /// Whether the index has synced: until then, warnings that need the
+    /// cluster's contents are not given (Context::default()).
+    synced: Arc<dyn Fn() -> bool + Send + Sync>,
+    cache: ContextCache,
+}
+
+impl Webhook {
+    fn context(&self) -> Arc<Context> {
+        if !(self.synced)() {
+            return Arc::new(Context::default());
+        }
+        let index = self.index.lock();
+        let revision = index.revision();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((seen, ctx)) = cache.as_ref()
+            && *seen == revision
+        {
+            return ctx.clone();
+        }
+        let ctx = Arc::new(context_of(&index));
+        *cache = Some((revision, ctx.clone()));
+        ctx
+    }
+}
+
+/// What validation needs to know of the cluster.
+pub fn context_of(index: &Index) -> Context {
+    let mut ctx = Context::empty();
+    for svc in index.services.values() {
+        ctx.add_service(&svc.key.namespace, &svc.key.name);
+    }
+    for dr in index.destination_rules.values() {
+        ctx.add_destination_rule(&dr.key.namespace, &dr.spec);
+    }
+    for role in index.service_roles.values() {
+        ctx.add_service_role(&role.key.namespace, &role.key.name);
+    }
+    ctx
+}
+
+async fn validate(
+    State(webhook): State<Webhook>,
+    axum::Json(review): axum::Json<AdmissionReview<DynamicObject>>,
+) -> axum::Json<AdmissionReview<DynamicObject>> {
+    axum::Json(admission::review(review, &webhook.context()))
+}
+
+/// Serves /validate on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    cert: Arc<ServingCert>,
+    index: SharedIndex,
+    synced: Arc<dyn Fn() -> bool + Send + Sync>,
+    shutdown: CancellationToken,
+) -> Result<(), rustls::Error> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(cert)?));
+    let webhook = Webhook { index, synced, cache: Arc::new(Mutex::new(None)) };
+    let app = Router::new().route("/validate", post(validate)).with_state(webhook);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "webhook TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "webhook TLS handshake timed out"),
+            };
+            let service = TowerToHyperService::new(app);
+            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "webhook connection ended");
+            }
+        });
+    }
+}
