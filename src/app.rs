@@ -123,11 +123,17 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let server =
         tokio::spawn(monitoring::serve(listener, registry, readiness, index.clone(), shutdown.clone()));
 
+    let leader = elect(client.clone(), &args).await;
+    let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    let status =
+        tokio::spawn(crate::status::run(client.clone(), index.clone(), leader, instance, shutdown.clone()));
+
     shutdown_signal().await;
     tracing::info!("shutting down");
     shutdown.cancel();
     watches.shutdown().await;
     let _ = authority.await;
+    let _ = status.await;
     if let Ok(Err(e)) = webhook.await {
         tracing::warn!(error = %e, "webhook server");
     }
@@ -137,6 +143,29 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Lease-based leader election among the replicas (Lease `mesh-controller`
+/// in the mesh namespace). Only the leader writes status; every replica
+/// serves. The receiver says whether this replica leads now.
+async fn elect(client: Client, args: &ControllerArgs) -> tokio::sync::watch::Receiver<bool> {
+    let identity =
+        format!("{}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "mesh".into()), std::process::id());
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, "mesh-controller")
+        .with_namespace(&args.namespace)
+        .with_identity(identity)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await;
+    match manager {
+        Ok(manager) => manager.watch().await.0,
+        Err(e) => {
+            // Without a Lease nobody writes status; serving goes on.
+            tracing::error!(error = %e, "leader election unavailable: status will not be written");
+            tokio::sync::watch::channel(false).1
+        }
+    }
 }
 
 /// Loads (or makes) the CA, retrying until it can; issues the webhook's

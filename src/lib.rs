@@ -12,4 +12,5 @@ pub mod index;
 pub mod model;
 pub mod monitoring;
 pub mod readiness;
+pub mod status;
 pub mod webhook;

@@ -185,3 +185,82 @@ spec:
   subjects: []
   roleRef: {kind: ServiceRole, name: viewer}
 "#;
+
+fn vs_json(ns: &str, name: &str) -> serde_json::Value {
+    serde_json::from_str(&kubectl_ok(&["get", "vs", "-n", ns, name, "-o", "json"], None)).expect("JSON")
+}
+
+#[test]
+fn status_says_what_the_mesh_made_of_each_object_and_survives_a_restart() {
+    install_crds();
+    let ns = TempNamespace::new("status");
+    // Stored before the webhook existed, so it can be invalid.
+    accepts(
+        &ns.name,
+        &VS_OK.replace("route:", "timeout: \"10\"\n    route:").replace("name: reviews", "name: bad"),
+    );
+    accepts(&ns.name, VS_OK);
+    let _release = Release::install("mesh-e2e-status", &[]);
+
+    let condition = |name: &str| -> Option<serde_json::Value> {
+        let vs = vs_json(&ns.name, name);
+        let c = vs["status"]["conditions"][0].clone();
+        (c["type"] == "Accepted" && vs["status"]["observedGeneration"] == vs["metadata"]["generation"])
+            .then_some(c)
+    };
+    let bad = eventually("status on the invalid object", Duration::from_secs(60), || condition("bad"));
+    assert_eq!(bad["status"], "False", "{bad}");
+    assert_eq!(bad["reason"], "Invalid");
+    assert!(bad["message"].as_str().unwrap_or_default().contains("spec.http[0].timeout"), "{bad}");
+    let good = eventually("status on the valid object", Duration::from_secs(30), || condition("reviews"));
+    assert_eq!(good["status"], "True", "{good}");
+    eventually("an Event about the invalid object", Duration::from_secs(30), || {
+        let events = kubectl_ok(
+            &[
+                "get",
+                "events",
+                "-n",
+                &ns.name,
+                "--field-selector",
+                "involvedObject.name=bad",
+                "-o",
+                "jsonpath={.items[*].reason}",
+            ],
+            None,
+        );
+        events.contains("InvalidConfiguration").then_some(())
+    });
+
+    // A restart loses nothing: the new leader keeps each verdict and its transition time.
+    let before = vs_json(&ns.name, "reviews");
+    kubectl_ok(
+        &["delete", "pod", "-n", "mesh-e2e-status", "-l", "app.kubernetes.io/name=mesh", "--wait=true"],
+        None,
+    );
+    kubectl_ok(&["rollout", "status", "-n", "mesh-e2e-status", "deployment/mesh", "--timeout=90s"], None);
+    // The new replica must take the Lease over before it writes anything.
+    let changed = kubectl_ok(
+        &[
+            "patch",
+            "vs",
+            "-n",
+            &ns.name,
+            "reviews",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"gateways":["mesh"]}}"#,
+        ],
+        None,
+    );
+    assert!(changed.contains("patched"), "{changed}");
+    let after_change = eventually("status following the new generation", Duration::from_secs(60), || {
+        condition("reviews").map(|_| vs_json(&ns.name, "reviews"))
+    });
+    assert_eq!(
+        after_change["status"]["conditions"][0]["lastTransitionTime"],
+        before["status"]["conditions"][0]["lastTransitionTime"],
+        "the Accepted transition time moved although the verdict did not"
+    );
+    let bad_after = vs_json(&ns.name, "bad");
+    assert_eq!(bad_after["status"]["conditions"][0]["status"], "False", "status lost across the restart");
+}

@@ -42,7 +42,8 @@ fn parse_config<S: DeserializeOwned>(
         path: e.path().to_string(),
         reason: e.inner().to_string(),
     })?;
-    Ok(Config { key, generation: obj.metadata.generation.unwrap_or_default(), spec })
+    let status = obj.data.get("status").and_then(|s| serde_json::from_value(s.clone()).ok());
+    Ok(Config { key, generation: obj.metadata.generation.unwrap_or_default(), spec, status })
 }
 
 /// Defines an Istio configuration kind: watched raw, parsed into its spec.

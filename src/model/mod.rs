@@ -111,11 +111,15 @@ pub struct Namespace {
     pub labels: BTreeMap<String, String>,
 }
 
-/// One Istio configuration object: its spec, as the user wrote it.
+/// One Istio configuration object: its spec, as the user wrote it, and
+/// the status the controller last wrote on it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Config<S> {
     pub key: ObjectKey,
     /// metadata.generation: bumped by the API server on every spec change.
     pub generation: i64,
     pub spec: S,
+    /// As stored; absent or unreadable status is None (it is only ever rewritten).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<crate::api::ConfigStatus>,
 }
