@@ -9,7 +9,7 @@ CARGO ?= cargo
 MESH := target/debug/mesh
 CLUSTER := e2e/scripts/cluster.sh
 
-.PHONY: help tools build crds cluster-up cluster-down up down pod-exec env run test test-unit test-e2e lint fmt clean
+.PHONY: bench-webhook help tools build crds cluster-up cluster-down up down pod-exec env run test test-unit test-e2e lint fmt clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -57,6 +57,11 @@ test-unit: ## Unit and in-process tests (no cluster)
 
 test-e2e: tools build ## End-to-end tests on a cluster of their own, removed afterwards
 	@e2e/scripts/e2e.sh
+
+bench-webhook: tools ## Validating webhook latency at 200 req/s (docs/perf.md)
+	$(CARGO) build --release -p mesh
+	@$(MAKE) -s build
+	@e2e/scripts/bench-webhook.sh
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

@@ -67,6 +67,15 @@ helm() {
   stamp helm "$HELM_VERSION"
 }
 
+fortio() {
+  if fresh fortio "$FORTIO_VERSION" && [ -x "$TOOLS_BIN/fortio" ]; then
+    log "fortio $FORTIO_VERSION: present"; return
+  fi
+  log "fortio $FORTIO_VERSION: go install"
+  CGO_ENABLED=0 GOBIN="$TOOLS_BIN" go install -trimpath -ldflags "-s -w" "fortio.org/fortio@$FORTIO_VERSION"
+  stamp fortio "$FORTIO_VERSION"
+}
+
 envoy() {
   if fresh envoy "$ENVOY_VERSION" && [ -x "$TOOLS_BIN/envoy" ]; then
     log "envoy $ENVOY_VERSION: present"; return
@@ -87,8 +96,8 @@ envoy() {
 
 what=${1:-all}
 case "$what" in
-  all) debian_packages; envoy; helm; kubernetes ;;
-  debian|envoy|helm|kubernetes) [ "$what" = debian ] && debian_packages || "$what" ;;
-  *) echo "usage: $0 [all|debian|envoy|helm|kubernetes]" >&2; exit 2 ;;
+  all) debian_packages; envoy; helm; fortio; kubernetes ;;
+  debian|envoy|helm|fortio|kubernetes) [ "$what" = debian ] && debian_packages || "$what" ;;
+  *) echo "usage: $0 [all|debian|envoy|helm|fortio|kubernetes]" >&2; exit 2 ;;
 esac
 log "done: $TOOLS_BIN"

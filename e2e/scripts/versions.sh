@@ -3,6 +3,8 @@
 K8S_VERSION=v1.35.4
 HELM_VERSION=v3.22.0
 ENVOY_VERSION=1.40.0
+# Newer fortio needs grol.io modules, which the Go module proxy refuses.
+FORTIO_VERSION=v1.66.5
 
 MESH_CACHE=${MESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mesh}
 TOOLS_BIN="$MESH_CACHE/bin"
