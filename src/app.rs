@@ -200,7 +200,9 @@ async fn start_ca(
     let bundle = authority.trust_bundle_pem().to_string();
     let renewals = async {
         loop {
+            // At least a second apart, whatever the certificate says.
             let wait = (renew_at - time::OffsetDateTime::now_utc()).try_into().unwrap_or(Duration::ZERO);
+            let wait = wait.max(Duration::from_secs(1));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {},
                 _ = shutdown.cancelled() => return,

@@ -264,3 +264,43 @@ fn status_says_what_the_mesh_made_of_each_object_and_survives_a_restart() {
     let bad_after = vs_json(&ns.name, "bad");
     assert_eq!(bad_after["status"]["conditions"][0]["status"], "False", "status lost across the restart");
 }
+
+/// The serial of the certificate a new TLS handshake with the webhook gets.
+fn served_serial(release_ns: &str) -> Option<String> {
+    let ip =
+        kubectl_ok(&["get", "service", "-n", release_ns, "mesh", "-o", "jsonpath={.spec.clusterIP}"], None);
+    let script = format!(
+        "openssl s_client -connect {ip}:443 -servername mesh.{release_ns}.svc </dev/null 2>/dev/null | openssl x509 -noout -serial"
+    );
+    let out = Command::new("sh").arg("-c").arg(script).output().ok()?;
+    let serial = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    serial.starts_with("serial=").then_some(serial)
+}
+
+#[test]
+fn the_webhook_keeps_answering_across_certificate_rotations() {
+    install_crds();
+    let release = "mesh-e2e-rotation";
+    // A 6 s certificate: renewed every 3 s.
+    let _release = Release::install(release, &["--set", "webhook.certificateSeconds=6"]);
+    let ns = TempNamespace::new("rotation");
+    let dry_run = || kubectl(&["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"], Some(VS_OK));
+    eventually("the webhook answering", Duration::from_secs(30), || dry_run().ok.then_some(()));
+
+    let mut serials = std::collections::BTreeSet::new();
+    let start = std::time::Instant::now();
+    let mut answered = 0;
+    while start.elapsed() < Duration::from_secs(20) {
+        let out = dry_run();
+        assert!(out.ok, "the webhook failed during rotation after {answered} answers: {}", out.stderr);
+        answered += 1;
+        if answered % 5 == 0
+            && let Some(serial) = served_serial(release)
+        {
+            serials.insert(serial);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(answered >= 30, "only {answered} requests in 20 s");
+    assert!(serials.len() >= 3, "the certificate was not rotated: {serials:?}");
+}

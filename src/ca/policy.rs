@@ -4,6 +4,7 @@
 
 use time::{Duration, OffsetDateTime};
 
+use super::BACKDATE;
 use super::cert::CertInfo;
 
 /// Renews once a set share of a certificate's lifetime (notBefore to notAfter) has passed.
@@ -25,12 +26,16 @@ impl RotationPolicy {
         Self { renew_at_percent: percent.min(100) }
     }
 
-    /// The moment `cert` is due for renewal.
+    /// The moment `cert` is due for renewal: a share of its life since it
+    /// was issued. The CA backdates notBefore by [`BACKDATE`] against clock
+    /// skew, so life counts from notBefore + BACKDATE (never past notAfter):
+    /// a short-lived certificate is not half used up the moment it is made.
     pub fn renew_at(&self, cert: &CertInfo) -> OffsetDateTime {
-        let lifetime = cert.lifetime().whole_seconds().max(0);
+        let issued = (cert.not_before + BACKDATE).min(cert.not_after);
+        let lifetime = (cert.not_after - issued).whole_seconds().max(0);
         // i128: a lifetime near i64::MAX seconds times 100 must not overflow.
         let elapsed = i128::from(lifetime) * i128::from(self.renew_at_percent) / 100;
-        cert.not_before + Duration::seconds(i64::try_from(elapsed).unwrap_or(i64::MAX))
+        issued + Duration::seconds(i64::try_from(elapsed).unwrap_or(i64::MAX))
     }
 
     /// Whether the first certificate in `cert_pem` is due for renewal at `now`. A certificate
@@ -65,7 +70,7 @@ mod tests {
         let info = CertInfo::from_pem(&leaf.cert_chain_pem).unwrap();
         assert_eq!(info.not_before, t0() - BACKDATE);
         assert_eq!(info.not_after, t0() + DEFAULT_LEAF_LIFETIME);
-        let half = info.not_before + (DEFAULT_LEAF_LIFETIME + BACKDATE) / 2;
+        let half = t0() + DEFAULT_LEAF_LIFETIME / 2;
         assert_eq!(policy.renew_at(&info), half);
 
         assert!(!policy.needs_renewal(&leaf.cert_chain_pem, t0()));
@@ -83,7 +88,7 @@ mod tests {
             serial: String::new(),
             dns_names: vec![],
             uris: vec![],
-            not_before: t0(),
+            not_before: t0() - BACKDATE,
             not_after: t0() + Duration::hours(10),
             is_ca: false,
         };
@@ -91,5 +96,13 @@ mod tests {
         assert_eq!(RotationPolicy::new(0).renew_at(&info), t0());
         assert_eq!(RotationPolicy::new(200).renew_at(&info), info.not_after);
         assert!(RotationPolicy::default().needs_renewal("not a certificate", t0()));
+    }
+
+    #[test]
+    fn a_short_lived_certificate_is_renewed_halfway_through_its_own_life() {
+        let root = Root::generate("cluster.local", t0()).unwrap();
+        let ca = Authority::from_root(&root, t0()).unwrap();
+        let leaf = ca.issue_serving(&["mesh.mesh-system.svc"], Duration::seconds(6), t0()).unwrap();
+        assert_eq!(RotationPolicy::default().renew_at(&leaf.cert), t0() + Duration::seconds(3));
     }
 }
