@@ -33,27 +33,33 @@ pub struct Output {
     pub stderr: String,
 }
 
-/// Runs kubectl with `args`, feeding `stdin` when given.
-pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig())
+/// Runs `program` with `args`, feeding `stdin` when given.
+pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("kubectl is on PATH (make test-e2e puts the pinned one there)");
+        .unwrap_or_else(|e| panic!("{program} runs (make test-e2e puts the pinned tools on PATH): {e}"));
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("stdin was piped");
-        pipe.write_all(input.as_bytes()).expect("writing kubectl's stdin");
+        pipe.write_all(input.as_bytes()).expect("writing the program's stdin");
     }
-    let out = child.wait_with_output().expect("kubectl ran");
+    let out = child.wait_with_output().expect("the program ran");
     Output {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Runs kubectl against the test cluster.
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
+    let kubeconfig = kubeconfig();
+    let mut all = vec!["--kubeconfig", kubeconfig.as_str()];
+    all.extend_from_slice(args);
+    run("kubectl", &all, stdin)
 }
 
 /// Runs kubectl and fails the test when it fails.

@@ -14,16 +14,10 @@ struct Release {
 }
 
 fn helm(args: &[&str]) -> crate::support::Output {
-    let out = Command::new("helm")
-        .args(args)
-        .args(["--kubeconfig", &crate::support::kubeconfig()])
-        .output()
-        .expect("helm is on PATH (make test-e2e puts the pinned one there)");
-    crate::support::Output {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let kubeconfig = crate::support::kubeconfig();
+    let mut all = args.to_vec();
+    all.extend(["--kubeconfig", kubeconfig.as_str()]);
+    crate::support::run("helm", &all, None)
 }
 
 impl Release {
@@ -119,7 +113,7 @@ fn the_chart_installs_a_ready_controller_whose_webhook_judges_istio_objects() {
         "{stored}"
     );
 
-    // Every Bookinfo sample of our kinds is accepted (warnings allowed).
+    // Every Bookinfo sample of our kinds is accepted (warnings allowed); a dry run stores nothing.
     for dir in ["networking", "rbac"] {
         let path = crate::support::conformance().join(dir);
         for entry in std::fs::read_dir(&path).expect("samples") {
@@ -127,8 +121,14 @@ fn the_chart_installs_a_ready_controller_whose_webhook_judges_istio_objects() {
             let text = std::fs::read_to_string(&file).expect("sample");
             for doc in crate::support::yaml_documents(&text) {
                 let kind = doc["kind"].as_str().unwrap_or_default();
-                if !["VirtualService", "DestinationRule", "ServiceRole", "ServiceRoleBinding"].contains(&kind)
-                {
+                let ours = [
+                    "VirtualService",
+                    "DestinationRule",
+                    "ServiceRole",
+                    "ServiceRoleBinding",
+                    "ClusterRbacConfig",
+                ];
+                if !ours.contains(&kind) {
                     continue;
                 }
                 let mut doc = doc.clone();
@@ -303,4 +303,219 @@ fn the_webhook_keeps_answering_across_certificate_rotations() {
     }
     assert!(answered >= 30, "only {answered} requests in 20 s");
     assert!(serials.len() >= 3, "the certificate was not rotated: {serials:?}");
+}
+
+/// One case of src/webhook/validate/cases.yaml (its header says what the
+/// fields mean); the unit tests run the same cases through the validator.
+struct RuleCase {
+    name: String,
+    kind: String,
+    expect: String,
+    fragment: String,
+    object_name: String,
+    schema: bool,
+    spec: serde_json::Value,
+}
+
+fn rule_cases() -> Vec<RuleCase> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/webhook/validate/cases.yaml");
+    let text = std::fs::read_to_string(path).expect("cases.yaml");
+    let cases: Vec<serde_json::Value> = serde_yaml_ng::from_str(&text).expect("cases.yaml reads");
+    let field = |case: &serde_json::Value, name: &str| case[name].as_str().unwrap_or_default().to_string();
+    cases
+        .iter()
+        .map(|case| {
+            let name = field(case, "name");
+            let mut spec = case["spec"].clone();
+            if let Some(n) = case["fill"].as_u64() {
+                fill(&mut spec, &"x".repeat(n as usize));
+            }
+            RuleCase {
+                object_name: case["objectName"].as_str().unwrap_or(&name).to_string(),
+                kind: field(case, "kind"),
+                expect: field(case, "expect"),
+                fragment: field(case, "fragment"),
+                schema: case["schema"].as_bool().unwrap_or(false),
+                spec,
+                name,
+            }
+        })
+        .collect()
+}
+
+/// Replaces every string "FILL" in `v` by `with`.
+fn fill(v: &mut serde_json::Value, with: &str) {
+    match v {
+        serde_json::Value::String(s) if s == "FILL" => *s = with.to_string(),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| fill(i, with)),
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(|f| fill(f, with)),
+        _ => {}
+    }
+}
+
+impl RuleCase {
+    /// Applies the case with `kubectl apply --dry-run=server` (nothing is
+    /// stored) in `ns`, and says why it did not hold, if it did not.
+    fn problem(&self, ns: &str) -> Option<String> {
+        let api_version = if matches!(self.kind.as_str(), "VirtualService" | "DestinationRule") {
+            "networking.istio.io/v1alpha3"
+        } else {
+            "rbac.istio.io/v1alpha1"
+        };
+        let object = serde_json::json!({
+            "apiVersion": api_version,
+            "kind": self.kind,
+            "metadata": {"name": self.object_name},
+            "spec": self.spec,
+        })
+        .to_string();
+        let mut args = vec!["apply", "--dry-run=server"];
+        // Client-side apply copies the object into an annotation, and the
+        // API server refuses annotations over 256 KiB before any webhook.
+        if object.len() > 200_000 {
+            args.push("--server-side");
+        }
+        if self.kind != "ClusterRbacConfig" {
+            args.extend(["-n", ns]);
+        }
+        args.extend(["-f", "-"]);
+        let out = kubectl(&args, Some(&object));
+        let has = |s: &str| out.stderr.contains(s);
+        let why = match self.expect.as_str() {
+            // The API server refuses it by the CRD's schema (the webhook may not even see it).
+            _ if self.schema => (out.ok).then_some("accepted, but the CRD schema should refuse it"),
+            "reject" if out.ok => Some("accepted"),
+            "reject" if !has("admission webhook") => Some("not refused by the webhook"),
+            "reject" if !has(&self.fragment) => Some("refused, but not with the fragment"),
+            "warn" if !out.ok => Some("refused"),
+            "warn" if !has("Warning:") || !has(&self.fragment) => Some("accepted without the warning"),
+            "accept" if !out.ok => Some("refused"),
+            "reject" | "warn" | "accept" => None,
+            _ => Some("unknown expect"),
+        }?;
+        Some(format!(
+            "{} ({} {:?}): {why}:\n      {}",
+            self.name,
+            self.expect,
+            self.fragment,
+            out.stderr.trim().replace('\n', "\n      ")
+        ))
+    }
+}
+
+/// The cluster every case assumes: Services, a DestinationRule with subsets
+/// v1-v3 and a ServiceRole, in namespace `cases`.
+const CASES_CONTEXT: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews}
+spec: {ports: [{name: http, port: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ratings}
+spec: {ports: [{name: http, port: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: details}
+spec: {ports: [{name: http, port: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: productpage}
+spec: {ports: [{name: http, port: 9080}]}
+"#;
+
+const CASES_ISTIO_CONTEXT: &str = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: v3, labels: {version: v3}}
+---
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRole
+metadata: {name: viewer}
+spec:
+  rules: [{services: ["*"], methods: ["GET"]}]
+"#;
+
+/// Warns about its mirror to `ghost` only once the index has the Services
+/// and the subsets (and warns about nothing before the index has synced).
+const CASES_PROBE_VS: &str = r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: probe}
+spec:
+  hosts: [reviews]
+  http:
+  - mirror: {host: ghost}
+    route:
+    - {destination: {host: reviews, subset: v1}, weight: 25}
+    - {destination: {host: ratings}, weight: 25}
+    - {destination: {host: details}, weight: 25}
+    - {destination: {host: productpage}, weight: 25}
+"#;
+
+/// Warns about nothing once the index has the ServiceRole.
+const CASES_PROBE_BINDING: &str = r#"
+apiVersion: rbac.istio.io/v1alpha1
+kind: ServiceRoleBinding
+metadata: {name: probe}
+spec:
+  subjects: [{user: "*"}]
+  roleRef: {kind: ServiceRole, name: viewer}
+"#;
+
+#[test]
+fn every_validation_rule_at_kubectl_apply() {
+    install_crds();
+    let _release = Release::install("mesh-e2e-rules", &[]);
+    // The cases name their namespace (in exportTo, in messages).
+    let ns = TempNamespace::named("cases");
+    kubectl_ok(&["apply", "-n", &ns.name, "-f", "-"], Some(CASES_CONTEXT));
+    let dry_run = |yaml: &str| kubectl(&["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"], Some(yaml));
+    eventually("the webhook answering", Duration::from_secs(30), || dry_run(VS_OK).ok.then_some(()));
+    kubectl_ok(&["apply", "-n", &ns.name, "-f", "-"], Some(CASES_ISTIO_CONTEXT));
+    eventually("the index holding the cases' context", Duration::from_secs(60), || {
+        let vs = dry_run(CASES_PROBE_VS);
+        let binding = dry_run(CASES_PROBE_BINDING);
+        let vs_ready = vs.ok
+            && vs.stderr.matches("Warning:").count() == 1
+            && vs.stderr.contains("spec.http[0].mirror.host: no Service ghost");
+        (vs_ready && binding.ok && !binding.stderr.contains("Warning:")).then_some(())
+    });
+
+    let cases = rule_cases();
+    assert!(cases.len() >= 100, "only {} cases in cases.yaml", cases.len());
+    // Several kubectl at a time: each call waits mostly on the API server.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let problems = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(case) = cases.get(i) else { break };
+                    if let Some(problem) = case.problem(&ns.name) {
+                        problems.lock().unwrap_or_else(|p| p.into_inner()).push((i, problem));
+                    }
+                }
+            });
+        }
+    });
+    let mut problems = problems.into_inner().unwrap_or_else(|p| p.into_inner());
+    problems.sort();
+    assert!(
+        problems.is_empty(),
+        "{} of {} cases did not hold at kubectl apply:\n  {}",
+        problems.len(),
+        cases.len(),
+        problems.into_iter().map(|(_, p)| p).collect::<Vec<_>>().join("\n  ")
+    );
 }

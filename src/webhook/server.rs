@@ -145,7 +145,12 @@ pub async fn serve(
 ) -> Result<(), rustls::Error> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(cert)?));
     let webhook = Webhook { index, synced, cache: Arc::new(Mutex::new(None)) };
-    let app = Router::new().route("/validate", post(validate)).with_state(webhook);
+    // The API server accepts objects up to 3 MiB; all of them must reach
+    // the rules (a too-large body gets their message, not a transport error).
+    let app = Router::new()
+        .route("/validate", post(validate))
+        .layer(axum::extract::DefaultBodyLimit::max(4 * 1024 * 1024))
+        .with_state(webhook);
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -1198,3 +1198,163 @@ fn cluster_rbac_config_validates_its_inner_spec() {
     let spec: ClusterRbacConfigSpec = serde_yaml_ng::from_str("mode: ON_WITH_INCLUSION").unwrap();
     assert!(has_errors(&spec.validate("", bookinfo())));
 }
+
+// ------------------------------------------------------------ cases.yaml
+
+/// The namespace of every case in cases.yaml (the end-to-end test makes one
+/// of that name).
+const CASES_NS: &str = "cases";
+
+/// One case of cases.yaml; the file's header says what each field means.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Case {
+    name: String,
+    kind: String,
+    spec: Value,
+    expect: Expect,
+    fragment: String,
+    object_name: Option<String>,
+    #[serde(default)]
+    schema: bool,
+    fill: Option<usize>,
+}
+
+#[derive(serde::Deserialize, Clone, Copy, Debug, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Expect {
+    Reject,
+    Warn,
+    Accept,
+}
+
+impl Case {
+    /// The spec with every "FILL" string replaced by `fill` times "x".
+    fn spec(&self) -> Value {
+        fn fill(v: &mut Value, n: usize) {
+            match v {
+                Value::String(s) if s == "FILL" => *s = "x".repeat(n),
+                Value::Array(items) => items.iter_mut().for_each(|i| fill(i, n)),
+                Value::Object(fields) => fields.values_mut().for_each(|f| fill(f, n)),
+                _ => {}
+            }
+        }
+        let mut spec = self.spec.clone();
+        if let Some(n) = self.fill {
+            fill(&mut spec, n);
+        }
+        spec
+    }
+
+    /// The object's namespace, as the webhook gets it: none for cluster-scoped kinds.
+    fn namespace(&self) -> &'static str {
+        if self.kind == "ClusterRbacConfig" { "" } else { CASES_NS }
+    }
+
+    fn object_name(&self) -> &str {
+        self.object_name.as_deref().unwrap_or(&self.name)
+    }
+
+    /// Why the case does not hold, if it does not.
+    fn problem(&self, ctx: &Context) -> Option<String> {
+        let (namespace, name) = (self.namespace(), self.object_name());
+        let found = validate_object(&self.kind, namespace, name, &self.spec(), ctx);
+        let rendered = |error: bool| -> Vec<String> {
+            found
+                .iter()
+                .filter(|f| f.is_error() == error)
+                .map(|f| render(&self.kind, namespace, name, f))
+                .collect()
+        };
+        let (errors, warnings) = (rendered(true), rendered(false));
+        // The webhook cuts warnings at 256 characters (admission::shorten).
+        let shown = |w: &String| -> String {
+            if w.len() <= 256 {
+                return w.clone();
+            }
+            let mut end = 253;
+            while !w.is_char_boundary(end) {
+                end -= 1;
+            }
+            w[..end].to_string()
+        };
+        let holds = match self.expect {
+            Expect::Reject => errors.iter().any(|e| e.contains(&self.fragment)),
+            Expect::Warn => errors.is_empty() && warnings.iter().any(|w| shown(w).contains(&self.fragment)),
+            Expect::Accept => errors.is_empty(),
+        };
+        (!holds).then(|| {
+            format!(
+                "{} ({:?} {:?}): got\n    errors: {errors:#?}\n    warnings: {warnings:#?}",
+                self.name, self.expect, self.fragment
+            )
+        })
+    }
+}
+
+fn cases() -> Vec<Case> {
+    serde_yaml_ng::from_str(include_str!("cases.yaml")).expect("cases.yaml reads")
+}
+
+/// The cluster every case assumes; e2e/tests/webhook.rs makes the same.
+fn cases_context() -> Context {
+    let mut ctx = Context::empty();
+    for svc in ["reviews", "ratings", "details", "productpage"] {
+        ctx.add_service(CASES_NS, svc);
+    }
+    let rule: Dr = serde_yaml_ng::from_str(
+        "host: reviews\nsubsets:\n- {name: v1, labels: {version: v1}}\n- {name: v2, labels: {version: v2}}\n- {name: v3, labels: {version: v3}}",
+    )
+    .expect("DestinationRule");
+    ctx.add_destination_rule(CASES_NS, &rule);
+    ctx.add_service_role(CASES_NS, "viewer");
+    ctx
+}
+
+#[test]
+fn every_case_in_cases_yaml_holds() {
+    let cases = cases();
+    let ctx = cases_context();
+    let problems: Vec<String> = cases.iter().filter_map(|c| c.problem(&ctx)).collect();
+    assert!(
+        problems.is_empty(),
+        "{} of {} cases do not hold:\n{}",
+        problems.len(),
+        cases.len(),
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn cases_yaml_is_well_formed() {
+    let cases = cases();
+    let kinds = [
+        "VirtualService",
+        "DestinationRule",
+        "ServiceRole",
+        "ServiceRoleBinding",
+        "ClusterRbacConfig",
+        "RbacConfig",
+    ];
+    let mut names = std::collections::BTreeSet::new();
+    for c in &cases {
+        let kebab = !c.name.is_empty()
+            && c.name.len() <= 63
+            && c.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !c.name.starts_with('-')
+            && !c.name.ends_with('-');
+        assert!(kebab, "{}: the name is not kebab-case (a DNS label)", c.name);
+        assert!(names.insert(c.name.as_str()), "{}: the name is used twice", c.name);
+        assert!(kinds.contains(&c.kind.as_str()), "{}: unknown kind {}", c.name, c.kind);
+        assert!(c.spec.is_object(), "{}: the spec is not a mapping", c.name);
+        assert_eq!(c.fragment.is_empty(), c.expect == Expect::Accept, "{}: fragment", c.name);
+        assert!(!c.schema || c.expect == Expect::Reject, "{}: a schema case must reject", c.name);
+    }
+    // Every kind and outcome is represented.
+    for kind in kinds {
+        assert!(cases.iter().any(|c| c.kind == kind && c.expect == Expect::Reject), "no {kind} rejected");
+    }
+    for expect in [Expect::Reject, Expect::Warn, Expect::Accept] {
+        assert!(cases.iter().any(|c| c.expect == expect), "no {expect:?} case");
+    }
+}
