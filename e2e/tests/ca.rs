@@ -101,22 +101,17 @@ fn a_plugged_in_cacerts_secret_is_used_and_a_broken_one_keeps_the_controller_unr
     make_cacerts(&dir);
     let file = |name: &str| format!("--from-file={name}={}", dir.join(name).display());
 
+    let create_cacerts = |key: &str| {
+        let key = format!("--from-file=ca-key.pem={}", dir.join(key).display());
+        let (cert, root, chain) = (file("ca-cert.pem"), file("root-cert.pem"), file("cert-chain.pem"));
+        kubectl_ok(
+            &["create", "secret", "generic", "cacerts", "-n", &home.name, &cert, &key, &root, &chain],
+            None,
+        )
+    };
+
     // A key that does not match its certificate: the controller says so and stays unready.
-    kubectl_ok(
-        &[
-            "create",
-            "secret",
-            "generic",
-            "cacerts",
-            "-n",
-            &home.name,
-            &file("ca-cert.pem"),
-            &format!("--from-file=ca-key.pem={}", dir.join("root-key.pem").display()),
-            &file("root-cert.pem"),
-            &file("cert-chain.pem"),
-        ],
-        None,
-    );
+    create_cacerts("root-key.pem");
     let broken = Controller::spawn_in(&home.name);
     std::thread::sleep(Duration::from_secs(3));
     let (status, body) = broken.get("/readyz");
@@ -125,21 +120,7 @@ fn a_plugged_in_cacerts_secret_is_used_and_a_broken_one_keeps_the_controller_unr
     drop(broken);
 
     kubectl_ok(&["delete", "secret", "cacerts", "-n", &home.name], None);
-    kubectl_ok(
-        &[
-            "create",
-            "secret",
-            "generic",
-            "cacerts",
-            "-n",
-            &home.name,
-            &file("ca-cert.pem"),
-            &file("ca-key.pem"),
-            &file("root-cert.pem"),
-            &file("cert-chain.pem"),
-        ],
-        None,
-    );
+    create_cacerts("ca-key.pem");
     let _controller = Controller::start_in(&home.name);
     let root = std::fs::read_to_string(dir.join("root-cert.pem")).expect("root");
     let published =
