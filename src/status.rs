@@ -154,7 +154,8 @@ pub async fn run(
     instance: String,
     shutdown: CancellationToken,
 ) {
-    let mut revisions = index.lock().subscribe();
+    // Only what validation reads wakes this loop: Pod churn does not.
+    let mut revisions = index.lock().subscribe_config();
     let recorder = Recorder::new(
         client.clone(),
         Reporter { controller: "mesh-controller".into(), instance: Some(instance) },

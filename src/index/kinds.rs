@@ -108,7 +108,7 @@ config_kind!(
 
 /// Defines a core kind watched typed, converted by a function.
 macro_rules! core_kind {
-    ($(#[$doc:meta])* $kind:ident, $name:literal, $object:ty, $entry:ty, $field:ident, $convert:path) => {
+    ($(#[$doc:meta])* $kind:ident, $name:literal, $object:ty, $entry:ty, $field:ident, $convert:path, $input:literal) => {
         $(#[$doc])*
         pub struct $kind;
 
@@ -116,6 +116,7 @@ macro_rules! core_kind {
             type Object = $object;
             type Entry = $entry;
             const NAME: &'static str = $name;
+            const VALIDATION_INPUT: bool = $input;
 
             fn key(obj: &$object) -> Result<ObjectKey, ConvertError> {
                 key_of(obj, Self::NAME)
@@ -141,19 +142,19 @@ macro_rules! core_kind {
 
 core_kind!(
     /// Services.
-    Services, "Service", core::Service, Service, services, service
+    Services, "Service", core::Service, Service, services, service, true
 );
 core_kind!(
     /// EndpointSlices (discovery.k8s.io/v1).
-    EndpointSlices, "EndpointSlice", discovery::EndpointSlice, EndpointSlice, endpoint_slices, endpoint_slice
+    EndpointSlices, "EndpointSlice", discovery::EndpointSlice, EndpointSlice, endpoint_slices, endpoint_slice, false
 );
 core_kind!(
     /// Pods, kept as workloads.
-    Pods, "Pod", core::Pod, Workload, workloads, workload
+    Pods, "Pod", core::Pod, Workload, workloads, workload, false
 );
 core_kind!(
     /// Namespaces.
-    Namespaces, "Namespace", core::Namespace, Namespace, namespaces, namespace
+    Namespaces, "Namespace", core::Namespace, Namespace, namespaces, namespace, false
 );
 
 fn labels(meta: &kube::api::ObjectMeta) -> BTreeMap<String, String> {

@@ -6,7 +6,10 @@
 //! on a `tokio::sync::watch` channel; consumers (the xDS layer, status
 //! writers) wait on it and read the index again. An update that leaves the
 //! model entry unchanged (a pod's resourceVersion moving, say) does not
-//! bump it, so an idle cluster costs nothing downstream.
+//! bump it, so an idle cluster costs nothing downstream. A second revision
+//! moves only for the kinds validation reads (Istio configuration and
+//! Services), so status and the webhook's context are not rebuilt on every
+//! Pod or EndpointSlice change.
 //!
 //! An object that cannot be parsed is logged, counted and skipped; when it
 //! was an update, the last good version is kept, so one bad object never
@@ -55,6 +58,9 @@ pub trait Kind: 'static {
     type Entry: Clone + PartialEq + Serialize;
     /// The kind's name, for logs and metric labels.
     const NAME: &'static str;
+    /// Whether validating Istio configuration reads this kind (Services do,
+    /// Pods do not): only such kinds move [`Index::config_revision`].
+    const VALIDATION_INPUT: bool = true;
 
     fn key(obj: &Self::Object) -> Result<ObjectKey, ConvertError>;
     fn convert(obj: &Self::Object) -> Result<Self::Entry, ConvertError>;
@@ -105,6 +111,7 @@ pub struct Index {
     pub cluster_rbac_configs: Store<Config<ClusterRbacConfigSpec>>,
     pub rbac_configs: Store<Config<RbacConfigSpec>>,
     revision: channel::Sender<u64>,
+    config_revision: channel::Sender<u64>,
     metrics: IndexMetrics,
 }
 
@@ -139,6 +146,7 @@ impl Index {
             cluster_rbac_configs: Store::new(),
             rbac_configs: Store::new(),
             revision: channel::Sender::new(0),
+            config_revision: channel::Sender::new(0),
             metrics,
         }
     }
@@ -150,6 +158,16 @@ impl Index {
 
     pub fn revision(&self) -> u64 {
         *self.revision.borrow()
+    }
+
+    /// A receiver that moves only when something validation reads changed
+    /// (Istio configuration, Services), not on every Pod or EndpointSlice.
+    pub fn subscribe_config(&self) -> channel::Receiver<u64> {
+        self.config_revision.subscribe()
+    }
+
+    pub fn config_revision(&self) -> u64 {
+        *self.config_revision.borrow()
     }
 
     /// Adds or updates one object. A malformed object is logged, counted and
@@ -227,6 +245,9 @@ impl Index {
     fn changed<K: Kind>(&mut self) {
         self.update_gauge::<K>();
         self.revision.send_modify(|r| *r += 1);
+        if K::VALIDATION_INPUT {
+            self.config_revision.send_modify(|r| *r += 1);
+        }
     }
 
     fn update_gauge<K: Kind>(&self) {
@@ -273,6 +294,23 @@ mod tests {
         ix.apply::<VirtualServices>(&vs("reviews", 1, json!({"hosts": ["reviews"]})));
         ix.apply::<VirtualServices>(&vs("reviews", 1, json!({"hosts": ["reviews"]})));
         assert_eq!(ix.revision(), 1);
+    }
+
+    #[test]
+    fn pods_move_the_revision_but_not_the_config_revision() {
+        let mut ix = index();
+        let pod = core::Pod {
+            metadata: ObjectMeta {
+                name: Some("p".into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        ix.apply::<Pods>(&pod);
+        assert_eq!((ix.revision(), ix.config_revision()), (1, 0));
+        ix.apply::<VirtualServices>(&vs("reviews", 1, json!({"hosts": ["reviews"]})));
+        assert_eq!((ix.revision(), ix.config_revision()), (2, 1));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! each TLS handshake asks, so a renewed certificate is used by the next
 //! connection without a restart or a dropped request. The validation
 //! context (what Services, DestinationRules and ServiceRoles exist) is
-//! built from the index once per index revision, not per request.
+//! built from the index once per change of what validation reads (the
+//! index's config revision), not per request and not per Pod change.
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -82,7 +83,7 @@ pub fn tls_config(cert: Arc<ServingCert>) -> Result<rustls::ServerConfig, rustls
     Ok(config)
 }
 
-/// The last context built, and the index revision it was built from.
+/// The last context built, and the config revision it was built from.
 type ContextCache = Arc<Mutex<Option<(u64, Arc<Context>)>>>;
 
 #[derive(Clone)]
@@ -100,7 +101,7 @@ impl Webhook {
             return Arc::new(Context::default());
         }
         let index = self.index.lock();
-        let revision = index.revision();
+        let revision = index.config_revision();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((seen, ctx)) = cache.as_ref()
             && *seen == revision
