@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use prometheus_client::registry::Registry;
@@ -54,9 +57,16 @@ pub struct ControllerArgs {
     #[arg(long, env = "MESH_WEBHOOK_CONFIG", default_value = "mesh-validator")]
     pub webhook_config: String,
 
+    /// The MutatingWebhookConfiguration (the sidecar injector) whose caBundle the controller keeps current.
+    #[arg(long, env = "MESH_INJECTOR_CONFIG", default_value = "mesh-injector")]
+    pub injector_config: String,
+
     /// Lifetime of the serving certificate, in seconds; it is renewed at half.
     #[arg(long, env = "MESH_SERVING_CERT_SECONDS", default_value_t = 86400)]
     pub serving_cert_seconds: u64,
+
+    #[command(flatten)]
+    pub inject: crate::inject::InjectArgs,
 }
 
 pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
@@ -115,6 +125,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         serving,
         index.clone(),
         synced,
+        webhook::server::Injector { args: args.inject.clone(), mesh_namespace: args.namespace.clone() },
         shutdown.clone(),
     ));
 
@@ -218,7 +229,18 @@ async fn start_ca(
     };
     tokio::join!(
         ca::store::publish_root(client.clone(), bundle.clone(), shutdown.clone()),
-        webhook::configuration::keep_ca_bundle(client, args.webhook_config.clone(), bundle, shutdown.clone()),
+        webhook::configuration::keep_ca_bundle::<ValidatingWebhookConfiguration>(
+            client.clone(),
+            args.webhook_config.clone(),
+            bundle.clone(),
+            shutdown.clone()
+        ),
+        webhook::configuration::keep_ca_bundle::<MutatingWebhookConfiguration>(
+            client,
+            args.injector_config.clone(),
+            bundle,
+            shutdown.clone()
+        ),
         renewals,
     );
 }

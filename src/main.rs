@@ -40,6 +40,10 @@ enum CrdFormat {
 enum Command {
     /// Run the control plane: watch the cluster and Istio configuration.
     Controller(mesh::app::ControllerArgs),
+    /// Redirect the pod's TCP traffic through Envoy (the injected init container).
+    Iptables(mesh::iptables::IptablesArgs),
+    /// Inject the sidecar into the pods and pod templates of a YAML file, without the webhook.
+    KubeInject(mesh::inject::offline::KubeInjectArgs),
     /// Print the CustomResourceDefinitions of every supported Istio kind.
     Crds {
         /// yaml: the CRDs to apply; markdown: the field reference (docs/api.md).
@@ -53,6 +57,8 @@ fn main() -> std::process::ExitCode {
     init_logging(&cli.log, cli.log_format);
     let result = match cli.command {
         Command::Crds { format } => print_crds(format),
+        Command::Iptables(args) => mesh::iptables::run(args),
+        Command::KubeInject(args) => mesh::inject::offline::run(args),
         Command::Controller(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -2,10 +2,12 @@
 //! mesh's own CA:
 //! - `validate`: Istio's semantic rules per kind (pure);
 //! - `admission`: an AdmissionReview in, an answer out (pure);
+//! - `injection`: the sidecar injector's review: a Pod in, a patch out (pure);
 //! - `server`: the HTTPS listener, whose certificate is swapped in place
 //!   when it is renewed, so the webhook keeps answering across a rotation.
 
 pub mod admission;
 pub mod configuration;
+pub mod injection;
 pub mod server;
 pub mod validate;

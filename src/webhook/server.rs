@@ -1,4 +1,5 @@
-//! The webhook's HTTPS server. Its certificate sits behind a resolver that
+//! The webhooks' HTTPS server: /validate (Istio configuration) and
+//! /inject (the sidecar injector). Its certificate sits behind a resolver that
 //! each TLS handshake asks, so a renewed certificate is used by the next
 //! connection without a restart or a dropped request. The validation
 //! context (what Services, DestinationRules and ServiceRoles exist) is
@@ -13,6 +14,7 @@ use axum::extract::State;
 use axum::routing::post;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
+use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::AdmissionReview;
 use rustls::crypto::CryptoProvider;
@@ -22,9 +24,10 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 
-use super::admission;
 use super::validate::Context;
+use super::{admission, injection};
 use crate::index::{Index, SharedIndex};
+use crate::inject::InjectArgs;
 
 /// The certificate the server presents, replaceable while it runs.
 #[derive(Debug, Default)]
@@ -93,6 +96,15 @@ struct Webhook {
     /// cluster's contents are not given (Context::default()).
     synced: Arc<dyn Fn() -> bool + Send + Sync>,
     cache: ContextCache,
+    injector: Arc<Injector>,
+}
+
+/// What the injector needs besides the pod.
+#[derive(Debug, Clone)]
+pub struct Injector {
+    pub args: InjectArgs,
+    /// The mesh's own namespace, never injected.
+    pub mesh_namespace: String,
 }
 
 impl Webhook {
@@ -136,20 +148,41 @@ async fn validate(
     axum::Json(admission::review(review, &webhook.context()))
 }
 
-/// Serves /validate on `listener` until `shutdown`.
+async fn inject(
+    State(webhook): State<Webhook>,
+    axum::Json(review): axum::Json<AdmissionReview<Pod>>,
+) -> axum::Json<AdmissionReview<DynamicObject>> {
+    let labels = |namespace: &str| {
+        if !(webhook.synced)() {
+            return None;
+        }
+        webhook
+            .index
+            .lock()
+            .namespaces
+            .get(&crate::model::ObjectKey::new("", namespace))
+            .map(|n| n.labels.clone())
+    };
+    let injector = &webhook.injector;
+    axum::Json(injection::review(review, labels, &injector.mesh_namespace, &injector.args))
+}
+
+/// Serves /validate and /inject on `listener` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     cert: Arc<ServingCert>,
     index: SharedIndex,
     synced: Arc<dyn Fn() -> bool + Send + Sync>,
+    injector: Injector,
     shutdown: CancellationToken,
 ) -> Result<(), rustls::Error> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(cert)?));
-    let webhook = Webhook { index, synced, cache: Arc::new(Mutex::new(None)) };
+    let webhook = Webhook { index, synced, cache: Arc::new(Mutex::new(None)), injector: Arc::new(injector) };
     // The API server accepts objects up to 3 MiB; all of them must reach
     // the rules (a too-large body gets their message, not a transport error).
     let app = Router::new()
         .route("/validate", post(validate))
+        .route("/inject", post(inject))
         .layer(axum::extract::DefaultBodyLimit::max(4 * 1024 * 1024))
         .with_state(webhook);
     loop {

@@ -1,0 +1,167 @@
+//! Sidecar injection as a pure function: a Pod (and what is known of its
+//! namespace) in, the injected Pod or the reason it was left alone out. The
+//! mutating webhook turns the difference into a JSON patch; `mesh
+//! kube-inject` applies the same function to the pod templates of files.
+//!
+//! An injected pod gains, with Istio's names so existing tooling works:
+//! - the init container `istio-init` running `mesh iptables` with only
+//!   NET_ADMIN and NET_RAW;
+//! - `istio-proxy`, stock Envoy as a native sidecar (an init container with
+//!   restartPolicy Always and a startup probe), so the application starts
+//!   once Envoy has its configuration, and Envoy stops after it;
+//! - volumes: a projected ServiceAccount token (audience `mesh-ca`), the
+//!   `mesh-ca-root-cert` ConfigMap, the Envoy bootstrap (from an annotation,
+//!   through the downward API) and an emptyDir for Envoy;
+//! - the annotation `sidecar.istio.io/status` recording what was added,
+//!   which also makes injecting twice a no-op.
+
+pub mod annotations;
+pub mod bootstrap;
+pub mod offline;
+pub mod settings;
+mod template;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+
+pub use settings::{InjectArgs, is_system_namespace};
+
+/// The annotation carrying the Envoy bootstrap, which a downward API volume
+/// turns into Envoy's config file.
+pub const BOOTSTRAP_ANNOTATION: &str = "sidecar.mesh.io/bootstrap";
+/// Istio's namespace label: `enabled` injects every pod that does not opt out.
+pub const NAMESPACE_LABEL: &str = "istio-injection";
+pub const INIT_CONTAINER: &str = "istio-init";
+pub const PROXY_CONTAINER: &str = "istio-proxy";
+
+/// Why a pod was left alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Skip {
+    AlreadyInjected,
+    HostNetwork,
+    SystemNamespace,
+    /// Label or annotation `sidecar.istio.io/inject: "false"`.
+    OptedOut,
+    /// The namespace is not labelled `istio-injection=enabled` (or is
+    /// labelled `disabled`) and the pod did not opt in.
+    NotEnabled,
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Skip::AlreadyInjected => "already injected",
+            Skip::HostNetwork => "the pod uses the host's network",
+            Skip::SystemNamespace => "system namespace",
+            Skip::OptedOut => "the pod opted out with sidecar.istio.io/inject=false",
+            Skip::NotEnabled => "injection is not enabled for the namespace or the pod",
+        })
+    }
+}
+
+/// What injection did with a pod.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Injected(Box<Pod>),
+    Skipped(Skip),
+}
+
+/// A pod the injector cannot inject as asked: the pod is refused, with a
+/// message naming the pod, the annotation, the value and what is expected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InjectError {
+    #[error("annotation {key}: {value:?} {problem}")]
+    Annotation { key: String, value: String, problem: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl InjectError {
+    pub fn annotation(key: &str, value: &str, problem: &str) -> Self {
+        Self::Annotation { key: key.into(), value: value.into(), problem: problem.into() }
+    }
+}
+
+/// What the injector knows of the pod's namespace. `labels: None` means
+/// not known (offline injection): the pod is injected unless it opts out.
+#[derive(Clone, Debug, Default)]
+pub struct NamespaceInfo<'a> {
+    pub name: &'a str,
+    pub labels: Option<&'a BTreeMap<String, String>>,
+}
+
+/// Decides, then injects. Pure: same pod, same answer.
+pub fn inject(
+    pod: &Pod,
+    namespace: &NamespaceInfo<'_>,
+    mesh_namespace: &str,
+    args: &InjectArgs,
+) -> Result<Outcome, InjectError> {
+    if let Some(skip) = skip_reason(pod, namespace, mesh_namespace) {
+        return Ok(Outcome::Skipped(skip));
+    }
+    let empty = BTreeMap::new();
+    let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+    let options = annotations::proxy_options(pod_annotations, args)?;
+    Ok(Outcome::Injected(Box::new(template::apply(pod, &options, args)?)))
+}
+
+/// The pod's own choice: label first (what the webhook's object selector
+/// sees), then annotation (Istio's older form).
+fn pod_choice(pod: &Pod) -> Option<bool> {
+    let meta = &pod.metadata;
+    let value = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(annotations::INJECT))
+        .or_else(|| meta.annotations.as_ref().and_then(|a| a.get(annotations::INJECT)))?;
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "y" | "enabled" | "on" => Some(true),
+        "false" | "no" | "n" | "disabled" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+pub fn skip_reason(pod: &Pod, namespace: &NamespaceInfo<'_>, mesh_namespace: &str) -> Option<Skip> {
+    if is_injected(pod) {
+        return Some(Skip::AlreadyInjected);
+    }
+    if pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false) {
+        return Some(Skip::HostNetwork);
+    }
+    if is_system_namespace(namespace.name, mesh_namespace) {
+        return Some(Skip::SystemNamespace);
+    }
+    let label = namespace.labels.and_then(|l| l.get(NAMESPACE_LABEL)).map(String::as_str);
+    match (pod_choice(pod), label) {
+        (Some(false), _) => Some(Skip::OptedOut),
+        (_, Some("disabled")) => Some(Skip::NotEnabled),
+        (Some(true), _) => None,
+        (None, Some("enabled")) => None,
+        // Offline, nothing is known of the namespace: the user asked for it.
+        (None, _) if namespace.labels.is_none() => None,
+        (None, _) => Some(Skip::NotEnabled),
+    }
+}
+
+/// Injected before: the status annotation, or a container of ours.
+pub fn is_injected(pod: &Pod) -> bool {
+    let annotated = pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(annotations::STATUS));
+    let spec = pod.spec.as_ref();
+    let has = |name: &str| {
+        spec.is_some_and(|s| {
+            s.containers.iter().chain(s.init_containers.iter().flatten()).any(|c| c.name == name)
+        })
+    };
+    annotated || has(PROXY_CONTAINER)
+}
+
+/// The JSON patch that turns `before` into `after` (what the webhook answers).
+pub fn patch(before: &Pod, after: &Pod) -> Result<json_patch::Patch, InjectError> {
+    let to_json = |p: &Pod| serde_json::to_value(p).map_err(|e| InjectError::Invalid(e.to_string()));
+    Ok(json_patch::diff(&to_json(before)?, &to_json(after)?))
+}
+
+#[cfg(test)]
+mod tests;

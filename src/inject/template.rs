@@ -1,0 +1,253 @@
+//! The containers, volumes and annotations an injected pod gains.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
+    DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
+    Pod, Probe, ProjectedVolumeSource, ResourceRequirements, SecurityContext, ServiceAccountTokenProjection,
+    Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::json;
+
+use super::annotations::{ProxyOptions, STATUS};
+use super::bootstrap::{self, BOOTSTRAP_DIR, BOOTSTRAP_FILE, ROOT_CERT_DIR, TOKEN_DIR, TOKEN_FILE};
+use super::settings::{InjectArgs, PROXY_UID, TOKEN_AUDIENCE};
+use super::{BOOTSTRAP_ANNOTATION, INIT_CONTAINER, InjectError, PROXY_CONTAINER};
+
+const ENVOY_VOLUME: &str = "istio-envoy";
+const TOKEN_VOLUME: &str = "istio-token";
+const ROOT_CERT_VOLUME: &str = "mesh-ca-root-cert";
+const BOOTSTRAP_VOLUME: &str = "istio-bootstrap";
+
+/// The pod with the sidecar added. Our init containers go first, so the
+/// traffic rules are in place and Envoy is ready before any of the pod's own
+/// init containers runs.
+pub fn apply(pod: &Pod, options: &ProxyOptions, args: &InjectArgs) -> Result<Pod, InjectError> {
+    let mut pod = pod.clone();
+    let workload = workload_name(&pod);
+    let Some(spec) = pod.spec.as_mut() else {
+        return Err(InjectError::Invalid("the pod has no spec".into()));
+    };
+    let taken: Vec<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+    let ours = [ENVOY_VOLUME, TOKEN_VOLUME, ROOT_CERT_VOLUME, BOOTSTRAP_VOLUME];
+    if let Some(clash) = ours.iter().find(|v| taken.contains(v)) {
+        return Err(InjectError::Invalid(format!(
+            "the pod already has a volume named {clash}, which the sidecar needs; rename it"
+        )));
+    }
+
+    let mut init = vec![init_container(options, args), proxy_container(options, args, &workload)];
+    init.extend(spec.init_containers.take().unwrap_or_default());
+    spec.init_containers = Some(init);
+    spec.volumes.get_or_insert_with(Vec::new).extend(volumes(args));
+
+    let bootstrap = bootstrap::bootstrap(&args.xds_address).to_string();
+    let status = json!({
+        "initContainers": [INIT_CONTAINER, PROXY_CONTAINER],
+        "containers": [],
+        "volumes": [ENVOY_VOLUME, TOKEN_VOLUME, ROOT_CERT_VOLUME, BOOTSTRAP_VOLUME],
+        "imagePullSecrets": null,
+        "revision": "default",
+    });
+    let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    annotations.insert(BOOTSTRAP_ANNOTATION.into(), bootstrap);
+    annotations.insert(STATUS.into(), status.to_string());
+    Ok(pod)
+}
+
+/// The workload the pod belongs to, for Envoy's cluster name: the `app`
+/// label, else the pod's generated-name prefix, else its name.
+fn workload_name(pod: &Pod) -> String {
+    let meta = &pod.metadata;
+    let app = meta.labels.as_ref().and_then(|l| l.get("app")).filter(|a| !a.is_empty());
+    let generated = meta.generate_name.as_deref().map(|g| g.trim_end_matches('-')).filter(|g| !g.is_empty());
+    app.map(String::as_str).or(generated).or(meta.name.as_deref()).unwrap_or("unknown").to_string()
+}
+
+/// `mesh iptables`: root with NET_ADMIN and NET_RAW only, nothing else.
+fn init_container(options: &ProxyOptions, args: &InjectArgs) -> Container {
+    let mut iptables_args = vec!["iptables".to_string()];
+    iptables_args.extend(options.traffic.iptables_args());
+    Container {
+        name: INIT_CONTAINER.into(),
+        image: Some(args.proxy_init_image.clone()),
+        args: Some(iptables_args),
+        resources: Some(resources(
+            &[("cpu", "10m"), ("memory", "10Mi")],
+            &[("cpu", "100m"), ("memory", "50Mi")],
+        )),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            run_as_non_root: Some(false),
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Stock Envoy as a native sidecar.
+fn proxy_container(options: &ProxyOptions, args: &InjectArgs, workload: &str) -> Container {
+    let node_id =
+        bootstrap::node_id("$(INSTANCE_IP)", "$(POD_NAME)", "$(POD_NAMESPACE)", &args.cluster_domain);
+    let envoy_args = [
+        "-c",
+        &format!("{BOOTSTRAP_DIR}/{BOOTSTRAP_FILE}"),
+        "--service-node",
+        &node_id,
+        "--service-cluster",
+        &format!("{workload}.$(POD_NAMESPACE)"),
+        "--log-level",
+        &options.log_level,
+        // Each pod's Envoy is alone in its pod: no shared memory for hot restart.
+        "--disable-hot-restart",
+        "--drain-time-s",
+        "45",
+        "--local-address-ip-version",
+        "v4",
+    ];
+    let env = |name: &str, path: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..Default::default() }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut limits = vec![];
+    if !options.cpu_limit.is_empty() {
+        limits.push(("cpu", options.cpu_limit.as_str()));
+    }
+    if !options.memory_limit.is_empty() {
+        limits.push(("memory", options.memory_limit.as_str()));
+    }
+    let ready = |period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/healthz/ready".into()),
+            port: IntOrString::Int(bootstrap::HEALTH_PORT.into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    };
+    Container {
+        name: PROXY_CONTAINER.into(),
+        image: Some(options.image.clone()),
+        args: Some(envoy_args.iter().map(|s| s.to_string()).collect()),
+        // Native sidecar: runs for the pod's life, started before the app.
+        restart_policy: Some("Always".into()),
+        env: Some(vec![
+            env("POD_NAME", "metadata.name"),
+            env("POD_NAMESPACE", "metadata.namespace"),
+            env("INSTANCE_IP", "status.podIP"),
+            env("SERVICE_ACCOUNT", "spec.serviceAccountName"),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http-envoy-prom".into()),
+            container_port: bootstrap::PROMETHEUS_PORT.into(),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        // Up to 10 minutes to get the first configuration; the app waits.
+        startup_probe: Some(ready(1, 600)),
+        readiness_probe: Some(ready(15, 4)),
+        resources: Some(resources(
+            &[("cpu", options.cpu.as_str()), ("memory", options.memory.as_str())],
+            &limits,
+        )),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(PROXY_UID),
+            run_as_group: Some(PROXY_UID),
+            run_as_non_root: Some(true),
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Default::default() }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            mount(ENVOY_VOLUME, "/etc/istio/proxy", false),
+            mount(TOKEN_VOLUME, TOKEN_DIR, true),
+            mount(ROOT_CERT_VOLUME, ROOT_CERT_DIR, true),
+            mount(BOOTSTRAP_VOLUME, BOOTSTRAP_DIR, true),
+        ]),
+        ..Default::default()
+    }
+}
+
+fn volumes(args: &InjectArgs) -> Vec<Volume> {
+    vec![
+        Volume {
+            name: ENVOY_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource { medium: Some("Memory".into()), ..Default::default() }),
+            ..Default::default()
+        },
+        Volume {
+            name: TOKEN_VOLUME.into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(TOKEN_AUDIENCE.into()),
+                        expiration_seconds: Some(args.proxy_token_seconds),
+                        path: TOKEN_FILE.into(),
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: ROOT_CERT_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: crate::ca::store::ROOT_CONFIGMAP.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: BOOTSTRAP_VOLUME.into(),
+            downward_api: Some(DownwardAPIVolumeSource {
+                items: Some(vec![DownwardAPIVolumeFile {
+                    path: BOOTSTRAP_FILE.into(),
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: format!("metadata.annotations['{BOOTSTRAP_ANNOTATION}']"),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ]
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}
+
+fn resources(requests: &[(&str, &str)], limits: &[(&str, &str)]) -> ResourceRequirements {
+    let map = |pairs: &[(&str, &str)]| {
+        (!pairs.is_empty())
+            .then(|| pairs.iter().map(|(k, v)| (k.to_string(), Quantity(v.to_string()))).collect())
+    };
+    ResourceRequirements { requests: map(requests), limits: map(limits), ..Default::default() }
+}
