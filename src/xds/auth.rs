@@ -1,0 +1,380 @@
+//! Who may open a stream. A sidecar proves who it is with its projected
+//! ServiceAccount token (audience `mesh-ca`), sent as
+//! `authorization: Bearer <token>`; an [`Authenticator`] turns the token
+//! into a [`TokenIdentity`] (the Kubernetes one, [`super::tokenreview`],
+//! asks the API server with a TokenReview). [`authorize`] then checks, with
+//! no I/O, that the node id names the very pod the token is bound to, as
+//! the index knows it. Certificates are handed out on this stream later,
+//! so a proxy must never get configuration for another pod.
+//!
+//! Every refusal is a [`Rejection`]: its message says why, for the proxy's
+//! log and ours, and its [`Rejection::reason`] is a bounded metric label.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use futures::future::BoxFuture;
+
+use super::proxy::{NodeIdError, ProxyId};
+use crate::model::{ObjectKey, Workload};
+
+/// The audience of the tokens sidecars present to the control plane.
+pub const AUDIENCE: &str = "mesh-ca";
+
+/// What a reviewed token says about its bearer: a ServiceAccount, and the
+/// pod the token is bound to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenIdentity {
+    pub namespace: String,
+    pub service_account: String,
+    pub pod_name: String,
+    pub pod_uid: String,
+}
+
+impl TokenIdentity {
+    pub fn pod(&self) -> ObjectKey {
+        ObjectKey::new(&self.namespace, &self.pod_name)
+    }
+}
+
+/// Turns a bearer token into the identity it proves.
+pub trait Authenticator: Send + Sync + 'static {
+    /// Reviews `token`; a refusal says why.
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenIdentity, Rejection>>;
+}
+
+/// Why a stream was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error(
+        "no `authorization: Bearer <token>` metadata: the sidecar must send its projected ServiceAccount token (audience {AUDIENCE}); check the bootstrap's call_credentials and credentials_factory_name"
+    )]
+    MissingToken,
+    #[error("the `authorization` metadata is not `Bearer <token>`")]
+    MalformedAuthorization,
+    #[error("the stream ended or stalled before its first request")]
+    NoRequest,
+    #[error("the stream's first request carries no node: the sidecar must announce its node id")]
+    NoNode,
+    #[error(transparent)]
+    MalformedNodeId(#[from] NodeIdError),
+    #[error("the API server did not accept the token: {0}")]
+    InvalidToken(String),
+    #[error(
+        "the token is not for audience `{AUDIENCE}` (it is for {0:?}): mount a projected token with that audience"
+    )]
+    WrongAudience(Vec<String>),
+    #[error("the token belongs to `{0}`, not to a ServiceAccount")]
+    NotServiceAccount(String),
+    #[error("the token of `{0}` is not bound to a pod: mount a projected ServiceAccount token, not a Secret's")]
+    NotBoundToPod(String),
+    #[error("cannot review the token: {0} (is the API server reachable, and may the controller create tokenreviews?)")]
+    ReviewFailed(String),
+    #[error("token is bound to pod {token}, but the node id names {node}")]
+    PodMismatch { token: ObjectKey, node: ObjectKey },
+    #[error("pod {0} is unknown to the control plane (not yet seen, or deleted)")]
+    UnknownPod(ObjectKey),
+    #[error(
+        "token is bound to pod {pod} with uid {token}, but that pod has uid {index}: the token belongs to an earlier pod of the same name"
+    )]
+    UidMismatch { pod: ObjectKey, token: String, index: String },
+    #[error("token is for ServiceAccount {namespace}/{token}, but pod {pod} runs as {pod_account}")]
+    ServiceAccountMismatch { pod: ObjectKey, namespace: String, token: String, pod_account: String },
+    #[error("the node id gives pod {pod} the IP {node}, but its IP is {index}")]
+    IpMismatch { pod: ObjectKey, node: IpAddr, index: String },
+}
+
+/// How a refusal is reported to the proxy, in gRPC terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No usable credentials: gRPC Unauthenticated.
+    Unauthenticated,
+    /// The request itself is malformed: gRPC InvalidArgument.
+    InvalidArgument,
+    /// Credentials were checked and refused: gRPC PermissionDenied.
+    PermissionDenied,
+    /// The control plane could not check them: gRPC Unavailable (retry).
+    Unavailable,
+}
+
+impl Rejection {
+    /// A short, bounded label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::MissingToken => "missing_token",
+            Rejection::MalformedAuthorization => "malformed_authorization",
+            Rejection::NoRequest => "no_request",
+            Rejection::NoNode => "no_node",
+            Rejection::MalformedNodeId(_) => "malformed_node_id",
+            Rejection::InvalidToken(_) => "invalid_token",
+            Rejection::WrongAudience(_) => "wrong_audience",
+            Rejection::NotServiceAccount(_) => "not_service_account",
+            Rejection::NotBoundToPod(_) => "not_bound_to_pod",
+            Rejection::ReviewFailed(_) => "review_failed",
+            Rejection::PodMismatch { .. } => "pod_mismatch",
+            Rejection::UnknownPod(_) => "unknown_pod",
+            Rejection::UidMismatch { .. } => "uid_mismatch",
+            Rejection::ServiceAccountMismatch { .. } => "service_account_mismatch",
+            Rejection::IpMismatch { .. } => "ip_mismatch",
+        }
+    }
+
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            Rejection::MissingToken | Rejection::MalformedAuthorization => Refusal::Unauthenticated,
+            Rejection::NoRequest | Rejection::NoNode | Rejection::MalformedNodeId(_) => Refusal::InvalidArgument,
+            Rejection::ReviewFailed(_) => Refusal::Unavailable,
+            _ => Refusal::PermissionDenied,
+        }
+    }
+}
+
+/// The token in an `authorization` metadata value.
+pub fn bearer_token(authorization: Option<&str>) -> Result<&str, Rejection> {
+    let value = authorization.ok_or(Rejection::MissingToken)?;
+    let token = value.strip_prefix("Bearer ").ok_or(Rejection::MalformedAuthorization)?.trim();
+    if token.is_empty() {
+        return Err(Rejection::MalformedAuthorization);
+    }
+    Ok(token)
+}
+
+/// Whether the proxy `id`, whose token proved `identity`, may have this
+/// stream: the node id names the token's pod, and that pod, as the index
+/// holds it (`workload`), is the same object (uid), runs as the same
+/// ServiceAccount and, when its IP is known, has the node id's IP.
+pub fn authorize(id: &ProxyId, identity: &TokenIdentity, workload: Option<&Workload>) -> Result<(), Rejection> {
+    let node = ObjectKey::new(&id.namespace, &id.pod);
+    let token = identity.pod();
+    if node != token {
+        return Err(Rejection::PodMismatch { token, node });
+    }
+    let workload = workload.ok_or_else(|| Rejection::UnknownPod(node.clone()))?;
+    if workload.uid != identity.pod_uid {
+        return Err(Rejection::UidMismatch {
+            pod: node,
+            token: identity.pod_uid.clone(),
+            index: workload.uid.clone(),
+        });
+    }
+    if workload.service_account != identity.service_account {
+        return Err(Rejection::ServiceAccountMismatch {
+            pod: node,
+            namespace: identity.namespace.clone(),
+            token: identity.service_account.clone(),
+            pod_account: workload.service_account.clone(),
+        });
+    }
+    if let Some(ip) = &workload.ip
+        && ip.parse::<IpAddr>().ok() != Some(id.ip)
+    {
+        return Err(Rejection::IpMismatch { pod: node, node: id.ip, index: ip.clone() });
+    }
+    Ok(())
+}
+
+/// Remembers successful reviews for a short while, so a reconnect storm
+/// (every sidecar after a control plane restart) costs one TokenReview per
+/// token, not one per stream. Entries are keyed by the token's SHA-256 and
+/// live until the token expires or [`TokenCache::TTL`], whichever is
+/// first. Refusals are not remembered.
+pub struct TokenCache {
+    inner: Arc<dyn Authenticator>,
+    entries: Mutex<HashMap<Vec<u8>, (TokenIdentity, SystemTime)>>,
+}
+
+impl TokenCache {
+    /// How long a review is trusted at most: a revoked token (its pod
+    /// deleted) is refused again after this long; [`authorize`] still
+    /// checks the pod on every stream meanwhile.
+    pub const TTL: Duration = Duration::from_secs(60);
+    /// Entries kept at most; beyond, new reviews are not remembered.
+    pub const CAPACITY: usize = 10_000;
+
+    pub fn new(inner: Arc<dyn Authenticator>) -> Self {
+        Self { inner, entries: Mutex::new(HashMap::new()) }
+    }
+
+    async fn authenticate_at(&self, token: &str, now: SystemTime) -> Result<TokenIdentity, Rejection> {
+        let key = digest(token);
+        if let Some(key) = &key
+            && let Some(identity) = self.lookup(key, now)
+        {
+            return Ok(identity);
+        }
+        let identity = self.inner.authenticate(token).await?;
+        if let Some(key) = key {
+            let until = expiry(token).map_or(now + Self::TTL, |exp| exp.min(now + Self::TTL));
+            self.remember(key, identity.clone(), until, now);
+        }
+        Ok(identity)
+    }
+
+    fn lookup(&self, key: &[u8], now: SystemTime) -> Option<TokenIdentity> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(key).filter(|(_, until)| now < *until).map(|(identity, _)| identity.clone())
+    }
+
+    fn remember(&self, key: Vec<u8>, identity: TokenIdentity, until: SystemTime, now: SystemTime) {
+        if until <= now {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= Self::CAPACITY {
+            entries.retain(|_, (_, until)| now < *until);
+        }
+        if entries.len() < Self::CAPACITY {
+            entries.insert(key, (identity, until));
+        }
+    }
+}
+
+impl Authenticator for TokenCache {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenIdentity, Rejection>> {
+        Box::pin(self.authenticate_at(token, SystemTime::now()))
+    }
+}
+
+/// SHA-256 of the token, from the TLS library the server already uses.
+fn digest(token: &str) -> Option<Vec<u8>> {
+    let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256.tls13()?;
+    Some(suite.common.hash_provider.hash(token.as_bytes()).as_ref().to_vec())
+}
+
+/// The `exp` claim of a JWT, unverified: the API server has just checked
+/// the token; this only keeps the cache from outliving it.
+fn expiry(token: &str) -> Option<SystemTime> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = claims.get("exp")?.as_u64()?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(exp))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    pub(crate) fn identity() -> TokenIdentity {
+        TokenIdentity {
+            namespace: "default".into(),
+            service_account: "bookinfo-productpage".into(),
+            pod_name: "productpage-v1-x".into(),
+            pod_uid: "uid-1".into(),
+        }
+    }
+
+    pub(crate) fn workload() -> Workload {
+        Workload {
+            key: ObjectKey::new("default", "productpage-v1-x"),
+            uid: "uid-1".into(),
+            service_account: "bookinfo-productpage".into(),
+            ip: Some("10.1.2.3".into()),
+            ..Default::default()
+        }
+    }
+
+    fn proxy(pod: &str) -> ProxyId {
+        ProxyId::parse(&format!("sidecar~10.1.2.3~{pod}.default~default.svc.cluster.local")).expect("valid")
+    }
+
+    #[test]
+    fn the_pods_own_sidecar_is_authorized() {
+        assert_eq!(authorize(&proxy("productpage-v1-x"), &identity(), Some(&workload())), Ok(()));
+        // The IP may not be known yet.
+        let no_ip = Workload { ip: None, ..workload() };
+        assert_eq!(authorize(&proxy("productpage-v1-x"), &identity(), Some(&no_ip)), Ok(()));
+    }
+
+    #[test]
+    fn a_token_for_another_pod_is_refused_with_both_names() {
+        let err = authorize(&proxy("details-v1-y"), &identity(), Some(&workload())).unwrap_err();
+        assert_eq!(err.reason(), "pod_mismatch");
+        assert_eq!(err.refusal(), Refusal::PermissionDenied);
+        assert_eq!(
+            err.to_string(),
+            "token is bound to pod default/productpage-v1-x, but the node id names default/details-v1-y"
+        );
+    }
+
+    #[test]
+    fn the_pod_must_be_the_indexed_one() {
+        let id = proxy("productpage-v1-x");
+        let err = authorize(&id, &identity(), None).unwrap_err();
+        assert_eq!(err.reason(), "unknown_pod");
+
+        let recreated = Workload { uid: "uid-2".into(), ..workload() };
+        let err = authorize(&id, &identity(), Some(&recreated)).unwrap_err();
+        assert_eq!(err.reason(), "uid_mismatch");
+        assert!(err.to_string().contains("uid-2"), "{err}");
+
+        let other_account = Workload { service_account: "default".into(), ..workload() };
+        let err = authorize(&id, &identity(), Some(&other_account)).unwrap_err();
+        assert_eq!(err.reason(), "service_account_mismatch");
+        assert!(err.to_string().contains("runs as default"), "{err}");
+
+        let moved = Workload { ip: Some("10.9.9.9".into()), ..workload() };
+        let err = authorize(&id, &identity(), Some(&moved)).unwrap_err();
+        assert_eq!(err.reason(), "ip_mismatch");
+        assert!(err.to_string().contains("10.9.9.9"), "{err}");
+    }
+
+    #[test]
+    fn the_authorization_metadata_must_be_a_bearer_token() {
+        assert_eq!(bearer_token(Some("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer_token(None), Err(Rejection::MissingToken));
+        assert_eq!(bearer_token(Some("Basic abc")), Err(Rejection::MalformedAuthorization));
+        assert_eq!(bearer_token(Some("Bearer  ")), Err(Rejection::MalformedAuthorization));
+        assert_eq!(Rejection::MissingToken.refusal(), Refusal::Unauthenticated);
+    }
+
+    struct Counting(AtomicUsize);
+
+    impl Authenticator for Counting {
+        fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenIdentity, Rejection>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            let result = if token.starts_with("good") { Ok(identity()) } else { Err(Rejection::InvalidToken("no".into())) };
+            Box::pin(async move { result })
+        }
+    }
+
+    fn jwt(exp: u64) -> String {
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{{\"exp\":{exp}}}"));
+        format!("good.{claims}.sig")
+    }
+
+    #[tokio::test]
+    async fn reviews_are_remembered_until_the_token_expires_or_a_minute_passes() {
+        let inner = Arc::new(Counting(AtomicUsize::new(0)));
+        let cache = TokenCache::new(inner.clone());
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let calls = || inner.0.load(Ordering::SeqCst);
+
+        // A token valid for an hour: remembered for a minute.
+        let long = jwt(1_000_000 + 3600);
+        cache.authenticate_at(&long, t0).await.expect("ok");
+        cache.authenticate_at(&long, t0 + Duration::from_secs(59)).await.expect("ok");
+        assert_eq!(calls(), 1);
+        cache.authenticate_at(&long, t0 + Duration::from_secs(61)).await.expect("ok");
+        assert_eq!(calls(), 2);
+
+        // A token expiring in ten seconds: remembered for ten seconds.
+        let short = jwt(1_000_000 + 10);
+        cache.authenticate_at(&short, t0).await.expect("ok");
+        cache.authenticate_at(&short, t0 + Duration::from_secs(9)).await.expect("ok");
+        assert_eq!(calls(), 3);
+        cache.authenticate_at(&short, t0 + Duration::from_secs(11)).await.expect("ok");
+        assert_eq!(calls(), 4);
+
+        // Refusals are asked again every time.
+        for _ in 0..2 {
+            cache.authenticate_at("bad", t0).await.expect_err("refused");
+        }
+        assert_eq!(calls(), 6);
+    }
+}

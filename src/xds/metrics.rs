@@ -1,0 +1,131 @@
+//! What the xDS server counts, exported on /metrics with the `mesh_`
+//! prefix: connected proxies, refused streams by reason, and pushes, ACKs
+//! and NACKs by resource type. Every label has a bounded set of values.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::types;
+
+#[derive(Clone, Default)]
+pub struct XdsMetrics {
+    connected: Gauge,
+    rejected: Family<ReasonLabel, Counter>,
+    pushes: Family<TypeLabel, Counter>,
+    acks: Family<TypeLabel, Counter>,
+    nacks: Family<TypeLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabel {
+    r#type: &'static str,
+}
+
+impl XdsMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "xds_connected_proxies",
+            "Proxies with an authorized ADS stream open",
+            self.connected.clone(),
+        );
+        registry.register(
+            "xds_rejected_streams",
+            "ADS streams refused at start, by reason",
+            self.rejected.clone(),
+        );
+        registry.register("xds_pushes", "Discovery responses sent, by resource type", self.pushes.clone());
+        registry.register("xds_acks", "Discovery responses proxies applied, by resource type", self.acks.clone());
+        registry.register(
+            "xds_nacks",
+            "Discovery responses proxies refused, by resource type",
+            self.nacks.clone(),
+        );
+    }
+
+    pub(crate) fn connected(&self) -> ConnectedGuard {
+        self.connected.inc();
+        ConnectedGuard(self.connected.clone())
+    }
+
+    pub(crate) fn rejected(&self, reason: &'static str) {
+        self.rejected.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub(crate) fn pushed(&self, type_url: &str) {
+        self.pushes.get_or_create(&type_label(type_url)).inc();
+    }
+
+    pub(crate) fn acked(&self, type_url: &str) {
+        self.acks.get_or_create(&type_label(type_url)).inc();
+    }
+
+    pub(crate) fn nacked(&self, type_url: &str) {
+        self.nacks.get_or_create(&type_label(type_url)).inc();
+    }
+
+    /// Proxies connected now.
+    pub fn connected_proxies(&self) -> i64 {
+        self.connected.get()
+    }
+
+    /// Streams refused for `reason` (see [`super::Rejection::reason`]).
+    pub fn rejected_streams(&self, reason: &'static str) -> u64 {
+        self.rejected.get_or_create(&ReasonLabel { reason }).get()
+    }
+
+    pub fn pushes(&self, type_url: &str) -> u64 {
+        self.pushes.get_or_create(&type_label(type_url)).get()
+    }
+
+    pub fn acks(&self, type_url: &str) -> u64 {
+        self.acks.get_or_create(&type_label(type_url)).get()
+    }
+
+    pub fn nacks(&self, type_url: &str) -> u64 {
+        self.nacks.get_or_create(&type_label(type_url)).get()
+    }
+}
+
+fn type_label(type_url: &str) -> TypeLabel {
+    TypeLabel { r#type: types::label(type_url) }
+}
+
+/// Counts one connected proxy while it lives.
+pub(crate) struct ConnectedGuard(Gauge);
+
+impl Drop for ConnectedGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_carry_the_mesh_names() {
+        let metrics = XdsMetrics::default();
+        let mut registry = Registry::with_prefix("mesh");
+        metrics.register(&mut registry);
+        metrics.rejected("pod_mismatch");
+        metrics.nacked(types::LISTENER);
+        let guard = metrics.connected();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("mesh_xds_rejected_streams_total{reason=\"pod_mismatch\"} 1"), "{text}");
+        assert!(text.contains("mesh_xds_nacks_total{type=\"lds\"} 1"), "{text}");
+        assert!(text.contains("mesh_xds_connected_proxies 1"), "{text}");
+        drop(guard);
+        assert_eq!(metrics.connected_proxies(), 0);
+        assert_eq!(metrics.rejected_streams("pod_mismatch"), 1);
+    }
+}

@@ -1,0 +1,91 @@
+//! The xDS server Envoy sidecars connect to (gRPC over TLS, port 15012),
+//! in layers:
+//!
+//! - [`proxy`]: the node id a sidecar announces, parsed ([`ProxyId`]);
+//! - [`auth`]: whether a stream may be served: the sidecar's token, turned
+//!   into an identity by an [`Authenticator`] ([`tokenreview`] asks the API
+//!   server), must be bound to the pod its node id names ([`authorize`],
+//!   pure);
+//! - [`snapshot`]: a proxy's configuration, with content-hash versions,
+//!   built by a [`Generator`] from the index (for now, the same
+//!   [`crate::translate::passthrough`] configuration for everyone);
+//! - [`stream`]: the ADS state-of-the-world protocol as a state machine
+//!   with no I/O (nonces, ACK, NACK, what to send when);
+//! - [`server`]: the thin tonic shell: TLS, HTTP/2, authentication at
+//!   stream start, and the loop that feeds requests and index changes to
+//!   the state machine;
+//! - [`metrics`]: what the server counts, on /metrics.
+//!
+//! Only [`tokenreview`] knows Kubernetes; the rest sees the index and
+//! envoy-types protos.
+
+pub mod auth;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod snapshot;
+pub mod stream;
+pub mod tokenreview;
+#[cfg(test)]
+mod tests;
+
+pub use auth::{Authenticator, Rejection, TokenCache, TokenIdentity, authorize};
+pub use metrics::XdsMetrics;
+pub use proxy::{Proxy, ProxyId};
+pub use server::{Ads, serve};
+pub use snapshot::{Generator, Snapshot};
+pub use tokenreview::KubeAuthenticator;
+
+/// The resource types the mesh serves, by type URL, and how each is
+/// subscribed to and ordered.
+pub mod types {
+    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+    /// Listeners and clusters are always sent whole: a proxy gets all of
+    /// its listeners and clusters, whatever names it asks for.
+    pub fn is_wildcard_only(type_url: &str) -> bool {
+        type_url == LISTENER || type_url == CLUSTER
+    }
+
+    /// Where a type goes when several are pushed at once: what is referred
+    /// to before what refers to it (secrets, clusters, endpoints, then
+    /// listeners and routes), so Envoy never waits on a missing piece.
+    pub fn push_rank(type_url: &str) -> usize {
+        [SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE].iter().position(|t| *t == type_url).unwrap_or(usize::MAX)
+    }
+
+    /// A short, bounded metric label for a type URL.
+    pub fn label(type_url: &str) -> &'static str {
+        match type_url {
+            LISTENER => "lds",
+            CLUSTER => "cds",
+            ENDPOINT => "eds",
+            ROUTE => "rds",
+            SECRET => "sds",
+            _ => "other",
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use envoy_types::pb::envoy::config::{
+            cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
+            route::v3::RouteConfiguration,
+        };
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+        use prost::Name;
+
+        #[test]
+        fn type_urls_are_the_protos_own() {
+            assert_eq!(super::LISTENER, Listener::type_url());
+            assert_eq!(super::CLUSTER, Cluster::type_url());
+            assert_eq!(super::ENDPOINT, ClusterLoadAssignment::type_url());
+            assert_eq!(super::ROUTE, RouteConfiguration::type_url());
+            assert_eq!(super::SECRET, Secret::type_url());
+        }
+    }
+}

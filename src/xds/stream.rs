@@ -1,0 +1,427 @@
+//! One ADS stream in the state-of-the-world (SotW) protocol, as a state
+//! machine with no I/O: requests and new snapshots go in, responses and
+//! events (ACK, NACK, stale nonce) come out. The tonic shell
+//! ([`super::server`]) feeds it and writes what it returns; tests drive it
+//! directly.
+//!
+//! The rules, per resource type on the stream:
+//! - the first request of a type is always answered, with the current
+//!   snapshot;
+//! - after that, a request must carry the nonce of the latest response of
+//!   its type; one with an older nonce is stale (Envoy sent it before it
+//!   saw our latest response) and ignored;
+//! - a request with the latest nonce acknowledges that response: an ACK
+//!   without `error_detail`, a NACK with it. A NACKed version is
+//!   remembered and not sent again; the next different version is;
+//! - one response per request: once a type has been answered, the next
+//!   response waits for the proxy's ACK or NACK, and then goes out only if
+//!   the snapshot's version differs from the one last sent. Unchanged
+//!   configuration is never re-pushed.
+//!
+//! Listeners and clusters are subscribed to as a whole (wildcard); other
+//! types (endpoints, routes, secrets) by name, and a response carries only
+//! the named resources. Nonces are one counter for the whole stream.
+//!
+//! The Delta protocol will get a sibling of this machine over the same
+//! [`Snapshot`], using its per-resource versions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+
+use super::snapshot::{Snapshot, version_of};
+use super::types;
+
+/// What a stream wants of one resource type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subscription {
+    /// Every resource of the type.
+    Wildcard,
+    /// Only these.
+    Names(BTreeSet<String>),
+}
+
+impl Subscription {
+    fn of(type_url: &str, names: &[String]) -> Self {
+        if types::is_wildcard_only(type_url) || names.iter().any(|n| n == "*") {
+            Subscription::Wildcard
+        } else {
+            Subscription::Names(names.iter().cloned().collect())
+        }
+    }
+}
+
+/// What happened on the stream besides responses, for logs and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The proxy applied `version`.
+    Ack { type_url: String, version: String },
+    /// The proxy refused `version`, saying `error`.
+    Nack { type_url: String, version: String, error: String },
+    /// A request answering an older response, ignored.
+    StaleNonce { type_url: String, nonce: String },
+}
+
+/// The output of one step of the machine.
+#[derive(Debug, Default, PartialEq)]
+pub struct Step {
+    /// To send, in order.
+    pub responses: Vec<DiscoveryResponse>,
+    pub events: Vec<Event>,
+}
+
+/// A request the protocol does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("a request on the aggregated stream has no type_url")]
+    NoTypeUrl,
+}
+
+/// The last response of a type.
+#[derive(Clone, Debug)]
+struct Sent {
+    nonce: String,
+    version: String,
+}
+
+/// A refused version and the proxy's reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nack {
+    pub version: String,
+    pub error: String,
+}
+
+#[derive(Clone, Debug)]
+struct TypeState {
+    subscription: Subscription,
+    sent: Option<Sent>,
+    acked: Option<String>,
+    nacked: Option<Nack>,
+    /// The proxy has asked (first request, ACK or NACK of our latest
+    /// response) and has not been answered yet.
+    waiting: bool,
+}
+
+/// The state of one SotW stream.
+#[derive(Debug)]
+pub struct SotwStream {
+    snapshot: Arc<Snapshot>,
+    nonce: u64,
+    types: BTreeMap<String, TypeState>,
+}
+
+impl SotwStream {
+    pub fn new(snapshot: Arc<Snapshot>) -> Self {
+        Self { snapshot, nonce: 0, types: BTreeMap::new() }
+    }
+
+    /// Handles one request from the proxy.
+    pub fn on_request(&mut self, request: &DiscoveryRequest) -> Result<Step, ProtocolError> {
+        let type_url = request.type_url.as_str();
+        if type_url.is_empty() {
+            return Err(ProtocolError::NoTypeUrl);
+        }
+        let mut step = Step::default();
+        let subscription = Subscription::of(type_url, &request.resource_names);
+        let state = self.types.entry(type_url.to_string()).or_insert_with(|| TypeState {
+            subscription: subscription.clone(),
+            sent: None,
+            acked: None,
+            nacked: None,
+            waiting: false,
+        });
+        if let Some(sent) = &state.sent {
+            if request.response_nonce != sent.nonce {
+                step.events.push(Event::StaleNonce {
+                    type_url: type_url.to_string(),
+                    nonce: request.response_nonce.clone(),
+                });
+                return Ok(step);
+            }
+            // The version is the one we sent with this nonce: in a NACK,
+            // `version_info` is the proxy's previous, still applied one.
+            let version = sent.version.clone();
+            match &request.error_detail {
+                Some(error) => {
+                    step.events.push(Event::Nack {
+                        type_url: type_url.to_string(),
+                        version: version.clone(),
+                        error: error.message.clone(),
+                    });
+                    state.nacked = Some(Nack { version, error: error.message.clone() });
+                }
+                None => {
+                    step.events.push(Event::Ack { type_url: type_url.to_string(), version: version.clone() });
+                    state.acked = Some(version);
+                    state.nacked = None;
+                }
+            }
+        }
+        state.subscription = subscription;
+        state.waiting = true;
+        let type_url = type_url.to_string();
+        step.responses.extend(self.respond(&type_url));
+        Ok(step)
+    }
+
+    /// Takes a new snapshot and answers every waiting type whose content
+    /// changed, in an order that lets Envoy use each response at once:
+    /// secrets and clusters before the listeners and routes that name them.
+    pub fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step {
+        self.snapshot = snapshot;
+        let mut waiting: Vec<String> =
+            self.types.iter().filter(|(_, state)| state.waiting).map(|(type_url, _)| type_url.clone()).collect();
+        waiting.sort_by_key(|type_url| types::push_rank(type_url));
+        let mut step = Step::default();
+        for type_url in waiting {
+            step.responses.extend(self.respond(&type_url));
+        }
+        step
+    }
+
+    /// The version the proxy last acknowledged for a type.
+    pub fn acked(&self, type_url: &str) -> Option<&str> {
+        self.types.get(type_url)?.acked.as_deref()
+    }
+
+    /// The version the proxy refused last for a type, if its latest answer
+    /// was a refusal.
+    pub fn nacked(&self, type_url: &str) -> Option<&Nack> {
+        self.types.get(type_url)?.nacked.as_ref()
+    }
+
+    /// Answers a waiting type if the snapshot has something it has not
+    /// been sent.
+    fn respond(&mut self, type_url: &str) -> Option<DiscoveryResponse> {
+        let resources = self.snapshot.resources(type_url);
+        let state = self.types.get_mut(type_url)?;
+        if !state.waiting {
+            return None;
+        }
+        let selected: Vec<_> = match &state.subscription {
+            Subscription::Wildcard => resources.iter().collect(),
+            Subscription::Names(names) => names.iter().filter_map(|name| resources.get(name)).collect(),
+        };
+        let version = version_of(selected.iter().copied());
+        if state.sent.as_ref().is_some_and(|sent| sent.version == version) {
+            // Either what the proxy holds, or what it refused.
+            return None;
+        }
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        state.sent = Some(Sent { nonce: nonce.clone(), version: version.clone() });
+        state.waiting = false;
+        Some(DiscoveryResponse {
+            version_info: version,
+            resources: selected.iter().map(|r| r.body.clone()).collect(),
+            type_url: type_url.to_string(),
+            nonce,
+            ..Default::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::google::protobuf::Any;
+    use envoy_types::pb::google::rpc::Status;
+
+    use super::super::snapshot::Resources;
+    use super::*;
+
+    fn resources(items: &[(&str, &str)]) -> Resources {
+        Resources::new(
+            items.iter().map(|(name, body)| (name.to_string(), Any { type_url: "t".into(), value: body.as_bytes().into() })),
+        )
+    }
+
+    fn snapshot(listener_body: &str) -> Arc<Snapshot> {
+        Arc::new(
+            Snapshot::new()
+                .with_resources(types::LISTENER, resources(&[("virtualOutbound", listener_body)]))
+                .with_resources(types::CLUSTER, resources(&[("PassthroughCluster", "c")]))
+                .with_resources(types::ROUTE, resources(&[("a", "ra"), ("b", "rb")])),
+        )
+    }
+
+    fn request(type_url: &str, version: &str, nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: type_url.into(),
+            version_info: version.into(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    fn nack(type_url: &str, version: &str, nonce: &str, error: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            error_detail: Some(Status { code: 3, message: error.into(), details: vec![] }),
+            ..request(type_url, version, nonce)
+        }
+    }
+
+    fn one(step: Step) -> DiscoveryResponse {
+        assert_eq!(step.responses.len(), 1, "{step:?}");
+        step.responses.into_iter().next().expect("one response")
+    }
+
+    #[test]
+    fn the_first_request_gets_the_snapshot_and_an_ack_is_recorded() {
+        let mut stream = SotwStream::new(snapshot("l1"));
+        let response = one(stream.on_request(&request(types::LISTENER, "", "")).unwrap());
+        assert_eq!(response.type_url, types::LISTENER);
+        assert_eq!(response.resources.len(), 1);
+        assert_eq!(response.nonce, "1");
+
+        let step = stream.on_request(&request(types::LISTENER, &response.version_info, "1")).unwrap();
+        assert!(step.responses.is_empty(), "unchanged: nothing to send");
+        assert_eq!(
+            step.events,
+            [Event::Ack { type_url: types::LISTENER.into(), version: response.version_info.clone() }]
+        );
+        assert_eq!(stream.acked(types::LISTENER), Some(response.version_info.as_str()));
+    }
+
+    #[test]
+    fn nonces_grow_across_types() {
+        let mut stream = SotwStream::new(snapshot("l1"));
+        let clusters = one(stream.on_request(&request(types::CLUSTER, "", "")).unwrap());
+        let listeners = one(stream.on_request(&request(types::LISTENER, "", "")).unwrap());
+        assert_eq!((clusters.nonce.as_str(), listeners.nonce.as_str()), ("1", "2"));
+    }
+
+    #[test]
+    fn an_unchanged_snapshot_is_not_pushed_and_a_changed_one_is() {
+        let mut stream = SotwStream::new(snapshot("l1"));
+        let first = one(stream.on_request(&request(types::LISTENER, "", "")).unwrap());
+        stream.on_request(&request(types::LISTENER, &first.version_info, &first.nonce)).unwrap();
+
+        assert_eq!(stream.on_snapshot(snapshot("l1")), Step::default());
+        let pushed = one(stream.on_snapshot(snapshot("l2")));
+        assert_ne!(pushed.version_info, first.version_info);
+        assert_eq!(pushed.nonce, "2");
+    }
+
+    #[test]
+    fn no_push_while_a_response_is_unacknowledged_then_the_latest_goes() {
+        let mut stream = SotwStream::new(snapshot("l1"));
+        let first = one(stream.on_request(&request(types::LISTENER, "", "")).unwrap());
+        // Two changes before the proxy answers: nothing yet.
+        assert!(stream.on_snapshot(snapshot("l2")).responses.is_empty());
+        assert!(stream.on_snapshot(snapshot("l3")).responses.is_empty());
+        // The ACK of the first response brings the newest content at once.
+        let step = stream.on_request(&request(types::LISTENER, &first.version_info, &first.nonce)).unwrap();
+        let latest = one(step);
+        assert_eq!(latest.version_info, snapshot("l3").resources(types::LISTENER).version());
+    }
+
+    #[test]
+    fn a_stale_nonce_is_ignored() {
+        let mut stream = SotwStream::new(snapshot("l1"));
+        let first = one(stream.on_request(&request(types::LISTENER, "", "")).unwrap());
+        stream.on_request(&request(types::LISTENER, &first.version_info, &first.nonce)).unwrap();
+        let second = one(stream.on_snapshot(snapshot("l2")));
+
+        // A request that answered the first response arrives late.
+        let step = stream.on_request(&request(types::LISTENER, &first.version_info, &first.nonce)).unwrap();
+        assert!(step.responses.is_empty());
+        assert_eq!(step.events, [Event::StaleNonce { type_url: types::LISTENER.into(), nonce: first.nonce.clone() }]);
+        assert_eq!(stream.acked(types::LISTENER), Some(first.version_info.as_str()), "not an ACK of the second");
+
+        let step = stream.on_request(&request(types::LISTENER, &second.version_info, &second.nonce)).unwrap();
+        assert!(matches!(step.events[..], [Event::Ack { .. }]));
+        assert_eq!(stream.acked(types::LISTENER), Some(second.version_info.as_str()));
+    }
+
+    #[test]
+    fn a_nacked_version_is_remembered_and_not_sent_again() {
+        let mut stream = SotwStream::new(snapshot("l1"));
+        let first = one(stream.on_request(&request(types::LISTENER, "", "")).unwrap());
+        stream.on_request(&request(types::LISTENER, &first.version_info, &first.nonce)).unwrap();
+        let bad = one(stream.on_snapshot(snapshot("bad")));
+
+        // A NACK carries the previous version; the refused one is ours.
+        let step = stream
+            .on_request(&nack(types::LISTENER, &first.version_info, &bad.nonce, "cannot bind 0.0.0.0:15001"))
+            .unwrap();
+        assert!(step.responses.is_empty(), "the refused version is not re-sent");
+        assert_eq!(
+            step.events,
+            [Event::Nack {
+                type_url: types::LISTENER.into(),
+                version: bad.version_info.clone(),
+                error: "cannot bind 0.0.0.0:15001".into(),
+            }]
+        );
+        assert_eq!(stream.acked(types::LISTENER), Some(first.version_info.as_str()));
+        assert_eq!(stream.nacked(types::LISTENER).map(|n| n.version.as_str()), Some(bad.version_info.as_str()));
+
+        // The same bad content again: still nothing.
+        assert!(stream.on_snapshot(snapshot("bad")).responses.is_empty());
+        // A fix goes out, and its ACK clears the NACK.
+        let fixed = one(stream.on_snapshot(snapshot("fixed")));
+        stream.on_request(&request(types::LISTENER, &fixed.version_info, &fixed.nonce)).unwrap();
+        assert_eq!(stream.nacked(types::LISTENER), None);
+    }
+
+    #[test]
+    fn named_types_get_only_what_they_ask_for() {
+        let mut stream = SotwStream::new(snapshot("l1"));
+        let asked = DiscoveryRequest { resource_names: vec!["b".into(), "missing".into()], ..request(types::ROUTE, "", "") };
+        let response = one(stream.on_request(&asked).unwrap());
+        assert_eq!(response.resources.len(), 1);
+        let routes = snapshot("l1").resources(types::ROUTE);
+        assert_eq!(response.resources[0], routes.get("b").unwrap().body);
+        assert_ne!(response.version_info, routes.version(), "the version is of what was sent");
+
+        // Asking for more in the ACK brings a response with both.
+        let more = DiscoveryRequest {
+            resource_names: vec!["a".into(), "b".into()],
+            ..request(types::ROUTE, &response.version_info, &response.nonce)
+        };
+        let both = one(stream.on_request(&more).unwrap());
+        assert_eq!(both.resources.len(), 2);
+        assert_eq!(both.version_info, routes.version());
+    }
+
+    #[test]
+    fn listeners_and_clusters_are_always_wildcard() {
+        let mut stream = SotwStream::new(snapshot("l1"));
+        let asked = DiscoveryRequest { resource_names: vec!["other".into()], ..request(types::CLUSTER, "", "") };
+        assert_eq!(one(stream.on_request(&asked).unwrap()).resources.len(), 1);
+    }
+
+    #[test]
+    fn a_reconnecting_proxy_is_answered_even_with_an_old_nonce_and_the_same_version() {
+        // Envoy keeps its configuration across reconnects; the first answer
+        // on the new stream completes its initialization.
+        let version = snapshot("l1").resources(types::LISTENER).version().to_string();
+        let mut stream = SotwStream::new(snapshot("l1"));
+        let response = one(stream.on_request(&request(types::LISTENER, &version, "41")).unwrap());
+        assert_eq!(response.version_info, version);
+    }
+
+    #[test]
+    fn types_are_answered_in_push_order_on_a_new_snapshot() {
+        let mut stream = SotwStream::new(snapshot("l1"));
+        for type_url in [types::LISTENER, types::CLUSTER] {
+            let r = one(stream.on_request(&request(type_url, "", "")).unwrap());
+            stream.on_request(&request(type_url, &r.version_info, &r.nonce)).unwrap();
+        }
+        let changed = Arc::new(
+            Snapshot::new()
+                .with_resources(types::LISTENER, resources(&[("virtualOutbound", "l2")]))
+                .with_resources(types::CLUSTER, resources(&[("PassthroughCluster", "c2")])),
+        );
+        let step = stream.on_snapshot(changed);
+        let order: Vec<_> = step.responses.iter().map(|r| r.type_url.as_str()).collect();
+        assert_eq!(order, [types::CLUSTER, types::LISTENER]);
+    }
+
+    #[test]
+    fn a_request_without_a_type_is_a_protocol_error() {
+        let mut stream = SotwStream::new(snapshot("l1"));
+        assert_eq!(stream.on_request(&request("", "", "")), Err(ProtocolError::NoTypeUrl));
+    }
+}
