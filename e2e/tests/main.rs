@@ -6,5 +6,6 @@ mod support;
 
 mod ca;
 mod crds;
+mod inject;
 mod node;
 mod webhook;

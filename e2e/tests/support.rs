@@ -265,3 +265,35 @@ pub fn pod_named(namespace: &str, selector: &str) -> String {
         (name.ok && !name.stdout.trim().is_empty()).then(|| name.stdout.trim().to_string())
     })
 }
+
+/// The chart installed with helm into a namespace of its own; uninstalled on drop.
+pub struct Release {
+    pub namespace: String,
+}
+
+pub fn helm(args: &[&str]) -> Output {
+    let kubeconfig = kubeconfig();
+    let mut all = args.to_vec();
+    all.extend(["--kubeconfig", kubeconfig.as_str()]);
+    run("helm", &all, None)
+}
+
+impl Release {
+    pub fn install(namespace: &str, extra: &[&str]) -> Self {
+        let chart = repo().join("charts/mesh");
+        let mut args =
+            vec!["install", "mesh", chart.to_str().expect("utf-8"), "-n", namespace, "--create-namespace"];
+        args.extend(["--wait", "--timeout", "120s"]);
+        args.extend(extra);
+        let out = helm(&args);
+        assert!(out.ok, "helm install: {}", out.stderr);
+        Self { namespace: namespace.to_string() }
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = helm(&["uninstall", "mesh", "-n", &self.namespace, "--wait", "--timeout", "60s"]);
+        let _ = kubectl(&["delete", "namespace", &self.namespace, "--wait=false"], None);
+    }
+}

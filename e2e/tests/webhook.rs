@@ -6,39 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{TempNamespace, eventually, install_crds, kubectl, kubectl_ok, repo};
-
-/// The chart installed with helm into a namespace of its own; uninstalled on drop.
-struct Release {
-    namespace: String,
-}
-
-fn helm(args: &[&str]) -> crate::support::Output {
-    let kubeconfig = crate::support::kubeconfig();
-    let mut all = args.to_vec();
-    all.extend(["--kubeconfig", kubeconfig.as_str()]);
-    crate::support::run("helm", &all, None)
-}
-
-impl Release {
-    fn install(namespace: &str, extra: &[&str]) -> Self {
-        let chart = repo().join("charts/mesh");
-        let mut args =
-            vec!["install", "mesh", chart.to_str().expect("utf-8"), "-n", namespace, "--create-namespace"];
-        args.extend(["--wait", "--timeout", "120s"]);
-        args.extend(extra);
-        let out = helm(&args);
-        assert!(out.ok, "helm install: {}", out.stderr);
-        Self { namespace: namespace.to_string() }
-    }
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        let _ = helm(&["uninstall", "mesh", "-n", &self.namespace, "--wait", "--timeout", "60s"]);
-        let _ = kubectl(&["delete", "namespace", &self.namespace, "--wait=false"], None);
-    }
-}
+use crate::support::{Release, TempNamespace, eventually, install_crds, kubectl, kubectl_ok};
 
 fn accepts(ns: &str, yaml: &str) -> String {
     let out = kubectl(&["apply", "-n", ns, "-f", "-"], Some(yaml));

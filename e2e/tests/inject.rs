@@ -1,0 +1,403 @@
+//! The sidecar injector, as Istio users use it: the chart installed with
+//! helm, a namespace labelled istio-injection=enabled, Bookinfo applied
+//! unmodified. Every pod gets `mesh iptables` and stock Envoy; Envoy opens an
+//! authenticated ADS stream to the controller and carries the traffic.
+//! Then a host Envoy posing as one pod shows that only that pod's own token
+//! gets configuration.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+
+use crate::support::{
+    Release, TempNamespace, conformance, enter, eventually, free_port, jsonpath, kubectl, kubectl_ok,
+    pod_named, rollout, run,
+};
+
+fn label_for_injection(ns: &str) {
+    kubectl_ok(&["label", "namespace", ns, "istio-injection=enabled", "--overwrite"], None);
+}
+
+fn pod_json(ns: &str, name: &str) -> Value {
+    serde_json::from_str(&kubectl_ok(&["get", "pod", "-n", ns, name, "-o", "json"], None)).expect("pod JSON")
+}
+
+fn init_container_names(pod: &Value) -> Vec<String> {
+    pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect()
+}
+
+/// Prometheus samples of Envoy's stats, read inside the pod from :15090.
+fn envoy_stats(ns: &str, pod: &str) -> BTreeMap<String, f64> {
+    let out = enter(ns, pod, "curl -sf -m 5 http://127.0.0.1:15090/stats/prometheus");
+    assert!(out.ok, "Envoy's stats in {ns}/{pod}: {}", out.stderr);
+    out.stdout
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
+        .collect()
+}
+
+/// Requests an HTTP connection manager of Envoy's saw (`inbound` or `outbound`).
+fn requests(stats: &BTreeMap<String, f64>, prefix: &str) -> f64 {
+    let key = format!("envoy_http_downstream_rq_total{{envoy_http_conn_manager_prefix=\"{prefix}\"}}");
+    stats.get(&key).copied().unwrap_or(0.0)
+}
+
+#[test]
+fn bookinfo_gets_envoy_in_every_pod_and_its_traffic_goes_through_envoy() {
+    let _release = Release::install("mesh-e2e-inject", &[]);
+    let ns = TempNamespace::new("inject");
+    label_for_injection(&ns.name);
+    let file = conformance().join("platform/bookinfo.yaml");
+    kubectl_ok(&["apply", "-n", &ns.name, "-f", file.to_str().expect("utf-8")], None);
+    rollout(&ns.name);
+    kubectl_ok(
+        &["wait", "-n", &ns.name, "--for", "condition=Ready", "pods", "--all", "--timeout=120s"],
+        None,
+    );
+
+    // Every pod: our init container, then Envoy as a native sidecar; all ready.
+    let pods: Vec<String> = jsonpath(&ns.name, "pods", "{.items[*].metadata.name}")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(pods.len(), 6, "{pods:?}");
+    for pod in &pods {
+        let json = pod_json(&ns.name, pod);
+        assert_eq!(init_container_names(&json)[..2], ["istio-init", "istio-proxy"], "{pod}");
+        assert!(json["metadata"]["annotations"]["sidecar.istio.io/status"].is_string(), "{pod}");
+        let statuses = json["status"]["initContainerStatuses"].as_array().cloned().unwrap_or_default();
+        let proxy = statuses.iter().find(|s| s["name"] == "istio-proxy").expect("istio-proxy status");
+        assert_eq!(proxy["ready"], true, "{pod}: Envoy not ready: {proxy}");
+        let init = statuses.iter().find(|s| s["name"] == "istio-init").expect("istio-init status");
+        assert_eq!(init["state"]["terminated"]["exitCode"], 0, "{pod}: {init}");
+    }
+
+    // The page still shows details and reviews, through every Envoy on the way.
+    let productpage = pod_named(&ns.name, "app=productpage");
+    let page = eventually("productpage through Envoy", Duration::from_secs(30), || {
+        let page = enter(&ns.name, &productpage, "curl -sf -m 5 http://productpage:9080/productpage");
+        page.ok.then_some(page)
+    });
+    assert!(page.stdout.contains(r#"id="details-publisher">PublisherA"#), "no details: {}", page.stdout);
+    assert!(page.stdout.contains(r#"id="reviews-podname">reviews-v"#), "no reviews: {}", page.stdout);
+    let script = "for i in $(seq 30); do curl -s -o /dev/null -w '%{http_code}\\n' -m 5 http://productpage:9080/productpage; done";
+    let codes = enter(&ns.name, &productpage, script).stdout;
+    assert_eq!(codes.lines().filter(|c| *c == "200").count(), 30, "{codes}");
+
+    // Envoy counted what it carried: every pod served requests (inbound);
+    // productpage and the reviews that call ratings made requests (outbound).
+    for pod in &pods {
+        let stats = envoy_stats(&ns.name, pod);
+        let (inbound, outbound) = (requests(&stats, "inbound"), requests(&stats, "outbound"));
+        let reviews_v1 = pod.starts_with("reviews-v1");
+        assert!(inbound > 0.0, "{pod}: no inbound requests through Envoy");
+        if pod.starts_with("productpage") {
+            assert!(outbound >= 60.0, "{pod}: {outbound} outbound requests (details and reviews each time)");
+        }
+        if pod.starts_with("details") || pod.starts_with("ratings") || reviews_v1 {
+            assert_eq!(outbound, 0.0, "{pod} calls nobody");
+        }
+        eprintln!("{pod}: inbound {inbound}, outbound {outbound}");
+    }
+
+    // The init container's rules, inside an injected pod.
+    let rules = enter(&ns.name, &productpage, "iptables -t nat -S").stdout;
+    for rule in [
+        "-N ISTIO_INBOUND",
+        "-N ISTIO_OUTPUT",
+        "-A PREROUTING -p tcp -j ISTIO_INBOUND",
+        "-A OUTPUT -p tcp -j ISTIO_OUTPUT",
+        "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+        "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
+        "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+    ] {
+        assert!(rules.lines().any(|l| l == rule), "no {rule:?} in:\n{rules}");
+    }
+
+    // A pod that opts out is untouched: no sidecar, no rules.
+    let opted_out = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: outsider
+  labels: {sidecar.istio.io/inject: "false"}
+spec:
+  containers:
+  - {name: sleep, image: busybox, command: [sh, -c, "sleep 3600"]}
+"#;
+    kubectl_ok(&["apply", "-n", &ns.name, "-f", "-"], Some(opted_out));
+    kubectl_ok(&["wait", "-n", &ns.name, "--for", "condition=Ready", "pod/outsider", "--timeout=60s"], None);
+    let json = pod_json(&ns.name, "outsider");
+    assert!(init_container_names(&json).is_empty(), "{}", json["spec"]);
+    assert!(json["metadata"]["annotations"]["sidecar.istio.io/status"].is_null());
+    let rules = enter(&ns.name, "outsider", "iptables -t nat -S").stdout;
+    assert!(!rules.contains("ISTIO"), "{rules}");
+    // And it still reaches Bookinfo, past no Envoy of its own.
+    let out = enter(
+        &ns.name,
+        "outsider",
+        "curl -s -o /dev/null -w '%{http_code}' -m 5 http://productpage:9080/health",
+    );
+    assert_eq!(out.stdout, "200", "{}", out.stderr);
+}
+
+/// A bad annotation keeps the pod out, with a message naming it.
+#[test]
+fn a_bad_sidecar_annotation_is_refused_at_admission() {
+    let _release = Release::install("mesh-e2e-inject-bad", &[]);
+    let ns = TempNamespace::new("inject-bad");
+    label_for_injection(&ns.name);
+    let pod = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: greedy
+  annotations: {sidecar.istio.io/proxyMemory: "lots"}
+spec:
+  containers:
+  - {name: sleep, image: busybox, command: [sh, -c, "sleep 3600"]}
+"#;
+    let out = kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(pod));
+    assert!(!out.ok, "accepted a pod with a bad annotation");
+    for fragment in ["admission webhook", "sidecar.istio.io/proxyMemory", "\"lots\"", "greedy"] {
+        assert!(out.stderr.contains(fragment), "message lacks {fragment:?}: {}", out.stderr);
+    }
+}
+
+/// A standalone Envoy on the host with the sidecar's bootstrap, posing as
+/// one pod, with a given token.
+struct HostEnvoy {
+    child: Child,
+    admin: u16,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl HostEnvoy {
+    fn start(release_ns: &str, node_id: &str, token: &str, root_pem: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("mesh-e2e-envoy-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let token_file = dir.join("token");
+        let root_file = dir.join("root.pem");
+        // The kubelet writes tokens without a trailing newline; Envoy's
+        // gRPC refuses a header value ending in one.
+        std::fs::write(&token_file, token.trim()).expect("token file");
+        std::fs::write(&root_file, root_pem).expect("root file");
+        let service_ip = jsonpath(release_ns, "service/mesh", "{.spec.clusterIP}");
+        let mut bootstrap = mesh::inject::bootstrap::bootstrap(&format!("{service_ip}:15012"));
+        let admin = free_port();
+        bootstrap["admin"]["address"]["socket_address"]["port_value"] = json!(admin);
+        // Only the dynamic part matters here; the pod's fixed ports are the pods'.
+        bootstrap["static_resources"]["listeners"] = json!([]);
+        let grpc = &mut bootstrap["dynamic_resources"]["ads_config"]["grpc_services"][0]["google_grpc"];
+        grpc["channel_credentials"]["ssl_credentials"]["root_certs"]["filename"] = json!(root_file);
+        grpc["call_credentials"][0]["from_plugin"]["typed_config"]["secret_data"]["filename"] =
+            json!(token_file);
+        // Dialled by ClusterIP from the host; the certificate names the Service.
+        grpc["channel_args"] = json!({"args": {"grpc.ssl_target_name_override": {"string_value": format!("mesh.{release_ns}.svc")}}});
+        let config = dir.join("envoy.json");
+        std::fs::write(&config, bootstrap.to_string()).expect("bootstrap");
+        let log = std::fs::File::create(dir.join("envoy.log")).expect("log file");
+        let child = Command::new("envoy")
+            .args([
+                "-c",
+                config.to_str().expect("utf-8"),
+                "--service-node",
+                node_id,
+                "--service-cluster",
+                "e2e",
+            ])
+            .args(["--disable-hot-restart", "--base-id-path", "/dev/null", "-l", "info"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("envoy runs (make tools installs it)");
+        Self { child, admin, _dir: tempdir::Dir(dir) }
+    }
+
+    fn stat(&self, name: &str) -> Option<f64> {
+        let out = run(
+            "curl",
+            &["-sf", "-m", "2", &format!("http://127.0.0.1:{}/stats?filter=^{name}$", self.admin)],
+            None,
+        );
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.0.join("envoy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for HostEnvoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The controller's count of refused streams, by reason, from its metrics.
+fn rejected(release_ns: &str) -> BTreeMap<String, f64> {
+    let ip = jsonpath(release_ns, "pods", "{.items[0].status.podIP}");
+    let out = run("curl", &["-sf", "-m", "2", &format!("http://{ip}:15014/metrics")], None);
+    out.stdout
+        .lines()
+        .filter(|l| l.starts_with("mesh_xds_rejected_streams_total{"))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
+        .collect()
+}
+
+fn total(counts: &BTreeMap<String, f64>) -> f64 {
+    counts.values().sum()
+}
+
+/// A token as the API server issues it, with its times moved into the past
+/// and signed again with the cluster's own ServiceAccount key: a genuine
+/// token, except that it has expired.
+fn expired(token: &str) -> String {
+    let parts: Vec<&str> = token.trim().split('.').collect();
+    assert_eq!(parts.len(), 3, "a JWT");
+    let mut claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).expect("base64url")).expect("claims");
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+    claims["iat"] = json!(now - 7200);
+    claims["nbf"] = json!(now - 7200);
+    claims["exp"] = json!(now - 3600);
+    let signed = format!("{}.{}", parts[0], URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let key = format!(
+        "{}/pki/sa.key",
+        std::env::var("MESH_CLUSTER_DIR").expect("MESH_CLUSTER_DIR (set by make test-e2e)")
+    );
+    let mut openssl = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign", &key])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    use std::io::Write;
+    openssl.stdin.take().expect("stdin").write_all(signed.as_bytes()).expect("signing input");
+    let out = openssl.wait_with_output().expect("openssl ran");
+    assert!(out.status.success(), "openssl dgst -sign failed");
+    format!("{signed}.{}", URL_SAFE_NO_PAD.encode(out.stdout))
+}
+
+#[test]
+fn only_the_pods_own_token_gets_configuration() {
+    let release = Release::install("mesh-e2e-xds-auth", &[]);
+    let ns = TempNamespace::new("xds-auth");
+    label_for_injection(&ns.name);
+    let pods = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: alpha}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: beta}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: alpha}
+spec:
+  serviceAccountName: alpha
+  containers: [{name: sleep, image: busybox, command: [sh, -c, "sleep 3600"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: beta}
+spec:
+  serviceAccountName: beta
+  containers: [{name: sleep, image: busybox, command: [sh, -c, "sleep 3600"]}]
+"#;
+    kubectl_ok(&["apply", "-n", &ns.name, "-f", "-"], Some(pods));
+    for pod in ["alpha", "beta"] {
+        kubectl_ok(
+            &["wait", "-n", &ns.name, "--for", "condition=Ready", &format!("pod/{pod}"), "--timeout=90s"],
+            None,
+        );
+    }
+    let ip = jsonpath(&ns.name, "pod/alpha", "{.status.podIP}");
+    let node_id = mesh::inject::bootstrap::node_id(&ip, "alpha", &ns.name, "cluster.local");
+    let root = jsonpath(&ns.name, "configmap/mesh-ca-root-cert", "{.data.root-cert\\.pem}");
+    let token = |sa: &str, extra: &[&str]| {
+        let mut args = vec!["create", "token", sa, "-n", ns.name.as_str(), "--duration", "1h"];
+        args.extend(extra);
+        kubectl_ok(&args, None).trim().to_string()
+    };
+    let right = token(
+        "alpha",
+        &["--audience", "mesh-ca", "--bound-object-kind", "Pod", "--bound-object-name", "alpha"],
+    );
+    let refused = [
+        (
+            "another pod's token",
+            token(
+                "beta",
+                &["--audience", "mesh-ca", "--bound-object-kind", "Pod", "--bound-object-name", "beta"],
+            ),
+        ),
+        ("another ServiceAccount's token", token("beta", &["--audience", "mesh-ca"])),
+        (
+            "a token for another audience",
+            token(
+                "alpha",
+                &["--audience", "not-the-mesh", "--bound-object-kind", "Pod", "--bound-object-name", "alpha"],
+            ),
+        ),
+        ("an expired token", expired(&right)),
+    ];
+    for (what, bad) in refused {
+        let before = total(&rejected(&release.namespace));
+        let envoy = HostEnvoy::start(&release.namespace, &node_id, &bad, &root);
+        eventually(&format!("the controller refusing {what}"), Duration::from_secs(30), || {
+            (total(&rejected(&release.namespace)) > before).then_some(())
+        });
+        // Give a wrongly accepted stream time to deliver before looking.
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(
+            envoy.stat("listener_manager.lds.update_success"),
+            Some(0.0),
+            "{what} got listeners:\n{}",
+            envoy.log()
+        );
+        assert_eq!(envoy.stat("cluster_manager.cds.update_success"), Some(0.0), "{what} got clusters");
+        eprintln!("{what}: refused ({:?})", rejected(&release.namespace));
+    }
+
+    let envoy = HostEnvoy::start(&release.namespace, &node_id, &right, &root);
+    eventually(
+        "Envoy with the pod's own token getting listeners and clusters",
+        Duration::from_secs(30),
+        || {
+            (envoy.stat("listener_manager.lds.update_success")? >= 1.0
+                && envoy.stat("cluster_manager.cds.update_success")? >= 1.0)
+                .then_some(())
+        },
+    );
+    assert_eq!(envoy.stat("listener_manager.lds.update_rejected"), Some(0.0), "{}", envoy.log());
+    assert_eq!(envoy.stat("cluster_manager.cds.update_rejected"), Some(0.0), "{}", envoy.log());
+}
