@@ -1,14 +1,16 @@
-# The mesh image: one static-ish binary on a minimal base.
-#   docker build -t ghcr.io/mesh-project/mesh:0.1.0 .
-# (Not built on the local cluster: its node maps the image to target/debug/mesh.)
-
+# The mesh image: the controller, and `mesh iptables` for the injected init
+# container (which needs the iptables programs, hence not distroless).
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p mesh
 
-# glibc and CA certificates, no shell, runs as non-root by default.
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends iptables ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/mesh /usr/local/bin/mesh
+# The controller runs as 1337; the init container asks for root with only
+# NET_ADMIN and NET_RAW in its securityContext.
 USER 1337:1337
 ENTRYPOINT ["/usr/local/bin/mesh"]

@@ -48,6 +48,10 @@ pub struct ControllerArgs {
     #[arg(long, env = "MESH_WEBHOOK_ADDR", default_value = "0.0.0.0:15017")]
     pub webhook_addr: SocketAddr,
 
+    /// Address of the xDS server (ADS, gRPC over TLS) the sidecars connect to.
+    #[arg(long, env = "MESH_XDS_ADDR", default_value = "0.0.0.0:15012")]
+    pub xds_addr: SocketAddr,
+
     /// The Service in front of the controller: its DNS names go in the
     /// webhook's serving certificate.
     #[arg(long, env = "MESH_SERVICE_NAME", default_value = "mesh")]
@@ -94,6 +98,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
 
     let index_metrics = IndexMetrics::default();
     index_metrics.register(&mut registry);
+    let xds_metrics = crate::xds::XdsMetrics::default();
+    xds_metrics.register(&mut registry);
     let index = SharedIndex::new(Index::new(index_metrics));
 
     let mut watches = JoinSet::new();
@@ -122,12 +128,22 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     };
     let webhook = tokio::spawn(webhook::server::serve(
         webhook_listener,
-        serving,
+        serving.clone(),
         index.clone(),
         synced,
         webhook::server::Injector { args: args.inject.clone(), mesh_namespace: args.namespace.clone() },
         shutdown.clone(),
     ));
+
+    let xds_listener = tokio::net::TcpListener::bind(args.xds_addr)
+        .await
+        .with_context(|| format!("listening on {} for xDS (set --xds-addr)", args.xds_addr))?;
+    // Token reviews are cached briefly, so a reconnecting fleet does not flood the API server.
+    let authenticator: Arc<dyn crate::xds::Authenticator> =
+        Arc::new(crate::xds::TokenCache::new(Arc::new(crate::xds::KubeAuthenticator::new(client.clone()))));
+    let ads = crate::xds::Ads::new(authenticator, index.clone(), xds_metrics, shutdown.clone());
+    let xds = tokio::spawn(crate::xds::serve(xds_listener, serving, ads, shutdown.clone()));
+    tracing::info!(addr = %args.xds_addr, "serving ADS to the sidecars");
 
     let listener = monitoring::bind(args.monitoring_addr).await?;
     tracing::info!(addr = %args.monitoring_addr, "serving /healthz, /readyz, /metrics, /debug/configz");
@@ -147,6 +163,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let _ = status.await;
     if let Ok(Err(e)) = webhook.await {
         tracing::warn!(error = %e, "webhook server");
+    }
+    if let Ok(Err(e)) = xds.await {
+        tracing::warn!(error = %e, "xDS server");
     }
     match server.await {
         Ok(result) => result.context("monitoring server")?,
@@ -257,7 +276,7 @@ fn issue_serving(
     let leaf = authority.issue_serving(&names, lifetime.try_into()?, now)?;
     serving.set(&leaf.cert_chain_pem, &leaf.key_pem)?;
     let renew_at = ca::RotationPolicy::default().renew_at(&leaf.cert);
-    tracing::info!(names = ?names, not_after = %leaf.cert.not_after, %renew_at, "webhook certificate issued");
+    tracing::info!(names = ?names, not_after = %leaf.cert.not_after, %renew_at, "serving certificate issued (webhooks and xDS)");
     Ok(renew_at)
 }
 

@@ -28,4 +28,4 @@ cat <<TXT
 TXT
 # Not exec: the EXIT trap must run after the controller stops.
 kubectl create namespace mesh-system >/dev/null 2>&1 || true
-"$repo/target/debug/mesh" controller --monitoring-addr 127.0.0.1:15014 --webhook-addr 127.0.0.1:15017 || true
+"$repo/target/debug/mesh" controller --monitoring-addr 127.0.0.1:15014 --webhook-addr 127.0.0.1:15017 --xds-addr 127.0.0.1:15012 || true

@@ -145,6 +145,7 @@ impl Controller {
             .args(["controller", "--kubeconfig", &kubeconfig(), "--monitoring-addr", &monitoring])
             .args(["--namespace", namespace])
             .args(["--webhook-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--xds-addr", &format!("127.0.0.1:{}", free_port())])
             .env("MESH_LOG", "info,mesh=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -30,8 +30,8 @@ pub fn node_id(ip: &str, pod: &str, namespace: &str, cluster_domain: &str) -> St
     format!("sidecar~{ip}~{pod}.{namespace}~{namespace}.svc.{cluster_domain}")
 }
 
-/// The bootstrap for sidecars that reach the controller at `xds_address` (host:port).
-pub fn bootstrap(xds_address: &str) -> Value {
+/// The bootstrap for sidecars that reach the controller at `proxy_xds_address` (host:port).
+pub fn bootstrap(proxy_xds_address: &str) -> Value {
     json!({
         "node": {"id": "set-by-command-line", "cluster": "set-by-command-line"},
         "admin": {
@@ -42,7 +42,7 @@ pub fn bootstrap(xds_address: &str) -> Value {
                 "api_type": "GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": true,
-                "grpc_services": [{"google_grpc": google_grpc(xds_address)}],
+                "grpc_services": [{"google_grpc": google_grpc(proxy_xds_address)}],
             },
             // No timeout: Envoy is not ready (and the app does not start)
             // until it has the mesh's configuration.
@@ -70,10 +70,10 @@ pub fn bootstrap(xds_address: &str) -> Value {
 /// gRPC with TLS to the controller, trusting only the mesh root, with the
 /// projected token as call credentials (the file is re-read as the kubelet
 /// renews it). Without `credentials_factory_name` Envoy sends no token.
-fn google_grpc(xds_address: &str) -> Value {
+fn google_grpc(proxy_xds_address: &str) -> Value {
     let plugin = "envoy.grpc_credentials.file_based_metadata";
     json!({
-        "target_uri": xds_address,
+        "target_uri": proxy_xds_address,
         "stat_prefix": "xds-grpc",
         "channel_credentials": {
             "ssl_credentials": {"root_certs": {"filename": format!("{ROOT_CERT_DIR}/{ROOT_CERT_FILE}")}},

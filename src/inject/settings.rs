@@ -28,8 +28,8 @@ pub struct InjectArgs {
 
     /// host:port of the controller's xDS server, as Envoy reaches it; the host
     /// must be a name in the controller's serving certificate.
-    #[arg(long, env = "MESH_XDS_ADDRESS", default_value = "mesh.mesh-system.svc:15012")]
-    pub xds_address: String,
+    #[arg(long, env = "MESH_PROXY_XDS_ADDRESS", default_value = "mesh.mesh-system.svc:15012")]
+    pub proxy_xds_address: String,
 
     /// Envoy's log level unless sidecar.istio.io/logLevel says otherwise.
     #[arg(long, env = "MESH_PROXY_LOG_LEVEL", default_value = "warning")]
@@ -65,7 +65,7 @@ impl Default for InjectArgs {
         Self {
             proxy_image: DEFAULT_PROXY_IMAGE.into(),
             proxy_init_image: DEFAULT_INIT_IMAGE.into(),
-            xds_address: "mesh.mesh-system.svc:15012".into(),
+            proxy_xds_address: "mesh.mesh-system.svc:15012".into(),
             proxy_log_level: "warning".into(),
             proxy_cpu: "100m".into(),
             proxy_memory: "128Mi".into(),

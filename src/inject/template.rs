@@ -44,7 +44,7 @@ pub fn apply(pod: &Pod, options: &ProxyOptions, args: &InjectArgs) -> Result<Pod
     spec.init_containers = Some(init);
     spec.volumes.get_or_insert_with(Vec::new).extend(volumes(args));
 
-    let bootstrap = bootstrap::bootstrap(&args.xds_address).to_string();
+    let bootstrap = bootstrap::bootstrap(&args.proxy_xds_address).to_string();
     let status = json!({
         "initContainers": [INIT_CONTAINER, PROXY_CONTAINER],
         "containers": [],

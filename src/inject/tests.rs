@@ -72,7 +72,7 @@ fn the_bootstrap_annotation_is_the_bootstrap() {
     let pod = injected(&read_pod("details.yaml"), "default");
     let text = &pod.metadata.annotations.unwrap()[BOOTSTRAP_ANNOTATION];
     let parsed: serde_json::Value = serde_json::from_str(text).unwrap();
-    assert_eq!(parsed, bootstrap::bootstrap(&InjectArgs::default().xds_address));
+    assert_eq!(parsed, bootstrap::bootstrap(&InjectArgs::default().proxy_xds_address));
 }
 
 #[test]

@@ -74,8 +74,8 @@ pub enum Error {
          (iptables, iptables-save, iptables-restore)"
     )]
     NotInstalled { program: String },
-    #[error("could not run `{command}`: {source}")]
-    Spawn { command: String, source: io::Error },
+    #[error("could not run `{command}`: {error}")]
+    Spawn { command: String, error: io::Error },
     #[error("`{command}` failed ({status}): {stderr}{hint}")]
     Failed { command: String, status: String, stderr: String, hint: &'static str },
     #[error(
@@ -87,7 +87,15 @@ pub enum Error {
     #[error("could not read the process capabilities from /proc/self/status: {0}")]
     Capabilities(String),
     #[error("could not write the log: {0}")]
-    Log(#[from] io::Error),
+    Log(io::Error),
+}
+
+// By hand rather than `#[from]`, which would also make the io::Error the
+// source, and `{:#}` would print it twice.
+impl From<io::Error> for Error {
+    fn from(error: io::Error) -> Self {
+        Error::Log(error)
+    }
 }
 
 const CAP_NET_ADMIN: u32 = 12;
@@ -237,7 +245,7 @@ fn checked(
     let command = std::iter::once(program).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");
     let output = runner.run(program, args, stdin).map_err(|source| match source.kind() {
         io::ErrorKind::NotFound => Error::NotInstalled { program: program.to_string() },
-        _ => Error::Spawn { command: command.clone(), source },
+        _ => Error::Spawn { command: command.clone(), error: source },
     })?;
     if output.code == Some(0) {
         return Ok(output);

@@ -7,6 +7,7 @@
 //! Two listeners catch what the init container's iptables rules redirect:
 //! `virtualOutbound` (port 15001, the application's outgoing connections)
 //! and `virtualInbound` (port 15006, connections to the application). Each
+//! restores the connection's original destination (`original_dst`) and
 //! sniffs HTTP (`http_inspector`): HTTP/1.1 and prior-knowledge HTTP/2 go
 //! through an HTTP connection manager with one catch-all route, everything
 //! else through a TCP proxy. Both send to an ORIGINAL_DST cluster, which
@@ -161,18 +162,22 @@ impl Direction {
 /// otherwise speak HTTP/1.1 upstream and break gRPC.
 fn original_destination(name: &str) -> Cluster {
     let protocol = HttpProtocolOptions {
-        upstream_protocol_options: Some(http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
-            http_protocol_options::UseDownstreamHttpConfig {
-                http_protocol_options: Some(Http1ProtocolOptions::default()),
-                http2_protocol_options: Some(Http2ProtocolOptions::default()),
-                ..Default::default()
-            },
-        )),
+        upstream_protocol_options: Some(
+            http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+                http_protocol_options::UseDownstreamHttpConfig {
+                    http_protocol_options: Some(Http1ProtocolOptions::default()),
+                    http2_protocol_options: Some(Http2ProtocolOptions::default()),
+                    ..Default::default()
+                },
+            ),
+        ),
         ..Default::default()
     };
     Cluster {
         name: name.to_string(),
-        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::OriginalDst.into())),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::OriginalDst.into(),
+        )),
         lb_policy: cluster::LbPolicy::ClusterProvided.into(),
         connect_timeout: Some(seconds(CONNECT_TIMEOUT_SECONDS)),
         typed_extension_protocol_options: [(HttpProtocolOptions::full_name(), any(&protocol))].into(),
@@ -183,13 +188,15 @@ fn original_destination(name: &str) -> Cluster {
 /// A catch-all listener: HTTP through the connection manager, the rest
 /// through the TCP proxy, both to the direction's pass-through cluster.
 fn listener(direction: Direction) -> Listener {
-    let mut listener_filters = Vec::new();
-    if let Direction::Inbound = direction {
-        // Outbound gets the original destination from `use_original_dst`;
-        // inbound has no listener to hand off to, so it restores it here.
-        listener_filters.push(listener_filter(ORIGINAL_DST, any(&OriginalDst {})));
-    }
-    listener_filters.push(listener_filter(HTTP_INSPECTOR, any(&HttpInspector {})));
+    // The original destination is restored first, on both listeners.
+    // `use_original_dst` alone restores it only after the other listener
+    // filters, and not at all when protocol detection times out: a
+    // server-first protocol would then reach the TCP proxy with nowhere to
+    // go (verified with Envoy 1.40).
+    let listener_filters = vec![
+        listener_filter(ORIGINAL_DST, any(&OriginalDst {})),
+        listener_filter(HTTP_INSPECTOR, any(&HttpInspector {})),
+    ];
     let name = direction.listener_name();
     Listener {
         name: name.to_string(),
@@ -330,7 +337,8 @@ mod tests {
     }
 
     fn route_cluster(manager: &HttpConnectionManager) -> (String, Option<Duration>) {
-        let Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)) = &manager.route_specifier else {
+        let Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)) = &manager.route_specifier
+        else {
             panic!("inline routes expected");
         };
         let host = &routes.virtual_hosts[0];
@@ -345,7 +353,7 @@ mod tests {
                 cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(c)),
                 timeout,
                 ..
-            })) => (c.clone(), timeout.clone()),
+            })) => (c.clone(), *timeout),
             other => panic!("route to a cluster expected: {other:?}"),
         }
     }
@@ -365,8 +373,7 @@ mod tests {
             );
             assert_eq!(cluster.lb_policy, i32::from(cluster::LbPolicy::ClusterProvided));
             assert_eq!(cluster.connect_timeout, Some(seconds(10)));
-            let options = &cluster.typed_extension_protocol_options
-                ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+            let options = &cluster.typed_extension_protocol_options[&HttpProtocolOptions::full_name()];
             let options: HttpProtocolOptions = unpack(options);
             assert!(matches!(
                 options.upstream_protocol_options,
@@ -382,7 +389,8 @@ mod tests {
     #[test]
     fn only_the_inbound_cluster_binds_to_the_uncaptured_address() {
         assert_eq!(outbound_cluster().upstream_bind_config, None);
-        let bind = inbound_cluster().upstream_bind_config.and_then(|b| b.source_address).expect("bind address");
+        let bind =
+            inbound_cluster().upstream_bind_config.and_then(|b| b.source_address).expect("bind address");
         assert_eq!(bind.address, "127.0.0.6");
         assert_eq!(bind.port_specifier, Some(socket_address::PortSpecifier::PortValue(0)));
     }
@@ -393,7 +401,10 @@ mod tests {
         assert_eq!(l.name, "virtualOutbound");
         assert_eq!(port(&l), ("0.0.0.0".into(), 15001));
         assert_eq!(l.use_original_dst, Some(BoolValue { value: true }));
-        assert_eq!(listener_filter_names(&l), ["envoy.filters.listener.http_inspector"]);
+        assert_eq!(
+            listener_filter_names(&l),
+            ["envoy.filters.listener.original_dst", "envoy.filters.listener.http_inspector"]
+        );
         assert!(l.continue_on_listener_filters_timeout);
         assert_eq!(l.traffic_direction, i32::from(TrafficDirection::Outbound));
 
@@ -409,7 +420,10 @@ mod tests {
 
         let tcp = tcp(l.default_filter_chain.as_ref().expect("a default chain"));
         assert_eq!(tcp.stat_prefix, "PassthroughCluster");
-        assert_eq!(tcp.cluster_specifier, Some(tcp_proxy::ClusterSpecifier::Cluster("PassthroughCluster".into())));
+        assert_eq!(
+            tcp.cluster_specifier,
+            Some(tcp_proxy::ClusterSpecifier::Cluster("PassthroughCluster".into()))
+        );
     }
 
     #[test]
@@ -439,8 +453,12 @@ mod tests {
             "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
         );
         let tcp = filter_config(&l.default_filter_chain.as_ref().expect("default").filters[0]);
-        assert_eq!(tcp.type_url, "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy");
-        let Some(listener_filter::ConfigType::TypedConfig(inspector)) = &l.listener_filters[0].config_type else {
+        assert_eq!(
+            tcp.type_url,
+            "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+        );
+        let Some(listener_filter::ConfigType::TypedConfig(inspector)) = &l.listener_filters[1].config_type
+        else {
             panic!("typed config expected");
         };
         assert_eq!(

@@ -69,9 +69,13 @@ pub enum Rejection {
     WrongAudience(Vec<String>),
     #[error("the token belongs to `{0}`, not to a ServiceAccount")]
     NotServiceAccount(String),
-    #[error("the token of `{0}` is not bound to a pod: mount a projected ServiceAccount token, not a Secret's")]
+    #[error(
+        "the token of `{0}` is not bound to a pod: mount a projected ServiceAccount token, not a Secret's"
+    )]
     NotBoundToPod(String),
-    #[error("cannot review the token: {0} (is the API server reachable, and may the controller create tokenreviews?)")]
+    #[error(
+        "cannot review the token: {0} (is the API server reachable, and may the controller create tokenreviews?)"
+    )]
     ReviewFailed(String),
     #[error("token is bound to pod {token}, but the node id names {node}")]
     PodMismatch { token: ObjectKey, node: ObjectKey },
@@ -125,7 +129,9 @@ impl Rejection {
     pub fn refusal(&self) -> Refusal {
         match self {
             Rejection::MissingToken | Rejection::MalformedAuthorization => Refusal::Unauthenticated,
-            Rejection::NoRequest | Rejection::NoNode | Rejection::MalformedNodeId(_) => Refusal::InvalidArgument,
+            Rejection::NoRequest | Rejection::NoNode | Rejection::MalformedNodeId(_) => {
+                Refusal::InvalidArgument
+            }
             Rejection::ReviewFailed(_) => Refusal::Unavailable,
             _ => Refusal::PermissionDenied,
         }
@@ -146,7 +152,11 @@ pub fn bearer_token(authorization: Option<&str>) -> Result<&str, Rejection> {
 /// stream: the node id names the token's pod, and that pod, as the index
 /// holds it (`workload`), is the same object (uid), runs as the same
 /// ServiceAccount and, when its IP is known, has the node id's IP.
-pub fn authorize(id: &ProxyId, identity: &TokenIdentity, workload: Option<&Workload>) -> Result<(), Rejection> {
+pub fn authorize(
+    id: &ProxyId,
+    identity: &TokenIdentity,
+    workload: Option<&Workload>,
+) -> Result<(), Rejection> {
     let node = ObjectKey::new(&id.namespace, &id.pod);
     let token = identity.pod();
     if node != token {
@@ -248,7 +258,8 @@ fn digest(token: &str) -> Option<Vec<u8>> {
 /// the token; this only keeps the cache from outliving it.
 fn expiry(token: &str) -> Option<SystemTime> {
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let bytes =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let exp = claims.get("exp")?.as_u64()?;
     UNIX_EPOCH.checked_add(Duration::from_secs(exp))
@@ -338,7 +349,11 @@ pub(crate) mod tests {
     impl Authenticator for Counting {
         fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenIdentity, Rejection>> {
             self.0.fetch_add(1, Ordering::SeqCst);
-            let result = if token.starts_with("good") { Ok(identity()) } else { Err(Rejection::InvalidToken("no".into())) };
+            let result = if token.starts_with("good") {
+                Ok(identity())
+            } else {
+                Err(Rejection::InvalidToken("no".into()))
+            };
             Box::pin(async move { result })
         }
     }

@@ -42,7 +42,11 @@ impl XdsMetrics {
             self.rejected.clone(),
         );
         registry.register("xds_pushes", "Discovery responses sent, by resource type", self.pushes.clone());
-        registry.register("xds_acks", "Discovery responses proxies applied, by resource type", self.acks.clone());
+        registry.register(
+            "xds_acks",
+            "Discovery responses proxies applied, by resource type",
+            self.acks.clone(),
+        );
         registry.register(
             "xds_nacks",
             "Discovery responses proxies refused, by resource type",

@@ -25,9 +25,9 @@ pub mod proxy;
 pub mod server;
 pub mod snapshot;
 pub mod stream;
-pub mod tokenreview;
 #[cfg(test)]
 mod tests;
+pub mod tokenreview;
 
 pub use auth::{Authenticator, Rejection, TokenCache, TokenIdentity, authorize};
 pub use metrics::XdsMetrics;

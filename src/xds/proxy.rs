@@ -20,7 +20,9 @@ pub struct ProxyId {
 
 /// A node id that does not follow [`NODE_ID_FORMAT`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("node id `{id}` is malformed: {problem}; expected `{NODE_ID_FORMAT}` (the sidecar's bootstrap sets it)")]
+#[error(
+    "node id `{id}` is malformed: {problem}; expected `{NODE_ID_FORMAT}` (the sidecar's bootstrap sets it)"
+)]
 pub struct NodeIdError {
     pub id: String,
     pub problem: &'static str,
@@ -44,10 +46,10 @@ impl ProxyId {
         if pod.is_empty() || namespace.is_empty() {
             return Err(fail("the third part must be `<pod-name>.<namespace>`"));
         }
-        let cluster_domain = domain
-            .strip_prefix(namespace)
-            .and_then(|rest| rest.strip_prefix(".svc."))
-            .ok_or(fail("the fourth part must be `<namespace>.svc.<cluster-domain>`, with the pod's namespace"))?;
+        let cluster_domain =
+            domain.strip_prefix(namespace).and_then(|rest| rest.strip_prefix(".svc.")).ok_or(fail(
+                "the fourth part must be `<namespace>.svc.<cluster-domain>`, with the pod's namespace",
+            ))?;
         if cluster_domain.is_empty() {
             return Err(fail("the fourth part has no cluster domain"));
         }
@@ -75,8 +77,10 @@ mod tests {
 
     #[test]
     fn parses_istios_node_id() {
-        let id = ProxyId::parse("sidecar~10.244.0.7~productpage-v1-6b746f74dc-9stvs.default~default.svc.cluster.local")
-            .expect("valid");
+        let id = ProxyId::parse(
+            "sidecar~10.244.0.7~productpage-v1-6b746f74dc-9stvs.default~default.svc.cluster.local",
+        )
+        .expect("valid");
         assert_eq!(
             id,
             ProxyId {

@@ -70,6 +70,7 @@ struct Shared {
     generator: Arc<dyn Generator>,
     metrics: XdsMetrics,
     shutdown: CancellationToken,
+    pod_wait: Duration,
 }
 
 impl Ads {
@@ -92,11 +93,30 @@ impl Ads {
         metrics: XdsMetrics,
         shutdown: CancellationToken,
     ) -> Self {
-        Self { inner: Arc::new(Shared { authenticator, index, generator, metrics, shutdown }) }
+        Self {
+            inner: Arc::new(Shared {
+                authenticator,
+                index,
+                generator,
+                metrics,
+                shutdown,
+                pod_wait: POD_WAIT,
+            }),
+        }
+    }
+
+    /// Shortens the wait for an unknown pod, so tests need not sit through it.
+    #[cfg(test)]
+    pub(crate) fn with_pod_wait(mut self, wait: Duration) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.inner) {
+            shared.pod_wait = wait;
+        }
+        self
     }
 
     /// Admits a stream and starts serving it. `authorization` is the
-    /// request's metadata; `inbound` the proxy's requests.
+    /// value of the stream's `authorization` metadata; `inbound` the
+    /// proxy's requests.
     pub async fn open<S>(&self, authorization: Option<&str>, mut inbound: S) -> Result<ResponseStream, Status>
     where
         S: Stream<Item = Result<DiscoveryRequest, Status>> + Send + Unpin + 'static,
@@ -106,13 +126,19 @@ impl Ads {
             Ok(admitted) => admitted,
             Err((rejection, node_id)) => {
                 shared.metrics.rejected(rejection.reason());
-                tracing::warn!(node_id = node_id.as_deref().unwrap_or("<none>"), reason = rejection.reason(), error = %rejection, "xDS stream refused");
+                tracing::warn!(
+                    node_id = node_id.as_deref().unwrap_or("<none>"),
+                    reason = rejection.reason(),
+                    error = %rejection,
+                    "xDS stream refused"
+                );
                 return Err(status_of(&rejection));
             }
         };
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(Session::start(self.inner.clone(), proxy, first, inbound, tx));
-        let responses = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        let responses =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
         Ok(Box::pin(responses))
     }
 }
@@ -148,7 +174,7 @@ impl Shared {
     async fn authorize(&self, id: &ProxyId, identity: &auth::TokenIdentity) -> Result<(), Rejection> {
         let key = ObjectKey::new(&id.namespace, &id.pod);
         let mut revisions = self.index.lock().subscribe();
-        let deadline = tokio::time::Instant::now() + POD_WAIT;
+        let deadline = tokio::time::Instant::now() + self.pod_wait;
         loop {
             let verdict = auth::authorize(id, identity, self.index.lock().workloads.get(&key));
             match verdict {
@@ -203,14 +229,20 @@ impl Session {
         // Subscribe before building, so a change in between is not missed.
         let revisions = shared.index.lock().subscribe();
         let machine = SotwStream::new(shared.snapshot(&proxy));
-        tracing::info!(proxy = %proxy.id, service_account = %proxy.identity.service_account, "proxy connected");
+        let account = &proxy.identity.service_account;
+        tracing::info!(proxy = %proxy.id, service_account = %account, "proxy connected");
         let mut session = Session { shared, proxy, machine, tx };
         let ended = session.run(first, inbound, revisions).await;
         tracing::info!(proxy = %session.proxy.id, reason = ended, "proxy disconnected");
     }
 
     /// Serves the stream until it ends; returns why, for the log.
-    async fn run<S>(&mut self, first: DiscoveryRequest, mut inbound: S, mut revisions: watch::Receiver<u64>) -> &'static str
+    async fn run<S>(
+        &mut self,
+        first: DiscoveryRequest,
+        mut inbound: S,
+        mut revisions: watch::Receiver<u64>,
+    ) -> &'static str
     where
         S: Stream<Item = Result<DiscoveryRequest, Status>> + Unpin,
     {
@@ -221,7 +253,7 @@ impl Session {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    let _ = self.tx.send(Err(Status::unavailable("the control plane is shutting down; reconnect"))).await;
+                    self.end(Status::unavailable("the control plane is shutting down; reconnect")).await;
                     return "control plane shutdown";
                 }
                 _ = self.tx.closed() => return "proxy went away",
@@ -239,7 +271,7 @@ impl Session {
                 },
                 changed = revisions.changed() => {
                     if changed.is_err() {
-                        let _ = self.tx.send(Err(Status::unavailable("the control plane lost its index; reconnect"))).await;
+                        self.end(Status::unavailable("the control plane lost its index; reconnect")).await;
                         return "index gone";
                     }
                     let snapshot = self.shared.snapshot(&self.proxy);
@@ -257,10 +289,15 @@ impl Session {
             Ok(step) => self.send(step).await,
             Err(error) => {
                 tracing::warn!(proxy = %self.proxy.id, %error, "ADS protocol error");
-                let _ = self.tx.send(Err(Status::invalid_argument(error.to_string()))).await;
+                self.end(Status::invalid_argument(error.to_string())).await;
                 Err("protocol error")
             }
         }
+    }
+
+    /// Ends the stream with `status`, if the proxy is still there to hear it.
+    async fn end(&self, status: Status) {
+        let _ = self.tx.send(Err(status)).await;
     }
 
     /// Logs and counts what happened, then sends the responses.
@@ -309,7 +346,8 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
-        let authorization = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let authorization =
+            request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let responses = self.open(authorization.as_deref(), request.into_inner()).await?;
         Ok(Response::new(responses))
     }
@@ -393,9 +431,13 @@ pub async fn serve(
             }
         });
     }
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while connections.join_next().await.is_some() {} }).await;
+    let drained =
+        tokio::time::timeout(DRAIN_TIMEOUT, async { while connections.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!(open = connections.len(), "xDS connections still open after {DRAIN_TIMEOUT:?}; closing them");
+        tracing::warn!(
+            open = connections.len(),
+            "xDS connections still open after {DRAIN_TIMEOUT:?}; closing them"
+        );
         connections.shutdown().await;
     }
     Ok(())

@@ -29,10 +29,17 @@ pub struct Resource {
 }
 
 /// The resources of one type, by name.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Resources {
     version: String,
     items: BTreeMap<String, Resource>,
+}
+
+impl Default for Resources {
+    /// None, with the version of none.
+    fn default() -> Self {
+        Self::new([])
+    }
 }
 
 impl Resources {
@@ -103,7 +110,11 @@ impl Snapshot {
     }
 
     /// Sets the resources of the type of `M`, named by `name`.
-    pub fn with<M: Message + Name>(self, resources: impl IntoIterator<Item = M>, name: impl Fn(&M) -> String) -> Self {
+    pub fn with<M: Message + Name>(
+        self,
+        resources: impl IntoIterator<Item = M>,
+        name: impl Fn(&M) -> String,
+    ) -> Self {
         let packed = Resources::new(resources.into_iter().map(|m| (name(&m), translate::any(&m))));
         self.with_resources(&M::type_url(), packed)
     }

@@ -170,8 +170,12 @@ impl SotwStream {
     /// secrets and clusters before the listeners and routes that name them.
     pub fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step {
         self.snapshot = snapshot;
-        let mut waiting: Vec<String> =
-            self.types.iter().filter(|(_, state)| state.waiting).map(|(type_url, _)| type_url.clone()).collect();
+        let mut waiting: Vec<String> = self
+            .types
+            .iter()
+            .filter(|(_, state)| state.waiting)
+            .map(|(type_url, _)| type_url.clone())
+            .collect();
         waiting.sort_by_key(|type_url| types::push_rank(type_url));
         let mut step = Step::default();
         for type_url in waiting {
@@ -231,9 +235,9 @@ mod tests {
     use super::*;
 
     fn resources(items: &[(&str, &str)]) -> Resources {
-        Resources::new(
-            items.iter().map(|(name, body)| (name.to_string(), Any { type_url: "t".into(), value: body.as_bytes().into() })),
-        )
+        Resources::new(items.iter().map(|(name, body)| {
+            (name.to_string(), Any { type_url: "t".into(), value: body.as_bytes().into() })
+        }))
     }
 
     fn snapshot(listener_body: &str) -> Arc<Snapshot> {
@@ -326,8 +330,15 @@ mod tests {
         // A request that answered the first response arrives late.
         let step = stream.on_request(&request(types::LISTENER, &first.version_info, &first.nonce)).unwrap();
         assert!(step.responses.is_empty());
-        assert_eq!(step.events, [Event::StaleNonce { type_url: types::LISTENER.into(), nonce: first.nonce.clone() }]);
-        assert_eq!(stream.acked(types::LISTENER), Some(first.version_info.as_str()), "not an ACK of the second");
+        assert_eq!(
+            step.events,
+            [Event::StaleNonce { type_url: types::LISTENER.into(), nonce: first.nonce.clone() }]
+        );
+        assert_eq!(
+            stream.acked(types::LISTENER),
+            Some(first.version_info.as_str()),
+            "not an ACK of the second"
+        );
 
         let step = stream.on_request(&request(types::LISTENER, &second.version_info, &second.nonce)).unwrap();
         assert!(matches!(step.events[..], [Event::Ack { .. }]));
@@ -355,7 +366,10 @@ mod tests {
             }]
         );
         assert_eq!(stream.acked(types::LISTENER), Some(first.version_info.as_str()));
-        assert_eq!(stream.nacked(types::LISTENER).map(|n| n.version.as_str()), Some(bad.version_info.as_str()));
+        assert_eq!(
+            stream.nacked(types::LISTENER).map(|n| n.version.as_str()),
+            Some(bad.version_info.as_str())
+        );
 
         // The same bad content again: still nothing.
         assert!(stream.on_snapshot(snapshot("bad")).responses.is_empty());
@@ -368,7 +382,10 @@ mod tests {
     #[test]
     fn named_types_get_only_what_they_ask_for() {
         let mut stream = SotwStream::new(snapshot("l1"));
-        let asked = DiscoveryRequest { resource_names: vec!["b".into(), "missing".into()], ..request(types::ROUTE, "", "") };
+        let asked = DiscoveryRequest {
+            resource_names: vec!["b".into(), "missing".into()],
+            ..request(types::ROUTE, "", "")
+        };
         let response = one(stream.on_request(&asked).unwrap());
         assert_eq!(response.resources.len(), 1);
         let routes = snapshot("l1").resources(types::ROUTE);
@@ -388,7 +405,8 @@ mod tests {
     #[test]
     fn listeners_and_clusters_are_always_wildcard() {
         let mut stream = SotwStream::new(snapshot("l1"));
-        let asked = DiscoveryRequest { resource_names: vec!["other".into()], ..request(types::CLUSTER, "", "") };
+        let asked =
+            DiscoveryRequest { resource_names: vec!["other".into()], ..request(types::CLUSTER, "", "") };
         assert_eq!(one(stream.on_request(&asked).unwrap()).resources.len(), 1);
     }
 

@@ -1,1 +1,595 @@
-//! placeholder
+//! The xDS server end to end, in process: the real tonic service over TLS
+//! on 127.0.0.1, with a fake [`Authenticator`], and a real Envoy 1.40
+//! connecting to it with the same bootstrap settings the injector writes
+//! (google_grpc, the mesh root, the token as call credentials). Every
+//! Envoy must ACK the configuration; a refused one must get none.
+//!
+//! The scripted tests at the top drive [`Ads::open`] with hand-made
+//! requests and need no Envoy.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1 as core;
+use kube::api::ObjectMeta;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
+
+use super::auth::{Authenticator, Rejection, TokenIdentity};
+use super::server::{Ads, ResponseStream, ServeError};
+use super::{XdsMetrics, types};
+use crate::index::{Index, IndexMetrics, Pods, SharedIndex};
+use crate::webhook::server::ServingCert;
+
+const NODE_ID: &str = "sidecar~10.1.2.3~productpage-v1-x.default~default.svc.cluster.local";
+const TOKEN: &str = "productpage-token";
+
+// ---- fakes ----
+
+/// Accepts [`TOKEN`] as the productpage pod's; refuses anything else.
+struct FakeAuthenticator {
+    identity: TokenIdentity,
+    reviews: AtomicUsize,
+}
+
+impl FakeAuthenticator {
+    fn new() -> Arc<Self> {
+        Arc::new(Self { identity: super::auth::tests::identity(), reviews: AtomicUsize::new(0) })
+    }
+
+    fn bound_to(pod: &str) -> Arc<Self> {
+        let identity = TokenIdentity { pod_name: pod.into(), ..super::auth::tests::identity() };
+        Arc::new(Self { identity, reviews: AtomicUsize::new(0) })
+    }
+}
+
+impl Authenticator for FakeAuthenticator {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenIdentity, Rejection>> {
+        self.reviews.fetch_add(1, Ordering::SeqCst);
+        let result = if token == TOKEN {
+            Ok(self.identity.clone())
+        } else {
+            Err(Rejection::InvalidToken("the token is not one the fake knows".into()))
+        };
+        Box::pin(async move { result })
+    }
+}
+
+fn pod(name: &str, uid: &str, ip: &str) -> core::Pod {
+    core::Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            uid: Some(uid.into()),
+            ..Default::default()
+        },
+        spec: Some(core::PodSpec {
+            service_account_name: Some("bookinfo-productpage".into()),
+            ..Default::default()
+        }),
+        status: Some(core::PodStatus { pod_ip: Some(ip.into()), ..Default::default() }),
+    }
+}
+
+/// An index that knows the productpage pod.
+fn index() -> SharedIndex {
+    let mut index = Index::new(IndexMetrics::default());
+    index.apply::<Pods>(&pod("productpage-v1-x", "uid-1", "10.1.2.3"));
+    SharedIndex::new(index)
+}
+
+// ---- scripted streams (no Envoy) ----
+
+struct Scripted {
+    requests: mpsc::UnboundedSender<Result<DiscoveryRequest, Status>>,
+    responses: ResponseStream,
+}
+
+impl Scripted {
+    async fn open(ads: &Ads, authorization: Option<&str>, first: DiscoveryRequest) -> Result<Self, Status> {
+        let (requests, rx) = mpsc::unbounded_channel();
+        requests.send(Ok(first)).expect("open channel");
+        let inbound =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) }).boxed();
+        let responses = ads.open(authorization, inbound).await?;
+        Ok(Self { requests, responses })
+    }
+
+    async fn next(&mut self) -> Result<DiscoveryResponse, Status> {
+        tokio::time::timeout(Duration::from_secs(5), self.responses.next())
+            .await
+            .expect("a response within 5s")
+            .expect("the stream is open")
+    }
+
+    fn send(&self, request: DiscoveryRequest) {
+        self.requests.send(Ok(request)).expect("open channel");
+    }
+}
+
+fn first_request(type_url: &str, node_id: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        type_url: type_url.into(),
+        node: Some(Node { id: node_id.into(), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+fn ack(response: &DiscoveryResponse) -> DiscoveryRequest {
+    DiscoveryRequest {
+        type_url: response.type_url.clone(),
+        version_info: response.version_info.clone(),
+        response_nonce: response.nonce.clone(),
+        ..Default::default()
+    }
+}
+
+fn ads(authenticator: Arc<dyn Authenticator>, index: SharedIndex) -> (Ads, XdsMetrics, CancellationToken) {
+    let metrics = XdsMetrics::default();
+    let shutdown = CancellationToken::new();
+    (Ads::new(authenticator, index, metrics.clone(), shutdown.clone()), metrics, shutdown)
+}
+
+async fn refused(ads: &Ads, authorization: Option<&str>, node_id: &str) -> Status {
+    match Scripted::open(ads, authorization, first_request(types::CLUSTER, node_id)).await {
+        Ok(_) => panic!("the stream was accepted"),
+        Err(status) => status,
+    }
+}
+
+#[tokio::test]
+async fn an_authorized_stream_gets_the_passthrough_configuration() {
+    let index = index();
+    let (ads, metrics, shutdown) = ads(FakeAuthenticator::new(), index.clone());
+    let bearer = format!("Bearer {TOKEN}");
+    let mut stream =
+        Scripted::open(&ads, Some(&bearer), first_request(types::CLUSTER, NODE_ID)).await.expect("accepted");
+    let clusters = stream.next().await.expect("clusters");
+    assert_eq!(clusters.type_url, types::CLUSTER);
+    assert_eq!(clusters.resources.len(), 2);
+    assert_eq!(metrics.connected_proxies(), 1);
+
+    stream.send(ack(&clusters));
+    stream.send(DiscoveryRequest { type_url: types::LISTENER.into(), ..Default::default() });
+    let listeners = stream.next().await.expect("listeners");
+    assert_eq!(listeners.resources.len(), 2);
+    stream.send(ack(&listeners));
+
+    // An index change that does not change the configuration pushes nothing.
+    index.lock().apply::<Pods>(&pod("details-v1-y", "uid-2", "10.1.2.4"));
+    let quiet = tokio::time::timeout(Duration::from_millis(300), stream.responses.next()).await;
+    assert!(quiet.is_err(), "nothing pushed: {quiet:?}");
+    assert_eq!((metrics.acks(types::CLUSTER), metrics.acks(types::LISTENER)), (1, 1));
+    assert_eq!(metrics.pushes(types::LISTENER), 1);
+
+    // Shutdown ends the stream with Unavailable, so the proxy reconnects elsewhere.
+    shutdown.cancel();
+    let last = stream.next().await.expect_err("the stream ends");
+    assert_eq!(last.code(), Code::Unavailable);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while metrics.connected_proxies() != 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the proxy is counted out");
+}
+
+#[tokio::test]
+async fn refusals_say_why_with_the_right_code_and_are_counted() {
+    let (ads, metrics, _shutdown) = ads(FakeAuthenticator::new(), index());
+    let bearer = format!("Bearer {TOKEN}");
+
+    let status = refused(&ads, None, NODE_ID).await;
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(status.message().contains("authorization: Bearer"), "{}", status.message());
+
+    let status = refused(&ads, Some("Bearer wrong"), NODE_ID).await;
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    let status = refused(&ads, Some(&bearer), "productpage").await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("sidecar~<pod-ip>~<pod-name>.<namespace>~"), "{}", status.message());
+
+    let other = "sidecar~10.1.2.4~details-v1-y.default~default.svc.cluster.local";
+    let status = refused(&ads, Some(&bearer), other).await;
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(
+        status.message(),
+        "token is bound to pod default/productpage-v1-x, but the node id names default/details-v1-y"
+    );
+
+    let wrong_ip = "sidecar~10.9.9.9~productpage-v1-x.default~default.svc.cluster.local";
+    assert_eq!(refused(&ads, Some(&bearer), wrong_ip).await.code(), Code::PermissionDenied);
+
+    for reason in ["missing_token", "invalid_token", "malformed_node_id", "pod_mismatch", "ip_mismatch"] {
+        assert_eq!(metrics.rejected_streams(reason), 1, "{reason}");
+    }
+    assert_eq!(metrics.connected_proxies(), 0);
+}
+
+#[tokio::test]
+async fn a_pod_the_index_learns_of_late_is_admitted_and_an_unknown_one_refused() {
+    let index = SharedIndex::new(Index::new(IndexMetrics::default()));
+    let (ads, metrics, _shutdown) = ads(FakeAuthenticator::new(), index.clone());
+    let ads = ads.with_pod_wait(Duration::from_secs(2));
+    let bearer = format!("Bearer {TOKEN}");
+
+    // Never seen: refused after the wait.
+    let status = refused(&ads, Some(&bearer), NODE_ID).await;
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(metrics.rejected_streams("unknown_pod"), 1);
+
+    // Seen a moment after the proxy connects: admitted.
+    let later = index.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        later.lock().apply::<Pods>(&pod("productpage-v1-x", "uid-1", "10.1.2.3"));
+    });
+    let mut stream =
+        Scripted::open(&ads, Some(&bearer), first_request(types::CLUSTER, NODE_ID)).await.expect("accepted");
+    assert_eq!(stream.next().await.expect("clusters").type_url, types::CLUSTER);
+}
+
+#[tokio::test]
+async fn a_nack_is_counted_and_the_refused_version_not_resent() {
+    let (ads, metrics, _shutdown) = ads(FakeAuthenticator::new(), index());
+    let bearer = format!("Bearer {TOKEN}");
+    let mut stream =
+        Scripted::open(&ads, Some(&bearer), first_request(types::LISTENER, NODE_ID)).await.expect("accepted");
+    let listeners = stream.next().await.expect("listeners");
+    stream.send(DiscoveryRequest {
+        error_detail: Some(envoy_types::pb::google::rpc::Status {
+            code: 13,
+            message: "cannot bind".into(),
+            details: vec![],
+        }),
+        version_info: String::new(),
+        ..ack(&listeners)
+    });
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while metrics.nacks(types::LISTENER) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the NACK is counted");
+    let quiet = tokio::time::timeout(Duration::from_millis(300), stream.responses.next()).await;
+    assert!(quiet.is_err(), "the NACKed version is not re-sent: {quiet:?}");
+}
+
+// ---- real Envoy ----
+
+/// Where `make tools` installs Envoy, or `MESH_ENVOY`.
+fn envoy_binary() -> PathBuf {
+    let mut candidates = Vec::new();
+    if let Some(path) = std::env::var_os("MESH_ENVOY") {
+        candidates.push(PathBuf::from(path));
+    }
+    let cache = std::env::var_os("MESH_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("mesh")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mesh")));
+    if let Some(cache) = cache {
+        candidates.push(cache.join("bin/envoy"));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|dir| dir.join("envoy")));
+    }
+    match candidates.into_iter().find(|c| c.is_file()) {
+        Some(envoy) => envoy,
+        None => panic!(
+            "Envoy 1.40 is needed for this test and was not found: run `make tools` \
+             (installs it into ~/.cache/mesh/bin), or set MESH_ENVOY to an envoy binary"
+        ),
+    }
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "mesh-xds-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+
+    fn write(&self, name: &str, content: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, content).expect("write");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The xDS server on 127.0.0.1, with a certificate for `localhost` from a
+/// fresh mesh CA.
+struct ControlPlane {
+    port: u16,
+    root_pem: String,
+    metrics: XdsMetrics,
+    index: SharedIndex,
+    shutdown: CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), ServeError>>,
+}
+
+impl ControlPlane {
+    async fn start(authenticator: Arc<dyn Authenticator>) -> Self {
+        let now = time::OffsetDateTime::now_utc();
+        let root = crate::ca::Root::generate("cluster.local", now).expect("root");
+        let authority = crate::ca::Authority::from_root(&root, now).expect("authority");
+        let leaf =
+            authority.issue_serving(&["localhost"], time::Duration::hours(1), now).expect("serving cert");
+        let cert = Arc::new(ServingCert::default());
+        cert.set(&leaf.cert_chain_pem, &leaf.key_pem).expect("install cert");
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let index = index();
+        let metrics = XdsMetrics::default();
+        let shutdown = CancellationToken::new();
+        let ads = Ads::new(authenticator, index.clone(), metrics.clone(), shutdown.clone());
+        let server = tokio::spawn(super::serve(listener, cert, ads, shutdown.clone()));
+        Self { port, root_pem: authority.trust_bundle_pem().to_string(), metrics, index, shutdown, server }
+    }
+}
+
+/// A running Envoy, killed when dropped.
+struct Envoy {
+    _process: tokio::process::Child,
+    admin: String,
+    dir: TempDir,
+}
+
+impl Envoy {
+    async fn start(control_plane: &ControlPlane, name: &str) -> Self {
+        let dir = TempDir::new(name);
+        let root = dir.write("root-cert.pem", &control_plane.root_pem);
+        // No trailing newline: gRPC refuses a header value that ends in one.
+        let token = dir.write("token", TOKEN);
+        let bootstrap = dir.write("envoy.yaml", &bootstrap(NODE_ID, control_plane.port, &root, &token));
+        let admin_path = dir.0.join("admin-address");
+        let log = std::fs::File::create(dir.0.join("envoy.log")).expect("log file");
+        let process = tokio::process::Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&bootstrap)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(["--disable-hot-restart", "--component-log-level", "config:debug", "--drain-time-s", "1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start envoy");
+        let mut envoy = Self { _process: process, admin: String::new(), dir };
+        envoy.admin = envoy
+            .wait_for("Envoy's admin address", || async {
+                std::fs::read_to_string(&admin_path)
+                    .ok()
+                    .map(|a| a.trim().to_string())
+                    .filter(|a| !a.is_empty())
+            })
+            .await;
+        envoy
+    }
+
+    /// Polls `probe` until it gives a value, for at most 30 seconds.
+    async fn wait_for<T, F, Fut>(&self, what: &str, mut probe: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        for _ in 0..300 {
+            if let Some(value) = probe().await {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("timed out waiting for {what}; Envoy's log:\n{}", self.log());
+    }
+
+    async fn get(&self, path: &str) -> Option<String> {
+        let url = format!("http://{}{path}", self.admin);
+        tokio::task::spawn_blocking(move || {
+            let mut response = ureq::get(&url).call().ok()?;
+            response.body_mut().read_to_string().ok()
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Counters and gauges by name.
+    async fn stats(&self) -> std::collections::BTreeMap<String, u64> {
+        let text =
+            self.get("/stats?filter=%5E(listener_manager%7Ccluster_manager%7Ccontrol_plane)%5C.").await;
+        text.unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let (name, value) = line.split_once(": ")?;
+                Some((name.to_string(), value.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    fn log(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.0.join("envoy.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+}
+
+/// The sidecar bootstrap's xDS part, as the injector writes it.
+fn bootstrap(node_id: &str, port: u16, root: &Path, token: &Path) -> String {
+    format!(
+        r#"node:
+  id: "{node_id}"
+  cluster: productpage.default
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: 0 }}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services:
+    - google_grpc:
+        target_uri: "localhost:{port}"
+        stat_prefix: xds-grpc
+        channel_credentials:
+          ssl_credentials:
+            root_certs: {{ filename: "{root}" }}
+        credentials_factory_name: envoy.grpc_credentials.file_based_metadata
+        call_credentials:
+        - from_plugin:
+            name: envoy.grpc_credentials.file_based_metadata
+            typed_config:
+              "@type": type.googleapis.com/envoy.config.grpc_credential.v3.FileBasedMetadataConfig
+              secret_data: {{ filename: "{token}" }}
+              header_key: authorization
+              header_prefix: "Bearer "
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+"#,
+        root = root.display(),
+        token = token.display(),
+    )
+}
+
+/// Envoy's own JSON of what it applied: the listeners and clusters from
+/// /config_dump, without versions and timestamps, sorted by name.
+async fn applied_configuration(envoy: &Envoy) -> serde_json::Value {
+    let dump = |resource: &'static str| async move {
+        let text = envoy.get(&format!("/config_dump?resource={resource}")).await.unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default()
+    };
+    let pick = |dump: serde_json::Value, path: &[&str]| {
+        let mut items: Vec<serde_json::Value> = dump["configs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|entry| path.iter().fold(entry, |v, key| v[*key].clone()))
+            .collect();
+        items.sort_by_key(|item| item["name"].as_str().unwrap_or_default().to_string());
+        serde_json::Value::Array(items)
+    };
+    serde_json::json!({
+        "clusters": pick(dump("dynamic_active_clusters").await, &["cluster"]),
+        "listeners": pick(dump("dynamic_listeners").await, &["active_state", "listener"]),
+    })
+}
+
+const GOLDEN: &str = "src/translate/testdata/passthrough.json";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_acks_the_passthrough_configuration() {
+    let control_plane = ControlPlane::start(FakeAuthenticator::new()).await;
+    let envoy = Envoy::start(&control_plane, "ack").await;
+
+    let stats = envoy
+        .wait_for("Envoy to apply listeners and clusters", || async {
+            let stats = envoy.stats().await;
+            let applied = stats.get("listener_manager.lds.update_success").is_some_and(|n| *n >= 1)
+                && stats.get("cluster_manager.cds.update_success").is_some_and(|n| *n >= 1)
+                && stats.get("listener_manager.total_listeners_active").is_some_and(|n| *n == 2);
+            applied.then_some(stats)
+        })
+        .await;
+    assert_eq!(stats.get("listener_manager.lds.update_rejected"), Some(&0), "{stats:?}");
+    assert_eq!(stats.get("cluster_manager.cds.update_rejected"), Some(&0), "{stats:?}");
+    assert_eq!(stats.get("control_plane.connected_state"), Some(&1), "{stats:?}");
+    // PassthroughCluster and InboundPassthroughCluster, nothing static.
+    assert_eq!(stats.get("cluster_manager.active_clusters"), Some(&2), "{stats:?}");
+
+    let metrics = &control_plane.metrics;
+    envoy
+        .wait_for("the ACKs to reach the control plane", || async {
+            (metrics.acks(types::LISTENER) >= 1 && metrics.acks(types::CLUSTER) >= 1).then_some(())
+        })
+        .await;
+    assert_eq!((metrics.nacks(types::LISTENER), metrics.nacks(types::CLUSTER)), (0, 0));
+    assert_eq!(metrics.connected_proxies(), 1);
+
+    // What Envoy shows is the golden file; MESH_UPDATE_GOLDEN=1 rewrites it.
+    let applied = applied_configuration(&envoy).await;
+    let pretty = serde_json::to_string_pretty(&applied).expect("json") + "\n";
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN);
+    if std::env::var_os("MESH_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &pretty).expect("write golden");
+    }
+    let expected = std::fs::read_to_string(&golden).unwrap_or_default();
+    pretty_assertions::assert_eq!(
+        pretty,
+        expected,
+        "Envoy's view of the pass-through configuration changed; if intended, rerun with MESH_UPDATE_GOLDEN=1"
+    );
+
+    // An index change that leaves the configuration alone pushes nothing.
+    let pushes = metrics.pushes(types::LISTENER) + metrics.pushes(types::CLUSTER);
+    control_plane.index.lock().apply::<Pods>(&pod("details-v1-y", "uid-2", "10.1.2.4"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(metrics.pushes(types::LISTENER) + metrics.pushes(types::CLUSTER), pushes);
+
+    // Shutdown closes the stream and the server returns.
+    control_plane.shutdown.cancel();
+    let served = tokio::time::timeout(Duration::from_secs(10), control_plane.server).await;
+    assert!(matches!(served, Ok(Ok(Ok(())))), "the server stops cleanly: {served:?}");
+    envoy
+        .wait_for("Envoy to see the control plane go", || async {
+            (envoy.stats().await.get("control_plane.connected_state") == Some(&0)).then_some(())
+        })
+        .await;
+    assert_eq!(metrics.connected_proxies(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_envoy_gets_no_configuration() {
+    // The token names another pod than the node id.
+    let authenticator = FakeAuthenticator::bound_to("details-v1-y");
+    let control_plane = ControlPlane::start(authenticator.clone()).await;
+    let envoy = Envoy::start(&control_plane, "refused").await;
+
+    let metrics = &control_plane.metrics;
+    // Twice: Envoy retried, and was refused again.
+    envoy
+        .wait_for("two refused streams", || async {
+            (metrics.rejected_streams("pod_mismatch") >= 2).then_some(())
+        })
+        .await;
+    let stats = envoy.stats().await;
+    assert_eq!(stats.get("listener_manager.lds.update_success"), Some(&0), "{stats:?}");
+    assert_eq!(stats.get("cluster_manager.cds.update_success"), Some(&0), "{stats:?}");
+    assert_eq!(stats.get("control_plane.connected_state"), Some(&0), "{stats:?}");
+    assert_eq!(stats.get("listener_manager.total_listeners_active"), Some(&0), "{stats:?}");
+    assert_eq!(metrics.connected_proxies(), 0);
+    assert_eq!(metrics.pushes(types::LISTENER) + metrics.pushes(types::CLUSTER), 0);
+    assert!(authenticator.reviews.load(Ordering::SeqCst) >= 2);
+    // Envoy got the reason.
+    let log = envoy.log();
+    assert!(
+        log.contains(
+            "token is bound to pod default/details-v1-y, but the node id names default/productpage-v1-x"
+        ),
+        "the refusal's message should be in Envoy's log:\n{log}"
+    );
+    control_plane.shutdown.cancel();
+}

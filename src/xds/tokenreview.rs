@@ -31,11 +31,17 @@ impl KubeAuthenticator {
 
     async fn review(&self, token: &str) -> Result<TokenIdentity, Rejection> {
         let review = TokenReview {
-            spec: TokenReviewSpec { token: Some(token.to_string()), audiences: Some(vec![AUDIENCE.to_string()]) },
+            spec: TokenReviewSpec {
+                token: Some(token.to_string()),
+                audiences: Some(vec![AUDIENCE.to_string()]),
+            },
             ..Default::default()
         };
-        let answer =
-            self.api.create(&PostParams::default(), &review).await.map_err(|e| Rejection::ReviewFailed(e.to_string()))?;
+        let answer = self
+            .api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| Rejection::ReviewFailed(e.to_string()))?;
         identity_of(&answer.status.unwrap_or_default())
     }
 }
@@ -49,7 +55,8 @@ impl Authenticator for KubeAuthenticator {
 /// What the API server's answer proves, or why it proves nothing usable.
 pub fn identity_of(status: &TokenReviewStatus) -> Result<TokenIdentity, Rejection> {
     if status.authenticated != Some(true) {
-        let why = status.error.clone().filter(|e| !e.is_empty()).unwrap_or_else(|| "not authenticated".into());
+        let why =
+            status.error.clone().filter(|e| !e.is_empty()).unwrap_or_else(|| "not authenticated".into());
         return Err(Rejection::InvalidToken(why));
     }
     let audiences = status.audiences.clone().unwrap_or_default();
@@ -126,7 +133,8 @@ mod tests {
         };
         assert_eq!(identity_of(&not_valid), Err(Rejection::InvalidToken("token has expired".into())));
 
-        let other_audience = TokenReviewStatus { audiences: Some(vec!["https://kubernetes.default.svc".into()]), ..status() };
+        let other_audience =
+            TokenReviewStatus { audiences: Some(vec!["https://kubernetes.default.svc".into()]), ..status() };
         assert_eq!(identity_of(&other_audience).unwrap_err().reason(), "wrong_audience");
         let no_audience = TokenReviewStatus { audiences: None, ..status() };
         assert_eq!(identity_of(&no_audience).unwrap_err().reason(), "wrong_audience");
