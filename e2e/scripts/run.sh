@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# `make run`: the local cluster with its node, the CRDs, Bookinfo, and the
-# controller in the foreground. Ctrl-C stops the controller, then the cluster.
+# `make run`: the local cluster with its node, the mesh installed by its Helm
+# chart (the controller as a pod), and Bookinfo in the namespace `default`
+# labelled for injection, so every Bookinfo pod runs stock Envoy beside it.
+# The controller's log follows in the foreground; Ctrl-C stops everything.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -9,23 +11,26 @@ cluster=$repo/e2e/scripts/cluster.sh
 eval "$("$cluster" env)"
 trap '"$cluster" down' EXIT
 
-kubectl apply --server-side --force-conflicts -f "$repo/crds/" >/dev/null
-kubectl wait --for condition=Established --timeout=60s -f "$repo/crds/" >/dev/null
+echo "[run] installing the mesh (helm)..."
+"$cluster" mesh-up
+kubectl label namespace default istio-injection=enabled --overwrite >/dev/null
 kubectl apply -f "$repo/../shared/conformance/bookinfo/platform/bookinfo.yaml" >/dev/null
-echo "[run] waiting for Bookinfo..."
-kubectl rollout status deployment --timeout=180s >/dev/null
+echo "[run] waiting for Bookinfo, each pod with its Envoy..."
+kubectl rollout status deployment --timeout=240s >/dev/null
 productpage=$(kubectl get service productpage -o jsonpath='{.spec.clusterIP}')
+mesh=$(kubectl -n mesh-system get service mesh -o jsonpath='{.spec.clusterIP}')
 cat <<TXT
 
-  The local cluster is up, with Bookinfo. In another shell:
+  The local cluster is up, with the mesh and Bookinfo (istio-proxy in every pod).
+  In another shell:
     cd $repo && eval "\$(make -s env)"
-    kubectl get pods
-    curl -s http://$productpage:9080/productpage          # from this machine, by ClusterIP
-    make pod-exec POD=default/productpage CMD='curl -s productpage:9080/productpage'
-    curl -s localhost:15014/debug/configz                 # what the controller sees
-  Ctrl-C here stops the controller and the cluster.
+    kubectl get pods                                       # 2/2: the app and its Envoy
+    curl -s http://$productpage:9080/productpage           # from this machine, through Envoy
+    make pod-exec POD=default/productpage CMD='curl -s localhost:15000/stats | grep downstream_rq_total'
+    curl -s http://$mesh:15014/debug/configz             # what the controller sees
+    kubectl apply -f ../shared/conformance/bookinfo/networking/destination-rule-all.yaml
+  Ctrl-C here stops the cluster.
 
 TXT
-# Not exec: the EXIT trap must run after the controller stops.
-kubectl create namespace mesh-system >/dev/null 2>&1 || true
-"$repo/target/debug/mesh" controller --monitoring-addr 127.0.0.1:15014 --webhook-addr 127.0.0.1:15017 --xds-addr 127.0.0.1:15012 || true
+# Not exec: the EXIT trap must run after the log stops.
+kubectl -n mesh-system logs -f deployment/mesh || true
