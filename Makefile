@@ -58,7 +58,7 @@ test-unit: ## Unit and in-process tests (no cluster)
 test-e2e: tools build ## End-to-end tests on a cluster of their own, removed afterwards
 	@e2e/scripts/e2e.sh
 
-bench-webhook: tools ## Validating webhook latency at 200 req/s (docs/perf.md)
+bench-webhook: tools ## Both webhooks' latency at 200 req/s (docs/perf.md)
 	$(CARGO) build --release -p mesh
 	@$(MAKE) -s build
 	@e2e/scripts/bench-webhook.sh

@@ -55,7 +55,7 @@ fn requests(stats: &BTreeMap<String, f64>, prefix: &str) -> f64 {
 
 #[test]
 fn bookinfo_gets_envoy_in_every_pod_and_its_traffic_goes_through_envoy() {
-    let _release = Release::install("mesh-e2e-inject", &[]);
+    let release = Release::install("mesh-e2e-inject", &[]);
     let ns = TempNamespace::new("inject");
     label_for_injection(&ns.name);
     let file = conformance().join("platform/bookinfo.yaml");
@@ -131,6 +131,15 @@ fn bookinfo_gets_envoy_in_every_pod_and_its_traffic_goes_through_envoy() {
     for quiet in ["details-v1", "ratings-v1", "reviews-v1"] {
         assert_eq!(outbound[quiet], 0.0, "{quiet} calls nobody");
     }
+
+    // Every Envoy holds a stream to the controller and accepted all it was sent.
+    let connected = controller_metric(&release.namespace, "mesh_xds_connected_proxies");
+    assert_eq!(total(&connected), 6.0, "{connected:?}");
+    let acks = controller_metric(&release.namespace, "mesh_xds_acks_total");
+    assert!(total(&acks) >= 12.0, "every proxy ACKs listeners and clusters: {acks:?}");
+    let nacks = controller_metric(&release.namespace, "mesh_xds_nacks_total");
+    assert_eq!(total(&nacks), 0.0, "{nacks:?}");
+    eprintln!("controller: {connected:?} {acks:?} {nacks:?}");
 
     // The init container's rules, inside an injected pod.
     let rules = enter(&ns.name, &productpage, "iptables -t nat -S").stdout;
@@ -280,16 +289,21 @@ impl Drop for HostEnvoy {
     }
 }
 
-/// The controller's count of refused streams, by reason, from its metrics.
-fn rejected(release_ns: &str) -> BTreeMap<String, f64> {
+/// The controller's samples of one metric family, by labels, from /metrics.
+fn controller_metric(release_ns: &str, family: &str) -> BTreeMap<String, f64> {
     let ip = jsonpath(release_ns, "pods", "{.items[0].status.podIP}");
     let out = run("curl", &["-sf", "-m", "2", &format!("http://{ip}:15014/metrics")], None);
     out.stdout
         .lines()
-        .filter(|l| l.starts_with("mesh_xds_rejected_streams_total{"))
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with([' ', '{']))
         .filter_map(|l| l.rsplit_once(' '))
         .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
         .collect()
+}
+
+/// The controller's count of refused streams, by reason.
+fn rejected(release_ns: &str) -> BTreeMap<String, f64> {
+    controller_metric(release_ns, "mesh_xds_rejected_streams_total")
 }
 
 fn total(counts: &BTreeMap<String, f64>) -> f64 {
