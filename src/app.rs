@@ -131,7 +131,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         serving.clone(),
         index.clone(),
         synced,
-        webhook::server::Injector { args: args.inject.clone(), mesh_namespace: args.namespace.clone() },
+        crate::inject::Injector::new(args.inject.clone(), args.namespace.clone()),
         shutdown.clone(),
     ));
 

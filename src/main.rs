@@ -97,3 +97,8 @@ fn init_logging(filter: &str, format: LogFormat) {
         LogFormat::Json => builder.json().init(),
     }
 }
+
+// A faster allocator than glibc's for a server that builds and drops many
+// small JSON values per request on several threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -51,18 +51,36 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// The arguments of `mesh iptables`.
+    /// What `mesh iptables` is given, as it parses it.
+    pub fn flags(&self) -> crate::iptables::IptablesArgs {
+        crate::iptables::IptablesArgs {
+            proxy_uid: super::settings::PROXY_UID.to_string(),
+            proxy_gid: super::settings::PROXY_UID.to_string(),
+            outbound_port: "15001".into(),
+            inbound_port: "15006".into(),
+            include_outbound_ip_ranges: self.include_outbound_ip_ranges.clone(),
+            exclude_outbound_ip_ranges: self.exclude_outbound_ip_ranges.clone(),
+            include_inbound_ports: self.include_inbound_ports.clone(),
+            exclude_inbound_ports: self.exclude_inbound_ports.clone(),
+            exclude_outbound_ports: self.exclude_outbound_ports.clone(),
+            dry_run: false,
+            clean: false,
+        }
+    }
+
+    /// The arguments of `mesh iptables`: the same flags, on its command line.
     pub fn iptables_args(&self) -> Vec<String> {
+        let f = self.flags();
         [
-            ("--proxy-uid", super::settings::PROXY_UID.to_string()),
-            ("--proxy-gid", super::settings::PROXY_UID.to_string()),
-            ("--outbound-port", "15001".to_string()),
-            ("--inbound-port", "15006".to_string()),
-            ("--include-outbound-ip-ranges", self.include_outbound_ip_ranges.clone()),
-            ("--exclude-outbound-ip-ranges", self.exclude_outbound_ip_ranges.clone()),
-            ("--include-inbound-ports", self.include_inbound_ports.clone()),
-            ("--exclude-inbound-ports", self.exclude_inbound_ports.clone()),
-            ("--exclude-outbound-ports", self.exclude_outbound_ports.clone()),
+            ("--proxy-uid", f.proxy_uid),
+            ("--proxy-gid", f.proxy_gid),
+            ("--outbound-port", f.outbound_port),
+            ("--inbound-port", f.inbound_port),
+            ("--include-outbound-ip-ranges", f.include_outbound_ip_ranges),
+            ("--exclude-outbound-ip-ranges", f.exclude_outbound_ip_ranges),
+            ("--include-inbound-ports", f.include_inbound_ports),
+            ("--exclude-inbound-ports", f.exclude_inbound_ports),
+            ("--exclude-outbound-ports", f.exclude_outbound_ports),
         ]
         .into_iter()
         .flat_map(|(flag, value)| [flag.to_string(), value])
@@ -127,18 +145,10 @@ pub fn proxy_options(
 }
 
 impl Traffic {
-    /// Parses the flags exactly as the init container will, so a value it
-    /// would refuse is refused now, naming the annotation it came from.
+    /// Validates the flags exactly as the init container will, so a value
+    /// it would refuse is refused now, naming the annotation it came from.
     fn check(&self, annotations: &BTreeMap<String, String>) -> Result<(), InjectError> {
-        #[derive(clap::Parser)]
-        struct Flags {
-            #[command(flatten)]
-            args: crate::iptables::IptablesArgs,
-        }
-        let argv = std::iter::once("iptables".to_string()).chain(self.iptables_args());
-        let flags = <Flags as clap::Parser>::try_parse_from(argv)
-            .map_err(|e| InjectError::Invalid(format!("traffic annotations: {e}")))?;
-        let Err(e) = crate::iptables::Capture::from_args(&flags.args) else { return Ok(()) };
+        let Err(e) = crate::iptables::Capture::from_args(&self.flags()) else { return Ok(()) };
         let key = match e.flag {
             "include-outbound-ip-ranges" => INCLUDE_OUTBOUND_IP_RANGES,
             "exclude-outbound-ip-ranges" => EXCLUDE_OUTBOUND_IP_RANGES,
@@ -176,6 +186,21 @@ pub fn is_quantity(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the init container is given on its command line parses, with
+    /// clap, into exactly the flags that were checked at admission.
+    #[test]
+    fn the_checked_flags_are_the_command_line() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            flags: crate::iptables::IptablesArgs,
+        }
+        let o = options(&[(EXCLUDE_OUTBOUND_PORTS, "5432"), (INCLUDE_OUTBOUND_IP_RANGES, "")]).unwrap();
+        let argv = std::iter::once("iptables".to_string()).chain(o.traffic.iptables_args());
+        let parsed = <Cli as clap::Parser>::try_parse_from(argv).unwrap().flags;
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", o.traffic.flags()));
+    }
 
     #[test]
     fn quantities() {

@@ -1,7 +1,7 @@
 //! Sidecar injection as a pure function: a Pod (and what is known of its
-//! namespace) in, the injected Pod or the reason it was left alone out. The
-//! mutating webhook turns the difference into a JSON patch; `mesh
-//! kube-inject` applies the same function to the pod templates of files.
+//! namespace) in, the JSON patch that adds the sidecar, or the reason it was
+//! left alone, out. The mutating webhook answers with the patch; `mesh
+//! kube-inject` applies the same patch to the pod templates of files.
 //!
 //! An injected pod gains, with Istio's names so existing tooling works:
 //! - the init container `istio-init` running `mesh iptables` with only
@@ -18,6 +18,7 @@
 pub mod annotations;
 pub mod bootstrap;
 pub mod offline;
+pub mod patch;
 pub mod settings;
 mod template;
 
@@ -25,6 +26,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 
+pub use patch::SidecarPatch;
 pub use settings::{InjectArgs, is_system_namespace};
 
 /// The annotation carrying the Envoy bootstrap, which a downward API volume
@@ -63,7 +65,8 @@ impl std::fmt::Display for Skip {
 /// What injection did with a pod.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
-    Injected(Box<Pod>),
+    /// The JSON patch that injects the pod.
+    Injected(SidecarPatch),
     Skipped(Skip),
 }
 
@@ -91,20 +94,32 @@ pub struct NamespaceInfo<'a> {
     pub labels: Option<&'a BTreeMap<String, String>>,
 }
 
-/// Decides, then injects. Pure: same pod, same answer.
-pub fn inject(
-    pod: &Pod,
-    namespace: &NamespaceInfo<'_>,
-    mesh_namespace: &str,
-    args: &InjectArgs,
-) -> Result<Outcome, InjectError> {
-    if let Some(skip) = skip_reason(pod, namespace, mesh_namespace) {
-        return Ok(Outcome::Skipped(skip));
+/// The injector: its settings, and what they make the same for every pod.
+#[derive(Clone, Debug)]
+pub struct Injector {
+    pub args: InjectArgs,
+    /// The mesh's own namespace, never injected.
+    pub mesh_namespace: String,
+    /// Envoy's bootstrap, as the annotation carries it.
+    bootstrap: String,
+}
+
+impl Injector {
+    pub fn new(args: InjectArgs, mesh_namespace: impl Into<String>) -> Self {
+        let bootstrap = bootstrap::bootstrap(&args.proxy_xds_address).to_string();
+        Self { args, mesh_namespace: mesh_namespace.into(), bootstrap }
     }
-    let empty = BTreeMap::new();
-    let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
-    let options = annotations::proxy_options(pod_annotations, args)?;
-    Ok(Outcome::Injected(Box::new(template::apply(pod, &options, args)?)))
+
+    /// Decides, then injects. Pure: same pod, same answer.
+    pub fn inject(&self, pod: &Pod, namespace: &NamespaceInfo<'_>) -> Result<Outcome, InjectError> {
+        if let Some(skip) = skip_reason(pod, namespace, &self.mesh_namespace) {
+            return Ok(Outcome::Skipped(skip));
+        }
+        let empty = BTreeMap::new();
+        let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+        let options = annotations::proxy_options(pod_annotations, &self.args)?;
+        Ok(Outcome::Injected(template::patch(pod, &options, &self.args, &self.bootstrap)?))
+    }
 }
 
 /// The pod's own choice: label first (what the webhook's object selector
@@ -157,10 +172,12 @@ pub fn is_injected(pod: &Pod) -> bool {
     annotated || has(PROXY_CONTAINER)
 }
 
-/// The JSON patch that turns `before` into `after` (what the webhook answers).
-pub fn patch(before: &Pod, after: &Pod) -> Result<json_patch::Patch, InjectError> {
-    let to_json = |p: &Pod| serde_json::to_value(p).map_err(|e| InjectError::Invalid(e.to_string()));
-    Ok(json_patch::diff(&to_json(before)?, &to_json(after)?))
+/// The pod with a patch applied, as the API server applies it.
+pub fn patched(pod: &Pod, patch: &SidecarPatch) -> Result<Pod, InjectError> {
+    let invalid = |e: &dyn std::fmt::Display| InjectError::Invalid(e.to_string());
+    let mut doc = serde_json::to_value(pod).map_err(|e| invalid(&e))?;
+    json_patch::patch(&mut doc, &patch.to_json_patch()?).map_err(|e| invalid(&e))?;
+    serde_json::from_value(doc).map_err(|e| invalid(&e))
 }
 
 #[cfg(test)]

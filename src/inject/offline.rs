@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{InjectArgs, NamespaceInfo, Outcome, inject, patch};
+use super::{InjectArgs, Injector, NamespaceInfo, Outcome};
 
 /// What kube-inject did with one pod or pod template.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,11 +22,7 @@ pub struct Report {
 /// Injects every pod template of a multi-document YAML text; other
 /// documents pass through. Returns the new text and what happened to each
 /// template; a template that cannot be injected is an error naming it.
-pub fn inject_yaml(
-    text: &str,
-    mesh_namespace: &str,
-    args: &InjectArgs,
-) -> anyhow::Result<(String, Vec<Report>)> {
+pub fn inject_yaml(text: &str, injector: &Injector) -> anyhow::Result<(String, Vec<Report>)> {
     let mut out = Vec::new();
     let mut reports = Vec::new();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
@@ -35,7 +31,7 @@ pub fn inject_yaml(
             continue;
         }
         let mut value = value;
-        inject_object(&mut value, mesh_namespace, args, &mut reports)?;
+        inject_object(&mut value, injector, &mut reports)?;
         out.push(serde_yaml_ng::to_string(&value)?);
     }
     Ok((out.join("---\n"), reports))
@@ -52,16 +48,11 @@ fn template_path(kind: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-fn inject_object(
-    object: &mut Value,
-    mesh_namespace: &str,
-    args: &InjectArgs,
-    reports: &mut Vec<Report>,
-) -> anyhow::Result<()> {
+fn inject_object(object: &mut Value, injector: &Injector, reports: &mut Vec<Report>) -> anyhow::Result<()> {
     let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
     if kind == "List" {
         for item in object.get_mut("items").and_then(Value::as_array_mut).into_iter().flatten() {
-            inject_object(item, mesh_namespace, args, reports)?;
+            inject_object(item, injector, reports)?;
         }
         return Ok(());
     }
@@ -79,8 +70,7 @@ fn inject_object(
     };
     let Some(target) = target else { return Ok(()) };
     let ns = NamespaceInfo { name: &namespace, labels: None };
-    let injected =
-        inject_pod_value(target, &ns, mesh_namespace, args).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let injected = inject_pod_value(target, &ns, injector).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     reports.push(Report { object: name, injected });
     Ok(())
 }
@@ -90,14 +80,13 @@ fn inject_object(
 fn inject_pod_value(
     target: &mut Value,
     namespace: &NamespaceInfo<'_>,
-    mesh_namespace: &str,
-    args: &InjectArgs,
+    injector: &Injector,
 ) -> Result<bool, String> {
     let pod: Pod = serde_json::from_value(target.clone()).map_err(|e| format!("not a pod template: {e}"))?;
-    match inject(&pod, namespace, mesh_namespace, args).map_err(|e| e.to_string())? {
+    match injector.inject(&pod, namespace).map_err(|e| e.to_string())? {
         Outcome::Skipped(_) => Ok(false),
-        Outcome::Injected(after) => {
-            let patch = patch(&pod, &after).map_err(|e| e.to_string())?;
+        Outcome::Injected(patch) => {
+            let patch = patch.to_json_patch().map_err(|e| e.to_string())?;
             json_patch::patch(target, &patch).map_err(|e| format!("applying the injection: {e}"))?;
             Ok(true)
         }
@@ -134,7 +123,7 @@ pub fn run(args: KubeInjectArgs) -> anyhow::Result<()> {
     } else {
         std::fs::read_to_string(&args.filename).with_context(|| format!("reading {}", args.filename))?
     };
-    let (out, reports) = inject_yaml(&text, &args.mesh_namespace, &args.inject)?;
+    let (out, reports) = inject_yaml(&text, &Injector::new(args.inject, args.mesh_namespace))?;
     if reports.is_empty() {
         eprintln!("mesh kube-inject: no pod or pod template found in {}", args.filename);
     }

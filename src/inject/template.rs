@@ -1,7 +1,5 @@
 //! The containers, volumes and annotations an injected pod gains.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
     DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
@@ -14,6 +12,7 @@ use serde_json::json;
 
 use super::annotations::{ProxyOptions, STATUS};
 use super::bootstrap::{self, BOOTSTRAP_DIR, BOOTSTRAP_FILE, ROOT_CERT_DIR, TOKEN_DIR, TOKEN_FILE};
+use super::patch::{Addition, SidecarPatch};
 use super::settings::{InjectArgs, PROXY_UID, TOKEN_AUDIENCE};
 use super::{BOOTSTRAP_ANNOTATION, INIT_CONTAINER, InjectError, PROXY_CONTAINER};
 
@@ -22,13 +21,18 @@ const TOKEN_VOLUME: &str = "istio-token";
 const ROOT_CERT_VOLUME: &str = "mesh-ca-root-cert";
 const BOOTSTRAP_VOLUME: &str = "istio-bootstrap";
 
-/// The pod with the sidecar added. Our init containers go first, so the
-/// traffic rules are in place and Envoy is ready before any of the pod's own
-/// init containers runs.
-pub fn apply(pod: &Pod, options: &ProxyOptions, args: &InjectArgs) -> Result<Pod, InjectError> {
-    let mut pod = pod.clone();
-    let workload = workload_name(&pod);
-    let Some(spec) = pod.spec.as_mut() else {
+/// The JSON patch that adds the sidecar to `pod`. Built op by op (not by
+/// diffing two pods): it is what the webhook answers for every pod created
+/// in the mesh, so it costs only what it adds. Our init containers go first,
+/// so the traffic rules are in place and Envoy is ready before any of the
+/// pod's own init containers runs.
+pub fn patch(
+    pod: &Pod,
+    options: &ProxyOptions,
+    args: &InjectArgs,
+    bootstrap: &str,
+) -> Result<SidecarPatch, InjectError> {
+    let Some(spec) = pod.spec.as_ref() else {
         return Err(InjectError::Invalid("the pod has no spec".into()));
     };
     let taken: Vec<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
@@ -39,23 +43,41 @@ pub fn apply(pod: &Pod, options: &ProxyOptions, args: &InjectArgs) -> Result<Pod
         )));
     }
 
-    let mut init = vec![init_container(options, args), proxy_container(options, args, &workload)];
-    init.extend(spec.init_containers.take().unwrap_or_default());
-    spec.init_containers = Some(init);
-    spec.volumes.get_or_insert_with(Vec::new).extend(volumes(args));
+    let mut patch = SidecarPatch::default();
+    let init = [init_container(options, args), proxy_container(options, args, &workload_name(pod))];
+    if spec.init_containers.as_ref().is_none_or(Vec::is_empty) {
+        patch.add(&["spec", "initContainers"], Addition::Containers(init.to_vec()));
+    } else {
+        for (i, c) in init.into_iter().enumerate() {
+            patch.add(&["spec", "initContainers", &i.to_string()], Addition::Container(Box::new(c)));
+        }
+    }
+    if spec.volumes.is_none() {
+        patch.add(&["spec", "volumes"], Addition::Volumes(volumes(args)));
+    } else {
+        for v in volumes(args) {
+            // "-": after the last element.
+            patch.add(&["spec", "volumes", "-"], Addition::Volume(Box::new(v)));
+        }
+    }
 
-    let bootstrap = bootstrap::bootstrap(&args.proxy_xds_address).to_string();
     let status = json!({
         "initContainers": [INIT_CONTAINER, PROXY_CONTAINER],
         "containers": [],
-        "volumes": [ENVOY_VOLUME, TOKEN_VOLUME, ROOT_CERT_VOLUME, BOOTSTRAP_VOLUME],
+        "volumes": ours,
         "imagePullSecrets": null,
         "revision": "default",
     });
-    let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
-    annotations.insert(BOOTSTRAP_ANNOTATION.into(), bootstrap);
-    annotations.insert(STATUS.into(), status.to_string());
-    Ok(pod)
+    let annotations = [(BOOTSTRAP_ANNOTATION, bootstrap.to_string()), (STATUS, status.to_string())];
+    if pod.metadata.annotations.is_none() {
+        let map = annotations.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        patch.add(&["metadata", "annotations"], Addition::Annotations(map));
+    } else {
+        for (key, value) in annotations {
+            patch.add(&["metadata", "annotations", key], Addition::Annotation(value));
+        }
+    }
+    Ok(patch)
 }
 
 /// The workload the pod belongs to, for Envoy's cluster name: the `app`

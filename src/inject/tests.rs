@@ -11,6 +11,10 @@ use super::*;
 
 const MESH_NS: &str = "mesh-system";
 
+fn injector() -> Injector {
+    Injector::new(InjectArgs::default(), MESH_NS)
+}
+
 fn testdata(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/inject/testdata").join(name)
 }
@@ -27,8 +31,8 @@ fn enabled() -> BTreeMap<String, String> {
 fn injected(pod: &Pod, namespace: &str) -> Pod {
     let labels = enabled();
     let ns = NamespaceInfo { name: namespace, labels: Some(&labels) };
-    match inject(pod, &ns, MESH_NS, &InjectArgs::default()).expect("injects") {
-        Outcome::Injected(pod) => *pod,
+    match injector().inject(pod, &ns).expect("injects") {
+        Outcome::Injected(patch) => patched(pod, &patch).expect("the patch applies"),
         Outcome::Skipped(why) => panic!("skipped: {why}"),
     }
 }
@@ -80,12 +84,12 @@ fn injecting_an_injected_pod_changes_nothing() {
     let once = injected(&read_pod("details.yaml"), "default");
     let labels = enabled();
     let ns = NamespaceInfo { name: "default", labels: Some(&labels) };
-    let twice = inject(&once, &ns, MESH_NS, &InjectArgs::default()).unwrap();
+    let twice = injector().inject(&once, &ns).unwrap();
     assert_eq!(twice, Outcome::Skipped(Skip::AlreadyInjected));
     // A proxy container alone (annotation stripped) is enough to tell.
     let mut stripped = once.clone();
     stripped.metadata.annotations.as_mut().unwrap().remove(annotations::STATUS);
-    assert_eq!(inject(&stripped, &ns, MESH_NS, &InjectArgs::default()).unwrap(), twice);
+    assert_eq!(injector().inject(&stripped, &ns).unwrap(), twice);
 }
 
 fn decision(
@@ -135,14 +139,10 @@ fn a_bad_annotation_refuses_the_pod_naming_it() {
     let mut pod = read_pod("details.yaml");
     pod.metadata.annotations.get_or_insert_default().insert(annotations::PROXY_CPU.into(), "lots".into());
     let labels = enabled();
-    let err = inject(
-        &pod,
-        &NamespaceInfo { name: "default", labels: Some(&labels) },
-        MESH_NS,
-        &InjectArgs::default(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = injector()
+        .inject(&pod, &NamespaceInfo { name: "default", labels: Some(&labels) })
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("sidecar.istio.io/proxyCPU") && err.contains("\"lots\""), "{err}");
 }
 
@@ -152,26 +152,31 @@ fn a_volume_name_clash_is_an_error_not_a_broken_pod() {
     pod.spec.as_mut().unwrap().volumes =
         Some(vec![k8s_openapi::api::core::v1::Volume { name: "istio-token".into(), ..Default::default() }]);
     let labels = enabled();
-    let err = inject(
-        &pod,
-        &NamespaceInfo { name: "default", labels: Some(&labels) },
-        MESH_NS,
-        &InjectArgs::default(),
-    )
-    .unwrap_err();
+    let err = injector().inject(&pod, &NamespaceInfo { name: "default", labels: Some(&labels) }).unwrap_err();
     assert!(err.to_string().contains("istio-token"), "{err}");
 }
 
-/// The webhook's patch, applied to the pod as the API server would, gives
-/// exactly the injected pod.
+/// The patch only adds: everything the pod had is still there, unchanged.
 #[test]
-fn the_patch_turns_the_pod_into_the_injected_pod() {
-    let before = read_pod("annotated.yaml");
-    let after = injected(&before, "shop");
-    let patch = patch(&before, &after).unwrap();
-    let mut doc = serde_json::to_value(&before).unwrap();
-    json_patch::patch(&mut doc, &patch).unwrap();
-    assert_eq!(doc, serde_json::to_value(&after).unwrap());
+fn the_patch_only_adds() {
+    for (file, ns) in [("details.yaml", "default"), ("annotated.yaml", "shop")] {
+        let before = read_pod(file);
+        let after = injected(&before, ns);
+        let (b, a) = (before.spec.clone().unwrap(), after.spec.clone().unwrap());
+        assert_eq!(b.containers, a.containers, "{file}");
+        let own_init = &a.init_containers.unwrap()[2..];
+        assert_eq!(b.init_containers.unwrap_or_default(), own_init, "{file}");
+        let volumes = a.volumes.unwrap();
+        assert_eq!(
+            b.volumes.clone().unwrap_or_default(),
+            volumes[..b.volumes.map_or(0, |v| v.len())],
+            "{file}"
+        );
+        for (k, v) in before.metadata.annotations.iter().flatten() {
+            assert_eq!(after.metadata.annotations.as_ref().unwrap().get(k), Some(v), "{file}: {k}");
+        }
+        assert_eq!(before.metadata.labels, after.metadata.labels, "{file}");
+    }
 }
 
 /// kube-inject on a Deployment gives the template what the webhook gives the pod.
@@ -193,7 +198,7 @@ fn kube_inject_matches_the_webhook() {
     );
     let service = "apiVersion: v1\nkind: Service\nmetadata: {name: details}\nspec: {ports: [{port: 9080}]}\n";
     let text = format!("{service}---\n{deployment}");
-    let (out, reports) = offline::inject_yaml(&text, MESH_NS, &InjectArgs::default()).unwrap();
+    let (out, reports) = offline::inject_yaml(&text, &injector()).unwrap();
     assert_eq!(reports, [offline::Report { object: "Deployment default/details-v1".into(), injected: true }]);
     let docs: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&out)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
@@ -204,7 +209,7 @@ fn kube_inject_matches_the_webhook() {
     assert_eq!(template["spec"], webhook["spec"]);
 
     // And running it again changes nothing.
-    let (again, reports) = offline::inject_yaml(&out, MESH_NS, &InjectArgs::default()).unwrap();
+    let (again, reports) = offline::inject_yaml(&out, &injector()).unwrap();
     assert_eq!(again, out);
     assert!(!reports[0].injected);
 }
@@ -212,7 +217,7 @@ fn kube_inject_matches_the_webhook() {
 #[test]
 fn kube_inject_keeps_fields_it_does_not_know() {
     let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  futureField: 7\n  containers: [{name: app, image: busybox}]\n";
-    let (out, _) = offline::inject_yaml(text, MESH_NS, &InjectArgs::default()).unwrap();
+    let (out, _) = offline::inject_yaml(text, &injector()).unwrap();
     assert!(out.contains("futureField: 7"), "{out}");
     assert!(out.contains("istio-proxy"), "{out}");
 }
@@ -220,6 +225,6 @@ fn kube_inject_keeps_fields_it_does_not_know() {
 #[test]
 fn kube_inject_names_the_object_it_cannot_inject() {
     let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  template:\n    metadata:\n      annotations: {sidecar.istio.io/logLevel: loud}\n    spec: {containers: [{name: app, image: busybox}]}\n";
-    let err = offline::inject_yaml(text, MESH_NS, &InjectArgs::default()).unwrap_err().to_string();
+    let err = offline::inject_yaml(text, &injector()).unwrap_err().to_string();
     assert!(err.contains("Deployment shop/web") && err.contains("logLevel"), "{err}");
 }

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::validate::Context;
 use super::{admission, injection};
 use crate::index::{Index, SharedIndex};
-use crate::inject::InjectArgs;
+use crate::inject::Injector;
 
 /// The certificate the server presents, replaceable while it runs.
 #[derive(Debug, Default)]
@@ -99,14 +99,6 @@ struct Webhook {
     injector: Arc<Injector>,
 }
 
-/// What the injector needs besides the pod.
-#[derive(Debug, Clone)]
-pub struct Injector {
-    pub args: InjectArgs,
-    /// The mesh's own namespace, never injected.
-    pub mesh_namespace: String,
-}
-
 impl Webhook {
     fn context(&self) -> Arc<Context> {
         if !(self.synced)() {
@@ -151,7 +143,7 @@ async fn validate(
 async fn inject(
     State(webhook): State<Webhook>,
     axum::Json(review): axum::Json<AdmissionReview<Pod>>,
-) -> axum::Json<AdmissionReview<DynamicObject>> {
+) -> axum::Json<injection::Answer> {
     let labels = |namespace: &str| {
         if !(webhook.synced)() {
             return None;
@@ -163,8 +155,7 @@ async fn inject(
             .get(&crate::model::ObjectKey::new("", namespace))
             .map(|n| n.labels.clone())
     };
-    let injector = &webhook.injector;
-    axum::Json(injection::review(review, labels, &injector.mesh_namespace, &injector.args))
+    axum::Json(injection::review(review, labels, &webhook.injector))
 }
 
 /// Serves /validate and /inject on `listener` until `shutdown`.
@@ -196,6 +187,8 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => return Ok(()),
         };
+        // Small request, small answer: do not let Nagle hold the answer's last segment.
+        let _ = tcp.set_nodelay(true);
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
