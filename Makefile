@@ -52,8 +52,9 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --features mesh/e2e -- -D warnings
 
-test-unit: ## Unit and in-process tests (no cluster)
+test-unit: ## Unit and in-process tests (no cluster; the iptables test needs root)
 	$(CARGO) test --workspace
+	$(CARGO) test --lib iptables -- --ignored
 
 test-e2e: tools build ## End-to-end tests on a cluster of their own, removed afterwards
 	@e2e/scripts/e2e.sh
