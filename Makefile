@@ -9,7 +9,7 @@ CARGO ?= cargo
 MESH := target/debug/mesh
 CLUSTER := e2e/scripts/cluster.sh
 
-.PHONY: bench-webhook help tools build crds cluster-up cluster-down up down pod-exec env run test test-unit test-e2e lint fmt clean
+.PHONY: bench-webhook bench-xds help tools build crds cluster-up cluster-down up down pod-exec env run test test-unit test-e2e lint fmt clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -63,6 +63,11 @@ bench-webhook: tools ## Both webhooks' latency at 200 req/s (docs/perf.md)
 	$(CARGO) build --release -p mesh
 	@$(MAKE) -s build
 	@e2e/scripts/bench-webhook.sh
+
+bench-xds: tools ## The xDS server at scale: 1000 Services, 2000 simulated proxies (docs/perf.md)
+	$(CARGO) build --release -p mesh -p xds-load
+	@$(MAKE) -s build
+	@e2e/scripts/bench-xds.sh
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

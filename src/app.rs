@@ -65,6 +65,12 @@ pub struct ControllerArgs {
     #[arg(long, env = "MESH_INJECTOR_CONFIG", default_value = "mesh-injector")]
     pub injector_config: String,
 
+    /// How long the index must be still before configuration is pushed, in
+    /// milliseconds (bursts of changes make one push); under constant
+    /// change, a push still happens at least every max(1 s, 10 x this).
+    #[arg(long, env = "MESH_DEBOUNCE_MS", default_value_t = 100)]
+    pub debounce_ms: u64,
+
     /// Lifetime of the serving certificate, in seconds; it is renewed at half.
     #[arg(long, env = "MESH_SERVING_CERT_SECONDS", default_value_t = 86400)]
     pub serving_cert_seconds: u64,
@@ -141,17 +147,40 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     // Token reviews are cached briefly, so a reconnecting fleet does not flood the API server.
     let authenticator: Arc<dyn crate::xds::Authenticator> =
         Arc::new(crate::xds::TokenCache::new(Arc::new(crate::xds::KubeAuthenticator::new(client.clone()))));
-    let ads = crate::xds::Ads::new(authenticator, index.clone(), xds_metrics, shutdown.clone());
+    let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    let settings = crate::xds::AdsSettings {
+        debounce: crate::xds::Debounce::from_millis(args.debounce_ms),
+        instance: instance.clone(),
+    };
+    // The pass-through configuration until the routing translation is wired here.
+    let generator = Arc::new(crate::xds::Passthrough::new());
+    let ads = crate::xds::Ads::with_settings(
+        authenticator,
+        index.clone(),
+        generator,
+        xds_metrics,
+        settings,
+        shutdown.clone(),
+    );
+    let proxies = ads.connections();
     let xds = tokio::spawn(crate::xds::serve(xds_listener, serving, ads, shutdown.clone()));
     tracing::info!(addr = %args.xds_addr, "serving ADS to the sidecars");
 
     let listener = monitoring::bind(args.monitoring_addr).await?;
-    tracing::info!(addr = %args.monitoring_addr, "serving /healthz, /readyz, /metrics, /debug/configz");
-    let server =
-        tokio::spawn(monitoring::serve(listener, registry, readiness, index.clone(), shutdown.clone()));
+    tracing::info!(
+        addr = %args.monitoring_addr,
+        "serving /healthz, /readyz, /metrics, /debug/configz, /debug/syncz, /debug/config_dump"
+    );
+    let server = tokio::spawn(monitoring::serve(
+        listener,
+        registry,
+        readiness,
+        index.clone(),
+        proxies,
+        shutdown.clone(),
+    ));
 
     let leader = elect(client.clone(), &args).await;
-    let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     let status =
         tokio::spawn(crate::status::run(client.clone(), index.clone(), leader, instance, shutdown.clone()));
 

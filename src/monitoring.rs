@@ -1,12 +1,15 @@
 //! The controller's own HTTP endpoints: /healthz (the process answers),
 //! /readyz (every start-up task is done: caches synced), /metrics
-//! (Prometheus text) and /debug/configz (what the index holds, as JSON).
+//! (Prometheus text), /debug/configz (what the index holds, as JSON),
+//! /debug/syncz (every connected proxy and how far it is in sync, read by
+//! `mesh proxy-status`) and /debug/config_dump?proxy=<node id or ns/pod>
+//! (what one proxy holds; see [`crate::xds::debug`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,12 +19,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::index::{self, SharedIndex};
 use crate::readiness::Readiness;
+use crate::xds::Connections;
 
 #[derive(Clone)]
 struct Monitoring {
     registry: Arc<Registry>,
     readiness: Readiness,
     index: SharedIndex,
+    proxies: Connections,
 }
 
 /// Serves the monitoring endpoints on an already bound listener until `shutdown`.
@@ -30,14 +35,17 @@ pub async fn serve(
     registry: Registry,
     readiness: Readiness,
     index: SharedIndex,
+    proxies: Connections,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let state = Monitoring { registry: Arc::new(registry), readiness, index };
+    let state = Monitoring { registry: Arc::new(registry), readiness, index, proxies };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/debug/configz", get(configz))
+        .route("/debug/syncz", get(syncz))
+        .route("/debug/config_dump", get(config_dump))
         .with_state(state);
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
@@ -88,4 +96,34 @@ async fn configz(State(m): State<Monitoring>) -> Response {
     });
     drop(ix);
     axum::Json(body).into_response()
+}
+
+/// Every connected proxy: per resource type, what it was sent, what it
+/// acknowledged, its latest refusal.
+async fn syncz(State(m): State<Monitoring>) -> Response {
+    axum::Json(crate::xds::debug::syncz(&m.proxies)).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ProxyQuery {
+    proxy: Option<String>,
+}
+
+/// What one proxy holds, by type.
+async fn config_dump(State(m): State<Monitoring>, Query(query): Query<ProxyQuery>) -> Response {
+    let Some(proxy) = query.proxy.filter(|p| !p.is_empty()) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "name a proxy: ?proxy=<node id>, <namespace>/<pod> or <pod>.<namespace>\n",
+        )
+            .into_response();
+    };
+    match crate::xds::debug::config_dump(&m.proxies, &proxy) {
+        Some(dump) => axum::Json(dump).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("no proxy {proxy} is connected to this controller (see /debug/syncz)\n"),
+        )
+            .into_response(),
+    }
 }

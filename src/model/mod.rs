@@ -6,6 +6,10 @@
 //! Configuration specs are the `api` types themselves: they are plain serde
 //! structs, and keeping one definition avoids a second copy that can drift.
 
+pub mod mesh;
+pub mod protocol;
+pub mod visibility;
+
 use std::collections::BTreeMap;
 
 use serde::Serialize;

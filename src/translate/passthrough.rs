@@ -60,7 +60,7 @@ pub const INBOUND_SOURCE_ADDRESS: &str = "127.0.0.6";
 /// What `http_inspector` reports for traffic the HTTP chain takes.
 pub const HTTP_PROTOCOLS: [&str; 2] = ["http/1.1", "h2c"];
 
-const CONNECT_TIMEOUT_SECONDS: i64 = 10;
+const CONNECT_TIMEOUT_SECONDS: i64 = super::cluster::CONNECT_TIMEOUT_SECONDS;
 
 /// How long the listener waits for the client's first bytes to tell HTTP
 /// from other protocols. Protocols where the server speaks first (MySQL,
@@ -69,9 +69,9 @@ const CONNECT_TIMEOUT_SECONDS: i64 = 10;
 /// HTTP client that misses it still gets through, only uncounted as HTTP.
 const PROTOCOL_DETECTION_TIMEOUT: Duration = Duration { seconds: 0, nanos: 100_000_000 };
 
-const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
-const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
-const ROUTER: &str = "envoy.filters.http.router";
+pub(crate) const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
+pub(crate) const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+pub(crate) const ROUTER: &str = "envoy.filters.http.router";
 const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
 const ORIGINAL_DST: &str = "envoy.filters.listener.original_dst";
 
@@ -220,7 +220,7 @@ fn listener_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -
     }
 }
 
-fn network_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> Filter {
+pub(crate) fn network_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> Filter {
     Filter { name: name.to_string(), config_type: Some(filter::ConfigType::TypedConfig(config)) }
 }
 

@@ -1,22 +1,43 @@
 //! What the xDS server counts, exported on /metrics with the `mesh_`
 //! prefix: connected proxies, refused streams by reason, and pushes, ACKs
-//! and NACKs by resource type. Every label has a bounded set of values.
+//! and NACKs by resource type, and how long pushes take. Every label has a
+//! bounded set of values.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::types;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct XdsMetrics {
     connected: Gauge,
     rejected: Family<ReasonLabel, Counter>,
     pushes: Family<TypeLabel, Counter>,
     acks: Family<TypeLabel, Counter>,
     nacks: Family<TypeLabel, Counter>,
+    push_seconds: Histogram,
+    snapshots_changed: Counter,
+}
+
+impl Default for XdsMetrics {
+    fn default() -> Self {
+        Self {
+            connected: Gauge::default(),
+            rejected: Family::default(),
+            pushes: Family::default(),
+            acks: Family::default(),
+            nacks: Family::default(),
+            // 1 ms to about 16 s.
+            push_seconds: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.001, 2.0, 15,
+            )),
+            snapshots_changed: Counter::default(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,6 +73,21 @@ impl XdsMetrics {
             "Discovery responses proxies refused, by resource type",
             self.nacks.clone(),
         );
+        registry.register(
+            "xds_push_duration_seconds",
+            "Time to build every connected proxy's snapshot after a (debounced) index change",
+            self.push_seconds.clone(),
+        );
+        registry.register(
+            "xds_snapshots_changed",
+            "Proxy snapshots that changed in a push (each wakes one stream)",
+            self.snapshots_changed.clone(),
+        );
+    }
+
+    pub(crate) fn push_done(&self, elapsed: std::time::Duration, changed: u64) {
+        self.push_seconds.observe(elapsed.as_secs_f64());
+        self.snapshots_changed.inc_by(changed);
     }
 
     pub(crate) fn connected(&self) -> ConnectedGuard {

@@ -7,21 +7,34 @@
 //!   server), must be bound to the pod its node id names ([`authorize`],
 //!   pure);
 //! - [`snapshot`]: a proxy's configuration, with content-hash versions,
-//!   built by a [`Generator`] from the index (for now, the same
-//!   [`crate::translate::passthrough`] configuration for everyone);
-//! - [`stream`]: the ADS state-of-the-world protocol as a state machine
-//!   with no I/O (nonces, ACK, NACK, what to send when);
+//!   resources shared between proxies, built by a [`Generator`] once per
+//!   push (for now, the same [`crate::translate::passthrough`]
+//!   configuration for everyone: [`Passthrough`]);
+//! - [`stream`] and [`delta`]: the ADS state-of-the-world and incremental
+//!   protocols as state machines with no I/O (nonces, ACK, NACK, what to
+//!   send when), both keeping [`order`] (make-before-break: clusters before
+//!   the routes that name them, routes away before clusters go);
+//! - [`push`]: debounced pushes of new snapshots to every connected proxy,
+//!   and the registry of connections;
 //! - [`server`]: the thin tonic shell: TLS, HTTP/2, authentication at
-//!   stream start, and the loop that feeds requests and index changes to
-//!   the state machine;
+//!   stream start, and the loop that feeds requests and snapshots to the
+//!   state machine;
+//! - [`debug`]: what /debug/syncz and /debug/config_dump show, and
+//!   `mesh proxy-status`'s table of it;
 //! - [`metrics`]: what the server counts, on /metrics.
 //!
 //! Only [`tokenreview`] knows Kubernetes; the rest sees the index and
 //! envoy-types protos.
 
 pub mod auth;
+pub mod debug;
+pub mod delta;
 pub mod metrics;
+pub(crate) mod order;
 pub mod proxy;
+pub mod push;
+#[cfg(test)]
+mod scale;
 pub mod server;
 pub mod snapshot;
 pub mod stream;
@@ -32,8 +45,11 @@ pub mod tokenreview;
 pub use auth::{Authenticator, Rejection, TokenCache, TokenIdentity, authorize};
 pub use metrics::XdsMetrics;
 pub use proxy::{Proxy, ProxyId};
-pub use server::{Ads, serve};
-pub use snapshot::{Generator, Snapshot};
+pub use push::{Connections, Debounce};
+pub use server::{Ads, AdsSettings, serve};
+pub use snapshot::{
+    Generator, Passthrough, PushContext, Resource, ResourceSet, Resources, ScopeCache, Snapshot,
+};
 pub use tokenreview::KubeAuthenticator;
 
 /// The resource types the mesh serves, by type URL, and how each is

@@ -1,5 +1,7 @@
-//! The tonic shell around the ADS state machine: TLS (the controller's
-//! serving certificate, renewed in place), HTTP/2, and one task per stream.
+//! The tonic shell around the ADS state machines: TLS (the controller's
+//! serving certificate, renewed in place), HTTP/2, and one task per stream,
+//! for both protocols (state of the world, [`SotwStream`], and Delta,
+//! [`DeltaStream`]) over the same code path.
 //!
 //! A stream is served only once it is authenticated and authorized: the
 //! first request must arrive, carry the node id, and come with a bearer
@@ -7,15 +9,22 @@
 //! refusal ends the stream with a gRPC status saying why, a warning in the
 //! log and a count in `mesh_xds_rejected_streams_total{reason}`.
 //!
-//! An authorized stream gets a snapshot from the [`Generator`], rebuilt
-//! whenever the index moves; the [`SotwStream`] decides what to send.
-//! On shutdown every stream ends with `Unavailable`, so proxies reconnect
-//! to another replica, and connections are closed with a GOAWAY.
+//! An authorized stream is registered in [`Connections`] and gets its
+//! snapshots from the [`Pusher`] (one debounced push for all proxies per
+//! index change, [`super::push`]); the state machine decides what to send.
+//! The stream ends with `Unavailable` when its pod leaves the index (the
+//! proxy reconnects and authenticates again) and on shutdown (proxies
+//! reconnect to another replica); connections close with a GOAWAY.
+//!
+//! Not done yet: ending streams before the proxy's token expires, so a
+//! long-lived stream is re-authenticated with a fresh token.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
@@ -25,16 +34,18 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use futures::{Stream, StreamExt};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{self, Authenticator, Refusal, Rejection};
+use super::delta::DeltaStream;
 use super::metrics::XdsMetrics;
 use super::proxy::{Proxy, ProxyId};
-use super::snapshot::{self, Generator, Snapshot};
-use super::stream::{Event, SotwStream, Step};
+use super::push::{self, Connection, Connections, Debounce, NackRecord, Protocol, Pusher, StreamReport};
+use super::snapshot::{Generator, Passthrough, Resources, Snapshot};
+use super::stream::{Event, ProtocolError, SotwStream, Step, TypeStatus};
 use super::types;
 use crate::index::SharedIndex;
 use crate::model::ObjectKey;
@@ -42,7 +53,8 @@ use crate::webhook::server::ServingCert;
 
 /// What a stream sends back: discovery responses, then a final status.
 pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
-type DeltaResponseStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+/// The same, for Delta streams.
+pub type DeltaResponseStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
 
 /// How long a new stream may take to send its first request.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -58,6 +70,21 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for connections to close before dropping them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How the service runs.
+#[derive(Clone, Debug)]
+pub struct AdsSettings {
+    /// How index changes are coalesced into pushes.
+    pub debounce: Debounce,
+    /// The controller replica's name, shown by /debug/syncz.
+    pub instance: String,
+}
+
+impl Default for AdsSettings {
+    fn default() -> Self {
+        Self { debounce: Debounce::default(), instance: "local".into() }
+    }
+}
+
 /// The aggregated discovery service: authenticates streams and runs them.
 #[derive(Clone)]
 pub struct Ads {
@@ -67,7 +94,7 @@ pub struct Ads {
 struct Shared {
     authenticator: Arc<dyn Authenticator>,
     index: SharedIndex,
-    generator: Arc<dyn Generator>,
+    pusher: Arc<Pusher>,
     metrics: XdsMetrics,
     shutdown: CancellationToken,
     pod_wait: Duration,
@@ -75,14 +102,15 @@ struct Shared {
 
 impl Ads {
     /// A service that gives every authorized proxy the pass-through
-    /// configuration; `shutdown` ends its streams.
+    /// configuration; `shutdown` ends its streams. Must be called within
+    /// a Tokio runtime: it starts the push loop.
     pub fn new(
         authenticator: Arc<dyn Authenticator>,
         index: SharedIndex,
         metrics: XdsMetrics,
         shutdown: CancellationToken,
     ) -> Self {
-        Self::with_generator(authenticator, index, Arc::new(snapshot::passthrough), metrics, shutdown)
+        Self::with_generator(authenticator, index, Arc::new(Passthrough::new()), metrics, shutdown)
     }
 
     /// A service whose proxies get what `generator` builds for them.
@@ -93,16 +121,29 @@ impl Ads {
         metrics: XdsMetrics,
         shutdown: CancellationToken,
     ) -> Self {
+        Self::with_settings(authenticator, index, generator, metrics, AdsSettings::default(), shutdown)
+    }
+
+    /// The service with explicit settings; starts the push loop.
+    pub fn with_settings(
+        authenticator: Arc<dyn Authenticator>,
+        index: SharedIndex,
+        generator: Arc<dyn Generator>,
+        metrics: XdsMetrics,
+        settings: AdsSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let connections = Connections::new(settings.instance);
+        let pusher = Arc::new(Pusher::new(generator, index.clone(), connections, metrics.clone()));
+        tokio::spawn(push::run(pusher.clone(), settings.debounce, shutdown.clone()));
         Self {
-            inner: Arc::new(Shared {
-                authenticator,
-                index,
-                generator,
-                metrics,
-                shutdown,
-                pod_wait: POD_WAIT,
-            }),
+            inner: Arc::new(Shared { authenticator, index, pusher, metrics, shutdown, pod_wait: POD_WAIT }),
         }
+    }
+
+    /// The connected proxies (for /debug/syncz and /debug/config_dump).
+    pub fn connections(&self) -> Connections {
+        self.inner.pusher.connections().clone()
     }
 
     /// Shortens the wait for an unknown pod, so tests need not sit through it.
@@ -114,20 +155,45 @@ impl Ads {
         self
     }
 
-    /// Admits a stream and starts serving it. `authorization` is the
+    /// Admits a SotW stream and starts serving it. `authorization` is the
     /// value of the stream's `authorization` metadata; `inbound` the
     /// proxy's requests.
-    pub async fn open<S>(&self, authorization: Option<&str>, mut inbound: S) -> Result<ResponseStream, Status>
+    pub async fn open<S>(&self, authorization: Option<&str>, inbound: S) -> Result<ResponseStream, Status>
     where
         S: Stream<Item = Result<DiscoveryRequest, Status>> + Send + Unpin + 'static,
     {
+        self.open_with::<SotwStream, S>(authorization, inbound).await
+    }
+
+    /// Admits a Delta stream and starts serving it.
+    pub async fn open_delta<S>(
+        &self,
+        authorization: Option<&str>,
+        inbound: S,
+    ) -> Result<DeltaResponseStream, Status>
+    where
+        S: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Send + Unpin + 'static,
+    {
+        self.open_with::<DeltaStream, S>(authorization, inbound).await
+    }
+
+    async fn open_with<M, S>(
+        &self,
+        authorization: Option<&str>,
+        mut inbound: S,
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<M::Response, Status>> + Send>>, Status>
+    where
+        M: Machine,
+        S: Stream<Item = Result<M::Request, Status>> + Send + Unpin + 'static,
+    {
         let shared = &self.inner;
-        let (proxy, first) = match shared.admit(authorization, &mut inbound).await {
+        let (proxy, node_id, first) = match shared.admit::<M, S>(authorization, &mut inbound).await {
             Ok(admitted) => admitted,
             Err((rejection, node_id)) => {
                 shared.metrics.rejected(rejection.reason());
                 tracing::warn!(
                     node_id = node_id.as_deref().unwrap_or("<none>"),
+                    protocol = M::PROTOCOL.name(),
                     reason = rejection.reason(),
                     error = %rejection,
                     "xDS stream refused"
@@ -136,7 +202,7 @@ impl Ads {
             }
         };
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(Session::start(self.inner.clone(), proxy, first, inbound, tx));
+        tokio::spawn(Session::<M>::start(self.inner.clone(), proxy, node_id, first, inbound, tx));
         let responses =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
         Ok(Box::pin(responses))
@@ -146,19 +212,20 @@ impl Ads {
 impl Shared {
     /// Reads the first request and checks who sent it. On refusal, the node
     /// id (if one came) goes with the reason into the log.
-    async fn admit<S>(
+    async fn admit<M, S>(
         &self,
         authorization: Option<&str>,
         inbound: &mut S,
-    ) -> Result<(Proxy, DiscoveryRequest), (Rejection, Option<String>)>
+    ) -> Result<(Proxy, String, M::Request), (Rejection, Option<String>)>
     where
-        S: Stream<Item = Result<DiscoveryRequest, Status>> + Unpin,
+        M: Machine,
+        S: Stream<Item = Result<M::Request, Status>> + Unpin,
     {
         let first = match tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.next()).await {
             Ok(Some(Ok(request))) => request,
             _ => return Err((Rejection::NoRequest, None)),
         };
-        let Some(node_id) = first.node.as_ref().map(|n| n.id.clone()).filter(|id| !id.is_empty()) else {
+        let Some(node_id) = M::node(&first).map(|n| n.id.clone()).filter(|id| !id.is_empty()) else {
             return Err((Rejection::NoNode, None));
         };
         let fail = |rejection| (rejection, Some(node_id.clone()));
@@ -166,7 +233,7 @@ impl Shared {
         let id = ProxyId::parse(&node_id).map_err(|e| fail(e.into()))?;
         let identity = self.authenticator.authenticate(token).await.map_err(fail)?;
         self.authorize(&id, &identity).await.map_err(fail)?;
-        Ok((Proxy { id, identity }, first))
+        Ok((Proxy { id, identity }, node_id, first))
     }
 
     /// [`auth::authorize`] against the index, giving the index a moment to
@@ -188,11 +255,6 @@ impl Shared {
             }
         }
     }
-
-    fn snapshot(&self, proxy: &Proxy) -> Arc<Snapshot> {
-        let index = self.index.lock();
-        Arc::new(self.generator.generate(proxy, &index))
-    }
 }
 
 /// The gRPC status a refusal ends the stream with.
@@ -206,55 +268,170 @@ fn status_of(rejection: &Rejection) -> Status {
     }
 }
 
-/// One authorized stream: its state machine, its proxy, and where its
-/// responses go.
-struct Session {
-    shared: Arc<Shared>,
-    proxy: Proxy,
-    machine: SotwStream,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+/// A response, as the log and metrics see it.
+pub(crate) struct Pushed<'a> {
+    type_url: &'a str,
+    version: &'a str,
+    resources: usize,
+    removed: usize,
+    nonce: &'a str,
 }
 
-impl Session {
+/// A protocol's state machine, as a session drives it.
+pub(crate) trait Machine: Send + Sync + 'static {
+    type Request: Send + Sync + 'static;
+    type Response: Send + Sync + 'static;
+    const PROTOCOL: Protocol;
+
+    fn new(snapshot: Arc<Snapshot>) -> Self;
+    fn node(request: &Self::Request) -> Option<&Node>;
+    fn on_request(&mut self, request: &Self::Request) -> Result<Step<Self::Response>, ProtocolError>;
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step<Self::Response>;
+    fn status(&self) -> BTreeMap<String, TypeStatus>;
+    fn holding(&self) -> BTreeMap<String, Resources>;
+    fn describe(response: &Self::Response) -> Pushed<'_>;
+}
+
+impl Machine for SotwStream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const PROTOCOL: Protocol = Protocol::Sotw;
+
+    fn new(snapshot: Arc<Snapshot>) -> Self {
+        SotwStream::new(snapshot)
+    }
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+    fn on_request(&mut self, request: &DiscoveryRequest) -> Result<Step, ProtocolError> {
+        SotwStream::on_request(self, request)
+    }
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step {
+        SotwStream::on_snapshot(self, snapshot)
+    }
+    fn status(&self) -> BTreeMap<String, TypeStatus> {
+        SotwStream::status(self)
+    }
+    fn holding(&self) -> BTreeMap<String, Resources> {
+        SotwStream::holding(self)
+    }
+    fn describe(response: &DiscoveryResponse) -> Pushed<'_> {
+        Pushed {
+            type_url: &response.type_url,
+            version: &response.version_info,
+            resources: response.resources.len(),
+            removed: 0,
+            nonce: &response.nonce,
+        }
+    }
+}
+
+impl Machine for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const PROTOCOL: Protocol = Protocol::Delta;
+
+    fn new(snapshot: Arc<Snapshot>) -> Self {
+        DeltaStream::new(snapshot)
+    }
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+    fn on_request(
+        &mut self,
+        request: &DeltaDiscoveryRequest,
+    ) -> Result<Step<DeltaDiscoveryResponse>, ProtocolError> {
+        DeltaStream::on_request(self, request)
+    }
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step<DeltaDiscoveryResponse> {
+        DeltaStream::on_snapshot(self, snapshot)
+    }
+    fn status(&self) -> BTreeMap<String, TypeStatus> {
+        DeltaStream::status(self)
+    }
+    fn holding(&self) -> BTreeMap<String, Resources> {
+        DeltaStream::holding(self)
+    }
+    fn describe(response: &DeltaDiscoveryResponse) -> Pushed<'_> {
+        Pushed {
+            type_url: &response.type_url,
+            version: &response.system_version_info,
+            resources: response.resources.len(),
+            removed: response.removed_resources.len(),
+            nonce: &response.nonce,
+        }
+    }
+}
+
+/// One authorized stream: its state machine, its proxy, and where its
+/// responses go.
+struct Session<M: Machine> {
+    shared: Arc<Shared>,
+    connection: Arc<Connection>,
+    machine: M,
+    tx: mpsc::Sender<Result<M::Response, Status>>,
+}
+
+impl<M: Machine> Session<M> {
     async fn start<S>(
         shared: Arc<Shared>,
         proxy: Proxy,
-        first: DiscoveryRequest,
+        node_id: String,
+        first: M::Request,
         inbound: S,
-        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        tx: mpsc::Sender<Result<M::Response, Status>>,
     ) where
-        S: Stream<Item = Result<DiscoveryRequest, Status>> + Send + Unpin + 'static,
+        S: Stream<Item = Result<M::Request, Status>> + Send + Unpin + 'static,
     {
         let _connected = shared.metrics.connected();
-        // Subscribe before building, so a change in between is not missed.
-        let revisions = shared.index.lock().subscribe();
-        let machine = SotwStream::new(shared.snapshot(&proxy));
-        let account = &proxy.identity.service_account;
-        tracing::info!(proxy = %proxy.id, service_account = %account, "proxy connected");
-        let mut session = Session { shared, proxy, machine, tx };
-        let ended = session.run(first, inbound, revisions).await;
-        tracing::info!(proxy = %session.proxy.id, reason = ended, "proxy disconnected");
+        // Registered before the first snapshot, so no push is missed.
+        let registered = shared.pusher.connections().register(proxy, node_id, M::PROTOCOL);
+        let connection = registered.connection.clone();
+        let mut offers = connection.offers();
+        let pusher = shared.pusher.clone();
+        let offering = connection.clone();
+        let Ok(offer) = tokio::task::spawn_blocking(move || pusher.first_offer(&offering)).await else {
+            return;
+        };
+        offers.borrow_and_update();
+        let machine = M::new(offer.snapshot);
+        let proxy = &connection.proxy;
+        tracing::info!(
+            proxy = %proxy.id,
+            service_account = %proxy.identity.service_account,
+            protocol = M::PROTOCOL.name(),
+            "proxy connected"
+        );
+        let mut session = Session { shared, connection: connection.clone(), machine, tx };
+        let ended = session.run(first, inbound, offers).await;
+        tracing::info!(proxy = %connection.proxy.id, reason = ended, "proxy disconnected");
+        drop(registered);
     }
 
     /// Serves the stream until it ends; returns why, for the log.
     async fn run<S>(
         &mut self,
-        first: DiscoveryRequest,
+        first: M::Request,
         mut inbound: S,
-        mut revisions: watch::Receiver<u64>,
+        mut offers: tokio::sync::watch::Receiver<push::Offer>,
     ) -> &'static str
     where
-        S: Stream<Item = Result<DiscoveryRequest, Status>> + Unpin,
+        S: Stream<Item = Result<M::Request, Status>> + Unpin,
     {
         if let Err(ended) = self.on_request(&first).await {
             return ended;
         }
         let shutdown = self.shared.shutdown.clone();
+        let pod_gone = self.connection.ended().clone();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     self.end(Status::unavailable("the control plane is shutting down; reconnect")).await;
                     return "control plane shutdown";
+                }
+                _ = pod_gone.cancelled() => {
+                    self.end(Status::unavailable("the pod is gone from the control plane's view; reconnect")).await;
+                    return "pod deleted";
                 }
                 _ = self.tx.closed() => return "proxy went away",
                 request = inbound.next() => match request {
@@ -264,17 +441,17 @@ impl Session {
                         }
                     }
                     Some(Err(status)) => {
-                        tracing::debug!(proxy = %self.proxy.id, %status, "ADS stream broke");
+                        tracing::debug!(proxy = %self.connection.proxy.id, %status, "ADS stream broke");
                         return "stream error";
                     }
                     None => return "proxy closed the stream",
                 },
-                changed = revisions.changed() => {
+                changed = offers.changed() => {
                     if changed.is_err() {
-                        self.end(Status::unavailable("the control plane lost its index; reconnect")).await;
-                        return "index gone";
+                        self.end(Status::unavailable("the control plane stopped pushing; reconnect")).await;
+                        return "pushes ended";
                     }
-                    let snapshot = self.shared.snapshot(&self.proxy);
+                    let snapshot = offers.borrow_and_update().snapshot.clone();
                     let step = self.machine.on_snapshot(snapshot);
                     if let Err(ended) = self.send(step).await {
                         return ended;
@@ -284,11 +461,11 @@ impl Session {
         }
     }
 
-    async fn on_request(&mut self, request: &DiscoveryRequest) -> Result<(), &'static str> {
+    async fn on_request(&mut self, request: &M::Request) -> Result<(), &'static str> {
         match self.machine.on_request(request) {
             Ok(step) => self.send(step).await,
             Err(error) => {
-                tracing::warn!(proxy = %self.proxy.id, %error, "ADS protocol error");
+                tracing::warn!(proxy = %self.connection.proxy.id, %error, "ADS protocol error");
                 self.end(Status::invalid_argument(error.to_string())).await;
                 Err("protocol error")
             }
@@ -300,33 +477,51 @@ impl Session {
         let _ = self.tx.send(Err(status)).await;
     }
 
-    /// Logs and counts what happened, then sends the responses.
-    async fn send(&mut self, step: Step) -> Result<(), &'static str> {
+    /// Logs and counts what happened, records it for /debug/syncz, then
+    /// sends the responses.
+    async fn send(&mut self, step: Step<M::Response>) -> Result<(), &'static str> {
         let metrics = &self.shared.metrics;
-        let proxy = &self.proxy.id;
+        let proxy = &self.connection.proxy.id;
+        let mut nacks = Vec::new();
         for event in step.events {
             match event {
                 Event::Ack { type_url, version } => {
                     metrics.acked(&type_url);
                     tracing::debug!(%proxy, r#type = types::label(&type_url), %version, "ACK");
                 }
-                Event::Nack { type_url, version, error } => {
+                Event::Nack { type_url, version, resources, error } => {
                     metrics.nacked(&type_url);
-                    tracing::warn!(%proxy, %type_url, %version, %error, "proxy refused configuration (NACK)");
+                    tracing::warn!(
+                        %proxy,
+                        r#type = types::label(&type_url),
+                        %version,
+                        resources = %names(&resources),
+                        %error,
+                        "proxy refused configuration (NACK)"
+                    );
+                    nacks.push((type_url, NackRecord { version, error, at: SystemTime::now() }));
                 }
                 Event::StaleNonce { type_url, nonce } => {
                     tracing::debug!(%proxy, r#type = types::label(&type_url), %nonce, "stale nonce ignored");
                 }
             }
         }
+        let (status, holding) = (self.machine.status(), self.machine.holding());
+        self.connection.update_report(|report: &mut StreamReport| {
+            report.types = status;
+            report.holding = holding;
+            report.last_nack.extend(nacks);
+        });
         for response in step.responses {
-            metrics.pushed(&response.type_url);
+            let pushed = M::describe(&response);
+            metrics.pushed(pushed.type_url);
             tracing::debug!(
                 %proxy,
-                r#type = types::label(&response.type_url),
-                version = %response.version_info,
-                resources = response.resources.len(),
-                nonce = %response.nonce,
+                r#type = types::label(pushed.type_url),
+                version = %pushed.version,
+                resources = pushed.resources,
+                removed = pushed.removed,
+                nonce = %pushed.nonce,
                 "push"
             );
             if self.tx.send(Ok(response)).await.is_err() {
@@ -335,6 +530,16 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Resource names for a log line: the first few and how many in all.
+fn names(names: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut text = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(",");
+    if names.len() > SHOWN {
+        text.push_str(&format!(" (and {} more)", names.len() - SHOWN));
+    }
+    text
 }
 
 #[tonic::async_trait]
@@ -354,11 +559,12 @@ impl AggregatedDiscoveryService for Ads {
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaResponseStream>, Status> {
-        Err(Status::unimplemented(
-            "incremental (Delta) xDS is not served yet: set the bootstrap's ads_config api_type to GRPC",
-        ))
+        let authorization =
+            request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let responses = self.open_delta(authorization.as_deref(), request.into_inner()).await?;
+        Ok(Response::new(responses))
     }
 }
 

@@ -1,16 +1,32 @@
 //! A proxy's configuration at one moment: for each resource type, the named
-//! resources, each with a content hash, and a version for the whole type.
-//! Versions are content hashes, so configuration that did not change keeps
-//! its version and is never pushed again, and two replicas of the control
-//! plane give the same content the same version.
+//! resources, each with a content hash. Versions are content hashes, so
+//! configuration that did not change keeps its version and is never
+//! pushed again, and two replicas of the control plane give the same
+//! content the same version.
 //!
-//! A [`Generator`] builds a proxy's snapshot from the index; the stream
-//! state machines ([`super::stream`]) decide what to send. Per-resource
-//! hashes are kept for the Delta protocol, which sends resources one by one.
+//! Built for sharing: a [`Resource`] is packed once into an `Arc` and
+//! shared by every proxy that gets it; the [`Resources`] of one type are a
+//! few shared, sorted [`ResourceSet`]s (say the outbound part of a scope,
+//! shared by all of its proxies, and a small part of the proxy's own), so a
+//! proxy's snapshot costs a handful of pointers, not a copy of the mesh.
+//! A set's version is the wrapping sum of its members' hashes, so it does
+//! not depend on how the set is split into parts.
+//!
+//! Listeners and routes may name the clusters they send traffic to
+//! ([`Resource::depends_on`]): the stream state machines hold such a
+//! resource back until those clusters are acknowledged (make-before-break,
+//! [`super::order`]).
+//!
+//! A [`Generator`] builds snapshots once per push: [`Generator::prepare`]
+//! takes what it needs from the index, under its lock, into a
+//! [`PushContext`]; [`PushContext::generate`] then runs without the lock,
+//! once per proxy, sharing work between proxies through the context (see
+//! [`ScopeCache`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
@@ -26,43 +42,78 @@ pub struct Resource {
     /// Hash of the encoded resource.
     pub version: String,
     pub body: Any,
+    /// For listeners and routes: the clusters they send traffic to. Such a
+    /// resource reaches a proxy only once those clusters (and their
+    /// endpoints, when the snapshot has them) are acknowledged, and a
+    /// cluster is removed only once nothing the proxy holds names it.
+    pub depends_on: Vec<String>,
+    /// Hash of name and version, the resource's share of a set's version.
+    key: u64,
 }
 
-/// The resources of one type, by name.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Resources {
-    version: String,
-    items: BTreeMap<String, Resource>,
-}
+impl Resource {
+    /// Packs `body` as `name`, hashing its bytes.
+    pub fn new(name: impl Into<String>, body: Any) -> Self {
+        Self::with_version(name.into(), hex(fnv1a(FNV_OFFSET, &body.value)), body)
+    }
 
-impl Default for Resources {
-    /// None, with the version of none.
-    fn default() -> Self {
-        Self::new([])
+    /// A resource whose version is given (a proxy's report on reconnect).
+    pub(crate) fn with_version(name: String, version: String, body: Any) -> Self {
+        let mut key = fnv1a(FNV_OFFSET, name.as_bytes());
+        key = fnv1a(key, &[0]);
+        key = fnv1a(key, version.as_bytes());
+        Self { name, version, body, depends_on: Vec::new(), key }
+    }
+
+    /// Packs a message.
+    pub fn of<M: Message + Name>(name: impl Into<String>, message: &M) -> Self {
+        Self::new(name, translate::any(message))
+    }
+
+    /// Names the clusters this listener or route sends traffic to.
+    pub fn depending_on(mut self, clusters: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.depends_on = clusters.into_iter().map(Into::into).collect();
+        self.depends_on.sort();
+        self.depends_on.dedup();
+        self
     }
 }
 
-impl Resources {
-    /// Hashes every resource and the set as a whole.
-    pub fn new(items: impl IntoIterator<Item = (String, Any)>) -> Self {
-        let items: BTreeMap<String, Resource> = items
-            .into_iter()
-            .map(|(name, body)| {
-                let version = hex(fnv1a(FNV_OFFSET, &body.value));
-                (name.clone(), Resource { name, version, body })
-            })
-            .collect();
-        let version = version_of(items.values());
-        Self { version, items }
+/// A sorted set of shared resources with its version; the unit of sharing
+/// between proxies.
+#[derive(Debug, Default, PartialEq)]
+pub struct ResourceSet {
+    items: Vec<Arc<Resource>>,
+    sum: u64,
+}
+
+impl ResourceSet {
+    /// Sorts by name; of two resources with the same name, the last wins.
+    pub fn new(items: impl IntoIterator<Item = Arc<Resource>>) -> Self {
+        let mut items: Vec<Arc<Resource>> = items.into_iter().collect();
+        items.sort_by(|a, b| a.name.cmp(&b.name));
+        // Keep the last of equal names: reverse, dedup keeps firsts, reverse.
+        items.reverse();
+        items.dedup_by(|a, b| a.name == b.name);
+        items.reverse();
+        Self::sorted(items)
     }
 
-    /// The content hash of all the resources.
-    pub fn version(&self) -> &str {
-        &self.version
+    /// Items already sorted by name, without duplicates.
+    fn sorted(items: Vec<Arc<Resource>>) -> Self {
+        debug_assert!(items.windows(2).all(|w| w[0].name < w[1].name));
+        let sum = items.iter().fold(0u64, |s, r| s.wrapping_add(r.key));
+        Self { items, sum }
     }
 
-    pub fn get(&self, name: &str) -> Option<&Resource> {
-        self.items.get(name)
+    /// Packs messages, named by `name`.
+    pub fn of<M: Message + Name>(messages: impl IntoIterator<Item = M>, name: impl Fn(&M) -> String) -> Self {
+        Self::new(messages.into_iter().map(|m| Arc::new(Resource::of(name(&m), &m))))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Resource>> {
+        let i = self.items.binary_search_by(|r| r.name.as_str().cmp(name)).ok()?;
+        Some(&self.items[i])
     }
 
     pub fn len(&self) -> usize {
@@ -73,29 +124,135 @@ impl Resources {
         self.items.is_empty()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Resource> {
-        self.items.values()
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Resource>> {
+        self.items.iter()
     }
 }
 
-/// The content hash of a set of resources: of their names and hashes, in
-/// name order. The version of a type is this over all of its resources; a
-/// response with a subset (named subscriptions) gets this over the subset.
-pub fn version_of<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> String {
-    let mut hash = FNV_OFFSET;
-    for resource in resources {
-        hash = fnv1a(hash, resource.name.as_bytes());
-        hash = fnv1a(hash, &[0]);
-        hash = fnv1a(hash, resource.version.as_bytes());
-        hash = fnv1a(hash, &[0]);
+/// The resources of one type, by name: one or more shared parts. Cloning
+/// is cheap (a few reference counts).
+#[derive(Clone, Debug, Default)]
+pub struct Resources {
+    parts: Vec<Arc<ResourceSet>>,
+    sum: u64,
+    len: usize,
+}
+
+impl PartialEq for Resources {
+    fn eq(&self, other: &Self) -> bool {
+        self.len == other.len && self.iter().zip(other.iter()).all(|(a, b)| a == b)
     }
-    hex(hash)
+}
+
+impl Resources {
+    /// Hashes and sorts `(name, body)` pairs into one part.
+    pub fn new(items: impl IntoIterator<Item = (String, Any)>) -> Self {
+        Self::from(ResourceSet::new(
+            items.into_iter().map(|(name, body)| Arc::new(Resource::new(name, body))),
+        ))
+    }
+
+    /// The union of shared parts. A name must be in one part only; if it
+    /// is in several, lookups and iteration see the first part's.
+    pub fn from_parts(parts: impl IntoIterator<Item = Arc<ResourceSet>>) -> Self {
+        let parts: Vec<_> = parts.into_iter().filter(|p| !p.is_empty()).collect();
+        let sum = parts.iter().fold(0u64, |s, p| s.wrapping_add(p.sum));
+        let len = parts.iter().map(|p| p.len()).sum();
+        Self { parts, sum, len }
+    }
+
+    /// Resources already sorted by name, without duplicates.
+    pub(crate) fn from_sorted(items: Vec<Arc<Resource>>) -> Self {
+        Self::from(ResourceSet::sorted(items))
+    }
+
+    /// The content hash of all the resources (see [`version_of`]).
+    pub fn version(&self) -> String {
+        hex(self.sum)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Resource>> {
+        self.parts.iter().find_map(|p| p.get(name))
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Every resource, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Resource>> {
+        Merge { parts: self.parts.iter().map(|p| p.items.iter().peekable()).collect() }
+    }
+
+    /// Whether both are made of the very same parts (a cheap equality).
+    pub(crate) fn same_parts(&self, other: &Self) -> bool {
+        self.parts.len() == other.parts.len()
+            && self.parts.iter().zip(&other.parts).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+impl From<ResourceSet> for Resources {
+    fn from(set: ResourceSet) -> Self {
+        Self::from_parts([Arc::new(set)])
+    }
+}
+
+impl From<Arc<ResourceSet>> for Resources {
+    fn from(set: Arc<ResourceSet>) -> Self {
+        Self::from_parts([set])
+    }
+}
+
+/// Name-ordered iteration over sorted parts (there are few of them).
+struct Merge<'a> {
+    parts: Vec<std::iter::Peekable<std::slice::Iter<'a, Arc<Resource>>>>,
+}
+
+impl<'a> Iterator for Merge<'a> {
+    type Item = &'a Arc<Resource>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut best: Option<(usize, &'a Arc<Resource>)> = None;
+        for (i, part) in self.parts.iter_mut().enumerate() {
+            if let Some(&r) = part.peek()
+                && best.is_none_or(|(_, b)| r.name < b.name)
+            {
+                best = Some((i, r));
+            }
+        }
+        let (i, r) = best?;
+        self.parts[i].next();
+        // A duplicate name in a later part is skipped.
+        for part in &mut self.parts[i + 1..] {
+            if part.peek().is_some_and(|other| other.name == r.name) {
+                part.next();
+            }
+        }
+        Some(r)
+    }
+}
+
+/// The content hash of a set of resources: the wrapping sum of hashes of
+/// their names and versions, so the same set has the same version however
+/// it was assembled. The version of a type is this over all of its
+/// resources; a response with a subset (named subscriptions) gets this
+/// over the subset.
+pub fn version_of<'a>(resources: impl IntoIterator<Item = &'a Arc<Resource>>) -> String {
+    hex(resources.into_iter().fold(0u64, |s, r| s.wrapping_add(r.key)))
 }
 
 /// Everything one proxy gets, by type URL.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
-    types: BTreeMap<String, Arc<Resources>>,
+    types: BTreeMap<String, Resources>,
 }
 
 impl Snapshot {
@@ -104,8 +261,8 @@ impl Snapshot {
     }
 
     /// Sets the resources of `type_url`, replacing what it had.
-    pub fn with_resources(mut self, type_url: &str, resources: Resources) -> Self {
-        self.types.insert(type_url.to_string(), Arc::new(resources));
+    pub fn with_resources(mut self, type_url: &str, resources: impl Into<Resources>) -> Self {
+        self.types.insert(type_url.to_string(), resources.into());
         self
     }
 
@@ -115,42 +272,147 @@ impl Snapshot {
         resources: impl IntoIterator<Item = M>,
         name: impl Fn(&M) -> String,
     ) -> Self {
-        let packed = Resources::new(resources.into_iter().map(|m| (name(&m), translate::any(&m))));
-        self.with_resources(&M::type_url(), packed)
+        self.with_resources(&M::type_url(), ResourceSet::of(resources, name))
+    }
+
+    /// Says that resource `name` of `type_url` (a listener or a route)
+    /// sends traffic to `clusters`. Copies the resource; translation that
+    /// knows the clusters when packing should use
+    /// [`Resource::depending_on`] instead.
+    pub fn with_dependencies(
+        mut self,
+        type_url: &str,
+        name: &str,
+        clusters: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        let Some(resources) = self.types.get(type_url) else { return self };
+        let Some(found) = resources.get(name) else { return self };
+        let changed = Arc::new(Resource::clone(found).depending_on(clusters));
+        let items = resources.iter().map(|r| if r.name == name { changed.clone() } else { r.clone() });
+        let rebuilt = Resources::from_sorted(items.collect());
+        self.types.insert(type_url.to_string(), rebuilt);
+        self
     }
 
     /// The resources of a type; a type the snapshot does not mention has none.
-    pub fn resources(&self, type_url: &str) -> Arc<Resources> {
+    pub fn resources(&self, type_url: &str) -> Resources {
         self.types.get(type_url).cloned().unwrap_or_default()
+    }
+
+    /// The resources of a type, borrowed; `None` when it has none.
+    pub fn get(&self, type_url: &str) -> Option<&Resources> {
+        self.types.get(type_url)
     }
 
     /// The type URLs the snapshot holds, in URL order.
     pub fn type_urls(&self) -> impl Iterator<Item = &str> {
         self.types.keys().map(String::as_str)
     }
+
+    /// The content hash of everything: equal snapshots have equal versions.
+    pub fn version(&self) -> String {
+        let mut hash = FNV_OFFSET;
+        for (type_url, resources) in &self.types {
+            hash = fnv1a(hash, type_url.as_bytes());
+            hash = fnv1a(hash, &resources.sum.to_le_bytes());
+            hash = fnv1a(hash, &(resources.len as u64).to_le_bytes());
+        }
+        hex(hash)
+    }
 }
 
-/// Builds a proxy's snapshot from what the index holds. Called on stream
-/// start and again whenever the index changes; it runs with the index
-/// locked, so it must be quick and must not block.
+/// Builds proxies' snapshots, once per push for all of them.
 pub trait Generator: Send + Sync + 'static {
-    fn generate(&self, proxy: &Proxy, index: &Index) -> Snapshot;
+    /// Takes from the index what generation needs. Runs with the index
+    /// locked: copy (or share) what is needed and return quickly; the
+    /// real work happens in [`PushContext::generate`], without the lock.
+    fn prepare(&self, index: &Index) -> Arc<dyn PushContext>;
+}
+
+/// What one push knows: a view of the index, and whatever generating
+/// shares between proxies (resources of a scope, built once: see
+/// [`ScopeCache`]). Called concurrently for different proxies.
+pub trait PushContext: Send + Sync + 'static {
+    fn generate(&self, proxy: &Proxy) -> Snapshot;
 }
 
 impl<F> Generator for F
 where
-    F: Fn(&Proxy, &Index) -> Snapshot + Send + Sync + 'static,
+    F: Fn(&Index) -> Arc<dyn PushContext> + Send + Sync + 'static,
 {
-    fn generate(&self, proxy: &Proxy, index: &Index) -> Snapshot {
-        self(proxy, index)
+    fn prepare(&self, index: &Index) -> Arc<dyn PushContext> {
+        self(index)
+    }
+}
+
+/// Values built once per key within a push, by whichever proxy needs the
+/// key first; others wait for it and share it. Keys are scopes: proxies
+/// that see the same outbound configuration share its resources.
+pub struct ScopeCache<K, V> {
+    entries: Mutex<HashMap<K, Arc<OnceLock<Arc<V>>>>>,
+}
+
+impl<K, V> Default for ScopeCache<K, V> {
+    fn default() -> Self {
+        Self { entries: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl<K: Hash + Eq, V> ScopeCache<K, V> {
+    /// The value of `key`, built with `build` if it is the first asking.
+    pub fn get_or_build(&self, key: K, build: impl FnOnce() -> V) -> Arc<V> {
+        let cell = {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            entries.entry(key).or_default().clone()
+        };
+        cell.get_or_init(|| Arc::new(build())).clone()
+    }
+
+    /// How many keys were built.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
 /// The same pass-through configuration for every proxy (see
-/// [`translate::passthrough`]).
-pub fn passthrough(_proxy: &Proxy, _index: &Index) -> Snapshot {
-    use translate::passthrough::{clusters, listeners};
-    Snapshot::new().with(clusters(), |c| c.name.clone()).with(listeners(), |l| l.name.clone())
+/// [`translate::passthrough`]), packed once.
+pub struct Passthrough {
+    snapshot: Snapshot,
+}
+
+impl Passthrough {
+    pub fn new() -> Self {
+        use translate::passthrough::{clusters, listeners};
+        Self {
+            snapshot: Snapshot::new()
+                .with(clusters(), |c| c.name.clone())
+                .with(listeners(), |l| l.name.clone()),
+        }
+    }
+}
+
+impl Default for Passthrough {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Generator for Passthrough {
+    fn prepare(&self, _index: &Index) -> Arc<dyn PushContext> {
+        Arc::new(PassthroughContext(self.snapshot.clone()))
+    }
+}
+
+struct PassthroughContext(Snapshot);
+
+impl PushContext for PassthroughContext {
+    fn generate(&self, _proxy: &Proxy) -> Snapshot {
+        self.0.clone()
+    }
 }
 
 // FNV-1a, 64 bits: tiny, stable across Rust releases and processes (std's
@@ -185,6 +447,10 @@ mod tests {
         Any { type_url: "t".into(), value: value.to_vec() }
     }
 
+    fn shared(items: &[(&str, &[u8])]) -> Arc<ResourceSet> {
+        Arc::new(ResourceSet::new(items.iter().map(|(n, b)| Arc::new(Resource::new(*n, any(b))))))
+    }
+
     #[test]
     fn versions_follow_content_only() {
         let a = Resources::new([("a".to_string(), any(b"1")), ("b".to_string(), any(b"2"))]);
@@ -201,10 +467,52 @@ mod tests {
     }
 
     #[test]
+    fn parts_are_one_set_whatever_the_split() {
+        let whole = Resources::from(shared(&[("a", b"1"), ("b", b"2"), ("c", b"3")]));
+        let split = Resources::from_parts([shared(&[("b", b"2")]), shared(&[("a", b"1"), ("c", b"3")])]);
+        assert_eq!(whole.version(), split.version());
+        assert_eq!(whole, split);
+        let names: Vec<_> = split.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(split.len(), 3);
+        assert_eq!(split.get("c").map(|r| r.body.value.clone()), Some(b"3".to_vec()));
+        assert!(!split.contains("d"));
+    }
+
+    #[test]
+    fn dependencies_are_kept_sorted_and_do_not_change_the_version() {
+        let plain = Resource::new("r", any(b"1"));
+        let with = Resource::new("r", any(b"1")).depending_on(["b", "a", "b"]);
+        assert_eq!(with.depends_on, ["a", "b"]);
+        assert_eq!(plain.version, with.version);
+        let snapshot = Snapshot::new()
+            .with_resources(types::ROUTE, shared(&[("r", b"1"), ("s", b"2")]))
+            .with_dependencies(types::ROUTE, "r", ["c1"]);
+        assert_eq!(
+            snapshot.resources(types::ROUTE).get("r").map(|r| r.depends_on.clone()),
+            Some(vec!["c1".into()])
+        );
+        assert_eq!(snapshot.resources(types::ROUTE).len(), 2);
+    }
+
+    #[test]
     fn a_missing_type_has_no_resources() {
         let snapshot = Snapshot::new();
         assert!(snapshot.resources(types::ROUTE).is_empty());
         assert_eq!(snapshot.resources(types::ROUTE).version(), Resources::new([]).version());
+    }
+
+    #[test]
+    fn the_scope_cache_builds_each_key_once() {
+        let cache = ScopeCache::<&str, usize>::default();
+        let mut built = 0;
+        let a = cache.get_or_build("a", || {
+            built += 1;
+            1
+        });
+        let again = cache.get_or_build("a", || unreachable!("built once"));
+        assert!(Arc::ptr_eq(&a, &again));
+        assert_eq!((built, cache.len()), (1, 1));
     }
 
     #[test]
@@ -215,10 +523,12 @@ mod tests {
                 .expect("valid"),
             identity: super::super::auth::tests::identity(),
         };
-        let snapshot = passthrough(&proxy, &index);
+        let generator = Passthrough::new();
+        let snapshot = generator.prepare(&index).generate(&proxy);
         let names = |t| snapshot.resources(t).iter().map(|r| r.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(types::LISTENER), ["virtualInbound", "virtualOutbound"]);
         assert_eq!(names(types::CLUSTER), ["InboundPassthroughCluster", "PassthroughCluster"]);
-        assert_eq!(snapshot, passthrough(&proxy, &index), "deterministic");
+        assert_eq!(snapshot, generator.prepare(&index).generate(&proxy), "deterministic");
+        assert_eq!(snapshot.version(), generator.prepare(&index).generate(&proxy).version());
     }
 }

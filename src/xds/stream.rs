@@ -22,15 +22,21 @@
 //! types (endpoints, routes, secrets) by name, and a response carries only
 //! the named resources. Nonces are one counter for the whole stream.
 //!
-//! The Delta protocol will get a sibling of this machine over the same
-//! [`Snapshot`], using its per-resource versions.
+//! Make-before-break ([`super::order`]) holds back, within a response, a
+//! listener or route whose clusters are not acknowledged yet (the proxy
+//! keeps the version it has), and keeps a removed cluster in the response
+//! while a route the proxy holds still names it; both are planned again
+//! after every ACK.
+//!
+//! [`super::delta`] is the incremental sibling over the same [`Snapshot`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
-use super::snapshot::{Snapshot, version_of};
+use super::order::{self, Ledger};
+use super::snapshot::{Resources, Snapshot};
 use super::types;
 
 /// What a stream wants of one resource type.
@@ -50,6 +56,16 @@ impl Subscription {
             Subscription::Names(names.iter().cloned().collect())
         }
     }
+
+    /// What the snapshot has of this subscription.
+    pub(crate) fn select(&self, all: Resources) -> Resources {
+        match self {
+            Subscription::Wildcard => all,
+            Subscription::Names(names) => {
+                Resources::from_sorted(names.iter().filter_map(|name| all.get(name)).cloned().collect())
+            }
+        }
+    }
 }
 
 /// What happened on the stream besides responses, for logs and metrics.
@@ -57,18 +73,24 @@ impl Subscription {
 pub enum Event {
     /// The proxy applied `version`.
     Ack { type_url: String, version: String },
-    /// The proxy refused `version`, saying `error`.
-    Nack { type_url: String, version: String, error: String },
+    /// The proxy refused `version` (of the named resources), saying `error`.
+    Nack { type_url: String, version: String, resources: Vec<String>, error: String },
     /// A request answering an older response, ignored.
     StaleNonce { type_url: String, nonce: String },
 }
 
 /// The output of one step of the machine.
-#[derive(Debug, Default, PartialEq)]
-pub struct Step {
+#[derive(Debug, PartialEq)]
+pub struct Step<R = DiscoveryResponse> {
     /// To send, in order.
-    pub responses: Vec<DiscoveryResponse>,
+    pub responses: Vec<R>,
     pub events: Vec<Event>,
+}
+
+impl<R> Default for Step<R> {
+    fn default() -> Self {
+        Self { responses: Vec::new(), events: Vec::new() }
+    }
 }
 
 /// A request the protocol does not allow.
@@ -92,6 +114,19 @@ pub struct Nack {
     pub error: String,
 }
 
+/// Where one type stands on a stream, for /debug/syncz.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TypeStatus {
+    /// The version of what the proxy was sent last.
+    pub sent: Option<String>,
+    /// The version it acknowledged last.
+    pub acked: Option<String>,
+    /// Its latest refusal, while it is the latest answer.
+    pub nack: Option<Nack>,
+    /// Resources sent and held by the proxy, by count.
+    pub resources: usize,
+}
+
 #[derive(Clone, Debug)]
 struct TypeState {
     subscription: Subscription,
@@ -101,6 +136,8 @@ struct TypeState {
     /// The proxy has asked (first request, ACK or NACK of our latest
     /// response) and has not been answered yet.
     waiting: bool,
+    /// Something was held back for make-before-break.
+    held: bool,
 }
 
 /// The state of one SotW stream.
@@ -109,11 +146,12 @@ pub struct SotwStream {
     snapshot: Arc<Snapshot>,
     nonce: u64,
     types: BTreeMap<String, TypeState>,
+    ledgers: BTreeMap<String, Ledger>,
 }
 
 impl SotwStream {
     pub fn new(snapshot: Arc<Snapshot>) -> Self {
-        Self { snapshot, nonce: 0, types: BTreeMap::new() }
+        Self { snapshot, nonce: 0, types: BTreeMap::new(), ledgers: BTreeMap::new() }
     }
 
     /// Handles one request from the proxy.
@@ -130,7 +168,10 @@ impl SotwStream {
             acked: None,
             nacked: None,
             waiting: false,
+            held: false,
         });
+        let ledger = self.ledgers.entry(type_url.to_string()).or_default();
+        let mut answered = false;
         if let Some(sent) = &state.sent {
             if request.response_nonce != sent.nonce {
                 step.events.push(Event::StaleNonce {
@@ -139,6 +180,7 @@ impl SotwStream {
                 });
                 return Ok(step);
             }
+            answered = true;
             // The version is the one we sent with this nonce: in a NACK,
             // `version_info` is the proxy's previous, still applied one.
             let version = sent.version.clone();
@@ -147,14 +189,18 @@ impl SotwStream {
                     step.events.push(Event::Nack {
                         type_url: type_url.to_string(),
                         version: version.clone(),
+                        resources: ledger.sent.iter().map(|r| r.name.clone()).collect(),
                         error: error.message.clone(),
                     });
                     state.nacked = Some(Nack { version, error: error.message.clone() });
+                    ledger.refused = ledger.sent.clone();
                 }
                 None => {
                     step.events.push(Event::Ack { type_url: type_url.to_string(), version: version.clone() });
                     state.acked = Some(version);
                     state.nacked = None;
+                    ledger.acked = ledger.sent.clone();
+                    ledger.refused = Resources::default();
                 }
             }
         }
@@ -162,6 +208,10 @@ impl SotwStream {
         state.waiting = true;
         let type_url = type_url.to_string();
         step.responses.extend(self.respond(&type_url));
+        if answered {
+            // An answer may release what waited on it, in other types.
+            step.responses.extend(self.respond_held());
+        }
         Ok(step)
     }
 
@@ -184,6 +234,11 @@ impl SotwStream {
         step
     }
 
+    /// The snapshot the stream works from.
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
     /// The version the proxy last acknowledged for a type.
     pub fn acked(&self, type_url: &str) -> Option<&str> {
         self.types.get(type_url)?.acked.as_deref()
@@ -195,19 +250,47 @@ impl SotwStream {
         self.types.get(type_url)?.nacked.as_ref()
     }
 
+    /// Where each type the proxy asked for stands.
+    pub fn status(&self) -> BTreeMap<String, TypeStatus> {
+        self.types
+            .iter()
+            .map(|(type_url, state)| {
+                let status = TypeStatus {
+                    sent: state.sent.as_ref().map(|s| s.version.clone()),
+                    acked: state.acked.clone(),
+                    nack: state.nacked.clone(),
+                    resources: self.ledgers.get(type_url).map_or(0, |l| l.sent.len()),
+                };
+                (type_url.clone(), status)
+            })
+            .collect()
+    }
+
+    /// What the proxy holds (or is being sent), by type.
+    pub fn holding(&self) -> BTreeMap<String, Resources> {
+        self.ledgers.iter().map(|(t, l)| (t.clone(), l.sent.clone())).collect()
+    }
+
+    /// Plans again the types that held something back.
+    fn respond_held(&mut self) -> Vec<DiscoveryResponse> {
+        let mut held: Vec<String> =
+            self.types.iter().filter(|(_, s)| s.held && s.waiting).map(|(t, _)| t.clone()).collect();
+        held.sort_by_key(|type_url| types::push_rank(type_url));
+        held.iter().filter_map(|type_url| self.respond(type_url)).collect()
+    }
+
     /// Answers a waiting type if the snapshot has something it has not
     /// been sent.
     fn respond(&mut self, type_url: &str) -> Option<DiscoveryResponse> {
-        let resources = self.snapshot.resources(type_url);
-        let state = self.types.get_mut(type_url)?;
+        let state = self.types.get(type_url)?;
         if !state.waiting {
             return None;
         }
-        let selected: Vec<_> = match &state.subscription {
-            Subscription::Wildcard => resources.iter().collect(),
-            Subscription::Names(names) => names.iter().filter_map(|name| resources.get(name)).collect(),
-        };
-        let version = version_of(selected.iter().copied());
+        let desired = state.subscription.select(self.snapshot.resources(type_url));
+        let plan = order::plan(type_url, &desired, &self.ledgers, &self.snapshot, false);
+        let state = self.types.get_mut(type_url)?;
+        state.held = plan.held;
+        let version = plan.next.version();
         if state.sent.as_ref().is_some_and(|sent| sent.version == version) {
             // Either what the proxy holds, or what it refused.
             return None;
@@ -216,9 +299,11 @@ impl SotwStream {
         let nonce = self.nonce.to_string();
         state.sent = Some(Sent { nonce: nonce.clone(), version: version.clone() });
         state.waiting = false;
+        let resources = plan.next.iter().map(|r| r.body.clone()).collect();
+        self.ledgers.entry(type_url.to_string()).or_default().sent = plan.next;
         Some(DiscoveryResponse {
             version_info: version,
-            resources: selected.iter().map(|r| r.body.clone()).collect(),
+            resources,
             type_url: type_url.to_string(),
             nonce,
             ..Default::default()
@@ -362,6 +447,7 @@ mod tests {
             [Event::Nack {
                 type_url: types::LISTENER.into(),
                 version: bad.version_info.clone(),
+                resources: vec!["virtualOutbound".into()],
                 error: "cannot bind 0.0.0.0:15001".into(),
             }]
         );
@@ -435,6 +521,81 @@ mod tests {
         let step = stream.on_snapshot(changed);
         let order: Vec<_> = step.responses.iter().map(|r| r.type_url.as_str()).collect();
         assert_eq!(order, [types::CLUSTER, types::LISTENER]);
+    }
+
+    /// A route to a new subset cluster reaches the proxy only after the
+    /// proxy acknowledged the cluster and its endpoints; until then the
+    /// route response keeps the version the proxy has.
+    #[test]
+    fn a_route_to_a_new_cluster_waits_for_the_clusters_ack() {
+        let with = |clusters: &[(&str, &str)], route: &str, to: &str| {
+            Arc::new(
+                Snapshot::new()
+                    .with_resources(types::CLUSTER, resources(clusters))
+                    .with_resources(types::ENDPOINT, resources(clusters))
+                    .with_resources(types::ROUTE, resources(&[("9080", route)]))
+                    .with_dependencies(types::ROUTE, "9080", [to]),
+            )
+        };
+        let mut stream = SotwStream::new(with(&[("reviews|v1", "1")], "to v1", "reviews|v1"));
+        let named = |type_url: &str, names: &[&str], version: &str, nonce: &str| DiscoveryRequest {
+            resource_names: names.iter().map(|n| n.to_string()).collect(),
+            ..request(type_url, version, nonce)
+        };
+        let c = one(stream.on_request(&request(types::CLUSTER, "", "")).unwrap());
+        stream.on_request(&request(types::CLUSTER, &c.version_info, &c.nonce)).unwrap();
+        let e = one(stream.on_request(&named(types::ENDPOINT, &["reviews|v1"], "", "")).unwrap());
+        stream.on_request(&named(types::ENDPOINT, &["reviews|v1"], &e.version_info, &e.nonce)).unwrap();
+        let r = one(stream.on_request(&named(types::ROUTE, &["9080"], "", "")).unwrap());
+        stream.on_request(&named(types::ROUTE, &["9080"], &r.version_info, &r.nonce)).unwrap();
+
+        let v2 = with(&[("reviews|v1", "1"), ("reviews|v2", "2")], "to v2", "reviews|v2");
+        let cds = one(stream.on_snapshot(v2.clone()));
+        assert_eq!(cds.type_url, types::CLUSTER, "only the cluster: the route waits");
+        assert_eq!(cds.resources.len(), 2);
+        // CDS ACKed; Envoy now asks for the new cluster's endpoints. The route still waits.
+        let step = stream.on_request(&request(types::CLUSTER, &cds.version_info, &cds.nonce)).unwrap();
+        assert!(step.responses.is_empty(), "{step:?}");
+        let eds = one(stream
+            .on_request(&named(types::ENDPOINT, &["reviews|v1", "reviews|v2"], &e.version_info, &e.nonce))
+            .unwrap());
+        assert_eq!(eds.resources.len(), 2);
+        let rds = one(stream
+            .on_request(&named(types::ENDPOINT, &["reviews|v1", "reviews|v2"], &eds.version_info, &eds.nonce))
+            .unwrap());
+        assert_eq!(rds.type_url, types::ROUTE);
+        assert_eq!(rds.resources[0], v2.resources(types::ROUTE).get("9080").unwrap().body);
+    }
+
+    /// A cluster that left the snapshot stays in CDS responses while the
+    /// route the proxy holds names it, and goes once the new route is ACKed.
+    #[test]
+    fn a_cluster_goes_only_after_no_route_names_it() {
+        let with = |clusters: &[(&str, &str)], to: &str| {
+            Arc::new(
+                Snapshot::new()
+                    .with_resources(types::CLUSTER, resources(clusters))
+                    .with_resources(types::ROUTE, resources(&[("9080", to)]))
+                    .with_dependencies(types::ROUTE, "9080", [to]),
+            )
+        };
+        let mut stream = SotwStream::new(with(&[("v1", "1"), ("v2", "2")], "v2"));
+        let c = one(stream.on_request(&request(types::CLUSTER, "", "")).unwrap());
+        stream.on_request(&request(types::CLUSTER, &c.version_info, &c.nonce)).unwrap();
+        let routes = |version: &str, nonce: &str| DiscoveryRequest {
+            resource_names: vec!["9080".into()],
+            ..request(types::ROUTE, version, nonce)
+        };
+        let r = one(stream.on_request(&routes("", "")).unwrap());
+        stream.on_request(&routes(&r.version_info, &r.nonce)).unwrap();
+
+        let step = stream.on_snapshot(with(&[("v1", "1")], "v1"));
+        let order: Vec<_> = step.responses.iter().map(|r| r.type_url.as_str()).collect();
+        assert_eq!(order, [types::ROUTE], "CDS unchanged: v2 stays while the route names it");
+        let rds = &step.responses[0];
+        let cds = one(stream.on_request(&routes(&rds.version_info, &rds.nonce)).unwrap());
+        assert_eq!(cds.type_url, types::CLUSTER);
+        assert_eq!(cds.resources.len(), 1, "v2 removed after the route's ACK");
     }
 
     #[test]

@@ -327,6 +327,7 @@ struct ControlPlane {
     root_pem: String,
     metrics: XdsMetrics,
     index: SharedIndex,
+    connections: super::Connections,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<Result<(), ServeError>>,
 }
@@ -347,8 +348,17 @@ impl ControlPlane {
         let metrics = XdsMetrics::default();
         let shutdown = CancellationToken::new();
         let ads = Ads::new(authenticator, index.clone(), metrics.clone(), shutdown.clone());
+        let connections = ads.connections();
         let server = tokio::spawn(super::serve(listener, cert, ads, shutdown.clone()));
-        Self { port, root_pem: authority.trust_bundle_pem().to_string(), metrics, index, shutdown, server }
+        Self {
+            port,
+            root_pem: authority.trust_bundle_pem().to_string(),
+            metrics,
+            index,
+            connections,
+            shutdown,
+            server,
+        }
     }
 }
 
@@ -361,11 +371,17 @@ struct Envoy {
 
 impl Envoy {
     async fn start(control_plane: &ControlPlane, name: &str) -> Self {
+        Self::start_with(control_plane, name, "GRPC").await
+    }
+
+    /// An Envoy speaking `api_type` (`GRPC`: state of the world; `DELTA_GRPC`).
+    async fn start_with(control_plane: &ControlPlane, name: &str, api_type: &str) -> Self {
         let dir = TempDir::new(name);
         let root = dir.write("root-cert.pem", &control_plane.root_pem);
         // No trailing newline: gRPC refuses a header value that ends in one.
         let token = dir.write("token", TOKEN);
-        let bootstrap = dir.write("envoy.yaml", &bootstrap(NODE_ID, control_plane.port, &root, &token));
+        let bootstrap =
+            dir.write("envoy.yaml", &bootstrap(NODE_ID, control_plane.port, &root, &token, api_type));
         let admin_path = dir.0.join("admin-address");
         let log = std::fs::File::create(dir.0.join("envoy.log")).expect("log file");
         let process = tokio::process::Command::new(envoy_binary())
@@ -438,7 +454,7 @@ impl Envoy {
 }
 
 /// The sidecar bootstrap's xDS part, as the injector writes it.
-fn bootstrap(node_id: &str, port: u16, root: &Path, token: &Path) -> String {
+fn bootstrap(node_id: &str, port: u16, root: &Path, token: &Path, api_type: &str) -> String {
     format!(
         r#"node:
   id: "{node_id}"
@@ -448,7 +464,7 @@ admin:
     socket_address: {{ address: 127.0.0.1, port_value: 0 }}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services:
     - google_grpc:
@@ -592,4 +608,116 @@ async fn a_refused_envoy_gets_no_configuration() {
         "the refusal's message should be in Envoy's log:\n{log}"
     );
     control_plane.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_acks_the_passthrough_configuration_over_delta() {
+    let control_plane = ControlPlane::start(FakeAuthenticator::new()).await;
+    let envoy = Envoy::start_with(&control_plane, "delta", "DELTA_GRPC").await;
+
+    let stats = envoy
+        .wait_for("Envoy to apply listeners and clusters over Delta", || async {
+            let stats = envoy.stats().await;
+            let applied = stats.get("listener_manager.lds.update_success").is_some_and(|n| *n >= 1)
+                && stats.get("cluster_manager.cds.update_success").is_some_and(|n| *n >= 1)
+                && stats.get("listener_manager.total_listeners_active").is_some_and(|n| *n == 2);
+            applied.then_some(stats)
+        })
+        .await;
+    assert_eq!(stats.get("listener_manager.lds.update_rejected"), Some(&0), "{stats:?}");
+    assert_eq!(stats.get("cluster_manager.cds.update_rejected"), Some(&0), "{stats:?}");
+    assert_eq!(stats.get("cluster_manager.active_clusters"), Some(&2), "{stats:?}");
+
+    let metrics = &control_plane.metrics;
+    envoy
+        .wait_for("the ACKs to reach the control plane", || async {
+            (metrics.acks(types::LISTENER) >= 1 && metrics.acks(types::CLUSTER) >= 1).then_some(())
+        })
+        .await;
+    assert_eq!((metrics.nacks(types::LISTENER), metrics.nacks(types::CLUSTER)), (0, 0));
+
+    // Envoy applied exactly what the SotW test's golden file shows.
+    let applied = applied_configuration(&envoy).await;
+    let pretty = serde_json::to_string_pretty(&applied).expect("json") + "\n";
+    let golden =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(GOLDEN)).unwrap_or_default();
+    pretty_assertions::assert_eq!(pretty, golden, "Delta and SotW give Envoy the same configuration");
+
+    // syncz sees a Delta proxy in sync.
+    let statuses = super::debug::syncz(&control_plane.connections);
+    assert_eq!(statuses.len(), 1, "{statuses:?}");
+    assert_eq!(statuses[0].protocol, "Delta");
+    assert_eq!(statuses[0].pod, "default/productpage-v1-x");
+    for label in ["cds", "lds"] {
+        let cell = super::debug::cell(statuses[0].types.get(label));
+        assert!(cell.starts_with("SYNCED"), "{label}: {cell}");
+    }
+
+    // An index change that leaves the configuration alone pushes nothing.
+    let pushes = metrics.pushes(types::LISTENER) + metrics.pushes(types::CLUSTER);
+    control_plane.index.lock().apply::<Pods>(&pod("details-v1-y", "uid-2", "10.1.2.4"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(metrics.pushes(types::LISTENER) + metrics.pushes(types::CLUSTER), pushes);
+    control_plane.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_delta_stream_is_authenticated_like_sotw_and_ends_when_its_pod_goes() {
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+    let index = index();
+    let metrics = XdsMetrics::default();
+    let shutdown = CancellationToken::new();
+    let settings = super::AdsSettings { debounce: super::Debounce::from_millis(10), instance: "test".into() };
+    let ads = Ads::with_settings(
+        FakeAuthenticator::new(),
+        index.clone(),
+        Arc::new(super::Passthrough::new()),
+        metrics.clone(),
+        settings,
+        shutdown.clone(),
+    );
+    let first = |node: &str| DeltaDiscoveryRequest {
+        type_url: types::CLUSTER.into(),
+        node: Some(Node { id: node.into(), ..Default::default() }),
+        ..Default::default()
+    };
+    let open = |request: DeltaDiscoveryRequest, authorization: Option<String>| {
+        let ads = ads.clone();
+        async move {
+            let (tx, rx) = mpsc::unbounded_channel::<Result<DeltaDiscoveryRequest, Status>>();
+            tx.send(Ok(request)).expect("open");
+            let inbound =
+                futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) }).boxed();
+            ads.open_delta(authorization.as_deref(), inbound).await.map(|responses| (tx, responses))
+        }
+    };
+
+    let refused = open(first(NODE_ID), None).await.err().expect("refused");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert_eq!(metrics.rejected_streams("missing_token"), 1);
+
+    let (_tx, mut responses) = open(first(NODE_ID), Some(format!("Bearer {TOKEN}"))).await.expect("accepted");
+    let clusters = tokio::time::timeout(Duration::from_secs(5), responses.next())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("a response");
+    assert_eq!(clusters.type_url, types::CLUSTER);
+    assert_eq!(clusters.resources.len(), 2);
+    assert_eq!(ads.connections().len(), 1);
+
+    // The pod is deleted: the stream ends, the proxy will reconnect and be refused.
+    index.lock().delete::<Pods>(&pod("productpage-v1-x", "uid-1", "10.1.2.3"));
+    let ended = tokio::time::timeout(Duration::from_secs(5), responses.next())
+        .await
+        .expect("in time")
+        .expect("a final status");
+    assert_eq!(ended.expect_err("the stream ends").code(), Code::Unavailable);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !ads.connections().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("unregistered");
 }

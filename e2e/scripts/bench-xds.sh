@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# `make bench-xds`: the control plane at scale. Brings up a cluster of its
+# own (state in .cluster-bench-xds/, ports offset by 50000), runs the
+# release build of `mesh controller` on the host, and has `xds-load`
+# (e2e/xds-load) create the Services, EndpointSlices and pods, take a
+# token per pod, open one ADS stream per pod over TLS and measure: the
+# initial push, idle CPU, a VirtualService change, endpoint churn and a
+# controller restart, with the controller's RSS and CPU from /proc.
+# Everything is removed at the end, whatever the outcome, and checked.
+#
+#   SERVICES (1000)  PROXIES (2000)  ACCOUNTS (4)  ENDPOINTS (3 per Service)
+#   CHURN_RATE (30 updates/s)  CHURN_SECONDS (20)  VS_CHANGES (3)
+#   IDLE_SECONDS (10)  PUSH_TIMEOUT (10 s)  BATCH (100 connections at a time)
+#
+# `bench-xds.sh restart-controller` is what xds-load runs to restart the
+# controller mid-run.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+source "$repo/e2e/scripts/versions.sh"
+export MESH_CLUSTER_DIR=$repo/.cluster-bench-xds
+export MESH_PORT_OFFSET=50000
+cluster=$repo/e2e/scripts/cluster.sh
+dir=$MESH_CLUSTER_DIR
+xds=$((15012 + MESH_PORT_OFFSET))
+mon=$((15014 + MESH_PORT_OFFSET))
+webhook=$((15017 + MESH_PORT_OFFSET))
+pidfile=$dir/pids/controller
+controller_log=$dir/logs/bench-controller.log
+prefix=mesh$((MESH_PORT_OFFSET / 10000))
+
+log() { printf '[bench-xds] %s\n' "$*" >&2; }
+
+start_controller() {
+  mkdir -p "$dir/pids" "$dir/logs"
+  setsid "$repo/target/release/mesh" controller --kubeconfig "$dir/kubeconfig" --namespace mesh-system \
+    --monitoring-addr "127.0.0.1:$mon" --webhook-addr "127.0.0.1:$webhook" --xds-addr "127.0.0.1:$xds" \
+    --log warn >>"$controller_log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+  for _ in $(seq 1 300); do
+    curl -sf --max-time 1 "http://127.0.0.1:$mon/readyz" >/dev/null && return 0
+    kill -0 "$(cat "$pidfile")" 2>/dev/null || { log "the controller exited (log: $controller_log)"; tail -5 "$controller_log" >&2; return 1; }
+    sleep 0.2
+  done
+  log "the controller is not ready after 60 s (log: $controller_log)"
+  return 1
+}
+
+stop_controller() {
+  [ -f "$pidfile" ] || return 0
+  local pid
+  pid=$(cat "$pidfile")
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+if [ "${1:-}" = restart-controller ]; then
+  stop_controller
+  start_controller
+  exit
+fi
+
+cleanup() {
+  local rc=$?
+  stop_controller
+  [ -f "$controller_log" ] && cp "$controller_log" "$repo/target/bench-xds-controller.log"
+  "$cluster" down >/dev/null 2>&1 || true
+  "$repo/e2e/scripts/check-clean.sh" "$dir" "$prefix" >&2 || rc=1
+  exit $rc
+}
+
+"$cluster" down >/dev/null 2>&1 || true
+trap cleanup EXIT
+# Two thousand TLS connections on each side of loopback.
+ulimit -n "$(ulimit -Hn)"
+log "cluster up ($dir, ports +$MESH_PORT_OFFSET)"
+"$cluster" up >/dev/null
+eval "$("$cluster" env)"
+kubectl apply --server-side -f "$repo/crds/" >/dev/null
+kubectl wait --for condition=Established --timeout=60s -f "$repo/crds/" >/dev/null
+kubectl create namespace mesh-system >/dev/null
+log "controller on 127.0.0.1:$xds (xDS), :$mon (monitoring)"
+start_controller
+
+# The whole run is bounded; xds-load bounds each of its waits too.
+timeout --signal=TERM 1800 "$repo/target/release/xds-load" \
+  --services "${SERVICES:-1000}" --proxies "${PROXIES:-2000}" --accounts "${ACCOUNTS:-4}" \
+  --endpoints "${ENDPOINTS:-3}" --churn-rate "${CHURN_RATE:-30}" --churn-seconds "${CHURN_SECONDS:-20}" \
+  --vs-changes "${VS_CHANGES:-3}" --idle-seconds "${IDLE_SECONDS:-10}" --push-timeout "${PUSH_TIMEOUT:-10}" \
+  --batch "${BATCH:-100}" --xds-addr "127.0.0.1:$xds" \
+  --controller-pid-file "$pidfile" --restart-command "$repo/e2e/scripts/bench-xds.sh restart-controller" \
+  | tee "$repo/target/bench-xds.log"

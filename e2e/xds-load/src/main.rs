@@ -1,0 +1,587 @@
+//! `xds-load`: the control plane's scale benchmark (`make bench-xds`,
+//! docs/perf.md). It fills a cluster with Services, EndpointSlices and
+//! pods, takes a real token for every pod, opens one ADS stream per pod
+//! over TLS to the real controller, like an injected Envoy, and measures:
+//!
+//! - the initial push (all proxies connected and their configuration
+//!   ACKed), and the same after a controller restart;
+//! - the controller's CPU when nothing changes;
+//! - convergence after a VirtualService change and under endpoint churn:
+//!   from the start of the API call to each proxy's receipt of a response
+//!   that carries the change ([`probe`]);
+//! - the controller's RSS and CPU (from /proc) at each phase.
+//!
+//! Every wait is bounded; a change that brings no push is reported as
+//! such, never as a figure.
+
+mod cluster;
+mod probe;
+mod proxy;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use tokio::task::JoinSet;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+
+use cluster::{Endpoints, Layout};
+use probe::{Check, Probe};
+use proxy::{Fleet, Identity};
+use report::{Process, Sample, distribution, mib};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    about = "Simulated sidecars against the mesh controller's ADS server: push times, convergence, RSS, CPU"
+)]
+struct Args {
+    /// Namespace holding the benchmark's objects (created).
+    #[arg(long, default_value = "bench-xds")]
+    namespace: String,
+    #[arg(long, default_value_t = 1000)]
+    services: usize,
+    /// Simulated proxies: one pod, one token and one ADS stream each.
+    #[arg(long, default_value_t = 2000)]
+    proxies: usize,
+    /// ServiceAccounts the pods are spread over.
+    #[arg(long, default_value_t = 4)]
+    accounts: usize,
+    /// Endpoint addresses per Service.
+    #[arg(long, default_value_t = 3)]
+    endpoints: usize,
+    /// The controller's xDS address.
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    xds_addr: String,
+    /// The name the xDS server's certificate is checked against (TLS SNI
+    /// and HTTP/2 authority).
+    #[arg(long, default_value = "mesh.mesh-system.svc")]
+    server_name: String,
+    /// Connections being opened at once (until their first response).
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Seconds all proxies may take to connect and ACK their configuration.
+    #[arg(long, default_value_t = 300)]
+    connect_timeout: u64,
+    /// Seconds a change may take to reach every proxy.
+    #[arg(long, default_value_t = 10)]
+    push_timeout: u64,
+    /// VirtualService changes measured one after the other.
+    #[arg(long, default_value_t = 3)]
+    vs_changes: usize,
+    /// EndpointSlice updates per second during churn (each replaces one
+    /// endpoint address of one Service: a pod gone, a pod come).
+    #[arg(long, default_value_t = 30)]
+    churn_rate: u32,
+    #[arg(long, default_value_t = 20)]
+    churn_seconds: u64,
+    /// Seconds of no change over which idle CPU is measured.
+    #[arg(long, default_value_t = 10)]
+    idle_seconds: u64,
+    /// File holding the controller's pid, for RSS and CPU from /proc.
+    #[arg(long)]
+    controller_pid_file: Option<PathBuf>,
+    /// Shell command that restarts the controller and returns once it is
+    /// ready again (rewriting the pid file); without it, no restart.
+    #[arg(long)]
+    restart_command: Option<String>,
+    /// Seconds the restart command may take.
+    #[arg(long, default_value_t = 120)]
+    restart_timeout: u64,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("xds-load: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xds-load: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn say(line: impl AsRef<str>) {
+    println!("xds-load: {}", line.as_ref());
+}
+
+/// The figures, printed as one block at the end.
+#[derive(Default)]
+struct Summary {
+    rows: Vec<(String, String)>,
+}
+
+impl Summary {
+    fn add(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        let (key, value) = (key.into(), value.into());
+        say(format!("{key}: {value}"));
+        self.rows.push((key, value));
+    }
+
+    fn print(&self) {
+        println!();
+        println!("== xDS at scale: summary ==");
+        let width = self.rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (k, v) in &self.rows {
+            println!("{k:width$}  {v}");
+        }
+    }
+}
+
+/// Controller figures between two samples.
+fn controller(process: &Process, before: Option<Sample>, after: Option<Sample>) -> String {
+    match (before, after) {
+        (Some(b), Some(a)) => {
+            let cpu = match (process.cpu_percent(&b, &a), process.cpu_seconds(&b, &a)) {
+                (Some(pct), Some(secs)) => format!("CPU {pct:.1}% of one core ({secs:.2} s)"),
+                _ => "CPU n/a (the controller restarted in between)".into(),
+            };
+            format!("{cpu}, RSS {} (peak {})", mib(a.rss_kib), mib(a.hwm_kib))
+        }
+        (_, Some(a)) => format!("RSS {} (peak {})", mib(a.rss_kib), mib(a.hwm_kib)),
+        _ => "n/a (no --controller-pid-file, or the process is gone)".into(),
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut summary = Summary::default();
+    let process = Process::new(args.controller_pid_file.clone());
+    let client = kube::Client::try_default().await.context("connecting to the API server (KUBECONFIG)")?;
+    let layout = Arc::new(Layout {
+        namespace: args.namespace.clone(),
+        services: args.services.max(1),
+        proxies: args.proxies,
+        accounts: args.accounts.max(1),
+        endpoints: args.endpoints.max(1),
+    });
+
+    // --- objects and tokens ---------------------------------------------------
+    let t = Instant::now();
+    let mut endpoints = Endpoints::initial(&layout);
+    let uids = cluster::setup(&client, &layout, &endpoints).await?;
+    cluster::setup_routing(&client, &layout).await?;
+    let counts = cluster::counts(&client, &layout.namespace).await?;
+    summary.add(
+        "cluster",
+        format!(
+            "{} Services, {} EndpointSlices ({} addresses each), {} pods (never scheduled), 1 VirtualService + DestinationRule, in namespace {} (set up in {:.1} s)",
+            counts["Service"],
+            counts["EndpointSlice"],
+            layout.endpoints,
+            counts["Pod"],
+            layout.namespace,
+            t.elapsed().as_secs_f64()
+        ),
+    );
+    let t = Instant::now();
+    let tokens = cluster::tokens(&client, &layout, &uids).await?;
+    say(format!(
+        "{} tokens (audience mesh-ca, bound to their pods, 1 h) in {:.1} s",
+        tokens.len(),
+        t.elapsed().as_secs_f64()
+    ));
+    let root = cluster::root_cert(&client, &layout.namespace, Duration::from_secs(60)).await?;
+    // Let the controller's watches take in what was just created before
+    // the first figures.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root)).domain_name(&args.server_name);
+    let endpoint = Endpoint::from_shared(format!("https://{}", args.xds_addr))
+        .context("--xds-addr")?
+        .origin(format!("https://{}", args.server_name).parse().context("--server-name")?)
+        .tls_config(tls)
+        .context("TLS settings")?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    let fleet = Fleet::new(endpoint, layout.proxies, args.batch);
+    let before_proxies = process.sample();
+    summary.add("controller before proxies", controller(&process, None, before_proxies));
+
+    // --- initial connection -------------------------------------------------------
+    let start = Instant::now();
+    let mut tasks = JoinSet::new();
+    for (i, token) in tokens.into_iter().enumerate() {
+        let identity = Identity {
+            node_id: layout.node_id(i),
+            cluster: format!("{}.{}", layout.service(i % layout.services), layout.namespace),
+            token,
+        };
+        tasks.spawn(proxy::run(fleet.clone(), i, identity));
+    }
+    let connect_timeout = Duration::from_secs(args.connect_timeout);
+    let all = wait_ready(&fleet, start, connect_timeout).await;
+    let connected = Instant::now();
+    if !all {
+        let ready = fleet.ready_since(start);
+        let first = fleet.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        fleet.stop.cancel();
+        bail!(
+            "only {ready} of {} proxies connected and ACKed their configuration within {connect_timeout:?}; first error: {}",
+            layout.proxies,
+            first.unwrap_or_else(|| "none (the streams are open but incomplete)".into())
+        );
+    }
+    let after_connect = process.sample();
+    let per_proxy = (0..layout.proxies)
+        .filter_map(|i| {
+            let s = fleet.state(i);
+            Some(s.ready_at?.duration_since(s.attempt_started?))
+        })
+        .collect();
+    summary.add(
+        "initial push",
+        format!(
+            "{} proxies connected and ACKed in {:.2} s (first connect to last ACK, {} at a time)",
+            layout.proxies,
+            connected.duration_since(start).as_secs_f64(),
+            args.batch
+        ),
+    );
+    summary.add("  per proxy, connect to ACK", distribution(per_proxy));
+    summary.add("  config per proxy", config_sizes(&fleet));
+    summary.add("  controller", controller(&process, before_proxies, after_connect));
+    let retries: u32 = (0..layout.proxies).map(|i| fleet.state(i).sessions.saturating_sub(1)).sum();
+    if retries > 0 {
+        summary.add("  reconnects during the initial push", retries.to_string());
+    }
+
+    // --- idle -------------------------------------------------------------------
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let what = format!("idle, {} proxies connected", layout.proxies);
+    idle(&fleet, &process, &mut summary, args.idle_seconds, &what).await;
+
+    // --- one VirtualService change ---------------------------------------------------
+    let push_timeout = Duration::from_secs(args.push_timeout);
+    let mut weights = cluster::WEIGHTS;
+    let (mut from_start, mut from_return, mut observed, mut fulls) = (vec![], vec![], vec![], vec![]);
+    let (mut verified_proxies, mut observed_proxies) = (0, 0);
+    let vs_before = process.sample();
+    for _ in 0..args.vs_changes {
+        weights = (weights.1, weights.0);
+        let cluster_name = format!("|v2|{}", layout.host(0));
+        let probe = Probe {
+            since: Instant::now(),
+            types: &[probe::ROUTE, probe::LISTENER],
+            mention: layout.host(0),
+            check: Check::RouteWeight { cluster: cluster_name, weight: weights.1 },
+        };
+        let (id, started, returned) =
+            change(&fleet, probe, cluster::set_weights(&client, &layout, weights)).await?;
+        wait_verified(&fleet, id, push_timeout).await;
+        let c = collect(&fleet, id, started, returned);
+        from_start.extend(c.verified_from_start);
+        from_return.extend(c.verified_from_return);
+        observed.extend(c.observed_from_start);
+        verified_proxies += c.verified;
+        observed_proxies += c.observed;
+        if c.verified == layout.proxies
+            && let Some(last) = c.last_verified
+        {
+            fulls.push(last.duration_since(started));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let vs_after = process.sample();
+    let expected = args.vs_changes * layout.proxies;
+    summary.add(
+        "VirtualService change",
+        format!(
+            "{} weight switches of {} (80/20 <-> 20/80), each awaited up to {push_timeout:?}",
+            args.vs_changes,
+            layout.service(0)
+        ),
+    );
+    if verified_proxies == 0 {
+        summary.add(
+            "  convergence",
+            format!(
+                "no push observed within {push_timeout:?} (RDS/LDS responses carrying the new weight: 0 of {expected}; responses of those types mentioning the service at all: {observed_proxies})"
+            ),
+        );
+    } else {
+        summary.add("  convergence from request start", distribution(from_start));
+        summary.add("  convergence from call return", distribution(from_return));
+        summary.add("  proxies reached", format!("{verified_proxies} of {expected}"));
+        if !fulls.is_empty() {
+            summary.add("  full push (change to last proxy)", distribution(fulls));
+        }
+    }
+    if observed_proxies > verified_proxies {
+        summary.add("  pushes mentioning the service (content not checked)", distribution(observed));
+    }
+    summary.add("  controller", controller(&process, vs_before, vs_after));
+
+    // --- endpoint churn ------------------------------------------------------------
+    churn(&client, &layout, &fleet, &process, &mut endpoints, &args, &mut summary).await?;
+
+    // --- controller restart ---------------------------------------------------------
+    if let Some(command) = &args.restart_command {
+        let before = process.sample();
+        let killed = Instant::now();
+        let status = tokio::time::timeout(
+            Duration::from_secs(args.restart_timeout),
+            tokio::process::Command::new("bash").arg("-c").arg(command).kill_on_drop(true).status(),
+        )
+        .await
+        .with_context(|| format!("the restart command took over {} s", args.restart_timeout))?
+        .context("running the restart command")?;
+        if !status.success() {
+            bail!("the restart command failed ({status}): {command}");
+        }
+        let restarted = Instant::now();
+        let all = wait_ready(&fleet, killed, connect_timeout).await;
+        let done = Instant::now();
+        let ready = fleet.ready_since(killed);
+        let after = process.sample();
+        summary.add(
+            "controller restart",
+            format!(
+                "stop + start + /readyz took {:.2} s; previous controller: {}",
+                restarted.duration_since(killed).as_secs_f64(),
+                controller(&process, before_proxies, before)
+            ),
+        );
+        if all {
+            summary.add(
+                "  full push after restart",
+                format!(
+                    "all {} proxies reconnected and ACKed {:.2} s after the new controller was ready ({:.2} s after the stop)",
+                    layout.proxies,
+                    done.duration_since(restarted).as_secs_f64(),
+                    done.duration_since(killed).as_secs_f64()
+                ),
+            );
+        } else {
+            let first = fleet.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            summary.add(
+                "  full push after restart",
+                format!(
+                    "only {ready} of {} proxies back within {connect_timeout:?}; an error seen: {}",
+                    layout.proxies,
+                    first.unwrap_or_default()
+                ),
+            );
+        }
+        let per_proxy = (0..layout.proxies)
+            .filter_map(|i| {
+                let s = fleet.state(i);
+                Some(s.ready_at?.duration_since(s.attempt_started?.max(restarted)))
+            })
+            .collect();
+        summary.add("  per proxy, last connect attempt (or ready) to ACK", distribution(per_proxy));
+        summary.add("  new controller", controller(&process, None, after));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        idle(&fleet, &process, &mut summary, args.idle_seconds, "idle after restart").await;
+    }
+
+    if let Some(own) = process.own() {
+        summary.add("xds-load itself", format!("RSS {} (peak {})", mib(own.rss_kib), mib(own.hwm_kib)));
+    }
+    fleet.stop.cancel();
+    let _ =
+        tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} })
+            .await;
+    summary.print();
+    Ok(())
+}
+
+/// Waits until every proxy has ACKed a configuration on a stream opened
+/// after `since`; false at the deadline.
+async fn wait_ready(fleet: &Fleet, since: Instant, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let total = fleet.states.len();
+    let mut last_report = Instant::now();
+    loop {
+        let ready = fleet.ready_since(since);
+        if ready == total {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            say(format!("{ready} of {total} proxies ready after {:.0} s", since.elapsed().as_secs_f64()));
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until every proxy saw probe `id` verified, or `within` passed.
+async fn wait_verified(fleet: &Fleet, id: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while fleet.verified(id) < fleet.states.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sets `probe` just before the API call `call` starts, makes it, and
+/// returns the probe's id with when the call started and returned.
+async fn change<F>(fleet: &Fleet, mut probe: Probe, call: F) -> anyhow::Result<(usize, Instant, Instant)>
+where
+    F: std::future::Future<Output = anyhow::Result<(Instant, Instant)>>,
+{
+    let since = Instant::now();
+    probe.since = since;
+    let id = fleet.probe(probe);
+    let (_, returned) = call.await?;
+    Ok((id, since, returned))
+}
+
+/// What the proxies saw of one probe.
+#[derive(Default)]
+struct Collected {
+    verified: usize,
+    observed: usize,
+    verified_from_start: Vec<Duration>,
+    verified_from_return: Vec<Duration>,
+    observed_from_start: Vec<Duration>,
+    last_verified: Option<Instant>,
+}
+
+fn collect(fleet: &Fleet, id: usize, started: Instant, returned: Instant) -> Collected {
+    let mut c = Collected::default();
+    for i in 0..fleet.states.len() {
+        let seen = fleet.state(i).seen.get(id).copied().unwrap_or_default();
+        if let Some(at) = seen.verified {
+            c.verified += 1;
+            c.verified_from_start.push(at.duration_since(started));
+            c.verified_from_return.push(at.saturating_duration_since(returned));
+            c.last_verified = c.last_verified.max(Some(at));
+        }
+        if let Some(at) = seen.observed {
+            c.observed += 1;
+            c.observed_from_start.push(at.duration_since(started));
+        }
+    }
+    c
+}
+
+/// The controller's CPU, and the responses sent, over `seconds` of no change.
+async fn idle(fleet: &Fleet, process: &Process, summary: &mut Summary, seconds: u64, what: &str) {
+    let before = process.sample();
+    let responses = fleet.counters.total();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let after = process.sample();
+    let pushed = fleet.counters.total() - responses;
+    summary.add(
+        format!("{what} ({seconds} s)"),
+        format!("{}; {pushed} responses received", controller(process, before, after)),
+    );
+}
+
+/// Resource counts of the latest response of each type.
+fn config_sizes(fleet: &Fleet) -> String {
+    proxy::Counters::TYPES
+        .iter()
+        .map(|t| {
+            let n = fleet.counters.responses(t);
+            if n == 0 {
+                format!("{} not sent", probe::label(t))
+            } else {
+                format!("{} {} resources", probe::label(t), fleet.counters.last_size(t))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// EndpointSlice updates at `--churn-rate` for `--churn-seconds`, each
+/// replacing one address of the next Service; convergence per update and
+/// proxy is the receipt of an EDS (or CDS) response holding the new address.
+async fn churn(
+    client: &kube::Client,
+    layout: &Arc<Layout>,
+    fleet: &Arc<Fleet>,
+    process: &Process,
+    endpoints: &mut Endpoints,
+    args: &Args,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    let rate = args.churn_rate.max(1);
+    let total = rate as u64 * args.churn_seconds;
+    let push_timeout = Duration::from_secs(args.push_timeout);
+    let before = process.sample();
+    let started = Instant::now();
+    let mut calls = JoinSet::new();
+    let mut updates: Vec<(usize, Instant)> = Vec::new();
+    let mut errors = 0usize;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for n in 0..total {
+        ticker.tick().await;
+        let s = (n as usize) % layout.services;
+        let (fresh, list) = endpoints.replace_one(s);
+        let probe = Probe {
+            since: Instant::now(),
+            types: &[probe::ENDPOINT, probe::CLUSTER],
+            mention: layout.host(s),
+            check: Check::Address(fresh),
+        };
+        let since = probe.since;
+        updates.push((fleet.probe(probe), since));
+        let (client, layout) = (client.clone(), layout.clone());
+        // Calls overlap, so a slow one does not hold the rate back; at
+        // most a few dozen are in flight.
+        while calls.len() >= 64 {
+            if let Some(Ok(Err(_))) = calls.join_next().await {
+                errors += 1;
+            }
+        }
+        calls.spawn(async move { cluster::set_endpoints(&client, &layout, s, &list).await });
+    }
+    while let Some(done) = calls.join_next().await {
+        if !matches!(done, Ok(Ok(()))) {
+            errors += 1;
+        }
+    }
+    let sent = started.elapsed();
+    // Stragglers: wait for the last update to reach everyone, bounded.
+    if let Some((last, _)) = updates.last() {
+        wait_verified(fleet, *last, push_timeout).await;
+    }
+    let after = process.sample();
+    let mut latencies = Vec::new();
+    let mut observed = Vec::new();
+    let mut observed_count = 0usize;
+    for (id, since) in &updates {
+        let c = collect(fleet, *id, *since, *since);
+        latencies.extend(c.verified_from_start);
+        observed_count += c.observed;
+        observed.extend(c.observed_from_start);
+    }
+    let expected = updates.len() * layout.proxies;
+    summary.add(
+        "endpoint churn",
+        format!(
+            "{} EndpointSlice updates in {:.1} s ({rate}/s asked, each replacing one address), {errors} failed",
+            updates.len(),
+            sent.as_secs_f64()
+        ),
+    );
+    if latencies.is_empty() {
+        summary.add(
+            "  convergence",
+            format!(
+                "no push observed within {push_timeout:?} (EDS/CDS responses holding a new address: 0 of {expected}; responses of those types mentioning the service: {observed_count})"
+            ),
+        );
+    } else {
+        summary.add("  convergence from request start", distribution(latencies.clone()));
+        summary.add("  (update, proxy) pairs reached", format!("{} of {expected}", latencies.len()));
+    }
+    summary.add("  controller", controller(process, before, after));
+    Ok(())
+}

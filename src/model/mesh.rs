@@ -1,0 +1,453 @@
+//! The mesh as the translation layer reads it: Services by host name with
+//! their ports' protocols and endpoints (with the labels of the pods behind
+//! them), and the VirtualServices and DestinationRules bound to those
+//! hosts, with Istio's visibility rules. Built once per index change
+//! ([`MeshView::build`]) and shared by every proxy's translation.
+//!
+//! What a proxy sees depends only on its [`ScopeKey`]: its namespace, and
+//! the few pod labels that some rule selects on (`sourceLabels` of a
+//! VirtualService, `workloadSelector` of a DestinationRule). Proxies with
+//! equal keys get equal outbound configuration, so it is computed once per
+//! key, not once per proxy.
+//!
+//! Choices where Istio leaves room, or where the model lacks what Istio reads:
+//! - Endpoint health: ready → HEALTHY; serving and terminating → DRAINING;
+//!   anything else → UNHEALTHY. All are sent, so Envoy knows them, but only
+//!   HEALTHY ones take new requests.
+//! - Several DestinationRules for one host: the one in the proxy's
+//!   namespace wins (one with a matching `workloadSelector` first), then the
+//!   service's namespace, then any other namespace; within a namespace the
+//!   most specific host, then name order (Istio takes the oldest; the model
+//!   keeps no creation time).
+//! - Several VirtualServices for one host: the same namespace order, exact
+//!   host before wildcard, then name order. Istio merges them only for
+//!   gateways; sidecars take one.
+//! - A Service's own `networking.istio.io/exportTo` annotation is not read
+//!   yet (the index does not keep annotations): Services are visible to all.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::protocol::Protocol;
+use super::visibility::{ExportTo, host_matches, resolve_host, service_fqdn};
+use super::{Config, EndpointSlice, ObjectKey, Service, Workload};
+use crate::api::destination_rule::DestinationRuleSpec;
+use crate::api::virtual_service::VirtualServiceSpec;
+
+/// The `gateways` entry that means "the sidecars" (also the default when empty).
+pub const MESH_GATEWAY: &str = "mesh";
+
+/// What [`MeshView::build`] reads: the index's stores, by reference.
+pub struct MeshInputs<'a> {
+    pub services: &'a BTreeMap<ObjectKey, Service>,
+    pub endpoint_slices: &'a BTreeMap<ObjectKey, EndpointSlice>,
+    pub workloads: &'a BTreeMap<ObjectKey, Workload>,
+    pub virtual_services: &'a BTreeMap<ObjectKey, Config<VirtualServiceSpec>>,
+    pub destination_rules: &'a BTreeMap<ObjectKey, Config<DestinationRuleSpec>>,
+}
+
+/// How Envoy should treat an endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Health {
+    Healthy,
+    Draining,
+    Unhealthy,
+}
+
+impl Health {
+    /// From an EndpointSlice endpoint's conditions.
+    pub fn of(ready: bool, serving: bool, terminating: bool) -> Health {
+        if ready {
+            Health::Healthy
+        } else if serving && terminating {
+            Health::Draining
+        } else {
+            Health::Unhealthy
+        }
+    }
+}
+
+/// One backend address of a Service port.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointView {
+    pub address: String,
+    /// The port the backend listens on (the Service's target port).
+    pub port: u16,
+    pub health: Health,
+    pub pod: Option<ObjectKey>,
+    /// The pod's labels (empty when the endpoint is no known pod); subsets select on them.
+    pub labels: Arc<BTreeMap<String, String>>,
+}
+
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PortView {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// As the Service wrote it: a number, a container port name, or absent (= `port`).
+    pub target_port: Option<String>,
+    /// Sorted by address.
+    pub endpoints: Vec<EndpointView>,
+}
+
+/// A Service by its host name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceView {
+    pub key: ObjectKey,
+    /// `<name>.<namespace>.svc.cluster.local`.
+    pub hostname: String,
+    pub cluster_ip: Option<String>,
+    pub ports: Vec<PortView>,
+    pub selector: BTreeMap<String, String>,
+    pub export_to: ExportTo,
+}
+
+impl ServiceView {
+    pub fn port(&self, number: u16) -> Option<&PortView> {
+        self.ports.iter().find(|p| p.port == number)
+    }
+
+    /// Whether this Service's pods include one with `labels` (an empty
+    /// selector selects nothing: such Services have manual endpoints).
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        !self.selector.is_empty() && is_subset(&self.selector, labels)
+    }
+}
+
+/// A VirtualService with its hosts resolved to FQDNs (or wildcards).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct VirtualServiceView {
+    pub key: ObjectKey,
+    pub hosts: Vec<String>,
+    pub export_to: ExportTo,
+    pub spec: VirtualServiceSpec,
+}
+
+impl VirtualServiceView {
+    /// Whether sidecars apply it (no `gateways`, or `mesh` among them).
+    pub fn for_sidecars(&self) -> bool {
+        self.spec.gateways.is_empty() || self.spec.gateways.iter().any(|g| g == MESH_GATEWAY)
+    }
+}
+
+/// A DestinationRule with its host resolved.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DestinationRuleView {
+    pub key: ObjectKey,
+    pub host: String,
+    pub export_to: ExportTo,
+    pub spec: DestinationRuleSpec,
+}
+
+/// The proxy a configuration is for; the xDS layer makes it from the
+/// index's Workload for the proxy's pod ([`ProxyContext::from_workload`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProxyContext {
+    pub namespace: String,
+    pub pod: String,
+    pub labels: BTreeMap<String, String>,
+    pub ip: Option<String>,
+    pub service_account: String,
+}
+
+impl ProxyContext {
+    pub fn from_workload(workload: &Workload) -> Self {
+        Self {
+            namespace: workload.key.namespace.clone(),
+            pod: workload.key.name.clone(),
+            labels: workload.labels.clone(),
+            ip: workload.ip.clone(),
+            service_account: workload.service_account.clone(),
+        }
+    }
+}
+
+/// Everything outbound configuration depends on, for one proxy. Equal keys
+/// get equal outbound configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ScopeKey {
+    pub namespace: String,
+    /// Only the proxy's labels whose keys some rule selects on; usually none.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The mesh, indexed for translation. Cheap to share (`Arc<MeshView>`).
+#[derive(Clone, Debug, Default)]
+pub struct MeshView {
+    /// By host name, in name order.
+    services: BTreeMap<String, Arc<ServiceView>>,
+    /// In namespace/name order.
+    virtual_services: Vec<Arc<VirtualServiceView>>,
+    vs_by_host: HashMap<String, Vec<usize>>,
+    wildcard_vs: Vec<usize>,
+    destination_rules: Vec<Arc<DestinationRuleView>>,
+    dr_by_host: HashMap<String, Vec<usize>>,
+    wildcard_dr: Vec<usize>,
+    /// Label keys some `sourceLabels` or `workloadSelector` reads.
+    selected_label_keys: BTreeSet<String>,
+}
+
+impl MeshView {
+    pub fn build(inputs: MeshInputs<'_>) -> Self {
+        let labels: HashMap<&ObjectKey, Arc<BTreeMap<String, String>>> =
+            inputs.workloads.iter().map(|(key, w)| (key, Arc::new(w.labels.clone()))).collect();
+        let no_labels = Arc::new(BTreeMap::new());
+
+        // Slices by the Service they belong to.
+        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for slice in inputs.endpoint_slices.values() {
+            if slice.address_type == "FQDN" {
+                continue;
+            }
+            if let Some(service) = &slice.service {
+                slices.entry((slice.key.namespace.as_str(), service.as_str())).or_default().push(slice);
+            }
+        }
+
+        let mut services = BTreeMap::new();
+        for service in inputs.services.values() {
+            let service_slices =
+                slices.get(&(service.key.namespace.as_str(), service.key.name.as_str())).map(Vec::as_slice);
+            let ports = service
+                .ports
+                .iter()
+                .map(|port| PortView {
+                    name: port.name.clone(),
+                    port: port.port,
+                    protocol: Protocol::infer(&port.name, port.app_protocol.as_deref(), &port.protocol),
+                    target_port: port.target_port.clone(),
+                    endpoints: endpoints_of(
+                        &port.name,
+                        service_slices.unwrap_or_default(),
+                        &labels,
+                        &no_labels,
+                    ),
+                })
+                .collect();
+            let hostname = service_fqdn(&service.key.name, &service.key.namespace);
+            let view = ServiceView {
+                key: service.key.clone(),
+                hostname: hostname.clone(),
+                cluster_ip: service.cluster_ip.clone(),
+                ports,
+                selector: service.selector.clone(),
+                export_to: ExportTo::everywhere(),
+            };
+            services.insert(hostname, Arc::new(view));
+        }
+
+        let is_service = |host: &str| services.contains_key(host);
+        let mut selected_label_keys = BTreeSet::new();
+
+        let mut view = MeshView::default();
+        for config in inputs.virtual_services.values() {
+            let ns = &config.key.namespace;
+            for rule in &config.spec.http {
+                for m in &rule.r#match {
+                    selected_label_keys.extend(m.source_labels.keys().cloned());
+                }
+            }
+            let index = view.virtual_services.len();
+            let hosts: Vec<String> =
+                config.spec.hosts.iter().map(|h| resolve_host(h, ns, is_service)).collect();
+            for host in &hosts {
+                if host.starts_with('*') {
+                    view.wildcard_vs.push(index);
+                } else {
+                    view.vs_by_host.entry(host.clone()).or_default().push(index);
+                }
+            }
+            view.virtual_services.push(Arc::new(VirtualServiceView {
+                key: config.key.clone(),
+                hosts,
+                export_to: ExportTo::parse(&config.spec.export_to, ns),
+                spec: config.spec.clone(),
+            }));
+        }
+        view.wildcard_vs.dedup();
+
+        for config in inputs.destination_rules.values() {
+            let ns = &config.key.namespace;
+            if let Some(selector) = &config.spec.workload_selector {
+                selected_label_keys.extend(selector.match_labels.keys().cloned());
+            }
+            let index = view.destination_rules.len();
+            let host = resolve_host(&config.spec.host, ns, is_service);
+            if host.starts_with('*') {
+                view.wildcard_dr.push(index);
+            } else {
+                view.dr_by_host.entry(host.clone()).or_default().push(index);
+            }
+            view.destination_rules.push(Arc::new(DestinationRuleView {
+                key: config.key.clone(),
+                host,
+                export_to: ExportTo::parse(&config.spec.export_to, ns),
+                spec: config.spec.clone(),
+            }));
+        }
+
+        view.services = services;
+        view.selected_label_keys = selected_label_keys;
+        view
+    }
+
+    /// The scope of a proxy: what its outbound configuration depends on.
+    pub fn scope(&self, proxy: &ProxyContext) -> ScopeKey {
+        let labels = if self.selected_label_keys.is_empty() {
+            BTreeMap::new()
+        } else {
+            proxy
+                .labels
+                .iter()
+                .filter(|(k, _)| self.selected_label_keys.contains(*k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        ScopeKey { namespace: proxy.namespace.clone(), labels }
+    }
+
+    /// A Service by host name.
+    pub fn service(&self, hostname: &str) -> Option<&ServiceView> {
+        self.services.get(hostname).map(Arc::as_ref)
+    }
+
+    /// Every Service, in host name order.
+    pub fn services(&self) -> impl Iterator<Item = &ServiceView> {
+        self.services.values().map(Arc::as_ref)
+    }
+
+    /// The Services a proxy in `namespace` may reach, in host name order.
+    pub fn visible_services<'a>(&'a self, namespace: &'a str) -> impl Iterator<Item = &'a ServiceView> + 'a {
+        self.services().filter(move |s| s.export_to.visible_to(namespace))
+    }
+
+    /// Resolves a host written in a configuration of `namespace`.
+    pub fn resolve_host(&self, host: &str, namespace: &str) -> String {
+        resolve_host(host, namespace, |h| self.services.contains_key(h))
+    }
+
+    /// The VirtualService that routes `service` for proxies of `scope`.
+    pub fn virtual_service_for(
+        &self,
+        scope: &ScopeKey,
+        service: &ServiceView,
+    ) -> Option<&VirtualServiceView> {
+        let exact = self.vs_by_host.get(&service.hostname).into_iter().flatten();
+        let candidates = exact.chain(self.wildcard_vs.iter()).map(|&i| &self.virtual_services[i]);
+        candidates
+            .filter(|vs| vs.for_sidecars() && vs.export_to.visible_to(&scope.namespace))
+            .filter_map(|vs| {
+                let pattern = vs
+                    .hosts
+                    .iter()
+                    .filter(|h| host_matches(h, &service.hostname))
+                    .min_by_key(|h| specificity(h))?;
+                let rank = (namespace_rank(&vs.key.namespace, scope, service), specificity(pattern), &vs.key);
+                Some((rank, vs))
+            })
+            .min_by(|a, b| a.0.cmp(&b.0))
+            .map(|(_, vs)| vs.as_ref())
+    }
+
+    /// The DestinationRule that applies to `hostname` for proxies of `scope`.
+    pub fn destination_rule_for(
+        &self,
+        scope: &ScopeKey,
+        service: &ServiceView,
+    ) -> Option<&DestinationRuleView> {
+        let exact = self.dr_by_host.get(&service.hostname).into_iter().flatten();
+        let candidates = exact.chain(self.wildcard_dr.iter()).map(|&i| &self.destination_rules[i]);
+        candidates
+            .filter(|dr| host_matches(&dr.host, &service.hostname))
+            .filter_map(|dr| {
+                let selected = match &dr.spec.workload_selector {
+                    // Istio: a rule with a selector applies only in its own
+                    // namespace, whatever its exportTo says.
+                    Some(selector) => {
+                        if dr.key.namespace != scope.namespace
+                            || !is_subset(&selector.match_labels, &scope.labels)
+                        {
+                            return None;
+                        }
+                        0
+                    }
+                    None if dr.export_to.visible_to(&scope.namespace) => 1,
+                    None => return None,
+                };
+                let rank = (
+                    namespace_rank(&dr.key.namespace, scope, service),
+                    selected,
+                    specificity(&dr.host),
+                    &dr.key,
+                );
+                Some((rank, dr))
+            })
+            .min_by(|a, b| a.0.cmp(&b.0))
+            .map(|(_, dr)| dr.as_ref())
+    }
+
+    /// The Services in the proxy's namespace that select its pod.
+    pub fn services_of(&self, proxy: &ProxyContext) -> impl Iterator<Item = &ServiceView> {
+        self.services().filter(|s| s.key.namespace == proxy.namespace && s.selects(&proxy.labels))
+    }
+}
+
+/// Proxy's namespace first, then the service's, then the rest.
+fn namespace_rank(namespace: &str, scope: &ScopeKey, service: &ServiceView) -> u8 {
+    if namespace == scope.namespace {
+        0
+    } else if namespace == service.key.namespace {
+        1
+    } else {
+        2
+    }
+}
+
+/// Smaller is more specific: an exact host, then longer wildcards.
+fn specificity(pattern: &str) -> (bool, std::cmp::Reverse<usize>) {
+    (pattern.starts_with('*'), std::cmp::Reverse(pattern.len()))
+}
+
+/// Whether every entry of `selector` is in `labels`.
+pub fn is_subset(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The endpoints of the Service port named `port_name`, from its slices.
+fn endpoints_of(
+    port_name: &str,
+    slices: &[&EndpointSlice],
+    labels: &HashMap<&ObjectKey, Arc<BTreeMap<String, String>>>,
+    no_labels: &Arc<BTreeMap<String, String>>,
+) -> Vec<EndpointView> {
+    let mut out = Vec::new();
+    for slice in slices {
+        let Some(port) = slice.ports.iter().find(|p| p.name == port_name) else { continue };
+        if port.port == 0 {
+            continue;
+        }
+        for endpoint in &slice.endpoints {
+            let pod = endpoint.pod.as_ref().map(|p| {
+                let namespace = if p.namespace.is_empty() { &slice.key.namespace } else { &p.namespace };
+                ObjectKey::new(namespace.clone(), p.name.clone())
+            });
+            let pod_labels = pod.as_ref().and_then(|p| labels.get(p)).unwrap_or(no_labels);
+            for address in &endpoint.addresses {
+                out.push(EndpointView {
+                    address: address.clone(),
+                    port: port.port,
+                    health: Health::of(endpoint.ready, endpoint.serving, endpoint.terminating),
+                    pod: pod.clone(),
+                    labels: pod_labels.clone(),
+                });
+            }
+        }
+    }
+    // Slices may overlap while the endpoint controller moves endpoints.
+    out.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
+    out.dedup_by(|a, b| a.address == b.address && a.port == b.port);
+    out
+}

@@ -1,0 +1,453 @@
+//! Routes (RDS): one RouteConfiguration per outbound HTTP port, named by
+//! the port number as Istio does (`"9080"`), with one virtual host per
+//! Service reachable on that port and a catch-all `allow_any` host that
+//! passes unknown destinations through (as without the mesh).
+//!
+//! A Service bound to a VirtualService gets that VirtualService's `http`
+//! rules, in order, one Envoy route per `match` entry; otherwise one
+//! default route to `outbound|<port>||<host>`. Matches that cannot apply
+//! to this proxy (another `port`, `sourceLabels` it lacks, another
+//! `sourceNamespace`, a gateway other than `mesh`) are dropped at
+//! translation time; a rule left with no match is dropped; a VirtualService
+//! left with no rule falls back to the default route, as in Istio.
+//!
+//! A destination the mesh cannot serve (unknown host, port or subset) is
+//! answered by Envoy with a 503 whose body says why: a direct response for
+//! a route with one destination, and `BlackHoleCluster` (no endpoints,
+//! 503) for its share of a weighted route, so the other shares still flow.
+//! Istio would point at a cluster that does not exist; Envoy then 503s
+//! with `NC` and nobody learns why.
+//!
+//! Routes have no timeout (Istio's default): Envoy's 15 s default would
+//! cut long requests. Retries, timeouts, faults, mirrors, rewrites,
+//! redirects, CORS and header operations come next: each is one function
+//! over [`RouteFeatures`], applied in [`route_for_rule`].
+
+use std::collections::HashSet;
+
+use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
+use envoy_types::pb::envoy::config::route::v3::{
+    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, Route, RouteAction, RouteConfiguration,
+    RouteMatch, VirtualHost, WeightedCluster, header_matcher, query_parameter_matcher, route, route_action,
+    route_match, weighted_cluster,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
+use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+
+use super::cluster::{BLACK_HOLE_CLUSTER, ClusterPolicy, outbound_name};
+use super::passthrough::PASSTHROUGH_CLUSTER;
+use super::{parse_duration, seconds};
+use crate::api::destination_rule::ConsistentHashLb;
+use crate::api::virtual_service::{Destination, HttpMatchRequest, HttpRoute, StringMatch};
+use crate::model::mesh::{MESH_GATEWAY, MeshView, ScopeKey, ServiceView, VirtualServiceView, is_subset};
+
+/// The virtual host that takes requests for hosts the mesh does not know.
+pub const ALLOW_ANY: &str = "allow_any";
+
+/// The RouteConfiguration of outbound HTTP port `port` for proxies of `scope`.
+pub fn route_configuration(view: &MeshView, scope: &ScopeKey, port: u16) -> RouteConfiguration {
+    let services: Vec<&ServiceView> = view
+        .visible_services(&scope.namespace)
+        .filter(|s| s.port(port).is_some_and(|p| p.protocol.is_http()))
+        .collect();
+    route_configuration_for(view, scope, port, &services)
+}
+
+/// The same, for the Services (in host name order) known to speak HTTP on `port`.
+pub fn route_configuration_for(
+    view: &MeshView,
+    scope: &ScopeKey,
+    port: u16,
+    services: &[&ServiceView],
+) -> RouteConfiguration {
+    let mut seen = HashSet::new();
+    let mut virtual_hosts = Vec::with_capacity(services.len() + 1);
+    for service in services {
+        let mut host = virtual_host(view, scope, service, port);
+        // Envoy refuses a route configuration in which two virtual hosts
+        // share a domain; the first (in host name order) keeps it.
+        host.domains.retain(|d| seen.insert(d.clone()));
+        if !host.domains.is_empty() {
+            virtual_hosts.push(host);
+        }
+    }
+    virtual_hosts.push(allow_any());
+    RouteConfiguration {
+        name: port.to_string(),
+        virtual_hosts,
+        // Clusters arrive by CDS; a route may briefly name one not yet warm.
+        validate_clusters: Some(BoolValue { value: false }),
+        ..Default::default()
+    }
+}
+
+fn allow_any() -> VirtualHost {
+    VirtualHost {
+        name: ALLOW_ANY.to_string(),
+        domains: vec!["*".to_string()],
+        routes: vec![Route {
+            name: ALLOW_ANY.to_string(),
+            r#match: Some(prefix_match("/")),
+            action: Some(route::Action::Route(to_cluster(PASSTHROUGH_CLUSTER.to_string()))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// The virtual host of one Service on one port.
+pub fn virtual_host(view: &MeshView, scope: &ScopeKey, service: &ServiceView, port: u16) -> VirtualHost {
+    let mut routes = Vec::new();
+    if let Some(vs) = view.virtual_service_for(scope, service) {
+        for rule in &vs.spec.http {
+            routes.extend(route_for_rule(view, scope, vs, rule, service, port));
+        }
+    }
+    if routes.is_empty() {
+        routes.push(default_route(view, scope, service, port));
+    }
+    VirtualHost {
+        name: format!("{}:{port}", service.hostname),
+        domains: domains(service, port, &scope.namespace),
+        routes,
+        ..Default::default()
+    }
+}
+
+/// The names a client may use for `service` on `port`: the FQDN, the
+/// `name.ns.svc` and `name.ns` forms, the short name from the same
+/// namespace, and the ClusterIP; each also with `:port`.
+pub fn domains(service: &ServiceView, port: u16, proxy_namespace: &str) -> Vec<String> {
+    let (name, ns) = (&service.key.name, &service.key.namespace);
+    let mut hosts = vec![service.hostname.clone(), format!("{name}.{ns}.svc"), format!("{name}.{ns}")];
+    if ns == proxy_namespace {
+        hosts.push(name.clone());
+    }
+    let mut out = Vec::with_capacity(hosts.len() * 2 + 2);
+    for host in hosts {
+        out.push(format!("{host}:{port}"));
+        out.push(host);
+    }
+    if let Some(ip) = &service.cluster_ip {
+        if ip.contains(':') {
+            out.push(format!("[{ip}]:{port}"));
+            out.push(format!("[{ip}]"));
+        } else {
+            out.push(format!("{ip}:{port}"));
+            out.push(ip.clone());
+        }
+    }
+    out
+}
+
+/// The route of a Service without a VirtualService.
+fn default_route(view: &MeshView, scope: &ScopeKey, service: &ServiceView, port: u16) -> Route {
+    let mut action = to_cluster(outbound_name(port, "", &service.hostname));
+    let rule = view.destination_rule_for(scope, service).map(|r| &r.spec);
+    action.hash_policy = hash_policy(ClusterPolicy::resolve(rule, None, port).consistent_hash());
+    Route {
+        name: "default".to_string(),
+        r#match: Some(prefix_match("/")),
+        action: Some(route::Action::Route(action)),
+        ..Default::default()
+    }
+}
+
+/// What an Istio HTTPRoute does besides choosing a destination. Each
+/// feature is translated by its own function onto the Envoy route.
+struct RouteFeatures<'a> {
+    rule: &'a HttpRoute,
+}
+
+impl RouteFeatures<'_> {
+    /// No timeout unless the rule sets one (Istio's default).
+    fn timeout(&self, action: &mut RouteAction) {
+        action.timeout = Some(self.rule.timeout.as_deref().and_then(parse_duration).unwrap_or(seconds(0)));
+    }
+}
+
+/// The Envoy routes of one HTTPRoute: one per match that applies here.
+fn route_for_rule(
+    view: &MeshView,
+    scope: &ScopeKey,
+    vs: &VirtualServiceView,
+    rule: &HttpRoute,
+    service: &ServiceView,
+    port: u16,
+) -> Vec<Route> {
+    let matches: Vec<(Option<&str>, RouteMatch)> = if rule.r#match.is_empty() {
+        vec![(None, prefix_match("/"))]
+    } else {
+        rule.r#match
+            .iter()
+            .filter(|m| match_applies(m, scope, port))
+            .map(|m| (m.name.as_deref(), route_match(m)))
+            .collect()
+    };
+    if matches.is_empty() {
+        return Vec::new();
+    }
+    let action = rule_action(view, scope, vs, rule, service, port);
+    matches
+        .into_iter()
+        .map(|(match_name, matched)| Route {
+            name: match (rule.name.as_deref(), match_name) {
+                (Some(rule), Some(m)) => format!("{rule}.{m}"),
+                (Some(name), None) | (None, Some(name)) => name.to_string(),
+                (None, None) => String::new(),
+            },
+            r#match: Some(matched),
+            action: Some(action.clone()),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Whether a match can ever be true for this proxy on this port.
+fn match_applies(m: &HttpMatchRequest, scope: &ScopeKey, port: u16) -> bool {
+    m.port.is_none_or(|p| p == u32::from(port))
+        && is_subset(&m.source_labels, &scope.labels)
+        && m.source_namespace.as_ref().is_none_or(|ns| *ns == scope.namespace)
+        && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == MESH_GATEWAY))
+}
+
+fn rule_action(
+    view: &MeshView,
+    scope: &ScopeKey,
+    vs: &VirtualServiceView,
+    rule: &HttpRoute,
+    service: &ServiceView,
+    port: u16,
+) -> route::Action {
+    if let Some(direct) = &rule.direct_response {
+        let body = direct.body.as_ref().and_then(|b| b.string.clone()).unwrap_or_default();
+        return direct_response(direct.status, body);
+    }
+    if rule.route.is_empty() {
+        // Redirects and delegation are not translated yet.
+        return direct_response(
+            503,
+            format!(
+                "mesh: VirtualService {}: this rule has no route destination the mesh can translate yet",
+                vs.key
+            ),
+        );
+    }
+    let destinations: Vec<(Result<Target, String>, u32)> = rule
+        .route
+        .iter()
+        .map(|d| {
+            (
+                resolve(view, scope, &vs.key.namespace, &d.destination, service, port),
+                d.weight.unwrap_or(0).max(0) as u32,
+            )
+        })
+        .collect();
+
+    let mut action = match destinations.as_slice() {
+        [(Err(why), _)] => return direct_response(503, format!("mesh: VirtualService {}: {why}", vs.key)),
+        [(Ok(target), _)] => {
+            let mut action = to_cluster(target.cluster.clone());
+            action.hash_policy = hash_policy(target.hash.as_ref());
+            action
+        }
+        many => {
+            let total: u32 = many.iter().map(|(_, w)| w).sum();
+            let clusters = many
+                .iter()
+                // Istio drops zero-weight destinations; with no weights at all, shares are equal.
+                .filter(|(_, w)| total == 0 || *w > 0)
+                .map(|(target, w)| weighted_cluster::ClusterWeight {
+                    name: target.as_ref().map_or(BLACK_HOLE_CLUSTER.to_string(), |t| t.cluster.clone()),
+                    weight: Some(UInt32Value { value: if total == 0 { 1 } else { *w } }),
+                    ..Default::default()
+                })
+                .collect();
+            // Consistent hashing only when every destination hashes the same way.
+            let hashes: Vec<_> =
+                many.iter().map(|(t, _)| t.as_ref().ok().and_then(|t| t.hash.as_ref())).collect();
+            let same_hash = hashes.windows(2).all(|w| w[0] == w[1]);
+            RouteAction {
+                cluster_specifier: Some(route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
+                    clusters,
+                    ..Default::default()
+                })),
+                hash_policy: if same_hash { hash_policy(hashes[0]) } else { Vec::new() },
+                ..Default::default()
+            }
+        }
+    };
+    let features = RouteFeatures { rule };
+    features.timeout(&mut action);
+    route::Action::Route(action)
+}
+
+/// A destination, resolved to a cluster.
+struct Target {
+    cluster: String,
+    hash: Option<ConsistentHashLb>,
+}
+
+/// Finds the cluster of a VirtualService destination, or says why there is none.
+fn resolve(
+    view: &MeshView,
+    scope: &ScopeKey,
+    vs_namespace: &str,
+    destination: &Destination,
+    routed: &ServiceView,
+    port: u16,
+) -> Result<Target, String> {
+    let host = view.resolve_host(&destination.host, vs_namespace);
+    let service = view
+        .service(&host)
+        .filter(|s| s.export_to.visible_to(&scope.namespace))
+        .ok_or_else(|| format!("destination host {host} is no Service this proxy can reach"))?;
+    let number = match destination.port.as_ref().and_then(|p| p.number) {
+        Some(n) => u16::try_from(n).ok(),
+        None if service.ports.len() == 1 => Some(service.ports[0].port),
+        // Istio: without a port, the port the request came in on.
+        None if service.hostname == routed.hostname || service.port(port).is_some() => Some(port),
+        None => None,
+    };
+    let Some(port) = number.filter(|n| service.port(*n).is_some()) else {
+        return Err(match destination.port.as_ref().and_then(|p| p.number) {
+            Some(n) => format!("destination {host} has no port {n}"),
+            None => format!("destination {host} has several ports and names none"),
+        });
+    };
+    let rule = view.destination_rule_for(scope, service);
+    let subset = match destination.subset.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(name) => {
+            Some(rule.and_then(|r| r.spec.subsets.iter().find(|s| s.name == name)).ok_or_else(|| {
+                format!("subset {name} of {host} is defined by no DestinationRule this proxy sees")
+            })?)
+        }
+    };
+    let policy = ClusterPolicy::resolve(rule.map(|r| &r.spec), subset, port);
+    Ok(Target {
+        cluster: outbound_name(port, subset.map_or("", |s| s.name.as_str()), &host),
+        hash: policy.consistent_hash().cloned(),
+    })
+}
+
+/// Istio's consistent hash key, as the route's hash policy.
+fn hash_policy(hash: Option<&ConsistentHashLb>) -> Vec<route_action::HashPolicy> {
+    use route_action::hash_policy::{ConnectionProperties, Cookie, Header, PolicySpecifier, QueryParameter};
+    let Some(hash) = hash else { return Vec::new() };
+    let specifier = if let Some(name) = &hash.http_header_name {
+        PolicySpecifier::Header(Header { header_name: name.to_ascii_lowercase(), ..Default::default() })
+    } else if let Some(cookie) = &hash.http_cookie {
+        PolicySpecifier::Cookie(Cookie {
+            name: cookie.name.clone(),
+            path: cookie.path.clone().unwrap_or_default(),
+            ttl: cookie.ttl.as_deref().and_then(parse_duration),
+            ..Default::default()
+        })
+    } else if hash.use_source_ip == Some(true) {
+        PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true })
+    } else if let Some(name) = &hash.http_query_parameter_name {
+        PolicySpecifier::QueryParameter(QueryParameter { name: name.clone() })
+    } else {
+        return Vec::new();
+    };
+    vec![route_action::HashPolicy { policy_specifier: Some(specifier), ..Default::default() }]
+}
+
+fn to_cluster(cluster: String) -> RouteAction {
+    RouteAction {
+        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
+        timeout: Some(seconds(0)),
+        ..Default::default()
+    }
+}
+
+fn direct_response(status: u32, body: String) -> route::Action {
+    route::Action::DirectResponse(DirectResponseAction {
+        status,
+        body: (!body.is_empty()).then(|| DataSource {
+            specifier: Some(data_source::Specifier::InlineString(body)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn prefix_match(prefix: &str) -> RouteMatch {
+    RouteMatch {
+        path_specifier: Some(route_match::PathSpecifier::Prefix(prefix.to_string())),
+        ..Default::default()
+    }
+}
+
+/// One Istio HTTPMatchRequest as an Envoy RouteMatch (the parts that
+/// depend on the proxy were checked by [`match_applies`]).
+pub fn route_match(m: &HttpMatchRequest) -> RouteMatch {
+    let mut out = RouteMatch {
+        path_specifier: Some(uri_match(m.uri.as_ref())),
+        case_sensitive: m.ignore_uri_case.filter(|i| *i).map(|_| BoolValue { value: false }),
+        ..Default::default()
+    };
+    let pseudo = [(":method", &m.method), (":authority", &m.authority), (":scheme", &m.scheme)];
+    for (name, value) in pseudo {
+        if let Some(value) = value {
+            out.headers.push(header_match(name, value, false));
+        }
+    }
+    out.headers.extend(m.headers.iter().map(|(name, value)| header_match(name, value, false)));
+    out.headers.extend(m.without_headers.iter().map(|(name, value)| header_match(name, value, true)));
+    out.query_parameters = m.query_params.iter().map(|(name, value)| query_match(name, value)).collect();
+    out
+}
+
+fn uri_match(uri: Option<&StringMatch>) -> route_match::PathSpecifier {
+    use route_match::PathSpecifier;
+    match uri {
+        Some(StringMatch { exact: Some(path), .. }) => PathSpecifier::Path(path.clone()),
+        Some(StringMatch { prefix: Some(prefix), .. }) => PathSpecifier::Prefix(prefix.clone()),
+        Some(StringMatch { regex: Some(regex), .. }) => PathSpecifier::SafeRegex(safe_regex(regex)),
+        _ => PathSpecifier::Prefix("/".to_string()),
+    }
+}
+
+/// A header condition; an empty StringMatch means "present" (Istio).
+/// `invert` makes it a `withoutHeaders` condition.
+fn header_match(name: &str, value: &StringMatch, invert: bool) -> HeaderMatcher {
+    let specifier = match string_matcher(value) {
+        Some(matcher) => header_matcher::HeaderMatchSpecifier::StringMatch(matcher),
+        None => header_matcher::HeaderMatchSpecifier::PresentMatch(true),
+    };
+    HeaderMatcher {
+        name: name.to_ascii_lowercase(),
+        invert_match: invert,
+        header_match_specifier: Some(specifier),
+        ..Default::default()
+    }
+}
+
+/// A query parameter condition; an empty value means "present" (Istio).
+fn query_match(name: &str, value: &StringMatch) -> QueryParameterMatcher {
+    let specifier = match string_matcher(value)
+        .filter(|m| m.match_pattern != Some(string_matcher::MatchPattern::Exact(String::new())))
+    {
+        Some(matcher) => query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(matcher),
+        None => query_parameter_matcher::QueryParameterMatchSpecifier::PresentMatch(true),
+    };
+    QueryParameterMatcher { name: name.to_string(), query_parameter_match_specifier: Some(specifier) }
+}
+
+fn string_matcher(value: &StringMatch) -> Option<StringMatcher> {
+    use string_matcher::MatchPattern;
+    let pattern = match value {
+        StringMatch { exact: Some(exact), .. } => MatchPattern::Exact(exact.clone()),
+        StringMatch { prefix: Some(prefix), .. } => MatchPattern::Prefix(prefix.clone()),
+        StringMatch { regex: Some(regex), .. } => MatchPattern::SafeRegex(safe_regex(regex)),
+        _ => return None,
+    };
+    Some(StringMatcher { match_pattern: Some(pattern), ..Default::default() })
+}
+
+/// An RE2 regular expression (Envoy's default engine).
+fn safe_regex(regex: &str) -> RegexMatcher {
+    RegexMatcher { regex: regex.to_string(), ..Default::default() }
+}

@@ -1,0 +1,354 @@
+//! A sidecar's routed configuration, in two halves.
+//!
+//! [`outbound`]: what the application's outgoing traffic meets. Clusters,
+//! endpoints and routes for every Service the proxy may reach, and the
+//! `virtualOutbound` listener (port 15001) with one filter chain per
+//! outbound port: HTTP ports (any address) go through an HTTP connection
+//! manager whose routes come by RDS (`"<port>"`); other ports match the
+//! Service's ClusterIP and go through a TCP proxy to its cluster.
+//! Everything else keeps the pass-through chains ([`super::passthrough`]).
+//! It depends only on the proxy's [`ScopeKey`], so the xDS layer computes
+//! it once per scope and shares it: equal ScopeKey ⇒ equal Outbound.
+//!
+//! [`inbound`]: what traffic to the application meets. The
+//! `virtualInbound` listener (port 15006) with one chain per port of the
+//! Services that select the pod (by target port), each to
+//! `inbound|<port>||`: an original-destination cluster whose connections
+//! leave from 127.0.0.6, which the iptables rules let through uncaptured
+//! (`-s 127.0.0.6/32 -o lo -j RETURN`); other ports keep the pass-through
+//! chains. It depends on the pod itself.
+//!
+//! Statistics: the routed HTTP chains use Istio's prefixes,
+//! `outbound_0.0.0.0_<port>` and `inbound_0.0.0.0_<port>`
+//! (`http.outbound_0.0.0.0_9080.downstream_rq_total`); the pass-through
+//! chains keep `outbound` and `inbound`. TCP chains count under their
+//! cluster's name (`tcp.outbound|3306||mysql.db.svc.cluster.local.*`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{BindConfig, CidrRange};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
+use envoy_types::pb::envoy::config::route::v3::{
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action, route_match,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds, http_connection_manager, http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+use prost::Name;
+
+use super::cluster::{
+    CONNECT_TIMEOUT_SECONDS, ClusterPolicy, ads_config_source, black_hole_cluster, http2_options,
+    inbound_name, outbound_name, service_port_clusters,
+};
+use super::endpoint::load_assignment;
+use super::passthrough::{
+    self, HTTP_CONNECTION_MANAGER, INBOUND_SOURCE_ADDRESS, ROUTER, TCP_PROXY, network_filter,
+};
+use super::route::route_configuration_for;
+use super::{any, seconds, socket_address};
+use crate::model::mesh::{MeshView, PortView, ProxyContext, ScopeKey, ServiceView};
+use crate::model::protocol::Protocol;
+
+/// What a proxy's outgoing traffic needs; the same for every proxy of a scope.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outbound {
+    /// Service and subset clusters, `PassthroughCluster` and `BlackHoleCluster`, by name.
+    pub clusters: Vec<Cluster>,
+    /// One per EDS cluster, in cluster order.
+    pub endpoints: Vec<ClusterLoadAssignment>,
+    /// One per outbound HTTP port, named by the port.
+    pub routes: Vec<RouteConfiguration>,
+    /// `virtualOutbound`.
+    pub listener: Listener,
+}
+
+/// What traffic to the proxy's own pod needs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Inbound {
+    /// `inbound|<port>||` per port, then `InboundPassthroughCluster`.
+    pub clusters: Vec<Cluster>,
+    /// `virtualInbound`.
+    pub listener: Listener,
+}
+
+/// The outbound configuration of every proxy of `scope`.
+pub fn outbound(view: &MeshView, scope: &ScopeKey) -> Outbound {
+    Outbound {
+        clusters: clusters(view, scope),
+        endpoints: endpoints(view, scope),
+        routes: routes(view, scope),
+        listener: outbound_listener(view, scope),
+    }
+}
+
+/// The Services' ports a proxy of `scope` sends to: (service, port), in host name then port order.
+fn outbound_ports<'a>(
+    view: &'a MeshView,
+    scope: &'a ScopeKey,
+) -> impl Iterator<Item = (&'a ServiceView, &'a PortView)> {
+    view.visible_services(&scope.namespace)
+        .flat_map(|s| s.ports.iter().filter(|p| p.protocol.is_captured() && p.port != 0).map(move |p| (s, p)))
+}
+
+/// The outbound clusters (CDS) of `scope`.
+pub fn clusters(view: &MeshView, scope: &ScopeKey) -> Vec<Cluster> {
+    let mut out = Vec::new();
+    for (service, port) in outbound_ports(view, scope) {
+        out.extend(service_port_clusters(service, port, view.destination_rule_for(scope, service)));
+    }
+    out.push(passthrough::outbound_cluster());
+    out.push(black_hole_cluster());
+    out
+}
+
+/// The endpoints (EDS) of the outbound clusters of `scope`: compute these
+/// alone when only endpoints changed.
+pub fn endpoints(view: &MeshView, scope: &ScopeKey) -> Vec<ClusterLoadAssignment> {
+    let mut out = Vec::new();
+    for (service, port) in outbound_ports(view, scope) {
+        let rule = view.destination_rule_for(scope, service).map(|r| &r.spec);
+        // Clusters with PASSTHROUGH load balancing connect to the original destination: no EDS.
+        if ClusterPolicy::resolve(rule, None, port.port).uses_eds() {
+            out.push(load_assignment(outbound_name(port.port, "", &service.hostname), port, None));
+        }
+        for subset in rule.map(|r| r.subsets.as_slice()).unwrap_or_default() {
+            if ClusterPolicy::resolve(rule, Some(subset), port.port).uses_eds() {
+                let name = outbound_name(port.port, &subset.name, &service.hostname);
+                out.push(load_assignment(name, port, Some(&subset.labels)));
+            }
+        }
+    }
+    out
+}
+
+/// The route configurations (RDS) of `scope`, one per HTTP port.
+pub fn routes(view: &MeshView, scope: &ScopeKey) -> Vec<RouteConfiguration> {
+    let mut by_port: BTreeMap<u16, Vec<&ServiceView>> = BTreeMap::new();
+    for (service, port) in outbound_ports(view, scope).filter(|(_, p)| p.protocol.is_http()) {
+        let services = by_port.entry(port.port).or_default();
+        // A Service listing the same port twice gets one virtual host.
+        if services.last().is_none_or(|s| s.hostname != service.hostname) {
+            services.push(service);
+        }
+    }
+    by_port
+        .into_iter()
+        .map(|(port, services)| route_configuration_for(view, scope, port, &services))
+        .collect()
+}
+
+/// The ports on which some reachable Service speaks HTTP.
+fn http_ports(view: &MeshView, scope: &ScopeKey) -> BTreeSet<u16> {
+    outbound_ports(view, scope).filter(|(_, p)| p.protocol.is_http()).map(|(_, p)| p.port).collect()
+}
+
+/// `virtualOutbound`: the pass-through listener with a chain per outbound port in front.
+pub fn outbound_listener(view: &MeshView, scope: &ScopeKey) -> Listener {
+    let mut chains: Vec<FilterChain> = http_ports(view, scope).into_iter().map(outbound_http_chain).collect();
+    // ClusterIP and port identify a TCP Service; one chain each.
+    let mut tcp: BTreeMap<(u16, &str), FilterChain> = BTreeMap::new();
+    for (service, port) in outbound_ports(view, scope) {
+        let Some(ip) = service.cluster_ip.as_deref() else { continue };
+        if !port.protocol.is_http() {
+            tcp.entry((port.port, ip)).or_insert_with(|| outbound_tcp_chain(service, port, ip));
+        }
+    }
+    chains.extend(tcp.into_values());
+    let mut listener = passthrough::virtual_outbound();
+    chains.append(&mut listener.filter_chains);
+    listener.filter_chains = chains;
+    listener
+}
+
+fn outbound_http_chain(port: u16) -> FilterChain {
+    let manager = HttpConnectionManager {
+        stat_prefix: format!("outbound_0.0.0.0_{port}"),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads_config_source()),
+            route_config_name: port.to_string(),
+        })),
+        ..http_connection_manager()
+    };
+    FilterChain {
+        name: format!("0.0.0.0_{port}"),
+        filter_chain_match: Some(FilterChainMatch {
+            destination_port: Some(UInt32Value { value: u32::from(port) }),
+            ..Default::default()
+        }),
+        filters: vec![network_filter(HTTP_CONNECTION_MANAGER, any(&manager))],
+        ..Default::default()
+    }
+}
+
+fn outbound_tcp_chain(service: &ServiceView, port: &PortView, ip: &str) -> FilterChain {
+    let cluster = outbound_name(port.port, "", &service.hostname);
+    let prefix_len = if ip.contains(':') { 128 } else { 32 };
+    FilterChain {
+        name: format!("{ip}_{}", port.port),
+        filter_chain_match: Some(FilterChainMatch {
+            destination_port: Some(UInt32Value { value: u32::from(port.port) }),
+            prefix_ranges: vec![CidrRange {
+                address_prefix: ip.to_string(),
+                prefix_len: Some(UInt32Value { value: prefix_len }),
+            }],
+            ..Default::default()
+        }),
+        filters: vec![tcp_proxy_filter(cluster)],
+        ..Default::default()
+    }
+}
+
+fn tcp_proxy_filter(cluster: String) -> envoy_types::pb::envoy::config::listener::v3::Filter {
+    let proxy = TcpProxy {
+        stat_prefix: cluster.clone(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster)),
+        ..Default::default()
+    };
+    network_filter(TCP_PROXY, any(&proxy))
+}
+
+/// The connection manager settings both directions share.
+fn http_connection_manager() -> HttpConnectionManager {
+    HttpConnectionManager {
+        codec_type: http_connection_manager::CodecType::Auto.into(),
+        http_filters: vec![HttpFilter {
+            name: ROUTER.to_string(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any(&Router::default()))),
+            ..Default::default()
+        }],
+        normalize_path: Some(BoolValue { value: true }),
+        use_remote_address: Some(BoolValue { value: false }),
+        upgrade_configs: vec![http_connection_manager::UpgradeConfig {
+            upgrade_type: "websocket".to_string(),
+            ..Default::default()
+        }],
+        // The application's own `server` header, as without the mesh.
+        server_header_transformation: http_connection_manager::ServerHeaderTransformation::PassThrough.into(),
+        ..Default::default()
+    }
+}
+
+/// One port the pod serves, as some Service that selects it exposes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct InboundPort {
+    port: u16,
+    protocol: Protocol,
+}
+
+/// The ports of `proxy`'s pod that Services expose, by target port: when
+/// two Services disagree on a port's protocol, the first by host name wins.
+fn inbound_ports(view: &MeshView, proxy: &ProxyContext) -> Vec<InboundPort> {
+    let mut ports: BTreeMap<u16, InboundPort> = BTreeMap::new();
+    for service in view.services_of(proxy) {
+        for port in service.ports.iter().filter(|p| p.protocol.is_captured()) {
+            if let Some(target) = target_port(port, proxy) {
+                ports.entry(target).or_insert(InboundPort { port: target, protocol: port.protocol });
+            }
+        }
+    }
+    ports.into_values().collect()
+}
+
+/// The container port behind a Service port: a number, or a named port
+/// resolved through the endpoints (of this pod if it is among them).
+fn target_port(port: &PortView, proxy: &ProxyContext) -> Option<u16> {
+    match port.target_port.as_deref() {
+        None | Some("") => Some(port.port),
+        Some(target) => match target.parse::<u16>() {
+            Ok(0) => None,
+            Ok(n) => Some(n),
+            Err(_) => {
+                let own = port.endpoints.iter().find(|e| {
+                    e.pod.as_ref().is_some_and(|p| p.name == proxy.pod && p.namespace == proxy.namespace)
+                });
+                own.or(port.endpoints.first()).map(|e| e.port)
+            }
+        },
+    }
+}
+
+/// The inbound half of `proxy`'s configuration.
+pub fn inbound(view: &MeshView, proxy: &ProxyContext) -> Inbound {
+    let ports = inbound_ports(view, proxy);
+    let mut clusters: Vec<Cluster> = ports.iter().map(inbound_cluster).collect();
+    clusters.push(passthrough::inbound_cluster());
+    let mut chains: Vec<FilterChain> = ports.iter().map(inbound_chain).collect();
+    let mut listener = passthrough::virtual_inbound();
+    chains.append(&mut listener.filter_chains);
+    listener.filter_chains = chains;
+    Inbound { clusters, listener }
+}
+
+/// `inbound|<port>||`: to the application, at the address the connection
+/// was made to, from 127.0.0.6.
+fn inbound_cluster(port: &InboundPort) -> Cluster {
+    let mut cluster = Cluster {
+        name: inbound_name(port.port),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::OriginalDst.into(),
+        )),
+        lb_policy: cluster::LbPolicy::ClusterProvided.into(),
+        connect_timeout: Some(seconds(CONNECT_TIMEOUT_SECONDS)),
+        upstream_bind_config: Some(BindConfig {
+            source_address: Some(socket_address(INBOUND_SOURCE_ADDRESS, 0)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    if port.protocol.is_http2() {
+        cluster.typed_extension_protocol_options =
+            [(HttpProtocolOptions::full_name(), any(&http2_options()))].into();
+    }
+    cluster
+}
+
+fn inbound_chain(port: &InboundPort) -> FilterChain {
+    let cluster = inbound_name(port.port);
+    let filter = if port.protocol.is_http() {
+        let routes = RouteConfiguration {
+            name: cluster.clone(),
+            virtual_hosts: vec![VirtualHost {
+                name: format!("inbound|http|{}", port.port),
+                domains: vec!["*".to_string()],
+                routes: vec![Route {
+                    name: "default".to_string(),
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_string())),
+                        ..Default::default()
+                    }),
+                    action: Some(route::Action::Route(RouteAction {
+                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.clone())),
+                        timeout: Some(seconds(0)),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let manager = HttpConnectionManager {
+            stat_prefix: format!("inbound_0.0.0.0_{}", port.port),
+            route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)),
+            ..http_connection_manager()
+        };
+        network_filter(HTTP_CONNECTION_MANAGER, any(&manager))
+    } else {
+        tcp_proxy_filter(cluster)
+    };
+    FilterChain {
+        name: inbound_name(port.port),
+        filter_chain_match: Some(FilterChainMatch {
+            destination_port: Some(UInt32Value { value: u32::from(port.port) }),
+            ..Default::default()
+        }),
+        filters: vec![filter],
+        ..Default::default()
+    }
+}

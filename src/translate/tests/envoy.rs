@@ -1,0 +1,406 @@
+//! The translation in a real Envoy 1.40, two ways:
+//!
+//! - `envoy --mode validate` on a bootstrap holding everything statically
+//!   (EDS clusters as STATIC with their assignment inline, RDS routes
+//!   inline in the connection managers): Envoy checks every field and
+//!   exits non-zero with the reason when something is invalid.
+//! - a running Envoy fed the exact resources from files (file-based LDS
+//!   is not needed: listeners and clusters are static; RDS and EDS come
+//!   from `path_config_source` files in place of ADS). Once it has applied
+//!   them, nothing may be rejected, and its /config_dump is the golden file.
+//!
+//! Bootstraps and discovery files are binary protobuf (`.pb`), which Envoy
+//! reads by extension, so no JSON encoding of our own is involved.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::bootstrap::v3::{Admin, Bootstrap, bootstrap};
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    ApiVersion, ConfigSource, Node, PathConfigSource, config_source,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager,
+};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
+use envoy_types::pb::google::protobuf::{Any, BoolValue};
+use prost::{Message, Name};
+use serde_json::Value;
+
+use super::{SCENARIOS, productpage, scenario};
+use crate::translate::sidecar::{Inbound, Outbound, inbound, outbound};
+use crate::translate::{address, any, mesh_view};
+
+/// Where `make tools` installs Envoy, or `MESH_ENVOY`.
+fn envoy_binary() -> PathBuf {
+    let mut candidates = Vec::new();
+    if let Some(path) = std::env::var_os("MESH_ENVOY") {
+        candidates.push(PathBuf::from(path));
+    }
+    let cache = std::env::var_os("MESH_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("mesh")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mesh")));
+    if let Some(cache) = cache {
+        candidates.push(cache.join("bin/envoy"));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|dir| dir.join("envoy")));
+    }
+    candidates.into_iter().find(|c| c.is_file()).unwrap_or_else(|| {
+        panic!(
+            "Envoy 1.40 is needed for this test and was not found: run `make tools` \
+             (installs it into ~/.cache/mesh/bin), or set MESH_ENVOY to an envoy binary"
+        )
+    })
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "mesh-translate-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, bytes).expect("write");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What the productpage sidecar gets in a scenario.
+fn configuration(name: &str) -> (Outbound, Inbound) {
+    let index = scenario(name);
+    let view = mesh_view(&index);
+    let proxy = productpage(&index);
+    (outbound(&view, &view.scope(&proxy)), inbound(&view, &proxy))
+}
+
+fn base_bootstrap(listeners: Vec<Listener>, clusters: Vec<Cluster>) -> Bootstrap {
+    Bootstrap {
+        node: Some(Node {
+            id: "sidecar~10.244.0.13~productpage-v1-0.default~default.svc.cluster.local".into(),
+            cluster: "productpage.default".into(),
+            ..Default::default()
+        }),
+        admin: Some(Admin { address: Some(address("127.0.0.1", 0)), ..Default::default() }),
+        static_resources: Some(bootstrap::StaticResources { listeners, clusters, ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+/// Rewrites the connection managers of a listener's chains.
+fn map_managers(listener: &mut Listener, f: &mut dyn FnMut(&mut HttpConnectionManager)) {
+    let chains = listener.filter_chains.iter_mut().chain(listener.default_filter_chain.as_mut());
+    for chain in chains {
+        for network_filter in &mut chain.filters {
+            let Some(filter::ConfigType::TypedConfig(config)) = &mut network_filter.config_type else {
+                continue;
+            };
+            if config.type_url != HttpConnectionManager::type_url() {
+                continue;
+            }
+            let mut manager = HttpConnectionManager::decode(config.value.as_slice()).expect("decodes");
+            f(&mut manager);
+            *config = any(&manager);
+        }
+    }
+}
+
+fn rds_name(manager: &HttpConnectionManager) -> Option<String> {
+    match &manager.route_specifier {
+        Some(http_connection_manager::RouteSpecifier::Rds(rds)) => Some(rds.route_config_name.clone()),
+        _ => None,
+    }
+}
+
+/// Everything static: what `--mode validate` can check in full.
+fn static_bootstrap(out: &Outbound, inb: &Inbound) -> Bootstrap {
+    let mut listeners = vec![out.listener.clone(), inb.listener.clone()];
+    for listener in &mut listeners {
+        map_managers(listener, &mut |manager| {
+            if let Some(name) = rds_name(manager) {
+                let routes =
+                    out.routes.iter().find(|r| r.name == name).cloned().expect("the route configuration");
+                manager.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(routes));
+            }
+        });
+    }
+    let mut clusters: Vec<Cluster> = out.clusters.iter().chain(&inb.clusters).cloned().collect();
+    for cluster in &mut clusters {
+        if cluster.eds_cluster_config.take().is_some() {
+            cluster.cluster_discovery_type =
+                Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static.into()));
+            cluster.load_assignment = out.endpoints.iter().find(|e| e.cluster_name == cluster.name).cloned();
+            assert!(cluster.load_assignment.is_some(), "{} has no endpoints", cluster.name);
+        }
+    }
+    base_bootstrap(listeners, clusters)
+}
+
+#[test]
+fn envoy_validates_every_scenario() {
+    let envoy = envoy_binary();
+    let dir = TempDir::new("validate");
+    for name in SCENARIOS {
+        let (out, inb) = configuration(name);
+        let path = dir.write(&format!("{name}.pb"), &static_bootstrap(&out, &inb).encode_to_vec());
+        let result = Command::new(&envoy)
+            .args(["--mode", "validate", "--log-level", "warn", "-c"])
+            .arg(&path)
+            .output()
+            .expect("run envoy");
+        assert!(
+            result.status.success(),
+            "Envoy refused the {name} configuration:\n{}{}",
+            String::from_utf8_lossy(&result.stdout),
+            String::from_utf8_lossy(&result.stderr)
+        );
+    }
+}
+
+#[test]
+fn envoy_validation_is_not_vacuous() {
+    // A route configuration with two virtual hosts sharing a domain is invalid.
+    let (mut out, inb) = configuration("no-virtual-service");
+    let route = &mut out.routes[0];
+    let duplicate = route.virtual_hosts[0].clone();
+    route.virtual_hosts.push(duplicate);
+    let dir = TempDir::new("invalid");
+    let path = dir.write("invalid.pb", &static_bootstrap(&out, &inb).encode_to_vec());
+    let result = Command::new(envoy_binary())
+        .args(["--mode", "validate", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run envoy");
+    assert!(!result.status.success());
+    let log = String::from_utf8_lossy(&result.stderr);
+    assert!(log.contains("domain"), "{log}");
+}
+
+/// A discovery response file for a `path_config_source`.
+fn discovery_file<M: Message + Name>(dir: &TempDir, file: &str, resources: &[M]) -> ConfigSource {
+    let response = DiscoveryResponse {
+        version_info: "1".into(),
+        type_url: M::type_url(),
+        resources: resources.iter().map(any).collect::<Vec<Any>>(),
+        ..Default::default()
+    };
+    let path = dir.write(file, &response.encode_to_vec());
+    ConfigSource {
+        resource_api_version: ApiVersion::V3.into(),
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::PathConfigSource(
+            PathConfigSource { path: path.display().to_string(), ..Default::default() },
+        )),
+        ..Default::default()
+    }
+}
+
+/// The exact resources, with RDS and EDS read from files instead of ADS,
+/// and listeners that do not bind (tests run side by side).
+fn file_bootstrap(dir: &TempDir, out: &Outbound, inb: &Inbound) -> Bootstrap {
+    let mut listeners = vec![out.listener.clone(), inb.listener.clone()];
+    for listener in &mut listeners {
+        listener.bind_to_port = Some(BoolValue { value: false });
+        map_managers(listener, &mut |manager| {
+            let Some(http_connection_manager::RouteSpecifier::Rds(rds)) = &mut manager.route_specifier else {
+                return;
+            };
+            let routes: Vec<RouteConfiguration> =
+                out.routes.iter().filter(|r| r.name == rds.route_config_name).cloned().collect();
+            rds.config_source =
+                Some(discovery_file(dir, &format!("rds-{}.pb", rds.route_config_name), &routes));
+        });
+    }
+    let mut clusters: Vec<Cluster> = out.clusters.iter().chain(&inb.clusters).cloned().collect();
+    for (n, cluster) in clusters.iter_mut().enumerate() {
+        if let Some(eds) = &mut cluster.eds_cluster_config {
+            let assignment: Vec<ClusterLoadAssignment> =
+                out.endpoints.iter().filter(|e| e.cluster_name == eds.service_name).cloned().collect();
+            eds.eds_config = Some(discovery_file(dir, &format!("eds-{n}.pb"), &assignment));
+        }
+    }
+    base_bootstrap(listeners, clusters)
+}
+
+/// A running Envoy, killed when dropped.
+struct Running {
+    child: Child,
+    admin: String,
+    log: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Running {
+    fn start(dir: &TempDir, bootstrap: &Bootstrap) -> Self {
+        let config = dir.write("envoy.pb", &bootstrap.encode_to_vec());
+        let admin_path = dir.0.join("admin-address");
+        let log = dir.0.join("envoy.log");
+        let child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&config)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .args(["--disable-hot-restart", "--concurrency", "1", "--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start envoy");
+        let mut running = Self { child, admin: String::new(), log };
+        running.admin = running.wait_for("the admin address", || {
+            std::fs::read_to_string(&admin_path).ok().map(|a| a.trim().to_string()).filter(|a| !a.is_empty())
+        });
+        running
+    }
+
+    fn wait_for<T>(&mut self, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Some(value) = probe() {
+                return value;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("Envoy exited ({status}) while waiting for {what}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}; Envoy's log:\n{}", self.log_text());
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn get(admin: &str, path: &str) -> Option<String> {
+    let mut response = ureq::get(&format!("http://{admin}{path}")).call().ok()?;
+    response.body_mut().read_to_string().ok()
+}
+
+/// Replaces the test's file sources by what the proxy really gets (`ads`),
+/// and drops what only the test set.
+fn normalize(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if map.remove("path_config_source").is_some() {
+                map.insert("ads".into(), Value::Object(Default::default()));
+            }
+            map.remove("bind_to_port");
+            map.values_mut().for_each(normalize);
+        }
+        Value::Array(items) => items.iter_mut().for_each(normalize),
+        _ => {}
+    }
+}
+
+/// Items of a config dump section, at `path` inside each entry, sorted by `key`.
+fn pick(dump: &Value, section: &str, path: &[&str], key: &str) -> Vec<Value> {
+    let mut items: Vec<Value> = dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get(section))
+        .filter_map(Value::as_array)
+        .flatten()
+        .map(|entry| path.iter().fold(entry.clone(), |v, k| v[*k].clone()))
+        .collect();
+    items.sort_by_key(|item| item[key].as_str().unwrap_or_default().to_string());
+    items
+}
+
+/// Envoy's view of what it applied: clusters, endpoints, routes and listeners.
+fn applied(name: &str) -> Value {
+    let (out, inb) = configuration(name);
+    let dir = TempDir::new(name);
+    let mut envoy = Running::start(&dir, &file_bootstrap(&dir, &out, &inb));
+    let admin = envoy.admin.clone();
+    let route_names: Vec<&str> = out.routes.iter().map(|r| r.name.as_str()).collect();
+    let dump = envoy.wait_for("Envoy to apply every route configuration", || {
+        let text = get(&admin, "/config_dump?include_eds")?;
+        let dump: Value = serde_json::from_str(&text).ok()?;
+        let routes = pick(&dump, "dynamic_route_configs", &["route_config"], "name");
+        let names: Vec<&str> = routes.iter().filter_map(|r| r["name"].as_str()).collect();
+        (names == route_names).then_some(dump)
+    });
+    let stats = get(&admin, "/stats?filter=update_(rejected|failure)").unwrap_or_default();
+    let refused: Vec<&str> = stats.lines().filter(|l| !l.ends_with(": 0")).collect();
+    assert!(
+        refused.is_empty(),
+        "{name}: Envoy refused some configuration: {refused:?}\n{}",
+        envoy.log_text()
+    );
+
+    let endpoint_names: Vec<&str> = out.endpoints.iter().map(|e| e.cluster_name.as_str()).collect();
+    let mut endpoints = pick(&dump, "static_endpoint_configs", &["endpoint_config"], "cluster_name");
+    endpoints.extend(pick(&dump, "dynamic_endpoint_configs", &["endpoint_config"], "cluster_name"));
+    endpoints.retain(|e| endpoint_names.contains(&e["cluster_name"].as_str().unwrap_or_default()));
+    endpoints.sort_by_key(|e| e["cluster_name"].as_str().unwrap_or_default().to_string());
+    let mut value = serde_json::json!({
+        "clusters": pick(&dump, "static_clusters", &["cluster"], "name"),
+        "endpoints": endpoints,
+        "routes": pick(&dump, "dynamic_route_configs", &["route_config"], "name"),
+        "listeners": pick(&dump, "static_listeners", &["listener"], "name"),
+    });
+    normalize(&mut value);
+    value
+}
+
+fn golden_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/translate/testdata/bookinfo").join(format!("{name}.json"))
+}
+
+#[test]
+fn envoy_applies_every_scenario_as_in_the_golden_files() {
+    let update = std::env::var_os("MESH_UPDATE_GOLDEN").is_some();
+    let results: Vec<(&str, String)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = SCENARIOS
+            .iter()
+            .map(|name| {
+                scope.spawn(move || {
+                    (*name, serde_json::to_string_pretty(&applied(name)).expect("json") + "\n")
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("scenario thread")).collect()
+    });
+    for (name, pretty) in results {
+        let golden = golden_path(name);
+        if update {
+            std::fs::create_dir_all(golden.parent().expect("parent")).expect("testdata dir");
+            std::fs::write(&golden, &pretty).expect("write golden");
+        }
+        let expected = std::fs::read_to_string(&golden).unwrap_or_default();
+        pretty_assertions::assert_eq!(
+            pretty,
+            expected,
+            "Envoy's view of {name} changed; if intended, rerun with MESH_UPDATE_GOLDEN=1"
+        );
+    }
+}

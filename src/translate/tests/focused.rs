@@ -1,0 +1,590 @@
+//! One behaviour per test: match kinds, visibility, DestinationRule
+//! precedence, unknown destinations, load balancing, inbound ports, scopes.
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, filter};
+use envoy_types::pb::envoy::config::route::v3::{
+    RouteConfiguration, VirtualHost, header_matcher, query_parameter_matcher, route, route_action,
+    route_match,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+use k8s_openapi::api::core::v1 as core;
+use kube::api::{ApiResource, DynamicObject, ObjectMeta};
+use prost::{Message, Name};
+use serde_json::json;
+
+use super::{NAMESPACE, bookinfo, endpoint_slice, productpage};
+use crate::api::virtual_service::HttpMatchRequest;
+use crate::index::{DestinationRules, EndpointSlices, Index, Services, VirtualServices};
+use crate::model::mesh::{MeshView, ProxyContext, ScopeKey};
+use crate::translate::route::route_match;
+use crate::translate::sidecar::{Outbound, inbound, outbound};
+use crate::translate::{mesh_view, parse_duration};
+
+fn config<K: kube::Resource<DynamicType = ()>>(
+    namespace: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> DynamicObject {
+    let mut obj = DynamicObject::new(name, &ApiResource::erase::<K>(&())).within(namespace);
+    obj.data = json!({ "spec": spec });
+    obj
+}
+
+fn vs(index: &mut Index, namespace: &str, name: &str, spec: serde_json::Value) {
+    index.apply::<VirtualServices>(&config::<crate::api::VirtualService>(namespace, name, spec));
+}
+
+fn dr(index: &mut Index, namespace: &str, name: &str, spec: serde_json::Value) {
+    index.apply::<DestinationRules>(&config::<crate::api::DestinationRule>(namespace, name, spec));
+}
+
+fn reviews_subsets() -> serde_json::Value {
+    json!([{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}},
+           {"name": "v3", "labels": {"version": "v3"}}])
+}
+
+fn scope(namespace: &str) -> ScopeKey {
+    ScopeKey { namespace: namespace.into(), labels: BTreeMap::new() }
+}
+
+fn translate(index: &Index) -> Outbound {
+    let view = mesh_view(index);
+    outbound(&view, &view.scope(&productpage(index)))
+}
+
+fn route_config<'a>(out: &'a Outbound, name: &str) -> &'a RouteConfiguration {
+    out.routes.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("route configuration {name}"))
+}
+
+fn vhost<'a>(out: &'a Outbound, port: &str, host: &str) -> &'a VirtualHost {
+    let name = format!("{host}:{port}");
+    route_config(out, port).virtual_hosts.iter().find(|v| v.name == name).unwrap_or_else(|| panic!("{name}"))
+}
+
+fn cluster_of(action: &Option<route::Action>) -> String {
+    match action {
+        Some(route::Action::Route(a)) => match &a.cluster_specifier {
+            Some(route_action::ClusterSpecifier::Cluster(c)) => c.clone(),
+            Some(route_action::ClusterSpecifier::WeightedClusters(w)) => w
+                .clusters
+                .iter()
+                .map(|c| format!("{}={}", c.name, c.weight.map(|w| w.value).unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(","),
+            other => panic!("{other:?}"),
+        },
+        Some(route::Action::DirectResponse(d)) => format!("direct {}", d.status),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn cluster<'a>(out: &'a Outbound, name: &str) -> &'a Cluster {
+    out.clusters.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("cluster {name}"))
+}
+
+const REVIEWS: &str = "reviews.default.svc.cluster.local";
+
+#[test]
+fn every_match_kind_translates() {
+    let m: HttpMatchRequest = serde_json::from_value(json!({
+        "uri": {"regex": "/api/v[0-9]+/.*"},
+        "ignoreUriCase": true,
+        "method": {"exact": "GET"},
+        "authority": {"prefix": "reviews"},
+        "scheme": {"exact": "http"},
+        "headers": {"End-User": {"exact": "jason"}, "x-present": {}},
+        "withoutHeaders": {"x-canary": {"regex": "yes|true"}},
+        "queryParams": {"debug": {"exact": ""}, "v": {"regex": "[0-9]+"}}
+    }))
+    .expect("a match");
+    let r = route_match(&m);
+    let Some(route_match::PathSpecifier::SafeRegex(regex)) = &r.path_specifier else { panic!("{r:?}") };
+    assert_eq!(regex.regex, "/api/v[0-9]+/.*");
+    assert_eq!(r.case_sensitive.map(|b| b.value), Some(false));
+    let headers: Vec<(String, bool, String)> = r
+        .headers
+        .iter()
+        .map(|h| {
+            let what = match &h.header_match_specifier {
+                Some(header_matcher::HeaderMatchSpecifier::StringMatch(s)) => match &s.match_pattern {
+                    Some(MatchPattern::Exact(v)) => format!("exact {v}"),
+                    Some(MatchPattern::Prefix(v)) => format!("prefix {v}"),
+                    Some(MatchPattern::SafeRegex(v)) => format!("regex {}", v.regex),
+                    other => format!("{other:?}"),
+                },
+                Some(header_matcher::HeaderMatchSpecifier::PresentMatch(p)) => format!("present {p}"),
+                other => format!("{other:?}"),
+            };
+            (h.name.clone(), h.invert_match, what)
+        })
+        .collect();
+    let expected = [
+        (":method", false, "exact GET"),
+        (":authority", false, "prefix reviews"),
+        (":scheme", false, "exact http"),
+        ("end-user", false, "exact jason"),
+        ("x-present", false, "present true"),
+        ("x-canary", true, "regex yes|true"),
+    ];
+    assert_eq!(headers, expected.map(|(n, i, w)| (n.to_string(), i, w.to_string())));
+    let query: Vec<String> = r
+        .query_parameters
+        .iter()
+        .map(|q| match &q.query_parameter_match_specifier {
+            Some(query_parameter_matcher::QueryParameterMatchSpecifier::PresentMatch(_)) => {
+                format!("{} present", q.name)
+            }
+            Some(query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(s)) => {
+                format!("{} {:?}", q.name, s.match_pattern)
+            }
+            None => q.name.clone(),
+        })
+        .collect();
+    assert_eq!(query.len(), 2);
+    assert_eq!(query[0], "debug present");
+    assert!(query[1].starts_with("v Some(SafeRegex"), "{query:?}");
+
+    let exact = route_match(&serde_json::from_value(json!({"uri": {"exact": "/login"}})).unwrap());
+    assert_eq!(exact.path_specifier, Some(route_match::PathSpecifier::Path("/login".into())));
+    let prefix = route_match(&serde_json::from_value(json!({"uri": {"prefix": "/api"}})).unwrap());
+    assert_eq!(prefix.path_specifier, Some(route_match::PathSpecifier::Prefix("/api".into())));
+    assert_eq!(prefix.case_sensitive, None);
+}
+
+#[test]
+fn source_labels_port_and_source_namespace_are_decided_per_proxy() {
+    let mut index = bookinfo();
+    dr(&mut index, NAMESPACE, "reviews", json!({"host": "reviews", "subsets": reviews_subsets()}));
+    vs(
+        &mut index,
+        NAMESPACE,
+        "reviews",
+        json!({"hosts": ["reviews"], "http": [
+            {"name": "from-productpage", "match": [{"sourceLabels": {"app": "productpage"}}], "route": [{"destination": {"host": "reviews", "subset": "v2"}}]},
+            {"name": "other-port", "match": [{"port": 7000}], "route": [{"destination": {"host": "reviews", "subset": "v3"}}]},
+            {"name": "other-ns", "match": [{"sourceNamespace": "elsewhere"}], "route": [{"destination": {"host": "reviews", "subset": "v3"}}]},
+            {"name": "rest", "route": [{"destination": {"host": "reviews", "subset": "v1"}}]}
+        ]}),
+    );
+    let view = mesh_view(&index);
+    let productpage = productpage(&index);
+    let scope = view.scope(&productpage);
+    assert_eq!(scope.labels, BTreeMap::from([("app".to_string(), "productpage".to_string())]));
+    let out = outbound(&view, &scope);
+    let names: Vec<_> =
+        vhost(&out, "9080", REVIEWS).routes.iter().map(|r| (r.name.clone(), cluster_of(&r.action))).collect();
+    assert_eq!(
+        names,
+        [
+            ("from-productpage".into(), format!("outbound|9080|v2|{REVIEWS}")),
+            ("rest".into(), format!("outbound|9080|v1|{REVIEWS}"))
+        ]
+    );
+
+    // Another pod of the namespace does not match sourceLabels.
+    let ratings = ProxyContext {
+        labels: BTreeMap::from([("app".into(), "ratings".into()), ("version".into(), "v1".into())]),
+        ..productpage.clone()
+    };
+    let other = outbound(&view, &view.scope(&ratings));
+    let names: Vec<_> = vhost(&other, "9080", REVIEWS).routes.iter().map(|r| r.name.clone()).collect();
+    assert_eq!(names, ["rest"]);
+}
+
+#[test]
+fn scopes_ignore_labels_no_rule_selects_on() {
+    let index = bookinfo();
+    let view = mesh_view(&index);
+    let a = ProxyContext {
+        namespace: NAMESPACE.into(),
+        labels: [("app".into(), "a".into())].into(),
+        ..Default::default()
+    };
+    let b = ProxyContext {
+        namespace: NAMESPACE.into(),
+        labels: [("app".into(), "b".into())].into(),
+        ..Default::default()
+    };
+    assert_eq!(view.scope(&a), view.scope(&b));
+    assert_eq!(outbound(&view, &view.scope(&a)), outbound(&view, &view.scope(&b)));
+}
+
+#[test]
+fn export_to_hides_configuration_from_other_namespaces() {
+    let mut index = bookinfo();
+    dr(&mut index, NAMESPACE, "reviews", json!({"host": "reviews", "subsets": reviews_subsets()}));
+    // Private to `default`.
+    vs(
+        &mut index,
+        NAMESPACE,
+        "reviews",
+        json!({"hosts": ["reviews"], "exportTo": ["."],
+        "http": [{"route": [{"destination": {"host": "reviews", "subset": "v3"}}]}]}),
+    );
+    let view = mesh_view(&index);
+    let own = outbound(&view, &scope(NAMESPACE));
+    assert_eq!(
+        cluster_of(&vhost(&own, "9080", REVIEWS).routes[0].action),
+        format!("outbound|9080|v3|{REVIEWS}")
+    );
+    let other = outbound(&view, &scope("shop"));
+    let route = &vhost(&other, "9080", REVIEWS).routes[0];
+    assert_eq!(
+        (route.name.as_str(), cluster_of(&route.action)),
+        ("default", format!("outbound|9080||{REVIEWS}"))
+    );
+    // Short names only resolve in the Service's own namespace.
+    assert!(!vhost(&other, "9080", REVIEWS).domains.contains(&"reviews".to_string()));
+    assert!(vhost(&other, "9080", REVIEWS).domains.contains(&"reviews.default".to_string()));
+
+    // Exported to `shop` by name.
+    vs(
+        &mut index,
+        NAMESPACE,
+        "reviews",
+        json!({"hosts": ["reviews"], "exportTo": ["shop"],
+        "http": [{"route": [{"destination": {"host": "reviews", "subset": "v3"}}]}]}),
+    );
+    let view = mesh_view(&index);
+    let shop = outbound(&view, &scope("shop"));
+    assert_eq!(
+        cluster_of(&vhost(&shop, "9080", REVIEWS).routes[0].action),
+        format!("outbound|9080|v3|{REVIEWS}")
+    );
+    let own = outbound(&view, &scope(NAMESPACE));
+    assert_eq!(vhost(&own, "9080", REVIEWS).routes[0].name, "default");
+}
+
+#[test]
+fn the_proxys_namespace_wins_then_the_services_then_name_order() {
+    let mut index = bookinfo();
+    let policy = |lb: &str| json!({"host": "reviews.default.svc.cluster.local", "trafficPolicy": {"loadBalancer": {"simple": lb}}});
+    dr(&mut index, "zzz", "b", policy("RANDOM"));
+    dr(&mut index, "aaa", "a", policy("ROUND_ROBIN"));
+    let view = mesh_view(&index);
+    let lb = |view: &MeshView, ns: &str| {
+        cluster(&outbound(view, &scope(ns)), &format!("outbound|9080||{REVIEWS}")).lb_policy
+    };
+    // Neither in the proxy's nor the service's namespace: name order (aaa/a).
+    assert_eq!(lb(&view, NAMESPACE), i32::from(cluster::LbPolicy::RoundRobin));
+    // The proxy's own namespace first.
+    assert_eq!(lb(&view, "zzz"), i32::from(cluster::LbPolicy::Random));
+    // The service's namespace before others.
+    dr(&mut index, NAMESPACE, "reviews", policy("LEAST_REQUEST"));
+    let view = mesh_view(&index);
+    assert_eq!(lb(&view, "shop"), i32::from(cluster::LbPolicy::LeastRequest));
+    assert_eq!(lb(&view, "zzz"), i32::from(cluster::LbPolicy::Random));
+    // A private rule elsewhere is not seen.
+    dr(
+        &mut index,
+        "aaa",
+        "a",
+        json!({"host": "reviews.default.svc.cluster.local", "exportTo": ["."],
+        "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}}),
+    );
+    dr(&mut index, NAMESPACE, "reviews", json!({"host": "x"}));
+    let view = mesh_view(&index);
+    assert_eq!(lb(&view, "shop"), i32::from(cluster::LbPolicy::Random));
+}
+
+#[test]
+fn unknown_destinations_answer_503_and_weighted_shares_go_to_the_black_hole() {
+    let mut index = bookinfo();
+    dr(&mut index, NAMESPACE, "reviews", json!({"host": "reviews", "subsets": reviews_subsets()}));
+    vs(
+        &mut index,
+        NAMESPACE,
+        "reviews",
+        json!({"hosts": ["reviews"], "http": [
+            {"name": "no-subset", "match": [{"headers": {"a": {"exact": "1"}}}], "route": [{"destination": {"host": "reviews", "subset": "v9"}}]},
+            {"name": "no-host", "match": [{"headers": {"a": {"exact": "2"}}}], "route": [{"destination": {"host": "nowhere"}}]},
+            {"name": "split", "route": [{"destination": {"host": "reviews", "subset": "v1"}, "weight": 90},
+                                         {"destination": {"host": "reviews", "subset": "v9"}, "weight": 10}]}
+        ]}),
+    );
+    // A VirtualService for a host that is no Service does nothing (and no panic).
+    vs(
+        &mut index,
+        NAMESPACE,
+        "external",
+        json!({"hosts": ["example.com"], "http": [{"route": [{"destination": {"host": "example.com"}}]}]}),
+    );
+    let out = translate(&index);
+    let routes = &vhost(&out, "9080", REVIEWS).routes;
+    assert_eq!(cluster_of(&routes[0].action), "direct 503");
+    assert_eq!(cluster_of(&routes[1].action), "direct 503");
+    let Some(route::Action::DirectResponse(d)) = &routes[0].action else { unreachable!() };
+    let body = format!("{:?}", d.body);
+    assert!(body.contains("subset v9 of reviews.default.svc.cluster.local"), "{body}");
+    assert_eq!(cluster_of(&routes[2].action), format!("outbound|9080|v1|{REVIEWS}=90,BlackHoleCluster=10"));
+    assert!(out.clusters.iter().any(|c| c.name == "BlackHoleCluster"));
+}
+
+#[test]
+fn subsets_get_their_own_clusters_and_only_their_endpoints() {
+    let mut index = bookinfo();
+    dr(&mut index, NAMESPACE, "reviews", json!({"host": "reviews", "subsets": reviews_subsets()}));
+    let out = translate(&index);
+    let addresses = |name: &str| -> usize {
+        out.endpoints
+            .iter()
+            .find(|e| e.cluster_name == name)
+            .map(|e| e.endpoints.iter().map(|l| l.lb_endpoints.len()).sum())
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    assert_eq!(addresses(&format!("outbound|9080||{REVIEWS}")), 3);
+    assert_eq!(addresses(&format!("outbound|9080|v2|{REVIEWS}")), 1);
+    let c = cluster(&out, &format!("outbound|9080|v2|{REVIEWS}"));
+    let eds = c.eds_cluster_config.as_ref().expect("EDS");
+    assert_eq!(eds.service_name, c.name);
+}
+
+#[test]
+fn load_balancing_follows_the_destination_rule_with_port_and_subset_overrides() {
+    let mut index = bookinfo();
+    dr(
+        &mut index,
+        NAMESPACE,
+        "reviews",
+        json!({"host": "reviews",
+        "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpHeaderName": "X-User"}},
+                          "portLevelSettings": [{"port": {"number": 9080}, "loadBalancer": {"consistentHash": {"httpCookie": {"name": "c", "ttl": "10s"}, "maglev": {"tableSize": 65537}}}}]},
+        "subsets": [{"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {"loadBalancer": {"simple": "PASSTHROUGH"}}},
+                    {"name": "v2", "labels": {"version": "v2"}, "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}}]}),
+    );
+    dr(
+        &mut index,
+        NAMESPACE,
+        "ratings",
+        json!({"host": "ratings", "trafficPolicy": {"loadBalancer": {"consistentHash": {"useSourceIp": true}}}}),
+    );
+    let out = translate(&index);
+    let whole = cluster(&out, &format!("outbound|9080||{REVIEWS}"));
+    assert_eq!(whole.lb_policy, i32::from(cluster::LbPolicy::Maglev));
+    let v1 = cluster(&out, &format!("outbound|9080|v1|{REVIEWS}"));
+    assert_eq!(
+        v1.cluster_discovery_type,
+        Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::OriginalDst.into()))
+    );
+    assert!(v1.eds_cluster_config.is_none());
+    assert!(!out.endpoints.iter().any(|e| e.cluster_name == v1.name));
+    // A subset's own policy overrides the rule's, port-level settings included.
+    assert_eq!(
+        cluster(&out, &format!("outbound|9080|v2|{REVIEWS}")).lb_policy,
+        i32::from(cluster::LbPolicy::Random)
+    );
+    let ratings = cluster(&out, "outbound|9080||ratings.default.svc.cluster.local");
+    assert_eq!(ratings.lb_policy, i32::from(cluster::LbPolicy::RingHash));
+
+    // The default routes carry the hash policies.
+    let hash = |host: &str| match &vhost(&out, "9080", host).routes[0].action {
+        Some(route::Action::Route(a)) => format!("{:?}", a.hash_policy),
+        other => panic!("{other:?}"),
+    };
+    let reviews = hash(REVIEWS);
+    assert!(reviews.contains("Cookie") && reviews.contains("seconds: 10"), "{reviews}");
+    assert!(hash("ratings.default.svc.cluster.local").contains("source_ip: true"));
+    assert_eq!(hash("details.default.svc.cluster.local"), "[]");
+}
+
+fn tcp_service(index: &mut Index, name: &str, ip: &str, port: i32, port_name: &str) {
+    let service = core::Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(NAMESPACE.into()),
+            ..Default::default()
+        },
+        spec: Some(core::ServiceSpec {
+            cluster_ip: Some(ip.into()),
+            selector: Some([("app".to_string(), name.to_string())].into()),
+            ports: Some(vec![core::ServicePort { name: Some(port_name.into()), port, ..Default::default() }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    index.apply::<Services>(&service);
+    index.apply::<EndpointSlices>(&endpoint_slice(&service, &[]));
+}
+
+fn chain_names(chains: &[FilterChain]) -> Vec<String> {
+    chains.iter().map(|c| c.name.clone()).collect()
+}
+
+#[test]
+fn tcp_ports_match_the_cluster_ip_and_http_ports_any_address() {
+    let mut index = bookinfo();
+    tcp_service(&mut index, "mysql", "10.96.1.1", 3306, "tcp-mysql");
+    tcp_service(&mut index, "legacy", "10.96.1.2", 9080, "legacy");
+    let out = translate(&index);
+    assert_eq!(
+        chain_names(&out.listener.filter_chains),
+        ["0.0.0.0_9080", "10.96.1.1_3306", "10.96.1.2_9080", "virtualOutbound-http"]
+    );
+    let tcp = &out.listener.filter_chains[1];
+    let m = tcp.filter_chain_match.as_ref().expect("match");
+    assert_eq!(m.prefix_ranges[0].address_prefix, "10.96.1.1");
+    let Some(filter::ConfigType::TypedConfig(config)) = &tcp.filters[0].config_type else { panic!() };
+    assert_eq!(config.type_url, TcpProxy::type_url());
+    let proxy = TcpProxy::decode(config.value.as_slice()).expect("decodes");
+    assert_eq!(proxy.stat_prefix, "outbound|3306||mysql.default.svc.cluster.local");
+    // The legacy port is no HTTP: no virtual host for it on 9080.
+    assert!(!route_config(&out, "9080").virtual_hosts.iter().any(|v| v.name.starts_with("legacy.")));
+    assert!(out.listener.default_filter_chain.is_some());
+}
+
+#[test]
+fn inbound_serves_the_pods_own_ports() {
+    let index = bookinfo();
+    let view = mesh_view(&index);
+    let proxy = productpage(&index);
+    let inb = inbound(&view, &proxy);
+    assert_eq!(chain_names(&inb.listener.filter_chains), ["inbound|9080||", "virtualInbound-http"]);
+    let names: Vec<_> = inb.clusters.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["inbound|9080||", "InboundPassthroughCluster"]);
+    let bind =
+        inb.clusters[0].upstream_bind_config.as_ref().and_then(|b| b.source_address.as_ref()).expect("bind");
+    assert_eq!(bind.address, "127.0.0.6");
+    // A pod no Service selects has only the pass-through.
+    let lonely = ProxyContext {
+        namespace: NAMESPACE.into(),
+        labels: [("app".into(), "x".into())].into(),
+        ..Default::default()
+    };
+    assert_eq!(chain_names(&inbound(&view, &lonely).listener.filter_chains), ["virtualInbound-http"]);
+}
+
+#[test]
+fn the_translation_is_deterministic() {
+    let mut index = super::scenario("virtual-service-reviews-jason-v2-v3");
+    dr(
+        &mut index,
+        NAMESPACE,
+        "ratings",
+        json!({"host": "ratings", "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}}),
+    );
+    let encode = |out: &Outbound| {
+        let mut bytes = Vec::new();
+        out.clusters.iter().for_each(|c| bytes.extend(c.encode_to_vec()));
+        out.endpoints.iter().for_each(|c| bytes.extend(c.encode_to_vec()));
+        out.routes.iter().for_each(|c| bytes.extend(c.encode_to_vec()));
+        bytes.extend(out.listener.encode_to_vec());
+        bytes
+    };
+    assert_eq!(encode(&translate(&index)), encode(&translate(&index)));
+}
+
+#[test]
+fn durations_parse_as_istio_writes_them() {
+    let d = |s: &str| parse_duration(s).map(|d| (d.seconds, d.nanos));
+    assert_eq!(d("10s"), Some((10, 0)));
+    assert_eq!(d("1h"), Some((3600, 0)));
+    assert_eq!(d("1m30s"), Some((90, 0)));
+    assert_eq!(d("0.5s"), Some((0, 500_000_000)));
+    assert_eq!(d("100ms"), Some((0, 100_000_000)));
+    assert_eq!(d("10"), None);
+    assert_eq!(d("-1s"), None);
+    assert_eq!(d(""), None);
+}
+
+/// `cargo test --release --lib translate::tests::focused::timing -- --ignored --nocapture`
+#[test]
+#[ignore = "a timing run; prints figures"]
+fn timing_for_a_thousand_services() {
+    use std::time::Instant;
+    let mut index = Index::new(Default::default());
+    let mut pods = Vec::new();
+    for n in 0..1000u32 {
+        let ns = format!("ns{}", n % 10);
+        let name = format!("svc{n}");
+        let service = core::Service {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            spec: Some(core::ServiceSpec {
+                cluster_ip: Some(format!("10.96.{}.{}", n / 250, n % 250 + 1)),
+                selector: Some([("app".to_string(), name.clone())].into()),
+                ports: Some(vec![core::ServicePort {
+                    name: Some("http".into()),
+                    port: 8080,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        index.apply::<Services>(&service);
+        pods.clear();
+        for v in 0..2u32 {
+            pods.push(core::Pod {
+                metadata: ObjectMeta {
+                    name: Some(format!("{name}-{v}")),
+                    namespace: Some(ns.clone()),
+                    labels: Some(
+                        [("app".to_string(), name.clone()), ("version".to_string(), format!("v{v}"))].into(),
+                    ),
+                    ..Default::default()
+                },
+                status: Some(core::PodStatus {
+                    pod_ip: Some(format!("10.{}.{}.{}", 100 + v, n / 250, n % 250 + 1)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            index.apply::<crate::index::Pods>(pods.last().expect("pod"));
+        }
+        let mut slice = endpoint_slice(&service, &pods);
+        slice.metadata.namespace = Some(ns.clone());
+        for e in &mut slice.endpoints {
+            if let Some(r) = &mut e.target_ref {
+                r.namespace = Some(ns.clone());
+            }
+        }
+        index.apply::<EndpointSlices>(&slice);
+        if n % 2 == 0 {
+            dr(
+                &mut index,
+                &ns,
+                &name,
+                json!({"host": name, "subsets": [{"name": "v0", "labels": {"version": "v0"}}, {"name": "v1", "labels": {"version": "v1"}}]}),
+            );
+            vs(
+                &mut index,
+                &ns,
+                &name,
+                json!({"hosts": [name], "http": [
+                {"match": [{"headers": {"end-user": {"exact": "jason"}}}], "route": [{"destination": {"host": name, "subset": "v1"}}]},
+                {"route": [{"destination": {"host": name, "subset": "v0"}, "weight": 90}, {"destination": {"host": name, "subset": "v1"}, "weight": 10}]}]}),
+            );
+        }
+    }
+    let start = Instant::now();
+    let view = mesh_view(&index);
+    let built = start.elapsed();
+    let scope = scope("ns0");
+    let start = Instant::now();
+    let out = outbound(&view, &scope);
+    let translated = start.elapsed();
+    let start = Instant::now();
+    let endpoints = crate::translate::sidecar::endpoints(&view, &scope);
+    let eds = start.elapsed();
+    let start = Instant::now();
+    let bytes: usize = out.clusters.iter().map(|c| c.encoded_len()).sum::<usize>()
+        + out.endpoints.iter().map(|c| c.encoded_len()).sum::<usize>()
+        + out.routes.iter().map(|c| c.encoded_len()).sum::<usize>()
+        + out.listener.encoded_len();
+    let encoded = start.elapsed();
+    println!(
+        "1000 services: view {built:?}, outbound {translated:?} ({} clusters, {} assignments, {} routes, {} vhosts, {bytes} bytes), endpoints alone {eds:?} ({}), size {encoded:?}",
+        out.clusters.len(),
+        out.endpoints.len(),
+        out.routes.len(),
+        out.routes.iter().map(|r| r.virtual_hosts.len()).sum::<usize>(),
+        endpoints.len(),
+    );
+}

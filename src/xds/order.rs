@@ -1,0 +1,158 @@
+//! Make-before-break, shared by both stream state machines: what a proxy
+//! may be sent of one type now, given what it has acknowledged of the
+//! others.
+//!
+//! - A listener or route that names clusters ([`Resource::depends_on`])
+//!   goes out, in a new version, only once each of those clusters is
+//!   acknowledged in the snapshot's version (and its endpoints too, when
+//!   the snapshot has a ClusterLoadAssignment of the same name). Until
+//!   then the proxy keeps the version it has, or does not get the
+//!   resource yet. Envoy would otherwise route to a cluster it does not
+//!   have (or has not warmed) and answer 503.
+//! - A cluster (or its endpoints) that left the snapshot is removed only
+//!   once no listener or route the proxy holds, or is being sent, names
+//!   it: routes move away first, then the cluster goes.
+//!
+//! A dependency the snapshot does not have at all is not waited for (it
+//! would never come). A dependency whose current version the proxy
+//! refused counts as ready if the proxy has some version of it: that is
+//! what it will keep using.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use super::snapshot::{Resource, Resources, Snapshot};
+use super::types;
+
+/// What a stream knows of one type at the proxy.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Ledger {
+    /// What the proxy holds once it applies what was sent (SotW: the last
+    /// response; Delta: every resource the proxy was sent and still has).
+    pub sent: Resources,
+    /// What the proxy acknowledged.
+    pub acked: Resources,
+    /// Versions the proxy refused (a NACK), not to be sent again.
+    pub refused: Resources,
+}
+
+/// What to send of one type.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// What the proxy will hold after this response.
+    pub next: Resources,
+    /// New resources and new versions, in name order.
+    pub updated: Vec<Arc<Resource>>,
+    /// Names the proxy has and should drop.
+    pub removed: Vec<String>,
+    /// Something waits on an acknowledgement of another type; plan again
+    /// after the next ACK.
+    pub held: bool,
+}
+
+/// Whether resources of this type may name clusters.
+pub(crate) fn is_dependent(type_url: &str) -> bool {
+    type_url == types::LISTENER || type_url == types::ROUTE
+}
+
+/// What the proxy should hold of `type_url`, moving from what it has
+/// (`ledgers[type_url].sent`) towards `desired` as far as the order
+/// allows. With `skip_refused`, a resource in a version the proxy refused
+/// is not sent again (Delta; SotW refuses whole responses and checks that
+/// itself).
+pub(crate) fn plan(
+    type_url: &str,
+    desired: &Resources,
+    ledgers: &BTreeMap<String, Ledger>,
+    snapshot: &Snapshot,
+    skip_refused: bool,
+) -> Plan {
+    let empty = Ledger::default();
+    let ledger = ledgers.get(type_url).unwrap_or(&empty);
+    let current = &ledger.sent;
+    if desired.same_parts(current)
+        || (desired.len() == current.len() && desired.version() == current.version())
+    {
+        return Plan { next: desired.clone(), updated: Vec::new(), removed: Vec::new(), held: false };
+    }
+    let dependent = is_dependent(type_url);
+    let removable_late = type_url == types::CLUSTER || type_url == types::ENDPOINT;
+    let mut referenced: Option<BTreeSet<&str>> = None;
+    let mut next = Vec::with_capacity(desired.len());
+    let mut updated = Vec::new();
+    let mut removed = Vec::new();
+    let mut held = false;
+
+    let mut wanted = desired.iter().peekable();
+    let mut have = current.iter().peekable();
+    loop {
+        let (d, c) = match (wanted.peek(), have.peek()) {
+            (None, None) => break,
+            (Some(d), Some(c)) if d.name == c.name => (wanted.next(), have.next()),
+            (Some(d), Some(c)) if d.name < c.name => (wanted.next(), None),
+            (Some(_), None) => (wanted.next(), None),
+            _ => (None, have.next()),
+        };
+        match (d, c) {
+            (Some(d), Some(c)) if d.version == c.version => next.push(d.clone()),
+            (Some(d), c) => {
+                let refused =
+                    skip_refused && ledger.refused.get(&d.name).is_some_and(|r| r.version == d.version);
+                let blocked = !refused && dependent && !ready(&d.depends_on, ledgers, snapshot);
+                if refused || blocked {
+                    held |= blocked;
+                    next.extend(c.cloned());
+                } else {
+                    next.push(d.clone());
+                    updated.push(d.clone());
+                }
+            }
+            (None, Some(c)) => {
+                let still_named = removable_late
+                    && referenced
+                        .get_or_insert_with(|| referenced_clusters(ledgers))
+                        .contains(c.name.as_str());
+                if still_named {
+                    held = true;
+                    next.push(c.clone());
+                } else {
+                    removed.push(c.name.clone());
+                }
+            }
+            (None, None) => unreachable!("the loop ends when both are done"),
+        }
+    }
+    Plan { next: Resources::from_sorted(next), updated, removed, held }
+}
+
+/// Whether every cluster in `clusters` is acknowledged in its current
+/// version, with its endpoints.
+fn ready(clusters: &[String], ledgers: &BTreeMap<String, Ledger>, snapshot: &Snapshot) -> bool {
+    clusters.iter().all(|cluster| {
+        settled(types::CLUSTER, cluster, ledgers, snapshot)
+            && settled(types::ENDPOINT, cluster, ledgers, snapshot)
+    })
+}
+
+/// Whether the proxy has `name` of `type_url` as the snapshot has it (or
+/// the snapshot does not have it, or the proxy refused it and keeps an
+/// older one).
+fn settled(type_url: &str, name: &str, ledgers: &BTreeMap<String, Ledger>, snapshot: &Snapshot) -> bool {
+    let Some(current) = snapshot.get(type_url).and_then(|r| r.get(name)) else { return true };
+    let Some(ledger) = ledgers.get(type_url) else { return false };
+    match ledger.acked.get(name) {
+        Some(acked) if acked.version == current.version => true,
+        Some(_) => ledger.refused.get(name).is_some_and(|r| r.version == current.version),
+        None => false,
+    }
+}
+
+/// Clusters named by a listener or route the proxy holds or was sent.
+fn referenced_clusters(ledgers: &BTreeMap<String, Ledger>) -> BTreeSet<&str> {
+    [types::LISTENER, types::ROUTE]
+        .iter()
+        .filter_map(|t| ledgers.get(*t))
+        .flat_map(|l| l.sent.iter().chain(l.acked.iter()))
+        .flat_map(|r| r.depends_on.iter().map(String::as_str))
+        .collect()
+}

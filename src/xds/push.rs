@@ -1,0 +1,385 @@
+//! Pushes: from index changes to new snapshots for every connected proxy.
+//!
+//! Index changes come in bursts (a rollout moves many pods and endpoint
+//! slices). [`run`] waits for the revision to stay still for the quiet
+//! period of its [`Debounce`] (but never longer than its maximum delay, so
+//! constant churn still pushes), then makes one push: the [`Generator`]
+//! takes what it needs from the index under its lock, the lock is
+//! released, and every proxy's snapshot is generated from that one
+//! [`PushContext`] (in parallel, sharing work between proxies of a scope).
+//! A proxy whose snapshot did not change is not woken.
+//!
+//! The same push ends the stream of a proxy whose pod left the index (or
+//! was replaced by a pod of the same name): it reconnects and
+//! authenticates again.
+//!
+//! [`Connections`] is the registry of connected proxies behind
+//! /debug/syncz and /debug/config_dump.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::XdsMetrics;
+use super::proxy::Proxy;
+use super::snapshot::{Generator, PushContext, Resources, Snapshot};
+use super::stream::TypeStatus;
+use crate::index::SharedIndex;
+use crate::model::ObjectKey;
+
+/// How index changes are coalesced into pushes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Debounce {
+    /// A push waits until the index has been still this long...
+    pub quiet: Duration,
+    /// ...but not longer than this after the first change.
+    pub max_delay: Duration,
+}
+
+impl Default for Debounce {
+    fn default() -> Self {
+        Self { quiet: Duration::from_millis(100), max_delay: Duration::from_secs(1) }
+    }
+}
+
+impl Debounce {
+    /// A quiet period of `quiet_ms` (0: push at once), at most ten times
+    /// that (and at least a second) under constant change.
+    pub fn from_millis(quiet_ms: u64) -> Self {
+        let quiet = Duration::from_millis(quiet_ms);
+        Self { quiet, max_delay: (quiet * 10).max(Duration::from_secs(1)) }
+    }
+}
+
+/// Which protocol a stream speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Sotw,
+    Delta,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Sotw => "SotW",
+            Protocol::Delta => "Delta",
+        }
+    }
+}
+
+/// A snapshot offered to a stream, from push `epoch`.
+#[derive(Clone, Debug)]
+pub(crate) struct Offer {
+    epoch: u64,
+    pub snapshot: Arc<Snapshot>,
+    version: String,
+}
+
+/// A refusal, with when it came.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NackRecord {
+    pub version: String,
+    pub error: String,
+    pub at: SystemTime,
+}
+
+/// What a stream reports about itself after every step.
+#[derive(Clone, Debug, Default)]
+pub struct StreamReport {
+    pub types: BTreeMap<String, TypeStatus>,
+    /// The latest refusal of each type, kept after a later ACK.
+    pub last_nack: BTreeMap<String, NackRecord>,
+    /// What the proxy holds (or is being sent), by type.
+    pub holding: BTreeMap<String, Resources>,
+}
+
+/// One connected proxy.
+pub struct Connection {
+    pub id: u64,
+    pub proxy: Proxy,
+    pub node_id: String,
+    pub protocol: Protocol,
+    pub connected_since: SystemTime,
+    offers: watch::Sender<Offer>,
+    ended: CancellationToken,
+    report: Mutex<StreamReport>,
+}
+
+impl Connection {
+    /// Offers a snapshot from push `epoch`; the stream wakes only if it is
+    /// newer than what it has and differs from it.
+    pub(crate) fn offer(&self, epoch: u64, snapshot: Snapshot) -> bool {
+        let version = snapshot.version();
+        self.offers.send_if_modified(|current| {
+            if current.epoch > epoch {
+                return false;
+            }
+            let changed = current.version != version;
+            if changed {
+                *current = Offer { epoch, snapshot: Arc::new(snapshot), version };
+            } else {
+                current.epoch = epoch;
+            }
+            changed
+        })
+    }
+
+    pub(crate) fn offers(&self) -> watch::Receiver<Offer> {
+        self.offers.subscribe()
+    }
+
+    /// Cancelled when the stream must end (its pod is gone).
+    pub(crate) fn ended(&self) -> &CancellationToken {
+        &self.ended
+    }
+
+    pub(crate) fn update_report(&self, update: impl FnOnce(&mut StreamReport)) {
+        update(&mut self.report.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    pub fn report(&self) -> StreamReport {
+        self.report.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The pod, as `namespace/name`.
+    pub fn pod(&self) -> ObjectKey {
+        ObjectKey::new(&self.proxy.id.namespace, &self.proxy.id.pod)
+    }
+}
+
+/// The registry of connected proxies. Cloning shares it.
+#[derive(Clone)]
+pub struct Connections {
+    inner: Arc<Registry>,
+}
+
+struct Registry {
+    instance: String,
+    next: AtomicU64,
+    map: Mutex<BTreeMap<u64, Arc<Connection>>>,
+}
+
+impl Connections {
+    /// A registry of this controller instance (its pod name, say).
+    pub fn new(instance: impl Into<String>) -> Self {
+        Self {
+            inner: Arc::new(Registry {
+                instance: instance.into(),
+                next: AtomicU64::new(1),
+                map: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// Which controller replica this is.
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// Every connected proxy, oldest first.
+    pub fn list(&self) -> Vec<Arc<Connection>> {
+        self.inner.map.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    /// The connections of a proxy, by node id or `namespace/pod`.
+    pub fn find(&self, proxy: &str) -> Vec<Arc<Connection>> {
+        self.list()
+            .into_iter()
+            .filter(|c| {
+                c.node_id == proxy
+                    || c.pod().to_string() == proxy
+                    || format!("{}.{}", c.proxy.id.pod, c.proxy.id.namespace) == proxy
+            })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a stream; it leaves the registry when the guard drops.
+    pub(crate) fn register(&self, proxy: Proxy, node_id: String, protocol: Protocol) -> Registered {
+        let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let empty = Snapshot::new();
+        let version = empty.version();
+        let (offers, _) = watch::channel(Offer { epoch: 0, snapshot: Arc::new(empty), version });
+        let connection = Arc::new(Connection {
+            id,
+            proxy,
+            node_id,
+            protocol,
+            connected_since: SystemTime::now(),
+            offers,
+            ended: CancellationToken::new(),
+            report: Mutex::new(StreamReport::default()),
+        });
+        self.inner.map.lock().unwrap_or_else(|p| p.into_inner()).insert(id, connection.clone());
+        Registered { connections: self.clone(), connection }
+    }
+}
+
+/// A registered stream; dropping it unregisters.
+pub(crate) struct Registered {
+    connections: Connections,
+    pub connection: Arc<Connection>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.connections.inner.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.connection.id);
+    }
+}
+
+/// Builds snapshots for every connected proxy, one push at a time.
+pub struct Pusher {
+    generator: Arc<dyn Generator>,
+    index: SharedIndex,
+    connections: Connections,
+    metrics: XdsMetrics,
+    current: Mutex<Option<(u64, Arc<dyn PushContext>)>>,
+    epoch: AtomicU64,
+    /// One push at a time.
+    pushing: tokio::sync::Mutex<()>,
+}
+
+/// What one push did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PushSummary {
+    pub proxies: usize,
+    pub changed: usize,
+    pub ended: usize,
+}
+
+impl Pusher {
+    pub fn new(
+        generator: Arc<dyn Generator>,
+        index: SharedIndex,
+        connections: Connections,
+        metrics: XdsMetrics,
+    ) -> Self {
+        Self {
+            generator,
+            index,
+            connections,
+            metrics,
+            current: Mutex::new(None),
+            epoch: AtomicU64::new(0),
+            pushing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn connections(&self) -> &Connections {
+        &self.connections
+    }
+
+    /// The context of the latest push, made now if there was none.
+    fn context(&self) -> (u64, Arc<dyn PushContext>) {
+        if let Some(current) = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return current;
+        }
+        let context = self.generator.prepare(&self.index.lock());
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        current.get_or_insert_with(|| (self.epoch.fetch_add(1, Ordering::SeqCst) + 1, context)).clone()
+    }
+
+    /// Gives a just registered stream its first snapshot (unless a push
+    /// already gave it a newer one) and returns what it has.
+    pub(crate) fn first_offer(&self, connection: &Connection) -> Offer {
+        let (epoch, context) = self.context();
+        connection.offer(epoch, context.generate(&connection.proxy));
+        connection.offers.borrow().clone()
+    }
+
+    /// One push: a fresh context from the index, a snapshot for every
+    /// proxy, and an end to streams whose pod is gone.
+    pub async fn push(self: &Arc<Self>) -> PushSummary {
+        let _one = self.pushing.lock().await;
+        let this = self.clone();
+        let summary = tokio::task::spawn_blocking(move || this.push_blocking()).await;
+        summary.unwrap_or_default()
+    }
+
+    fn push_blocking(&self) -> PushSummary {
+        let started = Instant::now();
+        let connections = self.connections.list();
+        let (context, gone) = {
+            let index = self.index.lock();
+            let context = self.generator.prepare(&index);
+            let gone: Vec<_> = connections
+                .iter()
+                .filter(|c| index.workloads.get(&c.pod()).is_none_or(|w| w.uid != c.proxy.identity.pod_uid))
+                .cloned()
+                .collect();
+            (context, gone)
+        };
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((epoch, context.clone()));
+        for connection in &gone {
+            tracing::info!(proxy = %connection.proxy.id, "pod gone from the index; ending its stream");
+            connection.ended.cancel();
+        }
+        let live: Vec<_> = connections.into_iter().filter(|c| !c.ended.is_cancelled()).collect();
+        let changed = AtomicU64::new(0);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(live.len().max(1));
+        let chunk = live.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            for part in live.chunks(chunk) {
+                let (context, changed) = (&context, &changed);
+                scope.spawn(move || {
+                    for connection in part {
+                        if connection.offer(epoch, context.generate(&connection.proxy)) {
+                            changed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        let summary =
+            PushSummary { proxies: live.len(), changed: changed.into_inner() as usize, ended: gone.len() };
+        let elapsed = started.elapsed();
+        self.metrics.push_done(elapsed, summary.changed as u64);
+        tracing::debug!(
+            epoch,
+            proxies = summary.proxies,
+            changed = summary.changed,
+            ended = summary.ended,
+            ?elapsed,
+            "push"
+        );
+        summary
+    }
+}
+
+/// Pushes after every (debounced) change of the index, until `shutdown`.
+pub async fn run(pusher: Arc<Pusher>, debounce: Debounce, shutdown: CancellationToken) {
+    let mut revisions = pusher.index.lock().subscribe();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = revisions.changed() => if changed.is_err() { return },
+        }
+        let first = tokio::time::Instant::now();
+        let latest = first + debounce.max_delay;
+        let mut quiet_until = first + debounce.quiet;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(quiet_until.min(latest)) => break,
+                changed = revisions.changed() => {
+                    if changed.is_err() { return }
+                    quiet_until = tokio::time::Instant::now() + debounce.quiet;
+                }
+            }
+        }
+        revisions.borrow_and_update();
+        pusher.push().await;
+    }
+}
