@@ -152,8 +152,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         debounce: crate::xds::Debounce::from_millis(args.debounce_ms),
         instance: instance.clone(),
     };
-    // The pass-through configuration until the routing translation is wired here.
-    let generator = Arc::new(crate::xds::Passthrough::new());
+    // Services, endpoints, VirtualServices and DestinationRules, translated per scope and proxy.
+    let generator = Arc::new(crate::xds::MeshGenerator);
     let ads = crate::xds::Ads::with_settings(
         authenticator,
         index.clone(),

@@ -35,22 +35,35 @@ fn init_container_names(pod: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Prometheus samples of Envoy's stats, read inside the pod from :15090.
-fn envoy_stats(ns: &str, pod: &str) -> BTreeMap<String, f64> {
-    let out = enter(ns, pod, "curl -sf -m 5 http://127.0.0.1:15090/stats/prometheus");
-    assert!(out.ok, "Envoy's stats in {ns}/{pod}: {}", out.stderr);
-    out.stdout
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
-        .collect()
+/// Envoy's statistics, read inside the pod: the Prometheus samples
+/// (`:15090/stats/prometheus`, what a scraper reads) and the plain counters
+/// of the admin API on loopback (`127.0.0.1:15000/stats`, exact names).
+fn envoy_stats(ns: &str, pod: &str) -> (BTreeMap<String, f64>, BTreeMap<String, f64>) {
+    let parse = |text: &str, separator: &str| -> BTreeMap<String, f64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(separator))
+            .filter_map(|(k, v)| v.trim().parse().ok().map(|v| (k.to_string(), v)))
+            .collect()
+    };
+    let prometheus = enter(ns, pod, "curl -sf -m 5 http://127.0.0.1:15090/stats/prometheus");
+    assert!(prometheus.ok, "Envoy's Prometheus stats in {ns}/{pod}: {}", prometheus.stderr);
+    let admin = enter(ns, pod, "curl -sf -m 5 http://127.0.0.1:15000/stats");
+    assert!(admin.ok, "Envoy's stats in {ns}/{pod}: {}", admin.stderr);
+    (parse(&prometheus.stdout, " "), parse(&admin.stdout, ": "))
 }
 
-/// Requests an HTTP connection manager of Envoy's saw (`inbound` or `outbound`).
-fn requests(stats: &BTreeMap<String, f64>, prefix: &str) -> f64 {
-    let key = format!("envoy_http_downstream_rq_total{{envoy_http_conn_manager_prefix=\"{prefix}\"}}");
-    stats.get(&key).copied().unwrap_or(0.0)
+/// Requests Envoy's HTTP connection managers of one direction saw:
+/// `http.inbound.*`/`http.outbound.*` (pass-through) and
+/// `http.inbound_0.0.0.0_<port>.*`/`http.outbound_0.0.0.0_<port>.*` (routed ports).
+fn requests(stats: &BTreeMap<String, f64>, direction: &str) -> f64 {
+    stats
+        .iter()
+        .filter_map(|(k, v)| {
+            let prefix = k.strip_prefix("http.")?.strip_suffix(".downstream_rq_total")?;
+            (prefix == direction || prefix.starts_with(&format!("{direction}_"))).then_some(*v)
+        })
+        .sum()
 }
 
 #[test]
@@ -104,7 +117,17 @@ fn bookinfo_gets_envoy_in_every_pod_and_its_traffic_goes_through_envoy() {
     let mut inbound = BTreeMap::new();
     let mut outbound = BTreeMap::new();
     for pod in &pods {
-        let stats = envoy_stats(&ns.name, pod);
+        let (prometheus, stats) = envoy_stats(&ns.name, pod);
+        // A scraper sees the same traffic.
+        let scraped: f64 = prometheus
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("envoy_http_downstream_rq_total{") || k.contains("_downstream_rq_total")
+            })
+            .filter(|(k, _)| k.contains("bound"))
+            .map(|(_, v)| v)
+            .sum();
+        assert!(scraped > 0.0, "{pod}: no request counted on :15090/stats/prometheus");
         let app = pod.rsplitn(3, '-').last().expect("a Deployment's pod").to_string();
         eprintln!(
             "{pod}: inbound {}, outbound {}",

@@ -8,4 +8,5 @@ mod ca;
 mod crds;
 mod inject;
 mod node;
+mod routing;
 mod webhook;

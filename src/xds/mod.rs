@@ -29,6 +29,7 @@
 pub mod auth;
 pub mod debug;
 pub mod delta;
+pub mod mesh;
 pub mod metrics;
 pub(crate) mod order;
 pub mod proxy;
@@ -43,6 +44,7 @@ mod tests;
 pub mod tokenreview;
 
 pub use auth::{Authenticator, Rejection, TokenCache, TokenIdentity, authorize};
+pub use mesh::MeshGenerator;
 pub use metrics::XdsMetrics;
 pub use proxy::{Proxy, ProxyId};
 pub use push::{Connections, Debounce};
