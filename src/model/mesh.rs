@@ -352,7 +352,7 @@ impl MeshView {
             .map(|(_, vs)| vs.as_ref())
     }
 
-    /// The DestinationRule that applies to `hostname` for proxies of `scope`.
+    /// The DestinationRule that applies to `service` for proxies of `scope`.
     pub fn destination_rule_for(
         &self,
         scope: &ScopeKey,
@@ -450,4 +450,31 @@ fn endpoints_of(
     out.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
     out.dedup_by(|a, b| a.address == b.address && a.port == b.port);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_conditions_become_health() {
+        assert_eq!(Health::of(true, true, false), Health::Healthy);
+        // Terminating but still serving: finish what it has, take nothing new.
+        assert_eq!(Health::of(false, true, true), Health::Draining);
+        assert_eq!(Health::of(false, false, true), Health::Unhealthy);
+        assert_eq!(Health::of(false, false, false), Health::Unhealthy);
+    }
+
+    #[test]
+    fn an_empty_selector_selects_no_pod() {
+        let service = ServiceView {
+            key: ObjectKey::new("a", "s"),
+            hostname: service_fqdn("s", "a"),
+            cluster_ip: None,
+            ports: Vec::new(),
+            selector: BTreeMap::new(),
+            export_to: ExportTo::everywhere(),
+        };
+        assert!(!service.selects(&BTreeMap::from([("app".to_string(), "x".to_string())])));
+    }
 }

@@ -60,16 +60,27 @@ pub fn route_configuration_for(
     port: u16,
     services: &[&ServiceView],
 ) -> RouteConfiguration {
-    let mut seen = HashSet::new();
+    // Envoy refuses a route configuration in which two virtual hosts share
+    // a domain. Names are unique by construction (one Service per host
+    // name); a ClusterIP could repeat while the index catches up with a
+    // Service that was recreated, and then the first in host name order keeps it.
+    let mut addresses = HashSet::new();
     let mut virtual_hosts = Vec::with_capacity(services.len() + 1);
     for service in services {
         let mut host = virtual_host(view, scope, service, port);
-        // Envoy refuses a route configuration in which two virtual hosts
-        // share a domain; the first (in host name order) keeps it.
-        host.domains.retain(|d| seen.insert(d.clone()));
-        if !host.domains.is_empty() {
-            virtual_hosts.push(host);
+        if let Some(ip) = &service.cluster_ip
+            && !addresses.insert(ip.as_str())
+        {
+            let bracketed = format!("[{ip}]");
+            host.domains.retain(|d| {
+                let bare = d
+                    .rsplit_once(':')
+                    .filter(|(_, p)| p.parse::<u16>().is_ok())
+                    .map_or(d.as_str(), |(h, _)| h);
+                bare != ip && bare != bracketed && d != ip
+            });
         }
+        virtual_hosts.push(host);
     }
     virtual_hosts.push(allow_any());
     RouteConfiguration {
