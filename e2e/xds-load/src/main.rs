@@ -379,7 +379,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 Some(s.ready_at?.duration_since(s.attempt_started?.max(restarted)))
             })
             .collect();
-        summary.add("  per proxy, last connect attempt (or ready) to ACK", distribution(per_proxy));
+        summary.add("  per proxy, last attempt (not before readiness) to ACK", distribution(per_proxy));
         summary.add("  new controller", controller(&process, None, after));
         tokio::time::sleep(Duration::from_secs(2)).await;
         idle(&fleet, &process, &mut summary, args.idle_seconds, "idle after restart").await;
@@ -536,7 +536,9 @@ async fn churn(
         // Calls overlap, so a slow one does not hold the rate back; at
         // most a few dozen are in flight.
         while calls.len() >= 64 {
-            if let Some(Ok(Err(_))) = calls.join_next().await {
+            if let Some(done) = calls.join_next().await
+                && !matches!(done, Ok(Ok(())))
+            {
                 errors += 1;
             }
         }

@@ -77,7 +77,16 @@ impl Probe {
             return Finding::default();
         }
         let mention = memchr::memmem::Finder::new(self.mention.as_bytes());
-        let about: Vec<&Any> = resources.iter().filter(|r| mention.find(&r.value).is_some()).collect();
+        // A cluster or CLA is about the service when its name says so (a
+        // short read); a listener or route configuration when its content does.
+        let by_name = type_url == CLUSTER || type_url == ENDPOINT;
+        let about: Vec<&Any> = resources
+            .iter()
+            .filter(|r| match first_string(&r.value).filter(|_| by_name) {
+                Some(name) => mention.find(name).is_some(),
+                None => mention.find(&r.value).is_some(),
+            })
+            .collect();
         if about.is_empty() {
             return Finding::default();
         }
@@ -89,6 +98,28 @@ impl Probe {
         };
         Finding { observed: true, verified }
     }
+}
+
+/// Field 1 of an encoded message when it is a string, read without
+/// decoding the rest: the name of a Cluster, Listener or
+/// RouteConfiguration, the cluster name of a ClusterLoadAssignment
+/// (protobuf encoders write fields in number order).
+pub fn first_string(bytes: &[u8]) -> Option<&[u8]> {
+    let rest = bytes.strip_prefix(&[0x0a])?;
+    let (mut len, mut shift, mut at) = (0usize, 0u32, 0usize);
+    loop {
+        let b = *rest.get(at)?;
+        len |= usize::from(b & 0x7f).checked_shl(shift)?;
+        at += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 28 {
+            return None;
+        }
+    }
+    rest.get(at..at.checked_add(len)?)
 }
 
 /// Whether `bytes` (an encoded proto) holds `address` as a whole string
@@ -328,6 +359,16 @@ mod tests {
         };
         assert_eq!(rds_names(&listener), ["9080", "15010", "80"]);
         assert!(rds_names(&Listener::default()).is_empty());
+    }
+
+    #[test]
+    fn the_name_is_read_from_the_first_field() {
+        let long = "x".repeat(300);
+        let encoded = cla(&long, &["10.200.0.1"]);
+        assert_eq!(first_string(&encoded.value), Some(long.as_bytes()));
+        assert_eq!(first_string(&cla("a", &[]).value), Some(&b"a"[..]));
+        assert_eq!(first_string(&cla("", &["10.200.0.1"]).value), None);
+        assert_eq!(first_string(&[0x0a, 0x05, b'a']), None, "truncated");
     }
 
     #[test]
