@@ -15,6 +15,8 @@ pub mod model;
 pub mod monitoring;
 pub mod readiness;
 pub mod status;
+#[cfg(test)]
+mod testing;
 pub mod translate;
 pub mod webhook;
 pub mod xds;

@@ -7,7 +7,7 @@
 //! The scripted tests at the top drive [`Ads::open`] with hand-made
 //! requests and need no Envoy.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -26,6 +26,7 @@ use super::auth::{Authenticator, Rejection, TokenIdentity};
 use super::server::{Ads, ResponseStream, ServeError};
 use super::{XdsMetrics, types};
 use crate::index::{Index, IndexMetrics, Pods, SharedIndex};
+use crate::testing::{TempDir, envoy_binary};
 use crate::webhook::server::ServingCert;
 
 const NODE_ID: &str = "sidecar~10.1.2.3~productpage-v1-x.default~default.svc.cluster.local";
@@ -267,59 +268,6 @@ async fn a_nack_is_counted_and_the_refused_version_not_resent() {
 
 // ---- real Envoy ----
 
-/// Where `make tools` installs Envoy, or `MESH_ENVOY`.
-fn envoy_binary() -> PathBuf {
-    let mut candidates = Vec::new();
-    if let Some(path) = std::env::var_os("MESH_ENVOY") {
-        candidates.push(PathBuf::from(path));
-    }
-    let cache = std::env::var_os("MESH_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("mesh")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mesh")));
-    if let Some(cache) = cache {
-        candidates.push(cache.join("bin/envoy"));
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|dir| dir.join("envoy")));
-    }
-    match candidates.into_iter().find(|c| c.is_file()) {
-        Some(envoy) => envoy,
-        None => panic!(
-            "Envoy 1.40 is needed for this test and was not found: run `make tools` \
-             (installs it into ~/.cache/mesh/bin), or set MESH_ENVOY to an envoy binary"
-        ),
-    }
-}
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "mesh-xds-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self(dir)
-    }
-
-    fn write(&self, name: &str, content: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, content).expect("write");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The xDS server on 127.0.0.1, with a certificate for `localhost` from a
 /// fresh mesh CA.
 struct ControlPlane {
@@ -381,7 +329,7 @@ impl Envoy {
         // No trailing newline: gRPC refuses a header value that ends in one.
         let token = dir.write("token", TOKEN);
         let bootstrap =
-            dir.write("envoy.yaml", &bootstrap(NODE_ID, control_plane.port, &root, &token, api_type));
+            dir.write("envoy.yaml", bootstrap(NODE_ID, control_plane.port, &root, &token, api_type));
         let admin_path = dir.0.join("admin-address");
         let log = std::fs::File::create(dir.0.join("envoy.log")).expect("log file");
         let process = tokio::process::Command::new(envoy_binary())

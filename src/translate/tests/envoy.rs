@@ -14,7 +14,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::bootstrap::v3::{Admin, Bootstrap, bootstrap};
@@ -34,60 +33,9 @@ use prost::{Message, Name};
 use serde_json::Value;
 
 use super::{SCENARIOS, productpage, scenario};
+use crate::testing::{TempDir, envoy_binary};
 use crate::translate::sidecar::{Inbound, Outbound, inbound, outbound};
 use crate::translate::{address, any, mesh_view};
-
-/// Where `make tools` installs Envoy, or `MESH_ENVOY`.
-fn envoy_binary() -> PathBuf {
-    let mut candidates = Vec::new();
-    if let Some(path) = std::env::var_os("MESH_ENVOY") {
-        candidates.push(PathBuf::from(path));
-    }
-    let cache = std::env::var_os("MESH_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("mesh")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/mesh")));
-    if let Some(cache) = cache {
-        candidates.push(cache.join("bin/envoy"));
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|dir| dir.join("envoy")));
-    }
-    candidates.into_iter().find(|c| c.is_file()).unwrap_or_else(|| {
-        panic!(
-            "Envoy 1.40 is needed for this test and was not found: run `make tools` \
-             (installs it into ~/.cache/mesh/bin), or set MESH_ENVOY to an envoy binary"
-        )
-    })
-}
-
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "mesh-translate-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        Self(dir)
-    }
-
-    fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, bytes).expect("write");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// What the productpage sidecar gets in a scenario.
 fn configuration(name: &str) -> (Outbound, Inbound) {
@@ -165,7 +113,7 @@ fn envoy_validates_every_scenario() {
     let dir = TempDir::new("validate");
     for name in SCENARIOS {
         let (out, inb) = configuration(name);
-        let path = dir.write(&format!("{name}.pb"), &static_bootstrap(&out, &inb).encode_to_vec());
+        let path = dir.write(&format!("{name}.pb"), static_bootstrap(&out, &inb).encode_to_vec());
         let result = Command::new(&envoy)
             .args(["--mode", "validate", "--log-level", "warn", "-c"])
             .arg(&path)
@@ -188,7 +136,7 @@ fn envoy_validation_is_not_vacuous() {
     let duplicate = route.virtual_hosts[0].clone();
     route.virtual_hosts.push(duplicate);
     let dir = TempDir::new("invalid");
-    let path = dir.write("invalid.pb", &static_bootstrap(&out, &inb).encode_to_vec());
+    let path = dir.write("invalid.pb", static_bootstrap(&out, &inb).encode_to_vec());
     let result = Command::new(envoy_binary())
         .args(["--mode", "validate", "-c"])
         .arg(&path)
@@ -207,7 +155,7 @@ fn discovery_file<M: Message + Name>(dir: &TempDir, file: &str, resources: &[M])
         resources: resources.iter().map(any).collect::<Vec<Any>>(),
         ..Default::default()
     };
-    let path = dir.write(file, &response.encode_to_vec());
+    let path = dir.write(file, response.encode_to_vec());
     ConfigSource {
         resource_api_version: ApiVersion::V3.into(),
         config_source_specifier: Some(config_source::ConfigSourceSpecifier::PathConfigSource(
@@ -260,7 +208,7 @@ impl Drop for Running {
 
 impl Running {
     fn start(dir: &TempDir, bootstrap: &Bootstrap) -> Self {
-        let config = dir.write("envoy.pb", &bootstrap.encode_to_vec());
+        let config = dir.write("envoy.pb", bootstrap.encode_to_vec());
         let admin_path = dir.0.join("admin-address");
         let log = dir.0.join("envoy.log");
         let child = Command::new(envoy_binary())
