@@ -26,11 +26,14 @@ cat <<TXT
     cd $repo && eval "\$(make -s env)"
     kubectl get pods                                       # 2/2: the app and its Envoy
     curl -s http://$productpage:9080/productpage           # from this machine, through Envoy
-    make pod-exec POD=default/productpage CMD='curl -s localhost:15000/stats | grep downstream_rq_total'
+    make pod-exec POD=default/productpage CMD='curl -s localhost:15000/stats | grep bound.*downstream_rq_total'
     curl -s http://$mesh:15014/debug/configz             # what the controller sees
     kubectl apply -f ../shared/conformance/bookinfo/networking/destination-rule-all.yaml
   Ctrl-C here stops the cluster.
 
 TXT
-# Not exec: the EXIT trap must run after the log stops.
-kubectl -n mesh-system logs -f deployment/mesh || true
+# The node serves no kubelet API (no `kubectl logs`): follow the
+# controller's log file. Not exec: the EXIT trap must run after it stops.
+state=$(dirname "$KUBECONFIG")
+log=$(ls "$state"/node/pods/mesh-system_mesh-*/logs/controller/*.log | head -n1)
+tail -n 20 -F "$log" || true

@@ -14,8 +14,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
 use crate::support::{
-    Release, TempNamespace, conformance, enter, eventually, free_port, jsonpath, kubectl, kubectl_ok,
-    pod_named, rollout, run,
+    Release, TempNamespace, controller_metric, enter, eventually, free_port, injected_bookinfo, jsonpath,
+    kubectl, kubectl_ok, pod_named, run,
 };
 
 fn label_for_injection(ns: &str) {
@@ -69,15 +69,7 @@ fn requests(stats: &BTreeMap<String, f64>, direction: &str) -> f64 {
 #[test]
 fn bookinfo_gets_envoy_in_every_pod_and_its_traffic_goes_through_envoy() {
     let release = Release::install("mesh-e2e-inject", &[]);
-    let ns = TempNamespace::new("inject");
-    label_for_injection(&ns.name);
-    let file = conformance().join("platform/bookinfo.yaml");
-    kubectl_ok(&["apply", "-n", &ns.name, "-f", file.to_str().expect("utf-8")], None);
-    rollout(&ns.name);
-    kubectl_ok(
-        &["wait", "-n", &ns.name, "--for", "condition=Ready", "pods", "--all", "--timeout=120s"],
-        None,
-    );
+    let ns = injected_bookinfo("inject");
 
     // Every pod: our init container, then Envoy as a native sidecar; all ready.
     let pods: Vec<String> = jsonpath(&ns.name, "pods", "{.items[*].metadata.name}")
@@ -310,18 +302,6 @@ impl Drop for HostEnvoy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The controller's samples of one metric family, by labels, from /metrics.
-fn controller_metric(release_ns: &str, family: &str) -> BTreeMap<String, f64> {
-    let ip = jsonpath(release_ns, "pods", "{.items[0].status.podIP}");
-    let out = run("curl", &["-sf", "-m", "2", &format!("http://{ip}:15014/metrics")], None);
-    out.stdout
-        .lines()
-        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
-        .collect()
 }
 
 /// The controller's count of refused streams, by reason.

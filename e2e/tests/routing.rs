@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    Release, TempNamespace, conformance, enter, eventually, jsonpath, kubectl_ok, pod_named, rollout, run,
+    Release, TempNamespace, conformance, controller_metric, enter, eventually, injected_bookinfo, jsonpath,
+    kubectl_ok, pod_named, run,
 };
 
 /// Bookinfo injected in a namespace of its own, with the chart installed.
@@ -22,15 +23,7 @@ struct Bookinfo {
 impl Bookinfo {
     fn start(release_ns: &str) -> Self {
         let release = Release::install(release_ns, &[]);
-        let ns = TempNamespace::new("routing");
-        kubectl_ok(&["label", "namespace", &ns.name, "istio-injection=enabled"], None);
-        let file = conformance().join("platform/bookinfo.yaml");
-        kubectl_ok(&["apply", "-n", &ns.name, "-f", file.to_str().expect("utf-8")], None);
-        rollout(&ns.name);
-        kubectl_ok(
-            &["wait", "-n", &ns.name, "--for", "condition=Ready", "pods", "--all", "--timeout=120s"],
-            None,
-        );
+        let ns = injected_bookinfo("routing");
         let client = pod_named(&ns.name, "app=productpage");
         Self { release, ns, client }
     }
@@ -78,16 +71,11 @@ impl Bookinfo {
                 .then_some(())
         });
     }
+}
 
-    fn controller_metric(&self, family: &str) -> f64 {
-        let ip = jsonpath(&self.release.namespace, "pods", "{.items[0].status.podIP}");
-        let out = run("curl", &["-sf", "-m", "2", &format!("http://{ip}:15014/metrics")], None);
-        out.stdout
-            .lines()
-            .filter(|l| l.starts_with(family) && l[family.len()..].starts_with([' ', '{']))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum()
-    }
+/// A metric family of the controller, summed over its labels.
+fn total_metric(release_ns: &str, family: &str) -> f64 {
+    controller_metric(release_ns, family).values().sum()
 }
 
 fn only(counts: &BTreeMap<String, usize>, version: &str, n: usize) {
@@ -149,8 +137,15 @@ fn istios_bookinfo_routing_samples_route_real_traffic() {
     b.settle("only reviews-v3 answering", None, &["reviews-v3"]);
     only(&b.reviews(200, None), "reviews-v3", 200);
 
-    assert_eq!(b.controller_metric("mesh_xds_nacks_total"), 0.0, "Envoy refused some configuration");
-    assert!(b.controller_metric("mesh_xds_acks_total") > 0.0, "no ACK counted: the metric's name is wrong");
+    assert_eq!(
+        total_metric(&b.release.namespace, "mesh_xds_nacks_total"),
+        0.0,
+        "Envoy refused some configuration"
+    );
+    assert!(
+        total_metric(&b.release.namespace, "mesh_xds_acks_total") > 0.0,
+        "no ACK counted: the metric's name is wrong"
+    );
 
     // `mesh proxy-status` shows every Bookinfo proxy with all four types
     // applied; the controller's config dump of one proxy holds the subsets.
@@ -228,5 +223,9 @@ fn switching_routes_under_load_loses_no_request() {
     let total: usize = by_code.values().sum();
     assert!(total >= 200, "too few requests to prove anything: {by_code:?}");
     assert_eq!(by_code.get("200").copied(), Some(total), "every request answered 200: {by_code:?}");
-    assert_eq!(b.controller_metric("mesh_xds_nacks_total"), 0.0, "Envoy refused some configuration");
+    assert_eq!(
+        total_metric(&b.release.namespace, "mesh_xds_nacks_total"),
+        0.0,
+        "Envoy refused some configuration"
+    );
 }

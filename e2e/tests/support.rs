@@ -298,3 +298,31 @@ impl Drop for Release {
         let _ = kubectl(&["delete", "namespace", &self.namespace, "--wait=false"], None);
     }
 }
+
+/// Bookinfo, unmodified, in a new namespace labelled for sidecar injection;
+/// returns when every pod (with its Envoy) is Ready.
+pub fn injected_bookinfo(prefix: &str) -> TempNamespace {
+    let ns = TempNamespace::new(prefix);
+    kubectl_ok(&["label", "namespace", &ns.name, "istio-injection=enabled", "--overwrite"], None);
+    let file = conformance().join("platform/bookinfo.yaml");
+    kubectl_ok(&["apply", "-n", &ns.name, "-f", file.to_str().expect("utf-8")], None);
+    rollout(&ns.name);
+    kubectl_ok(
+        &["wait", "-n", &ns.name, "--for", "condition=Ready", "pods", "--all", "--timeout=120s"],
+        None,
+    );
+    ns
+}
+
+/// The samples of one metric family of the controller a release runs,
+/// by their label sets, read from its /metrics over the pod network.
+pub fn controller_metric(release_ns: &str, family: &str) -> std::collections::BTreeMap<String, f64> {
+    let ip = jsonpath(release_ns, "pods", "{.items[0].status.podIP}");
+    let out = run("curl", &["-sf", "-m", "2", &format!("http://{ip}:15014/metrics")], None);
+    out.stdout
+        .lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
+        .collect()
+}
