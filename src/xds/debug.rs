@@ -139,15 +139,15 @@ pub fn config_dump(connections: &Connections, proxy: &str) -> Option<serde_json:
                             let mut item = serde_json::json!({
                                 "name": r.name,
                                 "version": r.version,
-                                "bytes": r.body.value.len(),
+                                "bytes": r.value().len(),
                             });
                             if !r.depends_on.is_empty() {
                                 item["depends_on"] = serde_json::json!(r.depends_on);
                             }
                             if type_url != types::SECRET {
                                 item["base64"] =
-                                    base64::engine::general_purpose::STANDARD.encode(&r.body.value).into();
-                                if let Some(text) = decoded(type_url, &r.body.value) {
+                                    base64::engine::general_purpose::STANDARD.encode(r.value()).into();
+                                if let Some(text) = decoded(type_url, r.value()) {
                                     item["debug"] = text.into();
                                 }
                             }

@@ -26,15 +26,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::protobuf::Any;
 
 use super::order::{self, Ledger};
 use super::snapshot::{Resource, Resources, Snapshot};
 use super::stream::{Event, Nack, ProtocolError, Step, TypeStatus};
 use super::types;
+use super::wire::DeltaResponse;
 
 const WILDCARD: &str = "*";
 
@@ -79,7 +78,7 @@ impl DeltaStream {
     pub fn on_request(
         &mut self,
         request: &DeltaDiscoveryRequest,
-    ) -> Result<Step<DeltaDiscoveryResponse>, ProtocolError> {
+    ) -> Result<Step<DeltaResponse>, ProtocolError> {
         let type_url = request.type_url.as_str();
         if type_url.is_empty() {
             return Err(ProtocolError::NoTypeUrl);
@@ -163,7 +162,7 @@ impl DeltaStream {
 
     /// Takes a new snapshot and sends every type without a response in
     /// flight what changed, secrets and clusters first.
-    pub fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step<DeltaDiscoveryResponse> {
+    pub fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step<DeltaResponse> {
         self.snapshot = snapshot;
         let mut idle: Vec<String> =
             self.types.iter().filter(|(_, s)| s.in_flight.is_none()).map(|(t, _)| t.clone()).collect();
@@ -220,7 +219,7 @@ impl DeltaStream {
     }
 
     /// Plans again the types that held something back.
-    fn respond_held(&mut self) -> Vec<DeltaDiscoveryResponse> {
+    fn respond_held(&mut self) -> Vec<DeltaResponse> {
         let mut held: Vec<String> = self
             .types
             .iter()
@@ -232,7 +231,7 @@ impl DeltaStream {
     }
 
     /// Sends a type what changed, if anything did (always, with `force`).
-    fn respond(&mut self, type_url: &str, force: bool) -> Option<DeltaDiscoveryResponse> {
+    fn respond(&mut self, type_url: &str, force: bool) -> Option<DeltaResponse> {
         let state = self.types.get(type_url)?;
         if state.in_flight.is_some() {
             return None;
@@ -275,22 +274,12 @@ impl DeltaStream {
         ledger.sent = plan.next;
         let mut removed_resources = plan.removed;
         removed_resources.extend(absent);
-        Some(DeltaDiscoveryResponse {
+        Some(DeltaResponse {
             system_version_info: version,
-            resources: plan
-                .updated
-                .iter()
-                .map(|r| DeltaResource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(r.body.clone()),
-                    ..Default::default()
-                })
-                .collect(),
+            resources: plan.updated,
             type_url: type_url.to_string(),
             removed_resources,
             nonce,
-            ..Default::default()
         })
     }
 }
@@ -302,7 +291,7 @@ fn acknowledge(
     ledger: &mut Ledger,
     sent: InFlight,
     request: &DeltaDiscoveryRequest,
-    step: &mut Step<DeltaDiscoveryResponse>,
+    step: &mut Step<DeltaResponse>,
 ) {
     let names = || sent.updated.iter().map(|r| r.name.clone()).collect::<Vec<_>>();
     match &request.error_detail {
@@ -340,6 +329,7 @@ fn without(resources: &Resources, names: &BTreeSet<&str>) -> Resources {
 
 #[cfg(test)]
 mod tests {
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
     use envoy_types::pb::google::protobuf::Any;
     use envoy_types::pb::google::rpc::Status;
 
@@ -383,9 +373,9 @@ mod tests {
         }
     }
 
-    fn one(step: Step<DeltaDiscoveryResponse>) -> DeltaDiscoveryResponse {
+    fn one(step: Step<DeltaResponse>) -> DeltaDiscoveryResponse {
         assert_eq!(step.responses.len(), 1, "{step:?}");
-        step.responses.into_iter().next().expect("one response")
+        step.responses.into_iter().next().expect("one response").to_proto()
     }
 
     fn names(response: &DeltaDiscoveryResponse) -> Vec<&str> {
@@ -582,7 +572,7 @@ mod tests {
         let step = stream.on_snapshot(only_v1);
         let order: Vec<_> = step.responses.iter().map(|r| r.type_url.as_str()).collect();
         assert_eq!(order, [types::ROUTE], "v2 stays while the proxy's route names it");
-        let rds = step.responses.into_iter().next().unwrap();
+        let rds = step.responses.into_iter().next().unwrap().to_proto();
         let cds = one(stream.on_request(&ack(&rds)).unwrap());
         assert_eq!(cds.type_url, types::CLUSTER);
         assert_eq!(cds.removed_resources, ["v2"]);

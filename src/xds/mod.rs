@@ -42,6 +42,7 @@ pub mod stream;
 #[cfg(test)]
 mod tests;
 pub mod tokenreview;
+pub mod wire;
 
 pub use auth::{Authenticator, Rejection, TokenCache, TokenIdentity, authorize};
 pub use mesh::MeshGenerator;

@@ -223,7 +223,7 @@ fn sotw_converge(stream: &mut SotwStream, first: bool) -> usize {
             return bytes;
         }
         for response in responses.drain(..) {
-            bytes += response.resources.iter().map(|r| r.value.len()).sum::<usize>();
+            bytes += response.resource_bytes();
             let names = match response.type_url.as_str() {
                 types::ENDPOINT => eds.clone(),
                 types::ROUTE => rds.clone(),
@@ -263,12 +263,7 @@ fn delta_converge(stream: &mut DeltaStream, first: bool) -> usize {
             return bytes;
         }
         for response in responses.drain(..) {
-            bytes += response
-                .resources
-                .iter()
-                .filter_map(|r| r.resource.as_ref())
-                .map(|r| r.value.len())
-                .sum::<usize>();
+            bytes += response.resource_bytes();
             pending.push(DeltaDiscoveryRequest {
                 type_url: response.type_url.clone(),
                 response_nonce: response.nonce.clone(),
@@ -290,7 +285,7 @@ fn a_full_push_to_2000_proxies() {
     let rss1 = rss_kib();
     let shared_bytes: usize = [types::CLUSTER, types::ENDPOINT, types::ROUTE]
         .iter()
-        .map(|t| snapshots[0].resources(t).iter().map(|r| r.body.value.len()).sum::<usize>())
+        .map(|t| snapshots[0].resources(t).iter().map(|r| r.value().len()).sum::<usize>())
         .sum::<usize>()
         * SCOPES;
     let per_proxy: usize = snapshots[0].type_urls().map(|t| snapshots[0].resources(t).len()).sum();
@@ -318,7 +313,7 @@ fn a_full_push_to_2000_proxies() {
     let (mut sotw_bytes, mut delta_bytes) = (0, 0);
     for (stream, snapshot) in sotw.iter_mut().zip(&next[..half]) {
         let step = stream.on_snapshot(snapshot.clone());
-        sotw_bytes += step.responses.iter().flat_map(|r| &r.resources).map(|r| r.value.len()).sum::<usize>();
+        sotw_bytes += step.responses.iter().map(|r| r.resource_bytes()).sum::<usize>();
         for response in step.responses {
             stream
                 .on_request(&DiscoveryRequest {
@@ -333,13 +328,7 @@ fn a_full_push_to_2000_proxies() {
     }
     for (stream, snapshot) in delta.iter_mut().zip(&next[half..]) {
         let step = stream.on_snapshot(snapshot.clone());
-        delta_bytes += step
-            .responses
-            .iter()
-            .flat_map(|r| &r.resources)
-            .filter_map(|r| r.resource.as_ref())
-            .map(|r| r.value.len())
-            .sum::<usize>();
+        delta_bytes += step.responses.iter().map(|r| r.resource_bytes()).sum::<usize>();
         for response in step.responses {
             stream
                 .on_request(&DeltaDiscoveryRequest {

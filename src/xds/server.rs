@@ -25,18 +25,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use futures::{Stream, StreamExt};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tonic::codegen::{BoxFuture, Context, Poll, StdError, http};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{self, Authenticator, Refusal, Rejection};
@@ -47,14 +43,15 @@ use super::push::{self, Connection, Connections, Debounce, NackRecord, Protocol,
 use super::snapshot::{Generator, Passthrough, Resources, Snapshot};
 use super::stream::{Event, ProtocolError, SotwStream, Step, TypeStatus};
 use super::types;
+use super::wire::{AdsCodec, DeltaResponse, SotwResponse};
 use crate::index::SharedIndex;
 use crate::model::ObjectKey;
 use crate::webhook::server::ServingCert;
 
 /// What a stream sends back: discovery responses, then a final status.
-pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<SotwResponse, Status>> + Send>>;
 /// The same, for Delta streams.
-pub type DeltaResponseStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+pub type DeltaResponseStream = Pin<Box<dyn Stream<Item = Result<DeltaResponse, Status>> + Send>>;
 
 /// How long a new stream may take to send its first request.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -294,7 +291,7 @@ pub(crate) trait Machine: Send + Sync + 'static {
 
 impl Machine for SotwStream {
     type Request = DiscoveryRequest;
-    type Response = DiscoveryResponse;
+    type Response = SotwResponse;
     const PROTOCOL: Protocol = Protocol::Sotw;
 
     fn new(snapshot: Arc<Snapshot>) -> Self {
@@ -315,7 +312,7 @@ impl Machine for SotwStream {
     fn holding(&self) -> BTreeMap<String, Resources> {
         SotwStream::holding(self)
     }
-    fn describe(response: &DiscoveryResponse) -> Pushed<'_> {
+    fn describe(response: &SotwResponse) -> Pushed<'_> {
         Pushed {
             type_url: &response.type_url,
             version: &response.version_info,
@@ -328,7 +325,7 @@ impl Machine for SotwStream {
 
 impl Machine for DeltaStream {
     type Request = DeltaDiscoveryRequest;
-    type Response = DeltaDiscoveryResponse;
+    type Response = DeltaResponse;
     const PROTOCOL: Protocol = Protocol::Delta;
 
     fn new(snapshot: Arc<Snapshot>) -> Self {
@@ -337,13 +334,10 @@ impl Machine for DeltaStream {
     fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()
     }
-    fn on_request(
-        &mut self,
-        request: &DeltaDiscoveryRequest,
-    ) -> Result<Step<DeltaDiscoveryResponse>, ProtocolError> {
+    fn on_request(&mut self, request: &DeltaDiscoveryRequest) -> Result<Step<DeltaResponse>, ProtocolError> {
         DeltaStream::on_request(self, request)
     }
-    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step<DeltaDiscoveryResponse> {
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step<DeltaResponse> {
         DeltaStream::on_snapshot(self, snapshot)
     }
     fn status(&self) -> BTreeMap<String, TypeStatus> {
@@ -352,7 +346,7 @@ impl Machine for DeltaStream {
     fn holding(&self) -> BTreeMap<String, Resources> {
         DeltaStream::holding(self)
     }
-    fn describe(response: &DeltaDiscoveryResponse) -> Pushed<'_> {
+    fn describe(response: &DeltaResponse) -> Pushed<'_> {
         Pushed {
             type_url: &response.type_url,
             version: &response.system_version_info,
@@ -542,29 +536,93 @@ fn names(names: &[String]) -> String {
     text
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Ads {
-    type StreamAggregatedResourcesStream = ResponseStream;
-    type DeltaAggregatedResourcesStream = DeltaResponseStream;
+/// The gRPC path of the state-of-the-world stream.
+pub const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+/// The gRPC path of the Delta stream.
+pub const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<ResponseStream>, Status> {
-        let authorization =
-            request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let responses = self.open(authorization.as_deref(), request.into_inner()).await?;
-        Ok(Response::new(responses))
+/// The ADS service over HTTP/2: tonic's gRPC framing with [`AdsCodec`], so
+/// responses go out as pre-encoded resources spliced into per-stream
+/// fields ([`super::wire`]), not as prost messages that own a copy of
+/// every resource.
+#[derive(Clone)]
+pub struct AdsService {
+    ads: Ads,
+}
+
+impl AdsService {
+    pub fn new(ads: Ads) -> Self {
+        Self { ads }
+    }
+}
+
+struct SotwMethod(Ads);
+struct DeltaMethod(Ads);
+
+fn authorization<T>(request: &Request<T>) -> Option<String> {
+    request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+impl tonic::server::StreamingService<DiscoveryRequest> for SotwMethod {
+    type Response = SotwResponse;
+    type ResponseStream = ResponseStream;
+    type Future = BoxFuture<Response<ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<DiscoveryRequest>>) -> Self::Future {
+        let ads = self.0.clone();
+        Box::pin(async move {
+            let authorization = authorization(&request);
+            let responses = ads.open(authorization.as_deref(), request.into_inner()).await?;
+            Ok(Response::new(responses))
+        })
+    }
+}
+
+impl tonic::server::StreamingService<DeltaDiscoveryRequest> for DeltaMethod {
+    type Response = DeltaResponse;
+    type ResponseStream = DeltaResponseStream;
+    type Future = BoxFuture<Response<DeltaResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
+        let ads = self.0.clone();
+        Box::pin(async move {
+            let authorization = authorization(&request);
+            let responses = ads.open_delta(authorization.as_deref(), request.into_inner()).await?;
+            Ok(Response::new(responses))
+        })
+    }
+}
+
+impl<B> tonic::codegen::Service<http::Request<B>> for AdsService
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<DeltaResponseStream>, Status> {
-        let authorization =
-            request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let responses = self.open_delta(authorization.as_deref(), request.into_inner()).await?;
-        Ok(Response::new(responses))
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let ads = self.ads.clone();
+        match request.uri().path() {
+            SOTW_PATH => Box::pin(async move {
+                let mut grpc =
+                    tonic::server::Grpc::new(AdsCodec::<SotwResponse, DiscoveryRequest>::default());
+                Ok(grpc.streaming(SotwMethod(ads), request).await)
+            }),
+            DELTA_PATH => Box::pin(async move {
+                let mut grpc =
+                    tonic::server::Grpc::new(AdsCodec::<DeltaResponse, DeltaDiscoveryRequest>::default());
+                Ok(grpc.streaming(DeltaMethod(ads), request).await)
+            }),
+            _ => Box::pin(async move { Ok(Status::unimplemented("no such method").into_http()) }),
+        }
     }
 }
 
@@ -596,7 +654,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(cert)?));
-    let service = AggregatedDiscoveryServiceServer::new(ads);
+    let service = AdsService::new(ads);
     let mut connections = JoinSet::new();
     loop {
         let (tcp, peer) = tokio::select! {

@@ -28,6 +28,7 @@ use std::fmt::Write as _;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use bytes::Bytes;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
@@ -35,13 +36,20 @@ use super::proxy::Proxy;
 use crate::index::Index;
 use crate::translate;
 
-/// One resource, packed for a discovery response.
+/// One resource, packed for a discovery response: encoded once, as the
+/// `resources` entry of a `DiscoveryResponse` (field 2, the `Any`), and
+/// spliced as is into every response that carries it ([`super::wire`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resource {
     pub name: String,
     /// Hash of the encoded resource.
     pub version: String,
-    pub body: Any,
+    /// Key, length and the encoded `Any`: shared, never copied per proxy.
+    entry: Bytes,
+    /// Where the `Any` starts in `entry`.
+    any_at: u8,
+    /// Where the `Any`'s value (the resource's own bytes) starts in `entry`.
+    value_at: u32,
     /// For listeners and routes: the clusters they send traffic to. Such a
     /// resource reaches a proxy only once those clusters (and their
     /// endpoints, when the snapshot has them) are acknowledged, and a
@@ -62,7 +70,34 @@ impl Resource {
         let mut key = fnv1a(FNV_OFFSET, name.as_bytes());
         key = fnv1a(key, &[0]);
         key = fnv1a(key, version.as_bytes());
-        Self { name, version, body, depends_on: Vec::new(), key }
+        let any_len = body.encoded_len();
+        let mut entry = Vec::with_capacity(any_len + 6);
+        prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut entry);
+        prost::encoding::encode_varint(any_len as u64, &mut entry);
+        let any_at = entry.len() as u8;
+        body.encode_raw(&mut entry);
+        let value_at = (entry.len() - body.value.len()) as u32;
+        Self { name, version, entry: entry.into(), any_at, value_at, depends_on: Vec::new(), key }
+    }
+
+    /// The `DiscoveryResponse.resources` entry: key, length, encoded `Any`.
+    pub fn entry(&self) -> &Bytes {
+        &self.entry
+    }
+
+    /// The encoded `Any`.
+    pub fn any(&self) -> &[u8] {
+        &self.entry[self.any_at as usize..]
+    }
+
+    /// The resource's own encoded bytes (the `Any`'s value).
+    pub fn value(&self) -> &[u8] {
+        &self.entry[self.value_at as usize..]
+    }
+
+    /// The resource as an `Any` (a copy: for tests and debugging).
+    pub fn body(&self) -> Any {
+        Any::decode(self.any()).expect("encoded by Resource::new")
     }
 
     /// Packs a message.
@@ -475,7 +510,7 @@ mod tests {
         let names: Vec<_> = split.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["a", "b", "c"]);
         assert_eq!(split.len(), 3);
-        assert_eq!(split.get("c").map(|r| r.body.value.clone()), Some(b"3".to_vec()));
+        assert_eq!(split.get("c").map(|r| r.value().to_vec()), Some(b"3".to_vec()));
         assert!(!split.contains("d"));
     }
 

@@ -33,11 +33,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::order::{self, Ledger};
 use super::snapshot::{Resources, Snapshot};
 use super::types;
+use super::wire::SotwResponse;
 
 /// What a stream wants of one resource type.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,7 +82,7 @@ pub enum Event {
 
 /// The output of one step of the machine.
 #[derive(Debug, PartialEq)]
-pub struct Step<R = DiscoveryResponse> {
+pub struct Step<R = SotwResponse> {
     /// To send, in order.
     pub responses: Vec<R>,
     pub events: Vec<Event>,
@@ -272,7 +273,7 @@ impl SotwStream {
     }
 
     /// Plans again the types that held something back.
-    fn respond_held(&mut self) -> Vec<DiscoveryResponse> {
+    fn respond_held(&mut self) -> Vec<SotwResponse> {
         let mut held: Vec<String> =
             self.types.iter().filter(|(_, s)| s.held && s.waiting).map(|(t, _)| t.clone()).collect();
         held.sort_by_key(|type_url| types::push_rank(type_url));
@@ -281,7 +282,7 @@ impl SotwStream {
 
     /// Answers a waiting type if the snapshot has something it has not
     /// been sent.
-    fn respond(&mut self, type_url: &str) -> Option<DiscoveryResponse> {
+    fn respond(&mut self, type_url: &str) -> Option<SotwResponse> {
         let state = self.types.get(type_url)?;
         if !state.waiting {
             return None;
@@ -299,20 +300,15 @@ impl SotwStream {
         let nonce = self.nonce.to_string();
         state.sent = Some(Sent { nonce: nonce.clone(), version: version.clone() });
         state.waiting = false;
-        let resources = plan.next.iter().map(|r| r.body.clone()).collect();
+        let resources = plan.next.iter().cloned().collect();
         self.ledgers.entry(type_url.to_string()).or_default().sent = plan.next;
-        Some(DiscoveryResponse {
-            version_info: version,
-            resources,
-            type_url: type_url.to_string(),
-            nonce,
-            ..Default::default()
-        })
+        Some(SotwResponse { version_info: version, resources, type_url: type_url.to_string(), nonce })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
     use envoy_types::pb::google::protobuf::Any;
     use envoy_types::pb::google::rpc::Status;
 
@@ -352,7 +348,7 @@ mod tests {
 
     fn one(step: Step) -> DiscoveryResponse {
         assert_eq!(step.responses.len(), 1, "{step:?}");
-        step.responses.into_iter().next().expect("one response")
+        step.responses.into_iter().next().expect("one response").to_proto()
     }
 
     #[test]
@@ -475,7 +471,7 @@ mod tests {
         let response = one(stream.on_request(&asked).unwrap());
         assert_eq!(response.resources.len(), 1);
         let routes = snapshot("l1").resources(types::ROUTE);
-        assert_eq!(response.resources[0], routes.get("b").unwrap().body);
+        assert_eq!(response.resources[0], routes.get("b").unwrap().body());
         assert_ne!(response.version_info, routes.version(), "the version is of what was sent");
 
         // Asking for more in the ACK brings a response with both.
@@ -564,7 +560,7 @@ mod tests {
             .on_request(&named(types::ENDPOINT, &["reviews|v1", "reviews|v2"], &eds.version_info, &eds.nonce))
             .unwrap());
         assert_eq!(rds.type_url, types::ROUTE);
-        assert_eq!(rds.resources[0], v2.resources(types::ROUTE).get("9080").unwrap().body);
+        assert_eq!(rds.resources[0], v2.resources(types::ROUTE).get("9080").unwrap().body());
     }
 
     /// A cluster that left the snapshot stays in CDS responses while the

@@ -108,6 +108,7 @@ impl Scripted {
             .await
             .expect("a response within 5s")
             .expect("the stream is open")
+            .map(|response| response.to_proto())
     }
 
     fn send(&self, request: DiscoveryRequest) {
