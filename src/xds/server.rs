@@ -29,7 +29,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Disc
 use futures::{Stream, StreamExt};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::codegen::{BoxFuture, Context, Poll, StdError, http};
@@ -43,7 +43,7 @@ use super::push::{self, Connection, Connections, Debounce, NackRecord, Protocol,
 use super::snapshot::{Generator, Passthrough, Resources, Snapshot};
 use super::stream::{Event, ProtocolError, SotwStream, Step, TypeStatus};
 use super::types;
-use super::wire::{AdsCodec, DeltaResponse, SotwResponse};
+use super::wire::{AdsCodec, DeltaResponse, SotwResponse, Wire};
 use crate::index::SharedIndex;
 use crate::model::ObjectKey;
 use crate::webhook::server::ServingCert;
@@ -60,6 +60,14 @@ const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const POD_WAIT: Duration = Duration::from_secs(5);
 /// Responses queued per stream before the stream stops reading.
 const QUEUE: usize = 16;
+/// Large responses in flight at once, over all streams: from the moment
+/// one is queued until HTTP/2 has let it go (the stream asks for its next
+/// response only once the client's flow-control window took the last
+/// one), so the send buffers of slow clients cannot hold thousands of
+/// encoded configurations at once.
+const LARGE_IN_FLIGHT: usize = 48;
+/// A response at least this large (encoded) takes one of those places.
+const LARGE: usize = 64 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 pings find connections whose proxy vanished without a FIN.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -95,6 +103,7 @@ struct Shared {
     metrics: XdsMetrics,
     shutdown: CancellationToken,
     pod_wait: Duration,
+    large: Arc<Semaphore>,
 }
 
 impl Ads {
@@ -134,7 +143,15 @@ impl Ads {
         let pusher = Arc::new(Pusher::new(generator, index.clone(), connections, metrics.clone()));
         tokio::spawn(push::run(pusher.clone(), settings.debounce, shutdown.clone()));
         Self {
-            inner: Arc::new(Shared { authenticator, index, pusher, metrics, shutdown, pod_wait: POD_WAIT }),
+            inner: Arc::new(Shared {
+                authenticator,
+                index,
+                pusher,
+                metrics,
+                shutdown,
+                pod_wait: POD_WAIT,
+                large: Arc::new(Semaphore::new(LARGE_IN_FLIGHT)),
+            }),
         }
     }
 
@@ -200,9 +217,7 @@ impl Ads {
         };
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(Session::<M>::start(self.inner.clone(), proxy, node_id, first, inbound, tx));
-        let responses =
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-        Ok(Box::pin(responses))
+        Ok(Box::pin(Outgoing { rx, permit: None }))
     }
 }
 
@@ -277,7 +292,7 @@ pub(crate) struct Pushed<'a> {
 /// A protocol's state machine, as a session drives it.
 pub(crate) trait Machine: Send + Sync + 'static {
     type Request: Send + Sync + 'static;
-    type Response: Send + Sync + 'static;
+    type Response: Wire + Sync + std::fmt::Debug;
     const PROTOCOL: Protocol;
 
     fn new(snapshot: Arc<Snapshot>) -> Self;
@@ -363,7 +378,7 @@ struct Session<M: Machine> {
     shared: Arc<Shared>,
     connection: Arc<Connection>,
     machine: M,
-    tx: mpsc::Sender<Result<M::Response, Status>>,
+    tx: mpsc::Sender<Result<Queued<M::Response>, Status>>,
 }
 
 impl<M: Machine> Session<M> {
@@ -373,7 +388,7 @@ impl<M: Machine> Session<M> {
         node_id: String,
         first: M::Request,
         inbound: S,
-        tx: mpsc::Sender<Result<M::Response, Status>>,
+        tx: mpsc::Sender<Result<Queued<M::Response>, Status>>,
     ) where
         S: Stream<Item = Result<M::Request, Status>> + Send + Unpin + 'static,
     {
@@ -518,7 +533,20 @@ impl<M: Machine> Session<M> {
                 nonce = %pushed.nonce,
                 "push"
             );
-            if self.tx.send(Ok(response)).await.is_err() {
+            let permit = if response.encoded_len() >= LARGE {
+                let started = std::time::Instant::now();
+                let Ok(permit) = self.shared.large.clone().acquire_owned().await else {
+                    return Err("control plane shutdown");
+                };
+                let waited = started.elapsed();
+                if waited > Duration::from_millis(100) {
+                    tracing::debug!(%proxy, ?waited, "waited for a place among the large responses in flight");
+                }
+                Some(permit)
+            } else {
+                None
+            };
+            if self.tx.send(Ok(Queued { response, permit })).await.is_err() {
                 return Err("proxy went away");
             }
         }
@@ -534,6 +562,40 @@ fn names(names: &[String]) -> String {
         text.push_str(&format!(" (and {} more)", names.len() - SHOWN));
     }
     text
+}
+
+/// A response on its way to the stream, with its place among the large
+/// responses in flight, if it needs one.
+struct Queued<R> {
+    response: R,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The responses of one stream, as tonic pulls them: a response's place
+/// among the large ones in flight is given back when the next one is
+/// asked for. tonic encodes a large response and hands it to HTTP/2 at
+/// once, and HTTP/2 asks for more only once the client's flow-control
+/// window has taken it, so the place is held while the bytes wait.
+struct Outgoing<R> {
+    rx: mpsc::Receiver<Result<Queued<R>, Status>>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<R> Stream for Outgoing<R> {
+    type Item = Result<R, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.permit = None;
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(queued))) => {
+                self.permit = queued.permit;
+                Poll::Ready(Some(Ok(queued.response)))
+            }
+            Poll::Ready(Some(Err(status))) => Poll::Ready(Some(Err(status))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// The gRPC path of the state-of-the-world stream.
@@ -705,4 +767,23 @@ pub async fn serve(
         connections.shutdown().await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_large_responses_place_is_held_until_the_next_one_is_asked_for() {
+        let large = Arc::new(Semaphore::new(1));
+        let (tx, rx) = mpsc::channel(4);
+        let mut outgoing = Outgoing { rx, permit: None };
+        let permit = large.clone().acquire_owned().await.expect("open");
+        tx.send(Ok(Queued { response: 1, permit: Some(permit) })).await.expect("open");
+        tx.send(Ok(Queued { response: 2, permit: None })).await.expect("open");
+        assert_eq!(outgoing.next().await.map(|r| r.ok()), Some(Some(1)));
+        assert_eq!(large.available_permits(), 0, "held while HTTP/2 holds the bytes");
+        assert_eq!(outgoing.next().await.map(|r| r.ok()), Some(Some(2)));
+        assert_eq!(large.available_permits(), 1, "given back when the next is asked for");
+    }
 }
