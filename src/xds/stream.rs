@@ -20,7 +20,11 @@
 //!
 //! Listeners and clusters are subscribed to as a whole (wildcard); other
 //! types (endpoints, routes, secrets) by name, and a response carries only
-//! the named resources. Nonces are one counter for the whole stream.
+//! the named resources. For these, Envoy takes a response as an update of
+//! the resources it carries and keeps the others, so a push carries only
+//! the named resources that changed since the proxy's last ACK; the first
+//! response, one answering a new set of names, and one after a NACK carry
+//! them all. Nonces are one counter for the whole stream.
 //!
 //! Make-before-break ([`super::order`]) holds back, within a response, a
 //! listener or route whose clusters are not acknowledged yet (the proxy
@@ -139,6 +143,9 @@ struct TypeState {
     waiting: bool,
     /// Something was held back for make-before-break.
     held: bool,
+    /// The next response carries every subscribed resource, not only the
+    /// changed ones (first response, new names, after a NACK).
+    full: bool,
 }
 
 /// The state of one SotW stream.
@@ -170,6 +177,7 @@ impl SotwStream {
             nacked: None,
             waiting: false,
             held: false,
+            full: true,
         });
         let ledger = self.ledgers.entry(type_url.to_string()).or_default();
         let mut answered = false;
@@ -194,6 +202,7 @@ impl SotwStream {
                         error: error.message.clone(),
                     });
                     state.nacked = Some(Nack { version, error: error.message.clone() });
+                    state.full = true;
                     ledger.refused = ledger.sent.clone();
                 }
                 None => {
@@ -204,6 +213,9 @@ impl SotwStream {
                     ledger.refused = Resources::default();
                 }
             }
+        }
+        if state.subscription != subscription {
+            state.full = true;
         }
         state.subscription = subscription;
         state.waiting = true;
@@ -300,7 +312,19 @@ impl SotwStream {
         let nonce = self.nonce.to_string();
         state.sent = Some(Sent { nonce: nonce.clone(), version: version.clone() });
         state.waiting = false;
-        let resources = plan.next.iter().cloned().collect();
+        let resources = match (&state.subscription, state.full) {
+            (Subscription::Names(_), false) => {
+                // Only what changed since the proxy's last ACK.
+                let acked = self.ledgers.get(type_url).map(|l| &l.acked);
+                plan.next
+                    .iter()
+                    .filter(|r| acked.and_then(|a| a.get(&r.name)).is_none_or(|a| a.version != r.version))
+                    .cloned()
+                    .collect()
+            }
+            _ => plan.next.iter().cloned().collect(),
+        };
+        state.full = false;
         self.ledgers.entry(type_url.to_string()).or_default().sent = plan.next;
         Some(SotwResponse { version_info: version, resources, type_url: type_url.to_string(), nonce })
     }
@@ -485,6 +509,37 @@ mod tests {
     }
 
     #[test]
+    fn a_push_of_named_types_carries_only_what_changed() {
+        let with = |a: &str| {
+            Arc::new(Snapshot::new().with_resources(types::ROUTE, resources(&[("a", a), ("b", "rb")])))
+        };
+        let mut stream = SotwStream::new(with("ra"));
+        let asked = |version: &str, nonce: &str| DiscoveryRequest {
+            resource_names: vec!["a".into(), "b".into()],
+            ..request(types::ROUTE, version, nonce)
+        };
+        let first = one(stream.on_request(&asked("", "")).unwrap());
+        assert_eq!(first.resources.len(), 2);
+        stream.on_request(&asked(&first.version_info, &first.nonce)).unwrap();
+
+        let pushed = one(stream.on_snapshot(with("ra2")));
+        assert_eq!(pushed.resources, [with("ra2").resources(types::ROUTE).get("a").unwrap().body()]);
+        assert_eq!(
+            pushed.version_info,
+            with("ra2").resources(types::ROUTE).version(),
+            "the version is the whole set's"
+        );
+        // Refused: the next response carries everything again.
+        let refused = DiscoveryRequest {
+            error_detail: Some(Status { code: 3, message: "no".into(), details: vec![] }),
+            ..asked(&first.version_info, &pushed.nonce)
+        };
+        stream.on_request(&refused).unwrap();
+        let fixed = one(stream.on_snapshot(with("ra3")));
+        assert_eq!(fixed.resources.len(), 2);
+    }
+
+    #[test]
     fn listeners_and_clusters_are_always_wildcard() {
         let mut stream = SotwStream::new(snapshot("l1"));
         let asked =
@@ -555,7 +610,7 @@ mod tests {
         let eds = one(stream
             .on_request(&named(types::ENDPOINT, &["reviews|v1", "reviews|v2"], &e.version_info, &e.nonce))
             .unwrap());
-        assert_eq!(eds.resources.len(), 2);
+        assert_eq!(eds.resources.len(), 2, "new names: all of them");
         let rds = one(stream
             .on_request(&named(types::ENDPOINT, &["reviews|v1", "reviews|v2"], &eds.version_info, &eds.nonce))
             .unwrap());
