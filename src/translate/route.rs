@@ -1,7 +1,19 @@
-//! Routes (RDS): one RouteConfiguration per outbound HTTP port, named by
-//! the port number as Istio does (`"9080"`), with one virtual host per
-//! Service reachable on that port and a catch-all `allow_any` host that
-//! passes unknown destinations through (as without the mesh).
+//! Routes (RDS), per outbound HTTP port:
+//!
+//! - one RouteConfiguration per Service with a ClusterIP, named
+//!   `<host>:<port>` (`reviews.default.svc.cluster.local:9080`), holding
+//!   the Service's virtual host and a catch-all `allow_any` host that
+//!   passes other hosts through to the address the client connected to
+//!   (as without the mesh). The listener's chain for that ClusterIP and
+//!   port selects it, so one Service's route change re-sends only this
+//!   small configuration;
+//! - one named by the port (`"9080"`) for every other address (pod IPs,
+//!   headless Services), holding the headless Services' virtual hosts and
+//!   `allow_any`: it does not change when a Service with a ClusterIP does.
+//!
+//! Istio has one configuration per port holding every Service and routes by
+//! Host alone; here the destination address picks the Service first, and
+//! the Host chooses only between it and pass-through (docs/traffic.md).
 //!
 //! A Service bound to a VirtualService gets that VirtualService's `http`
 //! rules, in order, one Envoy route per `match` entry; otherwise one
@@ -23,8 +35,6 @@
 //! redirects, CORS and header operations come next: each is one function
 //! over [`RouteFeatures`], applied in [`route_for_rule`].
 
-use std::collections::HashSet;
-
 use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, QueryParameterMatcher, Route, RouteAction, RouteConfiguration,
@@ -44,49 +54,50 @@ use crate::model::mesh::{MESH_GATEWAY, MeshView, ScopeKey, ServiceView, VirtualS
 /// The virtual host that takes requests for hosts the mesh does not know.
 pub const ALLOW_ANY: &str = "allow_any";
 
-/// The RouteConfiguration of outbound HTTP port `port` for proxies of `scope`.
-pub fn route_configuration(view: &MeshView, scope: &ScopeKey, port: u16) -> RouteConfiguration {
-    let services: Vec<&ServiceView> = view
-        .visible_services(&scope.namespace)
-        .filter(|s| s.port(port).is_some_and(|p| p.protocol.is_http()))
-        .collect();
-    route_configuration_for(view, scope, port, &services)
+/// The RouteConfiguration of one Service's HTTP port for proxies of
+/// `scope`, named `<host>:<port>`: the Service's virtual host, then
+/// `allow_any`. The listener's chain for the Service's ClusterIP and port
+/// selects it, so a change to this Service's routes re-sends only this.
+pub fn service_route_configuration(
+    view: &MeshView,
+    scope: &ScopeKey,
+    service: &ServiceView,
+    port: u16,
+) -> RouteConfiguration {
+    RouteConfiguration {
+        name: service_route_name(service, port),
+        virtual_hosts: vec![virtual_host(view, scope, service, port), allow_any()],
+        // Clusters arrive by CDS; a route may briefly name one not yet warm.
+        validate_clusters: Some(BoolValue { value: false }),
+        ..Default::default()
+    }
 }
 
-/// The same, for the Services (in host name order) known to speak HTTP on `port`.
+/// The name of the route configuration of one Service port: `<host>:<port>`.
+pub fn service_route_name(service: &ServiceView, port: u16) -> String {
+    format!("{}:{port}", service.hostname)
+}
+
+/// The RouteConfiguration of outbound HTTP port `port` for every address
+/// but the ClusterIPs (pod IPs, headless Services), named by the port
+/// (`"9080"`): the virtual hosts of `headless`, the Services without a
+/// ClusterIP (in host name order) known to speak HTTP on `port`, then
+/// `allow_any`.
 pub fn route_configuration_for(
     view: &MeshView,
     scope: &ScopeKey,
     port: u16,
-    services: &[&ServiceView],
+    headless: &[&ServiceView],
 ) -> RouteConfiguration {
     // Envoy refuses a route configuration in which two virtual hosts share
-    // a domain. Names are unique by construction (one Service per host
-    // name); a ClusterIP could repeat while the index catches up with a
-    // Service that was recreated, and then the first in host name order keeps it.
-    let mut addresses = HashSet::new();
-    let mut virtual_hosts = Vec::with_capacity(services.len() + 1);
-    for service in services {
-        let mut host = virtual_host(view, scope, service, port);
-        if let Some(ip) = &service.cluster_ip
-            && !addresses.insert(ip.as_str())
-        {
-            let bracketed = format!("[{ip}]");
-            host.domains.retain(|d| {
-                let bare = d
-                    .rsplit_once(':')
-                    .filter(|(_, p)| p.parse::<u16>().is_ok())
-                    .map_or(d.as_str(), |(h, _)| h);
-                bare != ip && bare != bracketed && d != ip
-            });
-        }
-        virtual_hosts.push(host);
-    }
+    // a domain; names are unique (one Service per host name) and headless
+    // Services have no address among their domains.
+    let mut virtual_hosts: Vec<VirtualHost> =
+        headless.iter().map(|service| virtual_host(view, scope, service, port)).collect();
     virtual_hosts.push(allow_any());
     RouteConfiguration {
         name: port.to_string(),
         virtual_hosts,
-        // Clusters arrive by CDS; a route may briefly name one not yet warm.
         validate_clusters: Some(BoolValue { value: false }),
         ..Default::default()
     }

@@ -3,9 +3,11 @@
 //! [`outbound`]: what the application's outgoing traffic meets. Clusters,
 //! endpoints and routes for every Service the proxy may reach, and the
 //! `virtualOutbound` listener (port 15001) with one filter chain per
-//! outbound port: HTTP ports (any address) go through an HTTP connection
-//! manager whose routes come by RDS (`"<port>"`); other ports match the
-//! Service's ClusterIP and go through a TCP proxy to its cluster.
+//! Service port at the Service's ClusterIP: HTTP ports go through an HTTP
+//! connection manager whose routes come by RDS as `<host>:<port>`, other
+//! ports through a TCP proxy to its cluster; and per HTTP port, a chain
+//! for any other address (pod IPs, headless Services) with the routes
+//! `"<port>"`.
 //! Everything else keeps the pass-through chains ([`super::passthrough`]).
 //! It depends only on the proxy's [`ScopeKey`], so the xDS layer computes
 //! it once per scope and shares it: equal ScopeKey ⇒ equal Outbound.
@@ -24,7 +26,7 @@
 //! chains keep `outbound` and `inbound`. TCP chains count under their
 //! cluster's name (`tcp.outbound|3306||mysql.db.svc.cluster.local.*`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{BindConfig, CidrRange};
@@ -50,7 +52,7 @@ use super::endpoint::load_assignment;
 use super::passthrough::{
     self, HTTP_CONNECTION_MANAGER, INBOUND_SOURCE_ADDRESS, ROUTER, TCP_PROXY, network_filter,
 };
-use super::route::route_configuration_for;
+use super::route::{route_configuration_for, service_route_configuration, service_route_name};
 use super::{any, seconds, socket_address};
 use crate::model::mesh::{MeshView, PortView, ProxyContext, ScopeKey, ServiceView};
 use crate::model::protocol::Protocol;
@@ -62,7 +64,8 @@ pub struct Outbound {
     pub clusters: Vec<Cluster>,
     /// One per EDS cluster, in cluster order.
     pub endpoints: Vec<ClusterLoadAssignment>,
-    /// One per outbound HTTP port, named by the port.
+    /// One per HTTP port of each Service with a ClusterIP (`<host>:<port>`)
+    /// and one per HTTP port for other addresses (`"<port>"`), by name.
     pub routes: Vec<RouteConfiguration>,
     /// `virtualOutbound`.
     pub listener: Listener,
@@ -127,58 +130,106 @@ pub fn endpoints(view: &MeshView, scope: &ScopeKey) -> Vec<ClusterLoadAssignment
     out
 }
 
-/// The route configurations (RDS) of `scope`, one per HTTP port.
+/// The route configurations (RDS) of `scope`, by name: one per HTTP port
+/// of every Service with a ClusterIP (`<host>:<port>`, the Service's
+/// virtual host and `allow_any`), and one per HTTP port for every other
+/// address (`"<port>"`, headless Services' virtual hosts and `allow_any`).
 pub fn routes(view: &MeshView, scope: &ScopeKey) -> Vec<RouteConfiguration> {
+    let mut out: Vec<RouteConfiguration> = http_ports(view, scope)
+        .into_iter()
+        .map(|(port, headless)| route_configuration_for(view, scope, port, &headless))
+        .collect();
+    for ((port, _), (service, kind)) in address_ports(view, scope) {
+        if kind.is_http() {
+            out.push(service_route_configuration(view, scope, service, port));
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// The ports on which some reachable Service speaks HTTP, each with the
+/// headless Services (no ClusterIP) that do, in host name order.
+fn http_ports<'a>(view: &'a MeshView, scope: &'a ScopeKey) -> BTreeMap<u16, Vec<&'a ServiceView>> {
     let mut by_port: BTreeMap<u16, Vec<&ServiceView>> = BTreeMap::new();
     for (service, port) in outbound_ports(view, scope).filter(|(_, p)| p.protocol.is_http()) {
-        let services = by_port.entry(port.port).or_default();
+        let headless = by_port.entry(port.port).or_default();
         // A Service listing the same port twice gets one virtual host.
-        if services.last().is_none_or(|s| s.hostname != service.hostname) {
-            services.push(service);
+        if service.cluster_ip.is_none() && headless.last().is_none_or(|s| s.hostname != service.hostname) {
+            headless.push(service);
         }
     }
     by_port
-        .into_iter()
-        .map(|(port, services)| route_configuration_for(view, scope, port, &services))
-        .collect()
 }
 
-/// The ports on which some reachable Service speaks HTTP.
-fn http_ports(view: &MeshView, scope: &ScopeKey) -> BTreeSet<u16> {
-    outbound_ports(view, scope).filter(|(_, p)| p.protocol.is_http()).map(|(_, p)| p.port).collect()
-}
-
-/// `virtualOutbound`: the pass-through listener with a chain per outbound port in front.
-pub fn outbound_listener(view: &MeshView, scope: &ScopeKey) -> Listener {
-    let mut chains: Vec<FilterChain> = http_ports(view, scope).into_iter().map(outbound_http_chain).collect();
-    // ClusterIP and port identify a TCP Service; one chain each.
-    let mut tcp: BTreeMap<(u16, &str), FilterChain> = BTreeMap::new();
+/// The Service ports reached at a ClusterIP, by (port, ClusterIP): each
+/// pair gets one filter chain, as Envoy refuses two chains with the same
+/// match. Two Services share an address only while the index catches up
+/// with one that was recreated; the first by host name keeps it (its
+/// first listing of the port, should it list the port twice).
+fn address_ports<'a>(
+    view: &'a MeshView,
+    scope: &'a ScopeKey,
+) -> BTreeMap<(u16, &'a str), (&'a ServiceView, Protocol)> {
+    let mut out = BTreeMap::new();
     for (service, port) in outbound_ports(view, scope) {
-        let Some(ip) = service.cluster_ip.as_deref() else { continue };
-        if !port.protocol.is_http() {
-            tcp.entry((port.port, ip)).or_insert_with(|| outbound_tcp_chain(service, port, ip));
+        if let Some(ip) = service.cluster_ip.as_deref() {
+            out.entry((port.port, ip)).or_insert((service, port.protocol));
         }
     }
-    chains.extend(tcp.into_values());
+    out
+}
+
+/// `virtualOutbound`: the pass-through listener with, in front, a chain per
+/// Service port at its ClusterIP (HTTP: routes by RDS `<host>:<port>`;
+/// other protocols: a TCP proxy to the Service) and a chain per HTTP port
+/// for every other address (routes by RDS `"<port>"`).
+///
+/// Envoy picks a chain by destination port first, then by the longest
+/// matching destination prefix: a connection to a ClusterIP takes that
+/// Service's `/32` (`/128`) chain, one to a pod IP or a headless Service on
+/// an HTTP port the port's catch-all, and one to a port no chain names the
+/// pass-through chains. Matches are unique: one catch-all per port, one
+/// chain per (port, ClusterIP) ([`address_ports`]).
+pub fn outbound_listener(view: &MeshView, scope: &ScopeKey) -> Listener {
+    let mut chains: Vec<FilterChain> =
+        http_ports(view, scope).into_keys().map(|port| outbound_http_chain(port, None)).collect();
+    for ((port, ip), (service, protocol)) in address_ports(view, scope) {
+        chains.push(if protocol.is_http() {
+            outbound_http_chain(port, Some((service, ip)))
+        } else {
+            outbound_tcp_chain(service, port, ip)
+        });
+    }
     let mut listener = passthrough::virtual_outbound();
     chains.append(&mut listener.filter_chains);
     listener.filter_chains = chains;
     listener
 }
 
-fn outbound_http_chain(port: u16) -> FilterChain {
+/// An HTTP chain on `port`: at one Service's ClusterIP, with that
+/// Service's routes, or at any other address, with the port's.
+fn outbound_http_chain(port: u16, service: Option<(&ServiceView, &str)>) -> FilterChain {
+    let (name, routes, prefix_ranges) = match service {
+        Some((service, ip)) => {
+            (format!("{ip}_{port}"), service_route_name(service, port), vec![host_range(ip)])
+        }
+        None => (format!("0.0.0.0_{port}"), port.to_string(), Vec::new()),
+    };
     let manager = HttpConnectionManager {
+        // One prefix for the port whatever the address, as Istio's.
         stat_prefix: format!("outbound_0.0.0.0_{port}"),
         route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
             config_source: Some(ads_config_source()),
-            route_config_name: port.to_string(),
+            route_config_name: routes,
         })),
         ..http_connection_manager()
     };
     FilterChain {
-        name: format!("0.0.0.0_{port}"),
+        name,
         filter_chain_match: Some(FilterChainMatch {
             destination_port: Some(UInt32Value { value: u32::from(port) }),
+            prefix_ranges,
             ..Default::default()
         }),
         filters: vec![network_filter(HTTP_CONNECTION_MANAGER, any(&manager))],
@@ -186,17 +237,19 @@ fn outbound_http_chain(port: u16) -> FilterChain {
     }
 }
 
-fn outbound_tcp_chain(service: &ServiceView, port: &PortView, ip: &str) -> FilterChain {
-    let cluster = outbound_name(port.port, "", &service.hostname);
+/// Exactly one address.
+fn host_range(ip: &str) -> CidrRange {
     let prefix_len = if ip.contains(':') { 128 } else { 32 };
+    CidrRange { address_prefix: ip.to_string(), prefix_len: Some(UInt32Value { value: prefix_len }) }
+}
+
+fn outbound_tcp_chain(service: &ServiceView, port: u16, ip: &str) -> FilterChain {
+    let cluster = outbound_name(port, "", &service.hostname);
     FilterChain {
-        name: format!("{ip}_{}", port.port),
+        name: format!("{ip}_{port}"),
         filter_chain_match: Some(FilterChainMatch {
-            destination_port: Some(UInt32Value { value: u32::from(port.port) }),
-            prefix_ranges: vec![CidrRange {
-                address_prefix: ip.to_string(),
-                prefix_len: Some(UInt32Value { value: prefix_len }),
-            }],
+            destination_port: Some(UInt32Value { value: u32::from(port) }),
+            prefix_ranges: vec![host_range(ip)],
             ..Default::default()
         }),
         filters: vec![tcp_proxy_filter(cluster)],

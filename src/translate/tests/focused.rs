@@ -9,6 +9,9 @@ use envoy_types::pb::envoy::config::route::v3::{
     RouteConfiguration, VirtualHost, header_matcher, query_parameter_matcher, route, route_action,
     route_match,
 };
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_connection_manager,
+};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use k8s_openapi::api::core::v1 as core;
@@ -60,9 +63,10 @@ fn route_config<'a>(out: &'a Outbound, name: &str) -> &'a RouteConfiguration {
     out.routes.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("route configuration {name}"))
 }
 
+/// The virtual host of a Service with a ClusterIP, in its own route configuration.
 fn vhost<'a>(out: &'a Outbound, port: &str, host: &str) -> &'a VirtualHost {
     let name = format!("{host}:{port}");
-    route_config(out, port).virtual_hosts.iter().find(|v| v.name == name).unwrap_or_else(|| panic!("{name}"))
+    route_config(out, &name).virtual_hosts.iter().find(|v| v.name == name).unwrap_or_else(|| panic!("{name}"))
 }
 
 fn cluster_of(action: &Option<route::Action>) -> String {
@@ -414,26 +418,113 @@ fn chain_names(chains: &[FilterChain]) -> Vec<String> {
     chains.iter().map(|c| c.name.clone()).collect()
 }
 
+/// The match and the RDS name (or TCP cluster) of a chain.
+fn chain_summary(chain: &FilterChain) -> (Option<u32>, Vec<String>, String) {
+    let m = chain.filter_chain_match.clone().unwrap_or_default();
+    let ranges = m
+        .prefix_ranges
+        .iter()
+        .map(|r| format!("{}/{}", r.address_prefix, r.prefix_len.unwrap_or_default().value))
+        .collect();
+    let Some(filter::ConfigType::TypedConfig(config)) = &chain.filters[0].config_type else { panic!() };
+    let target = if config.type_url == TcpProxy::type_url() {
+        let proxy = TcpProxy::decode(config.value.as_slice()).expect("decodes");
+        format!("tcp {}", proxy.stat_prefix)
+    } else {
+        let manager = HttpConnectionManager::decode(config.value.as_slice()).expect("decodes");
+        let Some(http_connection_manager::RouteSpecifier::Rds(rds)) = manager.route_specifier else {
+            return (m.destination_port.map(|p| p.value), ranges, "inline".into());
+        };
+        format!("{} rds {}", manager.stat_prefix, rds.route_config_name)
+    };
+    (m.destination_port.map(|p| p.value), ranges, target)
+}
+
 #[test]
-fn tcp_ports_match_the_cluster_ip_and_http_ports_any_address() {
+fn each_service_port_has_its_chain_at_its_cluster_ip_and_http_ports_a_catch_all() {
     let mut index = bookinfo();
     tcp_service(&mut index, "mysql", "10.96.1.1", 3306, "tcp-mysql");
     tcp_service(&mut index, "legacy", "10.96.1.2", 9080, "legacy");
     let out = translate(&index);
     assert_eq!(
         chain_names(&out.listener.filter_chains),
-        ["0.0.0.0_9080", "10.96.1.1_3306", "10.96.1.2_9080", "virtualOutbound-http"]
+        [
+            "0.0.0.0_9080",
+            "10.96.1.1_3306",
+            "10.96.0.10_9080",
+            "10.96.0.11_9080",
+            "10.96.0.12_9080",
+            "10.96.0.13_9080",
+            "10.96.1.2_9080",
+            "virtualOutbound-http"
+        ]
     );
-    let tcp = &out.listener.filter_chains[1];
-    let m = tcp.filter_chain_match.as_ref().expect("match");
-    assert_eq!(m.prefix_ranges[0].address_prefix, "10.96.1.1");
-    let Some(filter::ConfigType::TypedConfig(config)) = &tcp.filters[0].config_type else { panic!() };
-    assert_eq!(config.type_url, TcpProxy::type_url());
-    let proxy = TcpProxy::decode(config.value.as_slice()).expect("decodes");
-    assert_eq!(proxy.stat_prefix, "outbound|3306||mysql.default.svc.cluster.local");
-    // The legacy port is no HTTP: no virtual host for it on 9080.
-    assert!(!route_config(&out, "9080").virtual_hosts.iter().any(|v| v.name.starts_with("legacy.")));
+    let summary = |name: &str| {
+        chain_summary(out.listener.filter_chains.iter().find(|c| c.name == name).expect("chain"))
+    };
+    assert_eq!(summary("0.0.0.0_9080"), (Some(9080), vec![], "outbound_0.0.0.0_9080 rds 9080".into()));
+    assert_eq!(
+        summary("10.96.1.1_3306"),
+        (
+            Some(3306),
+            vec!["10.96.1.1/32".into()],
+            "tcp outbound|3306||mysql.default.svc.cluster.local".into()
+        )
+    );
+    let reviews_ip = vhost(&out, "9080", REVIEWS).domains.last().cloned().expect("the ClusterIP");
+    assert_eq!(
+        summary(&format!("{reviews_ip}_9080")),
+        (Some(9080), vec![format!("{reviews_ip}/32")], format!("outbound_0.0.0.0_9080 rds {REVIEWS}:9080"))
+    );
+    // The legacy port is no HTTP: a TCP proxy, and no virtual host anywhere.
+    assert!(summary("10.96.1.2_9080").2.starts_with("tcp "));
+    assert!(!out.routes.iter().flat_map(|r| &r.virtual_hosts).any(|v| v.name.starts_with("legacy.")));
     assert!(out.listener.default_filter_chain.is_some());
+
+    // Each Service's routes hold its virtual host and the pass-through;
+    // the port's, for other addresses, only the pass-through.
+    let names: Vec<_> = out.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "9080",
+            "details.default.svc.cluster.local:9080",
+            "productpage.default.svc.cluster.local:9080",
+            "ratings.default.svc.cluster.local:9080",
+            "reviews.default.svc.cluster.local:9080"
+        ]
+    );
+    let hosts = |name: &str| -> Vec<String> {
+        route_config(&out, name).virtual_hosts.iter().map(|v| v.name.clone()).collect()
+    };
+    assert_eq!(hosts(&format!("{REVIEWS}:9080")), [format!("{REVIEWS}:9080"), "allow_any".into()]);
+    assert_eq!(hosts("9080"), ["allow_any"]);
+}
+
+#[test]
+fn headless_services_are_routed_by_the_ports_catch_all() {
+    let mut index = bookinfo();
+    tcp_service(&mut index, "db", "None", 9080, "http-db");
+    let out = translate(&index);
+    let hosts: Vec<_> = route_config(&out, "9080").virtual_hosts.iter().map(|v| v.name.clone()).collect();
+    assert_eq!(hosts, ["db.default.svc.cluster.local:9080", "allow_any"]);
+    assert!(!out.routes.iter().any(|r| r.name == "db.default.svc.cluster.local:9080"));
+    assert!(!chain_names(&out.listener.filter_chains).iter().any(|n| n.starts_with("None")));
+    // A change to a Service with a ClusterIP leaves the catch-all alone.
+    let before = route_config(&out, "9080").clone();
+    vs(
+        &mut index,
+        NAMESPACE,
+        "reviews",
+        json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews", "subset": "v2"}}]}]}),
+    );
+    dr(&mut index, NAMESPACE, "reviews", json!({"host": "reviews", "subsets": reviews_subsets()}));
+    let after = translate(&index);
+    assert_eq!(route_config(&after, "9080"), &before);
+    assert_ne!(
+        route_config(&after, &format!("{REVIEWS}:9080")),
+        route_config(&out, &format!("{REVIEWS}:9080"))
+    );
 }
 
 #[test]
@@ -616,11 +707,17 @@ fn timing_for_a_thousand_services() {
 fn a_repeated_cluster_ip_stays_with_the_first_service() {
     let mut index = bookinfo();
     // The index may briefly hold a deleted Service and its successor with the same address.
-    tcp_service(&mut index, "aaa", "10.96.0.12", 9080, "http");
+    let reviews_ip =
+        vhost(&translate(&index), "9080", REVIEWS).domains.last().cloned().expect("the ClusterIP");
+    tcp_service(&mut index, "aaa", &reviews_ip, 9080, "http");
     let out = translate(&index);
+    // One chain for the address (Envoy refuses two with the same match), to the first Service's routes.
+    let chains: Vec<_> =
+        out.listener.filter_chains.iter().filter(|c| c.name == format!("{reviews_ip}_9080")).collect();
+    assert_eq!(chains.len(), 1);
+    assert_eq!(chain_summary(chains[0]).2, "outbound_0.0.0.0_9080 rds aaa.default.svc.cluster.local:9080");
     let first = vhost(&out, "9080", "aaa.default.svc.cluster.local");
-    assert!(first.domains.contains(&"10.96.0.12:9080".to_string()));
-    let second = vhost(&out, "9080", REVIEWS);
-    assert!(!second.domains.iter().any(|d| d.starts_with("10.96.0.12")), "{:?}", second.domains);
-    assert!(second.domains.contains(&"reviews".to_string()));
+    assert!(first.domains.contains(&format!("{reviews_ip}:9080")));
+    // The other has no chain, so no routes of its own until the index settles.
+    assert!(!out.routes.iter().any(|r| r.name == format!("{REVIEWS}:9080")));
 }
