@@ -690,12 +690,14 @@ fn timing_for_a_thousand_services() {
     let per_port = crate::translate::route::route_configuration_for(&view, &scope, 8080, &visible);
     println!(
         "  one Service's route configuration {} bytes ({} virtual hosts); the port's catch-all {} bytes; \
-         one per port, as before: {} bytes ({} virtual hosts); listener {} bytes ({} chains)",
+         one per port, as before: {} bytes ({} virtual hosts); all route configurations {} bytes; \
+         listener {} bytes ({} chains)",
         one.encoded_len(),
         one.virtual_hosts.len(),
         catch_all.encoded_len(),
         per_port.encoded_len(),
         per_port.virtual_hosts.len(),
+        out.routes.iter().map(|r| r.encoded_len()).sum::<usize>(),
         out.listener.encoded_len(),
         out.listener.filter_chains.len(),
     );
