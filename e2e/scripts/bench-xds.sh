@@ -11,6 +11,7 @@
 #   SERVICES (1000)  PROXIES (2000)  ACCOUNTS (4)  ENDPOINTS (3 per Service)
 #   CHURN_RATE (30 updates/s)  CHURN_SECONDS (20)  VS_CHANGES (3)
 #   IDLE_SECONDS (10)  PUSH_TIMEOUT (10 s)  BATCH (100 connections at a time)
+#   CONTROLLER_WRAPPER (none: a profiler command to run the controller under)
 #
 # `bench-xds.sh restart-controller` is what xds-load runs to restart the
 # controller mid-run.
@@ -33,7 +34,10 @@ log() { printf '[bench-xds] %s\n' "$*" >&2; }
 
 start_controller() {
   mkdir -p "$dir/pids" "$dir/logs"
-  setsid "$repo/target/release/mesh" controller --kubeconfig "$dir/kubeconfig" --namespace mesh-system \
+  # CONTROLLER_WRAPPER runs the controller under a profiler, e.g. heaptrack
+  # (the RSS and CPU figures are then the wrapper's, not the controller's).
+  # shellcheck disable=SC2086
+  setsid ${CONTROLLER_WRAPPER:-} "$repo/target/release/mesh" controller --kubeconfig "$dir/kubeconfig" --namespace mesh-system \
     --monitoring-addr "127.0.0.1:$mon" --webhook-addr "127.0.0.1:$webhook" --xds-addr "127.0.0.1:$xds" \
     --log warn >>"$controller_log" 2>&1 </dev/null &
   echo $! >"$pidfile"

@@ -29,8 +29,10 @@
 pub mod auth;
 pub mod debug;
 pub mod delta;
+pub mod grpc;
 pub mod mesh;
 pub mod metrics;
+pub mod names;
 pub(crate) mod order;
 pub mod proxy;
 pub mod push;

@@ -82,6 +82,9 @@ pub(crate) fn plan(
     let mut updated = Vec::new();
     let mut removed = Vec::new();
     let mut held = false;
+    // Whether `next` differs from `desired`: if not, the proxy's ledger
+    // shares `desired`'s parts instead of a list of its own.
+    let mut diverged = false;
 
     let mut wanted = desired.iter().peekable();
     let mut have = current.iter().peekable();
@@ -101,6 +104,7 @@ pub(crate) fn plan(
                 let blocked = !refused && dependent && !ready(&d.depends_on, ledgers, snapshot);
                 if refused || blocked {
                     held |= blocked;
+                    diverged = true;
                     next.extend(c.cloned());
                 } else {
                     next.push(d.clone());
@@ -114,6 +118,7 @@ pub(crate) fn plan(
                         .contains(c.name.as_str());
                 if still_named {
                     held = true;
+                    diverged = true;
                     next.push(c.clone());
                 } else {
                     removed.push(c.name.clone());
@@ -122,7 +127,8 @@ pub(crate) fn plan(
             (None, None) => unreachable!("the loop ends when both are done"),
         }
     }
-    Plan { next: Resources::from_sorted(next), updated, removed, held }
+    let next = if diverged { Resources::from_sorted(next) } else { desired.clone() };
+    Plan { next, updated, removed, held }
 }
 
 /// Whether every cluster in `clusters` is acknowledged in its current

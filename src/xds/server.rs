@@ -32,18 +32,19 @@ use hyper_util::service::TowerToHyperService;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tonic::codegen::{BoxFuture, Context, Poll, StdError, http};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
+use tonic::codegen::{BoxFuture, Context, Poll, http};
 
 use super::auth::{self, Authenticator, Refusal, Rejection};
 use super::delta::DeltaStream;
+use super::grpc::{Chunks, Frames, Requests, ResponseBody};
 use super::metrics::XdsMetrics;
 use super::proxy::{Proxy, ProxyId};
 use super::push::{self, Connection, Connections, Debounce, NackRecord, Protocol, Pusher, StreamReport};
 use super::snapshot::{Generator, Passthrough, Resources, Snapshot};
 use super::stream::{Event, ProtocolError, SotwStream, Step, TypeStatus};
 use super::types;
-use super::wire::{AdsCodec, DeltaResponse, SotwResponse, Wire};
+use super::wire::{DeltaResponse, SotwResponse, Wire};
 use crate::index::SharedIndex;
 use crate::model::ObjectKey;
 use crate::webhook::server::ServingCert;
@@ -605,10 +606,9 @@ pub const SOTW_PATH: &str =
 pub const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
-/// The ADS service over HTTP/2: tonic's gRPC framing with [`AdsCodec`], so
-/// responses go out as pre-encoded resources spliced into per-stream
-/// fields ([`super::wire`]), not as prost messages that own a copy of
-/// every resource.
+/// The ADS service over HTTP/2, with our own gRPC framing
+/// ([`super::grpc`]): responses go out as the shared bytes of their
+/// resources, and no per-stream buffer grows with them.
 #[derive(Clone)]
 pub struct AdsService {
     ads: Ads,
@@ -620,49 +620,31 @@ impl AdsService {
     }
 }
 
-struct SotwMethod(Ads);
-struct DeltaMethod(Ads);
-
-fn authorization<T>(request: &Request<T>) -> Option<String> {
-    request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned)
+fn authorization<B>(request: &http::Request<B>) -> Option<String> {
+    request.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
 
-impl tonic::server::StreamingService<DiscoveryRequest> for SotwMethod {
-    type Response = SotwResponse;
-    type ResponseStream = ResponseStream;
-    type Future = BoxFuture<Response<ResponseStream>, Status>;
-
-    fn call(&mut self, request: Request<Streaming<DiscoveryRequest>>) -> Self::Future {
-        let ads = self.0.clone();
-        Box::pin(async move {
-            let authorization = authorization(&request);
-            let responses = ads.open(authorization.as_deref(), request.into_inner()).await?;
-            Ok(Response::new(responses))
-        })
-    }
+/// A streaming response: gRPC headers, then the body.
+fn streaming(chunks: Chunks) -> http::Response<ResponseBody> {
+    let mut response = http::Response::new(ResponseBody::new(chunks));
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    response
 }
 
-impl tonic::server::StreamingService<DeltaDiscoveryRequest> for DeltaMethod {
-    type Response = DeltaResponse;
-    type ResponseStream = DeltaResponseStream;
-    type Future = BoxFuture<Response<DeltaResponseStream>, Status>;
-
-    fn call(&mut self, request: Request<Streaming<DeltaDiscoveryRequest>>) -> Self::Future {
-        let ads = self.0.clone();
-        Box::pin(async move {
-            let authorization = authorization(&request);
-            let responses = ads.open_delta(authorization.as_deref(), request.into_inner()).await?;
-            Ok(Response::new(responses))
-        })
-    }
+/// Each response as its gRPC chunks.
+fn chunked<R: Wire>(responses: impl Stream<Item = Result<R, Status>> + Send + 'static) -> Chunks {
+    Box::pin(responses.map(|r| r.map(|r| Frames::message(&r))))
 }
 
 impl<B> tonic::codegen::Service<http::Request<B>> for AdsService
 where
-    B: tonic::codegen::Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: std::fmt::Display + Send,
 {
-    type Response = http::Response<tonic::body::Body>;
+    type Response = http::Response<ResponseBody>;
     type Error = std::convert::Infallible;
     type Future = BoxFuture<Self::Response, Self::Error>;
 
@@ -672,19 +654,30 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let ads = self.ads.clone();
-        match request.uri().path() {
-            SOTW_PATH => Box::pin(async move {
-                let mut grpc =
-                    tonic::server::Grpc::new(AdsCodec::<SotwResponse, DiscoveryRequest>::default());
-                Ok(grpc.streaming(SotwMethod(ads), request).await)
-            }),
-            DELTA_PATH => Box::pin(async move {
-                let mut grpc =
-                    tonic::server::Grpc::new(AdsCodec::<DeltaResponse, DeltaDiscoveryRequest>::default());
-                Ok(grpc.streaming(DeltaMethod(ads), request).await)
-            }),
-            _ => Box::pin(async move { Ok(Status::unimplemented("no such method").into_http()) }),
-        }
+        let authorization = authorization(&request);
+        let compressed = request.headers().get("grpc-encoding").is_some_and(|e| e.as_bytes() != b"identity");
+        let path = request.uri().path().to_owned();
+        let body = request.into_body();
+        Box::pin(async move {
+            if compressed {
+                return Ok(Status::unimplemented("compressed requests are not supported").into_http());
+            }
+            let opened = match path.as_str() {
+                SOTW_PATH => ads
+                    .open(authorization.as_deref(), Requests::<B, DiscoveryRequest>::new(body))
+                    .await
+                    .map(chunked),
+                DELTA_PATH => ads
+                    .open_delta(authorization.as_deref(), Requests::<B, DeltaDiscoveryRequest>::new(body))
+                    .await
+                    .map(chunked),
+                _ => Err(Status::unimplemented(format!("no method {path} here"))),
+            };
+            Ok(match opened {
+                Ok(chunks) => streaming(chunks),
+                Err(status) => status.into_http(),
+            })
+        })
     }
 }
 

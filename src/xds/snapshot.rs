@@ -90,6 +90,11 @@ impl Resource {
         &self.entry[self.any_at as usize..]
     }
 
+    /// The encoded `Any`, shared.
+    pub fn any_bytes(&self) -> Bytes {
+        self.entry.slice(self.any_at as usize..)
+    }
+
     /// The resource's own encoded bytes (the `Any`'s value).
     pub fn value(&self) -> &[u8] {
         &self.entry[self.value_at as usize..]

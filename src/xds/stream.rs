@@ -34,11 +34,12 @@
 //!
 //! [`super::delta`] is the incremental sibling over the same [`Snapshot`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
+use super::names::NameSet;
 use super::order::{self, Ledger};
 use super::snapshot::{Resources, Snapshot};
 use super::types;
@@ -49,8 +50,8 @@ use super::wire::SotwResponse;
 pub enum Subscription {
     /// Every resource of the type.
     Wildcard,
-    /// Only these.
-    Names(BTreeSet<String>),
+    /// Only these (shared by the streams that ask for the same names).
+    Names(Arc<NameSet>),
 }
 
 impl Subscription {
@@ -58,7 +59,7 @@ impl Subscription {
         if types::is_wildcard_only(type_url) || names.iter().any(|n| n == "*") {
             Subscription::Wildcard
         } else {
-            Subscription::Names(names.iter().cloned().collect())
+            Subscription::Names(NameSet::intern(names.iter().map(String::as_str)))
         }
     }
 
@@ -66,9 +67,7 @@ impl Subscription {
     pub(crate) fn select(&self, all: Resources) -> Resources {
         match self {
             Subscription::Wildcard => all,
-            Subscription::Names(names) => {
-                Resources::from_sorted(names.iter().filter_map(|name| all.get(name)).cloned().collect())
-            }
+            Subscription::Names(names) => names.select(&all),
         }
     }
 }

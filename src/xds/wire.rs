@@ -6,29 +6,40 @@
 //! response is its few per-stream fields (version, type URL, nonce),
 //! encoded per stream, with the shared entries spliced in between, in field
 //! order: the bytes are those prost would write for the same message. A
-//! response holds its resources by `Arc`; the only copy is the one into
-//! the gRPC frame as it is sent.
-//!
-//! [`AdsCodec`] is the tonic codec of the ADS service: it writes these
-//! responses and decodes requests with prost.
+//! response holds its resources by `Arc`, and [`super::grpc`] hands the
+//! larger entries to HTTP/2 by reference: they are copied only into TLS
+//! records as they are sent.
 
-use std::marker::PhantomData;
 use std::sync::Arc;
 
-use bytes::BufMut;
+use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
-use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use super::snapshot::Resource;
+
+/// Where a response writes itself: bytes to copy, and shared bytes that a
+/// sink may keep by reference ([`super::grpc::Frames`]) instead of copying.
+pub trait Sink {
+    fn put_slice(&mut self, bytes: &[u8]);
+    fn put_shared(&mut self, bytes: &Bytes);
+}
+
+impl Sink for Vec<u8> {
+    fn put_slice(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    fn put_shared(&mut self, bytes: &Bytes) {
+        self.extend_from_slice(bytes);
+    }
+}
 
 /// A response that knows how to write itself.
 pub trait Wire: Send + 'static {
     /// The exact length of [`Wire::encode`]'s output.
     fn encoded_len(&self) -> usize;
-    fn encode(&self, buf: &mut impl BufMut);
+    fn encode(&self, out: &mut impl Sink);
 
     /// The bytes, in a vector (tests, and sizes).
     fn encode_to_vec(&self) -> Vec<u8> {
@@ -67,12 +78,12 @@ impl Wire for SotwResponse {
             + string_len(5, &self.nonce)
     }
 
-    fn encode(&self, buf: &mut impl BufMut) {
+    fn encode(&self, buf: &mut impl Sink) {
         // DiscoveryResponse: version_info = 1, resources = 2, type_url = 4,
         // nonce = 5.
         string(1, &self.version_info, buf);
         for resource in &self.resources {
-            buf.put_slice(resource.entry());
+            buf.put_shared(resource.entry());
         }
         string(4, &self.type_url, buf);
         string(5, &self.nonce, buf);
@@ -133,18 +144,18 @@ impl Wire for DeltaResponse {
                 .sum::<usize>()
     }
 
-    fn encode(&self, buf: &mut impl BufMut) {
+    fn encode(&self, buf: &mut impl Sink) {
         // DeltaDiscoveryResponse: system_version_info = 1, resources = 2,
         // type_url = 4, nonce = 5, removed_resources = 6.
         string(1, &self.system_version_info, buf);
         for resource in &self.resources {
-            encode_key(2, WireType::LengthDelimited, buf);
-            encode_varint(wrapper_len(resource) as u64, buf);
+            key(2, buf);
+            varint(wrapper_len(resource) as u64, buf);
             string(1, &resource.version, buf);
-            let any = resource.any();
-            encode_key(2, WireType::LengthDelimited, buf);
-            encode_varint(any.len() as u64, buf);
-            buf.put_slice(any);
+            let any = resource.any_bytes();
+            key(2, buf);
+            varint(any.len() as u64, buf);
+            buf.put_shared(&any);
             string(3, &resource.name, buf);
         }
         string(4, &self.type_url, buf);
@@ -157,72 +168,37 @@ impl Wire for DeltaResponse {
 }
 
 /// A proto3 string field: absent when empty.
-fn string(tag: u32, value: &str, buf: &mut impl BufMut) {
+fn string(tag: u32, value: &str, buf: &mut impl Sink) {
     if !value.is_empty() {
         string_always(tag, value, buf);
     }
 }
 
-fn string_always(tag: u32, value: &str, buf: &mut impl BufMut) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(value.len() as u64, buf);
+fn string_always(tag: u32, value: &str, buf: &mut impl Sink) {
+    key(tag, buf);
+    varint(value.len() as u64, buf);
     buf.put_slice(value.as_bytes());
+}
+
+/// The key of a length-delimited field.
+fn key(tag: u32, buf: &mut impl Sink) {
+    let mut bytes = [0u8; 10];
+    let mut at = &mut bytes[..];
+    encode_key(tag, WireType::LengthDelimited, &mut at);
+    let written = 10 - at.len();
+    buf.put_slice(&bytes[..written]);
+}
+
+fn varint(value: u64, buf: &mut impl Sink) {
+    let mut bytes = [0u8; 10];
+    let mut at = &mut bytes[..];
+    encode_varint(value, &mut at);
+    let written = 10 - at.len();
+    buf.put_slice(&bytes[..written]);
 }
 
 fn string_len(tag: u32, value: &str) -> usize {
     if value.is_empty() { 0 } else { key_len(tag) + encoded_len_varint(value.len() as u64) + value.len() }
-}
-
-/// The ADS codec: responses written by [`Wire`], requests decoded by prost.
-pub struct AdsCodec<Resp, Req>(PhantomData<fn(Resp) -> Req>);
-
-impl<Resp, Req> Default for AdsCodec<Resp, Req> {
-    fn default() -> Self {
-        Self(PhantomData)
-    }
-}
-
-impl<Resp, Req> Codec for AdsCodec<Resp, Req>
-where
-    Resp: Wire,
-    Req: Message + Default + Send + 'static,
-{
-    type Encode = Resp;
-    type Decode = Req;
-    type Encoder = WireEncoder<Resp>;
-    type Decoder = ProstDecoder<Req>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        WireEncoder(PhantomData)
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder(PhantomData)
-    }
-}
-
-pub struct WireEncoder<T>(PhantomData<fn(T)>);
-
-impl<T: Wire> Encoder for WireEncoder<T> {
-    type Item = T;
-    type Error = Status;
-
-    fn encode(&mut self, item: T, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.reserve(item.encoded_len());
-        item.encode(dst);
-        Ok(())
-    }
-}
-
-pub struct ProstDecoder<T>(PhantomData<fn() -> T>);
-
-impl<T: Message + Default> Decoder for ProstDecoder<T> {
-    type Item = T;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<T>, Status> {
-        T::decode(buf).map(Some).map_err(|e| Status::internal(format!("undecodable request: {e}")))
-    }
 }
 
 #[cfg(test)]
