@@ -153,7 +153,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         instance: instance.clone(),
     };
     // Services, endpoints, VirtualServices and DestinationRules, translated per scope and proxy.
-    let generator = Arc::new(crate::xds::MeshGenerator);
+    let generator = Arc::new(crate::xds::MeshGenerator::default());
     let ads = crate::xds::Ads::with_settings(
         authenticator,
         index.clone(),

@@ -11,7 +11,8 @@
 #   SERVICES (1000)  PROXIES (2000)  ACCOUNTS (4)  ENDPOINTS (3 per Service)
 #   CHURN_RATE (30 updates/s)  CHURN_SECONDS (20)  VS_CHANGES (3)
 #   IDLE_SECONDS (10)  PUSH_TIMEOUT (10 s)  BATCH (100 connections at a time)
-#   CONTROLLER_WRAPPER (none: a profiler command to run the controller under)
+#   CONTROLLER_WRAPPER (none: a profiler command to run the controller under;
+#   no restart then)
 #
 # `bench-xds.sh restart-controller` is what xds-load runs to restart the
 # controller mid-run.
@@ -54,6 +55,11 @@ stop_controller() {
   [ -f "$pidfile" ] || return 0
   local pid
   pid=$(cat "$pidfile")
+  if [ -n "${CONTROLLER_WRAPPER:-}" ]; then
+    # Stop the controller, then let the wrapper finish writing its data.
+    pkill -TERM -P "$pid" -x mesh 2>/dev/null || true
+    for _ in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  fi
   kill -TERM "$pid" 2>/dev/null || return 0
   for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true
@@ -93,5 +99,6 @@ timeout --signal=TERM 1800 "$repo/target/release/xds-load" \
   --endpoints "${ENDPOINTS:-3}" --churn-rate "${CHURN_RATE:-30}" --churn-seconds "${CHURN_SECONDS:-20}" \
   --vs-changes "${VS_CHANGES:-3}" --idle-seconds "${IDLE_SECONDS:-10}" --push-timeout "${PUSH_TIMEOUT:-10}" \
   --batch "${BATCH:-100}" --xds-addr "127.0.0.1:$xds" \
-  --controller-pid-file "$pidfile" --restart-command "$repo/e2e/scripts/bench-xds.sh restart-controller" \
+  --controller-pid-file "$pidfile" ${CONTROLLER_WRAPPER:+--no-restart} \
+  --restart-command "$repo/e2e/scripts/bench-xds.sh restart-controller" \
   | tee "$repo/target/bench-xds.log"

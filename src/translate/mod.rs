@@ -27,7 +27,7 @@ pub mod passthrough;
 pub mod route;
 pub mod sidecar;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
 use envoy_types::pb::google::protobuf::{Any, Duration};

@@ -9,7 +9,7 @@
 //! a new subset is never routed to before the proxy knows it.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -30,15 +30,25 @@ use crate::model::mesh::{MeshView, ProxyContext, ScopeKey};
 use crate::translate;
 
 /// Translates the index into each proxy's configuration.
-#[derive(Debug, Default)]
-pub struct MeshGenerator;
+#[derive(Default)]
+pub struct MeshGenerator {
+    /// Each scope's outbound configuration as the last push packed it.
+    last: Arc<Mutex<HashMap<ScopeKey, Arc<PackedOutbound>>>>,
+}
 
 impl Generator for MeshGenerator {
     fn prepare(&self, index: &Index) -> Arc<dyn PushContext> {
         let view = translate::mesh_view(index);
         let proxies =
             index.workloads.iter().map(|(key, w)| (key.clone(), ProxyContext::from_workload(w))).collect();
-        Arc::new(MeshContext { view, proxies, outbound: ScopeCache::default() })
+        let previous = std::mem::take(&mut *self.last.lock().unwrap_or_else(|p| p.into_inner()));
+        Arc::new(MeshContext {
+            view,
+            proxies,
+            outbound: ScopeCache::default(),
+            previous,
+            last: self.last.clone(),
+        })
     }
 }
 
@@ -46,6 +56,10 @@ struct MeshContext {
     view: MeshView,
     proxies: HashMap<ObjectKey, ProxyContext>,
     outbound: ScopeCache<ScopeKey, PackedOutbound>,
+    /// The previous push's packing, whose unchanged parts are reused.
+    previous: HashMap<ScopeKey, Arc<PackedOutbound>>,
+    /// Where this push's packing is kept for the next.
+    last: Arc<Mutex<HashMap<ScopeKey, Arc<PackedOutbound>>>>,
 }
 
 /// A scope's outbound configuration, packed for sharing.
@@ -57,19 +71,33 @@ struct PackedOutbound {
 }
 
 impl PackedOutbound {
-    fn new(view: &MeshView, scope: &ScopeKey) -> Self {
+    /// Packs the scope's outbound configuration. A part with the same
+    /// content as in `previous` is `previous`'s: the streams see that it
+    /// is the very same part and skip comparing it resource by resource.
+    fn new(view: &MeshView, scope: &ScopeKey, previous: Option<&PackedOutbound>) -> Self {
         let out = translate::sidecar::outbound(view, scope);
+        let keep = |new: ResourceSet, old: Option<&Arc<ResourceSet>>| match old {
+            Some(old) if old.same_content(&new) => old.clone(),
+            _ => Arc::new(new),
+        };
         Self {
-            clusters: Arc::new(ResourceSet::of(out.clusters, |c: &Cluster| c.name.clone())),
-            endpoints: Arc::new(ResourceSet::of(out.endpoints, |e: &ClusterLoadAssignment| {
-                e.cluster_name.clone()
-            })),
-            routes: Arc::new(ResourceSet::new(
-                out.routes
-                    .iter()
-                    .map(|r| Arc::new(Resource::of(r.name.clone(), r).depending_on(route_clusters(r)))),
-            )),
-            listener: Arc::new(listener_set(&out.listener)),
+            clusters: keep(
+                ResourceSet::of(out.clusters, |c: &Cluster| c.name.clone()),
+                previous.map(|p| &p.clusters),
+            ),
+            endpoints: keep(
+                ResourceSet::of(out.endpoints, |e: &ClusterLoadAssignment| e.cluster_name.clone()),
+                previous.map(|p| &p.endpoints),
+            ),
+            routes: keep(
+                ResourceSet::new(
+                    out.routes
+                        .iter()
+                        .map(|r| Arc::new(Resource::of(r.name.clone(), r).depending_on(route_clusters(r)))),
+                ),
+                previous.map(|p| &p.routes),
+            ),
+            listener: keep(listener_set(&out.listener), previous.map(|p| &p.listener)),
         }
     }
 }
@@ -86,7 +114,14 @@ impl PushContext for MeshContext {
             ..ProxyContext::default()
         });
         let scope = self.view.scope(&context);
-        let outbound = self.outbound.get_or_build(scope.clone(), || PackedOutbound::new(&self.view, &scope));
+        let outbound = self.outbound.get_or_build(scope.clone(), || {
+            PackedOutbound::new(&self.view, &scope, self.previous.get(&scope).map(|p| &**p))
+        });
+        self.last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(scope.clone())
+            .or_insert_with(|| outbound.clone());
         let inbound = translate::sidecar::inbound(&self.view, &context);
         let inbound_clusters = Arc::new(ResourceSet::of(inbound.clusters, |c: &Cluster| c.name.clone()));
         let inbound_listener = Arc::new(listener_set(&inbound.listener));
@@ -156,4 +191,44 @@ pub fn listener_clusters(listener: &Listener) -> BTreeSet<String> {
         }
     }
     names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::auth::tests::identity;
+    use super::super::proxy::ProxyId;
+    use super::*;
+    use crate::translate::tests::{apply_networking, bookinfo};
+
+    fn productpage() -> Proxy {
+        let id = ProxyId::parse("sidecar~10.244.0.13~productpage-v1-0.default~default.svc.cluster.local")
+            .expect("a node id");
+        Proxy { id, identity: identity() }
+    }
+
+    #[test]
+    fn a_push_reuses_the_parts_that_did_not_change() {
+        let generator = MeshGenerator::default();
+        let mut index = bookinfo();
+        apply_networking(&mut index, "destination-rule-all.yaml");
+        apply_networking(&mut index, "virtual-service-all-v1.yaml");
+        let proxy = productpage();
+        let first = generator.prepare(&index).generate(&proxy);
+        let again = generator.prepare(&index).generate(&proxy);
+        assert_eq!(first, again);
+        // The outbound part is the first part of each type.
+        let outbound_same = |a: &Snapshot, b: &Snapshot, t: &str| {
+            Arc::ptr_eq(&a.resources(t).parts()[0], &b.resources(t).parts()[0])
+        };
+        for t in [types::CLUSTER, types::ENDPOINT, types::ROUTE, types::LISTENER] {
+            assert!(outbound_same(&first, &again, t), "{t}: nothing changed, the same part");
+        }
+
+        apply_networking(&mut index, "virtual-service-reviews-50-v3.yaml");
+        let changed = generator.prepare(&index).generate(&proxy);
+        assert!(!outbound_same(&again, &changed, types::ROUTE), "the routes changed");
+        for t in [types::CLUSTER, types::ENDPOINT, types::LISTENER] {
+            assert!(outbound_same(&again, &changed, t), "{t}: unchanged by a VirtualService, the same part");
+        }
+    }
 }

@@ -151,6 +151,12 @@ impl ResourceSet {
         Self::new(messages.into_iter().map(|m| Arc::new(Resource::of(name(&m), &m))))
     }
 
+    /// The same names and versions (by their hashes' sum: see
+    /// [`version_of`]).
+    pub fn same_content(&self, other: &Self) -> bool {
+        self.items.len() == other.items.len() && self.sum == other.sum
+    }
+
     pub fn get(&self, name: &str) -> Option<&Arc<Resource>> {
         let i = self.items.binary_search_by(|r| r.name.as_str().cmp(name)).ok()?;
         Some(&self.items[i])
@@ -230,6 +236,11 @@ impl Resources {
     /// Every resource, in name order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Resource>> {
         Merge { parts: self.parts.iter().map(|p| p.items.iter().peekable()).collect() }
+    }
+
+    /// The shared parts.
+    pub fn parts(&self) -> &[Arc<ResourceSet>] {
+        &self.parts
     }
 
     /// Whether both are made of the very same parts (a cheap equality).

@@ -88,6 +88,9 @@ struct Args {
     /// ready again (rewriting the pid file); without it, no restart.
     #[arg(long)]
     restart_command: Option<String>,
+    /// Skip the restart even if a restart command is given.
+    #[arg(long)]
+    no_restart: bool,
     /// Seconds the restart command may take.
     #[arg(long, default_value_t = 120)]
     restart_timeout: u64,
@@ -326,7 +329,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     churn(&client, &layout, &fleet, &process, &mut endpoints, &args, &mut summary).await?;
 
     // --- controller restart ---------------------------------------------------------
-    if let Some(command) = &args.restart_command {
+    if let Some(command) = args.restart_command.as_ref().filter(|_| !args.no_restart) {
         let before = process.sample();
         let killed = Instant::now();
         let status = tokio::time::timeout(

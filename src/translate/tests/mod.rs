@@ -40,7 +40,7 @@ fn kind(doc: &Value) -> &str {
 
 /// Bookinfo's platform: Services with ClusterIPs 10.96.0.x, one ready pod
 /// per Deployment at 10.244.0.x, and an EndpointSlice per Service.
-pub(super) fn bookinfo() -> Index {
+pub(crate) fn bookinfo() -> Index {
     let mut index = Index::new(Default::default());
     index.apply::<Namespaces>(&core::Namespace {
         metadata: ObjectMeta { name: Some(NAMESPACE.into()), ..Default::default() },
@@ -142,7 +142,7 @@ pub(super) fn endpoint_slice(service: &core::Service, pods: &[core::Pod]) -> dis
 }
 
 /// Applies every VirtualService and DestinationRule of a networking sample.
-pub(super) fn apply_networking(index: &mut Index, file: &str) {
+pub(crate) fn apply_networking(index: &mut Index, file: &str) {
     for doc in documents(&format!("networking/{file}")) {
         let mut obj: DynamicObject = serde_json::from_value(doc.clone()).expect("an object");
         obj.metadata.namespace = Some(NAMESPACE.into());
