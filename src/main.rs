@@ -168,6 +168,8 @@ fn init_logging(filter: &str, format: LogFormat) {
 }
 
 // A faster allocator than glibc's for a server that builds and drops many
-// small JSON values per request on several threads.
+// small JSON values per request on several threads. The feature
+// `system-allocator` keeps glibc's, for heap profilers that hook malloc.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -9,8 +9,8 @@
 //!   resource entry of at least [`SHARED_MIN`] bytes goes to HTTP/2 as the
 //!   shared [`Bytes`] itself. Nothing outlives the response's sending;
 //! - requests are gathered from the body's DATA frames and decoded with
-//!   prost; a buffer that grew for a large request (a thousand EDS names)
-//!   is let go once it is empty;
+//!   prost; the buffer is let go once it is empty, so a large request (a
+//!   thousand EDS names) is not held for the life of the stream;
 //! - the stream ends with the trailers `grpc-status` and `grpc-message`; a
 //!   stream refused before any response is a trailers-only response.
 //!
@@ -39,8 +39,6 @@ pub const SHARED_MIN: usize = 1024;
 const CHUNK: usize = 16 * 1024;
 /// The largest request accepted (tonic's default too).
 const MAX_REQUEST: usize = 4 * 1024 * 1024;
-/// A request buffer larger than this is let go once it is empty.
-const KEEP_BUFFER: usize = 16 * 1024;
 
 /// One response as the chunks HTTP/2 sends: copies of the small parts,
 /// shared references to the large ones.
@@ -192,7 +190,9 @@ impl<B, T: Message + Default> Requests<B, T> {
         }
         self.buf.advance(5);
         let message = self.buf.split_to(len);
-        if self.buf.is_empty() && self.buf.capacity() > KEEP_BUFFER {
+        if self.buf.is_empty() {
+            // `buf` still points into the message's allocation: let both go
+            // (a stream may sit idle for hours after a large request).
             self.buf = BytesMut::new();
         }
         T::decode(message)
@@ -351,7 +351,7 @@ mod tests {
         assert_eq!(stream.next().await.map(Result::unwrap), Some(small.clone()));
         assert_eq!(stream.next().await.map(Result::unwrap), Some(large));
         assert_eq!(stream.next().await.map(Result::unwrap), Some(small));
-        assert!(stream.buf.capacity() <= KEEP_BUFFER, "the large request's buffer went");
+        assert_eq!(stream.buf.capacity(), 0, "the large request's buffer went");
         assert!(stream.next().await.is_none());
     }
 

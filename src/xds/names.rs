@@ -78,6 +78,24 @@ impl NameSet {
         set
     }
 
+    /// Whether `names` (any order) are exactly this set. Cheaper than
+    /// interning them: proxies repeat their subscription in every ACK, a
+    /// thousand names at a time, and it rarely changes.
+    pub fn matches(&self, names: &[String]) -> bool {
+        if names.len() != self.names.len() {
+            return false;
+        }
+        if names.iter().zip(self.iter()).all(|(a, b)| a == b) {
+            return true;
+        }
+        // Another order: each name found once, none twice.
+        let mut seen = vec![false; names.len()];
+        names.iter().all(|name| match self.names.binary_search_by(|n| (**n).cmp(name.as_str())) {
+            Ok(i) => !std::mem::replace(&mut seen[i], true),
+            Err(_) => false,
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.names.len()
     }
@@ -150,6 +168,17 @@ mod tests {
         let c = NameSet::intern(["a", "c"]);
         assert!(!Arc::ptr_eq(&a, &c));
         assert!(c.contains("c") && !c.contains("b"));
+    }
+
+    #[test]
+    fn a_request_matches_its_set_in_any_order_but_not_with_a_name_twice() {
+        let set = NameSet::intern(["m1", "m2", "m3"]);
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(set.matches(&names(&["m1", "m2", "m3"])));
+        assert!(set.matches(&names(&["m3", "m1", "m2"])));
+        assert!(!set.matches(&names(&["m1", "m1", "m3"])));
+        assert!(!set.matches(&names(&["m1", "m2"])));
+        assert!(!set.matches(&names(&["m1", "m2", "m4"])));
     }
 
     #[test]

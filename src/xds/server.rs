@@ -428,7 +428,11 @@ impl<M: Machine> Session<M> {
     where
         S: Stream<Item = Result<M::Request, Status>> + Unpin,
     {
-        if let Err(ended) = self.on_request(&first).await {
+        let answered = self.on_request(&first).await;
+        // The first request carries the node, with Envoy's list of
+        // extensions: tens of KB per proxy, not to be kept for the stream's life.
+        drop(first);
+        if let Err(ended) = answered {
             return ended;
         }
         let shutdown = self.shared.shutdown.clone();

@@ -55,11 +55,15 @@ pub enum Subscription {
 }
 
 impl Subscription {
-    fn of(type_url: &str, names: &[String]) -> Self {
+    /// The subscription `names` ask for; `current`'s set again when they
+    /// are the same names.
+    fn of(type_url: &str, names: &[String], current: Option<&Subscription>) -> Self {
         if types::is_wildcard_only(type_url) || names.iter().any(|n| n == "*") {
-            Subscription::Wildcard
-        } else {
-            Subscription::Names(NameSet::intern(names.iter().map(String::as_str)))
+            return Subscription::Wildcard;
+        }
+        match current {
+            Some(Subscription::Names(set)) if set.matches(names) => Subscription::Names(set.clone()),
+            _ => Subscription::Names(NameSet::intern(names.iter().map(String::as_str))),
         }
     }
 
@@ -168,7 +172,8 @@ impl SotwStream {
             return Err(ProtocolError::NoTypeUrl);
         }
         let mut step = Step::default();
-        let subscription = Subscription::of(type_url, &request.resource_names);
+        let current = self.types.get(type_url).map(|state| &state.subscription);
+        let subscription = Subscription::of(type_url, &request.resource_names, current);
         let state = self.types.entry(type_url.to_string()).or_insert_with(|| TypeState {
             subscription: subscription.clone(),
             sent: None,
@@ -312,15 +317,10 @@ impl SotwStream {
         state.sent = Some(Sent { nonce: nonce.clone(), version: version.clone() });
         state.waiting = false;
         let resources = match (&state.subscription, state.full) {
-            (Subscription::Names(_), false) => {
-                // Only what changed since the proxy's last ACK.
-                let acked = self.ledgers.get(type_url).map(|l| &l.acked);
-                plan.next
-                    .iter()
-                    .filter(|r| acked.and_then(|a| a.get(&r.name)).is_none_or(|a| a.version != r.version))
-                    .cloned()
-                    .collect()
-            }
+            // Only what changed since the proxy's last ACK: outside `full`,
+            // the proxy acknowledged what it was sent, and the plan's
+            // updates are what differs from that.
+            (Subscription::Names(_), false) => plan.updated,
             _ => plan.next.iter().cloned().collect(),
         };
         state.full = false;
