@@ -32,8 +32,15 @@ use crate::translate;
 /// Translates the index into each proxy's configuration.
 #[derive(Default)]
 pub struct MeshGenerator {
-    /// Each scope's outbound configuration as the last push packed it.
-    last: Arc<Mutex<HashMap<ScopeKey, Arc<PackedOutbound>>>>,
+    /// What the last push packed, whose unchanged parts the next reuses.
+    last: Arc<Mutex<Packing>>,
+}
+
+/// Packed parts, by scope (outbound) and by pod (inbound).
+#[derive(Default)]
+struct Packing {
+    outbound: HashMap<ScopeKey, Arc<PackedOutbound>>,
+    inbound: HashMap<ObjectKey, Arc<PackedInbound>>,
 }
 
 impl Generator for MeshGenerator {
@@ -57,9 +64,21 @@ struct MeshContext {
     proxies: HashMap<ObjectKey, ProxyContext>,
     outbound: ScopeCache<ScopeKey, PackedOutbound>,
     /// The previous push's packing, whose unchanged parts are reused.
-    previous: HashMap<ScopeKey, Arc<PackedOutbound>>,
+    previous: Packing,
     /// Where this push's packing is kept for the next.
-    last: Arc<Mutex<HashMap<ScopeKey, Arc<PackedOutbound>>>>,
+    last: Arc<Mutex<Packing>>,
+}
+
+/// `new`, or `old` if it has the same content: the streams then see that
+/// it is the very same part and skip comparing it resource by resource.
+/// In a changed part, each unchanged resource is `old`'s, which they also
+/// recognise at once.
+fn reuse(new: ResourceSet, old: Option<&Arc<ResourceSet>>) -> Arc<ResourceSet> {
+    match old {
+        Some(old) if old.same_content(&new) => old.clone(),
+        Some(old) => Arc::new(new.reusing(old)),
+        None => Arc::new(new),
+    }
 }
 
 /// A scope's outbound configuration, packed for sharing.
@@ -71,25 +90,20 @@ struct PackedOutbound {
 }
 
 impl PackedOutbound {
-    /// Packs the scope's outbound configuration. A part with the same
-    /// content as in `previous` is `previous`'s: the streams see that it
-    /// is the very same part and skip comparing it resource by resource.
+    /// Packs the scope's outbound configuration, reusing what did not
+    /// change since `previous`.
     fn new(view: &MeshView, scope: &ScopeKey, previous: Option<&PackedOutbound>) -> Self {
         let out = translate::sidecar::outbound(view, scope);
-        let keep = |new: ResourceSet, old: Option<&Arc<ResourceSet>>| match old {
-            Some(old) if old.same_content(&new) => old.clone(),
-            _ => Arc::new(new),
-        };
         Self {
-            clusters: keep(
+            clusters: reuse(
                 ResourceSet::of(out.clusters, |c: &Cluster| c.name.clone()),
                 previous.map(|p| &p.clusters),
             ),
-            endpoints: keep(
+            endpoints: reuse(
                 ResourceSet::of(out.endpoints, |e: &ClusterLoadAssignment| e.cluster_name.clone()),
                 previous.map(|p| &p.endpoints),
             ),
-            routes: keep(
+            routes: reuse(
                 ResourceSet::new(
                     out.routes
                         .iter()
@@ -97,7 +111,26 @@ impl PackedOutbound {
                 ),
                 previous.map(|p| &p.routes),
             ),
-            listener: keep(listener_set(&out.listener), previous.map(|p| &p.listener)),
+            listener: reuse(listener_set(&out.listener), previous.map(|p| &p.listener)),
+        }
+    }
+}
+
+/// A proxy's own inbound configuration.
+struct PackedInbound {
+    clusters: Arc<ResourceSet>,
+    listener: Arc<ResourceSet>,
+}
+
+impl PackedInbound {
+    fn new(view: &MeshView, proxy: &ProxyContext, previous: Option<&PackedInbound>) -> Self {
+        let inbound = translate::sidecar::inbound(view, proxy);
+        Self {
+            clusters: reuse(
+                ResourceSet::of(inbound.clusters, |c: &Cluster| c.name.clone()),
+                previous.map(|p| &p.clusters),
+            ),
+            listener: reuse(listener_set(&inbound.listener), previous.map(|p| &p.listener)),
         }
     }
 }
@@ -115,27 +148,26 @@ impl PushContext for MeshContext {
         });
         let scope = self.view.scope(&context);
         let outbound = self.outbound.get_or_build(scope.clone(), || {
-            PackedOutbound::new(&self.view, &scope, self.previous.get(&scope).map(|p| &**p))
+            PackedOutbound::new(&self.view, &scope, self.previous.outbound.get(&scope).map(|p| &**p))
         });
-        self.last
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(scope.clone())
-            .or_insert_with(|| outbound.clone());
-        let inbound = translate::sidecar::inbound(&self.view, &context);
-        let inbound_clusters = Arc::new(ResourceSet::of(inbound.clusters, |c: &Cluster| c.name.clone()));
-        let inbound_listener = Arc::new(listener_set(&inbound.listener));
+        let inbound =
+            Arc::new(PackedInbound::new(&self.view, &context, self.previous.inbound.get(&key).map(|p| &**p)));
+        {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            last.outbound.entry(scope).or_insert_with(|| outbound.clone());
+            last.inbound.insert(key, inbound.clone());
+        }
 
         Snapshot::new()
             .with_resources(
                 types::CLUSTER,
-                Resources::from_parts([outbound.clusters.clone(), inbound_clusters]),
+                Resources::from_parts([outbound.clusters.clone(), inbound.clusters.clone()]),
             )
             .with_resources(types::ENDPOINT, Resources::from_parts([outbound.endpoints.clone()]))
             .with_resources(types::ROUTE, Resources::from_parts([outbound.routes.clone()]))
             .with_resources(
                 types::LISTENER,
-                Resources::from_parts([outbound.listener.clone(), inbound_listener]),
+                Resources::from_parts([outbound.listener.clone(), inbound.listener.clone()]),
             )
     }
 }
@@ -230,5 +262,17 @@ mod tests {
         for t in [types::CLUSTER, types::ENDPOINT, types::LISTENER] {
             assert!(outbound_same(&again, &changed, t), "{t}: unchanged by a VirtualService, the same part");
         }
+        // The proxy's own (inbound) parts are kept too.
+        for t in [types::CLUSTER, types::LISTENER] {
+            assert!(Arc::ptr_eq(&again.resources(t).parts()[1], &changed.resources(t).parts()[1]), "{t}");
+        }
+        // In the changed routes, only the reviews route configuration is new.
+        let (before, after) = (again.resources(types::ROUTE), changed.resources(types::ROUTE));
+        let new: Vec<_> = after
+            .iter()
+            .filter(|r| before.get(&r.name).is_none_or(|b| !Arc::ptr_eq(b, r)))
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(new, ["reviews.default.svc.cluster.local:9080"]);
     }
 }

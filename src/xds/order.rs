@@ -91,6 +91,8 @@ pub(crate) fn plan(
     loop {
         let (d, c) = match (wanted.peek(), have.peek()) {
             (None, None) => break,
+            // The very same resource (kept from push to push): nothing to compare.
+            (Some(d), Some(c)) if Arc::ptr_eq(d, c) => (wanted.next(), have.next()),
             (Some(d), Some(c)) if d.name == c.name => (wanted.next(), have.next()),
             (Some(d), Some(c)) if d.name < c.name => (wanted.next(), None),
             (Some(_), None) => (wanted.next(), None),

@@ -151,6 +151,31 @@ impl ResourceSet {
         Self::new(messages.into_iter().map(|m| Arc::new(Resource::of(name(&m), &m))))
     }
 
+    /// These resources, each replaced by `old`'s when `old` has it with the
+    /// same name, version and dependencies (so unchanged resources keep
+    /// their identity from one push to the next).
+    pub fn reusing(self, old: &ResourceSet) -> ResourceSet {
+        let mut previous = old.items.iter().peekable();
+        let items = self
+            .items
+            .into_iter()
+            .map(|new| {
+                while previous.next_if(|p| p.name < new.name).is_some() {}
+                match previous.peek() {
+                    Some(p)
+                        if p.name == new.name
+                            && p.version == new.version
+                            && p.depends_on == new.depends_on =>
+                    {
+                        Arc::clone(p)
+                    }
+                    _ => new,
+                }
+            })
+            .collect();
+        ResourceSet { items, sum: self.sum }
+    }
+
     /// The same names and versions (by their hashes' sum: see
     /// [`version_of`]).
     pub fn same_content(&self, other: &Self) -> bool {
