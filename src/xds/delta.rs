@@ -237,7 +237,11 @@ impl DeltaStream {
             return None;
         }
         let all = self.snapshot.resources(type_url);
-        let desired = if state.wildcard {
+        let desired = if state.wildcard
+            || (state.names.len() == all.len()
+                && state.names.iter().zip(all.iter()).all(|(n, r)| *n == r.name))
+        {
+            // Every resource of the type: the snapshot's own, shared.
             all.clone()
         } else {
             Resources::from_sorted(state.names.iter().filter_map(|n| all.get(n)).cloned().collect())
@@ -245,12 +249,17 @@ impl DeltaStream {
         let plan = order::plan(type_url, &desired, &self.ledgers, &self.snapshot, true);
         let state = self.types.get_mut(type_url)?;
         state.held = plan.held;
-        let absent: Vec<String> = state
-            .names
-            .iter()
-            .filter(|n| !all.contains(n) && !plan.next.contains(n) && !state.absent.contains(*n))
-            .cloned()
-            .collect();
+        // A subscribed name the snapshot lacks: only if some name was not found.
+        let absent: Vec<String> = if state.wildcard || desired.len() == state.names.len() {
+            Vec::new()
+        } else {
+            state
+                .names
+                .iter()
+                .filter(|n| !all.contains(n) && !plan.next.contains(n) && !state.absent.contains(*n))
+                .cloned()
+                .collect()
+        };
         let ledger = self.ledgers.entry(type_url.to_string()).or_default();
         if plan.updated.is_empty() && plan.removed.is_empty() && absent.is_empty() && !force {
             // The same content; keep the snapshot's own (shared) copy.
