@@ -188,8 +188,18 @@ fn service(key: ObjectKey, svc: &core::Service) -> Service {
             })
             .collect(),
         selector: spec.selector.unwrap_or_default(),
+        export_to: svc
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SERVICE_EXPORT_TO))
+            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+            .unwrap_or_default(),
     }
 }
+
+/// The annotation by which a Service says which namespaces see it.
+const SERVICE_EXPORT_TO: &str = "networking.istio.io/exportTo";
 
 fn endpoint_slice(key: ObjectKey, slice: &discovery::EndpointSlice) -> EndpointSlice {
     EndpointSlice {

@@ -22,8 +22,9 @@
 //! - Several VirtualServices for one host: the same namespace order, exact
 //!   host before wildcard, then name order. Istio merges them only for
 //!   gateways; sidecars take one.
-//! - A Service's own `networking.istio.io/exportTo` annotation is not read
-//!   yet (the index does not keep annotations): Services are visible to all.
+//! - A Service's `networking.istio.io/exportTo` annotation (a comma-separated
+//!   list of the same entries as `exportTo`) limits the namespaces whose
+//!   proxies get it; without it, every namespace does.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -234,7 +235,7 @@ impl MeshView {
                 cluster_ip: service.cluster_ip.clone(),
                 ports,
                 selector: service.selector.clone(),
-                export_to: ExportTo::everywhere(),
+                export_to: ExportTo::parse(&service.export_to, &service.key.namespace),
             };
             services.insert(hostname, Arc::new(view));
         }

@@ -46,6 +46,9 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     /// Pods with all of these labels back the Service.
     pub selector: BTreeMap<String, String>,
+    /// Istio's `networking.istio.io/exportTo` annotation, split at commas;
+    /// empty: every namespace.
+    pub export_to: Vec<String>,
 }
 
 /// One port of a Service.

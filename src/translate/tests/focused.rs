@@ -264,6 +264,44 @@ fn export_to_hides_configuration_from_other_namespaces() {
 }
 
 #[test]
+fn a_services_export_to_annotation_limits_the_namespaces_that_see_it() {
+    let mut index = bookinfo();
+    let notes = |export_to: &str| core::Service {
+        metadata: ObjectMeta {
+            name: Some("notes".into()),
+            namespace: Some(NAMESPACE.into()),
+            annotations: Some([("networking.istio.io/exportTo".to_string(), export_to.to_string())].into()),
+            ..Default::default()
+        },
+        spec: Some(core::ServiceSpec {
+            cluster_ip: Some("10.96.0.99".into()),
+            ports: Some(vec![core::ServicePort {
+                name: Some("http".into()),
+                port: 9080,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let name = "outbound|9080||notes.default.svc.cluster.local";
+    let sees = |index: &Index, namespace: &str| {
+        let out = outbound(&mesh_view(index), &scope(namespace));
+        out.clusters.iter().any(|c| c.name == name)
+    };
+    index.apply::<Services>(&notes("."));
+    assert!(sees(&index, NAMESPACE));
+    assert!(!sees(&index, "shop"), "private to its namespace");
+    index.apply::<Services>(&notes("shop, ."));
+    assert!(sees(&index, NAMESPACE) && sees(&index, "shop"));
+    assert!(!sees(&index, "other"));
+    index.apply::<Services>(&notes("~"));
+    assert!(!sees(&index, NAMESPACE), "exported to no namespace, not even its own");
+    index.apply::<Services>(&notes(""));
+    assert!(sees(&index, "other"), "an empty annotation is no annotation");
+}
+
+#[test]
 fn the_proxys_namespace_wins_then_the_services_then_name_order() {
     let mut index = bookinfo();
     let policy = |lb: &str| json!({"host": "reviews.default.svc.cluster.local", "trafficPolicy": {"loadBalancer": {"simple": lb}}});
