@@ -63,12 +63,18 @@ const POD_WAIT: Duration = Duration::from_secs(5);
 const QUEUE: usize = 16;
 /// Large responses in flight at once, over all streams: from the moment
 /// one is queued until HTTP/2 has let it go (the stream asks for its next
-/// response only once the client's flow-control window took the last
-/// one), so the send buffers of slow clients cannot hold thousands of
-/// encoded configurations at once.
-const LARGE_IN_FLIGHT: usize = 48;
+/// response only once all but [`SEND_BUFFER`] of the last one was taken by
+/// the client's flow-control window), so the send buffers of slow clients
+/// hold at most this many times [`SEND_BUFFER`] of copied chunks.
+const LARGE_IN_FLIGHT: usize = 256;
 /// A response at least this large (encoded) takes one of those places.
 const LARGE: usize = 64 * 1024;
+/// What HTTP/2 takes of a stream's response beyond what the client has
+/// read (hyper's default is 400 KiB). Small, so that a stream asks for
+/// its next response only when the last is nearly sent: the places above
+/// then bound the bytes in flight, and 2,000 slow clients cannot pin
+/// 400 KiB of copied chunks each.
+const SEND_BUFFER: usize = 64 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 pings find connections whose proxy vanished without a FIN.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -740,6 +746,7 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .keep_alive_interval(KEEPALIVE_INTERVAL)
                 .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .max_send_buf_size(SEND_BUFFER)
                 .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
             tokio::pin!(connection);
             let result = tokio::select! {
