@@ -18,5 +18,6 @@ pub mod status;
 #[cfg(test)]
 mod testing;
 pub mod translate;
+pub mod validate;
 pub mod webhook;
 pub mod xds;

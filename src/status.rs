@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ConfigCondition, ConfigStatus};
 use crate::index::{Index, SharedIndex};
 use crate::model::Config;
+use crate::validate::{self, Context, Severity, Validate};
 use crate::webhook::server::context_of;
-use crate::webhook::validate::{self, Context, Severity, Validate};
 
 /// Conditions longer than this are cut; the Events carry the rest.
 const MAX_MESSAGE: usize = 1024;

@@ -273,7 +273,7 @@ fn the_webhook_keeps_answering_across_certificate_rotations() {
     assert!(serials.len() >= 3, "the certificate was not rotated: {serials:?}");
 }
 
-/// One case of src/webhook/validate/cases.yaml (its header says what the
+/// One case of src/validate/cases.yaml (its header says what the
 /// fields mean); the unit tests run the same cases through the validator.
 struct RuleCase {
     name: String,
@@ -286,7 +286,7 @@ struct RuleCase {
 }
 
 fn rule_cases() -> Vec<RuleCase> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/webhook/validate/cases.yaml");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/validate/cases.yaml");
     let text = std::fs::read_to_string(path).expect("cases.yaml");
     let cases: Vec<serde_json::Value> = serde_yaml_ng::from_str(&text).expect("cases.yaml reads");
     let field = |case: &serde_json::Value, name: &str| case[name].as_str().unwrap_or_default().to_string();

@@ -8,7 +8,7 @@
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
-use super::validate::{self, Context, Severity};
+use crate::validate::{self, Context, Severity};
 
 /// The API server caps each warning; longer ones are cut, so keep them whole.
 const MAX_WARNING: usize = 256;

@@ -1,6 +1,5 @@
 //! The admission webhooks, served over HTTPS with a certificate from the
-//! mesh's own CA:
-//! - `validate`: Istio's semantic rules per kind (pure);
+//! mesh's own CA (the rules themselves are [`crate::validate`]):
 //! - `admission`: an AdmissionReview in, an answer out (pure);
 //! - `injection`: the sidecar injector's review: a Pod in, a patch out (pure);
 //! - `server`: the HTTPS listener, whose certificate is swapped in place
@@ -10,4 +9,3 @@ pub mod admission;
 pub mod configuration;
 pub mod injection;
 pub mod server;
-pub mod validate;

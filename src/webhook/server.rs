@@ -24,10 +24,10 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 
-use super::validate::Context;
 use super::{admission, injection};
 use crate::index::{Index, SharedIndex};
 use crate::inject::Injector;
+use crate::validate::Context;
 
 /// The certificate the server presents, replaceable while it runs.
 #[derive(Debug, Default)]

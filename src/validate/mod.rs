@@ -1,5 +1,7 @@
-//! Semantic validation of Istio configuration: the rules the admission
-//! webhook applies beyond the CRD schema.
+//! Semantic validation of Istio configuration: the rules beyond the CRD
+//! schema. A pure layer over `api` and `model`: the admission webhook
+//! answers `kubectl apply` with it, status writes its verdict on every
+//! object, and later `mesh analyze` reads a whole cluster with it.
 //!
 //! Each kind implements [`Validate`], which returns [`Finding`]s:
 //! - [`Severity::Error`]s are what Istio's own validation rejects (today's
