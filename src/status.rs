@@ -1,12 +1,15 @@
 //! Status written back to Istio objects, so `kubectl get -o yaml` says what
-//! the mesh made of them: condition `Accepted` (True, or False with the
-//! validation errors; warnings are listed in its message), with
-//! observedGeneration, and an Event for each problem.
+//! the mesh made of them, with observedGeneration:
+//! - `Accepted`: True, or False with the validation errors; warnings are
+//!   listed in its message, and each problem is also an Event;
+//! - `Reconciled`: True when mesh applies every field that is set; False,
+//!   reason `Unsupported`, listing the fields it accepts but does not apply
+//!   yet (the field inventory, [`crate::validate::inventory`]), or reason
+//!   `Invalid` when the object is not accepted.
 //!
 //! Only the leader writes (Lease-based election; all replicas serve), and
 //! only what differs from the stored status: a restarted controller
 //! computes the same status and writes nothing, so no status is lost.
-//! `Reconciled` (pushed to proxies) comes with the xDS server.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -16,6 +19,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
+use serde::Serialize;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ConfigCondition, ConfigStatus};
 use crate::index::{Index, SharedIndex};
 use crate::model::Config;
-use crate::validate::{self, Context, Severity, Validate};
+use crate::validate::{self, Context, Severity, Validate, inventory};
 use crate::webhook::server::context_of;
 
 /// Conditions longer than this are cut; the Events carry the rest.
@@ -41,9 +45,15 @@ struct Write {
     generation: i64,
 }
 
-/// The Accepted condition for an object, keeping the transition time when
-/// the verdict has not changed.
-fn desired<S: Validate>(kind: &'static str, c: &Config<S>, ctx: &Context, now: Timestamp) -> ConfigStatus {
+/// The conditions of an object: `Accepted` (is it valid, with its
+/// warnings) and `Reconciled` (does mesh apply every field that is set),
+/// each keeping its transition time while its status has not changed.
+fn desired<S: Validate + Serialize>(
+    kind: &'static str,
+    c: &Config<S>,
+    ctx: &Context,
+    now: Timestamp,
+) -> ConfigStatus {
     let findings = c.spec.validate(&c.key.namespace, ctx);
     let render = |severity: Severity| -> Vec<String> {
         findings
@@ -53,20 +63,45 @@ fn desired<S: Validate>(kind: &'static str, c: &Config<S>, ctx: &Context, now: T
             .collect()
     };
     let (errors, warnings) = (render(Severity::Error), render(Severity::Warning));
-    let (ok, reason, message) = if !errors.is_empty() {
+    let accepted = if !errors.is_empty() {
         (false, "Invalid", errors.join("\n"))
     } else if !warnings.is_empty() {
         (true, "AcceptedWithWarnings", warnings.join("\n"))
     } else {
         (true, "Accepted", "the configuration is valid".to_string())
     };
-    let status = if ok { "True" } else { "False" };
-    let previous = c.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Accepted"));
-    let transition = match previous {
-        Some(p) if p.status == status => p.last_transition_time.clone(),
-        _ => Some(now.to_string()),
+    let unapplied = validate::unapplied_fields(kind, &c.spec);
+    let reconciled = if !errors.is_empty() {
+        (false, "Invalid", "nothing is applied: the configuration is invalid (see Accepted)".to_string())
+    } else if !unapplied.is_empty() {
+        (false, "Unsupported", inventory::summary(&unapplied))
+    } else {
+        (true, "Applied", "every field set is applied by mesh".to_string())
     };
-    let mut message = message;
+    let condition = |type_: &str, (ok, reason, message): (bool, &str, String)| {
+        let status = if ok { "True" } else { "False" };
+        let previous = c.status.as_ref().and_then(|s| s.conditions.iter().find(|p| p.type_ == type_));
+        let transition = match previous {
+            Some(p) if p.status == status => p.last_transition_time.clone(),
+            _ => Some(now.to_string()),
+        };
+        ConfigCondition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: Some(reason.into()),
+            message: Some(cut(message)),
+            last_transition_time: transition,
+            observed_generation: Some(c.generation),
+        }
+    };
+    ConfigStatus {
+        conditions: vec![condition("Accepted", accepted), condition("Reconciled", reconciled)],
+        observed_generation: Some(c.generation),
+    }
+}
+
+/// A condition's message, cut at [`MAX_MESSAGE`] on a character boundary.
+fn cut(mut message: String) -> String {
     if message.len() > MAX_MESSAGE {
         let mut end = MAX_MESSAGE;
         while !message.is_char_boundary(end) {
@@ -75,20 +110,10 @@ fn desired<S: Validate>(kind: &'static str, c: &Config<S>, ctx: &Context, now: T
         message.truncate(end);
         message.push_str("...");
     }
-    ConfigStatus {
-        conditions: vec![ConfigCondition {
-            type_: "Accepted".into(),
-            status: status.into(),
-            reason: Some(reason.into()),
-            message: Some(message),
-            last_transition_time: transition,
-            observed_generation: Some(c.generation),
-        }],
-        observed_generation: Some(c.generation),
-    }
+    message
 }
 
-fn collect<S: Validate, R: kube::Resource<DynamicType = ()>>(
+fn collect<S: Validate + Serialize, R: kube::Resource<DynamicType = ()>>(
     kind: &'static str,
     store: &crate::index::Store<Config<S>>,
     ctx: &Context,
@@ -100,16 +125,7 @@ fn collect<S: Validate, R: kube::Resource<DynamicType = ()>>(
         if c.status.as_ref() == Some(&status) {
             continue;
         }
-        let condition = &status.conditions[0];
-        let problem = match condition.reason.as_deref() {
-            Some("Invalid") => {
-                Some(("InvalidConfiguration".to_string(), condition.message.clone().unwrap_or_default()))
-            }
-            Some("AcceptedWithWarnings") => {
-                Some(("ConfigurationWarning".to_string(), condition.message.clone().unwrap_or_default()))
-            }
-            _ => None,
-        };
+        let problem = event_for(&status);
         out.push(Write {
             resource: ApiResource::erase::<R>(&()),
             kind,
@@ -120,6 +136,17 @@ fn collect<S: Validate, R: kube::Resource<DynamicType = ()>>(
             problem,
         });
     }
+}
+
+/// The Event worth publishing for a status: (reason, note), if any.
+fn event_for(status: &ConfigStatus) -> Option<(String, String)> {
+    let message = |c: &ConfigCondition| c.message.clone().unwrap_or_default();
+    status.conditions.iter().find_map(|c| match (c.type_.as_str(), c.reason.as_deref()) {
+        ("Accepted", Some("Invalid")) => Some(("InvalidConfiguration".to_string(), message(c))),
+        ("Accepted", Some("AcceptedWithWarnings")) => Some(("ConfigurationWarning".to_string(), message(c))),
+        ("Reconciled", Some("Unsupported")) => Some(("NotApplied".to_string(), message(c))),
+        _ => None,
+    })
 }
 
 fn pending(index: &Index, now: Timestamp) -> Vec<Write> {
@@ -208,5 +235,110 @@ pub async fn run(
                 tracing::debug!(error = %e, "publishing an event");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::destination_rule::DestinationRuleSpec;
+    use crate::api::virtual_service::VirtualServiceSpec;
+    use crate::model::ObjectKey;
+
+    const T0: &str = "2026-01-02T03:04:05Z";
+    const T1: &str = "2026-01-02T03:09:05Z";
+
+    fn at(t: &str) -> Timestamp {
+        t.parse().expect("a timestamp")
+    }
+
+    fn config<S: serde::de::DeserializeOwned>(spec: serde_json::Value, generation: i64) -> Config<S> {
+        Config {
+            key: ObjectKey::new("default", "reviews"),
+            generation,
+            spec: serde_json::from_value(spec).expect("a spec"),
+            status: None,
+        }
+    }
+
+    fn condition<'a>(status: &'a ConfigStatus, type_: &str) -> &'a ConfigCondition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no {type_}"))
+    }
+
+    fn summary(c: &ConfigCondition) -> (String, String) {
+        (c.status.clone(), c.reason.clone().unwrap_or_default())
+    }
+
+    #[test]
+    fn a_fully_applied_object_is_accepted_and_reconciled() {
+        let c = config::<VirtualServiceSpec>(
+            json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]}),
+            3,
+        );
+        let status = desired("VirtualService", &c, &Context::default(), at(T0));
+        assert_eq!(summary(condition(&status, "Accepted")), ("True".into(), "Accepted".into()));
+        assert_eq!(summary(condition(&status, "Reconciled")), ("True".into(), "Applied".into()));
+        assert!(status.conditions.iter().all(|c| c.observed_generation == Some(3)));
+        assert!(status.conditions.iter().all(|c| c.last_transition_time.as_deref() == Some(T0)));
+        assert_eq!(event_for(&status), None);
+    }
+
+    #[test]
+    fn fields_not_applied_make_reconciled_false_and_an_event() {
+        let c = config::<DestinationRuleSpec>(
+            json!({"host": "reviews", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}),
+            1,
+        );
+        let status = desired("DestinationRule", &c, &Context::default(), at(T0));
+        assert_eq!(summary(condition(&status, "Accepted")), ("True".into(), "Accepted".into()));
+        let reconciled = condition(&status, "Reconciled");
+        assert_eq!(summary(reconciled), ("False".into(), "Unsupported".into()));
+        let message = reconciled.message.as_deref().unwrap_or_default();
+        assert!(
+            message.contains("accepted but not yet applied by mesh: spec.trafficPolicy.tls"),
+            "{message}"
+        );
+        assert_eq!(event_for(&status).map(|(reason, _)| reason), Some("NotApplied".into()));
+    }
+
+    #[test]
+    fn an_invalid_object_is_not_reconciled() {
+        let c = config::<VirtualServiceSpec>(
+            json!({"hosts": ["reviews"], "http": [{"timeout": "10", "route": [{"destination": {"host": "reviews"}}]}]}),
+            1,
+        );
+        let status = desired("VirtualService", &c, &Context::default(), at(T0));
+        assert_eq!(summary(condition(&status, "Accepted")), ("False".into(), "Invalid".into()));
+        assert_eq!(summary(condition(&status, "Reconciled")), ("False".into(), "Invalid".into()));
+        assert_eq!(event_for(&status).map(|(reason, _)| reason), Some("InvalidConfiguration".into()));
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_until_its_status_changes() {
+        let spec = json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]});
+        let mut c = config::<VirtualServiceSpec>(spec, 1);
+        c.status = Some(desired("VirtualService", &c, &Context::default(), at(T0)));
+        // Recomputed later with nothing changed: the very same status, so nothing is written.
+        let again = desired("VirtualService", &c, &Context::default(), at(T1));
+        assert_eq!(c.status.as_ref(), Some(&again));
+
+        // A retry policy is not applied: Reconciled turns False at T1, Accepted keeps T0.
+        c.spec = serde_json::from_value(json!({"hosts": ["reviews"], "http": [
+            {"retries": {"attempts": 2}, "route": [{"destination": {"host": "reviews"}}]}]}))
+        .expect("a spec");
+        c.generation = 2;
+        let changed = desired("VirtualService", &c, &Context::default(), at(T1));
+        assert_eq!(condition(&changed, "Accepted").last_transition_time.as_deref(), Some(T0));
+        assert_eq!(condition(&changed, "Reconciled").last_transition_time.as_deref(), Some(T1));
+        assert_eq!(changed.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_character_boundary() {
+        let long = "é".repeat(MAX_MESSAGE);
+        let cut = cut(long);
+        assert!(cut.ends_with("...") && cut.len() <= MAX_MESSAGE + 3);
     }
 }

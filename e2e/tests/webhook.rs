@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use crate::support::{Release, TempNamespace, eventually, install_crds, kubectl, kubectl_ok};
 
+/// What kubectl apply warns for a field the mesh accepts but does not apply.
+const NOT_APPLIED: &str = "accepted but not yet applied by mesh";
+
 fn accepts(ns: &str, yaml: &str) -> String {
     let out = kubectl(&["apply", "-n", ns, "-f", "-"], Some(yaml));
     assert!(out.ok, "rejected: {}", out.stderr);
@@ -453,10 +456,14 @@ fn every_validation_rule_at_kubectl_apply() {
     eventually("the index holding the cases' context", Duration::from_secs(60), || {
         let vs = dry_run(CASES_PROBE_VS);
         let binding = dry_run(CASES_PROBE_BINDING);
+        // Fields the mesh does not apply yet are warned about from the start.
+        let rule_warnings = |stderr: &str| {
+            stderr.lines().filter(|l| l.contains("Warning:") && !l.contains(NOT_APPLIED)).count()
+        };
         let vs_ready = vs.ok
-            && vs.stderr.matches("Warning:").count() == 1
+            && rule_warnings(&vs.stderr) == 1
             && vs.stderr.contains("spec.http[0].mirror.host: no Service ghost");
-        (vs_ready && binding.ok && !binding.stderr.contains("Warning:")).then_some(())
+        (vs_ready && binding.ok && rule_warnings(&binding.stderr) == 0).then_some(())
     });
 
     let cases = rule_cases();
@@ -486,4 +493,108 @@ fn every_validation_rule_at_kubectl_apply() {
         cases.len(),
         problems.into_iter().map(|(_, p)| p).collect::<Vec<_>>().join("\n  ")
     );
+}
+
+/// The condition of type `type_` on an object, once status has caught up
+/// with its generation.
+fn condition_of(resource: &str, ns: Option<&str>, name: &str, type_: &str) -> Option<serde_json::Value> {
+    let mut args = vec!["get", resource, name, "-o", "json"];
+    if let Some(ns) = ns {
+        args.extend(["-n", ns]);
+    }
+    let object: serde_json::Value = serde_json::from_str(&kubectl_ok(&args, None)).ok()?;
+    if object["status"]["observedGeneration"] != object["metadata"]["generation"] {
+        return None;
+    }
+    object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).cloned()
+}
+
+#[test]
+fn samples_with_fields_mesh_does_not_apply_warn_at_apply_and_say_so_in_status() {
+    install_crds();
+    let _release = Release::install("mesh-e2e-inventory", &[]);
+    let ns = TempNamespace::new("inventory");
+    eventually("the webhook answering", Duration::from_secs(30), || {
+        kubectl(&["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"], Some(VS_OK)).ok.then_some(())
+    });
+    let samples = crate::support::conformance();
+    let apply = |file: &str| {
+        let path = samples.join(file);
+        let out = kubectl(&["apply", "-n", &ns.name, "-f", path.to_str().expect("utf-8")], None);
+        assert!(out.ok, "{file} refused: {}", out.stderr);
+        out.stderr
+    };
+    let not_applied = |stderr: &str| -> Vec<String> {
+        stderr.lines().filter(|l| l.contains(NOT_APPLIED)).map(|l| l.trim().to_string()).collect()
+    };
+
+    // Fault injection is not applied yet: the warning names the object and the field.
+    let delay = apply("networking/virtual-service-ratings-test-delay.yaml");
+    let warned = not_applied(&delay);
+    assert_eq!(warned.len(), 1, "{delay}");
+    assert!(
+        warned[0].contains(&format!("VirtualService {}/ratings: spec.http[0].fault: {NOT_APPLIED}", ns.name)),
+        "{delay}"
+    );
+    // Mutual TLS is not applied yet: one warning per DestinationRule.
+    let mtls = apply("networking/destination-rule-all-mtls.yaml");
+    for rule in ["productpage", "reviews", "ratings", "details"] {
+        let line = format!("DestinationRule {}/{rule}: spec.trafficPolicy.tls: {NOT_APPLIED}", ns.name);
+        assert!(mtls.contains(&line), "no {line:?} in:\n{mtls}");
+    }
+    // Routing by match and weight is applied: nothing to warn about.
+    let routing = apply("networking/virtual-service-reviews-jason-v2-v3.yaml");
+    assert!(not_applied(&routing).is_empty(), "{routing}");
+    // Authorization is not enforced yet, and the user is told so.
+    let policy = apply("rbac/productpage-policy.yaml");
+    assert!(
+        policy.contains(&format!("ServiceRole {}/productpage-viewer: spec.rules: {NOT_APPLIED}", ns.name)),
+        "{policy}"
+    );
+    let rbac_on = apply("rbac/rbac-config-ON.yaml");
+    let _cleanup = ClusterScoped("clusterrbacconfig/default");
+    assert!(
+        rbac_on.contains(&format!("ClusterRbacConfig default: spec.mode: {NOT_APPLIED}"))
+            && rbac_on.contains("authorization is not enforced yet"),
+        "{rbac_on}"
+    );
+
+    // Status says the same: Reconciled False with the fields, or True when all is applied.
+    let reconciled = |resource: &str, ns: Option<&str>, name: &str| {
+        eventually(&format!("Reconciled on {resource} {name}"), Duration::from_secs(60), || {
+            condition_of(resource, ns, name, "Reconciled")
+        })
+    };
+    let ratings = reconciled("vs", Some(&ns.name), "ratings");
+    assert_eq!(
+        (ratings["status"].as_str(), ratings["reason"].as_str()),
+        (Some("False"), Some("Unsupported"))
+    );
+    assert!(ratings["message"].as_str().unwrap_or_default().contains("spec.http[0].fault"), "{ratings}");
+    let reviews_rule = reconciled("dr", Some(&ns.name), "reviews");
+    assert_eq!(reviews_rule["status"], "False", "{reviews_rule}");
+    assert!(reviews_rule["message"].as_str().unwrap_or_default().contains("spec.trafficPolicy.tls"));
+    let reviews_route = reconciled("vs", Some(&ns.name), "reviews");
+    assert_eq!(
+        (reviews_route["status"].as_str(), reviews_route["reason"].as_str()),
+        (Some("True"), Some("Applied"))
+    );
+    let config = reconciled("clusterrbacconfig", None, "default");
+    assert_eq!(config["status"], "False", "{config}");
+    assert!(
+        config["message"].as_str().unwrap_or_default().contains("authorization is not enforced"),
+        "{config}"
+    );
+    // And Accepted still says the objects are valid.
+    let accepted = condition_of("vs", Some(&ns.name), "ratings", "Accepted").expect("Accepted");
+    assert_eq!(accepted["status"], "True", "{accepted}");
+}
+
+/// A cluster-scoped object a test made, deleted on drop.
+struct ClusterScoped(&'static str);
+
+impl Drop for ClusterScoped {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", self.0, "--ignore-not-found", "--wait=false"], None);
+    }
 }

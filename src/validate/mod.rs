@@ -19,6 +19,7 @@
 
 mod common;
 mod destination_rule;
+pub mod inventory;
 mod rbac;
 #[cfg(test)]
 mod tests;
@@ -27,6 +28,7 @@ mod virtual_service;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::cluster_rbac_config::ClusterRbacConfigSpec;
@@ -290,10 +292,25 @@ pub fn check_name(kind: &str, name: &str) -> Vec<Finding> {
     out.findings
 }
 
+/// The fields of a parsed spec that mesh accepts but does not apply, as
+/// warnings ([`inventory`]). The spec is read back as mesh stores it, so a
+/// field written under its protobuf name is named by its JSON name.
+pub fn unapplied_fields<S: Serialize>(kind: &str, spec: &S) -> Vec<Finding> {
+    match serde_json::to_value(spec) {
+        Ok(value) => inventory::unapplied(kind, &value),
+        Err(e) => vec![Finding {
+            severity: Severity::Warning,
+            field: "spec".into(),
+            message: format!("{}: mesh cannot read the spec back ({e})", inventory::NOT_APPLIED),
+        }],
+    }
+}
+
 /// Validates an object of any supported kind from its parts, as the
 /// webhook receives it: parses `spec` (a parse error is one error finding,
 /// at the field that did not fit), applies the name rules and the kind's
-/// [`Validate`]. Other kinds give no findings.
+/// [`Validate`], and, when nothing is wrong, warns about each field that is
+/// set but not applied ([`unapplied_fields`]). Other kinds give no findings.
 pub fn validate_object(
     kind: &str,
     namespace: &str,
@@ -301,13 +318,20 @@ pub fn validate_object(
     spec: &serde_json::Value,
     ctx: &Context,
 ) -> Vec<Finding> {
-    fn run<S: DeserializeOwned + Validate>(
+    fn run<S: DeserializeOwned + Serialize + Validate>(
+        kind: &str,
         spec: &serde_json::Value,
         namespace: &str,
         ctx: &Context,
     ) -> Vec<Finding> {
         match serde_path_to_error::deserialize::<_, S>(spec) {
-            Ok(spec) => spec.validate(namespace, ctx),
+            Ok(spec) => {
+                let mut findings = spec.validate(namespace, ctx);
+                if !has_errors(&findings) {
+                    findings.extend(unapplied_fields(kind, &spec));
+                }
+                findings
+            }
             Err(e) => {
                 let path = e.path().to_string();
                 let field = if path == "." { "spec".to_string() } else { format!("spec.{path}") };
@@ -318,11 +342,11 @@ pub fn validate_object(
     }
     let mut findings = check_name(kind, name);
     findings.extend(match kind {
-        "VirtualService" => run::<VirtualServiceSpec>(spec, namespace, ctx),
-        "DestinationRule" => run::<DestinationRuleSpec>(spec, namespace, ctx),
-        "ServiceRole" => run::<ServiceRoleSpec>(spec, namespace, ctx),
-        "ServiceRoleBinding" => run::<ServiceRoleBindingSpec>(spec, namespace, ctx),
-        "ClusterRbacConfig" | "RbacConfig" => run::<RbacConfigSpec>(spec, namespace, ctx),
+        "VirtualService" => run::<VirtualServiceSpec>(kind, spec, namespace, ctx),
+        "DestinationRule" => run::<DestinationRuleSpec>(kind, spec, namespace, ctx),
+        "ServiceRole" => run::<ServiceRoleSpec>(kind, spec, namespace, ctx),
+        "ServiceRoleBinding" => run::<ServiceRoleBindingSpec>(kind, spec, namespace, ctx),
+        "ClusterRbacConfig" | "RbacConfig" => run::<RbacConfigSpec>(kind, spec, namespace, ctx),
         _ => Vec::new(),
     });
     findings

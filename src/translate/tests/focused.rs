@@ -780,3 +780,142 @@ fn a_repeated_cluster_ip_stays_with_the_first_service() {
     // The other has no chain, so no routes of its own until the index settles.
     assert!(!out.routes.iter().any(|r| r.name == format!("{REVIEWS}:9080")));
 }
+
+#[test]
+fn route_features_translate() {
+    let mut index = bookinfo();
+    dr(&mut index, NAMESPACE, "reviews", json!({"host": "reviews", "subsets": reviews_subsets()}));
+    vs(
+        &mut index,
+        NAMESPACE,
+        "reviews",
+        json!({"hosts": ["reviews"], "gateways": ["mesh"], "http": [
+            {"name": "teapot", "match": [{"name": "brew", "uri": {"exact": "/brew"}}],
+             "directResponse": {"status": 418, "body": {"string": "short and stout"}}},
+            {"name": "at-the-gateway", "match": [{"gateways": ["bookinfo-gateway"]}],
+             "route": [{"destination": {"host": "reviews", "subset": "v3"}}]},
+            {"name": "no-such-port", "match": [{"uri": {"prefix": "/x"}}],
+             "route": [{"destination": {"host": "reviews", "port": {"number": 9999}}}]},
+            {"name": "slow", "match": [{"uri": {"prefix": "/slow"}}], "timeout": "2.5s",
+             "route": [{"destination": {"host": "reviews", "subset": "v2", "port": {"number": 9080}}}]},
+            {"name": "rest", "route": [{"destination": {"host": "reviews", "subset": "v1"}}]}
+        ]}),
+    );
+    // Bound to a gateway only: not for the sidecars, which keep the default route.
+    vs(
+        &mut index,
+        NAMESPACE,
+        "ratings",
+        json!({"hosts": ["ratings"], "gateways": ["bookinfo-gateway"],
+               "http": [{"route": [{"destination": {"host": "ratings", "port": {"number": 9999}}}]}]}),
+    );
+    let out = translate(&index);
+    let routes = &vhost(&out, "9080", REVIEWS).routes;
+    let summary: Vec<(String, String)> =
+        routes.iter().map(|r| (r.name.clone(), cluster_of(&r.action))).collect();
+    assert_eq!(
+        summary,
+        [
+            ("teapot.brew".to_string(), "direct 418".to_string()),
+            ("no-such-port".into(), "direct 503".into()),
+            ("slow".into(), format!("outbound|9080|v2|{REVIEWS}")),
+            ("rest".into(), format!("outbound|9080|v1|{REVIEWS}")),
+        ],
+        "a match for another gateway is dropped; the rest keep their order"
+    );
+    let Some(route::Action::DirectResponse(teapot)) = &routes[0].action else { unreachable!() };
+    assert_eq!(
+        format!("{:?}", teapot.body.as_ref().and_then(|b| b.specifier.clone())),
+        "Some(InlineString(\"short and stout\"))"
+    );
+    let Some(route::Action::DirectResponse(no_port)) = &routes[1].action else { unreachable!() };
+    assert!(format!("{:?}", no_port.body).contains("has no port 9999"), "{:?}", no_port.body);
+    let timeout = |i: usize| match &routes[i].action {
+        Some(route::Action::Route(a)) => a.timeout.map(|d| (d.seconds, d.nanos)),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(timeout(2), Some((2, 500_000_000)), "the rule's timeout");
+    assert_eq!(timeout(3), Some((0, 0)), "no timeout unless set, as in Istio");
+
+    let ratings = &vhost(&out, "9080", "ratings.default.svc.cluster.local").routes;
+    assert_eq!(ratings.len(), 1);
+    assert_eq!(cluster_of(&ratings[0].action), "outbound|9080||ratings.default.svc.cluster.local");
+}
+
+#[test]
+fn consistent_hash_keys_and_ring_sizes_translate() {
+    let mut index = bookinfo();
+    dr(
+        &mut index,
+        NAMESPACE,
+        "reviews",
+        json!({"host": "reviews", "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpQueryParameterName": "user", "minimumRingSize": 2048}}},
+               "subsets": [{"name": "v1", "labels": {"version": "v1"},
+                            "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpCookie": {"name": "c", "path": "/api", "ttl": "0s"}, "ringHash": {"minimumRingSize": 4096}}}}}]}),
+    );
+    vs(
+        &mut index,
+        NAMESPACE,
+        "reviews",
+        json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews", "subset": "v1"}}]}]}),
+    );
+    let out = translate(&index);
+    let ring = |name: &str| match &cluster(&out, name).lb_config {
+        Some(cluster::LbConfig::RingHashLbConfig(c)) => c.minimum_ring_size.map(|s| s.value),
+        other => panic!("{name}: {other:?}"),
+    };
+    assert_eq!(ring(&format!("outbound|9080||{REVIEWS}")), Some(2048));
+    assert_eq!(
+        ring(&format!("outbound|9080|v1|{REVIEWS}")),
+        Some(4096),
+        "ringHash.minimumRingSize of the subset"
+    );
+    let Some(route::Action::Route(action)) = &vhost(&out, "9080", REVIEWS).routes[0].action else {
+        panic!("a route")
+    };
+    let hash = format!("{:?}", action.hash_policy);
+    assert!(hash.contains("Cookie") && hash.contains("path: \"/api\""), "{hash}");
+
+    // Without a VirtualService, the whole port's hash key: the query parameter.
+    vs(&mut index, NAMESPACE, "reviews", json!({"hosts": ["other"]}));
+    let out = translate(&index);
+    let Some(route::Action::Route(action)) = &vhost(&out, "9080", REVIEWS).routes[0].action else {
+        panic!("a route")
+    };
+    let hash = format!("{:?}", action.hash_policy);
+    assert!(hash.contains("QueryParameter") && hash.contains("name: \"user\""), "{hash}");
+}
+
+#[test]
+fn a_destination_rule_with_a_workload_selector_applies_only_to_its_workloads() {
+    let mut index = bookinfo();
+    dr(
+        &mut index,
+        NAMESPACE,
+        "reviews-for-productpage",
+        json!({"host": "reviews", "workloadSelector": {"matchLabels": {"app": "productpage"}},
+               "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}}),
+    );
+    dr(
+        &mut index,
+        NAMESPACE,
+        "reviews",
+        json!({"host": "reviews", "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}}),
+    );
+    let view = mesh_view(&index);
+    let lb = |proxy: &ProxyContext| {
+        let out = outbound(&view, &view.scope(proxy));
+        cluster(&out, &format!("outbound|9080||{REVIEWS}")).lb_policy
+    };
+    let productpage = productpage(&index);
+    assert_eq!(lb(&productpage), i32::from(cluster::LbPolicy::Random), "the selected workload gets its rule");
+    let ratings = ProxyContext {
+        labels: BTreeMap::from([("app".into(), "ratings".into()), ("version".into(), "v1".into())]),
+        ..productpage.clone()
+    };
+    assert_eq!(
+        lb(&ratings),
+        i32::from(cluster::LbPolicy::RoundRobin),
+        "others get the rule without a selector"
+    );
+}
