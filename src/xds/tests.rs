@@ -17,7 +17,6 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1 as core;
-use kube::api::ObjectMeta;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
@@ -26,7 +25,7 @@ use super::auth::{Authenticator, Rejection, TokenIdentity};
 use super::server::{Ads, ResponseStream, ServeError};
 use super::{XdsMetrics, types};
 use crate::index::{Index, IndexMetrics, Pods, SharedIndex};
-use crate::testing::{TempDir, envoy_binary};
+use crate::testing::{TempDir, envoy_binary, objects};
 use crate::webhook::server::ServingCert;
 
 const NODE_ID: &str = "sidecar~10.1.2.3~productpage-v1-x.default~default.svc.cluster.local";
@@ -64,19 +63,7 @@ impl Authenticator for FakeAuthenticator {
 }
 
 fn pod(name: &str, uid: &str, ip: &str) -> core::Pod {
-    core::Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some("default".into()),
-            uid: Some(uid.into()),
-            ..Default::default()
-        },
-        spec: Some(core::PodSpec {
-            service_account_name: Some("bookinfo-productpage".into()),
-            ..Default::default()
-        }),
-        status: Some(core::PodStatus { pod_ip: Some(ip.into()), ..Default::default() }),
-    }
+    objects::pod(name).uid(uid).ip(ip).service_account("bookinfo-productpage").build()
 }
 
 /// An index that knows the productpage pod.

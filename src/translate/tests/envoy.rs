@@ -7,7 +7,10 @@
 //! - a running Envoy fed the exact resources from files (file-based LDS
 //!   is not needed: listeners and clusters are static; RDS and EDS come
 //!   from `path_config_source` files in place of ADS). Once it has applied
-//!   them, nothing may be rejected, and its /config_dump is the golden file.
+//!   them, nothing may be rejected, and its /config_dump is the golden
+//!   file: whole for the baseline (Bookinfo with its DestinationRules and
+//!   no VirtualService), and for every other scenario only the entries
+//!   that differ from the baseline.
 //!
 //! Bootstraps and discovery files are binary protobuf (`.pb`), which Envoy
 //! reads by extension, so no JSON encoding of our own is involved.
@@ -324,39 +327,83 @@ fn golden_path(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src/translate/testdata/bookinfo").join(format!("{name}.json"))
 }
 
+/// The scenario every other one is read against: its golden file is whole.
+const BASELINE: &str = "no-virtual-service";
+
+/// What a scenario changes against the baseline, per section (clusters,
+/// endpoints, routes, listeners): the entries it adds or changes, whole,
+/// and the names of those it removes. A reviewer sees the route that
+/// changed, not 1,400 lines that did not.
+fn difference(baseline: &Value, scenario: &Value) -> Value {
+    let name_of = |item: &Value| {
+        ["name", "cluster_name"].iter().find_map(|k| item[*k].as_str()).unwrap_or_default().to_string()
+    };
+    let mut out = serde_json::Map::new();
+    for (section, items) in scenario.as_object().into_iter().flatten() {
+        let before: Vec<&Value> = baseline[section].as_array().into_iter().flatten().collect();
+        let after: Vec<&Value> = items.as_array().into_iter().flatten().collect();
+        let changed: Vec<Value> = after
+            .iter()
+            .filter(|item| !before.iter().any(|b| b == *item))
+            .map(|item| (*item).clone())
+            .collect();
+        let removed: Vec<String> = before
+            .iter()
+            .map(|b| name_of(b))
+            .filter(|name| !after.iter().any(|a| name_of(a) == *name))
+            .collect();
+        if !changed.is_empty() || !removed.is_empty() {
+            out.insert(section.clone(), serde_json::json!({"changed": changed, "removed": removed}));
+        }
+    }
+    Value::Object(out)
+}
+
 #[test]
 fn envoy_applies_every_scenario_as_in_the_golden_files() {
     let update = std::env::var_os("MESH_UPDATE_GOLDEN").is_some();
     // Two Envoys at a time: each holds inotify instances (its file-based
     // RDS and EDS), of which a user gets 128 on a default machine, shared
     // with whatever else runs Envoy there.
-    let results: Vec<(&str, String)> = SCENARIOS
+    let results: Vec<(&str, Value)> = SCENARIOS
         .chunks(2)
         .flat_map(|chunk| {
             std::thread::scope(|scope| {
-                let handles: Vec<_> = chunk
-                    .iter()
-                    .map(|name| {
-                        scope.spawn(move || {
-                            (*name, serde_json::to_string_pretty(&applied(name)).expect("json") + "\n")
-                        })
-                    })
-                    .collect();
+                let handles: Vec<_> =
+                    chunk.iter().map(|name| scope.spawn(move || (*name, applied(name)))).collect();
                 handles.into_iter().map(|h| h.join().expect("scenario thread")).collect::<Vec<_>>()
             })
         })
         .collect();
-    for (name, pretty) in results {
-        let golden = golden_path(name);
+    let baseline =
+        results.iter().find(|(name, _)| *name == BASELINE).map(|(_, v)| v.clone()).expect("baseline");
+    for (name, applied) in results {
+        let golden = if name == BASELINE { applied } else { difference(&baseline, &applied) };
+        let pretty = serde_json::to_string_pretty(&golden).expect("json") + "\n";
+        let path = golden_path(name);
         if update {
-            std::fs::create_dir_all(golden.parent().expect("parent")).expect("testdata dir");
-            std::fs::write(&golden, &pretty).expect("write golden");
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("testdata dir");
+            std::fs::write(&path, &pretty).expect("write golden");
         }
-        let expected = std::fs::read_to_string(&golden).unwrap_or_default();
+        let expected = std::fs::read_to_string(&path).unwrap_or_default();
+        let what =
+            if name == BASELINE { "Envoy's view" } else { "what differs from the baseline in Envoy's view" };
         pretty_assertions::assert_eq!(
             pretty,
             expected,
-            "Envoy's view of {name} changed; if intended, rerun with MESH_UPDATE_GOLDEN=1"
+            "{what} of {name} changed; if intended, rerun with MESH_UPDATE_GOLDEN=1"
         );
     }
+}
+
+#[test]
+fn a_scenario_golden_holds_only_what_differs() {
+    let baseline = serde_json::json!({"routes": [{"name": "a", "v": 1}, {"name": "b", "v": 1}, {"name": "gone", "v": 1}],
+                                      "clusters": [{"name": "c", "v": 1}]});
+    let scenario = serde_json::json!({"routes": [{"name": "a", "v": 1}, {"name": "b", "v": 2}, {"name": "new", "v": 1}],
+                                      "clusters": [{"name": "c", "v": 1}]});
+    assert_eq!(
+        difference(&baseline, &scenario),
+        serde_json::json!({"routes": {"changed": [{"name": "b", "v": 2}, {"name": "new", "v": 1}], "removed": ["gone"]}})
+    );
 }

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use k8s_openapi::api::core::v1 as core;
-use kube::api::{ApiResource, DynamicObject, ObjectMeta};
+use kube::api::ObjectMeta;
 use prost::{Message, Name};
 use serde_json::json;
 
@@ -23,19 +23,10 @@ use super::{NAMESPACE, bookinfo, endpoint_slice, productpage};
 use crate::api::virtual_service::HttpMatchRequest;
 use crate::index::{DestinationRules, EndpointSlices, Index, Services, VirtualServices};
 use crate::model::mesh::{MeshView, ProxyContext, ScopeKey};
+use crate::testing::objects::{self, config};
 use crate::translate::route::route_match;
 use crate::translate::sidecar::{Outbound, inbound, outbound};
 use crate::translate::{mesh_view, parse_duration};
-
-fn config<K: kube::Resource<DynamicType = ()>>(
-    namespace: &str,
-    name: &str,
-    spec: serde_json::Value,
-) -> DynamicObject {
-    let mut obj = DynamicObject::new(name, &ApiResource::erase::<K>(&())).within(namespace);
-    obj.data = json!({ "spec": spec });
-    obj
-}
 
 fn vs(index: &mut Index, namespace: &str, name: &str, spec: serde_json::Value) {
     index.apply::<VirtualServices>(&config::<crate::api::VirtualService>(namespace, name, spec));
@@ -45,9 +36,9 @@ fn dr(index: &mut Index, namespace: &str, name: &str, spec: serde_json::Value) {
     index.apply::<DestinationRules>(&config::<crate::api::DestinationRule>(namespace, name, spec));
 }
 
-fn reviews_subsets() -> serde_json::Value {
-    json!([{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}},
-           {"name": "v3", "labels": {"version": "v3"}}])
+/// Bookinfo's reviews DestinationRule: subsets v1, v2 and v3.
+fn reviews_rule(index: &mut Index) {
+    index.apply::<DestinationRules>(&objects::dr("reviews").versions().build());
 }
 
 fn scope(namespace: &str) -> ScopeKey {
@@ -162,7 +153,7 @@ fn every_match_kind_translates() {
 #[test]
 fn source_labels_port_and_source_namespace_are_decided_per_proxy() {
     let mut index = bookinfo();
-    dr(&mut index, NAMESPACE, "reviews", json!({"host": "reviews", "subsets": reviews_subsets()}));
+    reviews_rule(&mut index);
     vs(
         &mut index,
         NAMESPACE,
@@ -220,7 +211,7 @@ fn scopes_ignore_labels_no_rule_selects_on() {
 #[test]
 fn export_to_hides_configuration_from_other_namespaces() {
     let mut index = bookinfo();
-    dr(&mut index, NAMESPACE, "reviews", json!({"host": "reviews", "subsets": reviews_subsets()}));
+    reviews_rule(&mut index);
     // Private to `default`.
     vs(
         &mut index,
@@ -336,7 +327,7 @@ fn the_proxys_namespace_wins_then_the_services_then_name_order() {
 #[test]
 fn unknown_destinations_answer_503_and_weighted_shares_go_to_the_black_hole() {
     let mut index = bookinfo();
-    dr(&mut index, NAMESPACE, "reviews", json!({"host": "reviews", "subsets": reviews_subsets()}));
+    reviews_rule(&mut index);
     vs(
         &mut index,
         NAMESPACE,
@@ -369,7 +360,7 @@ fn unknown_destinations_answer_503_and_weighted_shares_go_to_the_black_hole() {
 #[test]
 fn subsets_get_their_own_clusters_and_only_their_endpoints() {
     let mut index = bookinfo();
-    dr(&mut index, NAMESPACE, "reviews", json!({"host": "reviews", "subsets": reviews_subsets()}));
+    reviews_rule(&mut index);
     let out = translate(&index);
     let addresses = |name: &str| -> usize {
         out.endpoints
@@ -556,7 +547,7 @@ fn headless_services_are_routed_by_the_ports_catch_all() {
         "reviews",
         json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews", "subset": "v2"}}]}]}),
     );
-    dr(&mut index, NAMESPACE, "reviews", json!({"host": "reviews", "subsets": reviews_subsets()}));
+    reviews_rule(&mut index);
     let after = translate(&index);
     assert_eq!(route_config(&after, "9080"), &before);
     assert_ne!(
@@ -784,7 +775,7 @@ fn a_repeated_cluster_ip_stays_with_the_first_service() {
 #[test]
 fn route_features_translate() {
     let mut index = bookinfo();
-    dr(&mut index, NAMESPACE, "reviews", json!({"host": "reviews", "subsets": reviews_subsets()}));
+    reviews_rule(&mut index);
     vs(
         &mut index,
         NAMESPACE,
@@ -889,19 +880,12 @@ fn consistent_hash_keys_and_ring_sizes_translate() {
 #[test]
 fn a_destination_rule_with_a_workload_selector_applies_only_to_its_workloads() {
     let mut index = bookinfo();
-    dr(
-        &mut index,
-        NAMESPACE,
-        "reviews-for-productpage",
-        json!({"host": "reviews", "workloadSelector": {"matchLabels": {"app": "productpage"}},
-               "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}}),
-    );
-    dr(
-        &mut index,
-        NAMESPACE,
-        "reviews",
-        json!({"host": "reviews", "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}}}),
-    );
+    let selected = objects::dr("reviews")
+        .named("reviews-for-productpage")
+        .with("workloadSelector", json!({"matchLabels": {"app": "productpage"}}))
+        .load_balancer("RANDOM");
+    index.apply::<DestinationRules>(&selected.build());
+    index.apply::<DestinationRules>(&objects::dr("reviews").load_balancer("ROUND_ROBIN").build());
     let view = mesh_view(&index);
     let lb = |proxy: &ProxyContext| {
         let out = outbound(&view, &view.scope(proxy));

@@ -1,4 +1,8 @@
-//! Helpers shared by the unit tests that run real programs (Envoy).
+//! What unit tests share: typed builders for the objects they feed the
+//! index ([`objects`]), and the helpers of tests that run real programs
+//! (Envoy).
+
+pub mod objects;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
