@@ -35,6 +35,8 @@
 //! redirects, CORS and header operations come next: each is one function
 //! over [`RouteFeatures`], applied in [`route_for_rule`].
 
+use std::collections::BTreeSet;
+
 use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::config::route::v3::{
     DirectResponseAction, HeaderMatcher, QueryParameterMatcher, Route, RouteAction, RouteConfiguration,
@@ -472,4 +474,22 @@ fn string_matcher(value: &StringMatch) -> Option<StringMatcher> {
 /// An RE2 regular expression (Envoy's default engine).
 fn safe_regex(regex: &str) -> RegexMatcher {
     RegexMatcher { regex: regex.to_string(), ..Default::default() }
+}
+
+/// The clusters a route configuration's routes send to.
+pub fn route_clusters(config: &RouteConfiguration) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for route in config.virtual_hosts.iter().flat_map(|v| &v.routes) {
+        let Some(route::Action::Route(action)) = &route.action else { continue };
+        match &action.cluster_specifier {
+            Some(route_action::ClusterSpecifier::Cluster(name)) => {
+                names.insert(name.clone());
+            }
+            Some(route_action::ClusterSpecifier::WeightedClusters(weighted)) => {
+                names.extend(weighted.clusters.iter().map(|c| c.name.clone()));
+            }
+            _ => {}
+        }
+    }
+    names
 }

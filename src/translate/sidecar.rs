@@ -26,7 +26,7 @@
 //! chains keep `outbound` and `inbound`. TCP chains count under their
 //! cluster's name (`tcp.outbound|3306||mysql.db.svc.cluster.local.*`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{BindConfig, CidrRange};
@@ -50,7 +50,8 @@ use super::cluster::{
 };
 use super::endpoint::load_assignment;
 use super::passthrough::{
-    self, HTTP_CONNECTION_MANAGER, INBOUND_SOURCE_ADDRESS, ROUTER, TCP_PROXY, network_filter,
+    self, HTTP_CONNECTION_MANAGER, INBOUND_PASSTHROUGH_CLUSTER, INBOUND_SOURCE_ADDRESS, PASSTHROUGH_CLUSTER,
+    ROUTER, TCP_PROXY, network_filter,
 };
 use super::route::{route_configuration_for, service_route_configuration, service_route_name};
 use super::{any, seconds, socket_address};
@@ -69,6 +70,11 @@ pub struct Outbound {
     pub routes: Vec<RouteConfiguration>,
     /// `virtualOutbound`.
     pub listener: Listener,
+    /// The clusters `virtualOutbound` sends to itself (TCP ports and
+    /// pass-through); HTTP ports send through their routes, which name their
+    /// own ([`super::route::route_clusters`]). xDS holds the listener back
+    /// until these are known to the proxy.
+    pub listener_clusters: BTreeSet<String>,
 }
 
 /// What traffic to the proxy's own pod needs.
@@ -78,15 +84,19 @@ pub struct Inbound {
     pub clusters: Vec<Cluster>,
     /// `virtualInbound`.
     pub listener: Listener,
+    /// The clusters `virtualInbound` sends to.
+    pub listener_clusters: BTreeSet<String>,
 }
 
 /// The outbound configuration of every proxy of `scope`.
 pub fn outbound(view: &MeshView, scope: &ScopeKey) -> Outbound {
+    let (listener, listener_clusters) = outbound_listener_sending_to(view, scope);
     Outbound {
         clusters: clusters(view, scope),
         endpoints: endpoints(view, scope),
         routes: routes(view, scope),
-        listener: outbound_listener(view, scope),
+        listener,
+        listener_clusters,
     }
 }
 
@@ -192,19 +202,27 @@ fn address_ports<'a>(
 /// pass-through chains. Matches are unique: one catch-all per port, one
 /// chain per (port, ClusterIP) ([`address_ports`]).
 pub fn outbound_listener(view: &MeshView, scope: &ScopeKey) -> Listener {
+    outbound_listener_sending_to(view, scope).0
+}
+
+/// `virtualOutbound`, and the clusters its chains send to themselves.
+fn outbound_listener_sending_to(view: &MeshView, scope: &ScopeKey) -> (Listener, BTreeSet<String>) {
+    let mut sends_to = BTreeSet::from([PASSTHROUGH_CLUSTER.to_string()]);
     let mut chains: Vec<FilterChain> =
         http_ports(view, scope).into_keys().map(|port| outbound_http_chain(port, None)).collect();
     for ((port, ip), (service, protocol)) in address_ports(view, scope) {
         chains.push(if protocol.is_http() {
             outbound_http_chain(port, Some((service, ip)))
         } else {
-            outbound_tcp_chain(service, port, ip)
+            let cluster = outbound_name(port, "", &service.hostname);
+            sends_to.insert(cluster.clone());
+            outbound_tcp_chain(cluster, port, ip)
         });
     }
     let mut listener = passthrough::virtual_outbound();
     chains.append(&mut listener.filter_chains);
     listener.filter_chains = chains;
-    listener
+    (listener, sends_to)
 }
 
 /// An HTTP chain on `port`: at one Service's ClusterIP, with that
@@ -243,8 +261,7 @@ fn host_range(ip: &str) -> CidrRange {
     CidrRange { address_prefix: ip.to_string(), prefix_len: Some(UInt32Value { value: prefix_len }) }
 }
 
-fn outbound_tcp_chain(service: &ServiceView, port: u16, ip: &str) -> FilterChain {
-    let cluster = outbound_name(port, "", &service.hostname);
+fn outbound_tcp_chain(cluster: String, port: u16, ip: &str) -> FilterChain {
     FilterChain {
         name: format!("{ip}_{port}"),
         filter_chain_match: Some(FilterChainMatch {
@@ -335,7 +352,10 @@ pub fn inbound(view: &MeshView, proxy: &ProxyContext) -> Inbound {
     let mut listener = passthrough::virtual_inbound();
     chains.append(&mut listener.filter_chains);
     listener.filter_chains = chains;
-    Inbound { clusters, listener }
+    // Each port's chain sends to its own cluster, the rest passes through.
+    let listener_clusters =
+        ports.iter().map(|p| inbound_name(p.port)).chain([INBOUND_PASSTHROUGH_CLUSTER.to_string()]).collect();
+    Inbound { clusters, listener, listener_clusters }
 }
 
 /// `inbound|<port>||`: to the application, at the address the connection

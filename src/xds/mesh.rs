@@ -14,12 +14,6 @@ use std::sync::{Arc, Mutex};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action};
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, http_connection_manager,
-};
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
-use prost::{Message, Name};
 
 use super::proxy::Proxy;
 use super::snapshot::{Generator, PushContext, Resource, ResourceSet, Resources, ScopeCache, Snapshot};
@@ -28,6 +22,7 @@ use crate::index::Index;
 use crate::model::ObjectKey;
 use crate::model::mesh::{MeshView, ProxyContext, ScopeKey};
 use crate::translate;
+use crate::translate::route::route_clusters;
 
 /// Translates the index into each proxy's configuration.
 #[derive(Default)]
@@ -111,7 +106,10 @@ impl PackedOutbound {
                 ),
                 previous.map(|p| &p.routes),
             ),
-            listener: reuse(listener_set(&out.listener), previous.map(|p| &p.listener)),
+            listener: reuse(
+                listener_set(&out.listener, out.listener_clusters),
+                previous.map(|p| &p.listener),
+            ),
         }
     }
 }
@@ -130,7 +128,10 @@ impl PackedInbound {
                 ResourceSet::of(inbound.clusters, |c: &Cluster| c.name.clone()),
                 previous.map(|p| &p.clusters),
             ),
-            listener: reuse(listener_set(&inbound.listener), previous.map(|p| &p.listener)),
+            listener: reuse(
+                listener_set(&inbound.listener, inbound.listener_clusters),
+                previous.map(|p| &p.listener),
+            ),
         }
     }
 }
@@ -172,57 +173,9 @@ impl PushContext for MeshContext {
     }
 }
 
-/// One listener, packed with the clusters it sends to.
-fn listener_set(listener: &Listener) -> ResourceSet {
-    ResourceSet::new([Arc::new(
-        Resource::of(listener.name.clone(), listener).depending_on(listener_clusters(listener)),
-    )])
-}
-
-/// The clusters a route configuration's routes send to.
-pub fn route_clusters(config: &RouteConfiguration) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for route in config.virtual_hosts.iter().flat_map(|v| &v.routes) {
-        let Some(route::Action::Route(action)) = &route.action else { continue };
-        match &action.cluster_specifier {
-            Some(route_action::ClusterSpecifier::Cluster(name)) => {
-                names.insert(name.clone());
-            }
-            Some(route_action::ClusterSpecifier::WeightedClusters(weighted)) => {
-                names.extend(weighted.clusters.iter().map(|c| c.name.clone()));
-            }
-            _ => {}
-        }
-    }
-    names
-}
-
-/// The clusters a listener sends to: TCP proxies' clusters and the routes
-/// of HTTP connection managers with inline route configurations (routes
-/// by RDS are resources of their own, with their own dependencies).
-pub fn listener_clusters(listener: &Listener) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let chains = listener.filter_chains.iter().chain(listener.default_filter_chain.as_ref());
-    for filter in chains.flat_map(|c| &c.filters) {
-        let Some(envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any)) =
-            &filter.config_type
-        else {
-            continue;
-        };
-        if any.type_url == TcpProxy::type_url() {
-            if let Ok(proxy) = TcpProxy::decode(any.value.as_slice())
-                && let Some(tcp_proxy::ClusterSpecifier::Cluster(name)) = proxy.cluster_specifier
-            {
-                names.insert(name);
-            }
-        } else if any.type_url == HttpConnectionManager::type_url()
-            && let Ok(hcm) = HttpConnectionManager::decode(any.value.as_slice())
-            && let Some(http_connection_manager::RouteSpecifier::RouteConfig(config)) = &hcm.route_specifier
-        {
-            names.extend(route_clusters(config));
-        }
-    }
-    names
+/// One listener, packed with the clusters it sends to (as translation says).
+fn listener_set(listener: &Listener, sends_to: BTreeSet<String>) -> ResourceSet {
+    ResourceSet::new([Arc::new(Resource::of(listener.name.clone(), listener).depending_on(sends_to))])
 }
 
 #[cfg(test)]

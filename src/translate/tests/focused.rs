@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
 };
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use k8s_openapi::api::core::v1 as core;
 use kube::api::ObjectMeta;
@@ -902,4 +902,48 @@ fn a_destination_rule_with_a_workload_selector_applies_only_to_its_workloads() {
         i32::from(cluster::LbPolicy::RoundRobin),
         "others get the rule without a selector"
     );
+}
+
+/// What a listener's filters send to, read back from their encoded configs:
+/// the oracle for the sets translation declares.
+fn decoded_listener_clusters(
+    listener: &envoy_types::pb::envoy::config::listener::v3::Listener,
+) -> Vec<String> {
+    let mut names = Vec::new();
+    let chains = listener.filter_chains.iter().chain(listener.default_filter_chain.as_ref());
+    for filter in chains.flat_map(|c| &c.filters) {
+        let Some(filter::ConfigType::TypedConfig(any)) = &filter.config_type else { continue };
+        if any.type_url == TcpProxy::type_url() {
+            let proxy = TcpProxy::decode(any.value.as_slice()).expect("a TCP proxy");
+            if let Some(tcp_proxy::ClusterSpecifier::Cluster(name)) = proxy.cluster_specifier {
+                names.push(name);
+            }
+        } else if any.type_url == HttpConnectionManager::type_url() {
+            let manager = HttpConnectionManager::decode(any.value.as_slice()).expect("a connection manager");
+            if let Some(http_connection_manager::RouteSpecifier::RouteConfig(config)) =
+                &manager.route_specifier
+            {
+                names.extend(crate::translate::route::route_clusters(config));
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[test]
+fn translation_names_every_cluster_its_listeners_send_to() {
+    let mut index = bookinfo();
+    tcp_service(&mut index, "mysql", "10.96.0.99", 3306, "tcp-mysql");
+    let view = mesh_view(&index);
+    let productpage = productpage(&index);
+    let out = outbound(&view, &view.scope(&productpage));
+    let declared: Vec<String> = out.listener_clusters.iter().cloned().collect();
+    assert_eq!(declared, decoded_listener_clusters(&out.listener));
+    assert!(declared.contains(&"outbound|3306||mysql.default.svc.cluster.local".to_string()), "{declared:?}");
+    let inb = inbound(&view, &productpage);
+    let declared: Vec<String> = inb.listener_clusters.iter().cloned().collect();
+    assert_eq!(declared, decoded_listener_clusters(&inb.listener));
+    assert_eq!(declared, ["InboundPassthroughCluster", "inbound|9080||"]);
 }
