@@ -8,15 +8,17 @@
 //!   pure);
 //! - [`snapshot`]: a proxy's configuration, with content-hash versions,
 //!   resources shared between proxies, built by a [`Generator`] once per
-//!   push (for now, the same [`crate::translate::passthrough`]
-//!   configuration for everyone: [`Passthrough`]);
+//!   push: [`MeshGenerator`] ([`mesh`]) translates the mesh per scope and
+//!   proxy; [`Passthrough`] serves the pass-through configuration alone
+//!   (what `Ads::new` serves; the server's tests use it);
 //! - [`stream`] and [`delta`]: the ADS state-of-the-world and incremental
 //!   protocols as state machines with no I/O (nonces, ACK, NACK, what to
 //!   send when), both keeping [`order`] (make-before-break: clusters before
 //!   the routes that name them, routes away before clusters go);
 //! - [`push`]: debounced pushes of new snapshots to every connected proxy,
 //!   and the registry of connections;
-//! - [`server`]: the thin tonic shell: TLS, HTTP/2, authentication at
+//! - [`server`] and [`grpc`]: TLS, hyper's HTTP/2 and our own gRPC
+//!   framing (each resource encoded once, [`wire`]), authentication at
 //!   stream start, and the loop that feeds requests and snapshots to the
 //!   state machine;
 //! - [`debug`]: what /debug/syncz and /debug/config_dump show, and

@@ -1,5 +1,7 @@
-//! The tonic shell around the ADS state machines: TLS (the controller's
-//! serving certificate, renewed in place), HTTP/2, and one task per stream,
+//! The server around the ADS state machines: TLS (the controller's
+//! serving certificate, renewed in place), hyper's HTTP/2, the gRPC framing
+//! of [`super::grpc`] (tonic supplies only `Status` and the service trait),
+//! and one task per stream,
 //! for both protocols (state of the world, [`SotwStream`], and Delta,
 //! [`DeltaStream`]) over the same code path.
 //!
@@ -582,11 +584,11 @@ struct Queued<R> {
     permit: Option<OwnedSemaphorePermit>,
 }
 
-/// The responses of one stream, as tonic pulls them: a response's place
-/// among the large ones in flight is given back when the next one is
-/// asked for. tonic encodes a large response and hands it to HTTP/2 at
+/// The responses of one stream, as the response body pulls them: a
+/// response's place among the large ones in flight is given back when the
+/// next one is asked for. The body hands a response's frames to HTTP/2 at
 /// once, and HTTP/2 asks for more only once the client's flow-control
-/// window has taken it, so the place is held while the bytes wait.
+/// window has taken them, so the place is held while the bytes wait.
 struct Outgoing<R> {
     rx: mpsc::Receiver<Result<Queued<R>, Status>>,
     permit: Option<OwnedSemaphorePermit>,

@@ -1,6 +1,6 @@
 //! One ADS stream in the state-of-the-world (SotW) protocol, as a state
 //! machine with no I/O: requests and new snapshots go in, responses and
-//! events (ACK, NACK, stale nonce) come out. The tonic shell
+//! events (ACK, NACK, stale nonce) come out. The server
 //! ([`super::server`]) feeds it and writes what it returns; tests drive it
 //! directly.
 //!
