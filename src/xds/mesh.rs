@@ -15,8 +15,9 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 
+use super::generator::{Generator, PushContext, ScopeCache};
 use super::proxy::Proxy;
-use super::snapshot::{Generator, PushContext, Resource, ResourceSet, Resources, ScopeCache, Snapshot};
+use super::snapshot::{Resource, ResourceSet, Resources, Snapshot};
 use super::types;
 use crate::index::Index;
 use crate::model::ObjectKey;

@@ -7,8 +7,8 @@
 //!   server), must be bound to the pod its node id names ([`authorize`],
 //!   pure);
 //! - [`snapshot`]: a proxy's configuration, with content-hash versions,
-//!   resources shared between proxies, built by a [`Generator`] once per
-//!   push: [`MeshGenerator`] ([`mesh`]) translates the mesh per scope and
+//!   resources shared between proxies; [`generator`]: a [`Generator`]
+//!   builds them once per push: [`MeshGenerator`] ([`mesh`]) translates the mesh per scope and
 //!   proxy; [`Passthrough`] serves the pass-through configuration alone
 //!   (what `Ads::new` serves; the server's tests use it);
 //! - [`stream`] and [`delta`]: the ADS state-of-the-world and incremental
@@ -31,6 +31,7 @@
 pub mod auth;
 pub mod debug;
 pub mod delta;
+pub mod generator;
 pub mod grpc;
 pub mod mesh;
 pub mod metrics;
@@ -49,14 +50,13 @@ pub mod tokenreview;
 pub mod wire;
 
 pub use auth::{Authenticator, Rejection, TokenCache, TokenIdentity, authorize};
+pub use generator::{Generator, Passthrough, PushContext, ScopeCache};
 pub use mesh::MeshGenerator;
 pub use metrics::XdsMetrics;
 pub use proxy::{Proxy, ProxyId};
 pub use push::{Connections, Debounce};
 pub use server::{Ads, AdsSettings, serve};
-pub use snapshot::{
-    Generator, Passthrough, PushContext, Resource, ResourceSet, Resources, ScopeCache, Snapshot,
-};
+pub use snapshot::{Resource, ResourceSet, Resources, Snapshot};
 pub use tokenreview::KubeAuthenticator;
 
 /// The resource types the mesh serves, by type URL, and how each is

@@ -24,9 +24,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::generator::{Generator, PushContext};
 use super::metrics::XdsMetrics;
 use super::proxy::Proxy;
-use super::snapshot::{Generator, PushContext, Resources, Snapshot};
+use super::snapshot::{Resources, Snapshot};
 use super::stream::TypeStatus;
 use crate::index::SharedIndex;
 use crate::model::ObjectKey;

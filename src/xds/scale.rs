@@ -18,8 +18,9 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 
 use super::delta::DeltaStream;
+use super::generator::{Generator, PushContext, ScopeCache};
 use super::proxy::{Proxy, ProxyId};
-use super::snapshot::{Generator, PushContext, Resource, ResourceSet, Resources, ScopeCache, Snapshot};
+use super::snapshot::{Resource, ResourceSet, Resources, Snapshot};
 use super::stream::SotwStream;
 use super::types;
 use crate::index::Index;

@@ -39,11 +39,12 @@ use tonic::codegen::{BoxFuture, Context, Poll, http};
 
 use super::auth::{self, Authenticator, Refusal, Rejection};
 use super::delta::DeltaStream;
+use super::generator::{Generator, Passthrough};
 use super::grpc::{Chunks, Frames, Requests, ResponseBody};
 use super::metrics::XdsMetrics;
 use super::proxy::{Proxy, ProxyId};
 use super::push::{self, Connection, Connections, Debounce, NackRecord, Protocol, Pusher, StreamReport};
-use super::snapshot::{Generator, Passthrough, Resources, Snapshot};
+use super::snapshot::{Resources, Snapshot};
 use super::stream::{Event, ProtocolError, SotwStream, Step, TypeStatus};
 use super::types;
 use super::wire::{DeltaResponse, SotwResponse, Wire};

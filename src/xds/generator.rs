@@ -1,0 +1,146 @@
+//! Generation, apart from the snapshot it produces: a [`Generator`] builds
+//! every proxy's [`Snapshot`] once per push. [`Generator::prepare`] takes
+//! what it needs from the index, under its lock, into a [`PushContext`];
+//! [`PushContext::generate`] then runs without the lock, once per proxy,
+//! sharing work between proxies through the context ([`ScopeCache`]).
+//! [`super::mesh::MeshGenerator`] is the mesh's; [`Passthrough`] serves the
+//! pass-through configuration alone.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::proxy::Proxy;
+use super::snapshot::Snapshot;
+use crate::index::Index;
+use crate::translate;
+
+/// Builds proxies' snapshots, once per push for all of them.
+pub trait Generator: Send + Sync + 'static {
+    /// Takes from the index what generation needs. Runs with the index
+    /// locked: copy (or share) what is needed and return quickly; the
+    /// real work happens in [`PushContext::generate`], without the lock.
+    fn prepare(&self, index: &Index) -> Arc<dyn PushContext>;
+}
+
+/// What one push knows: a view of the index, and whatever generating
+/// shares between proxies (resources of a scope, built once: see
+/// [`ScopeCache`]). Called concurrently for different proxies.
+pub trait PushContext: Send + Sync + 'static {
+    fn generate(&self, proxy: &Proxy) -> Snapshot;
+}
+
+impl<F> Generator for F
+where
+    F: Fn(&Index) -> Arc<dyn PushContext> + Send + Sync + 'static,
+{
+    fn prepare(&self, index: &Index) -> Arc<dyn PushContext> {
+        self(index)
+    }
+}
+
+/// Values built once per key within a push, by whichever proxy needs the
+/// key first; others wait for it and share it. Keys are scopes: proxies
+/// that see the same outbound configuration share its resources.
+pub struct ScopeCache<K, V> {
+    entries: Mutex<HashMap<K, Arc<OnceLock<Arc<V>>>>>,
+}
+
+impl<K, V> Default for ScopeCache<K, V> {
+    fn default() -> Self {
+        Self { entries: Mutex::new(HashMap::new()) }
+    }
+}
+
+impl<K: Hash + Eq, V> ScopeCache<K, V> {
+    /// The value of `key`, built with `build` if it is the first asking.
+    pub fn get_or_build(&self, key: K, build: impl FnOnce() -> V) -> Arc<V> {
+        let cell = {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            entries.entry(key).or_default().clone()
+        };
+        cell.get_or_init(|| Arc::new(build())).clone()
+    }
+
+    /// How many keys were built.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The same pass-through configuration for every proxy (see
+/// [`translate::passthrough`]), packed once.
+pub struct Passthrough {
+    snapshot: Snapshot,
+}
+
+impl Passthrough {
+    pub fn new() -> Self {
+        use translate::passthrough::{clusters, listeners};
+        Self {
+            snapshot: Snapshot::new()
+                .with(clusters(), |c| c.name.clone())
+                .with(listeners(), |l| l.name.clone()),
+        }
+    }
+}
+
+impl Default for Passthrough {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Generator for Passthrough {
+    fn prepare(&self, _index: &Index) -> Arc<dyn PushContext> {
+        Arc::new(PassthroughContext(self.snapshot.clone()))
+    }
+}
+
+struct PassthroughContext(Snapshot);
+
+impl PushContext for PassthroughContext {
+    fn generate(&self, _proxy: &Proxy) -> Snapshot {
+        self.0.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::types;
+    use super::*;
+
+    #[test]
+    fn the_scope_cache_builds_each_key_once() {
+        let cache = ScopeCache::<&str, usize>::default();
+        let mut built = 0;
+        let a = cache.get_or_build("a", || {
+            built += 1;
+            1
+        });
+        let again = cache.get_or_build("a", || unreachable!("built once"));
+        assert!(Arc::ptr_eq(&a, &again));
+        assert_eq!((built, cache.len()), (1, 1));
+    }
+
+    #[test]
+    fn the_passthrough_snapshot_has_two_listeners_and_two_clusters() {
+        let index = Index::new(Default::default());
+        let proxy = Proxy {
+            id: super::super::proxy::ProxyId::parse("sidecar~10.0.0.1~p.default~default.svc.cluster.local")
+                .expect("valid"),
+            identity: super::super::auth::tests::identity(),
+        };
+        let generator = Passthrough::new();
+        let snapshot = generator.prepare(&index).generate(&proxy);
+        let names = |t| snapshot.resources(t).iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(types::LISTENER), ["virtualInbound", "virtualOutbound"]);
+        assert_eq!(names(types::CLUSTER), ["InboundPassthroughCluster", "PassthroughCluster"]);
+        assert_eq!(snapshot, generator.prepare(&index).generate(&proxy), "deterministic");
+        assert_eq!(snapshot.version(), generator.prepare(&index).generate(&proxy).version());
+    }
+}
