@@ -50,7 +50,7 @@ pub use auth::{Authenticator, Rejection, TokenCache, TokenIdentity, authorize};
 pub use mesh::MeshGenerator;
 pub use metrics::XdsMetrics;
 pub use proxy::{Proxy, ProxyId};
-pub use push::{Connections, Debounce};
+pub use push::{Connections, Debounce, PushError};
 pub use server::{Ads, AdsSettings, serve};
 pub use snapshot::{
     Generator, Passthrough, PushContext, Resource, ResourceSet, Resources, ScopeCache, Snapshot,
