@@ -1,5 +1,7 @@
 //! `mesh controller`: the one place that knows every part, wires them and
-//! spawns them. Everything else is testable alone.
+//! hands their long-running tasks to one owner ([`crate::supervisor`]), so
+//! the controller stops, to be restarted, when any of them stops.
+//! Everything else is testable alone.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,16 +14,19 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube_lease_manager::{LeaseManager, LeaseManagerError};
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ca;
 use crate::index::{self, Index, IndexMetrics, SharedIndex, kinds::Watched};
 use crate::monitoring;
 use crate::readiness::{Readiness, ReadyGuard};
+use crate::supervisor::Tasks;
 use crate::webhook::{self, server::ServingCert};
+use crate::xds::Generator;
 
 /// Settings of the controller, from flags or their environment variables.
 #[derive(clap::Args, Debug, Clone)]
@@ -95,11 +100,14 @@ pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
     Client::try_from(config).context("building the Kubernetes client")
 }
 
-/// Runs the controller until SIGTERM or Ctrl-C.
+/// Runs the controller until SIGTERM or Ctrl-C (then `Ok`), or until one
+/// of its long-running tasks stops (then the error naming it; see
+/// [`crate::supervisor`]).
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let client = client(args.kubeconfig.as_ref()).await?;
     let shutdown = CancellationToken::new();
     let readiness = Readiness::new();
+    let mut tasks = Tasks::new(readiness.clone(), shutdown.clone());
     let mut registry = Registry::with_prefix("mesh");
 
     let index_metrics = IndexMetrics::default();
@@ -108,22 +116,24 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     xds_metrics.register(&mut registry);
     let index = SharedIndex::new(Index::new(index_metrics));
 
-    let mut watches = JoinSet::new();
-    spawn_watch::<index::Namespaces>(&mut watches, &client, &index, &readiness);
-    spawn_watch::<index::Services>(&mut watches, &client, &index, &readiness);
-    spawn_watch::<index::EndpointSlices>(&mut watches, &client, &index, &readiness);
-    spawn_watch::<index::Pods>(&mut watches, &client, &index, &readiness);
-    spawn_watch::<index::VirtualServices>(&mut watches, &client, &index, &readiness);
-    spawn_watch::<index::DestinationRules>(&mut watches, &client, &index, &readiness);
-    spawn_watch::<index::ServiceRoles>(&mut watches, &client, &index, &readiness);
-    spawn_watch::<index::ServiceRoleBindings>(&mut watches, &client, &index, &readiness);
-    spawn_watch::<index::ClusterRbacConfigs>(&mut watches, &client, &index, &readiness);
-    spawn_watch::<index::RbacConfigs>(&mut watches, &client, &index, &readiness);
+    let watches = Watches { client: &client, index: &index, readiness: &readiness, shutdown: &shutdown };
+    watches.spawn::<index::Namespaces>(&mut tasks);
+    watches.spawn::<index::Services>(&mut tasks);
+    watches.spawn::<index::EndpointSlices>(&mut tasks);
+    watches.spawn::<index::Pods>(&mut tasks);
+    watches.spawn::<index::VirtualServices>(&mut tasks);
+    watches.spawn::<index::DestinationRules>(&mut tasks);
+    watches.spawn::<index::ServiceRoles>(&mut tasks);
+    watches.spawn::<index::ServiceRoleBindings>(&mut tasks);
+    watches.spawn::<index::ClusterRbacConfigs>(&mut tasks);
+    watches.spawn::<index::RbacConfigs>(&mut tasks);
 
     let serving = Arc::new(ServingCert::default());
     let ca_ready = readiness.register("certificate authority");
-    let authority =
-        tokio::spawn(start_ca(client.clone(), args.clone(), serving.clone(), ca_ready, shutdown.clone()));
+    tasks.spawn(
+        "certificate authority",
+        start_ca(client.clone(), args.clone(), serving.clone(), ca_ready, shutdown.clone()),
+    );
 
     let webhook_listener = tokio::net::TcpListener::bind(args.webhook_addr).await.with_context(|| {
         format!("listening on {} for the webhook (set --webhook-addr)", args.webhook_addr)
@@ -132,14 +142,17 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         let readiness = readiness.clone();
         Arc::new(move || readiness.is_ready()) as Arc<dyn Fn() -> bool + Send + Sync>
     };
-    let webhook = tokio::spawn(webhook::server::serve(
-        webhook_listener,
-        serving.clone(),
-        index.clone(),
-        synced,
-        crate::inject::Injector::new(args.inject.clone(), args.namespace.clone()),
-        shutdown.clone(),
-    ));
+    tasks.spawn(
+        "webhook server",
+        webhook::server::serve(
+            webhook_listener,
+            serving.clone(),
+            index.clone(),
+            synced,
+            crate::inject::Injector::new(args.inject.clone(), args.namespace.clone()),
+            shutdown.clone(),
+        ),
+    );
 
     let xds_listener = tokio::net::TcpListener::bind(args.xds_addr)
         .await
@@ -153,7 +166,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         instance: instance.clone(),
     };
     // Services, endpoints, VirtualServices and DestinationRules, translated per scope and proxy.
-    let generator = Arc::new(crate::xds::MeshGenerator::default());
+    let generator: Arc<dyn Generator> = Arc::new(crate::xds::MeshGenerator::default());
+    #[cfg(feature = "e2e")]
+    let generator = faults::inject(generator);
     let ads = crate::xds::Ads::with_settings(
         authenticator,
         index.clone(),
@@ -163,7 +178,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     );
     let proxies = ads.connections();
-    let xds = tokio::spawn(crate::xds::serve(xds_listener, serving, ads, shutdown.clone()));
+    tasks.spawn("xDS push loop", ads.push_loop());
+    tasks.spawn("xDS server", crate::xds::serve(xds_listener, serving, ads, shutdown.clone()));
     tracing::info!(addr = %args.xds_addr, "serving ADS to the sidecars");
 
     let listener = monitoring::bind(args.monitoring_addr).await?;
@@ -171,43 +187,33 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         addr = %args.monitoring_addr,
         "serving /healthz, /readyz, /metrics, /debug/configz, /debug/syncz, /debug/config_dump"
     );
-    let server = tokio::spawn(monitoring::serve(
-        listener,
-        registry,
-        readiness,
-        index.clone(),
-        proxies,
-        shutdown.clone(),
-    ));
+    tasks.spawn(
+        "monitoring server",
+        monitoring::serve(listener, registry, readiness, index.clone(), proxies, shutdown.clone()),
+    );
 
-    let leader = elect(client.clone(), &args).await;
-    let status =
-        tokio::spawn(crate::status::run(client.clone(), index.clone(), leader, instance, shutdown.clone()));
+    if let Some((leader, election)) = elect(client.clone(), &args).await {
+        tasks.adopt("leader election", election);
+        tasks.spawn(
+            "status writer",
+            crate::status::run(client.clone(), index.clone(), leader, instance, shutdown.clone()),
+        );
+    }
 
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    shutdown.cancel();
-    watches.shutdown().await;
-    let _ = authority.await;
-    let _ = status.await;
-    if let Ok(Err(e)) = webhook.await {
-        tracing::warn!(error = %e, "webhook server");
-    }
-    if let Ok(Err(e)) = xds.await {
-        tracing::warn!(error = %e, "xDS server");
-    }
-    match server.await {
-        Ok(result) => result.context("monitoring server")?,
-        Err(e) => anyhow::bail!("monitoring server task failed: {e}"),
-    }
+    tasks.run_until(shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
 /// Lease-based leader election among the replicas (Lease `mesh-controller`
 /// in the mesh namespace). Only the leader writes status; every replica
-/// serves. The receiver says whether this replica leads now.
-async fn elect(client: Client, args: &ControllerArgs) -> tokio::sync::watch::Receiver<bool> {
+/// serves. The receiver says whether this replica leads now; the task
+/// renews the Lease, and releases it once the receiver is dropped (the
+/// status writer stopped), so another replica takes over at once.
+async fn elect(
+    client: Client,
+    args: &ControllerArgs,
+) -> Option<(tokio::sync::watch::Receiver<bool>, JoinHandle<Result<LeaseManager, LeaseManagerError>>)> {
     let identity =
         format!("{}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "mesh".into()), std::process::id());
     let manager = kube_lease_manager::LeaseManagerBuilder::new(client, "mesh-controller")
@@ -218,11 +224,11 @@ async fn elect(client: Client, args: &ControllerArgs) -> tokio::sync::watch::Rec
         .build()
         .await;
     match manager {
-        Ok(manager) => manager.watch().await.0,
+        Ok(manager) => Some(manager.watch().await),
         Err(e) => {
             // Without a Lease nobody writes status; serving goes on.
             tracing::error!(error = %e, "leader election unavailable: status will not be written");
-            tokio::sync::watch::channel(false).1
+            None
         }
     }
 }
@@ -230,13 +236,15 @@ async fn elect(client: Client, args: &ControllerArgs) -> tokio::sync::watch::Rec
 /// Loads (or makes) the CA, retrying until it can; issues the webhook's
 /// serving certificate and renews it at half its life; publishes the root
 /// to every namespace and into the webhook configuration, until shutdown.
+/// Each of these parts runs until shutdown; if one ends before, so does
+/// the task, with an error naming the part.
 async fn start_ca(
     client: Client,
     args: ControllerArgs,
     serving: Arc<ServingCert>,
     ready: ReadyGuard,
     shutdown: CancellationToken,
-) {
+) -> anyhow::Result<()> {
     let authority = loop {
         let now = time::OffsetDateTime::now_utc();
         match ca::store::load_or_create(&client, &args.namespace, &args.trust_domain, now).await {
@@ -245,16 +253,11 @@ async fn start_ca(
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {},
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
         }
     };
-    let mut renew_at = match issue_serving(&authority, &args, &serving) {
-        Ok(at) => at,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot issue the webhook's certificate");
-            return;
-        }
-    };
+    let mut renew_at =
+        issue_serving(&authority, &args, &serving).context("issuing the webhook's serving certificate")?;
     ready.ready();
     let bundle = authority.trust_bundle_pem().to_string();
     let renewals = async {
@@ -275,22 +278,25 @@ async fn start_ca(
             }
         }
     };
-    tokio::join!(
-        ca::store::publish_root(client.clone(), bundle.clone(), shutdown.clone()),
-        webhook::configuration::keep_ca_bundle::<ValidatingWebhookConfiguration>(
+    let ended = tokio::select! {
+        _ = ca::store::publish_root(client.clone(), bundle.clone(), shutdown.clone()) => {
+            "publishing the root certificate to every namespace"
+        }
+        _ = webhook::configuration::keep_ca_bundle::<ValidatingWebhookConfiguration>(
             client.clone(),
             args.webhook_config.clone(),
             bundle.clone(),
             shutdown.clone()
-        ),
-        webhook::configuration::keep_ca_bundle::<MutatingWebhookConfiguration>(
+        ) => "keeping the caBundle of the ValidatingWebhookConfiguration",
+        _ = webhook::configuration::keep_ca_bundle::<MutatingWebhookConfiguration>(
             client,
             args.injector_config.clone(),
             bundle,
             shutdown.clone()
-        ),
-        renewals,
-    );
+        ) => "keeping the caBundle of the MutatingWebhookConfiguration",
+        _ = renewals => "renewing the serving certificate",
+    };
+    if shutdown.is_cancelled() { Ok(()) } else { anyhow::bail!("{ended} stopped before shutdown") }
 }
 
 /// Issues and installs the serving certificate; returns when to renew it.
@@ -309,13 +315,28 @@ fn issue_serving(
     Ok(renew_at)
 }
 
-fn spawn_watch<K>(set: &mut JoinSet<()>, client: &Client, index: &SharedIndex, readiness: &Readiness)
-where
-    K: Watched,
-    K::Object: DeserializeOwned,
-{
-    let guard = readiness.register(format!("{} cache", K::NAME));
-    set.spawn(index::watch::run::<K>(client.clone(), index.clone(), guard));
+/// What every watch needs, to spawn one per kind.
+struct Watches<'a> {
+    client: &'a Client,
+    index: &'a SharedIndex,
+    readiness: &'a Readiness,
+    shutdown: &'a CancellationToken,
+}
+
+impl Watches<'_> {
+    /// Watches kind `K` into the index; the controller is not ready until
+    /// its first list is in.
+    fn spawn<K>(&self, tasks: &mut Tasks)
+    where
+        K: Watched,
+        K::Object: DeserializeOwned,
+    {
+        let synced = self.readiness.register(format!("{} cache", K::NAME));
+        tasks.spawn(
+            format!("{} watch", K::NAME),
+            index::watch::run::<K>(self.client.clone(), self.index.clone(), synced, self.shutdown.clone()),
+        );
+    }
 }
 
 /// Resolves on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
@@ -339,4 +360,41 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Fault injection, compiled only into the end-to-end tests' build (feature
+/// `e2e`), so a test can see what a bug in translation does to the real
+/// controller.
+#[cfg(feature = "e2e")]
+mod faults {
+    use std::sync::Arc;
+
+    use crate::index::Index;
+    use crate::xds::{Generator, PushContext};
+
+    /// With MESH_TEST_PANIC_PUSH=<namespace>, every push made while that
+    /// namespace exists panics; otherwise `generator` unchanged.
+    pub fn inject(generator: Arc<dyn Generator>) -> Arc<dyn Generator> {
+        match std::env::var("MESH_TEST_PANIC_PUSH") {
+            Ok(namespace) if !namespace.is_empty() => {
+                tracing::warn!(%namespace, "fault injected: pushes panic while this namespace exists");
+                Arc::new(PanicWhileNamespaceExists { namespace, generator })
+            }
+            _ => generator,
+        }
+    }
+
+    struct PanicWhileNamespaceExists {
+        namespace: String,
+        generator: Arc<dyn Generator>,
+    }
+
+    impl Generator for PanicWhileNamespaceExists {
+        fn prepare(&self, index: &Index) -> Arc<dyn PushContext> {
+            if index.namespaces.values().any(|ns| ns.name == self.namespace) {
+                panic!("injected fault: namespace {} exists (MESH_TEST_PANIC_PUSH)", self.namespace);
+            }
+            self.generator.prepare(index)
+        }
+    }
 }

@@ -15,6 +15,7 @@ pub mod model;
 pub mod monitoring;
 pub mod readiness;
 pub mod status;
+pub mod supervisor;
 #[cfg(test)]
 mod testing;
 pub mod translate;

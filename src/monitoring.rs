@@ -1,5 +1,6 @@
 //! The controller's own HTTP endpoints: /healthz (the process answers),
-//! /readyz (every start-up task is done: caches synced), /metrics
+//! /readyz (every start-up task is done: caches synced; and no long-running
+//! task has failed, else it names the task and why), /metrics
 //! (Prometheus text), /debug/configz (what the index holds, as JSON),
 //! /debug/syncz (every connected proxy and how far it is in sync, read by
 //! `mesh proxy-status`) and /debug/config_dump?proxy=<node id or ns/pod>
@@ -57,11 +58,21 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 }
 
 async fn readyz(State(m): State<Monitoring>) -> Response {
-    let pending = m.readiness.pending();
+    readiness_answer(&m.readiness).into_response()
+}
+
+/// The answer of /readyz: a failure first (the controller is exiting),
+/// then whatever start-up still waits for.
+fn readiness_answer(readiness: &Readiness) -> (StatusCode, String) {
+    let failures = readiness.failures();
+    if !failures.is_empty() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {}\n", failures.join("; ")));
+    }
+    let pending = readiness.pending();
     if pending.is_empty() {
-        (StatusCode::OK, "ok\n").into_response()
+        (StatusCode::OK, "ok\n".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("waiting for: {}\n", pending.join(", "))).into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, format!("waiting for: {}\n", pending.join(", ")))
     }
 }
 
@@ -125,5 +136,27 @@ async fn config_dump(State(m): State<Monitoring>, Query(query): Query<ProxyQuery
             format!("no proxy {proxy} is connected to this controller (see /debug/syncz)\n"),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readyz_waits_for_start_up_and_names_a_failed_task() {
+        let readiness = Readiness::new();
+        let cache = readiness.register("Pod cache");
+        assert_eq!(
+            readiness_answer(&readiness),
+            (StatusCode::SERVICE_UNAVAILABLE, "waiting for: Pod cache\n".into())
+        );
+        cache.ready();
+        assert_eq!(readiness_answer(&readiness), (StatusCode::OK, "ok\n".into()));
+        readiness.fail("the xDS push loop panicked: boom");
+        assert_eq!(
+            readiness_answer(&readiness),
+            (StatusCode::SERVICE_UNAVAILABLE, "failed: the xDS push loop panicked: boom\n".into())
+        );
     }
 }

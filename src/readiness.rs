@@ -2,12 +2,22 @@
 //! listener bind) holds a guard, and the process is ready once every guard
 //! has been marked ready. Dropping a guard without marking it keeps the
 //! process unready, so a task that dies during start-up is noticed.
+//!
+//! A failure (a long-running task that ended or panicked, reported by
+//! [`crate::supervisor`]) makes the process unready for good: it is about
+//! to exit, and /readyz says why.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<Mutex<BTreeSet<String>>>);
+pub struct Readiness(Arc<Mutex<State>>);
+
+#[derive(Default)]
+struct State {
+    pending: BTreeSet<String>,
+    failures: Vec<String>,
+}
 
 /// Held by a start-up task until it is ready.
 pub struct ReadyGuard {
@@ -23,20 +33,31 @@ impl Readiness {
     /// Registers a task that must finish before the process is ready.
     pub fn register(&self, name: impl Into<String>) -> ReadyGuard {
         let name = name.into();
-        self.pending_mut().insert(name.clone());
+        self.state().pending.insert(name.clone());
         ReadyGuard { name, registry: self.clone() }
+    }
+
+    /// Marks the process unready for good, saying why (which task failed, how).
+    pub fn fail(&self, reason: impl Into<String>) {
+        self.state().failures.push(reason.into());
     }
 
     /// The tasks not ready yet (empty when ready).
     pub fn pending(&self) -> Vec<String> {
-        self.pending_mut().iter().cloned().collect()
+        self.state().pending.iter().cloned().collect()
+    }
+
+    /// Why the process will not become ready again (empty unless a task failed).
+    pub fn failures(&self) -> Vec<String> {
+        self.state().failures.clone()
     }
 
     pub fn is_ready(&self) -> bool {
-        self.pending_mut().is_empty()
+        let state = self.state();
+        state.pending.is_empty() && state.failures.is_empty()
     }
 
-    fn pending_mut(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // A set of names cannot be left half-updated; take over a poisoned lock.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -44,7 +65,7 @@ impl Readiness {
 
 impl ReadyGuard {
     pub fn ready(self) {
-        self.registry.pending_mut().remove(&self.name);
+        self.registry.state().pending.remove(&self.name);
     }
 }
 
@@ -62,5 +83,16 @@ mod tests {
         assert_eq!(r.pending(), vec!["b".to_string()]);
         drop(b);
         assert!(!r.is_ready(), "a dropped guard is not a ready task");
+    }
+
+    #[test]
+    fn a_failure_makes_a_ready_process_unready() {
+        let r = Readiness::new();
+        r.register("a").ready();
+        assert!(r.is_ready());
+        r.fail("task `a` panicked: boom");
+        assert!(!r.is_ready());
+        assert!(r.pending().is_empty());
+        assert_eq!(r.failures(), vec!["task `a` panicked: boom".to_string()]);
     }
 }

@@ -254,6 +254,44 @@ fn the_controller_serves_health_and_metrics_and_stops_on_sigterm() {
     assert!(controller.terminate(Duration::from_secs(10)), "the controller did not exit cleanly on SIGTERM");
 }
 
+/// Every proxy depends on the push loop, so a push that panics (a bug in
+/// translation; here a fault compiled only into the e2e build makes every
+/// push panic while a given namespace exists) must not leave the
+/// controller serving stale configuration: it exits non-zero, naming the
+/// task and the panic, for Kubernetes to restart it.
+#[test]
+fn a_push_that_panics_stops_the_controller_and_says_why() {
+    install_crds();
+    let home = TempNamespace::new("mesh-home");
+    let trigger = format!("{}-fault", home.name);
+    let mut controller = Controller::spawn_logged(&home.name, &[("MESH_TEST_PANIC_PUSH", &trigger)]);
+    controller.wait_ready(Duration::from_secs(30));
+    assert_eq!(
+        controller.wait_exit(Duration::from_millis(500)),
+        None,
+        "the controller exited before the fault"
+    );
+
+    let _trigger = TempNamespace::named(&trigger);
+    let status =
+        controller.wait_exit(Duration::from_secs(30)).expect("the controller exits after the push panicked");
+    assert!(!status.success(), "a failed controller must exit non-zero, not {status}");
+    let log = controller.log();
+    let panic = format!("injected fault: namespace {trigger} exists (MESH_TEST_PANIC_PUSH)");
+    assert!(
+        log.contains(&format!("a push panicked panic={panic}")),
+        "the push's panic is not logged:\n{log}"
+    );
+    assert!(
+        log.contains("shutting down, to be restarted task=xDS push loop reason=failed: a push panicked"),
+        "the failed task is not logged:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("mesh: error: xDS push loop failed: a push panicked: {panic}")),
+        "the controller does not say why it exits:\n{log}"
+    );
+}
+
 /// `enforcement_mode` -> `enforcementMode`, at every depth.
 fn camel_case_keys(v: &Value) -> Value {
     match v {

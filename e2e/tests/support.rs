@@ -2,10 +2,11 @@
 //! cluster, the real `mesh controller` as a child process, and namespaces
 //! that are removed when the test ends, whatever its outcome.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -118,6 +119,8 @@ pub struct Controller {
     pub monitoring: String,
     /// The mesh namespace made for it, when it was not given one.
     _home: Option<TempNamespace>,
+    /// Its log so far, when it was started with [`Controller::spawn_logged`].
+    log: Option<Arc<Mutex<String>>>,
 }
 
 impl Controller {
@@ -139,19 +142,65 @@ impl Controller {
 
     /// A controller whose mesh namespace is `namespace`, not waiting for it.
     pub fn spawn_in(namespace: &str) -> Self {
+        let (mut command, monitoring) = Self::command(namespace);
+        let child = command.stderr(Stdio::inherit()).spawn().expect("starting mesh controller");
+        Self { child, monitoring, _home: None, log: None }
+    }
+
+    /// A controller with extra environment variables, whose log (stderr)
+    /// is kept for [`Controller::log`] and echoed; not waiting for it.
+    pub fn spawn_logged(namespace: &str, env: &[(&str, &str)]) -> Self {
+        let (mut command, monitoring) = Self::command(namespace);
+        let mut child = command
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting mesh controller");
+        let stderr = child.stderr.take().expect("stderr was piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let kept = log.clone();
+        // Ends when the controller closes its stderr (it exits).
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let mut log = kept.lock().unwrap_or_else(|p| p.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Self { child, monitoring, _home: None, log: Some(log) }
+    }
+
+    fn command(namespace: &str) -> (Command, String) {
         let bin = std::env::var("MESH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mesh").to_string());
         let monitoring = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .args(["controller", "--kubeconfig", &kubeconfig(), "--monitoring-addr", &monitoring])
             .args(["--namespace", namespace])
             .args(["--webhook-addr", &format!("127.0.0.1:{}", free_port())])
             .args(["--xds-addr", &format!("127.0.0.1:{}", free_port())])
             .env("MESH_LOG", "info,mesh=debug")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting mesh controller");
-        Self { child, monitoring, _home: None }
+            .stdout(Stdio::null());
+        (command, monitoring)
+    }
+
+    /// What a controller from [`Controller::spawn_logged`] logged so far.
+    pub fn log(&self) -> String {
+        let log = self.log.as_ref().expect("the controller was started with spawn_logged");
+        log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// How the controller exited, if it did within `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {

@@ -8,14 +8,16 @@ use kube::Client;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
 
 use super::SharedIndex;
 use super::kinds::Watched;
 use crate::readiness::ReadyGuard;
 
-/// Watches one kind until the stream ends (it only ends on shutdown: errors
-/// are logged and retried with back-off).
-pub async fn run<K>(client: Client, index: SharedIndex, ready: ReadyGuard)
+/// Watches one kind until `shutdown`. Errors are logged and retried with
+/// back-off, so the watch never ends on its own; if it did, the index
+/// would go stale, and the controller's supervisor treats that as a failure.
+pub async fn run<K>(client: Client, index: SharedIndex, ready: ReadyGuard, shutdown: CancellationToken)
 where
     K: Watched,
     K::Object: DeserializeOwned,
@@ -24,7 +26,12 @@ where
     let mut listing: Vec<K::Object> = Vec::new();
     let stream = watcher::watcher(K::api(client), watcher::Config::default()).default_backoff();
     futures::pin_mut!(stream);
-    while let Some(event) = stream.next().await {
+    loop {
+        let event = tokio::select! {
+            event = stream.next() => event,
+            _ = shutdown.cancelled() => return,
+        };
+        let Some(event) = event else { return };
         match event {
             Ok(Event::Apply(obj)) => index.lock().apply::<K>(&obj),
             Ok(Event::Delete(obj)) => index.lock().delete::<K>(&obj),

@@ -1,7 +1,7 @@
 //! What the xDS server counts, exported on /metrics with the `mesh_`
 //! prefix: connected proxies, refused streams by reason, and pushes, ACKs
-//! and NACKs by resource type, and how long pushes take. Every label has a
-//! bounded set of values.
+//! and NACKs by resource type, how long pushes take, and pushes that
+//! panicked. Every label has a bounded set of values.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -21,6 +21,7 @@ pub struct XdsMetrics {
     nacks: Family<TypeLabel, Counter>,
     push_seconds: Histogram,
     snapshots_changed: Counter,
+    push_panics: Counter,
 }
 
 impl Default for XdsMetrics {
@@ -36,6 +37,7 @@ impl Default for XdsMetrics {
                 0.001, 2.0, 15,
             )),
             snapshots_changed: Counter::default(),
+            push_panics: Counter::default(),
         }
     }
 }
@@ -83,11 +85,20 @@ impl XdsMetrics {
             "Proxy snapshots that changed in a push (each wakes one stream)",
             self.snapshots_changed.clone(),
         );
+        registry.register(
+            "xds_push_panics",
+            "Pushes, or proxies' first snapshots, that panicked (a bug; a push's panic stops the controller)",
+            self.push_panics.clone(),
+        );
     }
 
     pub(crate) fn push_done(&self, elapsed: std::time::Duration, changed: u64) {
         self.push_seconds.observe(elapsed.as_secs_f64());
         self.snapshots_changed.inc_by(changed);
+    }
+
+    pub(crate) fn push_panicked(&self) {
+        self.push_panics.inc();
     }
 
     pub(crate) fn connected(&self) -> ConnectedGuard {
@@ -132,6 +143,11 @@ impl XdsMetrics {
     pub fn nacks(&self, type_url: &str) -> u64 {
         self.nacks.get_or_create(&type_label(type_url)).get()
     }
+
+    /// Pushes and first snapshots that panicked.
+    pub fn push_panics(&self) -> u64 {
+        self.push_panics.get()
+    }
 }
 
 fn type_label(type_url: &str) -> TypeLabel {
@@ -158,12 +174,14 @@ mod tests {
         metrics.register(&mut registry);
         metrics.rejected("pod_mismatch");
         metrics.nacked(types::LISTENER);
+        metrics.push_panicked();
         let guard = metrics.connected();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(text.contains("mesh_xds_rejected_streams_total{reason=\"pod_mismatch\"} 1"), "{text}");
         assert!(text.contains("mesh_xds_nacks_total{type=\"lds\"} 1"), "{text}");
         assert!(text.contains("mesh_xds_connected_proxies 1"), "{text}");
+        assert!(text.contains("mesh_xds_push_panics_total 1"), "{text}");
         drop(guard);
         assert_eq!(metrics.connected_proxies(), 0);
         assert_eq!(metrics.rejected_streams("pod_mismatch"), 1);

@@ -54,7 +54,7 @@ pub use generator::{Generator, Passthrough, PushContext, ScopeCache};
 pub use mesh::MeshGenerator;
 pub use metrics::XdsMetrics;
 pub use proxy::{Proxy, ProxyId};
-pub use push::{Connections, Debounce};
+pub use push::{Connections, Debounce, PushError};
 pub use server::{Ads, AdsSettings, serve};
 pub use snapshot::{Resource, ResourceSet, Resources, Snapshot};
 pub use tokenreview::KubeAuthenticator;

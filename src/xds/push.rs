@@ -13,6 +13,14 @@
 //! was replaced by a pod of the same name): it reconnects and
 //! authenticates again.
 //!
+//! A push that panics (a bug in a [`Generator`]) is logged with its
+//! message and counted (`mesh_xds_push_panics_total`), never swallowed:
+//! [`run`] ends with it, and since every proxy depends on this loop the
+//! controller's supervisor stops the controller, to be restarted, rather
+//! than serve configuration that no longer follows the cluster. A proxy's
+//! first snapshot that panics is logged and counted too, and ends only
+//! that proxy's stream.
+//!
 //! [`Connections`] is the registry of connected proxies behind
 //! /debug/syncz and /debug/config_dump.
 
@@ -22,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
+use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 
 use super::generator::{Generator, PushContext};
@@ -31,6 +40,7 @@ use super::snapshot::{Resources, Snapshot};
 use super::stream::TypeStatus;
 use crate::index::SharedIndex;
 use crate::model::ObjectKey;
+use crate::supervisor::panic_message;
 
 /// How index changes are coalesced into pushes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -251,6 +261,17 @@ pub struct Pusher {
     pushing: tokio::sync::Mutex<()>,
 }
 
+/// Why a push (or a proxy's first snapshot) made nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    /// Generating configuration panicked: a bug, with the panic's message.
+    #[error("a push panicked: {0}")]
+    Panicked(String),
+    /// The runtime is shutting down.
+    #[error("a push was cancelled: the runtime is shutting down")]
+    Cancelled,
+}
+
 /// What one push did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PushSummary {
@@ -293,19 +314,40 @@ impl Pusher {
 
     /// Gives a just registered stream its first snapshot (unless a push
     /// already gave it a newer one) and returns what it has.
-    pub(crate) fn first_offer(&self, connection: &Connection) -> Offer {
-        let (epoch, context) = self.context();
-        connection.offer(epoch, context.generate(&connection.proxy));
-        connection.offers.borrow().clone()
+    pub(crate) async fn first_offer(
+        self: &Arc<Self>,
+        connection: Arc<Connection>,
+    ) -> Result<Offer, PushError> {
+        let this = self.clone();
+        let proxy = connection.proxy.id.to_string();
+        tokio::task::spawn_blocking(move || {
+            let (epoch, context) = this.context();
+            connection.offer(epoch, context.generate(&connection.proxy));
+            connection.offers.borrow().clone()
+        })
+        .await
+        .map_err(|e| self.failed(e, &format!("the first snapshot of {proxy}")))
     }
 
     /// One push: a fresh context from the index, a snapshot for every
     /// proxy, and an end to streams whose pod is gone.
-    pub async fn push(self: &Arc<Self>) -> PushSummary {
+    pub async fn push(self: &Arc<Self>) -> Result<PushSummary, PushError> {
         let _one = self.pushing.lock().await;
         let this = self.clone();
-        let summary = tokio::task::spawn_blocking(move || this.push_blocking()).await;
-        summary.unwrap_or_default()
+        tokio::task::spawn_blocking(move || this.push_blocking()).await.map_err(|e| self.failed(e, "a push"))
+    }
+
+    /// Logs and counts a panic of `what`.
+    fn failed(&self, error: JoinError, what: &str) -> PushError {
+        match error.try_into_panic() {
+            Ok(panic) => {
+                let message = panic_message(&*panic);
+                self.metrics.push_panicked();
+                tracing::error!(panic = %message, "{what} panicked");
+                PushError::Panicked(message)
+            }
+            Err(_) => PushError::Cancelled,
+        }
     }
 
     fn push_blocking(&self) -> PushSummary {
@@ -332,15 +374,26 @@ impl Pusher {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(live.len().max(1));
         let chunk = live.len().div_ceil(threads).max(1);
         std::thread::scope(|scope| {
-            for part in live.chunks(chunk) {
-                let (context, changed) = (&context, &changed);
-                scope.spawn(move || {
-                    for connection in part {
-                        if connection.offer(epoch, context.generate(&connection.proxy)) {
-                            changed.fetch_add(1, Ordering::Relaxed);
+            let parts: Vec<_> = live
+                .chunks(chunk)
+                .map(|part| {
+                    let (context, changed) = (&context, &changed);
+                    scope.spawn(move || {
+                        for connection in part {
+                            if connection.offer(epoch, context.generate(&connection.proxy)) {
+                                changed.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
-                    }
-                });
+                    })
+                })
+                .collect();
+            // A part's panic is re-raised with its own message (the scope
+            // would raise one that says only that a thread panicked), for
+            // `push` to report.
+            for part in parts {
+                if let Err(panic) = part.join() {
+                    std::panic::resume_unwind(panic);
+                }
             }
         });
         let summary =
@@ -359,28 +412,33 @@ impl Pusher {
     }
 }
 
-/// Pushes after every (debounced) change of the index, until `shutdown`.
-pub async fn run(pusher: Arc<Pusher>, debounce: Debounce, shutdown: CancellationToken) {
+/// Pushes after every (debounced) change of the index, until `shutdown`;
+/// ends early with a push's panic (see the module's documentation).
+pub async fn run(
+    pusher: Arc<Pusher>,
+    debounce: Debounce,
+    shutdown: CancellationToken,
+) -> Result<(), PushError> {
     let mut revisions = pusher.index.lock().subscribe();
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = revisions.changed() => if changed.is_err() { return },
+            _ = shutdown.cancelled() => return Ok(()),
+            changed = revisions.changed() => if changed.is_err() { return Ok(()) },
         }
         let first = tokio::time::Instant::now();
         let latest = first + debounce.max_delay;
         let mut quiet_until = first + debounce.quiet;
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return Ok(()),
                 _ = tokio::time::sleep_until(quiet_until.min(latest)) => break,
                 changed = revisions.changed() => {
-                    if changed.is_err() { return }
+                    if changed.is_err() { return Ok(()) }
                     quiet_until = tokio::time::Instant::now() + debounce.quiet;
                 }
             }
         }
         revisions.borrow_and_update();
-        pusher.push().await;
+        pusher.push().await?;
     }
 }

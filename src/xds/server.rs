@@ -43,7 +43,9 @@ use super::generator::{Generator, Passthrough};
 use super::grpc::{Chunks, Frames, Requests, ResponseBody};
 use super::metrics::XdsMetrics;
 use super::proxy::{Proxy, ProxyId};
-use super::push::{self, Connection, Connections, Debounce, NackRecord, Protocol, Pusher, StreamReport};
+use super::push::{
+    self, Connection, Connections, Debounce, NackRecord, Protocol, PushError, Pusher, StreamReport,
+};
 use super::snapshot::{Resources, Snapshot};
 use super::stream::{Event, ProtocolError, SotwStream, Step, TypeStatus};
 use super::types;
@@ -111,6 +113,7 @@ struct Shared {
     index: SharedIndex,
     pusher: Arc<Pusher>,
     metrics: XdsMetrics,
+    debounce: Debounce,
     shutdown: CancellationToken,
     pod_wait: Duration,
     large: Arc<Semaphore>,
@@ -118,8 +121,8 @@ struct Shared {
 
 impl Ads {
     /// A service that gives every authorized proxy the pass-through
-    /// configuration; `shutdown` ends its streams. Must be called within
-    /// a Tokio runtime: it starts the push loop.
+    /// configuration; `shutdown` ends its streams. Proxies get new
+    /// snapshots only while [`Ads::push_loop`] runs.
     pub fn new(
         authenticator: Arc<dyn Authenticator>,
         index: SharedIndex,
@@ -140,7 +143,7 @@ impl Ads {
         Self::with_settings(authenticator, index, generator, metrics, AdsSettings::default(), shutdown)
     }
 
-    /// The service with explicit settings; starts the push loop.
+    /// The service with explicit settings.
     pub fn with_settings(
         authenticator: Arc<dyn Authenticator>,
         index: SharedIndex,
@@ -151,18 +154,25 @@ impl Ads {
     ) -> Self {
         let connections = Connections::new(settings.instance);
         let pusher = Arc::new(Pusher::new(generator, index.clone(), connections, metrics.clone()));
-        tokio::spawn(push::run(pusher.clone(), settings.debounce, shutdown.clone()));
         Self {
             inner: Arc::new(Shared {
                 authenticator,
                 index,
                 pusher,
                 metrics,
+                debounce: settings.debounce,
                 shutdown,
                 pod_wait: POD_WAIT,
                 large: Arc::new(Semaphore::new(LARGE_IN_FLIGHT)),
             }),
         }
+    }
+
+    /// The push loop: a push after every (debounced) index change, until
+    /// shutdown; it ends early with a push's panic. The caller runs it (the
+    /// controller, among its supervised tasks).
+    pub fn push_loop(&self) -> impl Future<Output = Result<(), PushError>> + Send + 'static {
+        push::run(self.inner.pusher.clone(), self.inner.debounce, self.inner.shutdown.clone())
     }
 
     /// The connected proxies (for /debug/syncz and /debug/config_dump).
@@ -407,10 +417,19 @@ impl<M: Machine> Session<M> {
         let registered = shared.pusher.connections().register(proxy, node_id, M::PROTOCOL);
         let connection = registered.connection.clone();
         let mut offers = connection.offers();
-        let pusher = shared.pusher.clone();
-        let offering = connection.clone();
-        let Ok(offer) = tokio::task::spawn_blocking(move || pusher.first_offer(&offering)).await else {
-            return;
+        let offer = match shared.pusher.first_offer(connection.clone()).await {
+            Ok(offer) => offer,
+            // The pusher logged and counted a panic; the proxy retries.
+            Err(e) => {
+                let status = match e {
+                    PushError::Panicked(_) => Status::internal(
+                        "generating this proxy's configuration failed: a bug in the control plane (see its log)",
+                    ),
+                    PushError::Cancelled => Status::unavailable("control plane shutdown"),
+                };
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
         };
         offers.borrow_and_update();
         let machine = M::new(offer.snapshot);

@@ -123,7 +123,9 @@ fn ack(response: &DiscoveryResponse) -> DiscoveryRequest {
 fn ads(authenticator: Arc<dyn Authenticator>, index: SharedIndex) -> (Ads, XdsMetrics, CancellationToken) {
     let metrics = XdsMetrics::default();
     let shutdown = CancellationToken::new();
-    (Ads::new(authenticator, index, metrics.clone(), shutdown.clone()), metrics, shutdown)
+    let ads = Ads::new(authenticator, index, metrics.clone(), shutdown.clone());
+    tokio::spawn(ads.push_loop());
+    (ads, metrics, shutdown)
 }
 
 async fn refused(ads: &Ads, authorization: Option<&str>, node_id: &str) -> Status {
@@ -254,6 +256,98 @@ async fn a_nack_is_counted_and_the_refused_version_not_resent() {
     assert!(quiet.is_err(), "the NACKed version is not re-sent: {quiet:?}");
 }
 
+/// The pass-through configuration, until the index holds a pod named
+/// [`FAULTY_POD`]: then generating any proxy's snapshot panics, as a bug
+/// in translation would.
+struct FaultyGenerator(super::Passthrough);
+
+const FAULTY_POD: &str = "faulty-v1-z";
+
+struct FaultyContext {
+    faulty: bool,
+    inner: Arc<dyn super::PushContext>,
+}
+
+impl super::Generator for FaultyGenerator {
+    fn prepare(&self, index: &Index) -> Arc<dyn super::PushContext> {
+        let faulty = index.workloads.keys().any(|key| key.name == FAULTY_POD);
+        Arc::new(FaultyContext { faulty, inner: self.0.prepare(index) })
+    }
+}
+
+impl super::PushContext for FaultyContext {
+    fn generate(&self, proxy: &super::Proxy) -> super::Snapshot {
+        if self.faulty {
+            panic!("generating the listeners of {}: a bug", proxy.id);
+        }
+        self.inner.generate(proxy)
+    }
+}
+
+#[tokio::test]
+async fn a_push_that_panics_is_counted_and_stops_the_controller() {
+    let index = index();
+    let metrics = XdsMetrics::default();
+    let shutdown = CancellationToken::new();
+    let readiness = crate::readiness::Readiness::new();
+    let settings = super::AdsSettings { debounce: super::Debounce::from_millis(10), instance: "test".into() };
+    let ads = Ads::with_settings(
+        FakeAuthenticator::new(),
+        index.clone(),
+        Arc::new(FaultyGenerator(super::Passthrough::new())),
+        metrics.clone(),
+        settings,
+        shutdown.clone(),
+    );
+    let mut tasks = crate::supervisor::Tasks::new(readiness.clone(), shutdown.clone());
+    tasks.spawn("xDS push loop", ads.push_loop());
+    let controller = tokio::spawn(tasks.run_until(std::future::pending()));
+    let bearer = format!("Bearer {TOKEN}");
+    let mut stream =
+        Scripted::open(&ads, Some(&bearer), first_request(types::CLUSTER, NODE_ID)).await.expect("accepted");
+    stream.next().await.expect("clusters, before the fault");
+    assert!(readiness.is_ready());
+
+    // The next push generates the connected proxy's snapshot, on a thread of its own, and panics.
+    index.lock().apply::<Pods>(&pod(FAULTY_POD, "uid-9", "10.1.2.9"));
+    let stopped =
+        tokio::time::timeout(Duration::from_secs(5), controller).await.expect("the controller stops");
+    let failed = stopped.expect("the supervisor ran").expect_err("a failure");
+
+    assert_eq!(failed.task, "xDS push loop");
+    assert_eq!(
+        failed.to_string(),
+        "xDS push loop failed: a push panicked: \
+         generating the listeners of default/productpage-v1-x (10.1.2.3): a bug"
+    );
+    assert_eq!(metrics.push_panics(), 1);
+    assert!(!readiness.is_ready());
+    assert_eq!(readiness.failures(), vec![failed.to_string()]);
+    // The controller is stopping: the proxy is told to go elsewhere.
+    assert_eq!(stream.next().await.expect_err("the stream ends").code(), Code::Unavailable);
+}
+
+#[tokio::test]
+async fn a_first_snapshot_that_panics_ends_that_stream_and_is_counted() {
+    let index = index();
+    index.lock().apply::<Pods>(&pod(FAULTY_POD, "uid-9", "10.1.2.9"));
+    let metrics = XdsMetrics::default();
+    let ads = Ads::with_generator(
+        FakeAuthenticator::new(),
+        index,
+        Arc::new(FaultyGenerator(super::Passthrough::new())),
+        metrics.clone(),
+        CancellationToken::new(),
+    );
+    let bearer = format!("Bearer {TOKEN}");
+    let mut stream =
+        Scripted::open(&ads, Some(&bearer), first_request(types::CLUSTER, NODE_ID)).await.expect("admitted");
+    let status = stream.next().await.expect_err("no configuration");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(status.message().contains("a bug in the control plane"), "{}", status.message());
+    assert_eq!(metrics.push_panics(), 1);
+}
+
 // ---- real Envoy ----
 
 /// The xDS server on 127.0.0.1, with a certificate for `localhost` from a
@@ -284,6 +378,7 @@ impl ControlPlane {
         let metrics = XdsMetrics::default();
         let shutdown = CancellationToken::new();
         let ads = Ads::new(authenticator, index.clone(), metrics.clone(), shutdown.clone());
+        tokio::spawn(ads.push_loop());
         let connections = ads.connections();
         let server = tokio::spawn(super::serve(listener, cert, ads, shutdown.clone()));
         Self {
@@ -606,6 +701,7 @@ async fn a_delta_stream_is_authenticated_like_sotw_and_ends_when_its_pod_goes() 
         settings,
         shutdown.clone(),
     );
+    tokio::spawn(ads.push_loop());
     let first = |node: &str| DeltaDiscoveryRequest {
         type_url: types::CLUSTER.into(),
         node: Some(Node { id: node.into(), ..Default::default() }),
