@@ -18,10 +18,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::ca;
+use crate::ca::serving::ServingCert;
 use crate::index::{self, Index, IndexMetrics, SharedIndex, kinds::Watched};
+use crate::model::host::CLUSTER_DOMAIN;
 use crate::monitoring;
 use crate::readiness::{Readiness, ReadyGuard};
-use crate::webhook::{self, server::ServingCert};
+use crate::webhook;
 
 /// Settings of the controller, from flags or their environment variables.
 #[derive(clap::Args, Debug, Clone)]
@@ -300,7 +302,7 @@ fn issue_serving(
     serving: &ServingCert,
 ) -> anyhow::Result<time::OffsetDateTime> {
     let now = time::OffsetDateTime::now_utc();
-    let names = ca::service_dns_names(&args.service_name, &args.namespace, "cluster.local");
+    let names = ca::service_dns_names(&args.service_name, &args.namespace, CLUSTER_DOMAIN);
     let lifetime = Duration::from_secs(args.serving_cert_seconds.max(2));
     let leaf = authority.issue_serving(&names, lifetime.try_into()?, now)?;
     serving.set(&leaf.cert_chain_pem, &leaf.key_pem)?;

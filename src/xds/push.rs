@@ -28,7 +28,7 @@ use super::metrics::XdsMetrics;
 use super::proxy::Proxy;
 use super::snapshot::{Generator, PushContext, Resources, Snapshot};
 use super::stream::TypeStatus;
-use crate::index::SharedIndex;
+use crate::index::{Pods, SharedIndex};
 use crate::model::ObjectKey;
 
 /// How index changes are coalesced into pushes.
@@ -315,7 +315,7 @@ impl Pusher {
             let context = self.generator.prepare(&index);
             let gone: Vec<_> = connections
                 .iter()
-                .filter(|c| index.workloads.get(&c.pod()).is_none_or(|w| w.uid != c.proxy.identity.pod_uid))
+                .filter(|c| index.get::<Pods>(&c.pod()).is_none_or(|w| w.uid != c.proxy.identity.pod_uid))
                 .cloned()
                 .collect();
             (context, gone)

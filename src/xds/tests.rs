@@ -25,9 +25,9 @@ use tonic::{Code, Status};
 use super::auth::{Authenticator, Rejection, TokenIdentity};
 use super::server::{Ads, ResponseStream, ServeError};
 use super::{XdsMetrics, types};
+use crate::ca::serving::ServingCert;
 use crate::index::{Index, IndexMetrics, Pods, SharedIndex};
 use crate::testing::{TempDir, envoy_binary};
-use crate::webhook::server::ServingCert;
 
 const NODE_ID: &str = "sidecar~10.1.2.3~productpage-v1-x.default~default.svc.cluster.local";
 const TOKEN: &str = "productpage-token";
