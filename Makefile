@@ -48,7 +48,9 @@ run: tools build ## Local cluster + Bookinfo + the controller in the foreground;
 
 test: tools lint test-unit test-e2e ## Everything: format, lints, unit tests, end-to-end tests
 
-lint: ## cargo fmt --check and clippy with warnings as errors
+lint: ## The layer check (imports flow one way), cargo fmt --check and clippy with warnings as errors
+	python3 scripts/layers.py
+	python3 scripts/layers.py --self-test
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --features mesh/e2e -- -D warnings
 

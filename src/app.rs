@@ -21,11 +21,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ca;
+use crate::ca::serving::ServingCert;
 use crate::index::{self, Index, IndexMetrics, SharedIndex, kinds::Watched};
+use crate::model::host::CLUSTER_DOMAIN;
 use crate::monitoring;
 use crate::readiness::{Readiness, ReadyGuard};
 use crate::supervisor::Tasks;
-use crate::webhook::{self, server::ServingCert};
+use crate::webhook;
 use crate::xds::Generator;
 
 /// Settings of the controller, from flags or their environment variables.
@@ -306,7 +308,7 @@ fn issue_serving(
     serving: &ServingCert,
 ) -> anyhow::Result<time::OffsetDateTime> {
     let now = time::OffsetDateTime::now_utc();
-    let names = ca::service_dns_names(&args.service_name, &args.namespace, "cluster.local");
+    let names = ca::service_dns_names(&args.service_name, &args.namespace, CLUSTER_DOMAIN);
     let lifetime = Duration::from_secs(args.serving_cert_seconds.max(2));
     let leaf = authority.issue_serving(&names, lifetime.try_into()?, now)?;
     serving.set(&leaf.cert_chain_pem, &leaf.key_pem)?;
@@ -391,7 +393,7 @@ mod faults {
 
     impl Generator for PanicWhileNamespaceExists {
         fn prepare(&self, index: &Index) -> Arc<dyn PushContext> {
-            if index.namespaces.values().any(|ns| ns.name == self.namespace) {
+            if index.state().namespaces.values().any(|ns| ns.name == self.namespace) {
                 panic!("injected fault: namespace {} exists (MESH_TEST_PANIC_PUSH)", self.namespace);
             }
             self.generator.prepare(index)

@@ -1,10 +1,15 @@
 //! mesh: a service-mesh control plane for Kubernetes that speaks Istio's
 //! configuration APIs and drives stock Envoy sidecars.
 //!
-//! Layers, imports flowing one way (see docs/architecture.md):
-//! `api` (CRD types) -> `model` (plain data) -> `index` (watch events to
-//! model) -> later `translate`, `xds`, `ca`, `webhook`; `app` wires them.
+//! Layers, imports flowing one way (see docs/architecture.md; `make lint`
+//! checks them with scripts/layers.py):
+//! `api` (CRD types) -> `model` (plain data, Istio's grammar) -> `index`
+//! (watch events to model), `translate` (model to Envoy) and `validate`
+//! (Istio's rules), which know nothing of each other -> `xds`, `webhook`,
+//! `status` -> `app`, which wires them.
 
+#[cfg(test)]
+mod agreement;
 pub mod api;
 pub mod app;
 pub mod ca;

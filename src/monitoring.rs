@@ -90,14 +90,15 @@ async fn metrics(State(m): State<Monitoring>) -> Response {
 /// The Istio configuration in the index, by kind, and counts of the rest.
 async fn configz(State(m): State<Monitoring>) -> Response {
     let ix = m.index.lock();
+    let state = ix.state();
     let body = json!({
         "revision": ix.revision(),
-        "VirtualService": ix.virtual_services.values().collect::<Vec<_>>(),
-        "DestinationRule": ix.destination_rules.values().collect::<Vec<_>>(),
-        "ServiceRole": ix.service_roles.values().collect::<Vec<_>>(),
-        "ServiceRoleBinding": ix.service_role_bindings.values().collect::<Vec<_>>(),
-        "ClusterRbacConfig": ix.cluster_rbac_configs.values().collect::<Vec<_>>(),
-        "RbacConfig": ix.rbac_configs.values().collect::<Vec<_>>(),
+        "VirtualService": state.virtual_services.values().collect::<Vec<_>>(),
+        "DestinationRule": state.destination_rules.values().collect::<Vec<_>>(),
+        "ServiceRole": state.service_roles.values().collect::<Vec<_>>(),
+        "ServiceRoleBinding": state.service_role_bindings.values().collect::<Vec<_>>(),
+        "ClusterRbacConfig": state.cluster_rbac_configs.values().collect::<Vec<_>>(),
+        "RbacConfig": state.rbac_configs.values().collect::<Vec<_>>(),
         "counts": {
             "Service": ix.count::<index::Services>(),
             "EndpointSlice": ix.count::<index::EndpointSlices>(),

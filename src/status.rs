@@ -28,7 +28,6 @@ use crate::api::{self, ConfigCondition, ConfigStatus};
 use crate::index::{Index, SharedIndex};
 use crate::model::Config;
 use crate::validate::{self, Context, Severity, Validate, inventory};
-use crate::webhook::server::context_of;
 
 /// Conditions longer than this are cut; the Events carry the rest.
 const MAX_MESSAGE: usize = 1024;
@@ -150,26 +149,27 @@ fn event_for(status: &ConfigStatus) -> Option<(String, String)> {
 }
 
 fn pending(index: &Index, now: Timestamp) -> Vec<Write> {
-    let ctx = context_of(index);
+    let state = index.state();
+    let ctx = Context::of(state);
     let mut out = Vec::new();
-    collect::<_, api::VirtualService>("VirtualService", &index.virtual_services, &ctx, now, &mut out);
-    collect::<_, api::DestinationRule>("DestinationRule", &index.destination_rules, &ctx, now, &mut out);
-    collect::<_, api::ServiceRole>("ServiceRole", &index.service_roles, &ctx, now, &mut out);
+    collect::<_, api::VirtualService>("VirtualService", state.virtual_services, &ctx, now, &mut out);
+    collect::<_, api::DestinationRule>("DestinationRule", state.destination_rules, &ctx, now, &mut out);
+    collect::<_, api::ServiceRole>("ServiceRole", state.service_roles, &ctx, now, &mut out);
     collect::<_, api::ServiceRoleBinding>(
         "ServiceRoleBinding",
-        &index.service_role_bindings,
+        state.service_role_bindings,
         &ctx,
         now,
         &mut out,
     );
     collect::<_, api::ClusterRbacConfig>(
         "ClusterRbacConfig",
-        &index.cluster_rbac_configs,
+        state.cluster_rbac_configs,
         &ctx,
         now,
         &mut out,
     );
-    collect::<_, api::RbacConfig>("RbacConfig", &index.rbac_configs, &ctx, now, &mut out);
+    collect::<_, api::RbacConfig>("RbacConfig", state.rbac_configs, &ctx, now, &mut out);
     out
 }
 

@@ -14,6 +14,9 @@
 //! [`RotationPolicy`] decides when a certificate is due for renewal (at half its lifetime, like
 //! Istio); every time-dependent function takes `now`, so tests need no real clock.
 //!
+//! [`serving::ServingCert`] holds the serving certificate the webhooks' and the xDS server's TLS
+//! present, swapped in place on renewal.
+//!
 //! Neighbours: nothing here touches the API server, files or the network. The caller in
 //! `app` stores a generated root in the Secret `mesh-ca` of the mesh namespace (keys
 //! [`CA_CERT`] and [`CA_KEY`]) or reads the user's `cacerts` Secret, publishes
@@ -26,6 +29,7 @@ mod error;
 mod identity;
 mod key;
 mod policy;
+pub mod serving;
 pub mod store;
 #[cfg(test)]
 mod tests;

@@ -14,11 +14,16 @@
 //! An object that cannot be parsed is logged, counted and skipped; when it
 //! was an update, the last good version is kept, so one bad object never
 //! takes working configuration away.
+//!
+//! Readers see the stores through a small read API: [`Index::state`] (every
+//! store, by reference, as the model's [`ClusterState`]: the mesh view,
+//! validation's context and status are built from it), [`Index::get`] and
+//! [`Index::count`] per kind, and the revisions. Only `apply`, `delete` and
+//! `reset` change what it holds.
 
 pub mod kinds;
 pub mod watch;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use prometheus_client::metrics::counter::Counter;
@@ -33,7 +38,8 @@ use crate::api::{
     rbac_config::RbacConfigSpec, service_role::ServiceRoleSpec, service_role_binding::ServiceRoleBindingSpec,
     virtual_service::VirtualServiceSpec,
 };
-use crate::model::{Config, EndpointSlice, Namespace, ObjectKey, Service, Workload};
+pub use crate::model::Store;
+use crate::model::{ClusterState, Config, EndpointSlice, Namespace, ObjectKey, Service, Workload};
 
 pub use kinds::{
     ClusterRbacConfigs, DestinationRules, EndpointSlices, Namespaces, Pods, RbacConfigs, ServiceRoleBindings,
@@ -68,9 +74,6 @@ pub trait Kind: 'static {
     fn store_ref(index: &Index) -> &Store<Self::Entry>;
 }
 
-/// The entries of one kind, by namespace and name.
-pub type Store<E> = BTreeMap<ObjectKey, E>;
-
 /// Counters the index keeps about itself, exported on /metrics.
 #[derive(Clone, Default)]
 pub struct IndexMetrics {
@@ -100,16 +103,16 @@ impl IndexMetrics {
 
 /// Everything the controller knows about the cluster.
 pub struct Index {
-    pub services: Store<Service>,
-    pub endpoint_slices: Store<EndpointSlice>,
-    pub workloads: Store<Workload>,
-    pub namespaces: Store<Namespace>,
-    pub virtual_services: Store<Config<VirtualServiceSpec>>,
-    pub destination_rules: Store<Config<DestinationRuleSpec>>,
-    pub service_roles: Store<Config<ServiceRoleSpec>>,
-    pub service_role_bindings: Store<Config<ServiceRoleBindingSpec>>,
-    pub cluster_rbac_configs: Store<Config<ClusterRbacConfigSpec>>,
-    pub rbac_configs: Store<Config<RbacConfigSpec>>,
+    services: Store<Service>,
+    endpoint_slices: Store<EndpointSlice>,
+    workloads: Store<Workload>,
+    namespaces: Store<Namespace>,
+    virtual_services: Store<Config<VirtualServiceSpec>>,
+    destination_rules: Store<Config<DestinationRuleSpec>>,
+    service_roles: Store<Config<ServiceRoleSpec>>,
+    service_role_bindings: Store<Config<ServiceRoleBindingSpec>>,
+    cluster_rbac_configs: Store<Config<ClusterRbacConfigSpec>>,
+    rbac_configs: Store<Config<RbacConfigSpec>>,
     revision: channel::Sender<u64>,
     config_revision: channel::Sender<u64>,
     metrics: IndexMetrics,
@@ -229,10 +232,29 @@ impl Index {
         }
     }
 
+    /// Every store, by reference: what the layers above read.
+    pub fn state(&self) -> ClusterState<'_> {
+        ClusterState {
+            services: &self.services,
+            endpoint_slices: &self.endpoint_slices,
+            workloads: &self.workloads,
+            namespaces: &self.namespaces,
+            virtual_services: &self.virtual_services,
+            destination_rules: &self.destination_rules,
+            service_roles: &self.service_roles,
+            service_role_bindings: &self.service_role_bindings,
+            cluster_rbac_configs: &self.cluster_rbac_configs,
+            rbac_configs: &self.rbac_configs,
+        }
+    }
+
+    /// The entry of one object, by namespace (empty for cluster-scoped
+    /// kinds) and name.
     pub fn get<K: Kind>(&self, key: &ObjectKey) -> Option<&K::Entry> {
         K::store_ref(self).get(key)
     }
 
+    /// How many objects of a kind the index holds.
     pub fn count<K: Kind>(&self) -> usize {
         K::store_ref(self).len()
     }

@@ -1,8 +1,9 @@
 //! The mesh as the translation layer reads it: Services by host name with
 //! their ports' protocols and endpoints (with the labels of the pods behind
 //! them), and the VirtualServices and DestinationRules bound to those
-//! hosts, with Istio's visibility rules. Built once per index change
-//! ([`MeshView::build`]) and shared by every proxy's translation.
+//! hosts, with Istio's visibility rules. Built once per index change from
+//! the index's [`ClusterState`] ([`MeshView::build`]) and shared by every
+//! proxy's translation. Host names resolve and match by [`super::host`].
 //!
 //! What a proxy sees depends only on its [`ScopeKey`]: its namespace, and
 //! the few pod labels that some rule selects on (`sourceLabels` of a
@@ -31,22 +32,20 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::host::{self, service_fqdn};
 use super::protocol::Protocol;
-use super::visibility::{ExportTo, host_matches, resolve_host, service_fqdn};
-use super::{Config, EndpointSlice, ObjectKey, Service, Workload};
+use super::visibility::ExportTo;
+use super::{ClusterState, EndpointSlice, ObjectKey, Workload};
 use crate::api::destination_rule::DestinationRuleSpec;
 use crate::api::virtual_service::VirtualServiceSpec;
 
 /// The `gateways` entry that means "the sidecars" (also the default when empty).
 pub const MESH_GATEWAY: &str = "mesh";
 
-/// What [`MeshView::build`] reads: the index's stores, by reference.
-pub struct MeshInputs<'a> {
-    pub services: &'a BTreeMap<ObjectKey, Service>,
-    pub endpoint_slices: &'a BTreeMap<ObjectKey, EndpointSlice>,
-    pub workloads: &'a BTreeMap<ObjectKey, Workload>,
-    pub virtual_services: &'a BTreeMap<ObjectKey, Config<VirtualServiceSpec>>,
-    pub destination_rules: &'a BTreeMap<ObjectKey, Config<DestinationRuleSpec>>,
+/// Whether a `gateways` list (of a VirtualService or of one match) takes in
+/// the sidecars: empty, or naming [`MESH_GATEWAY`].
+pub fn for_sidecars(gateways: &[String]) -> bool {
+    gateways.is_empty() || gateways.iter().any(|g| g == MESH_GATEWAY)
 }
 
 /// How Envoy should treat an endpoint.
@@ -130,7 +129,7 @@ pub struct VirtualServiceView {
 impl VirtualServiceView {
     /// Whether sidecars apply it (no `gateways`, or `mesh` among them).
     pub fn for_sidecars(&self) -> bool {
-        self.spec.gateways.is_empty() || self.spec.gateways.iter().any(|g| g == MESH_GATEWAY)
+        for_sidecars(&self.spec.gateways)
     }
 }
 
@@ -192,7 +191,7 @@ pub struct MeshView {
 }
 
 impl MeshView {
-    pub fn build(inputs: MeshInputs<'_>) -> Self {
+    pub fn build(inputs: ClusterState<'_>) -> Self {
         let labels: HashMap<&ObjectKey, Arc<BTreeMap<String, String>>> =
             inputs.workloads.iter().map(|(key, w)| (key, Arc::new(w.labels.clone()))).collect();
         let no_labels = Arc::new(BTreeMap::new());
@@ -253,9 +252,9 @@ impl MeshView {
             }
             let index = view.virtual_services.len();
             let hosts: Vec<String> =
-                config.spec.hosts.iter().map(|h| resolve_host(h, ns, is_service)).collect();
+                config.spec.hosts.iter().map(|h| host::resolve(h, ns, is_service)).collect();
             for host in &hosts {
-                if host.starts_with('*') {
+                if host::is_wildcard(host) {
                     view.wildcard_vs.push(index);
                 } else {
                     view.vs_by_host.entry(host.clone()).or_default().push(index);
@@ -276,8 +275,8 @@ impl MeshView {
                 selected_label_keys.extend(selector.match_labels.keys().cloned());
             }
             let index = view.destination_rules.len();
-            let host = resolve_host(&config.spec.host, ns, is_service);
-            if host.starts_with('*') {
+            let host = host::resolve(&config.spec.host, ns, is_service);
+            if host::is_wildcard(&host) {
                 view.wildcard_dr.push(index);
             } else {
                 view.dr_by_host.entry(host.clone()).or_default().push(index);
@@ -325,9 +324,10 @@ impl MeshView {
         self.services().filter(move |s| s.export_to.visible_to(namespace))
     }
 
-    /// Resolves a host written in a configuration of `namespace`.
+    /// Resolves a host written in a configuration of `namespace`
+    /// ([`host::resolve`], knowing this view's Services).
     pub fn resolve_host(&self, host: &str, namespace: &str) -> String {
-        resolve_host(host, namespace, |h| self.services.contains_key(h))
+        host::resolve(host, namespace, |h| self.services.contains_key(h))
     }
 
     /// The VirtualService that routes `service` for proxies of `scope`.
@@ -344,7 +344,7 @@ impl MeshView {
                 let pattern = vs
                     .hosts
                     .iter()
-                    .filter(|h| host_matches(h, &service.hostname))
+                    .filter(|h| host::matches(h, &service.hostname))
                     .min_by_key(|h| specificity(h))?;
                 let rank = (namespace_rank(&vs.key.namespace, scope, service), specificity(pattern), &vs.key);
                 Some((rank, vs))
@@ -362,7 +362,7 @@ impl MeshView {
         let exact = self.dr_by_host.get(&service.hostname).into_iter().flatten();
         let candidates = exact.chain(self.wildcard_dr.iter()).map(|&i| &self.destination_rules[i]);
         candidates
-            .filter(|dr| host_matches(&dr.host, &service.hostname))
+            .filter(|dr| host::matches(&dr.host, &service.hostname))
             .filter_map(|dr| {
                 let selected = match &dr.spec.workload_selector {
                     // Istio: a rule with a selector applies only in its own
@@ -409,7 +409,7 @@ fn namespace_rank(namespace: &str, scope: &ScopeKey, service: &ServiceView) -> u
 
 /// Smaller is more specific: an exact host, then longer wildcards.
 fn specificity(pattern: &str) -> (bool, std::cmp::Reverse<usize>) {
-    (pattern.starts_with('*'), std::cmp::Reverse(pattern.len()))
+    (host::is_wildcard(pattern), std::cmp::Reverse(pattern.len()))
 }
 
 /// Whether every entry of `selector` is in `labels`.

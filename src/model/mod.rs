@@ -5,7 +5,17 @@
 //!
 //! Configuration specs are the `api` types themselves: they are plain serde
 //! structs, and keeping one definition avoids a second copy that can drift.
+//!
+//! [`ClusterState`] is what the index holds, by reference: the one input of
+//! the layers above it (the mesh view for translation, validation's
+//! context, status), so none of them needs to know the index.
+//!
+//! Istio's grammar lives here once, for every reader: host names
+//! ([`host`]), durations ([`duration`]) and the `mesh` gateway
+//! ([`mesh::MESH_GATEWAY`]).
 
+pub mod duration;
+pub mod host;
 pub mod mesh;
 pub mod protocol;
 pub mod visibility;
@@ -13,6 +23,13 @@ pub mod visibility;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+
+use crate::api::cluster_rbac_config::ClusterRbacConfigSpec;
+use crate::api::destination_rule::DestinationRuleSpec;
+use crate::api::rbac_config::RbacConfigSpec;
+use crate::api::service_role::ServiceRoleSpec;
+use crate::api::service_role_binding::ServiceRoleBindingSpec;
+use crate::api::virtual_service::VirtualServiceSpec;
 
 /// Names one object: namespace (empty for cluster-scoped kinds) and name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -129,4 +146,24 @@ pub struct Config<S> {
     /// As stored; absent or unreadable status is None (it is only ever rewritten).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<crate::api::ConfigStatus>,
+}
+
+/// The entries of one kind, by namespace and name.
+pub type Store<E> = BTreeMap<ObjectKey, E>;
+
+/// Everything the cluster holds that the mesh reads, by reference: the
+/// index hands it out under its lock, and the mesh view, validation's
+/// context and status are built from it.
+#[derive(Clone, Copy)]
+pub struct ClusterState<'a> {
+    pub services: &'a Store<Service>,
+    pub endpoint_slices: &'a Store<EndpointSlice>,
+    pub workloads: &'a Store<Workload>,
+    pub namespaces: &'a Store<Namespace>,
+    pub virtual_services: &'a Store<Config<VirtualServiceSpec>>,
+    pub destination_rules: &'a Store<Config<DestinationRuleSpec>>,
+    pub service_roles: &'a Store<Config<ServiceRoleSpec>>,
+    pub service_role_bindings: &'a Store<Config<ServiceRoleBindingSpec>>,
+    pub cluster_rbac_configs: &'a Store<Config<ClusterRbacConfigSpec>>,
+    pub rbac_configs: &'a Store<Config<RbacConfigSpec>>,
 }

@@ -8,11 +8,12 @@
 //! routes anything: traffic flows as it would without the mesh, but Envoy
 //! sees (and counts) it.
 //!
-//! [`sidecar`] is the routed configuration, from a [`MeshView`] built once
-//! per index change ([`mesh_view`]):
+//! [`sidecar`] is the routed configuration, from a
+//! [`MeshView`](crate::model::mesh::MeshView) the caller builds once per
+//! index change from the index's state; nothing here reads the index:
 //!
 //! ```text
-//! let view = translate::mesh_view(&index);              // once per change
+//! let view = MeshView::build(index.state());             // once per change
 //! let proxy = ProxyContext::from_workload(workload);     // per proxy
 //! let scope = view.scope(&proxy);                        // per proxy, cheap
 //! let out = sidecar::outbound(&view, &scope);            // once per scope
@@ -20,6 +21,10 @@
 //! ```
 //!
 //! [`cluster`], [`endpoint`] and [`route`] hold the pieces `sidecar` puts together.
+//!
+//! Host names and durations are read by the model's grammar
+//! ([`crate::model::host`], [`crate::model::duration`]), the same one
+//! validation uses, so what the webhook says of an object is what Envoy gets.
 
 pub mod cluster;
 pub mod endpoint;
@@ -33,19 +38,7 @@ use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, 
 use envoy_types::pb::google::protobuf::{Any, Duration};
 use prost::{Message, Name};
 
-use crate::index::Index;
-use crate::model::mesh::{MeshInputs, MeshView};
-
-/// The mesh as translation reads it, from what the index holds now.
-pub fn mesh_view(index: &Index) -> MeshView {
-    MeshView::build(MeshInputs {
-        services: &index.services,
-        endpoint_slices: &index.endpoint_slices,
-        workloads: &index.workloads,
-        virtual_services: &index.virtual_services,
-        destination_rules: &index.destination_rules,
-    })
-}
+use crate::model::duration;
 
 /// Packs a message into a `google.protobuf.Any` (the form of every
 /// `typed_config` and of every resource in a discovery response).
@@ -72,33 +65,10 @@ pub(crate) fn address(ip: &str, port: u32) -> Address {
     Address { address: Some(address::Address::SocketAddress(socket_address(ip, port))) }
 }
 
-/// An Istio duration (`1h`, `30m`, `2.5s`, `100ms`, `1m30s`; Go's units
-/// `h`, `m`, `s`, `ms`, `us`/`µs`, `ns`) as a protobuf Duration. None when
-/// it does not parse or is negative.
+/// An Istio duration (by [`duration::parse`]) as a protobuf Duration;
+/// None when it does not parse or is negative, which leaves the field unset.
 pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    let mut nanos: u128 = 0;
-    while !rest.is_empty() {
-        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let (number, tail) = rest.split_at(number_end);
-        let unit_end = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
-        let (unit, tail) = tail.split_at(unit_end);
-        let scale: f64 = match unit {
-            "h" => 3.6e12,
-            "m" => 6e10,
-            "s" => 1e9,
-            "ms" => 1e6,
-            "us" | "µs" => 1e3,
-            "ns" => 1.0,
-            _ => return None,
-        };
-        let value: f64 = number.parse().ok()?;
-        nanos += (value * scale).round() as u128;
-        rest = tail;
-    }
-    let seconds = i64::try_from(nanos / 1_000_000_000).ok()?;
-    Some(Duration { seconds, nanos: (nanos % 1_000_000_000) as i32 })
+    let d = duration::parse(text).ok()?;
+    // At most i64::MAX nanoseconds, so the seconds fit an i64.
+    Some(Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 })
 }

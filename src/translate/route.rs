@@ -51,7 +51,7 @@ use super::passthrough::PASSTHROUGH_CLUSTER;
 use super::{parse_duration, seconds};
 use crate::api::destination_rule::ConsistentHashLb;
 use crate::api::virtual_service::{Destination, HttpMatchRequest, HttpRoute, StringMatch};
-use crate::model::mesh::{MESH_GATEWAY, MeshView, ScopeKey, ServiceView, VirtualServiceView, is_subset};
+use crate::model::mesh::{MeshView, ScopeKey, ServiceView, VirtualServiceView, for_sidecars, is_subset};
 
 /// The virtual host that takes requests for hosts the mesh does not know.
 pub const ALLOW_ANY: &str = "allow_any";
@@ -232,7 +232,7 @@ fn match_applies(m: &HttpMatchRequest, scope: &ScopeKey, port: u16) -> bool {
     m.port.is_none_or(|p| p == u32::from(port))
         && is_subset(&m.source_labels, &scope.labels)
         && m.source_namespace.as_ref().is_none_or(|ns| *ns == scope.namespace)
-        && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == MESH_GATEWAY))
+        && for_sidecars(&m.gateways)
 }
 
 fn rule_action(

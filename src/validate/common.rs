@@ -1,12 +1,18 @@
 //! Checks shared by the kinds: DNS names, IP addresses, labels, durations,
-//! percentages, header names and values, regular expressions, `exportTo`,
-//! gateway names and Istio's host-name matching.
+//! percentages, header names and values, regular expressions, `exportTo`
+//! and gateway names. What a host name or a duration means is the model's
+//! ([`crate::model::host`], [`crate::model::duration`]): these checks say
+//! whether one is well formed, translation reads it by the same grammar.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use crate::api::networking::{Percent, WorkloadSelector};
 use crate::api::virtual_service::StringMatch;
+use crate::model::duration;
+pub(super) use crate::model::duration::DurationError;
+pub(super) use crate::model::host::is_ip;
 
 use super::{Finding, Severity};
 
@@ -134,10 +140,6 @@ pub(super) const HOST_FIX: &str = "write a DNS name such as \"reviews\", \"revie
 
 // ------------------------------------------------------------ IP addresses
 
-pub(super) fn is_ip(s: &str) -> bool {
-    s.parse::<IpAddr>().is_ok()
-}
-
 /// An IP address or a CIDR block.
 pub(super) fn check_ip_or_cidr(s: &str) -> Result<(), String> {
     match s.split_once('/') {
@@ -249,64 +251,7 @@ pub(super) fn check_workload_selector(out: &mut Out, path: &str, selector: &Work
 
 // --------------------------------------------------------------- durations
 
-/// Parses a duration as Istio reads one (Go's `time.ParseDuration`:
-/// "1.5s", "100ms", "1h30m", "0"), to nanoseconds.
-pub(super) fn parse_duration(s: &str) -> Option<i128> {
-    let (neg, mut rest) = match s.as_bytes().first() {
-        Some(b'-') => (true, &s[1..]),
-        Some(b'+') => (false, &s[1..]),
-        _ => (false, s),
-    };
-    if rest == "0" {
-        return Some(0);
-    }
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total: i128 = 0;
-    while !rest.is_empty() {
-        let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let int_part = &rest[..int_len];
-        rest = &rest[int_len..];
-        let mut frac_part = "";
-        if let Some(after_dot) = rest.strip_prefix('.') {
-            let frac_len = after_dot.bytes().take_while(u8::is_ascii_digit).count();
-            frac_part = &after_dot[..frac_len];
-            rest = &after_dot[frac_len..];
-        }
-        if int_part.is_empty() && frac_part.is_empty() {
-            return None;
-        }
-        let unit_len = rest.find(|c: char| c == '.' || c.is_ascii_digit()).unwrap_or(rest.len());
-        let unit: i128 = match &rest[..unit_len] {
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            _ => return None,
-        };
-        rest = &rest[unit_len..];
-        if int_part.len() > 20 {
-            return None;
-        }
-        let int: i128 = if int_part.is_empty() { 0 } else { int_part.parse().ok()? };
-        let mut value = int.checked_mul(unit)?;
-        if !frac_part.is_empty() {
-            let digits = &frac_part[..frac_part.len().min(18)];
-            let frac: i128 = digits.parse().ok()?;
-            value += frac * unit / 10i128.pow(digits.len() as u32);
-        }
-        total = total.checked_add(value)?;
-        if total > i64::MAX as i128 {
-            return None;
-        }
-    }
-    Some(if neg { -total } else { total })
-}
-
-const MS: i128 = 1_000_000;
+const MS: Duration = Duration::from_millis(1);
 
 fn unparseable(value: &str) -> String {
     let example = if !value.is_empty() && value.bytes().all(|c| c.is_ascii_digit()) {
@@ -319,21 +264,35 @@ fn unparseable(value: &str) -> String {
     )
 }
 
-/// Parses a duration, reporting an error when it does not parse.
-pub(super) fn duration_parses(out: &mut Out, path: &str, value: &str) -> Option<i128> {
-    let d = parse_duration(value);
-    if d.is_none() {
-        out.err(path, unparseable(value));
+/// Reads a duration by the model's grammar ([`duration::parse`]), with an
+/// error when it is none; a negative one is left to the caller.
+pub(super) fn duration_parses(out: &mut Out, path: &str, value: &str) -> Result<Duration, DurationError> {
+    let d = duration::parse(value);
+    match d {
+        Err(DurationError::Invalid) => out.err(path, unparseable(value)),
+        Err(DurationError::TooLong) => out.err(
+            path,
+            format!("duration {value:?} is longer than Go's limit of about 292 years: use a shorter one"),
+        ),
+        Ok(_) | Err(DurationError::Negative) => {}
     }
     d
 }
 
 /// Istio's `ValidateDuration`: at least 1ms, whole milliseconds.
-pub(super) fn check_duration(out: &mut Out, path: &str, value: &str) -> Option<i128> {
-    let d = duration_parses(out, path, value)?;
+pub(super) fn check_duration(out: &mut Out, path: &str, value: &str) -> Option<Duration> {
+    let shorter = || format!("duration {value:?} is shorter than 1ms: use at least \"1ms\"");
+    let d = match duration_parses(out, path, value) {
+        Ok(d) => d,
+        Err(DurationError::Negative) => {
+            out.err(path, shorter());
+            return None;
+        }
+        Err(_) => return None,
+    };
     if d < MS {
-        out.err(path, format!("duration {value:?} is shorter than 1ms: use at least \"1ms\""));
-    } else if d % MS != 0 {
+        out.err(path, shorter());
+    } else if d.subsec_nanos() % 1_000_000 != 0 {
         out.err(
             path,
             format!(
@@ -795,37 +754,5 @@ pub(super) fn check_gateway_names(out: &mut Out, path: &str, names: &[String]) {
                 }
             }
         }
-    }
-}
-
-// ------------------------------------------------------- host-name matching
-
-fn is_wildcarded(h: &str) -> bool {
-    h.starts_with('*')
-}
-
-/// Istio's `host.Name.Matches`: the two names have hosts in common.
-pub(super) fn hosts_overlap(a: &str, b: &str) -> bool {
-    match (is_wildcarded(a), is_wildcarded(b)) {
-        (true, true) => {
-            if a.len() < b.len() {
-                b[1..].ends_with(&a[1..])
-            } else {
-                a[1..].ends_with(&b[1..])
-            }
-        }
-        (true, false) => b.ends_with(&a[1..]),
-        (false, true) => a.ends_with(&b[1..]),
-        (false, false) => a == b,
-    }
-}
-
-/// Istio's `host.Name.SubsetOf`: every host `a` names is named by `b`.
-pub(super) fn host_subset_of(a: &str, b: &str) -> bool {
-    match (is_wildcarded(a), is_wildcarded(b)) {
-        (true, true) => a[1..].ends_with(&b[1..]),
-        (true, false) => false,
-        (_, true) => a.ends_with(&b[1..]),
-        (false, false) => a == b,
     }
 }

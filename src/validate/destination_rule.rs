@@ -287,7 +287,19 @@ fn check_load_balancer(p: &str, lb: &LoadBalancerSettings, has_outlier: bool, ou
                 out.err(format!("{cp}.httpCookie.name"), "the cookie has no name: name it, e.g. \"session\"");
             }
             if let Some(ttl) = &cookie.ttl {
-                duration_parses(out, &format!("{cp}.httpCookie.ttl"), ttl);
+                let path = format!("{cp}.httpCookie.ttl");
+                // Istio admits it, but Envoy takes no negative ttl: the mesh
+                // sends none, and without one Envoy adds no cookie.
+                if duration_parses(out, &path, ttl) == Err(DurationError::Negative) {
+                    out.warn(
+                        path,
+                        format!(
+                            "ttl {ttl:?} is negative, which Envoy cannot take, so the mesh sets no ttl and Envoy \
+                             adds no cookie to requests without one: use a positive duration, or \"0s\" for a \
+                             session cookie"
+                        ),
+                    );
+                }
             }
         }
         let algorithm = ch.ring_hash.is_some() || ch.maglev.is_some();

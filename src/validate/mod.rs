@@ -16,6 +16,12 @@
 //! Every message says what is wrong and how to fix it, and every finding
 //! names the field with the user's YAML names, e.g.
 //! `spec.http[0].route[1].weight`; [`render`] makes the one line users see.
+//!
+//! Host names and durations mean here what they mean to translation: both
+//! read them with the model's grammar ([`crate::model::host`],
+//! [`crate::model::duration`]), so a warning about a host names the host
+//! Envoy would be configured for. Nothing here knows the index: callers
+//! build the [`Context`] from the index's state ([`Context::of`]).
 
 mod common;
 mod destination_rule;
@@ -37,6 +43,7 @@ use crate::api::rbac_config::RbacConfigSpec;
 use crate::api::service_role::ServiceRoleSpec;
 use crate::api::service_role_binding::ServiceRoleBindingSpec;
 use crate::api::virtual_service::VirtualServiceSpec;
+use crate::model::{ClusterState, host};
 
 /// Whether a finding stops the object from being admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -88,38 +95,23 @@ pub fn render(kind: &str, namespace: &str, name: &str, f: &Finding) -> String {
 
 /// What the cluster holds, for the checks that compare an object with the
 /// rest of the configuration (all of which give warnings). The caller builds
-/// it from its index.
+/// it from the index's state ([`Context::of`]), or part by part.
 ///
 /// Each part is either unknown, and the checks that need it are skipped
 /// (`Context::default()` knows nothing), or known, once anything was added
 /// to it or [`Context::empty`] declared it known and empty. Start from
 /// `Context::empty()` when the index is synced, so that an empty cluster
 /// still gets its warnings.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Context {
-    cluster_domain: String,
     /// Service host names (FQDNs): Kubernetes Services and other known
     /// hosts such as ServiceEntry hosts.
     services: Option<BTreeSet<String>>,
-    /// Namespaces that hold at least one Kubernetes Service.
-    namespaces: BTreeSet<String>,
     /// Subsets by DestinationRule host (resolved to an FQDN, may be a
     /// wildcard): (namespace of the rule, subset name).
     subsets: Option<BTreeMap<String, BTreeSet<(String, String)>>>,
     /// ServiceRoles as (namespace, name).
     service_roles: Option<BTreeSet<(String, String)>>,
-}
-
-impl Default for Context {
-    fn default() -> Self {
-        Context {
-            cluster_domain: "cluster.local".into(),
-            services: None,
-            namespaces: BTreeSet::new(),
-            subsets: None,
-            service_roles: None,
-        }
-    }
 }
 
 impl Context {
@@ -130,21 +122,29 @@ impl Context {
             services: Some(BTreeSet::new()),
             subsets: Some(BTreeMap::new()),
             service_roles: Some(BTreeSet::new()),
-            ..Context::default()
         }
     }
 
-    /// The cluster's DNS domain, "cluster.local" unless set.
-    pub fn with_cluster_domain(mut self, domain: impl Into<String>) -> Self {
-        self.cluster_domain = domain.into();
-        self
+    /// What the cluster holds, known in full: its Services, the subsets of
+    /// its DestinationRules and its ServiceRoles. For a synced index.
+    pub fn of(state: ClusterState<'_>) -> Self {
+        let mut ctx = Context::empty();
+        for svc in state.services.values() {
+            ctx.add_service(&svc.key.namespace, &svc.key.name);
+        }
+        for dr in state.destination_rules.values() {
+            ctx.add_destination_rule(&dr.key.namespace, &dr.spec);
+        }
+        for role in state.service_roles.values() {
+            ctx.add_service_role(&role.key.namespace, &role.key.name);
+        }
+        ctx
     }
 
     /// A Kubernetes Service, `name` in `namespace`.
     pub fn add_service(&mut self, namespace: &str, name: &str) -> &mut Self {
-        let fqdn = format!("{name}.{namespace}.svc.{}", self.cluster_domain);
+        let fqdn = host::service_fqdn(name, namespace);
         self.services.get_or_insert_with(BTreeSet::new).insert(fqdn);
-        self.namespaces.insert(namespace.to_string());
         self
     }
 
@@ -172,22 +172,10 @@ impl Context {
         self
     }
 
-    /// Resolves a host as Istio does for an object in `namespace`: a short
-    /// name `reviews` is `reviews.<namespace>.svc.<domain>`; `reviews.ns`
-    /// (when `ns` is a namespace with Services) and `reviews.ns.svc` are
-    /// completed likewise; wildcards, IP addresses and other names stay as
-    /// written.
+    /// Resolves a host written in an object of `namespace` as translation
+    /// does ([`host::resolve`], knowing this context's Services).
     pub fn resolve_host(&self, host: &str, namespace: &str) -> String {
-        if host.starts_with('*') || common::is_ip(host) || host.is_empty() {
-            return host.to_string();
-        }
-        let labels: Vec<&str> = host.split('.').collect();
-        match labels.as_slice() {
-            [name] => format!("{name}.{namespace}.svc.{}", self.cluster_domain),
-            [name, ns] if self.namespaces.contains(*ns) => format!("{name}.{ns}.svc.{}", self.cluster_domain),
-            [_, _, "svc"] => format!("{host}.{}", self.cluster_domain),
-            _ => host.to_string(),
-        }
+        host::resolve(host, namespace, |fqdn| self.services.as_ref().is_some_and(|s| s.contains(fqdn)))
     }
 
     /// Whether some known service has `fqdn` (a resolved, non-wildcard
@@ -196,7 +184,7 @@ impl Context {
         let services = self.services.as_ref()?;
         Some(
             services.contains(fqdn)
-                || services.iter().any(|s| s.starts_with('*') && common::host_subset_of(fqdn, s)),
+                || services.iter().any(|s| host::is_wildcard(s) && host::subset_of(fqdn, s)),
         )
     }
 
@@ -205,7 +193,7 @@ impl Context {
     fn subset_exists(&self, fqdn: &str, subset: &str) -> Option<bool> {
         let rules = self.subsets.as_ref()?;
         Some(rules.iter().any(|(host, subsets)| {
-            common::host_subset_of(fqdn, host) && subsets.iter().any(|(_, name)| name == subset)
+            host::subset_of(fqdn, host) && subsets.iter().any(|(_, name)| name == subset)
         }))
     }
 

@@ -13,8 +13,8 @@ use crate::api::virtual_service::{
 
 use super::Context;
 use super::common::*;
-
-const MESH: &str = "mesh";
+use crate::model::host;
+use crate::model::mesh::for_sidecars;
 
 /// What the checks need to know about the VirtualService a rule is in.
 struct Vs<'a> {
@@ -28,7 +28,7 @@ struct Vs<'a> {
 }
 
 pub(super) fn check(spec: &VirtualServiceSpec, namespace: &str, ctx: &Context, out: &mut Out) {
-    let gateway_only = !spec.gateways.is_empty() && !spec.gateways.iter().any(|g| g == MESH);
+    let gateway_only = !for_sidecars(&spec.gateways);
     let vs = Vs { spec, namespace, ctx, delegate: spec.hosts.is_empty(), gateway_only };
 
     if vs.delegate {
@@ -134,7 +134,7 @@ fn check_hosts(vs: &Vs, out: &mut Out) {
         let hosts = &vs.spec.hosts;
         for i in 0..hosts.len() {
             for j in i + 1..hosts.len() {
-                if hosts_overlap(&hosts[i], &hosts[j]) {
+                if host::matches(&hosts[i], &hosts[j]) {
                     out.err(
                         format!("spec.hosts[{j}]"),
                         format!("{:?} overlaps {:?} (hosts[{i}]): list each host once", hosts[j], hosts[i]),
@@ -372,8 +372,7 @@ fn check_http_match(vs: &Vs, p: &str, m: &HttpMatchRequest, out: &mut Out) {
     }
     // Source conditions only mean something for sidecars.
     let gateways = if m.gateways.is_empty() { &vs.spec.gateways } else { &m.gateways };
-    let for_sidecars = gateways.is_empty() || gateways.iter().any(|g| g == MESH);
-    if !for_sidecars && (!m.source_labels.is_empty() || m.source_namespace.is_some()) {
+    if !for_sidecars(gateways) && (!m.source_labels.is_empty() || m.source_namespace.is_some()) {
         out.warn(
             p,
             "sourceLabels and sourceNamespace only work for sidecars, and this match applies to gateways only, \
@@ -480,8 +479,8 @@ fn check_cors(p: &str, c: &CorsPolicy, out: &mut Out) {
     }
     if let Some(max_age) = &c.max_age
         && let Some(d) = check_duration(out, &format!("{p}.maxAge"), max_age)
-        && d >= 1_000_000
-        && d % 1_000_000_000 != 0
+        && d.as_millis() >= 1
+        && d.subsec_nanos() != 0
     {
         out.err(
             format!("{p}.maxAge"),
@@ -784,7 +783,7 @@ fn check_tls_match(vs: &Vs, p: &str, m: &TlsMatchAttributes, out: &mut Out) {
             }
             continue;
         }
-        if !vs.spec.hosts.iter().any(|h| host_subset_of(sni, h)) {
+        if !vs.spec.hosts.iter().any(|h| host::subset_of(sni, h)) {
             out.err(
                 sp,
                 format!(

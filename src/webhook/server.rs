@@ -1,12 +1,13 @@
 //! The webhooks' HTTPS server: /validate (Istio configuration) and
-//! /inject (the sidecar injector). Its certificate sits behind a resolver that
-//! each TLS handshake asks, so a renewed certificate is used by the next
-//! connection without a restart or a dropped request. The validation
-//! context (what Services, DestinationRules and ServiceRoles exist) is
-//! built from the index once per change of what validation reads (the
-//! index's config revision), not per request and not per Pod change.
+//! /inject (the sidecar injector). Its certificate is the controller's
+//! [`ServingCert`], which each TLS handshake asks, so a renewed certificate
+//! is used by the next connection without a restart or a dropped request.
+//! The validation context (what Services, DestinationRules and ServiceRoles
+//! exist) is built from the index's state once per change of what
+//! validation reads (the index's config revision), not per request and not
+//! per Pod change.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -17,64 +18,14 @@ use hyper_util::service::TowerToHyperService;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::AdmissionReview;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 
 use super::{admission, injection};
-use crate::index::{Index, SharedIndex};
+use crate::ca::serving::{ServingCert, provider};
+use crate::index::{Namespaces, SharedIndex};
 use crate::inject::Injector;
+use crate::model::ObjectKey;
 use crate::validate::Context;
-
-/// The certificate the server presents, replaceable while it runs.
-#[derive(Debug, Default)]
-pub struct ServingCert(RwLock<Option<Arc<CertifiedKey>>>);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServingCertError {
-    #[error("serving certificate chain: {0}")]
-    Chain(String),
-    #[error("serving certificate key: {0}")]
-    Key(String),
-}
-
-impl ServingCert {
-    /// Installs a new certificate chain and key (PEM); the next handshake uses it.
-    pub fn set(&self, chain_pem: &str, key_pem: &str) -> Result<(), ServingCertError> {
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| ServingCertError::Chain(e.to_string()))?;
-        if chain.is_empty() {
-            return Err(ServingCertError::Chain("no certificate in the PEM".into()));
-        }
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-            .map_err(|e| ServingCertError::Key(e.to_string()))?;
-        let signing = provider()
-            .key_provider
-            .load_private_key(key)
-            .map_err(|e| ServingCertError::Key(e.to_string()))?;
-        let certified = Arc::new(CertifiedKey::new(chain, signing));
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(certified);
-        Ok(())
-    }
-
-    pub fn is_set(&self) -> bool {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).is_some()
-    }
-}
-
-impl ResolvesServerCert for ServingCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
 
 /// The TLS settings of the webhook: TLS 1.2+, HTTP/2 or HTTP/1.1.
 pub fn tls_config(cert: Arc<ServingCert>) -> Result<rustls::ServerConfig, rustls::Error> {
@@ -112,25 +63,10 @@ impl Webhook {
         {
             return ctx.clone();
         }
-        let ctx = Arc::new(context_of(&index));
+        let ctx = Arc::new(Context::of(index.state()));
         *cache = Some((revision, ctx.clone()));
         ctx
     }
-}
-
-/// What validation needs to know of the cluster.
-pub fn context_of(index: &Index) -> Context {
-    let mut ctx = Context::empty();
-    for svc in index.services.values() {
-        ctx.add_service(&svc.key.namespace, &svc.key.name);
-    }
-    for dr in index.destination_rules.values() {
-        ctx.add_destination_rule(&dr.key.namespace, &dr.spec);
-    }
-    for role in index.service_roles.values() {
-        ctx.add_service_role(&role.key.namespace, &role.key.name);
-    }
-    ctx
 }
 
 async fn validate(
@@ -148,12 +84,7 @@ async fn inject(
         if !(webhook.synced)() {
             return None;
         }
-        webhook
-            .index
-            .lock()
-            .namespaces
-            .get(&crate::model::ObjectKey::new("", namespace))
-            .map(|n| n.labels.clone())
+        webhook.index.lock().get::<Namespaces>(&ObjectKey::new("", namespace)).map(|n| n.labels.clone())
     };
     axum::Json(injection::review(review, labels, &webhook.injector))
 }

@@ -41,9 +41,10 @@ struct Packing {
 
 impl Generator for MeshGenerator {
     fn prepare(&self, index: &Index) -> Arc<dyn PushContext> {
-        let view = translate::mesh_view(index);
+        let state = index.state();
+        let view = MeshView::build(state);
         let proxies =
-            index.workloads.iter().map(|(key, w)| (key.clone(), ProxyContext::from_workload(w))).collect();
+            state.workloads.iter().map(|(key, w)| (key.clone(), ProxyContext::from_workload(w))).collect();
         let previous = std::mem::take(&mut *self.last.lock().unwrap_or_else(|p| p.into_inner()));
         Arc::new(MeshContext {
             view,

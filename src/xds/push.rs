@@ -38,7 +38,7 @@ use super::metrics::XdsMetrics;
 use super::proxy::Proxy;
 use super::snapshot::{Resources, Snapshot};
 use super::stream::TypeStatus;
-use crate::index::SharedIndex;
+use crate::index::{Pods, SharedIndex};
 use crate::model::ObjectKey;
 use crate::supervisor::panic_message;
 
@@ -358,7 +358,7 @@ impl Pusher {
             let context = self.generator.prepare(&index);
             let gone: Vec<_> = connections
                 .iter()
-                .filter(|c| index.workloads.get(&c.pod()).is_none_or(|w| w.uid != c.proxy.identity.pod_uid))
+                .filter(|c| index.get::<Pods>(&c.pod()).is_none_or(|w| w.uid != c.proxy.identity.pod_uid))
                 .cloned()
                 .collect();
             (context, gone)

@@ -50,9 +50,9 @@ use super::snapshot::{Resources, Snapshot};
 use super::stream::{Event, ProtocolError, SotwStream, Step, TypeStatus};
 use super::types;
 use super::wire::{DeltaResponse, SotwResponse, Wire};
-use crate::index::SharedIndex;
+use crate::ca::serving::{ServingCert, provider};
+use crate::index::{Pods, SharedIndex};
 use crate::model::ObjectKey;
-use crate::webhook::server::ServingCert;
 
 /// What a stream sends back: discovery responses, then a final status.
 pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<SotwResponse, Status>> + Send>>;
@@ -275,7 +275,7 @@ impl Shared {
         let mut revisions = self.index.lock().subscribe();
         let deadline = tokio::time::Instant::now() + self.pod_wait;
         loop {
-            let verdict = auth::authorize(id, identity, self.index.lock().workloads.get(&key));
+            let verdict = auth::authorize(id, identity, self.index.lock().get::<Pods>(&key));
             match verdict {
                 Err(Rejection::UnknownPod(_)) => {
                     match tokio::time::timeout_at(deadline, revisions.changed()).await {
@@ -723,8 +723,7 @@ pub enum ServeError {
 /// The TLS settings of the xDS server: TLS 1.2+, HTTP/2 only (gRPC).
 /// Proxies authenticate with their token, not with a client certificate.
 pub fn tls_config(cert: Arc<ServingCert>) -> Result<rustls::ServerConfig, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(cert);

@@ -24,9 +24,9 @@ use tonic::{Code, Status};
 use super::auth::{Authenticator, Rejection, TokenIdentity};
 use super::server::{Ads, ResponseStream, ServeError};
 use super::{XdsMetrics, types};
+use crate::ca::serving::ServingCert;
 use crate::index::{Index, IndexMetrics, Pods, SharedIndex};
 use crate::testing::{TempDir, envoy_binary, objects};
-use crate::webhook::server::ServingCert;
 
 const NODE_ID: &str = "sidecar~10.1.2.3~productpage-v1-x.default~default.svc.cluster.local";
 const TOKEN: &str = "productpage-token";
@@ -270,7 +270,7 @@ struct FaultyContext {
 
 impl super::Generator for FaultyGenerator {
     fn prepare(&self, index: &Index) -> Arc<dyn super::PushContext> {
-        let faulty = index.workloads.keys().any(|key| key.name == FAULTY_POD);
+        let faulty = index.state().workloads.keys().any(|key| key.name == FAULTY_POD);
         Arc::new(FaultyContext { faulty, inner: self.0.prepare(index) })
     }
 }

@@ -35,10 +35,10 @@ use envoy_types::pb::google::protobuf::{Any, BoolValue};
 use prost::{Message, Name};
 use serde_json::Value;
 
-use super::{SCENARIOS, productpage, scenario};
+use super::{SCENARIOS, mesh_view, productpage, scenario};
 use crate::testing::{TempDir, envoy_binary};
 use crate::translate::sidecar::{Inbound, Outbound, inbound, outbound};
-use crate::translate::{address, any, mesh_view};
+use crate::translate::{address, any};
 
 /// What the productpage sidecar gets in a scenario.
 fn configuration(name: &str) -> (Outbound, Inbound) {

@@ -19,14 +19,14 @@ use kube::api::ObjectMeta;
 use prost::{Message, Name};
 use serde_json::json;
 
-use super::{NAMESPACE, bookinfo, endpoint_slice, productpage};
+use super::{NAMESPACE, bookinfo, endpoint_slice, mesh_view, productpage};
 use crate::api::virtual_service::HttpMatchRequest;
 use crate::index::{DestinationRules, EndpointSlices, Index, Services, VirtualServices};
 use crate::model::mesh::{MeshView, ProxyContext, ScopeKey};
 use crate::testing::objects::{self, config};
+use crate::translate::parse_duration;
 use crate::translate::route::route_match;
 use crate::translate::sidecar::{Outbound, inbound, outbound};
-use crate::translate::{mesh_view, parse_duration};
 
 fn vs(index: &mut Index, namespace: &str, name: &str, spec: serde_json::Value) {
     index.apply::<VirtualServices>(&config::<crate::api::VirtualService>(namespace, name, spec));
@@ -605,6 +605,8 @@ fn durations_parse_as_istio_writes_them() {
     assert_eq!(d("1m30s"), Some((90, 0)));
     assert_eq!(d("0.5s"), Some((0, 500_000_000)));
     assert_eq!(d("100ms"), Some((0, 100_000_000)));
+    assert_eq!(d("1.5m"), Some((90, 0)));
+    assert_eq!(d("0"), Some((0, 0)));
     assert_eq!(d("10"), None);
     assert_eq!(d("-1s"), None);
     assert_eq!(d(""), None);

@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::api::samples::DIR;
 use crate::index::{DestinationRules, EndpointSlices, Index, Namespaces, Pods, Services, VirtualServices};
 use crate::model::ObjectKey;
-use crate::model::mesh::ProxyContext;
+use crate::model::mesh::{MeshView, ProxyContext};
 
 pub(super) const NAMESPACE: &str = "default";
 
@@ -154,6 +154,11 @@ pub(crate) fn apply_networking(index: &mut Index, file: &str) {
     }
 }
 
+/// The mesh view the xDS generator builds from the index.
+pub(super) fn mesh_view(index: &Index) -> MeshView {
+    MeshView::build(index.state())
+}
+
 /// The productpage pod's sidecar.
 pub(super) fn productpage(index: &Index) -> ProxyContext {
     let workload =
@@ -187,9 +192,9 @@ pub(super) fn scenario(name: &str) -> Index {
 #[test]
 fn bookinfo_is_indexed_with_a_pod_behind_every_endpoint() {
     let index = bookinfo();
-    assert_eq!(index.services.len(), 4);
-    assert_eq!(index.workloads.len(), 6);
-    let view = super::mesh_view(&index);
+    assert_eq!(index.count::<Services>(), 4);
+    assert_eq!(index.count::<Pods>(), 6);
+    let view = mesh_view(&index);
     let reviews = view.service("reviews.default.svc.cluster.local").expect("reviews");
     let port = reviews.port(9080).expect("9080");
     assert_eq!(port.endpoints.len(), 3);
