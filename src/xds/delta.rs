@@ -21,7 +21,10 @@
 //!   next different version goes out;
 //! - make-before-break as in SotW ([`super::order`]): a listener or route
 //!   waits for the clusters it names to be acknowledged, a cluster stays
-//!   while something the proxy holds names it.
+//!   while something the proxy holds names it;
+//! - new or changed clusters have their endpoints sent again, unchanged,
+//!   after them: Envoy warms such a cluster by waiting for its endpoints,
+//!   and asks for nothing new (the name is subscribed already).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -153,8 +156,9 @@ impl DeltaStream {
 
         let type_url = type_url.to_string();
         step.responses.extend(self.respond(&type_url, first));
-        if answered {
-            // An answer may release what waited on it, in other types.
+        if answered || type_url == types::CLUSTER {
+            // An answer may release what waited on it, in other types; new
+            // or changed clusters want their endpoints again.
             step.responses.extend(self.respond_held());
         }
         Ok(step)
@@ -215,15 +219,22 @@ impl DeltaStream {
 
     /// What the proxy holds (or is being sent), by type.
     pub fn holding(&self) -> BTreeMap<String, Resources> {
-        self.ledgers.iter().map(|(t, l)| (t.clone(), l.sent.clone())).collect()
+        // Of the types asked for: a cluster response opens the endpoints'
+        // ledger before the proxy asks for them.
+        self.ledgers
+            .iter()
+            .filter(|(t, _)| self.types.contains_key(*t))
+            .map(|(t, l)| (t.clone(), l.sent.clone()))
+            .collect()
     }
 
-    /// Plans again the types that held something back.
+    /// Plans again the types that held something back, or have endpoints
+    /// to send again for clusters sent anew.
     fn respond_held(&mut self) -> Vec<DeltaResponse> {
         let mut held: Vec<String> = self
             .types
             .iter()
-            .filter(|(_, s)| s.held && s.in_flight.is_none())
+            .filter(|(t, s)| s.in_flight.is_none() && (s.held || order::rewarm_pending(t, &self.ledgers)))
             .map(|(t, _)| t.clone())
             .collect();
         held.sort_by_key(|type_url| types::push_rank(type_url));
@@ -247,6 +258,7 @@ impl DeltaStream {
             Resources::from_sorted(state.names.iter().filter_map(|n| all.get(n)).cloned().collect())
         };
         let plan = order::plan(type_url, &desired, &self.ledgers, &self.snapshot, true);
+        order::planned(type_url, &mut self.ledgers);
         let state = self.types.get_mut(type_url)?;
         state.held = plan.held;
         // A subscribed name the snapshot lacks: only if some name was not found.
@@ -281,6 +293,7 @@ impl DeltaStream {
         state.in_flight =
             Some(InFlight { nonce: nonce.clone(), version: version.clone(), updated: plan.updated.clone() });
         ledger.sent = plan.next;
+        order::sent(type_url, &plan.updated, &mut self.ledgers);
         let mut removed_resources = plan.removed;
         removed_resources.extend(absent);
         Some(DeltaResponse {
@@ -554,6 +567,76 @@ mod tests {
         let rds = one(stream.on_request(&ack(&eds)).unwrap());
         assert_eq!(rds.type_url, types::ROUTE);
         assert_eq!(names(&rds), ["9080"]);
+    }
+
+    /// Clusters `a` and `b` (`a` with `a_body`) and their endpoints.
+    fn two_clusters(a_body: &str) -> Arc<Snapshot> {
+        Arc::new(
+            Snapshot::new()
+                .with_resources(types::CLUSTER, set(&[("a", a_body), ("b", "cb")]))
+                .with_resources(types::ENDPOINT, set(&[("a", "ea"), ("b", "eb")])),
+        )
+    }
+
+    fn types_of(step: &Step<DeltaResponse>) -> Vec<&str> {
+        step.responses.iter().map(|r| r.type_url.as_str()).collect()
+    }
+
+    /// Envoy warms a changed cluster as a new one, waiting for its
+    /// endpoints, and asks for nothing new (it subscribes to them already):
+    /// they follow the cluster though they did not change; an unchanged
+    /// cluster's do not. Endpoints in flight when the cluster changed
+    /// reached Envoy before it: they go again after their ACK.
+    #[test]
+    fn a_changed_cluster_gets_its_unchanged_endpoints_again() {
+        let mut stream = DeltaStream::new(two_clusters("ca"));
+        let c = one(stream.on_request(&subscribe(types::CLUSTER, &[])).unwrap());
+        stream.on_request(&ack(&c)).unwrap();
+        let e = one(stream.on_request(&subscribe(types::ENDPOINT, &["a", "b"])).unwrap());
+        stream.on_request(&ack(&e)).unwrap();
+
+        let step = stream.on_snapshot(two_clusters("ca2"));
+        assert_eq!(types_of(&step), [types::CLUSTER, types::ENDPOINT]);
+        let (cds, eds) = (step.responses[0].to_proto(), step.responses[1].to_proto());
+        assert_eq!(names(&cds), ["a"]);
+        assert_eq!(names(&eds), ["a"], "a's endpoints only");
+        assert_eq!(eds.resources[0].version, e.resources[0].version, "unchanged");
+        assert!(stream.on_request(&ack(&cds)).unwrap().responses.is_empty());
+        assert!(stream.on_request(&ack(&eds)).unwrap().responses.is_empty());
+        assert_eq!(stream.on_snapshot(two_clusters("ca2")), Step::default());
+
+        // Endpoints in flight: the cluster goes alone, the ACK brings them.
+        let step = stream.on_snapshot(two_clusters("ca3"));
+        let (cds, eds) = (step.responses[0].to_proto(), step.responses[1].to_proto());
+        stream.on_request(&ack(&cds)).unwrap();
+        let cds = one(stream.on_snapshot(two_clusters("ca4")));
+        assert_eq!(names(&cds), ["a"]);
+        let again = one(stream.on_request(&ack(&eds)).unwrap());
+        assert_eq!((again.type_url.as_str(), names(&again)), (types::ENDPOINT, vec!["a"]));
+    }
+
+    /// On a reconnect, a cluster that changed while the proxy was away is
+    /// warmed again too: its endpoints go though the proxy holds them.
+    #[test]
+    fn a_reconnect_with_a_changed_cluster_gets_its_endpoints() {
+        let old = two_clusters("ca");
+        let current = two_clusters("ca2");
+        let held = |snapshot: &Snapshot, type_url: &str| {
+            snapshot.resources(type_url).iter().map(|r| (r.name.clone(), r.version.clone())).collect()
+        };
+        let mut stream = DeltaStream::new(current);
+        let clusters = DeltaDiscoveryRequest {
+            initial_resource_versions: held(&old, types::CLUSTER),
+            ..subscribe(types::CLUSTER, &[])
+        };
+        let cds = one(stream.on_request(&clusters).unwrap());
+        assert_eq!(names(&cds), ["a"]);
+        let endpoints = DeltaDiscoveryRequest {
+            initial_resource_versions: held(&old, types::ENDPOINT),
+            ..subscribe(types::ENDPOINT, &["a", "b"])
+        };
+        let eds = one(stream.on_request(&endpoints).unwrap());
+        assert_eq!(names(&eds), ["a"], "b's cluster did not change");
     }
 
     /// The other way: the route leaves the cluster first, then the

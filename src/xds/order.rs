@@ -13,6 +13,16 @@
 //!   once no listener or route the proxy holds, or is being sent, names
 //!   it: routes move away first, then the cluster goes.
 //!
+//! - A cluster sent anew (new or changed) has its endpoints sent again,
+//!   even when they did not change ([`Ledger::rewarm`]). Envoy builds a
+//!   changed cluster as a new one and warms it before it replaces the old
+//!   one: an EDS cluster waits for its ClusterLoadAssignment. Its name is
+//!   subscribed already, so Envoy's requests ask for nothing new, and a
+//!   server that sends only what changed would leave the new cluster
+//!   warming until Envoy's initial fetch timeout (15 s), the old one in
+//!   use. The endpoints go out after the clusters on the same stream, so
+//!   Envoy has the warming cluster by the time they arrive.
+//!
 //! A dependency the snapshot does not have at all is not waited for (it
 //! would never come). A dependency whose current version the proxy
 //! refused counts as ready if the proxy has some version of it: that is
@@ -34,6 +44,16 @@ pub(crate) struct Ledger {
     pub acked: Resources,
     /// Versions the proxy refused (a NACK), not to be sent again.
     pub refused: Resources,
+    /// Of endpoints only: the clusters sent anew since endpoints were last
+    /// planned, by name. Their endpoints go out again though the proxy
+    /// holds them: Envoy warms a new or changed cluster by waiting for them.
+    pub rewarm: Vec<Arc<Resource>>,
+}
+
+impl Ledger {
+    fn rewarms(&self, name: &str) -> bool {
+        self.rewarm.binary_search_by(|r| r.name.as_str().cmp(name)).is_ok()
+    }
 }
 
 /// What to send of one type.
@@ -70,8 +90,9 @@ pub(crate) fn plan(
     let empty = Ledger::default();
     let ledger = ledgers.get(type_url).unwrap_or(&empty);
     let current = &ledger.sent;
-    if desired.same_parts(current)
-        || (desired.len() == current.len() && desired.version() == current.version())
+    if ledger.rewarm.is_empty()
+        && (desired.same_parts(current)
+            || (desired.len() == current.len() && desired.version() == current.version()))
     {
         return Plan { next: desired.clone(), updated: Vec::new(), removed: Vec::new(), held: false };
     }
@@ -99,7 +120,13 @@ pub(crate) fn plan(
             _ => (None, have.next()),
         };
         match (d, c) {
-            (Some(d), Some(c)) if d.version == c.version => next.push(d.clone()),
+            (Some(d), Some(c)) if d.version == c.version => {
+                next.push(d.clone());
+                let refused = ledger.refused.get(&d.name).is_some_and(|r| r.version == d.version);
+                if ledger.rewarms(&d.name) && !refused {
+                    updated.push(d.clone());
+                }
+            }
             (Some(d), c) => {
                 let refused =
                     skip_refused && ledger.refused.get(&d.name).is_some_and(|r| r.version == d.version);
@@ -131,6 +158,38 @@ pub(crate) fn plan(
     }
     let next = if diverged { Resources::from_sorted(next) } else { desired.clone() };
     Plan { next, updated, removed, held }
+}
+
+/// Records what a response of `type_url` sent anew: for clusters, their
+/// endpoints are to be sent again ([`Ledger::rewarm`]).
+pub(crate) fn sent(type_url: &str, updated: &[Arc<Resource>], ledgers: &mut BTreeMap<String, Ledger>) {
+    if type_url != types::CLUSTER || updated.is_empty() {
+        return;
+    }
+    let endpoints = ledgers.entry(types::ENDPOINT.to_string()).or_default();
+    if endpoints.rewarm.is_empty() {
+        endpoints.rewarm = updated.to_vec();
+    } else {
+        // Clusters sent again before endpoints were planned: both, once.
+        let mut merged: BTreeMap<&str, Arc<Resource>> =
+            endpoints.rewarm.iter().map(|r| (r.name.as_str(), r.clone())).collect();
+        merged.extend(updated.iter().map(|r| (r.name.as_str(), r.clone())));
+        endpoints.rewarm = merged.into_values().collect();
+    }
+}
+
+/// Marks `type_url` as planned: the clusters waiting for their endpoints
+/// to be sent again have them in the plan just made (or the proxy does
+/// not subscribe to them, and gets them in full when it does).
+pub(crate) fn planned(type_url: &str, ledgers: &mut BTreeMap<String, Ledger>) {
+    if let Some(ledger) = ledgers.get_mut(type_url) {
+        ledger.rewarm.clear();
+    }
+}
+
+/// Whether `type_url` has endpoints to send again for clusters sent anew.
+pub(crate) fn rewarm_pending(type_url: &str, ledgers: &BTreeMap<String, Ledger>) -> bool {
+    ledgers.get(type_url).is_some_and(|l| !l.rewarm.is_empty())
 }
 
 /// Whether every cluster in `clusters` is acknowledged in its current

@@ -30,7 +30,9 @@
 //! listener or route whose clusters are not acknowledged yet (the proxy
 //! keeps the version it has), and keeps a removed cluster in the response
 //! while a route the proxy holds still names it; both are planned again
-//! after every ACK.
+//! after every ACK. A cluster response with new or changed clusters is
+//! followed by their endpoints, sent again unchanged: Envoy warms such a
+//! cluster by waiting for them, and its requests name nothing new.
 //!
 //! [`super::delta`] is the incremental sibling over the same [`Snapshot`].
 
@@ -225,8 +227,9 @@ impl SotwStream {
         state.waiting = true;
         let type_url = type_url.to_string();
         step.responses.extend(self.respond(&type_url));
-        if answered {
-            // An answer may release what waited on it, in other types.
+        if answered || type_url == types::CLUSTER {
+            // An answer may release what waited on it, in other types; new
+            // or changed clusters want their endpoints again.
             step.responses.extend(self.respond_held());
         }
         Ok(step)
@@ -285,13 +288,24 @@ impl SotwStream {
 
     /// What the proxy holds (or is being sent), by type.
     pub fn holding(&self) -> BTreeMap<String, Resources> {
-        self.ledgers.iter().map(|(t, l)| (t.clone(), l.sent.clone())).collect()
+        // Of the types asked for: a cluster response opens the endpoints'
+        // ledger before the proxy asks for them.
+        self.ledgers
+            .iter()
+            .filter(|(t, _)| self.types.contains_key(*t))
+            .map(|(t, l)| (t.clone(), l.sent.clone()))
+            .collect()
     }
 
-    /// Plans again the types that held something back.
+    /// Plans again the types that held something back, or have endpoints
+    /// to send again for clusters sent anew.
     fn respond_held(&mut self) -> Vec<SotwResponse> {
-        let mut held: Vec<String> =
-            self.types.iter().filter(|(_, s)| s.held && s.waiting).map(|(t, _)| t.clone()).collect();
+        let mut held: Vec<String> = self
+            .types
+            .iter()
+            .filter(|(t, s)| s.waiting && (s.held || order::rewarm_pending(t, &self.ledgers)))
+            .map(|(t, _)| t.clone())
+            .collect();
         held.sort_by_key(|type_url| types::push_rank(type_url));
         held.iter().filter_map(|type_url| self.respond(type_url)).collect()
     }
@@ -305,17 +319,20 @@ impl SotwStream {
         }
         let desired = state.subscription.select(self.snapshot.resources(type_url));
         let plan = order::plan(type_url, &desired, &self.ledgers, &self.snapshot, false);
+        order::planned(type_url, &mut self.ledgers);
         let state = self.types.get_mut(type_url)?;
         state.held = plan.held;
         let version = plan.next.version();
-        if state.sent.as_ref().is_some_and(|sent| sent.version == version) {
-            // Either what the proxy holds, or what it refused.
+        if plan.updated.is_empty() && state.sent.as_ref().is_some_and(|sent| sent.version == version) {
+            // Either what the proxy holds, or what it refused; nothing to
+            // send again for a re-warming cluster.
             return None;
         }
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         state.sent = Some(Sent { nonce: nonce.clone(), version: version.clone() });
         state.waiting = false;
+        order::sent(type_url, &plan.updated, &mut self.ledgers);
         let resources = match (&state.subscription, state.full) {
             // Only what changed since the proxy's last ACK: outside `full`,
             // the proxy acknowledged what it was sent, and the plan's
@@ -646,6 +663,82 @@ mod tests {
         let cds = one(stream.on_request(&routes(&rds.version_info, &rds.nonce)).unwrap());
         assert_eq!(cds.type_url, types::CLUSTER);
         assert_eq!(cds.resources.len(), 1, "v2 removed after the route's ACK");
+    }
+
+    /// Clusters `a` and `b` (`a` with `a_body`) and their endpoints.
+    fn two_clusters(a_body: &str) -> Arc<Snapshot> {
+        Arc::new(
+            Snapshot::new()
+                .with_resources(types::CLUSTER, resources(&[("a", a_body), ("b", "cb")]))
+                .with_resources(types::ENDPOINT, resources(&[("a", "ea"), ("b", "eb")])),
+        )
+    }
+
+    fn endpoints(version: &str, nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            resource_names: vec!["a".into(), "b".into()],
+            ..request(types::ENDPOINT, version, nonce)
+        }
+    }
+
+    /// Envoy warms a changed cluster as a new one, waiting for its
+    /// endpoints: they follow the cluster response though they did not
+    /// change; an unchanged cluster's do not.
+    #[test]
+    fn a_changed_cluster_gets_its_unchanged_endpoints_again() {
+        let mut stream = SotwStream::new(two_clusters("ca"));
+        let c = one(stream.on_request(&request(types::CLUSTER, "", "")).unwrap());
+        stream.on_request(&request(types::CLUSTER, &c.version_info, &c.nonce)).unwrap();
+        let e = one(stream.on_request(&endpoints("", "")).unwrap());
+        stream.on_request(&endpoints(&e.version_info, &e.nonce)).unwrap();
+
+        let changed = two_clusters("ca2");
+        let step = stream.on_snapshot(changed.clone());
+        let order: Vec<_> = step.responses.iter().map(|r| r.type_url.as_str()).collect();
+        assert_eq!(order, [types::CLUSTER, types::ENDPOINT]);
+        let (cds, eds) = (step.responses[0].to_proto(), step.responses[1].to_proto());
+        assert_eq!(eds.resources, [changed.resources(types::ENDPOINT).get("a").unwrap().body()], "a's only");
+        assert_eq!(eds.version_info, e.version_info, "the endpoints did not change");
+
+        // A request Envoy sent before it saw these: stale, nothing more.
+        let step = stream.on_request(&endpoints(&e.version_info, &e.nonce)).unwrap();
+        assert!(step.responses.is_empty() && matches!(step.events[..], [Event::StaleNonce { .. }]));
+        assert!(
+            stream
+                .on_request(&request(types::CLUSTER, &cds.version_info, &cds.nonce))
+                .unwrap()
+                .responses
+                .is_empty()
+        );
+        assert!(stream.on_request(&endpoints(&eds.version_info, &eds.nonce)).unwrap().responses.is_empty());
+        // Nothing changed: nothing sent, endpoints included.
+        assert_eq!(stream.on_snapshot(two_clusters("ca2")), Step::default());
+    }
+
+    /// Endpoints Envoy had not acknowledged when a cluster changed reached
+    /// it before the new cluster: their ACK brings them again. A cluster
+    /// response that waited for its own ACK brings them at once.
+    #[test]
+    fn endpoints_go_again_once_both_types_may_be_answered() {
+        let mut stream = SotwStream::new(two_clusters("ca"));
+        let c = one(stream.on_request(&request(types::CLUSTER, "", "")).unwrap());
+        stream.on_request(&request(types::CLUSTER, &c.version_info, &c.nonce)).unwrap();
+        let e = one(stream.on_request(&endpoints("", "")).unwrap());
+
+        // Endpoints in flight: the clusters go alone.
+        let cds = one(stream.on_snapshot(two_clusters("ca2")));
+        assert_eq!(cds.type_url, types::CLUSTER);
+        let eds = one(stream.on_request(&endpoints(&e.version_info, &e.nonce)).unwrap());
+        assert_eq!(eds.type_url, types::ENDPOINT);
+        assert_eq!(eds.resources, [two_clusters("ca").resources(types::ENDPOINT).get("a").unwrap().body()]);
+        stream.on_request(&endpoints(&eds.version_info, &eds.nonce)).unwrap();
+
+        // Clusters in flight: their ACK brings the next clusters, then the endpoints.
+        let step = stream.on_snapshot(two_clusters("ca3"));
+        assert!(step.responses.is_empty(), "{step:?}");
+        let step = stream.on_request(&request(types::CLUSTER, &cds.version_info, &cds.nonce)).unwrap();
+        let order: Vec<_> = step.responses.iter().map(|r| r.type_url.as_str()).collect();
+        assert_eq!(order, [types::CLUSTER, types::ENDPOINT]);
     }
 
     #[test]

@@ -364,6 +364,11 @@ struct ControlPlane {
 
 impl ControlPlane {
     async fn start(authenticator: Arc<dyn Authenticator>) -> Self {
+        Self::start_with(authenticator, Arc::new(super::Passthrough::new())).await
+    }
+
+    /// A control plane whose proxies get what `generator` builds.
+    async fn start_with(authenticator: Arc<dyn Authenticator>, generator: Arc<dyn super::Generator>) -> Self {
         let now = time::OffsetDateTime::now_utc();
         let root = crate::ca::Root::generate("cluster.local", now).expect("root");
         let authority = crate::ca::Authority::from_root(&root, now).expect("authority");
@@ -377,7 +382,8 @@ impl ControlPlane {
         let index = index();
         let metrics = XdsMetrics::default();
         let shutdown = CancellationToken::new();
-        let ads = Ads::new(authenticator, index.clone(), metrics.clone(), shutdown.clone());
+        let ads =
+            Ads::with_generator(authenticator, index.clone(), generator, metrics.clone(), shutdown.clone());
         tokio::spawn(ads.push_loop());
         let connections = ads.connections();
         let server = tokio::spawn(super::serve(listener, cert, ads, shutdown.clone()));
@@ -746,4 +752,141 @@ async fn a_delta_stream_is_authenticated_like_sotw_and_ends_when_its_pod_goes() 
     })
     .await
     .expect("unregistered");
+}
+
+// ---- a changed cluster is re-warmed at once ----
+
+const BACKEND: &str = "outbound|9080||backend.default.svc.cluster.local";
+
+/// One EDS cluster, [`BACKEND`], with `policy`, and its endpoints.
+fn backend(policy: envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy) -> super::Snapshot {
+    use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+    use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+    };
+    let cluster = Cluster {
+        name: BACKEND.into(),
+        connect_timeout: Some(crate::translate::seconds(1)),
+        lb_policy: policy.into(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds.into())),
+        eds_cluster_config: Some(cluster::EdsClusterConfig {
+            eds_config: Some(crate::translate::cluster::ads_config_source()),
+            service_name: BACKEND.into(),
+        }),
+        ..Default::default()
+    };
+    let address = Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: "127.0.0.1".into(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(9)),
+            ..Default::default()
+        })),
+    };
+    let assignment = ClusterLoadAssignment {
+        cluster_name: BACKEND.into(),
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: vec![LbEndpoint {
+                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                    address: Some(address),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    super::Snapshot::new().with([cluster], |c| c.name.clone()).with([assignment], |a| a.cluster_name.clone())
+}
+
+/// What Envoy has of [`BACKEND`]: the load balancer of the active
+/// cluster (Envoy's JSON leaves the default, ROUND_ROBIN, out), and
+/// whether a new version of it is warming.
+async fn backend_state(envoy: &Envoy) -> (Option<String>, bool) {
+    let dump = |resource: &'static str| async move {
+        let text = envoy.get(&format!("/config_dump?resource={resource}")).await.unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default()
+    };
+    let named = |dump: &serde_json::Value| {
+        dump["configs"].as_array().into_iter().flatten().find(|c| c["cluster"]["name"] == BACKEND).cloned()
+    };
+    let active = named(&dump("dynamic_active_clusters").await)
+        .map(|c| c["cluster"]["lb_policy"].as_str().unwrap_or("ROUND_ROBIN").to_string());
+    let warming = named(&dump("dynamic_warming_clusters").await).is_some();
+    (active, warming)
+}
+
+/// Changes the load balancer of an EDS cluster Envoy holds, several times
+/// in a row, and waits each time for Envoy to have the new cluster active
+/// (warmed). Envoy warms an updated EDS cluster again: it waits for the
+/// cluster's ClusterLoadAssignment, which did not change; if the server
+/// does not send it again, the new cluster waits for Envoy's initial
+/// fetch timeout (15 s) before it replaces the old one.
+async fn a_changed_cluster_is_active_at_once(api_type: &str) {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+    const POLICIES: [LbPolicy; 4] =
+        [LbPolicy::RoundRobin, LbPolicy::Random, LbPolicy::RingHash, LbPolicy::Random];
+    let current = Arc::new(AtomicUsize::new(0));
+    let generator = {
+        let current = current.clone();
+        move |_: &Index| -> Arc<dyn super::PushContext> {
+            Arc::new(Fixed(backend(POLICIES[current.load(Ordering::SeqCst)])))
+        }
+    };
+    let control_plane = ControlPlane::start_with(FakeAuthenticator::new(), Arc::new(generator)).await;
+    let envoy = Envoy::start_with(&control_plane, &format!("rewarm-{api_type}"), api_type).await;
+    envoy
+        .wait_for("the backend cluster active", || async {
+            (backend_state(&envoy).await == (Some("ROUND_ROBIN".into()), false)).then_some(())
+        })
+        .await;
+
+    for (i, policy) in POLICIES.iter().enumerate().skip(1) {
+        let wanted = policy.as_str_name().to_string();
+        let started = std::time::Instant::now();
+        current.store(i, Ordering::SeqCst);
+        // Any index change makes a push; the generator reads `current`.
+        control_plane.index.lock().apply::<Pods>(&pod(
+            &format!("details-v1-{i}"),
+            &format!("uid-d{i}"),
+            "10.1.2.9",
+        ));
+        let state = envoy
+            .wait_for(&format!("{BACKEND} active with {wanted}"), || async {
+                let state = backend_state(&envoy).await;
+                (state.0.as_deref() == Some(wanted.as_str()) && !state.1).then_some(state)
+            })
+            .await;
+        let took = started.elapsed();
+        eprintln!("{api_type}: {wanted} active and not warming after {took:?}: {state:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "{api_type}: the changed cluster took {took:?} to become active (Envoy waited for its endpoints)"
+        );
+    }
+    let stats = envoy.stats().await;
+    assert_eq!(stats.get("cluster_manager.cds.update_rejected"), Some(&0), "{stats:?}");
+    assert_eq!(stats.get("cluster_manager.warming_clusters"), Some(&0), "{stats:?}");
+    assert_eq!(control_plane.metrics.nacks(types::ENDPOINT), 0);
+    control_plane.shutdown.cancel();
+}
+
+/// Every proxy gets the same snapshot.
+struct Fixed(super::Snapshot);
+
+impl super::PushContext for Fixed {
+    fn generate(&self, _proxy: &super::Proxy) -> super::Snapshot {
+        self.0.clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_cluster_is_active_at_once_over_sotw() {
+    a_changed_cluster_is_active_at_once("GRPC").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_cluster_is_active_at_once_over_delta() {
+    a_changed_cluster_is_active_at_once("DELTA_GRPC").await;
 }
