@@ -16,13 +16,13 @@ echo "[run] installing the mesh (helm)..."
 "$cluster" mesh-up
 kubectl label namespace default istio-injection=enabled --overwrite >/dev/null
 kubectl apply -f "$repo/samples/bookinfo.yaml" >/dev/null
-echo "[run] waiting for Bookinfo, each pod with its Envoy..."
+echo "[run] waiting for the demo app (samples/bookinfo.yaml), each pod with its Envoy..."
 kubectl rollout status deployment --timeout=240s >/dev/null
 productpage=$(kubectl get service productpage -o jsonpath='{.spec.clusterIP}')
 mesh=$(kubectl -n mesh-system get service mesh -o jsonpath='{.spec.clusterIP}')
 cat <<TXT
 
-  The local cluster is up, with the mesh and Bookinfo (istio-proxy in every pod).
+  The local cluster is up, with the mesh and the demo app (istio-proxy in every pod).
   In another shell:
     cd $repo && eval "\$(make -s env)"
     kubectl get pods                                       # 2/2: the app and its Envoy
