@@ -36,9 +36,15 @@ up: cluster-up ## Cluster + node + CRDs + controller, all in the background
 
 down: cluster-down ## Stop everything `make up` started and remove its state
 
+# POD and CMD reach the recipe through the environment, as written: make
+# would expand `$` in them, and pasting them into the recipe's text would
+# let a quote in CMD end the shell's string.
+pod-exec: export MESH_POD = $(value POD)
+pod-exec: export MESH_POD_CMD = $(value CMD)
 pod-exec: ## Run CMD in a pod: make pod-exec POD=default/productpage CMD='curl -s productpage:9080/productpage'
-	@test -n "$(POD)" || { echo "usage: make pod-exec POD=<namespace>/<pod> CMD='...'" >&2; exit 2; }
-	@target/debug/localnode enter --state-dir .cluster/node "$(POD)" -- sh -c '$(if $(CMD),$(CMD),exec sh)'
+	@test -n "$$MESH_POD" || { echo "usage: make pod-exec POD=<namespace>/<pod> CMD='...'" >&2; exit 2; }
+	@"$${CARGO_TARGET_DIR:-target}/debug/localnode" enter --state-dir "$${MESH_CLUSTER_DIR:-.cluster}/node" \
+	  "$$MESH_POD" -- sh -c "$${MESH_POD_CMD:-exec sh}"
 
 env: ## Print export lines: eval "$$(make -s env)"
 	@$(CLUSTER) env

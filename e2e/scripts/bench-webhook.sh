@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # `make bench-webhook`: the latency of both webhooks at a fixed request
 # rate, measured with fortio against the real controller on a cluster of
-# its own: /validate with a VirtualService (Bookinfo's Services and
-# DestinationRules in the index, so the warnings' context is real), then
-# /inject with a Bookinfo pod in a namespace labelled for injection. Prints
-# p50/p90/p99 and the controller's memory and CPU over each run.
+# its own: /validate with a VirtualService (the demo app's Services and
+# DestinationRules from samples/ in the index, so the warnings' context is
+# real), then /inject with a Bookinfo pod in a namespace labelled for
+# injection. Prints p50/p90/p99 and the controller's memory and CPU over
+# each run.
 #
 #   QPS (default 200), SECONDS_ (default 30), CONNECTIONS (default 4)
 set -euo pipefail
@@ -25,10 +26,10 @@ kubectl wait --for condition=Established --timeout=60s -f "$repo/crds/" >/dev/nu
 kubectl create namespace mesh-system >/dev/null
 kubectl create namespace bench >/dev/null
 kubectl label namespace bench istio-injection=enabled >/dev/null
-# Bookinfo's Services (not its Deployments) and every DestinationRule subset.
-kubectl apply -f <(grep -v '^#' "$repo/../shared/conformance/bookinfo/platform/bookinfo.yaml" \
+# The demo app's Services (not its Deployments) and every DestinationRule subset.
+kubectl apply -f <(grep -v '^#' "$repo/samples/bookinfo.yaml" \
   | awk 'BEGIN{RS="---"} /kind: Service\n/ || /kind: Service$/ {print "---" $0}') >/dev/null
-kubectl apply -f "$repo/../shared/conformance/bookinfo/networking/destination-rule-all.yaml" >/dev/null
+kubectl apply -f "$repo/samples/routing/destination-rules.yaml" >/dev/null
 
 port=$((15017 + MESH_PORT_OFFSET))
 mon=$((15014 + MESH_PORT_OFFSET))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make run`: the local cluster with its node, the mesh installed by its Helm
-# chart (the controller as a pod), and Bookinfo in the namespace `default`
-# labelled for injection, so every Bookinfo pod runs stock Envoy beside it.
+# chart (the controller as a pod), and the demo app (samples/bookinfo.yaml,
+# shaped like Istio's Bookinfo) in the namespace `default` labelled for
+# injection, so every pod of it runs stock Envoy beside the app.
 # The controller's log follows in the foreground; Ctrl-C stops everything.
 set -euo pipefail
 
@@ -14,21 +15,21 @@ trap '"$cluster" down' EXIT
 echo "[run] installing the mesh (helm)..."
 "$cluster" mesh-up
 kubectl label namespace default istio-injection=enabled --overwrite >/dev/null
-kubectl apply -f "$repo/../shared/conformance/bookinfo/platform/bookinfo.yaml" >/dev/null
-echo "[run] waiting for Bookinfo, each pod with its Envoy..."
+kubectl apply -f "$repo/samples/bookinfo.yaml" >/dev/null
+echo "[run] waiting for the demo app (samples/bookinfo.yaml), each pod with its Envoy..."
 kubectl rollout status deployment --timeout=240s >/dev/null
 productpage=$(kubectl get service productpage -o jsonpath='{.spec.clusterIP}')
 mesh=$(kubectl -n mesh-system get service mesh -o jsonpath='{.spec.clusterIP}')
 cat <<TXT
 
-  The local cluster is up, with the mesh and Bookinfo (istio-proxy in every pod).
+  The local cluster is up, with the mesh and the demo app (istio-proxy in every pod).
   In another shell:
     cd $repo && eval "\$(make -s env)"
     kubectl get pods                                       # 2/2: the app and its Envoy
     curl -s http://$productpage:9080/productpage           # from this machine, through Envoy
     make pod-exec POD=default/productpage CMD='curl -s localhost:15000/stats | grep bound.*downstream_rq_total'
     curl -s http://$mesh:15014/debug/configz             # what the controller sees
-    kubectl apply -f ../shared/conformance/bookinfo/networking/destination-rule-all.yaml
+    kubectl apply -f samples/routing/destination-rules.yaml -f samples/routing/all-v1.yaml   # samples/README.md
   Ctrl-C here stops the cluster.
 
 TXT

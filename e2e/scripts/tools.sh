@@ -32,7 +32,9 @@ debian_packages() {
 
 kubernetes() {
   local mod="$here/tools/k8s"
-  local key="k8s=$K8S_VERSION go.mod=$(sha256sum "$mod/go.mod" "$mod/cmd/etcd/main.go" | sha256sum | cut -c1-16)"
+  # The files' content only: a checkout elsewhere (a clone, a worktree)
+  # builds the same binaries and must find them fresh.
+  local key="k8s=$K8S_VERSION go.mod=$(cat "$mod/go.mod" "$mod/cmd/etcd/main.go" | sha256sum | cut -c1-16)"
   if fresh kubernetes "$key" && [ -x "$TOOLS_BIN/kube-apiserver" ]; then
     log "kubernetes $K8S_VERSION: present"; return
   fi

@@ -48,9 +48,7 @@ fn bookinfo_samples_apply_unmodified_read_back_whole_and_reach_the_index() {
 
     let mut files: Vec<_> = ["networking", "rbac"]
         .iter()
-        .flat_map(|dir| {
-            std::fs::read_dir(conformance().join(dir)).expect("conformance samples are beside the repo")
-        })
+        .flat_map(|dir| std::fs::read_dir(conformance().join(dir)).expect("reading the conformance samples"))
         .map(|e| e.expect("readable entry").path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .collect();

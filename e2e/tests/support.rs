@@ -22,9 +22,24 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The Bookinfo conformance samples beside the repository.
+/// Istio's Bookinfo samples, unmodified: `<MESH_CONFORMANCE_DIR>/bookinfo`
+/// (default `../shared/conformance` beside the repository; a relative
+/// setting is taken from the repository's root). They are not part of the
+/// repository, so a test that needs them says where to put them.
 pub fn conformance() -> PathBuf {
-    repo().join("../shared/conformance/bookinfo")
+    const SETTING: &str = "MESH_CONFORMANCE_DIR";
+    let set = std::env::var_os(SETTING).filter(|v| !v.is_empty());
+    let base = repo().join(set.as_deref().unwrap_or("../shared/conformance".as_ref()));
+    let dir = base.join("bookinfo");
+    assert!(
+        dir.join("platform/bookinfo.yaml").is_file(),
+        "Istio's Bookinfo samples are not in {}: put Istio 1.4.0's samples/bookinfo there, unmodified, as \
+        bookinfo/platform/bookinfo.yaml (Istio's platform/kube/bookinfo.yaml), bookinfo/networking/ \
+        and bookinfo/rbac/ (Istio's platform/kube/rbac/); or set {SETTING} to the directory that \
+        holds bookinfo/ (default: ../shared/conformance beside the repository)",
+        base.display()
+    );
+    dir
 }
 
 /// The output of one kubectl call.

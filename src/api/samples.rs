@@ -1,19 +1,46 @@
-//! The Bookinfo conformance samples beside the repository, read at test
-//! time by the round-trip tests of every kind.
+//! Istio's Bookinfo samples, unmodified (the conformance data), read at
+//! test time by the round-trip tests of every kind and the translation
+//! tests. They are not part of the repository: `MESH_CONFORMANCE_DIR`
+//! says where they are (default `../shared/conformance` beside it), the
+//! same setting the end-to-end tests read.
+
+use std::path::PathBuf;
 
 use serde::Deserialize;
 use serde_json::Value;
 
-/// Where the conformance samples live, beside the crate.
-pub const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/conformance/bookinfo");
+/// The setting naming the directory that holds `bookinfo/`.
+const SETTING: &str = "MESH_CONFORMANCE_DIR";
+
+/// The directory of Istio's Bookinfo samples (`<MESH_CONFORMANCE_DIR>/bookinfo`,
+/// a relative setting taken from the repository's root). Panics with where
+/// to put them when they are not there: every caller is a test.
+pub fn dir() -> PathBuf {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let set = std::env::var_os(SETTING).filter(|v| !v.is_empty());
+    let base = repo.join(set.as_deref().unwrap_or("../shared/conformance".as_ref()));
+    let dir = base.join("bookinfo");
+    if !dir.join("platform/bookinfo.yaml").is_file() {
+        panic!(
+            "Istio's Bookinfo samples are not in {}: put Istio 1.4.0's samples/bookinfo there, unmodified, as \
+            bookinfo/platform/bookinfo.yaml (Istio's platform/kube/bookinfo.yaml), bookinfo/networking/ \
+            and bookinfo/rbac/ (Istio's platform/kube/rbac/); or set {SETTING} to the directory that \
+            holds bookinfo/ (default: ../shared/conformance beside the repository)",
+            base.display()
+        );
+    }
+    dir
+}
 
 /// Every document of an Istio `kind` across the sample files, as
 /// (file name, document).
 pub fn of_kind(kind: &str) -> Vec<(String, Value)> {
+    let samples = dir();
     let mut files: Vec<_> = ["networking", "rbac"]
         .iter()
-        .flat_map(|dir| {
-            std::fs::read_dir(format!("{DIR}/{dir}")).unwrap_or_else(|e| panic!("reading {DIR}/{dir}: {e}"))
+        .flat_map(|sub| {
+            let path = samples.join(sub);
+            std::fs::read_dir(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
         })
         .map(|e| e.expect("directory entry").path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))

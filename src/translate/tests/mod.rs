@@ -17,7 +17,7 @@ use kube::api::{DynamicObject, ObjectMeta};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::api::samples::DIR;
+use crate::api::samples;
 use crate::index::{DestinationRules, EndpointSlices, Index, Namespaces, Pods, Services, VirtualServices};
 use crate::model::ObjectKey;
 use crate::model::mesh::{MeshView, ProxyContext};
@@ -26,8 +26,8 @@ pub(super) const NAMESPACE: &str = "default";
 
 /// Every YAML document of a sample file.
 fn documents(relative: &str) -> Vec<Value> {
-    let path = format!("{DIR}/{relative}");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    let path = samples::dir().join(relative);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_yaml_ng::Deserializer::from_str(&text)
         .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{relative}: {e}")))
         .filter(|v| !v.is_null())
