@@ -1,7 +1,8 @@
 //! What unit tests share: typed builders for the objects they feed the
-//! index ([`objects`]), and the helpers of tests that run real programs
+//! index ([`objects`]), the Bookinfo fixture ([`bookinfo`]), and the helpers of tests that run real programs
 //! (Envoy).
 
+pub mod bookinfo;
 pub mod objects;
 
 use std::path::PathBuf;

@@ -32,7 +32,7 @@ pub mod passthrough;
 pub mod route;
 pub mod sidecar;
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;
 
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
 use envoy_types::pb::google::protobuf::{Any, Duration};

@@ -185,7 +185,7 @@ mod tests {
     use super::super::auth::tests::identity;
     use super::super::proxy::ProxyId;
     use super::*;
-    use crate::translate::tests::{apply_networking, bookinfo};
+    use crate::testing::bookinfo::{apply_networking, bookinfo};
 
     fn productpage() -> Proxy {
         let id = ProxyId::parse("sidecar~10.244.0.13~productpage-v1-0.default~default.svc.cluster.local")
