@@ -109,17 +109,27 @@ spec:
   - name: sidecar
     image: busybox
     restartPolicy: Always
-    command: [sh, -c, "echo sidecar >> /work/order; exec sleep 3600"]
+    command: [sh, -c, "sleep 1; echo sidecar >> /work/order; exec sleep 3600"]
     volumeMounts: [{name: work, mountPath: /work}]
-    startupProbe: {exec: {command: [cat, /work/order]}, periodSeconds: 1}
+    startupProbe: {exec: {command: [grep, -qx, sidecar, /work/order]}, periodSeconds: 1, failureThreshold: 30}
   containers:
   - {name: app, image: busybox, command: [sh, -c, "echo app >> /work/order; exec sleep 3600"], volumeMounts: [{name: work, mountPath: /work}]}
 "#,
     );
+    // The sidecar sleeps before it writes, and its startup probe passes only
+    // once it has: a node that started `app` without waiting for that probe
+    // would have `app` written first.
     wait_ready(&ns.name, "ordered");
-    let order = enter(&ns.name, "ordered", "cat /work/order");
-    assert!(order.ok, "{}", order.stderr);
-    assert_eq!(order.stdout.lines().collect::<Vec<_>>(), ["first", "second", "sidecar", "app"]);
+    // Ready says `app` runs, not that its shell has written yet (as on any
+    // cluster): wait for its line, the last one, then check them all.
+    let order = eventually("the app's line in /work/order", Duration::from_secs(30), || {
+        let out = enter(&ns.name, "ordered", "cat /work/order");
+        if !out.ok {
+            eprintln!("reading /work/order: {}", out.stderr);
+        }
+        out.stdout.lines().any(|l| l == "app").then_some(out.stdout)
+    });
+    assert_eq!(order.lines().collect::<Vec<_>>(), ["first", "second", "sidecar", "app"]);
     let pod = pod_json(&ns.name, "ordered");
     let init = &pod["status"]["initContainerStatuses"];
     assert_eq!(init[0]["state"]["terminated"]["reason"], "Completed", "{init}");
@@ -179,7 +189,10 @@ spec:
         assert!(out.ok, "cat {path}: {}", out.stderr);
         out.stdout
     };
-    assert_eq!(cat("/scratch/file"), "written\n");
+    // Ready does not mean the container's shell has run its first command.
+    eventually("the container's write to its emptyDir", Duration::from_secs(30), || {
+        (enter(&ns.name, "volumes", "cat /scratch/file").stdout == "written\n").then_some(())
+    });
     assert_eq!(cat("/etc/mesh-e2e/config/hello.txt"), "hello");
     assert!(
         !enter(&ns.name, "volumes", "test -e /etc/mesh-e2e/config/other").ok,

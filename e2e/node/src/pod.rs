@@ -293,6 +293,10 @@ impl Worker {
         if self.services.has_changed().unwrap_or(false) || !self.dir.join("etc/hosts").exists() {
             self.write_etc()?;
         }
+        // Before any container starts, so before any status says Ready:
+        // `enter` on a Ready pod must find it. (Written after the status
+        // patch, a test that saw Ready could find no pod.)
+        self.write_sandbox_file()?;
         Ok(())
     }
 
@@ -829,13 +833,12 @@ impl Worker {
         let patch = json!({"status": status});
         self.pod = api.patch_status(&self.name, &PatchParams::default(), &Patch::Strategic(&patch)).await?;
         self.last_status = Some(status);
-        self.write_sandbox_file();
         Ok(())
     }
 
     /// `<pod dir>/sandbox.json`: how `localnode enter` joins this pod.
-    fn write_sandbox_file(&self) {
-        let Some(first) = self.containers.iter().find(|c| c.role == Role::App) else { return };
+    fn write_sandbox_file(&self) -> Result<()> {
+        let Some(first) = self.containers.iter().find(|c| c.role == Role::App) else { return Ok(()) };
         let etc = self.dir.join("etc");
         let mut mounts = vec![
             format!("{}:/etc/hosts", etc.join("hosts").display()),
@@ -854,12 +857,11 @@ impl Worker {
         let path = self.dir.join("sandbox.json");
         let text = file.to_string();
         if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
-            return;
+            return Ok(());
         }
         let tmp = self.dir.join("sandbox.json.tmp");
-        if std::fs::write(&tmp, text).is_ok() {
-            let _ = std::fs::rename(&tmp, &path);
-        }
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
     }
 }
 
