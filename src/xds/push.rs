@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use super::generator::{Generator, PushContext};
 use super::metrics::XdsMetrics;
 use super::proxy::Proxy;
+use super::resource_type::ResourceType;
 use super::snapshot::{Resources, Snapshot};
 use super::stream::TypeStatus;
 use crate::index::{Pods, SharedIndex};
@@ -101,11 +102,11 @@ pub struct NackRecord {
 /// What a stream reports about itself after every step.
 #[derive(Clone, Debug, Default)]
 pub struct StreamReport {
-    pub types: BTreeMap<String, TypeStatus>,
+    pub types: BTreeMap<ResourceType, TypeStatus>,
     /// The latest refusal of each type, kept after a later ACK.
-    pub last_nack: BTreeMap<String, NackRecord>,
+    pub last_nack: BTreeMap<ResourceType, NackRecord>,
     /// What the proxy holds (or is being sent), by type.
-    pub holding: BTreeMap<String, Resources>,
+    pub holding: BTreeMap<ResourceType, Resources>,
 }
 
 /// One connected proxy.

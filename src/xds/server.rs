@@ -46,9 +46,9 @@ use super::proxy::{Proxy, ProxyId};
 use super::push::{
     self, Connection, Connections, Debounce, NackRecord, Protocol, PushError, Pusher, StreamReport,
 };
+use super::resource_type::ResourceType;
 use super::snapshot::{Resources, Snapshot};
 use super::stream::{Event, ProtocolError, SotwStream, Step, TypeStatus};
-use super::types;
 use super::wire::{DeltaResponse, SotwResponse, Wire};
 use crate::ca::serving::{ServingCert, provider};
 use crate::index::{Pods, SharedIndex};
@@ -319,8 +319,8 @@ pub(crate) trait Machine: Send + Sync + 'static {
     fn node(request: &Self::Request) -> Option<&Node>;
     fn on_request(&mut self, request: &Self::Request) -> Result<Step<Self::Response>, ProtocolError>;
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step<Self::Response>;
-    fn status(&self) -> BTreeMap<String, TypeStatus>;
-    fn holding(&self) -> BTreeMap<String, Resources>;
+    fn status(&self) -> BTreeMap<ResourceType, TypeStatus>;
+    fn holding(&self) -> BTreeMap<ResourceType, Resources>;
     fn describe(response: &Self::Response) -> Pushed<'_>;
 }
 
@@ -341,10 +341,10 @@ impl Machine for SotwStream {
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step {
         SotwStream::on_snapshot(self, snapshot)
     }
-    fn status(&self) -> BTreeMap<String, TypeStatus> {
+    fn status(&self) -> BTreeMap<ResourceType, TypeStatus> {
         SotwStream::status(self)
     }
-    fn holding(&self) -> BTreeMap<String, Resources> {
+    fn holding(&self) -> BTreeMap<ResourceType, Resources> {
         SotwStream::holding(self)
     }
     fn describe(response: &SotwResponse) -> Pushed<'_> {
@@ -375,10 +375,10 @@ impl Machine for DeltaStream {
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step<DeltaResponse> {
         DeltaStream::on_snapshot(self, snapshot)
     }
-    fn status(&self) -> BTreeMap<String, TypeStatus> {
+    fn status(&self) -> BTreeMap<ResourceType, TypeStatus> {
         DeltaStream::status(self)
     }
-    fn holding(&self) -> BTreeMap<String, Resources> {
+    fn holding(&self) -> BTreeMap<ResourceType, Resources> {
         DeltaStream::holding(self)
     }
     fn describe(response: &DeltaResponse) -> Pushed<'_> {
@@ -527,24 +527,24 @@ impl<M: Machine> Session<M> {
         let mut nacks = Vec::new();
         for event in step.events {
             match event {
-                Event::Ack { type_url, version } => {
-                    metrics.acked(&type_url);
-                    tracing::debug!(%proxy, r#type = types::label(&type_url), %version, "ACK");
+                Event::Ack { resource_type, version } => {
+                    metrics.acked(resource_type);
+                    tracing::debug!(%proxy, r#type = %resource_type, %version, "ACK");
                 }
-                Event::Nack { type_url, version, resources, error } => {
-                    metrics.nacked(&type_url);
+                Event::Nack { resource_type, version, resources, error } => {
+                    metrics.nacked(resource_type);
                     tracing::warn!(
                         %proxy,
-                        r#type = types::label(&type_url),
+                        r#type = %resource_type,
                         %version,
                         resources = %names(&resources),
                         %error,
                         "proxy refused configuration (NACK)"
                     );
-                    nacks.push((type_url, NackRecord { version, error, at: SystemTime::now() }));
+                    nacks.push((resource_type, NackRecord { version, error, at: SystemTime::now() }));
                 }
-                Event::StaleNonce { type_url, nonce } => {
-                    tracing::debug!(%proxy, r#type = types::label(&type_url), %nonce, "stale nonce ignored");
+                Event::StaleNonce { resource_type, nonce } => {
+                    tracing::debug!(%proxy, r#type = %resource_type, %nonce, "stale nonce ignored");
                 }
             }
         }
@@ -556,10 +556,15 @@ impl<M: Machine> Session<M> {
         });
         for response in step.responses {
             let pushed = M::describe(&response);
-            metrics.pushed(pushed.type_url);
+            // The answer to a type the mesh does not serve is not counted:
+            // it carries nothing.
+            let served = ResourceType::from_type_url(pushed.type_url);
+            if let Some(resource_type) = served {
+                metrics.pushed(resource_type);
+            }
             tracing::debug!(
                 %proxy,
-                r#type = types::label(pushed.type_url),
+                r#type = served.map_or(pushed.type_url, |t| t.label()),
                 version = %pushed.version,
                 resources = pushed.resources,
                 removed = pushed.removed,
