@@ -1,5 +1,5 @@
 //! One ADS stream in the incremental (Delta) protocol, as a state machine
-//! with no I/O, the sibling of [`super::stream`] over the same
+//! with no I/O, the sibling of [`super::sotw`] over the same
 //! [`Snapshot`]: responses carry only resources that are new or changed
 //! (by their content-hash versions) and the names of those that went away.
 //!
@@ -29,13 +29,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::protobuf::Any;
 
 use super::order::{self, Ledger};
+use super::protocol::{Event, Machine, Nack, Protocol, ProtocolError, Pushed, Step, TypeStatus};
 use super::resource_type::ResourceType;
 use super::snapshot::{Resource, Resources, Snapshot};
-use super::stream::{Event, Nack, ProtocolError, Step, TypeStatus};
 use super::wire::DeltaResponse;
 
 const WILDCARD: &str = "*";
@@ -390,6 +391,40 @@ fn acknowledge(
 
 fn without(resources: &Resources, names: &BTreeSet<&str>) -> Resources {
     Resources::from_sorted(resources.iter().filter(|r| !names.contains(r.name.as_str())).cloned().collect())
+}
+
+impl Machine for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaResponse;
+    const PROTOCOL: Protocol = Protocol::Delta;
+
+    fn new(snapshot: Arc<Snapshot>) -> Self {
+        DeltaStream::new(snapshot)
+    }
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+    fn on_request(&mut self, request: &DeltaDiscoveryRequest) -> Result<Step<DeltaResponse>, ProtocolError> {
+        DeltaStream::on_request(self, request)
+    }
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step<DeltaResponse> {
+        DeltaStream::on_snapshot(self, snapshot)
+    }
+    fn status(&self) -> BTreeMap<ResourceType, TypeStatus> {
+        DeltaStream::status(self)
+    }
+    fn holding(&self) -> BTreeMap<ResourceType, Resources> {
+        DeltaStream::holding(self)
+    }
+    fn describe(response: &DeltaResponse) -> Pushed<'_> {
+        Pushed {
+            type_url: &response.type_url,
+            version: &response.system_version_info,
+            resources: response.resources.len(),
+            removed: response.removed_resources.len(),
+            nonce: &response.nonce,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,10 +13,12 @@
 //!   builds them once per push: [`MeshGenerator`] ([`mesh`]) translates the mesh per scope and
 //!   proxy; [`Passthrough`] serves the pass-through configuration alone
 //!   (what `Ads::new` serves; the server's tests use it);
-//! - [`stream`] and [`delta`]: the ADS state-of-the-world and incremental
+//! - [`sotw`] and [`delta`]: the ADS state-of-the-world and incremental
 //!   protocols as state machines with no I/O (nonces, ACK, NACK, what to
 //!   send when), both keeping [`order`] (make-before-break: clusters before
 //!   the routes that name them, routes away before clusters go);
+//!   [`protocol`]: what they share, and the trait the server drives both
+//!   through;
 //! - [`push`]: debounced pushes of new snapshots to every connected proxy,
 //!   and the registry of connections;
 //! - [`server`] and [`grpc`]: TLS, hyper's HTTP/2 and our own gRPC
@@ -39,6 +41,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod names;
 pub(crate) mod order;
+pub mod protocol;
 pub mod proxy;
 pub mod push;
 pub mod resource_type;
@@ -46,7 +49,7 @@ pub mod resource_type;
 mod scale;
 pub mod server;
 pub mod snapshot;
-pub mod stream;
+pub mod sotw;
 #[cfg(test)]
 mod tests;
 pub mod tokenreview;

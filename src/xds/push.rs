@@ -35,10 +35,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::generator::{Generator, PushContext};
 use super::metrics::XdsMetrics;
+use super::protocol::{Protocol, TypeStatus};
 use super::proxy::Proxy;
 use super::resource_type::ResourceType;
 use super::snapshot::{Resources, Snapshot};
-use super::stream::TypeStatus;
 use crate::index::{Pods, SharedIndex};
 use crate::model::ObjectKey;
 use crate::supervisor::panic_message;
@@ -64,22 +64,6 @@ impl Debounce {
     pub fn from_millis(quiet_ms: u64) -> Self {
         let quiet = Duration::from_millis(quiet_ms);
         Self { quiet, max_delay: (quiet * 10).max(Duration::from_secs(1)) }
-    }
-}
-
-/// Which protocol a stream speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Sotw,
-    Delta,
-}
-
-impl Protocol {
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Sotw => "SotW",
-            Protocol::Delta => "Delta",
-        }
     }
 }
 

@@ -4,7 +4,7 @@
 //!
 //! A request's type URL is read into a [`ResourceType`] once, where the
 //! stream state machines take the request; a type URL the mesh does not
-//! serve is handled there (see [`super::stream`] and [`super::delta`]),
+//! serve is handled there (see [`super::sotw`] and [`super::delta`]),
 //! so nothing past that point deals in strings.
 
 use std::fmt;

@@ -22,7 +22,7 @@ use super::generator::{Generator, PushContext, ScopeCache};
 use super::proxy::{Proxy, ProxyId};
 use super::resource_type::ResourceType;
 use super::snapshot::{Resource, ResourceSet, Resources, Snapshot};
-use super::stream::SotwStream;
+use super::sotw::SotwStream;
 use crate::index::Index;
 
 const SERVICES: usize = 1000;

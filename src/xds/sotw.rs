@@ -1,8 +1,8 @@
 //! One ADS stream in the state-of-the-world (SotW) protocol, as a state
 //! machine with no I/O: requests and new snapshots go in, responses and
 //! events (ACK, NACK, stale nonce) come out. The server
-//! ([`super::server`]) feeds it and writes what it returns; tests drive it
-//! directly.
+//! ([`super::server`]) feeds it, through [`Machine`] as it does Delta's,
+//! and writes what it returns; tests drive it directly.
 //!
 //! The rules, per resource type on the stream:
 //! - the first request of a type is always answered, with the current
@@ -39,10 +39,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::names::NameSet;
 use super::order::{self, Ledger};
+use super::protocol::{Event, Machine, Nack, Protocol, ProtocolError, Pushed, Step, TypeStatus};
 use super::resource_type::ResourceType;
 use super::snapshot::{Resources, Snapshot};
 use super::wire::SotwResponse;
@@ -78,63 +80,11 @@ impl Subscription {
     }
 }
 
-/// What happened on the stream besides responses, for logs and metrics.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// The proxy applied `version`.
-    Ack { resource_type: ResourceType, version: String },
-    /// The proxy refused `version` (of the named resources), saying `error`.
-    Nack { resource_type: ResourceType, version: String, resources: Vec<String>, error: String },
-    /// A request answering an older response, ignored.
-    StaleNonce { resource_type: ResourceType, nonce: String },
-}
-
-/// The output of one step of the machine.
-#[derive(Debug, PartialEq)]
-pub struct Step<R = SotwResponse> {
-    /// To send, in order.
-    pub responses: Vec<R>,
-    pub events: Vec<Event>,
-}
-
-impl<R> Default for Step<R> {
-    fn default() -> Self {
-        Self { responses: Vec::new(), events: Vec::new() }
-    }
-}
-
-/// A request the protocol does not allow.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProtocolError {
-    #[error("a request on the aggregated stream has no type_url")]
-    NoTypeUrl,
-}
-
 /// The last response of a type.
 #[derive(Clone, Debug)]
 struct Sent {
     nonce: String,
     version: String,
-}
-
-/// A refused version and the proxy's reason.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Nack {
-    pub version: String,
-    pub error: String,
-}
-
-/// Where one type stands on a stream, for /debug/syncz.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TypeStatus {
-    /// The version of what the proxy was sent last.
-    pub sent: Option<String>,
-    /// The version it acknowledged last.
-    pub acked: Option<String>,
-    /// Its latest refusal, while it is the latest answer.
-    pub nack: Option<Nack>,
-    /// Resources sent and held by the proxy, by count.
-    pub resources: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -371,6 +321,40 @@ impl SotwStream {
             type_url: resource_type.type_url().to_string(),
             nonce,
         })
+    }
+}
+
+impl Machine for SotwStream {
+    type Request = DiscoveryRequest;
+    type Response = SotwResponse;
+    const PROTOCOL: Protocol = Protocol::Sotw;
+
+    fn new(snapshot: Arc<Snapshot>) -> Self {
+        SotwStream::new(snapshot)
+    }
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+    fn on_request(&mut self, request: &DiscoveryRequest) -> Result<Step, ProtocolError> {
+        SotwStream::on_request(self, request)
+    }
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step {
+        SotwStream::on_snapshot(self, snapshot)
+    }
+    fn status(&self) -> BTreeMap<ResourceType, TypeStatus> {
+        SotwStream::status(self)
+    }
+    fn holding(&self) -> BTreeMap<ResourceType, Resources> {
+        SotwStream::holding(self)
+    }
+    fn describe(response: &SotwResponse) -> Pushed<'_> {
+        Pushed {
+            type_url: &response.type_url,
+            version: &response.version_info,
+            resources: response.resources.len(),
+            removed: 0,
+            nonce: &response.nonce,
+        }
     }
 }
 
