@@ -24,7 +24,9 @@
 //!   while something the proxy holds names it;
 //! - new or changed clusters have their endpoints sent again, unchanged,
 //!   after them: Envoy warms such a cluster by waiting for its endpoints,
-//!   and asks for nothing new (the name is subscribed already).
+//!   and asks for nothing new (the name is subscribed already);
+//! - a type URL the mesh does not serve is answered with no resources, its
+//!   subscribed names listed as removed, and its ACKs ignored.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

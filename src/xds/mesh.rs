@@ -1,8 +1,8 @@
 //! The generator that serves the mesh's routed configuration: per push,
-//! one [`MeshView`] of the index; per scope (namespace, and the few labels
-//! some rule selects on), the outbound clusters, endpoints, routes and
-//! listener, packed once and shared by every proxy of the scope; per proxy,
-//! only its inbound listener and clusters.
+//! one [`MeshView`], built from the index's state; per scope (namespace,
+//! and the few labels some rule selects on), the outbound clusters,
+//! endpoints, routes and listener, packed once and shared by every proxy
+//! of the scope; per proxy, only its inbound listener and clusters.
 //!
 //! Every listener and route names the clusters it sends to, so the streams
 //! send it only once those clusters (and their endpoints) are acknowledged:

@@ -9,10 +9,11 @@
 //! - [`resource_type`]: the resource types served ([`ResourceType`]): type
 //!   URLs, wildcard or by name, push order, metric labels;
 //! - [`snapshot`]: a proxy's configuration, with content-hash versions,
-//!   resources shared between proxies; [`generator`]: a [`Generator`]
-//!   builds them once per push: [`MeshGenerator`] ([`mesh`]) translates the mesh per scope and
-//!   proxy; [`Passthrough`] serves the pass-through configuration alone
-//!   (what `Ads::new` serves; the server's tests use it);
+//!   resources shared between proxies, each listener and route naming the
+//!   clusters it sends to; [`generator`]: a [`Generator`] builds them once
+//!   per push: [`MeshGenerator`] ([`mesh`]) translates the mesh per scope
+//!   and proxy; [`Passthrough`] serves the pass-through configuration
+//!   alone (what `Ads::new` serves; the server's tests use it);
 //! - [`sotw`] and [`delta`]: the ADS state-of-the-world and incremental
 //!   protocols as state machines with no I/O (nonces, ACK, NACK, what to
 //!   send when), both keeping [`order`] (make-before-break: clusters before
@@ -20,17 +21,20 @@
 //!   [`protocol`]: what they share, and the trait the server drives both
 //!   through;
 //! - [`push`]: debounced pushes of new snapshots to every connected proxy,
-//!   and the registry of connections;
+//!   and the registry of connections; a push that panics ends the push
+//!   loop, which the controller's supervisor treats as fatal;
 //! - [`server`] and [`grpc`]: TLS, hyper's HTTP/2 and our own gRPC
 //!   framing (each resource encoded once, [`wire`]), authentication at
-//!   stream start, and the loop that feeds requests and snapshots to the
-//!   state machine;
+//!   stream start, and one session loop that feeds requests and snapshots
+//!   to either state machine; [`names`]: subscribed name sets, shared
+//!   between streams;
 //! - [`debug`]: what /debug/syncz and /debug/config_dump show, and
 //!   `mesh proxy-status`'s table of it;
 //! - [`metrics`]: what the server counts, on /metrics.
 //!
-//! Only [`tokenreview`] knows Kubernetes; the rest sees the index and
-//! envoy-types protos.
+//! Only [`tokenreview`] knows Kubernetes; the rest sees the index (its
+//! read API: `state()`, `get::<Pods>` and its revisions) and envoy-types
+//! protos.
 
 pub mod auth;
 pub mod debug;

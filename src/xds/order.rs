@@ -37,8 +37,10 @@ use super::snapshot::{Resource, Resources, Snapshot};
 /// What a stream knows of one type at the proxy.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Ledger {
-    /// What the proxy holds once it applies what was sent (SotW: the last
-    /// response; Delta: every resource the proxy was sent and still has).
+    /// What the proxy holds once it applies what was sent (SotW: the whole
+    /// set the last response leaves it with, though a response of a named
+    /// type carries only what changed; Delta: every resource the proxy was
+    /// sent and still has).
     pub sent: Resources,
     /// What the proxy acknowledged.
     pub acked: Resources,

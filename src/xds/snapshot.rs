@@ -14,8 +14,9 @@
 //!
 //! Listeners and routes may name the clusters they send traffic to
 //! ([`Resource::depends_on`]): the stream state machines hold such a
-//! resource back until those clusters are acknowledged (make-before-break,
-//! [`super::order`]).
+//! resource back until those clusters, and their endpoints, are
+//! acknowledged (make-before-break, [`super::order`]). Translation names
+//! them as it packs; nothing here decodes a resource to find them.
 //!
 //! Snapshots are built once per push by a [`super::generator::Generator`].
 

@@ -29,10 +29,14 @@
 //! Make-before-break ([`super::order`]) holds back, within a response, a
 //! listener or route whose clusters are not acknowledged yet (the proxy
 //! keeps the version it has), and keeps a removed cluster in the response
-//! while a route the proxy holds still names it; both are planned again
+//! while a listener or route the proxy holds still names it; both are planned again
 //! after every ACK. A cluster response with new or changed clusters is
 //! followed by their endpoints, sent again unchanged: Envoy warms such a
 //! cluster by waiting for them, and its requests name nothing new.
+//!
+//! A type URL the mesh does not serve ([`ResourceType::from_type_url`]
+//! knows none of it) is answered once, with no resources, and its later
+//! requests ignored; nothing else of the stream depends on it.
 //!
 //! [`super::delta`] is the incremental sibling over the same [`Snapshot`].
 

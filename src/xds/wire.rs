@@ -6,7 +6,9 @@
 //! response is its few per-stream fields (version, type URL, nonce),
 //! encoded per stream, with the shared entries spliced in between, in field
 //! order: the bytes are those prost would write for the same message. A
-//! response holds its resources by `Arc`, and [`super::grpc`] hands the
+//! Delta response wraps each resource in its own `Resource` message
+//! (version, the `Any`, name): the wrapper is written per stream around
+//! the same shared `Any` bytes. A response holds its resources by `Arc`, and [`super::grpc`] hands the
 //! larger entries to HTTP/2 by reference: they are copied only into TLS
 //! records as they are sent.
 
