@@ -39,7 +39,7 @@ use super::order::{self, Ledger};
 use super::protocol::{Event, Machine, Nack, Protocol, ProtocolError, Pushed, Step, TypeStatus};
 use super::resource_type::ResourceType;
 use super::snapshot::{Resource, Resources, Snapshot};
-use super::wire::DeltaResponse;
+use super::wire::{DeltaResponse, TypeUrl};
 
 const WILDCARD: &str = "*";
 
@@ -203,7 +203,7 @@ impl DeltaStream {
         step.responses.push(DeltaResponse {
             system_version_info: Resources::default().version(),
             resources: Vec::new(),
-            type_url: request.type_url.clone(),
+            type_url: TypeUrl::Other(request.type_url.clone()),
             removed_resources,
             nonce: self.nonce.to_string(),
         });
@@ -345,7 +345,7 @@ impl DeltaStream {
         Some(DeltaResponse {
             system_version_info: version,
             resources: plan.updated,
-            type_url: resource_type.type_url().to_string(),
+            type_url: resource_type.into(),
             removed_resources,
             nonce,
         })

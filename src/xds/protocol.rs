@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 
 use super::resource_type::ResourceType;
 use super::snapshot::{Resources, Snapshot};
-use super::wire::{SotwResponse, Wire};
+use super::wire::{SotwResponse, TypeUrl, Wire};
 
 /// Which protocol a stream speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,7 +89,7 @@ pub struct TypeStatus {
 
 /// A response, as the log and metrics see it.
 pub(crate) struct Pushed<'a> {
-    pub type_url: &'a str,
+    pub type_url: &'a TypeUrl,
     pub version: &'a str,
     pub resources: usize,
     pub removed: usize,

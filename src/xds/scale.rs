@@ -225,13 +225,13 @@ fn sotw_converge(stream: &mut SotwStream, first: bool) -> usize {
         }
         for response in responses.drain(..) {
             bytes += response.resource_bytes();
-            let names = match ResourceType::from_type_url(&response.type_url) {
+            let names = match response.type_url.served() {
                 Some(ResourceType::Endpoint) => eds.clone(),
                 Some(ResourceType::Route) => rds.clone(),
                 _ => Vec::new(),
             };
             pending.push(DiscoveryRequest {
-                type_url: response.type_url.clone(),
+                type_url: response.type_url.as_str().into(),
                 version_info: response.version_info.clone(),
                 response_nonce: response.nonce.clone(),
                 resource_names: names,
@@ -270,7 +270,7 @@ fn delta_converge(stream: &mut DeltaStream, first: bool) -> usize {
         for response in responses.drain(..) {
             bytes += response.resource_bytes();
             pending.push(DeltaDiscoveryRequest {
-                type_url: response.type_url.clone(),
+                type_url: response.type_url.as_str().into(),
                 response_nonce: response.nonce.clone(),
                 ..Default::default()
             });
@@ -323,7 +323,7 @@ fn a_full_push_to_2000_proxies() {
         for response in step.responses {
             stream
                 .on_request(&DiscoveryRequest {
-                    type_url: response.type_url.clone(),
+                    type_url: response.type_url.as_str().into(),
                     version_info: response.version_info.clone(),
                     response_nonce: response.nonce.clone(),
                     resource_names: (0..SERVICES).map(cluster_name).collect(),
@@ -338,7 +338,7 @@ fn a_full_push_to_2000_proxies() {
         for response in step.responses {
             stream
                 .on_request(&DeltaDiscoveryRequest {
-                    type_url: response.type_url.clone(),
+                    type_url: response.type_url.as_str().into(),
                     response_nonce: response.nonce.clone(),
                     ..Default::default()
                 })

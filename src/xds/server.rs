@@ -43,7 +43,6 @@ use super::metrics::XdsMetrics;
 use super::protocol::{Event, Machine, Step};
 use super::proxy::{Proxy, ProxyId};
 use super::push::{self, Connection, Connections, Debounce, NackRecord, PushError, Pusher, StreamReport};
-use super::resource_type::ResourceType;
 use super::sotw::SotwStream;
 use super::wire::{DeltaResponse, SotwResponse, Wire};
 use crate::ca::serving::{ServingCert, provider};
@@ -462,13 +461,13 @@ impl<M: Machine> Session<M> {
             let pushed = M::describe(&response);
             // The answer to a type the mesh does not serve is not counted:
             // it carries nothing.
-            let served = ResourceType::from_type_url(pushed.type_url);
+            let served = pushed.type_url.served();
             if let Some(resource_type) = served {
                 metrics.pushed(resource_type);
             }
             tracing::debug!(
                 %proxy,
-                r#type = served.map_or(pushed.type_url, |t| t.label()),
+                r#type = served.map_or(pushed.type_url.as_str(), |t| t.label()),
                 version = %pushed.version,
                 resources = pushed.resources,
                 removed = pushed.removed,

@@ -51,7 +51,7 @@ use super::order::{self, Ledger};
 use super::protocol::{Event, Machine, Nack, Protocol, ProtocolError, Pushed, Step, TypeStatus};
 use super::resource_type::ResourceType;
 use super::snapshot::{Resources, Snapshot};
-use super::wire::SotwResponse;
+use super::wire::{SotwResponse, TypeUrl};
 
 /// What a stream wants of one resource type.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,7 +209,7 @@ impl SotwStream {
             step.responses.push(SotwResponse {
                 version_info: Resources::default().version(),
                 resources: Vec::new(),
-                type_url: type_url.to_string(),
+                type_url: TypeUrl::Other(type_url.to_string()),
                 nonce: self.nonce.to_string(),
             });
         }
@@ -319,12 +319,7 @@ impl SotwStream {
         };
         state.full = false;
         self.ledgers.entry(resource_type).or_default().sent = plan.next;
-        Some(SotwResponse {
-            version_info: version,
-            resources,
-            type_url: resource_type.type_url().to_string(),
-            nonce,
-        })
+        Some(SotwResponse { version_info: version, resources, type_url: resource_type.into(), nonce })
     }
 }
 

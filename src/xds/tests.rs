@@ -741,7 +741,7 @@ async fn a_delta_stream_is_authenticated_like_sotw_and_ends_when_its_pod_goes() 
         .expect("in time")
         .expect("open")
         .expect("a response");
-    assert_eq!(clusters.type_url, ResourceType::Cluster.type_url());
+    assert_eq!(clusters.type_url.as_str(), ResourceType::Cluster.type_url());
     assert_eq!(clusters.resources.len(), 2);
     assert_eq!(ads.connections().len(), 1);
 
