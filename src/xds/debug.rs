@@ -22,7 +22,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use super::push::{Connection, Connections};
-use super::types;
+use super::resource_type::ResourceType;
 
 /// One proxy in /debug/syncz.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -79,8 +79,8 @@ fn sync_status(controller: &str, connection: &Connection) -> SyncStatus {
     let types = report
         .types
         .iter()
-        .map(|(type_url, status)| {
-            let last_nack = report.last_nack.get(type_url).map(|n| NackStatus {
+        .map(|(resource_type, status)| {
+            let last_nack = report.last_nack.get(resource_type).map(|n| NackStatus {
                 version: n.version.clone(),
                 error: n.error.clone(),
                 at: rfc3339(n.at),
@@ -95,14 +95,14 @@ fn sync_status(controller: &str, connection: &Connection) -> SyncStatus {
                     .unwrap_or_default(),
             });
             let sync = TypeSync {
-                type_url: type_url.clone(),
+                type_url: resource_type.type_url().to_string(),
                 sent: status.sent.clone(),
                 acked: status.acked.clone(),
                 resources: status.resources,
                 nack,
                 last_nack,
             };
-            (types::label(type_url).to_string(), sync)
+            (resource_type.label().to_string(), sync)
         })
         .collect();
     let pod = connection.pod();
@@ -132,7 +132,7 @@ pub fn config_dump(connections: &Connections, proxy: &str) -> Option<serde_json:
             let types: serde_json::Map<String, serde_json::Value> = report
                 .holding
                 .iter()
-                .map(|(type_url, resources)| {
+                .map(|(resource_type, resources)| {
                     let items: Vec<_> = resources
                         .iter()
                         .map(|r| {
@@ -144,10 +144,10 @@ pub fn config_dump(connections: &Connections, proxy: &str) -> Option<serde_json:
                             if !r.depends_on.is_empty() {
                                 item["depends_on"] = serde_json::json!(r.depends_on);
                             }
-                            if type_url != types::SECRET {
+                            if *resource_type != ResourceType::Secret {
                                 item["base64"] =
                                     base64::engine::general_purpose::STANDARD.encode(r.value()).into();
-                                if let Some(text) = decoded(type_url, r.value()) {
+                                if let Some(text) = decoded(*resource_type, r.value()) {
                                     item["debug"] = text.into();
                                 }
                             }
@@ -155,11 +155,11 @@ pub fn config_dump(connections: &Connections, proxy: &str) -> Option<serde_json:
                         })
                         .collect();
                     let value = serde_json::json!({
-                        "type_url": type_url,
+                        "type_url": resource_type.type_url(),
                         "version": resources.version(),
                         "resources": items,
                     });
-                    (types::label(type_url).to_string(), value)
+                    (resource_type.label().to_string(), value)
                 })
                 .collect();
             serde_json::json!({
@@ -171,14 +171,15 @@ pub fn config_dump(connections: &Connections, proxy: &str) -> Option<serde_json:
     Some(serde_json::Value::Array(dumps))
 }
 
-/// Rust's debug print of a resource of a type we know.
-fn decoded(type_url: &str, bytes: &[u8]) -> Option<String> {
-    match type_url {
-        types::LISTENER => Listener::decode(bytes).ok().map(|m| format!("{m:?}")),
-        types::CLUSTER => Cluster::decode(bytes).ok().map(|m| format!("{m:?}")),
-        types::ENDPOINT => ClusterLoadAssignment::decode(bytes).ok().map(|m| format!("{m:?}")),
-        types::ROUTE => RouteConfiguration::decode(bytes).ok().map(|m| format!("{m:?}")),
-        _ => None,
+/// Rust's debug print of a resource (secrets are never shown: they hold
+/// private keys).
+fn decoded(resource_type: ResourceType, bytes: &[u8]) -> Option<String> {
+    match resource_type {
+        ResourceType::Listener => Listener::decode(bytes).ok().map(|m| format!("{m:?}")),
+        ResourceType::Cluster => Cluster::decode(bytes).ok().map(|m| format!("{m:?}")),
+        ResourceType::Endpoint => ClusterLoadAssignment::decode(bytes).ok().map(|m| format!("{m:?}")),
+        ResourceType::Route => RouteConfiguration::decode(bytes).ok().map(|m| format!("{m:?}")),
+        ResourceType::Secret => None,
     }
 }
 

@@ -1,5 +1,5 @@
 //! One ADS stream in the incremental (Delta) protocol, as a state machine
-//! with no I/O, the sibling of [`super::stream`] over the same
+//! with no I/O, the sibling of [`super::sotw`] over the same
 //! [`Snapshot`]: responses carry only resources that are new or changed
 //! (by their content-hash versions) and the names of those that went away.
 //!
@@ -24,19 +24,22 @@
 //!   while something the proxy holds names it;
 //! - new or changed clusters have their endpoints sent again, unchanged,
 //!   after them: Envoy warms such a cluster by waiting for its endpoints,
-//!   and asks for nothing new (the name is subscribed already).
+//!   and asks for nothing new (the name is subscribed already);
+//! - a type URL the mesh does not serve is answered with no resources, its
+//!   subscribed names listed as removed, and its ACKs ignored.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::protobuf::Any;
 
 use super::order::{self, Ledger};
+use super::protocol::{Event, Machine, Nack, Protocol, ProtocolError, Pushed, Step, TypeStatus};
+use super::resource_type::ResourceType;
 use super::snapshot::{Resource, Resources, Snapshot};
-use super::stream::{Event, Nack, ProtocolError, Step, TypeStatus};
-use super::types;
-use super::wire::DeltaResponse;
+use super::wire::{DeltaResponse, TypeUrl};
 
 const WILDCARD: &str = "*";
 
@@ -68,28 +71,44 @@ struct TypeState {
 pub struct DeltaStream {
     snapshot: Arc<Snapshot>,
     nonce: u64,
-    types: BTreeMap<String, TypeState>,
-    ledgers: BTreeMap<String, Ledger>,
+    types: BTreeMap<ResourceType, TypeState>,
+    ledgers: BTreeMap<ResourceType, Ledger>,
+    /// Type URLs the mesh does not serve that the proxy asked for, with
+    /// the names it was told are absent (see [`DeltaStream::on_request`]).
+    unserved: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl DeltaStream {
     pub fn new(snapshot: Arc<Snapshot>) -> Self {
-        Self { snapshot, nonce: 0, types: BTreeMap::new(), ledgers: BTreeMap::new() }
+        Self {
+            snapshot,
+            nonce: 0,
+            types: BTreeMap::new(),
+            ledgers: BTreeMap::new(),
+            unserved: BTreeMap::new(),
+        }
     }
 
     /// Handles one request from the proxy.
+    ///
+    /// A type the mesh does not serve is answered with no resources: its
+    /// first request, and each that subscribes to names not answered yet,
+    /// which are listed in `removed_resources` so the proxy stops waiting
+    /// for them. Other requests of that type (ACKs) are ignored.
     pub fn on_request(
         &mut self,
         request: &DeltaDiscoveryRequest,
     ) -> Result<Step<DeltaResponse>, ProtocolError> {
-        let type_url = request.type_url.as_str();
-        if type_url.is_empty() {
+        if request.type_url.is_empty() {
             return Err(ProtocolError::NoTypeUrl);
         }
+        let Some(resource_type) = ResourceType::from_type_url(&request.type_url) else {
+            return Ok(self.unserved(request));
+        };
         let mut step = Step::default();
-        let first = !self.types.contains_key(type_url);
-        let state = self.types.entry(type_url.to_string()).or_default();
-        let ledger = self.ledgers.entry(type_url.to_string()).or_default();
+        let first = !self.types.contains_key(&resource_type);
+        let state = self.types.entry(resource_type).or_default();
+        let ledger = self.ledgers.entry(resource_type).or_default();
         let changes_subscription =
             !request.resource_names_subscribe.is_empty() || !request.resource_names_unsubscribe.is_empty();
 
@@ -98,14 +117,12 @@ impl DeltaStream {
             match state.in_flight.take() {
                 Some(sent) if sent.nonce == request.response_nonce => {
                     answered = true;
-                    acknowledge(type_url, state, ledger, sent, request, &mut step);
+                    acknowledge(resource_type, state, ledger, sent, request, &mut step);
                 }
                 other => {
                     state.in_flight = other;
-                    step.events.push(Event::StaleNonce {
-                        type_url: type_url.to_string(),
-                        nonce: request.response_nonce.clone(),
-                    });
+                    step.events
+                        .push(Event::StaleNonce { resource_type, nonce: request.response_nonce.clone() });
                     if !changes_subscription {
                         return Ok(step);
                     }
@@ -114,12 +131,12 @@ impl DeltaStream {
         }
 
         if first {
-            state.wildcard = types::is_wildcard_only(type_url);
+            state.wildcard = resource_type.is_wildcard_only();
             // What the proxy kept from an earlier stream: taken as applied.
             let mut held: Vec<Arc<Resource>> = request
                 .initial_resource_versions
                 .iter()
-                .map(|(name, version)| match self.snapshot.get(type_url).and_then(|r| r.get(name)) {
+                .map(|(name, version)| match self.snapshot.get(resource_type).and_then(|r| r.get(name)) {
                     Some(current) if current.version == *version => current.clone(),
                     _ => Arc::new(Resource::with_version(name.clone(), version.clone(), Any::default())),
                 })
@@ -139,7 +156,7 @@ impl DeltaStream {
         let mut dropped = BTreeSet::new();
         for name in &request.resource_names_unsubscribe {
             if name == WILDCARD {
-                state.wildcard = types::is_wildcard_only(type_url);
+                state.wildcard = resource_type.is_wildcard_only();
             } else {
                 state.names.remove(name);
                 state.absent.remove(name);
@@ -154,9 +171,8 @@ impl DeltaStream {
             ledger.acked = without(&ledger.acked, &dropped);
         }
 
-        let type_url = type_url.to_string();
-        step.responses.extend(self.respond(&type_url, first));
-        if answered || type_url == types::CLUSTER {
+        step.responses.extend(self.respond(resource_type, first));
+        if answered || resource_type == ResourceType::Cluster {
             // An answer may release what waited on it, in other types; new
             // or changed clusters want their endpoints again.
             step.responses.extend(self.respond_held());
@@ -164,16 +180,46 @@ impl DeltaStream {
         Ok(step)
     }
 
+    /// Answers a request of a type the mesh does not serve: no resources,
+    /// and the names subscribed to that it was not told of yet, as absent.
+    fn unserved(&mut self, request: &DeltaDiscoveryRequest) -> Step<DeltaResponse> {
+        let mut step = Step::default();
+        let first = !self.unserved.contains_key(&request.type_url);
+        let told = self.unserved.entry(request.type_url.clone()).or_default();
+        for name in &request.resource_names_unsubscribe {
+            told.remove(name);
+        }
+        let absent: BTreeSet<&String> = request
+            .resource_names_subscribe
+            .iter()
+            .filter(|n| *n != WILDCARD && !told.contains(*n))
+            .collect();
+        if !first && absent.is_empty() {
+            return step;
+        }
+        let removed_resources: Vec<String> = absent.into_iter().cloned().collect();
+        told.extend(removed_resources.iter().cloned());
+        self.nonce += 1;
+        step.responses.push(DeltaResponse {
+            system_version_info: Resources::default().version(),
+            resources: Vec::new(),
+            type_url: TypeUrl::Other(request.type_url.clone()),
+            removed_resources,
+            nonce: self.nonce.to_string(),
+        });
+        step
+    }
+
     /// Takes a new snapshot and sends every type without a response in
     /// flight what changed, secrets and clusters first.
     pub fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step<DeltaResponse> {
         self.snapshot = snapshot;
-        let mut idle: Vec<String> =
-            self.types.iter().filter(|(_, s)| s.in_flight.is_none()).map(|(t, _)| t.clone()).collect();
-        idle.sort_by_key(|type_url| types::push_rank(type_url));
+        let mut idle: Vec<ResourceType> =
+            self.types.iter().filter(|(_, s)| s.in_flight.is_none()).map(|(t, _)| *t).collect();
+        idle.sort_by_key(|t| t.push_rank());
         let mut step = Step::default();
-        for type_url in idle {
-            step.responses.extend(self.respond(&type_url, false));
+        for resource_type in idle {
+            step.responses.extend(self.respond(resource_type, false));
         }
         step
     }
@@ -184,70 +230,70 @@ impl DeltaStream {
     }
 
     /// The version (of the whole set the proxy holds) it acknowledged last.
-    pub fn acked(&self, type_url: &str) -> Option<&str> {
-        self.types.get(type_url)?.acked_version.as_deref()
+    pub fn acked(&self, resource_type: ResourceType) -> Option<&str> {
+        self.types.get(&resource_type)?.acked_version.as_deref()
     }
 
     /// The proxy's latest refusal of a type, while it is its latest answer.
-    pub fn nacked(&self, type_url: &str) -> Option<&Nack> {
-        self.types.get(type_url)?.nack.as_ref()
+    pub fn nacked(&self, resource_type: ResourceType) -> Option<&Nack> {
+        self.types.get(&resource_type)?.nack.as_ref()
     }
 
     /// The resources of a type the proxy holds, with their versions.
-    pub fn held(&self, type_url: &str) -> BTreeMap<String, String> {
+    pub fn held(&self, resource_type: ResourceType) -> BTreeMap<String, String> {
         self.ledgers
-            .get(type_url)
+            .get(&resource_type)
             .map(|l| l.sent.iter().map(|r| (r.name.clone(), r.version.clone())).collect())
             .unwrap_or_default()
     }
 
     /// Where each type the proxy asked for stands.
-    pub fn status(&self) -> BTreeMap<String, TypeStatus> {
+    pub fn status(&self) -> BTreeMap<ResourceType, TypeStatus> {
         self.types
             .iter()
-            .map(|(type_url, state)| {
+            .map(|(resource_type, state)| {
                 let status = TypeStatus {
                     sent: state.sent_version.clone(),
                     acked: state.acked_version.clone(),
                     nack: state.nack.clone(),
-                    resources: self.ledgers.get(type_url).map_or(0, |l| l.sent.len()),
+                    resources: self.ledgers.get(resource_type).map_or(0, |l| l.sent.len()),
                 };
-                (type_url.clone(), status)
+                (*resource_type, status)
             })
             .collect()
     }
 
     /// What the proxy holds (or is being sent), by type.
-    pub fn holding(&self) -> BTreeMap<String, Resources> {
+    pub fn holding(&self) -> BTreeMap<ResourceType, Resources> {
         // Of the types asked for: a cluster response opens the endpoints'
         // ledger before the proxy asks for them.
         self.ledgers
             .iter()
             .filter(|(t, _)| self.types.contains_key(*t))
-            .map(|(t, l)| (t.clone(), l.sent.clone()))
+            .map(|(t, l)| (*t, l.sent.clone()))
             .collect()
     }
 
     /// Plans again the types that held something back, or have endpoints
     /// to send again for clusters sent anew.
     fn respond_held(&mut self) -> Vec<DeltaResponse> {
-        let mut held: Vec<String> = self
+        let mut held: Vec<ResourceType> = self
             .types
             .iter()
-            .filter(|(t, s)| s.in_flight.is_none() && (s.held || order::rewarm_pending(t, &self.ledgers)))
-            .map(|(t, _)| t.clone())
+            .filter(|(t, s)| s.in_flight.is_none() && (s.held || order::rewarm_pending(**t, &self.ledgers)))
+            .map(|(t, _)| *t)
             .collect();
-        held.sort_by_key(|type_url| types::push_rank(type_url));
-        held.iter().filter_map(|type_url| self.respond(type_url, false)).collect()
+        held.sort_by_key(|t| t.push_rank());
+        held.into_iter().filter_map(|t| self.respond(t, false)).collect()
     }
 
     /// Sends a type what changed, if anything did (always, with `force`).
-    fn respond(&mut self, type_url: &str, force: bool) -> Option<DeltaResponse> {
-        let state = self.types.get(type_url)?;
+    fn respond(&mut self, resource_type: ResourceType, force: bool) -> Option<DeltaResponse> {
+        let state = self.types.get(&resource_type)?;
         if state.in_flight.is_some() {
             return None;
         }
-        let all = self.snapshot.resources(type_url);
+        let all = self.snapshot.resources(resource_type);
         let desired = if state.wildcard
             || (state.names.len() == all.len()
                 && state.names.iter().zip(all.iter()).all(|(n, r)| *n == r.name))
@@ -257,9 +303,9 @@ impl DeltaStream {
         } else {
             Resources::from_sorted(state.names.iter().filter_map(|n| all.get(n)).cloned().collect())
         };
-        let plan = order::plan(type_url, &desired, &self.ledgers, &self.snapshot, true);
-        order::planned(type_url, &mut self.ledgers);
-        let state = self.types.get_mut(type_url)?;
+        let plan = order::plan(resource_type, &desired, &self.ledgers, &self.snapshot, true);
+        order::planned(resource_type, &mut self.ledgers);
+        let state = self.types.get_mut(&resource_type)?;
         state.held = plan.held;
         // A subscribed name the snapshot lacks: only if some name was not found.
         let absent: Vec<String> = if state.wildcard || desired.len() == state.names.len() {
@@ -272,7 +318,7 @@ impl DeltaStream {
                 .cloned()
                 .collect()
         };
-        let ledger = self.ledgers.entry(type_url.to_string()).or_default();
+        let ledger = self.ledgers.entry(resource_type).or_default();
         if plan.updated.is_empty() && plan.removed.is_empty() && absent.is_empty() && !force {
             // The same content; keep the snapshot's own (shared) copy.
             ledger.sent = plan.next;
@@ -293,13 +339,13 @@ impl DeltaStream {
         state.in_flight =
             Some(InFlight { nonce: nonce.clone(), version: version.clone(), updated: plan.updated.clone() });
         ledger.sent = plan.next;
-        order::sent(type_url, &plan.updated, &mut self.ledgers);
+        order::sent(resource_type, &plan.updated, &mut self.ledgers);
         let mut removed_resources = plan.removed;
         removed_resources.extend(absent);
         Some(DeltaResponse {
             system_version_info: version,
             resources: plan.updated,
-            type_url: type_url.to_string(),
+            type_url: resource_type.into(),
             removed_resources,
             nonce,
         })
@@ -308,7 +354,7 @@ impl DeltaStream {
 
 /// Records the proxy's answer to the response in flight.
 fn acknowledge(
-    type_url: &str,
+    resource_type: ResourceType,
     state: &mut TypeState,
     ledger: &mut Ledger,
     sent: InFlight,
@@ -319,7 +365,7 @@ fn acknowledge(
     match &request.error_detail {
         Some(error) => {
             step.events.push(Event::Nack {
-                type_url: type_url.to_string(),
+                resource_type,
                 version: sent.version.clone(),
                 resources: names(),
                 error: error.message.clone(),
@@ -333,7 +379,7 @@ fn acknowledge(
             ledger.sent = ledger.acked.clone();
         }
         None => {
-            step.events.push(Event::Ack { type_url: type_url.to_string(), version: sent.version.clone() });
+            step.events.push(Event::Ack { resource_type, version: sent.version.clone() });
             state.acked_version = Some(sent.version.clone());
             state.nack = None;
             ledger.acked = ledger.sent.clone();
@@ -347,6 +393,40 @@ fn acknowledge(
 
 fn without(resources: &Resources, names: &BTreeSet<&str>) -> Resources {
     Resources::from_sorted(resources.iter().filter(|r| !names.contains(r.name.as_str())).cloned().collect())
+}
+
+impl Machine for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaResponse;
+    const PROTOCOL: Protocol = Protocol::Delta;
+
+    fn new(snapshot: Arc<Snapshot>) -> Self {
+        DeltaStream::new(snapshot)
+    }
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+    fn on_request(&mut self, request: &DeltaDiscoveryRequest) -> Result<Step<DeltaResponse>, ProtocolError> {
+        DeltaStream::on_request(self, request)
+    }
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step<DeltaResponse> {
+        DeltaStream::on_snapshot(self, snapshot)
+    }
+    fn status(&self) -> BTreeMap<ResourceType, TypeStatus> {
+        DeltaStream::status(self)
+    }
+    fn holding(&self) -> BTreeMap<ResourceType, Resources> {
+        DeltaStream::holding(self)
+    }
+    fn describe(response: &DeltaResponse) -> Pushed<'_> {
+        Pushed {
+            type_url: &response.type_url,
+            version: &response.system_version_info,
+            resources: response.resources.len(),
+            removed: response.removed_resources.len(),
+            nonce: &response.nonce,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -367,14 +447,14 @@ mod tests {
     fn snapshot(clusters: &[(&str, &str)], routes: &[(&str, &str)]) -> Arc<Snapshot> {
         Arc::new(
             Snapshot::new()
-                .with_resources(types::CLUSTER, set(clusters))
-                .with_resources(types::ROUTE, set(routes)),
+                .with_resources(ResourceType::Cluster, set(clusters))
+                .with_resources(ResourceType::Route, set(routes)),
         )
     }
 
-    fn subscribe(type_url: &str, names: &[&str]) -> DeltaDiscoveryRequest {
+    fn subscribe(resource_type: ResourceType, names: &[&str]) -> DeltaDiscoveryRequest {
         DeltaDiscoveryRequest {
-            type_url: type_url.into(),
+            type_url: resource_type.type_url().into(),
             resource_names_subscribe: names.iter().map(|n| n.to_string()).collect(),
             ..Default::default()
         }
@@ -407,7 +487,7 @@ mod tests {
     #[test]
     fn the_first_wildcard_request_gets_everything_then_only_changes() {
         let mut stream = DeltaStream::new(snapshot(&[("a", "1"), ("b", "1")], &[]));
-        let first = one(stream.on_request(&subscribe(types::CLUSTER, &[])).unwrap());
+        let first = one(stream.on_request(&subscribe(ResourceType::Cluster, &[])).unwrap());
         assert_eq!(names(&first), ["a", "b"]);
         assert!(first.resources.iter().all(|r| r.version.len() == 16 && r.resource.is_some()));
         let step = stream.on_request(&ack(&first)).unwrap();
@@ -421,13 +501,14 @@ mod tests {
         // The same again: nothing.
         stream.on_request(&ack(&changed)).unwrap();
         assert_eq!(stream.on_snapshot(snapshot(&[("b", "2"), ("c", "1")], &[])), Step::default());
-        assert_eq!(stream.held(types::CLUSTER).len(), 2);
+        assert_eq!(stream.held(ResourceType::Cluster).len(), 2);
     }
 
     #[test]
     fn a_reconnect_gets_only_what_differs() {
         let current = snapshot(&[("a", "1"), ("b", "2")], &[]);
-        let version = |name: &str| current.resources(types::CLUSTER).get(name).unwrap().version.clone();
+        let version =
+            |name: &str| current.resources(ResourceType::Cluster).get(name).unwrap().version.clone();
         let mut stream = DeltaStream::new(current.clone());
         let request = DeltaDiscoveryRequest {
             initial_resource_versions: [
@@ -436,7 +517,7 @@ mod tests {
                 ("gone".to_string(), "x".to_string()),
             ]
             .into(),
-            ..subscribe(types::CLUSTER, &[])
+            ..subscribe(ResourceType::Cluster, &[])
         };
         let response = one(stream.on_request(&request).unwrap());
         assert_eq!(names(&response), ["b"]);
@@ -447,7 +528,7 @@ mod tests {
         let request = DeltaDiscoveryRequest {
             initial_resource_versions: [("a".to_string(), version("a")), ("b".to_string(), version("b"))]
                 .into(),
-            ..subscribe(types::CLUSTER, &[])
+            ..subscribe(ResourceType::Cluster, &[])
         };
         let response = one(stream.on_request(&request).unwrap());
         assert!(response.resources.is_empty() && response.removed_resources.is_empty());
@@ -456,19 +537,19 @@ mod tests {
     #[test]
     fn named_subscriptions_come_and_go() {
         let mut stream = DeltaStream::new(snapshot(&[], &[("r1", "1"), ("r2", "1")]));
-        let first = one(stream.on_request(&subscribe(types::ROUTE, &["r1", "missing"])).unwrap());
+        let first = one(stream.on_request(&subscribe(ResourceType::Route, &["r1", "missing"])).unwrap());
         assert_eq!(names(&first), ["r1"]);
         assert_eq!(first.removed_resources, ["missing"], "told it does not exist");
         stream.on_request(&ack(&first)).unwrap();
 
         // Subscribing to more with the ACK of nothing in flight: sent at once.
-        let more = one(stream.on_request(&subscribe(types::ROUTE, &["r2"])).unwrap());
+        let more = one(stream.on_request(&subscribe(ResourceType::Route, &["r2"])).unwrap());
         assert_eq!(names(&more), ["r2"]);
         stream.on_request(&ack(&more)).unwrap();
 
         // Unsubscribed: forgotten, and a change to it is not sent.
         let unsubscribe = DeltaDiscoveryRequest {
-            type_url: types::ROUTE.into(),
+            type_url: ResourceType::Route.type_url().into(),
             resource_names_unsubscribe: vec!["r1".into()],
             ..Default::default()
         };
@@ -482,7 +563,7 @@ mod tests {
     #[test]
     fn one_response_in_flight_per_type_and_stale_nonces_are_ignored() {
         let mut stream = DeltaStream::new(snapshot(&[("a", "1")], &[]));
-        let first = one(stream.on_request(&subscribe(types::CLUSTER, &[])).unwrap());
+        let first = one(stream.on_request(&subscribe(ResourceType::Cluster, &[])).unwrap());
         // Changes while unacknowledged wait.
         assert!(stream.on_snapshot(snapshot(&[("a", "2")], &[])).responses.is_empty());
         assert!(stream.on_snapshot(snapshot(&[("a", "3")], &[])).responses.is_empty());
@@ -493,15 +574,15 @@ mod tests {
         // The ACK brings the latest.
         let latest = one(stream.on_request(&ack(&first)).unwrap());
         let expected =
-            snapshot(&[("a", "3")], &[]).resources(types::CLUSTER).get("a").unwrap().version.clone();
+            snapshot(&[("a", "3")], &[]).resources(ResourceType::Cluster).get("a").unwrap().version.clone();
         assert_eq!(latest.resources[0].version, expected);
-        assert_eq!(stream.acked(types::CLUSTER), Some(first.system_version_info.as_str()));
+        assert_eq!(stream.acked(ResourceType::Cluster), Some(first.system_version_info.as_str()));
     }
 
     #[test]
     fn a_nacked_version_is_not_sent_again() {
         let mut stream = DeltaStream::new(snapshot(&[("a", "1"), ("b", "1")], &[]));
-        let first = one(stream.on_request(&subscribe(types::CLUSTER, &[])).unwrap());
+        let first = one(stream.on_request(&subscribe(ResourceType::Cluster, &[])).unwrap());
         stream.on_request(&ack(&first)).unwrap();
         let bad = one(stream.on_snapshot(snapshot(&[("a", "bad"), ("b", "1")], &[])));
         let step = stream.on_request(&nack(&bad, "cluster a: bad lb policy")).unwrap();
@@ -509,21 +590,25 @@ mod tests {
         assert_eq!(
             step.events,
             [Event::Nack {
-                type_url: types::CLUSTER.into(),
+                resource_type: ResourceType::Cluster,
                 version: bad.system_version_info.clone(),
                 resources: vec!["a".into()],
                 error: "cluster a: bad lb policy".into(),
             }]
         );
-        assert_eq!(stream.nacked(types::CLUSTER).map(|n| n.error.as_str()), Some("cluster a: bad lb policy"));
+        assert_eq!(
+            stream.nacked(ResourceType::Cluster).map(|n| n.error.as_str()),
+            Some("cluster a: bad lb policy")
+        );
         // The proxy keeps the old a.
-        let old = snapshot(&[("a", "1")], &[]).resources(types::CLUSTER).get("a").unwrap().version.clone();
-        assert_eq!(stream.held(types::CLUSTER).get("a"), Some(&old));
+        let old =
+            snapshot(&[("a", "1")], &[]).resources(ResourceType::Cluster).get("a").unwrap().version.clone();
+        assert_eq!(stream.held(ResourceType::Cluster).get("a"), Some(&old));
         // Another change elsewhere does not bring the bad a back.
         let other = one(stream.on_snapshot(snapshot(&[("a", "bad"), ("b", "2")], &[])));
         assert_eq!(names(&other), ["b"]);
         stream.on_request(&ack(&other)).unwrap();
-        assert_eq!(stream.nacked(types::CLUSTER), None);
+        assert_eq!(stream.nacked(ResourceType::Cluster), None);
         // A fix goes out.
         let fixed = one(stream.on_snapshot(snapshot(&[("a", "fixed"), ("b", "2")], &[])));
         assert_eq!(names(&fixed), ["a"]);
@@ -535,37 +620,37 @@ mod tests {
     fn a_route_to_a_new_cluster_waits_for_the_clusters_ack() {
         let v1 = Arc::new(
             Snapshot::new()
-                .with_resources(types::CLUSTER, set(&[("reviews|v1", "c1")]))
-                .with_resources(types::ENDPOINT, set(&[("reviews|v1", "e1")]))
-                .with_resources(types::ROUTE, set(&[("9080", "to v1")]))
-                .with_dependencies(types::ROUTE, "9080", ["reviews|v1"]),
+                .with_resources(ResourceType::Cluster, set(&[("reviews|v1", "c1")]))
+                .with_resources(ResourceType::Endpoint, set(&[("reviews|v1", "e1")]))
+                .with_resources(ResourceType::Route, set(&[("9080", "to v1")]))
+                .with_dependencies(ResourceType::Route, "9080", ["reviews|v1"]),
         );
         let mut stream = DeltaStream::new(v1);
-        let c = one(stream.on_request(&subscribe(types::CLUSTER, &[])).unwrap());
+        let c = one(stream.on_request(&subscribe(ResourceType::Cluster, &[])).unwrap());
         stream.on_request(&ack(&c)).unwrap();
-        let e = one(stream.on_request(&subscribe(types::ENDPOINT, &["reviews|v1"])).unwrap());
+        let e = one(stream.on_request(&subscribe(ResourceType::Endpoint, &["reviews|v1"])).unwrap());
         stream.on_request(&ack(&e)).unwrap();
-        let r = one(stream.on_request(&subscribe(types::ROUTE, &["9080"])).unwrap());
+        let r = one(stream.on_request(&subscribe(ResourceType::Route, &["9080"])).unwrap());
         stream.on_request(&ack(&r)).unwrap();
 
         // A subset v2 and a route to it, in one snapshot.
         let v2 = Arc::new(
             Snapshot::new()
-                .with_resources(types::CLUSTER, set(&[("reviews|v1", "c1"), ("reviews|v2", "c2")]))
-                .with_resources(types::ENDPOINT, set(&[("reviews|v1", "e1"), ("reviews|v2", "e2")]))
-                .with_resources(types::ROUTE, set(&[("9080", "to v2")]))
-                .with_dependencies(types::ROUTE, "9080", ["reviews|v2"]),
+                .with_resources(ResourceType::Cluster, set(&[("reviews|v1", "c1"), ("reviews|v2", "c2")]))
+                .with_resources(ResourceType::Endpoint, set(&[("reviews|v1", "e1"), ("reviews|v2", "e2")]))
+                .with_resources(ResourceType::Route, set(&[("9080", "to v2")]))
+                .with_dependencies(ResourceType::Route, "9080", ["reviews|v2"]),
         );
         let cds = one(stream.on_snapshot(v2));
-        assert_eq!(cds.type_url, types::CLUSTER, "the cluster first, the route held back");
+        assert_eq!(cds.type_url, ResourceType::Cluster.type_url(), "the cluster first, the route held back");
         assert_eq!(names(&cds), ["reviews|v2"]);
         // The cluster's ACK: the proxy now asks for its endpoints; the route still waits.
         assert!(stream.on_request(&ack(&cds)).unwrap().responses.is_empty());
-        let eds = one(stream.on_request(&subscribe(types::ENDPOINT, &["reviews|v2"])).unwrap());
+        let eds = one(stream.on_request(&subscribe(ResourceType::Endpoint, &["reviews|v2"])).unwrap());
         assert_eq!(names(&eds), ["reviews|v2"]);
         // The endpoints' ACK releases the route.
         let rds = one(stream.on_request(&ack(&eds)).unwrap());
-        assert_eq!(rds.type_url, types::ROUTE);
+        assert_eq!(rds.type_url, ResourceType::Route.type_url());
         assert_eq!(names(&rds), ["9080"]);
     }
 
@@ -573,8 +658,8 @@ mod tests {
     fn two_clusters(a_body: &str) -> Arc<Snapshot> {
         Arc::new(
             Snapshot::new()
-                .with_resources(types::CLUSTER, set(&[("a", a_body), ("b", "cb")]))
-                .with_resources(types::ENDPOINT, set(&[("a", "ea"), ("b", "eb")])),
+                .with_resources(ResourceType::Cluster, set(&[("a", a_body), ("b", "cb")]))
+                .with_resources(ResourceType::Endpoint, set(&[("a", "ea"), ("b", "eb")])),
         )
     }
 
@@ -590,13 +675,13 @@ mod tests {
     #[test]
     fn a_changed_cluster_gets_its_unchanged_endpoints_again() {
         let mut stream = DeltaStream::new(two_clusters("ca"));
-        let c = one(stream.on_request(&subscribe(types::CLUSTER, &[])).unwrap());
+        let c = one(stream.on_request(&subscribe(ResourceType::Cluster, &[])).unwrap());
         stream.on_request(&ack(&c)).unwrap();
-        let e = one(stream.on_request(&subscribe(types::ENDPOINT, &["a", "b"])).unwrap());
+        let e = one(stream.on_request(&subscribe(ResourceType::Endpoint, &["a", "b"])).unwrap());
         stream.on_request(&ack(&e)).unwrap();
 
         let step = stream.on_snapshot(two_clusters("ca2"));
-        assert_eq!(types_of(&step), [types::CLUSTER, types::ENDPOINT]);
+        assert_eq!(types_of(&step), [ResourceType::Cluster.type_url(), ResourceType::Endpoint.type_url()]);
         let (cds, eds) = (step.responses[0].to_proto(), step.responses[1].to_proto());
         assert_eq!(names(&cds), ["a"]);
         assert_eq!(names(&eds), ["a"], "a's endpoints only");
@@ -612,7 +697,7 @@ mod tests {
         let cds = one(stream.on_snapshot(two_clusters("ca4")));
         assert_eq!(names(&cds), ["a"]);
         let again = one(stream.on_request(&ack(&eds)).unwrap());
-        assert_eq!((again.type_url.as_str(), names(&again)), (types::ENDPOINT, vec!["a"]));
+        assert_eq!((again.type_url.as_str(), names(&again)), (ResourceType::Endpoint.type_url(), vec!["a"]));
     }
 
     /// On a reconnect, a cluster that changed while the proxy was away is
@@ -621,19 +706,19 @@ mod tests {
     fn a_reconnect_with_a_changed_cluster_gets_its_endpoints() {
         let old = two_clusters("ca");
         let current = two_clusters("ca2");
-        let held = |snapshot: &Snapshot, type_url: &str| {
-            snapshot.resources(type_url).iter().map(|r| (r.name.clone(), r.version.clone())).collect()
+        let held = |snapshot: &Snapshot, resource_type: ResourceType| {
+            snapshot.resources(resource_type).iter().map(|r| (r.name.clone(), r.version.clone())).collect()
         };
         let mut stream = DeltaStream::new(current);
         let clusters = DeltaDiscoveryRequest {
-            initial_resource_versions: held(&old, types::CLUSTER),
-            ..subscribe(types::CLUSTER, &[])
+            initial_resource_versions: held(&old, ResourceType::Cluster),
+            ..subscribe(ResourceType::Cluster, &[])
         };
         let cds = one(stream.on_request(&clusters).unwrap());
         assert_eq!(names(&cds), ["a"]);
         let endpoints = DeltaDiscoveryRequest {
-            initial_resource_versions: held(&old, types::ENDPOINT),
-            ..subscribe(types::ENDPOINT, &["a", "b"])
+            initial_resource_versions: held(&old, ResourceType::Endpoint),
+            ..subscribe(ResourceType::Endpoint, &["a", "b"])
         };
         let eds = one(stream.on_request(&endpoints).unwrap());
         assert_eq!(names(&eds), ["a"], "b's cluster did not change");
@@ -645,28 +730,61 @@ mod tests {
     fn a_cluster_goes_only_after_no_route_names_it() {
         let both = Arc::new(
             Snapshot::new()
-                .with_resources(types::CLUSTER, set(&[("v1", "c1"), ("v2", "c2")]))
-                .with_resources(types::ROUTE, set(&[("9080", "to v2")]))
-                .with_dependencies(types::ROUTE, "9080", ["v2"]),
+                .with_resources(ResourceType::Cluster, set(&[("v1", "c1"), ("v2", "c2")]))
+                .with_resources(ResourceType::Route, set(&[("9080", "to v2")]))
+                .with_dependencies(ResourceType::Route, "9080", ["v2"]),
         );
         let mut stream = DeltaStream::new(both);
-        let c = one(stream.on_request(&subscribe(types::CLUSTER, &[])).unwrap());
+        let c = one(stream.on_request(&subscribe(ResourceType::Cluster, &[])).unwrap());
         stream.on_request(&ack(&c)).unwrap();
-        let r = one(stream.on_request(&subscribe(types::ROUTE, &["9080"])).unwrap());
+        let r = one(stream.on_request(&subscribe(ResourceType::Route, &["9080"])).unwrap());
         stream.on_request(&ack(&r)).unwrap();
 
         let only_v1 = Arc::new(
             Snapshot::new()
-                .with_resources(types::CLUSTER, set(&[("v1", "c1")]))
-                .with_resources(types::ROUTE, set(&[("9080", "to v1")]))
-                .with_dependencies(types::ROUTE, "9080", ["v1"]),
+                .with_resources(ResourceType::Cluster, set(&[("v1", "c1")]))
+                .with_resources(ResourceType::Route, set(&[("9080", "to v1")]))
+                .with_dependencies(ResourceType::Route, "9080", ["v1"]),
         );
         let step = stream.on_snapshot(only_v1);
         let order: Vec<_> = step.responses.iter().map(|r| r.type_url.as_str()).collect();
-        assert_eq!(order, [types::ROUTE], "v2 stays while the proxy's route names it");
+        assert_eq!(order, [ResourceType::Route.type_url()], "v2 stays while the proxy's route names it");
         let rds = step.responses.into_iter().next().unwrap().to_proto();
         let cds = one(stream.on_request(&ack(&rds)).unwrap());
-        assert_eq!(cds.type_url, types::CLUSTER);
+        assert_eq!(cds.type_url, ResourceType::Cluster.type_url());
         assert_eq!(cds.removed_resources, ["v2"]);
+    }
+
+    /// A type the mesh does not serve: the first request is answered with
+    /// nothing, naming the subscribed names as absent; a later request is
+    /// answered only for names it was not told of.
+    #[test]
+    fn a_type_the_mesh_does_not_serve_is_answered_with_its_names_absent() {
+        let runtime = "type.googleapis.com/envoy.service.runtime.v3.Runtime";
+        let mut stream = DeltaStream::new(snapshot(&[("a", "1")], &[]));
+        let asked = |names: &[&str]| DeltaDiscoveryRequest {
+            type_url: runtime.into(),
+            resource_names_subscribe: names.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        };
+        let first = one(stream.on_request(&asked(&["b", "a"])).unwrap());
+        assert_eq!(first.type_url, runtime);
+        assert!(first.resources.is_empty());
+        assert_eq!(first.removed_resources, ["a", "b"]);
+        assert_eq!(stream.on_request(&ack(&first)).unwrap(), Step::default(), "its ACK is ignored");
+        assert_eq!(stream.on_request(&asked(&["a"])).unwrap(), Step::default(), "told already");
+        let more = one(stream.on_request(&asked(&["a", "c"])).unwrap());
+        assert_eq!(more.removed_resources, ["c"]);
+        assert!(stream.status().is_empty(), "nothing recorded for it");
+        // The served types are not disturbed; the nonce counter is shared.
+        let clusters = one(stream.on_request(&subscribe(ResourceType::Cluster, &[])).unwrap());
+        assert_eq!((names(&clusters), clusters.nonce.as_str()), (vec!["a"], "3"));
+    }
+
+    #[test]
+    fn a_request_without_a_type_is_a_protocol_error() {
+        let mut stream = DeltaStream::new(snapshot(&[], &[]));
+        let untyped = DeltaDiscoveryRequest::default();
+        assert_eq!(stream.on_request(&untyped), Err(ProtocolError::NoTypeUrl));
     }
 }

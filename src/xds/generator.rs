@@ -111,7 +111,7 @@ impl PushContext for PassthroughContext {
 
 #[cfg(test)]
 mod tests {
-    use super::super::types;
+    use super::super::resource_type::ResourceType;
     use super::*;
 
     #[test]
@@ -138,8 +138,8 @@ mod tests {
         let generator = Passthrough::new();
         let snapshot = generator.prepare(&index).generate(&proxy);
         let names = |t| snapshot.resources(t).iter().map(|r| r.name.clone()).collect::<Vec<_>>();
-        assert_eq!(names(types::LISTENER), ["virtualInbound", "virtualOutbound"]);
-        assert_eq!(names(types::CLUSTER), ["InboundPassthroughCluster", "PassthroughCluster"]);
+        assert_eq!(names(ResourceType::Listener), ["virtualInbound", "virtualOutbound"]);
+        assert_eq!(names(ResourceType::Cluster), ["InboundPassthroughCluster", "PassthroughCluster"]);
         assert_eq!(snapshot, generator.prepare(&index).generate(&proxy), "deterministic");
         assert_eq!(snapshot.version(), generator.prepare(&index).generate(&proxy).version());
     }

@@ -264,7 +264,7 @@ mod tests {
     use http_body_util::{BodyExt, StreamBody};
 
     use super::super::snapshot::Resource;
-    use super::super::wire::SotwResponse;
+    use super::super::wire::{SotwResponse, TypeUrl};
     use super::*;
 
     fn response(sizes: &[usize]) -> SotwResponse {
@@ -277,7 +277,7 @@ mod tests {
                     Arc::new(Resource::new(format!("r{i}"), Any { type_url: "t".into(), value: vec![7; *n] }))
                 })
                 .collect(),
-            type_url: "t".into(),
+            type_url: TypeUrl::Other("t".into()),
             nonce: "1".into(),
         }
     }

@@ -1,8 +1,8 @@
 //! The generator that serves the mesh's routed configuration: per push,
-//! one [`MeshView`] of the index; per scope (namespace, and the few labels
-//! some rule selects on), the outbound clusters, endpoints, routes and
-//! listener, packed once and shared by every proxy of the scope; per proxy,
-//! only its inbound listener and clusters.
+//! one [`MeshView`], built from the index's state; per scope (namespace,
+//! and the few labels some rule selects on), the outbound clusters,
+//! endpoints, routes and listener, packed once and shared by every proxy
+//! of the scope; per proxy, only its inbound listener and clusters.
 //!
 //! Every listener and route names the clusters it sends to, so the streams
 //! send it only once those clusters (and their endpoints) are acknowledged:
@@ -17,8 +17,8 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 
 use super::generator::{Generator, PushContext, ScopeCache};
 use super::proxy::Proxy;
+use super::resource_type::ResourceType;
 use super::snapshot::{Resource, ResourceSet, Resources, Snapshot};
-use super::types;
 use crate::index::Index;
 use crate::model::ObjectKey;
 use crate::model::mesh::{MeshView, ProxyContext, ScopeKey};
@@ -163,13 +163,13 @@ impl PushContext for MeshContext {
 
         Snapshot::new()
             .with_resources(
-                types::CLUSTER,
+                ResourceType::Cluster,
                 Resources::from_parts([outbound.clusters.clone(), inbound.clusters.clone()]),
             )
-            .with_resources(types::ENDPOINT, Resources::from_parts([outbound.endpoints.clone()]))
-            .with_resources(types::ROUTE, Resources::from_parts([outbound.routes.clone()]))
+            .with_resources(ResourceType::Endpoint, Resources::from_parts([outbound.endpoints.clone()]))
+            .with_resources(ResourceType::Route, Resources::from_parts([outbound.routes.clone()]))
             .with_resources(
-                types::LISTENER,
+                ResourceType::Listener,
                 Resources::from_parts([outbound.listener.clone(), inbound.listener.clone()]),
             )
     }
@@ -204,25 +204,26 @@ mod tests {
         let again = generator.prepare(&index).generate(&proxy);
         assert_eq!(first, again);
         // The outbound part is the first part of each type.
-        let outbound_same = |a: &Snapshot, b: &Snapshot, t: &str| {
+        let outbound_same = |a: &Snapshot, b: &Snapshot, t: ResourceType| {
             Arc::ptr_eq(&a.resources(t).parts()[0], &b.resources(t).parts()[0])
         };
-        for t in [types::CLUSTER, types::ENDPOINT, types::ROUTE, types::LISTENER] {
+        for t in [ResourceType::Cluster, ResourceType::Endpoint, ResourceType::Route, ResourceType::Listener]
+        {
             assert!(outbound_same(&first, &again, t), "{t}: nothing changed, the same part");
         }
 
         apply_networking(&mut index, "virtual-service-reviews-50-v3.yaml");
         let changed = generator.prepare(&index).generate(&proxy);
-        assert!(!outbound_same(&again, &changed, types::ROUTE), "the routes changed");
-        for t in [types::CLUSTER, types::ENDPOINT, types::LISTENER] {
+        assert!(!outbound_same(&again, &changed, ResourceType::Route), "the routes changed");
+        for t in [ResourceType::Cluster, ResourceType::Endpoint, ResourceType::Listener] {
             assert!(outbound_same(&again, &changed, t), "{t}: unchanged by a VirtualService, the same part");
         }
         // The proxy's own (inbound) parts are kept too.
-        for t in [types::CLUSTER, types::LISTENER] {
+        for t in [ResourceType::Cluster, ResourceType::Listener] {
             assert!(Arc::ptr_eq(&again.resources(t).parts()[1], &changed.resources(t).parts()[1]), "{t}");
         }
         // In the changed routes, only the reviews route configuration is new.
-        let (before, after) = (again.resources(types::ROUTE), changed.resources(types::ROUTE));
+        let (before, after) = (again.resources(ResourceType::Route), changed.resources(ResourceType::Route));
         let new: Vec<_> = after
             .iter()
             .filter(|r| before.get(&r.name).is_none_or(|b| !Arc::ptr_eq(b, r)))

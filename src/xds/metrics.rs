@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::types;
+use super::resource_type::ResourceType;
 
 #[derive(Clone)]
 pub struct XdsMetrics {
@@ -110,16 +110,16 @@ impl XdsMetrics {
         self.rejected.get_or_create(&ReasonLabel { reason }).inc();
     }
 
-    pub(crate) fn pushed(&self, type_url: &str) {
-        self.pushes.get_or_create(&type_label(type_url)).inc();
+    pub(crate) fn pushed(&self, resource_type: ResourceType) {
+        self.pushes.get_or_create(&type_label(resource_type)).inc();
     }
 
-    pub(crate) fn acked(&self, type_url: &str) {
-        self.acks.get_or_create(&type_label(type_url)).inc();
+    pub(crate) fn acked(&self, resource_type: ResourceType) {
+        self.acks.get_or_create(&type_label(resource_type)).inc();
     }
 
-    pub(crate) fn nacked(&self, type_url: &str) {
-        self.nacks.get_or_create(&type_label(type_url)).inc();
+    pub(crate) fn nacked(&self, resource_type: ResourceType) {
+        self.nacks.get_or_create(&type_label(resource_type)).inc();
     }
 
     /// Proxies connected now.
@@ -132,16 +132,16 @@ impl XdsMetrics {
         self.rejected.get_or_create(&ReasonLabel { reason }).get()
     }
 
-    pub fn pushes(&self, type_url: &str) -> u64 {
-        self.pushes.get_or_create(&type_label(type_url)).get()
+    pub fn pushes(&self, resource_type: ResourceType) -> u64 {
+        self.pushes.get_or_create(&type_label(resource_type)).get()
     }
 
-    pub fn acks(&self, type_url: &str) -> u64 {
-        self.acks.get_or_create(&type_label(type_url)).get()
+    pub fn acks(&self, resource_type: ResourceType) -> u64 {
+        self.acks.get_or_create(&type_label(resource_type)).get()
     }
 
-    pub fn nacks(&self, type_url: &str) -> u64 {
-        self.nacks.get_or_create(&type_label(type_url)).get()
+    pub fn nacks(&self, resource_type: ResourceType) -> u64 {
+        self.nacks.get_or_create(&type_label(resource_type)).get()
     }
 
     /// Pushes and first snapshots that panicked.
@@ -150,8 +150,8 @@ impl XdsMetrics {
     }
 }
 
-fn type_label(type_url: &str) -> TypeLabel {
-    TypeLabel { r#type: types::label(type_url) }
+fn type_label(resource_type: ResourceType) -> TypeLabel {
+    TypeLabel { r#type: resource_type.label() }
 }
 
 /// Counts one connected proxy while it lives.
@@ -173,7 +173,7 @@ mod tests {
         let mut registry = Registry::with_prefix("mesh");
         metrics.register(&mut registry);
         metrics.rejected("pod_mismatch");
-        metrics.nacked(types::LISTENER);
+        metrics.nacked(ResourceType::Listener);
         metrics.push_panicked();
         let guard = metrics.connected();
         let mut text = String::new();

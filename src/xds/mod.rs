@@ -6,27 +6,35 @@
 //!   into an identity by an [`Authenticator`] ([`tokenreview`] asks the API
 //!   server), must be bound to the pod its node id names ([`authorize`],
 //!   pure);
+//! - [`resource_type`]: the resource types served ([`ResourceType`]): type
+//!   URLs, wildcard or by name, push order, metric labels;
 //! - [`snapshot`]: a proxy's configuration, with content-hash versions,
-//!   resources shared between proxies; [`generator`]: a [`Generator`]
-//!   builds them once per push: [`MeshGenerator`] ([`mesh`]) translates the mesh per scope and
-//!   proxy; [`Passthrough`] serves the pass-through configuration alone
-//!   (what `Ads::new` serves; the server's tests use it);
-//! - [`stream`] and [`delta`]: the ADS state-of-the-world and incremental
+//!   resources shared between proxies, each listener and route naming the
+//!   clusters it sends to; [`generator`]: a [`Generator`] builds them once
+//!   per push: [`MeshGenerator`] ([`mesh`]) translates the mesh per scope
+//!   and proxy; [`Passthrough`] serves the pass-through configuration
+//!   alone (what `Ads::new` serves; the server's tests use it);
+//! - [`sotw`] and [`delta`]: the ADS state-of-the-world and incremental
 //!   protocols as state machines with no I/O (nonces, ACK, NACK, what to
 //!   send when), both keeping [`order`] (make-before-break: clusters before
 //!   the routes that name them, routes away before clusters go);
+//!   [`protocol`]: what they share, and the trait the server drives both
+//!   through;
 //! - [`push`]: debounced pushes of new snapshots to every connected proxy,
-//!   and the registry of connections;
+//!   and the registry of connections; a push that panics ends the push
+//!   loop, which the controller's supervisor treats as fatal;
 //! - [`server`] and [`grpc`]: TLS, hyper's HTTP/2 and our own gRPC
 //!   framing (each resource encoded once, [`wire`]), authentication at
-//!   stream start, and the loop that feeds requests and snapshots to the
-//!   state machine;
+//!   stream start, and one session loop that feeds requests and snapshots
+//!   to either state machine; [`names`]: subscribed name sets, shared
+//!   between streams;
 //! - [`debug`]: what /debug/syncz and /debug/config_dump show, and
 //!   `mesh proxy-status`'s table of it;
 //! - [`metrics`]: what the server counts, on /metrics.
 //!
-//! Only [`tokenreview`] knows Kubernetes; the rest sees the index and
-//! envoy-types protos.
+//! Only [`tokenreview`] knows Kubernetes; the rest sees the index (its
+//! read API: `state()`, `get::<Pods>` and its revisions) and envoy-types
+//! protos.
 
 pub mod auth;
 pub mod debug;
@@ -37,13 +45,15 @@ pub mod mesh;
 pub mod metrics;
 pub mod names;
 pub(crate) mod order;
+pub mod protocol;
 pub mod proxy;
 pub mod push;
+pub mod resource_type;
 #[cfg(test)]
 mod scale;
 pub mod server;
 pub mod snapshot;
-pub mod stream;
+pub mod sotw;
 #[cfg(test)]
 mod tests;
 pub mod tokenreview;
@@ -55,60 +65,7 @@ pub use mesh::MeshGenerator;
 pub use metrics::XdsMetrics;
 pub use proxy::{Proxy, ProxyId};
 pub use push::{Connections, Debounce, PushError};
+pub use resource_type::ResourceType;
 pub use server::{Ads, AdsSettings, serve};
 pub use snapshot::{Resource, ResourceSet, Resources, Snapshot};
 pub use tokenreview::KubeAuthenticator;
-
-/// The resource types the mesh serves, by type URL, and how each is
-/// subscribed to and ordered.
-pub mod types {
-    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-    pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-    pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-    pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
-
-    /// Listeners and clusters are always sent whole: a proxy gets all of
-    /// its listeners and clusters, whatever names it asks for.
-    pub fn is_wildcard_only(type_url: &str) -> bool {
-        type_url == LISTENER || type_url == CLUSTER
-    }
-
-    /// Where a type goes when several are pushed at once: what is referred
-    /// to before what refers to it (secrets, clusters, endpoints, then
-    /// listeners and routes), so Envoy never waits on a missing piece.
-    pub fn push_rank(type_url: &str) -> usize {
-        [SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE].iter().position(|t| *t == type_url).unwrap_or(usize::MAX)
-    }
-
-    /// A short, bounded metric label for a type URL.
-    pub fn label(type_url: &str) -> &'static str {
-        match type_url {
-            LISTENER => "lds",
-            CLUSTER => "cds",
-            ENDPOINT => "eds",
-            ROUTE => "rds",
-            SECRET => "sds",
-            _ => "other",
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use envoy_types::pb::envoy::config::{
-            cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
-            route::v3::RouteConfiguration,
-        };
-        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-        use prost::Name;
-
-        #[test]
-        fn type_urls_are_the_protos_own() {
-            assert_eq!(super::LISTENER, Listener::type_url());
-            assert_eq!(super::CLUSTER, Cluster::type_url());
-            assert_eq!(super::ENDPOINT, ClusterLoadAssignment::type_url());
-            assert_eq!(super::ROUTE, RouteConfiguration::type_url());
-            assert_eq!(super::SECRET, Secret::type_url());
-        }
-    }
-}

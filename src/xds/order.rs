@@ -31,14 +31,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use super::resource_type::ResourceType;
 use super::snapshot::{Resource, Resources, Snapshot};
-use super::types;
 
 /// What a stream knows of one type at the proxy.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Ledger {
-    /// What the proxy holds once it applies what was sent (SotW: the last
-    /// response; Delta: every resource the proxy was sent and still has).
+    /// What the proxy holds once it applies what was sent (SotW: the whole
+    /// set the last response leaves it with, though a response of a named
+    /// type carries only what changed; Delta: every resource the proxy was
+    /// sent and still has).
     pub sent: Resources,
     /// What the proxy acknowledged.
     pub acked: Resources,
@@ -70,25 +72,20 @@ pub(crate) struct Plan {
     pub held: bool,
 }
 
-/// Whether resources of this type may name clusters.
-pub(crate) fn is_dependent(type_url: &str) -> bool {
-    type_url == types::LISTENER || type_url == types::ROUTE
-}
-
-/// What the proxy should hold of `type_url`, moving from what it has
-/// (`ledgers[type_url].sent`) towards `desired` as far as the order
+/// What the proxy should hold of `resource_type`, moving from what it has
+/// (`ledgers[resource_type].sent`) towards `desired` as far as the order
 /// allows. With `skip_refused`, a resource in a version the proxy refused
 /// is not sent again (Delta; SotW refuses whole responses and checks that
 /// itself).
 pub(crate) fn plan(
-    type_url: &str,
+    resource_type: ResourceType,
     desired: &Resources,
-    ledgers: &BTreeMap<String, Ledger>,
+    ledgers: &BTreeMap<ResourceType, Ledger>,
     snapshot: &Snapshot,
     skip_refused: bool,
 ) -> Plan {
     let empty = Ledger::default();
-    let ledger = ledgers.get(type_url).unwrap_or(&empty);
+    let ledger = ledgers.get(&resource_type).unwrap_or(&empty);
     let current = &ledger.sent;
     if ledger.rewarm.is_empty()
         && (desired.same_parts(current)
@@ -96,8 +93,8 @@ pub(crate) fn plan(
     {
         return Plan { next: desired.clone(), updated: Vec::new(), removed: Vec::new(), held: false };
     }
-    let dependent = is_dependent(type_url);
-    let removable_late = type_url == types::CLUSTER || type_url == types::ENDPOINT;
+    let dependent = resource_type.names_clusters();
+    let removable_late = matches!(resource_type, ResourceType::Cluster | ResourceType::Endpoint);
     let mut referenced: Option<BTreeSet<&str>> = None;
     let mut next = Vec::with_capacity(desired.len());
     let mut updated = Vec::new();
@@ -160,13 +157,17 @@ pub(crate) fn plan(
     Plan { next, updated, removed, held }
 }
 
-/// Records what a response of `type_url` sent anew: for clusters, their
-/// endpoints are to be sent again ([`Ledger::rewarm`]).
-pub(crate) fn sent(type_url: &str, updated: &[Arc<Resource>], ledgers: &mut BTreeMap<String, Ledger>) {
-    if type_url != types::CLUSTER || updated.is_empty() {
+/// Records what a response of `resource_type` sent anew: for clusters,
+/// their endpoints are to be sent again ([`Ledger::rewarm`]).
+pub(crate) fn sent(
+    resource_type: ResourceType,
+    updated: &[Arc<Resource>],
+    ledgers: &mut BTreeMap<ResourceType, Ledger>,
+) {
+    if resource_type != ResourceType::Cluster || updated.is_empty() {
         return;
     }
-    let endpoints = ledgers.entry(types::ENDPOINT.to_string()).or_default();
+    let endpoints = ledgers.entry(ResourceType::Endpoint).or_default();
     if endpoints.rewarm.is_empty() {
         endpoints.rewarm = updated.to_vec();
     } else {
@@ -178,35 +179,41 @@ pub(crate) fn sent(type_url: &str, updated: &[Arc<Resource>], ledgers: &mut BTre
     }
 }
 
-/// Marks `type_url` as planned: the clusters waiting for their endpoints
-/// to be sent again have them in the plan just made (or the proxy does
-/// not subscribe to them, and gets them in full when it does).
-pub(crate) fn planned(type_url: &str, ledgers: &mut BTreeMap<String, Ledger>) {
-    if let Some(ledger) = ledgers.get_mut(type_url) {
+/// Marks `resource_type` as planned: the clusters waiting for their
+/// endpoints to be sent again have them in the plan just made (or the
+/// proxy does not subscribe to them, and gets them in full when it does).
+pub(crate) fn planned(resource_type: ResourceType, ledgers: &mut BTreeMap<ResourceType, Ledger>) {
+    if let Some(ledger) = ledgers.get_mut(&resource_type) {
         ledger.rewarm.clear();
     }
 }
 
-/// Whether `type_url` has endpoints to send again for clusters sent anew.
-pub(crate) fn rewarm_pending(type_url: &str, ledgers: &BTreeMap<String, Ledger>) -> bool {
-    ledgers.get(type_url).is_some_and(|l| !l.rewarm.is_empty())
+/// Whether `resource_type` has endpoints to send again for clusters sent
+/// anew.
+pub(crate) fn rewarm_pending(resource_type: ResourceType, ledgers: &BTreeMap<ResourceType, Ledger>) -> bool {
+    ledgers.get(&resource_type).is_some_and(|l| !l.rewarm.is_empty())
 }
 
 /// Whether every cluster in `clusters` is acknowledged in its current
 /// version, with its endpoints.
-fn ready(clusters: &[String], ledgers: &BTreeMap<String, Ledger>, snapshot: &Snapshot) -> bool {
+fn ready(clusters: &[String], ledgers: &BTreeMap<ResourceType, Ledger>, snapshot: &Snapshot) -> bool {
     clusters.iter().all(|cluster| {
-        settled(types::CLUSTER, cluster, ledgers, snapshot)
-            && settled(types::ENDPOINT, cluster, ledgers, snapshot)
+        settled(ResourceType::Cluster, cluster, ledgers, snapshot)
+            && settled(ResourceType::Endpoint, cluster, ledgers, snapshot)
     })
 }
 
-/// Whether the proxy has `name` of `type_url` as the snapshot has it (or
-/// the snapshot does not have it, or the proxy refused it and keeps an
+/// Whether the proxy has `name` of `resource_type` as the snapshot has it
+/// (or the snapshot does not have it, or the proxy refused it and keeps an
 /// older one).
-fn settled(type_url: &str, name: &str, ledgers: &BTreeMap<String, Ledger>, snapshot: &Snapshot) -> bool {
-    let Some(current) = snapshot.get(type_url).and_then(|r| r.get(name)) else { return true };
-    let Some(ledger) = ledgers.get(type_url) else { return false };
+fn settled(
+    resource_type: ResourceType,
+    name: &str,
+    ledgers: &BTreeMap<ResourceType, Ledger>,
+    snapshot: &Snapshot,
+) -> bool {
+    let Some(current) = snapshot.get(resource_type).and_then(|r| r.get(name)) else { return true };
+    let Some(ledger) = ledgers.get(&resource_type) else { return false };
     match ledger.acked.get(name) {
         Some(acked) if acked.version == current.version => true,
         Some(_) => ledger.refused.get(name).is_some_and(|r| r.version == current.version),
@@ -215,10 +222,10 @@ fn settled(type_url: &str, name: &str, ledgers: &BTreeMap<String, Ledger>, snaps
 }
 
 /// Clusters named by a listener or route the proxy holds or was sent.
-fn referenced_clusters(ledgers: &BTreeMap<String, Ledger>) -> BTreeSet<&str> {
-    [types::LISTENER, types::ROUTE]
+fn referenced_clusters(ledgers: &BTreeMap<ResourceType, Ledger>) -> BTreeSet<&str> {
+    [ResourceType::Listener, ResourceType::Route]
         .iter()
-        .filter_map(|t| ledgers.get(*t))
+        .filter_map(|t| ledgers.get(t))
         .flat_map(|l| l.sent.iter().chain(l.acked.iter()))
         .flat_map(|r| r.depends_on.iter().map(String::as_str))
         .collect()

@@ -35,9 +35,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::generator::{Generator, PushContext};
 use super::metrics::XdsMetrics;
+use super::protocol::{Protocol, TypeStatus};
 use super::proxy::Proxy;
+use super::resource_type::ResourceType;
 use super::snapshot::{Resources, Snapshot};
-use super::stream::TypeStatus;
 use crate::index::{Pods, SharedIndex};
 use crate::model::ObjectKey;
 use crate::supervisor::panic_message;
@@ -66,22 +67,6 @@ impl Debounce {
     }
 }
 
-/// Which protocol a stream speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Sotw,
-    Delta,
-}
-
-impl Protocol {
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Sotw => "SotW",
-            Protocol::Delta => "Delta",
-        }
-    }
-}
-
 /// A snapshot offered to a stream, from push `epoch`.
 #[derive(Clone, Debug)]
 pub(crate) struct Offer {
@@ -101,11 +86,11 @@ pub struct NackRecord {
 /// What a stream reports about itself after every step.
 #[derive(Clone, Debug, Default)]
 pub struct StreamReport {
-    pub types: BTreeMap<String, TypeStatus>,
+    pub types: BTreeMap<ResourceType, TypeStatus>,
     /// The latest refusal of each type, kept after a later ACK.
-    pub last_nack: BTreeMap<String, NackRecord>,
+    pub last_nack: BTreeMap<ResourceType, NackRecord>,
     /// What the proxy holds (or is being sent), by type.
-    pub holding: BTreeMap<String, Resources>,
+    pub holding: BTreeMap<ResourceType, Resources>,
 }
 
 /// One connected proxy.

@@ -20,9 +20,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Disc
 use super::delta::DeltaStream;
 use super::generator::{Generator, PushContext, ScopeCache};
 use super::proxy::{Proxy, ProxyId};
+use super::resource_type::ResourceType;
 use super::snapshot::{Resource, ResourceSet, Resources, Snapshot};
-use super::stream::SotwStream;
-use super::types;
+use super::sotw::SotwStream;
 use crate::index::Index;
 
 const SERVICES: usize = 1000;
@@ -148,9 +148,9 @@ impl PushContext for FakeContext {
         let inbound = Cluster { name: format!("inbound|9080||{}", proxy.id.pod), ..Default::default() };
         let own = Arc::new(ResourceSet::new([Arc::new(Resource::of(inbound.name.clone(), &inbound))]));
         Snapshot::new()
-            .with_resources(types::CLUSTER, Resources::from_parts([scope.clusters.clone(), own]))
-            .with_resources(types::ENDPOINT, Resources::from(scope.endpoints.clone()))
-            .with_resources(types::ROUTE, Resources::from(scope.routes.clone()))
+            .with_resources(ResourceType::Cluster, Resources::from_parts([scope.clusters.clone(), own]))
+            .with_resources(ResourceType::Endpoint, Resources::from(scope.endpoints.clone()))
+            .with_resources(ResourceType::Route, Resources::from(scope.routes.clone()))
     }
 }
 
@@ -199,14 +199,14 @@ fn sotw_converge(stream: &mut SotwStream, first: bool) -> usize {
     let rds: Vec<String> = (0..PORTS).map(|p| (9080 + p).to_string()).collect();
     let mut pending = if first {
         vec![
-            DiscoveryRequest { type_url: types::CLUSTER.into(), ..Default::default() },
+            DiscoveryRequest { type_url: ResourceType::Cluster.type_url().into(), ..Default::default() },
             DiscoveryRequest {
-                type_url: types::ENDPOINT.into(),
+                type_url: ResourceType::Endpoint.type_url().into(),
                 resource_names: eds.clone(),
                 ..Default::default()
             },
             DiscoveryRequest {
-                type_url: types::ROUTE.into(),
+                type_url: ResourceType::Route.type_url().into(),
                 resource_names: rds.clone(),
                 ..Default::default()
             },
@@ -225,13 +225,13 @@ fn sotw_converge(stream: &mut SotwStream, first: bool) -> usize {
         }
         for response in responses.drain(..) {
             bytes += response.resource_bytes();
-            let names = match response.type_url.as_str() {
-                types::ENDPOINT => eds.clone(),
-                types::ROUTE => rds.clone(),
+            let names = match response.type_url.served() {
+                Some(ResourceType::Endpoint) => eds.clone(),
+                Some(ResourceType::Route) => rds.clone(),
                 _ => Vec::new(),
             };
             pending.push(DiscoveryRequest {
-                type_url: response.type_url.clone(),
+                type_url: response.type_url.as_str().into(),
                 version_info: response.version_info.clone(),
                 response_nonce: response.nonce.clone(),
                 resource_names: names,
@@ -244,13 +244,17 @@ fn sotw_converge(stream: &mut SotwStream, first: bool) -> usize {
 fn delta_converge(stream: &mut DeltaStream, first: bool) -> usize {
     let eds: Vec<String> = (0..SERVICES).map(cluster_name).collect();
     let rds: Vec<String> = (0..PORTS).map(|p| (9080 + p).to_string()).collect();
-    let subscribe = |type_url: &str, names: &[String]| DeltaDiscoveryRequest {
-        type_url: type_url.into(),
+    let subscribe = |resource_type: ResourceType, names: &[String]| DeltaDiscoveryRequest {
+        type_url: resource_type.type_url().into(),
         resource_names_subscribe: names.to_vec(),
         ..Default::default()
     };
     let mut pending = if first {
-        vec![subscribe(types::CLUSTER, &[]), subscribe(types::ENDPOINT, &eds), subscribe(types::ROUTE, &rds)]
+        vec![
+            subscribe(ResourceType::Cluster, &[]),
+            subscribe(ResourceType::Endpoint, &eds),
+            subscribe(ResourceType::Route, &rds),
+        ]
     } else {
         Vec::new()
     };
@@ -266,7 +270,7 @@ fn delta_converge(stream: &mut DeltaStream, first: bool) -> usize {
         for response in responses.drain(..) {
             bytes += response.resource_bytes();
             pending.push(DeltaDiscoveryRequest {
-                type_url: response.type_url.clone(),
+                type_url: response.type_url.as_str().into(),
                 response_nonce: response.nonce.clone(),
                 ..Default::default()
             });
@@ -284,12 +288,12 @@ fn a_full_push_to_2000_proxies() {
     let snapshots = generate_all(&Fake { generation: 0 }, &proxies);
     let generated = started.elapsed();
     let rss1 = rss_kib();
-    let shared_bytes: usize = [types::CLUSTER, types::ENDPOINT, types::ROUTE]
+    let shared_bytes: usize = [ResourceType::Cluster, ResourceType::Endpoint, ResourceType::Route]
         .iter()
-        .map(|t| snapshots[0].resources(t).iter().map(|r| r.value().len()).sum::<usize>())
+        .map(|t| snapshots[0].resources(*t).iter().map(|r| r.value().len()).sum::<usize>())
         .sum::<usize>()
         * SCOPES;
-    let per_proxy: usize = snapshots[0].type_urls().map(|t| snapshots[0].resources(t).len()).sum();
+    let per_proxy: usize = snapshots[0].resource_types().map(|t| snapshots[0].resources(t).len()).sum();
 
     // Half the proxies on SotW, half on Delta.
     let half = PROXIES / 2;
@@ -319,7 +323,7 @@ fn a_full_push_to_2000_proxies() {
         for response in step.responses {
             stream
                 .on_request(&DiscoveryRequest {
-                    type_url: response.type_url.clone(),
+                    type_url: response.type_url.as_str().into(),
                     version_info: response.version_info.clone(),
                     response_nonce: response.nonce.clone(),
                     resource_names: (0..SERVICES).map(cluster_name).collect(),
@@ -334,7 +338,7 @@ fn a_full_push_to_2000_proxies() {
         for response in step.responses {
             stream
                 .on_request(&DeltaDiscoveryRequest {
-                    type_url: response.type_url.clone(),
+                    type_url: response.type_url.as_str().into(),
                     response_nonce: response.nonce.clone(),
                     ..Default::default()
                 })

@@ -21,12 +21,10 @@
 //! Not done yet: ending streams before the proxy's token expires, so a
 //! long-lived stream is re-authenticated with a fresh token.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use futures::{Stream, StreamExt};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -42,13 +40,10 @@ use super::delta::DeltaStream;
 use super::generator::{Generator, Passthrough};
 use super::grpc::{Chunks, Frames, Requests, ResponseBody};
 use super::metrics::XdsMetrics;
+use super::protocol::{Event, Machine, Step};
 use super::proxy::{Proxy, ProxyId};
-use super::push::{
-    self, Connection, Connections, Debounce, NackRecord, Protocol, PushError, Pusher, StreamReport,
-};
-use super::snapshot::{Resources, Snapshot};
-use super::stream::{Event, ProtocolError, SotwStream, Step, TypeStatus};
-use super::types;
+use super::push::{self, Connection, Connections, Debounce, NackRecord, PushError, Pusher, StreamReport};
+use super::sotw::SotwStream;
 use super::wire::{DeltaResponse, SotwResponse, Wire};
 use crate::ca::serving::{ServingCert, provider};
 use crate::index::{Pods, SharedIndex};
@@ -300,98 +295,6 @@ fn status_of(rejection: &Rejection) -> Status {
     }
 }
 
-/// A response, as the log and metrics see it.
-pub(crate) struct Pushed<'a> {
-    type_url: &'a str,
-    version: &'a str,
-    resources: usize,
-    removed: usize,
-    nonce: &'a str,
-}
-
-/// A protocol's state machine, as a session drives it.
-pub(crate) trait Machine: Send + Sync + 'static {
-    type Request: Send + Sync + 'static;
-    type Response: Wire + Sync + std::fmt::Debug;
-    const PROTOCOL: Protocol;
-
-    fn new(snapshot: Arc<Snapshot>) -> Self;
-    fn node(request: &Self::Request) -> Option<&Node>;
-    fn on_request(&mut self, request: &Self::Request) -> Result<Step<Self::Response>, ProtocolError>;
-    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step<Self::Response>;
-    fn status(&self) -> BTreeMap<String, TypeStatus>;
-    fn holding(&self) -> BTreeMap<String, Resources>;
-    fn describe(response: &Self::Response) -> Pushed<'_>;
-}
-
-impl Machine for SotwStream {
-    type Request = DiscoveryRequest;
-    type Response = SotwResponse;
-    const PROTOCOL: Protocol = Protocol::Sotw;
-
-    fn new(snapshot: Arc<Snapshot>) -> Self {
-        SotwStream::new(snapshot)
-    }
-    fn node(request: &DiscoveryRequest) -> Option<&Node> {
-        request.node.as_ref()
-    }
-    fn on_request(&mut self, request: &DiscoveryRequest) -> Result<Step, ProtocolError> {
-        SotwStream::on_request(self, request)
-    }
-    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step {
-        SotwStream::on_snapshot(self, snapshot)
-    }
-    fn status(&self) -> BTreeMap<String, TypeStatus> {
-        SotwStream::status(self)
-    }
-    fn holding(&self) -> BTreeMap<String, Resources> {
-        SotwStream::holding(self)
-    }
-    fn describe(response: &SotwResponse) -> Pushed<'_> {
-        Pushed {
-            type_url: &response.type_url,
-            version: &response.version_info,
-            resources: response.resources.len(),
-            removed: 0,
-            nonce: &response.nonce,
-        }
-    }
-}
-
-impl Machine for DeltaStream {
-    type Request = DeltaDiscoveryRequest;
-    type Response = DeltaResponse;
-    const PROTOCOL: Protocol = Protocol::Delta;
-
-    fn new(snapshot: Arc<Snapshot>) -> Self {
-        DeltaStream::new(snapshot)
-    }
-    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
-        request.node.as_ref()
-    }
-    fn on_request(&mut self, request: &DeltaDiscoveryRequest) -> Result<Step<DeltaResponse>, ProtocolError> {
-        DeltaStream::on_request(self, request)
-    }
-    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step<DeltaResponse> {
-        DeltaStream::on_snapshot(self, snapshot)
-    }
-    fn status(&self) -> BTreeMap<String, TypeStatus> {
-        DeltaStream::status(self)
-    }
-    fn holding(&self) -> BTreeMap<String, Resources> {
-        DeltaStream::holding(self)
-    }
-    fn describe(response: &DeltaResponse) -> Pushed<'_> {
-        Pushed {
-            type_url: &response.type_url,
-            version: &response.system_version_info,
-            resources: response.resources.len(),
-            removed: response.removed_resources.len(),
-            nonce: &response.nonce,
-        }
-    }
-}
-
 /// One authorized stream: its state machine, its proxy, and where its
 /// responses go.
 struct Session<M: Machine> {
@@ -527,24 +430,24 @@ impl<M: Machine> Session<M> {
         let mut nacks = Vec::new();
         for event in step.events {
             match event {
-                Event::Ack { type_url, version } => {
-                    metrics.acked(&type_url);
-                    tracing::debug!(%proxy, r#type = types::label(&type_url), %version, "ACK");
+                Event::Ack { resource_type, version } => {
+                    metrics.acked(resource_type);
+                    tracing::debug!(%proxy, r#type = %resource_type, %version, "ACK");
                 }
-                Event::Nack { type_url, version, resources, error } => {
-                    metrics.nacked(&type_url);
+                Event::Nack { resource_type, version, resources, error } => {
+                    metrics.nacked(resource_type);
                     tracing::warn!(
                         %proxy,
-                        r#type = types::label(&type_url),
+                        r#type = %resource_type,
                         %version,
                         resources = %names(&resources),
                         %error,
                         "proxy refused configuration (NACK)"
                     );
-                    nacks.push((type_url, NackRecord { version, error, at: SystemTime::now() }));
+                    nacks.push((resource_type, NackRecord { version, error, at: SystemTime::now() }));
                 }
-                Event::StaleNonce { type_url, nonce } => {
-                    tracing::debug!(%proxy, r#type = types::label(&type_url), %nonce, "stale nonce ignored");
+                Event::StaleNonce { resource_type, nonce } => {
+                    tracing::debug!(%proxy, r#type = %resource_type, %nonce, "stale nonce ignored");
                 }
             }
         }
@@ -556,10 +459,15 @@ impl<M: Machine> Session<M> {
         });
         for response in step.responses {
             let pushed = M::describe(&response);
-            metrics.pushed(pushed.type_url);
+            // The answer to a type the mesh does not serve is not counted:
+            // it carries nothing.
+            let served = pushed.type_url.served();
+            if let Some(resource_type) = served {
+                metrics.pushed(resource_type);
+            }
             tracing::debug!(
                 %proxy,
-                r#type = types::label(pushed.type_url),
+                r#type = served.map_or(pushed.type_url.as_str(), |t| t.label()),
                 version = %pushed.version,
                 resources = pushed.resources,
                 removed = pushed.removed,

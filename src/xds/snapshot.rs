@@ -14,8 +14,9 @@
 //!
 //! Listeners and routes may name the clusters they send traffic to
 //! ([`Resource::depends_on`]): the stream state machines hold such a
-//! resource back until those clusters are acknowledged (make-before-break,
-//! [`super::order`]).
+//! resource back until those clusters, and their endpoints, are
+//! acknowledged (make-before-break, [`super::order`]). Translation names
+//! them as it packs; nothing here decodes a resource to find them.
 //!
 //! Snapshots are built once per push by a [`super::generator::Generator`].
 
@@ -27,6 +28,7 @@ use bytes::Bytes;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
+use super::resource_type::{ResourceType, Served};
 use crate::translate;
 
 /// One resource, packed for a discovery response: encoded once, as the
@@ -318,10 +320,10 @@ pub fn version_of<'a>(resources: impl IntoIterator<Item = &'a Arc<Resource>>) ->
     hex(resources.into_iter().fold(0u64, |s, r| s.wrapping_add(r.key)))
 }
 
-/// Everything one proxy gets, by type URL.
+/// Everything one proxy gets, by resource type.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
-    types: BTreeMap<String, Resources>,
+    types: BTreeMap<ResourceType, Resources>,
 }
 
 impl Snapshot {
@@ -329,60 +331,60 @@ impl Snapshot {
         Self::default()
     }
 
-    /// Sets the resources of `type_url`, replacing what it had.
-    pub fn with_resources(mut self, type_url: &str, resources: impl Into<Resources>) -> Self {
-        self.types.insert(type_url.to_string(), resources.into());
+    /// Sets the resources of a type, replacing what it had.
+    pub fn with_resources(mut self, resource_type: ResourceType, resources: impl Into<Resources>) -> Self {
+        self.types.insert(resource_type, resources.into());
         self
     }
 
     /// Sets the resources of the type of `M`, named by `name`.
-    pub fn with<M: Message + Name>(
+    pub fn with<M: Served>(
         self,
         resources: impl IntoIterator<Item = M>,
         name: impl Fn(&M) -> String,
     ) -> Self {
-        self.with_resources(&M::type_url(), ResourceSet::of(resources, name))
+        self.with_resources(M::TYPE, ResourceSet::of(resources, name))
     }
 
-    /// Says that resource `name` of `type_url` (a listener or a route)
+    /// Says that resource `name` of `resource_type` (a listener or a route)
     /// sends traffic to `clusters`. Copies the resource; translation that
     /// knows the clusters when packing should use
     /// [`Resource::depending_on`] instead.
     pub fn with_dependencies(
         mut self,
-        type_url: &str,
+        resource_type: ResourceType,
         name: &str,
         clusters: impl IntoIterator<Item = impl Into<String>>,
     ) -> Self {
-        let Some(resources) = self.types.get(type_url) else { return self };
+        let Some(resources) = self.types.get(&resource_type) else { return self };
         let Some(found) = resources.get(name) else { return self };
         let changed = Arc::new(Resource::clone(found).depending_on(clusters));
         let items = resources.iter().map(|r| if r.name == name { changed.clone() } else { r.clone() });
         let rebuilt = Resources::from_sorted(items.collect());
-        self.types.insert(type_url.to_string(), rebuilt);
+        self.types.insert(resource_type, rebuilt);
         self
     }
 
     /// The resources of a type; a type the snapshot does not mention has none.
-    pub fn resources(&self, type_url: &str) -> Resources {
-        self.types.get(type_url).cloned().unwrap_or_default()
+    pub fn resources(&self, resource_type: ResourceType) -> Resources {
+        self.types.get(&resource_type).cloned().unwrap_or_default()
     }
 
     /// The resources of a type, borrowed; `None` when it has none.
-    pub fn get(&self, type_url: &str) -> Option<&Resources> {
-        self.types.get(type_url)
+    pub fn get(&self, resource_type: ResourceType) -> Option<&Resources> {
+        self.types.get(&resource_type)
     }
 
-    /// The type URLs the snapshot holds, in URL order.
-    pub fn type_urls(&self) -> impl Iterator<Item = &str> {
-        self.types.keys().map(String::as_str)
+    /// The types the snapshot holds.
+    pub fn resource_types(&self) -> impl Iterator<Item = ResourceType> + '_ {
+        self.types.keys().copied()
     }
 
     /// The content hash of everything: equal snapshots have equal versions.
     pub fn version(&self) -> String {
         let mut hash = FNV_OFFSET;
-        for (type_url, resources) in &self.types {
-            hash = fnv1a(hash, type_url.as_bytes());
+        for (resource_type, resources) in &self.types {
+            hash = fnv1a(hash, resource_type.type_url().as_bytes());
             hash = fnv1a(hash, &resources.sum.to_le_bytes());
             hash = fnv1a(hash, &(resources.len as u64).to_le_bytes());
         }
@@ -415,7 +417,6 @@ fn hex(hash: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::types;
     use super::*;
 
     fn any(value: &[u8]) -> Any {
@@ -461,19 +462,19 @@ mod tests {
         assert_eq!(with.depends_on, ["a", "b"]);
         assert_eq!(plain.version, with.version);
         let snapshot = Snapshot::new()
-            .with_resources(types::ROUTE, shared(&[("r", b"1"), ("s", b"2")]))
-            .with_dependencies(types::ROUTE, "r", ["c1"]);
+            .with_resources(ResourceType::Route, shared(&[("r", b"1"), ("s", b"2")]))
+            .with_dependencies(ResourceType::Route, "r", ["c1"]);
         assert_eq!(
-            snapshot.resources(types::ROUTE).get("r").map(|r| r.depends_on.clone()),
+            snapshot.resources(ResourceType::Route).get("r").map(|r| r.depends_on.clone()),
             Some(vec!["c1".into()])
         );
-        assert_eq!(snapshot.resources(types::ROUTE).len(), 2);
+        assert_eq!(snapshot.resources(ResourceType::Route).len(), 2);
     }
 
     #[test]
     fn a_missing_type_has_no_resources() {
         let snapshot = Snapshot::new();
-        assert!(snapshot.resources(types::ROUTE).is_empty());
-        assert_eq!(snapshot.resources(types::ROUTE).version(), Resources::new([]).version());
+        assert!(snapshot.resources(ResourceType::Route).is_empty());
+        assert_eq!(snapshot.resources(ResourceType::Route).version(), Resources::new([]).version());
     }
 }

@@ -23,7 +23,7 @@ use tonic::{Code, Status};
 
 use super::auth::{Authenticator, Rejection, TokenIdentity};
 use super::server::{Ads, ResponseStream, ServeError};
-use super::{XdsMetrics, types};
+use super::{ResourceType, XdsMetrics};
 use crate::ca::serving::ServingCert;
 use crate::index::{Index, IndexMetrics, Pods, SharedIndex};
 use crate::testing::{TempDir, envoy_binary, objects};
@@ -103,9 +103,9 @@ impl Scripted {
     }
 }
 
-fn first_request(type_url: &str, node_id: &str) -> DiscoveryRequest {
+fn first_request(resource_type: ResourceType, node_id: &str) -> DiscoveryRequest {
     DiscoveryRequest {
-        type_url: type_url.into(),
+        type_url: resource_type.type_url().into(),
         node: Some(Node { id: node_id.into(), ..Default::default() }),
         ..Default::default()
     }
@@ -129,7 +129,7 @@ fn ads(authenticator: Arc<dyn Authenticator>, index: SharedIndex) -> (Ads, XdsMe
 }
 
 async fn refused(ads: &Ads, authorization: Option<&str>, node_id: &str) -> Status {
-    match Scripted::open(ads, authorization, first_request(types::CLUSTER, node_id)).await {
+    match Scripted::open(ads, authorization, first_request(ResourceType::Cluster, node_id)).await {
         Ok(_) => panic!("the stream was accepted"),
         Err(status) => status,
     }
@@ -140,15 +140,17 @@ async fn an_authorized_stream_gets_the_passthrough_configuration() {
     let index = index();
     let (ads, metrics, shutdown) = ads(FakeAuthenticator::new(), index.clone());
     let bearer = format!("Bearer {TOKEN}");
-    let mut stream =
-        Scripted::open(&ads, Some(&bearer), first_request(types::CLUSTER, NODE_ID)).await.expect("accepted");
+    let mut stream = Scripted::open(&ads, Some(&bearer), first_request(ResourceType::Cluster, NODE_ID))
+        .await
+        .expect("accepted");
     let clusters = stream.next().await.expect("clusters");
-    assert_eq!(clusters.type_url, types::CLUSTER);
+    assert_eq!(clusters.type_url, ResourceType::Cluster.type_url());
     assert_eq!(clusters.resources.len(), 2);
     assert_eq!(metrics.connected_proxies(), 1);
 
     stream.send(ack(&clusters));
-    stream.send(DiscoveryRequest { type_url: types::LISTENER.into(), ..Default::default() });
+    stream
+        .send(DiscoveryRequest { type_url: ResourceType::Listener.type_url().into(), ..Default::default() });
     let listeners = stream.next().await.expect("listeners");
     assert_eq!(listeners.resources.len(), 2);
     stream.send(ack(&listeners));
@@ -157,8 +159,8 @@ async fn an_authorized_stream_gets_the_passthrough_configuration() {
     index.lock().apply::<Pods>(&pod("details-v1-y", "uid-2", "10.1.2.4"));
     let quiet = tokio::time::timeout(Duration::from_millis(300), stream.responses.next()).await;
     assert!(quiet.is_err(), "nothing pushed: {quiet:?}");
-    assert_eq!((metrics.acks(types::CLUSTER), metrics.acks(types::LISTENER)), (1, 1));
-    assert_eq!(metrics.pushes(types::LISTENER), 1);
+    assert_eq!((metrics.acks(ResourceType::Cluster), metrics.acks(ResourceType::Listener)), (1, 1));
+    assert_eq!(metrics.pushes(ResourceType::Listener), 1);
 
     // Shutdown ends the stream with Unavailable, so the proxy reconnects elsewhere.
     shutdown.cancel();
@@ -224,17 +226,19 @@ async fn a_pod_the_index_learns_of_late_is_admitted_and_an_unknown_one_refused()
         tokio::time::sleep(Duration::from_millis(300)).await;
         later.lock().apply::<Pods>(&pod("productpage-v1-x", "uid-1", "10.1.2.3"));
     });
-    let mut stream =
-        Scripted::open(&ads, Some(&bearer), first_request(types::CLUSTER, NODE_ID)).await.expect("accepted");
-    assert_eq!(stream.next().await.expect("clusters").type_url, types::CLUSTER);
+    let mut stream = Scripted::open(&ads, Some(&bearer), first_request(ResourceType::Cluster, NODE_ID))
+        .await
+        .expect("accepted");
+    assert_eq!(stream.next().await.expect("clusters").type_url, ResourceType::Cluster.type_url());
 }
 
 #[tokio::test]
 async fn a_nack_is_counted_and_the_refused_version_not_resent() {
     let (ads, metrics, _shutdown) = ads(FakeAuthenticator::new(), index());
     let bearer = format!("Bearer {TOKEN}");
-    let mut stream =
-        Scripted::open(&ads, Some(&bearer), first_request(types::LISTENER, NODE_ID)).await.expect("accepted");
+    let mut stream = Scripted::open(&ads, Some(&bearer), first_request(ResourceType::Listener, NODE_ID))
+        .await
+        .expect("accepted");
     let listeners = stream.next().await.expect("listeners");
     stream.send(DiscoveryRequest {
         error_detail: Some(envoy_types::pb::google::rpc::Status {
@@ -246,7 +250,7 @@ async fn a_nack_is_counted_and_the_refused_version_not_resent() {
         ..ack(&listeners)
     });
     tokio::time::timeout(Duration::from_secs(5), async {
-        while metrics.nacks(types::LISTENER) == 0 {
+        while metrics.nacks(ResourceType::Listener) == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -303,8 +307,9 @@ async fn a_push_that_panics_is_counted_and_stops_the_controller() {
     tasks.spawn("xDS push loop", ads.push_loop());
     let controller = tokio::spawn(tasks.run_until(std::future::pending()));
     let bearer = format!("Bearer {TOKEN}");
-    let mut stream =
-        Scripted::open(&ads, Some(&bearer), first_request(types::CLUSTER, NODE_ID)).await.expect("accepted");
+    let mut stream = Scripted::open(&ads, Some(&bearer), first_request(ResourceType::Cluster, NODE_ID))
+        .await
+        .expect("accepted");
     stream.next().await.expect("clusters, before the fault");
     assert!(readiness.is_ready());
 
@@ -340,8 +345,9 @@ async fn a_first_snapshot_that_panics_ends_that_stream_and_is_counted() {
         CancellationToken::new(),
     );
     let bearer = format!("Bearer {TOKEN}");
-    let mut stream =
-        Scripted::open(&ads, Some(&bearer), first_request(types::CLUSTER, NODE_ID)).await.expect("admitted");
+    let mut stream = Scripted::open(&ads, Some(&bearer), first_request(ResourceType::Cluster, NODE_ID))
+        .await
+        .expect("admitted");
     let status = stream.next().await.expect_err("no configuration");
     assert_eq!(status.code(), Code::Internal, "{status:?}");
     assert!(status.message().contains("a bug in the control plane"), "{}", status.message());
@@ -577,10 +583,11 @@ async fn passthrough_applied_and_acked(
     let metrics = &control_plane.metrics;
     envoy
         .wait_for("the ACKs to reach the control plane", || async {
-            (metrics.acks(types::LISTENER) >= 1 && metrics.acks(types::CLUSTER) >= 1).then_some(())
+            (metrics.acks(ResourceType::Listener) >= 1 && metrics.acks(ResourceType::Cluster) >= 1)
+                .then_some(())
         })
         .await;
-    assert_eq!((metrics.nacks(types::LISTENER), metrics.nacks(types::CLUSTER)), (0, 0));
+    assert_eq!((metrics.nacks(ResourceType::Listener), metrics.nacks(ResourceType::Cluster)), (0, 0));
     stats
 }
 
@@ -609,10 +616,10 @@ async fn envoy_acks_the_passthrough_configuration() {
     );
 
     // An index change that leaves the configuration alone pushes nothing.
-    let pushes = metrics.pushes(types::LISTENER) + metrics.pushes(types::CLUSTER);
+    let pushes = metrics.pushes(ResourceType::Listener) + metrics.pushes(ResourceType::Cluster);
     control_plane.index.lock().apply::<Pods>(&pod("details-v1-y", "uid-2", "10.1.2.4"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(metrics.pushes(types::LISTENER) + metrics.pushes(types::CLUSTER), pushes);
+    assert_eq!(metrics.pushes(ResourceType::Listener) + metrics.pushes(ResourceType::Cluster), pushes);
 
     // Shutdown closes the stream and the server returns.
     control_plane.shutdown.cancel();
@@ -646,7 +653,7 @@ async fn a_refused_envoy_gets_no_configuration() {
     assert_eq!(stats.get("control_plane.connected_state"), Some(&0), "{stats:?}");
     assert_eq!(stats.get("listener_manager.total_listeners_active"), Some(&0), "{stats:?}");
     assert_eq!(metrics.connected_proxies(), 0);
-    assert_eq!(metrics.pushes(types::LISTENER) + metrics.pushes(types::CLUSTER), 0);
+    assert_eq!(metrics.pushes(ResourceType::Listener) + metrics.pushes(ResourceType::Cluster), 0);
     assert!(authenticator.reviews.load(Ordering::SeqCst) >= 2);
     // Envoy got the reason.
     let log = envoy.log();
@@ -685,10 +692,10 @@ async fn envoy_acks_the_passthrough_configuration_over_delta() {
     }
 
     // An index change that leaves the configuration alone pushes nothing.
-    let pushes = metrics.pushes(types::LISTENER) + metrics.pushes(types::CLUSTER);
+    let pushes = metrics.pushes(ResourceType::Listener) + metrics.pushes(ResourceType::Cluster);
     control_plane.index.lock().apply::<Pods>(&pod("details-v1-y", "uid-2", "10.1.2.4"));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(metrics.pushes(types::LISTENER) + metrics.pushes(types::CLUSTER), pushes);
+    assert_eq!(metrics.pushes(ResourceType::Listener) + metrics.pushes(ResourceType::Cluster), pushes);
     control_plane.shutdown.cancel();
 }
 
@@ -709,7 +716,7 @@ async fn a_delta_stream_is_authenticated_like_sotw_and_ends_when_its_pod_goes() 
     );
     tokio::spawn(ads.push_loop());
     let first = |node: &str| DeltaDiscoveryRequest {
-        type_url: types::CLUSTER.into(),
+        type_url: ResourceType::Cluster.type_url().into(),
         node: Some(Node { id: node.into(), ..Default::default() }),
         ..Default::default()
     };
@@ -734,7 +741,7 @@ async fn a_delta_stream_is_authenticated_like_sotw_and_ends_when_its_pod_goes() 
         .expect("in time")
         .expect("open")
         .expect("a response");
-    assert_eq!(clusters.type_url, types::CLUSTER);
+    assert_eq!(clusters.type_url.as_str(), ResourceType::Cluster.type_url());
     assert_eq!(clusters.resources.len(), 2);
     assert_eq!(ads.connections().len(), 1);
 
@@ -868,7 +875,7 @@ async fn a_changed_cluster_is_active_at_once(api_type: &str) {
     let stats = envoy.stats().await;
     assert_eq!(stats.get("cluster_manager.cds.update_rejected"), Some(&0), "{stats:?}");
     assert_eq!(stats.get("cluster_manager.warming_clusters"), Some(&0), "{stats:?}");
-    assert_eq!(control_plane.metrics.nacks(types::ENDPOINT), 0);
+    assert_eq!(control_plane.metrics.nacks(ResourceType::Endpoint), 0);
     control_plane.shutdown.cancel();
 }
 

@@ -6,7 +6,9 @@
 //! response is its few per-stream fields (version, type URL, nonce),
 //! encoded per stream, with the shared entries spliced in between, in field
 //! order: the bytes are those prost would write for the same message. A
-//! response holds its resources by `Arc`, and [`super::grpc`] hands the
+//! Delta response wraps each resource in its own `Resource` message
+//! (version, the `Any`, name): the wrapper is written per stream around
+//! the same shared `Any` bytes. A response holds its resources by `Arc`, and [`super::grpc`] hands the
 //! larger entries to HTTP/2 by reference: they are copied only into TLS
 //! records as they are sent.
 
@@ -17,6 +19,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, Dis
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
+use super::resource_type::ResourceType;
 use super::snapshot::Resource;
 
 /// Where a response writes itself: bytes to copy, and shared bytes that a
@@ -49,12 +52,50 @@ pub trait Wire: Send + 'static {
     }
 }
 
+/// The type URL a response carries: of a type the mesh serves, or the one
+/// a proxy asked for that the mesh does not serve (answered with nothing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TypeUrl {
+    Served(ResourceType),
+    Other(String),
+}
+
+impl TypeUrl {
+    pub fn as_str(&self) -> &str {
+        match self {
+            TypeUrl::Served(resource_type) => resource_type.type_url(),
+            TypeUrl::Other(type_url) => type_url,
+        }
+    }
+
+    /// The type, if the mesh serves it.
+    pub fn served(&self) -> Option<ResourceType> {
+        match self {
+            TypeUrl::Served(resource_type) => Some(*resource_type),
+            TypeUrl::Other(_) => None,
+        }
+    }
+}
+
+impl Default for TypeUrl {
+    /// No type URL (absent on the wire).
+    fn default() -> Self {
+        TypeUrl::Other(String::new())
+    }
+}
+
+impl From<ResourceType> for TypeUrl {
+    fn from(resource_type: ResourceType) -> Self {
+        TypeUrl::Served(resource_type)
+    }
+}
+
 /// A state-of-the-world response.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SotwResponse {
     pub version_info: String,
     pub resources: Vec<Arc<Resource>>,
-    pub type_url: String,
+    pub type_url: TypeUrl,
     pub nonce: String,
 }
 
@@ -74,7 +115,7 @@ impl Wire for SotwResponse {
     fn encoded_len(&self) -> usize {
         string_len(1, &self.version_info)
             + self.resources.iter().map(|r| r.entry().len()).sum::<usize>()
-            + string_len(4, &self.type_url)
+            + string_len(4, self.type_url.as_str())
             + string_len(5, &self.nonce)
     }
 
@@ -85,7 +126,7 @@ impl Wire for SotwResponse {
         for resource in &self.resources {
             buf.put_shared(resource.entry());
         }
-        string(4, &self.type_url, buf);
+        string(4, self.type_url.as_str(), buf);
         string(5, &self.nonce, buf);
     }
 }
@@ -96,7 +137,7 @@ pub struct DeltaResponse {
     pub system_version_info: String,
     /// Sent as `Resource { version, resource, name }` wrappers.
     pub resources: Vec<Arc<Resource>>,
-    pub type_url: String,
+    pub type_url: TypeUrl,
     pub nonce: String,
     pub removed_resources: Vec<String>,
 }
@@ -135,7 +176,7 @@ impl Wire for DeltaResponse {
                     key_len(2) + encoded_len_varint(len as u64) + len
                 })
                 .sum::<usize>()
-            + string_len(4, &self.type_url)
+            + string_len(4, self.type_url.as_str())
             + string_len(5, &self.nonce)
             + self
                 .removed_resources
@@ -158,7 +199,7 @@ impl Wire for DeltaResponse {
             buf.put_shared(&any);
             string(3, &resource.name, buf);
         }
-        string(4, &self.type_url, buf);
+        string(4, self.type_url.as_str(), buf);
         string(5, &self.nonce, buf);
         for name in &self.removed_resources {
             // Repeated strings are written even when empty.
@@ -218,7 +259,7 @@ mod tests {
         let response = SotwResponse {
             version_info: "v1".into(),
             resources: resources.clone(),
-            type_url: "type.example/T".into(),
+            type_url: TypeUrl::Other("type.example/T".into()),
             nonce: "12".into(),
         };
         let proto = DiscoveryResponse {
@@ -233,6 +274,8 @@ mod tests {
         assert_eq!(response.to_proto(), proto);
         let empty = SotwResponse::default();
         assert_eq!(empty.encode_to_vec(), DiscoveryResponse::default().encode_to_vec());
+        let served = SotwResponse { type_url: ResourceType::Cluster.into(), ..Default::default() };
+        assert_eq!(served.to_proto().type_url, ResourceType::Cluster.type_url());
     }
 
     #[test]
@@ -241,7 +284,7 @@ mod tests {
         let response = DeltaResponse {
             system_version_info: "v2".into(),
             resources: resources.clone(),
-            type_url: "type.example/T".into(),
+            type_url: TypeUrl::Other("type.example/T".into()),
             nonce: "3".into(),
             removed_resources: vec!["gone".into(), String::new()],
         };

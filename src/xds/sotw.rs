@@ -1,8 +1,8 @@
 //! One ADS stream in the state-of-the-world (SotW) protocol, as a state
 //! machine with no I/O: requests and new snapshots go in, responses and
 //! events (ACK, NACK, stale nonce) come out. The server
-//! ([`super::server`]) feeds it and writes what it returns; tests drive it
-//! directly.
+//! ([`super::server`]) feeds it, through [`Machine`] as it does Delta's,
+//! and writes what it returns; tests drive it directly.
 //!
 //! The rules, per resource type on the stream:
 //! - the first request of a type is always answered, with the current
@@ -29,23 +29,29 @@
 //! Make-before-break ([`super::order`]) holds back, within a response, a
 //! listener or route whose clusters are not acknowledged yet (the proxy
 //! keeps the version it has), and keeps a removed cluster in the response
-//! while a route the proxy holds still names it; both are planned again
+//! while a listener or route the proxy holds still names it; both are planned again
 //! after every ACK. A cluster response with new or changed clusters is
 //! followed by their endpoints, sent again unchanged: Envoy warms such a
 //! cluster by waiting for them, and its requests name nothing new.
 //!
+//! A type URL the mesh does not serve ([`ResourceType::from_type_url`]
+//! knows none of it) is answered once, with no resources, and its later
+//! requests ignored; nothing else of the stream depends on it.
+//!
 //! [`super::delta`] is the incremental sibling over the same [`Snapshot`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::names::NameSet;
 use super::order::{self, Ledger};
+use super::protocol::{Event, Machine, Nack, Protocol, ProtocolError, Pushed, Step, TypeStatus};
+use super::resource_type::ResourceType;
 use super::snapshot::{Resources, Snapshot};
-use super::types;
-use super::wire::SotwResponse;
+use super::wire::{SotwResponse, TypeUrl};
 
 /// What a stream wants of one resource type.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,8 +65,8 @@ pub enum Subscription {
 impl Subscription {
     /// The subscription `names` ask for; `current`'s set again when they
     /// are the same names.
-    fn of(type_url: &str, names: &[String], current: Option<&Subscription>) -> Self {
-        if types::is_wildcard_only(type_url) || names.iter().any(|n| n == "*") {
+    fn of(resource_type: ResourceType, names: &[String], current: Option<&Subscription>) -> Self {
+        if resource_type.is_wildcard_only() || names.iter().any(|n| n == "*") {
             return Subscription::Wildcard;
         }
         match current {
@@ -78,63 +84,11 @@ impl Subscription {
     }
 }
 
-/// What happened on the stream besides responses, for logs and metrics.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// The proxy applied `version`.
-    Ack { type_url: String, version: String },
-    /// The proxy refused `version` (of the named resources), saying `error`.
-    Nack { type_url: String, version: String, resources: Vec<String>, error: String },
-    /// A request answering an older response, ignored.
-    StaleNonce { type_url: String, nonce: String },
-}
-
-/// The output of one step of the machine.
-#[derive(Debug, PartialEq)]
-pub struct Step<R = SotwResponse> {
-    /// To send, in order.
-    pub responses: Vec<R>,
-    pub events: Vec<Event>,
-}
-
-impl<R> Default for Step<R> {
-    fn default() -> Self {
-        Self { responses: Vec::new(), events: Vec::new() }
-    }
-}
-
-/// A request the protocol does not allow.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProtocolError {
-    #[error("a request on the aggregated stream has no type_url")]
-    NoTypeUrl,
-}
-
 /// The last response of a type.
 #[derive(Clone, Debug)]
 struct Sent {
     nonce: String,
     version: String,
-}
-
-/// A refused version and the proxy's reason.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Nack {
-    pub version: String,
-    pub error: String,
-}
-
-/// Where one type stands on a stream, for /debug/syncz.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TypeStatus {
-    /// The version of what the proxy was sent last.
-    pub sent: Option<String>,
-    /// The version it acknowledged last.
-    pub acked: Option<String>,
-    /// Its latest refusal, while it is the latest answer.
-    pub nack: Option<Nack>,
-    /// Resources sent and held by the proxy, by count.
-    pub resources: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -158,25 +112,40 @@ struct TypeState {
 pub struct SotwStream {
     snapshot: Arc<Snapshot>,
     nonce: u64,
-    types: BTreeMap<String, TypeState>,
-    ledgers: BTreeMap<String, Ledger>,
+    types: BTreeMap<ResourceType, TypeState>,
+    ledgers: BTreeMap<ResourceType, Ledger>,
+    /// Type URLs the mesh does not serve that the proxy asked for, each
+    /// answered once (see [`SotwStream::on_request`]).
+    unserved: BTreeSet<String>,
 }
 
 impl SotwStream {
     pub fn new(snapshot: Arc<Snapshot>) -> Self {
-        Self { snapshot, nonce: 0, types: BTreeMap::new(), ledgers: BTreeMap::new() }
+        Self {
+            snapshot,
+            nonce: 0,
+            types: BTreeMap::new(),
+            ledgers: BTreeMap::new(),
+            unserved: BTreeSet::new(),
+        }
     }
 
     /// Handles one request from the proxy.
+    ///
+    /// A type the mesh does not serve is answered once, with no resources,
+    /// so a proxy that asks for it does not wait; its later requests
+    /// (ACKs of that answer) are ignored.
     pub fn on_request(&mut self, request: &DiscoveryRequest) -> Result<Step, ProtocolError> {
-        let type_url = request.type_url.as_str();
-        if type_url.is_empty() {
+        if request.type_url.is_empty() {
             return Err(ProtocolError::NoTypeUrl);
         }
+        let Some(resource_type) = ResourceType::from_type_url(&request.type_url) else {
+            return Ok(self.unserved(&request.type_url));
+        };
         let mut step = Step::default();
-        let current = self.types.get(type_url).map(|state| &state.subscription);
-        let subscription = Subscription::of(type_url, &request.resource_names, current);
-        let state = self.types.entry(type_url.to_string()).or_insert_with(|| TypeState {
+        let current = self.types.get(&resource_type).map(|state| &state.subscription);
+        let subscription = Subscription::of(resource_type, &request.resource_names, current);
+        let state = self.types.entry(resource_type).or_insert_with(|| TypeState {
             subscription: subscription.clone(),
             sent: None,
             acked: None,
@@ -185,14 +154,11 @@ impl SotwStream {
             held: false,
             full: true,
         });
-        let ledger = self.ledgers.entry(type_url.to_string()).or_default();
+        let ledger = self.ledgers.entry(resource_type).or_default();
         let mut answered = false;
         if let Some(sent) = &state.sent {
             if request.response_nonce != sent.nonce {
-                step.events.push(Event::StaleNonce {
-                    type_url: type_url.to_string(),
-                    nonce: request.response_nonce.clone(),
-                });
+                step.events.push(Event::StaleNonce { resource_type, nonce: request.response_nonce.clone() });
                 return Ok(step);
             }
             answered = true;
@@ -202,7 +168,7 @@ impl SotwStream {
             match &request.error_detail {
                 Some(error) => {
                     step.events.push(Event::Nack {
-                        type_url: type_url.to_string(),
+                        resource_type,
                         version: version.clone(),
                         resources: ledger.sent.iter().map(|r| r.name.clone()).collect(),
                         error: error.message.clone(),
@@ -212,7 +178,7 @@ impl SotwStream {
                     ledger.refused = ledger.sent.clone();
                 }
                 None => {
-                    step.events.push(Event::Ack { type_url: type_url.to_string(), version: version.clone() });
+                    step.events.push(Event::Ack { resource_type, version: version.clone() });
                     state.acked = Some(version);
                     state.nacked = None;
                     ledger.acked = ledger.sent.clone();
@@ -225,9 +191,8 @@ impl SotwStream {
         }
         state.subscription = subscription;
         state.waiting = true;
-        let type_url = type_url.to_string();
-        step.responses.extend(self.respond(&type_url));
-        if answered || type_url == types::CLUSTER {
+        step.responses.extend(self.respond(resource_type));
+        if answered || resource_type == ResourceType::Cluster {
             // An answer may release what waited on it, in other types; new
             // or changed clusters want their endpoints again.
             step.responses.extend(self.respond_held());
@@ -235,21 +200,33 @@ impl SotwStream {
         Ok(step)
     }
 
+    /// The one answer to a type the mesh does not serve: empty, with the
+    /// version of nothing.
+    fn unserved(&mut self, type_url: &str) -> Step {
+        let mut step = Step::default();
+        if self.unserved.insert(type_url.to_string()) {
+            self.nonce += 1;
+            step.responses.push(SotwResponse {
+                version_info: Resources::default().version(),
+                resources: Vec::new(),
+                type_url: TypeUrl::Other(type_url.to_string()),
+                nonce: self.nonce.to_string(),
+            });
+        }
+        step
+    }
+
     /// Takes a new snapshot and answers every waiting type whose content
     /// changed, in an order that lets Envoy use each response at once:
     /// secrets and clusters before the listeners and routes that name them.
     pub fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step {
         self.snapshot = snapshot;
-        let mut waiting: Vec<String> = self
-            .types
-            .iter()
-            .filter(|(_, state)| state.waiting)
-            .map(|(type_url, _)| type_url.clone())
-            .collect();
-        waiting.sort_by_key(|type_url| types::push_rank(type_url));
+        let mut waiting: Vec<ResourceType> =
+            self.types.iter().filter(|(_, state)| state.waiting).map(|(t, _)| *t).collect();
+        waiting.sort_by_key(|t| t.push_rank());
         let mut step = Step::default();
-        for type_url in waiting {
-            step.responses.extend(self.respond(&type_url));
+        for resource_type in waiting {
+            step.responses.extend(self.respond(resource_type));
         }
         step
     }
@@ -260,67 +237,67 @@ impl SotwStream {
     }
 
     /// The version the proxy last acknowledged for a type.
-    pub fn acked(&self, type_url: &str) -> Option<&str> {
-        self.types.get(type_url)?.acked.as_deref()
+    pub fn acked(&self, resource_type: ResourceType) -> Option<&str> {
+        self.types.get(&resource_type)?.acked.as_deref()
     }
 
     /// The version the proxy refused last for a type, if its latest answer
     /// was a refusal.
-    pub fn nacked(&self, type_url: &str) -> Option<&Nack> {
-        self.types.get(type_url)?.nacked.as_ref()
+    pub fn nacked(&self, resource_type: ResourceType) -> Option<&Nack> {
+        self.types.get(&resource_type)?.nacked.as_ref()
     }
 
     /// Where each type the proxy asked for stands.
-    pub fn status(&self) -> BTreeMap<String, TypeStatus> {
+    pub fn status(&self) -> BTreeMap<ResourceType, TypeStatus> {
         self.types
             .iter()
-            .map(|(type_url, state)| {
+            .map(|(resource_type, state)| {
                 let status = TypeStatus {
                     sent: state.sent.as_ref().map(|s| s.version.clone()),
                     acked: state.acked.clone(),
                     nack: state.nacked.clone(),
-                    resources: self.ledgers.get(type_url).map_or(0, |l| l.sent.len()),
+                    resources: self.ledgers.get(resource_type).map_or(0, |l| l.sent.len()),
                 };
-                (type_url.clone(), status)
+                (*resource_type, status)
             })
             .collect()
     }
 
     /// What the proxy holds (or is being sent), by type.
-    pub fn holding(&self) -> BTreeMap<String, Resources> {
+    pub fn holding(&self) -> BTreeMap<ResourceType, Resources> {
         // Of the types asked for: a cluster response opens the endpoints'
         // ledger before the proxy asks for them.
         self.ledgers
             .iter()
             .filter(|(t, _)| self.types.contains_key(*t))
-            .map(|(t, l)| (t.clone(), l.sent.clone()))
+            .map(|(t, l)| (*t, l.sent.clone()))
             .collect()
     }
 
     /// Plans again the types that held something back, or have endpoints
     /// to send again for clusters sent anew.
     fn respond_held(&mut self) -> Vec<SotwResponse> {
-        let mut held: Vec<String> = self
+        let mut held: Vec<ResourceType> = self
             .types
             .iter()
-            .filter(|(t, s)| s.waiting && (s.held || order::rewarm_pending(t, &self.ledgers)))
-            .map(|(t, _)| t.clone())
+            .filter(|(t, s)| s.waiting && (s.held || order::rewarm_pending(**t, &self.ledgers)))
+            .map(|(t, _)| *t)
             .collect();
-        held.sort_by_key(|type_url| types::push_rank(type_url));
-        held.iter().filter_map(|type_url| self.respond(type_url)).collect()
+        held.sort_by_key(|t| t.push_rank());
+        held.into_iter().filter_map(|t| self.respond(t)).collect()
     }
 
     /// Answers a waiting type if the snapshot has something it has not
     /// been sent.
-    fn respond(&mut self, type_url: &str) -> Option<SotwResponse> {
-        let state = self.types.get(type_url)?;
+    fn respond(&mut self, resource_type: ResourceType) -> Option<SotwResponse> {
+        let state = self.types.get(&resource_type)?;
         if !state.waiting {
             return None;
         }
-        let desired = state.subscription.select(self.snapshot.resources(type_url));
-        let plan = order::plan(type_url, &desired, &self.ledgers, &self.snapshot, false);
-        order::planned(type_url, &mut self.ledgers);
-        let state = self.types.get_mut(type_url)?;
+        let desired = state.subscription.select(self.snapshot.resources(resource_type));
+        let plan = order::plan(resource_type, &desired, &self.ledgers, &self.snapshot, false);
+        order::planned(resource_type, &mut self.ledgers);
+        let state = self.types.get_mut(&resource_type)?;
         state.held = plan.held;
         let version = plan.next.version();
         if plan.updated.is_empty() && state.sent.as_ref().is_some_and(|sent| sent.version == version) {
@@ -332,7 +309,7 @@ impl SotwStream {
         let nonce = self.nonce.to_string();
         state.sent = Some(Sent { nonce: nonce.clone(), version: version.clone() });
         state.waiting = false;
-        order::sent(type_url, &plan.updated, &mut self.ledgers);
+        order::sent(resource_type, &plan.updated, &mut self.ledgers);
         let resources = match (&state.subscription, state.full) {
             // Only what changed since the proxy's last ACK: outside `full`,
             // the proxy acknowledged what it was sent, and the plan's
@@ -341,8 +318,42 @@ impl SotwStream {
             _ => plan.next.iter().cloned().collect(),
         };
         state.full = false;
-        self.ledgers.entry(type_url.to_string()).or_default().sent = plan.next;
-        Some(SotwResponse { version_info: version, resources, type_url: type_url.to_string(), nonce })
+        self.ledgers.entry(resource_type).or_default().sent = plan.next;
+        Some(SotwResponse { version_info: version, resources, type_url: resource_type.into(), nonce })
+    }
+}
+
+impl Machine for SotwStream {
+    type Request = DiscoveryRequest;
+    type Response = SotwResponse;
+    const PROTOCOL: Protocol = Protocol::Sotw;
+
+    fn new(snapshot: Arc<Snapshot>) -> Self {
+        SotwStream::new(snapshot)
+    }
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+    fn on_request(&mut self, request: &DiscoveryRequest) -> Result<Step, ProtocolError> {
+        SotwStream::on_request(self, request)
+    }
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step {
+        SotwStream::on_snapshot(self, snapshot)
+    }
+    fn status(&self) -> BTreeMap<ResourceType, TypeStatus> {
+        SotwStream::status(self)
+    }
+    fn holding(&self) -> BTreeMap<ResourceType, Resources> {
+        SotwStream::holding(self)
+    }
+    fn describe(response: &SotwResponse) -> Pushed<'_> {
+        Pushed {
+            type_url: &response.type_url,
+            version: &response.version_info,
+            resources: response.resources.len(),
+            removed: 0,
+            nonce: &response.nonce,
+        }
     }
 }
 
@@ -364,25 +375,25 @@ mod tests {
     fn snapshot(listener_body: &str) -> Arc<Snapshot> {
         Arc::new(
             Snapshot::new()
-                .with_resources(types::LISTENER, resources(&[("virtualOutbound", listener_body)]))
-                .with_resources(types::CLUSTER, resources(&[("PassthroughCluster", "c")]))
-                .with_resources(types::ROUTE, resources(&[("a", "ra"), ("b", "rb")])),
+                .with_resources(ResourceType::Listener, resources(&[("virtualOutbound", listener_body)]))
+                .with_resources(ResourceType::Cluster, resources(&[("PassthroughCluster", "c")]))
+                .with_resources(ResourceType::Route, resources(&[("a", "ra"), ("b", "rb")])),
         )
     }
 
-    fn request(type_url: &str, version: &str, nonce: &str) -> DiscoveryRequest {
+    fn request(resource_type: ResourceType, version: &str, nonce: &str) -> DiscoveryRequest {
         DiscoveryRequest {
-            type_url: type_url.into(),
+            type_url: resource_type.type_url().into(),
             version_info: version.into(),
             response_nonce: nonce.into(),
             ..Default::default()
         }
     }
 
-    fn nack(type_url: &str, version: &str, nonce: &str, error: &str) -> DiscoveryRequest {
+    fn nack(resource_type: ResourceType, version: &str, nonce: &str, error: &str) -> DiscoveryRequest {
         DiscoveryRequest {
             error_detail: Some(Status { code: 3, message: error.into(), details: vec![] }),
-            ..request(type_url, version, nonce)
+            ..request(resource_type, version, nonce)
         }
     }
 
@@ -394,33 +405,33 @@ mod tests {
     #[test]
     fn the_first_request_gets_the_snapshot_and_an_ack_is_recorded() {
         let mut stream = SotwStream::new(snapshot("l1"));
-        let response = one(stream.on_request(&request(types::LISTENER, "", "")).unwrap());
-        assert_eq!(response.type_url, types::LISTENER);
+        let response = one(stream.on_request(&request(ResourceType::Listener, "", "")).unwrap());
+        assert_eq!(response.type_url, ResourceType::Listener.type_url());
         assert_eq!(response.resources.len(), 1);
         assert_eq!(response.nonce, "1");
 
-        let step = stream.on_request(&request(types::LISTENER, &response.version_info, "1")).unwrap();
+        let step = stream.on_request(&request(ResourceType::Listener, &response.version_info, "1")).unwrap();
         assert!(step.responses.is_empty(), "unchanged: nothing to send");
         assert_eq!(
             step.events,
-            [Event::Ack { type_url: types::LISTENER.into(), version: response.version_info.clone() }]
+            [Event::Ack { resource_type: ResourceType::Listener, version: response.version_info.clone() }]
         );
-        assert_eq!(stream.acked(types::LISTENER), Some(response.version_info.as_str()));
+        assert_eq!(stream.acked(ResourceType::Listener), Some(response.version_info.as_str()));
     }
 
     #[test]
     fn nonces_grow_across_types() {
         let mut stream = SotwStream::new(snapshot("l1"));
-        let clusters = one(stream.on_request(&request(types::CLUSTER, "", "")).unwrap());
-        let listeners = one(stream.on_request(&request(types::LISTENER, "", "")).unwrap());
+        let clusters = one(stream.on_request(&request(ResourceType::Cluster, "", "")).unwrap());
+        let listeners = one(stream.on_request(&request(ResourceType::Listener, "", "")).unwrap());
         assert_eq!((clusters.nonce.as_str(), listeners.nonce.as_str()), ("1", "2"));
     }
 
     #[test]
     fn an_unchanged_snapshot_is_not_pushed_and_a_changed_one_is() {
         let mut stream = SotwStream::new(snapshot("l1"));
-        let first = one(stream.on_request(&request(types::LISTENER, "", "")).unwrap());
-        stream.on_request(&request(types::LISTENER, &first.version_info, &first.nonce)).unwrap();
+        let first = one(stream.on_request(&request(ResourceType::Listener, "", "")).unwrap());
+        stream.on_request(&request(ResourceType::Listener, &first.version_info, &first.nonce)).unwrap();
 
         assert_eq!(stream.on_snapshot(snapshot("l1")), Step::default());
         let pushed = one(stream.on_snapshot(snapshot("l2")));
@@ -431,65 +442,73 @@ mod tests {
     #[test]
     fn no_push_while_a_response_is_unacknowledged_then_the_latest_goes() {
         let mut stream = SotwStream::new(snapshot("l1"));
-        let first = one(stream.on_request(&request(types::LISTENER, "", "")).unwrap());
+        let first = one(stream.on_request(&request(ResourceType::Listener, "", "")).unwrap());
         // Two changes before the proxy answers: nothing yet.
         assert!(stream.on_snapshot(snapshot("l2")).responses.is_empty());
         assert!(stream.on_snapshot(snapshot("l3")).responses.is_empty());
         // The ACK of the first response brings the newest content at once.
-        let step = stream.on_request(&request(types::LISTENER, &first.version_info, &first.nonce)).unwrap();
+        let step =
+            stream.on_request(&request(ResourceType::Listener, &first.version_info, &first.nonce)).unwrap();
         let latest = one(step);
-        assert_eq!(latest.version_info, snapshot("l3").resources(types::LISTENER).version());
+        assert_eq!(latest.version_info, snapshot("l3").resources(ResourceType::Listener).version());
     }
 
     #[test]
     fn a_stale_nonce_is_ignored() {
         let mut stream = SotwStream::new(snapshot("l1"));
-        let first = one(stream.on_request(&request(types::LISTENER, "", "")).unwrap());
-        stream.on_request(&request(types::LISTENER, &first.version_info, &first.nonce)).unwrap();
+        let first = one(stream.on_request(&request(ResourceType::Listener, "", "")).unwrap());
+        stream.on_request(&request(ResourceType::Listener, &first.version_info, &first.nonce)).unwrap();
         let second = one(stream.on_snapshot(snapshot("l2")));
 
         // A request that answered the first response arrives late.
-        let step = stream.on_request(&request(types::LISTENER, &first.version_info, &first.nonce)).unwrap();
+        let step =
+            stream.on_request(&request(ResourceType::Listener, &first.version_info, &first.nonce)).unwrap();
         assert!(step.responses.is_empty());
         assert_eq!(
             step.events,
-            [Event::StaleNonce { type_url: types::LISTENER.into(), nonce: first.nonce.clone() }]
+            [Event::StaleNonce { resource_type: ResourceType::Listener, nonce: first.nonce.clone() }]
         );
         assert_eq!(
-            stream.acked(types::LISTENER),
+            stream.acked(ResourceType::Listener),
             Some(first.version_info.as_str()),
             "not an ACK of the second"
         );
 
-        let step = stream.on_request(&request(types::LISTENER, &second.version_info, &second.nonce)).unwrap();
+        let step =
+            stream.on_request(&request(ResourceType::Listener, &second.version_info, &second.nonce)).unwrap();
         assert!(matches!(step.events[..], [Event::Ack { .. }]));
-        assert_eq!(stream.acked(types::LISTENER), Some(second.version_info.as_str()));
+        assert_eq!(stream.acked(ResourceType::Listener), Some(second.version_info.as_str()));
     }
 
     #[test]
     fn a_nacked_version_is_remembered_and_not_sent_again() {
         let mut stream = SotwStream::new(snapshot("l1"));
-        let first = one(stream.on_request(&request(types::LISTENER, "", "")).unwrap());
-        stream.on_request(&request(types::LISTENER, &first.version_info, &first.nonce)).unwrap();
+        let first = one(stream.on_request(&request(ResourceType::Listener, "", "")).unwrap());
+        stream.on_request(&request(ResourceType::Listener, &first.version_info, &first.nonce)).unwrap();
         let bad = one(stream.on_snapshot(snapshot("bad")));
 
         // A NACK carries the previous version; the refused one is ours.
         let step = stream
-            .on_request(&nack(types::LISTENER, &first.version_info, &bad.nonce, "cannot bind 0.0.0.0:15001"))
+            .on_request(&nack(
+                ResourceType::Listener,
+                &first.version_info,
+                &bad.nonce,
+                "cannot bind 0.0.0.0:15001",
+            ))
             .unwrap();
         assert!(step.responses.is_empty(), "the refused version is not re-sent");
         assert_eq!(
             step.events,
             [Event::Nack {
-                type_url: types::LISTENER.into(),
+                resource_type: ResourceType::Listener,
                 version: bad.version_info.clone(),
                 resources: vec!["virtualOutbound".into()],
                 error: "cannot bind 0.0.0.0:15001".into(),
             }]
         );
-        assert_eq!(stream.acked(types::LISTENER), Some(first.version_info.as_str()));
+        assert_eq!(stream.acked(ResourceType::Listener), Some(first.version_info.as_str()));
         assert_eq!(
-            stream.nacked(types::LISTENER).map(|n| n.version.as_str()),
+            stream.nacked(ResourceType::Listener).map(|n| n.version.as_str()),
             Some(bad.version_info.as_str())
         );
 
@@ -497,8 +516,8 @@ mod tests {
         assert!(stream.on_snapshot(snapshot("bad")).responses.is_empty());
         // A fix goes out, and its ACK clears the NACK.
         let fixed = one(stream.on_snapshot(snapshot("fixed")));
-        stream.on_request(&request(types::LISTENER, &fixed.version_info, &fixed.nonce)).unwrap();
-        assert_eq!(stream.nacked(types::LISTENER), None);
+        stream.on_request(&request(ResourceType::Listener, &fixed.version_info, &fixed.nonce)).unwrap();
+        assert_eq!(stream.nacked(ResourceType::Listener), None);
     }
 
     #[test]
@@ -506,18 +525,18 @@ mod tests {
         let mut stream = SotwStream::new(snapshot("l1"));
         let asked = DiscoveryRequest {
             resource_names: vec!["b".into(), "missing".into()],
-            ..request(types::ROUTE, "", "")
+            ..request(ResourceType::Route, "", "")
         };
         let response = one(stream.on_request(&asked).unwrap());
         assert_eq!(response.resources.len(), 1);
-        let routes = snapshot("l1").resources(types::ROUTE);
+        let routes = snapshot("l1").resources(ResourceType::Route);
         assert_eq!(response.resources[0], routes.get("b").unwrap().body());
         assert_ne!(response.version_info, routes.version(), "the version is of what was sent");
 
         // Asking for more in the ACK brings a response with both.
         let more = DiscoveryRequest {
             resource_names: vec!["a".into(), "b".into()],
-            ..request(types::ROUTE, &response.version_info, &response.nonce)
+            ..request(ResourceType::Route, &response.version_info, &response.nonce)
         };
         let both = one(stream.on_request(&more).unwrap());
         assert_eq!(both.resources.len(), 2);
@@ -527,22 +546,22 @@ mod tests {
     #[test]
     fn a_push_of_named_types_carries_only_what_changed() {
         let with = |a: &str| {
-            Arc::new(Snapshot::new().with_resources(types::ROUTE, resources(&[("a", a), ("b", "rb")])))
+            Arc::new(Snapshot::new().with_resources(ResourceType::Route, resources(&[("a", a), ("b", "rb")])))
         };
         let mut stream = SotwStream::new(with("ra"));
         let asked = |version: &str, nonce: &str| DiscoveryRequest {
             resource_names: vec!["a".into(), "b".into()],
-            ..request(types::ROUTE, version, nonce)
+            ..request(ResourceType::Route, version, nonce)
         };
         let first = one(stream.on_request(&asked("", "")).unwrap());
         assert_eq!(first.resources.len(), 2);
         stream.on_request(&asked(&first.version_info, &first.nonce)).unwrap();
 
         let pushed = one(stream.on_snapshot(with("ra2")));
-        assert_eq!(pushed.resources, [with("ra2").resources(types::ROUTE).get("a").unwrap().body()]);
+        assert_eq!(pushed.resources, [with("ra2").resources(ResourceType::Route).get("a").unwrap().body()]);
         assert_eq!(
             pushed.version_info,
-            with("ra2").resources(types::ROUTE).version(),
+            with("ra2").resources(ResourceType::Route).version(),
             "the version is the whole set's"
         );
         // Refused: the next response carries everything again.
@@ -558,8 +577,10 @@ mod tests {
     #[test]
     fn listeners_and_clusters_are_always_wildcard() {
         let mut stream = SotwStream::new(snapshot("l1"));
-        let asked =
-            DiscoveryRequest { resource_names: vec!["other".into()], ..request(types::CLUSTER, "", "") };
+        let asked = DiscoveryRequest {
+            resource_names: vec!["other".into()],
+            ..request(ResourceType::Cluster, "", "")
+        };
         assert_eq!(one(stream.on_request(&asked).unwrap()).resources.len(), 1);
     }
 
@@ -567,27 +588,27 @@ mod tests {
     fn a_reconnecting_proxy_is_answered_even_with_an_old_nonce_and_the_same_version() {
         // Envoy keeps its configuration across reconnects; the first answer
         // on the new stream completes its initialization.
-        let version = snapshot("l1").resources(types::LISTENER).version().to_string();
+        let version = snapshot("l1").resources(ResourceType::Listener).version().to_string();
         let mut stream = SotwStream::new(snapshot("l1"));
-        let response = one(stream.on_request(&request(types::LISTENER, &version, "41")).unwrap());
+        let response = one(stream.on_request(&request(ResourceType::Listener, &version, "41")).unwrap());
         assert_eq!(response.version_info, version);
     }
 
     #[test]
     fn types_are_answered_in_push_order_on_a_new_snapshot() {
         let mut stream = SotwStream::new(snapshot("l1"));
-        for type_url in [types::LISTENER, types::CLUSTER] {
+        for type_url in [ResourceType::Listener, ResourceType::Cluster] {
             let r = one(stream.on_request(&request(type_url, "", "")).unwrap());
             stream.on_request(&request(type_url, &r.version_info, &r.nonce)).unwrap();
         }
         let changed = Arc::new(
             Snapshot::new()
-                .with_resources(types::LISTENER, resources(&[("virtualOutbound", "l2")]))
-                .with_resources(types::CLUSTER, resources(&[("PassthroughCluster", "c2")])),
+                .with_resources(ResourceType::Listener, resources(&[("virtualOutbound", "l2")]))
+                .with_resources(ResourceType::Cluster, resources(&[("PassthroughCluster", "c2")])),
         );
         let step = stream.on_snapshot(changed);
         let order: Vec<_> = step.responses.iter().map(|r| r.type_url.as_str()).collect();
-        assert_eq!(order, [types::CLUSTER, types::LISTENER]);
+        assert_eq!(order, [ResourceType::Cluster.type_url(), ResourceType::Listener.type_url()]);
     }
 
     /// A route to a new subset cluster reaches the proxy only after the
@@ -598,40 +619,53 @@ mod tests {
         let with = |clusters: &[(&str, &str)], route: &str, to: &str| {
             Arc::new(
                 Snapshot::new()
-                    .with_resources(types::CLUSTER, resources(clusters))
-                    .with_resources(types::ENDPOINT, resources(clusters))
-                    .with_resources(types::ROUTE, resources(&[("9080", route)]))
-                    .with_dependencies(types::ROUTE, "9080", [to]),
+                    .with_resources(ResourceType::Cluster, resources(clusters))
+                    .with_resources(ResourceType::Endpoint, resources(clusters))
+                    .with_resources(ResourceType::Route, resources(&[("9080", route)]))
+                    .with_dependencies(ResourceType::Route, "9080", [to]),
             )
         };
         let mut stream = SotwStream::new(with(&[("reviews|v1", "1")], "to v1", "reviews|v1"));
-        let named = |type_url: &str, names: &[&str], version: &str, nonce: &str| DiscoveryRequest {
-            resource_names: names.iter().map(|n| n.to_string()).collect(),
-            ..request(type_url, version, nonce)
-        };
-        let c = one(stream.on_request(&request(types::CLUSTER, "", "")).unwrap());
-        stream.on_request(&request(types::CLUSTER, &c.version_info, &c.nonce)).unwrap();
-        let e = one(stream.on_request(&named(types::ENDPOINT, &["reviews|v1"], "", "")).unwrap());
-        stream.on_request(&named(types::ENDPOINT, &["reviews|v1"], &e.version_info, &e.nonce)).unwrap();
-        let r = one(stream.on_request(&named(types::ROUTE, &["9080"], "", "")).unwrap());
-        stream.on_request(&named(types::ROUTE, &["9080"], &r.version_info, &r.nonce)).unwrap();
+        let named =
+            |resource_type: ResourceType, names: &[&str], version: &str, nonce: &str| DiscoveryRequest {
+                resource_names: names.iter().map(|n| n.to_string()).collect(),
+                ..request(resource_type, version, nonce)
+            };
+        let c = one(stream.on_request(&request(ResourceType::Cluster, "", "")).unwrap());
+        stream.on_request(&request(ResourceType::Cluster, &c.version_info, &c.nonce)).unwrap();
+        let e = one(stream.on_request(&named(ResourceType::Endpoint, &["reviews|v1"], "", "")).unwrap());
+        stream
+            .on_request(&named(ResourceType::Endpoint, &["reviews|v1"], &e.version_info, &e.nonce))
+            .unwrap();
+        let r = one(stream.on_request(&named(ResourceType::Route, &["9080"], "", "")).unwrap());
+        stream.on_request(&named(ResourceType::Route, &["9080"], &r.version_info, &r.nonce)).unwrap();
 
         let v2 = with(&[("reviews|v1", "1"), ("reviews|v2", "2")], "to v2", "reviews|v2");
         let cds = one(stream.on_snapshot(v2.clone()));
-        assert_eq!(cds.type_url, types::CLUSTER, "only the cluster: the route waits");
+        assert_eq!(cds.type_url, ResourceType::Cluster.type_url(), "only the cluster: the route waits");
         assert_eq!(cds.resources.len(), 2);
         // CDS ACKed; Envoy now asks for the new cluster's endpoints. The route still waits.
-        let step = stream.on_request(&request(types::CLUSTER, &cds.version_info, &cds.nonce)).unwrap();
+        let step = stream.on_request(&request(ResourceType::Cluster, &cds.version_info, &cds.nonce)).unwrap();
         assert!(step.responses.is_empty(), "{step:?}");
         let eds = one(stream
-            .on_request(&named(types::ENDPOINT, &["reviews|v1", "reviews|v2"], &e.version_info, &e.nonce))
+            .on_request(&named(
+                ResourceType::Endpoint,
+                &["reviews|v1", "reviews|v2"],
+                &e.version_info,
+                &e.nonce,
+            ))
             .unwrap());
         assert_eq!(eds.resources.len(), 2, "new names: all of them");
         let rds = one(stream
-            .on_request(&named(types::ENDPOINT, &["reviews|v1", "reviews|v2"], &eds.version_info, &eds.nonce))
+            .on_request(&named(
+                ResourceType::Endpoint,
+                &["reviews|v1", "reviews|v2"],
+                &eds.version_info,
+                &eds.nonce,
+            ))
             .unwrap());
-        assert_eq!(rds.type_url, types::ROUTE);
-        assert_eq!(rds.resources[0], v2.resources(types::ROUTE).get("9080").unwrap().body());
+        assert_eq!(rds.type_url, ResourceType::Route.type_url());
+        assert_eq!(rds.resources[0], v2.resources(ResourceType::Route).get("9080").unwrap().body());
     }
 
     /// A cluster that left the snapshot stays in CDS responses while the
@@ -641,27 +675,31 @@ mod tests {
         let with = |clusters: &[(&str, &str)], to: &str| {
             Arc::new(
                 Snapshot::new()
-                    .with_resources(types::CLUSTER, resources(clusters))
-                    .with_resources(types::ROUTE, resources(&[("9080", to)]))
-                    .with_dependencies(types::ROUTE, "9080", [to]),
+                    .with_resources(ResourceType::Cluster, resources(clusters))
+                    .with_resources(ResourceType::Route, resources(&[("9080", to)]))
+                    .with_dependencies(ResourceType::Route, "9080", [to]),
             )
         };
         let mut stream = SotwStream::new(with(&[("v1", "1"), ("v2", "2")], "v2"));
-        let c = one(stream.on_request(&request(types::CLUSTER, "", "")).unwrap());
-        stream.on_request(&request(types::CLUSTER, &c.version_info, &c.nonce)).unwrap();
+        let c = one(stream.on_request(&request(ResourceType::Cluster, "", "")).unwrap());
+        stream.on_request(&request(ResourceType::Cluster, &c.version_info, &c.nonce)).unwrap();
         let routes = |version: &str, nonce: &str| DiscoveryRequest {
             resource_names: vec!["9080".into()],
-            ..request(types::ROUTE, version, nonce)
+            ..request(ResourceType::Route, version, nonce)
         };
         let r = one(stream.on_request(&routes("", "")).unwrap());
         stream.on_request(&routes(&r.version_info, &r.nonce)).unwrap();
 
         let step = stream.on_snapshot(with(&[("v1", "1")], "v1"));
         let order: Vec<_> = step.responses.iter().map(|r| r.type_url.as_str()).collect();
-        assert_eq!(order, [types::ROUTE], "CDS unchanged: v2 stays while the route names it");
+        assert_eq!(
+            order,
+            [ResourceType::Route.type_url()],
+            "CDS unchanged: v2 stays while the route names it"
+        );
         let rds = &step.responses[0];
         let cds = one(stream.on_request(&routes(&rds.version_info, &rds.nonce)).unwrap());
-        assert_eq!(cds.type_url, types::CLUSTER);
+        assert_eq!(cds.type_url, ResourceType::Cluster.type_url());
         assert_eq!(cds.resources.len(), 1, "v2 removed after the route's ACK");
     }
 
@@ -669,15 +707,15 @@ mod tests {
     fn two_clusters(a_body: &str) -> Arc<Snapshot> {
         Arc::new(
             Snapshot::new()
-                .with_resources(types::CLUSTER, resources(&[("a", a_body), ("b", "cb")]))
-                .with_resources(types::ENDPOINT, resources(&[("a", "ea"), ("b", "eb")])),
+                .with_resources(ResourceType::Cluster, resources(&[("a", a_body), ("b", "cb")]))
+                .with_resources(ResourceType::Endpoint, resources(&[("a", "ea"), ("b", "eb")])),
         )
     }
 
     fn endpoints(version: &str, nonce: &str) -> DiscoveryRequest {
         DiscoveryRequest {
             resource_names: vec!["a".into(), "b".into()],
-            ..request(types::ENDPOINT, version, nonce)
+            ..request(ResourceType::Endpoint, version, nonce)
         }
     }
 
@@ -687,17 +725,21 @@ mod tests {
     #[test]
     fn a_changed_cluster_gets_its_unchanged_endpoints_again() {
         let mut stream = SotwStream::new(two_clusters("ca"));
-        let c = one(stream.on_request(&request(types::CLUSTER, "", "")).unwrap());
-        stream.on_request(&request(types::CLUSTER, &c.version_info, &c.nonce)).unwrap();
+        let c = one(stream.on_request(&request(ResourceType::Cluster, "", "")).unwrap());
+        stream.on_request(&request(ResourceType::Cluster, &c.version_info, &c.nonce)).unwrap();
         let e = one(stream.on_request(&endpoints("", "")).unwrap());
         stream.on_request(&endpoints(&e.version_info, &e.nonce)).unwrap();
 
         let changed = two_clusters("ca2");
         let step = stream.on_snapshot(changed.clone());
         let order: Vec<_> = step.responses.iter().map(|r| r.type_url.as_str()).collect();
-        assert_eq!(order, [types::CLUSTER, types::ENDPOINT]);
+        assert_eq!(order, [ResourceType::Cluster.type_url(), ResourceType::Endpoint.type_url()]);
         let (cds, eds) = (step.responses[0].to_proto(), step.responses[1].to_proto());
-        assert_eq!(eds.resources, [changed.resources(types::ENDPOINT).get("a").unwrap().body()], "a's only");
+        assert_eq!(
+            eds.resources,
+            [changed.resources(ResourceType::Endpoint).get("a").unwrap().body()],
+            "a's only"
+        );
         assert_eq!(eds.version_info, e.version_info, "the endpoints did not change");
 
         // A request Envoy sent before it saw these: stale, nothing more.
@@ -705,7 +747,7 @@ mod tests {
         assert!(step.responses.is_empty() && matches!(step.events[..], [Event::StaleNonce { .. }]));
         assert!(
             stream
-                .on_request(&request(types::CLUSTER, &cds.version_info, &cds.nonce))
+                .on_request(&request(ResourceType::Cluster, &cds.version_info, &cds.nonce))
                 .unwrap()
                 .responses
                 .is_empty()
@@ -721,29 +763,58 @@ mod tests {
     #[test]
     fn endpoints_go_again_once_both_types_may_be_answered() {
         let mut stream = SotwStream::new(two_clusters("ca"));
-        let c = one(stream.on_request(&request(types::CLUSTER, "", "")).unwrap());
-        stream.on_request(&request(types::CLUSTER, &c.version_info, &c.nonce)).unwrap();
+        let c = one(stream.on_request(&request(ResourceType::Cluster, "", "")).unwrap());
+        stream.on_request(&request(ResourceType::Cluster, &c.version_info, &c.nonce)).unwrap();
         let e = one(stream.on_request(&endpoints("", "")).unwrap());
 
         // Endpoints in flight: the clusters go alone.
         let cds = one(stream.on_snapshot(two_clusters("ca2")));
-        assert_eq!(cds.type_url, types::CLUSTER);
+        assert_eq!(cds.type_url, ResourceType::Cluster.type_url());
         let eds = one(stream.on_request(&endpoints(&e.version_info, &e.nonce)).unwrap());
-        assert_eq!(eds.type_url, types::ENDPOINT);
-        assert_eq!(eds.resources, [two_clusters("ca").resources(types::ENDPOINT).get("a").unwrap().body()]);
+        assert_eq!(eds.type_url, ResourceType::Endpoint.type_url());
+        assert_eq!(
+            eds.resources,
+            [two_clusters("ca").resources(ResourceType::Endpoint).get("a").unwrap().body()]
+        );
         stream.on_request(&endpoints(&eds.version_info, &eds.nonce)).unwrap();
 
         // Clusters in flight: their ACK brings the next clusters, then the endpoints.
         let step = stream.on_snapshot(two_clusters("ca3"));
         assert!(step.responses.is_empty(), "{step:?}");
-        let step = stream.on_request(&request(types::CLUSTER, &cds.version_info, &cds.nonce)).unwrap();
+        let step = stream.on_request(&request(ResourceType::Cluster, &cds.version_info, &cds.nonce)).unwrap();
         let order: Vec<_> = step.responses.iter().map(|r| r.type_url.as_str()).collect();
-        assert_eq!(order, [types::CLUSTER, types::ENDPOINT]);
+        assert_eq!(order, [ResourceType::Cluster.type_url(), ResourceType::Endpoint.type_url()]);
+    }
+
+    /// A type the mesh does not serve is answered once, empty, so the
+    /// proxy does not wait; its ACK and later requests are ignored, and
+    /// the served types are not disturbed.
+    #[test]
+    fn a_type_the_mesh_does_not_serve_is_answered_once_with_nothing() {
+        let runtime = "type.googleapis.com/envoy.service.runtime.v3.Runtime";
+        let mut stream = SotwStream::new(snapshot("l1"));
+        let asked = DiscoveryRequest { type_url: runtime.into(), ..Default::default() };
+        let answer = one(stream.on_request(&asked).unwrap());
+        assert_eq!(answer.type_url, runtime);
+        assert!(answer.resources.is_empty());
+        assert_eq!(answer.version_info, Resources::default().version());
+        let acked = DiscoveryRequest {
+            version_info: answer.version_info.clone(),
+            response_nonce: answer.nonce.clone(),
+            ..asked.clone()
+        };
+        assert_eq!(stream.on_request(&acked).unwrap(), Step::default());
+        assert_eq!(stream.on_request(&asked).unwrap(), Step::default());
+        assert!(stream.status().is_empty(), "nothing recorded for it");
+        // The shared nonce counter moved on.
+        let listeners = one(stream.on_request(&request(ResourceType::Listener, "", "")).unwrap());
+        assert_eq!(listeners.nonce, "2");
     }
 
     #[test]
     fn a_request_without_a_type_is_a_protocol_error() {
         let mut stream = SotwStream::new(snapshot("l1"));
-        assert_eq!(stream.on_request(&request("", "", "")), Err(ProtocolError::NoTypeUrl));
+        let untyped = DiscoveryRequest::default();
+        assert_eq!(stream.on_request(&untyped), Err(ProtocolError::NoTypeUrl));
     }
 }
