@@ -30,6 +30,7 @@ pub mod cluster;
 pub mod endpoint;
 pub mod passthrough;
 pub mod route;
+pub mod secret;
 pub mod sidecar;
 #[cfg(test)]
 mod tests;

@@ -407,3 +407,115 @@ fn a_scenario_golden_holds_only_what_differs() {
         serde_json::json!({"routes": {"changed": [{"name": "b", "v": 2}, {"name": "new", "v": 1}], "removed": ["gone"]}})
     );
 }
+
+/// A listener whose TLS names the two secrets as a sidecar's will.
+fn tls_listener() -> Listener {
+    use crate::translate::secret::{ROOT_SECRET, WORKLOAD_SECRET};
+    use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+    use envoy_types::pb::envoy::config::listener::v3::FilterChain;
+    use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, common_tls_context,
+    };
+    let tls = DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![SdsSecretConfig {
+                name: WORKLOAD_SECRET.into(),
+                ..Default::default()
+            }],
+            validation_context_type: Some(
+                common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
+                    SdsSecretConfig { name: ROOT_SECRET.into(), ..Default::default() },
+                ),
+            ),
+            ..Default::default()
+        }),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    let proxy = TcpProxy {
+        stat_prefix: "tls".into(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster("BlackHoleCluster".into())),
+        ..Default::default()
+    };
+    Listener {
+        name: "tls".into(),
+        address: Some(address("127.0.0.1", 0)),
+        filter_chains: vec![FilterChain {
+            filters: vec![crate::translate::passthrough::network_filter(
+                "envoy.filters.network.tcp_proxy",
+                any(&proxy),
+            )],
+            transport_socket: Some(TransportSocket {
+                name: "envoy.transport_sockets.tls".into(),
+                config_type: Some(
+                    envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(any(
+                        &tls,
+                    )),
+                ),
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn secrets_bootstrap(
+    secrets: Vec<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret>,
+) -> Bootstrap {
+    let mut bootstrap =
+        base_bootstrap(vec![tls_listener()], vec![crate::translate::cluster::black_hole_cluster()]);
+    if let Some(resources) = bootstrap.static_resources.as_mut() {
+        resources.secrets = secrets;
+    }
+    bootstrap
+}
+
+/// What a workload's proxy will get by SDS: its own chain and key, and the trust bundle.
+fn workload_secrets(
+    leaf: &crate::ca::Leaf,
+    authority: &crate::ca::Authority,
+) -> Vec<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret> {
+    use crate::translate::secret::{root_secret, workload_secret};
+    vec![workload_secret(&leaf.cert_chain_pem, &leaf.key_pem), root_secret(authority.trust_bundle_pem())]
+}
+
+#[test]
+fn envoy_serves_a_workload_certificate_from_the_default_and_rootca_secrets() {
+    use crate::ca::{Authority, Root, SpiffeId};
+    use crate::translate::secret::{root_secret, workload_secret};
+    let now = time::OffsetDateTime::now_utc();
+    let root = Root::generate("cluster.local", now).expect("a root");
+    let authority = Authority::from_root(&root, now).expect("a CA");
+    let id = SpiffeId::new("cluster.local", "default", "bookinfo-productpage").expect("an id");
+    let leaf = authority.issue_workload(&id, time::Duration::hours(24), now).expect("a leaf");
+
+    let dir = TempDir::new("secrets");
+    let mut envoy = Running::start(&dir, &secrets_bootstrap(workload_secrets(&leaf, &authority)));
+    let admin = envoy.admin.clone();
+    let certs = envoy.wait_for("the listener's certificates", || {
+        let text = get(&admin, "/certs")?;
+        text.contains("spiffe://").then_some(text)
+    });
+    assert!(certs.contains("spiffe://cluster.local/ns/default/sa/bookinfo-productpage"), "{certs}");
+
+    // Validation passes on these secrets, and fails on a key that does not
+    // match the certificate: the secrets' content is what is checked.
+    let validate = |name: &str, bootstrap: Bootstrap| {
+        let path = dir.write(name, bootstrap.encode_to_vec());
+        Command::new(envoy_binary())
+            .args(["--mode", "validate", "--log-level", "warn", "-c"])
+            .arg(&path)
+            .output()
+            .expect("run envoy")
+    };
+    let good = validate("good.pb", secrets_bootstrap(workload_secrets(&leaf, &authority)));
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    let other = authority.issue_workload(&id, time::Duration::hours(24), now).expect("another leaf");
+    let mismatched = vec![
+        workload_secret(&leaf.cert_chain_pem, &other.key_pem),
+        root_secret(authority.trust_bundle_pem()),
+    ];
+    let result = validate("mismatched.pb", secrets_bootstrap(mismatched));
+    assert!(!result.status.success(), "Envoy took a key that does not match its certificate");
+}
