@@ -106,6 +106,7 @@ pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
 /// of its long-running tasks stops (then the error naming it; see
 /// [`crate::supervisor`]).
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let stop = shutdown_signal();
     let client = client(args.kubeconfig.as_ref()).await?;
     let shutdown = CancellationToken::new();
     let readiness = Readiness::new();
@@ -202,7 +203,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         );
     }
 
-    tasks.run_until(shutdown_signal()).await?;
+    tasks.run_until(stop).await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -341,27 +342,36 @@ impl Watches<'_> {
     }
 }
 
-/// Resolves on SIGTERM (how Kubernetes stops a pod) or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM (how Kubernetes stops a pod) or Ctrl-C. The
+/// handlers are installed when this is called, not when it is first
+/// awaited: until then a SIGTERM would kill the process outright, without
+/// a graceful stop, so `run` calls it before anything else.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
+        let term = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (term, interrupt) {
+                (Ok(mut term), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {},
+                        _ = interrupt.recv() => {},
+                    }
                 }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the controller");
-                let _ = ctrl_c.await;
+                (term, interrupt) => {
+                    let error = term.err().or(interrupt.err()).map(|e| e.to_string()).unwrap_or_default();
+                    tracing::warn!(%error, "cannot listen for SIGTERM and SIGINT; only Ctrl-C stops the controller");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Fault injection, compiled only into the end-to-end tests' build (feature
