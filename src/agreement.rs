@@ -8,12 +8,11 @@
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3::{Route, route, route_action};
-use k8s_openapi::api::core::v1 as core;
-use kube::api::{ApiResource, DynamicObject, ObjectMeta};
 use serde_json::{Value, json};
 
 use crate::index::{DestinationRules, Index, Services, VirtualServices};
 use crate::model::mesh::{MeshView, ScopeKey};
+use crate::testing::objects::{self, config};
 use crate::translate::parse_duration;
 use crate::translate::sidecar::{Outbound, outbound};
 use crate::validate::{Context, Finding, validate_object};
@@ -24,32 +23,12 @@ const REVIEWS: &str = "reviews.default.svc.cluster.local";
 fn cluster() -> Index {
     let mut index = Index::new(Default::default());
     for (n, (namespace, name)) in [("default", "reviews"), ("prod", "ratings")].into_iter().enumerate() {
-        index.apply::<Services>(&core::Service {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(namespace.into()),
-                ..Default::default()
-            },
-            spec: Some(core::ServiceSpec {
-                cluster_ip: Some(format!("10.96.0.{}", 10 + n)),
-                selector: Some([("app".to_string(), name.to_string())].into()),
-                ports: Some(vec![core::ServicePort {
-                    name: Some("http".into()),
-                    port: 9080,
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        let ip = format!("10.96.0.{}", 10 + n);
+        index.apply::<Services>(
+            &objects::service(name).namespace(namespace).cluster_ip(&ip).port("http", 9080).build(),
+        );
     }
     index
-}
-
-fn object<K: kube::Resource<DynamicType = ()>>(namespace: &str, name: &str, spec: &Value) -> DynamicObject {
-    let mut obj = DynamicObject::new(name, &ApiResource::erase::<K>(&())).within(namespace);
-    obj.data = json!({ "spec": spec });
-    obj
 }
 
 /// Validation's verdict on an object, as the webhook gives it, with the
@@ -125,7 +104,11 @@ fn hosts_resolve_alike_in_validation_and_translation() {
             f.field == "spec.http[0].route[0].destination.host"
                 && f.message.contains(&format!("no Service {meaning} "))
         });
-        index.apply::<VirtualServices>(&object::<crate::api::VirtualService>(namespace, "under-test", &spec));
+        index.apply::<VirtualServices>(&config::<crate::api::VirtualService>(
+            namespace,
+            "under-test",
+            spec.clone(),
+        ));
         let (_, out) = translate(&index);
         let first = &routes(&out, REVIEWS)[0];
         let routed = match action(first) {
@@ -166,7 +149,11 @@ fn a_virtual_service_binds_to_the_hosts_validation_knows() {
         let findings = validate(&index, "VirtualService", namespace, &spec);
         let warned =
             findings.iter().any(|f| f.field == "spec.hosts[0]" && f.message.starts_with("no Service "));
-        index.apply::<VirtualServices>(&object::<crate::api::VirtualService>(namespace, "under-test", &spec));
+        index.apply::<VirtualServices>(&config::<crate::api::VirtualService>(
+            namespace,
+            "under-test",
+            spec.clone(),
+        ));
         let (_, out) = translate(&index);
         // The rule's timeout shows whether the VirtualService took the Service's routes.
         let bound = match &routes(&out, REVIEWS)[0].action {
@@ -221,7 +208,11 @@ fn durations_read_alike_in_validation_and_translation() {
             value.map(envoy),
             "translation of {written:?}"
         );
-        index.apply::<VirtualServices>(&object::<crate::api::VirtualService>("default", "under-test", &spec));
+        index.apply::<VirtualServices>(&config::<crate::api::VirtualService>(
+            "default",
+            "under-test",
+            spec.clone(),
+        ));
         let (_, out) = translate(&index);
         let timeout = match &routes(&out, REVIEWS)[0].action {
             Some(route::Action::Route(a)) => a.timeout.map(|t| (t.seconds, t.nanos)),
@@ -256,10 +247,10 @@ fn cookie_ttls_read_alike_in_validation_and_translation() {
             Some(text) => assert!(said.iter().any(|f| f.message.contains(text)), "{written:?}: {findings:?}"),
         }
 
-        index.apply::<DestinationRules>(&object::<crate::api::DestinationRule>(
+        index.apply::<DestinationRules>(&config::<crate::api::DestinationRule>(
             "default",
             "under-test",
-            &spec,
+            spec.clone(),
         ));
         let (_, out) = translate(&index);
         let policy = match &routes(&out, REVIEWS)[0].action {
@@ -296,7 +287,11 @@ fn the_mesh_gateway_means_the_sidecars_to_both() {
         });
         let findings = validate(&index, "VirtualService", "default", &spec);
         let warned = findings.iter().any(|f| f.message.contains("only work for sidecars"));
-        index.apply::<VirtualServices>(&object::<crate::api::VirtualService>("default", "under-test", &spec));
+        index.apply::<VirtualServices>(&config::<crate::api::VirtualService>(
+            "default",
+            "under-test",
+            spec.clone(),
+        ));
         let (view, _) = translate(&index);
         let scope = ScopeKey {
             namespace: "default".into(),

@@ -22,24 +22,16 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The unit tests' reading of `MESH_CONFORMANCE_DIR`, so both find the
+/// samples alike.
+#[path = "../../src/testing/conformance.rs"]
+mod conformance_dir;
+
 /// Istio's Bookinfo samples, unmodified: `<MESH_CONFORMANCE_DIR>/bookinfo`
-/// (default `../shared/conformance` beside the repository; a relative
-/// setting is taken from the repository's root). They are not part of the
+/// (default `../shared/conformance/bookinfo`). They are not part of the
 /// repository, so a test that needs them says where to put them.
 pub fn conformance() -> PathBuf {
-    const SETTING: &str = "MESH_CONFORMANCE_DIR";
-    let set = std::env::var_os(SETTING).filter(|v| !v.is_empty());
-    let base = repo().join(set.as_deref().unwrap_or("../shared/conformance".as_ref()));
-    let dir = base.join("bookinfo");
-    assert!(
-        dir.join("platform/bookinfo.yaml").is_file(),
-        "Istio's Bookinfo samples are not in {}: put Istio 1.4.0's samples/bookinfo there, unmodified, as \
-        bookinfo/platform/bookinfo.yaml (Istio's platform/kube/bookinfo.yaml), bookinfo/networking/ \
-        and bookinfo/rbac/ (Istio's platform/kube/rbac/); or set {SETTING} to the directory that \
-        holds bookinfo/ (default: ../shared/conformance beside the repository)",
-        base.display()
-    );
-    dir
+    conformance_dir::bookinfo_dir()
 }
 
 /// The output of one kubectl call.

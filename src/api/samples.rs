@@ -1,36 +1,13 @@
 //! Istio's Bookinfo samples, unmodified (the conformance data), read at
 //! test time by the round-trip tests of every kind and the translation
 //! tests. They are not part of the repository: `MESH_CONFORMANCE_DIR`
-//! says where they are (default `../shared/conformance` beside it), the
-//! same setting the end-to-end tests read.
-
-use std::path::PathBuf;
+//! says where they are ([`crate::testing::conformance`], which the
+//! end-to-end tests read too).
 
 use serde::Deserialize;
 use serde_json::Value;
 
-/// The setting naming the directory that holds `bookinfo/`.
-const SETTING: &str = "MESH_CONFORMANCE_DIR";
-
-/// The directory of Istio's Bookinfo samples (`<MESH_CONFORMANCE_DIR>/bookinfo`,
-/// a relative setting taken from the repository's root). Panics with where
-/// to put them when they are not there: every caller is a test.
-pub fn dir() -> PathBuf {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let set = std::env::var_os(SETTING).filter(|v| !v.is_empty());
-    let base = repo.join(set.as_deref().unwrap_or("../shared/conformance".as_ref()));
-    let dir = base.join("bookinfo");
-    if !dir.join("platform/bookinfo.yaml").is_file() {
-        panic!(
-            "Istio's Bookinfo samples are not in {}: put Istio 1.4.0's samples/bookinfo there, unmodified, as \
-            bookinfo/platform/bookinfo.yaml (Istio's platform/kube/bookinfo.yaml), bookinfo/networking/ \
-            and bookinfo/rbac/ (Istio's platform/kube/rbac/); or set {SETTING} to the directory that \
-            holds bookinfo/ (default: ../shared/conformance beside the repository)",
-            base.display()
-        );
-    }
-    dir
-}
+pub use crate::testing::conformance::bookinfo_dir as dir;
 
 /// Every document of an Istio `kind` across the sample files, as
 /// (file name, document).

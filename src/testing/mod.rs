@@ -3,6 +3,7 @@
 //! (Envoy).
 
 pub mod bookinfo;
+pub mod conformance;
 pub mod objects;
 
 use std::path::PathBuf;

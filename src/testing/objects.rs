@@ -83,6 +83,58 @@ impl PodBuilder {
     }
 }
 
+/// A Service selecting pods labelled `app: <name>`.
+pub fn service(name: &str) -> ServiceBuilder {
+    ServiceBuilder {
+        name: name.into(),
+        namespace: DEFAULT_NAMESPACE.into(),
+        cluster_ip: None,
+        ports: Vec::new(),
+    }
+}
+
+pub struct ServiceBuilder {
+    name: String,
+    namespace: String,
+    cluster_ip: Option<String>,
+    ports: Vec<core::ServicePort>,
+}
+
+impl ServiceBuilder {
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    pub fn cluster_ip(mut self, ip: &str) -> Self {
+        self.cluster_ip = Some(ip.into());
+        self
+    }
+
+    /// A port; Istio reads its protocol from the name (`http`, `tcp-mysql`).
+    pub fn port(mut self, name: &str, number: i32) -> Self {
+        self.ports.push(core::ServicePort { name: Some(name.into()), port: number, ..Default::default() });
+        self
+    }
+
+    pub fn build(self) -> core::Service {
+        core::Service {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(self.namespace),
+                ..Default::default()
+            },
+            spec: Some(core::ServiceSpec {
+                cluster_ip: self.cluster_ip,
+                selector: Some([("app".to_string(), self.name)].into()),
+                ports: Some(self.ports),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
 /// A VirtualService for the host of its name (`reviews`), whose rules
 /// route to subsets of that host.
 pub fn vs(host: &str) -> VirtualServiceBuilder {

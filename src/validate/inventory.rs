@@ -32,10 +32,10 @@ pub enum State {
     Alias { of: String },
 }
 
-/// The inventory, by kind and field path (`spec.http[].retries`).
+/// The inventory, by kind, then field path (`spec.http[].retries`).
 #[derive(Debug, Default)]
 pub struct Inventory {
-    fields: BTreeMap<(String, String), State>,
+    fields: BTreeMap<String, BTreeMap<String, State>>,
 }
 
 /// A line of `inventory.txt` that cannot be read.
@@ -93,7 +93,8 @@ impl Inventory {
                     return Err(err(format!("{path}: unknown state {other:?} (applied, pending or alias)")));
                 }
             };
-            if fields.insert((kind.clone(), path.clone()), state).is_some() {
+            let of_kind: &mut BTreeMap<String, State> = fields.entry(kind.clone()).or_default();
+            if of_kind.insert(path.clone(), state).is_some() {
                 return Err(err(format!("{kind} {path} is listed twice")));
             }
         }
@@ -102,21 +103,27 @@ impl Inventory {
 
     /// Every (kind, path) and its state, in table order within a kind.
     pub fn fields(&self) -> impl Iterator<Item = (&str, &str, &State)> {
-        self.fields.iter().map(|((k, p), s)| (k.as_str(), p.as_str(), s))
+        self.fields.iter().flat_map(|(k, paths)| paths.iter().map(move |(p, s)| (k.as_str(), p.as_str(), s)))
+    }
+
+    /// The state of a field as written in the table (an alias is not followed).
+    pub fn line(&self, kind: &str, path: &str) -> Option<&State> {
+        self.fields.get(kind)?.get(path)
     }
 
     /// The state of a field, aliases followed.
     pub fn state(&self, kind: &str, path: &str) -> Option<&State> {
-        match self.fields.get(&(kind.to_string(), path.to_string()))? {
-            State::Alias { of } => self.fields.get(&(kind.to_string(), of.clone())),
+        match self.line(kind, path)? {
+            State::Alias { of } => self.line(kind, of),
             state => Some(state),
         }
     }
 
     /// Whether the table lists fields under `prefix` (children of a field).
     fn has_under(&self, kind: &str, prefix: &str) -> bool {
-        let start = (kind.to_string(), prefix.to_string());
-        self.fields.range(start..).next().is_some_and(|((k, p), _)| k == kind && p.starts_with(prefix))
+        let Some(paths) = self.fields.get(kind) else { return false };
+        let from = (std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded);
+        paths.range::<str, _>(from).next().is_some_and(|(p, _)| p.starts_with(prefix))
     }
 }
 

@@ -194,6 +194,16 @@ pub(crate) fn rewarm_pending(resource_type: ResourceType, ledgers: &BTreeMap<Res
     ledgers.get(&resource_type).is_some_and(|l| !l.rewarm.is_empty())
 }
 
+/// What a proxy holds (or is being sent), of the types it asked for
+/// (`asked`): a cluster response opens the endpoints' ledger before the
+/// proxy asks for endpoints.
+pub(crate) fn holding<S>(
+    ledgers: &BTreeMap<ResourceType, Ledger>,
+    asked: &BTreeMap<ResourceType, S>,
+) -> BTreeMap<ResourceType, Resources> {
+    ledgers.iter().filter(|(t, _)| asked.contains_key(*t)).map(|(t, l)| (*t, l.sent.clone())).collect()
+}
+
 /// Whether every cluster in `clusters` is acknowledged in its current
 /// version, with its endpoints.
 fn ready(clusters: &[String], ledgers: &BTreeMap<ResourceType, Ledger>, snapshot: &Snapshot) -> bool {

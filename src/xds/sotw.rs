@@ -265,13 +265,7 @@ impl SotwStream {
 
     /// What the proxy holds (or is being sent), by type.
     pub fn holding(&self) -> BTreeMap<ResourceType, Resources> {
-        // Of the types asked for: a cluster response opens the endpoints'
-        // ledger before the proxy asks for them.
-        self.ledgers
-            .iter()
-            .filter(|(t, _)| self.types.contains_key(*t))
-            .map(|(t, l)| (*t, l.sent.clone()))
-            .collect()
+        order::holding(&self.ledgers, &self.types)
     }
 
     /// Plans again the types that held something back, or have endpoints

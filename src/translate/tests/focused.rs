@@ -425,20 +425,7 @@ fn load_balancing_follows_the_destination_rule_with_port_and_subset_overrides() 
 }
 
 fn tcp_service(index: &mut Index, name: &str, ip: &str, port: i32, port_name: &str) {
-    let service = core::Service {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(NAMESPACE.into()),
-            ..Default::default()
-        },
-        spec: Some(core::ServiceSpec {
-            cluster_ip: Some(ip.into()),
-            selector: Some([("app".to_string(), name.to_string())].into()),
-            ports: Some(vec![core::ServicePort { name: Some(port_name.into()), port, ..Default::default() }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let service = objects::service(name).cluster_ip(ip).port(port_name, port).build();
     index.apply::<Services>(&service);
     index.apply::<EndpointSlices>(&endpoint_slice(&service, &[]));
 }
@@ -622,24 +609,8 @@ fn timing_for_a_thousand_services() {
     for n in 0..1000u32 {
         let ns = format!("ns{}", n % 10);
         let name = format!("svc{n}");
-        let service = core::Service {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(ns.clone()),
-                ..Default::default()
-            },
-            spec: Some(core::ServiceSpec {
-                cluster_ip: Some(format!("10.96.{}.{}", n / 250, n % 250 + 1)),
-                selector: Some([("app".to_string(), name.clone())].into()),
-                ports: Some(vec![core::ServicePort {
-                    name: Some("http".into()),
-                    port: 8080,
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let ip = format!("10.96.{}.{}", n / 250, n % 250 + 1);
+        let service = objects::service(&name).namespace(&ns).cluster_ip(&ip).port("http", 8080).build();
         index.apply::<Services>(&service);
         pods.clear();
         for v in 0..2u32 {

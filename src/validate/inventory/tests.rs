@@ -94,7 +94,7 @@ fn aliases_name_a_field_of_their_kind_that_is_no_alias() {
     let inventory = table();
     for (kind, path, state) in inventory.fields() {
         if let State::Alias { of } = state {
-            let target = inventory.fields.get(&(kind.to_string(), of.clone()));
+            let target = inventory.line(kind, of);
             assert!(
                 matches!(target, Some(State::Applied { .. } | State::Pending { .. })),
                 "[{kind}] {path} is an alias of {of}, which is not a field of its own"
