@@ -82,8 +82,21 @@ pub struct ControllerArgs {
     #[arg(long, env = "MESH_SERVING_CERT_SECONDS", default_value_t = 86400)]
     pub serving_cert_seconds: u64,
 
+    /// Lifetime of workload certificates (Go duration: `24h`, `90s`), as
+    /// Istio's DEFAULT_WORKLOAD_CERT_TTL; each is renewed at half its life.
+    #[arg(long, env = "MESH_WORKLOAD_CERT_TTL", default_value = "24h", value_parser = workload_ttl)]
+    pub workload_cert_ttl: Duration,
+
     #[command(flatten)]
     pub inject: crate::inject::InjectArgs,
+}
+
+fn workload_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = crate::model::duration::parse(text).map_err(|e| e.to_string())?;
+    if ttl < Duration::from_secs(10) {
+        return Err(format!("{text} is too short for a workload certificate: use at least 10s"));
+    }
+    Ok(ttl)
 }
 
 pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
@@ -132,10 +145,19 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     watches.spawn::<index::RbacConfigs>(&mut tasks);
 
     let serving = Arc::new(ServingCert::default());
+    let workload_ca =
+        Arc::new(crate::xds::WorkloadCa::new(args.trust_domain.clone(), args.workload_cert_ttl));
     let ca_ready = readiness.register("certificate authority");
     tasks.spawn(
         "certificate authority",
-        start_ca(client.clone(), args.clone(), serving.clone(), ca_ready, shutdown.clone()),
+        start_ca(
+            client.clone(),
+            args.clone(),
+            serving.clone(),
+            workload_ca.clone(),
+            ca_ready,
+            shutdown.clone(),
+        ),
     );
 
     let webhook_listener = tokio::net::TcpListener::bind(args.webhook_addr).await.with_context(|| {
@@ -167,6 +189,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let settings = crate::xds::AdsSettings {
         debounce: crate::xds::Debounce::from_millis(args.debounce_ms),
         instance: instance.clone(),
+        workload_ca: Some(workload_ca),
     };
     // Services, endpoints, VirtualServices and DestinationRules, translated per scope and proxy.
     let generator: Arc<dyn Generator> = Arc::new(crate::xds::MeshGenerator::default());
@@ -238,13 +261,15 @@ async fn elect(
 
 /// Loads (or makes) the CA, retrying until it can; issues the webhook's
 /// serving certificate and renews it at half its life; publishes the root
-/// to every namespace and into the webhook configuration, until shutdown.
+/// to every namespace and into the webhook configuration, until shutdown;
+/// hands the CA to the xDS server for workload certificates.
 /// Each of these parts runs until shutdown; if one ends before, so does
 /// the task, with an error naming the part.
 async fn start_ca(
     client: Client,
     args: ControllerArgs,
     serving: Arc<ServingCert>,
+    workload_ca: Arc<crate::xds::WorkloadCa>,
     ready: ReadyGuard,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -261,6 +286,8 @@ async fn start_ca(
     };
     let mut renew_at =
         issue_serving(&authority, &args, &serving).context("issuing the webhook's serving certificate")?;
+    let authority = Arc::new(authority);
+    workload_ca.set_authority(authority.clone());
     ready.ready();
     let bundle = authority.trust_bundle_pem().to_string();
     let renewals = async {

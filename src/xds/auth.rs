@@ -89,6 +89,8 @@ pub enum Rejection {
     ServiceAccountMismatch { pod: ObjectKey, namespace: String, token: String, pod_account: String },
     #[error("the node id gives pod {pod} the IP {node}, but its IP is {index}")]
     IpMismatch { pod: ObjectKey, node: IpAddr, index: String },
+    #[error("no workload certificate for this proxy: {0}")]
+    NoCertificate(String),
 }
 
 /// How a refusal is reported to the proxy, in gRPC terms.
@@ -123,6 +125,7 @@ impl Rejection {
             Rejection::UidMismatch { .. } => "uid_mismatch",
             Rejection::ServiceAccountMismatch { .. } => "service_account_mismatch",
             Rejection::IpMismatch { .. } => "ip_mismatch",
+            Rejection::NoCertificate(_) => "no_certificate",
         }
     }
 
@@ -132,7 +135,7 @@ impl Rejection {
             Rejection::NoRequest | Rejection::NoNode | Rejection::MalformedNodeId(_) => {
                 Refusal::InvalidArgument
             }
-            Rejection::ReviewFailed(_) => Refusal::Unavailable,
+            Rejection::ReviewFailed(_) | Rejection::NoCertificate(_) => Refusal::Unavailable,
             _ => Refusal::PermissionDenied,
         }
     }
@@ -255,15 +258,37 @@ fn digest(token: &str) -> Option<Vec<u8>> {
 }
 
 /// The `exp` claim of a JWT, unverified: the API server has just checked
-/// the token; this only keeps the cache from outliving it.
+/// the token; this only keeps the cache and the stream from outliving it.
 fn expiry(token: &str) -> Option<SystemTime> {
+    claim(token, "exp")
+}
+
+/// A time claim (`exp`, `iat`) of a JWT, unverified.
+fn claim(token: &str, name: &str) -> Option<SystemTime> {
     let payload = token.split('.').nth(1)?;
     let bytes =
         base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let exp = claims.get("exp")?.as_u64()?;
-    UNIX_EPOCH.checked_add(Duration::from_secs(exp))
+    let seconds = claims.get(name)?.as_u64()?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(seconds))
 }
+
+/// When a stream authenticated by `token` must end, so the proxy reconnects
+/// with the token the kubelet has refreshed by then: at 90% of the token's
+/// life (the kubelet replaces it at 80%), and at least [`MIN_STREAM_LIFE`]
+/// after `now`, so a token near its end does not make a reconnect loop
+/// (the next review refuses it once it has expired). `None` when the token
+/// says nothing of its expiry.
+pub fn stream_deadline(token: &str, now: SystemTime) -> Option<SystemTime> {
+    let exp = expiry(token)?;
+    let issued = claim(token, "iat").filter(|iat| *iat <= now).unwrap_or(now);
+    let life = exp.duration_since(issued).unwrap_or_default();
+    let recycle = issued + life.mul_f64(0.9);
+    Some(recycle.max(now + MIN_STREAM_LIFE))
+}
+
+/// The shortest life [`stream_deadline`] gives a stream.
+pub const MIN_STREAM_LIFE: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -361,6 +386,26 @@ pub(crate) mod tests {
     fn jwt(exp: u64) -> String {
         let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{{\"exp\":{exp}}}"));
         format!("good.{claims}.sig")
+    }
+
+    fn jwt_issued(iat: u64, exp: u64) -> String {
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!("{{\"iat\":{iat},\"exp\":{exp}}}"));
+        format!("good.{claims}.sig")
+    }
+
+    #[test]
+    fn a_stream_ends_at_nine_tenths_of_its_tokens_life() {
+        let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        // An hour-long token issued at 1000: the kubelet refreshes it at
+        // 3880, the stream ends at 4240, the token expires at 4600.
+        let token = jwt_issued(1000, 4600);
+        assert_eq!(stream_deadline(&token, at(1500)), Some(at(4240)));
+        // Without `iat`, the life counts from now.
+        assert_eq!(stream_deadline(&jwt(2000), at(1000)), Some(at(1900)));
+        // A token about to expire still gets a few seconds.
+        assert_eq!(stream_deadline(&token, at(4590)), Some(at(4590) + MIN_STREAM_LIFE));
+        assert_eq!(stream_deadline("not-a-jwt", at(0)), None);
     }
 
     #[tokio::test]

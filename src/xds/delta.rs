@@ -400,6 +400,9 @@ impl Machine for DeltaStream {
     fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()
     }
+    fn subscribing(request: &DeltaDiscoveryRequest) -> (&str, &[String]) {
+        (&request.type_url, &request.resource_names_subscribe)
+    }
     fn on_request(&mut self, request: &DeltaDiscoveryRequest) -> Result<Step<DeltaResponse>, ProtocolError> {
         DeltaStream::on_request(self, request)
     }

@@ -1,7 +1,9 @@
 //! What the xDS server counts, exported on /metrics with the `mesh_`
 //! prefix: connected proxies, refused streams by reason, and pushes, ACKs
 //! and NACKs by resource type, how long pushes take, and pushes that
-//! panicked. Every label has a bounded set of values.
+//! panicked; workload certificates issued, failed and the nearest expiry
+//! among connected proxies, and secret requests refused. Every label has
+//! a bounded set of values.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -22,6 +24,10 @@ pub struct XdsMetrics {
     push_seconds: Histogram,
     snapshots_changed: Counter,
     push_panics: Counter,
+    certs_issued: Counter,
+    cert_errors: Counter,
+    secret_refusals: Counter,
+    nearest_cert_expiry: Gauge,
 }
 
 impl Default for XdsMetrics {
@@ -38,6 +44,10 @@ impl Default for XdsMetrics {
             )),
             snapshots_changed: Counter::default(),
             push_panics: Counter::default(),
+            certs_issued: Counter::default(),
+            cert_errors: Counter::default(),
+            secret_refusals: Counter::default(),
+            nearest_cert_expiry: Gauge::default(),
         }
     }
 }
@@ -90,6 +100,42 @@ impl XdsMetrics {
             "Pushes, or proxies' first snapshots, that panicked (a bug; a push's panic stops the controller)",
             self.push_panics.clone(),
         );
+        registry.register(
+            "xds_workload_certs_issued",
+            "Workload certificates issued to proxies (at connection and at each rotation)",
+            self.certs_issued.clone(),
+        );
+        registry.register(
+            "xds_workload_cert_errors",
+            "Workload certificates that could not be issued",
+            self.cert_errors.clone(),
+        );
+        registry.register(
+            "xds_secret_refusals",
+            "Secret requests refused: a proxy asked for a secret other than its own `default` and `ROOTCA`",
+            self.secret_refusals.clone(),
+        );
+        registry.register(
+            "xds_workload_cert_nearest_expiry_timestamp_seconds",
+            "Unix time at which the first certificate held by a connected proxy expires (0: none)",
+            self.nearest_cert_expiry.clone(),
+        );
+    }
+
+    pub(crate) fn cert_issued(&self) {
+        self.certs_issued.inc();
+    }
+
+    pub(crate) fn cert_failed(&self) {
+        self.cert_errors.inc();
+    }
+
+    pub(crate) fn secret_refused(&self) {
+        self.secret_refusals.inc();
+    }
+
+    pub(crate) fn set_nearest_cert_expiry(&self, unix_seconds: i64) {
+        self.nearest_cert_expiry.set(unix_seconds);
     }
 
     pub(crate) fn push_done(&self, elapsed: std::time::Duration, changed: u64) {
@@ -147,6 +193,18 @@ impl XdsMetrics {
     /// Pushes and first snapshots that panicked.
     pub fn push_panics(&self) -> u64 {
         self.push_panics.get()
+    }
+
+    pub fn certs_issued(&self) -> u64 {
+        self.certs_issued.get()
+    }
+
+    pub fn secret_refusals(&self) -> u64 {
+        self.secret_refusals.get()
+    }
+
+    pub fn nearest_cert_expiry(&self) -> i64 {
+        self.nearest_cert_expiry.get()
     }
 }
 

@@ -28,6 +28,9 @@
 //!   stream start, and one session loop that feeds requests and snapshots
 //!   to either state machine; [`names`]: subscribed name sets, shared
 //!   between streams;
+//! - [`sds`]: workload identity: a key and SPIFFE certificate per
+//!   stream, for the identity its token proved, served as Istio's secrets
+//!   `default` and `ROOTCA`; renewed at half life by the session;
 //! - [`debug`]: what /debug/syncz and /debug/config_dump show, and
 //!   `mesh proxy-status`'s table of it;
 //! - [`metrics`]: what the server counts, on /metrics.
@@ -51,6 +54,7 @@ pub mod push;
 pub mod resource_type;
 #[cfg(test)]
 mod scale;
+pub mod sds;
 pub mod server;
 pub mod snapshot;
 pub mod sotw;
@@ -66,6 +70,7 @@ pub use metrics::XdsMetrics;
 pub use proxy::{Proxy, ProxyId};
 pub use push::{Connections, Debounce, PushError};
 pub use resource_type::ResourceType;
+pub use sds::WorkloadCa;
 pub use server::{Ads, AdsSettings, serve};
 pub use snapshot::{Resource, ResourceSet, Resources, Snapshot};
 pub use tokenreview::KubeAuthenticator;

@@ -105,6 +105,8 @@ pub(crate) trait Machine: Send + Sync + 'static {
 
     fn new(snapshot: Arc<Snapshot>) -> Self;
     fn node(request: &Self::Request) -> Option<&Node>;
+    /// The type URL a request is for, and the names it subscribes to.
+    fn subscribing(request: &Self::Request) -> (&str, &[String]);
     fn on_request(&mut self, request: &Self::Request) -> Result<Step<Self::Response>, ProtocolError>;
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Step<Self::Response>;
     fn status(&self) -> BTreeMap<ResourceType, TypeStatus>;

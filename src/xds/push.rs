@@ -38,6 +38,7 @@ use super::metrics::XdsMetrics;
 use super::protocol::{Protocol, TypeStatus};
 use super::proxy::Proxy;
 use super::resource_type::ResourceType;
+use super::sds::CertSummary;
 use super::snapshot::{Resources, Snapshot};
 use crate::index::{Pods, SharedIndex};
 use crate::model::ObjectKey;
@@ -91,6 +92,8 @@ pub struct StreamReport {
     pub last_nack: BTreeMap<ResourceType, NackRecord>,
     /// What the proxy holds (or is being sent), by type.
     pub holding: BTreeMap<ResourceType, Resources>,
+    /// The workload certificate last issued to the stream.
+    pub certificate: Option<CertSummary>,
 }
 
 /// One connected proxy.
@@ -135,6 +138,10 @@ impl Connection {
 
     pub(crate) fn update_report(&self, update: impl FnOnce(&mut StreamReport)) {
         update(&mut self.report.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn certificate_expiry(&self) -> Option<time::OffsetDateTime> {
+        self.report.lock().unwrap_or_else(|p| p.into_inner()).certificate.as_ref().map(|c| c.not_after)
     }
 
     pub fn report(&self) -> StreamReport {
@@ -199,6 +206,11 @@ impl Connections {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The earliest expiry among the certificates connected proxies hold.
+    pub fn nearest_cert_expiry(&self) -> Option<time::OffsetDateTime> {
+        self.list().iter().filter_map(|c| c.certificate_expiry()).min()
     }
 
     /// Adds a stream; it leaves the registry when the guard drops.

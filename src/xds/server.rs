@@ -18,8 +18,14 @@
 //! proxy reconnects and authenticates again) and on shutdown (proxies
 //! reconnect to another replica); connections close with a GOAWAY.
 //!
-//! Not done yet: ending streams before the proxy's token expires, so a
-//! long-lived stream is re-authenticated with a fresh token.
+//! With a CA ([`AdsSettings::workload_ca`]), an admitted stream also gets
+//! its workload secrets ([`super::sds`]): issued at admission for the
+//! identity its token proved, added to every snapshot the stream is
+//! offered, renewed at half life. A request for any other secret name is
+//! refused (warned once per name and stream, and counted). A stream ends
+//! at nine tenths of its token's life ([`auth::stream_deadline`]), so the
+//! proxy reconnects with the token the kubelet refreshed, and is reviewed
+//! again: a deleted pod's proxy gets nothing new.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -43,6 +49,9 @@ use super::metrics::XdsMetrics;
 use super::protocol::{Event, Machine, Step};
 use super::proxy::{Proxy, ProxyId};
 use super::push::{self, Connection, Connections, Debounce, NackRecord, PushError, Pusher, StreamReport};
+use super::resource_type::ResourceType;
+use super::sds::{IssuedSecrets, WorkloadCa, is_served_secret};
+use super::snapshot::Snapshot;
 use super::sotw::SotwStream;
 use super::wire::{DeltaResponse, SotwResponse, Wire};
 use crate::ca::serving::{ServingCert, provider};
@@ -83,17 +92,20 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How the service runs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AdsSettings {
     /// How index changes are coalesced into pushes.
     pub debounce: Debounce,
     /// The controller replica's name, shown by /debug/syncz.
     pub instance: String,
+    /// Issues each stream's workload certificate; without it, streams get
+    /// configuration only (no secrets).
+    pub workload_ca: Option<Arc<WorkloadCa>>,
 }
 
 impl Default for AdsSettings {
     fn default() -> Self {
-        Self { debounce: Debounce::default(), instance: "local".into() }
+        Self { debounce: Debounce::default(), instance: "local".into(), workload_ca: None }
     }
 }
 
@@ -112,6 +124,7 @@ struct Shared {
     shutdown: CancellationToken,
     pod_wait: Duration,
     large: Arc<Semaphore>,
+    workload_ca: Option<Arc<WorkloadCa>>,
 }
 
 impl Ads {
@@ -159,6 +172,7 @@ impl Ads {
                 shutdown,
                 pod_wait: POD_WAIT,
                 large: Arc::new(Semaphore::new(LARGE_IN_FLIGHT)),
+                workload_ca: settings.workload_ca,
             }),
         }
     }
@@ -216,7 +230,7 @@ impl Ads {
         S: Stream<Item = Result<M::Request, Status>> + Send + Unpin + 'static,
     {
         let shared = &self.inner;
-        let (proxy, node_id, first) = match shared.admit::<M, S>(authorization, &mut inbound).await {
+        let (admitted, node_id, first) = match shared.admit::<M, S>(authorization, &mut inbound).await {
             Ok(admitted) => admitted,
             Err((rejection, node_id)) => {
                 shared.metrics.rejected(rejection.reason());
@@ -231,7 +245,7 @@ impl Ads {
             }
         };
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(Session::<M>::start(self.inner.clone(), proxy, node_id, first, inbound, tx));
+        tokio::spawn(Session::<M>::start(self.inner.clone(), admitted, node_id, first, inbound, tx));
         Ok(Box::pin(Outgoing { rx, permit: None }))
     }
 }
@@ -243,7 +257,7 @@ impl Shared {
         &self,
         authorization: Option<&str>,
         inbound: &mut S,
-    ) -> Result<(Proxy, String, M::Request), (Rejection, Option<String>)>
+    ) -> Result<(Admitted, String, M::Request), (Rejection, Option<String>)>
     where
         M: Machine,
         S: Stream<Item = Result<M::Request, Status>> + Unpin,
@@ -260,7 +274,30 @@ impl Shared {
         let id = ProxyId::parse(&node_id).map_err(|e| fail(e.into()))?;
         let identity = self.authenticator.authenticate(token).await.map_err(fail)?;
         self.authorize(&id, &identity).await.map_err(fail)?;
-        Ok((Proxy { id, identity }, node_id, first))
+        let secrets = self.issue(&identity).map_err(|e| fail(Rejection::NoCertificate(e.to_string())))?;
+        let deadline = auth::stream_deadline(token, SystemTime::now()).map(instant_of);
+        Ok((Admitted { proxy: Proxy { id, identity }, secrets, deadline }, node_id, first))
+    }
+
+    /// The stream's secrets, when the server hands out certificates.
+    fn issue(&self, identity: &auth::TokenIdentity) -> Result<Option<IssuedSecrets>, super::sds::IssueError> {
+        let Some(ca) = &self.workload_ca else { return Ok(None) };
+        match ca.issue(identity, time::OffsetDateTime::now_utc()) {
+            Ok(issued) => {
+                self.metrics.cert_issued();
+                Ok(Some(issued))
+            }
+            Err(e) => {
+                self.metrics.cert_failed();
+                Err(e)
+            }
+        }
+    }
+
+    /// Sets the nearest-expiry gauge from what the connected proxies hold.
+    fn note_cert_expiry(&self) {
+        let nearest = self.pusher.connections().nearest_cert_expiry();
+        self.metrics.set_nearest_cert_expiry(nearest.map_or(0, |t| t.unix_timestamp()));
     }
 
     /// [`auth::authorize`] against the index, giving the index a moment to
@@ -284,6 +321,28 @@ impl Shared {
     }
 }
 
+/// An admitted stream: its proxy, its first secrets, and when it must end
+/// for its token's sake.
+struct Admitted {
+    proxy: Proxy,
+    secrets: Option<IssuedSecrets>,
+    deadline: Option<tokio::time::Instant>,
+}
+
+/// A wall-clock time as a timer instant (now, if it has passed).
+fn instant_of(at: SystemTime) -> tokio::time::Instant {
+    tokio::time::Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+/// The timer instant of a certificate time.
+fn instant_of_cert_time(at: time::OffsetDateTime) -> tokio::time::Instant {
+    let wait = at - time::OffsetDateTime::now_utc();
+    tokio::time::Instant::now() + Duration::try_from(wait).unwrap_or_default()
+}
+
+/// How long a failed renewal waits before the next try.
+const RENEW_RETRY: Duration = Duration::from_secs(10);
+
 /// The gRPC status a refusal ends the stream with.
 fn status_of(rejection: &Rejection) -> Status {
     let message = rejection.to_string();
@@ -302,12 +361,17 @@ struct Session<M: Machine> {
     connection: Arc<Connection>,
     machine: M,
     tx: mpsc::Sender<Result<Queued<M::Response>, Status>>,
+    /// The latest configuration offered, before the secrets join it.
+    base: Arc<Snapshot>,
+    secrets: Option<IssuedSecrets>,
+    /// Secret names refused on this stream (each is warned about once).
+    refused: std::collections::BTreeSet<String>,
 }
 
 impl<M: Machine> Session<M> {
     async fn start<S>(
         shared: Arc<Shared>,
-        proxy: Proxy,
+        admitted: Admitted,
         node_id: String,
         first: M::Request,
         inbound: S,
@@ -316,6 +380,7 @@ impl<M: Machine> Session<M> {
         S: Stream<Item = Result<M::Request, Status>> + Send + Unpin + 'static,
     {
         let _connected = shared.metrics.connected();
+        let Admitted { proxy, secrets, deadline } = admitted;
         // Registered before the first snapshot, so no push is missed.
         let registered = shared.pusher.connections().register(proxy, node_id, M::PROTOCOL);
         let connection = registered.connection.clone();
@@ -335,18 +400,30 @@ impl<M: Machine> Session<M> {
             }
         };
         offers.borrow_and_update();
-        let machine = M::new(offer.snapshot);
+        let base = offer.snapshot;
+        let machine = M::new(with_secrets(&base, secrets.as_ref()));
         let proxy = &connection.proxy;
         tracing::info!(
             proxy = %proxy.id,
             service_account = %proxy.identity.service_account,
             protocol = M::PROTOCOL.name(),
+            certificate = secrets.as_ref().map_or("none", |s| s.summary.serial.as_str()),
             "proxy connected"
         );
-        let mut session = Session { shared, connection: connection.clone(), machine, tx };
-        let ended = session.run(first, inbound, offers).await;
+        let mut session = Session {
+            shared: shared.clone(),
+            connection: connection.clone(),
+            machine,
+            tx,
+            base,
+            secrets,
+            refused: Default::default(),
+        };
+        session.note_certificate();
+        let ended = session.run(first, inbound, offers, deadline).await;
         tracing::info!(proxy = %connection.proxy.id, reason = ended, "proxy disconnected");
         drop(registered);
+        shared.note_cert_expiry();
     }
 
     /// Serves the stream until it ends; returns why, for the log.
@@ -355,6 +432,7 @@ impl<M: Machine> Session<M> {
         first: M::Request,
         mut inbound: S,
         mut offers: tokio::sync::watch::Receiver<push::Offer>,
+        deadline: Option<tokio::time::Instant>,
     ) -> &'static str
     where
         S: Stream<Item = Result<M::Request, Status>> + Unpin,
@@ -368,7 +446,21 @@ impl<M: Machine> Session<M> {
         }
         let shutdown = self.shared.shutdown.clone();
         let pod_gone = self.connection.ended().clone();
+        let token_deadline = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(token_deadline);
+        let mut renew_at = self.secrets.as_ref().map(|s| instant_of_cert_time(s.renew_at));
         loop {
+            let renewal = async {
+                match renew_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     self.end(Status::unavailable("the control plane is shutting down; reconnect")).await;
@@ -377,6 +469,20 @@ impl<M: Machine> Session<M> {
                 _ = pod_gone.cancelled() => {
                     self.end(Status::unavailable("the pod is gone from the control plane's view; reconnect")).await;
                     return "pod deleted";
+                }
+                _ = &mut token_deadline => {
+                    self.end(Status::unavailable(
+                        "the stream's token is near its expiry; reconnect with the refreshed token",
+                    ))
+                    .await;
+                    return "token near expiry";
+                }
+                _ = renewal => {
+                    renew_at = Some(self.renew());
+                    let step = self.machine.on_snapshot(with_secrets(&self.base, self.secrets.as_ref()));
+                    if let Err(ended) = self.send(step).await {
+                        return ended;
+                    }
                 }
                 _ = self.tx.closed() => return "proxy went away",
                 request = inbound.next() => match request {
@@ -396,8 +502,8 @@ impl<M: Machine> Session<M> {
                         self.end(Status::unavailable("the control plane stopped pushing; reconnect")).await;
                         return "pushes ended";
                     }
-                    let snapshot = offers.borrow_and_update().snapshot.clone();
-                    let step = self.machine.on_snapshot(snapshot);
+                    self.base = offers.borrow_and_update().snapshot.clone();
+                    let step = self.machine.on_snapshot(with_secrets(&self.base, self.secrets.as_ref()));
                     if let Err(ended) = self.send(step).await {
                         return ended;
                     }
@@ -406,7 +512,59 @@ impl<M: Machine> Session<M> {
         }
     }
 
+    /// Issues the stream's next certificate; returns when to renew it
+    /// (soon again if it failed: the proxy keeps the one it has).
+    fn renew(&mut self) -> tokio::time::Instant {
+        match self.shared.issue(&self.connection.proxy.identity) {
+            Ok(Some(issued)) => {
+                tracing::info!(
+                    proxy = %self.connection.proxy.id,
+                    serial = %issued.summary.serial,
+                    not_after = %issued.summary.not_after,
+                    "workload certificate renewed"
+                );
+                let at = instant_of_cert_time(issued.renew_at);
+                self.secrets = Some(issued);
+                self.note_certificate();
+                at
+            }
+            Ok(None) => tokio::time::Instant::now() + Duration::from_secs(24 * 3600),
+            Err(e) => {
+                tracing::error!(proxy = %self.connection.proxy.id, error = %e, "renewing the workload certificate failed; retrying");
+                tokio::time::Instant::now() + RENEW_RETRY
+            }
+        }
+    }
+
+    /// Records the stream's certificate for debug views and metrics.
+    fn note_certificate(&self) {
+        let summary = self.secrets.as_ref().map(|s| s.summary.clone());
+        self.connection.update_report(|report| report.certificate = summary);
+        self.shared.note_cert_expiry();
+    }
+
+    /// Refuses secret names other than the proxy's own: they are never
+    /// sent; each is warned about once per stream, and counted.
+    fn refuse_foreign_secrets(&mut self, request: &M::Request) {
+        let (type_url, names) = M::subscribing(request);
+        if type_url != ResourceType::Secret.type_url() {
+            return;
+        }
+        for name in names.iter().filter(|n| !is_served_secret(n)) {
+            if self.refused.insert(name.clone()) {
+                self.shared.metrics.secret_refused();
+                tracing::warn!(
+                    proxy = %self.connection.proxy.id,
+                    identity = %format!("{}/{}", self.connection.proxy.identity.namespace, self.connection.proxy.identity.service_account),
+                    secret = %name,
+                    "secret request refused: a proxy gets only its own `default` and `ROOTCA`"
+                );
+            }
+        }
+    }
+
     async fn on_request(&mut self, request: &M::Request) -> Result<(), &'static str> {
+        self.refuse_foreign_secrets(request);
         match self.machine.on_request(request) {
             Ok(step) => self.send(step).await,
             Err(error) => {
@@ -492,6 +650,17 @@ impl<M: Machine> Session<M> {
             }
         }
         Ok(())
+    }
+}
+
+/// The configuration offered, with the stream's own secrets added (they are
+/// the only secrets a proxy gets).
+fn with_secrets(base: &Arc<Snapshot>, secrets: Option<&IssuedSecrets>) -> Arc<Snapshot> {
+    match secrets {
+        Some(issued) => {
+            Arc::new(Snapshot::clone(base).with_resources(ResourceType::Secret, issued.secrets.clone()))
+        }
+        None => base.clone(),
     }
 }
 

@@ -328,6 +328,9 @@ impl Machine for SotwStream {
     fn node(request: &DiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()
     }
+    fn subscribing(request: &DiscoveryRequest) -> (&str, &[String]) {
+        (&request.type_url, &request.resource_names)
+    }
     fn on_request(&mut self, request: &DiscoveryRequest) -> Result<Step, ProtocolError> {
         SotwStream::on_request(self, request)
     }

@@ -175,6 +175,96 @@ async fn an_authorized_stream_gets_the_passthrough_configuration() {
     .expect("the proxy is counted out");
 }
 
+/// A service that issues workload certificates of `ttl` from a fresh root.
+fn ads_with_ca(index: SharedIndex, ttl: Duration) -> (Ads, XdsMetrics, CancellationToken) {
+    let now = time::OffsetDateTime::now_utc();
+    let root = crate::ca::Root::generate("cluster.local", now).expect("root");
+    let authority = Arc::new(crate::ca::Authority::from_root(&root, now).expect("authority"));
+    let settings = super::AdsSettings {
+        debounce: super::Debounce::from_millis(10),
+        instance: "test".into(),
+        workload_ca: Some(Arc::new(super::WorkloadCa::with_authority(authority, "cluster.local", ttl))),
+    };
+    let metrics = XdsMetrics::default();
+    let shutdown = CancellationToken::new();
+    let ads = Ads::with_settings(
+        FakeAuthenticator::new(),
+        index,
+        Arc::new(super::Passthrough::new()),
+        metrics.clone(),
+        settings,
+        shutdown.clone(),
+    );
+    tokio::spawn(ads.push_loop());
+    (ads, metrics, shutdown)
+}
+
+/// The leaf of the `default` secret in a response: its URI SANs and serial.
+fn leaf_of(response: &DiscoveryResponse) -> (Vec<String>, String) {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{Secret, secret};
+    use prost::Message;
+    let default = response
+        .resources
+        .iter()
+        .map(|any| Secret::decode(any.value.as_slice()).expect("a secret"))
+        .find(|s| s.name == "default")
+        .expect("the default secret");
+    let Some(secret::Type::TlsCertificate(tls)) = default.r#type else { panic!("not a certificate") };
+    let Some(envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineString(chain)) =
+        tls.certificate_chain.and_then(|d| d.specifier)
+    else {
+        panic!("no inline chain")
+    };
+    let leaf = crate::ca::CertInfo::from_pem(&chain).expect("a certificate");
+    (leaf.uris, leaf.serial)
+}
+
+#[tokio::test]
+async fn a_proxy_gets_its_own_certificate_and_no_other_secret_and_it_is_renewed_at_half_life() {
+    let (ads, metrics, _shutdown) = ads_with_ca(index(), Duration::from_secs(4));
+    let bearer = format!("Bearer {TOKEN}");
+    let mut request = first_request(ResourceType::Secret, NODE_ID);
+    request.resource_names = vec![
+        "default".into(),
+        "ROOTCA".into(),
+        // Another identity's, and a Kubernetes Secret's: never served.
+        "spiffe://cluster.local/ns/default/sa/bookinfo-reviews".into(),
+        "kubernetes://reviews-credential".into(),
+    ];
+    let mut stream = Scripted::open(&ads, Some(&bearer), request.clone()).await.expect("accepted");
+    let secrets = stream.next().await.expect("secrets");
+    let mut names: Vec<_> = secrets
+        .resources
+        .iter()
+        .map(|any| {
+            use prost::Message;
+            envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret::decode(
+                any.value.as_slice(),
+            )
+            .expect("a secret")
+            .name
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ROOTCA", "default"]);
+    let (uris, first_serial) = leaf_of(&secrets);
+    assert_eq!(uris, ["spiffe://cluster.local/ns/default/sa/bookinfo-productpage"]);
+    assert_eq!(metrics.secret_refusals(), 2);
+    assert_eq!(metrics.certs_issued(), 1);
+    assert!(metrics.nearest_cert_expiry() > 0);
+
+    // The same names again (as Envoy repeats them with each ACK): refused, not counted twice.
+    stream.send(DiscoveryRequest { resource_names: request.resource_names.clone(), ..ack(&secrets) });
+    assert_eq!(metrics.secret_refusals(), 2);
+
+    // At half of the 4 s life, a new certificate comes on the same stream.
+    let renewed = stream.next().await.expect("renewed secrets");
+    let (uris, serial) = leaf_of(&renewed);
+    assert_eq!(uris, ["spiffe://cluster.local/ns/default/sa/bookinfo-productpage"]);
+    assert_ne!(serial, first_serial);
+    assert_eq!(metrics.certs_issued(), 2);
+}
+
 #[tokio::test]
 async fn refusals_say_why_with_the_right_code_and_are_counted() {
     let (ads, metrics, _shutdown) = ads(FakeAuthenticator::new(), index());
@@ -294,7 +384,11 @@ async fn a_push_that_panics_is_counted_and_stops_the_controller() {
     let metrics = XdsMetrics::default();
     let shutdown = CancellationToken::new();
     let readiness = crate::readiness::Readiness::new();
-    let settings = super::AdsSettings { debounce: super::Debounce::from_millis(10), instance: "test".into() };
+    let settings = super::AdsSettings {
+        debounce: super::Debounce::from_millis(10),
+        instance: "test".into(),
+        ..Default::default()
+    };
     let ads = Ads::with_settings(
         FakeAuthenticator::new(),
         index.clone(),
@@ -705,7 +799,11 @@ async fn a_delta_stream_is_authenticated_like_sotw_and_ends_when_its_pod_goes() 
     let index = index();
     let metrics = XdsMetrics::default();
     let shutdown = CancellationToken::new();
-    let settings = super::AdsSettings { debounce: super::Debounce::from_millis(10), instance: "test".into() };
+    let settings = super::AdsSettings {
+        debounce: super::Debounce::from_millis(10),
+        instance: "test".into(),
+        ..Default::default()
+    };
     let ads = Ads::with_settings(
         FakeAuthenticator::new(),
         index.clone(),
