@@ -192,7 +192,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         workload_ca: Some(workload_ca),
     };
     // Services, endpoints, VirtualServices and DestinationRules, translated per scope and proxy.
-    let generator: Arc<dyn Generator> = Arc::new(crate::xds::MeshGenerator::default());
+    let generator: Arc<dyn Generator> = Arc::new(crate::xds::MeshGenerator::new(&args.trust_domain));
     #[cfg(feature = "e2e")]
     let generator = faults::inject(generator);
     let ads = crate::xds::Ads::with_settings(

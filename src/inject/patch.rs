@@ -29,6 +29,8 @@ pub enum Addition {
     Volume(Box<Volume>),
     Annotations(BTreeMap<String, String>),
     Annotation(String),
+    Labels(BTreeMap<String, String>),
+    Label(String),
 }
 
 /// The patch that injects one pod.

@@ -11,6 +11,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
 use super::annotations::{ProxyOptions, STATUS};
+use crate::translate::tls::{TLS_MODE_ISTIO, TLS_MODE_LABEL};
+
 use super::bootstrap::{self, BOOTSTRAP_DIR, BOOTSTRAP_FILE, ROOT_CERT_DIR, TOKEN_DIR, TOKEN_FILE};
 use super::patch::{Addition, SidecarPatch};
 use super::settings::{InjectArgs, PROXY_UID, TOKEN_AUDIENCE};
@@ -76,6 +78,13 @@ pub fn patch(
         for (key, value) in annotations {
             patch.add(&["metadata", "annotations", key], Addition::Annotation(value));
         }
+    }
+    // Istio's mark of a pod with a sidecar: clients send it mutual TLS (auto mTLS).
+    let (label, value) = (TLS_MODE_LABEL, TLS_MODE_ISTIO.to_string());
+    if pod.metadata.labels.is_none() {
+        patch.add(&["metadata", "labels"], Addition::Labels([(label.to_string(), value)].into()));
+    } else {
+        patch.add(&["metadata", "labels", label], Addition::Label(value));
     }
     Ok(patch)
 }

@@ -175,7 +175,11 @@ fn the_patch_only_adds() {
         for (k, v) in before.metadata.annotations.iter().flatten() {
             assert_eq!(after.metadata.annotations.as_ref().unwrap().get(k), Some(v), "{file}: {k}");
         }
-        assert_eq!(before.metadata.labels, after.metadata.labels, "{file}");
+        // One label is added: Istio's mark of a pod with a sidecar, which
+        // tells clients to send it mutual TLS.
+        let mut labels = before.metadata.labels.clone().unwrap_or_default();
+        labels.insert("security.istio.io/tlsMode".into(), "istio".into());
+        assert_eq!(Some(labels), after.metadata.labels, "{file}");
     }
 }
 

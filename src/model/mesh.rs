@@ -103,6 +103,9 @@ pub struct ServiceView {
     pub ports: Vec<PortView>,
     pub selector: BTreeMap<String, String>,
     pub export_to: ExportTo,
+    /// The ServiceAccounts of the pods behind it: the identities a client
+    /// expects the server's certificate to carry.
+    pub service_accounts: BTreeSet<String>,
 }
 
 impl ServiceView {
@@ -188,7 +191,12 @@ pub struct MeshView {
     wildcard_dr: Vec<usize>,
     /// Label keys some `sourceLabels` or `workloadSelector` reads.
     selected_label_keys: BTreeSet<String>,
+    /// The SPIFFE trust domain of the mesh's identities.
+    trust_domain: String,
 }
+
+/// Istio's default trust domain.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
 impl MeshView {
     pub fn build(inputs: ClusterState<'_>) -> Self {
@@ -226,6 +234,13 @@ impl MeshView {
                         &no_labels,
                     ),
                 })
+                .collect::<Vec<PortView>>();
+            let service_accounts = ports
+                .iter()
+                .flat_map(|p| &p.endpoints)
+                .filter_map(|e| e.pod.as_ref().and_then(|pod| inputs.workloads.get(pod)))
+                .map(|w| w.service_account.clone())
+                .filter(|sa| !sa.is_empty())
                 .collect();
             let hostname = service_fqdn(&service.key.name, &service.key.namespace);
             let view = ServiceView {
@@ -235,6 +250,7 @@ impl MeshView {
                 ports,
                 selector: service.selector.clone(),
                 export_to: ExportTo::parse(&service.export_to, &service.key.namespace),
+                service_accounts,
             };
             services.insert(hostname, Arc::new(view));
         }
@@ -291,7 +307,19 @@ impl MeshView {
 
         view.services = services;
         view.selected_label_keys = selected_label_keys;
+        view.trust_domain = DEFAULT_TRUST_DOMAIN.to_string();
         view
+    }
+
+    /// The view, for a mesh whose identities are in `trust_domain`.
+    pub fn with_trust_domain(mut self, trust_domain: impl Into<String>) -> Self {
+        self.trust_domain = trust_domain.into();
+        self
+    }
+
+    /// The SPIFFE trust domain of the mesh's identities.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
     }
 
     /// The scope of a proxy: what its outbound configuration depends on.
@@ -475,6 +503,7 @@ mod tests {
             ports: Vec::new(),
             selector: BTreeMap::new(),
             export_to: ExportTo::everywhere(),
+            service_accounts: BTreeSet::new(),
         };
         assert!(!service.selects(&BTreeMap::from([("app".to_string(), "x".to_string())])));
     }

@@ -3,6 +3,7 @@
 //! its Services with ClusterIPs, one ready pod per Deployment, their
 //! EndpointSlices, and any networking sample applied on top.
 
+use crate::translate::tls::{TLS_MODE_ISTIO, TLS_MODE_LABEL};
 use k8s_openapi::api::apps::v1 as apps;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
@@ -59,7 +60,11 @@ pub fn bookinfo() -> Index {
                 name: Some(format!("{name}-0")),
                 namespace: Some(NAMESPACE.into()),
                 uid: Some(format!("uid-{name}")),
-                labels: template.metadata.and_then(|m| m.labels),
+                // Injected, as the injector marks pods with a sidecar.
+                labels: template.metadata.and_then(|m| m.labels).map(|mut labels| {
+                    labels.insert(TLS_MODE_LABEL.into(), TLS_MODE_ISTIO.into());
+                    labels
+                }),
                 ..Default::default()
             },
             spec: template.spec,

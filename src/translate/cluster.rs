@@ -5,9 +5,10 @@
 //!
 //! A DestinationRule's traffic policy is merged as Istio does: a subset's
 //! policy overrides the rule's, field by field, and a `portLevelSettings`
-//! entry for the cluster's port overrides both. Only load balancing is
-//! translated today; connection pools, outlier detection and TLS come next
-//! and belong in [`ClusterPolicy`].
+//! entry for the cluster's port overrides both. Load balancing and TLS
+//! ([`super::tls`]: auto mTLS unless the rule sets `tls`) are translated
+//! today; connection pools and outlier detection come next and belong in
+//! [`ClusterPolicy`].
 
 use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, circuit_breakers, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
@@ -17,9 +18,11 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOption
 use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
 use prost::Name;
 
+use super::tls;
 use super::{any, seconds};
 use crate::api::destination_rule::{
-    ConsistentHashLb, DestinationRuleSpec, LoadBalancerSettings, SimpleLb, Subset, TrafficPolicy,
+    ClientTlsSettings, ConsistentHashLb, DestinationRuleSpec, LoadBalancerSettings, SimpleLb, Subset,
+    TrafficPolicy,
 };
 use crate::model::mesh::{DestinationRuleView, PortView, ServiceView};
 
@@ -47,6 +50,8 @@ pub fn inbound_name(port: u16) -> String {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterPolicy {
     pub load_balancer: Option<LoadBalancerSettings>,
+    /// `None`: Istio's auto mTLS.
+    pub tls: Option<ClientTlsSettings>,
 }
 
 impl ClusterPolicy {
@@ -68,14 +73,20 @@ impl ClusterPolicy {
         if policy.load_balancer.is_some() {
             self.load_balancer = policy.load_balancer.clone();
         }
+        if policy.tls.is_some() {
+            self.tls = policy.tls.clone();
+        }
         let port_level = policy
             .port_level_settings
             .iter()
             .find(|p| p.port.as_ref().and_then(|s| s.number) == Some(u32::from(port)));
-        if let Some(port_level) = port_level
-            && port_level.load_balancer.is_some()
-        {
-            self.load_balancer = port_level.load_balancer.clone();
+        if let Some(port_level) = port_level {
+            if port_level.load_balancer.is_some() {
+                self.load_balancer = port_level.load_balancer.clone();
+            }
+            if port_level.tls.is_some() {
+                self.tls = port_level.tls.clone();
+            }
         }
     }
 
@@ -100,30 +111,58 @@ pub fn service_port_clusters(
     service: &ServiceView,
     port: &PortView,
     rule: Option<&DestinationRuleView>,
+    trust_domain: &str,
 ) -> Vec<Cluster> {
     let spec = rule.map(|r| &r.spec);
-    let mut out = vec![outbound_cluster(
-        outbound_name(port.port, "", &service.hostname),
-        port,
-        &ClusterPolicy::resolve(spec, None, port.port),
-    )];
-    for subset in spec.map(|s| s.subsets.as_slice()).unwrap_or_default() {
-        out.push(outbound_cluster(
-            outbound_name(port.port, &subset.name, &service.hostname),
+    let peer_ids: Vec<String> = service
+        .service_accounts
+        .iter()
+        .map(|sa| tls::spiffe_id(trust_domain, &service.key.namespace, sa))
+        .collect();
+    let cluster = |subset: Option<&Subset>| {
+        let subset_name = subset.map_or("", |s| s.name.as_str());
+        let identity = PeerIdentity {
+            sni: tls::mesh_sni(port.port, subset_name, &service.hostname),
+            peer_ids: &peer_ids,
+        };
+        outbound_cluster(
+            outbound_name(port.port, subset_name, &service.hostname),
             port,
-            &ClusterPolicy::resolve(spec, Some(subset), port.port),
-        ));
+            &ClusterPolicy::resolve(spec, subset, port.port),
+            &identity,
+        )
+    };
+    let mut out = vec![cluster(None)];
+    for subset in spec.map(|s| s.subsets.as_slice()).unwrap_or_default() {
+        out.push(cluster(Some(subset)));
     }
     out
 }
 
+/// What a client checks of a mesh server, and the SNI it sends.
+struct PeerIdentity<'a> {
+    sni: String,
+    peer_ids: &'a [String],
+}
+
 /// One EDS cluster; PASSTHROUGH load balancing makes it an original-destination cluster instead.
-fn outbound_cluster(name: String, port: &PortView, policy: &ClusterPolicy) -> Cluster {
+fn outbound_cluster(
+    name: String,
+    port: &PortView,
+    policy: &ClusterPolicy,
+    peer: &PeerIdentity<'_>,
+) -> Cluster {
     let mut cluster = Cluster {
         connect_timeout: Some(seconds(CONNECT_TIMEOUT_SECONDS)),
         circuit_breakers: Some(default_circuit_breakers()),
         ..Default::default()
     };
+    match &policy.tls {
+        Some(settings) => {
+            cluster.transport_socket = tls::client_transport_socket(settings, &peer.sni, peer.peer_ids)
+        }
+        None => cluster.transport_socket_matches = tls::auto_mtls_matches(&peer.sni, peer.peer_ids),
+    }
     if port.protocol.is_http2() {
         cluster.typed_extension_protocol_options =
             [(HttpProtocolOptions::full_name(), any(&http2_options()))].into();

@@ -9,6 +9,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 
 use super::address;
+use super::tls::{TLS_MODE_ISTIO, TLS_MODE_LABEL, istio_endpoint_metadata};
 use crate::model::mesh::{EndpointView, Health, PortView, is_subset};
 
 /// The assignment of cluster `name`: the port's endpoints, those whose pod
@@ -42,6 +43,9 @@ fn lb_endpoint(endpoint: &EndpointView) -> LbEndpoint {
             ..Default::default()
         })),
         health_status: health_status(endpoint.health).into(),
+        // A pod with a sidecar is sent mutual TLS (auto mTLS, see super::tls).
+        metadata: (endpoint.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO))
+            .then(istio_endpoint_metadata),
         ..Default::default()
     }
 }

@@ -34,6 +34,7 @@ pub mod secret;
 pub mod sidecar;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
 use envoy_types::pb::google::protobuf::{Any, Duration};

@@ -31,6 +31,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, http_connection_manager, http_filter,
 };
@@ -73,6 +74,7 @@ pub(crate) const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_con
 pub(crate) const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 pub(crate) const ROUTER: &str = "envoy.filters.http.router";
 const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
+const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 const ORIGINAL_DST: &str = "envoy.filters.listener.original_dst";
 
 /// The clusters of the pass-through configuration.
@@ -210,6 +212,11 @@ fn listener(direction: Direction) -> Listener {
         default_filter_chain: Some(tcp_chain(direction)),
         ..Default::default()
     }
+}
+
+/// Reads a TLS ClientHello (SNI, ALPN) for filter chain matching.
+pub(crate) fn tls_inspector() -> ListenerFilter {
+    listener_filter(TLS_INSPECTOR, any(&TlsInspector::default()))
 }
 
 fn listener_filter(name: &str, config: envoy_types::pb::google::protobuf::Any) -> ListenerFilter {

@@ -54,8 +54,10 @@ use super::passthrough::{
     ROUTER, TCP_PROXY, network_filter,
 };
 use super::route::{route_configuration_for, service_route_configuration, service_route_name};
+use super::tls;
 use super::{any, seconds, socket_address};
 use crate::model::mesh::{MeshView, PortView, ProxyContext, ScopeKey, ServiceView};
+use crate::model::mtls::MtlsMode;
 use crate::model::protocol::Protocol;
 
 /// What a proxy's outgoing traffic needs; the same for every proxy of a scope.
@@ -113,7 +115,12 @@ fn outbound_ports<'a>(
 pub fn clusters(view: &MeshView, scope: &ScopeKey) -> Vec<Cluster> {
     let mut out = Vec::new();
     for (service, port) in outbound_ports(view, scope) {
-        out.extend(service_port_clusters(service, port, view.destination_rule_for(scope, service)));
+        out.extend(service_port_clusters(
+            service,
+            port,
+            view.destination_rule_for(scope, service),
+            view.trust_domain(),
+        ));
     }
     out.push(passthrough::outbound_cluster());
     out.push(black_hole_cluster());
@@ -343,13 +350,16 @@ fn target_port(port: &PortView, proxy: &ProxyContext) -> Option<u16> {
     }
 }
 
-/// The inbound half of `proxy`'s configuration.
-pub fn inbound(view: &MeshView, proxy: &ProxyContext) -> Inbound {
+/// The inbound half of `proxy`'s configuration; `mtls` says what each
+/// port (the application's, as the pod serves it) accepts.
+pub fn inbound(view: &MeshView, proxy: &ProxyContext, mtls: impl Fn(u16) -> MtlsMode) -> Inbound {
     let ports = inbound_ports(view, proxy);
     let mut clusters: Vec<Cluster> = ports.iter().map(inbound_cluster).collect();
     clusters.push(passthrough::inbound_cluster());
-    let mut chains: Vec<FilterChain> = ports.iter().map(inbound_chain).collect();
+    let mut chains: Vec<FilterChain> = ports.iter().flat_map(|p| inbound_chains(p, mtls(p.port))).collect();
     let mut listener = passthrough::virtual_inbound();
+    // TLS is recognised (and its ALPN read) before HTTP is sniffed.
+    listener.listener_filters.insert(1, passthrough::tls_inspector());
     chains.append(&mut listener.filter_chains);
     listener.filter_chains = chains;
     // Each port's chain sends to its own cluster, the rest passes through.
@@ -381,7 +391,23 @@ fn inbound_cluster(port: &InboundPort) -> Cluster {
     cluster
 }
 
-fn inbound_chain(port: &InboundPort) -> FilterChain {
+/// A port's chains: PERMISSIVE takes mutual TLS with Istio's ALPN on one
+/// chain and anything else (plaintext, the application's own TLS) on
+/// another; STRICT has only the mutual TLS chain, which also catches
+/// plaintext to the port, so it fails the handshake instead of passing
+/// through; DISABLE has only plaintext.
+fn inbound_chains(port: &InboundPort, mode: MtlsMode) -> Vec<FilterChain> {
+    match mode {
+        MtlsMode::Disable => vec![inbound_chain(port, None)],
+        MtlsMode::Permissive => vec![inbound_chain(port, Some(&tls::MESH_ALPN)), inbound_chain(port, None)],
+        MtlsMode::Strict => vec![inbound_chain(port, Some(&[]))],
+    }
+}
+
+/// A port's chain: plaintext (`mtls` None), or mutual TLS for clients
+/// offering one of the ALPN values `mtls` lists (empty: for any
+/// connection to the port).
+fn inbound_chain(port: &InboundPort, mtls: Option<&[&str]>) -> FilterChain {
     let cluster = inbound_name(port.port);
     let filter = if port.protocol.is_http() {
         let routes = RouteConfiguration {
@@ -409,19 +435,48 @@ fn inbound_chain(port: &InboundPort) -> FilterChain {
         let manager = HttpConnectionManager {
             stat_prefix: format!("inbound_0.0.0.0_{}", port.port),
             route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)),
+            // The application learns its peer's identity from the header
+            // `x-forwarded-client-cert` (`By=<own>;URI=<peer's SPIFFE ID>`),
+            // set only from a verified certificate: a client's own value
+            // is never passed on.
+            forward_client_cert_details: if mtls.is_some() {
+                http_connection_manager::ForwardClientCertDetails::SanitizeSet
+            } else {
+                http_connection_manager::ForwardClientCertDetails::Sanitize
+            }
+            .into(),
+            set_current_client_cert_details: mtls.map(|_| {
+                http_connection_manager::SetCurrentClientCertDetails { uri: true, ..Default::default() }
+            }),
             ..http_connection_manager()
         };
         network_filter(HTTP_CONNECTION_MANAGER, any(&manager))
     } else {
         tcp_proxy_filter(cluster)
     };
-    FilterChain {
-        name: inbound_name(port.port),
-        filter_chain_match: Some(FilterChainMatch {
-            destination_port: Some(UInt32Value { value: u32::from(port.port) }),
+    let destination_port = Some(UInt32Value { value: u32::from(port.port) });
+    match mtls {
+        None => FilterChain {
+            name: inbound_name(port.port),
+            filter_chain_match: Some(FilterChainMatch { destination_port, ..Default::default() }),
+            filters: vec![filter],
             ..Default::default()
-        }),
-        filters: vec![filter],
-        ..Default::default()
+        },
+        Some(alpn) => FilterChain {
+            name: format!("{};mtls", inbound_name(port.port)),
+            filter_chain_match: Some(FilterChainMatch {
+                destination_port,
+                transport_protocol: if alpn.is_empty() { String::new() } else { "tls".to_string() },
+                application_protocols: alpn.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            }),
+            filters: vec![filter],
+            transport_socket: Some(tls::inbound_mtls(if port.protocol.is_http() {
+                &["h2", "http/1.1"]
+            } else {
+                &[]
+            })),
+            ..Default::default()
+        },
     }
 }

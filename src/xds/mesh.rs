@@ -22,14 +22,29 @@ use super::snapshot::{Resource, ResourceSet, Resources, Snapshot};
 use crate::index::Index;
 use crate::model::ObjectKey;
 use crate::model::mesh::{MeshView, ProxyContext, ScopeKey};
+use crate::model::mtls::MtlsMode;
 use crate::translate;
 use crate::translate::route::route_clusters;
 
 /// Translates the index into each proxy's configuration.
-#[derive(Default)]
 pub struct MeshGenerator {
     /// What the last push packed, whose unchanged parts the next reuses.
     last: Arc<Mutex<Packing>>,
+    /// The trust domain of the mesh's SPIFFE identities.
+    trust_domain: String,
+}
+
+impl Default for MeshGenerator {
+    fn default() -> Self {
+        Self::new(crate::model::mesh::DEFAULT_TRUST_DOMAIN)
+    }
+}
+
+impl MeshGenerator {
+    /// A generator for a mesh whose identities are in `trust_domain`.
+    pub fn new(trust_domain: impl Into<String>) -> Self {
+        Self { last: Arc::default(), trust_domain: trust_domain.into() }
+    }
 }
 
 /// Packed parts, by scope (outbound) and by pod (inbound).
@@ -42,7 +57,7 @@ struct Packing {
 impl Generator for MeshGenerator {
     fn prepare(&self, index: &Index) -> Arc<dyn PushContext> {
         let state = index.state();
-        let view = MeshView::build(state);
+        let view = MeshView::build(state).with_trust_domain(&self.trust_domain);
         let proxies =
             state.workloads.iter().map(|(key, w)| (key.clone(), ProxyContext::from_workload(w))).collect();
         let previous = std::mem::take(&mut *self.last.lock().unwrap_or_else(|p| p.into_inner()));
@@ -124,7 +139,7 @@ struct PackedInbound {
 
 impl PackedInbound {
     fn new(view: &MeshView, proxy: &ProxyContext, previous: Option<&PackedInbound>) -> Self {
-        let inbound = translate::sidecar::inbound(view, proxy);
+        let inbound = translate::sidecar::inbound(view, proxy, |_| MtlsMode::Permissive);
         Self {
             clusters: reuse(
                 ResourceSet::of(inbound.clusters, |c: &Cluster| c.name.clone()),

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::config::bootstrap::v3::{Admin, Bootstrap, bootstrap};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    ApiVersion, ConfigSource, Node, PathConfigSource, config_source,
+    ApiVersion, ConfigSource, Node, PathConfigSource, TransportSocket, config_source, transport_socket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
@@ -30,12 +30,15 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    CommonTlsContext, DownstreamTlsContext, Secret, UpstreamTlsContext, common_tls_context,
+};
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use envoy_types::pb::google::protobuf::{Any, BoolValue};
 use prost::{Message, Name};
 use serde_json::Value;
 
-use super::{SCENARIOS, mesh_view, productpage, scenario};
+use super::{SCENARIOS, mesh_view, permissive, productpage, scenario};
 use crate::testing::{TempDir, envoy_binary};
 use crate::translate::sidecar::{Inbound, Outbound, inbound, outbound};
 use crate::translate::{address, any};
@@ -45,7 +48,7 @@ fn configuration(name: &str) -> (Outbound, Inbound) {
     let index = scenario(name);
     let view = mesh_view(&index);
     let proxy = productpage(&index);
-    (outbound(&view, &view.scope(&proxy)), inbound(&view, &proxy))
+    (outbound(&view, &view.scope(&proxy)), inbound(&view, &proxy, permissive))
 }
 
 fn base_bootstrap(listeners: Vec<Listener>, clusters: Vec<Cluster>) -> Bootstrap {
@@ -86,8 +89,72 @@ fn rds_name(manager: &HttpConnectionManager) -> Option<String> {
     }
 }
 
+/// The secrets the productpage proxy gets by SDS, from a fresh CA.
+fn productpage_secrets() -> Vec<Secret> {
+    let now = time::OffsetDateTime::now_utc();
+    let root = crate::ca::Root::generate("cluster.local", now).expect("root");
+    let authority = crate::ca::Authority::from_root(&root, now).expect("authority");
+    let id = crate::ca::SpiffeId::new("cluster.local", "default", "bookinfo-productpage").expect("id");
+    let leaf = authority.issue_workload(&id, time::Duration::HOUR, now).expect("leaf");
+    workload_secrets(&leaf, &authority)
+}
+
+/// Points every SDS reference of the clusters and listeners at a file
+/// holding the named secret (standing in for ADS; a file holds one secret).
+fn secrets_from(dir: &TempDir, listeners: &mut [Listener], clusters: &mut [Cluster]) {
+    let sources: Vec<(String, ConfigSource)> = productpage_secrets()
+        .into_iter()
+        .map(|secret| {
+            let source =
+                discovery_file(dir, &format!("sds-{}.pb", secret.name), std::slice::from_ref(&secret));
+            (secret.name, source)
+        })
+        .collect();
+    let source_of = |name: &str| sources.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone());
+    let point = |common: &mut Option<CommonTlsContext>| {
+        let Some(common) = common else { return };
+        for sds in &mut common.tls_certificate_sds_secret_configs {
+            sds.sds_config = source_of(&sds.name);
+        }
+        match &mut common.validation_context_type {
+            Some(common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(sds)) => {
+                sds.sds_config = source_of(&sds.name);
+            }
+            Some(common_tls_context::ValidationContextType::CombinedValidationContext(combined)) => {
+                if let Some(sds) = &mut combined.validation_context_sds_secret_config {
+                    sds.sds_config = source_of(&sds.name);
+                }
+            }
+            _ => {}
+        }
+    };
+    let mut rewrite = |socket: &mut TransportSocket| {
+        let Some(transport_socket::ConfigType::TypedConfig(config)) = &mut socket.config_type else { return };
+        if config.type_url == UpstreamTlsContext::type_url() {
+            let mut context = UpstreamTlsContext::decode(config.value.as_slice()).expect("decodes");
+            point(&mut context.common_tls_context);
+            *config = any(&context);
+        } else if config.type_url == DownstreamTlsContext::type_url() {
+            let mut context = DownstreamTlsContext::decode(config.value.as_slice()).expect("decodes");
+            point(&mut context.common_tls_context);
+            *config = any(&context);
+        }
+    };
+    for cluster in clusters {
+        cluster.transport_socket.iter_mut().for_each(&mut rewrite);
+        cluster
+            .transport_socket_matches
+            .iter_mut()
+            .filter_map(|m| m.transport_socket.as_mut())
+            .for_each(&mut rewrite);
+    }
+    for listener in listeners {
+        listener.filter_chains.iter_mut().filter_map(|c| c.transport_socket.as_mut()).for_each(&mut rewrite);
+    }
+}
+
 /// Everything static: what `--mode validate` can check in full.
-fn static_bootstrap(out: &Outbound, inb: &Inbound) -> Bootstrap {
+fn static_bootstrap(dir: &TempDir, out: &Outbound, inb: &Inbound) -> Bootstrap {
     let mut listeners = vec![out.listener.clone(), inb.listener.clone()];
     for listener in &mut listeners {
         map_managers(listener, &mut |manager| {
@@ -107,6 +174,7 @@ fn static_bootstrap(out: &Outbound, inb: &Inbound) -> Bootstrap {
             assert!(cluster.load_assignment.is_some(), "{} has no endpoints", cluster.name);
         }
     }
+    secrets_from(dir, &mut listeners, &mut clusters);
     base_bootstrap(listeners, clusters)
 }
 
@@ -116,7 +184,7 @@ fn envoy_validates_every_scenario() {
     let dir = TempDir::new("validate");
     for name in SCENARIOS {
         let (out, inb) = configuration(name);
-        let path = dir.write(&format!("{name}.pb"), static_bootstrap(&out, &inb).encode_to_vec());
+        let path = dir.write(&format!("{name}.pb"), static_bootstrap(&dir, &out, &inb).encode_to_vec());
         let result = Command::new(&envoy)
             .args(["--mode", "validate", "--log-level", "warn", "-c"])
             .arg(&path)
@@ -139,7 +207,7 @@ fn envoy_validation_is_not_vacuous() {
     let duplicate = route.virtual_hosts[0].clone();
     route.virtual_hosts.push(duplicate);
     let dir = TempDir::new("invalid");
-    let path = dir.write("invalid.pb", static_bootstrap(&out, &inb).encode_to_vec());
+    let path = dir.write("invalid.pb", static_bootstrap(&dir, &out, &inb).encode_to_vec());
     let result = Command::new(envoy_binary())
         .args(["--mode", "validate", "-c"])
         .arg(&path)
@@ -192,6 +260,7 @@ fn file_bootstrap(dir: &TempDir, out: &Outbound, inb: &Inbound) -> Bootstrap {
             eds.eds_config = Some(discovery_file(dir, &format!("eds-{n}.pb"), &assignment));
         }
     }
+    secrets_from(dir, &mut listeners, &mut clusters);
     base_bootstrap(listeners, clusters)
 }
 

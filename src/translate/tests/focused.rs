@@ -19,7 +19,7 @@ use kube::api::ObjectMeta;
 use prost::{Message, Name};
 use serde_json::json;
 
-use super::{NAMESPACE, bookinfo, endpoint_slice, mesh_view, productpage};
+use super::{NAMESPACE, bookinfo, endpoint_slice, mesh_view, permissive, productpage};
 use crate::api::virtual_service::HttpMatchRequest;
 use crate::index::{DestinationRules, EndpointSlices, Index, Services, VirtualServices};
 use crate::model::mesh::{MeshView, ProxyContext, ScopeKey};
@@ -548,8 +548,11 @@ fn inbound_serves_the_pods_own_ports() {
     let index = bookinfo();
     let view = mesh_view(&index);
     let proxy = productpage(&index);
-    let inb = inbound(&view, &proxy);
-    assert_eq!(chain_names(&inb.listener.filter_chains), ["inbound|9080||", "virtualInbound-http"]);
+    let inb = inbound(&view, &proxy, permissive);
+    assert_eq!(
+        chain_names(&inb.listener.filter_chains),
+        ["inbound|9080||;mtls", "inbound|9080||", "virtualInbound-http"]
+    );
     let names: Vec<_> = inb.clusters.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["inbound|9080||", "InboundPassthroughCluster"]);
     let bind =
@@ -561,7 +564,51 @@ fn inbound_serves_the_pods_own_ports() {
         labels: [("app".into(), "x".into())].into(),
         ..Default::default()
     };
-    assert_eq!(chain_names(&inbound(&view, &lonely).listener.filter_chains), ["virtualInbound-http"]);
+    assert_eq!(
+        chain_names(&inbound(&view, &lonely, permissive).listener.filter_chains),
+        ["virtualInbound-http"]
+    );
+}
+
+#[test]
+fn each_mutual_tls_mode_gives_the_port_its_chains() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+
+    use crate::model::mtls::MtlsMode;
+    let index = bookinfo();
+    let view = mesh_view(&index);
+    let proxy = productpage(&index);
+    let chains = |mode: MtlsMode| inbound(&view, &proxy, move |_| mode).listener.filter_chains;
+
+    // PERMISSIVE: mutual TLS for clients offering Istio's ALPN, plaintext for the rest.
+    let permissive = chains(MtlsMode::Permissive);
+    let (tls, plain) = (&permissive[0], &permissive[1]);
+    let tls_match = tls.filter_chain_match.clone().expect("a match");
+    assert_eq!(tls_match.transport_protocol, "tls");
+    assert!(tls_match.application_protocols.contains(&"istio-peer-exchange".to_string()));
+    assert!(plain.transport_socket.is_none());
+    let socket = tls.transport_socket.as_ref().expect("TLS");
+    let Some(envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType::TypedConfig(config)) =
+        &socket.config_type
+    else {
+        panic!("typed config")
+    };
+    let context = DownstreamTlsContext::decode(config.value.as_slice()).expect("a server TLS context");
+    assert_eq!(context.require_client_certificate.map(|b| b.value), Some(true), "mutual");
+    let common = context.common_tls_context.expect("common");
+    assert_eq!(common.tls_certificate_sds_secret_configs[0].name, "default");
+
+    // STRICT: only mutual TLS, and it takes every connection to the port,
+    // so plaintext fails the handshake instead of passing through.
+    let strict = chains(MtlsMode::Strict);
+    assert_eq!(chain_names(&strict), ["inbound|9080||;mtls", "virtualInbound-http"]);
+    let strict_match = strict[0].filter_chain_match.clone().expect("a match");
+    assert_eq!(strict_match.transport_protocol, "");
+    assert!(strict_match.application_protocols.is_empty());
+    assert_eq!(strict_match.destination_port.map(|p| p.value), Some(9080));
+
+    // DISABLE: plaintext only.
+    assert_eq!(chain_names(&chains(MtlsMode::Disable)), ["inbound|9080||", "virtualInbound-http"]);
 }
 
 #[test]
@@ -715,7 +762,7 @@ fn timing_for_a_thousand_services() {
         ..Default::default()
     };
     println!("  scope     {:?}", best(&mut || drop(view.scope(&proxy))));
-    println!("  inbound   {:?}", best(&mut || drop(inbound(&view, &proxy))));
+    println!("  inbound   {:?}", best(&mut || drop(inbound(&view, &proxy, permissive))));
     println!(
         "  encode    {:?}",
         best(&mut || {
@@ -915,7 +962,7 @@ fn translation_names_every_cluster_its_listeners_send_to() {
     let declared: Vec<String> = out.listener_clusters.iter().cloned().collect();
     assert_eq!(declared, decoded_listener_clusters(&out.listener));
     assert!(declared.contains(&"outbound|3306||mysql.default.svc.cluster.local".to_string()), "{declared:?}");
-    let inb = inbound(&view, &productpage);
+    let inb = inbound(&view, &productpage, permissive);
     let declared: Vec<String> = inb.listener_clusters.iter().cloned().collect();
     assert_eq!(declared, decoded_listener_clusters(&inb.listener));
     assert_eq!(declared, ["InboundPassthroughCluster", "inbound|9080||"]);

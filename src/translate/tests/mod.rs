@@ -51,3 +51,8 @@ fn bookinfo_is_indexed_with_a_pod_behind_every_endpoint() {
         port.endpoints.iter().map(|e| e.labels.get("version").cloned().unwrap_or_default()).collect();
     assert_eq!(versions, ["v1", "v2", "v3"]);
 }
+
+/// No policy switches mutual TLS: every port is PERMISSIVE, Istio's default.
+pub(super) fn permissive(_port: u16) -> crate::model::mtls::MtlsMode {
+    crate::model::mtls::MtlsMode::Permissive
+}
