@@ -288,7 +288,7 @@ mod tests {
     #[test]
     fn fields_not_applied_make_reconciled_false_and_an_event() {
         let c = config::<DestinationRuleSpec>(
-            json!({"host": "reviews", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}),
+            json!({"host": "reviews", "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 1}}}}),
             1,
         );
         let status = desired("DestinationRule", &c, &Context::default(), at(T0));
@@ -297,7 +297,7 @@ mod tests {
         assert_eq!(summary(reconciled), ("False".into(), "Unsupported".into()));
         let message = reconciled.message.as_deref().unwrap_or_default();
         assert!(
-            message.contains("accepted but not yet applied by mesh: spec.trafficPolicy.tls"),
+            message.contains("accepted but not yet applied by mesh: spec.trafficPolicy.connectionPool"),
             "{message}"
         );
         assert_eq!(event_for(&status).map(|(reason, _)| reason), Some("NotApplied".into()));

@@ -9,4 +9,5 @@ mod crds;
 mod inject;
 mod node;
 mod routing;
+mod security;
 mod webhook;

@@ -63,9 +63,9 @@ pub const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
 const RAW_SOCKET: &str = "envoy.transport_sockets.raw_buffer";
 
-/// Istio's SNI for in-mesh mTLS: `outbound_.<port>_.<subset>_.<host>`.
+/// Istio's SNI for in-mesh mTLS: `outbound_.<port>_.<subset>_.<host>`
+/// (`outbound_.9080_._.reviews...` for the whole Service).
 pub fn mesh_sni(port: u16, subset: &str, host: &str) -> String {
-    let subset = if subset.is_empty() { "_" } else { subset };
     format!("outbound_.{port}_.{subset}_.{host}")
 }
 

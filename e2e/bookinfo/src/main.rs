@@ -75,14 +75,24 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One log line per request: method, path, status, duration.
+/// One log line per request: method, path, status, duration, and the
+/// caller's identity as the sidecar vouches for it (the `URI=` of the
+/// `x-forwarded-client-cert` header it sets from a verified peer
+/// certificate; `-` for plaintext).
 async fn access_log(request: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let peer = request
+        .headers()
+        .get("x-forwarded-client-cert")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').find_map(|part| part.strip_prefix("URI=")))
+        .unwrap_or("-")
+        .to_string();
     let response = next.run(request).await;
     tracing::info!(
-        "{method} {path} {} {:.1}ms",
+        "{method} {path} {} {:.1}ms peer={peer}",
         response.status().as_u16(),
         start.elapsed().as_secs_f64() * 1000.0
     );

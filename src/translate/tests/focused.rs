@@ -967,3 +967,118 @@ fn translation_names_every_cluster_its_listeners_send_to() {
     assert_eq!(declared, decoded_listener_clusters(&inb.listener));
     assert_eq!(declared, ["InboundPassthroughCluster", "inbound|9080||"]);
 }
+
+/// The client TLS context of a cluster, decoded.
+fn upstream_tls(
+    socket: Option<&envoy_types::pb::envoy::config::core::v3::TransportSocket>,
+) -> Option<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext> {
+    use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+    let Some(ConfigType::TypedConfig(config)) = socket?.config_type.as_ref() else { return None };
+    envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext::decode(
+        config.value.as_slice(),
+    )
+    .ok()
+}
+
+#[test]
+fn without_tls_settings_clients_send_mutual_tls_to_sidecars_and_plaintext_to_the_rest() {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    let index = bookinfo();
+    let out = translate(&index);
+    let reviews = cluster(&out, &format!("outbound|9080||{REVIEWS}"));
+    assert!(reviews.transport_socket.is_none());
+    let [istio, plain] = reviews.transport_socket_matches.as_slice() else { panic!("two matches") };
+    let wanted = istio.r#match.as_ref().expect("a match").fields.get("tlsMode").cloned();
+    assert_eq!(
+        wanted.and_then(|v| v.kind),
+        Some(envoy_types::pb::google::protobuf::value::Kind::StringValue("istio".into()))
+    );
+    assert_eq!(plain.r#match.as_ref().map(|m| m.fields.len()), Some(0), "the rest");
+    let tls = upstream_tls(istio.transport_socket.as_ref()).expect("mTLS");
+    assert_eq!(tls.sni, format!("outbound_.9080_._.{REVIEWS}"));
+    let common = tls.common_tls_context.expect("common");
+    assert_eq!(common.alpn_protocols, ["istio-peer-exchange", "istio"]);
+    assert_eq!(common.tls_certificate_sds_secret_configs[0].name, "default");
+    let Some(ValidationContextType::CombinedValidationContext(combined)) = common.validation_context_type
+    else {
+        panic!("the mesh root and the server's identity are checked")
+    };
+    assert_eq!(combined.validation_context_sds_secret_config.map(|s| s.name).as_deref(), Some("ROOTCA"));
+    let sans: Vec<String> = combined
+        .default_validation_context
+        .expect("SANs")
+        .match_typed_subject_alt_names
+        .into_iter()
+        .filter_map(|m| m.matcher.and_then(|m| m.match_pattern))
+        .map(|p| match p {
+            MatchPattern::Exact(s) => s,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(sans, ["spiffe://cluster.local/ns/default/sa/bookinfo-reviews"]);
+
+    // Endpoints of pods with a sidecar carry the mark the match reads.
+    let assignment = out.endpoints.iter().find(|e| e.cluster_name == reviews.name).expect("endpoints");
+    let endpoint = &assignment.endpoints[0].lb_endpoints[0];
+    let metadata = endpoint.metadata.as_ref().expect("metadata");
+    assert!(metadata.filter_metadata.contains_key("envoy.transport_socket_match"));
+}
+
+#[test]
+fn destination_rule_tls_modes_translate() {
+    let mut index = bookinfo();
+    dr(
+        &mut index,
+        NAMESPACE,
+        "reviews",
+        json!({"host": "reviews",
+               "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL", "sni": "reviews.example", "subjectAltNames": ["spiffe://cluster.local/ns/default/sa/other"]},
+                                 "portLevelSettings": [{"port": {"number": 9080}, "tls": {"mode": "ISTIO_MUTUAL"}}]},
+               "subsets": [
+                   {"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {"tls": {"mode": "DISABLE"}}},
+                   {"name": "v2", "labels": {"version": "v2"}, "trafficPolicy": {"tls": {
+                       "mode": "MUTUAL", "clientCertificate": "/etc/certs/cert.pem", "privateKey": "/etc/certs/key.pem",
+                       "caCertificates": "/etc/certs/ca.pem", "sni": "v2.example", "subjectAltNames": ["v2.example"]}}},
+                   {"name": "v3", "labels": {"version": "v3"}, "trafficPolicy": {"tls": {"mode": "SIMPLE", "insecureSkipVerify": true}}}]}),
+    );
+    let out = translate(&index);
+    let whole = cluster(&out, &format!("outbound|9080||{REVIEWS}"));
+    // ISTIO_MUTUAL: mTLS to every endpoint; the port-level entry (no sni,
+    // no SANs of its own) replaces the rule's, so the mesh defaults apply.
+    assert!(whole.transport_socket_matches.is_empty());
+    let tls = upstream_tls(whole.transport_socket.as_ref()).expect("mTLS");
+    assert_eq!(tls.sni, format!("outbound_.9080_._.{REVIEWS}"));
+    assert_eq!(tls.common_tls_context.expect("common").tls_certificate_sds_secret_configs[0].name, "default");
+
+    // DISABLE: plaintext, whatever the endpoint.
+    let v1 = cluster(&out, &format!("outbound|9080|v1|{REVIEWS}"));
+    assert!(v1.transport_socket.is_none() && v1.transport_socket_matches.is_empty());
+
+    // MUTUAL: the files mounted in the sidecar, the rule's SNI and names.
+    let v2 = upstream_tls(cluster(&out, &format!("outbound|9080|v2|{REVIEWS}")).transport_socket.as_ref())
+        .expect("TLS origination");
+    assert_eq!(v2.sni, "v2.example");
+    let common = v2.common_tls_context.expect("common");
+    let certificate = &common.tls_certificates[0];
+    let file = |d: &Option<envoy_types::pb::envoy::config::core::v3::DataSource>| match d
+        .as_ref()
+        .and_then(|d| d.specifier.clone())
+    {
+        Some(envoy_types::pb::envoy::config::core::v3::data_source::Specifier::Filename(f)) => f,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(file(&certificate.certificate_chain), "/etc/certs/cert.pem");
+    assert_eq!(file(&certificate.private_key), "/etc/certs/key.pem");
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+    let Some(ValidationContextType::ValidationContext(validation)) = &common.validation_context_type else {
+        panic!("the server is verified")
+    };
+    assert_eq!(file(&validation.trusted_ca), "/etc/certs/ca.pem");
+    assert_eq!(validation.match_typed_subject_alt_names.len(), 2, "v2.example as a DNS or URI name");
+
+    // SIMPLE with insecureSkipVerify: TLS, no verification, no client certificate.
+    let v3 = upstream_tls(cluster(&out, &format!("outbound|9080|v3|{REVIEWS}")).transport_socket.as_ref())
+        .expect("TLS origination");
+    let common = v3.common_tls_context.expect("common");
+    assert!(common.validation_context_type.is_none() && common.tls_certificates.is_empty());
+}

@@ -157,25 +157,22 @@ fn each_unapplied_field_is_named_where_it_is_set_once() {
 }
 
 #[test]
-fn a_redirect_and_destination_tls_are_named_with_what_they_mean() {
+fn a_redirect_and_unapplied_destination_tls_are_named_with_what_they_mean() {
     let spec = json!({"hosts": ["a"], "http": [{"redirect": {"uri": "/b"}}]});
     let found = unapplied("VirtualService", &spec);
     assert_eq!(fields(&found), ["spec.http[0].redirect"]);
     assert!(found[0].message.contains("503"), "{}", found[0].message);
 
+    // The TLS modes are applied; a certificate by credentialName is not.
     let rule = json!({"host": "*.local", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}},
                       "subsets": [{"name": "v1", "labels": {"version": "v1"},
-                                   "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}, "connectionPool": {"tcp": {"maxConnections": 1}}}}]});
+                                   "trafficPolicy": {"tls": {"mode": "SIMPLE", "credentialName": "v1-cert"}, "connectionPool": {"tcp": {"maxConnections": 1}}}}]});
     let found = unapplied("DestinationRule", &rule);
     assert_eq!(
         fields(&found),
-        [
-            "spec.subsets[0].trafficPolicy.connectionPool",
-            "spec.subsets[0].trafficPolicy.tls",
-            "spec.trafficPolicy.tls"
-        ]
+        ["spec.subsets[0].trafficPolicy.connectionPool", "spec.subsets[0].trafficPolicy.tls.credentialName"]
     );
-    assert!(found[1].message.contains("plaintext"), "{}", found[1].message);
+    assert!(found[1].message.contains("clientCertificate and privateKey"), "{}", found[1].message);
 }
 
 #[test]

@@ -1,0 +1,167 @@
+//! Citadel's part, on real traffic: every injected pod's Envoy holds a
+//! certificate for its own ServiceAccount, delivered by SDS and chained to
+//! the mesh root, and with nothing configured every hop between sidecars
+//! is mutual TLS, proven from the server side (its Envoy's TLS handshakes,
+//! and the caller's SPIFFE ID the server's sidecar hands the application
+//! in `x-forwarded-client-cert`, which the Bookinfo stand-ins log as
+//! `peer=`). A pod without a sidecar still reaches Bookinfo in plaintext.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::support::{
+    Release, TempNamespace, apply, controller_metric, enter, eventually, injected_bookinfo, kubectl_ok,
+    pod_named,
+};
+
+/// The output of a container of a pod, as the node keeps it.
+fn container_log(namespace: &str, pod: &str, container: &str) -> String {
+    let state = std::env::var("LOCALNODE_STATE_DIR").expect("LOCALNODE_STATE_DIR (set by make test-e2e)");
+    let pods = PathBuf::from(state).join("pods");
+    let prefix = format!("{namespace}_{pod}_");
+    let mut text = String::new();
+    for entry in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let logs = entry.path().join("logs").join(container);
+        for log in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+            text.push_str(&std::fs::read_to_string(log.path()).unwrap_or_default());
+        }
+    }
+    text
+}
+
+/// An Envoy admin counter of a pod's sidecar (0 when absent).
+fn envoy_counter(namespace: &str, pod: &str, name: &str) -> f64 {
+    let out = enter(namespace, pod, &format!("curl -sf -m 5 'http://127.0.0.1:15000/stats?filter=^{name}$'"));
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The URI SANs and serial of the leaf a pod's Envoy holds (admin `/certs`),
+/// and the serials of the CA certificates it trusts.
+fn envoy_certs(namespace: &str, pod: &str) -> (Vec<String>, String, Vec<String>) {
+    let out = enter(namespace, pod, "curl -sf -m 5 http://127.0.0.1:15000/certs");
+    let certs: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
+    let mut uris = Vec::new();
+    let mut serial = String::new();
+    let mut roots = Vec::new();
+    for entry in certs["certificates"].as_array().into_iter().flatten() {
+        for chain in entry["cert_chain"].as_array().into_iter().flatten() {
+            for san in chain["subject_alt_names"].as_array().into_iter().flatten() {
+                if let Some(uri) = san["uri"].as_str() {
+                    uris.push(uri.to_string());
+                    serial = chain["serial_number"].as_str().unwrap_or_default().to_string();
+                }
+            }
+        }
+        for ca in entry["ca_cert"].as_array().into_iter().flatten() {
+            roots.push(ca["serial_number"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    uris.sort();
+    uris.dedup();
+    roots.sort();
+    roots.dedup();
+    (uris, serial, roots)
+}
+
+/// The serial of the mesh root, as published to every namespace, written
+/// as Envoy writes serials (lower-case hex, no separators).
+fn mesh_root_serial(namespace: &str) -> String {
+    let pem = kubectl_ok(
+        &["get", "configmap", "mesh-ca-root-cert", "-n", namespace, "-o", "jsonpath={.data.root-cert\\.pem}"],
+        None,
+    );
+    let root = mesh::ca::CertInfo::from_pem(&pem).expect("the published root is a certificate");
+    root.serial.replace(':', "").to_lowercase()
+}
+
+#[test]
+fn every_hop_between_sidecars_is_mutual_tls_with_each_pods_own_identity() {
+    let release = Release::install("mesh-e2e-mtls", &[]);
+    let ns = injected_bookinfo("mtls");
+    let td = "cluster.local";
+    let id = |sa: &str| format!("spiffe://{td}/ns/{}/sa/{sa}", ns.name);
+
+    // Each pod's Envoy holds its own ServiceAccount's certificate, chained
+    // to the mesh root.
+    let root = mesh_root_serial(&ns.name);
+    for (app, account) in [
+        ("app=productpage", "bookinfo-productpage"),
+        ("app=details", "bookinfo-details"),
+        ("app=ratings", "bookinfo-ratings"),
+        ("version=v1,app=reviews", "bookinfo-reviews"),
+    ] {
+        let pod = pod_named(&ns.name, app);
+        let (uris, serial, roots) =
+            eventually(&format!("{pod} holds its certificate"), Duration::from_secs(30), || {
+                let certs = envoy_certs(&ns.name, &pod);
+                (!certs.0.is_empty()).then_some(certs)
+            });
+        assert_eq!(uris, [id(account)], "{pod}: the leaf's SPIFFE ID");
+        assert!(!serial.is_empty(), "{pod}: no serial");
+        assert!(roots.contains(&root), "{pod}: trusts {roots:?}, not the mesh root {root}");
+    }
+
+    // The pages render, through every hop.
+    let client = pod_named(&ns.name, "app=productpage");
+    let page = enter(
+        &ns.name,
+        &client,
+        "curl -s -m 30 -o /dev/null -w '%{http_code}\\n' 'http://productpage:9080/productpage?r=[1-20]'",
+    );
+    let codes: Vec<&str> = page.stdout.lines().collect();
+    assert_eq!(codes, ["200"; 20], "{}", page.stderr);
+    let body = enter(&ns.name, &client, "curl -s -m 10 http://productpage:9080/productpage");
+    assert!(body.stdout.contains("reviews-v"), "the page shows reviews: {}", body.stdout);
+    assert!(!body.stdout.contains("unavailable"), "some part is unavailable: {}", body.stdout);
+
+    // From the server side: each callee's Envoy completed TLS handshakes on
+    // its inbound listener, and its application saw the caller's identity.
+    for (callee, caller) in [
+        ("app=details", "bookinfo-productpage"),
+        ("version=v2,app=reviews", "bookinfo-productpage"),
+        ("app=ratings", "bookinfo-reviews"),
+    ] {
+        let pod = pod_named(&ns.name, callee);
+        let handshakes = envoy_counter(&ns.name, &pod, "listener.0.0.0.0_15006.ssl.handshake");
+        assert!(handshakes > 0.0, "{pod}: no TLS handshake on its inbound listener");
+        let container = callee.rsplit('=').next().unwrap_or_default();
+        let expected = format!("peer={}", id(caller));
+        eventually(&format!("{pod} logs a request from {caller}"), Duration::from_secs(10), || {
+            container_log(&ns.name, &pod, container).contains(&expected).then_some(())
+        });
+    }
+
+    // A pod without a sidecar still reaches productpage, in plaintext.
+    let outside = TempNamespace::new("plain");
+    apply(
+        &outside.name,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: sleep}\nspec:\n  containers:\n  - {name: sleep, image: busybox, command: [sh, -c, 'sleep 3600']}\n",
+    );
+    kubectl_ok(
+        &["wait", "-n", &outside.name, "--for", "condition=Ready", "pod/sleep", "--timeout=60s"],
+        None,
+    );
+    let url = format!("http://productpage.{}:9080/productpage", ns.name);
+    let plain =
+        enter(&outside.name, "sleep", &format!("curl -s -m 10 -o /dev/null -w '%{{http_code}}' {url}"));
+    assert_eq!(plain.stdout.trim(), "200", "an uninjected client: {}", plain.stderr);
+    let productpage_log = container_log(&ns.name, &client, "productpage");
+    assert!(
+        productpage_log.lines().any(|l| l.contains("GET /productpage 200") && l.ends_with("peer=-")),
+        "no plaintext request in productpage's log"
+    );
+
+    // The controller counted what it issued.
+    let issued: f64 =
+        controller_metric(&release.namespace, "mesh_xds_workload_certs_issued_total").values().sum();
+    assert!(issued >= 6.0, "certificates issued: {issued}");
+    let refused: f64 = controller_metric(&release.namespace, "mesh_xds_secret_refusals_total").values().sum();
+    assert_eq!(refused, 0.0, "our own sidecars ask only for their own secrets");
+}
