@@ -165,3 +165,50 @@ fn every_hop_between_sidecars_is_mutual_tls_with_each_pods_own_identity() {
     let refused: f64 = controller_metric(&release.namespace, "mesh_xds_secret_refusals_total").values().sum();
     assert_eq!(refused, 0.0, "our own sidecars ask only for their own secrets");
 }
+
+#[test]
+fn certificates_rotate_under_load_without_a_failed_request() {
+    // 20 s certificates are renewed every 10 s: at least three rotations in the run.
+    let _release = Release::install("mesh-e2e-rotation", &["--set", "workloadCertTTL=20s"]);
+    let ns = injected_bookinfo("rotation");
+    let client = pod_named(&ns.name, "app=productpage");
+    let details = pod_named(&ns.name, "app=details");
+
+    let seconds = 40;
+    let (load_ns, load_client) = (ns.name.clone(), client.clone());
+    let load = std::thread::spawn(move || {
+        let script = format!(
+            "end=$(($(date +%s) + {seconds})); i=0; \
+             while [ $(date +%s) -lt $end ] && [ $i -lt 2000 ]; do \
+               curl -s -m 30 -o /dev/null -w '%{{http_code}}\\n' 'http://productpage:9080/productpage?r=[1-10]'; \
+               i=$((i + 1)); \
+             done"
+        );
+        enter(&load_ns, &load_client, &script).stdout
+    });
+    // The serials the callee's Envoy holds while the load runs.
+    let mut serials: Vec<String> = Vec::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let (_, serial, _) = envoy_certs(&ns.name, &details);
+        if !serial.is_empty() && serials.last() != Some(&serial) {
+            serials.push(serial);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let codes = load.join().expect("the load finished");
+    let mut by_code = std::collections::BTreeMap::<&str, usize>::new();
+    for code in codes.lines() {
+        *by_code.entry(code).or_default() += 1;
+    }
+    eprintln!("serials seen on {details}: {serials:?}; answers: {by_code:?}");
+    assert!(serials.len() >= 4, "at least three rotations: {serials:?}");
+    let total: usize = by_code.values().sum();
+    assert!(total >= 200, "too few requests to prove anything: {by_code:?}");
+    assert_eq!(by_code.get("200").copied(), Some(total), "every request answered 200: {by_code:?}");
+    // Still mutual TLS after the rotations.
+    let body = enter(&ns.name, &client, "curl -s -m 10 http://productpage:9080/productpage");
+    assert!(body.stdout.contains("reviews-v"), "{}", body.stdout);
+    let log = container_log(&ns.name, &details, "details");
+    assert!(log.lines().last().is_some_and(|l| l.contains("peer=spiffe://")), "the last call was mTLS");
+}
