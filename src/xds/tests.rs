@@ -469,9 +469,18 @@ impl ControlPlane {
 
     /// A control plane whose proxies get what `generator` builds.
     async fn start_with(authenticator: Arc<dyn Authenticator>, generator: Arc<dyn super::Generator>) -> Self {
+        Self::start_with_ca(authenticator, generator, None).await
+    }
+
+    /// The same, issuing workload certificates of `workload_ttl` when given.
+    async fn start_with_ca(
+        authenticator: Arc<dyn Authenticator>,
+        generator: Arc<dyn super::Generator>,
+        workload_ttl: Option<Duration>,
+    ) -> Self {
         let now = time::OffsetDateTime::now_utc();
         let root = crate::ca::Root::generate("cluster.local", now).expect("root");
-        let authority = crate::ca::Authority::from_root(&root, now).expect("authority");
+        let authority = Arc::new(crate::ca::Authority::from_root(&root, now).expect("authority"));
         let leaf =
             authority.issue_serving(&["localhost"], time::Duration::hours(1), now).expect("serving cert");
         let cert = Arc::new(ServingCert::default());
@@ -482,8 +491,20 @@ impl ControlPlane {
         let index = index();
         let metrics = XdsMetrics::default();
         let shutdown = CancellationToken::new();
-        let ads =
-            Ads::with_generator(authenticator, index.clone(), generator, metrics.clone(), shutdown.clone());
+        let settings = super::AdsSettings {
+            workload_ca: workload_ttl.map(|ttl| {
+                Arc::new(super::WorkloadCa::with_authority(authority.clone(), "cluster.local", ttl))
+            }),
+            ..Default::default()
+        };
+        let ads = Ads::with_settings(
+            authenticator,
+            index.clone(),
+            generator,
+            metrics.clone(),
+            settings,
+            shutdown.clone(),
+        );
         tokio::spawn(ads.push_loop());
         let connections = ads.connections();
         let server = tokio::spawn(super::serve(listener, cert, ads, shutdown.clone()));
@@ -994,4 +1015,121 @@ async fn a_changed_cluster_is_active_at_once_over_sotw() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_cluster_is_active_at_once_over_delta() {
     a_changed_cluster_is_active_at_once("DELTA_GRPC").await;
+}
+
+// ---- streams are recycled before their token expires ----
+
+/// Accepts JWT-shaped tokens (`<header>.<claims>.<sig>`) until their `exp`,
+/// as the productpage pod's; an expired token is refused, as the API
+/// server refuses it.
+struct ExpiringTokens {
+    reviews: AtomicUsize,
+}
+
+impl Authenticator for ExpiringTokens {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenIdentity, Rejection>> {
+        use base64::Engine;
+        self.reviews.fetch_add(1, Ordering::SeqCst);
+        let exp = token
+            .split('.')
+            .nth(1)
+            .and_then(|claims| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(claims).ok())
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .and_then(|claims| claims["exp"].as_u64());
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+        let result = match exp {
+            Some(exp) if exp > now => Ok(super::auth::tests::identity()),
+            _ => Err(Rejection::InvalidToken("expired".into())),
+        };
+        Box::pin(async move { result })
+    }
+}
+
+/// A token issued now that expires in `seconds`.
+fn short_token(seconds: u64) -> String {
+    use base64::Engine;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let claims = format!("{{\"iat\":{now},\"exp\":{}}}", now + seconds);
+    let encode = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    format!("{}.{}.sig", encode("{}"), encode(&claims))
+}
+
+/// One cluster whose client TLS names the proxy's secrets, so Envoy asks
+/// for them (the pass-through configuration names none).
+struct SecretUser;
+
+impl super::Generator for SecretUser {
+    fn prepare(&self, _index: &Index) -> Arc<dyn super::PushContext> {
+        Arc::new(SecretUser)
+    }
+}
+
+impl super::PushContext for SecretUser {
+    fn generate(&self, _proxy: &super::Proxy) -> super::Snapshot {
+        use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+        let settings: crate::api::destination_rule::ClientTlsSettings =
+            serde_json::from_value(serde_json::json!({"mode": "ISTIO_MUTUAL"})).expect("tls settings");
+        let cluster = Cluster {
+            name: "mtls-peer".into(),
+            connect_timeout: Some(crate::translate::seconds(1)),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Static.into(),
+            )),
+            transport_socket: crate::translate::tls::client_transport_socket(&settings, "peer", &[]),
+            ..Default::default()
+        };
+        super::Snapshot::new().with([cluster], |c| c.name.clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_before_its_token_expires_and_envoy_comes_back_with_the_renewed_token() {
+    let authenticator = Arc::new(ExpiringTokens { reviews: AtomicUsize::new(0) });
+    let control_plane = ControlPlane::start_with_ca(
+        authenticator.clone(),
+        Arc::new(SecretUser),
+        Some(Duration::from_secs(3600)),
+    )
+    .await;
+    let envoy = Envoy::start(&control_plane, "recycle").await;
+    // A token for 8 s: its stream must end by 7.2 s, before it expires.
+    let token_path = envoy.dir.0.join("token");
+    std::fs::write(&token_path, short_token(8)).expect("token");
+    let serial = |certs: String| -> Option<String> {
+        let certs: serde_json::Value = serde_json::from_str(&certs).ok()?;
+        certs["certificates"].as_array()?.iter().find_map(|c| {
+            let leaf = c["cert_chain"].as_array()?.first()?;
+            leaf["subject_alt_names"].as_array()?.first()?["uri"].as_str()?;
+            leaf["serial_number"].as_str().map(str::to_string)
+        })
+    };
+    let first = envoy
+        .wait_for("Envoy to hold its certificate", || async { serial(envoy.get("/certs").await?) })
+        .await;
+    // (Envoy::start wrote a token that is no JWT: its first tries were refused.)
+    let refused_before = control_plane.metrics.rejected_streams("invalid_token");
+    let reviews_before = authenticator.reviews.load(Ordering::SeqCst);
+    // The kubelet renews the token well before it expires (at 80%).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    std::fs::write(&token_path, short_token(600)).expect("token");
+    // The first stream ends at 90% of its token's life; Envoy reconnects
+    // with the renewed token and gets a new certificate on the new stream.
+    let second = envoy
+        .wait_for("a new certificate on a new stream", || async {
+            serial(envoy.get("/certs").await?).filter(|s| s != &first)
+        })
+        .await;
+    assert_ne!(first, second);
+    assert!(
+        authenticator.reviews.load(Ordering::SeqCst) > reviews_before,
+        "the new stream was reviewed again"
+    );
+    assert_eq!(
+        control_plane.metrics.rejected_streams("invalid_token"),
+        refused_before,
+        "Envoy never had to present an expired token"
+    );
+    assert!(control_plane.metrics.certs_issued() >= 2);
+    assert_eq!(control_plane.metrics.connected_proxies(), 1);
 }
