@@ -240,6 +240,12 @@ mod tempdir {
 
 impl HostEnvoy {
     fn start(release_ns: &str, node_id: &str, token: &str, root_pem: &str) -> Self {
+        Self::start_with(release_ns, node_id, token, root_pem, json!([]))
+    }
+
+    /// The same, with its clusters from a file holding `clusters` instead
+    /// of from the control plane (static clusters cannot name ADS secrets).
+    fn start_with(release_ns: &str, node_id: &str, token: &str, root_pem: &str, clusters: Value) -> Self {
         let dir = std::env::temp_dir().join(format!("mesh-e2e-envoy-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let token_file = dir.join("token");
@@ -254,6 +260,23 @@ impl HostEnvoy {
         bootstrap["admin"]["address"]["socket_address"]["port_value"] = json!(admin);
         // Only the dynamic part matters here; the pod's fixed ports are the pods'.
         bootstrap["static_resources"]["listeners"] = json!([]);
+        if clusters.as_array().is_some_and(|c| !c.is_empty()) {
+            let resources: Vec<Value> = clusters
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let mut c = c.clone();
+                    c["@type"] = json!("type.googleapis.com/envoy.config.cluster.v3.Cluster");
+                    c
+                })
+                .collect();
+            let cds = dir.join("cds.json");
+            std::fs::write(&cds, json!({"version_info": "1", "resources": resources}).to_string())
+                .expect("cds");
+            bootstrap["dynamic_resources"]["cds_config"] =
+                json!({"path_config_source": {"path": cds}, "resource_api_version": "V3"});
+        }
         let grpc = &mut bootstrap["dynamic_resources"]["ads_config"]["grpc_services"][0]["google_grpc"];
         grpc["channel_credentials"]["ssl_credentials"]["root_certs"]["filename"] = json!(root_file);
         grpc["call_credentials"][0]["from_plugin"]["typed_config"]["secret_data"]["filename"] =
@@ -438,4 +461,102 @@ spec:
     );
     assert_eq!(envoy.stat("listener_manager.lds.update_rejected"), Some(0.0), "{}", envoy.log());
     assert_eq!(envoy.stat("cluster_manager.cds.update_rejected"), Some(0.0), "{}", envoy.log());
+}
+
+/// A cluster whose client TLS asks the control plane (over ADS) for the
+/// secret `name`: what a proxy would do to get another identity's key.
+fn cluster_asking_for_secret(n: usize, name: &str) -> Value {
+    json!({
+        "name": format!("wants-secret-{n}"),
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "transport_socket": {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "common_tls_context": {
+                    "tls_certificate_sds_secret_configs": [
+                        {"name": name, "sds_config": {"ads": {}, "resource_api_version": "V3"}}
+                    ]
+                }
+            }
+        }
+    })
+}
+
+#[test]
+fn a_proxy_gets_only_its_own_identity_whatever_secret_it_asks_for() {
+    let release = Release::install("mesh-e2e-sds-auth", &[]);
+    let ns = TempNamespace::new("sds-auth");
+    label_for_injection(&ns.name);
+    let pod = r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: alpha}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: alpha}
+spec:
+  serviceAccountName: alpha
+  containers: [{name: sleep, image: busybox, command: [sh, -c, "sleep 3600"]}]
+"#;
+    kubectl_ok(&["apply", "-n", &ns.name, "-f", "-"], Some(pod));
+    kubectl_ok(&["wait", "-n", &ns.name, "--for", "condition=Ready", "pod/alpha", "--timeout=90s"], None);
+    let ip = jsonpath(&ns.name, "pod/alpha", "{.status.podIP}");
+    let node_id = mesh::inject::bootstrap::node_id(&ip, "alpha", &ns.name, "cluster.local");
+    let root = jsonpath(&ns.name, "configmap/mesh-ca-root-cert", "{.data.root-cert\\.pem}");
+    let token = kubectl_ok(
+        &[
+            "create",
+            "token",
+            "alpha",
+            "-n",
+            &ns.name,
+            "--duration",
+            "1h",
+            "--audience",
+            "mesh-ca",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "alpha",
+        ],
+        None,
+    );
+    // Pod A's token, asking for B's identity (same namespace and another
+    // namespace's), a Kubernetes Secret's name and a name nobody uses.
+    let wanted = [
+        format!("spiffe://cluster.local/ns/{}/sa/beta", ns.name),
+        "spiffe://cluster.local/ns/kube-system/sa/default".to_string(),
+        "kubernetes://beta-credential".to_string(),
+        "no-such-secret".to_string(),
+    ];
+    let clusters: Vec<Value> =
+        wanted.iter().enumerate().map(|(n, name)| cluster_asking_for_secret(n, name)).collect();
+    let refusals =
+        || -> f64 { controller_metric(&release.namespace, "mesh_xds_secret_refusals_total").values().sum() };
+    let before = refusals();
+    let envoy = HostEnvoy::start_with(&release.namespace, &node_id, token.trim(), &root, json!(clusters));
+    eventually("the controller refusing the four names", Duration::from_secs(30), || {
+        (refusals() >= before + 4.0).then_some(())
+    });
+    // Its own secret arrives; the others never.
+    let certs = eventually("Envoy holding its own certificate", Duration::from_secs(30), || {
+        let out = run("curl", &["-sf", "-m", "2", &format!("http://127.0.0.1:{}/certs", envoy.admin)], None);
+        out.stdout.contains("spiffe://").then_some(out.stdout)
+    });
+    assert!(certs.contains(&format!("spiffe://cluster.local/ns/{}/sa/alpha", ns.name)), "{certs}");
+    assert!(!certs.contains("/sa/beta") && !certs.contains("kube-system"), "{certs}");
+    for name in &wanted {
+        let stat = format!("sds.{name}.update_success");
+        assert_eq!(envoy.stat(&stat).unwrap_or(0.0), 0.0, "{name} was delivered:\n{}", envoy.log());
+    }
+    // And the controller said so, naming the proxy and the secret.
+    let controller = pod_named(&release.namespace, "app.kubernetes.io/name=mesh");
+    let log = eventually("the refusals in the controller's log", Duration::from_secs(10), || {
+        let log = crate::support::container_log(&release.namespace, &controller, "controller");
+        wanted.iter().all(|name| log.contains(name.as_str())).then_some(log)
+    });
+    assert!(log.contains("secret request refused"), "no warning in the controller's log");
 }

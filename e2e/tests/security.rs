@@ -6,31 +6,12 @@
 //! in `x-forwarded-client-cert`, which the Bookinfo stand-ins log as
 //! `peer=`). A pod without a sidecar still reaches Bookinfo in plaintext.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::support::{
-    Release, TempNamespace, apply, controller_metric, enter, eventually, injected_bookinfo, kubectl_ok,
-    pod_named,
+    Release, TempNamespace, apply, container_log, controller_metric, enter, eventually, injected_bookinfo,
+    kubectl_ok, pod_named,
 };
-
-/// The output of a container of a pod, as the node keeps it.
-fn container_log(namespace: &str, pod: &str, container: &str) -> String {
-    let state = std::env::var("LOCALNODE_STATE_DIR").expect("LOCALNODE_STATE_DIR (set by make test-e2e)");
-    let pods = PathBuf::from(state).join("pods");
-    let prefix = format!("{namespace}_{pod}_");
-    let mut text = String::new();
-    for entry in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
-            continue;
-        }
-        let logs = entry.path().join("logs").join(container);
-        for log in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
-            text.push_str(&std::fs::read_to_string(log.path()).unwrap_or_default());
-        }
-    }
-    text
-}
 
 /// An Envoy admin counter of a pod's sidecar (0 when absent).
 fn envoy_counter(namespace: &str, pod: &str, name: &str) -> f64 {

@@ -382,3 +382,21 @@ pub fn controller_metric(release_ns: &str, family: &str) -> std::collections::BT
         .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
         .collect()
 }
+
+/// The output of a container of a pod, as the node keeps it.
+pub fn container_log(namespace: &str, pod: &str, container: &str) -> String {
+    let state = std::env::var("LOCALNODE_STATE_DIR").expect("LOCALNODE_STATE_DIR (set by make test-e2e)");
+    let pods = std::path::PathBuf::from(state).join("pods");
+    let prefix = format!("{namespace}_{pod}_");
+    let mut text = String::new();
+    for entry in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let logs = entry.path().join("logs").join(container);
+        for log in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+            text.push_str(&std::fs::read_to_string(log.path()).unwrap_or_default());
+        }
+    }
+    text
+}

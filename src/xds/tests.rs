@@ -1133,3 +1133,97 @@ async fn a_stream_ends_before_its_token_expires_and_envoy_comes_back_with_the_re
     assert!(control_plane.metrics.certs_issued() >= 2);
     assert_eq!(control_plane.metrics.connected_proxies(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_asking_for_another_identitys_secret_gets_nothing_and_is_counted() {
+    let control_plane = ControlPlane::start_with_ca(
+        FakeAuthenticator::new(),
+        Arc::new(super::Passthrough::new()),
+        Some(Duration::from_secs(3600)),
+    )
+    .await;
+    let dir = TempDir::new("foreign-secret");
+    let root = dir.write("root-cert.pem", &control_plane.root_pem);
+    let token = dir.write("token", TOKEN);
+    // Clusters from a file (static clusters cannot name ADS secrets), whose
+    // client TLS asks the control plane for another identity's secret and
+    // for the proxy's own.
+    let cds = dir.write(
+        "cds.yaml",
+        r#"version_info: "1"
+resources:
+- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: wants-another-identity
+  type: STATIC
+  connect_timeout: 1s
+  transport_socket:
+    name: envoy.transport_sockets.tls
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+      common_tls_context:
+        tls_certificate_sds_secret_configs:
+        - name: "spiffe://cluster.local/ns/default/sa/bookinfo-reviews"
+          sds_config: { ads: {}, resource_api_version: V3 }
+- "@type": type.googleapis.com/envoy.config.cluster.v3.Cluster
+  name: wants-its-own
+  type: STATIC
+  connect_timeout: 1s
+  transport_socket:
+    name: envoy.transport_sockets.tls
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+      common_tls_context:
+        tls_certificate_sds_secret_configs:
+        - name: default
+          sds_config: { ads: {}, resource_api_version: V3 }
+"#,
+    );
+    let yaml = bootstrap(NODE_ID, control_plane.port, &root, &token, "GRPC").replace(
+        "cds_config: { ads: {}, resource_api_version: V3 }",
+        &format!(
+            "cds_config: {{ path_config_source: {{ path: \"{}\" }}, resource_api_version: V3 }}",
+            cds.display()
+        ),
+    );
+    let config = dir.write("envoy.yaml", &yaml);
+    let admin_path = dir.0.join("admin-address");
+    let log = std::fs::File::create(dir.0.join("envoy.log")).expect("log file");
+    let _process = tokio::process::Command::new(envoy_binary())
+        .arg("-c")
+        .arg(&config)
+        .arg("--admin-address-path")
+        .arg(&admin_path)
+        .args(["--disable-hot-restart", "--component-log-level", "config:debug"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start envoy");
+    for _ in 0..300 {
+        if control_plane.metrics.secret_refusals() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(dir.0.join("envoy.log")).unwrap_or_default();
+    assert_eq!(control_plane.metrics.secret_refusals(), 1, "{log}");
+    // Its own certificate came; the other identity's never does.
+    let admin = std::fs::read_to_string(&admin_path).unwrap_or_default().trim().to_string();
+    let mut certs = String::new();
+    for _ in 0..100 {
+        let url = format!("http://{admin}/certs");
+        certs = tokio::task::spawn_blocking(move || {
+            ureq::get(&url).call().ok().and_then(|mut r| r.body_mut().read_to_string().ok())
+        })
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        if certs.contains("spiffe://") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(certs.contains("spiffe://cluster.local/ns/default/sa/bookinfo-productpage"), "{certs}");
+    assert!(!certs.contains("bookinfo-reviews"), "{certs}");
+}
