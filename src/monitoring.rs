@@ -21,7 +21,7 @@ use axum::extract::{Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -55,26 +55,38 @@ pub async fn serve(
 }
 
 fn router(state: Monitoring) -> Router {
-    let debug = Router::new()
-        .route("/debug/configz", get(configz))
-        .route("/debug/syncz", get(syncz))
-        .route("/debug/config_dump", get(config_dump))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorized));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .merge(debug)
+        .merge(guarded(&state, "/debug/configz", get(configz)))
+        .merge(guarded(&state, "/debug/syncz", get(syncz)))
+        .merge(guarded(&state, "/debug/config_dump", get(config_dump)))
         .with_state(state)
+}
+
+/// A /debug view at `path`, behind [`authorized`].
+fn guarded(state: &Monitoring, path: &'static str, view: MethodRouter<Monitoring>) -> Router<Monitoring> {
+    let gate = Gate { monitoring: state.clone(), path };
+    Router::new().route(path, view).route_layer(middleware::from_fn_with_state(gate, authorized))
+}
+
+/// What [`authorized`] checks a request against: the view's own route, as
+/// the ClusterRole's rules name it, whatever encoding the request used to
+/// reach it.
+#[derive(Clone)]
+struct Gate {
+    monitoring: Monitoring,
+    path: &'static str,
 }
 
 /// Lets a request for a /debug view through only if the API server
 /// authorizes its caller for the view's path.
-async fn authorized(State(m): State<Monitoring>, request: Request, next: Next) -> Response {
+async fn authorized(State(gate): State<Gate>, request: Request, next: Next) -> Response {
+    let (m, path) = (gate.monitoring, gate.path);
     // A header that is not text is no bearer token.
     let authorization = request.headers().get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or_default());
-    let path = request.uri().path().to_string();
-    let decision = m.access.check(authorization, &path).await;
+    let decision = m.access.check(authorization, path).await;
     if decision.is_allowed() {
         return next.run(request).await;
     }
