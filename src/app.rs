@@ -38,9 +38,15 @@ pub struct ControllerArgs {
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 
-    /// Address of /healthz, /readyz, /metrics and /debug/configz.
+    /// Address of /healthz, /readyz, /metrics (open) and the /debug views
+    /// (for callers the Kubernetes API authorizes).
     #[arg(long, env = "MESH_MONITORING_ADDR", default_value = "0.0.0.0:15014")]
     pub monitoring_addr: SocketAddr,
+
+    /// The ClusterRole that grants the /debug views (the chart's): refusals
+    /// name it as what to bind.
+    #[arg(long, env = "MESH_DEBUG_CLUSTER_ROLE", default_value = monitoring::access::DEBUG_CLUSTER_ROLE)]
+    pub debug_cluster_role: String,
 
     /// The mesh's own namespace: where the CA's Secret lives (`cacerts` to
     /// plug in your own CA, else the generated `mesh-ca`).
@@ -211,11 +217,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let listener = monitoring::bind(args.monitoring_addr).await?;
     tracing::info!(
         addr = %args.monitoring_addr,
-        "serving /healthz, /readyz, /metrics, /debug/configz, /debug/syncz, /debug/config_dump"
+        "serving /healthz, /readyz, /metrics, and /debug/configz, /debug/syncz, /debug/config_dump to authorized callers"
     );
+    let reviewer = Arc::new(monitoring::review::KubeReviewer::new(client.clone()));
+    let access = Arc::new(monitoring::access::DebugAccess::new(reviewer, args.debug_cluster_role.clone()));
     tasks.spawn(
         "monitoring server",
-        monitoring::serve(listener, registry, readiness, index.clone(), proxies, shutdown.clone()),
+        monitoring::serve(listener, registry, readiness, index.clone(), proxies, access, shutdown.clone()),
     );
 
     if let Some((leader, election)) = elect(client.clone(), &args).await {

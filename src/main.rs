@@ -1,11 +1,14 @@
 //! The `mesh` binary: one program, one subcommand per role.
 
 use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use kube::config::{AuthInfo, ExecConfig, Kubeconfig};
+use secrecy::ExposeSecret;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -42,17 +45,27 @@ enum CrdFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane: watch the cluster and Istio configuration.
-    Controller(mesh::app::ControllerArgs),
+    Controller(Box<mesh::app::ControllerArgs>),
     /// Redirect the pod's TCP traffic through Envoy (the injected init container).
     Iptables(mesh::iptables::IptablesArgs),
     /// Inject the sidecar into the pods and pod templates of a YAML file, without the webhook.
     KubeInject(mesh::inject::offline::KubeInjectArgs),
     /// Show, for every proxy connected to the controller, whether it applied
-    /// the configuration it was sent (from the controller's /debug/syncz).
+    /// the configuration it was sent (from the controller's /debug/syncz,
+    /// which answers users the Kubernetes API allows to get /debug/*).
     ProxyStatus {
         /// The controller's monitoring address.
         #[arg(long, env = "MESH_CONTROLLER", default_value = "http://127.0.0.1:15014")]
         controller: String,
+        /// A Kubernetes bearer token of a user allowed to get /debug/*
+        /// (ClusterRole mesh-debug, or cluster-admin). Without it, the
+        /// current kubeconfig user's token (its token, tokenFile or exec plugin).
+        #[arg(long, env = "MESH_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// The kubeconfig whose current user's token is sent when --token is
+        /// not given (default: KUBECONFIG, else ~/.kube/config).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Print the CustomResourceDefinitions of every supported Istio kind.
     Crds {
@@ -69,12 +82,14 @@ fn main() -> std::process::ExitCode {
         Command::Crds { format } => print_crds(format),
         Command::Iptables(args) => mesh::iptables::run(args),
         Command::KubeInject(args) => mesh::inject::offline::run(args),
-        Command::ProxyStatus { controller } => proxy_status(&controller),
+        Command::ProxyStatus { controller, token, kubeconfig } => debug_token(token, kubeconfig.as_ref())
+            .and_then(|token| bearer(&token))
+            .and_then(|token| proxy_status(&controller, &token)),
         Command::Controller(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(mesh::app::run(args))),
+            .and_then(|rt| rt.block_on(mesh::app::run(*args))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -95,17 +110,122 @@ fn print_crds(format: CrdFormat) -> anyhow::Result<()> {
 }
 
 /// Prints the table of the controller's /debug/syncz.
-fn proxy_status(controller: &str) -> anyhow::Result<()> {
-    let body = http_get(controller, "/debug/syncz")?;
+fn proxy_status(controller: &str, token: &str) -> anyhow::Result<()> {
+    let body = http_get(controller, "/debug/syncz", token)?;
     let statuses: Vec<mesh::xds::debug::SyncStatus> = serde_json::from_str(&body)
         .with_context(|| format!("{controller}/debug/syncz is not a list of proxies"))?;
     std::io::stdout().lock().write_all(mesh::xds::debug::status_table(&statuses).as_bytes())?;
     Ok(())
 }
 
+/// What to do when there is no token to send.
+const TOKEN_HINT: &str = "pass --token (or set MESH_TOKEN) with a Kubernetes token of a user allowed to get /debug/*: \
+bind ClusterRole mesh-debug to a ServiceAccount (`kubectl create clusterrolebinding <name> --clusterrole=mesh-debug \
+--serviceaccount=<namespace>:<name>`) and use `--token \"$(kubectl create token <name> -n <namespace>)\"`";
+
+/// `token` if it can be a bearer token: one word of visible ASCII (so it
+/// cannot end the header it is sent in).
+fn bearer(token: &str) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()),
+        "the token is not a bearer token (one word of visible ASCII characters): {TOKEN_HINT}"
+    );
+    Ok(token.to_string())
+}
+
+/// The bearer token to show the controller: `--token`/MESH_TOKEN, else the
+/// current kubeconfig user's.
+fn debug_token(given: Option<String>, kubeconfig: Option<&PathBuf>) -> anyhow::Result<String> {
+    if let Some(token) = given {
+        let token = token.trim();
+        anyhow::ensure!(!token.is_empty(), "--token (or MESH_TOKEN) is empty: {TOKEN_HINT}");
+        return Ok(token.to_string());
+    }
+    let config = match kubeconfig {
+        Some(path) => Kubeconfig::read_from(path),
+        None => Kubeconfig::read(),
+    }
+    .map_err(|e| anyhow::anyhow!("no --token, and no kubeconfig to take one from ({e}): {TOKEN_HINT}"))?;
+    kubeconfig_token(&config)
+}
+
+/// The token of the kubeconfig's current user: inline, from its tokenFile,
+/// or printed by its exec plugin (as kubectl runs it, non-interactively).
+fn kubeconfig_token(config: &Kubeconfig) -> anyhow::Result<String> {
+    let context_name = config.current_context.as_deref().unwrap_or_default();
+    let context = config
+        .contexts
+        .iter()
+        .find(|c| c.name == context_name)
+        .and_then(|c| c.context.as_ref())
+        .with_context(|| {
+            format!("the kubeconfig's current context {context_name:?} is not in it: {TOKEN_HINT}")
+        })?;
+    let user_name = context.user.as_deref().unwrap_or_default();
+    let user: Option<&AuthInfo> =
+        config.auth_infos.iter().find(|u| u.name == user_name).and_then(|u| u.auth_info.as_ref());
+    let Some(user) = user else {
+        anyhow::bail!("the kubeconfig's current user {user_name:?} is not in it: {TOKEN_HINT}");
+    };
+    if let Some(token) = &user.token {
+        return Ok(token.expose_secret().trim().to_string());
+    }
+    if let Some(file) = &user.token_file {
+        let token = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the kubeconfig user's tokenFile {file}"))?;
+        return Ok(token.trim().to_string());
+    }
+    if let Some(exec) = &user.exec {
+        return exec_token(exec);
+    }
+    let how = if user.client_certificate.is_some() || user.client_certificate_data.is_some() {
+        "a client certificate, which the controller's plain HTTP port cannot check"
+    } else {
+        "no token"
+    };
+    anyhow::bail!("the kubeconfig's current user {user_name:?} has {how}: {TOKEN_HINT}")
+}
+
+/// Runs a kubeconfig exec plugin and reads the token of the ExecCredential it prints.
+fn exec_token(exec: &ExecConfig) -> anyhow::Result<String> {
+    let program = exec.command.as_deref().context("the kubeconfig user's exec plugin names no command")?;
+    let api_version = exec.api_version.as_deref().unwrap_or("client.authentication.k8s.io/v1");
+    let info = serde_json::json!({
+        "apiVersion": api_version,
+        "kind": "ExecCredential",
+        "spec": {"interactive": false},
+    });
+    let mut command = std::process::Command::new(program);
+    command.args(exec.args.iter().flatten()).env("KUBERNETES_EXEC_INFO", info.to_string());
+    for pair in exec.env.iter().flatten() {
+        if let (Some(name), Some(value)) = (pair.get("name"), pair.get("value")) {
+            command.env(name, value);
+        }
+    }
+    let out = command
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running the kubeconfig user's exec plugin {program}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "the kubeconfig user's exec plugin {program} failed ({}): {TOKEN_HINT}",
+        out.status
+    );
+    let credential: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("the exec plugin {program} did not print an ExecCredential"))?;
+    credential["status"]["token"]
+        .as_str()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| t.trim().to_string())
+        .with_context(|| {
+            format!("the exec plugin {program} gave no token (a client certificate?): {TOKEN_HINT}")
+        })
+}
+
 /// A plain HTTP/1.1 GET of `path` on `base` (`http://host:port`), for the
-/// controller's monitoring port; the body of a 200 answer.
-fn http_get(base: &str, path: &str) -> anyhow::Result<String> {
+/// controller's monitoring port, with a bearer token; the body of a 200
+/// answer.
+fn http_get(base: &str, path: &str, token: &str) -> anyhow::Result<String> {
     let authority = base
         .strip_prefix("http://")
         .context("--controller must be an http:// address, like http://127.0.0.1:15014")?
@@ -120,7 +240,7 @@ fn http_get(base: &str, path: &str) -> anyhow::Result<String> {
     tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         tcp,
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     tcp.read_to_end(&mut raw).with_context(fail)?;
@@ -164,6 +284,54 @@ fn init_logging(filter: &str, format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kubeconfig(user: &str) -> Kubeconfig {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: here\n\
+             contexts: [{{name: here, context: {{cluster: c, user: me}}}}]\n\
+             clusters: [{{name: c, cluster: {{server: 'https://127.0.0.1:6443'}}}}]\n\
+             users: [{{name: me, user: {user}}}]\n"
+        );
+        Kubeconfig::from_yaml(&yaml).expect("a kubeconfig")
+    }
+
+    #[test]
+    fn the_kubeconfig_users_token_is_sent_from_wherever_it_keeps_it() {
+        assert_eq!(kubeconfig_token(&kubeconfig("{token: abc.def}")).expect("inline"), "abc.def");
+
+        let file = std::env::temp_dir().join(format!("mesh-token-{}", std::process::id()));
+        std::fs::write(&file, "from-file\n").expect("a token file");
+        let config = kubeconfig(&format!("{{tokenFile: {}}}", file.display()));
+        assert_eq!(kubeconfig_token(&config).expect("from the file"), "from-file");
+        std::fs::remove_file(&file).expect("removed");
+
+        // An exec plugin, run as kubectl runs it: it prints an ExecCredential.
+        let plugin = r#"{exec: {apiVersion: client.authentication.k8s.io/v1, command: sh, args: [-c, 'test -n "$KUBERNETES_EXEC_INFO" && echo "{\"status\": {\"token\": \"$WHO\"}}"'], env: [{name: WHO, value: from-exec}]}}"#;
+        assert_eq!(kubeconfig_token(&kubeconfig(plugin)).expect("from the plugin"), "from-exec");
+    }
+
+    #[test]
+    fn without_a_token_the_error_says_what_to_pass() {
+        let cert = kubeconfig("{client-certificate: /pki/admin.crt, client-key: /pki/admin.key}");
+        let err = kubeconfig_token(&cert).expect_err("no token").to_string();
+        assert!(err.contains("\"me\" has a client certificate"), "{err}");
+        assert!(err.contains("--token") && err.contains("kubectl create token"), "{err}");
+
+        let failing = kubeconfig("{exec: {apiVersion: client.authentication.k8s.io/v1, command: 'false'}}");
+        let err = kubeconfig_token(&failing).expect_err("the plugin failed").to_string();
+        assert!(err.contains("exec plugin false failed"), "{err}");
+
+        let err = debug_token(Some("  ".into()), None).expect_err("empty").to_string();
+        assert!(err.contains("--token (or MESH_TOKEN) is empty"), "{err}");
+        assert_eq!(debug_token(Some(" t0k ".into()), None).expect("given"), "t0k");
+        assert!(bearer("a\r\nX-Other: 1").is_err(), "a token cannot add a header");
+        assert!(bearer("eyJhbGciOi.abc-_~+/=").is_ok());
     }
 }
 

@@ -71,4 +71,13 @@ curl -sk -H 'content-type: application/json' --data-binary @"$repo/e2e/bench/rev
 
 bench validate review-virtualservice.json "a VirtualService with three routes"
 bench inject review-pod.json "a Bookinfo reviews pod, injected"
-curl -s "http://127.0.0.1:$mon/debug/configz" | python3 -c 'import json,sys; c=json.load(sys.stdin); print("index: %d Services, %d DestinationRules" % (c["counts"]["Service"], len(c["DestinationRule"])))' 
+# /debug/configz answers users allowed to get /debug/* (docs/security.md).
+kubectl create clusterrole bench-debug --verb=get --non-resource-url='/debug/*' >/dev/null
+kubectl -n mesh-system create serviceaccount bench-debug >/dev/null
+kubectl create clusterrolebinding bench-debug --clusterrole=bench-debug --serviceaccount=mesh-system:bench-debug >/dev/null
+for _ in $(seq 1 50); do # the authorizer learns of a new binding a moment later
+  kubectl auth can-i get /debug/configz --as=system:serviceaccount:mesh-system:bench-debug >/dev/null 2>&1 && break
+  sleep 0.2
+done
+token=$(kubectl -n mesh-system create token bench-debug)
+curl -s -H "Authorization: Bearer $token" "http://127.0.0.1:$mon/debug/configz" | python3 -c 'import json,sys; c=json.load(sys.stdin); print("index: %d Services, %d DestinationRules" % (c["counts"]["Service"], len(c["DestinationRule"])))' 

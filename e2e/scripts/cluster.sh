@@ -287,7 +287,7 @@ mesh_up() {
     -n mesh-system --create-namespace --wait --timeout 180s >/dev/null
   local ip
   ip=$("$TOOLS_BIN/kubectl" --kubeconfig "$kubeconfig" -n mesh-system get service mesh -o jsonpath='{.spec.clusterIP}')
-  log "mesh ready: http://$ip:15014/debug/configz (kubectl -n mesh-system get pods)"
+  log "mesh ready: http://$ip:15014/debug/configz, for users bound to ClusterRole mesh-debug (kubectl -n mesh-system get pods)"
 }
 
 status() {

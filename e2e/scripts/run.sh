@@ -14,6 +14,12 @@ trap '"$cluster" down' EXIT
 
 echo "[run] installing the mesh (helm)..."
 "$cluster" mesh-up
+# Who may read the controller's /debug views: a ServiceAccount bound to the
+# chart's ClusterRole mesh-debug (the cluster's admin authenticates with a
+# client certificate, which the controller's plain HTTP port cannot check).
+kubectl -n mesh-system create serviceaccount debug-viewer --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl create clusterrolebinding debug-viewer --clusterrole=mesh-debug \
+  --serviceaccount=mesh-system:debug-viewer --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl label namespace default istio-injection=enabled --overwrite >/dev/null
 kubectl apply -f "$repo/samples/bookinfo.yaml" >/dev/null
 echo "[run] waiting for the demo app (samples/bookinfo.yaml), each pod with its Envoy..."
@@ -28,7 +34,9 @@ cat <<TXT
     kubectl get pods                                       # 2/2: the app and its Envoy
     curl -s http://$productpage:9080/productpage           # from this machine, through Envoy
     make pod-exec POD=default/productpage CMD='curl -s localhost:15000/stats | grep bound.*downstream_rq_total'
-    curl -s http://$mesh:15014/debug/configz             # what the controller sees
+    export MESH_TOKEN=\$(kubectl -n mesh-system create token debug-viewer)   # may read /debug/* (ClusterRole mesh-debug)
+    curl -s -H "Authorization: Bearer \$MESH_TOKEN" http://$mesh:15014/debug/configz   # what the controller sees
+    target/debug/mesh proxy-status --controller http://$mesh:15014                    # every Envoy, in sync or not
     kubectl apply -f samples/routing/destination-rules.yaml -f samples/routing/all-v1.yaml   # samples/README.md
   Ctrl-C here stops the cluster.
 

@@ -246,6 +246,8 @@ fn the_controller_serves_health_and_metrics_and_stops_on_sigterm() {
     let (status, metrics) = controller.get("/metrics");
     assert_eq!(status, 200);
     assert!(metrics.contains("mesh_index_objects{kind=\"Namespace\"}"), "{metrics}");
+    // The debug views are not open like those (e2e/tests/debug.rs has more).
+    assert_eq!(controller.get("/debug/configz").0, 401);
     // The namespaces the API server makes itself are already indexed.
     let configz = controller.configz();
     assert!(configz["counts"]["Namespace"].as_u64().unwrap_or(0) >= 4, "{configz}");

@@ -6,6 +6,7 @@ mod support;
 
 mod ca;
 mod crds;
+mod debug;
 mod inject;
 mod node;
 mod routing;

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -120,6 +120,65 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A ServiceAccount that may read the controller's /debug views, with a
+/// token for it; its namespace, binding (and role, when made here) are
+/// removed on drop.
+pub struct DebugViewer {
+    pub token: String,
+    /// `system:serviceaccount:<namespace>:viewer`.
+    pub user: String,
+    binding: String,
+    own_role: Option<String>,
+    _ns: TempNamespace,
+}
+
+impl DebugViewer {
+    /// Bound to the ClusterRole `role` (the chart's `mesh-debug`).
+    pub fn bound_to(role: &str) -> Self {
+        Self::make(role, TempNamespace::new("debug-viewer"), false)
+    }
+
+    /// Bound to a ClusterRole of its own with the chart's rule (get on
+    /// /debug/*), for a controller started without the chart.
+    pub fn with_own_role() -> Self {
+        let ns = TempNamespace::new("debug-viewer");
+        let role = ns.name.clone();
+        kubectl_ok(&["create", "clusterrole", &role, "--verb=get", "--non-resource-url=/debug/*"], None);
+        Self::make(&role, ns, true)
+    }
+
+    fn make(role: &str, ns: TempNamespace, own: bool) -> Self {
+        let own_role = own.then(|| role.to_string());
+        kubectl_ok(&["create", "serviceaccount", "viewer", "-n", &ns.name], None);
+        let binding = ns.name.clone();
+        let subject = format!("--serviceaccount={}:viewer", ns.name);
+        kubectl_ok(
+            &["create", "clusterrolebinding", &binding, &format!("--clusterrole={role}"), &subject],
+            None,
+        );
+        let user = format!("system:serviceaccount:{}:viewer", ns.name);
+        // The API server's authorizer learns of a new binding a moment later;
+        // the controller would remember an early refusal for 10 s.
+        eventually(&format!("{user} allowed to get /debug/syncz"), Duration::from_secs(30), || {
+            let out = kubectl(&["auth", "can-i", "get", "/debug/syncz", "--as", &user], None);
+            (out.stdout.trim() == "yes").then_some(())
+        });
+        let token = kubectl_ok(&["create", "token", "viewer", "-n", &ns.name, "--duration", "1h"], None)
+            .trim()
+            .to_string();
+        Self { token, user, binding, own_role, _ns: ns }
+    }
+}
+
+impl Drop for DebugViewer {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "clusterrolebinding", &self.binding, "--ignore-not-found"], None);
+        if let Some(role) = &self.own_role {
+            let _ = kubectl(&["delete", "clusterrole", role, "--ignore-not-found"], None);
+        }
+    }
+}
+
 /// `mesh controller` running against the test cluster; killed on drop.
 pub struct Controller {
     child: Child,
@@ -128,6 +187,8 @@ pub struct Controller {
     _home: Option<TempNamespace>,
     /// Its log so far, when it was started with [`Controller::spawn_logged`].
     log: Option<Arc<Mutex<String>>>,
+    /// Who reads its /debug views, made on first use.
+    viewer: OnceLock<DebugViewer>,
 }
 
 impl Controller {
@@ -151,7 +212,7 @@ impl Controller {
     pub fn spawn_in(namespace: &str) -> Self {
         let (mut command, monitoring) = Self::command(namespace);
         let child = command.stderr(Stdio::inherit()).spawn().expect("starting mesh controller");
-        Self { child, monitoring, _home: None, log: None }
+        Self { child, monitoring, _home: None, log: None, viewer: OnceLock::new() }
     }
 
     /// A controller with extra environment variables, whose log (stderr)
@@ -175,7 +236,7 @@ impl Controller {
                 log.push('\n');
             }
         });
-        Self { child, monitoring, _home: None, log: Some(log) }
+        Self { child, monitoring, _home: None, log: Some(log), viewer: OnceLock::new() }
     }
 
     fn command(namespace: &str) -> (Command, String) {
@@ -210,19 +271,19 @@ impl Controller {
         None
     }
 
+    /// GETs `path` without credentials, as the kubelet and Prometheus do.
     pub fn get(&self, path: &str) -> (u16, String) {
-        let url = format!("http://{}{path}", self.monitoring);
-        match ureq::get(&url).config().http_status_as_error(false).build().call() {
-            Ok(mut resp) => {
-                let status = resp.status().as_u16();
-                (status, resp.body_mut().read_to_string().unwrap_or_default())
-            }
-            Err(e) => (0, e.to_string()),
-        }
+        http_get(&format!("http://{}{path}", self.monitoring), None)
+    }
+
+    /// GETs a /debug view as a user allowed to read it.
+    pub fn get_debug(&self, path: &str) -> (u16, String) {
+        let viewer = self.viewer.get_or_init(DebugViewer::with_own_role);
+        http_get(&format!("http://{}{path}", self.monitoring), Some(&viewer.token))
     }
 
     pub fn configz(&self) -> Value {
-        let (status, body) = self.get("/debug/configz");
+        let (status, body) = self.get_debug("/debug/configz");
         assert_eq!(status, 200, "/debug/configz: {body}");
         serde_json::from_str(&body).expect("/debug/configz is JSON")
     }
@@ -258,6 +319,28 @@ impl Drop for Controller {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// GETs `url`, with a bearer token when given: the status (0 when there
+/// was no answer) and the body.
+pub fn http_get(url: &str, token: Option<&str>) -> (u16, String) {
+    let mut request = ureq::get(url);
+    if let Some(token) = token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    match request
+        .config()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .call()
+    {
+        Ok(mut resp) => {
+            let status = resp.status().as_u16();
+            (status, resp.body_mut().read_to_string().unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
     }
 }
 

@@ -251,8 +251,9 @@ impl Authenticator for TokenCache {
     }
 }
 
-/// SHA-256 of the token, from the TLS library the server already uses.
-fn digest(token: &str) -> Option<Vec<u8>> {
+/// SHA-256 of the token, from the TLS library the server already uses
+/// (also the key of the /debug views' answers, in `monitoring`).
+pub fn digest(token: &str) -> Option<Vec<u8>> {
     let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256.tls13()?;
     Some(suite.common.hash_provider.hash(token.as_bytes()).as_ref().to_vec())
 }

@@ -7,16 +7,23 @@
 //! envoy-types has no JSON mapping of its protos, so config_dump gives,
 //! per resource, its name, version, the clusters it names, its size and
 //! its encoded bytes in base64, with Rust's debug print of the decoded
-//! message for reading. Secrets carry private keys: their bodies are never
-//! shown.
+//! message for reading. Secrets carry private keys: a secret is shown only
+//! as [`redacted`] makes it (certificates and names kept, every piece of
+//! key material replaced by [`REDACTED`]), and never as its bytes.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use base64::Engine;
 use envoy_types::pb::envoy::config::{
-    cluster::v3::Cluster, endpoint::v3::ClusterLoadAssignment, listener::v3::Listener,
+    cluster::v3::Cluster,
+    core::v3::{DataSource, data_source},
+    endpoint::v3::ClusterLoadAssignment,
+    listener::v3::Listener,
     route::v3::RouteConfiguration,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    Secret, TlsCertificate, private_key_provider, secret,
 };
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -144,12 +151,15 @@ pub fn config_dump(connections: &Connections, proxy: &str) -> Option<serde_json:
                             if !r.depends_on.is_empty() {
                                 item["depends_on"] = serde_json::json!(r.depends_on);
                             }
-                            if *resource_type != ResourceType::Secret {
+                            // A secret's bytes hold its key: only its redacted print is shown.
+                            if *resource_type == ResourceType::Secret {
+                                item["redacted"] = true.into();
+                            } else {
                                 item["base64"] =
                                     base64::engine::general_purpose::STANDARD.encode(r.value()).into();
-                                if let Some(text) = decoded(*resource_type, r.value()) {
-                                    item["debug"] = text.into();
-                                }
+                            }
+                            if let Some(text) = decoded(*resource_type, r.value()) {
+                                item["debug"] = text.into();
                             }
                             item
                         })
@@ -171,15 +181,57 @@ pub fn config_dump(connections: &Connections, proxy: &str) -> Option<serde_json:
     Some(serde_json::Value::Array(dumps))
 }
 
-/// Rust's debug print of a resource (secrets are never shown: they hold
-/// private keys).
+/// Rust's debug print of a resource; a secret's, once [`redacted`].
 fn decoded(resource_type: ResourceType, bytes: &[u8]) -> Option<String> {
     match resource_type {
         ResourceType::Listener => Listener::decode(bytes).ok().map(|m| format!("{m:?}")),
         ResourceType::Cluster => Cluster::decode(bytes).ok().map(|m| format!("{m:?}")),
         ResourceType::Endpoint => ClusterLoadAssignment::decode(bytes).ok().map(|m| format!("{m:?}")),
         ResourceType::Route => RouteConfiguration::decode(bytes).ok().map(|m| format!("{m:?}")),
-        ResourceType::Secret => None,
+        ResourceType::Secret => Secret::decode(bytes).ok().map(|m| format!("{:?}", redacted(m))),
+    }
+}
+
+/// What a debug view shows in place of secret material.
+pub const REDACTED: &str = "[redacted]";
+
+/// `secret` as a debug view may show it: names, certificate chains, trust
+/// bundles and OCSP staples as they are; every inline piece of secret
+/// material (a private key, a PKCS#12 bundle, its password, a private key
+/// provider's configuration, session ticket keys, a generic secret such
+/// as an HMAC key) replaced by [`REDACTED`]. A file name or environment
+/// variable stays: it says where the material is, not what it is.
+pub fn redacted(mut secret: Secret) -> Secret {
+    match &mut secret.r#type {
+        Some(secret::Type::TlsCertificate(certificate)) => redact_certificate(certificate),
+        Some(secret::Type::SessionTicketKeys(keys)) => keys.keys.iter_mut().for_each(redact),
+        Some(secret::Type::GenericSecret(generic)) => {
+            generic.secret.iter_mut().for_each(redact);
+            generic.secrets.values_mut().for_each(redact);
+        }
+        // Trust bundles and how peers are verified: nothing secret.
+        Some(secret::Type::ValidationContext(_)) | None => {}
+    }
+    secret
+}
+
+fn redact_certificate(certificate: &mut TlsCertificate) {
+    for source in [&mut certificate.private_key, &mut certificate.pkcs12, &mut certificate.password] {
+        source.iter_mut().for_each(redact);
+    }
+    if let Some(provider) = &mut certificate.private_key_provider
+        && let Some(private_key_provider::ConfigType::TypedConfig(config)) = &mut provider.config_type
+    {
+        // The provider's configuration may carry key material of its own.
+        config.value = REDACTED.as_bytes().to_vec();
+    }
+}
+
+fn redact(source: &mut DataSource) {
+    if let Some(data_source::Specifier::InlineBytes(_) | data_source::Specifier::InlineString(_)) =
+        source.specifier
+    {
+        source.specifier = Some(data_source::Specifier::InlineString(REDACTED.to_string()));
     }
 }
 
@@ -234,7 +286,163 @@ pub fn status_table(statuses: &[SyncStatus]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        GenericSecret, PrivateKeyProvider, TlsSessionTicketKeys,
+    };
+    use envoy_types::pb::google::protobuf::Any;
+
     use super::*;
+    use crate::ca::{Authority, Root, SpiffeId};
+    use crate::translate::secret::{root_secret, workload_secret};
+    use crate::xds::auth::tests::identity;
+    use crate::xds::protocol::Protocol;
+    use crate::xds::snapshot::Resources;
+    use crate::xds::{Proxy, ProxyId};
+
+    /// The base64 body of a PEM block, joined: what must never leak.
+    fn pem_body(pem: &str) -> String {
+        pem.lines().filter(|l| !l.starts_with("-----")).collect()
+    }
+
+    #[test]
+    fn config_dump_shows_a_workload_certificate_and_not_a_byte_of_its_key() {
+        let now = time::OffsetDateTime::now_utc();
+        let root = Root::generate("cluster.local", now).expect("a root");
+        let authority = Authority::from_root(&root, now).expect("a CA");
+        let id = SpiffeId::new("cluster.local", "default", "bookinfo-productpage").expect("an id");
+        let leaf = authority.issue_workload(&id, time::Duration::hours(24), now).expect("a leaf");
+        let secrets =
+            [workload_secret(&leaf.cert_chain_pem, &leaf.key_pem), root_secret(authority.trust_bundle_pem())];
+
+        let connections = Connections::new("mesh-0");
+        let node_id = "sidecar~10.1.2.3~productpage-v1-x.default~default.svc.cluster.local";
+        let proxy = Proxy { id: ProxyId::parse(node_id).expect("valid"), identity: identity() };
+        let registered = connections.register(proxy, node_id.to_string(), Protocol::Delta);
+        registered.connection.update_report(|report| {
+            let held = secrets.iter().map(|s| (s.name.clone(), crate::translate::any(s)));
+            report.holding.insert(ResourceType::Secret, Resources::new(held));
+        });
+
+        let dump = config_dump(&connections, "default/productpage-v1-x").expect("the proxy is connected");
+        let text = dump.to_string();
+        let sds = &dump[0]["config"]["sds"]["resources"];
+        assert_eq!(sds.as_array().map(Vec::len), Some(2), "{dump:#}");
+        assert_eq!(sds[0]["name"], "ROOTCA");
+        assert_eq!(sds[1]["name"], "default");
+        assert_eq!(sds[1]["redacted"], true);
+        assert!(sds[1].get("base64").is_none(), "a secret's bytes are shown: {dump:#}");
+        let shown = sds[1]["debug"].as_str().expect("the secret is shown, redacted");
+        assert!(shown.contains(REDACTED), "{shown}");
+
+        // Every certificate of the chain and of the bundle is there to read...
+        for pem in [leaf.cert_chain_pem.as_str(), authority.trust_bundle_pem()] {
+            for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+                assert!(text.contains(line), "certificate line {line:?} is missing");
+            }
+        }
+        // ...and nothing of the key's PEM, but what it shares with the
+        // certificates (algorithm identifiers, the public key).
+        assert!(!text.contains("PRIVATE KEY"), "{text}");
+        let key = pem_body(&leaf.key_pem);
+        let public = format!("{}{}", pem_body(&leaf.cert_chain_pem), pem_body(authority.trust_bundle_pem()));
+        for line in leaf.key_pem.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!text.contains(line), "the dump shows the key's line {line:?}");
+        }
+        for at in 0..=key.len() - 16 {
+            let piece = &key[at..at + 16];
+            assert!(!text.contains(piece) || public.contains(piece), "the dump shows the key's {piece:?}");
+        }
+        // The private scalar itself, in any form a print could take.
+        let der = base64::engine::general_purpose::STANDARD.decode(&key).expect("PEM base64");
+        let at = der.windows(5).position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20]).expect("an EC key") + 5;
+        let scalar = &der[at..at + 32];
+        let hex: String = scalar.iter().map(|b| format!("{b:02x}")).collect();
+        let decimal = format!("{scalar:?}");
+        let decimal = decimal.trim_matches(['[', ']']);
+        for form in [hex.as_str(), decimal, &base64::engine::general_purpose::STANDARD.encode(scalar)] {
+            assert!(!text.contains(form), "the dump shows the private scalar as {form}");
+        }
+    }
+
+    #[test]
+    fn every_kind_of_secret_material_is_redacted() {
+        let inline = |s: &str| DataSource {
+            specifier: Some(data_source::Specifier::InlineString(s.into())),
+            ..Default::default()
+        };
+        let marker = inline(REDACTED);
+        let certificate = redacted(Secret {
+            name: "default".into(),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: Some(inline("CHAIN")),
+                private_key: Some(DataSource {
+                    specifier: Some(data_source::Specifier::InlineBytes(b"KEY".to_vec())),
+                    ..Default::default()
+                }),
+                pkcs12: Some(inline("PKCS12")),
+                password: Some(inline("PASSWORD")),
+                ocsp_staple: Some(inline("STAPLE")),
+                private_key_provider: Some(PrivateKeyProvider {
+                    provider_name: "hsm".into(),
+                    config_type: Some(private_key_provider::ConfigType::TypedConfig(Any {
+                        type_url: "type.googleapis.com/hsm.Config".into(),
+                        value: b"PIN".to_vec(),
+                    })),
+                    fallback: false,
+                }),
+                ..Default::default()
+            })),
+        });
+        let shown = format!("{certificate:?}");
+        for secret in ["KEY", "PKCS12", "PASSWORD", "PIN"] {
+            assert!(!shown.contains(&format!("\"{secret}\"")), "{secret} shown: {shown}");
+        }
+        let Some(secret::Type::TlsCertificate(c)) = certificate.r#type else { panic!("still a certificate") };
+        assert_eq!(c.certificate_chain, Some(inline("CHAIN")));
+        assert_eq!(c.ocsp_staple, Some(inline("STAPLE")));
+        for source in [c.private_key, c.pkcs12, c.password] {
+            assert_eq!(source.as_ref(), Some(&marker));
+        }
+        assert_eq!(c.private_key_provider.as_ref().map(|p| p.provider_name.as_str()), Some("hsm"));
+
+        let tickets = redacted(Secret {
+            name: "tickets".into(),
+            r#type: Some(secret::Type::SessionTicketKeys(TlsSessionTicketKeys {
+                keys: vec![inline("T1"), inline("T2")],
+            })),
+        });
+        assert_eq!(
+            tickets.r#type,
+            Some(secret::Type::SessionTicketKeys(TlsSessionTicketKeys {
+                keys: vec![marker.clone(), marker.clone()]
+            }))
+        );
+
+        let hmac = redacted(Secret {
+            name: "hmac".into(),
+            r#type: Some(secret::Type::GenericSecret(GenericSecret {
+                secret: Some(inline("HMAC")),
+                secrets: [("token".to_string(), inline("OTHER"))].into(),
+            })),
+        });
+        let shown = format!("{hmac:?}");
+        assert!(!shown.contains("HMAC") && !shown.contains("OTHER"), "{shown}");
+
+        // Where material is read from is no secret: a file name stays.
+        let file = DataSource {
+            specifier: Some(data_source::Specifier::Filename("/etc/certs/key.pem".into())),
+            ..Default::default()
+        };
+        let from_file = redacted(Secret {
+            name: "file".into(),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                private_key: Some(file.clone()),
+                ..Default::default()
+            })),
+        });
+        let Some(secret::Type::TlsCertificate(c)) = from_file.r#type else { panic!("still a certificate") };
+        assert_eq!(c.private_key, Some(file));
+    }
 
     fn sync(sent: Option<&str>, acked: Option<&str>, nack: Option<&str>) -> TypeSync {
         TypeSync {
