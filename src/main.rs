@@ -67,11 +67,33 @@ enum Command {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
+    /// Show what a proxy holds, from the controller (same access as proxy-status).
+    #[command(subcommand)]
+    ProxyConfig(ProxyConfig),
     /// Print the CustomResourceDefinitions of every supported Istio kind.
     Crds {
         /// yaml: the CRDs to apply; markdown: the field reference (docs/api.md).
         #[arg(long, value_enum, default_value_t = CrdFormat::Yaml)]
         format: CrdFormat,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProxyConfig {
+    /// The workload certificate of a pod's proxy: SPIFFE ID, serial and
+    /// validity (the key is never shown), and whether it acknowledged its secrets.
+    Secret {
+        /// The pod, as `namespace/name` or `name.namespace`.
+        pod: String,
+        /// The controller's monitoring address.
+        #[arg(long, env = "MESH_CONTROLLER", default_value = "http://127.0.0.1:15014")]
+        controller: String,
+        /// A Kubernetes bearer token of a user allowed to get /debug/* (as for proxy-status).
+        #[arg(long, env = "MESH_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// The kubeconfig whose current user's token is sent when --token is not given.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
 }
 
@@ -85,6 +107,11 @@ fn main() -> std::process::ExitCode {
         Command::ProxyStatus { controller, token, kubeconfig } => debug_token(token, kubeconfig.as_ref())
             .and_then(|token| bearer(&token))
             .and_then(|token| proxy_status(&controller, &token)),
+        Command::ProxyConfig(ProxyConfig::Secret { pod, controller, token, kubeconfig }) => {
+            debug_token(token, kubeconfig.as_ref())
+                .and_then(|token| bearer(&token))
+                .and_then(|token| proxy_secret(&controller, &token, &pod))
+        }
         Command::Controller(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -115,6 +142,18 @@ fn proxy_status(controller: &str, token: &str) -> anyhow::Result<()> {
     let statuses: Vec<mesh::xds::debug::SyncStatus> = serde_json::from_str(&body)
         .with_context(|| format!("{controller}/debug/syncz is not a list of proxies"))?;
     std::io::stdout().lock().write_all(mesh::xds::debug::status_table(&statuses).as_bytes())?;
+    Ok(())
+}
+
+/// Prints the certificate of `pod`'s proxy, from /debug/syncz.
+fn proxy_secret(controller: &str, token: &str, pod: &str) -> anyhow::Result<()> {
+    let body = http_get(controller, "/debug/syncz", token)?;
+    let statuses: Vec<mesh::xds::debug::SyncStatus> = serde_json::from_str(&body)
+        .with_context(|| format!("{controller}/debug/syncz is not a list of proxies"))?;
+    let table = mesh::xds::debug::secret_table(&statuses, pod).with_context(|| {
+        format!("no proxy of pod {pod} is connected to {controller} (see `mesh proxy-status`)")
+    })?;
+    std::io::stdout().lock().write_all(table.as_bytes())?;
     Ok(())
 }
 

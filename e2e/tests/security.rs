@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use crate::support::{
-    Release, TempNamespace, apply, container_log, controller_metric, enter, eventually, injected_bookinfo,
-    kubectl_ok, pod_named,
+    DebugViewer, Release, TempNamespace, apply, container_log, controller_metric, enter, eventually,
+    http_get, injected_bookinfo, kubectl_ok, pod_named,
 };
 
 /// An Envoy admin counter of a pod's sidecar (0 when absent).
@@ -138,6 +138,33 @@ fn every_hop_between_sidecars_is_mutual_tls_with_each_pods_own_identity() {
         productpage_log.lines().any(|l| l.contains("GET /productpage 200") && l.ends_with("peer=-")),
         "no plaintext request in productpage's log"
     );
+
+    // The controller's view of a proxy shows its secrets without the key.
+    let viewer = DebugViewer::bound_to("mesh-debug");
+    let ip = crate::support::jsonpath(&release.namespace, "pods", "{.items[0].status.podIP}");
+    let (status, dump) = http_get(
+        &format!("http://{ip}:15014/debug/config_dump?proxy={}/{client}", ns.name),
+        Some(&viewer.token),
+    );
+    assert_eq!(status, 200, "{dump}");
+    assert!(dump.contains("BEGIN CERTIFICATE") && dump.contains("[redacted]"), "{dump}");
+    assert!(!dump.contains("PRIVATE KEY"), "a private key in the config dump");
+
+    // `mesh proxy-config secret` shows the same certificate Envoy holds.
+    let bin = std::env::var("MESH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mesh").to_string());
+    let controller = format!("http://{ip}:15014");
+    let pod_ref = format!("{}/{client}", ns.name);
+    let table = crate::support::run(
+        &bin,
+        &["proxy-config", "secret", &pod_ref, "--controller", &controller, "--token", &viewer.token],
+        None,
+    );
+    assert!(table.ok, "{}", table.stderr);
+    let (_, envoy_serial, _) = envoy_certs(&ns.name, &client);
+    let row = table.stdout.lines().nth(1).unwrap_or_default().to_string();
+    assert!(row.contains(&id("bookinfo-productpage")), "{}", table.stdout);
+    let shown = row.split_whitespace().nth(2).unwrap_or_default().replace(':', "").to_lowercase();
+    assert_eq!(shown, envoy_serial, "the serial shown is the one Envoy holds:\n{}", table.stdout);
 
     // The controller counted what it issued.
     let issued: f64 =

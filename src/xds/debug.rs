@@ -48,6 +48,21 @@ pub struct SyncStatus {
     pub connected_since: String,
     /// By type label (`cds`, `lds`, `eds`, `rds`, `sds`).
     pub types: BTreeMap<String, TypeSync>,
+    /// The workload certificate last issued to the stream (no key).
+    #[serde(default)]
+    pub certificate: Option<CertificateStatus>,
+}
+
+/// A proxy's workload certificate, as `mesh proxy-config secret` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    pub spiffe_id: String,
+    /// Hex, colon-separated.
+    pub serial: String,
+    /// RFC 3339.
+    pub not_before: String,
+    /// RFC 3339.
+    pub not_after: String,
 }
 
 /// One resource type of one proxy.
@@ -122,6 +137,12 @@ fn sync_status(controller: &str, connection: &Connection) -> SyncStatus {
         protocol: connection.protocol.name().to_string(),
         connected_since: rfc3339(connection.connected_since),
         types,
+        certificate: report.certificate.map(|c| CertificateStatus {
+            spiffe_id: c.spiffe_id,
+            serial: c.serial,
+            not_before: rfc3339(c.not_before.into()),
+            not_after: rfc3339(c.not_after.into()),
+        }),
     }
 }
 
@@ -257,6 +278,38 @@ pub fn cell(sync: Option<&TypeSync>) -> String {
 }
 
 /// The table `mesh proxy-status` prints.
+/// `mesh proxy-config secret`: the workload certificate of each proxy of
+/// `pod` (`namespace/name` or `name.namespace`), with the secrets it
+/// acknowledged. `None` when no such proxy is connected.
+pub fn secret_table(statuses: &[SyncStatus], pod: &str) -> Option<String> {
+    let mine: Vec<&SyncStatus> =
+        statuses.iter().filter(|s| s.pod == pod || format!("{}.{}", s.name, s.namespace) == pod).collect();
+    if mine.is_empty() {
+        return None;
+    }
+    let mut rows: Vec<Vec<String>> = vec![
+        ["RESOURCE NAME", "SPIFFE ID", "SERIAL NUMBER", "NOT BEFORE", "NOT AFTER", "SDS"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    ];
+    for status in mine {
+        let sds = cell(status.types.get("sds"));
+        match &status.certificate {
+            Some(c) => rows.push(vec![
+                "default".into(),
+                c.spiffe_id.clone(),
+                c.serial.clone(),
+                c.not_before.clone(),
+                c.not_after.clone(),
+                sds,
+            ]),
+            None => rows.push(vec!["default".into(), "-".into(), "-".into(), "-".into(), "-".into(), sds]),
+        }
+    }
+    Some(aligned(rows))
+}
+
 pub fn status_table(statuses: &[SyncStatus]) -> String {
     let mut rows: Vec<Vec<String>> = vec![
         ["NAME", "CDS", "LDS", "EDS", "RDS", "PROTOCOL", "CONTROLLER"]
@@ -273,6 +326,11 @@ pub fn status_table(statuses: &[SyncStatus]) -> String {
         row.push(status.controller.clone());
         rows.push(row);
     }
+    aligned(rows)
+}
+
+/// Rows as columns padded to their widest cell, three spaces apart.
+fn aligned(rows: Vec<Vec<String>>) -> String {
     let widths: Vec<usize> =
         (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
@@ -484,6 +542,7 @@ mod tests {
                 ("lds".to_string(), sync(Some("bbbbbbbbbbbb"), None, None)),
             ]
             .into(),
+            certificate: None,
         };
         let table = status_table(std::slice::from_ref(&status));
         let expected = "\
@@ -494,5 +553,33 @@ productpage-v1-x.default   SYNCED (aaaaaaaa)   STALE (bbbbbbbb)   NOT SENT   NOT
         // What syncz serves, the CLI reads back.
         let json = serde_json::to_string(std::slice::from_ref(&status)).unwrap();
         assert_eq!(serde_json::from_str::<Vec<SyncStatus>>(&json).unwrap(), [status]);
+    }
+
+    #[test]
+    fn the_secret_table_shows_a_proxys_certificate_and_never_a_key() {
+        let status = SyncStatus {
+            proxy: "sidecar~10.0.0.1~productpage-v1-x.default~default.svc.cluster.local".into(),
+            pod: "default/productpage-v1-x".into(),
+            namespace: "default".into(),
+            name: "productpage-v1-x".into(),
+            controller: "mesh-7d9f".into(),
+            protocol: "SotW".into(),
+            connected_since: "2025-01-01T00:00:00Z".into(),
+            types: [("sds".to_string(), sync(Some("cccccccccccc"), Some("cccccccccccc"), None))].into(),
+            certificate: Some(CertificateStatus {
+                spiffe_id: "spiffe://cluster.local/ns/default/sa/bookinfo-productpage".into(),
+                serial: "0a:1b".into(),
+                not_before: "2025-01-01T00:00:00Z".into(),
+                not_after: "2025-01-02T00:00:00Z".into(),
+            }),
+        };
+        let statuses = std::slice::from_ref(&status);
+        let expected = "\
+RESOURCE NAME   SPIFFE ID                                                   SERIAL NUMBER   NOT BEFORE             NOT AFTER              SDS
+default         spiffe://cluster.local/ns/default/sa/bookinfo-productpage   0a:1b           2025-01-01T00:00:00Z   2025-01-02T00:00:00Z   SYNCED (cccccccc)
+";
+        assert_eq!(secret_table(statuses, "default/productpage-v1-x").as_deref(), Some(expected));
+        assert_eq!(secret_table(statuses, "productpage-v1-x.default").as_deref(), Some(expected));
+        assert_eq!(secret_table(statuses, "default/details-v1-y"), None);
     }
 }
