@@ -139,14 +139,16 @@ pub fn app_probes(pod: &Pod) -> Result<Vec<AppProbe>, InjectError> {
     for (index, container) in pod.spec.iter().flat_map(|s| s.containers.iter()).enumerate() {
         for kind in ProbeKind::ALL {
             let Some(probe) = kind.of(container) else { continue };
-            let Some((check, original)) = check(container, kind, probe)? else { continue };
+            let Some((check, original)) = envoy_check(container, kind, probe)? else { continue };
             probes.push(AppProbe { index, container: container.name.clone(), kind, check, original });
         }
     }
     Ok(probes)
 }
 
-fn check(
+/// What Envoy checks for one probe, and the probe with its port resolved;
+/// None when the probe stays as it is.
+fn envoy_check(
     container: &Container,
     kind: ProbeKind,
     probe: &Probe,
@@ -168,8 +170,11 @@ fn check(
         };
         let headers: Vec<(String, String)> =
             http.http_headers.iter().flatten().map(|h| (h.name.clone(), h.value.clone())).collect();
-        let texts = std::iter::once(&path).chain(headers.iter().flat_map(|(k, v)| [k, v]));
-        if let Some(bad) = texts.into_iter().find(|t| t.chars().any(char::is_control)) {
+        let bad = std::iter::once(&path)
+            .chain(headers.iter().flat_map(|(k, v)| [k, v]))
+            .find(|t| t.chars().any(char::is_control))
+            .cloned();
+        if let Some(bad) = bad {
             return Err(InjectError::Invalid(format!(
                 "container {}: {}.httpGet has a control character in {bad:?}, which Envoy cannot \
                  forward; fix the probe, or keep it as it is with {}: \"false\"",
