@@ -227,10 +227,14 @@ fn app_cluster(probe: &AppProbe) -> Value {
             cluster["health_checks"] = health_check("tcp_health_check", json!({}));
         }
         Check::Grpc { service, .. } => {
-            cluster["health_checks"] = health_check(
-                "grpc_health_check",
-                json!({"service_name": service.clone().unwrap_or_default()}),
-            );
+            // The authority would be the cluster's name, whose `|` a gRPC
+            // server may refuse (hyper's does, resetting the stream); the
+            // address dialled is what a gRPC client sends.
+            let config = json!({
+                "service_name": service.clone().unwrap_or_default(),
+                "authority": format!("127.0.0.1:{port}"),
+            });
+            cluster["health_checks"] = health_check("grpc_health_check", config);
             cluster["typed_extension_protocol_options"] = json!({
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                     "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",

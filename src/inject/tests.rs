@@ -384,7 +384,9 @@ fn the_bootstrap_serves_each_rewritten_probe() {
     assert_eq!((check["interval"].as_str(), check["no_traffic_interval"].as_str()), (Some("7s"), Some("7s")));
     assert_eq!(check["tcp_health_check"], serde_json::json!({}));
     let grpc = cluster("app-health|api|readyz");
-    assert_eq!(grpc["health_checks"][0]["grpc_health_check"]["service_name"], "ready");
+    let check = &grpc["health_checks"][0]["grpc_health_check"];
+    assert_eq!(check["service_name"], "ready");
+    assert_eq!(check["authority"], "127.0.0.1:9090");
     let https = cluster("app-health|api|livez");
     assert_eq!(https["transport_socket"]["name"], "envoy.transport_sockets.tls");
     assert!(https["transport_socket"]["typed_config"].get("common_tls_context").is_none(), "not verified");
@@ -511,11 +513,11 @@ fn status_of(port: u16, path: &str) -> Option<u16> {
 
 /// Waits (up to 20 s) until `path` answers `want`, then checks it keeps
 /// answering it for `hold` (so a one-off answer does not pass).
-fn answers(envoy: &mut std::process::Child, port: u16, path: &str, want: u16, hold: std::time::Duration) {
+fn answers(envoy: &mut Envoy, port: u16, path: &str, want: u16, hold: std::time::Duration) {
     let start = std::time::Instant::now();
     let mut last = None;
     while start.elapsed() < std::time::Duration::from_secs(20) {
-        assert!(envoy.try_wait().unwrap().is_none(), "Envoy exited");
+        assert!(envoy.child.try_wait().unwrap().is_none(), "Envoy exited:\n{}", envoy.log());
         last = status_of(port, path);
         if last == Some(want) {
             let held = std::time::Instant::now();
@@ -527,7 +529,26 @@ fn answers(envoy: &mut std::process::Child, port: u16, path: &str, want: u16, ho
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    panic!("{path}: wanted {want}, last answer {last:?}");
+    panic!("{path}: wanted {want}, last answer {last:?}; Envoy's log:\n{}", envoy.log());
+}
+
+/// Envoy, killed when dropped.
+struct Envoy {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Envoy {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A stand-in app on loopback: answers every GET with `status`, and keeps
@@ -582,18 +603,95 @@ impl Drop for App {
     }
 }
 
+/// A gRPC health server (grpc.health.v1.Health/Check) on loopback that
+/// answers every check with `status` (1 SERVING, 2 NOT_SERVING) and keeps
+/// the service asked for. Stops with the test process, or after 2 minutes.
+struct GrpcHealth {
+    port: u16,
+    status: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    service: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl GrpcHealth {
+    fn start() -> Self {
+        use std::sync::atomic::Ordering;
+
+        use http_body_util::BodyExt;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let health = GrpcHealth {
+            port: listener.local_addr().unwrap().port(),
+            status: Default::default(),
+            service: Default::default(),
+        };
+        health.status.store(1, Ordering::SeqCst);
+        let (status, service) = (health.status.clone(), health.service.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let serve = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let (status, service) = (status.clone(), service.clone());
+                        let answer = hyper::service::service_fn(
+                            move |request: http::Request<hyper::body::Incoming>| {
+                                let (status, service) = (status.clone(), service.clone());
+                                async move {
+                                    // HealthCheckRequest { service = 1 }, after the 5-byte gRPC prefix.
+                                    let body = request
+                                        .into_body()
+                                        .collect()
+                                        .await
+                                        .map(|b| b.to_bytes())
+                                        .unwrap_or_default();
+                                    let name = body.get(7..).map(|b| String::from_utf8_lossy(b).into_owned());
+                                    *service.lock().unwrap() = name.unwrap_or_default();
+                                    // HealthCheckResponse { status = 1 }.
+                                    let message = vec![0, 0, 0, 0, 2, 0x08, status.load(Ordering::SeqCst)];
+                                    let mut trailers = http::HeaderMap::new();
+                                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                                    // A stream of frames: no content-length, as gRPC servers answer.
+                                    let frames: [Result<_, std::convert::Infallible>; 2] = [
+                                        Ok(hyper::body::Frame::data(bytes::Bytes::from(message))),
+                                        Ok(hyper::body::Frame::trailers(trailers)),
+                                    ];
+                                    let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+                                    let response = http::Response::builder()
+                                        .header("content-type", "application/grpc")
+                                        .body(body)
+                                        .unwrap();
+                                    Ok::<_, std::convert::Infallible>(response)
+                                }
+                            },
+                        );
+                        tokio::spawn(
+                            hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), answer),
+                        );
+                    }
+                };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(120), serve).await;
+            });
+        });
+        health
+    }
+}
+
 /// A real Envoy with a pod's bootstrap answers the rewritten probes from
 /// the app itself: httpGet gets the app's own status, with the original
 /// path, query, headers and Host; tcpSocket is 200 only while the port
-/// accepts connections; grpc is not 200 with no server.
+/// accepts connections; grpc only while the server answers SERVING.
 #[test]
 fn envoy_answers_the_rewritten_probes_from_the_app() {
     use std::sync::atomic::Ordering;
     let app = App::start();
+    let health = GrpcHealth::start();
     let (tcp_port, grpc_port) = (free_port(), free_port());
     let text = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: probed, namespace: shop}}\nspec:\n  containers:\n  - name: web\n    image: busybox\n    ports: [{{name: http, containerPort: {}}}]\n    readinessProbe: {{httpGet: {{path: '/health?full=1', port: http, httpHeaders: [{{name: X-Probe, value: '100%'}}]}}, periodSeconds: 1}}\n    livenessProbe: {{tcpSocket: {{port: {tcp_port}}}, periodSeconds: 1}}\n    startupProbe: {{grpc: {{port: {grpc_port}}}, periodSeconds: 1}}\n",
-        app.port
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: probed, namespace: shop}}\nspec:\n  containers:\n  - name: web\n    image: busybox\n    ports: [{{name: http, containerPort: {}}}]\n    readinessProbe: {{httpGet: {{path: '/health?full=1', port: http, httpHeaders: [{{name: X-Probe, value: '100%'}}]}}, periodSeconds: 1}}\n    livenessProbe: {{tcpSocket: {{port: {tcp_port}}}, periodSeconds: 1}}\n    startupProbe: {{grpc: {{port: {grpc_port}}}, periodSeconds: 1}}\n  - name: rpc\n    image: busybox\n    readinessProbe: {{grpc: {{port: {}, service: reviews}}, periodSeconds: 1}}\n",
+        app.port, health.port
     );
     let pod = injected(&serde_yaml_ng::from_str(&text).unwrap(), "shop");
     let mut bootstrap = bootstrap_of(&pod);
@@ -610,31 +708,16 @@ fn envoy_answers_the_rewritten_probes_from_the_app() {
     let dir = crate::testing::TempDir::new("probes-envoy");
     let config = dir.write("envoy.json", bootstrap.to_string());
     let log = dir.0.join("envoy.log");
-    let mut envoy = std::process::Command::new(crate::testing::envoy_binary())
+    let child = std::process::Command::new(crate::testing::envoy_binary())
         .arg("-c")
         .arg(&config)
-        .args([
-            "--disable-hot-restart",
-            "--base-id-path",
-            "/dev/null",
-            "--concurrency",
-            "1",
-            "--log-level",
-            "warn",
-        ])
+        .args(["--disable-hot-restart", "--base-id-path", "/dev/null", "--concurrency", "1"])
+        .args(["--log-level", "warn", "--component-log-level", "hc:debug"])
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("start envoy");
-    struct Kill<'a>(&'a mut std::process::Child);
-    let guard = Kill(&mut envoy);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let envoy = &mut *guard.0;
+    let envoy = &mut Envoy { child, log };
     let hold = std::time::Duration::from_millis(2500);
 
     // httpGet: the app's status, and the request as the kubelet would send it.
@@ -656,8 +739,14 @@ fn envoy_answers_the_rewritten_probes_from_the_app() {
     drop(listener);
     answers(envoy, listen, "/app-health/web/livez", 503, hold);
 
-    // grpc: no server, never SERVING.
+    // grpc: no server, never SERVING; a server, only while SERVING, for the probe's service.
     answers(envoy, listen, "/app-health/web/startupz", 503, hold);
+    answers(envoy, listen, "/app-health/rpc/readyz", 200, hold);
+    assert_eq!(health.service.lock().unwrap().as_str(), "reviews");
+    health.status.store(2, Ordering::SeqCst);
+    answers(envoy, listen, "/app-health/rpc/readyz", 503, hold);
+    health.status.store(1, Ordering::SeqCst);
+    answers(envoy, listen, "/app-health/rpc/readyz", 200, std::time::Duration::ZERO);
     // Nothing else is served.
     assert_eq!(status_of(listen, "/app-health/other/readyz"), Some(404));
 }
