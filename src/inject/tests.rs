@@ -157,7 +157,8 @@ fn a_volume_name_clash_is_an_error_not_a_broken_pod() {
     assert!(err.to_string().contains("istio-token"), "{err}");
 }
 
-/// The patch only adds: everything the pod had is still there, unchanged.
+/// The patch only adds: everything the pod had is still there, unchanged
+/// (these pods have no probes to rewrite).
 #[test]
 fn the_patch_only_adds() {
     for (file, ns) in [("details.yaml", "default"), ("annotated.yaml", "shop")] {
@@ -727,6 +728,10 @@ fn envoy_answers_the_rewritten_probes_from_the_app() {
     assert!(request.contains("\r\nx-probe: 100%\r\n"), "{request}");
     assert!(request.contains(&format!("\r\nhost: 127.0.0.1:{}\r\n", app.port)), "{request}");
     assert!(request.contains("\r\nuser-agent: kube-probe/1.35\r\n"), "{request}");
+    assert!(
+        !request.contains("x-envoy-") && !request.contains("x-request-id"),
+        "Envoy's own headers: {request}"
+    );
     app.status.store(503, Ordering::SeqCst);
     answers(envoy, listen, "/app-health/web/readyz", 503, std::time::Duration::ZERO);
     app.status.store(404, Ordering::SeqCst);
