@@ -755,3 +755,15 @@ fn envoy_answers_the_rewritten_probes_from_the_app() {
     // Nothing else is served.
     assert_eq!(status_of(listen, "/app-health/other/readyz"), Some(404));
 }
+
+/// `mesh kube-inject` rewrites the probes as the webhook does.
+#[test]
+fn kube_inject_rewrites_probes_as_the_webhook_does() {
+    let text = std::fs::read_to_string(testdata("probes.yaml")).unwrap();
+    let (out, reports) = offline::inject_yaml(&text, &injector()).unwrap();
+    assert!(reports[0].injected);
+    let offline: serde_json::Value = serde_yaml_ng::from_str(&out).unwrap();
+    let webhook = serde_json::to_value(injected(&read_pod("probes.yaml"), "shop")).unwrap();
+    assert_eq!(offline["spec"], webhook["spec"]);
+    assert_eq!(offline["metadata"]["annotations"], webhook["metadata"]["annotations"]);
+}
