@@ -220,6 +220,104 @@ spec:
     }
 }
 
+/// The app's probes, rewritten by the injector, reach the app through
+/// Envoy's app-health listener on :15020: an httpGet probe on a named port
+/// and a tcpSocket probe make their pods Ready; a tcpSocket probe of a port
+/// nobody listens on, and an httpGet probe of a path the app answers 404,
+/// keep theirs not Ready, though Envoy and the app run.
+#[test]
+fn rewritten_probes_reach_the_app_through_envoy() {
+    let _release = Release::install("mesh-e2e-probes", &[]);
+    let ns = TempNamespace::new("probes");
+    label_for_injection(&ns.name);
+    let pod = |name: &str, image: &str, probe: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - name: app\n    image: docker.io/istio/examples-bookinfo-{image}-v1:1.20.3\n    ports: [{{name: http, containerPort: 9080}}]\n    readinessProbe: {{{probe}, periodSeconds: 2, failureThreshold: 1}}\n"
+        )
+    };
+    let pods = [
+        pod("http-ready", "details", "httpGet: {path: /health, port: http}"),
+        pod("tcp-ready", "ratings", "tcpSocket: {port: 9080}"),
+        pod("tcp-nobody", "details", "tcpSocket: {port: 9999}"),
+        pod("http-missing", "details", "httpGet: {path: /missing, port: 9080}"),
+    ];
+    kubectl_ok(&["apply", "-n", &ns.name, "-f", "-"], Some(&pods.join("---\n")));
+
+    // The pods' specs: each probe now asks Envoy, and the sidecar records the
+    // original (as the API server defaulted it).
+    for (name, path, original) in [
+        (
+            "http-ready",
+            "/app-health/app/readyz",
+            json!({"httpGet": {"path": "/health", "port": 9080, "scheme": "HTTP"}, "timeoutSeconds": 1}),
+        ),
+        ("tcp-ready", "/app-health/app/readyz", json!({"tcpSocket": {"port": 9080}, "timeoutSeconds": 1})),
+        ("tcp-nobody", "/app-health/app/readyz", json!({"tcpSocket": {"port": 9999}, "timeoutSeconds": 1})),
+    ] {
+        let json = pod_json(&ns.name, name);
+        let probe = &json["spec"]["containers"][0]["readinessProbe"];
+        assert_eq!(probe["httpGet"]["port"], 15020, "{name}: {probe}");
+        assert_eq!(probe["httpGet"]["path"], path, "{name}: {probe}");
+        assert!(probe.get("tcpSocket").is_none(), "{name}: {probe}");
+        let proxy = json["spec"]["initContainers"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["name"] == "istio-proxy"))
+            .cloned()
+            .expect("istio-proxy");
+        let env = proxy["env"].as_array().cloned().unwrap_or_default();
+        let recorded =
+            env.iter().find(|e| e["name"] == "ISTIO_KUBE_APP_PROBERS").expect("ISTIO_KUBE_APP_PROBERS");
+        let recorded: Value =
+            serde_json::from_str(recorded["value"].as_str().unwrap_or_default()).expect("JSON");
+        assert_eq!(recorded, json!({path: original}), "{name}");
+    }
+
+    for name in ["http-ready", "tcp-ready"] {
+        kubectl_ok(
+            &["wait", "-n", &ns.name, "--for", "condition=Ready", &format!("pod/{name}"), "--timeout=120s"],
+            None,
+        );
+    }
+    // The others ran as long and are probed as often; give them a few more periods.
+    for name in ["tcp-nobody", "http-missing"] {
+        let json = eventually(&format!("{name}'s app and Envoy running"), Duration::from_secs(60), || {
+            let json = pod_json(&ns.name, name);
+            let running = json["status"]["containerStatuses"][0]["state"]["running"].is_object();
+            running.then_some(json)
+        });
+        let proxy = json["status"]["initContainerStatuses"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == "istio-proxy"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(proxy["ready"], true, "{name}: Envoy not ready: {proxy}");
+    }
+    std::thread::sleep(Duration::from_secs(8));
+    for name in ["tcp-nobody", "http-missing"] {
+        let ready =
+            jsonpath(&ns.name, &format!("pod/{name}"), "{.status.conditions[?(@.type==\"Ready\")].status}");
+        assert_eq!(ready, "False", "{name} is Ready though its app does not answer its probe");
+        // What the kubelet gets from Envoy (asked from the host, as the
+        // kubelet asks), and that the app itself is up.
+        let want = if name == "tcp-nobody" { "503" } else { "404" };
+        assert_eq!(app_health(&ns.name, name), want, "{name}");
+        let app =
+            enter(&ns.name, name, "curl -s -o /dev/null -w '%{http_code}' -m 5 http://127.0.0.1:9080/health");
+        assert_eq!(app.stdout, "200", "{name}'s app: {}", app.stderr);
+    }
+    for name in ["http-ready", "tcp-ready"] {
+        assert_eq!(app_health(&ns.name, name), "200", "{name}");
+    }
+}
+
+/// The status Envoy's app-health listener answers for a pod's `app`
+/// readiness probe, asked from the host at the pod's IP.
+fn app_health(ns: &str, pod: &str) -> String {
+    let ip = jsonpath(ns, &format!("pod/{pod}"), "{.status.podIP}");
+    let url = format!("http://{ip}:15020/app-health/app/readyz");
+    run("curl", &["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "5", &url], None).stdout
+}
+
 /// A standalone Envoy on the host with the sidecar's bootstrap, posing as
 /// one pod, with a given token.
 struct HostEnvoy {

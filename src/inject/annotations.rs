@@ -20,9 +20,13 @@ pub const EXCLUDE_OUTBOUND_IP_RANGES: &str = "traffic.sidecar.istio.io/excludeOu
 pub const INCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/includeInboundPorts";
 pub const EXCLUDE_INBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeInboundPorts";
 pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutboundPorts";
+/// `"false"` keeps the app's probes as they are (`true`, the default, sends
+/// them to Envoy's app-health listener; see `probes`).
+pub const REWRITE_PROBES: &str = "sidecar.istio.io/rewriteAppHTTPProbers";
 
 /// Ports of the sidecar itself that inbound capture always leaves alone:
-/// 15090 (Prometheus stats), 15021 (health), 15020 (kept free, as in Istio).
+/// 15090 (Prometheus stats), 15021 (health), 15020 (the app's rewritten
+/// probes, which must reach Envoy's app-health listener in plaintext).
 pub const SIDECAR_PORTS: &str = "15090,15021,15020";
 
 /// Envoy's log levels (`-l`), as Istio accepts them.
@@ -38,6 +42,8 @@ pub struct ProxyOptions {
     pub memory_limit: String,
     pub log_level: String,
     pub traffic: Traffic,
+    /// Rewrite the app's probes to Envoy's app-health listener.
+    pub rewrite_probes: bool,
 }
 
 /// What the init container captures, as `mesh iptables` flags take it.
@@ -133,6 +139,12 @@ pub fn proxy_options(
         exclude_outbound_ports: get(EXCLUDE_OUTBOUND_PORTS).unwrap_or_default(),
     };
     traffic.check(annotations)?;
+    // Go's strconv.ParseBool, as Istio reads this annotation.
+    let rewrite_probes = match get(REWRITE_PROBES).as_deref() {
+        None | Some("1" | "t" | "T" | "true" | "TRUE" | "True") => true,
+        Some("0" | "f" | "F" | "false" | "FALSE" | "False") => false,
+        Some(v) => return Err(InjectError::annotation(REWRITE_PROBES, v, "is not \"true\" or \"false\"")),
+    };
     Ok(ProxyOptions {
         image,
         cpu: quantity(PROXY_CPU, &defaults.proxy_cpu, "CPU")?,
@@ -141,6 +153,7 @@ pub fn proxy_options(
         memory_limit: quantity(PROXY_MEMORY_LIMIT, &defaults.proxy_memory_limit, "memory")?,
         log_level,
         traffic,
+        rewrite_probes,
     })
 }
 
@@ -225,6 +238,7 @@ mod tests {
         assert_eq!(o.traffic.include_outbound_ip_ranges, "*");
         assert_eq!(o.traffic.include_inbound_ports, "*");
         assert_eq!(o.traffic.exclude_inbound_ports, SIDECAR_PORTS);
+        assert!(o.rewrite_probes, "probes are rewritten unless the pod says no, as in Istio");
     }
 
     #[test]
@@ -240,6 +254,8 @@ mod tests {
         assert_eq!(o.log_level, "debug");
         assert_eq!(o.traffic.exclude_inbound_ports, "15090,15021,15020,8081, 8082");
         assert_eq!(o.traffic.include_outbound_ip_ranges, "10.96.0.0/12");
+        assert!(!options(&[(REWRITE_PROBES, "false")]).unwrap().rewrite_probes);
+        assert!(options(&[(REWRITE_PROBES, " true ")]).unwrap().rewrite_probes);
     }
 
     #[test]
@@ -252,5 +268,7 @@ mod tests {
         assert!(e.contains(EXCLUDE_OUTBOUND_PORTS) && e.contains("80a"), "{e}");
         let e = options(&[(EXCLUDE_OUTBOUND_IP_RANGES, "10.0.0.0/33")]).unwrap_err().to_string();
         assert!(e.contains(EXCLUDE_OUTBOUND_IP_RANGES), "{e}");
+        let e = options(&[(REWRITE_PROBES, "no")]).unwrap_err().to_string();
+        assert!(e.contains(REWRITE_PROBES) && e.contains("\"no\""), "{e}");
     }
 }

@@ -7,9 +7,13 @@
 //!
 //! Static parts: the admin API on loopback only, and two listeners that
 //! forward to it, /healthz/ready on :15021 (Envoy's own /ready: 200 once the
-//! first configuration arrived) and /stats/prometheus on :15090.
+//! first configuration arrived) and /stats/prometheus on :15090. A pod whose
+//! probes were rewritten also gets the app-health listener on :15020
+//! (`with_app_health`).
 
 use serde_json::{Value, json};
+
+use super::probes::{APP_HEALTH_PORT, AppProbe, Check};
 
 /// Where the injector mounts what the bootstrap reads.
 pub const TOKEN_DIR: &str = "/var/run/secrets/tokens";
@@ -65,6 +69,185 @@ pub fn bootstrap(proxy_xds_address: &str) -> Value {
             }],
         },
     })
+}
+
+/// The header that carries the Host the kubelet would have sent to the app
+/// (`<pod IP>:<app port>`) to `host_rewrite_header`: Envoy refuses to set
+/// Host itself from `request_headers_to_add`, and the pod's IP is known only
+/// once the pod runs, as the address the kubelet connected to.
+pub const PROBE_HOST_HEADER: &str = "x-mesh-probe-host";
+
+/// The bootstrap with the app-health listener on :15020 serving `probes`
+/// (unchanged when there are none): one path per probe, as the rewritten
+/// probes ask for it; any other path is a 404.
+///
+/// - httpGet: forwarded to the app on 127.0.0.1:<port> with the original
+///   path, query, headers and Host (HTTPS without verifying the app's
+///   certificate, as the kubelet does); the app's status goes back
+///   unchanged, so the probe's thresholds count the app's own answers.
+/// - tcpSocket and grpc: Envoy's health_check filter answers 200 only while
+///   the probe's cluster has its one host healthy (else 503), and that host
+///   is checked by Envoy's active health checking every periodSeconds: a
+///   fresh connection (TCP, connect only), or gRPC health checking that must
+///   answer SERVING. A route would only say that Envoy is up; the filter
+///   says what the app's port did at its last check, at most one period old.
+pub fn with_app_health(mut bootstrap: Value, probes: &[AppProbe]) -> Value {
+    if probes.is_empty() {
+        return bootstrap;
+    }
+    let mut routes = Vec::new();
+    let mut filters = Vec::new();
+    for probe in probes {
+        match &probe.check {
+            Check::Http { port, path, headers, .. } => {
+                routes.push(http_probe_route(probe, *port, path, headers))
+            }
+            Check::Tcp { .. } | Check::Grpc { .. } => filters.push(json!({
+                "name": "envoy.filters.http.health_check",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck",
+                    "pass_through_mode": false,
+                    "headers": [{"name": ":path", "string_match": {"exact": probe.path()}}],
+                    "cluster_min_healthy_percentages": {probe.cluster(): {"value": 100.0}},
+                },
+            })),
+        }
+    }
+    filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+            // The app sees what the kubelet sent, not Envoy's own headers.
+            "suppress_envoy_headers": true,
+        },
+    }));
+    let listener = json!({
+        "name": "app-health",
+        "address": socket("0.0.0.0", APP_HEALTH_PORT),
+        "filter_chains": [{
+            "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "app-health",
+                    "generate_request_id": false,
+                    "route_config": {
+                        "virtual_hosts": [{"name": "app-health", "domains": ["*"], "routes": routes}],
+                    },
+                    "http_filters": filters,
+                },
+            }],
+        }],
+    });
+    let statics = &mut bootstrap["static_resources"];
+    if let Some(listeners) = statics["listeners"].as_array_mut() {
+        listeners.push(listener);
+    }
+    if let Some(clusters) = statics["clusters"].as_array_mut() {
+        clusters.extend(probes.iter().map(app_cluster));
+    }
+    bootstrap
+}
+
+fn http_probe_route(probe: &AppProbe, port: u16, path: &str, headers: &[(String, String)]) -> Value {
+    // Header values are Envoy format strings: a literal % is written %%.
+    let literal = |v: &str| v.replace('%', "%%");
+    let host = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("host")).map(|(_, v)| v);
+    let mut to_add: Vec<Value> = headers
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
+        .map(|(k, v)| json!({"header": {"key": k, "value": literal(v)}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}))
+        .collect();
+    let mut route = json!({
+        "cluster": probe.cluster(),
+        // The kubelet asked for exactly this path: the whole of it is replaced.
+        "prefix_rewrite": path,
+        "timeout": seconds(probe.timeout_seconds()),
+    });
+    match host {
+        Some(host) => route["host_rewrite_literal"] = json!(host),
+        None => {
+            // The kubelet connected to <pod IP>:15020; it would have sent
+            // Host <pod IP>:<app port> to the app itself.
+            to_add.push(json!({
+                "header": {"key": PROBE_HOST_HEADER, "value": format!("%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%:{port}")},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }));
+            route["host_rewrite_header"] = json!(PROBE_HOST_HEADER);
+        }
+    }
+    json!({"match": {"path": probe.path()}, "route": route, "request_headers_to_add": to_add})
+}
+
+/// The cluster that reaches the app for one probe, on loopback.
+fn app_cluster(probe: &AppProbe) -> Value {
+    let port = match probe.check {
+        Check::Http { port, .. } | Check::Tcp { port } | Check::Grpc { port, .. } => port,
+    };
+    let name = probe.cluster();
+    let mut cluster = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": seconds(probe.timeout_seconds()),
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": socket("127.0.0.1", port)}}]}],
+        },
+    });
+    let period = seconds(probe.period_seconds());
+    let health_check = |kind: &str, config: Value| {
+        json!([{
+            "timeout": seconds(probe.timeout_seconds()),
+            "interval": period,
+            // Nothing but the checks ever uses these clusters: without these,
+            // an idle cluster would be checked only once a minute.
+            "no_traffic_interval": period,
+            "no_traffic_healthy_interval": period,
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+            // A new connection per check, as the kubelet makes one per probe.
+            "reuse_connection": false,
+            kind: config,
+        }])
+    };
+    match &probe.check {
+        Check::Http { https: true, .. } => {
+            // No validation context: the app's certificate is not verified,
+            // as the kubelet does not verify it.
+            cluster["transport_socket"] = json!({
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                },
+            });
+        }
+        Check::Http { .. } => {}
+        Check::Tcp { .. } => {
+            // Empty send and receive: a connect-only check.
+            cluster["health_checks"] = health_check("tcp_health_check", json!({}));
+        }
+        Check::Grpc { service, .. } => {
+            // The authority would be the cluster's name, whose `|` a gRPC
+            // server may refuse (hyper's does, resetting the stream); the
+            // address dialled is what a gRPC client sends.
+            let config = json!({
+                "service_name": service.clone().unwrap_or_default(),
+                "authority": format!("127.0.0.1:{port}"),
+            });
+            cluster["health_checks"] = health_check("grpc_health_check", config);
+            cluster["typed_extension_protocol_options"] = json!({
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                },
+            });
+        }
+    }
+    cluster
+}
+
+fn seconds(n: i32) -> String {
+    format!("{n}s")
 }
 
 /// gRPC with TLS to the controller, trusting only the mesh root, with the

@@ -13,12 +13,17 @@
 //!   `mesh-ca-root-cert` ConfigMap, the Envoy bootstrap (from an annotation,
 //!   through the downward API) and an emptyDir for Envoy;
 //! - the annotation `sidecar.istio.io/status` recording what was added,
-//!   which also makes injecting twice a no-op.
+//!   which also makes injecting twice a no-op;
+//! - unless the pod says `sidecar.istio.io/rewriteAppHTTPProbers: "false"`,
+//!   its containers' httpGet, tcpSocket and grpc probes rewritten to
+//!   Envoy's app-health listener on :15020, so they pass under mutual TLS
+//!   (`probes`).
 
 pub mod annotations;
 pub mod bootstrap;
 pub mod offline;
 pub mod patch;
+pub mod probes;
 pub mod settings;
 mod template;
 
@@ -100,7 +105,8 @@ pub struct Injector {
     pub args: InjectArgs,
     /// The mesh's own namespace, never injected.
     pub mesh_namespace: String,
-    /// Envoy's bootstrap, as the annotation carries it.
+    /// Envoy's bootstrap, as the annotation carries it for a pod without
+    /// rewritten probes.
     bootstrap: String,
 }
 
@@ -118,7 +124,14 @@ impl Injector {
         let empty = BTreeMap::new();
         let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
         let options = annotations::proxy_options(pod_annotations, &self.args)?;
-        Ok(Outcome::Injected(template::patch(pod, &options, &self.args, &self.bootstrap)?))
+        let app_probes = if options.rewrite_probes { probes::app_probes(pod)? } else { Vec::new() };
+        if app_probes.is_empty() {
+            return Ok(Outcome::Injected(template::patch(pod, &options, &self.args, &self.bootstrap, &[])?));
+        }
+        let bootstrap =
+            bootstrap::with_app_health(bootstrap::bootstrap(&self.args.proxy_xds_address), &app_probes)
+                .to_string();
+        Ok(Outcome::Injected(template::patch(pod, &options, &self.args, &bootstrap, &app_probes)?))
     }
 }
 

@@ -2,27 +2,31 @@
 //! straight to bytes, without first turning every container into a
 //! `serde_json::Value` (that detour was most of an injection's cost), and
 //! `mesh kube-inject` and the tests read it back as a `json_patch::Patch`.
+//! It adds, and replaces nothing but the app's rewritten probes.
 
 use std::collections::BTreeMap;
 
 use json_patch::jsonptr::PointerBuf;
-use k8s_openapi::api::core::v1::{Container, Volume};
+use k8s_openapi::api::core::v1::{Container, Probe, Volume};
 use serde::Serialize;
 
 use super::InjectError;
 
-/// Only additions: injection never removes or changes what the pod has.
+/// One operation: `add`, or `replace` for a probe. Injection never removes
+/// anything the pod has.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Add {
+pub struct Operation {
     op: &'static str,
     path: PointerBuf,
     value: Addition,
 }
 
-/// What one addition adds.
+/// What one operation writes.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Addition {
+    /// An app container's probe, rewritten to Envoy's app-health listener.
+    Probe(Box<Probe>),
     Containers(Vec<Container>),
     Container(Box<Container>),
     Volumes(Vec<Volume>),
@@ -36,12 +40,17 @@ pub enum Addition {
 /// The patch that injects one pod.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[serde(transparent)]
-pub struct SidecarPatch(Vec<Add>);
+pub struct SidecarPatch(Vec<Operation>);
 
 impl SidecarPatch {
     /// Adds `value` at the path made of these keys (escaped as JSON-pointer tokens).
     pub fn add(&mut self, path: &[&str], value: Addition) {
-        self.0.push(Add { op: "add", path: PointerBuf::from_tokens(path.iter().copied()), value });
+        self.0.push(Operation { op: "add", path: PointerBuf::from_tokens(path.iter().copied()), value });
+    }
+
+    /// Replaces what is at the path made of these keys with `value`.
+    pub fn replace(&mut self, path: &[&str], value: Addition) {
+        self.0.push(Operation { op: "replace", path: PointerBuf::from_tokens(path.iter().copied()), value });
     }
 
     /// The patch as the webhook sends it.

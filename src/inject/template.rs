@@ -15,6 +15,7 @@ use crate::translate::tls::{TLS_MODE_ISTIO, TLS_MODE_LABEL};
 
 use super::bootstrap::{self, BOOTSTRAP_DIR, BOOTSTRAP_FILE, ROOT_CERT_DIR, TOKEN_DIR, TOKEN_FILE};
 use super::patch::{Addition, SidecarPatch};
+use super::probes::{self, AppProbe};
 use super::settings::{InjectArgs, PROXY_UID, TOKEN_AUDIENCE};
 use super::{BOOTSTRAP_ANNOTATION, INIT_CONTAINER, InjectError, PROXY_CONTAINER};
 
@@ -27,12 +28,14 @@ const BOOTSTRAP_VOLUME: &str = "istio-bootstrap";
 /// diffing two pods): it is what the webhook answers for every pod created
 /// in the mesh, so it costs only what it adds. Our init containers go first,
 /// so the traffic rules are in place and Envoy is ready before any of the
-/// pod's own init containers runs.
+/// pod's own init containers runs. `app_probes` are replaced by their
+/// rewritten form and recorded on the sidecar; `bootstrap` serves them.
 pub fn patch(
     pod: &Pod,
     options: &ProxyOptions,
     args: &InjectArgs,
     bootstrap: &str,
+    app_probes: &[AppProbe],
 ) -> Result<SidecarPatch, InjectError> {
     let Some(spec) = pod.spec.as_ref() else {
         return Err(InjectError::Invalid("the pod has no spec".into()));
@@ -46,13 +49,25 @@ pub fn patch(
     }
 
     let mut patch = SidecarPatch::default();
-    let init = [init_container(options, args), proxy_container(options, args, &workload_name(pod))];
+    let mut proxy = proxy_container(options, args, &workload_name(pod));
+    if !app_probes.is_empty() {
+        proxy.env.get_or_insert_default().push(EnvVar {
+            name: probes::PROBERS_ENV.into(),
+            value: Some(probes::recorded(app_probes)?),
+            ..Default::default()
+        });
+    }
+    let init = [init_container(options, args), proxy];
     if spec.init_containers.as_ref().is_none_or(Vec::is_empty) {
         patch.add(&["spec", "initContainers"], Addition::Containers(init.to_vec()));
     } else {
         for (i, c) in init.into_iter().enumerate() {
             patch.add(&["spec", "initContainers", &i.to_string()], Addition::Container(Box::new(c)));
         }
+    }
+    for probe in app_probes {
+        let path = ["spec", "containers", &probe.index.to_string(), probe.kind.field()];
+        patch.replace(&path, Addition::Probe(Box::new(probe.rewritten())));
     }
     if spec.volumes.is_none() {
         patch.add(&["spec", "volumes"], Addition::Volumes(volumes(args)));
