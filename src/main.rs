@@ -42,7 +42,7 @@ enum CrdFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane: watch the cluster and Istio configuration.
-    Controller(mesh::app::ControllerArgs),
+    Controller(Box<mesh::app::ControllerArgs>),
     /// Redirect the pod's TCP traffic through Envoy (the injected init container).
     Iptables(mesh::iptables::IptablesArgs),
     /// Inject the sidecar into the pods and pod templates of a YAML file, without the webhook.
@@ -74,7 +74,7 @@ fn main() -> std::process::ExitCode {
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(mesh::app::run(args))),
+            .and_then(|rt| rt.block_on(mesh::app::run(*args))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

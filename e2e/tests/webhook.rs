@@ -328,10 +328,11 @@ impl RuleCase {
     /// Applies the case with `kubectl apply --dry-run=server` (nothing is
     /// stored) in `ns`, and says why it did not hold, if it did not.
     fn problem(&self, ns: &str) -> Option<String> {
-        let api_version = if matches!(self.kind.as_str(), "VirtualService" | "DestinationRule") {
-            "networking.istio.io/v1alpha3"
-        } else {
-            "rbac.istio.io/v1alpha1"
+        let api_version = match self.kind.as_str() {
+            "VirtualService" | "DestinationRule" => "networking.istio.io/v1alpha3",
+            "PeerAuthentication" => "security.istio.io/v1beta1",
+            "Policy" | "MeshPolicy" => "authentication.istio.io/v1alpha1",
+            _ => "rbac.istio.io/v1alpha1",
         };
         let object = serde_json::json!({
             "apiVersion": api_version,
@@ -346,7 +347,7 @@ impl RuleCase {
         if object.len() > 200_000 {
             args.push("--server-side");
         }
-        if self.kind != "ClusterRbacConfig" {
+        if !matches!(self.kind.as_str(), "ClusterRbacConfig" | "MeshPolicy") {
             args.extend(["-n", ns]);
         }
         args.extend(["-f", "-"]);
@@ -418,6 +419,37 @@ kind: ServiceRole
 metadata: {name: viewer}
 spec:
   rules: [{services: ["*"], methods: ["GET"]}]
+---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: default}
+spec: {mtls: {mode: PERMISSIVE}}
+---
+apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata: {name: reviews-mtls}
+spec:
+  targets: [{name: reviews, ports: [{number: 9080}]}]
+  peers: [{mtls: {}}]
+"#;
+
+/// Warns that PeerAuthentication `default` applies instead, once the index
+/// has it.
+const CASES_PROBE_PEER_AUTHENTICATION: &str = r#"
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: probe}
+spec: {mtls: {mode: STRICT}}
+"#;
+
+/// Warns about Policy `reviews-mtls`, once the index has it.
+const CASES_PROBE_POLICY: &str = r#"
+apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata: {name: probe}
+spec:
+  targets: [{name: reviews}]
+  peers: [{mtls: {}}]
 "#;
 
 /// Warns about its mirror to `ghost` only once the index has the Services
@@ -467,7 +499,11 @@ fn every_validation_rule_at_kubectl_apply() {
         let vs_ready = vs.ok
             && rule_warnings(&vs.stderr) == 1
             && vs.stderr.contains("spec.http[0].mirror.host: no Service ghost");
-        (vs_ready && binding.ok && rule_warnings(&binding.stderr) == 0).then_some(())
+        let peer = dry_run(CASES_PROBE_PEER_AUTHENTICATION);
+        let policy = dry_run(CASES_PROBE_POLICY);
+        let mtls_ready = peer.stderr.contains("PeerAuthentication cases/default also applies")
+            && policy.stderr.contains("cases/reviews-mtls");
+        (vs_ready && binding.ok && rule_warnings(&binding.stderr) == 0 && mtls_ready).then_some(())
     });
 
     let cases = rule_cases();

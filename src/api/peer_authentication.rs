@@ -108,7 +108,10 @@ mod tests {
         assert_eq!(crd.spec.names.short_names, Some(vec!["pa".to_string()]));
         let v = serde_json::to_value(&crd).unwrap();
         let spec = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
-        assert_eq!(spec["mtls"]["properties"]["mode"]["enum"], json!(["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]));
+        assert_eq!(
+            spec["mtls"]["properties"]["mode"]["enum"],
+            json!(["UNSET", "DISABLE", "PERMISSIVE", "STRICT"])
+        );
         assert_eq!(spec["portLevelMtls"]["type"], "object");
         assert!(spec["selector"]["properties"]["matchLabels"].is_object());
         let doc = spec["mtls"]["properties"]["mode"]["description"].as_str().unwrap();

@@ -40,11 +40,13 @@ use crate::api::{
     virtual_service::VirtualServiceSpec,
 };
 pub use crate::model::Store;
-use crate::model::{ClusterState, Config, EndpointSlice, MeshConfig, Namespace, ObjectKey, Service, Workload};
+use crate::model::{
+    ClusterState, Config, EndpointSlice, MeshConfig, Namespace, ObjectKey, Service, Workload,
+};
 
 pub use kinds::{
-    ClusterRbacConfigs, DestinationRules, EndpointSlices, MeshPolicies, Namespaces, PeerAuthentications, Pods,
-    Policies, RbacConfigs, ServiceRoleBindings, ServiceRoles, Services, VirtualServices,
+    ClusterRbacConfigs, DestinationRules, EndpointSlices, MeshPolicies, Namespaces, PeerAuthentications,
+    Pods, Policies, RbacConfigs, ServiceRoleBindings, ServiceRoles, Services, VirtualServices,
 };
 
 /// Why a watched object could not be turned into a model entry.

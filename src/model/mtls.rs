@@ -248,7 +248,12 @@ impl MtlsPolicies {
 
     /// Istio's PeerAuthentication composition; None when no
     /// PeerAuthentication applies to the workload at any level.
-    fn peer_authentication_mode(&self, ns: Option<&Namespace>, workload: &Workload, port: u16) -> Option<MtlsMode> {
+    fn peer_authentication_mode(
+        &self,
+        ns: Option<&Namespace>,
+        workload: &Workload,
+        port: u16,
+    ) -> Option<MtlsMode> {
         let namespace_level = ns.and_then(|n| n.peer.as_ref());
         let workload_level =
             ns.and_then(|n| n.workload_peers.iter().find(|w| is_subset(&w.match_labels, &workload.labels)));

@@ -122,14 +122,17 @@ pub struct Context {
     root_namespace: Option<String>,
     /// PeerAuthentications without a selector (or with empty matchLabels),
     /// by namespace: (name, creationTimestamp).
-    namespace_wide_peer_authentications: Option<BTreeMap<String, Vec<(String, Option<String>)>>>,
+    namespace_wide_peer_authentications: Option<BTreeMap<String, Vec<NamespaceWide>>>,
     /// Policies with targets, by namespace: (name, [(Service, [port])]),
     /// a port as `9080` or `name:http`, none for every port.
-    targeted_policies: Option<BTreeMap<String, TargetedPolicies>>,
+    targeted_policies: Option<BTreeMap<String, Vec<Targeted>>>,
 }
 
-/// The Policies with targets of one namespace: (name, [(Service, [port])]).
-type TargetedPolicies = Vec<(String, Vec<(String, Vec<String>)>)>;
+/// A PeerAuthentication without a selector: (name, creationTimestamp).
+type NamespaceWide = (String, Option<String>);
+
+/// A Policy with targets: (name, [(Service, [port])]).
+type Targeted = (String, Vec<(String, Vec<String>)>);
 
 impl Context {
     /// A context that knows the cluster holds no Services, DestinationRules
@@ -211,13 +214,13 @@ impl Context {
 
     /// The PeerAuthentications without a selector of `namespace`; `None`
     /// when unknown.
-    fn namespace_wide_peer_authentications(&self, namespace: &str) -> Option<&[(String, Option<String>)]> {
+    fn namespace_wide_peer_authentications(&self, namespace: &str) -> Option<&[NamespaceWide]> {
         let known = self.namespace_wide_peer_authentications.as_ref()?;
         Some(known.get(namespace).map(Vec::as_slice).unwrap_or_default())
     }
 
     /// The Policies with targets of `namespace`; `None` when unknown.
-    fn targeted_policies(&self, namespace: &str) -> Option<&[(String, Vec<(String, Vec<String>)>)]> {
+    fn targeted_policies(&self, namespace: &str) -> Option<&[Targeted]> {
         let known = self.targeted_policies.as_ref()?;
         Some(known.get(namespace).map(Vec::as_slice).unwrap_or_default())
     }

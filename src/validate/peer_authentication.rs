@@ -68,7 +68,9 @@ pub(super) fn check(spec: &PeerAuthenticationSpec, namespace: &str, ctx: &Contex
             Ok(n) => out.err(field, format!("port {n} is out of range: use a port number from 1 to 65535")),
             Err(_) => out.err(
                 field,
-                format!("{port:?} is not a port number: key portLevelMtls by the workload's port, e.g. \"8080\""),
+                format!(
+                    "{port:?} is not a port number: key portLevelMtls by the workload's port, e.g. \"8080\""
+                ),
             ),
         }
     }

@@ -89,7 +89,9 @@ pub(super) fn check(spec: &PolicySpec, cluster_scoped: bool, out: &mut Out) {
         if !issuer.is_empty() && !issuers.insert(issuer.clone()) {
             out.err(
                 format!("{p}.issuer"),
-                format!("a JWT of issuer {issuer:?} is already defined in this policy: list each issuer once"),
+                format!(
+                    "a JWT of issuer {issuer:?} is already defined in this policy: list each issuer once"
+                ),
             );
         }
     }
@@ -148,7 +150,9 @@ fn check_jwt(p: &str, jwt: &Jwt, out: &mut Out) {
         }
     }
     for (i, rule) in jwt.trigger_rules.iter().enumerate() {
-        for (field, matches) in [("excludedPaths", &rule.excluded_paths), ("includedPaths", &rule.included_paths)] {
+        for (field, matches) in
+            [("excludedPaths", &rule.excluded_paths), ("includedPaths", &rule.included_paths)]
+        {
             for (j, m) in matches.iter().enumerate() {
                 let kinds: Vec<&str> = [
                     (m.exact.is_some(), "exact"),
@@ -177,7 +181,10 @@ fn check_jwt(p: &str, jwt: &Jwt, out: &mut Out) {
     {
         for (i, v) in values.iter().enumerate() {
             if v.is_empty() {
-                out.err(format!("{p}.{field}[{i}]"), format!("the {what} name is empty: write one, or remove it"));
+                out.err(
+                    format!("{p}.{field}[{i}]"),
+                    format!("the {what} name is empty: write one, or remove it"),
+                );
             }
         }
     }
@@ -215,7 +222,9 @@ pub(super) fn check_siblings(spec: &PolicySpec, namespace: &str, name: &str, ctx
             .filter(|(_, targets)| {
                 targets.iter().any(|(service, other_ports)| {
                     *service == target.name
-                        && (ports.is_empty() || other_ports.is_empty() || ports.iter().any(|p| other_ports.contains(p)))
+                        && (ports.is_empty()
+                            || other_ports.is_empty()
+                            || ports.iter().any(|p| other_ports.contains(p)))
                 })
             })
             .map(|(other, _)| other.as_str())

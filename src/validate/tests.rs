@@ -459,11 +459,16 @@ fn a_second_mesh_wide_peer_authentication_is_told_which_one_applies() {
     // An update of an older object: it applies, and says so.
     ctx.add_peer_authentication("istio-system", "second", Some("2025-12-31T00:00:00Z"), &spec);
     let found = validation_only(validate_object("PeerAuthentication", "istio-system", "second", &json, &ctx));
-    assert!(found[0].message.contains("this one applies, being the oldest; first is ignored"), "{}", list(&found));
+    assert!(
+        found[0].message.contains("this one applies, being the oldest; first is ignored"),
+        "{}",
+        list(&found)
+    );
     // Same age: by name.
     let mut ctx = mesh_wide_context();
     ctx.add_peer_authentication("istio-system", "a-second", Some("2026-01-01T00:00:00Z"), &spec);
-    let found = validation_only(validate_object("PeerAuthentication", "istio-system", "a-second", &json, &ctx));
+    let found =
+        validation_only(validate_object("PeerAuthentication", "istio-system", "a-second", &json, &ctx));
     assert!(found[0].message.contains("this one applies"), "{}", list(&found));
     // The object itself, alone, is no duplicate; a workload policy neither.
     let found = validation_only(validate_object("PeerAuthentication", "istio-system", "first", &json, &ctx));
@@ -476,10 +481,16 @@ fn a_second_mesh_wide_peer_authentication_is_told_which_one_applies() {
 #[test]
 fn a_selector_in_the_root_namespace_is_ignored_by_istio() {
     let ctx = mesh_wide_context();
-    let spec = serde_json::json!({"selector": {"matchLabels": {"app": "reviews"}}, "mtls": {"mode": "STRICT"}});
-    let found = validation_only(validate_object("PeerAuthentication", "istio-system", "reviews", &spec, &ctx));
+    let spec =
+        serde_json::json!({"selector": {"matchLabels": {"app": "reviews"}}, "mtls": {"mode": "STRICT"}});
+    let found =
+        validation_only(validate_object("PeerAuthentication", "istio-system", "reviews", &spec, &ctx));
     assert_eq!(found.len(), 1, "{}", list(&found));
-    assert!(found[0].field == "spec.selector" && found[0].message.contains("Istio ignores"), "{}", list(&found));
+    assert!(
+        found[0].field == "spec.selector" && found[0].message.contains("Istio ignores"),
+        "{}",
+        list(&found)
+    );
     // Elsewhere it is a workload policy like any other.
     let found = validation_only(validate_object("PeerAuthentication", "default", "reviews", &spec, &ctx));
     assert!(found.is_empty(), "{}", list(&found));
@@ -488,7 +499,8 @@ fn a_selector_in_the_root_namespace_is_ignored_by_istio() {
 #[test]
 fn an_unknown_context_skips_the_duplicate_checks() {
     let spec = serde_json::json!({"mtls": {"mode": "STRICT"}});
-    let found = validation_only(validate_object("PeerAuthentication", "cases", "x", &spec, &Context::default()));
+    let found =
+        validation_only(validate_object("PeerAuthentication", "cases", "x", &spec, &Context::default()));
     assert!(found.is_empty(), "{}", list(&found));
     let policy = serde_json::json!({"targets": [{"name": "reviews"}]});
     let found = validation_only(validate_object("Policy", "cases", "x", &policy, &Context::default()));

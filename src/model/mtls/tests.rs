@@ -31,10 +31,8 @@ fn created(mut obj: DynamicObject, at: &str) -> DynamicObject {
 
 fn apply(index: &mut Index, obj: Obj) {
     match obj {
-        Obj::Pa(ns, name, at, spec) => index.apply::<PeerAuthentications>(&created(
-            config::<api::PeerAuthentication>(ns, name, spec()),
-            at,
-        )),
+        Obj::Pa(ns, name, at, spec) => index
+            .apply::<PeerAuthentications>(&created(config::<api::PeerAuthentication>(ns, name, spec()), at)),
         Obj::Policy(ns, name, spec) => {
             index.apply::<Policies>(&created(config::<api::Policy>(ns, name, spec()), "2026-01-01T00:00:00Z"))
         }
@@ -246,7 +244,10 @@ const CASES: &[(&str, &[Obj], &str, u16, MtlsMode)] = &[
     ),
     (
         "port-level STRICT over an UNSET workload and a DISABLE mesh",
-        &[Pa("istio-system", "default", T0, disable), Pa("default", "reviews", T0, reviews_unset_9080_strict)],
+        &[
+            Pa("istio-system", "default", T0, disable),
+            Pa("default", "reviews", T0, reviews_unset_9080_strict),
+        ],
         "reviews-v1-0",
         9080,
         Strict,
@@ -275,25 +276,49 @@ const CASES: &[(&str, &[Obj], &str, u16, MtlsMode)] = &[
     ),
     (
         "of two matching workload policies the oldest wins",
-        &[Pa("default", "reviews-v1", T2, reviews_v1_permissive), Pa("default", "reviews", T1, reviews_disable)],
+        &[
+            Pa("default", "reviews-v1", T2, reviews_v1_permissive),
+            Pa("default", "reviews", T1, reviews_disable),
+        ],
         "reviews-v1-0",
         9080,
         Disable,
     ),
     (
         "the newer workload policy still applies where the older does not match",
-        &[Pa("default", "reviews-v1", T0, reviews_v1_permissive), Pa("default", "reviews", T1, reviews_disable)],
+        &[
+            Pa("default", "reviews-v1", T0, reviews_v1_permissive),
+            Pa("default", "reviews", T1, reviews_disable),
+        ],
         "reviews-v2-0",
         9080,
         Disable,
     ),
     // --- Istio 1.1
-    ("MeshPolicy mtls with no value: STRICT", &[Mp("default", peers_mtls_null)], "reviews-v1-0", 9080, Strict),
+    (
+        "MeshPolicy mtls with no value: STRICT",
+        &[Mp("default", peers_mtls_null)],
+        "reviews-v1-0",
+        9080,
+        Strict,
+    ),
     ("MeshPolicy mtls {}: STRICT", &[Mp("default", peers_mtls_empty)], "reviews-v1-0", 9080, Strict),
     ("MeshPolicy PERMISSIVE", &[Mp("default", peers_permissive)], "reviews-v1-0", 9080, Permissive),
     ("MeshPolicy without peers: plaintext only", &[Mp("default", no_mtls)], "reviews-v1-0", 9080, Disable),
-    ("MeshPolicy with a JWT peer only: no mTLS", &[Mp("default", jwt_peer_only)], "reviews-v1-0", 9080, Disable),
-    ("a MeshPolicy not named default is ignored", &[Mp("mesh", peers_mtls_empty)], "reviews-v1-0", 9080, Permissive),
+    (
+        "MeshPolicy with a JWT peer only: no mTLS",
+        &[Mp("default", jwt_peer_only)],
+        "reviews-v1-0",
+        9080,
+        Disable,
+    ),
+    (
+        "a MeshPolicy not named default is ignored",
+        &[Mp("mesh", peers_mtls_empty)],
+        "reviews-v1-0",
+        9080,
+        Permissive,
+    ),
     (
         "namespace Policy overrides MeshPolicy",
         &[Mp("default", peers_mtls_empty), Po("default", "default", peers_permissive)],
@@ -415,7 +440,13 @@ fn precedence_table() {
             failures.push(format!("{what}: {pod}:{port} is {got:?}, want {want:?}"));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases fail:\n{}", failures.len(), CASES.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases fail:\n{}",
+        failures.len(),
+        CASES.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -437,8 +468,8 @@ fn a_deleted_policy_no_longer_applies() {
 
 #[test]
 fn the_root_namespace_is_the_mesh_configs() {
-    let mut index = Index::new(Default::default())
-        .with_mesh_config(MeshConfig { root_namespace: "mesh-root".into() });
+    let mut index =
+        Index::new(Default::default()).with_mesh_config(MeshConfig { root_namespace: "mesh-root".into() });
     index.apply::<Pods>(&pod_with_named_port("reviews-v1-0", &[("app", "reviews")], "web", 8080));
     index.apply::<PeerAuthentications>(&created(
         config::<api::PeerAuthentication>("istio-system", "default", strict()),
@@ -506,7 +537,11 @@ fn a_named_target_port_maps_the_service_port_to_the_pods() {
 
 fn web_service() -> core::Service {
     core::Service {
-        metadata: ObjectMeta { name: Some("web".into()), namespace: Some("default".into()), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some("web".into()),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
         spec: Some(core::ServiceSpec {
             selector: Some([("app".to_string(), "web".to_string())].into()),
             ports: Some(vec![core::ServicePort {
