@@ -263,9 +263,22 @@ spec:
     mode: PERMISSIVE
 "#;
     kubectl_ok(&["apply", "-f", "-"], Some(mesh_policy));
-    for yaml in [namespace_policy, targeted_policy, peer_authentication, peer_authentication_v1] {
+    for yaml in [targeted_policy, peer_authentication, peer_authentication_v1] {
         kubectl_ok(&["apply", "-n", &ns.name, "-f", "-"], Some(yaml));
     }
+    // A client-side `kubectl apply` drops null values before it sends the
+    // object, so `mtls:` with no value only reaches the API server (and
+    // mesh) through a server-side apply or a create; validation warns
+    // about the empty entry a client-side apply leaves.
+    kubectl_ok(&["apply", "--server-side", "-n", &ns.name, "-f", "-"], Some(namespace_policy));
+    let client_side = TempNamespace::new("mtls-client-side");
+    kubectl_ok(&["apply", "-n", &client_side.name, "-f", "-"], Some(namespace_policy));
+    let stored: Value = serde_json::from_str(&kubectl_ok(
+        &["get", "policies.authentication.istio.io", "default", "-n", &client_side.name, "-o", "json"],
+        None,
+    ))
+    .expect("JSON");
+    assert_eq!(stored["spec"], serde_json::json!({"peers": [{}]}), "kubectl apply kept the null after all");
 
     let get = |resource: &str, name: &str, namespaced: bool| -> Value {
         let mut args = vec!["get", resource, name, "-o", "json"];

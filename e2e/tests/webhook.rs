@@ -38,17 +38,21 @@ fn the_chart_installs_a_ready_controller_whose_webhook_judges_istio_objects() {
     let release = Release::install("mesh-e2e-system", &["--set", "webhook.certificateSeconds=3600"]);
     // The controller keeps the webhook's caBundle current itself.
     eventually("the caBundle filled in", Duration::from_secs(30), || {
-        let bundle = kubectl_ok(
-            &[
-                "get",
-                "validatingwebhookconfiguration",
-                "mesh-validator",
-                "-o",
-                "jsonpath={.webhooks[*].clientConfig.caBundle}",
-            ],
-            None,
-        );
-        (bundle.split_whitespace().count() == 2).then_some(())
+        let field = |path: &str| {
+            kubectl_ok(
+                &[
+                    "get",
+                    "validatingwebhookconfiguration",
+                    "mesh-validator",
+                    "-o",
+                    &format!("jsonpath={path}"),
+                ],
+                None,
+            )
+        };
+        let webhooks = field("{.webhooks[*].name}").split_whitespace().count();
+        let bundles = field("{.webhooks[*].clientConfig.caBundle}").split_whitespace().count();
+        (webhooks == 3 && bundles == webhooks).then_some(())
     });
 
     let ns = TempNamespace::new("webhook");

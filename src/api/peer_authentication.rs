@@ -143,10 +143,10 @@ spec:
         assert_eq!(serde_json::to_value(&pa).unwrap(), doc);
     }
 
-    /// YAML keys of portLevelMtls may be written unquoted (8080:), which a
-    /// YAML reader gives as numbers; kubectl sends them as JSON strings.
+    /// portLevelMtls keys arrive as JSON object keys, strings, however the
+    /// YAML wrote them (8080: or "8080":); validation checks they are ports.
     #[test]
-    fn numeric_port_keys_read_as_strings_through_json() {
+    fn port_keys_are_strings() {
         let spec: PeerAuthenticationSpec =
             serde_json::from_value(json!({"selector": {"matchLabels": {"app": "a"}}, "portLevelMtls": {"8080": {"mode": "PERMISSIVE"}}}))
                 .unwrap();

@@ -64,9 +64,12 @@ pub(super) fn check(spec: &PolicySpec, cluster_scoped: bool, out: &mut Out) {
                 "Istio never made JWT available as a peer method and ignores it: authenticate end users \
                  with origins: [{jwt: ...}] instead",
             ),
+            // What `- mtls:` (no value) becomes through a client-side
+            // `kubectl apply`, which drops null values before sending.
             (None, None) => out.warn(
                 p,
-                "the peer entry sets no method and is ignored: write {mtls: {}} for mutual TLS, or remove it",
+                "the peer entry sets no method and is ignored, so it asks for no mutual TLS (kubectl apply \
+                 drops an `mtls:` written without a value): write `mtls: {}` for mutual TLS, or remove it",
             ),
         }
     }
