@@ -505,8 +505,8 @@ fn every_validation_rule_at_kubectl_apply() {
             && vs.stderr.contains("spec.http[0].mirror.host: no Service ghost");
         let peer = dry_run(CASES_PROBE_PEER_AUTHENTICATION);
         let policy = dry_run(CASES_PROBE_POLICY);
-        let mtls_ready = peer.stderr.contains("PeerAuthentication cases/default also applies")
-            && policy.stderr.contains("cases/reviews-mtls");
+        let mtls_ready = peer.stderr.contains("PeerAuthentication default also has no selector")
+            && policy.stderr.contains("Policy reviews-mtls also targets");
         (vs_ready && binding.ok && rule_warnings(&binding.stderr) == 0 && mtls_ready).then_some(())
     });
 
@@ -647,5 +647,100 @@ struct ClusterScoped(&'static str);
 impl Drop for ClusterScoped {
     fn drop(&mut self) {
         let _ = kubectl(&["delete", self.0, "--ignore-not-found", "--wait=false"], None);
+    }
+}
+
+/// Istio's policies that switch mutual TLS, both generations, through the
+/// chart's controller: accepted (a second namespace-wide PeerAuthentication
+/// is told which one applies), warned about at apply because mesh does not
+/// apply them yet, and status says the same.
+#[test]
+fn mutual_tls_policies_are_validated_and_say_they_are_not_applied_yet() {
+    install_crds();
+    let _release = Release::install("mesh-e2e-mtls", &[]);
+    let ns = TempNamespace::new("mtls-status");
+    eventually("the webhook answering", Duration::from_secs(30), || {
+        kubectl(&["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"], Some(VS_OK)).ok.then_some(())
+    });
+    let apply = |namespaced: bool, yaml: &str| -> String {
+        let mut args = vec!["apply", "-f", "-"];
+        if namespaced {
+            args.extend(["-n", &ns.name]);
+        }
+        let out = kubectl(&args, Some(yaml));
+        assert!(out.ok, "refused: {}\n{yaml}", out.stderr);
+        out.stderr
+    };
+
+    // Istio 1.1's mesh-wide mutual TLS, exactly as its documentation wrote it.
+    let _cleanup = ClusterScoped("meshpolicies.authentication.istio.io/default");
+    let mesh = apply(
+        false,
+        "apiVersion: \"authentication.istio.io/v1alpha1\"\nkind: \"MeshPolicy\"\nmetadata: {name: \"default\"}\nspec: {peers: [{mtls: {}}]}\n",
+    );
+    assert!(
+        mesh.contains(&format!(
+            "MeshPolicy default: spec.peers: {NOT_APPLIED}: mutual TLS is not applied yet"
+        )),
+        "{mesh}"
+    );
+    // `mtls:` with no value, through a client-side apply: the user learns it was dropped.
+    let dropped = apply(
+        true,
+        "apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: default}\nspec:\n  peers:\n  - mtls:\n",
+    );
+    assert!(dropped.contains("spec.peers[0]: the peer entry sets no method and is ignored"), "{dropped}");
+    let first = apply(
+        true,
+        "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: default}\nspec: {mtls: {mode: STRICT}}\n",
+    );
+    assert!(
+        first.contains(&format!("PeerAuthentication {}/default: spec.mtls: {NOT_APPLIED}", ns.name)),
+        "{first}"
+    );
+    // A new one is the newest, so the one above applies, and this one is told.
+    let second = eventually(
+        "the index holding the first PeerAuthentication",
+        Duration::from_secs(30),
+        || {
+            let out = kubectl(
+                &["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"],
+                Some(
+                    "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: second}\nspec: {mtls: {mode: DISABLE}}\n",
+                ),
+            );
+            out.stderr.contains("also has no selector").then_some(out.stderr)
+        },
+    );
+    assert!(second.contains("Istio applies only the oldest, default, and ignores this one"), "{second}");
+    // Rejected as Istio rejects it, naming the field.
+    let out = kubectl(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        Some(
+            "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: ports}\nspec:\n  portLevelMtls:\n    8080: {mode: DISABLE}\n",
+        ),
+    );
+    assert!(
+        !out.ok && out.stderr.contains("spec.portLevelMtls: portLevelMtls needs a selector"),
+        "{}",
+        out.stderr
+    );
+
+    // Status: valid, and not applied, naming why.
+    let reconciled = |resource: &str, ns: Option<&str>, name: &str| {
+        eventually(&format!("Reconciled on {resource} {name}"), Duration::from_secs(60), || {
+            condition_of(resource, ns, name, "Reconciled")
+        })
+    };
+    for (resource, namespace, name) in [
+        ("meshpolicies.authentication.istio.io", None, "default"),
+        ("policies.authentication.istio.io", Some(ns.name.as_str()), "default"),
+        ("peerauthentications.security.istio.io", Some(ns.name.as_str()), "default"),
+    ] {
+        let c = reconciled(resource, namespace, name);
+        assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("False"), Some("Unsupported")), "{c}");
+        assert!(c["message"].as_str().unwrap_or_default().contains("mutual TLS is not applied yet"), "{c}");
+        let accepted = condition_of(resource, namespace, name, "Accepted").expect("Accepted");
+        assert_eq!(accepted["status"], "True", "{resource} {name}: {accepted}");
     }
 }

@@ -5,13 +5,16 @@
 //!
 //! Each kind implements [`Validate`], which returns [`Finding`]s:
 //! - [`Severity::Error`]s are what Istio's own validation rejects (today's
-//!   Istio for `networking.istio.io`, Istio 1.4 for `rbac.istio.io`); the
+//!   Istio for `networking.istio.io` and `security.istio.io`, Istio 1.4 for
+//!   `rbac.istio.io`, Istio 1.1 for `authentication.istio.io`); the
 //!   webhook denies the object.
 //! - [`Severity::Warning`]s are legal configuration that will not do what
 //!   the user probably means (a subset no DestinationRule defines, weights
-//!   that do not add up to 100, a binding to a missing role); the webhook
-//!   admits the object and returns them as admission warnings. Checks that
-//!   need to know what the cluster holds read a [`Context`].
+//!   that do not add up to 100, a binding to a missing role, a second
+//!   mesh-wide PeerAuthentication that Istio ignores); the webhook admits
+//!   the object and returns them as admission warnings. Checks that need to
+//!   know what the cluster holds read a [`Context`]; those that compare an
+//!   object with others of its kind by name are [`Validate::validate_named`].
 //!
 //! Every message says what is wrong and how to fix it, and every finding
 //! names the field with the user's YAML names, e.g.

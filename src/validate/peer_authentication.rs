@@ -100,23 +100,24 @@ pub(super) fn check_siblings(
     all.push((name.to_string(), own));
     all.sort_by_key(|(n, created)| order(n, created));
     let winner = &all[0].0;
+    // Short: the API server cuts warnings at 256 characters, names included.
     let scope = if ctx.root_namespace.as_deref() == Some(namespace) {
-        "the whole mesh (root namespace)".to_string()
+        "the root namespace (mesh-wide)"
     } else {
-        format!("namespace {namespace}")
+        "this namespace"
     };
     let others: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).filter(|n| *n != name).collect();
+    let others = others.join(", ");
     let verdict = if winner == name {
-        format!("this one applies, being the oldest; {} is ignored", others.join(", "))
+        format!("this one applies, being the oldest; Istio ignores {others}")
     } else {
-        format!("only the oldest, {namespace}/{winner}, applies; this one is ignored")
+        format!("Istio applies only the oldest, {winner}, and ignores this one")
     };
     out.warn(
         "spec",
         format!(
-            "PeerAuthentication {} also applies to {scope} without a selector: {verdict}. Keep one policy \
-             without a selector per namespace: delete or merge the others",
-            others.iter().map(|n| format!("{namespace}/{n}")).collect::<Vec<_>>().join(", ")
+            "PeerAuthentication {others} also has no selector in {scope}: {verdict}. Keep one per \
+             namespace: delete or merge the others"
         ),
     );
 }

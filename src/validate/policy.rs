@@ -238,17 +238,18 @@ pub(super) fn check_siblings(spec: &PolicySpec, namespace: &str, name: &str, ctx
         let mut all: Vec<&str> = overlapping.clone();
         all.push(name);
         all.sort();
+        // Short: the API server cuts warnings at 256 characters, names included.
         let verdict = if all[0] == name {
             "this one applies, being first by name".to_string()
         } else {
-            format!("only the first by name, {namespace}/{}, applies there", all[0])
+            format!("Istio 1.1 applies only the first by name, {}, there", all[0])
         };
         out.warn(
             format!("spec.targets[{i}]"),
             format!(
                 "Policy {} also targets Service {} on the same ports: {verdict}. Target each Service port \
                  from one Policy",
-                overlapping.iter().map(|n| format!("{namespace}/{n}")).collect::<Vec<_>>().join(", "),
+                overlapping.join(", "),
                 target.name
             ),
         );

@@ -451,8 +451,8 @@ fn a_second_mesh_wide_peer_authentication_is_told_which_one_applies() {
     let found = validation_only(validate_object("PeerAuthentication", "istio-system", "second", &json, &ctx));
     assert_eq!(found.len(), 1, "{}", list(&found));
     assert!(
-        found[0].message.contains("the whole mesh (root namespace)")
-            && found[0].message.contains("only the oldest, istio-system/first, applies"),
+        found[0].message.contains("in the root namespace (mesh-wide)")
+            && found[0].message.contains("Istio applies only the oldest, first, and ignores this one"),
         "{}",
         list(&found)
     );
@@ -460,7 +460,7 @@ fn a_second_mesh_wide_peer_authentication_is_told_which_one_applies() {
     ctx.add_peer_authentication("istio-system", "second", Some("2025-12-31T00:00:00Z"), &spec);
     let found = validation_only(validate_object("PeerAuthentication", "istio-system", "second", &json, &ctx));
     assert!(
-        found[0].message.contains("this one applies, being the oldest; first is ignored"),
+        found[0].message.contains("this one applies, being the oldest; Istio ignores first"),
         "{}",
         list(&found)
     );
