@@ -57,6 +57,12 @@ pub struct ControllerArgs {
     #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
 
+    /// Istio's root namespace (MeshConfig `rootNamespace`): configuration
+    /// here without a workload selector applies to the whole mesh, e.g. a
+    /// PeerAuthentication.
+    #[arg(long, env = "MESH_ROOT_NAMESPACE", default_value = crate::model::DEFAULT_ROOT_NAMESPACE)]
+    pub root_namespace: String,
+
     /// Address of the admission webhooks (HTTPS).
     #[arg(long, env = "MESH_WEBHOOK_ADDR", default_value = "0.0.0.0:15017")]
     pub webhook_addr: SocketAddr,
@@ -136,7 +142,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     index_metrics.register(&mut registry);
     let xds_metrics = crate::xds::XdsMetrics::default();
     xds_metrics.register(&mut registry);
-    let index = SharedIndex::new(Index::new(index_metrics));
+    let mesh_config = crate::model::MeshConfig { root_namespace: args.root_namespace.clone() };
+    let index = SharedIndex::new(Index::new(index_metrics).with_mesh_config(mesh_config));
 
     let watches = Watches { client: &client, index: &index, readiness: &readiness, shutdown: &shutdown };
     watches.spawn::<index::Namespaces>(&mut tasks);
@@ -149,6 +156,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     watches.spawn::<index::ServiceRoleBindings>(&mut tasks);
     watches.spawn::<index::ClusterRbacConfigs>(&mut tasks);
     watches.spawn::<index::RbacConfigs>(&mut tasks);
+    watches.spawn::<index::PeerAuthentications>(&mut tasks);
+    watches.spawn::<index::Policies>(&mut tasks);
+    watches.spawn::<index::MeshPolicies>(&mut tasks);
 
     let serving = Arc::new(ServingCert::default());
     let workload_ca =

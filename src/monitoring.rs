@@ -151,6 +151,10 @@ async fn configz(State(m): State<Monitoring>) -> Response {
         "ServiceRoleBinding": state.service_role_bindings.values().collect::<Vec<_>>(),
         "ClusterRbacConfig": state.cluster_rbac_configs.values().collect::<Vec<_>>(),
         "RbacConfig": state.rbac_configs.values().collect::<Vec<_>>(),
+        "PeerAuthentication": state.peer_authentications.values().collect::<Vec<_>>(),
+        "Policy": state.policies.values().collect::<Vec<_>>(),
+        "MeshPolicy": state.mesh_policies.values().collect::<Vec<_>>(),
+        "meshConfig": {"rootNamespace": state.mesh_config.root_namespace},
         "counts": {
             "Service": ix.count::<index::Services>(),
             "EndpointSlice": ix.count::<index::EndpointSlices>(),

@@ -53,7 +53,9 @@ fn desired<S: Validate + Serialize>(
     ctx: &Context,
     now: Timestamp,
 ) -> ConfigStatus {
-    let findings = c.spec.validate(&c.key.namespace, ctx);
+    let mut findings = c.spec.validate(&c.key.namespace, ctx);
+    findings.extend(c.spec.validate_named(&c.key.namespace, &c.key.name, ctx));
+    findings.extend(validate::check_name(kind, &c.key.name));
     let render = |severity: Severity| -> Vec<String> {
         findings
             .iter()
@@ -170,6 +172,15 @@ fn pending(index: &Index, now: Timestamp) -> Vec<Write> {
         &mut out,
     );
     collect::<_, api::RbacConfig>("RbacConfig", state.rbac_configs, &ctx, now, &mut out);
+    collect::<_, api::PeerAuthentication>(
+        "PeerAuthentication",
+        state.peer_authentications,
+        &ctx,
+        now,
+        &mut out,
+    );
+    collect::<_, api::Policy>("Policy", state.policies, &ctx, now, &mut out);
+    collect::<_, api::MeshPolicy>("MeshPolicy", state.mesh_policies, &ctx, now, &mut out);
     out
 }
 
@@ -258,6 +269,7 @@ mod tests {
         Config {
             key: ObjectKey::new("default", "reviews"),
             generation,
+            created: None,
             spec: serde_json::from_value(spec).expect("a spec"),
             status: None,
         }

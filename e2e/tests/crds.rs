@@ -19,6 +19,9 @@ const KINDS: &[(&str, &str, bool)] = &[
     ("ServiceRoleBinding", "servicerolebindings.rbac.istio.io", true),
     ("ClusterRbacConfig", "clusterrbacconfigs.rbac.istio.io", false),
     ("RbacConfig", "rbacconfigs.rbac.istio.io", true),
+    ("PeerAuthentication", "peerauthentications.security.istio.io", true),
+    ("Policy", "policies.authentication.istio.io", true),
+    ("MeshPolicy", "meshpolicies.authentication.istio.io", false),
 ];
 
 /// Objects the test made outside namespaces of its own (cluster-scoped, or
@@ -189,6 +192,168 @@ spec:
         );
         assert_eq!(got, "reviews", "{version}");
     }
+}
+
+/// Istio 1.1's authentication YAML, as its documentation wrote it, and
+/// today's PeerAuthentication under both its versions: each applies
+/// unmodified, reads back as written, and reaches the index as mesh reads
+/// it (`mtls:` with no value kept by the API server, read as `{}`, which
+/// is STRICT).
+#[test]
+fn mutual_tls_policies_of_both_generations_apply_unmodified_and_reach_the_index() {
+    install_crds();
+    let controller = Controller::start();
+    let ns = TempNamespace::new("mtls");
+    let mut leftovers = Leftovers::default();
+    leftovers.0.push(("meshpolicies.authentication.istio.io".into(), String::new(), "default".into()));
+
+    let mesh_policy = r#"
+apiVersion: "authentication.istio.io/v1alpha1"
+kind: "MeshPolicy"
+metadata: {name: "default"}
+spec: {peers: [{mtls: {}}]}
+"#;
+    let namespace_policy = r#"
+apiVersion: "authentication.istio.io/v1alpha1"
+kind: "Policy"
+metadata:
+  name: "default"
+spec:
+  peers:
+  - mtls:
+"#;
+    let targeted_policy = r#"
+apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata:
+  name: reviews-permissive
+spec:
+  targets:
+  - name: reviews
+    ports:
+    - number: 9080
+    - name: http
+  peers:
+  - mtls:
+      mode: PERMISSIVE
+  peer_is_optional: true
+"#;
+    let peer_authentication = r#"
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata:
+  name: reviews
+spec:
+  selector:
+    matchLabels:
+      app: reviews
+  mtls:
+    mode: STRICT
+  portLevelMtls:
+    9080:
+      mode: DISABLE
+"#;
+    let peer_authentication_v1 = r#"
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: default
+spec:
+  mtls:
+    mode: PERMISSIVE
+"#;
+    kubectl_ok(&["apply", "-f", "-"], Some(mesh_policy));
+    for yaml in [targeted_policy, peer_authentication, peer_authentication_v1] {
+        kubectl_ok(&["apply", "-n", &ns.name, "-f", "-"], Some(yaml));
+    }
+    // A client-side `kubectl apply` drops null values before it sends the
+    // object, so `mtls:` with no value only reaches the API server (and
+    // mesh) through a server-side apply or a create; validation warns
+    // about the empty entry a client-side apply leaves.
+    kubectl_ok(&["apply", "--server-side", "-n", &ns.name, "-f", "-"], Some(namespace_policy));
+    let client_side = TempNamespace::new("mtls-client-side");
+    kubectl_ok(&["apply", "-n", &client_side.name, "-f", "-"], Some(namespace_policy));
+    let stored: Value = serde_json::from_str(&kubectl_ok(
+        &["get", "policies.authentication.istio.io", "default", "-n", &client_side.name, "-o", "json"],
+        None,
+    ))
+    .expect("JSON");
+    assert_eq!(stored["spec"], serde_json::json!({"peers": [{}]}), "kubectl apply kept the null after all");
+
+    let get = |resource: &str, name: &str, namespaced: bool| -> Value {
+        let mut args = vec!["get", resource, name, "-o", "json"];
+        if namespaced {
+            args.extend(["-n", &ns.name]);
+        }
+        serde_json::from_str(&kubectl_ok(&args, None)).expect("JSON")
+    };
+    // As written: `mtls:` with no value is kept as null, not pruned away.
+    let stored = get("meshpolicies.authentication.istio.io", "default", false);
+    assert_eq!(stored["spec"], serde_json::json!({"peers": [{"mtls": {}}]}));
+    let stored = get("policies.authentication.istio.io", "default", true);
+    assert_eq!(stored["spec"], serde_json::json!({"peers": [{"mtls": null}]}));
+    let stored = get("policies.authentication.istio.io", "reviews-permissive", true);
+    assert_eq!(
+        stored["spec"],
+        serde_json::json!({
+            "targets": [{"name": "reviews", "ports": [{"number": 9080}, {"name": "http"}]}],
+            "peers": [{"mtls": {"mode": "PERMISSIVE"}}],
+            "peer_is_optional": true,
+        })
+    );
+    let stored = get("peerauthentications.security.istio.io", "reviews", true);
+    assert_eq!(stored["spec"]["portLevelMtls"], serde_json::json!({"9080": {"mode": "DISABLE"}}));
+    // One object under both versions.
+    for version in ["v1beta1", "v1"] {
+        let mode = kubectl_ok(
+            &[
+                "get",
+                &format!("peerauthentications.{version}.security.istio.io"),
+                "default",
+                "-n",
+                &ns.name,
+                "-o",
+                "jsonpath={.spec.mtls.mode}",
+            ],
+            None,
+        );
+        assert_eq!(mode, "PERMISSIVE", "{version}");
+    }
+
+    // The index: each object, as mesh reads it.
+    let indexed = |kind: &str, namespace: &str, name: &str| -> Option<Value> {
+        controller.configz()[kind]
+            .as_array()?
+            .iter()
+            .find(|c| c["key"]["namespace"] == namespace && c["key"]["name"] == name)
+            .map(|c| c["spec"].clone())
+    };
+    let within = Duration::from_secs(10);
+    let spec = eventually("the MeshPolicy in the index", within, || indexed("MeshPolicy", "", "default"));
+    assert_eq!(spec, serde_json::json!({"peers": [{"mtls": {}}]}));
+    let spec = eventually("the Policy in the index", within, || indexed("Policy", &ns.name, "default"));
+    assert_eq!(spec, serde_json::json!({"peers": [{"mtls": {}}]}), "mtls with no value is read as {{}}");
+    let spec = eventually("the targeted Policy in the index", within, || {
+        indexed("Policy", &ns.name, "reviews-permissive")
+    });
+    assert_eq!(spec["peerIsOptional"], true, "{spec}");
+    let spec = eventually("the PeerAuthentication in the index", within, || {
+        indexed("PeerAuthentication", &ns.name, "reviews")
+    });
+    assert_eq!(spec["portLevelMtls"]["9080"]["mode"], "DISABLE", "{spec}");
+    assert_eq!(controller.configz()["meshConfig"]["rootNamespace"], "istio-system");
+
+    // kubectl explain reads the descriptions, and get shows the mode.
+    let explain = kubectl_ok(&["explain", "peerauthentication.spec.mtls"], None);
+    assert!(explain.contains("STRICT (mutual TLS only)") && !explain.contains("<empty>"), "{explain}");
+    let explain = kubectl_ok(
+        &["explain", "policy.spec.peers.mtls", "--api-version=authentication.istio.io/v1alpha1"],
+        None,
+    );
+    assert!(explain.contains("PERMISSIVE") && !explain.contains("<empty>"), "{explain}");
+    let table = kubectl_ok(&["get", "pa", "-n", &ns.name], None);
+    assert!(table.lines().next().unwrap_or_default().contains("MODE"), "{table}");
+    assert!(table.contains("STRICT") && table.contains("PERMISSIVE"), "{table}");
 }
 
 #[test]

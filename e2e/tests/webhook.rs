@@ -38,17 +38,21 @@ fn the_chart_installs_a_ready_controller_whose_webhook_judges_istio_objects() {
     let release = Release::install("mesh-e2e-system", &["--set", "webhook.certificateSeconds=3600"]);
     // The controller keeps the webhook's caBundle current itself.
     eventually("the caBundle filled in", Duration::from_secs(30), || {
-        let bundle = kubectl_ok(
-            &[
-                "get",
-                "validatingwebhookconfiguration",
-                "mesh-validator",
-                "-o",
-                "jsonpath={.webhooks[*].clientConfig.caBundle}",
-            ],
-            None,
-        );
-        (bundle.split_whitespace().count() == 2).then_some(())
+        let field = |path: &str| {
+            kubectl_ok(
+                &[
+                    "get",
+                    "validatingwebhookconfiguration",
+                    "mesh-validator",
+                    "-o",
+                    &format!("jsonpath={path}"),
+                ],
+                None,
+            )
+        };
+        let webhooks = field("{.webhooks[*].name}").split_whitespace().count();
+        let bundles = field("{.webhooks[*].clientConfig.caBundle}").split_whitespace().count();
+        (webhooks == 3 && bundles == webhooks).then_some(())
     });
 
     let ns = TempNamespace::new("webhook");
@@ -328,10 +332,11 @@ impl RuleCase {
     /// Applies the case with `kubectl apply --dry-run=server` (nothing is
     /// stored) in `ns`, and says why it did not hold, if it did not.
     fn problem(&self, ns: &str) -> Option<String> {
-        let api_version = if matches!(self.kind.as_str(), "VirtualService" | "DestinationRule") {
-            "networking.istio.io/v1alpha3"
-        } else {
-            "rbac.istio.io/v1alpha1"
+        let api_version = match self.kind.as_str() {
+            "VirtualService" | "DestinationRule" => "networking.istio.io/v1alpha3",
+            "PeerAuthentication" => "security.istio.io/v1beta1",
+            "Policy" | "MeshPolicy" => "authentication.istio.io/v1alpha1",
+            _ => "rbac.istio.io/v1alpha1",
         };
         let object = serde_json::json!({
             "apiVersion": api_version,
@@ -346,7 +351,7 @@ impl RuleCase {
         if object.len() > 200_000 {
             args.push("--server-side");
         }
-        if self.kind != "ClusterRbacConfig" {
+        if !matches!(self.kind.as_str(), "ClusterRbacConfig" | "MeshPolicy") {
             args.extend(["-n", ns]);
         }
         args.extend(["-f", "-"]);
@@ -418,6 +423,37 @@ kind: ServiceRole
 metadata: {name: viewer}
 spec:
   rules: [{services: ["*"], methods: ["GET"]}]
+---
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: default}
+spec: {mtls: {mode: PERMISSIVE}}
+---
+apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata: {name: reviews-mtls}
+spec:
+  targets: [{name: reviews, ports: [{number: 9080}]}]
+  peers: [{mtls: {}}]
+"#;
+
+/// Warns that PeerAuthentication `default` applies instead, once the index
+/// has it.
+const CASES_PROBE_PEER_AUTHENTICATION: &str = r#"
+apiVersion: security.istio.io/v1beta1
+kind: PeerAuthentication
+metadata: {name: probe}
+spec: {mtls: {mode: STRICT}}
+"#;
+
+/// Warns about Policy `reviews-mtls`, once the index has it.
+const CASES_PROBE_POLICY: &str = r#"
+apiVersion: authentication.istio.io/v1alpha1
+kind: Policy
+metadata: {name: probe}
+spec:
+  targets: [{name: reviews}]
+  peers: [{mtls: {}}]
 "#;
 
 /// Warns about its mirror to `ghost` only once the index has the Services
@@ -467,7 +503,11 @@ fn every_validation_rule_at_kubectl_apply() {
         let vs_ready = vs.ok
             && rule_warnings(&vs.stderr) == 1
             && vs.stderr.contains("spec.http[0].mirror.host: no Service ghost");
-        (vs_ready && binding.ok && rule_warnings(&binding.stderr) == 0).then_some(())
+        let peer = dry_run(CASES_PROBE_PEER_AUTHENTICATION);
+        let policy = dry_run(CASES_PROBE_POLICY);
+        let mtls_ready = peer.stderr.contains("PeerAuthentication default also has no selector")
+            && policy.stderr.contains("Policy reviews-mtls also targets");
+        (vs_ready && binding.ok && rule_warnings(&binding.stderr) == 0 && mtls_ready).then_some(())
     });
 
     let cases = rule_cases();
@@ -607,5 +647,100 @@ struct ClusterScoped(&'static str);
 impl Drop for ClusterScoped {
     fn drop(&mut self) {
         let _ = kubectl(&["delete", self.0, "--ignore-not-found", "--wait=false"], None);
+    }
+}
+
+/// Istio's policies that switch mutual TLS, both generations, through the
+/// chart's controller: accepted (a second namespace-wide PeerAuthentication
+/// is told which one applies), warned about at apply because mesh does not
+/// apply them yet, and status says the same.
+#[test]
+fn mutual_tls_policies_are_validated_and_say_they_are_not_applied_yet() {
+    install_crds();
+    let _release = Release::install("mesh-e2e-mtls", &[]);
+    let ns = TempNamespace::new("mtls-status");
+    eventually("the webhook answering", Duration::from_secs(30), || {
+        kubectl(&["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"], Some(VS_OK)).ok.then_some(())
+    });
+    let apply = |namespaced: bool, yaml: &str| -> String {
+        let mut args = vec!["apply", "-f", "-"];
+        if namespaced {
+            args.extend(["-n", &ns.name]);
+        }
+        let out = kubectl(&args, Some(yaml));
+        assert!(out.ok, "refused: {}\n{yaml}", out.stderr);
+        out.stderr
+    };
+
+    // Istio 1.1's mesh-wide mutual TLS, exactly as its documentation wrote it.
+    let _cleanup = ClusterScoped("meshpolicies.authentication.istio.io/default");
+    let mesh = apply(
+        false,
+        "apiVersion: \"authentication.istio.io/v1alpha1\"\nkind: \"MeshPolicy\"\nmetadata: {name: \"default\"}\nspec: {peers: [{mtls: {}}]}\n",
+    );
+    assert!(
+        mesh.contains(&format!(
+            "MeshPolicy default: spec.peers: {NOT_APPLIED}: mutual TLS is not applied yet"
+        )),
+        "{mesh}"
+    );
+    // `mtls:` with no value, through a client-side apply: the user learns it was dropped.
+    let dropped = apply(
+        true,
+        "apiVersion: authentication.istio.io/v1alpha1\nkind: Policy\nmetadata: {name: default}\nspec:\n  peers:\n  - mtls:\n",
+    );
+    assert!(dropped.contains("spec.peers[0]: the peer entry sets no method and is ignored"), "{dropped}");
+    let first = apply(
+        true,
+        "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: default}\nspec: {mtls: {mode: STRICT}}\n",
+    );
+    assert!(
+        first.contains(&format!("PeerAuthentication {}/default: spec.mtls: {NOT_APPLIED}", ns.name)),
+        "{first}"
+    );
+    // A new one is the newest, so the one above applies, and this one is told.
+    let second = eventually(
+        "the index holding the first PeerAuthentication",
+        Duration::from_secs(30),
+        || {
+            let out = kubectl(
+                &["apply", "--dry-run=server", "-n", &ns.name, "-f", "-"],
+                Some(
+                    "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: second}\nspec: {mtls: {mode: DISABLE}}\n",
+                ),
+            );
+            out.stderr.contains("also has no selector").then_some(out.stderr)
+        },
+    );
+    assert!(second.contains("Istio applies only the oldest, default, and ignores this one"), "{second}");
+    // Rejected as Istio rejects it, naming the field.
+    let out = kubectl(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        Some(
+            "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: ports}\nspec:\n  portLevelMtls:\n    8080: {mode: DISABLE}\n",
+        ),
+    );
+    assert!(
+        !out.ok && out.stderr.contains("spec.portLevelMtls: portLevelMtls needs a selector"),
+        "{}",
+        out.stderr
+    );
+
+    // Status: valid, and not applied, naming why.
+    let reconciled = |resource: &str, ns: Option<&str>, name: &str| {
+        eventually(&format!("Reconciled on {resource} {name}"), Duration::from_secs(60), || {
+            condition_of(resource, ns, name, "Reconciled")
+        })
+    };
+    for (resource, namespace, name) in [
+        ("meshpolicies.authentication.istio.io", None, "default"),
+        ("policies.authentication.istio.io", Some(ns.name.as_str()), "default"),
+        ("peerauthentications.security.istio.io", Some(ns.name.as_str()), "default"),
+    ] {
+        let c = reconciled(resource, namespace, name);
+        assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("False"), Some("Unsupported")), "{c}");
+        assert!(c["message"].as_str().unwrap_or_default().contains("mutual TLS is not applied yet"), "{c}");
+        let accepted = condition_of(resource, namespace, name, "Accepted").expect("Accepted");
+        assert_eq!(accepted["status"], "True", "{resource} {name}: {accepted}");
     }
 }

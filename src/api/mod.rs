@@ -13,7 +13,10 @@
 
 pub mod cluster_rbac_config;
 pub mod destination_rule;
+pub mod mesh_policy;
 pub mod networking;
+pub mod peer_authentication;
+pub mod policy;
 pub mod rbac_config;
 pub mod reference;
 #[cfg(test)]
@@ -26,6 +29,9 @@ pub mod virtual_service;
 
 pub use cluster_rbac_config::ClusterRbacConfig;
 pub use destination_rule::DestinationRule;
+pub use mesh_policy::MeshPolicy;
+pub use peer_authentication::PeerAuthentication;
+pub use policy::Policy;
 pub use rbac_config::RbacConfig;
 pub use service_role::ServiceRole;
 pub use service_role_binding::ServiceRoleBinding;
@@ -47,6 +53,9 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         ServiceRoleBinding::crd(),
         ClusterRbacConfig::crd(),
         RbacConfig::crd(),
+        Policy::crd(),
+        MeshPolicy::crd(),
+        schema::also_served_as(PeerAuthentication::crd(), peer_authentication::EXTRA_VERSIONS),
     ]
 }
 

@@ -43,7 +43,13 @@ fn parse_config<S: DeserializeOwned>(
         reason: e.inner().to_string(),
     })?;
     let status = obj.data.get("status").and_then(|s| serde_json::from_value(s.clone()).ok());
-    Ok(Config { key, generation: obj.metadata.generation.unwrap_or_default(), spec, status })
+    Ok(Config {
+        key,
+        generation: obj.metadata.generation.unwrap_or_default(),
+        created: obj.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+        spec,
+        status,
+    })
 }
 
 /// Defines an Istio configuration kind: watched raw, parsed into its spec.
@@ -104,6 +110,20 @@ config_kind!(
 config_kind!(
     /// rbac.istio.io RbacConfig, the namespaced older name of ClusterRbacConfig.
     RbacConfigs, "RbacConfig", api::RbacConfig, api::rbac_config::RbacConfigSpec, rbac_configs
+);
+
+config_kind!(
+    /// security.istio.io PeerAuthentications.
+    PeerAuthentications, "PeerAuthentication", api::PeerAuthentication,
+    api::peer_authentication::PeerAuthenticationSpec, peer_authentications
+);
+config_kind!(
+    /// authentication.istio.io Policies (Istio 1.1).
+    Policies, "Policy", api::Policy, api::policy::PolicySpec, policies
+);
+config_kind!(
+    /// authentication.istio.io MeshPolicy (cluster-scoped; Istio reads the one named `default`).
+    MeshPolicies, "MeshPolicy", api::MeshPolicy, api::mesh_policy::MeshPolicySpec, mesh_policies
 );
 
 /// Defines a core kind watched typed, converted by a function.
@@ -255,6 +275,12 @@ fn workload(key: ObjectKey, pod: &core::Pod) -> Workload {
         ready: status
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+        named_ports: spec
+            .iter()
+            .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| Some((p.name.clone().filter(|n| !n.is_empty())?, port(p.container_port))))
+            .collect(),
     }
 }
 

@@ -35,15 +35,18 @@ use tokio::sync::watch as channel;
 
 use crate::api::{
     cluster_rbac_config::ClusterRbacConfigSpec, destination_rule::DestinationRuleSpec,
+    mesh_policy::MeshPolicySpec, peer_authentication::PeerAuthenticationSpec, policy::PolicySpec,
     rbac_config::RbacConfigSpec, service_role::ServiceRoleSpec, service_role_binding::ServiceRoleBindingSpec,
     virtual_service::VirtualServiceSpec,
 };
 pub use crate::model::Store;
-use crate::model::{ClusterState, Config, EndpointSlice, Namespace, ObjectKey, Service, Workload};
+use crate::model::{
+    ClusterState, Config, EndpointSlice, MeshConfig, Namespace, ObjectKey, Service, Workload,
+};
 
 pub use kinds::{
-    ClusterRbacConfigs, DestinationRules, EndpointSlices, Namespaces, Pods, RbacConfigs, ServiceRoleBindings,
-    ServiceRoles, Services, VirtualServices,
+    ClusterRbacConfigs, DestinationRules, EndpointSlices, MeshPolicies, Namespaces, PeerAuthentications,
+    Pods, Policies, RbacConfigs, ServiceRoleBindings, ServiceRoles, Services, VirtualServices,
 };
 
 /// Why a watched object could not be turned into a model entry.
@@ -113,6 +116,10 @@ pub struct Index {
     service_role_bindings: Store<Config<ServiceRoleBindingSpec>>,
     cluster_rbac_configs: Store<Config<ClusterRbacConfigSpec>>,
     rbac_configs: Store<Config<RbacConfigSpec>>,
+    peer_authentications: Store<Config<PeerAuthenticationSpec>>,
+    policies: Store<Config<PolicySpec>>,
+    mesh_policies: Store<Config<MeshPolicySpec>>,
+    mesh_config: MeshConfig,
     revision: channel::Sender<u64>,
     config_revision: channel::Sender<u64>,
     metrics: IndexMetrics,
@@ -148,10 +155,21 @@ impl Index {
             service_role_bindings: Store::new(),
             cluster_rbac_configs: Store::new(),
             rbac_configs: Store::new(),
+            peer_authentications: Store::new(),
+            policies: Store::new(),
+            mesh_policies: Store::new(),
+            mesh_config: MeshConfig::default(),
             revision: channel::Sender::new(0),
             config_revision: channel::Sender::new(0),
             metrics,
         }
+    }
+
+    /// The index with the mesh-wide settings its readers get in
+    /// [`ClusterState::mesh_config`] (Istio's defaults otherwise).
+    pub fn with_mesh_config(mut self, mesh_config: MeshConfig) -> Self {
+        self.mesh_config = mesh_config;
+        self
     }
 
     /// A receiver that sees the revision move on every change.
@@ -245,6 +263,10 @@ impl Index {
             service_role_bindings: &self.service_role_bindings,
             cluster_rbac_configs: &self.cluster_rbac_configs,
             rbac_configs: &self.rbac_configs,
+            peer_authentications: &self.peer_authentications,
+            policies: &self.policies,
+            mesh_policies: &self.mesh_policies,
+            mesh_config: &self.mesh_config,
         }
     }
 

@@ -27,6 +27,9 @@ use serde::Serialize;
 
 use crate::api::cluster_rbac_config::ClusterRbacConfigSpec;
 use crate::api::destination_rule::DestinationRuleSpec;
+use crate::api::mesh_policy::MeshPolicySpec;
+use crate::api::peer_authentication::PeerAuthenticationSpec;
+use crate::api::policy::PolicySpec;
 use crate::api::rbac_config::RbacConfigSpec;
 use crate::api::service_role::ServiceRoleSpec;
 use crate::api::service_role_binding::ServiceRoleBindingSpec;
@@ -127,6 +130,9 @@ pub struct Workload {
     pub ip: Option<String>,
     /// The pod's Ready condition.
     pub ready: bool,
+    /// The named ports of its containers, name to number: what a Service's
+    /// targetPort written as a name means on this pod.
+    pub named_ports: BTreeMap<String, u16>,
 }
 
 /// A namespace and its labels (injection and visibility read them).
@@ -143,10 +149,42 @@ pub struct Config<S> {
     pub key: ObjectKey,
     /// metadata.generation: bumped by the API server on every spec change.
     pub generation: i64,
+    /// metadata.creationTimestamp as the API server writes it (RFC 3339 in
+    /// UTC, to the second, so text order is time order); None when unknown.
+    /// Where Istio lets the oldest of several objects win, this decides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
     pub spec: S,
     /// As stored; absent or unreadable status is None (it is only ever rewritten).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<crate::api::ConfigStatus>,
+}
+
+impl<S> Config<S> {
+    /// Istio's order among objects competing for the same place: the oldest
+    /// first (creationTimestamp; an unknown one counts as newest), then by
+    /// name, then by namespace.
+    pub fn age_order(&self) -> (bool, Option<&str>, &str, &str) {
+        (self.created.is_none(), self.created.as_deref(), &self.key.name, &self.key.namespace)
+    }
+}
+
+/// The mesh-wide settings Istio keeps in its MeshConfig, from the
+/// controller's flags.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MeshConfig {
+    /// Istio's `rootNamespace`: configuration here without a workload
+    /// selector applies to the whole mesh (a PeerAuthentication, say).
+    pub root_namespace: String,
+}
+
+/// Istio's default `rootNamespace`.
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig { root_namespace: DEFAULT_ROOT_NAMESPACE.to_string() }
+    }
 }
 
 /// The entries of one kind, by namespace and name.
@@ -167,4 +205,9 @@ pub struct ClusterState<'a> {
     pub service_role_bindings: &'a Store<Config<ServiceRoleBindingSpec>>,
     pub cluster_rbac_configs: &'a Store<Config<ClusterRbacConfigSpec>>,
     pub rbac_configs: &'a Store<Config<RbacConfigSpec>>,
+    pub peer_authentications: &'a Store<Config<PeerAuthenticationSpec>>,
+    pub policies: &'a Store<Config<PolicySpec>>,
+    pub mesh_policies: &'a Store<Config<MeshPolicySpec>>,
+    /// The mesh-wide settings (not watched: the controller's flags).
+    pub mesh_config: &'a MeshConfig,
 }

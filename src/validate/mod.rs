@@ -5,13 +5,16 @@
 //!
 //! Each kind implements [`Validate`], which returns [`Finding`]s:
 //! - [`Severity::Error`]s are what Istio's own validation rejects (today's
-//!   Istio for `networking.istio.io`, Istio 1.4 for `rbac.istio.io`); the
+//!   Istio for `networking.istio.io` and `security.istio.io`, Istio 1.4 for
+//!   `rbac.istio.io`, Istio 1.1 for `authentication.istio.io`); the
 //!   webhook denies the object.
 //! - [`Severity::Warning`]s are legal configuration that will not do what
 //!   the user probably means (a subset no DestinationRule defines, weights
-//!   that do not add up to 100, a binding to a missing role); the webhook
-//!   admits the object and returns them as admission warnings. Checks that
-//!   need to know what the cluster holds read a [`Context`].
+//!   that do not add up to 100, a binding to a missing role, a second
+//!   mesh-wide PeerAuthentication that Istio ignores); the webhook admits
+//!   the object and returns them as admission warnings. Checks that need to
+//!   know what the cluster holds read a [`Context`]; those that compare an
+//!   object with others of its kind by name are [`Validate::validate_named`].
 //!
 //! Every message says what is wrong and how to fix it, and every finding
 //! names the field with the user's YAML names, e.g.
@@ -26,6 +29,8 @@
 mod common;
 mod destination_rule;
 pub mod inventory;
+mod peer_authentication;
+mod policy;
 mod rbac;
 #[cfg(test)]
 mod tests;
@@ -39,6 +44,9 @@ use serde::de::DeserializeOwned;
 
 use crate::api::cluster_rbac_config::ClusterRbacConfigSpec;
 use crate::api::destination_rule::DestinationRuleSpec;
+use crate::api::mesh_policy::MeshPolicySpec;
+use crate::api::peer_authentication::PeerAuthenticationSpec;
+use crate::api::policy::PolicySpec;
 use crate::api::rbac_config::RbacConfigSpec;
 use crate::api::service_role::ServiceRoleSpec;
 use crate::api::service_role_binding::ServiceRoleBindingSpec;
@@ -112,7 +120,22 @@ pub struct Context {
     subsets: Option<BTreeMap<String, BTreeSet<(String, String)>>>,
     /// ServiceRoles as (namespace, name).
     service_roles: Option<BTreeSet<(String, String)>>,
+    /// Istio's root namespace (MeshConfig `rootNamespace`), where a policy
+    /// without a selector is mesh-wide.
+    root_namespace: Option<String>,
+    /// PeerAuthentications without a selector (or with empty matchLabels),
+    /// by namespace: (name, creationTimestamp).
+    namespace_wide_peer_authentications: Option<BTreeMap<String, Vec<NamespaceWide>>>,
+    /// Policies with targets, by namespace: (name, [(Service, [port])]),
+    /// a port as `9080` or `name:http`, none for every port.
+    targeted_policies: Option<BTreeMap<String, Vec<Targeted>>>,
 }
+
+/// A PeerAuthentication without a selector: (name, creationTimestamp).
+type NamespaceWide = (String, Option<String>);
+
+/// A Policy with targets: (name, [(Service, [port])]).
+type Targeted = (String, Vec<(String, Vec<String>)>);
 
 impl Context {
     /// A context that knows the cluster holds no Services, DestinationRules
@@ -122,6 +145,9 @@ impl Context {
             services: Some(BTreeSet::new()),
             subsets: Some(BTreeMap::new()),
             service_roles: Some(BTreeSet::new()),
+            root_namespace: None,
+            namespace_wide_peer_authentications: Some(BTreeMap::new()),
+            targeted_policies: Some(BTreeMap::new()),
         }
     }
 
@@ -138,7 +164,68 @@ impl Context {
         for role in state.service_roles.values() {
             ctx.add_service_role(&role.key.namespace, &role.key.name);
         }
+        for pa in state.peer_authentications.values() {
+            ctx.add_peer_authentication(&pa.key.namespace, &pa.key.name, pa.created.as_deref(), &pa.spec);
+        }
+        for p in state.policies.values() {
+            ctx.add_policy(&p.key.namespace, &p.key.name, &p.spec);
+        }
+        ctx.set_root_namespace(&state.mesh_config.root_namespace);
         ctx
+    }
+
+    /// Istio's root namespace, where a policy without a selector is mesh-wide.
+    pub fn set_root_namespace(&mut self, namespace: &str) -> &mut Self {
+        self.root_namespace = Some(namespace.to_string());
+        self
+    }
+
+    /// A PeerAuthentication, `name` in `namespace`, created at `created`
+    /// (RFC 3339) when known; only those without a selector are kept.
+    pub fn add_peer_authentication(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        created: Option<&str>,
+        spec: &PeerAuthenticationSpec,
+    ) -> &mut Self {
+        let selects = spec.selector.as_ref().is_some_and(|s| !s.match_labels.is_empty());
+        let known = self.namespace_wide_peer_authentications.get_or_insert_with(BTreeMap::new);
+        if !selects {
+            let entry = known.entry(namespace.to_string()).or_default();
+            entry.retain(|(n, _)| n != name);
+            entry.push((name.to_string(), created.map(String::from)));
+        }
+        self
+    }
+
+    /// An Istio 1.1 Policy, `name` in `namespace`; only its targets are kept.
+    pub fn add_policy(&mut self, namespace: &str, name: &str, spec: &PolicySpec) -> &mut Self {
+        let known = self.targeted_policies.get_or_insert_with(BTreeMap::new);
+        if !spec.targets.is_empty() {
+            let targets = spec
+                .targets
+                .iter()
+                .map(|t| (t.name.clone(), t.ports.iter().map(policy::port_ref).collect()))
+                .collect();
+            let entry = known.entry(namespace.to_string()).or_default();
+            entry.retain(|(n, _)| n != name);
+            entry.push((name.to_string(), targets));
+        }
+        self
+    }
+
+    /// The PeerAuthentications without a selector of `namespace`; `None`
+    /// when unknown.
+    fn namespace_wide_peer_authentications(&self, namespace: &str) -> Option<&[NamespaceWide]> {
+        let known = self.namespace_wide_peer_authentications.as_ref()?;
+        Some(known.get(namespace).map(Vec::as_slice).unwrap_or_default())
+    }
+
+    /// The Policies with targets of `namespace`; `None` when unknown.
+    fn targeted_policies(&self, namespace: &str) -> Option<&[Targeted]> {
+        let known = self.targeted_policies.as_ref()?;
+        Some(known.get(namespace).map(Vec::as_slice).unwrap_or_default())
     }
 
     /// A Kubernetes Service, `name` in `namespace`.
@@ -209,6 +296,50 @@ pub trait Validate {
     /// Checks a spec for an object in `namespace` ("" for cluster-scoped
     /// kinds). Findings come in the order of the fields they name.
     fn validate(&self, namespace: &str, ctx: &Context) -> Vec<Finding>;
+
+    /// The checks that need the object's name too: the rules on its name
+    /// that depend on the spec, and how it competes with other objects of
+    /// its kind (of two mesh-wide policies, which applies). None by default.
+    fn validate_named(&self, _namespace: &str, _name: &str, _ctx: &Context) -> Vec<Finding> {
+        Vec::new()
+    }
+}
+
+impl Validate for PeerAuthenticationSpec {
+    fn validate(&self, namespace: &str, ctx: &Context) -> Vec<Finding> {
+        let mut out = common::Out::default();
+        peer_authentication::check(self, namespace, ctx, &mut out);
+        out.findings
+    }
+
+    fn validate_named(&self, namespace: &str, name: &str, ctx: &Context) -> Vec<Finding> {
+        let mut out = common::Out::default();
+        peer_authentication::check_siblings(self, namespace, name, ctx, &mut out);
+        out.findings
+    }
+}
+
+impl Validate for PolicySpec {
+    fn validate(&self, _namespace: &str, _ctx: &Context) -> Vec<Finding> {
+        let mut out = common::Out::default();
+        policy::check(self, false, &mut out);
+        out.findings
+    }
+
+    fn validate_named(&self, namespace: &str, name: &str, ctx: &Context) -> Vec<Finding> {
+        let mut out = common::Out::default();
+        policy::check_policy_name(self, name, &mut out);
+        policy::check_siblings(self, namespace, name, ctx, &mut out);
+        out.findings
+    }
+}
+
+impl Validate for MeshPolicySpec {
+    fn validate(&self, _namespace: &str, _ctx: &Context) -> Vec<Finding> {
+        let mut out = common::Out::default();
+        policy::check(self, true, &mut out);
+        out.findings
+    }
 }
 
 impl Validate for VirtualServiceSpec {
@@ -258,12 +389,12 @@ impl Validate for ClusterRbacConfigSpec {
     }
 }
 
-/// The rules on an object's name: Istio only reads a ClusterRbacConfig or
-/// RbacConfig named "default" (an error), and RbacConfig is deprecated (a
-/// warning).
+/// The rules on an object's name: Istio only reads a ClusterRbacConfig,
+/// RbacConfig or MeshPolicy named "default" (an error), and RbacConfig is
+/// deprecated (a warning).
 pub fn check_name(kind: &str, name: &str) -> Vec<Finding> {
     let mut out = common::Out::default();
-    if matches!(kind, "ClusterRbacConfig" | "RbacConfig") && name != "default" {
+    if matches!(kind, "ClusterRbacConfig" | "RbacConfig" | "MeshPolicy") && name != "default" {
         out.err(
             "metadata.name",
             format!(
@@ -310,11 +441,13 @@ pub fn validate_object(
         kind: &str,
         spec: &serde_json::Value,
         namespace: &str,
+        name: &str,
         ctx: &Context,
     ) -> Vec<Finding> {
         match serde_path_to_error::deserialize::<_, S>(spec) {
             Ok(spec) => {
                 let mut findings = spec.validate(namespace, ctx);
+                findings.extend(spec.validate_named(namespace, name, ctx));
                 if !has_errors(&findings) {
                     findings.extend(unapplied_fields(kind, &spec));
                 }
@@ -330,11 +463,14 @@ pub fn validate_object(
     }
     let mut findings = check_name(kind, name);
     findings.extend(match kind {
-        "VirtualService" => run::<VirtualServiceSpec>(kind, spec, namespace, ctx),
-        "DestinationRule" => run::<DestinationRuleSpec>(kind, spec, namespace, ctx),
-        "ServiceRole" => run::<ServiceRoleSpec>(kind, spec, namespace, ctx),
-        "ServiceRoleBinding" => run::<ServiceRoleBindingSpec>(kind, spec, namespace, ctx),
-        "ClusterRbacConfig" | "RbacConfig" => run::<RbacConfigSpec>(kind, spec, namespace, ctx),
+        "VirtualService" => run::<VirtualServiceSpec>(kind, spec, namespace, name, ctx),
+        "DestinationRule" => run::<DestinationRuleSpec>(kind, spec, namespace, name, ctx),
+        "ServiceRole" => run::<ServiceRoleSpec>(kind, spec, namespace, name, ctx),
+        "ServiceRoleBinding" => run::<ServiceRoleBindingSpec>(kind, spec, namespace, name, ctx),
+        "ClusterRbacConfig" | "RbacConfig" => run::<RbacConfigSpec>(kind, spec, namespace, name, ctx),
+        "PeerAuthentication" => run::<PeerAuthenticationSpec>(kind, spec, namespace, name, ctx),
+        "Policy" => run::<PolicySpec>(kind, spec, namespace, name, ctx),
+        "MeshPolicy" => run::<MeshPolicySpec>(kind, spec, namespace, name, ctx),
         _ => Vec::new(),
     });
     findings

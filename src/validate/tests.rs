@@ -48,13 +48,16 @@ fn list(findings: &[Finding]) -> String {
 }
 
 /// Every kind validation knows.
-const KINDS: [&str; 6] = [
+const KINDS: [&str; 9] = [
     "VirtualService",
     "DestinationRule",
     "ServiceRole",
     "ServiceRoleBinding",
     "ClusterRbacConfig",
     "RbacConfig",
+    "PeerAuthentication",
+    "Policy",
+    "MeshPolicy",
 ];
 
 // ------------------------------------------------------------- Bookinfo
@@ -302,7 +305,7 @@ impl Case {
 
     /// The object's namespace, as the webhook gets it: none for cluster-scoped kinds.
     fn namespace(&self) -> &'static str {
-        if self.kind == "ClusterRbacConfig" { "" } else { CASES_NS }
+        if matches!(self.kind.as_str(), "ClusterRbacConfig" | "MeshPolicy") { "" } else { CASES_NS }
     }
 
     fn object_name(&self) -> &str {
@@ -366,6 +369,14 @@ fn cases_context() -> Context {
     .expect("DestinationRule");
     ctx.add_destination_rule(CASES_NS, &rule);
     ctx.add_service_role(CASES_NS, "viewer");
+    let namespace_wide: PeerAuthenticationSpec =
+        serde_yaml_ng::from_str("mtls: {mode: PERMISSIVE}").expect("PeerAuthentication");
+    ctx.add_peer_authentication(CASES_NS, "default", Some("2026-01-01T00:00:00Z"), &namespace_wide);
+    let reviews: PolicySpec =
+        serde_yaml_ng::from_str("targets: [{name: reviews, ports: [{number: 9080}]}]\npeers: [{mtls: {}}]")
+            .expect("Policy");
+    ctx.add_policy(CASES_NS, "reviews-mtls", &reviews);
+    ctx.set_root_namespace(crate::model::DEFAULT_ROOT_NAMESPACE);
     ctx
 }
 
@@ -408,4 +419,96 @@ fn cases_yaml_is_well_formed() {
     for expect in [Expect::Reject, Expect::Warn, Expect::Accept, Expect::Clean] {
         assert!(cases.iter().any(|c| c.expect == expect), "no {expect:?} case");
     }
+}
+
+// ------------------------------------------- policies that switch mutual TLS
+
+fn peer_authentication(yaml: &str) -> PeerAuthenticationSpec {
+    serde_yaml_ng::from_str(yaml).expect("a PeerAuthentication spec")
+}
+
+/// A context that knows the root namespace istio-system and holds
+/// mesh-wide PeerAuthentication `first`, created at T0.
+fn mesh_wide_context() -> Context {
+    let mut ctx = Context::empty();
+    ctx.set_root_namespace("istio-system");
+    let spec = peer_authentication("mtls: {mode: STRICT}");
+    ctx.add_peer_authentication("istio-system", "first", Some("2026-01-01T00:00:00Z"), &spec);
+    ctx
+}
+
+#[test]
+fn a_second_mesh_wide_peer_authentication_is_told_which_one_applies() {
+    let mut ctx = mesh_wide_context();
+    let spec = peer_authentication("mtls: {mode: DISABLE}");
+    let json = serde_json::to_value(&spec).unwrap();
+    // Being created, it is the newest: the one already there applies.
+    let found = validation_only(validate_object("PeerAuthentication", "istio-system", "second", &json, &ctx));
+    assert_eq!(found.len(), 1, "{}", list(&found));
+    assert!(
+        found[0].message.contains("in the root namespace (mesh-wide)")
+            && found[0].message.contains("Istio applies only the oldest, first, and ignores this one"),
+        "{}",
+        list(&found)
+    );
+    // An update of an older object: it applies, and says so.
+    ctx.add_peer_authentication("istio-system", "second", Some("2025-12-31T00:00:00Z"), &spec);
+    let found = validation_only(validate_object("PeerAuthentication", "istio-system", "second", &json, &ctx));
+    assert!(
+        found[0].message.contains("this one applies, being the oldest; Istio ignores first"),
+        "{}",
+        list(&found)
+    );
+    // Same age: by name.
+    let mut ctx = mesh_wide_context();
+    ctx.add_peer_authentication("istio-system", "a-second", Some("2026-01-01T00:00:00Z"), &spec);
+    let found =
+        validation_only(validate_object("PeerAuthentication", "istio-system", "a-second", &json, &ctx));
+    assert!(found[0].message.contains("this one applies"), "{}", list(&found));
+    // The object itself, alone, is no duplicate; a workload policy neither.
+    let found = validation_only(validate_object("PeerAuthentication", "istio-system", "first", &json, &ctx));
+    assert!(!found.iter().any(|f| f.message.contains("first")), "{}", list(&found));
+    let selecting = serde_json::json!({"selector": {"matchLabels": {"app": "a"}}});
+    let found = validation_only(validate_object("PeerAuthentication", "other", "x", &selecting, &ctx));
+    assert!(found.is_empty(), "{}", list(&found));
+}
+
+#[test]
+fn a_selector_in_the_root_namespace_is_ignored_by_istio() {
+    let ctx = mesh_wide_context();
+    let spec =
+        serde_json::json!({"selector": {"matchLabels": {"app": "reviews"}}, "mtls": {"mode": "STRICT"}});
+    let found =
+        validation_only(validate_object("PeerAuthentication", "istio-system", "reviews", &spec, &ctx));
+    assert_eq!(found.len(), 1, "{}", list(&found));
+    assert!(
+        found[0].field == "spec.selector" && found[0].message.contains("Istio ignores"),
+        "{}",
+        list(&found)
+    );
+    // Elsewhere it is a workload policy like any other.
+    let found = validation_only(validate_object("PeerAuthentication", "default", "reviews", &spec, &ctx));
+    assert!(found.is_empty(), "{}", list(&found));
+}
+
+#[test]
+fn an_unknown_context_skips_the_duplicate_checks() {
+    let spec = serde_json::json!({"mtls": {"mode": "STRICT"}});
+    let found =
+        validation_only(validate_object("PeerAuthentication", "cases", "x", &spec, &Context::default()));
+    assert!(found.is_empty(), "{}", list(&found));
+    let policy = serde_json::json!({"targets": [{"name": "reviews"}]});
+    let found = validation_only(validate_object("Policy", "cases", "x", &policy, &Context::default()));
+    assert!(found.is_empty(), "{}", list(&found));
+}
+
+#[test]
+fn status_and_admission_agree_on_the_name_rules() {
+    // validate_object (the webhook) and the kind's Validate plus check_name (status) see the same.
+    let spec: MeshPolicySpec = serde_yaml_ng::from_str("peers: [{mtls: {}}]").unwrap();
+    let mut by_parts = spec.validate("", bookinfo());
+    by_parts.extend(spec.validate_named("", "mesh", bookinfo()));
+    by_parts.extend(check_name("MeshPolicy", "mesh"));
+    let whole = validate_object("MeshPolicy", "", "mesh", &serde_json::to_value(&spec).unwrap(), bookinfo());
+    assert!(has_errors(&by_parts) && has_errors(&whole), "{}", list(&whole));
 }
