@@ -220,3 +220,220 @@ fn certificates_rotate_under_load_without_a_failed_request() {
     let log = container_log(&ns.name, &details, "details");
     assert!(log.lines().last().is_some_and(|l| l.contains("peer=spiffe://")), "the last call was mTLS");
 }
+
+/// A pod without a sidecar, in a namespace of its own, to call from.
+struct PlainClient {
+    ns: TempNamespace,
+}
+
+impl PlainClient {
+    fn start() -> Self {
+        let ns = TempNamespace::new("plain");
+        apply(
+            &ns.name,
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: sleep}\nspec:\n  containers:\n  - {name: sleep, image: busybox, command: [sh, -c, 'sleep 3600']}\n",
+        );
+        kubectl_ok(&["wait", "-n", &ns.name, "--for", "condition=Ready", "pod/sleep", "--timeout=60s"], None);
+        Self { ns }
+    }
+
+    /// The HTTP status of a GET, `000` when the connection failed.
+    fn code(&self, url: &str) -> String {
+        let out =
+            enter(&self.ns.name, "sleep", &format!("curl -s -m 5 -o /dev/null -w '%{{http_code}}' {url}"));
+        out.stdout.trim().to_string()
+    }
+}
+
+/// The HTTP status of a GET from an injected pod (through its sidecar).
+fn mesh_code(ns: &str, pod: &str, url: &str) -> String {
+    enter(ns, pod, &format!("curl -s -m 10 -o /dev/null -w '%{{http_code}}' {url}")).stdout.trim().to_string()
+}
+
+/// Waits until `check` gives `want`, for at most 30 s.
+fn settles(what: &str, want: &str, check: impl Fn() -> String) {
+    eventually(what, Duration::from_secs(30), || (check() == want).then_some(()));
+}
+
+/// Deleted when dropped, wherever the test stops.
+struct Applied {
+    namespace: String,
+    yaml: String,
+}
+
+impl Applied {
+    fn new(namespace: &str, yaml: &str) -> Self {
+        kubectl_ok(&["apply", "-n", namespace, "-f", "-"], Some(yaml));
+        Self { namespace: namespace.to_string(), yaml: yaml.to_string() }
+    }
+}
+
+impl Drop for Applied {
+    fn drop(&mut self) {
+        let _ = crate::support::kubectl(
+            &["delete", "-n", &self.namespace, "--ignore-not-found", "--wait=false", "-f", "-"],
+            Some(&self.yaml),
+        );
+    }
+}
+
+fn peer_authentication(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {{name: {name}}}\nspec:\n{spec}"
+    )
+}
+
+#[test]
+fn strict_by_peer_authentication_refuses_plaintext_at_each_level_and_loses_no_mesh_request() {
+    let root = TempNamespace::new("root");
+    let _release = Release::install("mesh-e2e-strict", &["--set", &format!("rootNamespace={}", root.name)]);
+    let ns = injected_bookinfo("strict");
+    let plain = PlainClient::start();
+    let client = pod_named(&ns.name, "app=productpage");
+    let url = |service: &str, path: &str| format!("http://{service}.{}:9080{path}", ns.name);
+    assert_eq!(plain.code(&url("productpage", "/productpage")), "200", "PERMISSIVE by default");
+
+    // Mesh-wide STRICT, switched on under steady load between injected pods:
+    // not one request fails.
+    let seconds = 12;
+    let (load_ns, load_client) = (ns.name.clone(), client.clone());
+    let load = std::thread::spawn(move || {
+        let script = format!(
+            "end=$(($(date +%s) + {seconds})); i=0; \
+             while [ $(date +%s) -lt $end ] && [ $i -lt 1000 ]; do \
+               curl -s -m 30 -o /dev/null -w '%{{http_code}}\\n' 'http://productpage:9080/productpage?r=[1-5]'; \
+               i=$((i + 1)); \
+             done"
+        );
+        enter(&load_ns, &load_client, &script).stdout
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let mesh_strict = Applied::new(&root.name, &peer_authentication("default", "  mtls: {mode: STRICT}\n"));
+    settles("plaintext refused mesh-wide", "000", || plain.code(&url("productpage", "/productpage")));
+    let codes = load.join().expect("the load finished");
+    let total = codes.lines().count();
+    let ok = codes.lines().filter(|c| *c == "200").count();
+    eprintln!("PERMISSIVE -> STRICT under load: {ok} of {total} answered 200");
+    assert!(total >= 50, "too few requests to prove anything: {total}");
+    assert_eq!(ok, total, "every request answered 200 while STRICT came in: {codes}");
+    assert_eq!(mesh_code(&ns.name, &client, "http://productpage:9080/productpage"), "200");
+    for service in ["details", "reviews", "ratings"] {
+        assert_eq!(
+            plain.code(&url(service, "/health")),
+            "000",
+            "{service} takes plaintext under mesh STRICT"
+        );
+    }
+
+    // Istio's destination-rule-all-mtls.yaml with STRICT: still served.
+    let all_mtls = std::fs::read_to_string(
+        crate::support::conformance().join("networking/destination-rule-all-mtls.yaml"),
+    )
+    .expect("the sample");
+    let rules = Applied::new(&ns.name, &all_mtls);
+    std::thread::sleep(Duration::from_secs(2));
+    let body = enter(&ns.name, &client, "curl -s -m 10 http://productpage:9080/productpage").stdout;
+    assert!(body.contains("reviews-v") && !body.contains("unavailable"), "{body}");
+    drop(rules);
+
+    // A client told to send plaintext (DestinationRule tls DISABLE) to a
+    // STRICT server fails, as in Istio.
+    let disable = Applied::new(
+        &ns.name,
+        "apiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: details}\nspec:\n  host: details\n  trafficPolicy:\n    tls: {mode: DISABLE}\n",
+    );
+    settles("plaintext towards STRICT details fails", "503", || {
+        mesh_code(&ns.name, &client, "http://details:9080/details/0")
+    });
+    drop(disable);
+    settles("mTLS towards details again", "200", || {
+        mesh_code(&ns.name, &client, "http://details:9080/details/0")
+    });
+
+    // A readiness probe keeps passing under STRICT: the kubelet's probe goes
+    // to Envoy's own plaintext port, which checks the app on loopback.
+    let probed = Applied::new(
+        &ns.name,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: probed}\nspec:\n  selector: {app: probed}\n  ports: [{name: http, port: 9080}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: probed, labels: {app: probed}}\nspec:\n  containers:\n  - name: details\n    image: docker.io/istio/examples-bookinfo-details-v1:1.20.2\n    ports: [{containerPort: 9080}]\n    readinessProbe:\n      httpGet: {path: /health, port: 9080}\n      periodSeconds: 2\n",
+    );
+    kubectl_ok(&["wait", "-n", &ns.name, "--for", "condition=Ready", "pod/probed", "--timeout=90s"], None);
+    assert_eq!(plain.code(&url("probed", "/health")), "000", "the probed port itself is STRICT");
+    drop(probed);
+    drop(mesh_strict);
+    settles("PERMISSIVE again", "200", || plain.code(&url("productpage", "/productpage")));
+
+    // Namespace-wide STRICT; a workload's own PERMISSIVE overrides it.
+    let namespace_strict =
+        Applied::new(&ns.name, &peer_authentication("default", "  mtls: {mode: STRICT}\n"));
+    settles("plaintext refused in the namespace", "000", || plain.code(&url("productpage", "/productpage")));
+    let details_permissive = Applied::new(
+        &ns.name,
+        &peer_authentication(
+            "details",
+            "  selector: {matchLabels: {app: details}}\n  mtls: {mode: PERMISSIVE}\n",
+        ),
+    );
+    settles("details PERMISSIVE by its workload policy", "200", || plain.code(&url("details", "/health")));
+    assert_eq!(plain.code(&url("ratings", "/health")), "000", "ratings still STRICT");
+    drop(details_permissive);
+    drop(namespace_strict);
+
+    // Workload STRICT with a port-level exception, then without it.
+    let ratings = peer_authentication(
+        "ratings",
+        "  selector: {matchLabels: {app: ratings}}\n  mtls: {mode: STRICT}\n  portLevelMtls:\n    9080: {mode: PERMISSIVE}\n",
+    );
+    let ratings_policy = Applied::new(&ns.name, &ratings);
+    settles("plain productpage after the namespace policy went", "200", || {
+        plain.code(&url("productpage", "/productpage"))
+    });
+    assert_eq!(plain.code(&url("ratings", "/health")), "200", "port 9080 PERMISSIVE at port level");
+    kubectl_ok(
+        &["apply", "-n", &ns.name, "-f", "-"],
+        Some(&peer_authentication(
+            "ratings",
+            "  selector: {matchLabels: {app: ratings}}\n  mtls: {mode: STRICT}\n",
+        )),
+    );
+    settles("ratings STRICT without the port exception", "000", || plain.code(&url("ratings", "/health")));
+    assert_eq!(plain.code(&url("details", "/health")), "200", "other workloads untouched");
+    assert_eq!(mesh_code(&ns.name, &client, "http://productpage:9080/productpage"), "200");
+    drop(ratings_policy);
+}
+
+#[test]
+fn istio_1_1_mesh_policy_and_policies_switch_mutual_tls_unmodified() {
+    let _release = Release::install("mesh-e2e-policy", &[]);
+    let ns = injected_bookinfo("policy");
+    let plain = PlainClient::start();
+    let client = pod_named(&ns.name, "app=productpage");
+    let url = |service: &str| format!("http://{service}.{}:9080/health", ns.name);
+
+    // Istio 1.1's mesh-wide STRICT, as its documentation writes it.
+    let mesh = Applied::new(
+        "default",
+        "apiVersion: \"authentication.istio.io/v1alpha1\"\nkind: \"MeshPolicy\"\nmetadata:\n  name: \"default\"\nspec:\n  peers:\n  - mtls: {}\n",
+    );
+    settles("MeshPolicy STRICT refuses plaintext", "000", || plain.code(&url("productpage")));
+    assert_eq!(mesh_code(&ns.name, &client, "http://productpage:9080/productpage"), "200");
+
+    // The namespace's Policy `default` makes it PERMISSIVE again.
+    let namespace = Applied::new(
+        &ns.name,
+        "apiVersion: \"authentication.istio.io/v1alpha1\"\nkind: \"Policy\"\nmetadata:\n  name: \"default\"\nspec:\n  peers:\n  - mtls:\n      mode: PERMISSIVE\n",
+    );
+    settles("the namespace's Policy PERMISSIVE", "200", || plain.code(&url("productpage")));
+
+    // A Policy targeting one Service makes its pods STRICT.
+    let targeted = Applied::new(
+        &ns.name,
+        "apiVersion: \"authentication.istio.io/v1alpha1\"\nkind: \"Policy\"\nmetadata:\n  name: \"details-strict\"\nspec:\n  targets:\n  - name: details\n    ports:\n    - number: 9080\n  peers:\n  - mtls: {}\n",
+    );
+    settles("details STRICT by its targeted Policy", "000", || plain.code(&url("details")));
+    assert_eq!(plain.code(&url("reviews")), "200", "reviews still PERMISSIVE");
+    assert_eq!(mesh_code(&ns.name, &client, "http://details:9080/details/0"), "200");
+    drop(targeted);
+    drop(namespace);
+    drop(mesh);
+    settles("PERMISSIVE once the policies are gone", "200", || plain.code(&url("details")));
+}

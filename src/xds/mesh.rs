@@ -21,8 +21,9 @@ use super::resource_type::ResourceType;
 use super::snapshot::{Resource, ResourceSet, Resources, Snapshot};
 use crate::index::Index;
 use crate::model::ObjectKey;
+use crate::model::Workload;
 use crate::model::mesh::{MeshView, ProxyContext, ScopeKey};
-use crate::model::mtls::MtlsMode;
+use crate::model::mtls::{MtlsMode, MtlsPolicies};
 use crate::translate;
 use crate::translate::route::route_clusters;
 
@@ -58,11 +59,16 @@ impl Generator for MeshGenerator {
     fn prepare(&self, index: &Index) -> Arc<dyn PushContext> {
         let state = index.state();
         let view = MeshView::build(state).with_trust_domain(&self.trust_domain);
-        let proxies =
-            state.workloads.iter().map(|(key, w)| (key.clone(), ProxyContext::from_workload(w))).collect();
+        let mtls = MtlsPolicies::build(state);
+        let proxies = state
+            .workloads
+            .iter()
+            .map(|(key, w)| (key.clone(), (ProxyContext::from_workload(w), w.clone())))
+            .collect();
         let previous = std::mem::take(&mut *self.last.lock().unwrap_or_else(|p| p.into_inner()));
         Arc::new(MeshContext {
             view,
+            mtls,
             proxies,
             outbound: ScopeCache::default(),
             previous,
@@ -73,7 +79,10 @@ impl Generator for MeshGenerator {
 
 struct MeshContext {
     view: MeshView,
-    proxies: HashMap<ObjectKey, ProxyContext>,
+    /// Which mutual TLS each workload's inbound ports accept.
+    mtls: MtlsPolicies,
+    /// Each pod's proxy context, and the pod itself (policies select on it).
+    proxies: HashMap<ObjectKey, (ProxyContext, Workload)>,
     outbound: ScopeCache<ScopeKey, PackedOutbound>,
     /// The previous push's packing, whose unchanged parts are reused.
     previous: Packing,
@@ -138,8 +147,13 @@ struct PackedInbound {
 }
 
 impl PackedInbound {
-    fn new(view: &MeshView, proxy: &ProxyContext, previous: Option<&PackedInbound>) -> Self {
-        let inbound = translate::sidecar::inbound(view, proxy, |_| MtlsMode::Permissive);
+    fn new(
+        view: &MeshView,
+        proxy: &ProxyContext,
+        mtls: impl Fn(u16) -> MtlsMode,
+        previous: Option<&PackedInbound>,
+    ) -> Self {
+        let inbound = translate::sidecar::inbound(view, proxy, mtls);
         Self {
             clusters: reuse(
                 ResourceSet::of(inbound.clusters, |c: &Cluster| c.name.clone()),
@@ -158,18 +172,26 @@ impl PushContext for MeshContext {
         let key = ObjectKey::new(&proxy.id.namespace, &proxy.id.pod);
         // Authorized streams have their pod in the index; a pod deleted
         // since gets the configuration of its namespace until its stream ends.
-        let context = self.proxies.get(&key).cloned().unwrap_or_else(|| ProxyContext {
+        let known = self.proxies.get(&key);
+        let context = known.map(|(context, _)| context.clone()).unwrap_or_else(|| ProxyContext {
             namespace: proxy.id.namespace.clone(),
             pod: proxy.id.pod.clone(),
             ip: Some(proxy.id.ip.to_string()),
             ..ProxyContext::default()
         });
+        // A pod gone from the index has no policies' say: Istio's default.
+        let mtls =
+            |port| known.map_or(MtlsMode::Permissive, |(_, workload)| self.mtls.inbound_mode(workload, port));
         let scope = self.view.scope(&context);
         let outbound = self.outbound.get_or_build(scope.clone(), || {
             PackedOutbound::new(&self.view, &scope, self.previous.outbound.get(&scope).map(|p| &**p))
         });
-        let inbound =
-            Arc::new(PackedInbound::new(&self.view, &context, self.previous.inbound.get(&key).map(|p| &**p)));
+        let inbound = Arc::new(PackedInbound::new(
+            &self.view,
+            &context,
+            mtls,
+            self.previous.inbound.get(&key).map(|p| &**p),
+        ));
         {
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
             last.outbound.entry(scope).or_insert_with(|| outbound.clone());
