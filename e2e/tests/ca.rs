@@ -74,7 +74,7 @@ fn replicas_share_one_root_and_publish_it_to_every_namespace() {
 
 /// A root and an intermediate made with openssl, as a user of Istio's
 /// plug-in CA would, in Istio's `cacerts` file names.
-fn make_cacerts(dir: &std::path::Path) {
+pub(crate) fn make_cacerts(dir: &std::path::Path) {
     let sh = |script: &str| {
         let out = Command::new("sh").arg("-c").arg(script).current_dir(dir).output().expect("sh");
         assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));

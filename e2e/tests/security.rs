@@ -437,3 +437,80 @@ fn istio_1_1_mesh_policy_and_policies_switch_mutual_tls_unmodified() {
     drop(mesh);
     settles("PERMISSIVE once the policies are gone", "200", || plain.code(&url("details")));
 }
+
+#[test]
+fn workload_certificates_from_a_plugged_in_intermediate_verify_to_its_root() {
+    let home = TempNamespace::new("mesh-plugged");
+    let dir = std::env::temp_dir().join(format!("mesh-e2e-plugged-{}", home.name));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    crate::ca::make_cacerts(&dir);
+    let file = |name: &str| format!("--from-file={name}={}", dir.join(name).display());
+    kubectl_ok(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "cacerts",
+            "-n",
+            &home.name,
+            &file("ca-cert.pem"),
+            &file("ca-key.pem"),
+            &file("root-cert.pem"),
+            &file("cert-chain.pem"),
+        ],
+        None,
+    );
+    let _release = Release::install(&home.name, &[]);
+    let ns = injected_bookinfo("plugged");
+    let pod = pod_named(&ns.name, "app=details");
+
+    // The chain the pod's Envoy holds (its `default` secret; Envoy's dump
+    // shows the certificates and hides the key).
+    let chain = eventually("the pod's Envoy holding its secret", Duration::from_secs(30), || {
+        let out = enter(
+            &ns.name,
+            &pod,
+            "curl -sf -m 5 'http://127.0.0.1:15000/config_dump?resource=dynamic_active_secrets'",
+        );
+        let dump: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+        dump["configs"].as_array()?.iter().find_map(|c| {
+            (c["name"] == "default").then(|| {
+                c["secret"]["tls_certificate"]["certificate_chain"]["inline_string"]
+                    .as_str()
+                    .map(str::to_string)
+            })?
+        })
+    });
+    let blocks: Vec<&str> = chain.split_inclusive("-----END CERTIFICATE-----\n").collect();
+    assert!(blocks.len() >= 2, "the leaf and the intermediate: {chain}");
+    std::fs::write(dir.join("leaf.pem"), blocks[0]).expect("leaf");
+    std::fs::write(dir.join("intermediates.pem"), blocks[1..].concat()).expect("intermediates");
+    let leaf = mesh::ca::CertInfo::from_pem(blocks[0]).expect("a certificate");
+    assert_eq!(leaf.uris, [format!("spiffe://cluster.local/ns/{}/sa/bookinfo-details", ns.name)]);
+    assert!(
+        leaf.issuer.contains("Example Intermediate CA"),
+        "signed by the plugged-in intermediate: {}",
+        leaf.issuer
+    );
+    let verify = crate::support::run(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            dir.join("root-cert.pem").to_str().expect("utf-8"),
+            "-untrusted",
+            dir.join("intermediates.pem").to_str().expect("utf-8"),
+            dir.join("leaf.pem").to_str().expect("utf-8"),
+        ],
+        None,
+    );
+    assert!(verify.ok && verify.stdout.contains(": OK"), "{}{}", verify.stdout, verify.stderr);
+    // And traffic flows over mutual TLS with these certificates.
+    let client = pod_named(&ns.name, "app=productpage");
+    assert_eq!(mesh_code(&ns.name, &client, "http://details:9080/details/0"), "200");
+    let expected = format!("peer=spiffe://cluster.local/ns/{}/sa/bookinfo-productpage", ns.name);
+    eventually("details logging a call from productpage", Duration::from_secs(10), || {
+        container_log(&ns.name, &pod, "details").contains(&expected).then_some(())
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
