@@ -216,6 +216,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .tcp_nodelay(true);
     let fleet = Fleet::new(endpoint, layout.proxies, args.batch, !args.no_secrets);
     let before_proxies = process.sample();
+    let own_before = process.own();
     summary.add("controller before proxies", controller(&process, None, before_proxies));
 
     // --- initial connection -------------------------------------------------------
@@ -243,6 +244,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let after_connect = process.sample();
+    let own_after = process.own();
     let per_proxy = (0..layout.proxies)
         .filter_map(|i| {
             let s = fleet.state(i);
@@ -262,6 +264,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     summary.add("  config per proxy", config_sizes(&fleet));
     summary.add("  secrets", secrets(&fleet, None));
     summary.add("  controller", controller(&process, before_proxies, after_connect));
+    // The load tool shares the cores: what it spent decoding and answering.
+    summary.add("  xds-load itself", controller(&process, own_before, own_after));
     let retries: u32 = (0..layout.proxies).map(|i| fleet.state(i).sessions.saturating_sub(1)).sum();
     if retries > 0 {
         summary.add("  reconnects during the initial push", retries.to_string());
