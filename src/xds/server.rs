@@ -26,6 +26,10 @@
 //! at nine tenths of its token's life ([`auth::stream_deadline`]), so the
 //! proxy reconnects with the token the kubelet refreshed, and is reviewed
 //! again: a deleted pod's proxy gets nothing new.
+//!
+//! The first ACK of each resource type on a stream is logged (info) with
+//! the time since the stream was registered: how long a new sidecar waited
+//! for its configuration and its secrets (`make bench-identity` reads it).
 
 use std::pin::Pin;
 use std::sync::Arc;
