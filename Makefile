@@ -9,7 +9,7 @@ CARGO ?= cargo
 MESH := target/debug/mesh
 CLUSTER := e2e/scripts/cluster.sh
 
-.PHONY: bench-webhook bench-xds help tools build crds cluster-up cluster-down up down pod-exec env run test test-unit test-e2e lint fmt clean
+.PHONY: bench-ca bench-identity bench-webhook bench-xds help tools build crds cluster-up cluster-down up down pod-exec env run test test-unit test-e2e lint fmt clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -76,6 +76,14 @@ bench-xds: tools ## The xDS server at scale: 1000 Services, 2000 simulated proxi
 	$(CARGO) build --release -p mesh -p xds-load
 	@$(MAKE) -s build
 	@e2e/scripts/bench-xds.sh
+
+bench-ca: ## Workload certificates issued per second, on one thread and on every core (docs/perf.md)
+	$(CARGO) test --release --lib xds::issuance -- --ignored --nocapture
+
+bench-identity: tools ## Pod creation to its Envoy's first ACKed secret, 20 injected pods (docs/perf.md)
+	$(CARGO) build --release -p mesh
+	@$(MAKE) -s build
+	@e2e/scripts/bench-identity.sh
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

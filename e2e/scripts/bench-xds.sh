@@ -13,6 +13,8 @@
 #   IDLE_SECONDS (10)  PUSH_TIMEOUT (10 s)  BATCH (100 connections at a time)
 #   CONTROLLER_WRAPPER (none: a profiler command to run the controller under;
 #   no restart then)
+#   SECRETS (1: each proxy asks for the SDS secrets its clusters name and
+#   ACKs them, as Envoy does; 0: it does not, for the figures without)
 #
 # `bench-xds.sh restart-controller` is what xds-load runs to restart the
 # controller mid-run.
@@ -93,6 +95,8 @@ kubectl create namespace mesh-system >/dev/null
 log "controller on 127.0.0.1:$xds (xDS), :$mon (monitoring)"
 start_controller
 
+secrets_flag=()
+if [ "${SECRETS:-1}" = 0 ]; then secrets_flag=(--no-secrets); fi
 # The whole run is bounded; xds-load bounds each of its waits too.
 timeout --signal=TERM 1800 "$repo/target/release/xds-load" \
   --services "${SERVICES:-1000}" --proxies "${PROXIES:-2000}" --accounts "${ACCOUNTS:-4}" \
@@ -100,5 +104,6 @@ timeout --signal=TERM 1800 "$repo/target/release/xds-load" \
   --vs-changes "${VS_CHANGES:-3}" --idle-seconds "${IDLE_SECONDS:-10}" --push-timeout "${PUSH_TIMEOUT:-10}" \
   --batch "${BATCH:-100}" --xds-addr "127.0.0.1:$xds" \
   --controller-pid-file "$pidfile" ${CONTROLLER_WRAPPER:+--no-restart} \
+  "${secrets_flag[@]}" \
   --restart-command "$repo/e2e/scripts/bench-xds.sh restart-controller" \
   | tee "$repo/target/bench-xds.log"

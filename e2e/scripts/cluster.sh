@@ -12,6 +12,8 @@
 #                      the demo one (default 0: apiserver on 6443)
 #   MESH_TOKEN_MAX_AGE the node replaces projected tokens older than this
 #                      many seconds (tests use it to see refreshes)
+#   MESH_NODE_MESH     the program the mesh image runs on the node (default
+#                      the debug build; benchmarks give the release build)
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -218,13 +220,15 @@ up() {
 
 # The node: runs the pods scheduled to it (e2e/node, `localnode run`).
 start_node() {
+  local mesh=${MESH_NODE_MESH:-$target/mesh}
   for b in localnode bookinfo mesh; do
     [ -x "$target/$b" ] || die "$target/$b is missing: run 'make build' first"
   done
+  [ -x "$mesh" ] || die "$mesh is missing: build it first"
   start node "$target/localnode" run --name "$node_name" \
     --kubeconfig "$dir/node.kubeconfig" --state-dir "$dir/node" \
     --images "$repo/e2e/images.yaml" \
-    --program "bookinfo=$target/bookinfo" --program "mesh=$target/mesh" --program "envoy=$TOOLS_BIN/envoy" \
+    --program "bookinfo=$target/bookinfo" --program "mesh=$mesh" --program "envoy=$TOOLS_BIN/envoy" \
     --apiserver "127.0.0.1:$apiserver_port" \
     --kube-proxy "$TOOLS_BIN/kube-proxy" --kube-proxy-kubeconfig "$dir/kube-proxy.kubeconfig" \
     --prefix "$prefix" --pod-cidr "$node_cidr" --cluster-cidr "$cluster_cidr" \

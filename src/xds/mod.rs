@@ -30,7 +30,8 @@
 //!   between streams;
 //! - [`sds`]: workload identity: a key and SPIFFE certificate per
 //!   stream, for the identity its token proved, served as Istio's secrets
-//!   `default` and `ROOTCA`; renewed at half life by the session;
+//!   `default` and `ROOTCA`; renewed at half life by the session
+//!   (`issuance`, a test-only benchmark, measures how fast);
 //! - [`debug`]: what /debug/syncz and /debug/config_dump show, and
 //!   `mesh proxy-status`'s table of it;
 //! - [`metrics`]: what the server counts, on /metrics.
@@ -44,6 +45,8 @@ pub mod debug;
 pub mod delta;
 pub mod generator;
 pub mod grpc;
+#[cfg(test)]
+mod issuance;
 pub mod mesh;
 pub mod metrics;
 pub mod names;

@@ -26,6 +26,10 @@
 //! at nine tenths of its token's life ([`auth::stream_deadline`]), so the
 //! proxy reconnects with the token the kubelet refreshed, and is reviewed
 //! again: a deleted pod's proxy gets nothing new.
+//!
+//! The first ACK of each resource type on a stream is logged (info) with
+//! the time since the stream was registered: how long a new sidecar waited
+//! for its configuration and its secrets (`make bench-identity` reads it).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -366,6 +370,10 @@ struct Session<M: Machine> {
     secrets: Option<IssuedSecrets>,
     /// Secret names refused on this stream (each is warned about once).
     refused: std::collections::BTreeSet<String>,
+    /// The types the proxy has ACKed on this stream: the first ACK of each
+    /// is logged with the time since the stream was admitted (how long a
+    /// new sidecar waits for its configuration and its certificate).
+    acked_types: std::collections::BTreeSet<ResourceType>,
 }
 
 impl<M: Machine> Session<M> {
@@ -418,6 +426,7 @@ impl<M: Machine> Session<M> {
             base,
             secrets,
             refused: Default::default(),
+            acked_types: Default::default(),
         };
         session.note_certificate();
         let ended = session.run(first, inbound, offers, deadline).await;
@@ -590,7 +599,18 @@ impl<M: Machine> Session<M> {
             match event {
                 Event::Ack { resource_type, version } => {
                     metrics.acked(resource_type);
-                    tracing::debug!(%proxy, r#type = %resource_type, %version, "ACK");
+                    if self.acked_types.insert(resource_type) {
+                        let since = self.connection.connected_since.elapsed().unwrap_or_default();
+                        tracing::info!(
+                            %proxy,
+                            r#type = %resource_type,
+                            %version,
+                            since_connected_ms = since.as_millis() as u64,
+                            "first ACK of this type on the stream"
+                        );
+                    } else {
+                        tracing::debug!(%proxy, r#type = %resource_type, %version, "ACK");
+                    }
                 }
                 Event::Nack { resource_type, version, resources, error } => {
                     metrics.nacked(resource_type);

@@ -5,6 +5,9 @@
 //!
 //! - the initial push (all proxies connected and their configuration
 //!   ACKed), and the same after a controller restart;
+//! - the workload secrets: how many proxies hold theirs (an SDS response
+//!   ACKed), and the time from connect to that ACK (`--no-secrets`: the
+//!   proxies do not ask for them, for the figures without);
 //! - the controller's CPU when nothing changes;
 //! - convergence after a VirtualService change and under endpoint churn:
 //!   from the start of the API call to each proxy's receipt of a response
@@ -94,6 +97,10 @@ struct Args {
     /// Seconds the restart command may take.
     #[arg(long, default_value_t = 120)]
     restart_timeout: u64,
+    /// Do not subscribe to the SDS secrets the clusters name (the
+    /// controller still issues a certificate per stream at admission).
+    #[arg(long)]
+    no_secrets: bool,
 }
 
 fn main() -> ExitCode {
@@ -207,8 +214,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("TLS settings")?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    let fleet = Fleet::new(endpoint, layout.proxies, args.batch);
+    let fleet = Fleet::new(endpoint, layout.proxies, args.batch, !args.no_secrets);
     let before_proxies = process.sample();
+    let own_before = process.own();
     summary.add("controller before proxies", controller(&process, None, before_proxies));
 
     // --- initial connection -------------------------------------------------------
@@ -236,6 +244,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let after_connect = process.sample();
+    let own_after = process.own();
     let per_proxy = (0..layout.proxies)
         .filter_map(|i| {
             let s = fleet.state(i);
@@ -253,7 +262,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     summary.add("  per proxy, connect to ACK", distribution(per_proxy));
     summary.add("  config per proxy", config_sizes(&fleet));
+    summary.add("  secrets", secrets(&fleet, None));
     summary.add("  controller", controller(&process, before_proxies, after_connect));
+    // The load tool shares the cores: what it spent decoding and answering.
+    summary.add("  xds-load itself", controller(&process, own_before, own_after));
     let retries: u32 = (0..layout.proxies).map(|i| fleet.state(i).sessions.saturating_sub(1)).sum();
     if retries > 0 {
         summary.add("  reconnects during the initial push", retries.to_string());
@@ -383,6 +395,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             })
             .collect();
         summary.add("  per proxy, last attempt (not before readiness) to ACK", distribution(per_proxy));
+        summary.add("  secrets", secrets(&fleet, Some(restarted)));
         summary.add("  new controller", controller(&process, None, after));
         tokio::time::sleep(Duration::from_secs(2)).await;
         idle(&fleet, &process, &mut summary, args.idle_seconds, "idle after restart").await;
@@ -482,6 +495,29 @@ async fn idle(fleet: &Fleet, process: &Process, summary: &mut Summary, seconds: 
         format!("{what} ({seconds} s)"),
         format!("{}; {pushed} responses received", controller(process, before, after)),
     );
+}
+
+/// How many proxies hold their secrets on their current stream, and how
+/// long after the stream's connection attempt (not before `floor`) they
+/// ACKed the first SDS response.
+fn secrets(fleet: &Fleet, floor: Option<Instant>) -> String {
+    if !fleet.secrets {
+        return "not subscribed (--no-secrets)".into();
+    }
+    let times: Vec<Duration> = (0..fleet.states.len())
+        .filter_map(|i| {
+            let s = fleet.state(i);
+            let started = s.attempt_started?;
+            Some(s.secret_acked_at?.duration_since(floor.map_or(started, |f| started.max(f))))
+        })
+        .collect();
+    format!(
+        "{} of {} proxies hold their secrets ({} SDS responses received in all); connect to the secrets' ACK: {}",
+        times.len(),
+        fleet.states.len(),
+        fleet.counters.responses(probe::SECRET),
+        distribution(times)
+    )
 }
 
 /// Resource counts of the latest response of each type.

@@ -27,6 +27,7 @@ pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listene
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// A short name for a type URL, for the report.
 pub fn label(type_url: &str) -> &'static str {
@@ -35,6 +36,7 @@ pub fn label(type_url: &str) -> &'static str {
         CLUSTER => "CDS",
         ENDPOINT => "EDS",
         ROUTE => "RDS",
+        SECRET => "SDS",
         _ => "other",
     }
 }

@@ -3,11 +3,15 @@
 //! token as `authorization: Bearer`, Istio's node id), subscribing the way
 //! Envoy does: clusters (wildcard), then the endpoints of its EDS clusters,
 //! then listeners (wildcard), then the route configurations its
-//! listeners' HTTP connection managers name. Every response is ACKed with
-//! its version and nonce; nothing is ever NACKed (nothing is applied).
+//! listeners' HTTP connection managers name, and (unless the fleet is told
+//! not to) the SDS secrets its clusters' TLS transport sockets name
+//! (`default` and `ROOTCA` in this mesh), as Envoy asks for them while it
+//! warms those clusters. Every response is ACKed with its version and
+//! nonce; nothing is ever NACKed (nothing is applied).
 //!
 //! What a proxy saw goes into its [`ProxyState`]: when its current stream
-//! started and when it had ACKed all of its initial configuration, and,
+//! started, when it had ACKed all of its initial configuration and its
+//! secrets, and,
 //! per [`Probe`], when a response carried the change. When the stream
 //! breaks (the controller restarts), the proxy reconnects with a short
 //! back-off, like Envoy, until the fleet is stopped.
@@ -17,8 +21,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
-use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::core::v3::{Node, TransportSocket, transport_socket};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    UpstreamTlsContext, common_tls_context::ValidationContextType,
+};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use prost::Message;
@@ -62,8 +69,11 @@ pub struct ProxyState {
     pub sessions: u32,
     /// When the current connection attempt started.
     pub attempt_started: Option<Instant>,
-    /// When the current stream had ACKed all of its initial configuration.
+    /// When the current stream had ACKed all of its initial configuration
+    /// (its secrets included, when it subscribes to them).
     pub ready_at: Option<Instant>,
+    /// When the current stream first ACKed a response carrying secrets.
+    pub secret_acked_at: Option<Instant>,
     pub last_error: Option<String>,
     /// Per probe, by its index.
     pub seen: Vec<Seen>,
@@ -72,9 +82,10 @@ pub struct ProxyState {
 /// Responses received, by type, over the whole fleet.
 #[derive(Debug, Default)]
 pub struct Counters {
-    pub by_type: [AtomicU64; 5],
+    /// By the slots of [`Counters::TYPES`], then one for any other type.
+    pub by_type: [AtomicU64; 6],
     /// Resources in the latest response, by type.
-    pub resources: [AtomicU64; 5],
+    pub resources: [AtomicU64; 6],
 }
 
 impl Counters {
@@ -84,11 +95,13 @@ impl Counters {
             probe::ENDPOINT => 1,
             probe::LISTENER => 2,
             probe::ROUTE => 3,
-            _ => 4,
+            probe::SECRET => 4,
+            _ => 5,
         }
     }
 
-    pub const TYPES: [&'static str; 4] = [probe::CLUSTER, probe::ENDPOINT, probe::LISTENER, probe::ROUTE];
+    pub const TYPES: [&'static str; 5] =
+        [probe::CLUSTER, probe::ENDPOINT, probe::LISTENER, probe::ROUTE, probe::SECRET];
 
     pub fn responses(&self, type_url: &str) -> u64 {
         self.by_type[Self::slot(type_url)].load(Ordering::Relaxed)
@@ -115,10 +128,12 @@ pub struct Fleet {
     endpoint: Endpoint,
     pub stop: CancellationToken,
     pub first_error: Mutex<Option<String>>,
+    /// Whether proxies subscribe to the secrets their clusters name.
+    pub secrets: bool,
 }
 
 impl Fleet {
-    pub fn new(endpoint: Endpoint, proxies: usize, batch: usize) -> Arc<Self> {
+    pub fn new(endpoint: Endpoint, proxies: usize, batch: usize, secrets: bool) -> Arc<Self> {
         Arc::new(Self {
             states: (0..proxies).map(|_| Mutex::new(ProxyState::default())).collect(),
             probes: RwLock::new(Vec::new()),
@@ -127,6 +142,7 @@ impl Fleet {
             endpoint,
             stop: CancellationToken::new(),
             first_error: Mutex::new(None),
+            secrets,
         })
     }
 
@@ -228,6 +244,7 @@ pub async fn run(fleet: Arc<Fleet>, i: usize, identity: Identity) {
             let mut state = fleet.state(i);
             state.attempt_started = Some(started);
             state.ready_at = None;
+            state.secret_acked_at = None;
         }
         match session(&fleet, i, &identity, permit).await {
             Ok(()) => return,
@@ -297,11 +314,12 @@ async fn session(
     let (tx, rx) = mpsc::channel(16);
     let node = Node { id: identity.node_id.clone(), cluster: identity.cluster.clone(), ..Default::default() };
     let mut requests = Requests { tx, node: Some(node) };
-    let mut subs: [Subscription; 4] = Default::default();
+    let mut subs: [Subscription; 5] = Default::default();
     const CDS: usize = 0;
     const EDS: usize = 1;
     const LDS: usize = 2;
     const RDS: usize = 3;
+    const SDS: usize = 4;
     let urls = Counters::TYPES;
 
     subs[CDS].requested = true;
@@ -354,12 +372,21 @@ async fn session(
         subs[t].nonce = response.nonce.clone();
         match t {
             CDS => {
-                let eds = eds_names(&response);
-                if eds != subs[EDS].names {
-                    subs[EDS].names = eds;
+                let names = cluster_names(&response, fleet.secrets);
+                if names.eds != subs[EDS].names {
+                    subs[EDS].names = names.eds;
                     subs[EDS].requested = true;
                     subs[EDS].acked = false;
                     requests.send(urls[EDS], &subs[EDS]).await?;
+                }
+                // Envoy asks for a cluster's secrets while it warms the
+                // cluster, before it ACKs the CDS response: all names of
+                // the type in one request on an ADS stream.
+                if names.sds != subs[SDS].names {
+                    subs[SDS].names = names.sds;
+                    subs[SDS].requested = true;
+                    subs[SDS].acked = false;
+                    requests.send(urls[SDS], &subs[SDS]).await?;
                 }
                 subs[CDS].acked = true;
                 requests.send(urls[CDS], &subs[CDS]).await?;
@@ -390,10 +417,21 @@ async fn session(
             _ => {
                 subs[t].acked = true;
                 requests.send(urls[t], &subs[t]).await?;
+                if t == SDS && !response.resources.is_empty() {
+                    let mut state = fleet.state(i);
+                    if state.secret_acked_at.is_none() {
+                        state.secret_acked_at = Some(Instant::now());
+                    }
+                }
             }
         }
         let complete = |s: &Subscription| s.names.is_empty() || s.acked;
-        if subs[CDS].acked && subs[LDS].acked && complete(&subs[EDS]) && complete(&subs[RDS]) {
+        if subs[CDS].acked
+            && subs[LDS].acked
+            && complete(&subs[EDS])
+            && complete(&subs[RDS])
+            && complete(&subs[SDS])
+        {
             let mut state = fleet.state(i);
             if state.ready_at.is_none() {
                 state.ready_at = Some(Instant::now());
@@ -402,24 +440,66 @@ async fn session(
     }
 }
 
-/// The EDS names of a CDS response's EDS clusters, sorted.
-fn eds_names(response: &DiscoveryResponse) -> Vec<String> {
-    let mut names: Vec<String> = response
-        .resources
-        .iter()
-        .filter_map(|any| Cluster::decode(any.value.as_slice()).ok())
-        .filter(|c| {
-            c.cluster_discovery_type
-                == Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32))
-        })
-        .map(|c| match c.eds_cluster_config {
-            Some(eds) if !eds.service_name.is_empty() => eds.service_name,
-            _ => c.name,
-        })
-        .collect();
-    names.sort();
-    names.dedup();
+/// What a CDS response makes Envoy subscribe to next, each sorted.
+#[derive(Debug, Default, PartialEq)]
+struct ClusterNames {
+    /// The EDS names of its EDS clusters.
+    eds: Vec<String>,
+    /// The SDS secrets its clusters' TLS transport sockets name (only
+    /// when `secrets` was asked for).
+    sds: Vec<String>,
+}
+
+fn cluster_names(response: &DiscoveryResponse, secrets: bool) -> ClusterNames {
+    let mut names = ClusterNames::default();
+    for c in response.resources.iter().filter_map(|any| Cluster::decode(any.value.as_slice()).ok()) {
+        if secrets {
+            let sockets = c
+                .transport_socket
+                .iter()
+                .chain(c.transport_socket_matches.iter().flat_map(|m| &m.transport_socket));
+            for socket in sockets {
+                secret_names(socket, &mut names.sds);
+            }
+        }
+        if c.cluster_discovery_type
+            == Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32))
+        {
+            names.eds.push(match c.eds_cluster_config {
+                Some(eds) if !eds.service_name.is_empty() => eds.service_name,
+                _ => c.name,
+            });
+        }
+    }
+    for list in [&mut names.eds, &mut names.sds] {
+        list.sort();
+        list.dedup();
+    }
     names
+}
+
+/// The SDS secret names an upstream TLS transport socket refers to: its
+/// certificates and its validation context (alone or combined with inline
+/// checks). Other sockets (plaintext) name none.
+fn secret_names(socket: &TransportSocket, out: &mut Vec<String>) {
+    let Some(transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type else { return };
+    if !any.type_url.ends_with(".UpstreamTlsContext") {
+        return;
+    }
+    let Some(common) =
+        UpstreamTlsContext::decode(any.value.as_slice()).ok().and_then(|t| t.common_tls_context)
+    else {
+        return;
+    };
+    out.extend(common.tls_certificate_sds_secret_configs.into_iter().map(|s| s.name));
+    match common.validation_context_type {
+        Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => out.push(s.name),
+        Some(ValidationContextType::CombinedValidationContext(c)) => {
+            out.extend(c.validation_context_sds_secret_config.map(|s| s.name))
+        }
+        _ => {}
+    }
+    out.retain(|n| !n.is_empty());
 }
 
 /// The RDS names of an LDS response's listeners, sorted.
@@ -445,4 +525,97 @@ fn chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = e.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::CombinedCertificateValidationContext;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{CommonTlsContext, SdsSecretConfig};
+    use envoy_types::pb::google::protobuf::Any;
+
+    use super::*;
+
+    fn sds(name: &str) -> SdsSecretConfig {
+        SdsSecretConfig { name: name.into(), ..Default::default() }
+    }
+
+    /// The client side of the mesh's auto mTLS: a TLS socket for endpoints
+    /// with a sidecar, plaintext for the rest.
+    fn auto_mtls(name: &str) -> Cluster {
+        let tls = UpstreamTlsContext {
+            common_tls_context: Some(CommonTlsContext {
+                tls_certificate_sds_secret_configs: vec![sds("default")],
+                validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+                    CombinedCertificateValidationContext {
+                        validation_context_sds_secret_config: Some(sds("ROOTCA")),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let socket = |type_url: &str, value: Vec<u8>| TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(Any {
+                type_url: type_url.into(),
+                value,
+            })),
+        };
+        Cluster {
+            name: name.into(),
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
+            )),
+            transport_socket_matches: vec![
+                TransportSocketMatch {
+                    name: "tlsMode-istio".into(),
+                    transport_socket: Some(socket(
+                        "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                        tls.encode_to_vec(),
+                    )),
+                    ..Default::default()
+                },
+                TransportSocketMatch {
+                    name: "tlsMode-disabled".into(),
+                    transport_socket: Some(socket(
+                        "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer",
+                        Vec::new(),
+                    )),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn response(clusters: &[Cluster]) -> DiscoveryResponse {
+        DiscoveryResponse {
+            type_url: probe::CLUSTER.into(),
+            resources: clusters
+                .iter()
+                .map(|c| Any { type_url: probe::CLUSTER.into(), value: c.encode_to_vec() })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_secrets_named_by_tls_transport_sockets_are_subscribed_once_each() {
+        let plain = Cluster { name: "PassthroughCluster".into(), ..Default::default() };
+        let response = response(&[auto_mtls("outbound|9080||a"), auto_mtls("outbound|9080||b"), plain]);
+        let names = cluster_names(&response, true);
+        assert_eq!(names.eds, ["outbound|9080||a", "outbound|9080||b"]);
+        assert_eq!(names.sds, ["ROOTCA", "default"]);
+        let without = cluster_names(&response, false);
+        assert_eq!(without.eds, names.eds);
+        assert!(without.sds.is_empty(), "no secrets asked for when told not to");
+    }
+
+    #[test]
+    fn plaintext_clusters_name_no_secret() {
+        let plain = Cluster { name: "BlackHoleCluster".into(), ..Default::default() };
+        assert_eq!(cluster_names(&response(&[plain]), true), ClusterNames::default());
+    }
 }
