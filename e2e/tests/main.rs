@@ -4,6 +4,7 @@
 
 mod support;
 
+mod authz;
 mod ca;
 mod crds;
 mod debug;

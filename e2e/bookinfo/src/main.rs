@@ -1,12 +1,15 @@
 //! `bookinfo`: one binary standing in for every Istio Bookinfo image on the
-//! local cluster (productpage, details, ratings, reviews v1/v2/v3), one
-//! subcommand per role. Each serves HTTP on 0.0.0.0:PORT, logs one line per
-//! request to stderr, and stops gracefully on SIGTERM or Ctrl-C.
+//! local cluster (productpage, details, ratings, reviews v1/v2/v3), and for
+//! Istio's tcp-echo sample, one subcommand per role. The Bookinfo roles
+//! serve HTTP on 0.0.0.0:PORT and log one line per request to stderr;
+//! tcp-echo serves plain TCP on the ports it is given and logs one line per
+//! connection. All stop gracefully on SIGTERM or Ctrl-C.
 
 mod details;
 mod productpage;
 mod ratings;
 mod reviews;
+mod tcp_echo;
 #[cfg(test)]
 mod tests;
 mod upstream;
@@ -44,6 +47,15 @@ enum Role {
         #[arg(long, env = "REVIEWS_VERSION", value_enum)]
         version: reviews::Version,
     },
+    /// Istio's tcp-echo-server: each line back with a prefix (plain TCP).
+    TcpEcho {
+        /// Ports to listen on, comma-separated, as the sample's first argument.
+        #[arg(default_value = "9000")]
+        ports: String,
+        /// What goes before each line echoed, as the sample's second argument.
+        #[arg(default_value = "hello")]
+        prefix: String,
+    },
 }
 
 #[tokio::main]
@@ -58,6 +70,11 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let (name, router) = match cli.role {
+        Role::TcpEcho { ports, prefix } => {
+            tcp_echo::serve(&tcp_echo::parse_ports(&ports)?, &prefix, shutdown_signal()).await?;
+            tracing::info!("tcp-echo stopped");
+            return Ok(());
+        }
         Role::Productpage => ("productpage", productpage::router(productpage::Config::from_env()?)),
         Role::Details => ("details", details::router()),
         Role::Ratings => ("ratings", ratings::router()),

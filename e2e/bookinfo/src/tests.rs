@@ -15,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 use crate::upstream::{Client, Reply, Service};
-use crate::{details, productpage, ratings, reviews};
+use crate::{details, productpage, ratings, reviews, tcp_echo};
 
 async fn spawn(router: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -350,4 +350,135 @@ async fn login_sets_and_logout_clears_the_user_cookie() {
         .unwrap();
     let cookie = response.headers()["set-cookie"].to_str().unwrap();
     assert!(cookie.starts_with("user=;") && cookie.contains("Max-Age=0"), "{cookie}");
+}
+
+/// A tcp-echo on a port of its own, answering with `prefix`.
+async fn tcp_echo_server(prefix: &str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(tcp_echo::accept_loop(listener, prefix.into()));
+    addr
+}
+
+/// Everything the server sends until it closes, or what came within `wait`.
+async fn read_all(stream: &mut tokio::net::TcpStream, wait: Duration) -> (Vec<u8>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(wait, stream.read_to_end(&mut got)).await.is_ok();
+    (got, closed)
+}
+
+#[tokio::test]
+async fn tcp_echo_answers_each_line_with_the_prefix() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let addr = tcp_echo_server("hello").await;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    write.write_all(b"world\n").await.unwrap();
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("hello world"));
+    // Two lines in one write, and one split over two writes: a reply per line.
+    write.write_all(b"one\ntw").await.unwrap();
+    write.write_all(b"o\n").await.unwrap();
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("hello one"));
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("hello two"));
+    // An empty line is a line too.
+    write.write_all(b"\n").await.unwrap();
+    assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("hello "));
+    // The client closes: so does the server.
+    write.shutdown().await.unwrap();
+    assert_eq!(lines.next_line().await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn tcp_echo_drops_a_last_line_without_newline_and_closes() {
+    use tokio::io::AsyncWriteExt;
+    let addr = tcp_echo_server("hi").await;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"a\nunfinished").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let (got, closed) = read_all(&mut stream, Duration::from_secs(5)).await;
+    assert!(closed, "the server closes once the client has");
+    assert_eq!(String::from_utf8(got).unwrap(), "hi a\n");
+}
+
+#[tokio::test]
+async fn tcp_echo_closes_on_a_line_too_long() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = tcp_echo_server("hello").await;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    write.write_all(b"short\n").await.unwrap();
+    let mut reply = [0u8; 12];
+    read.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"hello short\n");
+    // Written from a task: the server stops reading part-way.
+    let long = vec![b'x'; tcp_echo::MAX_LINE + 10];
+    let writer = tokio::spawn(async move {
+        let _ = write.write_all(&long).await;
+        write
+    });
+    // The server closes: end of stream, or a reset for what it left unread.
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), read.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the server closed the connection");
+    assert!(rest.is_empty(), "no reply to the long line: {} bytes", rest.len());
+    drop(writer.await);
+}
+
+#[tokio::test]
+async fn tcp_echo_serves_every_port_given_and_stops_on_shutdown() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    // Two ports nothing listens on (they may be taken again meanwhile; rare).
+    let ports: Vec<u16> = {
+        let a = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let b = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        vec![a.local_addr().unwrap().port(), b.local_addr().unwrap().port()]
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn({
+        let ports = ports.clone();
+        async move {
+            tcp_echo::serve(&ports, "hey", async {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
+    for port in &ports {
+        let stream = connect_retrying(*port).await;
+        let (read, mut write) = stream.into_split();
+        write.write_all(b"there\n").await.unwrap();
+        let mut lines = BufReader::new(read).lines();
+        assert_eq!(lines.next_line().await.unwrap().as_deref(), Some("hey there"), "port {port}");
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap().unwrap();
+    assert!(tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await.is_err(), "stopped listening");
+}
+
+/// Connects to a port on loopback that a server is about to listen on.
+async fn connect_retrying(port: u16) -> tokio::net::TcpStream {
+    for _ in 0..100 {
+        if let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            return stream;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("nothing listens on 127.0.0.1:{port}");
+}
+
+#[tokio::test]
+async fn tcp_echo_refuses_a_port_in_use_and_bad_port_lists() {
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let err = tcp_echo::serve(&[port], "hello", std::future::pending()).await.unwrap_err();
+    assert!(format!("{err:#}").contains(&format!("cannot listen on 0.0.0.0:{port}")), "{err:#}");
+
+    assert_eq!(tcp_echo::parse_ports("9000,9001,9002").unwrap(), [9000, 9001, 9002]);
+    assert_eq!(tcp_echo::parse_ports(" 9000 , 9000").unwrap(), [9000]);
+    for bad in ["", "9000,", "x", "70000", "0", "9000;9001"] {
+        let err = tcp_echo::parse_ports(bad).unwrap_err();
+        assert!(format!("{err:#}").contains(&format!("{bad:?}")), "{bad:?}: {err:#}");
+    }
 }
