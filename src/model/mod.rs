@@ -19,6 +19,7 @@ pub mod host;
 pub mod mesh;
 pub mod mtls;
 pub mod protocol;
+pub mod rbac;
 pub mod visibility;
 
 use std::collections::BTreeMap;

@@ -24,8 +24,11 @@ use crate::model::ObjectKey;
 use crate::model::Workload;
 use crate::model::mesh::{MeshView, ProxyContext, ScopeKey};
 use crate::model::mtls::{MtlsMode, MtlsPolicies};
+use crate::model::rbac::RbacPolicies;
 use crate::translate;
+use crate::translate::rbac::Destination;
 use crate::translate::route::route_clusters;
+use crate::translate::sidecar::{InboundPort, PortPolicy};
 
 /// Translates the index into each proxy's configuration.
 pub struct MeshGenerator {
@@ -60,6 +63,7 @@ impl Generator for MeshGenerator {
         let state = index.state();
         let view = MeshView::build(state).with_trust_domain(&self.trust_domain);
         let mtls = MtlsPolicies::build(state);
+        let rbac = RbacPolicies::build(state);
         let proxies = state
             .workloads
             .iter()
@@ -69,6 +73,7 @@ impl Generator for MeshGenerator {
         Arc::new(MeshContext {
             view,
             mtls,
+            rbac,
             proxies,
             outbound: ScopeCache::default(),
             previous,
@@ -81,6 +86,8 @@ struct MeshContext {
     view: MeshView,
     /// Which mutual TLS each workload's inbound ports accept.
     mtls: MtlsPolicies,
+    /// Who may call each workload's inbound ports.
+    rbac: RbacPolicies,
     /// Each pod's proxy context, and the pod itself (policies select on it).
     proxies: HashMap<ObjectKey, (ProxyContext, Workload)>,
     outbound: ScopeCache<ScopeKey, PackedOutbound>,
@@ -150,10 +157,10 @@ impl PackedInbound {
     fn new(
         view: &MeshView,
         proxy: &ProxyContext,
-        mtls: impl Fn(u16) -> MtlsMode,
+        policy: impl Fn(&InboundPort) -> PortPolicy,
         previous: Option<&PackedInbound>,
     ) -> Self {
-        let inbound = translate::sidecar::inbound(view, proxy, mtls);
+        let inbound = translate::sidecar::inbound(view, proxy, policy);
         Self {
             clusters: reuse(
                 ResourceSet::of(inbound.clusters, |c: &Cluster| c.name.clone()),
@@ -164,6 +171,31 @@ impl PackedInbound {
                 previous.map(|p| &p.listener),
             ),
         }
+    }
+}
+
+impl MeshContext {
+    /// Which mutual TLS an inbound port of `workload` accepts, and the
+    /// RBAC filter of the Service behind it when RBAC is on for it.
+    fn port_policy(&self, workload: &Workload, port: &InboundPort) -> PortPolicy {
+        let mut policy =
+            PortPolicy { mtls: self.mtls.inbound_mode(workload, port.port), ..PortPolicy::default() };
+        let service = port.service;
+        if let Some(auth) = self.rbac.authorization(&service.hostname, &service.key.namespace) {
+            let destination = Destination {
+                host: &service.hostname,
+                name: &service.key.name,
+                namespace: &service.key.namespace,
+                service_account: &workload.service_account,
+                labels: &workload.labels,
+            };
+            if port.protocol.is_http() {
+                policy.http_filters.push(translate::rbac::http_filter(&auth, &destination));
+            } else {
+                policy.network_filters.push(translate::rbac::network_rbac_filter(&auth, &destination));
+            }
+        }
+        policy
     }
 }
 
@@ -179,9 +211,12 @@ impl PushContext for MeshContext {
             ip: Some(proxy.id.ip.to_string()),
             ..ProxyContext::default()
         });
-        // A pod gone from the index has no policies' say: Istio's default.
-        let mtls =
-            |port| known.map_or(MtlsMode::Permissive, |(_, workload)| self.mtls.inbound_mode(workload, port));
+        // A pod gone from the index has no policies' say: Istio's default
+        // (and no Service selects it, so it has no inbound ports).
+        let policy = |port: &InboundPort| match known {
+            Some((_, workload)) => self.port_policy(workload, port),
+            None => PortPolicy { mtls: MtlsMode::Permissive, ..PortPolicy::default() },
+        };
         let scope = self.view.scope(&context);
         let outbound = self.outbound.get_or_build(scope.clone(), || {
             PackedOutbound::new(&self.view, &scope, self.previous.outbound.get(&scope).map(|p| &**p))
@@ -189,7 +224,7 @@ impl PushContext for MeshContext {
         let inbound = Arc::new(PackedInbound::new(
             &self.view,
             &context,
-            mtls,
+            policy,
             self.previous.inbound.get(&key).map(|p| &**p),
         ));
         {
