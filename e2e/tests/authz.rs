@@ -175,34 +175,82 @@ impl DefaultBookinfo {
         self.get("/productpage")
     }
 
-    /// Waits (up to 60 s) for a page that `settled` accepts, then asks for
-    /// `n` more pages, which must all satisfy `each`; returns them.
-    fn step(
-        &self,
-        what: &str,
-        settled: impl Fn(&Reply) -> bool,
-        n: usize,
-        each: impl Fn(&Reply) -> bool,
-    ) -> Vec<Reply> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+    /// Waits for `n` pages in a row that `each` accepts, and returns them.
+    /// A change reaches the connections Envoy already holds only as it
+    /// drains them (`--drain-time-s` 45), so until then a request may still
+    /// meet the old policy: the wait is longer than that, and how many
+    /// pages met the old policy after the first met the new is logged.
+    fn step(&self, what: &str, n: usize, each: impl Fn(&Reply) -> bool) -> Vec<Reply> {
+        let started = Instant::now();
+        let mut first_new: Option<Duration> = None;
+        let mut old_after_new = 0;
+        let mut run: Vec<Reply> = Vec::new();
+        while run.len() < n {
             let page = self.page();
-            if settled(&page) {
-                break;
+            if each(&page) {
+                first_new.get_or_insert(started.elapsed());
+                run.push(page);
+                continue;
+            }
+            if first_new.is_some() {
+                old_after_new += 1;
             }
             assert!(
-                Instant::now() < deadline,
-                "{what}: not seen within 60 s; the last page: {}",
+                started.elapsed() < SETTLE,
+                "{what}: not {n} pages in a row within {SETTLE:?}; the last page: {}",
                 page.summary()
             );
-            std::thread::sleep(Duration::from_millis(250));
+            run.clear();
+            std::thread::sleep(Duration::from_millis(100));
         }
-        let pages: Vec<Reply> = (0..n).map(|_| self.page()).collect();
-        for (i, page) in pages.iter().enumerate() {
-            assert!(each(page), "{what}: page {} of {n} after it settled: {}", i + 1, page.summary());
-        }
-        pages
+        eprintln!(
+            "{what}: first page in {:?}, {n} in a row after {:?}; {old_after_new} pages not in the new state after the first that was",
+            first_new.unwrap_or_default(),
+            started.elapsed()
+        );
+        run
     }
+
+    /// `n` pages, and how far each app's RBAC counters moved meanwhile.
+    fn counted(&self, n: usize) -> (Vec<Reply>, BTreeMap<&'static str, RbacStats>) {
+        let before = all_stats();
+        let pages = (0..n).map(|_| self.page()).collect();
+        (pages, deltas(&all_stats(), &before))
+    }
+
+    /// Batches of `n` pages, each of which must satisfy `each`, until the
+    /// counters of one batch satisfy `settled`; returns that batch.
+    fn counted_step(
+        &self,
+        what: &str,
+        n: usize,
+        each: impl Fn(&Reply) -> bool,
+        settled: impl Fn(&BTreeMap<&'static str, RbacStats>) -> bool,
+    ) -> (Vec<Reply>, BTreeMap<&'static str, RbacStats>) {
+        let started = Instant::now();
+        loop {
+            let (pages, counted) = self.counted(n);
+            for page in &pages {
+                assert!(each(page), "{what}: {}", page.summary());
+            }
+            if settled(&counted) {
+                eprintln!("{what}: counted as expected after {:?}", started.elapsed());
+                return (pages, counted);
+            }
+            assert!(started.elapsed() < SETTLE, "{what}: not counted within {SETTLE:?}: {counted:?}");
+        }
+    }
+}
+
+/// How long a change may take to reach every connection: Envoy's drain
+/// time (45 s) and some.
+const SETTLE: Duration = Duration::from_secs(120);
+
+/// Pages in a row that show a step is in effect.
+const RUN: usize = 15;
+
+fn is_v1(page: &Reply) -> bool {
+    page.body.contains("reviews-podname\">reviews-v1")
 }
 
 impl Drop for DefaultBookinfo {
@@ -318,22 +366,21 @@ fn deltas(
 
 #[test]
 fn istio_1_1_authorization_for_http_services_step_by_step() {
-    let _release = Release::install("mesh-e2e-authz", &[]);
+    let _release = Release::install("mesh-e2e-authz-http", &[]);
     let bookinfo = DefaultBookinfo::deploy();
     let plain = PlainClient::start();
-    bookinfo.step("the page before authorization", Reply::full, 3, Reply::full);
+    bookinfo.step("the page before authorization", 3, Reply::full);
 
     // Authorization on for `default`, and nothing allowed yet.
     let rbac_on = Sample::apply("rbac-config-ON.yaml");
-    bookinfo.step("rbac-config-ON.yaml: productpage denied", Reply::denied, 5, Reply::denied);
-    let denied = bookinfo.page();
-    assert_eq!(denied.body, DENIED_BODY, "Envoy's denial, exactly");
+    let pages = bookinfo.step("rbac-config-ON.yaml: productpage denied", RUN, Reply::denied);
+    assert_eq!(pages[0].body, DENIED_BODY, "Envoy's denial, exactly");
     assert!(plain.page().denied(), "an uninjected client is denied too");
 
     // Everyone in `default` (and `istio-system`) may GET every service.
     let namespace = Sample::apply("namespace-policy.yaml");
-    let pages = bookinfo.step("namespace-policy.yaml: the pages render", Reply::full, 12, Reply::full);
-    assert!(pages.iter().any(Reply::stars), "no page with stars in 12 (reviews v2 and v3 call ratings)");
+    let pages = bookinfo.step("namespace-policy.yaml: the pages render", RUN, Reply::full);
+    assert!(pages.iter().any(Reply::stars), "no page with stars in {RUN} (reviews v2 and v3 call ratings)");
     // The subject is a namespace, proven by mutual TLS: a caller without a
     // sidecar has none.
     let outside = plain.page();
@@ -342,74 +389,64 @@ fn istio_1_1_authorization_for_http_services_step_by_step() {
     let post = curl("default", "sleep", "-d username=jason http://productpage:9080/login");
     assert!(post.denied(), "POST under a GET-only role: {}", post.summary());
     namespace.delete();
-    bookinfo.step("namespace-policy.yaml deleted: denied again", Reply::denied, 3, Reply::denied);
+    bookinfo.step("namespace-policy.yaml deleted: denied again", RUN, Reply::denied);
 
     // productpage alone: it renders, but cannot reach details or reviews.
     let productpage = Sample::apply("productpage-policy.yaml");
     let only_productpage =
         |p: &Reply| p.status == 200 && p.body.contains(DETAILS_ERROR) && p.body.contains(REVIEWS_ERROR);
-    bookinfo.step("productpage-policy.yaml: details and reviews fail", only_productpage, 5, only_productpage);
+    bookinfo.step("productpage-policy.yaml: details and reviews fail", RUN, only_productpage);
     // `user: "*"` is anyone, with or without an identity.
     let outside = plain.page();
     assert!(only_productpage(&outside), "an uninjected client under user \"*\": {}", outside.summary());
 
     // productpage's ServiceAccount may GET details and reviews; ratings
-    // still refuses reviews.
+    // still refuses reviews: v2 and v3 say so, v1 calls no ratings.
     let details_reviews = Sample::apply("details-reviews-policy.yaml");
     let no_ratings = |p: &Reply| {
-        p.status == 200 && p.body.contains(DETAILS_OK) && p.body.contains(REVIEWS_OK) && !p.stars()
+        p.status == 200
+            && p.body.contains(DETAILS_OK)
+            && p.body.contains(REVIEWS_OK)
+            && !p.stars()
+            && p.body.contains(RATINGS_ERROR) != is_v1(p)
     };
-    let pages = bookinfo.step(
-        "details-reviews-policy.yaml: details and reviews, ratings unavailable",
-        |p: &Reply| no_ratings(p) && p.body.contains(RATINGS_ERROR),
-        12,
-        no_ratings,
-    );
-    // Reviews v1 calls no ratings; v2 and v3 say they could not.
-    for page in &pages {
-        let v1 = page.body.contains("reviews-podname\">reviews-v1");
-        assert_eq!(page.body.contains(RATINGS_ERROR), !v1, "{}", page.summary());
-    }
+    let pages = bookinfo.step("details-reviews-policy.yaml: ratings unavailable", RUN, no_ratings);
+    assert!(pages.iter().any(|p| p.body.contains(RATINGS_ERROR)), "no page from reviews v2 or v3 in {RUN}");
 
     // reviews' ServiceAccount may GET ratings: the stars are back.
     let ratings = Sample::apply("ratings-policy.yaml");
-    let pages = bookinfo.step("ratings-policy.yaml: the stars again", Reply::stars, 12, Reply::full);
-    for page in &pages {
-        let v1 = page.body.contains("reviews-podname\">reviews-v1");
-        assert_eq!(page.stars(), !v1, "stars from v2 and v3 only: {}", page.summary());
-    }
+    let stars = |p: &Reply| p.full() && p.stars() != is_v1(p);
+    let pages = bookinfo.step("ratings-policy.yaml: the stars again", RUN, stars);
+    assert!(pages.iter().any(Reply::stars), "no page with stars in {RUN}");
 
-    // Every policy removed, and authorization off: all open again.
+    // Every policy removed: denied; then authorization off: open again.
     ratings.delete();
     details_reviews.delete();
     productpage.delete();
+    bookinfo.step("every policy deleted: denied", RUN, Reply::denied);
     rbac_on.delete();
-    bookinfo.step("authorization off again", Reply::full, 3, Reply::full);
+    bookinfo.step("authorization off again", RUN, Reply::full);
     assert!(plain.page().full(), "an uninjected client once authorization is off");
 }
 
 #[test]
 fn permissive_mode_lets_requests_through_and_counts_what_would_be_denied() {
-    let _release = Release::install("mesh-e2e-authz", &[]);
+    let _release = Release::install("mesh-e2e-authz-permissive", &[]);
     let bookinfo = DefaultBookinfo::deploy();
-    bookinfo.step("the page before authorization", Reply::full, 1, Reply::full);
+    bookinfo.step("the page before authorization", 3, Reply::full);
     const PAGES: usize = 10;
     let n = PAGES as f64;
 
     // Istio's "Test enabling authorization globally": with the global
-    // config PERMISSIVE every request goes through, and each one that
-    // enforcement would deny (all of them: no policy) is counted.
-    let productpage_pod = crate::support::pod_named("default", "app=productpage");
-    let before = RbacStats::of("default", &productpage_pod);
+    // config PERMISSIVE every request goes through (while it comes in,
+    // too), and each one that enforcement would deny (all: no policy
+    // yet) is counted by every service's Envoy.
     let config = Sample::apply("rbac-config-on-permissive.yaml");
-    eventually("productpage's Envoy counting shadow denials", Duration::from_secs(60), || {
-        let page = bookinfo.page();
-        assert!(page.full(), "a request under global PERMISSIVE: {}", page.summary());
-        (RbacStats::of("default", &productpage_pod).shadow_denied > before.shadow_denied).then_some(())
-    });
-    let before = all_stats();
-    let pages: Vec<Reply> = (0..PAGES).map(|_| bookinfo.page()).collect();
-    let counted = deltas(&all_stats(), &before);
+    let all_shadow_denied = |c: &BTreeMap<&'static str, RbacStats>| {
+        ["app=productpage", "app=details", "app=reviews"].iter().all(|app| c[app].shadow_denied >= n)
+    };
+    bookinfo.counted_step("rbac-config-on-permissive.yaml", PAGES, Reply::full, all_shadow_denied);
+    let (pages, counted) = bookinfo.counted(PAGES);
     for page in &pages {
         assert!(page.full(), "a request under global PERMISSIVE: {}", page.summary());
     }
@@ -424,22 +461,23 @@ fn permissive_mode_lets_requests_through_and_counts_what_would_be_denied() {
             "{app}: shadow_denied rose by {}, want >= {at_least}: {counted:?}",
             c.shadow_denied
         );
-        assert_eq!(c.denied, 0.0, "{app}: nothing is enforced: {counted:?}");
+        assert_eq!((c.denied, c.allowed), (0.0, 0.0), "{app}: nothing is enforced: {counted:?}");
         assert_eq!(c.shadow_allowed, 0.0, "{app}: no policy allows anything: {counted:?}");
     }
 
     // productpage-policy.yaml under global PERMISSIVE: productpage's
     // requests would now be allowed; details' still would not.
     let productpage = Sample::apply("productpage-policy.yaml");
-    let before = RbacStats::of("default", &productpage_pod);
-    eventually("productpage's Envoy counting shadow allows", Duration::from_secs(60), || {
-        let page = bookinfo.page();
-        assert!(page.full(), "a request under global PERMISSIVE: {}", page.summary());
-        (RbacStats::of("default", &productpage_pod).shadow_allowed > before.shadow_allowed).then_some(())
-    });
-    let before = all_stats();
-    let pages: Vec<Reply> = (0..PAGES).map(|_| bookinfo.page()).collect();
-    let counted = deltas(&all_stats(), &before);
+    let productpage_shadow_allowed = |c: &BTreeMap<&'static str, RbacStats>| {
+        c["app=productpage"].shadow_allowed >= n && c["app=productpage"].shadow_denied == 0.0
+    };
+    bookinfo.counted_step(
+        "productpage-policy.yaml, PERMISSIVE",
+        PAGES,
+        Reply::full,
+        productpage_shadow_allowed,
+    );
+    let (pages, counted) = bookinfo.counted(PAGES);
     for page in &pages {
         assert!(page.full(), "a request under global PERMISSIVE: {}", page.summary());
     }
@@ -461,22 +499,13 @@ fn permissive_mode_lets_requests_through_and_counts_what_would_be_denied() {
     let productpage = Sample::apply("productpage-policy.yaml");
     let only_productpage =
         |p: &Reply| p.status == 200 && p.body.contains(DETAILS_ERROR) && p.body.contains(REVIEWS_ERROR);
-    bookinfo.step("productpage-policy.yaml enforced", only_productpage, 1, only_productpage);
-    let details_pod = crate::support::pod_named("default", "app=details");
-    let before = RbacStats::of("default", &details_pod);
+    bookinfo.step("productpage-policy.yaml enforced", RUN, only_productpage);
     let permissive = Sample::apply("details-reviews-policy-permissive.yaml");
-    eventually("details' Envoy counting shadow allows", Duration::from_secs(60), || {
-        let page = bookinfo.page();
-        assert!(
-            only_productpage(&page),
-            "details-reviews-policy-permissive.yaml enforces nothing: {}",
-            page.summary()
-        );
-        (RbacStats::of("default", &details_pod).shadow_allowed > before.shadow_allowed).then_some(())
-    });
-    let before = all_stats();
-    let pages: Vec<Reply> = (0..PAGES).map(|_| bookinfo.page()).collect();
-    let counted = deltas(&all_stats(), &before);
+    let shadow_allowed = |c: &BTreeMap<&'static str, RbacStats>| {
+        ["app=details", "app=reviews"].iter().all(|app| c[app].shadow_allowed >= n)
+    };
+    bookinfo.counted_step("details-reviews-policy-permissive.yaml", PAGES, only_productpage, shadow_allowed);
+    let (pages, counted) = bookinfo.counted(PAGES);
     for page in &pages {
         assert!(
             only_productpage(page),
@@ -492,8 +521,9 @@ fn permissive_mode_lets_requests_through_and_counts_what_would_be_denied() {
     assert!(counted["app=productpage"].allowed >= n, "productpage enforced and allowed: {counted:?}");
     permissive.delete();
     productpage.delete();
+    bookinfo.step("every policy deleted: denied", RUN, Reply::denied);
     rbac_on.delete();
-    bookinfo.step("authorization off again", Reply::full, 1, Reply::full);
+    bookinfo.step("authorization off again", RUN, Reply::full);
 }
 
 /// What a TCP client got from tcp-echo.
@@ -522,7 +552,7 @@ fn echo(namespace: &str, pod: &str) -> Echo {
 
 #[test]
 fn a_tcp_service_answers_only_the_service_account_its_binding_names() {
-    let _release = Release::install("mesh-e2e-authz", &[]);
+    let _release = Release::install("mesh-e2e-authz-tcp", &[]);
     let ns = TempNamespace::new("authz-tcp");
     let n = ns.name.as_str();
     kubectl_ok(&["label", "namespace", n, "istio-injection=enabled", "--overwrite"], None);
@@ -776,11 +806,11 @@ fn now_ns() -> u128 {
 
 #[test]
 fn policies_applied_and_removed_under_load_never_decide_against_both_old_and_new() {
-    let _release = Release::install("mesh-e2e-authz", &[]);
+    let _release = Release::install("mesh-e2e-authz-load", &[]);
     let bookinfo = DefaultBookinfo::deploy();
     // Inert until authorization is on.
     let productpage = Sample::apply("productpage-policy.yaml");
-    bookinfo.step("the page before authorization", Reply::full, 1, Reply::full);
+    bookinfo.step("the page before authorization", 3, Reply::full);
 
     let mut load = Load::start(240, 3000);
     let started = now_ns();
