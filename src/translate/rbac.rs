@@ -592,3 +592,5 @@ fn not_principal(p: Principal) -> Principal {
     Principal { identifier: Some(principal::Identifier::NotId(Box::new(p))) }
 }
 
+#[cfg(test)]
+mod tests;
