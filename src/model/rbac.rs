@@ -197,3 +197,5 @@ impl Binding {
     }
 }
 
+#[cfg(test)]
+mod tests;
