@@ -1057,6 +1057,16 @@ fn decision_table_agrees_with_istio_on_a_real_envoy() {
         envoy.log_text()
     );
     assert!(prepared.len() >= 100, "the table has only {} cases", prepared.len());
+    // Both answers on both kinds of port: a harness that could only see one
+    // would fail here, not pass.
+    for protocol in [Protocol::Http, Protocol::Tcp] {
+        for decision in [Decision::Allow, Decision::Deny] {
+            assert!(
+                prepared.iter().any(|p| p.destination.protocol == protocol && p.case.expect == decision),
+                "no {protocol:?} case expects {decision:?}"
+            );
+        }
+    }
 }
 
 fn describe(case: &Prepared) -> String {
