@@ -267,15 +267,12 @@ impl Resolved {
 
 /// The case's objects as the index would hold them, through the model.
 fn authorization(case: &Case, destination: &Resolved, ports: &HashMap<u16, u16>) -> Option<Authorization> {
-    let config =
-        |namespace: &str, name: &str, created: Option<String>| (ObjectKey::new(namespace, name), created);
     let mut service_roles = BTreeMap::new();
     for (key, spec) in &case.roles {
         let (namespace, name) = key.split_once('/').unwrap_or((&destination.namespace, key));
         let mut spec = spec.clone();
         spec.rules.iter_mut().for_each(|r| rename_ports(r, ports));
-        let (key, created) = config(namespace, name, None);
-        service_roles.insert(key.clone(), Config { key, generation: 1, created, spec, status: None });
+        service_roles.insert(ObjectKey::new(namespace, name), stored(namespace, name, None, spec));
     }
     let mut service_role_bindings = BTreeMap::new();
     for (n, binding) in case.bindings.iter().enumerate() {
@@ -283,8 +280,7 @@ fn authorization(case: &Case, destination: &Resolved, ports: &HashMap<u16, u16>)
         let name = binding.name.clone().unwrap_or_else(|| format!("binding-{n}"));
         let mut spec = binding.spec.clone();
         spec.actions.iter_mut().for_each(|r| rename_ports(r, ports));
-        let (key, created) = config(namespace, &name, None);
-        service_role_bindings.insert(key.clone(), Config { key, generation: 1, created, spec, status: None });
+        service_role_bindings.insert(ObjectKey::new(namespace, &name), stored(namespace, &name, None, spec));
     }
     let default_switch = [Switch {
         kind: SwitchKind::ClusterRbacConfig,
@@ -299,16 +295,14 @@ fn authorization(case: &Case, destination: &Resolved, ports: &HashMap<u16, u16>)
     for switch in switches {
         match switch.kind {
             SwitchKind::ClusterRbacConfig => {
-                let (key, created) = config("", &switch.name, switch.created.clone());
                 let spec = switch.spec.clone().into();
-                cluster_rbac_configs
-                    .insert(key.clone(), Config { key, generation: 1, created, spec, status: None });
+                let config = stored("", &switch.name, switch.created.clone(), spec);
+                cluster_rbac_configs.insert(config.key.clone(), config);
             }
             SwitchKind::RbacConfig => {
                 let namespace = switch.namespace.as_deref().unwrap_or(&destination.namespace);
-                let (key, created) = config(namespace, &switch.name, switch.created.clone());
-                let spec = switch.spec.clone();
-                rbac_configs.insert(key.clone(), Config { key, generation: 1, created, spec, status: None });
+                let config = stored(namespace, &switch.name, switch.created.clone(), switch.spec.clone());
+                rbac_configs.insert(config.key.clone(), config);
             }
         }
     }
@@ -334,6 +328,11 @@ fn authorization(case: &Case, destination: &Resolved, ports: &HashMap<u16, u16>)
         mesh_config: &mesh_config,
     };
     RbacPolicies::build(state).authorization(&destination.host, &destination.namespace)
+}
+
+/// An object as the index stores it.
+fn stored<S>(namespace: &str, name: &str, created: Option<String>, spec: S) -> Config<S> {
+    Config { key: ObjectKey::new(namespace, name), generation: 1, created, spec, status: None }
 }
 
 /// The port renaming of the module comment, on one rule.
