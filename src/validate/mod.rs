@@ -51,9 +51,9 @@ use crate::api::rbac_config::RbacConfigSpec;
 use crate::api::service_role::ServiceRoleSpec;
 use crate::api::service_role_binding::ServiceRoleBindingSpec;
 use crate::api::virtual_service::VirtualServiceSpec;
+use crate::model::mtls::{MtlsMode, MtlsPolicies};
 use crate::model::protocol::Protocol;
 use crate::model::rbac::matches_any as rbac_matches;
-use crate::model::mtls::{MtlsMode, MtlsPolicies};
 use crate::model::{ClusterState, ObjectKey, Workload, host};
 
 /// Whether a finding stops the object from being admitted.

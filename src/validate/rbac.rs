@@ -7,8 +7,8 @@ use crate::api::service_role::{AccessRule, ServiceRoleSpec};
 use crate::api::service_role_binding::{ServiceRoleBindingSpec, Subject};
 
 use super::Context;
-use crate::model::rbac;
 use super::common::*;
+use crate::model::rbac;
 
 pub(super) fn check_service_role(spec: &ServiceRoleSpec, ctx: &Context, out: &mut Out) {
     if spec.rules.is_empty() {
@@ -197,7 +197,9 @@ pub(super) fn check_binding(spec: &ServiceRoleBindingSpec, namespace: &str, ctx:
     }
     for (i, s) in spec.subjects.iter().enumerate() {
         check_subject(&format!("spec.subjects[{i}]"), s, out);
-        if let Some(field) = needs_peer_identity(s).filter(|_| ctx.plaintext_namespace(namespace) == Some(true)) {
+        if let Some(field) =
+            needs_peer_identity(s).filter(|_| ctx.plaintext_namespace(namespace) == Some(true))
+        {
             out.warn(
                 format!("spec.subjects[{i}].{field}"),
                 format!(

@@ -74,7 +74,8 @@ fn bookinfo_samples_have_no_errors_and_no_unexpected_warnings() {
             // not part of Bookinfo; the fault-injection sample has a second
             // catch-all rule that is never used (Istio warns about it too).
             // The MongoDB policy names a Service Bookinfo does not deploy.
-            let unexpected = ["certmanager-gateway.yaml", "fault-injection-details-v1.yaml", "mongodb-policy.yaml"];
+            let unexpected =
+                ["certmanager-gateway.yaml", "fault-injection-details-v1.yaml", "mongodb-policy.yaml"];
             if !unexpected.contains(&file.as_str()) {
                 assert!(found.is_empty(), "{file} {kind} {name}:\n{}", list(&found));
             }
