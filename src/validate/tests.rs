@@ -516,3 +516,31 @@ fn status_and_admission_agree_on_the_name_rules() {
     let whole = validate_object("MeshPolicy", "", "mesh", &serde_json::to_value(&spec).unwrap(), bookinfo());
     assert!(has_errors(&by_parts) && has_errors(&whole), "{}", list(&whole));
 }
+
+#[test]
+fn a_subject_read_from_certificates_warns_where_mutual_tls_is_disabled() {
+    use crate::index::PeerAuthentications;
+    let binding = serde_json::json!({
+        "subjects": [{"user": "cluster.local/ns/default/sa/bookinfo-productpage"}, {"user": "*"}, {"ips": ["10.0.0.0/8"]}],
+        "roleRef": {"kind": "ServiceRole", "name": "details-reviews-viewer"},
+    });
+    let mut index = crate::testing::bookinfo::bookinfo();
+    let warnings = |index: &crate::index::Index| -> Vec<String> {
+        validate_object("ServiceRoleBinding", NS, "b", &binding, &Context::of(index.state()))
+            .into_iter()
+            .filter(|f| f.message.contains("mutual TLS is DISABLE"))
+            .map(|f| f.field)
+            .collect()
+    };
+    // PERMISSIVE by default: mesh sidecars have certificates.
+    assert!(warnings(&index).is_empty());
+    let disable: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "security.istio.io/v1beta1", "kind": "PeerAuthentication",
+        "metadata": {"name": "default", "namespace": NS},
+        "spec": {"mtls": {"mode": "DISABLE"}},
+    }))
+    .unwrap();
+    index.apply::<PeerAuthentications>(&disable);
+    // Only the subject that needs a certificate; `*` and addresses match plaintext callers.
+    assert_eq!(warnings(&index), ["spec.subjects[0].user"]);
+}
