@@ -234,3 +234,15 @@ fn the_permissive_switch_makes_every_binding_a_shadow_one() {
     assert!(auth.policies["viewer"].enforced.is_empty());
     assert_eq!(auth.policies["viewer"].shadow, [subject("a")]);
 }
+
+#[test]
+fn istio_wildcards() {
+    let patterns = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert!(matches_any("ratings.default", &patterns(&["*"])));
+    assert!(matches_any("ratings.default", &patterns(&["ratings*"])));
+    assert!(matches_any("ratings.default", &patterns(&["*.default"])));
+    assert!(matches_any("ratings.default", &patterns(&["x", "ratings.default"])));
+    assert!(!matches_any("ratings.default", &patterns(&["ratings"])));
+    assert!(!matches_any("ratings.default", &patterns(&["*.prod"])));
+    assert!(!matches_any("ratings.default", &patterns(&[])));
+}

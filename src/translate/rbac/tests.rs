@@ -258,15 +258,3 @@ fn paths_match_the_whole_path_header() {
     assert_eq!(header.name, ":path");
     assert_eq!(header.header_match_specifier, header_matcher("x", "/ratings*").header_match_specifier);
 }
-
-#[test]
-fn istio_wildcards() {
-    let patterns = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    assert!(matches_any("ratings.default", &patterns(&["*"])));
-    assert!(matches_any("ratings.default", &patterns(&["ratings*"])));
-    assert!(matches_any("ratings.default", &patterns(&["*.default"])));
-    assert!(matches_any("ratings.default", &patterns(&["x", "ratings.default"])));
-    assert!(!matches_any("ratings.default", &patterns(&["ratings"])));
-    assert!(!matches_any("ratings.default", &patterns(&["*.prod"])));
-    assert!(!matches_any("ratings.default", &patterns(&[])));
-}
