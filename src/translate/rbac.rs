@@ -19,6 +19,10 @@
 //! subjects match it. `request.auth.*` reads the JWT payload the JWT
 //! filter leaves in dynamic metadata ([`super::jwt`]).
 //!
+//! `paths` and `notPaths` match the whole `:path` header, query included,
+//! as Istio 1.4 did (its v1alpha1 rules never used Envoy's `url_path`):
+//! `/ratings` does not match `/ratings?id=1`, `/ratings*` does.
+//!
 //! Istio's wildcards: `*` alone matches anything (present, for headers),
 //! `*x` a suffix, `x*` a prefix, anything else exactly.
 
@@ -36,8 +40,8 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
-    ListMatcher, MetadataMatcher, PathMatcher, RegexMatcher, StringMatcher, ValueMatcher, list_matcher,
-    metadata_matcher, path_matcher, string_matcher, value_matcher,
+    ListMatcher, MetadataMatcher, RegexMatcher, StringMatcher, ValueMatcher, list_matcher, metadata_matcher,
+    string_matcher, value_matcher,
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 
@@ -46,7 +50,7 @@ use super::jwt::{JWT_FILTER, JWT_PAYLOAD_METADATA};
 use super::passthrough::network_filter;
 use crate::api::service_role::AccessRule;
 use crate::api::service_role_binding::Subject;
-use crate::model::rbac::Authorization;
+use crate::model::rbac::{Authorization, matches_any, rule_is_http_only, subject_is_http_only};
 
 pub const HTTP_RBAC: &str = "envoy.filters.http.rbac";
 pub const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
@@ -143,17 +147,6 @@ fn policy(
     Some(Policy { permissions, principals, ..Default::default() })
 }
 
-/// Istio's match of a value against a list of patterns: `*`, `x*`, `*x`
-/// or exact.
-pub fn matches_any(value: &str, patterns: &[String]) -> bool {
-    patterns.iter().any(|p| {
-        p == "*"
-            || p == value
-            || p.strip_suffix('*').is_some_and(|prefix| value.starts_with(prefix))
-            || p.strip_prefix('*').is_some_and(|suffix| value.ends_with(suffix))
-    })
-}
-
 /// Whether a rule is about this service: its `services`, and the
 /// constraints decided when configuration is generated (the destination's
 /// labels, name, namespace and ServiceAccount).
@@ -183,24 +176,6 @@ fn bracketed<'k>(key: &'k str, prefix: &str) -> Option<&'k str> {
     key.strip_prefix(prefix)?.strip_prefix('[')?.strip_suffix(']').filter(|n| !n.is_empty())
 }
 
-/// Fields only an HTTP request has.
-fn rule_is_http_only(rule: &AccessRule) -> bool {
-    !(rule.hosts.is_empty()
-        && rule.not_hosts.is_empty()
-        && rule.paths.is_empty()
-        && rule.not_paths.is_empty()
-        && rule.methods.is_empty()
-        && rule.not_methods.is_empty())
-        || rule.constraints.iter().any(|c| c.key.as_deref().unwrap_or("").starts_with("request.headers"))
-}
-
-fn subject_is_http_only(subject: &Subject) -> bool {
-    subject.group.as_deref().is_some_and(|g| !g.is_empty())
-        || !subject.groups.is_empty()
-        || !subject.not_groups.is_empty()
-        || subject.properties.keys().any(|k| k.starts_with("request.") || k == "source.user")
-}
-
 /// A rule as a permission: all of its fields (each any of its values);
 /// None on a TCP port when it needs HTTP.
 fn rule_permission(rule: &AccessRule, tcp: bool) -> Option<Permission> {
@@ -210,13 +185,6 @@ fn rule_permission(rule: &AccessRule, tcp: bool) -> Option<Permission> {
     let mut all = Vec::new();
     let header =
         |name: &str, values: &[String]| or_permissions(values.iter().map(|v| header_permission(name, v)));
-    let paths = |values: &[String]| {
-        or_permissions(values.iter().map(|v| Permission {
-            rule: Some(permission::Rule::UrlPath(PathMatcher {
-                rule: Some(path_matcher::Rule::Path(string_match(v, ""))),
-            })),
-        }))
-    };
     let ports = |values: &[i32]| {
         or_permissions(values.iter().filter_map(|p| u32::try_from(*p).ok()).map(port_permission))
     };
@@ -225,8 +193,9 @@ fn rule_permission(rule: &AccessRule, tcp: bool) -> Option<Permission> {
         (!rule.not_hosts.is_empty(), true, header(":authority", &rule.not_hosts)),
         (!rule.methods.is_empty(), false, header(":method", &rule.methods)),
         (!rule.not_methods.is_empty(), true, header(":method", &rule.not_methods)),
-        (!rule.paths.is_empty(), false, paths(&rule.paths)),
-        (!rule.not_paths.is_empty(), true, paths(&rule.not_paths)),
+        // The whole `:path`, query included, as Istio 1.4 matched it.
+        (!rule.paths.is_empty(), false, header(":path", &rule.paths)),
+        (!rule.not_paths.is_empty(), true, header(":path", &rule.not_paths)),
         (!rule.ports.is_empty(), false, ports(&rule.ports)),
         (!rule.not_ports.is_empty(), true, ports(&rule.not_ports)),
     ] {
@@ -591,3 +560,6 @@ fn any_principal() -> Principal {
 fn not_principal(p: Principal) -> Principal {
     Principal { identifier: Some(principal::Identifier::NotId(Box::new(p))) }
 }
+
+#[cfg(test)]
+mod tests;
