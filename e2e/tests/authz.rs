@@ -219,7 +219,10 @@ impl DefaultBookinfo {
     }
 
     /// Batches of `n` pages, each of which must satisfy `each`, until the
-    /// counters of one batch satisfy `settled`; returns that batch.
+    /// counters of one batch satisfy `settled` and no Bookinfo Envoy is
+    /// still draining the filter chains a change replaced (a connection
+    /// opened before the change still has the old ones, and counts there);
+    /// returns that batch.
     fn counted_step(
         &self,
         what: &str,
@@ -228,18 +231,52 @@ impl DefaultBookinfo {
         settled: impl Fn(&BTreeMap<&'static str, RbacStats>) -> bool,
     ) -> (Vec<Reply>, BTreeMap<&'static str, RbacStats>) {
         let started = Instant::now();
+        let mut counted_at = None;
         loop {
             let (pages, counted) = self.counted(n);
             for page in &pages {
                 assert!(each(page), "{what}: {}", page.summary());
             }
             if settled(&counted) {
-                eprintln!("{what}: counted as expected after {:?}", started.elapsed());
-                return (pages, counted);
+                counted_at.get_or_insert(started.elapsed());
+                if draining() == 0.0 {
+                    eprintln!(
+                        "{what}: counted as expected after {:?}, no filter chain draining after {:?}",
+                        counted_at.unwrap_or_default(),
+                        started.elapsed()
+                    );
+                    return (pages, counted);
+                }
             }
-            assert!(started.elapsed() < SETTLE, "{what}: not counted within {SETTLE:?}: {counted:?}");
+            assert!(
+                started.elapsed() < SETTLE,
+                "{what}: not counted, or still draining ({}), within {SETTLE:?}: {counted:?}",
+                draining()
+            );
         }
     }
+}
+
+/// The filter chains and listeners the Bookinfo pods' Envoys are draining.
+fn draining() -> f64 {
+    let names =
+        kubectl_ok(&["get", "pods", "-n", "default", "-o", "jsonpath={.items[*].metadata.name}"], None);
+    let mut total = 0.0;
+    for pod in names.split_whitespace() {
+        let out = enter("default", pod, "curl -sf -m 5 'http://127.0.0.1:15000/stats?filter=_draining$'");
+        assert!(out.ok, "{pod}'s Envoy admin /stats: {}", out.stderr);
+        let gauges: Vec<f64> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .filter(|(name, _)| name.starts_with("listener_manager.total_"))
+            .filter_map(|(_, v)| v.trim().parse::<f64>().ok())
+            .collect();
+        // Envoy's own gauges: missing, the wait would prove nothing.
+        assert!(!gauges.is_empty(), "{pod}'s Envoy has no listener_manager draining gauges: {}", out.stdout);
+        total += gauges.iter().sum::<f64>();
+    }
+    total
 }
 
 /// How long a change may take to reach every connection: Envoy's drain
