@@ -353,10 +353,27 @@ fn target_port(port: &PortView, proxy: &ProxyContext) -> Option<u16> {
 /// The inbound half of `proxy`'s configuration; `mtls` says what each
 /// port (the application's, as the pod serves it) accepts.
 pub fn inbound(view: &MeshView, proxy: &ProxyContext, mtls: impl Fn(u16) -> MtlsMode) -> Inbound {
+    inbound_with(view, proxy, mtls, |_| Vec::new())
+}
+
+/// [`inbound`], with `http_filters` of each HTTP port placed before the
+/// router, in their order (the JWT filter, [`super::jwt`]).
+pub fn inbound_with(
+    view: &MeshView,
+    proxy: &ProxyContext,
+    mtls: impl Fn(u16) -> MtlsMode,
+    http_filters: impl Fn(u16) -> Vec<HttpFilter>,
+) -> Inbound {
     let ports = inbound_ports(view, proxy);
     let mut clusters: Vec<Cluster> = ports.iter().map(inbound_cluster).collect();
     clusters.push(passthrough::inbound_cluster());
-    let mut chains: Vec<FilterChain> = ports.iter().flat_map(|p| inbound_chains(p, mtls(p.port))).collect();
+    let mut chains: Vec<FilterChain> = ports
+        .iter()
+        .flat_map(|p| {
+            let filters = if p.protocol.is_http() { http_filters(p.port) } else { Vec::new() };
+            inbound_chains(p, mtls(p.port), &filters)
+        })
+        .collect();
     let mut listener = passthrough::virtual_inbound();
     // TLS is recognised (and its ALPN read) before HTTP is sniffed.
     listener.listener_filters.insert(1, passthrough::tls_inspector());
@@ -396,18 +413,20 @@ fn inbound_cluster(port: &InboundPort) -> Cluster {
 /// another; STRICT has only the mutual TLS chain, which also catches
 /// plaintext to the port, so it fails the handshake instead of passing
 /// through; DISABLE has only plaintext.
-fn inbound_chains(port: &InboundPort, mode: MtlsMode) -> Vec<FilterChain> {
+fn inbound_chains(port: &InboundPort, mode: MtlsMode, filters: &[HttpFilter]) -> Vec<FilterChain> {
     match mode {
-        MtlsMode::Disable => vec![inbound_chain(port, None)],
-        MtlsMode::Permissive => vec![inbound_chain(port, Some(&tls::MESH_ALPN)), inbound_chain(port, None)],
-        MtlsMode::Strict => vec![inbound_chain(port, Some(&[]))],
+        MtlsMode::Disable => vec![inbound_chain(port, None, filters)],
+        MtlsMode::Permissive => {
+            vec![inbound_chain(port, Some(&tls::MESH_ALPN), filters), inbound_chain(port, None, filters)]
+        }
+        MtlsMode::Strict => vec![inbound_chain(port, Some(&[]), filters)],
     }
 }
 
 /// A port's chain: plaintext (`mtls` None), or mutual TLS for clients
 /// offering one of the ALPN values `mtls` lists (empty: for any
 /// connection to the port).
-fn inbound_chain(port: &InboundPort, mtls: Option<&[&str]>) -> FilterChain {
+fn inbound_chain(port: &InboundPort, mtls: Option<&[&str]>, filters: &[HttpFilter]) -> FilterChain {
     let cluster = inbound_name(port.port);
     let filter = if port.protocol.is_http() {
         let routes = RouteConfiguration {
@@ -432,7 +451,7 @@ fn inbound_chain(port: &InboundPort, mtls: Option<&[&str]>) -> FilterChain {
             }],
             ..Default::default()
         };
-        let manager = HttpConnectionManager {
+        let mut manager = HttpConnectionManager {
             stat_prefix: format!("inbound_0.0.0.0_{}", port.port),
             route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)),
             // The application learns its peer's identity from the header
@@ -450,6 +469,7 @@ fn inbound_chain(port: &InboundPort, mtls: Option<&[&str]>) -> FilterChain {
             }),
             ..http_connection_manager()
         };
+        manager.http_filters.splice(0..0, filters.iter().cloned());
         network_filter(HTTP_CONNECTION_MANAGER, any(&manager))
     } else {
         tcp_proxy_filter(cluster)

@@ -152,6 +152,14 @@ fn check_jwt(p: &str, jwt: &Jwt, out: &mut Out) {
             );
         }
     }
+    if let Some(jwks) = jwt.jwks.as_deref().filter(|j| !j.is_empty())
+        && let Err(problem) = super::request_authentication::check_jwks(jwks)
+    {
+        out.err(
+            format!("{p}.jwks"),
+            format!("the key set is not a JSON Web Key Set ({problem}): write {{\"keys\": [...]}}"),
+        );
+    }
     for (i, rule) in jwt.trigger_rules.iter().enumerate() {
         for (field, matches) in
             [("excludedPaths", &rule.excluded_paths), ("includedPaths", &rule.included_paths)]
