@@ -20,6 +20,7 @@ pub mod jwt;
 pub mod mesh;
 pub mod mtls;
 pub mod protocol;
+pub mod rbac;
 pub mod visibility;
 
 use std::collections::BTreeMap;

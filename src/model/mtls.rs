@@ -46,11 +46,12 @@ use crate::api::peer_authentication::{PeerAuthenticationSpec, PeerMtlsMode, Peer
 use crate::api::policy::{MutualTlsMode, PolicySpec};
 
 /// What an inbound port of a sidecar accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum MtlsMode {
     /// Plaintext only.
     Disable,
-    /// Mutual TLS or plaintext.
+    /// Mutual TLS or plaintext: Istio's default.
+    #[default]
     Permissive,
     /// Mutual TLS only.
     Strict,

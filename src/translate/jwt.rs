@@ -11,7 +11,8 @@
 //!   never let through.
 //! - Every provider writes the verified payload to the request's dynamic
 //!   metadata under [`JWT_FILTER`], key [`JWT_PAYLOAD_METADATA`]: the
-//!   RBAC filter's `request.auth.*` read it from there.
+//!   RBAC filter's `request.auth.*` conditions ([`super::rbac`]) read its
+//!   claims from there.
 //! - RequestAuthentication: one rule for every path, any provider or no
 //!   token at all (`allow_missing`); a token no provider verifies is 401.
 //! - Istio 1.1 origins: per path, the providers whose trigger rules match

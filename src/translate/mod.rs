@@ -30,6 +30,7 @@ pub mod cluster;
 pub mod endpoint;
 pub mod jwt;
 pub mod passthrough;
+pub mod rbac;
 pub mod route;
 pub mod secret;
 pub mod sidecar;

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{BindConfig, CidrRange};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
+use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action, route_match,
 };
@@ -312,20 +312,35 @@ fn http_connection_manager() -> HttpConnectionManager {
 }
 
 /// One port the pod serves, as some Service that selects it exposes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct InboundPort {
-    port: u16,
-    protocol: Protocol,
+#[derive(Clone, Copy, Debug)]
+pub struct InboundPort<'a> {
+    /// The container port.
+    pub port: u16,
+    pub protocol: Protocol,
+    /// The Service that exposes it: when several do, the first by host
+    /// name, whose protocol and policies the port gets.
+    pub service: &'a ServiceView,
+}
+
+/// What an inbound port enforces before it hands a request or connection
+/// to the application.
+#[derive(Clone, Debug, Default)]
+pub struct PortPolicy {
+    pub mtls: MtlsMode,
+    /// On an HTTP port, before the router, in this order.
+    pub http_filters: Vec<HttpFilter>,
+    /// On a TCP port, before the TCP proxy, in this order.
+    pub network_filters: Vec<Filter>,
 }
 
 /// The ports of `proxy`'s pod that Services expose, by target port: when
 /// two Services disagree on a port's protocol, the first by host name wins.
-fn inbound_ports(view: &MeshView, proxy: &ProxyContext) -> Vec<InboundPort> {
+fn inbound_ports<'a>(view: &'a MeshView, proxy: &ProxyContext) -> Vec<InboundPort<'a>> {
     let mut ports: BTreeMap<u16, InboundPort> = BTreeMap::new();
     for service in view.services_of(proxy) {
         for port in service.ports.iter().filter(|p| p.protocol.is_captured()) {
             if let Some(target) = target_port(port, proxy) {
-                ports.entry(target).or_insert(InboundPort { port: target, protocol: port.protocol });
+                ports.entry(target).or_insert(InboundPort { port: target, protocol: port.protocol, service });
             }
         }
     }
@@ -350,30 +365,17 @@ fn target_port(port: &PortView, proxy: &ProxyContext) -> Option<u16> {
     }
 }
 
-/// The inbound half of `proxy`'s configuration; `mtls` says what each
-/// port (the application's, as the pod serves it) accepts.
-pub fn inbound(view: &MeshView, proxy: &ProxyContext, mtls: impl Fn(u16) -> MtlsMode) -> Inbound {
-    inbound_with(view, proxy, mtls, |_| Vec::new())
-}
-
-/// [`inbound`], with `http_filters` of each HTTP port placed before the
-/// router, in their order (the JWT filter, [`super::jwt`]).
-pub fn inbound_with(
+/// The inbound half of `proxy`'s configuration; `policy` says what each
+/// port (the application's, as the pod serves it) accepts and enforces.
+pub fn inbound(
     view: &MeshView,
     proxy: &ProxyContext,
-    mtls: impl Fn(u16) -> MtlsMode,
-    http_filters: impl Fn(u16) -> Vec<HttpFilter>,
+    policy: impl Fn(&InboundPort) -> PortPolicy,
 ) -> Inbound {
     let ports = inbound_ports(view, proxy);
     let mut clusters: Vec<Cluster> = ports.iter().map(inbound_cluster).collect();
     clusters.push(passthrough::inbound_cluster());
-    let mut chains: Vec<FilterChain> = ports
-        .iter()
-        .flat_map(|p| {
-            let filters = if p.protocol.is_http() { http_filters(p.port) } else { Vec::new() };
-            inbound_chains(p, mtls(p.port), &filters)
-        })
-        .collect();
+    let mut chains: Vec<FilterChain> = ports.iter().flat_map(|p| inbound_chains(p, &policy(p))).collect();
     let mut listener = passthrough::virtual_inbound();
     // TLS is recognised (and its ALPN read) before HTTP is sniffed.
     listener.listener_filters.insert(1, passthrough::tls_inspector());
@@ -413,22 +415,22 @@ fn inbound_cluster(port: &InboundPort) -> Cluster {
 /// another; STRICT has only the mutual TLS chain, which also catches
 /// plaintext to the port, so it fails the handshake instead of passing
 /// through; DISABLE has only plaintext.
-fn inbound_chains(port: &InboundPort, mode: MtlsMode, filters: &[HttpFilter]) -> Vec<FilterChain> {
-    match mode {
-        MtlsMode::Disable => vec![inbound_chain(port, None, filters)],
+fn inbound_chains(port: &InboundPort, policy: &PortPolicy) -> Vec<FilterChain> {
+    match policy.mtls {
+        MtlsMode::Disable => vec![inbound_chain(port, policy, None)],
         MtlsMode::Permissive => {
-            vec![inbound_chain(port, Some(&tls::MESH_ALPN), filters), inbound_chain(port, None, filters)]
+            vec![inbound_chain(port, policy, Some(&tls::MESH_ALPN)), inbound_chain(port, policy, None)]
         }
-        MtlsMode::Strict => vec![inbound_chain(port, Some(&[]), filters)],
+        MtlsMode::Strict => vec![inbound_chain(port, policy, Some(&[]))],
     }
 }
 
 /// A port's chain: plaintext (`mtls` None), or mutual TLS for clients
 /// offering one of the ALPN values `mtls` lists (empty: for any
 /// connection to the port).
-fn inbound_chain(port: &InboundPort, mtls: Option<&[&str]>, filters: &[HttpFilter]) -> FilterChain {
+fn inbound_chain(port: &InboundPort, policy: &PortPolicy, mtls: Option<&[&str]>) -> FilterChain {
     let cluster = inbound_name(port.port);
-    let filter = if port.protocol.is_http() {
+    let filters = if port.protocol.is_http() {
         let routes = RouteConfiguration {
             name: cluster.clone(),
             virtual_hosts: vec![VirtualHost {
@@ -469,17 +471,18 @@ fn inbound_chain(port: &InboundPort, mtls: Option<&[&str]>, filters: &[HttpFilte
             }),
             ..http_connection_manager()
         };
-        manager.http_filters.splice(0..0, filters.iter().cloned());
-        network_filter(HTTP_CONNECTION_MANAGER, any(&manager))
+        let router = std::mem::take(&mut manager.http_filters);
+        manager.http_filters = policy.http_filters.iter().cloned().chain(router).collect();
+        vec![network_filter(HTTP_CONNECTION_MANAGER, any(&manager))]
     } else {
-        tcp_proxy_filter(cluster)
+        policy.network_filters.iter().cloned().chain([tcp_proxy_filter(cluster)]).collect()
     };
     let destination_port = Some(UInt32Value { value: u32::from(port.port) });
     match mtls {
         None => FilterChain {
             name: inbound_name(port.port),
             filter_chain_match: Some(FilterChainMatch { destination_port, ..Default::default() }),
-            filters: vec![filter],
+            filters,
             ..Default::default()
         },
         Some(alpn) => FilterChain {
@@ -490,7 +493,7 @@ fn inbound_chain(port: &InboundPort, mtls: Option<&[&str]>, filters: &[HttpFilte
                 application_protocols: alpn.iter().map(|s| s.to_string()).collect(),
                 ..Default::default()
             }),
-            filters: vec![filter],
+            filters,
             transport_socket: Some(tls::inbound_mtls(if port.protocol.is_http() {
                 &["h2", "http/1.1"]
             } else {

@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 
 use super::generator::{Generator, PushContext, ScopeCache};
 use super::jwks::{FetchedKeys, Jwks};
@@ -28,8 +27,11 @@ use crate::model::Workload;
 use crate::model::jwt::JwtPolicies;
 use crate::model::mesh::{MeshView, ProxyContext, ScopeKey};
 use crate::model::mtls::{MtlsMode, MtlsPolicies};
+use crate::model::rbac::RbacPolicies;
 use crate::translate;
+use crate::translate::rbac::Destination;
 use crate::translate::route::route_clusters;
+use crate::translate::sidecar::{InboundPort, PortPolicy};
 
 /// Translates the index into each proxy's configuration.
 pub struct MeshGenerator {
@@ -74,6 +76,7 @@ impl Generator for MeshGenerator {
         let view = MeshView::build(state).with_trust_domain(&self.trust_domain);
         let mtls = MtlsPolicies::build(state);
         let jwt = JwtPolicies::build(state);
+        let rbac = RbacPolicies::build(state);
         let proxies = state
             .workloads
             .iter()
@@ -85,6 +88,7 @@ impl Generator for MeshGenerator {
             mtls,
             jwt,
             keys: self.jwks.fetched(),
+            rbac,
             proxies,
             outbound: ScopeCache::default(),
             previous,
@@ -105,6 +109,8 @@ struct MeshContext {
     jwt: JwtPolicies,
     /// The fetched key sets, as they were when the push began.
     keys: FetchedKeys,
+    /// Who may call each workload's inbound ports.
+    rbac: RbacPolicies,
     /// Each pod's proxy context, and the pod itself (policies select on it).
     proxies: HashMap<ObjectKey, (ProxyContext, Workload)>,
     outbound: ScopeCache<ScopeKey, PackedOutbound>,
@@ -174,11 +180,10 @@ impl PackedInbound {
     fn new(
         view: &MeshView,
         proxy: &ProxyContext,
-        mtls: impl Fn(u16) -> MtlsMode,
-        http_filters: impl Fn(u16) -> Vec<HttpFilter>,
+        policy: impl Fn(&InboundPort) -> PortPolicy,
         previous: Option<&PackedInbound>,
     ) -> Self {
-        let inbound = translate::sidecar::inbound_with(view, proxy, mtls, http_filters);
+        let inbound = translate::sidecar::inbound(view, proxy, policy);
         Self {
             clusters: reuse(
                 ResourceSet::of(inbound.clusters, |c: &Cluster| c.name.clone()),
@@ -189,6 +194,38 @@ impl PackedInbound {
                 previous.map(|p| &p.listener),
             ),
         }
+    }
+}
+
+impl MeshContext {
+    /// Which mutual TLS an inbound port of `workload` accepts, the JWT
+    /// filter of an HTTP port whose policies verify end users' tokens, and
+    /// then the RBAC filter of the Service behind it when RBAC is on for
+    /// it (which reads what the JWT filter verified).
+    fn port_policy(&self, workload: &Workload, port: &InboundPort) -> PortPolicy {
+        let mut policy =
+            PortPolicy { mtls: self.mtls.inbound_mode(workload, port.port), ..PortPolicy::default() };
+        if port.protocol.is_http()
+            && let Some(jwt) = self.jwt.inbound(&self.mtls, workload, port.port)
+        {
+            policy.http_filters.extend(translate::jwt::filter(&jwt, &self.keys));
+        }
+        let service = port.service;
+        if let Some(auth) = self.rbac.authorization(&service.hostname, &service.key.namespace) {
+            let destination = Destination {
+                host: &service.hostname,
+                name: &service.key.name,
+                namespace: &service.key.namespace,
+                service_account: &workload.service_account,
+                labels: &workload.labels,
+            };
+            if port.protocol.is_http() {
+                policy.http_filters.push(translate::rbac::http_filter(&auth, &destination));
+            } else {
+                policy.network_filters.push(translate::rbac::network_rbac_filter(&auth, &destination));
+            }
+        }
+        policy
     }
 }
 
@@ -204,13 +241,11 @@ impl PushContext for MeshContext {
             ip: Some(proxy.id.ip.to_string()),
             ..ProxyContext::default()
         });
-        // A pod gone from the index has no policies' say: Istio's default.
-        let mtls =
-            |port| known.map_or(MtlsMode::Permissive, |(_, workload)| self.mtls.inbound_mode(workload, port));
-        let http_filters = |port| {
-            let Some((_, workload)) = known else { return Vec::new() };
-            let policy = self.jwt.inbound(&self.mtls, workload, port);
-            policy.and_then(|p| translate::jwt::filter(&p, &self.keys)).into_iter().collect()
+        // A pod gone from the index has no policies' say: Istio's default
+        // (and no Service selects it, so it has no inbound ports).
+        let policy = |port: &InboundPort| match known {
+            Some((_, workload)) => self.port_policy(workload, port),
+            None => PortPolicy { mtls: MtlsMode::Permissive, ..PortPolicy::default() },
         };
         let scope = self.view.scope(&context);
         let outbound = self.outbound.get_or_build(scope.clone(), || {
@@ -219,8 +254,7 @@ impl PushContext for MeshContext {
         let inbound = Arc::new(PackedInbound::new(
             &self.view,
             &context,
-            mtls,
-            http_filters,
+            policy,
             self.previous.inbound.get(&key).map(|p| &**p),
         ));
         {

@@ -578,7 +578,14 @@ fn each_mutual_tls_mode_gives_the_port_its_chains() {
     let index = bookinfo();
     let view = mesh_view(&index);
     let proxy = productpage(&index);
-    let chains = |mode: MtlsMode| inbound(&view, &proxy, move |_| mode).listener.filter_chains;
+    let chains = |mode: MtlsMode| {
+        inbound(&view, &proxy, move |_| crate::translate::sidecar::PortPolicy {
+            mtls: mode,
+            ..Default::default()
+        })
+        .listener
+        .filter_chains
+    };
 
     // PERMISSIVE: mutual TLS for clients offering Istio's ALPN, plaintext for the rest.
     let permissive = chains(MtlsMode::Permissive);

@@ -54,6 +54,8 @@ fn bookinfo_is_indexed_with_a_pod_behind_every_endpoint() {
 }
 
 /// No policy switches mutual TLS: every port is PERMISSIVE, Istio's default.
-pub(super) fn permissive(_port: u16) -> crate::model::mtls::MtlsMode {
-    crate::model::mtls::MtlsMode::Permissive
+pub(super) fn permissive(
+    _port: &crate::translate::sidecar::InboundPort,
+) -> crate::translate::sidecar::PortPolicy {
+    crate::translate::sidecar::PortPolicy::default()
 }
