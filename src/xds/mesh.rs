@@ -385,6 +385,18 @@ mod tests {
         assert_eq!(keys_of(&fetched), [keys, keys]);
         jwks.store(uri, keys.to_string());
         assert!(!changes.has_changed().unwrap(), "the same keys again push nothing");
+        // With RBAC on, the JWT filter comes first: RBAC reads what it verified.
+        let mut crc = config::<crate::api::ClusterRbacConfig>("", "default", serde_json::json!({"mode": "ON"}));
+        crc.metadata.namespace = None;
+        index.apply::<crate::index::ClusterRbacConfigs>(&crc);
+        for (name, filters, _) in inbound_http_filters(&generator.prepare(&index).generate(&proxy)) {
+            assert_eq!(
+                filters,
+                [translate::jwt::JWT_FILTER, translate::rbac::HTTP_RBAC, "envoy.filters.http.router"],
+                "{name}"
+            );
+        }
+        index.delete::<crate::index::ClusterRbacConfigs>(&crc);
         // Other workloads are not selected.
         let reviews = Proxy {
             id: ProxyId::parse("sidecar~10.244.0.20~reviews-v1-0.default~default.svc.cluster.local")
