@@ -4,6 +4,7 @@
 
 mod support;
 
+mod authn;
 mod ca;
 mod crds;
 mod debug;

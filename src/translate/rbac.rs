@@ -591,4 +591,3 @@ fn any_principal() -> Principal {
 fn not_principal(p: Principal) -> Principal {
     Principal { identifier: Some(principal::Identifier::NotId(Box::new(p))) }
 }
-

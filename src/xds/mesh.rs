@@ -386,7 +386,8 @@ mod tests {
         jwks.store(uri, keys.to_string());
         assert!(!changes.has_changed().unwrap(), "the same keys again push nothing");
         // With RBAC on, the JWT filter comes first: RBAC reads what it verified.
-        let mut crc = config::<crate::api::ClusterRbacConfig>("", "default", serde_json::json!({"mode": "ON"}));
+        let mut crc =
+            config::<crate::api::ClusterRbacConfig>("", "default", serde_json::json!({"mode": "ON"}));
         crc.metadata.namespace = None;
         index.apply::<crate::index::ClusterRbacConfigs>(&crc);
         for (name, filters, _) in inbound_http_filters(&generator.prepare(&index).generate(&proxy)) {
