@@ -95,6 +95,21 @@ enum ProxyConfig {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
+    /// The authorization a pod's proxy enforces: per inbound port, the RBAC
+    /// policies enforced and those only counted (shadow), or that RBAC is off.
+    Authz {
+        /// The pod, as `namespace/name` or `name.namespace`.
+        pod: String,
+        /// The controller's monitoring address.
+        #[arg(long, env = "MESH_CONTROLLER", default_value = "http://127.0.0.1:15014")]
+        controller: String,
+        /// A Kubernetes bearer token of a user allowed to get /debug/* (as for proxy-status).
+        #[arg(long, env = "MESH_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// The kubeconfig whose current user's token is sent when --token is not given.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -111,6 +126,11 @@ fn main() -> std::process::ExitCode {
             debug_token(token, kubeconfig.as_ref())
                 .and_then(|token| bearer(&token))
                 .and_then(|token| proxy_secret(&controller, &token, &pod))
+        }
+        Command::ProxyConfig(ProxyConfig::Authz { pod, controller, token, kubeconfig }) => {
+            debug_token(token, kubeconfig.as_ref())
+                .and_then(|token| bearer(&token))
+                .and_then(|token| proxy_authz(&controller, &token, &pod))
         }
         Command::Controller(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -154,6 +174,24 @@ fn proxy_secret(controller: &str, token: &str, pod: &str) -> anyhow::Result<()> 
         format!("no proxy of pod {pod} is connected to {controller} (see `mesh proxy-status`)")
     })?;
     std::io::stdout().lock().write_all(table.as_bytes())?;
+    Ok(())
+}
+
+/// Prints the RBAC policies of `pod`'s inbound listener, from
+/// /debug/config_dump.
+fn proxy_authz(controller: &str, token: &str, pod: &str) -> anyhow::Result<()> {
+    // A pod's name and namespace are DNS labels, and `/` may stand in a query.
+    anyhow::ensure!(
+        pod.bytes().all(|b| b.is_ascii_alphanumeric() || b"-./".contains(&b)),
+        "{pod:?} is not a pod: write namespace/name or name.namespace"
+    );
+    let body = http_get(controller, &format!("/debug/config_dump?proxy={pod}"), token)?;
+    let dump: serde_json::Value =
+        serde_json::from_str(&body).with_context(|| format!("{controller}/debug/config_dump is not JSON"))?;
+    let listener = mesh::xds::debug::inbound_listener(&dump).with_context(|| {
+        format!("the proxy of pod {pod} holds no inbound listener yet (see `mesh proxy-status`)")
+    })?;
+    std::io::stdout().lock().write_all(mesh::xds::debug::authz_table(&listener).as_bytes())?;
     Ok(())
 }
 

@@ -383,7 +383,7 @@ impl RuleCase {
     }
 }
 
-/// The cluster every case assumes: Services, a DestinationRule with subsets
+/// The cluster every case assumes: Services (echo's port is TCP), a DestinationRule with subsets
 /// v1-v3 and a ServiceRole, in namespace `cases`.
 const CASES_CONTEXT: &str = r#"
 apiVersion: v1
@@ -405,6 +405,11 @@ apiVersion: v1
 kind: Service
 metadata: {name: productpage}
 spec: {ports: [{name: http, port: 9080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec: {ports: [{name: tcp, port: 9000}]}
 "#;
 
 const CASES_ISTIO_CONTEXT: &str = r#"

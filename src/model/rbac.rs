@@ -170,6 +170,40 @@ impl RbacPolicies {
     }
 }
 
+/// Istio's match of a value against RBAC patterns: `*` matches anything,
+/// `x*` a prefix, `*x` a suffix, anything else exactly.
+pub fn matches_any(value: &str, patterns: &[String]) -> bool {
+    patterns.iter().any(|p| {
+        p == "*"
+            || p == value
+            || p.strip_suffix('*').is_some_and(|prefix| value.starts_with(prefix))
+            || p.strip_prefix('*').is_some_and(|suffix| value.ends_with(suffix))
+    })
+}
+
+/// Whether a rule uses a field only an HTTP request has (hosts, paths,
+/// methods, a `request.headers` constraint): on a TCP port Istio drops
+/// such a rule, so it grants nothing there.
+pub fn rule_is_http_only(rule: &AccessRule) -> bool {
+    !(rule.hosts.is_empty()
+        && rule.not_hosts.is_empty()
+        && rule.paths.is_empty()
+        && rule.not_paths.is_empty()
+        && rule.methods.is_empty()
+        && rule.not_methods.is_empty())
+        || rule.constraints.iter().any(|c| c.key.as_deref().unwrap_or("").starts_with("request.headers"))
+}
+
+/// Whether a subject uses a field only an HTTP request has (groups,
+/// `request.*` properties, the deprecated `source.user`): dropped on a
+/// TCP port, as Istio does.
+pub fn subject_is_http_only(subject: &Subject) -> bool {
+    subject.group.as_deref().is_some_and(|g| !g.is_empty())
+        || !subject.groups.is_empty()
+        || !subject.not_groups.is_empty()
+        || subject.properties.keys().any(|k| k.starts_with("request.") || k == "source.user")
+}
+
 impl Binding {
     /// A binding as it grants; None when it names no role (validation
     /// rejects those; one stored before the webhook ran grants nothing).

@@ -12,7 +12,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::samples;
-use crate::index::{DestinationRules, EndpointSlices, Index, Namespaces, Pods, Services, VirtualServices};
+use crate::index::{
+    ClusterRbacConfigs, DestinationRules, EndpointSlices, Index, Namespaces, Pods, ServiceRoleBindings,
+    ServiceRoles, Services, VirtualServices,
+};
 use crate::model::ObjectKey;
 use crate::model::mesh::{MeshView, ProxyContext};
 
@@ -147,6 +150,26 @@ pub fn apply_networking(index: &mut Index, file: &str) {
         match kind(&doc) {
             "VirtualService" => index.apply::<VirtualServices>(&obj),
             "DestinationRule" => index.apply::<DestinationRules>(&obj),
+            other => panic!("{file}: unexpected kind {other}"),
+        }
+    }
+}
+
+/// Applies every object of an RBAC sample (`rbac/<file>`): ServiceRoles
+/// and bindings in Bookinfo's namespace, the cluster-scoped switch as is.
+pub fn apply_rbac(index: &mut Index, file: &str) {
+    for doc in documents(&format!("rbac/{file}")) {
+        let mut obj: DynamicObject = serde_json::from_value(doc.clone()).expect("an object");
+        match kind(&doc) {
+            "ServiceRole" => {
+                obj.metadata.namespace = Some(NAMESPACE.into());
+                index.apply::<ServiceRoles>(&obj)
+            }
+            "ServiceRoleBinding" => {
+                obj.metadata.namespace = Some(NAMESPACE.into());
+                index.apply::<ServiceRoleBindings>(&obj)
+            }
+            "ClusterRbacConfig" => index.apply::<ClusterRbacConfigs>(&obj),
             other => panic!("{file}: unexpected kind {other}"),
         }
     }

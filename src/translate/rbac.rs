@@ -46,7 +46,7 @@ use super::jwt::{JWT_FILTER, JWT_PAYLOAD_METADATA};
 use super::passthrough::network_filter;
 use crate::api::service_role::AccessRule;
 use crate::api::service_role_binding::Subject;
-use crate::model::rbac::Authorization;
+use crate::model::rbac::{Authorization, matches_any, rule_is_http_only, subject_is_http_only};
 
 pub const HTTP_RBAC: &str = "envoy.filters.http.rbac";
 pub const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
@@ -143,17 +143,6 @@ fn policy(
     Some(Policy { permissions, principals, ..Default::default() })
 }
 
-/// Istio's match of a value against a list of patterns: `*`, `x*`, `*x`
-/// or exact.
-pub fn matches_any(value: &str, patterns: &[String]) -> bool {
-    patterns.iter().any(|p| {
-        p == "*"
-            || p == value
-            || p.strip_suffix('*').is_some_and(|prefix| value.starts_with(prefix))
-            || p.strip_prefix('*').is_some_and(|suffix| value.ends_with(suffix))
-    })
-}
-
 /// Whether a rule is about this service: its `services`, and the
 /// constraints decided when configuration is generated (the destination's
 /// labels, name, namespace and ServiceAccount).
@@ -181,24 +170,6 @@ fn applies(rule: &AccessRule, destination: &Destination) -> bool {
 /// `name` from `<prefix>[name]`.
 fn bracketed<'k>(key: &'k str, prefix: &str) -> Option<&'k str> {
     key.strip_prefix(prefix)?.strip_prefix('[')?.strip_suffix(']').filter(|n| !n.is_empty())
-}
-
-/// Fields only an HTTP request has.
-fn rule_is_http_only(rule: &AccessRule) -> bool {
-    !(rule.hosts.is_empty()
-        && rule.not_hosts.is_empty()
-        && rule.paths.is_empty()
-        && rule.not_paths.is_empty()
-        && rule.methods.is_empty()
-        && rule.not_methods.is_empty())
-        || rule.constraints.iter().any(|c| c.key.as_deref().unwrap_or("").starts_with("request.headers"))
-}
-
-fn subject_is_http_only(subject: &Subject) -> bool {
-    subject.group.as_deref().is_some_and(|g| !g.is_empty())
-        || !subject.groups.is_empty()
-        || !subject.not_groups.is_empty()
-        || subject.properties.keys().any(|k| k.starts_with("request.") || k == "source.user")
 }
 
 /// A rule as a permission: all of its fields (each any of its values);

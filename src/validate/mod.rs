@@ -53,7 +53,10 @@ use crate::api::request_authentication::RequestAuthenticationSpec;
 use crate::api::service_role::ServiceRoleSpec;
 use crate::api::service_role_binding::ServiceRoleBindingSpec;
 use crate::api::virtual_service::VirtualServiceSpec;
-use crate::model::{ClusterState, host};
+use crate::model::mtls::{MtlsMode, MtlsPolicies};
+use crate::model::protocol::Protocol;
+use crate::model::rbac::matches_any as rbac_matches;
+use crate::model::{ClusterState, ObjectKey, Workload, host};
 
 /// Whether a finding stops the object from being admitted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -117,6 +120,11 @@ pub struct Context {
     /// Service host names (FQDNs): Kubernetes Services and other known
     /// hosts such as ServiceEntry hosts.
     services: Option<BTreeSet<String>>,
+    /// FQDNs of the Services with a TCP port (not HTTP): RBAC rules that
+    /// need HTTP are dropped there.
+    tcp_services: BTreeSet<String>,
+    /// Which mutual TLS the cluster's policies switch on, when known.
+    mtls: Option<MtlsPolicies>,
     /// Subsets by DestinationRule host (resolved to an FQDN, may be a
     /// wildcard): (namespace of the rule, subset name).
     subsets: Option<BTreeMap<String, BTreeSet<(String, String)>>>,
@@ -145,6 +153,8 @@ impl Context {
     pub fn empty() -> Self {
         Context {
             services: Some(BTreeSet::new()),
+            tcp_services: BTreeSet::new(),
+            mtls: None,
             subsets: Some(BTreeMap::new()),
             service_roles: Some(BTreeSet::new()),
             root_namespace: None,
@@ -159,6 +169,13 @@ impl Context {
         let mut ctx = Context::empty();
         for svc in state.services.values() {
             ctx.add_service(&svc.key.namespace, &svc.key.name);
+            let tcp = svc.ports.iter().any(|p| {
+                let protocol = Protocol::infer(&p.name, p.app_protocol.as_deref(), &p.protocol);
+                protocol.is_captured() && !protocol.is_http()
+            });
+            if tcp {
+                ctx.add_tcp_service(&svc.key.namespace, &svc.key.name);
+            }
         }
         for dr in state.destination_rules.values() {
             ctx.add_destination_rule(&dr.key.namespace, &dr.spec);
@@ -173,7 +190,16 @@ impl Context {
             ctx.add_policy(&p.key.namespace, &p.key.name, &p.spec);
         }
         ctx.set_root_namespace(&state.mesh_config.root_namespace);
+        ctx.mtls = Some(MtlsPolicies::build(state));
         ctx
+    }
+
+    /// Whether `namespace`'s sidecars take only plaintext, by the policies
+    /// for the namespace or the mesh (a workload's own may differ); None
+    /// when unknown.
+    fn plaintext_namespace(&self, namespace: &str) -> Option<bool> {
+        let any_pod = Workload { key: ObjectKey::new(namespace, ""), ..Workload::default() };
+        Some(self.mtls.as_ref()?.inbound_mode(&any_pod, 0) == MtlsMode::Disable)
     }
 
     /// Istio's root namespace, where a policy without a selector is mesh-wide.
@@ -235,6 +261,24 @@ impl Context {
         let fqdn = host::service_fqdn(name, namespace);
         self.services.get_or_insert_with(BTreeSet::new).insert(fqdn);
         self
+    }
+
+    /// A Service with a TCP (not HTTP) port.
+    pub fn add_tcp_service(&mut self, namespace: &str, name: &str) -> &mut Self {
+        self.tcp_services.insert(host::service_fqdn(name, namespace));
+        self
+    }
+
+    /// The known services (FQDNs) that `patterns` (RBAC's wildcards) name;
+    /// `None` when services are unknown.
+    fn services_named(&self, patterns: &[String]) -> Option<Vec<&str>> {
+        let services = self.services.as_ref()?;
+        Some(services.iter().filter(|s| rbac_matches(s, patterns)).map(String::as_str).collect())
+    }
+
+    /// The services with a TCP port among those `patterns` name.
+    fn tcp_services_named(&self, patterns: &[String]) -> Vec<&str> {
+        self.tcp_services.iter().filter(|s| rbac_matches(s, patterns)).map(String::as_str).collect()
     }
 
     /// A host the mesh knows other than as a Kubernetes Service, such as a
@@ -369,9 +413,9 @@ impl Validate for DestinationRuleSpec {
 }
 
 impl Validate for ServiceRoleSpec {
-    fn validate(&self, _namespace: &str, _ctx: &Context) -> Vec<Finding> {
+    fn validate(&self, _namespace: &str, ctx: &Context) -> Vec<Finding> {
         let mut out = common::Out::default();
-        rbac::check_service_role(self, &mut out);
+        rbac::check_service_role(self, ctx, &mut out);
         out.findings
     }
 }

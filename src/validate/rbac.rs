@@ -8,8 +8,9 @@ use crate::api::service_role_binding::{ServiceRoleBindingSpec, Subject};
 
 use super::Context;
 use super::common::*;
+use crate::model::rbac;
 
-pub(super) fn check_service_role(spec: &ServiceRoleSpec, out: &mut Out) {
+pub(super) fn check_service_role(spec: &ServiceRoleSpec, ctx: &Context, out: &mut Out) {
     if spec.rules.is_empty() {
         out.err(
             "spec.rules",
@@ -17,7 +18,45 @@ pub(super) fn check_service_role(spec: &ServiceRoleSpec, out: &mut Out) {
         );
     }
     for (i, rule) in spec.rules.iter().enumerate() {
-        check_access_rule(&format!("spec.rules[{i}]"), rule, true, out);
+        let p = format!("spec.rules[{i}]");
+        check_access_rule(&p, rule, true, out);
+        check_rule_services(&p, rule, ctx, out);
+    }
+}
+
+/// What a rule's `services` reach: a name that is no Service's FQDN
+/// grants nothing, and an HTTP-only rule grants nothing on TCP ports.
+fn check_rule_services(p: &str, rule: &AccessRule, ctx: &Context, out: &mut Out) {
+    if rule.services.is_empty() {
+        return;
+    }
+    for (k, name) in rule.services.iter().enumerate() {
+        let one = std::slice::from_ref(name);
+        if name != "*" && ctx.services_named(one).is_some_and(|named| named.is_empty()) {
+            let hint = if name.contains('.') || name.contains('*') {
+                String::new()
+            } else {
+                format!(" (services are matched by FQDN: write \"{name}.<namespace>.svc.cluster.local\")")
+            };
+            out.warn(
+                format!("{p}.services[{k}]"),
+                format!("no Service is named {name:?}, so this rule grants nothing for it yet{hint}"),
+            );
+        }
+    }
+    if rbac::rule_is_http_only(rule) {
+        let tcp = ctx.tcp_services_named(&rule.services);
+        if let Some(first) = tcp.first() {
+            let more = if tcp.len() > 1 { format!(" and {} more", tcp.len() - 1) } else { String::new() };
+            out.warn(
+                p,
+                format!(
+                    "the rule uses HTTP-only fields (hosts, paths, methods or request.headers), so on the TCP \
+                     ports of {first}{more} it is dropped and grants nothing there, as in Istio: write a separate \
+                     rule without them for TCP"
+                ),
+            );
+        }
     }
 }
 
@@ -158,6 +197,17 @@ pub(super) fn check_binding(spec: &ServiceRoleBindingSpec, namespace: &str, ctx:
     }
     for (i, s) in spec.subjects.iter().enumerate() {
         check_subject(&format!("spec.subjects[{i}]"), s, out);
+        if let Some(field) =
+            needs_peer_identity(s).filter(|_| ctx.plaintext_namespace(namespace) == Some(true))
+        {
+            out.warn(
+                format!("spec.subjects[{i}].{field}"),
+                format!(
+                    "mutual TLS is DISABLE in namespace {namespace}, so callers have no certificate and {field} \
+                     (read from it) never matches: enable mutual TLS (PERMISSIVE or STRICT), or use ips"
+                ),
+            );
+        }
     }
 
     let role = spec.role.as_deref().filter(|r| !r.is_empty());
@@ -217,6 +267,25 @@ fn missing_role(ctx: &Context, namespace: &str, name: &str, path: &str, out: &mu
             ),
         );
     }
+}
+
+/// The first field of a subject that only a caller with a certificate
+/// can match (`user: "*"` matches anyone).
+fn needs_peer_identity(s: &Subject) -> Option<String> {
+    let user = s.user.as_deref().filter(|u| !u.is_empty() && *u != "*" && *u != "allUsers");
+    if user.is_some() {
+        return Some("user".to_string());
+    }
+    if !s.names.is_empty() {
+        return Some("names".to_string());
+    }
+    if !s.namespaces.is_empty() {
+        return Some("namespaces".to_string());
+    }
+    ["source.principal", "source.namespace"]
+        .into_iter()
+        .find(|k| s.properties.get(*k).is_some_and(|v| v != "*"))
+        .map(|k| key("properties", k))
 }
 
 fn check_subject(p: &str, s: &Subject, out: &mut Out) {

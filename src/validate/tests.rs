@@ -74,7 +74,10 @@ fn bookinfo_samples_have_no_errors_and_no_unexpected_warnings() {
             // The cert-manager sample routes a gateway to a Service that is
             // not part of Bookinfo; the fault-injection sample has a second
             // catch-all rule that is never used (Istio warns about it too).
-            if file != "certmanager-gateway.yaml" && file != "fault-injection-details-v1.yaml" {
+            // The MongoDB policy names a Service Bookinfo does not deploy.
+            let unexpected =
+                ["certmanager-gateway.yaml", "fault-injection-details-v1.yaml", "mongodb-policy.yaml"];
+            if !unexpected.contains(&file.as_str()) {
                 assert!(found.is_empty(), "{file} {kind} {name}:\n{}", list(&found));
             }
             checked += 1;
@@ -361,9 +364,10 @@ fn cases() -> Vec<Case> {
 /// The cluster every case assumes; e2e/tests/webhook.rs makes the same.
 fn cases_context() -> Context {
     let mut ctx = Context::empty();
-    for svc in ["reviews", "ratings", "details", "productpage"] {
+    for svc in ["reviews", "ratings", "details", "productpage", "echo"] {
         ctx.add_service(CASES_NS, svc);
     }
+    ctx.add_tcp_service(CASES_NS, "echo");
     let rule: Dr = serde_yaml_ng::from_str(
         "host: reviews\nsubsets:\n- {name: v1, labels: {version: v1}}\n- {name: v2, labels: {version: v2}}\n- {name: v3, labels: {version: v3}}",
     )
@@ -512,4 +516,32 @@ fn status_and_admission_agree_on_the_name_rules() {
     by_parts.extend(check_name("MeshPolicy", "mesh"));
     let whole = validate_object("MeshPolicy", "", "mesh", &serde_json::to_value(&spec).unwrap(), bookinfo());
     assert!(has_errors(&by_parts) && has_errors(&whole), "{}", list(&whole));
+}
+
+#[test]
+fn a_subject_read_from_certificates_warns_where_mutual_tls_is_disabled() {
+    use crate::index::PeerAuthentications;
+    let binding = serde_json::json!({
+        "subjects": [{"user": "cluster.local/ns/default/sa/bookinfo-productpage"}, {"user": "*"}, {"ips": ["10.0.0.0/8"]}],
+        "roleRef": {"kind": "ServiceRole", "name": "details-reviews-viewer"},
+    });
+    let mut index = crate::testing::bookinfo::bookinfo();
+    let warnings = |index: &crate::index::Index| -> Vec<String> {
+        validate_object("ServiceRoleBinding", NS, "b", &binding, &Context::of(index.state()))
+            .into_iter()
+            .filter(|f| f.message.contains("mutual TLS is DISABLE"))
+            .map(|f| f.field)
+            .collect()
+    };
+    // PERMISSIVE by default: mesh sidecars have certificates.
+    assert!(warnings(&index).is_empty());
+    let disable: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "security.istio.io/v1beta1", "kind": "PeerAuthentication",
+        "metadata": {"name": "default", "namespace": NS},
+        "spec": {"mtls": {"mode": "DISABLE"}},
+    }))
+    .unwrap();
+    index.apply::<PeerAuthentications>(&disable);
+    // Only the subject that needs a certificate; `*` and addresses match plaintext callers.
+    assert_eq!(warnings(&index), ["spec.subjects[0].user"]);
 }

@@ -19,9 +19,15 @@ use envoy_types::pb::envoy::config::{
     cluster::v3::Cluster,
     core::v3::{DataSource, data_source},
     endpoint::v3::ClusterLoadAssignment,
-    listener::v3::Listener,
+    listener::v3::{Listener, filter},
+    rbac::v3::Rbac,
     route::v3::RouteConfiguration,
 };
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     Secret, TlsCertificate, private_key_provider, secret,
 };
@@ -30,6 +36,8 @@ use serde::{Deserialize, Serialize};
 
 use super::push::{Connection, Connections};
 use super::resource_type::ResourceType;
+use crate::translate::passthrough::VIRTUAL_INBOUND;
+use crate::translate::rbac::{HTTP_RBAC, NETWORK_RBAC};
 
 /// One proxy in /debug/syncz.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -308,6 +316,86 @@ pub fn secret_table(statuses: &[SyncStatus], pod: &str) -> Option<String> {
         }
     }
     Some(aligned(rows))
+}
+
+/// The inbound listener a proxy holds, from its /debug/config_dump
+/// (`dump`, one entry per connection of the pod: the first that holds one).
+pub fn inbound_listener(dump: &serde_json::Value) -> Option<Listener> {
+    dump.as_array()?.iter().find_map(|connection| {
+        let resources = connection["config"][ResourceType::Listener.label()]["resources"].as_array()?;
+        let inbound = resources.iter().find(|r| r["name"] == VIRTUAL_INBOUND)?;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(inbound["base64"].as_str()?).ok()?;
+        Listener::decode(bytes.as_slice()).ok()
+    })
+}
+
+/// `mesh proxy-config authz`: per inbound port and chain, the RBAC filter
+/// the proxy enforces (its policies by name; none at all denies every
+/// request) and the shadow policies it only counts.
+pub fn authz_table(inbound: &Listener) -> String {
+    let mut rows: Vec<Vec<String>> = vec![
+        ["PORT", "CHAIN", "FILTER", "ENFORCED POLICIES", "SHADOW POLICIES"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    ];
+    let names = |rules: Option<&Rbac>| match rules {
+        None => "-".to_string(),
+        Some(r) if r.policies.is_empty() => "(none: every request denied)".to_string(),
+        Some(r) => {
+            let mut names: Vec<&str> = r.policies.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            names.join(",")
+        }
+    };
+    for chain in &inbound.filter_chains {
+        let Some(port) = chain.filter_chain_match.as_ref().and_then(|m| m.destination_port.as_ref()) else {
+            continue;
+        };
+        let transport = if chain.transport_socket.is_some() { "mtls" } else { "plaintext" };
+        let mut found = false;
+        for filter in &chain.filters {
+            let Some(filter::ConfigType::TypedConfig(config)) = &filter.config_type else { continue };
+            if filter.name == NETWORK_RBAC {
+                if let Ok(rbac) = NetworkRbac::decode(config.value.as_slice()) {
+                    rows.push(vec![
+                        port.value.to_string(),
+                        transport.into(),
+                        "tcp".into(),
+                        names(rbac.rules.as_ref()),
+                        names(rbac.shadow_rules.as_ref()),
+                    ]);
+                    found = true;
+                }
+            } else if let Ok(manager) = HttpConnectionManager::decode(config.value.as_slice()) {
+                for http in manager.http_filters.iter().filter(|f| f.name == HTTP_RBAC) {
+                    let Some(http_filter::ConfigType::TypedConfig(config)) = &http.config_type else {
+                        continue;
+                    };
+                    if let Ok(rbac) = HttpRbac::decode(config.value.as_slice()) {
+                        rows.push(vec![
+                            port.value.to_string(),
+                            transport.into(),
+                            "http".into(),
+                            names(rbac.rules.as_ref()),
+                            names(rbac.shadow_rules.as_ref()),
+                        ]);
+                        found = true;
+                    }
+                }
+            }
+        }
+        if !found {
+            rows.push(vec![
+                port.value.to_string(),
+                transport.into(),
+                "-".into(),
+                "RBAC off: open".into(),
+                "-".into(),
+            ]);
+        }
+    }
+    aligned(rows)
 }
 
 pub fn status_table(statuses: &[SyncStatus]) -> String {

@@ -287,7 +287,8 @@ mod tests {
     use super::super::auth::tests::identity;
     use super::super::proxy::ProxyId;
     use super::*;
-    use crate::testing::bookinfo::{apply_networking, bookinfo};
+    use crate::testing::bookinfo::{apply_networking, apply_rbac, bookinfo};
+    use crate::xds::debug::authz_table;
 
     fn productpage() -> Proxy {
         let id = ProxyId::parse("sidecar~10.244.0.13~productpage-v1-0.default~default.svc.cluster.local")
@@ -446,5 +447,57 @@ mod tests {
             .map(|r| r.name.as_str())
             .collect();
         assert_eq!(new, ["reviews.default.svc.cluster.local:9080"]);
+    }
+
+    /// The inbound listener in `snapshot`, decoded.
+    fn inbound_listener(snapshot: &Snapshot) -> Listener {
+        let resources = snapshot.resources(ResourceType::Listener);
+        let inbound = resources.get("virtualInbound").expect("an inbound listener");
+        prost::Message::decode(inbound.value()).expect("a listener")
+    }
+
+    fn sidecar(pod: &str, ip: &str) -> Proxy {
+        let id = ProxyId::parse(&format!("sidecar~{ip}~{pod}.default~default.svc.cluster.local"))
+            .expect("a node id");
+        Proxy { id, identity: identity() }
+    }
+
+    #[test]
+    fn each_inbound_port_enforces_the_rbac_policies_of_its_service() {
+        let generator = MeshGenerator::default();
+        let mut index = bookinfo();
+        let table = |index: &Index, pod: &str, ip: &str| {
+            authz_table(&inbound_listener(&generator.prepare(index).generate(&sidecar(pod, ip))))
+        };
+        let productpage_ip = productpage().id.ip.to_string();
+        // No switch: RBAC is off, every port open.
+        assert!(table(&index, "productpage-v1-0", &productpage_ip).contains("RBAC off: open"));
+
+        apply_rbac(&mut index, "rbac-config-ON.yaml");
+        let on = table(&index, "productpage-v1-0", &productpage_ip);
+        assert!(on.contains("(none: every request denied)"), "{on}");
+        assert!(!on.contains("RBAC off"), "{on}");
+
+        apply_rbac(&mut index, "productpage-policy.yaml");
+        let granted = table(&index, "productpage-v1-0", &productpage_ip);
+        // Both chains of the PERMISSIVE port, mutual TLS and plaintext.
+        let rows: Vec<&str> = granted.lines().filter(|l| l.contains("productpage-viewer")).collect();
+        assert_eq!(rows.len(), 2, "{granted}");
+        assert!(rows.iter().any(|r| r.contains("mtls")) && rows.iter().any(|r| r.contains("plaintext")));
+
+        // The role names productpage only: details still denies everything.
+        let details =
+            index.state().workloads.keys().find(|k| k.name.starts_with("details")).cloned().expect("details");
+        let details_ip = index.state().workloads[&details].ip.clone().expect("an IP");
+        let denied = table(&index, &details.name, &details_ip);
+        assert!(
+            denied.contains("(none: every request denied)") && !denied.contains("productpage-viewer"),
+            "{denied}"
+        );
+
+        apply_rbac(&mut index, "details-reviews-policy-permissive.yaml");
+        let shadow = table(&index, &details.name, &details_ip);
+        let row = shadow.lines().find(|l| l.contains("details-reviews-viewer")).expect(&shadow);
+        assert!(row.contains("(none: every request denied)"), "enforced: none, shadow: the role; {shadow}");
     }
 }
