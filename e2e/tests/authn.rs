@@ -200,3 +200,55 @@ fn end_user_jwts_from_istio_1_1_origins_and_request_authentication_on_real_traff
     assert!(ok >= 1.0, "{fetches:?}");
     drop(keys);
 }
+
+/// The issue's point: a ServiceRoleBinding that requires a JWT claim
+/// (`request.auth.claims[groups]`) lets a valid token carrying it reach
+/// productpage; no token, or a valid one without the claim, is denied by
+/// RBAC (403); an expired or wrongly signed one is refused before (401).
+#[test]
+fn a_binding_requiring_a_jwt_claim_admits_only_valid_tokens_that_carry_it() {
+    let release = Release::install("mesh-e2e-authn-rbac", &[]);
+    let ns = injected_bookinfo("authn-rbac");
+    let client = Client::start();
+    let controller = jsonpath(&release.namespace, "pods", "{.items[0].metadata.name}");
+    let signer = Signer::generate("bookinfo-2026");
+    let forger = Signer::generate("bookinfo-2026");
+    let keys = KeyServer::start(&release.namespace, &controller, &signer.jwks());
+    let url = format!("http://productpage.{}:9080/productpage", ns.name);
+
+    let valid = signer.token(&claims(ISSUER, AUDIENCE, "alice", false));
+    let mut other_group = claims(ISSUER, AUDIENCE, "bob", false);
+    other_group["groups"] = serde_json::json!(["others"]);
+    let other_group = signer.token(&other_group);
+    let expired = signer.token(&claims(ISSUER, AUDIENCE, "alice", true));
+    let forged = forger.token(&claims(ISSUER, AUDIENCE, "alice", false));
+
+    let _request = Applied::new(
+        &ns.name,
+        &format!(
+            "apiVersion: security.istio.io/v1beta1\nkind: RequestAuthentication\nmetadata:\n  name: productpage\n\
+             spec:\n  selector:\n    matchLabels:\n      app: productpage\n  jwtRules:\n  - issuer: \"{ISSUER}\"\n    \
+             jwksUri: \"{}\"\n",
+            keys.url()
+        ),
+    );
+    let _rbac = Applied::new(
+        &ns.name,
+        &format!(
+            "apiVersion: \"rbac.istio.io/v1alpha1\"\nkind: ClusterRbacConfig\nmetadata:\n  name: default\nspec:\n  \
+             mode: 'ON_WITH_INCLUSION'\n  inclusion:\n    namespaces: [\"{ns}\"]\n---\n\
+             apiVersion: \"rbac.istio.io/v1alpha1\"\nkind: ServiceRole\nmetadata:\n  name: productpage-viewer\nspec:\n  \
+             rules:\n  - services: [\"productpage.{ns}.svc.cluster.local\"]\n    methods: [\"GET\"]\n---\n\
+             apiVersion: \"rbac.istio.io/v1alpha1\"\nkind: ServiceRoleBinding\nmetadata:\n  name: reviewers\nspec:\n  \
+             subjects:\n  - properties:\n      request.auth.claims[groups]: \"reviewers\"\n  roleRef:\n    \
+             kind: ServiceRole\n    name: \"productpage-viewer\"\n",
+            ns = ns.name
+        ),
+    );
+    settles("RBAC denies a request without a token", "403", || client.code(&url, None));
+    settles("a valid token with the claim reaches productpage", "200", || client.code(&url, Some(&valid)));
+    assert_eq!(client.code(&url, Some(&other_group)), "403", "valid, without the claim");
+    assert_eq!(client.code(&url, Some(&expired)), "401", "expired");
+    assert_eq!(client.code(&url, Some(&forged)), "401", "wrongly signed");
+    drop(keys);
+}
