@@ -230,3 +230,6 @@ impl Binding {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -19,6 +19,10 @@
 //! subjects match it. `request.auth.*` reads the JWT payload the JWT
 //! filter leaves in dynamic metadata ([`super::jwt`]).
 //!
+//! `paths` and `notPaths` match the whole `:path` header, query included,
+//! as Istio 1.4 did (its v1alpha1 rules never used Envoy's `url_path`):
+//! `/ratings` does not match `/ratings?id=1`, `/ratings*` does.
+//!
 //! Istio's wildcards: `*` alone matches anything (present, for headers),
 //! `*x` a suffix, `x*` a prefix, anything else exactly.
 
@@ -36,8 +40,8 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
-    ListMatcher, MetadataMatcher, PathMatcher, RegexMatcher, StringMatcher, ValueMatcher, list_matcher,
-    metadata_matcher, path_matcher, string_matcher, value_matcher,
+    ListMatcher, MetadataMatcher, RegexMatcher, StringMatcher, ValueMatcher, list_matcher, metadata_matcher,
+    string_matcher, value_matcher,
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 
@@ -181,13 +185,6 @@ fn rule_permission(rule: &AccessRule, tcp: bool) -> Option<Permission> {
     let mut all = Vec::new();
     let header =
         |name: &str, values: &[String]| or_permissions(values.iter().map(|v| header_permission(name, v)));
-    let paths = |values: &[String]| {
-        or_permissions(values.iter().map(|v| Permission {
-            rule: Some(permission::Rule::UrlPath(PathMatcher {
-                rule: Some(path_matcher::Rule::Path(string_match(v, ""))),
-            })),
-        }))
-    };
     let ports = |values: &[i32]| {
         or_permissions(values.iter().filter_map(|p| u32::try_from(*p).ok()).map(port_permission))
     };
@@ -196,8 +193,9 @@ fn rule_permission(rule: &AccessRule, tcp: bool) -> Option<Permission> {
         (!rule.not_hosts.is_empty(), true, header(":authority", &rule.not_hosts)),
         (!rule.methods.is_empty(), false, header(":method", &rule.methods)),
         (!rule.not_methods.is_empty(), true, header(":method", &rule.not_methods)),
-        (!rule.paths.is_empty(), false, paths(&rule.paths)),
-        (!rule.not_paths.is_empty(), true, paths(&rule.not_paths)),
+        // The whole `:path`, query included, as Istio 1.4 matched it.
+        (!rule.paths.is_empty(), false, header(":path", &rule.paths)),
+        (!rule.not_paths.is_empty(), true, header(":path", &rule.not_paths)),
         (!rule.ports.is_empty(), false, ports(&rule.ports)),
         (!rule.not_ports.is_empty(), true, ports(&rule.not_ports)),
     ] {
@@ -562,3 +560,6 @@ fn any_principal() -> Principal {
 fn not_principal(p: Principal) -> Principal {
     Principal { identifier: Some(principal::Identifier::NotId(Box::new(p))) }
 }
+
+#[cfg(test)]
+mod tests;
