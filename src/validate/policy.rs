@@ -99,6 +99,17 @@ pub(super) fn check(spec: &PolicySpec, cluster_scoped: bool, out: &mut Out) {
         }
     }
     for (i, origin) in spec.origins.iter().enumerate() {
+        let no_keys = |j: &Jwt| {
+            j.jwks_uri.as_deref().unwrap_or_default().is_empty()
+                && j.jwks.as_deref().unwrap_or_default().is_empty()
+        };
+        if origin.jwt.as_ref().is_some_and(no_keys) {
+            out.warn(
+                format!("spec.origins[{i}].jwt"),
+                "the JWT has neither jwksUri nor jwks, so every token of its issuer is refused (401): mesh does \
+                 not discover keys from the issuer's OpenID configuration as Istio does; set jwksUri",
+            );
+        }
         if origin.jwt.is_none() {
             out.err(
                 format!("spec.origins[{i}]"),

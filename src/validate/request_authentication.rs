@@ -99,8 +99,8 @@ fn check_rule(p: &str, rule: &JwtRule, out: &mut Out) {
         }
         None if uri.is_none() => out.warn(
             p,
-            "the rule has neither jwksUri nor jwks, so no token of this issuer can be verified and every \
-             one is refused (401): set jwksUri to the issuer's key set",
+            "the rule has neither jwksUri nor jwks, so every token of this issuer is refused (401): mesh \
+             does not discover keys from the issuer's OpenID configuration as Istio does; set jwksUri",
         ),
         None => {}
     }
