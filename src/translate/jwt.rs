@@ -193,6 +193,14 @@ fn rules(policy: &JwtPolicy) -> Vec<RequirementRule> {
         .collect();
     sets.sort_by_key(|s: &Vec<usize>| std::cmp::Reverse(s.len()));
     for set in sets {
+        // Counted before they are built: a policy's trigger rules must not
+        // make the controller build millions of them.
+        let count = set.iter().fold(1usize, |n, i| {
+            n.saturating_mul(triggered_terms(&policy.providers[*i].trigger_rules).len())
+        });
+        if out.len().saturating_add(count) > MAX_RULES {
+            return everywhere();
+        }
         let terms = set.iter().fold(vec![Vec::<Literal>::new()], |terms, i| {
             let options = triggered_terms(&policy.providers[*i].trigger_rules);
             terms.iter().flat_map(|t| options.iter().map(move |o| [t.clone(), o.clone()].concat())).collect()
@@ -202,9 +210,6 @@ fn rules(policy: &JwtPolicy) -> Vec<RequirementRule> {
         names.sort();
         for term in terms {
             out.push(rule(conjunction(&term), requirement(&names, policy.requirement)));
-            if out.len() > MAX_RULES {
-                return everywhere();
-            }
         }
     }
     out.push(rule(every_path(), requirement(&always, policy.requirement)));

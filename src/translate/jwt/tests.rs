@@ -272,3 +272,24 @@ fn path_regexes_take_the_path_literally() {
     );
     assert_eq!(path_regex(&StringMatch { prefix: Some("/a+".into()), ..Default::default() }), "\\/a\\+.*");
 }
+
+#[test]
+fn too_many_trigger_conditions_check_every_provider_on_every_path() {
+    // Six providers with 30 included paths each: 30^6 combinations.
+    let paths: Vec<serde_json::Value> = (0..30).map(|n| json!({"prefix": format!("/p{n}/")})).collect();
+    let many: Vec<TriggerRule> = serde_json::from_value(json!([{"includedPaths": paths}])).unwrap();
+    let providers: Vec<JwtProvider> = (0..6)
+        .map(|n| {
+            let mut p = provider(&format!("issuer-{n}"), Keys::None);
+            p.trigger_rules = many.clone();
+            p
+        })
+        .collect();
+    let policy = JwtPolicy { providers, requirement: Requirement::Required };
+    let config = decode(&policy, &BTreeMap::new());
+    assert_eq!(config.rules.len(), 1, "one rule for every path");
+    assert_eq!(
+        rule_requirement(&config.rules[0]),
+        "any(origins-0,origins-1,origins-2,origins-3,origins-4,origins-5)"
+    );
+}
