@@ -176,17 +176,19 @@ fn a_redirect_and_unapplied_destination_tls_are_named_with_what_they_mean() {
 }
 
 #[test]
-fn authorization_kinds_warn_that_nothing_is_enforced() {
-    let config = json!({"mode": "ON", "enforcementMode": "PERMISSIVE"});
+fn authorization_kinds_are_applied_field_by_field() {
+    let config = json!({"mode": "ON_WITH_EXCLUSION", "exclusion": {"namespaces": ["a"], "services": ["b"]},
+                        "enforcementMode": "PERMISSIVE"});
     for kind in ["ClusterRbacConfig", "RbacConfig"] {
-        let found = unapplied(kind, &config);
-        assert_eq!(fields(&found), ["spec.enforcementMode", "spec.mode"]);
-        assert!(found.iter().all(|f| f.message.contains("authorization is not enforced")));
+        assert_eq!(fields(&unapplied(kind, &config)), Vec::<String>::new(), "{kind}");
     }
-    let role = json!({"rules": [{"services": ["*"], "methods": ["GET"]}]});
-    assert_eq!(fields(&unapplied("ServiceRole", &role)), ["spec.rules"]);
-    let binding = json!({"subjects": [{"user": "*"}], "roleRef": {"kind": "ServiceRole", "name": "r"}});
-    assert_eq!(fields(&unapplied("ServiceRoleBinding", &binding)), ["spec.roleRef", "spec.subjects"]);
+    let role = json!({"rules": [{"services": ["*"], "hosts": ["h"], "notPaths": ["/p"], "methods": ["GET"],
+                      "notPorts": [1], "constraints": [{"key": "destination.labels[app]", "values": ["a"]}]}]});
+    assert_eq!(fields(&unapplied("ServiceRole", &role)), Vec::<String>::new());
+    let binding = json!({"subjects": [{"user": "*", "namespaces": ["n"], "notIps": ["10.0.0.1"], "groups": ["g"],
+                         "properties": {"source.ip": "10.0.0.0/8"}}],
+                         "roleRef": {"kind": "ServiceRole", "name": "r"}, "mode": "PERMISSIVE"});
+    assert_eq!(fields(&unapplied("ServiceRoleBinding", &binding)), Vec::<String>::new());
 }
 
 #[test]
