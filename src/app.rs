@@ -157,6 +157,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     watches.spawn::<index::ClusterRbacConfigs>(&mut tasks);
     watches.spawn::<index::RbacConfigs>(&mut tasks);
     watches.spawn::<index::PeerAuthentications>(&mut tasks);
+    watches.spawn::<index::RequestAuthentications>(&mut tasks);
     watches.spawn::<index::Policies>(&mut tasks);
     watches.spawn::<index::MeshPolicies>(&mut tasks);
 
@@ -207,8 +208,25 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         instance: instance.clone(),
         workload_ca: Some(workload_ca),
     };
+    // JWT issuers' key sets, fetched here and sent inline, so sidecars need no route to issuers.
+    let jwks_metrics = crate::xds::jwks::JwksMetrics::default();
+    jwks_metrics.register(&mut registry);
+    let jwks = Arc::new(crate::xds::jwks::Jwks::new(jwks_metrics));
+    let fetch =
+        crate::xds::jwks::HttpFetch::new().map_err(|e| anyhow::anyhow!("the JWT key set client: {e}"))?;
+    tasks.spawn(
+        "JWT key sets",
+        crate::xds::jwks::run(
+            jwks.clone(),
+            index.clone(),
+            Arc::new(fetch),
+            crate::xds::jwks::Schedule::default(),
+            shutdown.clone(),
+        ),
+    );
     // Services, endpoints, VirtualServices and DestinationRules, translated per scope and proxy.
-    let generator: Arc<dyn Generator> = Arc::new(crate::xds::MeshGenerator::new(&args.trust_domain));
+    let generator: Arc<dyn Generator> =
+        Arc::new(crate::xds::MeshGenerator::new(&args.trust_domain).with_jwks(jwks));
     #[cfg(feature = "e2e")]
     let generator = faults::inject(generator);
     let ads = crate::xds::Ads::with_settings(
@@ -452,6 +470,10 @@ mod faults {
                 panic!("injected fault: namespace {} exists (MESH_TEST_PANIC_PUSH)", self.namespace);
             }
             self.generator.prepare(index)
+        }
+
+        fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+            self.generator.changes()
         }
     }
 }

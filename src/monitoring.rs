@@ -152,6 +152,7 @@ async fn configz(State(m): State<Monitoring>) -> Response {
         "ClusterRbacConfig": state.cluster_rbac_configs.values().collect::<Vec<_>>(),
         "RbacConfig": state.rbac_configs.values().collect::<Vec<_>>(),
         "PeerAuthentication": state.peer_authentications.values().collect::<Vec<_>>(),
+        "RequestAuthentication": state.request_authentications.values().collect::<Vec<_>>(),
         "Policy": state.policies.values().collect::<Vec<_>>(),
         "MeshPolicy": state.mesh_policies.values().collect::<Vec<_>>(),
         "meshConfig": {"rootNamespace": state.mesh_config.root_namespace},

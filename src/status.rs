@@ -179,6 +179,13 @@ fn pending(index: &Index, now: Timestamp) -> Vec<Write> {
         now,
         &mut out,
     );
+    collect::<_, api::RequestAuthentication>(
+        "RequestAuthentication",
+        state.request_authentications,
+        &ctx,
+        now,
+        &mut out,
+    );
     collect::<_, api::Policy>("Policy", state.policies, &ctx, now, &mut out);
     collect::<_, api::MeshPolicy>("MeshPolicy", state.mesh_policies, &ctx, now, &mut out);
     out

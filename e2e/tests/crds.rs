@@ -20,6 +20,7 @@ const KINDS: &[(&str, &str, bool)] = &[
     ("ClusterRbacConfig", "clusterrbacconfigs.rbac.istio.io", false),
     ("RbacConfig", "rbacconfigs.rbac.istio.io", true),
     ("PeerAuthentication", "peerauthentications.security.istio.io", true),
+    ("RequestAuthentication", "requestauthentications.security.istio.io", true),
     ("Policy", "policies.authentication.istio.io", true),
     ("MeshPolicy", "meshpolicies.authentication.istio.io", false),
 ];

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod authn;
 mod authz;
 mod ca;
 mod crds;

@@ -334,7 +334,7 @@ impl RuleCase {
     fn problem(&self, ns: &str) -> Option<String> {
         let api_version = match self.kind.as_str() {
             "VirtualService" | "DestinationRule" => "networking.istio.io/v1alpha3",
-            "PeerAuthentication" => "security.istio.io/v1beta1",
+            "PeerAuthentication" | "RequestAuthentication" => "security.istio.io/v1beta1",
             "Policy" | "MeshPolicy" => "authentication.istio.io/v1alpha1",
             _ => "rbac.istio.io/v1alpha1",
         };

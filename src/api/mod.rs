@@ -19,6 +19,7 @@ pub mod peer_authentication;
 pub mod policy;
 pub mod rbac_config;
 pub mod reference;
+pub mod request_authentication;
 #[cfg(test)]
 pub(crate) mod samples;
 pub mod schema;
@@ -33,6 +34,7 @@ pub use mesh_policy::MeshPolicy;
 pub use peer_authentication::PeerAuthentication;
 pub use policy::Policy;
 pub use rbac_config::RbacConfig;
+pub use request_authentication::RequestAuthentication;
 pub use service_role::ServiceRole;
 pub use service_role_binding::ServiceRoleBinding;
 pub use status::{ConfigCondition, ConfigStatus};
@@ -56,6 +58,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         Policy::crd(),
         MeshPolicy::crd(),
         schema::also_served_as(PeerAuthentication::crd(), peer_authentication::EXTRA_VERSIONS),
+        schema::also_served_as(RequestAuthentication::crd(), request_authentication::EXTRA_VERSIONS),
     ]
 }
 

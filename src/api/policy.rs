@@ -6,8 +6,8 @@
 //! ([`PolicySpec`], defined here). Fields follow Istio's
 //! `authentication/v1alpha1/policy.proto`, including the ones Istio hid
 //! from its documentation; Istio read it with protobuf's JSON parser, so
-//! the protobuf field names (`peer_is_optional`) are accepted too (all but
-//! those of a JWT's trigger rules, which Istio's documentation never used).
+//! the protobuf field names (`peer_is_optional`, `trigger_rules`,
+//! `excluded_paths`, as Istio's own JWT task wrote them) are accepted too.
 
 use std::collections::BTreeMap;
 
@@ -213,21 +213,22 @@ pub struct Jwt {
 
     /// When to check the token: it is checked if any rule matches the
     /// request's path; empty: always.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", alias = "trigger_rules")]
     pub trigger_rules: Vec<TriggerRule>,
 }
 
 /// Paths a JWT is checked on.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = trigger_rule_proto_names)]
 pub struct TriggerRule {
     /// Paths the rule does not match, e.g. `[{exact: /health_check}]`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", alias = "excluded_paths")]
     pub excluded_paths: Vec<StringMatch>,
 
     /// Paths the rule matches, e.g. `[{prefix: /admin}]`; empty: every path
     /// not excluded.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", alias = "included_paths")]
     pub included_paths: Vec<StringMatch>,
 }
 
@@ -274,8 +275,14 @@ pub(crate) const POLICY_PROTO_NAMES: &[(&str, &str)] = &[
     ("principalBinding", "principal_binding"),
 ];
 const MUTUAL_TLS_PROTO_NAMES: &[(&str, &str)] = &[("allowTls", "allow_tls")];
-const JWT_PROTO_NAMES: &[(&str, &str)] =
-    &[("jwksUri", "jwks_uri"), ("jwtHeaders", "jwt_headers"), ("jwtParams", "jwt_params")];
+const JWT_PROTO_NAMES: &[(&str, &str)] = &[
+    ("jwksUri", "jwks_uri"),
+    ("jwtHeaders", "jwt_headers"),
+    ("jwtParams", "jwt_params"),
+    ("triggerRules", "trigger_rules"),
+];
+const TRIGGER_RULE_PROTO_NAMES: &[(&str, &str)] =
+    &[("excludedPaths", "excluded_paths"), ("includedPaths", "included_paths")];
 
 fn policy_proto_names(schema: &mut Schema) {
     accept_proto_names(schema, POLICY_PROTO_NAMES);
@@ -287,6 +294,10 @@ fn mutual_tls_proto_names(schema: &mut Schema) {
 
 fn jwt_proto_names(schema: &mut Schema) {
     accept_proto_names(schema, JWT_PROTO_NAMES);
+}
+
+fn trigger_rule_proto_names(schema: &mut Schema) {
+    accept_proto_names(schema, TRIGGER_RULE_PROTO_NAMES);
 }
 
 impl PolicySpec {
@@ -380,7 +391,8 @@ spec:
             "peers": [{"mtls": {"allow_tls": true}}],
             "peer_is_optional": true,
             "principal_binding": "USE_PEER",
-            "origins": [{"jwt": {"jwks_uri": "https://x/keys", "jwt_headers": ["x-jwt"]}}],
+            "origins": [{"jwt": {"jwks_uri": "https://x/keys", "jwt_headers": ["x-jwt"],
+                                 "trigger_rules": [{"excluded_paths": [{"exact": "/health"}], "included_paths": [{"prefix": "/"}]}]}}],
         }))
         .unwrap();
         assert_eq!(spec.peer_is_optional, Some(true));
@@ -388,5 +400,7 @@ spec:
         let jwt = spec.origins[0].jwt.as_ref().unwrap();
         assert_eq!(jwt.jwks_uri.as_deref(), Some("https://x/keys"));
         assert_eq!(jwt.jwt_headers, ["x-jwt"]);
+        assert_eq!(jwt.trigger_rules[0].excluded_paths[0].exact.as_deref(), Some("/health"));
+        assert_eq!(jwt.trigger_rules[0].included_paths[0].prefix.as_deref(), Some("/"));
     }
 }

@@ -118,6 +118,11 @@ config_kind!(
     api::peer_authentication::PeerAuthenticationSpec, peer_authentications
 );
 config_kind!(
+    /// security.istio.io RequestAuthentications.
+    RequestAuthentications, "RequestAuthentication", api::RequestAuthentication,
+    api::request_authentication::RequestAuthenticationSpec, request_authentications
+);
+config_kind!(
     /// authentication.istio.io Policies (Istio 1.1).
     Policies, "Policy", api::Policy, api::policy::PolicySpec, policies
 );

@@ -36,7 +36,8 @@ use tokio::sync::watch as channel;
 use crate::api::{
     cluster_rbac_config::ClusterRbacConfigSpec, destination_rule::DestinationRuleSpec,
     mesh_policy::MeshPolicySpec, peer_authentication::PeerAuthenticationSpec, policy::PolicySpec,
-    rbac_config::RbacConfigSpec, service_role::ServiceRoleSpec, service_role_binding::ServiceRoleBindingSpec,
+    rbac_config::RbacConfigSpec, request_authentication::RequestAuthenticationSpec,
+    service_role::ServiceRoleSpec, service_role_binding::ServiceRoleBindingSpec,
     virtual_service::VirtualServiceSpec,
 };
 pub use crate::model::Store;
@@ -46,7 +47,8 @@ use crate::model::{
 
 pub use kinds::{
     ClusterRbacConfigs, DestinationRules, EndpointSlices, MeshPolicies, Namespaces, PeerAuthentications,
-    Pods, Policies, RbacConfigs, ServiceRoleBindings, ServiceRoles, Services, VirtualServices,
+    Pods, Policies, RbacConfigs, RequestAuthentications, ServiceRoleBindings, ServiceRoles, Services,
+    VirtualServices,
 };
 
 /// Why a watched object could not be turned into a model entry.
@@ -117,6 +119,7 @@ pub struct Index {
     cluster_rbac_configs: Store<Config<ClusterRbacConfigSpec>>,
     rbac_configs: Store<Config<RbacConfigSpec>>,
     peer_authentications: Store<Config<PeerAuthenticationSpec>>,
+    request_authentications: Store<Config<RequestAuthenticationSpec>>,
     policies: Store<Config<PolicySpec>>,
     mesh_policies: Store<Config<MeshPolicySpec>>,
     mesh_config: MeshConfig,
@@ -156,6 +159,7 @@ impl Index {
             cluster_rbac_configs: Store::new(),
             rbac_configs: Store::new(),
             peer_authentications: Store::new(),
+            request_authentications: Store::new(),
             policies: Store::new(),
             mesh_policies: Store::new(),
             mesh_config: MeshConfig::default(),
@@ -264,6 +268,7 @@ impl Index {
             cluster_rbac_configs: &self.cluster_rbac_configs,
             rbac_configs: &self.rbac_configs,
             peer_authentications: &self.peer_authentications,
+            request_authentications: &self.request_authentications,
             policies: &self.policies,
             mesh_policies: &self.mesh_policies,
             mesh_config: &self.mesh_config,

@@ -16,6 +16,7 @@
 
 pub mod duration;
 pub mod host;
+pub mod jwt;
 pub mod mesh;
 pub mod mtls;
 pub mod protocol;
@@ -32,6 +33,7 @@ use crate::api::mesh_policy::MeshPolicySpec;
 use crate::api::peer_authentication::PeerAuthenticationSpec;
 use crate::api::policy::PolicySpec;
 use crate::api::rbac_config::RbacConfigSpec;
+use crate::api::request_authentication::RequestAuthenticationSpec;
 use crate::api::service_role::ServiceRoleSpec;
 use crate::api::service_role_binding::ServiceRoleBindingSpec;
 use crate::api::virtual_service::VirtualServiceSpec;
@@ -207,6 +209,7 @@ pub struct ClusterState<'a> {
     pub cluster_rbac_configs: &'a Store<Config<ClusterRbacConfigSpec>>,
     pub rbac_configs: &'a Store<Config<RbacConfigSpec>>,
     pub peer_authentications: &'a Store<Config<PeerAuthenticationSpec>>,
+    pub request_authentications: &'a Store<Config<RequestAuthenticationSpec>>,
     pub policies: &'a Store<Config<PolicySpec>>,
     pub mesh_policies: &'a Store<Config<MeshPolicySpec>>,
     /// The mesh-wide settings (not watched: the controller's flags).

@@ -97,7 +97,7 @@ struct WorkloadPolicy {
 #[derive(Clone, Debug, PartialEq)]
 struct TargetedPolicy {
     targets: Vec<Target>,
-    mode: MtlsMode,
+    spec: PolicySpec,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -128,8 +128,8 @@ struct Namespace {
     peer: Option<Level>,
     /// Oldest first.
     workload_peers: Vec<WorkloadPolicy>,
-    /// The first Policy without targets by name: its mode.
-    policy_default: Option<MtlsMode>,
+    /// The first Policy without targets by name.
+    policy_default: Option<PolicySpec>,
     /// Policies with targets, by name.
     targeted: Vec<TargetedPolicy>,
     services: Vec<ServicePorts>,
@@ -140,7 +140,7 @@ struct Namespace {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MtlsPolicies {
     mesh_peer: Option<Level>,
-    mesh_policy: Option<MtlsMode>,
+    mesh_policy: Option<PolicySpec>,
     namespaces: BTreeMap<String, Namespace>,
 }
 
@@ -185,9 +185,8 @@ impl MtlsPolicies {
         // Name order, as Istio 1.1's store listed them.
         for policy in state.policies.values() {
             let ns = out.namespace(&policy.key.namespace);
-            let mode = policy_mode(&policy.spec);
             if policy.spec.targets.is_empty() {
-                ns.policy_default.get_or_insert(mode);
+                ns.policy_default.get_or_insert_with(|| policy.spec.clone());
                 continue;
             }
             let targets = policy
@@ -207,13 +206,10 @@ impl MtlsPolicies {
                         .collect(),
                 })
                 .collect();
-            ns.targeted.push(TargetedPolicy { targets, mode });
+            ns.targeted.push(TargetedPolicy { targets, spec: policy.spec.clone() });
         }
-        out.mesh_policy = state
-            .mesh_policies
-            .values()
-            .find(|p| p.key.name == MESH_POLICY_NAME)
-            .map(|p| policy_mode(&p.spec));
+        out.mesh_policy =
+            state.mesh_policies.values().find(|p| p.key.name == MESH_POLICY_NAME).map(|p| p.spec.0.clone());
 
         // Only namespaces with a targeted Policy need their Services.
         for svc in state.services.values() {
@@ -241,8 +237,8 @@ impl MtlsPolicies {
         if let Some(mode) = self.peer_authentication_mode(ns, workload, port) {
             return mode;
         }
-        if let Some(mode) = self.istio_1_1_mode(ns, workload, port) {
-            return mode;
+        if let Some(policy) = self.istio_1_1_policy(ns, workload, port) {
+            return policy_mode(policy);
         }
         MtlsMode::Permissive
     }
@@ -276,8 +272,20 @@ impl MtlsPolicies {
         Some(mode)
     }
 
+    /// The Istio 1.1 Policy (or MeshPolicy) that applies to `workload`'s
+    /// inbound `port`, whatever PeerAuthentication says: its `origins`
+    /// are read from it ([`super::jwt`]).
+    pub fn policy_1_1(&self, workload: &Workload, port: u16) -> Option<&PolicySpec> {
+        self.istio_1_1_policy(self.namespaces.get(&workload.key.namespace), workload, port)
+    }
+
     /// Istio 1.1's lookup; None when no Policy or MeshPolicy applies.
-    fn istio_1_1_mode(&self, ns: Option<&Namespace>, workload: &Workload, port: u16) -> Option<MtlsMode> {
+    fn istio_1_1_policy<'a>(
+        &'a self,
+        ns: Option<&'a Namespace>,
+        workload: &Workload,
+        port: u16,
+    ) -> Option<&'a PolicySpec> {
         if let Some(ns) = ns {
             let targeted = ns.targeted.iter().find(|p| {
                 p.targets.iter().any(|t| {
@@ -285,13 +293,13 @@ impl MtlsPolicies {
                 })
             });
             if let Some(policy) = targeted {
-                return Some(policy.mode);
+                return Some(&policy.spec);
             }
-            if let Some(mode) = ns.policy_default {
-                return Some(mode);
+            if let Some(policy) = &ns.policy_default {
+                return Some(policy);
             }
         }
-        self.mesh_policy
+        self.mesh_policy.as_ref()
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod bookinfo;
 pub mod conformance;
+pub mod jwt;
 pub mod objects;
 
 use std::path::PathBuf;

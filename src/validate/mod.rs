@@ -32,6 +32,7 @@ pub mod inventory;
 mod peer_authentication;
 mod policy;
 mod rbac;
+mod request_authentication;
 #[cfg(test)]
 mod tests;
 mod virtual_service;
@@ -48,6 +49,7 @@ use crate::api::mesh_policy::MeshPolicySpec;
 use crate::api::peer_authentication::PeerAuthenticationSpec;
 use crate::api::policy::PolicySpec;
 use crate::api::rbac_config::RbacConfigSpec;
+use crate::api::request_authentication::RequestAuthenticationSpec;
 use crate::api::service_role::ServiceRoleSpec;
 use crate::api::service_role_binding::ServiceRoleBindingSpec;
 use crate::api::virtual_service::VirtualServiceSpec;
@@ -363,6 +365,14 @@ impl Validate for PeerAuthenticationSpec {
     }
 }
 
+impl Validate for RequestAuthenticationSpec {
+    fn validate(&self, namespace: &str, ctx: &Context) -> Vec<Finding> {
+        let mut out = common::Out::default();
+        request_authentication::check(self, namespace, ctx, &mut out);
+        out.findings
+    }
+}
+
 impl Validate for PolicySpec {
     fn validate(&self, _namespace: &str, _ctx: &Context) -> Vec<Finding> {
         let mut out = common::Out::default();
@@ -513,6 +523,7 @@ pub fn validate_object(
         "ServiceRoleBinding" => run::<ServiceRoleBindingSpec>(kind, spec, namespace, name, ctx),
         "ClusterRbacConfig" | "RbacConfig" => run::<RbacConfigSpec>(kind, spec, namespace, name, ctx),
         "PeerAuthentication" => run::<PeerAuthenticationSpec>(kind, spec, namespace, name, ctx),
+        "RequestAuthentication" => run::<RequestAuthenticationSpec>(kind, spec, namespace, name, ctx),
         "Policy" => run::<PolicySpec>(kind, spec, namespace, name, ctx),
         "MeshPolicy" => run::<MeshPolicySpec>(kind, spec, namespace, name, ctx),
         _ => Vec::new(),

@@ -99,6 +99,17 @@ pub(super) fn check(spec: &PolicySpec, cluster_scoped: bool, out: &mut Out) {
         }
     }
     for (i, origin) in spec.origins.iter().enumerate() {
+        let no_keys = |j: &Jwt| {
+            j.jwks_uri.as_deref().unwrap_or_default().is_empty()
+                && j.jwks.as_deref().unwrap_or_default().is_empty()
+        };
+        if origin.jwt.as_ref().is_some_and(no_keys) {
+            out.warn(
+                format!("spec.origins[{i}].jwt"),
+                "the JWT has neither jwksUri nor jwks, so every token of its issuer is refused (401): mesh does \
+                 not discover keys from the issuer's OpenID configuration as Istio does; set jwksUri",
+            );
+        }
         if origin.jwt.is_none() {
             out.err(
                 format!("spec.origins[{i}]"),
@@ -151,6 +162,14 @@ fn check_jwt(p: &str, jwt: &Jwt, out: &mut Out) {
                 ),
             );
         }
+    }
+    if let Some(jwks) = jwt.jwks.as_deref().filter(|j| !j.is_empty())
+        && let Err(problem) = super::request_authentication::check_jwks(jwks)
+    {
+        out.err(
+            format!("{p}.jwks"),
+            format!("the key set is not a JSON Web Key Set ({problem}): write {{\"keys\": [...]}}"),
+        );
     }
     for (i, rule) in jwt.trigger_rules.iter().enumerate() {
         for (field, matches) in

@@ -48,7 +48,7 @@ fn list(findings: &[Finding]) -> String {
 }
 
 /// Every kind validation knows.
-const KINDS: [&str; 9] = [
+const KINDS: [&str; 10] = [
     "VirtualService",
     "DestinationRule",
     "ServiceRole",
@@ -56,6 +56,7 @@ const KINDS: [&str; 9] = [
     "ClusterRbacConfig",
     "RbacConfig",
     "PeerAuthentication",
+    "RequestAuthentication",
     "Policy",
     "MeshPolicy",
 ];

@@ -21,6 +21,12 @@ pub trait Generator: Send + Sync + 'static {
     /// locked: copy (or share) what is needed and return quickly; the
     /// real work happens in [`PushContext::generate`], without the lock.
     fn prepare(&self, index: &Index) -> Arc<dyn PushContext>;
+
+    /// What besides the index changes what this generator makes (fetched
+    /// JWT keys): a push follows each move of the revision. None by default.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// What one push knows: a view of the index, and whatever generating

@@ -2,7 +2,8 @@
 //! one [`MeshView`], built from the index's state; per scope (namespace,
 //! and the few labels some rule selects on), the outbound clusters,
 //! endpoints, routes and listener, packed once and shared by every proxy
-//! of the scope; per proxy, only its inbound listener and clusters.
+//! of the scope; per proxy, only its inbound listener and clusters, with
+//! each HTTP port's JWT filter (keys from [`Jwks`], read once per push).
 //!
 //! Every listener and route names the clusters it sends to, so the streams
 //! send it only once those clusters (and their endpoints) are acknowledged:
@@ -16,12 +17,14 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 
 use super::generator::{Generator, PushContext, ScopeCache};
+use super::jwks::{FetchedKeys, Jwks};
 use super::proxy::Proxy;
 use super::resource_type::ResourceType;
 use super::snapshot::{Resource, ResourceSet, Resources, Snapshot};
 use crate::index::Index;
 use crate::model::ObjectKey;
 use crate::model::Workload;
+use crate::model::jwt::JwtPolicies;
 use crate::model::mesh::{MeshView, ProxyContext, ScopeKey};
 use crate::model::mtls::{MtlsMode, MtlsPolicies};
 use crate::model::rbac::RbacPolicies;
@@ -36,6 +39,8 @@ pub struct MeshGenerator {
     last: Arc<Mutex<Packing>>,
     /// The trust domain of the mesh's SPIFFE identities.
     trust_domain: String,
+    /// The JWT issuers' key sets the controller fetched.
+    jwks: Arc<Jwks>,
 }
 
 impl Default for MeshGenerator {
@@ -47,7 +52,14 @@ impl Default for MeshGenerator {
 impl MeshGenerator {
     /// A generator for a mesh whose identities are in `trust_domain`.
     pub fn new(trust_domain: impl Into<String>) -> Self {
-        Self { last: Arc::default(), trust_domain: trust_domain.into() }
+        Self { last: Arc::default(), trust_domain: trust_domain.into(), jwks: Arc::default() }
+    }
+
+    /// The same, with JWT keys from `jwks` (kept current by
+    /// [`super::jwks::run`]); a change of keys makes a push.
+    pub fn with_jwks(mut self, jwks: Arc<Jwks>) -> Self {
+        self.jwks = jwks;
+        self
     }
 }
 
@@ -63,6 +75,7 @@ impl Generator for MeshGenerator {
         let state = index.state();
         let view = MeshView::build(state).with_trust_domain(&self.trust_domain);
         let mtls = MtlsPolicies::build(state);
+        let jwt = JwtPolicies::build(state);
         let rbac = RbacPolicies::build(state);
         let proxies = state
             .workloads
@@ -73,6 +86,8 @@ impl Generator for MeshGenerator {
         Arc::new(MeshContext {
             view,
             mtls,
+            jwt,
+            keys: self.jwks.fetched(),
             rbac,
             proxies,
             outbound: ScopeCache::default(),
@@ -80,12 +95,20 @@ impl Generator for MeshGenerator {
             last: self.last.clone(),
         })
     }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.jwks.subscribe())
+    }
 }
 
 struct MeshContext {
     view: MeshView,
     /// Which mutual TLS each workload's inbound ports accept.
     mtls: MtlsPolicies,
+    /// Which JWTs each workload's inbound ports verify.
+    jwt: JwtPolicies,
+    /// The fetched key sets, as they were when the push began.
+    keys: FetchedKeys,
     /// Who may call each workload's inbound ports.
     rbac: RbacPolicies,
     /// Each pod's proxy context, and the pod itself (policies select on it).
@@ -175,11 +198,18 @@ impl PackedInbound {
 }
 
 impl MeshContext {
-    /// Which mutual TLS an inbound port of `workload` accepts, and the
-    /// RBAC filter of the Service behind it when RBAC is on for it.
+    /// Which mutual TLS an inbound port of `workload` accepts, the JWT
+    /// filter of an HTTP port whose policies verify end users' tokens, and
+    /// then the RBAC filter of the Service behind it when RBAC is on for
+    /// it (which reads what the JWT filter verified).
     fn port_policy(&self, workload: &Workload, port: &InboundPort) -> PortPolicy {
         let mut policy =
             PortPolicy { mtls: self.mtls.inbound_mode(workload, port.port), ..PortPolicy::default() };
+        if port.protocol.is_http()
+            && let Some(jwt) = self.jwt.inbound(&self.mtls, workload, port.port)
+        {
+            policy.http_filters.extend(translate::jwt::filter(&jwt, &self.keys));
+        }
         let service = port.service;
         if let Some(auth) = self.rbac.authorization(&service.hostname, &service.key.namespace) {
             let destination = Destination {
@@ -264,6 +294,120 @@ mod tests {
         let id = ProxyId::parse("sidecar~10.244.0.13~productpage-v1-0.default~default.svc.cluster.local")
             .expect("a node id");
         Proxy { id, identity: identity() }
+    }
+
+    /// The HTTP filters of each inbound chain of port 9080, by name, with
+    /// the JWT filter's configuration.
+    fn inbound_http_filters(
+        snapshot: &Snapshot,
+    ) -> Vec<(
+        String,
+        Vec<String>,
+        Option<envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication>,
+    )> {
+        use envoy_types::pb::envoy::config::listener::v3::filter;
+        use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::JwtAuthentication;
+        use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+            HttpConnectionManager, http_filter,
+        };
+        use prost::Message;
+        let listeners = snapshot.resources(ResourceType::Listener);
+        let inbound = listeners.get("virtualInbound").expect("the inbound listener");
+        let listener = Listener::decode(inbound.value()).expect("a listener");
+        listener
+            .filter_chains
+            .iter()
+            .filter(|c| c.name.starts_with("inbound|9080||"))
+            .map(|chain| {
+                let Some(filter::ConfigType::TypedConfig(config)) = &chain.filters[0].config_type else {
+                    panic!("a typed config")
+                };
+                let manager = HttpConnectionManager::decode(config.value.as_slice()).expect("a manager");
+                let jwt = manager.http_filters.iter().find_map(|f| match &f.config_type {
+                    Some(http_filter::ConfigType::TypedConfig(c)) if f.name == translate::jwt::JWT_FILTER => {
+                        Some(JwtAuthentication::decode(c.value.as_slice()).expect("a JWT config"))
+                    }
+                    _ => None,
+                });
+                (chain.name.clone(), manager.http_filters.iter().map(|f| f.name.clone()).collect(), jwt)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_selected_workloads_inbound_http_ports_verify_jwts_with_the_fetched_keys_and_new_keys_push() {
+        use crate::index::RequestAuthentications;
+        use crate::testing::objects::config;
+        let jwks = Arc::new(Jwks::default());
+        let generator = MeshGenerator::default().with_jwks(jwks.clone());
+        let mut changes = generator.changes().expect("fetched keys are an input");
+        let mut index = bookinfo();
+        let proxy = productpage();
+        let before = generator.prepare(&index).generate(&proxy);
+        for (_, filters, _) in inbound_http_filters(&before) {
+            assert_eq!(filters, ["envoy.filters.http.router"], "nothing applied: no JWT filter");
+        }
+        let uri = "https://issuer.example/jwks.json";
+        index.apply::<RequestAuthentications>(&config::<crate::api::RequestAuthentication>(
+            "default",
+            "productpage",
+            serde_json::json!({"selector": {"matchLabels": {"app": "productpage"}},
+                               "jwtRules": [{"issuer": "issuer.example", "jwksUri": uri}]}),
+        ));
+        let keys_of = |snapshot: &Snapshot| -> Vec<String> {
+            use envoy_types::pb::envoy::config::core::v3::data_source;
+            use envoy_types::pb::envoy::extensions::filters::http::jwt_authn::v3::jwt_provider;
+            let chains = inbound_http_filters(snapshot);
+            assert_eq!(chains.len(), 2, "PERMISSIVE: a mutual TLS and a plaintext chain");
+            chains
+                .into_iter()
+                .map(|(name, filters, jwt)| {
+                    assert_eq!(filters, [translate::jwt::JWT_FILTER, "envoy.filters.http.router"], "{name}");
+                    let jwt = jwt.expect("the JWT filter's configuration");
+                    match &jwt.providers["origins-0"].jwks_source_specifier {
+                        Some(jwt_provider::JwksSourceSpecifier::LocalJwks(source)) => match &source.specifier
+                        {
+                            Some(data_source::Specifier::InlineString(keys)) => keys.clone(),
+                            other => panic!("{other:?}"),
+                        },
+                        other => panic!("{other:?}"),
+                    }
+                })
+                .collect()
+        };
+        let unfetched = generator.prepare(&index).generate(&proxy);
+        assert_eq!(keys_of(&unfetched), [translate::jwt::NO_KEYS, translate::jwt::NO_KEYS]);
+        assert!(!changes.has_changed().unwrap());
+        let keys = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"a","y":"b"}]}"#;
+        jwks.store(uri, keys.to_string());
+        assert!(changes.has_changed().unwrap(), "new keys make a push");
+        changes.borrow_and_update();
+        let fetched = generator.prepare(&index).generate(&proxy);
+        assert_eq!(keys_of(&fetched), [keys, keys]);
+        jwks.store(uri, keys.to_string());
+        assert!(!changes.has_changed().unwrap(), "the same keys again push nothing");
+        // With RBAC on, the JWT filter comes first: RBAC reads what it verified.
+        let mut crc =
+            config::<crate::api::ClusterRbacConfig>("", "default", serde_json::json!({"mode": "ON"}));
+        crc.metadata.namespace = None;
+        index.apply::<crate::index::ClusterRbacConfigs>(&crc);
+        for (name, filters, _) in inbound_http_filters(&generator.prepare(&index).generate(&proxy)) {
+            assert_eq!(
+                filters,
+                [translate::jwt::JWT_FILTER, translate::rbac::HTTP_RBAC, "envoy.filters.http.router"],
+                "{name}"
+            );
+        }
+        index.delete::<crate::index::ClusterRbacConfigs>(&crc);
+        // Other workloads are not selected.
+        let reviews = Proxy {
+            id: ProxyId::parse("sidecar~10.244.0.20~reviews-v1-0.default~default.svc.cluster.local")
+                .expect("an id"),
+            identity: identity(),
+        };
+        for (_, filters, _) in inbound_http_filters(&generator.prepare(&index).generate(&reviews)) {
+            assert_eq!(filters, ["envoy.filters.http.router"]);
+        }
     }
 
     #[test]

@@ -28,6 +28,9 @@
 //!   stream start, and one session loop that feeds requests and snapshots
 //!   to either state machine; [`names`]: subscribed name sets, shared
 //!   between streams;
+//! - [`jwks`]: the key sets of JWT issuers named by `jwksUri`, fetched,
+//!   refreshed and kept by the controller, sent to sidecars inline; a
+//!   change of keys makes a push;
 //! - [`sds`]: workload identity: a key and SPIFFE certificate per
 //!   stream, for the identity its token proved, served as Istio's secrets
 //!   `default` and `ROOTCA`; renewed at half life by the session
@@ -47,6 +50,7 @@ pub mod generator;
 pub mod grpc;
 #[cfg(test)]
 mod issuance;
+pub mod jwks;
 pub mod mesh;
 pub mod metrics;
 pub mod names;

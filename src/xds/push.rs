@@ -417,10 +417,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), PushError> {
     let mut revisions = pusher.index.lock().subscribe();
+    let mut others = pusher.generator.changes();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             changed = revisions.changed() => if changed.is_err() { return Ok(()) },
+            () = other_change(&mut others) => {}
         }
         let first = tokio::time::Instant::now();
         let latest = first + debounce.max_delay;
@@ -433,9 +435,24 @@ pub async fn run(
                     if changed.is_err() { return Ok(()) }
                     quiet_until = tokio::time::Instant::now() + debounce.quiet;
                 }
+                () = other_change(&mut others) => {
+                    quiet_until = tokio::time::Instant::now() + debounce.quiet;
+                }
             }
         }
         revisions.borrow_and_update();
+        if let Some(others) = &mut others {
+            others.borrow_and_update();
+        }
         pusher.push().await?;
+    }
+}
+
+/// The next move of the generator's other inputs; never, when it has none
+/// or their sender is gone.
+async fn other_change(others: &mut Option<watch::Receiver<u64>>) {
+    let Some(rx) = others else { return std::future::pending().await };
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }

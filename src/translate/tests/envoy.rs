@@ -51,7 +51,7 @@ fn configuration(name: &str) -> (Outbound, Inbound) {
     (outbound(&view, &view.scope(&proxy)), inbound(&view, &proxy, permissive))
 }
 
-fn base_bootstrap(listeners: Vec<Listener>, clusters: Vec<Cluster>) -> Bootstrap {
+pub(super) fn base_bootstrap(listeners: Vec<Listener>, clusters: Vec<Cluster>) -> Bootstrap {
     Bootstrap {
         node: Some(Node {
             id: "sidecar~10.244.0.13~productpage-v1-0.default~default.svc.cluster.local".into(),
@@ -265,9 +265,9 @@ fn file_bootstrap(dir: &TempDir, out: &Outbound, inb: &Inbound) -> Bootstrap {
 }
 
 /// A running Envoy, killed when dropped.
-struct Running {
+pub(super) struct Running {
     child: Child,
-    admin: String,
+    pub(super) admin: String,
     log: PathBuf,
 }
 
@@ -279,7 +279,7 @@ impl Drop for Running {
 }
 
 impl Running {
-    fn start(dir: &TempDir, bootstrap: &Bootstrap) -> Self {
+    pub(super) fn start(dir: &TempDir, bootstrap: &Bootstrap) -> Self {
         let config = dir.write("envoy.pb", bootstrap.encode_to_vec());
         let admin_path = dir.0.join("admin-address");
         let log = dir.0.join("envoy.log");
@@ -300,7 +300,7 @@ impl Running {
         running
     }
 
-    fn wait_for<T>(&mut self, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    pub(super) fn wait_for<T>(&mut self, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(30) {
             if let Some(value) = probe() {
@@ -314,12 +314,12 @@ impl Running {
         panic!("timed out waiting for {what}; Envoy's log:\n{}", self.log_text());
     }
 
-    fn log_text(&self) -> String {
+    pub(super) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
-fn get(admin: &str, path: &str) -> Option<String> {
+pub(super) fn get(admin: &str, path: &str) -> Option<String> {
     let mut response = ureq::get(&format!("http://{admin}{path}")).call().ok()?;
     response.body_mut().read_to_string().ok()
 }

@@ -9,6 +9,7 @@
 
 mod envoy;
 mod focused;
+mod jwt;
 
 use crate::index::{Index, Pods, Services};
 pub(super) use crate::testing::bookinfo::{

@@ -311,6 +311,7 @@ fn authorization(case: &Case, destination: &Resolved, ports: &HashMap<u16, u16>)
         (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     let (virtual_services, destination_rules, peer_authentications, policies, mesh_policies) =
         (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let request_authentications = BTreeMap::new();
     let state = ClusterState {
         services: &services,
         endpoint_slices: &endpoint_slices,
@@ -323,6 +324,7 @@ fn authorization(case: &Case, destination: &Resolved, ports: &HashMap<u16, u16>)
         cluster_rbac_configs: &cluster_rbac_configs,
         rbac_configs: &rbac_configs,
         peer_authentications: &peer_authentications,
+        request_authentications: &request_authentications,
         policies: &policies,
         mesh_policies: &mesh_policies,
         mesh_config: &mesh_config,
