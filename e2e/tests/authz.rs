@@ -403,7 +403,7 @@ fn deltas(
 
 #[test]
 fn istio_1_1_authorization_for_http_services_step_by_step() {
-    let _release = Release::install("mesh-e2e-authz-http", &[]);
+    let release = Release::install("mesh-e2e-authz-http", &[]);
     let bookinfo = DefaultBookinfo::deploy();
     let plain = PlainClient::start();
     bookinfo.step("the page before authorization", 3, Reply::full);
@@ -455,6 +455,28 @@ fn istio_1_1_authorization_for_http_services_step_by_step() {
     let stars = |p: &Reply| p.full() && p.stars() != is_v1(p);
     let pages = bookinfo.step("ratings-policy.yaml: the stars again", RUN, stars);
     assert!(pages.iter().any(Reply::stars), "no page with stars in {RUN}");
+
+    // `mesh proxy-config authz` shows what details' sidecar enforces: the
+    // role its binding grants, on both chains of its port.
+    let viewer = crate::support::DebugViewer::bound_to("mesh-debug");
+    let ip = crate::support::jsonpath(&release.namespace, "pods", "{.items[0].status.podIP}");
+    let details = kubectl_ok(
+        &["get", "pods", "-n", "default", "-l", "app=details", "-o", "jsonpath={.items[0].metadata.name}"],
+        None,
+    );
+    let bin = std::env::var("MESH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mesh").to_string());
+    let args = ["proxy-config", "authz", &format!("default/{}", details.trim()), "--controller"];
+    let controller = format!("http://{ip}:15014");
+    let table =
+        crate::support::run(&bin, &[&args[..], &[&controller, "--token", &viewer.token]].concat(), None);
+    assert!(table.ok, "{}", table.stderr);
+    let rows: Vec<&str> = table.stdout.lines().filter(|l| l.starts_with("9080 ")).collect();
+    assert_eq!(rows.len(), 2, "mutual TLS and plaintext chains of 9080:\n{}", table.stdout);
+    assert!(
+        rows.iter().all(|r| r.contains("http") && r.contains("details-reviews-viewer")),
+        "{}",
+        table.stdout
+    );
 
     // Every policy removed: denied; then authorization off: open again.
     ratings.delete();
