@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use kube::config::{AuthInfo, ExecConfig, Kubeconfig};
 use secrecy::ExposeSecret;
 use tracing_subscriber::EnvFilter;
@@ -85,31 +85,38 @@ enum ProxyConfig {
     Secret {
         /// The pod, as `namespace/name` or `name.namespace`.
         pod: String,
-        /// The controller's monitoring address.
-        #[arg(long, env = "MESH_CONTROLLER", default_value = "http://127.0.0.1:15014")]
-        controller: String,
-        /// A Kubernetes bearer token of a user allowed to get /debug/* (as for proxy-status).
-        #[arg(long, env = "MESH_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// The kubeconfig whose current user's token is sent when --token is not given.
-        #[arg(long)]
-        kubeconfig: Option<PathBuf>,
+        #[command(flatten)]
+        access: DebugAccess,
     },
     /// The authorization a pod's proxy enforces: per inbound port, the RBAC
     /// policies enforced and those only counted (shadow), or that RBAC is off.
     Authz {
         /// The pod, as `namespace/name` or `name.namespace`.
         pod: String,
-        /// The controller's monitoring address.
-        #[arg(long, env = "MESH_CONTROLLER", default_value = "http://127.0.0.1:15014")]
-        controller: String,
-        /// A Kubernetes bearer token of a user allowed to get /debug/* (as for proxy-status).
-        #[arg(long, env = "MESH_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// The kubeconfig whose current user's token is sent when --token is not given.
-        #[arg(long)]
-        kubeconfig: Option<PathBuf>,
+        #[command(flatten)]
+        access: DebugAccess,
     },
+}
+
+/// Where the controller's debug views are, and who asks.
+#[derive(Args)]
+struct DebugAccess {
+    /// The controller's monitoring address.
+    #[arg(long, env = "MESH_CONTROLLER", default_value = "http://127.0.0.1:15014")]
+    controller: String,
+    /// A Kubernetes bearer token of a user allowed to get /debug/* (as for proxy-status).
+    #[arg(long, env = "MESH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The kubeconfig whose current user's token is sent when --token is not given.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+}
+
+impl DebugAccess {
+    /// The bearer token to send.
+    fn token(&self) -> anyhow::Result<String> {
+        debug_token(self.token.clone(), self.kubeconfig.as_ref()).and_then(|token| bearer(&token))
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -122,15 +129,11 @@ fn main() -> std::process::ExitCode {
         Command::ProxyStatus { controller, token, kubeconfig } => debug_token(token, kubeconfig.as_ref())
             .and_then(|token| bearer(&token))
             .and_then(|token| proxy_status(&controller, &token)),
-        Command::ProxyConfig(ProxyConfig::Secret { pod, controller, token, kubeconfig }) => {
-            debug_token(token, kubeconfig.as_ref())
-                .and_then(|token| bearer(&token))
-                .and_then(|token| proxy_secret(&controller, &token, &pod))
+        Command::ProxyConfig(ProxyConfig::Secret { pod, access }) => {
+            access.token().and_then(|token| proxy_secret(&access.controller, &token, &pod))
         }
-        Command::ProxyConfig(ProxyConfig::Authz { pod, controller, token, kubeconfig }) => {
-            debug_token(token, kubeconfig.as_ref())
-                .and_then(|token| bearer(&token))
-                .and_then(|token| proxy_authz(&controller, &token, &pod))
+        Command::ProxyConfig(ProxyConfig::Authz { pod, access }) => {
+            access.token().and_then(|token| proxy_authz(&access.controller, &token, &pod))
         }
         Command::Controller(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

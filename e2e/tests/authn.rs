@@ -12,8 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::support::{
-    Release, TempNamespace, apply, controller_metric, enter, eventually, free_port, injected_bookinfo,
-    jsonpath, kubectl, kubectl_ok, repo,
+    Applied, Release, TempNamespace, apply, controller_metric, enter, eventually, free_port,
+    injected_bookinfo, jsonpath, kubectl_ok, repo,
 };
 
 #[path = "../../src/testing/jwt.rs"]
@@ -104,28 +104,6 @@ fn settles(what: &str, want: &str, check: impl Fn() -> String) {
             None
         })
     });
-}
-
-/// Deleted when dropped, wherever the test stops.
-struct Applied {
-    namespace: String,
-    yaml: String,
-}
-
-impl Applied {
-    fn new(namespace: &str, yaml: &str) -> Self {
-        kubectl_ok(&["apply", "-n", namespace, "-f", "-"], Some(yaml));
-        Self { namespace: namespace.to_string(), yaml: yaml.to_string() }
-    }
-}
-
-impl Drop for Applied {
-    fn drop(&mut self) {
-        let _ = kubectl(
-            &["delete", "-n", &self.namespace, "--ignore-not-found", "--wait=false", "-f", "-"],
-            Some(&self.yaml),
-        );
-    }
 }
 
 #[test]

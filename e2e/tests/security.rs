@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use crate::support::{
-    DebugViewer, Release, TempNamespace, apply, container_log, controller_metric, enter, eventually,
+    Applied, DebugViewer, Release, TempNamespace, apply, container_log, controller_metric, enter, eventually,
     http_get, injected_bookinfo, kubectl_ok, pod_named,
 };
 
@@ -253,28 +253,6 @@ fn mesh_code(ns: &str, pod: &str, url: &str) -> String {
 /// Waits until `check` gives `want`, for at most 30 s.
 fn settles(what: &str, want: &str, check: impl Fn() -> String) {
     eventually(what, Duration::from_secs(30), || (check() == want).then_some(()));
-}
-
-/// Deleted when dropped, wherever the test stops.
-struct Applied {
-    namespace: String,
-    yaml: String,
-}
-
-impl Applied {
-    fn new(namespace: &str, yaml: &str) -> Self {
-        kubectl_ok(&["apply", "-n", namespace, "-f", "-"], Some(yaml));
-        Self { namespace: namespace.to_string(), yaml: yaml.to_string() }
-    }
-}
-
-impl Drop for Applied {
-    fn drop(&mut self) {
-        let _ = crate::support::kubectl(
-            &["delete", "-n", &self.namespace, "--ignore-not-found", "--wait=false", "-f", "-"],
-            Some(&self.yaml),
-        );
-    }
 }
 
 fn peer_authentication(name: &str, spec: &str) -> String {

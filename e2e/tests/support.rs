@@ -483,3 +483,26 @@ pub fn container_log(namespace: &str, pod: &str, container: &str) -> String {
     }
     text
 }
+
+/// Objects applied to a namespace from YAML, deleted when dropped,
+/// wherever the test stops.
+pub struct Applied {
+    namespace: String,
+    yaml: String,
+}
+
+impl Applied {
+    pub fn new(namespace: &str, yaml: &str) -> Self {
+        kubectl_ok(&["apply", "-n", namespace, "-f", "-"], Some(yaml));
+        Self { namespace: namespace.to_string(), yaml: yaml.to_string() }
+    }
+}
+
+impl Drop for Applied {
+    fn drop(&mut self) {
+        let _ = kubectl(
+            &["delete", "-n", &self.namespace, "--ignore-not-found", "--wait=false", "-f", "-"],
+            Some(&self.yaml),
+        );
+    }
+}

@@ -756,3 +756,37 @@ pub(super) fn check_gateway_names(out: &mut Out, path: &str, names: &[String]) {
         }
     }
 }
+
+/// A policy's workload selector labels: no empty keys, no wildcards, valid
+/// Kubernetes labels; none at all selects every workload (of the mesh in
+/// the root namespace), which is worth a warning.
+pub(super) fn check_selector_labels(labels: &BTreeMap<String, String>, in_root: bool, out: &mut Out) {
+    for (k, v) in labels {
+        if k.is_empty() {
+            out.err("spec.selector.matchLabels", "a label key is empty: give every label a key");
+        }
+        if k.contains('*') || v.contains('*') {
+            out.err(
+                key("spec.selector.matchLabels", k),
+                format!("wildcards are not supported in selectors ({k}={v}): list exact label values"),
+            );
+        }
+    }
+    // The rest as Kubernetes labels; the two above have their own message.
+    let plain = labels
+        .iter()
+        .filter(|(k, v)| !k.is_empty() && !k.contains('*') && !v.contains('*'))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    check_labels(out, "spec.selector.matchLabels", &plain);
+    if labels.is_empty() {
+        let scope = if in_root { "the whole mesh" } else { "every workload of the namespace" };
+        out.warn(
+            "spec.selector.matchLabels",
+            format!(
+                "the selector has no labels, so the policy applies to {scope}, as if it had no selector: \
+                 add matchLabels, or remove the selector"
+            ),
+        );
+    }
+}

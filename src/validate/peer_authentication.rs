@@ -14,35 +14,8 @@ pub(super) fn check(spec: &PeerAuthenticationSpec, namespace: &str, ctx: &Contex
     let in_root = root == Some(namespace);
     let has_labels = spec.selector.as_ref().is_some_and(|s| !s.match_labels.is_empty());
     if let Some(selector) = &spec.selector {
-        for (k, v) in &selector.match_labels {
-            if k.is_empty() {
-                out.err("spec.selector.matchLabels", "a label key is empty: give every label a key");
-            }
-            if k.contains('*') || v.contains('*') {
-                out.err(
-                    key("spec.selector.matchLabels", k),
-                    format!("wildcards are not supported in selectors ({k}={v}): list exact label values"),
-                );
-            }
-        }
-        // The rest as Kubernetes labels; the two above have their own message.
-        let plain = selector
-            .match_labels
-            .iter()
-            .filter(|(k, v)| !k.is_empty() && !k.contains('*') && !v.contains('*'))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        check_labels(out, "spec.selector.matchLabels", &plain);
-        if selector.match_labels.is_empty() {
-            let scope = if in_root { "the whole mesh" } else { "every workload of the namespace" };
-            out.warn(
-                "spec.selector.matchLabels",
-                format!(
-                    "the selector has no labels, so the policy applies to {scope}, as if it had no selector: \
-                     add matchLabels, or remove the selector"
-                ),
-            );
-        } else if in_root {
+        check_selector_labels(&selector.match_labels, in_root, out);
+        if in_root && !selector.match_labels.is_empty() {
             out.warn(
                 "spec.selector",
                 format!(

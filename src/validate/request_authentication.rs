@@ -15,34 +15,7 @@ use super::common::*;
 pub(super) fn check(spec: &RequestAuthenticationSpec, namespace: &str, ctx: &Context, out: &mut Out) {
     let in_root = ctx.root_namespace.as_deref() == Some(namespace);
     if let Some(selector) = &spec.selector {
-        for (k, v) in &selector.match_labels {
-            if k.is_empty() {
-                out.err("spec.selector.matchLabels", "a label key is empty: give every label a key");
-            }
-            if k.contains('*') || v.contains('*') {
-                out.err(
-                    key("spec.selector.matchLabels", k),
-                    format!("wildcards are not supported in selectors ({k}={v}): list exact label values"),
-                );
-            }
-        }
-        let plain = selector
-            .match_labels
-            .iter()
-            .filter(|(k, v)| !k.is_empty() && !k.contains('*') && !v.contains('*'))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        check_labels(out, "spec.selector.matchLabels", &plain);
-        if selector.match_labels.is_empty() {
-            let scope = if in_root { "the whole mesh" } else { "every workload of the namespace" };
-            out.warn(
-                "spec.selector.matchLabels",
-                format!(
-                    "the selector has no labels, so the policy applies to {scope}, as if it had no selector: \
-                     add matchLabels, or remove the selector"
-                ),
-            );
-        }
+        check_selector_labels(&selector.match_labels, in_root, out);
     }
     let mut issuers = BTreeSet::new();
     for (i, rule) in spec.jwt_rules.iter().enumerate() {
