@@ -54,18 +54,8 @@ enum Command {
     /// the configuration it was sent (from the controller's /debug/syncz,
     /// which answers users the Kubernetes API allows to get /debug/*).
     ProxyStatus {
-        /// The controller's monitoring address.
-        #[arg(long, env = "MESH_CONTROLLER", default_value = "http://127.0.0.1:15014")]
-        controller: String,
-        /// A Kubernetes bearer token of a user allowed to get /debug/*
-        /// (ClusterRole mesh-debug, or cluster-admin). Without it, the
-        /// current kubeconfig user's token (its token, tokenFile or exec plugin).
-        #[arg(long, env = "MESH_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// The kubeconfig whose current user's token is sent when --token is
-        /// not given (default: KUBECONFIG, else ~/.kube/config).
-        #[arg(long)]
-        kubeconfig: Option<PathBuf>,
+        #[command(flatten)]
+        access: DebugAccess,
     },
     /// Show what a proxy holds, from the controller (same access as proxy-status).
     #[command(subcommand)]
@@ -104,10 +94,13 @@ struct DebugAccess {
     /// The controller's monitoring address.
     #[arg(long, env = "MESH_CONTROLLER", default_value = "http://127.0.0.1:15014")]
     controller: String,
-    /// A Kubernetes bearer token of a user allowed to get /debug/* (as for proxy-status).
+    /// A Kubernetes bearer token of a user allowed to get /debug/*
+    /// (ClusterRole mesh-debug, or cluster-admin). Without it, the
+    /// current kubeconfig user's token (its token, tokenFile or exec plugin).
     #[arg(long, env = "MESH_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// The kubeconfig whose current user's token is sent when --token is not given.
+    /// The kubeconfig whose current user's token is sent when --token is
+    /// not given (default: KUBECONFIG, else ~/.kube/config).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
 }
@@ -126,9 +119,9 @@ fn main() -> std::process::ExitCode {
         Command::Crds { format } => print_crds(format),
         Command::Iptables(args) => mesh::iptables::run(args),
         Command::KubeInject(args) => mesh::inject::offline::run(args),
-        Command::ProxyStatus { controller, token, kubeconfig } => debug_token(token, kubeconfig.as_ref())
-            .and_then(|token| bearer(&token))
-            .and_then(|token| proxy_status(&controller, &token)),
+        Command::ProxyStatus { access } => {
+            access.token().and_then(|token| proxy_status(&access.controller, &token))
+        }
         Command::ProxyConfig(ProxyConfig::Secret { pod, access }) => {
             access.token().and_then(|token| proxy_secret(&access.controller, &token, &pod))
         }

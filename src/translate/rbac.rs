@@ -332,7 +332,7 @@ fn source_principal(value: &str) -> Principal {
 
 /// A caller from `namespace` (`*` as a wildcard), read from its SPIFFE ID.
 fn source_namespace(namespace: &str) -> Principal {
-    let pattern = namespace.split('*').map(regex_escape).collect::<Vec<_>>().join(".*");
+    let pattern = namespace.split('*').map(regex_syntax::escape).collect::<Vec<_>>().join(".*");
     authenticated(regex(&format!(".*/ns/{pattern}/.*")))
 }
 
@@ -494,10 +494,6 @@ fn regex(pattern: &str) -> StringMatcher {
         })),
         ..Default::default()
     }
-}
-
-fn regex_escape(text: &str) -> String {
-    regex_syntax::escape(text)
 }
 
 /// Istio's header match: `*` is presence, else the wildcard string match.
