@@ -78,6 +78,16 @@ fortio() {
   stamp fortio "$FORTIO_VERSION"
 }
 
+httpbin() {
+  if fresh httpbin "$HTTPBIN_VERSION" && [ -x "$TOOLS_BIN/go-httpbin" ]; then
+    log "go-httpbin $HTTPBIN_VERSION: present"; return
+  fi
+  log "go-httpbin $HTTPBIN_VERSION: go install"
+  CGO_ENABLED=0 GOBIN="$TOOLS_BIN" go install -trimpath -ldflags "-s -w" \
+    "github.com/mccutchen/go-httpbin/v2/cmd/go-httpbin@$HTTPBIN_VERSION"
+  stamp httpbin "$HTTPBIN_VERSION"
+}
+
 envoy() {
   if fresh envoy "$ENVOY_VERSION" && [ -x "$TOOLS_BIN/envoy" ]; then
     log "envoy $ENVOY_VERSION: present"; return
@@ -98,8 +108,8 @@ envoy() {
 
 what=${1:-all}
 case "$what" in
-  all) debian_packages; envoy; helm; fortio; kubernetes ;;
-  debian|envoy|helm|fortio|kubernetes) [ "$what" = debian ] && debian_packages || "$what" ;;
-  *) echo "usage: $0 [all|debian|envoy|helm|fortio|kubernetes]" >&2; exit 2 ;;
+  all) debian_packages; envoy; helm; fortio; httpbin; kubernetes ;;
+  debian|envoy|helm|fortio|httpbin|kubernetes) [ "$what" = debian ] && debian_packages || "$what" ;;
+  *) echo "usage: $0 [all|debian|envoy|helm|fortio|httpbin|kubernetes]" >&2; exit 2 ;;
 esac
 log "done: $TOOLS_BIN"

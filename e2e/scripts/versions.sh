@@ -5,6 +5,8 @@ HELM_VERSION=v3.22.0
 ENVOY_VERSION=1.40.0
 # Newer fortio needs grol.io modules, which the Go module proxy refuses.
 FORTIO_VERSION=v1.66.5
+# Istio's httpbin sample runs this image (mccutchen/go-httpbin).
+HTTPBIN_VERSION=v2.26.0
 
 MESH_CACHE=${MESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mesh}
 TOOLS_BIN="$MESH_CACHE/bin"
