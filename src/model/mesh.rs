@@ -261,10 +261,12 @@ impl MeshView {
         let mut view = MeshView::default();
         for config in inputs.virtual_services.values() {
             let ns = &config.key.namespace;
-            for rule in &config.spec.http {
-                for m in &rule.r#match {
-                    selected_label_keys.extend(m.source_labels.keys().cloned());
-                }
+            let spec = &config.spec;
+            let http = spec.http.iter().flat_map(|r| &r.r#match).map(|m| &m.source_labels);
+            let tls = spec.tls.iter().flat_map(|r| &r.r#match).map(|m| &m.source_labels);
+            let tcp = spec.tcp.iter().flat_map(|r| &r.r#match).map(|m| &m.source_labels);
+            for labels in http.chain(tls).chain(tcp) {
+                selected_label_keys.extend(labels.keys().cloned());
             }
             let index = view.virtual_services.len();
             let hosts: Vec<String> =

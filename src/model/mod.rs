@@ -11,9 +11,10 @@
 //! context, status), so none of them needs to know the index.
 //!
 //! Istio's grammar lives here once, for every reader: host names
-//! ([`host`]), durations ([`duration`]) and the `mesh` gateway
+//! ([`host`]), durations ([`duration`]), address blocks ([`cidr`]) and the `mesh` gateway
 //! ([`mesh::MESH_GATEWAY`]).
 
+pub mod cidr;
 pub mod duration;
 pub mod host;
 pub mod jwt;

@@ -34,6 +34,7 @@ pub mod rbac;
 pub mod route;
 pub mod secret;
 pub mod sidecar;
+pub mod tcp;
 #[cfg(test)]
 mod tests;
 pub mod tls;

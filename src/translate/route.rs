@@ -307,13 +307,13 @@ fn rule_action(
 }
 
 /// A destination, resolved to a cluster.
-struct Target {
-    cluster: String,
-    hash: Option<ConsistentHashLb>,
+pub(super) struct Target {
+    pub(super) cluster: String,
+    pub(super) hash: Option<ConsistentHashLb>,
 }
 
 /// Finds the cluster of a VirtualService destination, or says why there is none.
-fn resolve(
+pub(super) fn resolve(
     view: &MeshView,
     scope: &ScopeKey,
     vs_namespace: &str,

@@ -54,8 +54,8 @@ use super::passthrough::{
     ROUTER, TCP_PROXY, network_filter,
 };
 use super::route::{route_configuration_for, service_route_configuration, service_route_name};
-use super::tls;
 use super::{any, seconds, socket_address};
+use super::{tcp, tls};
 use crate::model::mesh::{MeshView, PortView, ProxyContext, ScopeKey, ServiceView};
 use crate::model::mtls::MtlsMode;
 use crate::model::protocol::Protocol;
@@ -217,16 +217,22 @@ fn outbound_listener_sending_to(view: &MeshView, scope: &ScopeKey) -> (Listener,
     let mut sends_to = BTreeSet::from([PASSTHROUGH_CLUSTER.to_string()]);
     let mut chains: Vec<FilterChain> =
         http_ports(view, scope).into_keys().map(|port| outbound_http_chain(port, None)).collect();
+    let mut by_sni = false;
     for ((port, ip), (service, protocol)) in address_ports(view, scope) {
-        chains.push(if protocol.is_http() {
-            outbound_http_chain(port, Some((service, ip)))
+        if protocol.is_http() {
+            chains.push(outbound_http_chain(port, Some((service, ip))));
         } else {
-            let cluster = outbound_name(port, "", &service.hostname);
-            sends_to.insert(cluster.clone());
-            outbound_tcp_chain(cluster, port, ip)
-        });
+            let mut routed = tcp::service_chains(view, scope, service, port, protocol, ip);
+            sends_to.append(&mut routed.clusters);
+            by_sni |= routed.by_sni;
+            chains.append(&mut routed.chains);
+        }
     }
     let mut listener = passthrough::virtual_outbound();
+    if by_sni {
+        // TLS routes need the SNI, which only the TLS inspector reads.
+        listener.listener_filters.insert(1, passthrough::tls_inspector());
+    }
     chains.append(&mut listener.filter_chains);
     listener.filter_chains = chains;
     (listener, sends_to)
@@ -266,19 +272,6 @@ fn outbound_http_chain(port: u16, service: Option<(&ServiceView, &str)>) -> Filt
 fn host_range(ip: &str) -> CidrRange {
     let prefix_len = if ip.contains(':') { 128 } else { 32 };
     CidrRange { address_prefix: ip.to_string(), prefix_len: Some(UInt32Value { value: prefix_len }) }
-}
-
-fn outbound_tcp_chain(cluster: String, port: u16, ip: &str) -> FilterChain {
-    FilterChain {
-        name: format!("{ip}_{port}"),
-        filter_chain_match: Some(FilterChainMatch {
-            destination_port: Some(UInt32Value { value: u32::from(port) }),
-            prefix_ranges: vec![host_range(ip)],
-            ..Default::default()
-        }),
-        filters: vec![tcp_proxy_filter(cluster)],
-        ..Default::default()
-    }
 }
 
 fn tcp_proxy_filter(cluster: String) -> envoy_types::pb::envoy::config::listener::v3::Filter {
