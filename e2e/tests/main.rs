@@ -10,6 +10,7 @@ mod ca;
 mod crds;
 mod debug;
 mod inject;
+mod l4_routing;
 mod node;
 mod routing;
 mod security;
