@@ -241,6 +241,7 @@ fn istios_tcp_traffic_shifting_moves_a_fifth_then_every_connection_to_v2() {
     });
     let counts = echoes(n, &client, 1000);
     let (one, two) = (share(&counts, "one", 1000), share(&counts, "two", 1000));
+    eprintln!("80/20 over 1,000 connections: {counts:?}");
     assert!(
         (two - 20.0).abs() <= 5.0 && one + two == 100.0,
         "v2 {two:.1}% (20 ± 5), v1 {one:.1}%: {counts:?}"

@@ -5,7 +5,8 @@
 //! `virtualOutbound` listener (port 15001) with one filter chain per
 //! Service port at the Service's ClusterIP: HTTP ports go through an HTTP
 //! connection manager whose routes come by RDS as `<host>:<port>`, other
-//! ports through a TCP proxy to its cluster; and per HTTP port, a chain
+//! ports through a TCP proxy to its cluster, or to where the Service's
+//! `tcp` or `tls` rules send them ([`super::tcp`]); and per HTTP port, a chain
 //! for any other address (pod IPs, headless Services) with the routes
 //! `"<port>"`.
 //! Everything else keeps the pass-through chains ([`super::passthrough`]).

@@ -100,6 +100,22 @@ pub(super) fn check(spec: &VirtualServiceSpec, namespace: &str, ctx: &Context, o
 
 fn check_hosts(vs: &Vs, out: &mut Out) {
     let sni = vs.spec.tls.iter().any(|t| t.r#match.iter().any(|m| !m.sni_hosts.is_empty()));
+    // A host a tls rule matches by SNI routes connections to the Services
+    // the VirtualService names, so it needs no Service of its own.
+    let sni_names: Vec<&str> = vs
+        .spec
+        .hosts
+        .iter()
+        .filter(|h| {
+            vs.spec
+                .tls
+                .iter()
+                .flat_map(|t| &t.r#match)
+                .flat_map(|m| &m.sni_hosts)
+                .any(|s| host::subset_of(s, h))
+        })
+        .map(String::as_str)
+        .collect();
     let mut all_valid = true;
     for (i, host) in vs.spec.hosts.iter().enumerate() {
         let p = format!("spec.hosts[{i}]");
@@ -117,7 +133,11 @@ fn check_hosts(vs: &Vs, out: &mut Out) {
                  sidecars: list the hosts, or set gateways without \"mesh\"",
             );
             all_valid = false;
-        } else if !vs.gateway_only && !host.starts_with('*') && !is_ip(host) {
+        } else if !vs.gateway_only
+            && !host.starts_with('*')
+            && !is_ip(host)
+            && !sni_names.contains(&host.as_str())
+        {
             let fqdn = vs.ctx.resolve_host(host, vs.namespace);
             if vs.ctx.service_exists(&fqdn) == Some(false) {
                 out.warn(

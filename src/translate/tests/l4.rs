@@ -226,7 +226,8 @@ fn tls_routes_pick_the_destination_by_sni_and_close_what_no_rule_names() {
         &mut index,
         "secure",
         json!({"hosts": ["secure", "one.example.com", "*.two.example.com"], "tls": [
-            {"match": [{"sniHosts": ["One.example.com"]}], "route": to("v1")},
+            {"match": [{"sniHosts": ["One.example.com"]}],
+             "route": [{"destination": {"host": "secure", "subset": "v1", "port": {"number": 8443}}}]},
             {"match": [{"sniHosts": ["*.two.example.com", "one.example.com"]}], "route": [
                 {"destination": {"host": "secure", "subset": "v1"}, "weight": 50},
                 {"destination": {"host": "secure", "subset": "v2"}, "weight": 50},
@@ -253,6 +254,35 @@ fn tls_routes_pick_the_destination_by_sni_and_close_what_no_rule_names() {
     );
     assert_eq!(inspectors(&out)[1], "envoy.filters.listener.tls_inspector");
     assert!(out.listener_clusters.contains("BlackHoleCluster"));
+    envoy_accepts(&index);
+}
+
+#[test]
+fn tls_matches_that_cannot_hold_for_this_proxy_or_address_are_dropped() {
+    let mut index = mesh();
+    let to = |subset: &str| json!([{"destination": {"host": "secure", "subset": subset}}]);
+    vs(
+        &mut index,
+        "secure",
+        json!({"hosts": ["secure"], "tls": [
+            {"match": [{"sniHosts": ["secure"], "sourceLabels": {"app": "reviews"}}], "route": to("v1")},
+            {"match": [{"sniHosts": ["secure"], "sourceNamespace": "other"}], "route": to("v1")},
+            {"match": [{"sniHosts": ["secure"], "gateways": ["some-gateway"]}], "route": to("v1")},
+            {"match": [{"sniHosts": ["secure"], "destinationSubnets": ["10.96.3.0/24"]}], "route": to("v1")},
+            {"match": [{"sniHosts": ["secure"], "port": 443}], "route": to("v1")},
+            {"match": [{"sniHosts": ["secure"], "port": 8443, "sourceLabels": {"app": "productpage"},
+                        "sourceNamespace": "default", "destinationSubnets": ["10.96.2.2"], "gateways": ["mesh"]}],
+             "route": to("v2")},
+        ]}),
+    );
+    let out = translate(&index);
+    assert_eq!(
+        chains(&out, SECURE_IP),
+        [
+            format!("10.96.2.2_8443;tls[5].match[0] sni=secure src= -> outbound|8443|v2|{SECURE}"),
+            "10.96.2.2_8443 sni= src= -> BlackHoleCluster".to_string(),
+        ]
+    );
     envoy_accepts(&index);
 }
 
