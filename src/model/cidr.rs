@@ -2,7 +2,7 @@
 //! (`destinationSubnets`, `sourceSubnet`): `10.1.0.0/16`, or a bare
 //! address meaning exactly that address.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// An address block: `len` leading bits of `addr`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +33,15 @@ impl Cidr {
         }
     }
 
+    /// The block with the bits past its prefix cleared (`10.1.2.3/8` is `10.0.0.0/8`).
+    pub fn network(&self) -> Cidr {
+        let addr = match self.addr {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask(u32::BITS, self.len) as u32)),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask(u128::BITS, self.len))),
+        };
+        Cidr { addr, len: self.len }
+    }
+
     /// Whether every address of `other` lies in this block.
     pub fn contains(&self, other: &Cidr) -> bool {
         other.len >= self.len && self.contains_ip(other.addr)
@@ -41,6 +50,16 @@ impl Cidr {
 
 fn max_len(addr: IpAddr) -> u8 {
     if addr.is_ipv4() { 32 } else { 128 }
+}
+
+/// The first `len` of `bits` bits set.
+fn mask(bits: u32, len: u8) -> u128 {
+    let len = u32::from(len).min(bits);
+    if len == 0 {
+        return 0;
+    }
+    let all = u128::MAX >> (128 - bits);
+    all & !((1u128 << (bits - len)) - 1)
 }
 
 /// Whether the first `len` bits of `a` and `b` agree.
@@ -82,6 +101,21 @@ mod tests {
         assert!(wide.contains(&narrow) && wide.contains(&wide));
         assert!(!narrow.contains(&wide));
         assert!(!narrow.contains(&Cidr::parse("10.2.0.0/16").unwrap()));
+    }
+
+    #[test]
+    fn a_blocks_network_clears_the_bits_past_its_prefix() {
+        let cases = [
+            ("10.1.2.3/8", "10.0.0.0/8"),
+            ("10.1.2.3", "10.1.2.3/32"),
+            ("192.0.2.255/0", "0.0.0.0/0"),
+            ("fd00:10::1/33", "fd00:10::/33"),
+            ("fd00::1", "fd00::1/128"),
+        ];
+        for (text, network) in cases {
+            let got = Cidr::parse(text).expect("parses").network();
+            assert_eq!(format!("{}/{}", got.addr, got.len), network, "{text}");
+        }
     }
 
     #[test]

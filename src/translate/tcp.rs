@@ -109,8 +109,8 @@ impl Routes<'_> {
                 any_applies = true;
                 let vs = vs.expect("rules come from a VirtualService");
                 let names: Vec<String> = m.sni_hosts.iter().map(|n| n.to_ascii_lowercase()).collect();
-                if names.iter().any(|n| n == "*") {
-                    // Every name: what the earlier rules leave, this one takes.
+                if names.is_empty() || names.iter().any(|n| n == "*") {
+                    // Every name (or no SNI condition): what the earlier rules leave, this one takes.
                     rest = Some(self.proxy(vs, &rule.route));
                     break 'rules;
                 }
@@ -158,8 +158,8 @@ impl Routes<'_> {
                     rest = Some(self.proxy(vs, &rule.route));
                     break 'rules;
                 };
-                // One validation refuses; it never matches.
-                let Some(block) = Cidr::parse(subnet) else { continue };
+                // A block validation refuses never matches.
+                let Some(block) = Cidr::parse(subnet).map(|c| c.network()) else { continue };
                 if sources.iter().any(|earlier| earlier.contains(&block)) {
                     continue;
                 }
@@ -236,7 +236,7 @@ impl Routes<'_> {
             [] => self.single(BLACK_HOLE_CLUSTER),
             [(cluster, _)] => self.single(cluster),
             many => {
-                let total: u32 = many.iter().map(|(_, w)| w).sum();
+                let total: u64 = many.iter().map(|(_, w)| u64::from(*w)).sum();
                 let clusters = many
                     .iter()
                     // Istio drops zero-weight destinations; with no weights at all, shares are equal.

@@ -187,7 +187,7 @@ fn source_subnets_get_chains_of_their_own_before_the_catch_all() {
         &mut index,
         "tcp-echo",
         json!({"hosts": ["tcp-echo"], "tcp": [
-            {"match": [{"sourceSubnet": "10.244.0.0/16"}, {"sourceSubnet": "10.245.0.7"}], "route": to("v2")},
+            {"match": [{"sourceSubnet": "10.244.3.4/16"}, {"sourceSubnet": "10.245.0.7"}], "route": to("v2")},
             // Inside the first block: the first rule already takes it.
             {"match": [{"sourceSubnet": "10.244.1.0/24"}], "route": to("v1")},
             {"match": [{"port": 9000}], "route": to("v1")},
