@@ -100,14 +100,14 @@ impl Routes<'_> {
         // The rule every remaining connection takes: none yet.
         let mut rest: Option<Filter> = None;
         let mut any_applies = false;
-        let rules = vs.map(|vs| vs.spec.tls.as_slice()).unwrap_or_default();
-        'rules: for (i, rule) in rules.iter().enumerate() {
+        let rules =
+            vs.into_iter().flat_map(|vs| vs.spec.tls.iter().enumerate().map(move |(i, r)| (vs, i, r)));
+        'rules: for (vs, i, rule) in rules {
             for (j, m) in rule.r#match.iter().enumerate() {
                 if !self.tls_match_applies(m) {
                     continue;
                 }
                 any_applies = true;
-                let vs = vs.expect("rules come from a VirtualService");
                 let names: Vec<String> = m.sni_hosts.iter().map(|n| n.to_ascii_lowercase()).collect();
                 if names.is_empty() || names.iter().any(|n| n == "*") {
                     // Every name (or no SNI condition): what the earlier rules leave, this one takes.
@@ -143,9 +143,9 @@ impl Routes<'_> {
         let mut chains = Vec::new();
         let mut sources: Vec<Cidr> = Vec::new();
         let mut rest: Option<Filter> = None;
-        let rules = vs.map(|vs| vs.spec.tcp.as_slice()).unwrap_or_default();
-        'rules: for (i, rule) in rules.iter().enumerate() {
-            let vs = vs.expect("rules come from a VirtualService");
+        let rules =
+            vs.into_iter().flat_map(|vs| vs.spec.tcp.iter().enumerate().map(move |(i, r)| (vs, i, r)));
+        'rules: for (vs, i, rule) in rules {
             if rule.r#match.is_empty() {
                 rest = Some(self.proxy(vs, &rule.route));
                 break;
