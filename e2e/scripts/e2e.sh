@@ -26,6 +26,15 @@ cd "$repo"
 status=0
 cargo test --features e2e --test e2e -- --test-threads=1 "$@" || status=$?
 
+# Every controller of the run wrote how many configurations Envoy refused
+# (e2e/tests/support.rs); the run has none.
+nacks=$MESH_CLUSTER_DIR/xds-nacks.txt
+if [ -f "$nacks" ]; then
+  total=$(awk -F'\t' '{ n += $2 } END { print n + 0 }' "$nacks")
+  echo "[e2e] NACKs over the run: $total, from $(wc -l <"$nacks") controllers"
+  [ "$total" = 0 ] || { awk -F'\t' '$2 != 0' "$nacks" >&2; status=1; }
+fi
+
 # Tear down here (not only in the trap) to check that nothing is left.
 trap - EXIT
 "$cluster" down

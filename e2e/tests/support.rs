@@ -317,8 +317,13 @@ impl Controller {
 
 impl Drop for Controller {
     fn drop(&mut self) {
+        // A controller that already exited (a test stopped it) has nothing to read.
+        let (status, metrics) = self.get("/metrics");
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if status == 200 {
+            no_nacks(&format!("controller at {}", self.monitoring), &metric_family(&metrics, NACKS));
+        }
     }
 }
 
@@ -433,8 +438,35 @@ impl Release {
 
 impl Drop for Release {
     fn drop(&mut self) {
+        let nacks = controller_metric(&self.namespace, NACKS);
         let _ = helm(&["uninstall", "mesh", "-n", &self.namespace, "--wait", "--timeout", "60s"]);
         let _ = kubectl(&["delete", "namespace", &self.namespace, "--wait=false"], None);
+        no_nacks(&format!("release in {}", self.namespace), &nacks);
+    }
+}
+
+/// The controller's count of configuration its proxies refused, by type.
+const NACKS: &str = "mesh_xds_nacks_total";
+
+/// Every controller of the run must end with no NACK: Envoy refusing what
+/// the mesh sent is a translation bug, even when the traffic a test checks
+/// still flows. The count is also written to `<cluster>/xds-nacks.txt`,
+/// which `e2e.sh` adds up for the whole run (a test that already failed
+/// does not fail again here).
+fn no_nacks(controller: &str, nacks: &std::collections::BTreeMap<String, f64>) {
+    let total: f64 = nacks.values().sum();
+    if let Ok(dir) = std::env::var("MESH_CLUSTER_DIR") {
+        let line = format!("{controller}\t{total}\t{nacks:?}\n");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(PathBuf::from(dir).join("xds-nacks.txt"));
+        if let Ok(mut file) = file {
+            let _ = file.write_all(line.as_bytes());
+        }
+    }
+    if total > 0.0 && !std::thread::panicking() {
+        panic!("{controller}: Envoy refused configuration ({NACKS}: {nacks:?}); its log says why");
     }
 }
 
@@ -458,8 +490,12 @@ pub fn injected_bookinfo(prefix: &str) -> TempNamespace {
 pub fn controller_metric(release_ns: &str, family: &str) -> std::collections::BTreeMap<String, f64> {
     let ip = jsonpath(release_ns, "pods", "{.items[0].status.podIP}");
     let out = run("curl", &["-sf", "-m", "2", &format!("http://{ip}:15014/metrics")], None);
-    out.stdout
-        .lines()
+    metric_family(&out.stdout, family)
+}
+
+/// The samples of one metric family in a Prometheus text exposition.
+pub fn metric_family(text: &str, family: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
         .filter(|l| l.starts_with(family) && l[family.len()..].starts_with([' ', '{']))
         .filter_map(|l| l.rsplit_once(' '))
         .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))

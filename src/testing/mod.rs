@@ -6,6 +6,7 @@ pub mod bookinfo;
 pub mod conformance;
 pub mod jwt;
 pub mod objects;
+pub mod random_config;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -11,6 +11,7 @@ mod envoy;
 mod focused;
 mod jwt;
 mod l4;
+mod random;
 
 use crate::index::{Index, Pods, Services};
 pub(super) use crate::testing::bookinfo::{
