@@ -366,7 +366,14 @@ fn hash_policy(hash: Option<&ConsistentHashLb>) -> Vec<route_action::HashPolicy>
             name: cookie.name.clone(),
             path: cookie.path.clone().unwrap_or_default(),
             ttl: cookie.ttl.as_deref().and_then(parse_duration),
-            ..Default::default()
+            attributes: cookie
+                .attributes
+                .iter()
+                .map(|a| route_action::hash_policy::CookieAttribute {
+                    name: a.name.clone(),
+                    value: a.value.clone().unwrap_or_default(),
+                })
+                .collect(),
         })
     } else if hash.use_source_ip == Some(true) {
         PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true })
