@@ -106,8 +106,8 @@ spec:
 }
 
 /// A fortio server Deployment (Istio's `fortio-deploy.yaml` shape) with
-/// the labels and extra server flags given.
-fn fortio(name: &str, app: &str, flags: &str) -> String {
+/// the labels (besides `deployment: <name>`) and extra server flags given.
+fn fortio(name: &str, labels: &str, flags: &str) -> String {
     format!(
         r#"
 apiVersion: apps/v1
@@ -117,10 +117,10 @@ metadata:
 spec:
   replicas: 1
   selector:
-    matchLabels: {{app: {app}, deployment: {name}}}
+    matchLabels: {{{labels}, deployment: {name}}}
   template:
     metadata:
-      labels: {{app: {app}, deployment: {name}}}
+      labels: {{{labels}, deployment: {name}}}
     spec:
       containers:
       - name: fortio
@@ -145,6 +145,12 @@ spec:
   selector: {app: fortio}
 "#;
 
+/// A shell command asking `url` `n` times over one connection, with no
+/// query string (fortio's default parameters apply only without one).
+fn same_url(n: usize, url: &str, curl_flags: &str) -> String {
+    format!("yes '{url}' | head -n {n} | xargs curl -s -m 30 {curl_flags}")
+}
+
 /// The `Code <status> : <count>` lines of a fortio load report.
 fn fortio_codes(report: &str) -> BTreeMap<u16, u64> {
     report
@@ -162,7 +168,11 @@ fn fortio_codes(report: &str) -> BTreeMap<u16, u64> {
 fn circuit_breaking_overflows_concurrent_requests_with_503() {
     let mesh = Mesh::start("mesh-e2e-dr-pool", "dr-pool");
     let ns = &mesh.ns.name;
-    mesh.run(&format!("{}---{FORTIO_CLIENT}---{}", httpbin(1, ""), fortio("fortio-deploy", "fortio", "")));
+    mesh.run(&format!(
+        "{}---{FORTIO_CLIENT}---{}",
+        httpbin(1, ""),
+        fortio("fortio-deploy", "app: fortio", "")
+    ));
     let client = pod_named(ns, "app=fortio");
     let cluster = format!("outbound|8000||httpbin.{ns}.svc.cluster.local");
     let load = || {
@@ -236,15 +246,14 @@ spec:
 "#;
     mesh.run(&format!(
         "{service}---{}---{}---{}",
-        fortio("flaky-good", "flaky", ""),
-        fortio("flaky-bad", "flaky", ", -echo-server-default-params, status=503"),
-        fortio("client", "client", ""),
+        fortio("flaky-good", "app: flaky", ""),
+        fortio("flaky-bad", "app: flaky", ", -echo-server-default-params, status=503"),
+        fortio("client", "app: client", ""),
     ));
     let client = pod_named(ns, "app=client");
     let cluster = format!("outbound|8080||flaky.{ns}.svc.cluster.local");
     let statuses = |n: usize| -> BTreeMap<String, usize> {
-        let script =
-            format!("curl -s -m 30 -o /dev/null -w '%{{http_code}}\\n' 'http://flaky:8080/echo?r=[1-{n}]'");
+        let script = same_url(n, "http://flaky:8080/echo", "-o /dev/null -w '%{http_code}\\n'");
         let mut counts = BTreeMap::new();
         for code in enter(ns, &client, &script).stdout.lines() {
             *counts.entry(code.to_string()).or_default() += 1;
@@ -298,7 +307,7 @@ fn consistent_hash_by_header_sticks_to_one_endpoint() {
     mesh.run(&format!(
         "{}---{FORTIO_CLIENT}---{}",
         httpbin(3, "-use-real-hostname"),
-        fortio("fortio-deploy", "fortio", "")
+        fortio("fortio-deploy", "app: fortio", "")
     ));
     let client = pod_named(ns, "app=fortio");
     // Which httpbin pod answered each of `n` requests carrying `user`.
@@ -349,4 +358,117 @@ spec:
     }
     eprintln!("users per pod: {pods:?}");
     assert!(pods.len() >= 2, "different users land on different pods: {pods:?}");
+}
+
+#[test]
+fn locality_failover_prefers_the_clients_zone_then_its_region() {
+    let mesh = Mesh::start("mesh-e2e-dr-locality", "dr-locality");
+    let ns = &mesh.ns.name;
+    // Three localities: the client's zone (a server that only answers
+    // 503), another zone of its region, and another region.
+    let service = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: local
+spec:
+  ports:
+  - {name: http, port: 8000, targetPort: 8080}
+  selector: {app: local}
+"#;
+    let httpbin_in = |name: &str, locality: &str| {
+        format!(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: local, deployment: {name}}}
+  template:
+    metadata:
+      labels: {{app: local, deployment: {name}, istio-locality: {locality}}}
+    spec:
+      containers:
+      - image: docker.io/mccutchen/go-httpbin:v2.15.0
+        name: httpbin
+        args: [-use-real-hostname]
+        ports:
+        - containerPort: 8080
+"#
+        )
+    };
+    let failing = fortio(
+        "near",
+        "app: local, istio-locality: region1.zone1",
+        ", -echo-server-default-params, status=503",
+    );
+    let client = fortio("client", "app: client, istio-locality: region1.zone1", "");
+    mesh.run(&format!(
+        "{service}---{failing}---{}---{}---{client}",
+        httpbin_in("zone2", "region1.zone2"),
+        httpbin_in("region2", "region2.zone1"),
+    ));
+    let client = pod_named(ns, "app=client");
+    // Who answered each of `n` requests: the pod's Deployment, or the status.
+    let answers = |n: usize| -> BTreeMap<String, usize> {
+        // httpbin's JSON spans lines: one answer per `;`.
+        let script = same_url(n, "http://local:8000/hostname", "-w ' %{http_code};'") + " | tr -d '\\n'";
+        let mut counts = BTreeMap::new();
+        for line in enter(ns, &client, &script).stdout.split(';').filter(|a| !a.trim().is_empty()) {
+            let who = ["zone2-", "region2-"]
+                .into_iter()
+                .find(|d| line.contains(d))
+                .map(|d| d.trim_end_matches('-').to_string())
+                .unwrap_or_else(|| line.split_whitespace().last().unwrap_or_default().to_string());
+            *counts.entry(who).or_default() += 1;
+        }
+        counts
+    };
+
+    // Without the rule all three answer.
+    let counts = eventually("all three localities answering", Duration::from_secs(30), || {
+        let counts = answers(60);
+        (counts.len() == 3).then_some(counts)
+    });
+    eprintln!("without the rule: {counts:?}");
+
+    // Istio's locality failover: on by default, effective with outlier detection.
+    let _rule = Applied::new(
+        ns,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: local
+spec:
+  host: local
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        enabled: true
+    outlierDetection:
+      consecutive5xxErrors: 1
+      interval: 1s
+      baseEjectionTime: 3m
+      maxEjectionPercent: 100
+"#,
+    );
+    let cluster = format!("outbound|8000||local.{ns}.svc.cluster.local");
+    eventually("the client's zone ejected", Duration::from_secs(30), || {
+        if mesh.client_stat(&client, &cluster, "outlier_detection.ejections_enforced_consecutive_5xx") >= 1 {
+            return Some(());
+        }
+        answers(5);
+        None
+    });
+    let counts = answers(200);
+    eprintln!("after the client's zone failed: {counts:?}");
+    assert_eq!(
+        counts.get("zone2"),
+        Some(&200),
+        "every request fails over to the client's region's other zone, none to the other region: {counts:?}"
+    );
 }

@@ -13,6 +13,8 @@
 //!    one, again replaces all four parts; otherwise each part S sets
 //!    replaces the same part of step 1, and the parts S leaves out keep it.
 
+use std::collections::BTreeMap;
+
 use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection as EnvoyOutlierDetection, UpstreamConnectionOptions,
     circuit_breakers, cluster,
@@ -30,6 +32,7 @@ use crate::api::destination_rule::{
     LoadBalancerSettings, OutlierDetection, PortTrafficPolicy, SimpleLb, Subset, TrafficPolicy,
 };
 use crate::model::protocol::Protocol;
+use crate::translate::endpoint::Failover;
 use crate::translate::{parse_duration, seconds};
 
 use super::CONNECT_TIMEOUT_SECONDS;
@@ -94,6 +97,24 @@ impl ClusterPolicy {
     /// Whether the cluster's endpoints come by EDS (not PASSTHROUGH load balancing).
     pub fn uses_eds(&self) -> bool {
         self.consistent_hash().is_some() || self.simple() != Some(SimpleLb::Passthrough)
+    }
+
+    /// How the cluster's endpoints are ordered for a proxy with
+    /// `proxy_labels`: locality failover, which Istio turns on by default
+    /// but only where outliers are ejected (nothing would fail over
+    /// otherwise), unless `localityLbSetting.enabled` is false. A rule
+    /// that `distribute`s weights gets no failover (distribute is pending).
+    pub fn failover<'a>(&'a self, proxy_labels: &'a BTreeMap<String, String>) -> Option<Failover<'a>> {
+        self.outlier_detection.as_ref()?;
+        let setting = self.load_balancer.as_ref().and_then(|lb| lb.locality_lb_setting.as_ref());
+        if setting.is_some_and(|s| s.enabled == Some(false) || !s.distribute.is_empty()) {
+            return None;
+        }
+        Some(Failover {
+            proxy_labels,
+            failover: setting.map(|s| s.failover.as_slice()).unwrap_or_default(),
+            failover_priority: setting.map(|s| s.failover_priority.as_slice()).unwrap_or_default(),
+        })
     }
 
     pub(super) fn simple(&self) -> Option<SimpleLb> {

@@ -283,3 +283,36 @@ fn envoy_accepts_every_traffic_policy_field() {
     assert!(format!("{:?}", http_options(&v1)).contains("UseDownstreamProtocolConfig"));
     assert!(cluster(&out, "v2").outlier_detection.is_some());
 }
+
+#[test]
+fn locality_failover_needs_outlier_detection_and_can_be_turned_off() {
+    use crate::api::destination_rule::DestinationRuleSpec;
+    use crate::translate::cluster::ClusterPolicy;
+    let labels = std::collections::BTreeMap::from([("istio-locality".to_string(), "r1.z1".to_string())]);
+    let failover = |policy: Value| {
+        let spec: DestinationRuleSpec =
+            serde_json::from_value(json!({"host": "reviews", "trafficPolicy": policy})).expect("a rule");
+        let resolved = ClusterPolicy::resolve(Some(&spec), None, 9080);
+        resolved.failover(&labels).map(|f| (f.failover.len(), f.failover_priority.to_vec()))
+    };
+    let outlier = json!({"consecutive5xxErrors": 1});
+    // Istio's default: on wherever outliers are ejected.
+    assert_eq!(failover(json!({"outlierDetection": outlier})), Some((0, vec![])));
+    assert_eq!(failover(json!({"loadBalancer": {"localityLbSetting": {"enabled": true}}})), None);
+    let setting =
+        json!({"enabled": true, "failover": [{"from": "r1", "to": "r2"}], "failoverPriority": ["network"]});
+    assert_eq!(
+        failover(json!({"outlierDetection": outlier, "loadBalancer": {"localityLbSetting": setting}})),
+        Some((1, vec!["network".to_string()]))
+    );
+    let off = json!({"enabled": false});
+    assert_eq!(
+        failover(json!({"outlierDetection": outlier, "loadBalancer": {"localityLbSetting": off}})),
+        None
+    );
+    let weights = json!({"distribute": [{"from": "r1/*", "to": {"r1/*": 100}}]});
+    assert_eq!(
+        failover(json!({"outlierDetection": outlier, "loadBalancer": {"localityLbSetting": weights}})),
+        None
+    );
+}
