@@ -23,11 +23,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::support::{Applied, Release, TempNamespace, enter, eventually, kubectl_ok, pod_named, rollout};
+use crate::support::{
+    Applied, Release, TempNamespace, controller_metric, enter, eventually, kubectl_ok, pod_named, rollout,
+};
 
 /// The chart, and a namespace labelled for injection; both removed on drop.
 struct Mesh {
-    _release: Release,
+    release: Release,
     ns: TempNamespace,
 }
 
@@ -36,7 +38,15 @@ impl Mesh {
         let release = Release::install(release_ns, &[]);
         let ns = TempNamespace::new(prefix);
         kubectl_ok(&["label", "namespace", &ns.name, "istio-injection=enabled", "--overwrite"], None);
-        Self { _release: release, ns }
+        Self { release, ns }
+    }
+
+    /// Every configuration the test caused was accepted by every Envoy.
+    fn assert_no_nack(&self) {
+        let nacks = controller_metric(&self.release.namespace, "mesh_xds_nacks_total");
+        assert_eq!(nacks.values().sum::<f64>(), 0.0, "Envoy refused configuration: {nacks:?}");
+        let acks: f64 = controller_metric(&self.release.namespace, "mesh_xds_acks_total").values().sum();
+        assert!(acks > 0.0, "no ACK counted: the metric's name is wrong");
     }
 
     /// Applies workloads and waits until every pod, Envoy included, is Ready.
@@ -228,6 +238,7 @@ spec:
     // The overflow is the client's own: httpbin's endpoint stays in the pool.
     let ejected = mesh.client_stat(&client, &cluster, "outlier_detection.ejections_enforced_total");
     assert_eq!(ejected, 0, "an overflow is no endpoint failure");
+    mesh.assert_no_nack();
 }
 
 #[test]
@@ -298,6 +309,7 @@ spec:
     eprintln!("after the ejection: {counts:?}");
     assert_eq!(counts.get("200"), Some(&200), "the ejected endpoint's share is zero: {counts:?}");
     assert_eq!(mesh.client_stat(&client, &cluster, "outlier_detection.ejections_active"), 1);
+    mesh.assert_no_nack();
 }
 
 #[test]
@@ -358,6 +370,7 @@ spec:
     }
     eprintln!("users per pod: {pods:?}");
     assert!(pods.len() >= 2, "different users land on different pods: {pods:?}");
+    mesh.assert_no_nack();
 }
 
 #[test]
@@ -471,4 +484,5 @@ spec:
         Some(&200),
         "every request fails over to the client's region's other zone, none to the other region: {counts:?}"
     );
+    mesh.assert_no_nack();
 }

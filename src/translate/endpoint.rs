@@ -93,7 +93,7 @@ pub fn load_assignment(
             groups
                 .into_iter()
                 .map(|((priority, locality), lb_endpoints)| LocalityLbEndpoints {
-                    locality: (!locality.is_empty()).then(|| EnvoyLocality {
+                    locality: (!locality.is_empty()).then_some(EnvoyLocality {
                         region: locality.region,
                         zone: locality.zone,
                         sub_zone: locality.subzone,
