@@ -161,6 +161,72 @@ fn same_url(n: usize, url: &str, curl_flags: &str) -> String {
     format!("yes '{url}' | head -n {n} | xargs curl -s -m 30 {curl_flags}")
 }
 
+/// One go-httpbin pod naming itself at `/hostname`, labelled `app: <app>`
+/// and with Istio's `istio-locality` label.
+fn httpbin_at(name: &str, app: &str, locality: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: {app}, deployment: {name}}}
+  template:
+    metadata:
+      labels: {{app: {app}, deployment: {name}, istio-locality: {locality}}}
+    spec:
+      containers:
+      - image: docker.io/mccutchen/go-httpbin:v2.15.0
+        name: httpbin
+        args: [-use-real-hostname]
+        ports:
+        - containerPort: 8080
+"#
+    )
+}
+
+/// A Service `name` on port 8000 for the pods labelled `app: <name>`.
+fn service_on_8000(name: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  ports:
+  - {{name: http, port: 8000, targetPort: 8080}}
+  selector: {{app: {name}}}
+"#
+    )
+}
+
+/// Who answered `n` requests to `url` from `client`: the first of
+/// `deployments` whose pod name the answer holds, else the status.
+fn answers_from(
+    ns: &str,
+    client: &str,
+    url: &str,
+    n: usize,
+    deployments: &[&str],
+) -> BTreeMap<String, usize> {
+    // httpbin's JSON spans lines: one answer per `;`.
+    let script = same_url(n, url, "-w ' %{http_code};'") + " | tr -d '\\n'";
+    let mut counts = BTreeMap::new();
+    for answer in enter(ns, client, &script).stdout.split(';').filter(|a| !a.trim().is_empty()) {
+        let who = deployments
+            .iter()
+            .find(|d| answer.contains(&format!("{d}-")))
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| answer.split_whitespace().last().unwrap_or_default().to_string());
+        *counts.entry(who).or_default() += 1;
+    }
+    counts
+}
+
 /// The `Code <status> : <count>` lines of a fortio load report.
 fn fortio_codes(report: &str) -> BTreeMap<u16, u64> {
     report
@@ -379,40 +445,7 @@ fn locality_failover_prefers_the_clients_zone_then_its_region() {
     let ns = &mesh.ns.name;
     // Three localities: the client's zone (a server that only answers
     // 503), another zone of its region, and another region.
-    let service = r#"
-apiVersion: v1
-kind: Service
-metadata:
-  name: local
-spec:
-  ports:
-  - {name: http, port: 8000, targetPort: 8080}
-  selector: {app: local}
-"#;
-    let httpbin_in = |name: &str, locality: &str| {
-        format!(
-            r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {{app: local, deployment: {name}}}
-  template:
-    metadata:
-      labels: {{app: local, deployment: {name}, istio-locality: {locality}}}
-    spec:
-      containers:
-      - image: docker.io/mccutchen/go-httpbin:v2.15.0
-        name: httpbin
-        args: [-use-real-hostname]
-        ports:
-        - containerPort: 8080
-"#
-        )
-    };
+    let service = service_on_8000("local");
     let failing = fortio(
         "near",
         "app: local, istio-locality: region1.zone1",
@@ -421,25 +454,12 @@ spec:
     let client = fortio("client", "app: client, istio-locality: region1.zone1", "");
     mesh.run(&format!(
         "{service}---{failing}---{}---{}---{client}",
-        httpbin_in("zone2", "region1.zone2"),
-        httpbin_in("region2", "region2.zone1"),
+        httpbin_at("zone2", "local", "region1.zone2"),
+        httpbin_at("region2", "local", "region2.zone1"),
     ));
     let client = pod_named(ns, "app=client");
-    // Who answered each of `n` requests: the pod's Deployment, or the status.
-    let answers = |n: usize| -> BTreeMap<String, usize> {
-        // httpbin's JSON spans lines: one answer per `;`.
-        let script = same_url(n, "http://local:8000/hostname", "-w ' %{http_code};'") + " | tr -d '\\n'";
-        let mut counts = BTreeMap::new();
-        for line in enter(ns, &client, &script).stdout.split(';').filter(|a| !a.trim().is_empty()) {
-            let who = ["zone2-", "region2-"]
-                .into_iter()
-                .find(|d| line.contains(d))
-                .map(|d| d.trim_end_matches('-').to_string())
-                .unwrap_or_else(|| line.split_whitespace().last().unwrap_or_default().to_string());
-            *counts.entry(who).or_default() += 1;
-        }
-        counts
-    };
+    let answers =
+        |n: usize| answers_from(ns, &client, "http://local:8000/hostname", n, &["zone2", "region2"]);
 
     // Without the rule all three answer.
     let counts = eventually("all three localities answering", Duration::from_secs(30), || {
@@ -484,5 +504,64 @@ spec:
         Some(&200),
         "every request fails over to the client's region's other zone, none to the other region: {counts:?}"
     );
+    mesh.assert_no_nack();
+}
+
+#[test]
+fn locality_weights_split_traffic_as_distribute_says() {
+    let mesh = Mesh::start("mesh-e2e-dr-weights", "dr-weights");
+    let ns = &mesh.ns.name;
+    let client = fortio("client", "app: client, istio-locality: region1.zone1", "");
+    mesh.run(&format!(
+        "{}---{}---{}---{client}",
+        service_on_8000("weighted"),
+        httpbin_at("zone1", "weighted", "region1.zone1"),
+        httpbin_at("zone2", "weighted", "region1.zone2"),
+    ));
+    let client = pod_named(ns, "app=client");
+    let answers =
+        |n: usize| answers_from(ns, &client, "http://weighted:8000/hostname", n, &["zone1", "zone2"]);
+    let share = |counts: &BTreeMap<String, usize>, who: &str| {
+        *counts.get(who).unwrap_or(&0) as f64 * 100.0 / counts.values().sum::<usize>().max(1) as f64
+    };
+    let counts = eventually("both zones answering", Duration::from_secs(30), || {
+        let counts = answers(40);
+        (counts.len() == 2 && counts.contains_key("zone1") && counts.contains_key("zone2")).then_some(counts)
+    });
+    eprintln!("without the rule: {counts:?}");
+
+    let _rule = Applied::new(
+        ns,
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: weighted
+spec:
+  host: weighted
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        enabled: true
+        distribute:
+        - from: region1/zone1/*
+          to:
+            "region1/zone1/*": 80
+            "region1/zone2/*": 20
+"#,
+    );
+    // Without weights the two split about evenly; wait for 80/20.
+    eventually("the weights in effect", Duration::from_secs(30), || {
+        let counts = answers(100);
+        (share(&counts, "zone1") >= 70.0).then_some(())
+    });
+    let counts = answers(1000);
+    eprintln!("with distribute 80/20: {counts:?}");
+    assert_eq!(counts.values().sum::<usize>(), 1000, "every request answered: {counts:?}");
+    assert_eq!(counts.len(), 2, "only the two zones answer: {counts:?}");
+    for (zone, expected) in [("zone1", 80.0), ("zone2", 20.0)] {
+        let got = share(&counts, zone);
+        assert!((got - expected).abs() <= 5.0, "{zone}: {got:.1}%, expected {expected}% ± 5: {counts:?}");
+    }
     mesh.assert_no_nack();
 }

@@ -68,7 +68,7 @@ impl Locality {
 
 /// The proxy labels a DestinationRule's locality failover compares with
 /// the endpoints': the locality labels whenever some policy ejects
-/// outliers (locality failover only works then), and the keys of every
+/// outliers (locality failover only works then) or distributes weights, and the keys of every
 /// `failoverPriority`. Proxies that differ in these get their own
 /// endpoints.
 pub fn failover_label_keys(spec: &DestinationRuleSpec) -> Vec<String> {
@@ -77,7 +77,9 @@ pub fn failover_label_keys(spec: &DestinationRuleSpec) -> Vec<String> {
     let mut keys = Vec::new();
     let mut outliers = false;
     let mut note = |lb: Option<&LoadBalancerSettings>, outlier: bool| {
-        outliers |= outlier;
+        let weights =
+            lb.and_then(|lb| lb.locality_lb_setting.as_ref()).is_some_and(|l| !l.distribute.is_empty());
+        outliers |= outlier || weights;
         for key in lb
             .and_then(|lb| lb.locality_lb_setting.as_ref())
             .map(|l| l.failover_priority.as_slice())

@@ -94,6 +94,7 @@ fn outbound_cluster(
     let mut cluster = Cluster::default();
     policy::apply_connection_pool(&mut cluster, policy.connection_pool.as_ref(), port.protocol);
     policy::apply_outlier_detection(&mut cluster, policy.outlier_detection.as_ref());
+    policy::apply_locality_weights(&mut cluster, policy.load_balancer.as_ref());
     match &policy.tls {
         Some(settings) => {
             cluster.transport_socket = tls::client_transport_socket(settings, &peer.sni, peer.peer_ids)

@@ -102,18 +102,22 @@ impl ClusterPolicy {
     /// How the cluster's endpoints are ordered for a proxy with
     /// `proxy_labels`: locality failover, which Istio turns on by default
     /// but only where outliers are ejected (nothing would fail over
-    /// otherwise), unless `localityLbSetting.enabled` is false. A rule
-    /// that `distribute`s weights gets no failover (distribute is pending).
+    /// otherwise), unless `localityLbSetting.enabled` is false; or
+    /// locality weights, when the setting `distribute`s them.
     pub fn failover<'a>(&'a self, proxy_labels: &'a BTreeMap<String, String>) -> Option<Failover<'a>> {
-        self.outlier_detection.as_ref()?;
         let setting = self.load_balancer.as_ref().and_then(|lb| lb.locality_lb_setting.as_ref());
-        if setting.is_some_and(|s| s.enabled == Some(false) || !s.distribute.is_empty()) {
+        if setting.is_some_and(|s| s.enabled == Some(false)) {
             return None;
+        }
+        let distribute = setting.map(|s| s.distribute.as_slice()).unwrap_or_default();
+        if distribute.is_empty() {
+            self.outlier_detection.as_ref()?;
         }
         Some(Failover {
             proxy_labels,
             failover: setting.map(|s| s.failover.as_slice()).unwrap_or_default(),
             failover_priority: setting.map(|s| s.failover_priority.as_slice()).unwrap_or_default(),
+            distribute,
         })
     }
 
@@ -272,6 +276,16 @@ pub(super) fn apply_outlier_detection(cluster: &mut Cluster, outlier: Option<&Ou
     let min_health = outlier.min_health_percent.unwrap_or(0).clamp(0, 100);
     cluster.common_lb_config.get_or_insert_default().healthy_panic_threshold =
         Some(Percent { value: f64::from(min_health) });
+}
+
+/// Locality weights (`distribute`) count only where the cluster says so.
+pub(super) fn apply_locality_weights(cluster: &mut Cluster, lb: Option<&LoadBalancerSettings>) {
+    let setting = lb.and_then(|lb| lb.locality_lb_setting.as_ref());
+    if setting.is_some_and(|s| s.enabled != Some(false) && !s.distribute.is_empty()) {
+        cluster.common_lb_config.get_or_insert_default().locality_config_specifier = Some(
+            cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(Default::default()),
+        );
+    }
 }
 
 /// Envoy's slow start, for the balancers that have it (round robin and

@@ -261,7 +261,9 @@ fn envoy_accepts_every_traffic_policy_field() {
             {"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {"connectionPool": client_protocol,
                 "loadBalancer": {"warmupDurationSecs": "10s"}}},
             {"name": "v2", "labels": {"version": "v2"}, "trafficPolicy": {"portLevelSettings": [{"port": {"number": 9080},
-                "outlierDetection": {"consecutiveErrors": 5}, "loadBalancer": {"simple": "LEAST_REQUEST", "warmupDurationSecs": "1m"}}]}}]}));
+                "outlierDetection": {"consecutiveErrors": 5}, "loadBalancer": {"simple": "LEAST_REQUEST", "warmupDurationSecs": "1m"}}]}},
+            {"name": "v3", "labels": {"version": "v3"}, "trafficPolicy": {"loadBalancer": {"localityLbSetting": {
+                "distribute": [{"from": "*", "to": {"*": 100}}]}}}}]}));
     let view = mesh_view(&index);
     let proxy = productpage(&index);
     let (out, inb) = (outbound(&view, &view.scope(&proxy)), inbound(&view, &proxy, permissive));
@@ -285,7 +287,7 @@ fn envoy_accepts_every_traffic_policy_field() {
 }
 
 #[test]
-fn locality_failover_needs_outlier_detection_and_can_be_turned_off() {
+fn locality_failover_needs_outlier_detection_weights_do_not_and_both_can_be_turned_off() {
     use crate::api::destination_rule::DestinationRuleSpec;
     use crate::translate::cluster::ClusterPolicy;
     let labels = std::collections::BTreeMap::from([("istio-locality".to_string(), "r1.z1".to_string())]);
@@ -310,9 +312,22 @@ fn locality_failover_needs_outlier_detection_and_can_be_turned_off() {
         failover(json!({"outlierDetection": outlier, "loadBalancer": {"localityLbSetting": off}})),
         None
     );
+    // Weights need no outlier detection.
     let weights = json!({"distribute": [{"from": "r1/*", "to": {"r1/*": 100}}]});
-    assert_eq!(
-        failover(json!({"outlierDetection": outlier, "loadBalancer": {"localityLbSetting": weights}})),
-        None
-    );
+    let distributed = |policy: Value| {
+        let spec: DestinationRuleSpec =
+            serde_json::from_value(json!({"host": "reviews", "trafficPolicy": policy})).expect("a rule");
+        ClusterPolicy::resolve(Some(&spec), None, 9080).failover(&labels).map(|f| f.distribute.len())
+    };
+    assert_eq!(distributed(json!({"loadBalancer": {"localityLbSetting": weights}})), Some(1));
+    // The cluster weighs localities only then.
+    let out = translate(&with_rule(
+        json!({"host": "reviews", "trafficPolicy": {"loadBalancer": {"localityLbSetting": weights}}}),
+    ));
+    let weighted = cluster(&out, "").common_lb_config.and_then(|c| c.locality_config_specifier);
+    assert!(matches!(
+        weighted,
+        Some(cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+    ));
+    assert!(cluster(&translate(&bookinfo()), "").common_lb_config.is_none());
 }
