@@ -9,6 +9,7 @@ mod authz;
 mod ca;
 mod crds;
 mod debug;
+mod destination_policy;
 mod inject;
 mod l4_routing;
 mod node;

@@ -189,7 +189,7 @@ pub struct MeshView {
     destination_rules: Vec<Arc<DestinationRuleView>>,
     dr_by_host: HashMap<String, Vec<usize>>,
     wildcard_dr: Vec<usize>,
-    /// Label keys some `sourceLabels` or `workloadSelector` reads.
+    /// Label keys some `sourceLabels`, `workloadSelector` or locality failover reads.
     selected_label_keys: BTreeSet<String>,
     /// The SPIFFE trust domain of the mesh's identities.
     trust_domain: String,
@@ -292,6 +292,8 @@ impl MeshView {
             if let Some(selector) = &config.spec.workload_selector {
                 selected_label_keys.extend(selector.match_labels.keys().cloned());
             }
+            // Locality failover orders endpoints by the proxy's own labels.
+            selected_label_keys.extend(super::locality::failover_label_keys(&config.spec));
             let index = view.destination_rules.len();
             let host = host::resolve(&config.spec.host, ns, is_service);
             if host::is_wildcard(&host) {

@@ -18,6 +18,7 @@ pub mod cidr;
 pub mod duration;
 pub mod host;
 pub mod jwt;
+pub mod locality;
 pub mod mesh;
 pub mod mtls;
 pub mod protocol;

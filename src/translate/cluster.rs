@@ -3,27 +3,26 @@
 //! Istio names them. Endpoints come by EDS over the same ADS stream
 //! (see [`super::endpoint`]), named after the cluster.
 //!
-//! A DestinationRule's traffic policy is merged as Istio does: a subset's
-//! policy overrides the rule's, field by field, and a `portLevelSettings`
-//! entry for the cluster's port overrides both. Load balancing and TLS
-//! ([`super::tls`]: auto mTLS unless the rule sets `tls`) are translated
-//! today; connection pools and outlier detection come next and belong in
-//! [`ClusterPolicy`].
+//! A DestinationRule's traffic policy is merged as Istio merges it
+//! ([`policy`] says how) into a [`ClusterPolicy`]: load balancing, the
+//! connection pool (circuit breakers, timeouts, upstream HTTP options),
+//! outlier detection, and TLS ([`super::tls`]: auto mTLS unless the rule
+//! sets `tls`).
 
-use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, circuit_breakers, cluster};
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     AggregatedConfigSource, ApiVersion, ConfigSource, Http2ProtocolOptions, config_source,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
-use envoy_types::pb::google::protobuf::{UInt32Value, UInt64Value};
-use prost::Name;
+use envoy_types::pb::google::protobuf::UInt64Value;
 
+mod policy;
+
+pub use policy::{ClusterPolicy, TcpProxyTimeouts};
+
+use super::seconds;
 use super::tls;
-use super::{any, seconds};
-use crate::api::destination_rule::{
-    ClientTlsSettings, ConsistentHashLb, DestinationRuleSpec, LoadBalancerSettings, SimpleLb, Subset,
-    TrafficPolicy,
-};
+use crate::api::destination_rule::{SimpleLb, Subset};
 use crate::model::mesh::{DestinationRuleView, PortView, ServiceView};
 
 /// Where traffic to a destination nobody can serve goes; no endpoints, so
@@ -43,66 +42,6 @@ pub fn outbound_name(port: u16, subset: &str, hostname: &str) -> String {
 /// `inbound|<port>||`: the application's own port, on the inbound side.
 pub fn inbound_name(port: u16) -> String {
     format!("inbound|{port}||")
-}
-
-/// The parts of a DestinationRule's traffic policy that apply to one
-/// cluster, after merging subset and port-level settings.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ClusterPolicy {
-    pub load_balancer: Option<LoadBalancerSettings>,
-    /// `None`: Istio's auto mTLS.
-    pub tls: Option<ClientTlsSettings>,
-}
-
-impl ClusterPolicy {
-    /// The policy for `port` of the rule's host, for `subset` or the whole host.
-    pub fn resolve(rule: Option<&DestinationRuleSpec>, subset: Option<&Subset>, port: u16) -> Self {
-        let mut out = Self::default();
-        let Some(rule) = rule else { return out };
-        // Later layers override earlier ones, field by field.
-        for policy in [rule.traffic_policy.as_ref(), subset.and_then(|s| s.traffic_policy.as_ref())]
-            .into_iter()
-            .flatten()
-        {
-            out.apply(policy, port);
-        }
-        out
-    }
-
-    fn apply(&mut self, policy: &TrafficPolicy, port: u16) {
-        if policy.load_balancer.is_some() {
-            self.load_balancer = policy.load_balancer.clone();
-        }
-        if policy.tls.is_some() {
-            self.tls = policy.tls.clone();
-        }
-        let port_level = policy
-            .port_level_settings
-            .iter()
-            .find(|p| p.port.as_ref().and_then(|s| s.number) == Some(u32::from(port)));
-        if let Some(port_level) = port_level {
-            if port_level.load_balancer.is_some() {
-                self.load_balancer = port_level.load_balancer.clone();
-            }
-            if port_level.tls.is_some() {
-                self.tls = port_level.tls.clone();
-            }
-        }
-    }
-
-    /// The consistent-hash settings, which routes carry as hash policies.
-    pub fn consistent_hash(&self) -> Option<&ConsistentHashLb> {
-        self.load_balancer.as_ref().and_then(|lb| lb.consistent_hash.as_ref())
-    }
-
-    /// Whether the cluster's endpoints come by EDS (not PASSTHROUGH load balancing).
-    pub fn uses_eds(&self) -> bool {
-        self.consistent_hash().is_some() || self.simple() != Some(SimpleLb::Passthrough)
-    }
-
-    fn simple(&self) -> Option<SimpleLb> {
-        self.load_balancer.as_ref().and_then(|lb| lb.simple)
-    }
 }
 
 /// The clusters of one Service port: the whole port, then each subset of
@@ -152,20 +91,15 @@ fn outbound_cluster(
     policy: &ClusterPolicy,
     peer: &PeerIdentity<'_>,
 ) -> Cluster {
-    let mut cluster = Cluster {
-        connect_timeout: Some(seconds(CONNECT_TIMEOUT_SECONDS)),
-        circuit_breakers: Some(default_circuit_breakers()),
-        ..Default::default()
-    };
+    let mut cluster = Cluster::default();
+    policy::apply_connection_pool(&mut cluster, policy.connection_pool.as_ref(), port.protocol);
+    policy::apply_outlier_detection(&mut cluster, policy.outlier_detection.as_ref());
+    policy::apply_locality_weights(&mut cluster, policy.load_balancer.as_ref());
     match &policy.tls {
         Some(settings) => {
             cluster.transport_socket = tls::client_transport_socket(settings, &peer.sni, peer.peer_ids)
         }
         None => cluster.transport_socket_matches = tls::auto_mtls_matches(&peer.sni, peer.peer_ids),
-    }
-    if port.protocol.is_http2() {
-        cluster.typed_extension_protocol_options =
-            [(HttpProtocolOptions::full_name(), any(&http2_options()))].into();
     }
     apply_load_balancer(&mut cluster, policy);
     if policy.uses_eds() {
@@ -203,8 +137,17 @@ fn apply_load_balancer(cluster: &mut Cluster, policy: &ClusterPolicy) {
         }
         return;
     }
+    let slow_start_config = policy::slow_start(policy.load_balancer.as_ref());
     cluster.lb_policy = match policy.simple() {
-        Some(SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
+        Some(SimpleLb::RoundRobin) => {
+            cluster.lb_config = slow_start_config.map(|c| {
+                cluster::LbConfig::RoundRobinLbConfig(cluster::RoundRobinLbConfig {
+                    slow_start_config: Some(c),
+                })
+            });
+            LbPolicy::RoundRobin
+        }
+        // Envoy has no slow start for random choice; Istio drops it there too.
         Some(SimpleLb::Random) => LbPolicy::Random,
         Some(SimpleLb::Passthrough) => {
             cluster.cluster_discovery_type =
@@ -213,6 +156,12 @@ fn apply_load_balancer(cluster: &mut Cluster, policy: &ClusterPolicy) {
         }
         // Istio's default is LEAST_REQUEST; LEAST_CONN is its older name.
         Some(SimpleLb::LeastConn | SimpleLb::LeastRequest | SimpleLb::Unspecified) | None => {
+            cluster.lb_config = slow_start_config.map(|c| {
+                cluster::LbConfig::LeastRequestLbConfig(cluster::LeastRequestLbConfig {
+                    slow_start_config: Some(c),
+                    ..Default::default()
+                })
+            });
             LbPolicy::LeastRequest
         }
     }
@@ -240,23 +189,6 @@ pub(crate) fn http2_options() -> HttpProtocolOptions {
                 ),
             },
         )),
-        ..Default::default()
-    }
-}
-
-/// Istio lifts Envoy's default limits (1024 connections, pending and
-/// active requests), which surprise busy services; DestinationRule
-/// connection pools set real ones.
-fn default_circuit_breakers() -> CircuitBreakers {
-    let max = Some(UInt32Value { value: u32::MAX });
-    CircuitBreakers {
-        thresholds: vec![circuit_breakers::Thresholds {
-            max_connections: max,
-            max_pending_requests: max,
-            max_requests: max,
-            max_retries: max,
-            ..Default::default()
-        }],
         ..Default::default()
     }
 }

@@ -46,7 +46,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
-use super::cluster::{BLACK_HOLE_CLUSTER, ClusterPolicy, outbound_name};
+use super::cluster::{BLACK_HOLE_CLUSTER, ClusterPolicy, TcpProxyTimeouts, outbound_name};
 use super::passthrough::PASSTHROUGH_CLUSTER;
 use super::{parse_duration, seconds};
 use crate::api::destination_rule::ConsistentHashLb;
@@ -307,9 +307,12 @@ fn rule_action(
 }
 
 /// A destination, resolved to a cluster.
+#[derive(Default)]
 pub(super) struct Target {
     pub(super) cluster: String,
     pub(super) hash: Option<ConsistentHashLb>,
+    /// For a TCP proxy that sends only to this cluster.
+    pub(super) tcp: TcpProxyTimeouts,
 }
 
 /// Finds the cluster of a VirtualService destination, or says why there is none.
@@ -352,6 +355,7 @@ pub(super) fn resolve(
     Ok(Target {
         cluster: outbound_name(port, subset.map_or("", |s| s.name.as_str()), &host),
         hash: policy.consistent_hash().cloned(),
+        tcp: policy.tcp_proxy_timeouts(),
     })
 }
 
@@ -366,7 +370,14 @@ fn hash_policy(hash: Option<&ConsistentHashLb>) -> Vec<route_action::HashPolicy>
             name: cookie.name.clone(),
             path: cookie.path.clone().unwrap_or_default(),
             ttl: cookie.ttl.as_deref().and_then(parse_duration),
-            ..Default::default()
+            attributes: cookie
+                .attributes
+                .iter()
+                .map(|a| route_action::hash_policy::CookieAttribute {
+                    name: a.name.clone(),
+                    value: a.value.clone().unwrap_or_default(),
+                })
+                .collect(),
         })
     } else if hash.use_source_ip == Some(true) {
         PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true })

@@ -135,13 +135,21 @@ pub fn endpoints(view: &MeshView, scope: &ScopeKey) -> Vec<ClusterLoadAssignment
     for (service, port) in outbound_ports(view, scope) {
         let rule = view.destination_rule_for(scope, service).map(|r| &r.spec);
         // Clusters with PASSTHROUGH load balancing connect to the original destination: no EDS.
-        if ClusterPolicy::resolve(rule, None, port.port).uses_eds() {
-            out.push(load_assignment(outbound_name(port.port, "", &service.hostname), port, None));
+        let policy = ClusterPolicy::resolve(rule, None, port.port);
+        if policy.uses_eds() {
+            let name = outbound_name(port.port, "", &service.hostname);
+            out.push(load_assignment(name, port, None, policy.failover(&scope.labels).as_ref()));
         }
         for subset in rule.map(|r| r.subsets.as_slice()).unwrap_or_default() {
-            if ClusterPolicy::resolve(rule, Some(subset), port.port).uses_eds() {
+            let policy = ClusterPolicy::resolve(rule, Some(subset), port.port);
+            if policy.uses_eds() {
                 let name = outbound_name(port.port, &subset.name, &service.hostname);
-                out.push(load_assignment(name, port, Some(&subset.labels)));
+                out.push(load_assignment(
+                    name,
+                    port,
+                    Some(&subset.labels),
+                    policy.failover(&scope.labels).as_ref(),
+                ));
             }
         }
     }

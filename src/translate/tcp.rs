@@ -43,9 +43,9 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpPro
 use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::any;
-use super::cluster::{BLACK_HOLE_CLUSTER, outbound_name};
+use super::cluster::{BLACK_HOLE_CLUSTER, ClusterPolicy, TcpProxyTimeouts, outbound_name};
 use super::passthrough::{TCP_PROXY, network_filter};
-use super::route::resolve;
+use super::route::{Target, resolve};
 use crate::api::virtual_service::{L4MatchAttributes, RouteDestination, TlsMatchAttributes};
 use crate::model::cidr::Cidr;
 use crate::model::host;
@@ -130,7 +130,10 @@ impl Routes<'_> {
         }
         let rest = match rest {
             Some(filter) => filter,
-            None if any_applies => tcp_proxy(BLACK_HOLE_CLUSTER.to_string(), self.single(BLACK_HOLE_CLUSTER)),
+            None if any_applies => {
+                let specifier = self.single(BLACK_HOLE_CLUSTER);
+                tcp_proxy(BLACK_HOLE_CLUSTER.to_string(), specifier, &TcpProxyTimeouts::default())
+            }
             None => self.default_proxy(),
         };
         chains.push(self.chain(String::new(), Vec::new(), None, rest));
@@ -215,12 +218,14 @@ impl Routes<'_> {
                     .any(|s| ip.is_some_and(|ip| s.contains_ip(ip))))
     }
 
-    /// A TCP proxy to a rule's destinations, with their weights.
+    /// A TCP proxy to a rule's destinations, with their weights. As in
+    /// Istio, a proxy to one destination takes that cluster's idle timeout
+    /// and connection duration from its DestinationRule; a split does not.
     fn proxy(&mut self, vs: &VirtualServiceView, route: &[RouteDestination]) -> Filter {
-        let targets: Vec<(String, u32)> = route
+        let targets: Vec<(Target, u32)> = route
             .iter()
             .map(|d| {
-                let cluster = resolve(
+                let target = resolve(
                     self.view,
                     self.scope,
                     &vs.key.namespace,
@@ -228,40 +233,44 @@ impl Routes<'_> {
                     self.service,
                     self.port,
                 )
-                .map_or(BLACK_HOLE_CLUSTER.to_string(), |t| t.cluster);
-                (cluster, d.weight.unwrap_or(0).max(0) as u32)
+                .unwrap_or_else(|_| Target { cluster: BLACK_HOLE_CLUSTER.to_string(), ..Default::default() });
+                (target, d.weight.unwrap_or(0).max(0) as u32)
             })
             .collect();
-        let specifier = match targets.as_slice() {
-            [] => self.single(BLACK_HOLE_CLUSTER),
-            [(cluster, _)] => self.single(cluster),
+        // Counted under the Service's own cluster name, whichever way it is split.
+        let stat_prefix = outbound_name(self.port, "", &self.service.hostname);
+        match targets.as_slice() {
+            [] => tcp_proxy(stat_prefix, self.single(BLACK_HOLE_CLUSTER), &TcpProxyTimeouts::default()),
+            [(target, _)] => tcp_proxy(stat_prefix, self.single(&target.cluster), &target.tcp),
             many => {
                 let total: u64 = many.iter().map(|(_, w)| u64::from(*w)).sum();
                 let clusters = many
                     .iter()
                     // Istio drops zero-weight destinations; with no weights at all, shares are equal.
                     .filter(|(_, w)| total == 0 || *w > 0)
-                    .map(|(name, w)| {
-                        self.clusters.insert(name.clone());
+                    .map(|(target, w)| {
+                        self.clusters.insert(target.cluster.clone());
                         tcp_proxy::weighted_cluster::ClusterWeight {
-                            name: name.clone(),
+                            name: target.cluster.clone(),
                             weight: if total == 0 { 1 } else { *w },
                             ..Default::default()
                         }
                     })
                     .collect();
-                tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster { clusters })
+                let specifier =
+                    tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster { clusters });
+                tcp_proxy(stat_prefix, specifier, &TcpProxyTimeouts::default())
             }
-        };
-        // Counted under the Service's own cluster name, whichever way it is split.
-        tcp_proxy(outbound_name(self.port, "", &self.service.hostname), specifier)
+        }
     }
 
     /// The Service itself, as without a VirtualService.
     fn default_proxy(&mut self) -> Filter {
         let cluster = outbound_name(self.port, "", &self.service.hostname);
+        let rule = self.view.destination_rule_for(self.scope, self.service).map(|r| &r.spec);
+        let timeouts = ClusterPolicy::resolve(rule, None, self.port).tcp_proxy_timeouts();
         let specifier = self.single(&cluster);
-        tcp_proxy(cluster, specifier)
+        tcp_proxy(cluster, specifier, &timeouts)
     }
 
     fn single(&mut self, cluster: &str) -> tcp_proxy::ClusterSpecifier {
@@ -303,7 +312,13 @@ fn range((address_prefix, len): (String, u32)) -> CidrRange {
     CidrRange { address_prefix, prefix_len: Some(UInt32Value { value: len }) }
 }
 
-fn tcp_proxy(stat_prefix: String, specifier: tcp_proxy::ClusterSpecifier) -> Filter {
-    let proxy = TcpProxy { stat_prefix, cluster_specifier: Some(specifier), ..Default::default() };
+fn tcp_proxy(stat_prefix: String, specifier: tcp_proxy::ClusterSpecifier, timeouts: &TcpProxyTimeouts) -> Filter {
+    let proxy = TcpProxy {
+        stat_prefix,
+        cluster_specifier: Some(specifier),
+        idle_timeout: timeouts.idle,
+        max_downstream_connection_duration: timeouts.max_connection_duration,
+        ..Default::default()
+    };
     network_filter(TCP_PROXY, any(&proxy))
 }

@@ -169,7 +169,9 @@ fn check_outlier_detection(p: &str, od: &OutlierDetection, out: &mut Out) {
     if od.consecutive_errors.is_some_and(|n| n != 0) {
         out.warn(
             format!("{p}.consecutiveErrors"),
-            "consecutiveErrors is deprecated: use consecutive5xxErrors (or consecutiveGatewayErrors)",
+            "consecutiveErrors is deprecated, and counts gateway errors (502, 503, 504) as today's Istio reads \
+             it, where Istio 1.1 counted every 5xx: use consecutiveGatewayErrors, or consecutive5xxErrors for \
+             1.1's meaning",
         );
     }
     if !od.split_external_local_origin_errors.unwrap_or(false)
@@ -286,6 +288,14 @@ fn check_load_balancer(p: &str, lb: &LoadBalancerSettings, has_outlier: bool, ou
             if cookie.name.is_empty() {
                 out.err(format!("{cp}.httpCookie.name"), "the cookie has no name: name it, e.g. \"session\"");
             }
+            for (i, attribute) in cookie.attributes.iter().enumerate() {
+                if attribute.name.is_empty() {
+                    out.err(
+                        format!("{cp}.httpCookie.attributes[{i}].name"),
+                        "the cookie attribute has no name: name it, e.g. \"SameSite\"",
+                    );
+                }
+            }
             if let Some(ttl) = &cookie.ttl {
                 let path = format!("{cp}.httpCookie.ttl");
                 // Istio admits it, but Envoy takes no negative ttl: the mesh
@@ -341,6 +351,19 @@ fn check_load_balancer(p: &str, lb: &LoadBalancerSettings, has_outlier: bool, ou
     }
     if let Some(w) = &lb.warmup {
         check_duration(out, &format!("{p}.warmup.duration"), &w.duration);
+        if let Some(v) = w.minimum_percent.filter(|v| !(0.0..=100.0).contains(v)) {
+            out.err(
+                format!("{p}.warmup.minimumPercent"),
+                format!("minimumPercent {v} is out of range: use 0 to 100"),
+            );
+        }
+        // Envoy's slow start curve is defined for aggression 1 and above.
+        if let Some(v) = w.aggression.filter(|v| *v < 1.0 || !v.is_finite()) {
+            out.err(
+                format!("{p}.warmup.aggression"),
+                format!("aggression {v} is below 1: use 1 for a linear ramp-up, or more to start slower"),
+            );
+        }
     }
 }
 

@@ -12,6 +12,7 @@ mod focused;
 mod jwt;
 mod l4;
 mod random;
+mod policy;
 
 use crate::index::{Index, Pods, Services};
 pub(super) use crate::testing::bookinfo::{

@@ -166,11 +166,11 @@ fn a_redirect_and_unapplied_destination_tls_are_named_with_what_they_mean() {
     // The TLS modes are applied; a certificate by credentialName is not.
     let rule = json!({"host": "*.local", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}},
                       "subsets": [{"name": "v1", "labels": {"version": "v1"},
-                                   "trafficPolicy": {"tls": {"mode": "SIMPLE", "credentialName": "v1-cert"}, "connectionPool": {"tcp": {"maxConnections": 1}}}}]});
+                                   "trafficPolicy": {"tls": {"mode": "SIMPLE", "credentialName": "v1-cert"}, "retryBudget": {"percent": 10.0}}}]});
     let found = unapplied("DestinationRule", &rule);
     assert_eq!(
         fields(&found),
-        ["spec.subsets[0].trafficPolicy.connectionPool", "spec.subsets[0].trafficPolicy.tls.credentialName"]
+        ["spec.subsets[0].trafficPolicy.retryBudget", "spec.subsets[0].trafficPolicy.tls.credentialName"]
     );
     assert!(found[1].message.contains("clientCertificate and privateKey"), "{}", found[1].message);
 }
