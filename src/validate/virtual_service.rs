@@ -13,8 +13,8 @@ use crate::api::virtual_service::{
 
 use super::Context;
 use super::common::*;
-use crate::model::host;
 use crate::model::mesh::for_sidecars;
+use crate::model::{host, status};
 
 /// What the checks need to know about the VirtualService a rule is in.
 struct Vs<'a> {
@@ -489,26 +489,6 @@ fn check_cors(p: &str, c: &CorsPolicy, out: &mut Out) {
     }
 }
 
-const GRPC_STATUSES: &[&str] = &[
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
 fn check_fault(p: &str, f: &HttpFaultInjection, out: &mut Out) {
     if f.abort.is_none() && f.delay.is_none() {
         out.err(p, "the fault injects nothing: add an abort and/or a delay, or remove fault");
@@ -542,8 +522,7 @@ fn check_fault(p: &str, f: &HttpFaultInjection, out: &mut Out) {
             );
         }
         if let Some(g) = &a.grpc_status {
-            let numeric = g.parse::<u32>().is_ok_and(|n| n <= 16);
-            if !GRPC_STATUSES.contains(&g.as_str()) && !numeric {
+            if status::grpc_status_code(g).is_none() {
                 out.err(
                     format!("{ap}.grpcStatus"),
                     format!(
@@ -625,13 +604,6 @@ const RETRY_ON: &[&str] = &[
     "unavailable",
 ];
 
-/// The HTTP status codes Go's `http.StatusText` knows.
-fn is_known_status(code: u32) -> bool {
-    matches!(code,
-        100..=103 | 200..=208 | 226 | 300..=305 | 307 | 308 | 400..=418 | 421..=426 | 428 | 429 | 431 | 451
-        | 500..=508 | 510 | 511)
-}
-
 fn check_retries(p: &str, r: &HttpRetry, out: &mut Out) {
     let attempts = r.attempts.unwrap_or(0);
     if attempts < 0 {
@@ -657,7 +629,7 @@ fn check_retries(p: &str, r: &HttpRetry, out: &mut Out) {
     }
     if let Some(on) = &r.retry_on {
         for policy in on.split(',') {
-            let status = policy.parse::<u32>().is_ok_and(is_known_status);
+            let status = policy.parse::<u32>().is_ok_and(status::is_http_status);
             if !status && !RETRY_ON.contains(&policy) {
                 out.err(
                     format!("{p}.retryOn"),
