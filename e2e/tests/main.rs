@@ -11,6 +11,7 @@ mod crds;
 mod debug;
 mod inject;
 mod node;
+mod resilience;
 mod routing;
 mod security;
 mod webhook;
