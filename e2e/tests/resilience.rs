@@ -17,7 +17,7 @@
 //! - Mirroring (Istio's mirroring task shape, the real go-httpbin as v1
 //!   and v2): every request is answered by v1 and a copy reaches v2, all
 //!   of them at `mirrorPercentage: 100`, half (±5 points over 400) at 50,
-//!   as the servers' own logs count them.
+//!   a quarter with `mirrors` at 25, as the servers' own logs count them.
 
 use std::time::{Duration, Instant};
 
@@ -492,4 +492,16 @@ fn mirroring_copies_requests_to_v2_while_v1_answers() {
     assert_eq!(m.settled(&v1, "half"), 400, "v1 answers every request");
     let copies = m.settled(&v2, "half");
     assert!((180..=220).contains(&copies), "50% ±5 points of 400 copied to v2: {copies}");
+
+    // `mirrors`, each with its own share: a quarter to v2.
+    let _vs = m.apply(&format!(
+        "{}    mirrors:\n    - destination:\n        host: httpbin\n        subset: v2\n      percentage:\n        value: 25\n",
+        httpbin_mirrored("50").split("    mirror:").next().expect("the route")
+    ));
+    m.envoy_routes_contain("the 25% mirror in the client's Envoy", "\"numerator\": 250000");
+    let codes = m.send("quarter", 400);
+    assert!(codes.len() == 400 && codes.iter().all(|c| c == "200"), "every request answered: {codes:?}");
+    assert_eq!(m.settled(&v1, "quarter"), 400, "v1 answers every request");
+    let copies = m.settled(&v2, "quarter");
+    assert!((80..=120).contains(&copies), "25% ±5 points of 400 copied to v2: {copies}");
 }

@@ -251,8 +251,9 @@ fn check_http_route(vs: &Vs, p: &str, r: &HttpRoute, out: &mut Out) {
         if r.timeout.is_some() || r.retries.is_some() {
             out.warn(
                 format!("{p}.fault"),
-                "timeout and retries are not applied while a rule injects faults: move the fault to a rule \
-                 of its own, or drop timeout/retries",
+                "timeout and retries do not cover the faults this rule injects (Envoy injects them before \
+                 routing: an injected delay is not cut by the timeout, an injected abort is not retried): \
+                 inject the fault on the next hop to test them",
             );
         }
     }
@@ -532,27 +533,41 @@ fn check_fault(p: &str, f: &HttpFaultInjection, out: &mut Out) {
             }
         }
         if a.http2_error.is_some() {
+            // As Istio: Envoy's fault filter cannot reset a stream with an HTTP/2 error.
             out.err(
                 format!("{ap}.http2Error"),
-                "HTTP/2 error aborts are not supported yet: use httpStatus or grpcStatus instead",
+                "HTTP/2 error aborts are not supported yet (Envoy's fault filter answers with a status), as in \
+                 Istio: use httpStatus or grpcStatus instead",
             );
         }
         if kinds.is_empty() {
             out.warn(&ap, "the abort has no error to return, so nothing is aborted: set httpStatus (e.g. 503) or grpcStatus");
         }
-        // Istio ignores the legacy `percent`: unless `percentage` is set,
-        // every request is aborted.
+        // Istio 1.1 read `percent` when `percentage` was unset (today's
+        // Istio has no such field); mesh reads it as 1.1 did.
         if let Some(pc) = a.percent {
-            let effective = a.percentage.as_ref().and_then(|p| p.value).unwrap_or(100.0);
-            if f64::from(pc) != effective {
+            check_percent(out, &format!("{ap}.percent"), pc.into());
+            if a.percentage.is_some() {
+                out.warn(
+                    format!("{ap}.percent"),
+                    "percent is ignored because percentage is set: remove percent",
+                );
+            } else {
                 out.warn(
                     format!("{ap}.percent"),
                     format!(
-                        "percent is ignored, so {effective}% of requests are aborted, not {pc}%: write \
-                         percentage: {{value: {pc}}} instead"
+                        "percent is Istio 1.1's field, which today's Istio no longer has: write percentage: \
+                         {{value: {pc}}} instead"
                     ),
                 );
             }
+        }
+        if a.percentage.is_none() && a.percent.is_none() && !kinds.is_empty() {
+            out.warn(
+                &ap,
+                "no percentage is set, so no request is aborted (as in Istio): set percentage, e.g. {value: 100} \
+                 to abort every request",
+            );
         }
     }
     if let Some(d) = &f.delay {
@@ -560,9 +575,23 @@ fn check_fault(p: &str, f: &HttpFaultInjection, out: &mut Out) {
         check_percentage(out, &format!("{dp}.percentage"), d.percentage.as_ref());
         if let Some(pc) = d.percent {
             check_percent(out, &format!("{dp}.percent"), pc.into());
+            if d.percentage.is_some() {
+                out.warn(
+                    format!("{dp}.percent"),
+                    "percent is ignored because percentage is set: remove percent",
+                );
+            } else {
+                out.warn(
+                    format!("{dp}.percent"),
+                    format!("percent is deprecated: write percentage: {{value: {pc}}}"),
+                );
+            }
+        }
+        if d.percentage.is_none() && d.percent.is_none() && d.fixed_delay.is_some() {
             out.warn(
-                format!("{dp}.percent"),
-                format!("percent is deprecated: write percentage: {{value: {pc}}}"),
+                &dp,
+                "no percentage is set, so no request is delayed (as in Istio): set percentage, e.g. {value: 100} \
+                 to delay every request",
             );
         }
         if d.fixed_delay.is_some() && d.exponential_delay.is_some() {
@@ -573,9 +602,11 @@ fn check_fault(p: &str, f: &HttpFaultInjection, out: &mut Out) {
         }
         if let Some(ed) = &d.exponential_delay {
             check_duration(out, &format!("{dp}.exponentialDelay"), ed);
+            // As Istio: Envoy's fault filter has no exponential delay.
             out.err(
                 format!("{dp}.exponentialDelay"),
-                "exponentialDelay is not supported yet: use fixedDelay",
+                "exponentialDelay is not supported yet (Envoy's fault filter has only fixed delays), as in Istio: \
+                 use fixedDelay",
             );
         }
         if d.fixed_delay.is_none() && d.exponential_delay.is_none() {

@@ -1104,8 +1104,10 @@ fn resilience_features_reach_the_route() {
              "route": [{"destination": {"host": "reviews", "subset": "v2"}}],
              "retries": {"attempts": 4, "retryOn": "503"},
              "fault": {"delay": {"fixedDelay": "7s", "percentage": {"value": 100}}},
-             "mirror": {"host": "reviews", "subset": "v3"}, "mirrorPercentage": {"value": 50},
-             "mirrors": [{"destination": {"host": "nowhere"}}]},
+             "mirror": {"host": "reviews", "subset": "v3", "port": {"number": 9080}}, "mirrorPercentage": {"value": 50},
+             "mirrors": [{"destination": {"host": "nowhere"}},
+                         {"destination": {"host": "ratings", "port": {"number": 9080}}, "percentage": {"value": 0}},
+                         {"destination": {"host": "details", "port": {"number": 9080}}}]},
             {"name": "rest", "route": [{"destination": {"host": "reviews", "subset": "v1"}}]}
         ]}),
     );
@@ -1124,7 +1126,14 @@ fn resilience_features_reach_the_route() {
         );
         assert_eq!(retry.retriable_status_codes, [503]);
         let mirrors: Vec<_> = tested.request_mirror_policies.iter().map(|m| m.cluster.as_str()).collect();
-        assert_eq!(mirrors, [format!("outbound|9080|v3|{REVIEWS}")], "a mirror with no Service is left out");
+        assert_eq!(
+            mirrors,
+            [
+                format!("outbound|9080|v3|{REVIEWS}"),
+                "outbound|9080||details.default.svc.cluster.local".into()
+            ],
+            "a mirror with no Service, or a share of 0, is left out"
+        );
         let fault = routes[i].typed_per_filter_config.get("envoy.filters.http.fault").expect("the fault");
         let fault = HttpFault::decode(fault.value.as_slice()).expect("an HTTPFault");
         assert_eq!(fault.delay.and_then(|d| d.percentage).map(|p| p.numerator), Some(1_000_000));
