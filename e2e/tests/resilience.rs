@@ -121,10 +121,11 @@ fn istios_fault_injection_task_delays_and_aborts_only_jason() {
     // to 10 s, but productpage gives reviews 3 s and one more try: after
     // about 6 s, the reviews section says it is unavailable.
     m.sample("virtual-service-ratings-test-delay.yaml");
-    let (page, secs) = eventually("jason's reviews section failing", Duration::from_secs(90), || {
-        let (page, secs) = m.page(Some("jason"));
-        page.contains(REVIEWS_UNAVAILABLE).then_some((page, secs))
+    eventually("jason's reviews section failing", Duration::from_secs(90), || {
+        m.page(Some("jason")).0.contains(REVIEWS_UNAVAILABLE).then_some(())
     });
+    let (page, secs) = m.page(Some("jason"));
+    assert!(page.contains(REVIEWS_UNAVAILABLE), "{page}");
     assert!(page.contains("The Comedy of Errors"), "the page itself still renders:\n{page}");
     assert!(
         (5.5..7.0).contains(&secs),
@@ -140,13 +141,18 @@ fn istios_fault_injection_task_delays_and_aborts_only_jason() {
     // An HTTP 500 from ratings, for jason only: his reviews say ratings
     // are unavailable, at once.
     m.sample("virtual-service-ratings-test-abort.yaml");
-    let (page, secs) = eventually("jason's ratings unavailable", Duration::from_secs(90), || {
-        let (page, secs) = m.page(Some("jason"));
-        page.contains(RATINGS_UNAVAILABLE).then_some((page, secs))
+    eventually("jason's ratings unavailable", Duration::from_secs(90), || {
+        m.page(Some("jason")).0.contains(RATINGS_UNAVAILABLE).then_some(())
     });
-    assert_eq!(answered_by(&page), Some("reviews-v2"), "{page}");
-    assert!(!page.contains(REVIEWS_UNAVAILABLE), "reviews itself answers:\n{page}");
-    assert!(secs < 3.0, "an abort is immediate: {secs:.2} s");
+    // The first such page may have met the delay on productpage's first
+    // try of reviews: the ones after it meet only the abort.
+    for _ in 0..3 {
+        let (page, secs) = m.page(Some("jason"));
+        assert!(page.contains(RATINGS_UNAVAILABLE), "{page}");
+        assert_eq!(answered_by(&page), Some("reviews-v2"), "{page}");
+        assert!(!page.contains(REVIEWS_UNAVAILABLE), "reviews itself answers:\n{page}");
+        assert!(secs < 3.0, "an abort is immediate: {secs:.2} s");
+    }
     for _ in 0..3 {
         let (page, _) = m.page(None);
         assert_eq!(answered_by(&page), Some("reviews-v1"), "others are unaffected:\n{page}");

@@ -180,9 +180,10 @@ fn http_fault(fault: &HttpFaultInjection) -> Option<HttpFault> {
 /// given; an explicit 0 mirrors nothing (None).
 fn mirror_share(percentage: Option<&Percent>, percent: Option<u32>) -> Option<RuntimeFractionalPercent> {
     let share = match (percentage, percent) {
-        (Some(p), _) => Some(p).filter(|p| p.value.unwrap_or(0.0) > 0.0).map(per_million)?,
-        (None, Some(p)) => Some(p).filter(|p| *p > 0).map(|p| per_hundred(p.into()))?,
+        (Some(p), _) if p.value.unwrap_or(0.0) > 0.0 => per_million(p),
+        (None, Some(p)) if p > 0 => per_hundred(p.into()),
         (None, None) => per_hundred(100),
+        _ => return None,
     };
     Some(RuntimeFractionalPercent { default_value: Some(share), ..Default::default() })
 }
