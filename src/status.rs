@@ -343,9 +343,9 @@ mod tests {
         let again = desired("VirtualService", &c, &Context::default(), at(T1));
         assert_eq!(c.status.as_ref(), Some(&again));
 
-        // A retry policy is not applied: Reconciled turns False at T1, Accepted keeps T0.
+        // A CORS policy is not applied: Reconciled turns False at T1, Accepted keeps T0.
         c.spec = serde_json::from_value(json!({"hosts": ["reviews"], "http": [
-            {"retries": {"attempts": 2}, "route": [{"destination": {"host": "reviews"}}]}]}))
+            {"corsPolicy": {"allowMethods": ["GET"]}, "route": [{"destination": {"host": "reviews"}}]}]}))
         .expect("a spec");
         c.generation = 2;
         let changed = desired("VirtualService", &c, &Context::default(), at(T1));

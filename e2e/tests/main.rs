@@ -13,6 +13,7 @@ mod destination_policy;
 mod inject;
 mod l4_routing;
 mod node;
+mod resilience;
 mod routing;
 mod security;
 mod webhook;

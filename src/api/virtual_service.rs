@@ -164,12 +164,15 @@ pub struct HttpRoute {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
 
-    /// How to retry failed requests.
+    /// How to retry failed requests. Unset: Istio's default policy, 2
+    /// retries on connect-failure, refused-stream, unavailable, cancelled
+    /// and 503, each to another endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<HttpRetry>,
 
     /// Delays and/or aborts to inject into matching requests, for resilience
-    /// testing. Timeouts and retries are not applied while faults are set.
+    /// testing. The rule's timeout and retries do not cover the faults it
+    /// injects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<HttpFaultInjection>,
 
@@ -608,7 +611,8 @@ fn string_match_oneof(s: &mut Schema) {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRetry {
-    /// Maximum number of retries for a request, e.g. 3; 0 disables retries.
+    /// Maximum number of retries for a request, e.g. 3; 0 (or unset)
+    /// disables retries.
     /// How many actually happen is also bounded by the route's `timeout`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<i32>,
@@ -736,8 +740,8 @@ pub struct FaultDelay {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exponential_delay: Option<String>,
 
-    /// Share of requests to delay, 0.0-100.0, e.g. {value: 0.1}. Unset delays
-    /// every request.
+    /// Share of requests to delay, 0.0-100.0, e.g. {value: 0.1}. Unset (with
+    /// no `percent`) delays no request, as in Istio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Percent>,
 }
@@ -766,15 +770,14 @@ pub struct FaultAbort {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2_error: Option<String>,
 
-    /// Share of requests to abort, 0.0-100.0, e.g. {value: 0.1}. Unset aborts
-    /// every request.
+    /// Share of requests to abort, 0.0-100.0, e.g. {value: 0.1}. Unset (with
+    /// no `percent`) aborts no request, as in Istio.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentage: Option<Percent>,
 
-    /// Legacy: use `percentage`. Whole percentage (0-100) of requests to
-    /// abort, from Istio's early API; Istio has since removed it and ignores
-    /// it, but older YAML such as Bookinfo's fault-injection sample still
-    /// sets it, so it is kept to read back unchanged.
+    /// Istio 1.1's field: use `percentage`. Whole percentage (0-100) of
+    /// requests to abort, read when `percentage` is unset, as Istio 1.1
+    /// did; today's Istio no longer has it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<i32>,
 }

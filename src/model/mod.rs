@@ -11,8 +11,8 @@
 //! context, status), so none of them needs to know the index.
 //!
 //! Istio's grammar lives here once, for every reader: host names
-//! ([`host`]), durations ([`duration`]), address blocks ([`cidr`]) and the `mesh` gateway
-//! ([`mesh::MESH_GATEWAY`]).
+//! ([`host`]), durations ([`duration`]), address blocks ([`cidr`]), status
+//! codes ([`status`]) and the `mesh` gateway ([`mesh::MESH_GATEWAY`]).
 
 pub mod cidr;
 pub mod duration;
@@ -23,6 +23,7 @@ pub mod mesh;
 pub mod mtls;
 pub mod protocol;
 pub mod rbac;
+pub mod status;
 pub mod visibility;
 
 use std::collections::BTreeMap;

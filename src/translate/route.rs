@@ -31,9 +31,14 @@
 //! with `NC` and nobody learns why.
 //!
 //! Routes have no timeout (Istio's default): Envoy's 15 s default would
-//! cut long requests. Retries, timeouts, faults, mirrors, rewrites,
-//! redirects, CORS and header operations come next: each is one function
-//! over [`RouteFeatures`], applied in [`route_for_rule`].
+//! cut long requests. What a rule does besides choosing a destination is
+//! one function each over [`RouteFeatures`], applied in
+//! [`route_for_rule`]: timeout, retries (Istio's default policy when a rule
+//! sets none, and on the route of a Service without a VirtualService),
+//! fault and mirrors are in [`resilience`]. Rewrites, redirects, CORS and
+//! header operations come next.
+
+mod resilience;
 
 use std::collections::BTreeSet;
 
@@ -52,6 +57,7 @@ use super::{parse_duration, seconds};
 use crate::api::destination_rule::ConsistentHashLb;
 use crate::api::virtual_service::{Destination, HttpMatchRequest, HttpRoute, StringMatch};
 use crate::model::mesh::{MeshView, ScopeKey, ServiceView, VirtualServiceView, for_sidecars, is_subset};
+pub use resilience::{FAULT_FILTER, fault_filter};
 
 /// The virtual host that takes requests for hosts the mesh does not know.
 pub const ALLOW_ANY: &str = "allow_any";
@@ -169,6 +175,7 @@ fn default_route(view: &MeshView, scope: &ScopeKey, service: &ServiceView, port:
     let mut action = to_cluster(outbound_name(port, "", &service.hostname));
     let rule = view.destination_rule_for(scope, service).map(|r| &r.spec);
     action.hash_policy = hash_policy(ClusterPolicy::resolve(rule, None, port).consistent_hash());
+    action.retry_policy = Some(resilience::default_retry_policy(!action.hash_policy.is_empty()));
     Route {
         name: "default".to_string(),
         r#match: Some(prefix_match("/")),
@@ -181,13 +188,6 @@ fn default_route(view: &MeshView, scope: &ScopeKey, service: &ServiceView, port:
 /// feature is translated by its own function onto the Envoy route.
 struct RouteFeatures<'a> {
     rule: &'a HttpRoute,
-}
-
-impl RouteFeatures<'_> {
-    /// No timeout unless the rule sets one (Istio's default).
-    fn timeout(&self, action: &mut RouteAction) {
-        action.timeout = Some(self.rule.timeout.as_deref().and_then(parse_duration).unwrap_or(seconds(0)));
-    }
 }
 
 /// The Envoy routes of one HTTPRoute: one per match that applies here.
@@ -212,6 +212,8 @@ fn route_for_rule(
         return Vec::new();
     }
     let action = rule_action(view, scope, vs, rule, service, port);
+    let mut template = Route { action: Some(action), ..Default::default() };
+    RouteFeatures { rule }.fault(&mut template);
     matches
         .into_iter()
         .map(|(match_name, matched)| Route {
@@ -221,8 +223,7 @@ fn route_for_rule(
                 (None, None) => String::new(),
             },
             r#match: Some(matched),
-            action: Some(action.clone()),
-            ..Default::default()
+            ..template.clone()
         })
         .collect()
 }
@@ -303,6 +304,13 @@ fn rule_action(
     };
     let features = RouteFeatures { rule };
     features.timeout(&mut action);
+    // Istio keeps the retried request on its endpoint only when the route
+    // has one destination, hashed.
+    let hashed = rule.route.len() == 1 && !action.hash_policy.is_empty();
+    features.retries(&mut action, hashed);
+    features.mirrors(&mut action, |mirror| {
+        resolve(view, scope, &vs.key.namespace, mirror, service, port).ok().map(|t| t.cluster)
+    });
     route::Action::Route(action)
 }
 
@@ -501,6 +509,7 @@ pub fn route_clusters(config: &RouteConfiguration) -> BTreeSet<String> {
             }
             _ => {}
         }
+        names.extend(action.request_mirror_policies.iter().map(|m| m.cluster.clone()));
     }
     names
 }

@@ -13,8 +13,8 @@ use crate::api::virtual_service::{
 
 use super::Context;
 use super::common::*;
-use crate::model::host;
 use crate::model::mesh::for_sidecars;
+use crate::model::{host, status};
 
 /// What the checks need to know about the VirtualService a rule is in.
 struct Vs<'a> {
@@ -271,8 +271,9 @@ fn check_http_route(vs: &Vs, p: &str, r: &HttpRoute, out: &mut Out) {
         if r.timeout.is_some() || r.retries.is_some() {
             out.warn(
                 format!("{p}.fault"),
-                "timeout and retries are not applied while a rule injects faults: move the fault to a rule \
-                 of its own, or drop timeout/retries",
+                "timeout and retries do not cover the faults this rule injects (Envoy injects them before \
+                 routing: an injected delay is not cut by the timeout, an injected abort is not retried): \
+                 inject the fault on the next hop to test them",
             );
         }
     }
@@ -509,26 +510,6 @@ fn check_cors(p: &str, c: &CorsPolicy, out: &mut Out) {
     }
 }
 
-const GRPC_STATUSES: &[&str] = &[
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
-
 fn check_fault(p: &str, f: &HttpFaultInjection, out: &mut Out) {
     if f.abort.is_none() && f.delay.is_none() {
         out.err(p, "the fault injects nothing: add an abort and/or a delay, or remove fault");
@@ -562,8 +543,7 @@ fn check_fault(p: &str, f: &HttpFaultInjection, out: &mut Out) {
             );
         }
         if let Some(g) = &a.grpc_status {
-            let numeric = g.parse::<u32>().is_ok_and(|n| n <= 16);
-            if !GRPC_STATUSES.contains(&g.as_str()) && !numeric {
+            if status::grpc_status_code(g).is_none() {
                 out.err(
                     format!("{ap}.grpcStatus"),
                     format!(
@@ -573,27 +553,41 @@ fn check_fault(p: &str, f: &HttpFaultInjection, out: &mut Out) {
             }
         }
         if a.http2_error.is_some() {
+            // As Istio: Envoy's fault filter cannot reset a stream with an HTTP/2 error.
             out.err(
                 format!("{ap}.http2Error"),
-                "HTTP/2 error aborts are not supported yet: use httpStatus or grpcStatus instead",
+                "HTTP/2 error aborts are not supported yet (Envoy's fault filter answers with a status), as in \
+                 Istio: use httpStatus or grpcStatus instead",
             );
         }
         if kinds.is_empty() {
             out.warn(&ap, "the abort has no error to return, so nothing is aborted: set httpStatus (e.g. 503) or grpcStatus");
         }
-        // Istio ignores the legacy `percent`: unless `percentage` is set,
-        // every request is aborted.
+        // Istio 1.1 read `percent` when `percentage` was unset (today's
+        // Istio has no such field); mesh reads it as 1.1 did.
         if let Some(pc) = a.percent {
-            let effective = a.percentage.as_ref().and_then(|p| p.value).unwrap_or(100.0);
-            if f64::from(pc) != effective {
+            check_percent(out, &format!("{ap}.percent"), pc.into());
+            if a.percentage.is_some() {
+                out.warn(
+                    format!("{ap}.percent"),
+                    "percent is ignored because percentage is set: remove percent",
+                );
+            } else {
                 out.warn(
                     format!("{ap}.percent"),
                     format!(
-                        "percent is ignored, so {effective}% of requests are aborted, not {pc}%: write \
-                         percentage: {{value: {pc}}} instead"
+                        "percent is Istio 1.1's field, which today's Istio no longer has: write percentage: \
+                         {{value: {pc}}} instead"
                     ),
                 );
             }
+        }
+        if a.percentage.is_none() && a.percent.is_none() && !kinds.is_empty() {
+            out.warn(
+                &ap,
+                "no percentage is set, so no request is aborted (as in Istio): set percentage, e.g. {value: 100} \
+                 to abort every request",
+            );
         }
     }
     if let Some(d) = &f.delay {
@@ -601,9 +595,23 @@ fn check_fault(p: &str, f: &HttpFaultInjection, out: &mut Out) {
         check_percentage(out, &format!("{dp}.percentage"), d.percentage.as_ref());
         if let Some(pc) = d.percent {
             check_percent(out, &format!("{dp}.percent"), pc.into());
+            if d.percentage.is_some() {
+                out.warn(
+                    format!("{dp}.percent"),
+                    "percent is ignored because percentage is set: remove percent",
+                );
+            } else {
+                out.warn(
+                    format!("{dp}.percent"),
+                    format!("percent is deprecated: write percentage: {{value: {pc}}}"),
+                );
+            }
+        }
+        if d.percentage.is_none() && d.percent.is_none() && d.fixed_delay.is_some() {
             out.warn(
-                format!("{dp}.percent"),
-                format!("percent is deprecated: write percentage: {{value: {pc}}}"),
+                &dp,
+                "no percentage is set, so no request is delayed (as in Istio): set percentage, e.g. {value: 100} \
+                 to delay every request",
             );
         }
         if d.fixed_delay.is_some() && d.exponential_delay.is_some() {
@@ -614,9 +622,11 @@ fn check_fault(p: &str, f: &HttpFaultInjection, out: &mut Out) {
         }
         if let Some(ed) = &d.exponential_delay {
             check_duration(out, &format!("{dp}.exponentialDelay"), ed);
+            // As Istio: Envoy's fault filter has no exponential delay.
             out.err(
                 format!("{dp}.exponentialDelay"),
-                "exponentialDelay is not supported yet: use fixedDelay",
+                "exponentialDelay is not supported yet (Envoy's fault filter has only fixed delays), as in Istio: \
+                 use fixedDelay",
             );
         }
         if d.fixed_delay.is_none() && d.exponential_delay.is_none() {
@@ -645,13 +655,6 @@ const RETRY_ON: &[&str] = &[
     "unavailable",
 ];
 
-/// The HTTP status codes Go's `http.StatusText` knows.
-fn is_known_status(code: u32) -> bool {
-    matches!(code,
-        100..=103 | 200..=208 | 226 | 300..=305 | 307 | 308 | 400..=418 | 421..=426 | 428 | 429 | 431 | 451
-        | 500..=508 | 510 | 511)
-}
-
 fn check_retries(p: &str, r: &HttpRetry, out: &mut Out) {
     let attempts = r.attempts.unwrap_or(0);
     if attempts < 0 {
@@ -677,7 +680,7 @@ fn check_retries(p: &str, r: &HttpRetry, out: &mut Out) {
     }
     if let Some(on) = &r.retry_on {
         for policy in on.split(',') {
-            let status = policy.parse::<u32>().is_ok_and(is_known_status);
+            let status = policy.parse::<u32>().is_ok_and(status::is_http_status);
             if !status && !RETRY_ON.contains(&policy) {
                 out.err(
                     format!("{p}.retryOn"),

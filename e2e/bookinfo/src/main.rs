@@ -1,11 +1,13 @@
 //! `bookinfo`: one binary standing in for every Istio Bookinfo image on the
 //! local cluster (productpage, details, ratings, reviews v1/v2/v3), and for
-//! Istio's tcp-echo sample, one subcommand per role. The Bookinfo roles
+//! Istio's tcp-echo sample, one subcommand per role; and `flaky`, a server
+//! that fails its first requests on purpose, for retry tests. The Bookinfo roles
 //! serve HTTP on 0.0.0.0:PORT and log one line per request to stderr;
 //! tcp-echo serves plain TCP on the ports it is given and logs one line per
 //! connection. All stop gracefully on SIGTERM or Ctrl-C.
 
 mod details;
+mod flaky;
 mod productpage;
 mod ratings;
 mod reviews;
@@ -47,6 +49,9 @@ enum Role {
         #[arg(long, env = "REVIEWS_VERSION", value_enum)]
         version: reviews::Version,
     },
+    /// Fails the first N requests per key with 503 and counts them (for
+    /// retry tests; no Bookinfo image does this).
+    Flaky,
     /// Istio's tcp-echo-server: each line back with a prefix (plain TCP).
     TcpEcho {
         /// Ports to listen on, comma-separated, as the sample's first argument.
@@ -78,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
         Role::Productpage => ("productpage", productpage::router(productpage::Config::from_env()?)),
         Role::Details => ("details", details::router()),
         Role::Ratings => ("ratings", ratings::router()),
+        Role::Flaky => ("flaky", flaky::router()),
         Role::Reviews { version } => ("reviews", reviews::router(reviews::Config::from_env(version)?)),
     };
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, cli.port));

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 use crate::upstream::{Client, Reply, Service};
-use crate::{details, productpage, ratings, reviews, tcp_echo};
+use crate::{details, flaky, productpage, ratings, reviews, tcp_echo};
 
 async fn spawn(router: Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -481,4 +481,26 @@ async fn tcp_echo_refuses_a_port_in_use_and_bad_port_lists() {
         let err = tcp_echo::parse_ports(bad).unwrap_err();
         assert!(format!("{err:#}").contains(&format!("{bad:?}")), "{bad:?}: {err:#}");
     }
+}
+
+#[tokio::test]
+async fn flaky_fails_the_first_n_requests_per_key_and_counts_them() {
+    let addr = spawn(flaky::router()).await;
+    let status = |reply: Reply| reply.status;
+    assert_eq!(status(get(addr, "/fail/2/a", &[]).await), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        status(get(addr, "/fail/2/b", &[]).await),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "keys count apart"
+    );
+    assert_eq!(status(get(addr, "/fail/2/a", &[]).await), StatusCode::SERVICE_UNAVAILABLE);
+    let third = get(addr, "/fail/2/a", &[]).await;
+    assert_eq!(third.status, StatusCode::OK);
+    assert_eq!(String::from_utf8_lossy(&third.body), "a: attempt 3 succeeds\n");
+    let count = get(addr, "/count/a", &[]).await;
+    assert_eq!(
+        (count.status, String::from_utf8_lossy(&count.body).into_owned()),
+        (StatusCode::OK, "3\n".into())
+    );
+    assert_eq!(String::from_utf8_lossy(&get(addr, "/count/none", &[]).await.body), "0\n");
 }

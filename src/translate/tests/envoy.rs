@@ -588,3 +588,50 @@ fn envoy_serves_a_workload_certificate_from_the_default_and_rootca_secrets() {
     let result = validate("mismatched.pb", secrets_bootstrap(mismatched));
     assert!(!result.status.success(), "Envoy took a key that does not match its certificate");
 }
+
+/// Every resilience field of an HTTP rule at once (retries with each
+/// setting, a fixed delay and a gRPC abort, a mirror and mirrors with
+/// their shares, a timeout): Envoy accepts the routes and the fault
+/// filter's per-route configuration.
+#[test]
+fn envoy_validates_every_resilience_field() {
+    use crate::index::VirtualServices;
+    use crate::testing::objects::config;
+    let mut index = scenario("no-virtual-service");
+    let spec = serde_json::json!({"hosts": ["reviews"], "http": [
+        {"match": [{"headers": {"end-user": {"exact": "jason"}}}],
+         "route": [{"destination": {"host": "reviews", "subset": "v2"}}],
+         "timeout": "3s",
+         "retries": {"attempts": 3, "perTryTimeout": "1s", "retryOn": "5xx,429,unavailable",
+                     "retryRemoteLocalities": true, "retryIgnorePreviousHosts": false, "backoff": "50ms"},
+         "fault": {"delay": {"fixedDelay": "1s", "percent": 10},
+                   "abort": {"grpcStatus": "UNAVAILABLE", "percentage": {"value": 0.5}}},
+         "mirror": {"host": "ratings"}, "mirrorPercent": 20},
+        {"route": [{"destination": {"host": "reviews", "subset": "v1"}, "weight": 50},
+                   {"destination": {"host": "reviews", "subset": "v3"}, "weight": 50}],
+         "fault": {"abort": {"httpStatus": 418, "percent": 5}},
+         "mirrors": [{"destination": {"host": "details"}, "percentage": {"value": 12.5}},
+                     {"destination": {"host": "ratings", "subset": "v1"}}],
+         "retries": {"attempts": 0}}
+    ]});
+    index.apply::<VirtualServices>(&config::<crate::api::VirtualService>(super::NAMESPACE, "reviews", spec));
+    let view = mesh_view(&index);
+    let proxy = productpage(&index);
+    let (out, inb) = (outbound(&view, &view.scope(&proxy)), inbound(&view, &proxy, permissive));
+    let reviews = out.routes.iter().flat_map(|r| &r.virtual_hosts).find(|v| v.name.starts_with("reviews."));
+    let routes = &reviews.expect("reviews' virtual host").routes;
+    assert!(routes.iter().all(|r| r.typed_per_filter_config.contains_key("envoy.filters.http.fault")));
+    let dir = TempDir::new("resilience");
+    let path = dir.write("resilience.pb", static_bootstrap(&dir, &out, &inb).encode_to_vec());
+    let result = Command::new(envoy_binary())
+        .args(["--mode", "validate", "--log-level", "warn", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run envoy");
+    assert!(
+        result.status.success(),
+        "Envoy refused the resilience fields:\n{}{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+}

@@ -1089,3 +1089,65 @@ fn destination_rule_tls_modes_translate() {
     let common = v3.common_tls_context.expect("common");
     assert!(common.validation_context_type.is_none() && common.tls_certificates.is_empty());
 }
+
+#[test]
+fn resilience_features_reach_the_route() {
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+    let mut index = bookinfo();
+    reviews_rule(&mut index);
+    vs(
+        &mut index,
+        NAMESPACE,
+        "reviews",
+        json!({"hosts": ["reviews"], "http": [
+            {"name": "tested", "match": [{"name": "a", "uri": {"prefix": "/a"}}, {"name": "b", "uri": {"prefix": "/b"}}],
+             "route": [{"destination": {"host": "reviews", "subset": "v2"}}],
+             "retries": {"attempts": 4, "retryOn": "503"},
+             "fault": {"delay": {"fixedDelay": "7s", "percentage": {"value": 100}}},
+             "mirror": {"host": "reviews", "subset": "v3", "port": {"number": 9080}}, "mirrorPercentage": {"value": 50},
+             "mirrors": [{"destination": {"host": "nowhere"}},
+                         {"destination": {"host": "ratings", "port": {"number": 9080}}, "percentage": {"value": 0}},
+                         {"destination": {"host": "details", "port": {"number": 9080}}}]},
+            {"name": "rest", "route": [{"destination": {"host": "reviews", "subset": "v1"}}]}
+        ]}),
+    );
+    let out = translate(&index);
+    let routes = &vhost(&out, "9080", REVIEWS).routes;
+    let action = |i: usize| match &routes[i].action {
+        Some(route::Action::Route(a)) => a.clone(),
+        other => panic!("{other:?}"),
+    };
+    for i in [0, 1] {
+        let tested = action(i);
+        let retry = tested.retry_policy.expect("the rule's retries");
+        assert_eq!(
+            (retry.num_retries.map(|n| n.value), retry.retry_on.as_str()),
+            (Some(4), "retriable-status-codes")
+        );
+        assert_eq!(retry.retriable_status_codes, [503]);
+        let mirrors: Vec<_> = tested.request_mirror_policies.iter().map(|m| m.cluster.as_str()).collect();
+        assert_eq!(
+            mirrors,
+            [
+                format!("outbound|9080|v3|{REVIEWS}"),
+                "outbound|9080||details.default.svc.cluster.local".into()
+            ],
+            "a mirror with no Service, or a share of 0, is left out"
+        );
+        let fault = routes[i].typed_per_filter_config.get("envoy.filters.http.fault").expect("the fault");
+        let fault = HttpFault::decode(fault.value.as_slice()).expect("an HTTPFault");
+        assert_eq!(fault.delay.and_then(|d| d.percentage).map(|p| p.numerator), Some(1_000_000));
+    }
+    let rest = action(2);
+    assert_eq!(
+        rest.retry_policy.and_then(|r| r.num_retries).map(|n| n.value),
+        Some(2),
+        "Istio's default policy"
+    );
+    assert!(rest.request_mirror_policies.is_empty() && routes[2].typed_per_filter_config.is_empty());
+    let depends = crate::translate::route::route_clusters(route_config(&out, &format!("{REVIEWS}:9080")));
+    assert!(
+        depends.contains(&format!("outbound|9080|v3|{REVIEWS}")),
+        "the mirror's cluster is waited for: {depends:?}"
+    );
+}

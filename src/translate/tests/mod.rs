@@ -21,7 +21,7 @@ pub(super) use crate::testing::bookinfo::{
 
 /// The scenarios with a golden file each: the DestinationRules of
 /// `destination-rule-all.yaml` plus one routing sample.
-pub(super) const SCENARIOS: [&str; 8] = [
+pub(super) const SCENARIOS: [&str; 10] = [
     "no-virtual-service",
     "virtual-service-all-v1",
     "virtual-service-reviews-test-v2",
@@ -30,6 +30,8 @@ pub(super) const SCENARIOS: [&str; 8] = [
     "virtual-service-reviews-90-10",
     "virtual-service-reviews-50-v3",
     "virtual-service-reviews-v3",
+    "virtual-service-ratings-test-delay",
+    "virtual-service-ratings-test-abort",
 ];
 
 /// Bookinfo with the DestinationRules and the scenario's VirtualServices.
