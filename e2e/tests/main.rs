@@ -9,6 +9,7 @@ mod authz;
 mod ca;
 mod crds;
 mod debug;
+mod http_ops;
 mod inject;
 mod node;
 mod routing;

@@ -53,7 +53,7 @@ use super::passthrough::{
     self, HTTP_CONNECTION_MANAGER, INBOUND_PASSTHROUGH_CLUSTER, INBOUND_SOURCE_ADDRESS, PASSTHROUGH_CLUSTER,
     ROUTER, TCP_PROXY, network_filter,
 };
-use super::route::{route_configuration_for, service_route_configuration, service_route_name};
+use super::route::{cors_filter, route_configuration_for, service_route_configuration, service_route_name};
 use super::tls;
 use super::{any, seconds, socket_address};
 use crate::model::mesh::{MeshView, PortView, ProxyContext, ScopeKey, ServiceView};
@@ -241,7 +241,7 @@ fn outbound_http_chain(port: u16, service: Option<(&ServiceView, &str)>) -> Filt
         }
         None => (format!("0.0.0.0_{port}"), port.to_string(), Vec::new()),
     };
-    let manager = HttpConnectionManager {
+    let mut manager = HttpConnectionManager {
         // One prefix for the port whatever the address, as Istio's.
         stat_prefix: format!("outbound_0.0.0.0_{port}"),
         route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
@@ -250,6 +250,8 @@ fn outbound_http_chain(port: u16, service: Option<(&ServiceView, &str)>) -> Filt
         })),
         ..http_connection_manager()
     };
+    // Routes with a `corsPolicy` configure it; as in Istio, only outbound.
+    manager.http_filters.insert(0, cors_filter());
     FilterChain {
         name,
         filter_chain_match: Some(FilterChainMatch {

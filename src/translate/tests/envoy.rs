@@ -154,7 +154,7 @@ fn secrets_from(dir: &TempDir, listeners: &mut [Listener], clusters: &mut [Clust
 }
 
 /// Everything static: what `--mode validate` can check in full.
-fn static_bootstrap(dir: &TempDir, out: &Outbound, inb: &Inbound) -> Bootstrap {
+pub(super) fn static_bootstrap(dir: &TempDir, out: &Outbound, inb: &Inbound) -> Bootstrap {
     let mut listeners = vec![out.listener.clone(), inb.listener.clone()];
     for listener in &mut listeners {
         map_managers(listener, &mut |manager| {

@@ -10,6 +10,7 @@
 mod envoy;
 mod focused;
 mod jwt;
+mod ops;
 
 use crate::index::{Index, Pods, Services};
 pub(super) use crate::testing::bookinfo::{
