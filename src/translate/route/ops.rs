@@ -327,109 +327,143 @@ pub(super) fn direct_body(body: Option<&HttpBody>) -> Option<DataSource> {
 
 // ------------------------------------------------------------- delegation
 
-/// The rules a root rule delegates to, as Istio merges them: each delegate
-/// rule keeps everything of its own, and its matches become the root's
-/// matches combined with its own (every pair that can hold together; a pair
-/// that contradicts itself is dropped, and a rule left with none is
-/// dropped). A rule without matches takes the other side's as they are.
+/// The rules a root rule delegates to, merged as Istio merges them
+/// (`mergeHTTPRoute`): each delegate match is combined with every root
+/// match it does not contradict, and a delegate rule with a match that
+/// contradicts all of the root's is dropped. A side without matches takes
+/// the other's. The merged rule is named `<root>-<delegate>`, and takes
+/// the root's rewrite, timeout, retries, fault, mirrors, CORS policy and
+/// headers where it sets none of its own.
 pub(super) fn merge_delegate(root: &HttpRoute, delegate: &[HttpRoute]) -> Vec<HttpRoute> {
-    let mut out = Vec::new();
-    for rule in delegate {
-        let matches: Vec<HttpMatchRequest> = match (root.r#match.is_empty(), rule.r#match.is_empty()) {
-            (true, _) => rule.r#match.clone(),
-            (false, true) => root.r#match.clone(),
-            (false, false) => root
-                .r#match
-                .iter()
-                .flat_map(|r| rule.r#match.iter().filter_map(move |d| merge_match(r, d)))
-                .collect(),
-        };
-        if !root.r#match.is_empty() && matches.is_empty() {
-            continue;
-        }
-        let mut merged = rule.clone();
-        merged.r#match = matches;
-        merged.delegate = None;
-        out.push(merged);
-    }
-    out
+    delegate.iter().filter_map(|rule| merge_rule(root, rule)).collect()
 }
 
-/// A delegate's match narrowed by the root's, or None when the two cannot
-/// both hold (different values for one condition, or a delegate path
-/// outside the root's prefix).
-fn merge_match(root: &HttpMatchRequest, delegate: &HttpMatchRequest) -> Option<HttpMatchRequest> {
-    let mut out = delegate.clone();
-    out.name = match (&root.name, &delegate.name) {
-        (Some(r), Some(d)) => Some(format!("{r}-{d}")),
-        (r, d) => d.clone().or_else(|| r.clone()),
+fn merge_rule(root: &HttpRoute, rule: &HttpRoute) -> Option<HttpRoute> {
+    let matches = if root.r#match.is_empty() {
+        rule.r#match.clone()
+    } else if rule.r#match.is_empty() {
+        root.r#match.clone()
+    } else {
+        let mut out = Vec::new();
+        for leaf in &rule.r#match {
+            let merged: Vec<HttpMatchRequest> =
+                root.r#match.iter().filter(|r| !conflicts(r, leaf)).map(|r| merge_match(r, leaf)).collect();
+            if merged.is_empty() {
+                return None;
+            }
+            out.extend(merged);
+        }
+        out
     };
-    out.uri = match (&root.uri, &delegate.uri) {
-        (Some(r), Some(d)) => Some(narrower_uri(r, d)?),
-        (r, d) => d.clone().or_else(|| r.clone()),
+    let mut merged = rule.clone();
+    merged.r#match = matches;
+    merged.delegate = None;
+    merged.name = match (&root.name, &rule.name) {
+        (Some(r), Some(d)) if !r.is_empty() && !d.is_empty() => Some(format!("{r}-{d}")),
+        (r, d) => d.clone().filter(|d| !d.is_empty()).or_else(|| r.clone()),
+    };
+    merged.rewrite = merged.rewrite.or_else(|| root.rewrite.clone());
+    merged.timeout = merged.timeout.or_else(|| root.timeout.clone());
+    merged.retries = merged.retries.or_else(|| root.retries.clone());
+    merged.fault = merged.fault.or_else(|| root.fault.clone());
+    merged.mirror = merged.mirror.or_else(|| root.mirror.clone());
+    merged.mirror_percent = merged.mirror_percent.or(root.mirror_percent);
+    merged.mirror_percentage = merged.mirror_percentage.or_else(|| root.mirror_percentage.clone());
+    if merged.mirrors.is_empty() {
+        merged.mirrors.clone_from(&root.mirrors);
+    }
+    merged.cors_policy = merged.cors_policy.or_else(|| root.cors_policy.clone());
+    merged.headers = merged.headers.or_else(|| root.headers.clone());
+    Some(merged)
+}
+
+/// Istio's `hasConflict`: whether a delegate match can never hold together
+/// with a root match, or asks for what the root's does not allow.
+fn conflicts(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> bool {
+    let pairs = [(&root.uri, &leaf.uri), (&root.scheme, &leaf.scheme), (&root.method, &leaf.method)];
+    if pairs.into_iter().chain([(&root.authority, &leaf.authority)]).any(|(r, l)| string_conflict(r, l)) {
+        return true;
+    }
+    let keyed = [
+        (&root.headers, &leaf.headers),
+        (&root.without_headers, &leaf.without_headers),
+        (&root.query_params, &leaf.query_params),
+    ];
+    for (roots, leaves) in keyed {
+        if leaves.iter().any(|(k, l)| string_conflict(&roots.get(k).cloned(), &Some(l.clone()))) {
+            return true;
+        }
+    }
+    root.ignore_uri_case.unwrap_or(false) != leaf.ignore_uri_case.unwrap_or(false)
+        || matches!((root.port, leaf.port), (Some(r), Some(l)) if r != 0 && l != 0 && r != l)
+        || root
+            .source_namespace
+            .as_deref()
+            .is_some_and(|r| !r.is_empty() && leaf.source_namespace.as_deref() != Some(r))
+        || leaf.source_labels.iter().any(|(k, v)| root.source_labels.get(k).is_some_and(|r| r != v))
+        || (!root.gateways.is_empty() && leaf.gateways.iter().any(|g| !root.gateways.contains(g)))
+}
+
+/// Istio's `stringMatchConflict`: none when either side is unset; a regex
+/// goes with nothing else; under an exact root only the same exact; under
+/// a prefix root a prefix or exact path starting with it.
+fn string_conflict(root: &Option<StringMatch>, leaf: &Option<StringMatch>) -> bool {
+    let (Some(root), Some(leaf)) = (root, leaf) else { return false };
+    let set = |m: &StringMatch| m.exact.is_some() || m.prefix.is_some() || m.regex.is_some();
+    if root.regex.is_some() || leaf.regex.is_some() {
+        return set(root) && set(leaf);
+    }
+    if let Some(exact) = &root.exact {
+        return leaf.exact.as_ref() != Some(exact);
+    }
+    if let Some(prefix) = &root.prefix {
+        return !leaf.prefix.as_ref().or(leaf.exact.as_ref()).is_some_and(|l| l.starts_with(prefix.as_str()));
+    }
+    true
+}
+
+/// Istio's `mergeHTTPMatchRequest`: the delegate's match, with the root's
+/// conditions where it sets none; keyed conditions are the union.
+fn merge_match(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> HttpMatchRequest {
+    let mut out = leaf.clone();
+    out.name = match (&root.name, &leaf.name) {
+        (Some(r), Some(l)) if !r.is_empty() && !l.is_empty() => Some(format!("{r}-{l}")),
+        (r, l) => l.clone().filter(|l| !l.is_empty()).or_else(|| r.clone()),
     };
     for (mine, theirs) in [
+        (&mut out.uri, &root.uri),
         (&mut out.scheme, &root.scheme),
         (&mut out.method, &root.method),
         (&mut out.authority, &root.authority),
     ] {
-        match (mine.as_ref(), theirs) {
-            (Some(d), Some(r)) if d != r => return None,
-            (None, Some(r)) => *mine = Some(r.clone()),
-            _ => {}
+        if mine.is_none() {
+            mine.clone_from(theirs);
         }
     }
-    merge_map(&mut out.headers, &root.headers)?;
-    merge_map(&mut out.without_headers, &root.without_headers)?;
-    merge_map(&mut out.query_params, &root.query_params)?;
-    merge_map(&mut out.source_labels, &root.source_labels)?;
-    match (out.port, root.port) {
-        (Some(d), Some(r)) if d != r => return None,
-        (None, r) => out.port = r,
-        _ => {}
+    union(&mut out.headers, &root.headers);
+    union(&mut out.without_headers, &root.without_headers);
+    union(&mut out.query_params, &root.query_params);
+    union(&mut out.source_labels, &root.source_labels);
+    if out.port.unwrap_or(0) == 0 {
+        out.port = root.port;
     }
-    match (&out.source_namespace, &root.source_namespace) {
-        (Some(d), Some(r)) if d != r => return None,
-        (None, r) => out.source_namespace = r.clone(),
-        _ => {}
+    if out.source_namespace.as_deref().unwrap_or("").is_empty() {
+        out.source_namespace.clone_from(&root.source_namespace);
     }
     if out.gateways.is_empty() {
-        out.gateways = root.gateways.clone();
+        out.gateways.clone_from(&root.gateways);
     }
-    if out.ignore_uri_case.is_none() {
-        out.ignore_uri_case = root.ignore_uri_case;
+    if out.stat_prefix.as_deref().unwrap_or("").is_empty() {
+        out.stat_prefix.clone_from(&root.stat_prefix);
     }
-    if out.stat_prefix.is_none() {
-        out.stat_prefix = root.stat_prefix.clone();
-    }
-    Some(out)
+    out
 }
 
-/// The delegate's path condition when it lies within the root's: equal
-/// conditions, or a delegate prefix or exact path under the root's prefix.
-fn narrower_uri(root: &StringMatch, delegate: &StringMatch) -> Option<StringMatch> {
-    if root == delegate {
-        return Some(delegate.clone());
-    }
-    let within = match (&root.prefix, &delegate.prefix, &delegate.exact) {
-        (Some(r), Some(d), _) => d.starts_with(r.as_str()),
-        (Some(r), None, Some(d)) => d.starts_with(r.as_str()),
-        _ => false,
-    };
-    within.then(|| delegate.clone())
-}
-
-fn merge_map<V: Clone + PartialEq>(mine: &mut BTreeMap<String, V>, root: &BTreeMap<String, V>) -> Option<()> {
+/// The root's entries, then the delegate's over them.
+fn union<V: Clone>(mine: &mut BTreeMap<String, V>, root: &BTreeMap<String, V>) {
     for (k, v) in root {
-        match mine.get(k) {
-            Some(have) if have != v => return None,
-            Some(_) => {}
-            None => {
-                mine.insert(k.clone(), v.clone());
-            }
-        }
+        mine.entry(k.clone()).or_insert_with(|| v.clone());
     }
-    Some(())
 }
 
 #[cfg(test)]
@@ -443,24 +477,34 @@ mod tests {
 
     #[test]
     fn delegate_matches_narrow_the_roots() {
-        let root =
-            rule(json!({"match": [{"uri": {"prefix": "/api"}, "headers": {"x-team": {"exact": "a"}}}],
-                               "delegate": {"name": "api"}}));
+        let root = rule(json!({"name": "root", "timeout": "3s", "delegate": {"name": "api"},
+                               "match": [{"uri": {"prefix": "/api"}, "headers": {"x-team": {"exact": "a"}}}]}));
         let delegate = [
-            rule(
-                json!({"match": [{"uri": {"prefix": "/api/v1"}}], "route": [{"destination": {"host": "v1"}}]}),
-            ),
+            rule(json!({"name": "v1", "match": [{"uri": {"prefix": "/api/v1"}}, {"uri": {"exact": "/api"}}],
+                        "route": [{"destination": {"host": "v1"}}]})),
+            rule(json!({"match": [{"uri": {"prefix": "/api/v2"}}, {"uri": {"prefix": "/v2"}}],
+                        "route": [{"destination": {"host": "v2"}}]})),
             rule(
                 json!({"match": [{"uri": {"prefix": "/other"}}], "route": [{"destination": {"host": "x"}}]}),
             ),
-            rule(
-                json!({"match": [{"headers": {"x-team": {"exact": "b"}}}], "route": [{"destination": {"host": "b"}}]}),
-            ),
+            rule(json!({"match": [{"headers": {"x-team": {"exact": "b"}}}],
+                        "route": [{"destination": {"host": "b"}}]})),
             rule(json!({"route": [{"destination": {"host": "rest"}}]})),
         ];
         let merged = merge_delegate(&root, &delegate);
         let hosts: Vec<&str> = merged.iter().map(|r| r.route[0].destination.host.as_str()).collect();
-        assert_eq!(hosts, ["v1", "rest"], "a path outside /api and a contradicting header are dropped");
+        assert_eq!(
+            hosts,
+            ["v1", "rest"],
+            "a rule with a path outside /api, or a contradicting header, is dropped"
+        );
+        assert_eq!(merged[0].name.as_deref(), Some("root-v1"));
+        assert_eq!(merged[0].r#match.len(), 2);
+        assert_eq!(
+            merged[0].timeout.as_deref(),
+            Some("3s"),
+            "the root's timeout where the delegate has none"
+        );
         let first = &merged[0].r#match[0];
         assert_eq!(first.uri.as_ref().and_then(|u| u.prefix.as_deref()), Some("/api/v1"));
         assert_eq!(first.headers["x-team"].exact.as_deref(), Some("a"), "the root's condition is kept");

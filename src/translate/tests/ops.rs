@@ -107,7 +107,7 @@ fn route_operations_translate_as_istio_does() {
     let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(
         names,
-        ["rewrite", "regex", "moved", "bad-code", "blob", "cors", "legacy", "d1", "d3", "rest"],
+        ["rewrite", "regex", "moved", "bad-code", "blob", "cors", "legacy", "root-d1", "root-d3", "rest"],
         "the delegate's rules sit in the root rule's place, one outside its prefix and a missing delegate dropped"
     );
 
@@ -179,12 +179,12 @@ fn route_operations_translate_as_istio_does() {
     );
     assert_eq!(weighted.clusters[1].response_headers_to_remove, ["x-v2"]);
 
-    let d1 = named(&routes, "d1");
+    let d1 = named(&routes, "root-d1");
     assert_eq!(
         forward(d1).cluster_specifier,
         Some(route_action::ClusterSpecifier::Cluster(format!("outbound|9080|v2|{REVIEWS}")))
     );
-    let d3 = named(&routes, "d3");
+    let d3 = named(&routes, "root-d3");
     assert_eq!(
         d3.r#match.as_ref().and_then(|m| m.path_specifier.clone()),
         Some(envoy_types::pb::envoy::config::route::v3::route_match::PathSpecifier::Prefix(
