@@ -285,16 +285,30 @@ spec:
         prefix: /team
     delegate:
       name: httpbin-team
+      namespace: TEAM_NS
+  - name: private
+    match:
+    - uri:
+        prefix: /private
+    delegate:
+      name: httpbin-private
+      namespace: TEAM_NS
   - name: rest
     route:
     - destination:
         host: httpbin
----
+"#;
+
+/// The delegates, in a namespace of their own: their destinations resolve
+/// there, so they name httpbin by its full name.
+const DELEGATES: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata:
   name: httpbin-team
 spec:
+  exportTo:
+  - "*"
   http:
   - name: a-team
     match:
@@ -304,7 +318,7 @@ spec:
       uri: /anything/a-team
     route:
     - destination:
-        host: httpbin
+        host: httpbin.APPS_NS.svc.cluster.local
   - name: elsewhere
     match:
     - uri:
@@ -318,12 +332,27 @@ spec:
       status: 200
       body:
         string: "team default"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: httpbin-private
+spec:
+  exportTo:
+  - "."
+  http:
+  - directResponse:
+      status: 200
+      body:
+        string: "not for other namespaces"
 "#;
 
 #[test]
 fn rewrites_redirects_direct_responses_and_delegation_on_real_traffic() {
     let apps = Apps::start("mesh-e2e-http-ops");
-    let _vs = Applied::new(&apps.ns.name, REWRITES);
+    let team = TempNamespace::new("http-ops-team");
+    let _delegates = Applied::new(&team.name, &DELEGATES.replace("APPS_NS", &apps.ns.name));
+    let _vs = Applied::new(&apps.ns.name, &REWRITES.replace("TEAM_NS", &team.name));
     eventually("the VirtualService in effect", Duration::from_secs(30), || {
         let down = apps.request("", "/down");
         (down.status == 503 && down.body == "down for maintenance").then_some(())
@@ -357,7 +386,8 @@ fn rewrites_redirects_direct_responses_and_delegation_on_real_traffic() {
     let blob = apps.request("", "/blob");
     assert_eq!((blob.status, blob.body.as_str()), (200, "hello mesh\n"), "{blob:?}");
 
-    // Delegation: the delegate's rules under the root rule's prefix.
+    // Delegation to another namespace: the delegate's rules under the
+    // root rule's prefix.
     let echo = apps.request("", "/team/a/x").echo();
     assert_eq!(echo["url"], "http://httpbin:8000/anything/a-team/x", "{echo}");
     let team = apps.request("", "/team/b");
@@ -366,6 +396,10 @@ fn rewrites_redirects_direct_responses_and_delegation_on_real_traffic() {
     // reaches the root's last rule, and httpbin, which knows no such page.
     let elsewhere = apps.request("", "/elsewhere");
     assert_eq!(elsewhere.status, 404, "{elsewhere:?}");
+    // A delegate not exported to the root's namespace is not used: the
+    // root rule is dropped and /private reaches httpbin (404).
+    let private = apps.request("", "/private");
+    assert_eq!(private.status, 404, "{private:?}");
 
     // Without the VirtualService, the same paths reach httpbin unchanged.
     drop(_vs);
@@ -448,11 +482,17 @@ spec:
         request:
           set:
             x-dest-set: destination
+          add:
+            x-dest-add: destination
           remove:
           - x-dest-gone
         response:
+          set:
+            x-dest-resp-set: destination
           add:
             x-dest-resp: destination
+          remove:
+          - x-dest-resp-gone
   - name: weighted
     match:
     - uri:
@@ -583,7 +623,8 @@ fn cors_and_header_operations_on_real_traffic() {
     // httpbin saw it.
     let echo = apps
         .request(
-            "-H 'x-set: client' -H 'x-add: client' -H 'x-gone: client' -H 'x-dest-gone: client' -H 'x-kept: client'",
+            "-H 'x-set: client' -H 'x-add: client' -H 'x-gone: client' -H 'x-dest-gone: client' \
+             -H 'x-dest-add: client' -H 'x-kept: client'",
             "/anything/ops",
         )
         .echo();
@@ -591,18 +632,22 @@ fn cors_and_header_operations_on_real_traffic() {
     assert_eq!(seen(&echo, "x-add"), ["client", "rule"], "add appends: {echo}");
     assert!(seen(&echo, "x-gone").is_empty(), "remove removes: {echo}");
     assert_eq!(seen(&echo, "x-dest-set"), ["destination"], "{echo}");
+    assert_eq!(seen(&echo, "x-dest-add"), ["client", "destination"], "{echo}");
     assert!(seen(&echo, "x-dest-gone").is_empty(), "{echo}");
     assert_eq!(seen(&echo, "x-kept"), ["client"], "{echo}");
     // Response side as curl saw it: httpbin sends the headers it is asked to.
     let reply = apps.request(
         "",
-        "/response-headers?x-resp-set=server&x-resp-add=server&x-resp-gone=server&x-other=server",
+        "/response-headers?x-resp-set=server&x-resp-add=server&x-resp-gone=server&x-other=server\
+         &x-dest-resp-set=server&x-dest-resp-gone=server",
     );
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.header("x-resp-set"), ["rule"], "{reply:?}");
     assert_eq!(reply.header("x-resp-add"), ["server", "rule"], "{reply:?}");
     assert!(reply.header("x-resp-gone").is_empty(), "{reply:?}");
     assert_eq!(reply.header("x-dest-resp"), ["destination"], "{reply:?}");
+    assert_eq!(reply.header("x-dest-resp-set"), ["destination"], "{reply:?}");
+    assert!(reply.header("x-dest-resp-gone").is_empty(), "{reply:?}");
     assert_eq!(reply.header("x-other"), ["server"], "{reply:?}");
 
     // Each weighted destination edits its own requests and responses.
