@@ -332,7 +332,7 @@ pub(super) fn direct_body(body: Option<&HttpBody>) -> Option<DataSource> {
 /// match it does not contradict, and a delegate rule with a match that
 /// contradicts all of the root's is dropped. A side without matches takes
 /// the other's. The merged rule is named `<root>-<delegate>`, and takes
-/// the root's rewrite, timeout, retries, fault, mirrors, CORS policy and
+/// the root's rewrite, timeout, retries, fault, mirror, CORS policy and
 /// headers where it sets none of its own.
 pub(super) fn merge_delegate(root: &HttpRoute, delegate: &[HttpRoute]) -> Vec<HttpRoute> {
     delegate.iter().filter_map(|rule| merge_rule(root, rule)).collect()
@@ -369,9 +369,6 @@ fn merge_rule(root: &HttpRoute, rule: &HttpRoute) -> Option<HttpRoute> {
     merged.mirror = merged.mirror.or_else(|| root.mirror.clone());
     merged.mirror_percent = merged.mirror_percent.or(root.mirror_percent);
     merged.mirror_percentage = merged.mirror_percentage.or_else(|| root.mirror_percentage.clone());
-    if merged.mirrors.is_empty() {
-        merged.mirrors.clone_from(&root.mirrors);
-    }
     merged.cors_policy = merged.cors_policy.or_else(|| root.cors_policy.clone());
     merged.headers = merged.headers.or_else(|| root.headers.clone());
     Some(merged)
@@ -394,24 +391,18 @@ fn conflicts(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> bool {
             return true;
         }
     }
+    // Source conditions and gateways are not compared (Istio).
     root.ignore_uri_case.unwrap_or(false) != leaf.ignore_uri_case.unwrap_or(false)
         || matches!((root.port, leaf.port), (Some(r), Some(l)) if r != 0 && l != 0 && r != l)
-        || root
-            .source_namespace
-            .as_deref()
-            .is_some_and(|r| !r.is_empty() && leaf.source_namespace.as_deref() != Some(r))
-        || leaf.source_labels.iter().any(|(k, v)| root.source_labels.get(k).is_some_and(|r| r != v))
-        || (!root.gateways.is_empty() && leaf.gateways.iter().any(|g| !root.gateways.contains(g)))
 }
 
 /// Istio's `stringMatchConflict`: none when either side is unset; a regex
-/// goes with nothing else; under an exact root only the same exact; under
-/// a prefix root a prefix or exact path starting with it.
+/// on either side always; under an exact root only the same exact; under a
+/// prefix root a prefix or exact path starting with it.
 fn string_conflict(root: &Option<StringMatch>, leaf: &Option<StringMatch>) -> bool {
     let (Some(root), Some(leaf)) = (root, leaf) else { return false };
-    let set = |m: &StringMatch| m.exact.is_some() || m.prefix.is_some() || m.regex.is_some();
     if root.regex.is_some() || leaf.regex.is_some() {
-        return set(root) && set(leaf);
+        return true;
     }
     if let Some(exact) = &root.exact {
         return leaf.exact.as_ref() != Some(exact);
@@ -423,7 +414,9 @@ fn string_conflict(root: &Option<StringMatch>, leaf: &Option<StringMatch>) -> bo
 }
 
 /// Istio's `mergeHTTPMatchRequest`: the delegate's match, with the root's
-/// conditions where it sets none; keyed conditions are the union.
+/// request conditions where it sets none (header and query conditions are
+/// the union); source conditions, gateways and `statPrefix` stay the
+/// delegate's own.
 fn merge_match(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> HttpMatchRequest {
     let mut out = leaf.clone();
     out.name = match (&root.name, &leaf.name) {
@@ -443,18 +436,8 @@ fn merge_match(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> HttpMatchReq
     union(&mut out.headers, &root.headers);
     union(&mut out.without_headers, &root.without_headers);
     union(&mut out.query_params, &root.query_params);
-    union(&mut out.source_labels, &root.source_labels);
     if out.port.unwrap_or(0) == 0 {
         out.port = root.port;
-    }
-    if out.source_namespace.as_deref().unwrap_or("").is_empty() {
-        out.source_namespace.clone_from(&root.source_namespace);
-    }
-    if out.gateways.is_empty() {
-        out.gateways.clone_from(&root.gateways);
-    }
-    if out.stat_prefix.as_deref().unwrap_or("").is_empty() {
-        out.stat_prefix.clone_from(&root.stat_prefix);
     }
     out
 }
