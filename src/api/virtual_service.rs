@@ -211,6 +211,31 @@ pub struct HttpRoute {
     /// every response it returns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
+
+    /// Istio 1.0: use `headers.request.add`. Headers appended to each
+    /// request this rule forwards, like `appendRequestHeaders`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub append_headers: BTreeMap<String, String>,
+
+    /// Istio 1.1: use `headers.request.add`. Headers appended to each
+    /// request this rule forwards.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub append_request_headers: BTreeMap<String, String>,
+
+    /// Istio 1.1: use `headers.request.remove`. Names of headers removed
+    /// from each request this rule forwards.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_request_headers: Vec<String>,
+
+    /// Istio 1.1: use `headers.response.add`. Headers appended to each
+    /// response this rule returns.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub append_response_headers: BTreeMap<String, String>,
+
+    /// Istio 1.1: use `headers.response.remove`. Names of headers removed
+    /// from each response this rule returns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_response_headers: Vec<String>,
 }
 
 /// A reference to the VirtualService whose HTTP rules handle the requests a
@@ -386,6 +411,26 @@ pub struct HttpRouteDestination {
     /// this destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
+
+    /// Istio 1.1: use `headers.request.add`. Headers appended to each
+    /// request sent to this destination.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub append_request_headers: BTreeMap<String, String>,
+
+    /// Istio 1.1: use `headers.request.remove`. Names of headers removed
+    /// from each request sent to this destination.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_request_headers: Vec<String>,
+
+    /// Istio 1.1: use `headers.response.add`. Headers appended to each
+    /// response from this destination.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub append_response_headers: BTreeMap<String, String>,
+
+    /// Istio 1.1: use `headers.response.remove`. Names of headers removed
+    /// from each response from this destination.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove_response_headers: Vec<String>,
 }
 
 /// A destination of a TLS or TCP rule with its share of the connections.
@@ -1020,6 +1065,24 @@ http:
   route:
   - destination:
       host: ratings
+    appendRequestHeaders:
+      x-dest: ratings
+    removeRequestHeaders:
+    - x-drop
+    appendResponseHeaders:
+      x-from: ratings
+    removeResponseHeaders:
+    - x-secret
+  appendHeaders:
+    x-legacy: "1.0"
+  appendRequestHeaders:
+    x-request: "1.1"
+  removeRequestHeaders:
+  - x-internal
+  appendResponseHeaders:
+    x-response: "1.1"
+  removeResponseHeaders:
+  - server
   mirror:
     host: ratings-shadow
   mirrorPercent: 10

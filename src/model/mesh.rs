@@ -385,6 +385,16 @@ impl MeshView {
             .map(|(_, vs)| vs.as_ref())
     }
 
+    /// The VirtualService `namespace/name`, as a root rule's `delegate`
+    /// names it.
+    pub fn virtual_service(&self, namespace: &str, name: &str) -> Option<&VirtualServiceView> {
+        // In namespace/name order.
+        self.virtual_services
+            .binary_search_by(|vs| (vs.key.namespace.as_str(), vs.key.name.as_str()).cmp(&(namespace, name)))
+            .ok()
+            .map(|i| self.virtual_services[i].as_ref())
+    }
+
     /// The DestinationRule that applies to `service` for proxies of `scope`.
     pub fn destination_rule_for(
         &self,

@@ -35,12 +35,17 @@
 //! one function each over [`RouteFeatures`], applied in
 //! [`route_for_rule`]: timeout, retries (Istio's default policy when a rule
 //! sets none, and on the route of a Service without a VirtualService),
-//! fault and mirrors are in [`resilience`]. Rewrites, redirects, CORS and
-//! header operations come next.
+//! fault and mirrors are in [`resilience`]; rewrites, redirects, direct
+//! responses, CORS, header operations, `statPrefix` and delegation in
+//! [`ops`].
 
 mod resilience;
 
 use std::collections::BTreeSet;
+
+mod ops;
+
+pub use ops::{CORS_FILTER, cors_filter};
 
 use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::config::route::v3::{
@@ -55,7 +60,7 @@ use super::cluster::{BLACK_HOLE_CLUSTER, ClusterPolicy, TcpProxyTimeouts, outbou
 use super::passthrough::PASSTHROUGH_CLUSTER;
 use super::{parse_duration, seconds};
 use crate::api::destination_rule::ConsistentHashLb;
-use crate::api::virtual_service::{Destination, HttpMatchRequest, HttpRoute, StringMatch};
+use crate::api::virtual_service::{Delegate, Destination, HttpMatchRequest, HttpRoute, StringMatch};
 use crate::model::mesh::{MeshView, ScopeKey, ServiceView, VirtualServiceView, for_sidecars, is_subset};
 pub use resilience::{FAULT_FILTER, fault_filter};
 
@@ -130,7 +135,16 @@ pub fn virtual_host(view: &MeshView, scope: &ScopeKey, service: &ServiceView, po
     let mut routes = Vec::new();
     if let Some(vs) = view.virtual_service_for(scope, service) {
         for rule in &vs.spec.http {
-            routes.extend(route_for_rule(view, scope, vs, rule, service, port));
+            match rule.delegate.as_ref().and_then(|d| delegate_of(view, vs, d)) {
+                Some(delegate) => {
+                    for merged in ops::merge_delegate(rule, &delegate.spec.http) {
+                        routes.extend(route_for_rule(view, scope, delegate, &merged, service, port));
+                    }
+                }
+                // A rule whose delegate is missing is dropped, as in Istio.
+                None if rule.delegate.is_some() => {}
+                None => routes.extend(route_for_rule(view, scope, vs, rule, service, port)),
+            }
         }
     }
     if routes.is_empty() {
@@ -184,6 +198,20 @@ fn default_route(view: &MeshView, scope: &ScopeKey, service: &ServiceView, port:
     }
 }
 
+/// The VirtualService a root rule delegates to: one without hosts (Istio
+/// ignores a delegate that has them), exported to the root's namespace.
+/// Its rules' destinations resolve in its own namespace.
+fn delegate_of<'a>(
+    view: &'a MeshView,
+    root: &VirtualServiceView,
+    delegate: &Delegate,
+) -> Option<&'a VirtualServiceView> {
+    let name = delegate.name.as_deref().filter(|n| !n.is_empty())?;
+    let namespace = delegate.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(&root.key.namespace);
+    view.virtual_service(namespace, name)
+        .filter(|d| d.spec.hosts.is_empty() && d.export_to.visible_to(&root.key.namespace))
+}
+
 /// What an Istio HTTPRoute does besides choosing a destination. Each
 /// feature is translated by its own function onto the Envoy route.
 struct RouteFeatures<'a> {
@@ -199,30 +227,30 @@ fn route_for_rule(
     service: &ServiceView,
     port: u16,
 ) -> Vec<Route> {
-    let matches: Vec<(Option<&str>, RouteMatch)> = if rule.r#match.is_empty() {
+    let matches: Vec<(Option<&HttpMatchRequest>, RouteMatch)> = if rule.r#match.is_empty() {
         vec![(None, prefix_match("/"))]
     } else {
         rule.r#match
             .iter()
             .filter(|m| match_applies(m, scope, port))
-            .map(|m| (m.name.as_deref(), route_match(m)))
+            .map(|m| (Some(m), route_match(m)))
             .collect()
     };
     if matches.is_empty() {
         return Vec::new();
     }
-    let action = rule_action(view, scope, vs, rule, service, port);
-    let mut template = Route { action: Some(action), ..Default::default() };
-    RouteFeatures { rule }.fault(&mut template);
+    let template = rule_route(view, scope, vs, rule, service, port);
     matches
         .into_iter()
-        .map(|(match_name, matched)| Route {
-            name: match (rule.name.as_deref(), match_name) {
+        .map(|(m, matched)| Route {
+            name: match (rule.name.as_deref(), m.and_then(|m| m.name.as_deref())) {
                 (Some(rule), Some(m)) => format!("{rule}.{m}"),
                 (Some(name), None) | (None, Some(name)) => name.to_string(),
                 (None, None) => String::new(),
             },
             r#match: Some(matched),
+            // Envoy counts the route's requests under `vhost.<host>.route.<statPrefix>.`.
+            stat_prefix: m.and_then(|m| m.stat_prefix.clone()).unwrap_or_default(),
             ..template.clone()
         })
         .collect()
@@ -236,6 +264,40 @@ fn match_applies(m: &HttpMatchRequest, scope: &ScopeKey, port: u16) -> bool {
         && for_sidecars(&m.gateways)
 }
 
+/// The Envoy route of one rule, its match left out: the action (forward,
+/// redirect or direct response) and the features that apply to every
+/// action (header operations, CORS, fault), as Istio's `translateRoute`.
+fn rule_route(
+    view: &MeshView,
+    scope: &ScopeKey,
+    vs: &VirtualServiceView,
+    rule: &HttpRoute,
+    service: &ServiceView,
+    port: u16,
+) -> Route {
+    let features = RouteFeatures { rule };
+    let mut out = Route::default();
+    let header_authority = ops::HeaderEdits::of(rule.headers.as_ref(), &ops::LegacyHeaders::of_rule(rule))
+        .apply_to_route(&mut out);
+    out.action = Some(if let Some(redirect) = &rule.redirect {
+        ops::redirect(redirect, port, &vs.key.to_string())
+    } else if let Some(direct) = &rule.direct_response {
+        route::Action::DirectResponse(DirectResponseAction {
+            status: direct.status,
+            body: ops::direct_body(direct.body.as_ref()),
+            ..Default::default()
+        })
+    } else {
+        rule_action(view, scope, vs, rule, service, port, &mut out, header_authority)
+    });
+    features.cors(&mut out);
+    features.fault(&mut out);
+    out
+}
+
+/// Where a forwarding rule sends requests: its destinations, with their
+/// own header operations, and the rule's features that act on forwarding.
+#[allow(clippy::too_many_arguments)]
 fn rule_action(
     view: &MeshView,
     scope: &ScopeKey,
@@ -243,19 +305,13 @@ fn rule_action(
     rule: &HttpRoute,
     service: &ServiceView,
     port: u16,
+    out: &mut Route,
+    header_authority: Option<String>,
 ) -> route::Action {
-    if let Some(direct) = &rule.direct_response {
-        let body = direct.body.as_ref().and_then(|b| b.string.clone()).unwrap_or_default();
-        return direct_response(direct.status, body);
-    }
     if rule.route.is_empty() {
-        // Redirects and delegation are not translated yet.
         return direct_response(
             503,
-            format!(
-                "mesh: VirtualService {}: this rule has no route destination the mesh can translate yet",
-                vs.key
-            ),
+            format!("mesh: VirtualService {}: this rule has no route destination", vs.key),
         );
     }
     let destinations: Vec<(Result<Target, String>, u32)> = rule
@@ -269,23 +325,41 @@ fn rule_action(
         })
         .collect();
 
+    let mut header_authority = header_authority;
     let mut action = match destinations.as_slice() {
         [(Err(why), _)] => return direct_response(503, format!("mesh: VirtualService {}: {why}", vs.key)),
         [(Ok(target), _)] => {
             let mut action = to_cluster(target.cluster.clone());
             action.hash_policy = hash_policy(target.hash.as_ref());
+            // One destination: its header operations join the rule's on the
+            // route; its authority only when the rule sets none (Istio).
+            let only = &rule.route[0];
+            let authority =
+                ops::HeaderEdits::of(only.headers.as_ref(), &ops::LegacyHeaders::of_destination(only))
+                    .apply_to_route(out);
+            header_authority = header_authority.or(authority);
             action
         }
         many => {
-            let total: u32 = many.iter().map(|(_, w)| w).sum();
+            // Validation keeps the weights to 100 in all; a sum past u32 is no panic.
+            let total: u64 = many.iter().map(|(_, w)| u64::from(*w)).sum();
             let clusters = many
                 .iter()
+                .zip(&rule.route)
                 // Istio drops zero-weight destinations; with no weights at all, shares are equal.
-                .filter(|(_, w)| total == 0 || *w > 0)
-                .map(|(target, w)| weighted_cluster::ClusterWeight {
-                    name: target.as_ref().map_or(BLACK_HOLE_CLUSTER.to_string(), |t| t.cluster.clone()),
-                    weight: Some(UInt32Value { value: if total == 0 { 1 } else { *w } }),
-                    ..Default::default()
+                .filter(|((_, w), _)| total == 0 || *w > 0)
+                .map(|((target, w), destination)| {
+                    let mut weight = weighted_cluster::ClusterWeight {
+                        name: target.as_ref().map_or(BLACK_HOLE_CLUSTER.to_string(), |t| t.cluster.clone()),
+                        weight: Some(UInt32Value { value: if total == 0 { 1 } else { *w } }),
+                        ..Default::default()
+                    };
+                    ops::HeaderEdits::of(
+                        destination.headers.as_ref(),
+                        &ops::LegacyHeaders::of_destination(destination),
+                    )
+                    .apply_to_weight(&mut weight);
+                    weight
                 })
                 .collect();
             // Consistent hashing only when every destination hashes the same way.
@@ -311,6 +385,7 @@ fn rule_action(
     features.mirrors(&mut action, |mirror| {
         resolve(view, scope, &vs.key.namespace, mirror, service, port).ok().map(|t| t.cluster)
     });
+    features.rewrite(&mut action, header_authority);
     route::Action::Route(action)
 }
 

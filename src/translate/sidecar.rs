@@ -54,7 +54,9 @@ use super::passthrough::{
     self, HTTP_CONNECTION_MANAGER, INBOUND_PASSTHROUGH_CLUSTER, INBOUND_SOURCE_ADDRESS, PASSTHROUGH_CLUSTER,
     ROUTER, TCP_PROXY, network_filter,
 };
-use super::route::{fault_filter, route_configuration_for, service_route_configuration, service_route_name};
+use super::route::{
+    cors_filter, fault_filter, route_configuration_for, service_route_configuration, service_route_name,
+};
 use super::{any, seconds, socket_address};
 use super::{tcp, tls};
 use crate::model::mesh::{MeshView, PortView, ProxyContext, ScopeKey, ServiceView};
@@ -265,8 +267,10 @@ fn outbound_http_chain(port: u16, service: Option<(&ServiceView, &str)>) -> Filt
         })),
         ..http_connection_manager()
     };
-    // Faults are injected on the client's side, by the routes that set them.
+    // Faults are injected on the client's side, by the routes that set
+    // them; CORS before them, as Istio orders its outbound filters.
     manager.http_filters.insert(0, fault_filter());
+    manager.http_filters.insert(0, cors_filter());
     FilterChain {
         name,
         filter_chain_match: Some(FilterChainMatch {

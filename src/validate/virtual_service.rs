@@ -3,7 +3,7 @@
 //! rewrites, redirects, direct responses, mirrors, TLS and TCP rules),
 //! Istio's unreachable-rule warnings, and the checks against the cluster.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::api::virtual_service::{
     CorsPolicy, Destination, HeaderOperations, Headers, HttpDirectResponse, HttpFaultInjection,
@@ -329,11 +329,27 @@ fn check_http_route(vs: &Vs, p: &str, r: &HttpRoute, out: &mut Out) {
         check_rewrite(&format!("{p}.rewrite"), rewrite, out);
     }
     check_authority_rewrite(p, r, out);
+    check_legacy_headers(
+        p,
+        &[("appendHeaders", &r.append_headers), ("appendRequestHeaders", &r.append_request_headers)],
+        &r.remove_request_headers,
+        &r.append_response_headers,
+        &r.remove_response_headers,
+        out,
+    );
     for (k, d) in r.route.iter().enumerate() {
         let dp = format!("{p}.route[{k}]");
         if let Some(h) = &d.headers {
             check_headers(&format!("{dp}.headers"), h, out);
         }
+        check_legacy_headers(
+            &dp,
+            &[("appendRequestHeaders", &d.append_request_headers)],
+            &d.remove_request_headers,
+            &d.append_response_headers,
+            &d.remove_response_headers,
+            out,
+        );
     }
     let dests: Vec<(&Destination, Option<i32>)> =
         r.route.iter().map(|d| (&d.destination, d.weight)).collect();
@@ -437,6 +453,46 @@ fn check_header_ops(p: &str, ops: &HeaderOperations, request: bool, out: &mut Ou
     }
     for (i, name) in ops.remove.iter().enumerate() {
         check_header_operation_name(out, &format!("{p}.remove[{i}]"), name);
+    }
+}
+
+/// Istio 1.1's header fields, which `headers` replaced: checked like
+/// `headers`' own, each with a warning naming its replacement.
+fn check_legacy_headers(
+    p: &str,
+    append_request: &[(&str, &BTreeMap<String, String>)],
+    remove_request: &[String],
+    append_response: &BTreeMap<String, String>,
+    remove_response: &[String],
+    out: &mut Out,
+) {
+    let mut fields: Vec<(&str, &str, &BTreeMap<String, String>, bool)> =
+        append_request.iter().map(|(f, m)| (*f, "headers.request.add", *m, true)).collect();
+    fields.push(("appendResponseHeaders", "headers.response.add", append_response, false));
+    for (field, replacement, map, request) in fields {
+        for (name, value) in map {
+            let hp = key(&format!("{p}.{field}"), name);
+            if request {
+                check_request_header_set_name(out, &hp, name);
+            } else {
+                check_header_operation_name(out, &hp, name);
+            }
+            check_header_value(out, &hp, value);
+        }
+        if !map.is_empty() {
+            out.warn(format!("{p}.{field}"), format!("{field} is Istio 1.1's: use {replacement}"));
+        }
+    }
+    for (field, replacement, names) in [
+        ("removeRequestHeaders", "headers.request.remove", remove_request),
+        ("removeResponseHeaders", "headers.response.remove", remove_response),
+    ] {
+        for (i, name) in names.iter().enumerate() {
+            check_header_operation_name(out, &format!("{p}.{field}[{i}]"), name);
+        }
+        if !names.is_empty() {
+            out.warn(format!("{p}.{field}"), format!("{field} is Istio 1.1's: use {replacement}"));
+        }
     }
 }
 
@@ -710,6 +766,15 @@ fn check_redirect(p: &str, r: &HttpRedirect, out: &mut Out) {
         out.err(
             format!("{p}.redirectCode"),
             format!("{code} is not a redirect code: use a 3xx code such as 301 or 302"),
+        );
+    } else if let Some(code) = r.redirect_code
+        && !matches!(code, 0 | 301 | 302 | 303 | 307 | 308)
+    {
+        out.warn(
+            format!("{p}.redirectCode"),
+            format!(
+                "Envoy cannot redirect with {code}, so matching requests get 503: use 301, 302, 303, 307 or 308"
+            ),
         );
     }
     if let Some(s) = &r.scheme

@@ -11,8 +11,9 @@ mod envoy;
 mod focused;
 mod jwt;
 mod l4;
-mod random;
+mod ops;
 mod policy;
+mod random;
 
 use crate::index::{Index, Pods, Services};
 pub(super) use crate::testing::bookinfo::{

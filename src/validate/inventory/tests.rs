@@ -144,21 +144,19 @@ fn each_unapplied_field_is_named_where_it_is_set_once() {
          "route": [{"destination": {"host": "ratings"}, "headers": {"request": {"set": {"a": "b"}}}}]}
     ]});
     let found = unapplied("VirtualService", &spec);
-    assert_eq!(
-        fields(&found),
-        ["spec.http[1].match[0].statPrefix", "spec.http[1].route[0].headers"],
-        "fault and retries are applied"
-    );
+    assert_eq!(fields(&found), Vec::<&str>::new(), "every field here is applied");
+    // A DestinationRule's unapplied parts, each named where it is set.
+    let rule = json!({"host": "ratings", "trafficPolicy": {"proxyProtocol": {"version": "V1"}},
+                      "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+                                  {"name": "v2", "labels": {"version": "v2"},
+                                   "trafficPolicy": {"proxyProtocol": {}, "loadBalancer": {"simple": "RANDOM"}}}]});
+    let found = unapplied("DestinationRule", &rule);
+    assert_eq!(fields(&found), ["spec.subsets[1].trafficPolicy.proxyProtocol", "spec.trafficPolicy.proxyProtocol"]);
     assert!(found.iter().all(|f| f.severity == Severity::Warning && f.message.starts_with(NOT_APPLIED)));
 }
 
 #[test]
-fn a_redirect_and_unapplied_destination_tls_are_named_with_what_they_mean() {
-    let spec = json!({"hosts": ["a"], "http": [{"redirect": {"uri": "/b"}}]});
-    let found = unapplied("VirtualService", &spec);
-    assert_eq!(fields(&found), ["spec.http[0].redirect"]);
-    assert!(found[0].message.contains("503"), "{}", found[0].message);
-
+fn unapplied_destination_tls_is_named_with_what_it_means() {
     // The TLS modes are applied; a certificate by credentialName is not.
     let rule = json!({"host": "*.local", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}},
                       "subsets": [{"name": "v1", "labels": {"version": "v1"},
@@ -209,8 +207,8 @@ fn maps_are_walked_by_key_and_unknown_fields_are_never_claimed() {
 
 #[test]
 fn the_summary_lists_fields_with_their_reasons() {
-    let spec = json!({"hosts": ["a"], "http": [{"redirect": {"uri": "/b"}, "corsPolicy": {"allowMethods": ["GET"]}}]});
-    let s = summary(&unapplied("VirtualService", &spec));
+    let rule = json!({"host": "a", "trafficPolicy": {"proxyProtocol": {}, "tls": {"mode": "SIMPLE", "credentialName": "c"}}});
+    let s = summary(&unapplied("DestinationRule", &rule));
     assert!(s.starts_with(NOT_APPLIED), "{s}");
-    assert!(s.contains("spec.http[0].corsPolicy") && s.contains("; spec.http[0].redirect ("), "{s}");
+    assert!(s.contains("spec.trafficPolicy.proxyProtocol; spec.trafficPolicy.tls.credentialName ("), "{s}");
 }
