@@ -336,19 +336,18 @@ mod tests {
 
     #[test]
     fn a_condition_keeps_its_transition_time_until_its_status_changes() {
-        let spec = json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": "reviews"}}]}]});
-        let mut c = config::<VirtualServiceSpec>(spec, 1);
-        c.status = Some(desired("VirtualService", &c, &Context::default(), at(T0)));
+        let spec = json!({"host": "reviews", "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}});
+        let mut c = config::<DestinationRuleSpec>(spec, 1);
+        c.status = Some(desired("DestinationRule", &c, &Context::default(), at(T0)));
         // Recomputed later with nothing changed: the very same status, so nothing is written.
-        let again = desired("VirtualService", &c, &Context::default(), at(T1));
+        let again = desired("DestinationRule", &c, &Context::default(), at(T1));
         assert_eq!(c.status.as_ref(), Some(&again));
 
-        // A CORS policy is not applied: Reconciled turns False at T1, Accepted keeps T0.
-        c.spec = serde_json::from_value(json!({"hosts": ["reviews"], "http": [
-            {"corsPolicy": {"allowMethods": ["GET"]}, "route": [{"destination": {"host": "reviews"}}]}]}))
-        .expect("a spec");
+        // The PROXY protocol is not applied: Reconciled turns False at T1, Accepted keeps T0.
+        c.spec = serde_json::from_value(json!({"host": "reviews", "trafficPolicy": {"proxyProtocol": {}}}))
+            .expect("a spec");
         c.generation = 2;
-        let changed = desired("VirtualService", &c, &Context::default(), at(T1));
+        let changed = desired("DestinationRule", &c, &Context::default(), at(T1));
         assert_eq!(condition(&changed, "Accepted").last_transition_time.as_deref(), Some(T0));
         assert_eq!(condition(&changed, "Reconciled").last_transition_time.as_deref(), Some(T1));
         assert_eq!(changed.observed_generation, Some(2));

@@ -312,7 +312,11 @@ fn range((address_prefix, len): (String, u32)) -> CidrRange {
     CidrRange { address_prefix, prefix_len: Some(UInt32Value { value: len }) }
 }
 
-fn tcp_proxy(stat_prefix: String, specifier: tcp_proxy::ClusterSpecifier, timeouts: &TcpProxyTimeouts) -> Filter {
+fn tcp_proxy(
+    stat_prefix: String,
+    specifier: tcp_proxy::ClusterSpecifier,
+    timeouts: &TcpProxyTimeouts,
+) -> Filter {
     let proxy = TcpProxy {
         stat_prefix,
         cluster_specifier: Some(specifier),

@@ -151,7 +151,10 @@ fn each_unapplied_field_is_named_where_it_is_set_once() {
                                   {"name": "v2", "labels": {"version": "v2"},
                                    "trafficPolicy": {"proxyProtocol": {}, "loadBalancer": {"simple": "RANDOM"}}}]});
     let found = unapplied("DestinationRule", &rule);
-    assert_eq!(fields(&found), ["spec.subsets[1].trafficPolicy.proxyProtocol", "spec.trafficPolicy.proxyProtocol"]);
+    assert_eq!(
+        fields(&found),
+        ["spec.subsets[1].trafficPolicy.proxyProtocol", "spec.trafficPolicy.proxyProtocol"]
+    );
     assert!(found.iter().all(|f| f.severity == Severity::Warning && f.message.starts_with(NOT_APPLIED)));
 }
 
@@ -210,5 +213,8 @@ fn the_summary_lists_fields_with_their_reasons() {
     let rule = json!({"host": "a", "trafficPolicy": {"proxyProtocol": {}, "tls": {"mode": "SIMPLE", "credentialName": "c"}}});
     let s = summary(&unapplied("DestinationRule", &rule));
     assert!(s.starts_with(NOT_APPLIED), "{s}");
-    assert!(s.contains("spec.trafficPolicy.proxyProtocol; spec.trafficPolicy.tls.credentialName ("), "{s}");
+    assert!(
+        s.contains("spec.trafficPolicy.proxyProtocol (") && s.contains("; spec.trafficPolicy.tls.credentialName ("),
+        "{s}"
+    );
 }
