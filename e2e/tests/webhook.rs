@@ -558,22 +558,17 @@ fn condition_of(resource: &str, ns: Option<&str>, name: &str, type_: &str) -> Op
     object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).cloned()
 }
 
-/// A VirtualService with a field mesh does not apply yet.
-const RATINGS_WITH_CORS: &str = "
+/// A DestinationRule with a field mesh does not apply yet.
+const HTTPBIN_WITH_PROXY_PROTOCOL: &str = "
 apiVersion: networking.istio.io/v1alpha3
-kind: VirtualService
+kind: DestinationRule
 metadata:
-  name: ratings
+  name: httpbin
 spec:
-  hosts:
-  - ratings
-  http:
-  - corsPolicy:
-      allowOrigins:
-      - exact: https://example.com
-    route:
-    - destination:
-        host: ratings
+  host: httpbin
+  trafficPolicy:
+    proxyProtocol:
+      version: V1
 ";
 
 #[test]
@@ -602,18 +597,20 @@ fn samples_with_fields_mesh_does_not_apply_warn_at_apply_and_say_so_in_status() 
         stderr.lines().filter(|l| l.contains(NOT_APPLIED)).map(|l| l.trim().to_string()).collect()
     };
 
-    // A CORS policy is not applied yet: the warning names the object and
-    // the field. (No Bookinfo sample sets a field mesh does not apply any
-    // more: fault injection, the last, is applied.)
-    let cors = kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(RATINGS_WITH_CORS));
-    assert!(cors.ok, "{}", cors.stderr);
-    let warned = not_applied(&cors.stderr);
-    assert_eq!(warned.len(), 1, "{}", cors.stderr);
+    // The PROXY protocol is not applied yet: the warning names the object
+    // and the field. (No Bookinfo sample sets a field mesh does not apply
+    // any more: every VirtualService field is applied.)
+    let proxy = kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(HTTPBIN_WITH_PROXY_PROTOCOL));
+    assert!(proxy.ok, "{}", proxy.stderr);
+    let warned = not_applied(&proxy.stderr);
+    assert_eq!(warned.len(), 1, "{}", proxy.stderr);
     assert!(
-        warned[0]
-            .contains(&format!("VirtualService {}/ratings: spec.http[0].corsPolicy: {NOT_APPLIED}", ns.name)),
+        warned[0].contains(&format!(
+            "DestinationRule {}/httpbin: spec.trafficPolicy.proxyProtocol: {NOT_APPLIED}",
+            ns.name
+        )),
         "{}",
-        cors.stderr
+        proxy.stderr
     );
     // Fault injection is applied: nothing to warn about.
     let faults = apply("networking/fault-injection-details-v1.yaml");
@@ -635,12 +632,15 @@ fn samples_with_fields_mesh_does_not_apply_warn_at_apply_and_say_so_in_status() 
             condition_of(resource, ns, name, "Reconciled")
         })
     };
-    let ratings = reconciled("vs", Some(&ns.name), "ratings");
+    let httpbin = reconciled("dr", Some(&ns.name), "httpbin");
     assert_eq!(
-        (ratings["status"].as_str(), ratings["reason"].as_str()),
+        (httpbin["status"].as_str(), httpbin["reason"].as_str()),
         (Some("False"), Some("Unsupported"))
     );
-    assert!(ratings["message"].as_str().unwrap_or_default().contains("spec.http[0].corsPolicy"), "{ratings}");
+    assert!(
+        httpbin["message"].as_str().unwrap_or_default().contains("spec.trafficPolicy.proxyProtocol"),
+        "{httpbin}"
+    );
     let reviews_rule = reconciled("dr", Some(&ns.name), "reviews");
     assert_eq!(
         (reviews_rule["status"].as_str(), reviews_rule["reason"].as_str()),
@@ -663,7 +663,7 @@ fn samples_with_fields_mesh_does_not_apply_warn_at_apply_and_say_so_in_status() 
         );
     }
     // And Accepted still says the objects are valid.
-    let accepted = condition_of("vs", Some(&ns.name), "ratings", "Accepted").expect("Accepted");
+    let accepted = condition_of("dr", Some(&ns.name), "httpbin", "Accepted").expect("Accepted");
     assert_eq!(accepted["status"], "True", "{accepted}");
 }
 

@@ -214,7 +214,8 @@ fn the_summary_lists_fields_with_their_reasons() {
     let s = summary(&unapplied("DestinationRule", &rule));
     assert!(s.starts_with(NOT_APPLIED), "{s}");
     assert!(
-        s.contains("spec.trafficPolicy.proxyProtocol (") && s.contains("; spec.trafficPolicy.tls.credentialName ("),
+        s.contains("spec.trafficPolicy.proxyProtocol (")
+            && s.contains("; spec.trafficPolicy.tls.credentialName ("),
         "{s}"
     );
 }
