@@ -319,3 +319,57 @@ fn unknown_destinations_close_their_share_of_connections() {
     );
     envoy_accepts(&index);
 }
+
+/// The TCP proxy of the chain named `name`.
+fn proxy_of(out: &Outbound, name: &str) -> TcpProxy {
+    let chain = out.listener.filter_chains.iter().find(|c| c.name == name).expect("the chain");
+    let Some(filter::ConfigType::TypedConfig(config)) = &chain.filters[0].config_type else { panic!() };
+    TcpProxy::decode(config.value.as_slice()).expect("decodes")
+}
+
+fn seconds(proxy: &TcpProxy) -> (Option<i64>, Option<i64>) {
+    (
+        proxy.idle_timeout.as_ref().map(|d| d.seconds),
+        proxy.max_downstream_connection_duration.as_ref().map(|d| d.seconds),
+    )
+}
+
+#[test]
+fn a_tcp_proxy_to_one_cluster_takes_its_connection_pools_idle_timeout_and_duration() {
+    let mut index = mesh();
+    // The rule's pool for the Service; subset v2's own pool replaces it whole.
+    let rule = objects::dr("tcp-echo")
+        .with(
+            "subsets",
+            json!([{"name": "v1", "labels": {"version": "v1"}},
+                   {"name": "v2", "labels": {"version": "v2"},
+                    "trafficPolicy": {"connectionPool": {"tcp": {"idleTimeout": "5s"}}}}]),
+        )
+        .with(
+            "trafficPolicy",
+            json!({"connectionPool": {"tcp": {"idleTimeout": "30s", "maxConnectionDuration": "2h"}}}),
+        );
+    index.apply::<DestinationRules>(&rule.build());
+    vs(
+        &mut index,
+        "tcp-echo",
+        json!({"hosts": ["tcp-echo"], "tcp": [{
+        "match": [{"port": 9000}],
+        "route": [{"destination": {"host": "tcp-echo", "port": {"number": 9000}, "subset": "v2"}}]}]}),
+    );
+    let out = translate(&index);
+    assert_eq!(seconds(&proxy_of(&out, "10.96.2.1_9000")), (Some(5), None), "v2's own pool");
+    assert_eq!(seconds(&proxy_of(&out, "10.96.2.1_9001")), (Some(30), Some(7200)), "the Service's pool");
+    envoy_accepts(&index);
+
+    // A split keeps Envoy's defaults, as Istio's weighted TCP proxy does.
+    vs(
+        &mut index,
+        "tcp-echo",
+        json!({"hosts": ["tcp-echo"], "tcp": [{"route": [
+            {"destination": {"host": "tcp-echo", "subset": "v1"}, "weight": 50},
+            {"destination": {"host": "tcp-echo", "subset": "v2"}, "weight": 50}]}]}),
+    );
+    let out = translate(&index);
+    assert_eq!(seconds(&proxy_of(&out, "10.96.2.1_9000")), (None, None));
+}
