@@ -153,6 +153,24 @@ fn secrets_from(dir: &TempDir, listeners: &mut [Listener], clusters: &mut [Clust
     }
 }
 
+/// Runs `envoy --mode validate` on a proxy's configuration; fails the test,
+/// with Envoy's words, when Envoy refuses `what`.
+pub(super) fn assert_envoy_accepts(what: &str, out: &Outbound, inb: &Inbound) {
+    let dir = TempDir::new("validate");
+    let path = dir.write("config.pb", static_bootstrap(&dir, out, inb).encode_to_vec());
+    let result = Command::new(envoy_binary())
+        .args(["--mode", "validate", "--log-level", "warn", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run envoy");
+    assert!(
+        result.status.success(),
+        "Envoy refused {what}:\n{}{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
+
 /// Everything static: what `--mode validate` can check in full.
 pub(super) fn static_bootstrap(dir: &TempDir, out: &Outbound, inb: &Inbound) -> Bootstrap {
     let mut listeners = vec![out.listener.clone(), inb.listener.clone()];
@@ -180,22 +198,9 @@ pub(super) fn static_bootstrap(dir: &TempDir, out: &Outbound, inb: &Inbound) -> 
 
 #[test]
 fn envoy_validates_every_scenario() {
-    let envoy = envoy_binary();
-    let dir = TempDir::new("validate");
     for name in SCENARIOS {
         let (out, inb) = configuration(name);
-        let path = dir.write(&format!("{name}.pb"), static_bootstrap(&dir, &out, &inb).encode_to_vec());
-        let result = Command::new(&envoy)
-            .args(["--mode", "validate", "--log-level", "warn", "-c"])
-            .arg(&path)
-            .output()
-            .expect("run envoy");
-        assert!(
-            result.status.success(),
-            "Envoy refused the {name} configuration:\n{}{}",
-            String::from_utf8_lossy(&result.stdout),
-            String::from_utf8_lossy(&result.stderr)
-        );
+        assert_envoy_accepts(&format!("the {name} configuration"), &out, &inb);
     }
 }
 
@@ -621,17 +626,5 @@ fn envoy_validates_every_resilience_field() {
     let reviews = out.routes.iter().flat_map(|r| &r.virtual_hosts).find(|v| v.name.starts_with("reviews."));
     let routes = &reviews.expect("reviews' virtual host").routes;
     assert!(routes.iter().all(|r| r.typed_per_filter_config.contains_key("envoy.filters.http.fault")));
-    let dir = TempDir::new("resilience");
-    let path = dir.write("resilience.pb", static_bootstrap(&dir, &out, &inb).encode_to_vec());
-    let result = Command::new(envoy_binary())
-        .args(["--mode", "validate", "--log-level", "warn", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run envoy");
-    assert!(
-        result.status.success(),
-        "Envoy refused the resilience fields:\n{}{}",
-        String::from_utf8_lossy(&result.stdout),
-        String::from_utf8_lossy(&result.stderr)
-    );
+    assert_envoy_accepts("the resilience fields", &out, &inb);
 }

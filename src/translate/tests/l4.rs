@@ -2,19 +2,17 @@
 //! port gets at its ClusterIP for a proxy, and that Envoy takes them.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, filter};
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use prost::{Message, Name};
 use serde_json::json;
 
-use super::envoy::static_bootstrap;
+use super::envoy::assert_envoy_accepts;
 use super::{bookinfo, endpoint_slice, mesh_view, permissive, productpage};
 use crate::index::{DestinationRules, EndpointSlices, Index, Services, VirtualServices};
 use crate::model::mesh::ScopeKey;
 use crate::testing::objects::{self, config};
-use crate::testing::{TempDir, envoy_binary};
 use crate::translate::sidecar::{Outbound, inbound, outbound};
 
 const ECHO: &str = "tcp-echo.default.svc.cluster.local";
@@ -85,20 +83,7 @@ fn envoy_accepts(index: &Index) {
     let view = mesh_view(index);
     let proxy = productpage(index);
     let out = outbound(&view, &view.scope(&proxy));
-    let inb = inbound(&view, &proxy, permissive);
-    let dir = TempDir::new("l4");
-    let path = dir.write("l4.pb", static_bootstrap(&dir, &out, &inb).encode_to_vec());
-    let result = Command::new(envoy_binary())
-        .args(["--mode", "validate", "--log-level", "warn", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run envoy");
-    assert!(
-        result.status.success(),
-        "Envoy refused the configuration:\n{}{}",
-        String::from_utf8_lossy(&result.stdout),
-        String::from_utf8_lossy(&result.stderr)
-    );
+    assert_envoy_accepts("the TCP and TLS routes", &out, &inbound(&view, &proxy, permissive));
 }
 
 #[test]

@@ -3,8 +3,6 @@
 //! Bookinfo's reviews: what the routes hold, and a real Envoy 1.40
 //! accepting all of it (`--mode validate`).
 
-use std::process::Command;
-
 use envoy_types::pb::envoy::config::core::v3::data_source;
 use envoy_types::pb::envoy::config::route::v3::{Route, redirect_action, route, route_action};
 use envoy_types::pb::envoy::extensions::filters::http::cors::v3::CorsPolicy;
@@ -12,11 +10,10 @@ use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
 use prost::{Message, Name};
 use serde_json::json;
 
-use super::envoy::static_bootstrap;
+use super::envoy::assert_envoy_accepts;
 use super::{NAMESPACE, bookinfo, mesh_view, permissive, productpage};
 use crate::index::{DestinationRules, Index, VirtualServices};
 use crate::testing::objects::{self, config};
-use crate::testing::{TempDir, envoy_binary};
 use crate::translate::route::CORS_FILTER;
 use crate::translate::sidecar::{inbound, outbound};
 
@@ -201,17 +198,5 @@ fn envoy_accepts_every_route_operation() {
     let proxy = productpage(&index);
     let out = outbound(&view, &view.scope(&proxy));
     let inb = inbound(&view, &proxy, permissive);
-    let dir = TempDir::new("route-ops");
-    let path = dir.write("ops.pb", static_bootstrap(&dir, &out, &inb).encode_to_vec());
-    let result = Command::new(envoy_binary())
-        .args(["--mode", "validate", "--log-level", "warn", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run envoy");
-    assert!(
-        result.status.success(),
-        "Envoy refused the route operations:\n{}{}",
-        String::from_utf8_lossy(&result.stdout),
-        String::from_utf8_lossy(&result.stderr)
-    );
+    assert_envoy_accepts("the route operations", &out, &inb);
 }

@@ -4,8 +4,6 @@
 //! last test loads a rule that sets every one of these fields into a real
 //! Envoy.
 
-use std::process::Command;
-
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions as Common;
 use envoy_types::pb::envoy::config::route::v3::{route, route_action};
@@ -13,11 +11,10 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOption
 use prost::{Message, Name};
 use serde_json::{Value, json};
 
-use super::envoy::static_bootstrap;
+use super::envoy::assert_envoy_accepts;
 use super::{NAMESPACE, bookinfo, mesh_view, permissive, productpage};
 use crate::index::{DestinationRules, Index};
 use crate::testing::objects::config;
-use crate::testing::{TempDir, envoy_binary};
 use crate::translate::sidecar::{Outbound, inbound, outbound};
 
 const REVIEWS: &str = "reviews.default.svc.cluster.local";
@@ -267,19 +264,7 @@ fn envoy_accepts_every_traffic_policy_field() {
     let view = mesh_view(&index);
     let proxy = productpage(&index);
     let (out, inb) = (outbound(&view, &view.scope(&proxy)), inbound(&view, &proxy, permissive));
-    let dir = TempDir::new("policy");
-    let path = dir.write("policy.pb", static_bootstrap(&dir, &out, &inb).encode_to_vec());
-    let result = Command::new(envoy_binary())
-        .args(["--mode", "validate", "--log-level", "warn", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run envoy");
-    assert!(
-        result.status.success(),
-        "Envoy refused the traffic policies:\n{}{}",
-        String::from_utf8_lossy(&result.stdout),
-        String::from_utf8_lossy(&result.stderr)
-    );
+    assert_envoy_accepts("the traffic policies", &out, &inb);
     // Not vacuous: what was validated holds the policies.
     let v1 = cluster(&out, "v1");
     assert!(format!("{:?}", http_options(&v1)).contains("UseDownstreamProtocolConfig"));
