@@ -8,9 +8,10 @@
 //!   Envoy's `upstream_rq_pending_overflow` for the httpbin cluster rises.
 //!   Without the rule the same load gets no 503.
 //! - Outlier detection: a Service with two fortio servers, one answering
-//!   every request 503 (fortio's `-echo-server-default-params`); half the
-//!   answers fail until the rule ejects that endpoint, then none does, and
-//!   the client Envoy counts the ejection.
+//!   every request 500 (fortio's `-echo-server-default-params`; not 503,
+//!   which Istio's default retry policy would retry on the other endpoint
+//!   and hide); half the answers fail until the rule ejects that endpoint,
+//!   then none does, and the client Envoy counts the ejection.
 //! - Consistent hash by `httpHeaderName`: three httpbin replicas telling
 //!   their pod name (`/hostname`); each user's requests stick to one of
 //!   them, where without the rule one user's requests spread.
@@ -324,7 +325,7 @@ spec:
     mesh.run(&format!(
         "{service}---{}---{}---{}",
         fortio("flaky-good", "app: flaky", ""),
-        fortio("flaky-bad", "app: flaky", ", -echo-server-default-params, status=503"),
+        fortio("flaky-bad", "app: flaky", ", -echo-server-default-params, status=500"),
         fortio("client", "app: client", ""),
     ));
     let client = pod_named(ns, "app=client");
@@ -338,10 +339,10 @@ spec:
         counts
     };
 
-    // Both endpoints are in the pool: about half the answers are 503.
+    // Both endpoints are in the pool: about half the answers are 500.
     let counts = eventually("both endpoints answering", Duration::from_secs(30), || {
         let counts = statuses(40);
-        (counts.get("200").is_some_and(|n| *n >= 5) && counts.get("503").is_some_and(|n| *n >= 5))
+        (counts.get("200").is_some_and(|n| *n >= 5) && counts.get("500").is_some_and(|n| *n >= 5))
             .then_some(counts)
     });
     eprintln!("without outlier detection: {counts:?}");
@@ -444,12 +445,13 @@ fn locality_failover_prefers_the_clients_zone_then_its_region() {
     let mesh = Mesh::start("mesh-e2e-dr-locality", "dr-locality");
     let ns = &mesh.ns.name;
     // Three localities: the client's zone (a server that only answers
-    // 503), another zone of its region, and another region.
+    // 500, which no default retry hides), another zone of its region, and
+    // another region.
     let service = service_on_8000("local");
     let failing = fortio(
         "near",
         "app: local, istio-locality: region1.zone1",
-        ", -echo-server-default-params, status=503",
+        ", -echo-server-default-params, status=500",
     );
     let client = fortio("client", "app: client, istio-locality: region1.zone1", "");
     mesh.run(&format!(
