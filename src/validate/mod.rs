@@ -321,6 +321,21 @@ impl Context {
         )
     }
 
+    /// Whether every one of `hosts` (written in `namespace`) is a known
+    /// Service without a TCP or TLS port; `None` when services are unknown.
+    fn only_http_services(&self, hosts: &[String], namespace: &str) -> Option<bool> {
+        let services = self.services.as_ref()?;
+        Some(
+            !hosts.is_empty()
+                && hosts.iter().all(|h| {
+                    let fqdn = self.resolve_host(h, namespace);
+                    !host::is_wildcard(&fqdn)
+                        && services.contains(&fqdn)
+                        && !self.tcp_services.contains(&fqdn)
+                }),
+        )
+    }
+
     /// Whether a DestinationRule for `fqdn` defines `subset`; `None` when
     /// DestinationRules are unknown.
     fn subset_exists(&self, fqdn: &str, subset: &str) -> Option<bool> {

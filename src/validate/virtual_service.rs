@@ -87,6 +87,20 @@ pub(super) fn check(spec: &VirtualServiceSpec, namespace: &str, ctx: &Context, o
         }
         check_route_destinations(&vs, &format!("{p}.route"), &route.route, out);
     }
+    // A sidecar takes tcp and tls rules only on a Service's TCP and TLS
+    // ports: on Services with HTTP ports alone they would do nothing.
+    if !vs.gateway_only && ctx.only_http_services(&spec.hosts, namespace) == Some(true) {
+        for (field, rules) in [("spec.tcp", spec.tcp.len()), ("spec.tls", spec.tls.len())] {
+            if rules > 0 {
+                out.warn(
+                    field,
+                    "every host is a Service whose ports are all HTTP, and sidecars apply tcp and tls rules only \
+                     to TCP and TLS ports, so these rules are never used: route HTTP with http rules, or name \
+                     the port's protocol (tcp-, tls-) in the Service",
+                );
+            }
+        }
+    }
     check_export_to(out, namespace, &spec.export_to, false);
 
     unreachable_rules(
