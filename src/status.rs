@@ -307,7 +307,7 @@ mod tests {
     #[test]
     fn fields_not_applied_make_reconciled_false_and_an_event() {
         let c = config::<DestinationRuleSpec>(
-            json!({"host": "reviews", "trafficPolicy": {"retryBudget": {"percent": 10.0}}}),
+            json!({"host": "reviews", "trafficPolicy": {"proxyProtocol": {"version": "V1"}}}),
             1,
         );
         let status = desired("DestinationRule", &c, &Context::default(), at(T0));
@@ -316,7 +316,7 @@ mod tests {
         assert_eq!(summary(reconciled), ("False".into(), "Unsupported".into()));
         let message = reconciled.message.as_deref().unwrap_or_default();
         assert!(
-            message.contains("accepted but not yet applied by mesh: spec.trafficPolicy.retryBudget"),
+            message.contains("accepted but not yet applied by mesh: spec.trafficPolicy.proxyProtocol"),
             "{message}"
         );
         assert_eq!(event_for(&status).map(|(reason, _)| reason), Some("NotApplied".into()));

@@ -93,6 +93,7 @@ fn outbound_cluster(
 ) -> Cluster {
     let mut cluster = Cluster::default();
     policy::apply_connection_pool(&mut cluster, policy.connection_pool.as_ref(), port.protocol);
+    policy::apply_retry_budget(&mut cluster, policy.retry_budget.as_ref());
     policy::apply_outlier_detection(&mut cluster, policy.outlier_detection.as_ref());
     policy::apply_locality_weights(&mut cluster, policy.load_balancer.as_ref());
     match &policy.tls {

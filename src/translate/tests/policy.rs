@@ -237,6 +237,40 @@ fn subset_and_port_level_settings_merge_as_istio_merges_them() {
 
 /// Every field this module translates, at rule, port and subset level, in
 /// a real Envoy's `--mode validate`.
+/// The (percent, minimum) of the circuit breaker's retry budget.
+fn retry_budget(c: &Cluster) -> Option<(f64, u32)> {
+    let t = &c.circuit_breakers.as_ref().expect("circuit breakers").thresholds[0];
+    t.retry_budget.as_ref().map(|b| {
+        (
+            b.budget_percent.as_ref().expect("a percent").value,
+            b.min_retry_concurrency.expect("a minimum").value,
+        )
+    })
+}
+
+#[test]
+fn a_retry_budget_caps_retries_on_the_circuit_breaker_per_subset() {
+    let out = translate(&with_rule(json!({"host": "reviews",
+        "trafficPolicy": {"retryBudget": {"percent": 50}},
+        "subsets": [
+            {"name": "v1", "labels": {"version": "v1"}},
+            {"name": "v2", "labels": {"version": "v2"}, "trafficPolicy": {"retryBudget": {"minRetryConcurrency": 7}}},
+            {"name": "v3", "labels": {"version": "v3"}, "trafficPolicy": {"portLevelSettings": [
+                {"port": {"number": 9080}, "connectionPool": {"http": {"maxRetries": 2}}}]}}]})));
+    assert_eq!(retry_budget(&cluster(&out, "")), Some((50.0, 3)), "the minimum defaults to 3");
+    assert_eq!(retry_budget(&cluster(&out, "v1")), Some((50.0, 3)), "a subset without one keeps the rule's");
+    assert_eq!(
+        retry_budget(&cluster(&out, "v2")),
+        Some((20.0, 7)),
+        "the subset's replaces it; 20% by default"
+    );
+    // Port-level settings have no budget of their own: the rule's stays.
+    assert_eq!(retry_budget(&cluster(&out, "v3")), Some((50.0, 3)));
+    assert_eq!(limits(&cluster(&out, "v3"))[3], 2);
+    let none = translate(&bookinfo());
+    assert_eq!(retry_budget(&cluster(&none, "")), None);
+}
+
 #[test]
 fn envoy_accepts_every_traffic_policy_field() {
     let pool = json!({
@@ -250,6 +284,7 @@ fn envoy_accepts_every_traffic_policy_field() {
     let client_protocol = json!({"http": {"useClientProtocol": true, "maxConcurrentStreams": 10}});
     let index = with_rule(json!({"host": "reviews",
         "trafficPolicy": {"connectionPool": pool, "outlierDetection": outlier,
+            "retryBudget": {"percent": 25.5, "minRetryConcurrency": 5},
             "loadBalancer": {"simple": "ROUND_ROBIN", "warmup": {"duration": "60s", "minimumPercent": 5, "aggression": 2}},
             "portLevelSettings": [{"port": {"number": 9080}, "connectionPool": pool, "outlierDetection": outlier,
                 "loadBalancer": {"consistentHash": {"httpCookie": {"name": "s", "path": "/", "ttl": "0s",

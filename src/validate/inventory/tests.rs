@@ -163,11 +163,11 @@ fn unapplied_destination_tls_is_named_with_what_it_means() {
     // The TLS modes are applied; a certificate by credentialName is not.
     let rule = json!({"host": "*.local", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}},
                       "subsets": [{"name": "v1", "labels": {"version": "v1"},
-                                   "trafficPolicy": {"tls": {"mode": "SIMPLE", "credentialName": "v1-cert"}, "retryBudget": {"percent": 10.0}}}]});
+                                   "trafficPolicy": {"tls": {"mode": "SIMPLE", "credentialName": "v1-cert"}, "proxyProtocol": {}}}]});
     let found = unapplied("DestinationRule", &rule);
     assert_eq!(
         fields(&found),
-        ["spec.subsets[0].trafficPolicy.retryBudget", "spec.subsets[0].trafficPolicy.tls.credentialName"]
+        ["spec.subsets[0].trafficPolicy.proxyProtocol", "spec.subsets[0].trafficPolicy.tls.credentialName"]
     );
     assert!(found[1].message.contains("clientCertificate and privateKey"), "{}", found[1].message);
 }
