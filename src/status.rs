@@ -156,6 +156,9 @@ fn pending(index: &Index, now: Timestamp) -> Vec<Write> {
     let mut out = Vec::new();
     collect::<_, api::VirtualService>("VirtualService", state.virtual_services, &ctx, now, &mut out);
     collect::<_, api::DestinationRule>("DestinationRule", state.destination_rules, &ctx, now, &mut out);
+    collect::<_, api::Gateway>("Gateway", state.gateways, &ctx, now, &mut out);
+    collect::<_, api::ServiceEntry>("ServiceEntry", state.service_entries, &ctx, now, &mut out);
+    collect::<_, api::Sidecar>("Sidecar", state.sidecars, &ctx, now, &mut out);
     collect::<_, api::ServiceRole>("ServiceRole", state.service_roles, &ctx, now, &mut out);
     collect::<_, api::ServiceRoleBinding>(
         "ServiceRoleBinding",

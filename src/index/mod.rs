@@ -34,11 +34,11 @@ use serde::Serialize;
 use tokio::sync::watch as channel;
 
 use crate::api::{
-    cluster_rbac_config::ClusterRbacConfigSpec, destination_rule::DestinationRuleSpec,
+    cluster_rbac_config::ClusterRbacConfigSpec, destination_rule::DestinationRuleSpec, gateway::GatewaySpec,
     mesh_policy::MeshPolicySpec, peer_authentication::PeerAuthenticationSpec, policy::PolicySpec,
     rbac_config::RbacConfigSpec, request_authentication::RequestAuthenticationSpec,
-    service_role::ServiceRoleSpec, service_role_binding::ServiceRoleBindingSpec,
-    virtual_service::VirtualServiceSpec,
+    service_entry::ServiceEntrySpec, service_role::ServiceRoleSpec,
+    service_role_binding::ServiceRoleBindingSpec, sidecar::SidecarSpec, virtual_service::VirtualServiceSpec,
 };
 pub use crate::model::Store;
 use crate::model::{
@@ -46,9 +46,9 @@ use crate::model::{
 };
 
 pub use kinds::{
-    ClusterRbacConfigs, DestinationRules, EndpointSlices, MeshPolicies, Namespaces, PeerAuthentications,
-    Pods, Policies, RbacConfigs, RequestAuthentications, ServiceRoleBindings, ServiceRoles, Services,
-    VirtualServices,
+    ClusterRbacConfigs, DestinationRules, EndpointSlices, Gateways, MeshPolicies, Namespaces,
+    PeerAuthentications, Pods, Policies, RbacConfigs, RequestAuthentications, ServiceEntries,
+    ServiceRoleBindings, ServiceRoles, Services, Sidecars, VirtualServices,
 };
 
 /// Why a watched object could not be turned into a model entry.
@@ -114,6 +114,9 @@ pub struct Index {
     namespaces: Store<Namespace>,
     virtual_services: Store<Config<VirtualServiceSpec>>,
     destination_rules: Store<Config<DestinationRuleSpec>>,
+    gateways: Store<Config<GatewaySpec>>,
+    service_entries: Store<Config<ServiceEntrySpec>>,
+    sidecars: Store<Config<SidecarSpec>>,
     service_roles: Store<Config<ServiceRoleSpec>>,
     service_role_bindings: Store<Config<ServiceRoleBindingSpec>>,
     cluster_rbac_configs: Store<Config<ClusterRbacConfigSpec>>,
@@ -154,6 +157,9 @@ impl Index {
             namespaces: Store::new(),
             virtual_services: Store::new(),
             destination_rules: Store::new(),
+            gateways: Store::new(),
+            service_entries: Store::new(),
+            sidecars: Store::new(),
             service_roles: Store::new(),
             service_role_bindings: Store::new(),
             cluster_rbac_configs: Store::new(),
@@ -263,6 +269,9 @@ impl Index {
             namespaces: &self.namespaces,
             virtual_services: &self.virtual_services,
             destination_rules: &self.destination_rules,
+            gateways: &self.gateways,
+            service_entries: &self.service_entries,
+            sidecars: &self.sidecars,
             service_roles: &self.service_roles,
             service_role_bindings: &self.service_role_bindings,
             cluster_rbac_configs: &self.cluster_rbac_configs,

@@ -28,11 +28,14 @@
 
 mod common;
 mod destination_rule;
+mod gateway;
 pub mod inventory;
 mod peer_authentication;
 mod policy;
 mod rbac;
 mod request_authentication;
+mod service_entry;
+mod sidecar;
 #[cfg(test)]
 mod tests;
 mod virtual_service;
@@ -45,13 +48,16 @@ use serde::de::DeserializeOwned;
 
 use crate::api::cluster_rbac_config::ClusterRbacConfigSpec;
 use crate::api::destination_rule::DestinationRuleSpec;
+use crate::api::gateway::GatewaySpec;
 use crate::api::mesh_policy::MeshPolicySpec;
 use crate::api::peer_authentication::PeerAuthenticationSpec;
 use crate::api::policy::PolicySpec;
 use crate::api::rbac_config::RbacConfigSpec;
 use crate::api::request_authentication::RequestAuthenticationSpec;
+use crate::api::service_entry::ServiceEntrySpec;
 use crate::api::service_role::ServiceRoleSpec;
 use crate::api::service_role_binding::ServiceRoleBindingSpec;
+use crate::api::sidecar::SidecarSpec;
 use crate::api::virtual_service::VirtualServiceSpec;
 use crate::model::mtls::{MtlsMode, MtlsPolicies};
 use crate::model::protocol::Protocol;
@@ -427,6 +433,30 @@ impl Validate for DestinationRuleSpec {
     }
 }
 
+impl Validate for GatewaySpec {
+    fn validate(&self, _namespace: &str, _ctx: &Context) -> Vec<Finding> {
+        let mut out = common::Out::default();
+        gateway::check(self, &mut out);
+        out.findings
+    }
+}
+
+impl Validate for ServiceEntrySpec {
+    fn validate(&self, namespace: &str, _ctx: &Context) -> Vec<Finding> {
+        let mut out = common::Out::default();
+        service_entry::check(self, namespace, &mut out);
+        out.findings
+    }
+}
+
+impl Validate for SidecarSpec {
+    fn validate(&self, _namespace: &str, _ctx: &Context) -> Vec<Finding> {
+        let mut out = common::Out::default();
+        sidecar::check(self, &mut out);
+        out.findings
+    }
+}
+
 impl Validate for ServiceRoleSpec {
     fn validate(&self, _namespace: &str, ctx: &Context) -> Vec<Finding> {
         let mut out = common::Out::default();
@@ -534,6 +564,9 @@ pub fn validate_object(
     findings.extend(match kind {
         "VirtualService" => run::<VirtualServiceSpec>(kind, spec, namespace, name, ctx),
         "DestinationRule" => run::<DestinationRuleSpec>(kind, spec, namespace, name, ctx),
+        "Gateway" => run::<GatewaySpec>(kind, spec, namespace, name, ctx),
+        "ServiceEntry" => run::<ServiceEntrySpec>(kind, spec, namespace, name, ctx),
+        "Sidecar" => run::<SidecarSpec>(kind, spec, namespace, name, ctx),
         "ServiceRole" => run::<ServiceRoleSpec>(kind, spec, namespace, name, ctx),
         "ServiceRoleBinding" => run::<ServiceRoleBindingSpec>(kind, spec, namespace, name, ctx),
         "ClusterRbacConfig" | "RbacConfig" => run::<RbacConfigSpec>(kind, spec, namespace, name, ctx),
