@@ -398,6 +398,43 @@ mod tests {
         );
     }
 
+    /// Gateways, ServiceEntries and Sidecars are held like the other Istio
+    /// kinds (for validation, status and /debug/configz), and a malformed
+    /// one is skipped with its field named.
+    #[test]
+    fn gateways_service_entries_and_sidecars_reach_the_index() {
+        fn object<R: kube::Resource<DynamicType = ()>>(name: &str, spec: serde_json::Value) -> DynamicObject {
+            let mut obj = DynamicObject::new(name, &ApiResource::erase::<R>(&())).within("default");
+            obj.metadata.generation = Some(1);
+            obj.data = json!({ "spec": spec });
+            obj
+        }
+        let mut ix = index();
+        let gateway = json!({"selector": {"istio": "ingressgateway"},
+            "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]});
+        ix.apply::<Gateways>(&object::<crate::api::Gateway>("edge", gateway));
+        let entry = json!({"hosts": ["www.googleapis.com"], "resolution": "DNS",
+            "ports": [{"number": 443, "name": "https", "protocol": "HTTPS"}]});
+        ix.apply::<ServiceEntries>(&object::<crate::api::ServiceEntry>("googleapis", entry));
+        let sidecar = json!({"egress": [{"hosts": ["./*", "istio-system/*"]}]});
+        ix.apply::<Sidecars>(&object::<crate::api::Sidecar>("default", sidecar));
+        let state = ix.state();
+        assert_eq!(state.gateways.len(), 1);
+        assert_eq!(
+            ix.get::<Gateways>(&ObjectKey::new("default", "edge")).expect("indexed").spec.servers.len(),
+            1
+        );
+        assert_eq!(state.service_entries.len(), 1);
+        assert_eq!(state.sidecars.len(), 1);
+        assert_eq!(ix.config_revision(), 3);
+
+        let bad = object::<crate::api::ServiceEntry>("bad", json!({"resolution": "SOMETIMES"}));
+        let err = ServiceEntries::convert(&bad).expect_err("malformed");
+        assert!(err.to_string().contains("default/bad") && err.to_string().contains("resolution"), "{err}");
+        ix.apply::<ServiceEntries>(&bad);
+        assert_eq!(ix.count::<ServiceEntries>(), 1);
+    }
+
     #[test]
     fn the_malformed_field_is_named() {
         let err = VirtualServices::convert(&vs("bad", 1, json!({"http": [{"retries": {"attempts": "x"}}]})))
