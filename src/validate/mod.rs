@@ -145,6 +145,8 @@ pub struct Context {
     /// Policies with targets, by namespace: (name, [(Service, [port])]),
     /// a port as `9080` or `name:http`, none for every port.
     targeted_policies: Option<BTreeMap<String, Vec<Targeted>>>,
+    /// Names of the Sidecars without a workloadSelector, by namespace.
+    namespace_wide_sidecars: Option<BTreeMap<String, BTreeSet<String>>>,
 }
 
 /// A PeerAuthentication without a selector: (name, creationTimestamp).
@@ -166,6 +168,7 @@ impl Context {
             root_namespace: None,
             namespace_wide_peer_authentications: Some(BTreeMap::new()),
             targeted_policies: Some(BTreeMap::new()),
+            namespace_wide_sidecars: Some(BTreeMap::new()),
         }
     }
 
@@ -194,6 +197,9 @@ impl Context {
         }
         for p in state.policies.values() {
             ctx.add_policy(&p.key.namespace, &p.key.name, &p.spec);
+        }
+        for s in state.sidecars.values() {
+            ctx.add_sidecar(&s.key.namespace, &s.key.name, &s.spec);
         }
         ctx.set_root_namespace(&state.mesh_config.root_namespace);
         ctx.mtls = Some(MtlsPolicies::build(state));
@@ -231,6 +237,23 @@ impl Context {
             entry.push((name.to_string(), created.map(String::from)));
         }
         self
+    }
+
+    /// A Sidecar, `name` in `namespace`; only those without a
+    /// workloadSelector are kept.
+    pub fn add_sidecar(&mut self, namespace: &str, name: &str, spec: &SidecarSpec) -> &mut Self {
+        let known = self.namespace_wide_sidecars.get_or_insert_with(BTreeMap::new);
+        if spec.workload_selector.is_none() {
+            known.entry(namespace.to_string()).or_default().insert(name.to_string());
+        }
+        self
+    }
+
+    /// The names of `namespace`'s Sidecars without a workloadSelector;
+    /// `None` when unknown.
+    fn namespace_wide_sidecars(&self, namespace: &str) -> Option<Vec<&str>> {
+        let known = self.namespace_wide_sidecars.as_ref()?;
+        Some(known.get(namespace).map(|n| n.iter().map(String::as_str).collect()).unwrap_or_default())
     }
 
     /// An Istio 1.1 Policy, `name` in `namespace`; only its targets are kept.
@@ -453,6 +476,12 @@ impl Validate for SidecarSpec {
     fn validate(&self, _namespace: &str, _ctx: &Context) -> Vec<Finding> {
         let mut out = common::Out::default();
         sidecar::check(self, &mut out);
+        out.findings
+    }
+
+    fn validate_named(&self, namespace: &str, name: &str, ctx: &Context) -> Vec<Finding> {
+        let mut out = common::Out::default();
+        sidecar::check_siblings(self, namespace, name, ctx, &mut out);
         out.findings
     }
 }

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use crate::api::gateway::ServerTlsMode;
 use crate::api::sidecar::{CaptureMode, OutboundMode, SidecarPort, SidecarSpec};
 
+use super::Context;
 use super::common::*;
 use super::gateway::check_server_tls;
 
@@ -207,4 +208,26 @@ fn check_default_endpoint(out: &mut Out, path: &str, endpoint: &str) {
             _ => out.err(path, format!("{p:?} in {endpoint:?} is not a port from 1 to 65535: {fix}")),
         },
     }
+}
+
+/// Istio's analyzer flags two Sidecars without a workloadSelector in one
+/// namespace: which one a workload gets is undefined.
+pub(super) fn check_siblings(spec: &SidecarSpec, namespace: &str, name: &str, ctx: &Context, out: &mut Out) {
+    if spec.workload_selector.is_some() {
+        return;
+    }
+    let Some(known) = ctx.namespace_wide_sidecars(namespace) else { return };
+    let others: Vec<&str> = known.into_iter().filter(|n| *n != name).collect();
+    if others.is_empty() {
+        return;
+    }
+    // Short: the API server cuts warnings at 256 characters, names included.
+    out.warn(
+        "spec.workloadSelector",
+        format!(
+            "Sidecar {} also has no workloadSelector in this namespace, and Istio does not define which \
+             one applies: keep one, or add a workloadSelector",
+            others.join(", ")
+        ),
+    );
 }

@@ -423,6 +423,34 @@ fn cases_yaml_is_well_formed() {
     }
 }
 
+// ------------------------------------------------------------- Sidecars
+
+#[test]
+fn a_second_namespace_wide_sidecar_is_warned_about() {
+    let spec: SidecarSpec = serde_yaml_ng::from_str("egress: [{hosts: [\"./*\"]}]").expect("a Sidecar spec");
+    let json = serde_json::to_value(&spec).unwrap();
+    let mut ctx = Context::empty();
+    ctx.add_sidecar("prod", "default", &spec);
+    // The one already there, updated: no other.
+    assert!(validation_only(validate_object("Sidecar", "prod", "default", &json, &ctx)).is_empty());
+    // A second one without a selector.
+    let found = validation_only(validate_object("Sidecar", "prod", "second", &json, &ctx));
+    assert_eq!(found.len(), 1, "{}", list(&found));
+    assert!(
+        found[0].field == "spec.workloadSelector"
+            && found[0].message.starts_with("Sidecar default also has no workloadSelector in this namespace"),
+        "{}",
+        list(&found)
+    );
+    // One with a selector, or in another namespace, is not its sibling.
+    let selecting =
+        serde_json::json!({"workloadSelector": {"labels": {"app": "a"}}, "egress": [{"hosts": ["./*"]}]});
+    assert!(validation_only(validate_object("Sidecar", "prod", "a", &selecting, &ctx)).is_empty());
+    assert!(validation_only(validate_object("Sidecar", "dev", "x", &json, &ctx)).is_empty());
+    // Unknown to a context that knows nothing.
+    assert!(validation_only(validate_object("Sidecar", "prod", "y", &json, &Context::default())).is_empty());
+}
+
 // ------------------------------------------- policies that switch mutual TLS
 
 fn peer_authentication(yaml: &str) -> PeerAuthenticationSpec {
