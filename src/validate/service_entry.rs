@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 
 use crate::api::service_entry::{Resolution, ServiceEntrySpec, WorkloadEntry};
+use crate::model::protocol::Protocol;
 
 use super::common::*;
 
@@ -70,6 +71,24 @@ pub(super) fn check(spec: &ServiceEntrySpec, namespace: &str, out: &mut Out) {
         }
         if let Some(target) = port.target_port {
             check_port(out, &format!("{path}.targetPort"), i64::from(target));
+        }
+    }
+    if spec.hosts.len() > 1 && spec.addresses.is_empty() {
+        // A TCP connection carries no host name: only an address tells
+        // which of the hosts it is for.
+        for (i, port) in spec.ports.iter().enumerate() {
+            let protocol = port.protocol.as_deref().and_then(Protocol::parse);
+            if protocol.is_some_and(|p| !p.is_http() && !matches!(p, Protocol::Https | Protocol::Tls)) {
+                out.warn(
+                    format!("spec.ports[{i}]"),
+                    format!(
+                        "port {} carries no host name (not HTTP or TLS), so without addresses connections to \
+                         the {} hosts cannot be told apart: add addresses, or one entry per host",
+                        port.number.unwrap_or(0),
+                        spec.hosts.len()
+                    ),
+                );
+            }
         }
     }
     if let Some(selector) = &spec.workload_selector {
