@@ -152,6 +152,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     watches.spawn::<index::Pods>(&mut tasks);
     watches.spawn::<index::VirtualServices>(&mut tasks);
     watches.spawn::<index::DestinationRules>(&mut tasks);
+    watches.spawn::<index::Gateways>(&mut tasks);
+    watches.spawn::<index::ServiceEntries>(&mut tasks);
+    watches.spawn::<index::Sidecars>(&mut tasks);
     watches.spawn::<index::ServiceRoles>(&mut tasks);
     watches.spawn::<index::ServiceRoleBindings>(&mut tasks);
     watches.spawn::<index::ClusterRbacConfigs>(&mut tasks);

@@ -156,6 +156,9 @@ fn pending(index: &Index, now: Timestamp) -> Vec<Write> {
     let mut out = Vec::new();
     collect::<_, api::VirtualService>("VirtualService", state.virtual_services, &ctx, now, &mut out);
     collect::<_, api::DestinationRule>("DestinationRule", state.destination_rules, &ctx, now, &mut out);
+    collect::<_, api::Gateway>("Gateway", state.gateways, &ctx, now, &mut out);
+    collect::<_, api::ServiceEntry>("ServiceEntry", state.service_entries, &ctx, now, &mut out);
+    collect::<_, api::Sidecar>("Sidecar", state.sidecars, &ctx, now, &mut out);
     collect::<_, api::ServiceRole>("ServiceRole", state.service_roles, &ctx, now, &mut out);
     collect::<_, api::ServiceRoleBinding>(
         "ServiceRoleBinding",
@@ -320,6 +323,39 @@ mod tests {
             "{message}"
         );
         assert_eq!(event_for(&status).map(|(reason, _)| reason), Some("NotApplied".into()));
+    }
+
+    /// A Gateway, a ServiceEntry and a Sidecar are accepted when valid and
+    /// never reported as applied: nothing translates them yet.
+    #[test]
+    fn kinds_not_translated_yet_are_accepted_and_unsupported() {
+        use crate::api::{gateway::GatewaySpec, service_entry::ServiceEntrySpec, sidecar::SidecarSpec};
+        let gateway = config::<GatewaySpec>(
+            json!({"selector": {"istio": "ingressgateway"},
+                   "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}),
+            1,
+        );
+        let entry = config::<ServiceEntrySpec>(
+            json!({"hosts": ["www.googleapis.com"], "resolution": "DNS",
+                   "ports": [{"number": 443, "name": "https", "protocol": "HTTPS"}]}),
+            1,
+        );
+        let sidecar = config::<SidecarSpec>(json!({"egress": [{"hosts": ["./*"]}]}), 1);
+        let statuses = [
+            ("spec.servers", desired("Gateway", &gateway, &Context::default(), at(T0))),
+            ("spec.resolution", desired("ServiceEntry", &entry, &Context::default(), at(T0))),
+            ("spec.egress", desired("Sidecar", &sidecar, &Context::default(), at(T0))),
+        ];
+        for (field, status) in statuses {
+            assert_eq!(summary(condition(&status, "Accepted")), ("True".into(), "Accepted".into()));
+            let reconciled = condition(&status, "Reconciled");
+            assert_eq!(summary(reconciled), ("False".into(), "Unsupported".into()));
+            let message = reconciled.message.as_deref().unwrap_or_default();
+            assert!(message.contains(field) && message.contains("not translated yet"), "{message}");
+        }
+        let invalid = config::<GatewaySpec>(json!({"selector": {"istio": "ingressgateway"}}), 2);
+        let status = desired("Gateway", &invalid, &Context::default(), at(T0));
+        assert_eq!(summary(condition(&status, "Accepted")), ("False".into(), "Invalid".into()));
     }
 
     #[test]

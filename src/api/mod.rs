@@ -13,6 +13,7 @@
 
 pub mod cluster_rbac_config;
 pub mod destination_rule;
+pub mod gateway;
 pub mod mesh_policy;
 pub mod networking;
 pub mod peer_authentication;
@@ -23,20 +24,25 @@ pub mod request_authentication;
 #[cfg(test)]
 pub(crate) mod samples;
 pub mod schema;
+pub mod service_entry;
 pub mod service_role;
 pub mod service_role_binding;
+pub mod sidecar;
 pub mod status;
 pub mod virtual_service;
 
 pub use cluster_rbac_config::ClusterRbacConfig;
 pub use destination_rule::DestinationRule;
+pub use gateway::Gateway;
 pub use mesh_policy::MeshPolicy;
 pub use peer_authentication::PeerAuthentication;
 pub use policy::Policy;
 pub use rbac_config::RbacConfig;
 pub use request_authentication::RequestAuthentication;
+pub use service_entry::ServiceEntry;
 pub use service_role::ServiceRole;
 pub use service_role_binding::ServiceRoleBinding;
+pub use sidecar::Sidecar;
 pub use status::{ConfigCondition, ConfigStatus};
 pub use virtual_service::VirtualService;
 
@@ -51,6 +57,9 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         schema::also_served_as(VirtualService::crd(), NETWORKING_EXTRA_VERSIONS),
         schema::also_served_as(DestinationRule::crd(), NETWORKING_EXTRA_VERSIONS),
+        schema::also_served_as(Gateway::crd(), NETWORKING_EXTRA_VERSIONS),
+        schema::also_served_as(ServiceEntry::crd(), NETWORKING_EXTRA_VERSIONS),
+        schema::also_served_as(Sidecar::crd(), NETWORKING_EXTRA_VERSIONS),
         ServiceRole::crd(),
         ServiceRoleBinding::crd(),
         ClusterRbacConfig::crd(),

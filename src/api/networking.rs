@@ -36,3 +36,16 @@ pub struct WorkloadSelector {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub match_labels: BTreeMap<String, String>,
 }
+
+/// Picks workloads by their labels, in the namespace of the object that
+/// carries it: the `workloadSelector` of a Sidecar or a ServiceEntry
+/// (Istio's `networking.v1alpha3.WorkloadSelector`, whose field is
+/// `labels`, not `matchLabels`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadLabels {
+    /// Labels a workload must all carry to be selected, e.g. {app: ratings}.
+    /// At least one is required.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}

@@ -94,6 +94,18 @@ config_kind!(
     DestinationRules, "DestinationRule", api::DestinationRule, api::destination_rule::DestinationRuleSpec, destination_rules
 );
 config_kind!(
+    /// networking.istio.io Gateways (indexed and validated; not translated yet).
+    Gateways, "Gateway", api::Gateway, api::gateway::GatewaySpec, gateways
+);
+config_kind!(
+    /// networking.istio.io ServiceEntries (indexed and validated; not translated yet).
+    ServiceEntries, "ServiceEntry", api::ServiceEntry, api::service_entry::ServiceEntrySpec, service_entries
+);
+config_kind!(
+    /// networking.istio.io Sidecars (indexed and validated; not translated yet).
+    Sidecars, "Sidecar", api::Sidecar, api::sidecar::SidecarSpec, sidecars
+);
+config_kind!(
     /// rbac.istio.io ServiceRoles.
     ServiceRoles, "ServiceRole", api::ServiceRole, api::service_role::ServiceRoleSpec, service_roles
 );

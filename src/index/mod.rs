@@ -34,11 +34,11 @@ use serde::Serialize;
 use tokio::sync::watch as channel;
 
 use crate::api::{
-    cluster_rbac_config::ClusterRbacConfigSpec, destination_rule::DestinationRuleSpec,
+    cluster_rbac_config::ClusterRbacConfigSpec, destination_rule::DestinationRuleSpec, gateway::GatewaySpec,
     mesh_policy::MeshPolicySpec, peer_authentication::PeerAuthenticationSpec, policy::PolicySpec,
     rbac_config::RbacConfigSpec, request_authentication::RequestAuthenticationSpec,
-    service_role::ServiceRoleSpec, service_role_binding::ServiceRoleBindingSpec,
-    virtual_service::VirtualServiceSpec,
+    service_entry::ServiceEntrySpec, service_role::ServiceRoleSpec,
+    service_role_binding::ServiceRoleBindingSpec, sidecar::SidecarSpec, virtual_service::VirtualServiceSpec,
 };
 pub use crate::model::Store;
 use crate::model::{
@@ -46,9 +46,9 @@ use crate::model::{
 };
 
 pub use kinds::{
-    ClusterRbacConfigs, DestinationRules, EndpointSlices, MeshPolicies, Namespaces, PeerAuthentications,
-    Pods, Policies, RbacConfigs, RequestAuthentications, ServiceRoleBindings, ServiceRoles, Services,
-    VirtualServices,
+    ClusterRbacConfigs, DestinationRules, EndpointSlices, Gateways, MeshPolicies, Namespaces,
+    PeerAuthentications, Pods, Policies, RbacConfigs, RequestAuthentications, ServiceEntries,
+    ServiceRoleBindings, ServiceRoles, Services, Sidecars, VirtualServices,
 };
 
 /// Why a watched object could not be turned into a model entry.
@@ -114,6 +114,9 @@ pub struct Index {
     namespaces: Store<Namespace>,
     virtual_services: Store<Config<VirtualServiceSpec>>,
     destination_rules: Store<Config<DestinationRuleSpec>>,
+    gateways: Store<Config<GatewaySpec>>,
+    service_entries: Store<Config<ServiceEntrySpec>>,
+    sidecars: Store<Config<SidecarSpec>>,
     service_roles: Store<Config<ServiceRoleSpec>>,
     service_role_bindings: Store<Config<ServiceRoleBindingSpec>>,
     cluster_rbac_configs: Store<Config<ClusterRbacConfigSpec>>,
@@ -154,6 +157,9 @@ impl Index {
             namespaces: Store::new(),
             virtual_services: Store::new(),
             destination_rules: Store::new(),
+            gateways: Store::new(),
+            service_entries: Store::new(),
+            sidecars: Store::new(),
             service_roles: Store::new(),
             service_role_bindings: Store::new(),
             cluster_rbac_configs: Store::new(),
@@ -263,6 +269,9 @@ impl Index {
             namespaces: &self.namespaces,
             virtual_services: &self.virtual_services,
             destination_rules: &self.destination_rules,
+            gateways: &self.gateways,
+            service_entries: &self.service_entries,
+            sidecars: &self.sidecars,
             service_roles: &self.service_roles,
             service_role_bindings: &self.service_role_bindings,
             cluster_rbac_configs: &self.cluster_rbac_configs,
@@ -387,6 +396,43 @@ mod tests {
             ix.get::<VirtualServices>(&ObjectKey::new("default", "reviews")).map(|c| c.generation),
             Some(1)
         );
+    }
+
+    /// Gateways, ServiceEntries and Sidecars are held like the other Istio
+    /// kinds (for validation, status and /debug/configz), and a malformed
+    /// one is skipped with its field named.
+    #[test]
+    fn gateways_service_entries_and_sidecars_reach_the_index() {
+        fn object<R: kube::Resource<DynamicType = ()>>(name: &str, spec: serde_json::Value) -> DynamicObject {
+            let mut obj = DynamicObject::new(name, &ApiResource::erase::<R>(&())).within("default");
+            obj.metadata.generation = Some(1);
+            obj.data = json!({ "spec": spec });
+            obj
+        }
+        let mut ix = index();
+        let gateway = json!({"selector": {"istio": "ingressgateway"},
+            "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]});
+        ix.apply::<Gateways>(&object::<crate::api::Gateway>("edge", gateway));
+        let entry = json!({"hosts": ["www.googleapis.com"], "resolution": "DNS",
+            "ports": [{"number": 443, "name": "https", "protocol": "HTTPS"}]});
+        ix.apply::<ServiceEntries>(&object::<crate::api::ServiceEntry>("googleapis", entry));
+        let sidecar = json!({"egress": [{"hosts": ["./*", "istio-system/*"]}]});
+        ix.apply::<Sidecars>(&object::<crate::api::Sidecar>("default", sidecar));
+        let state = ix.state();
+        assert_eq!(state.gateways.len(), 1);
+        assert_eq!(
+            ix.get::<Gateways>(&ObjectKey::new("default", "edge")).expect("indexed").spec.servers.len(),
+            1
+        );
+        assert_eq!(state.service_entries.len(), 1);
+        assert_eq!(state.sidecars.len(), 1);
+        assert_eq!(ix.config_revision(), 3);
+
+        let bad = object::<crate::api::ServiceEntry>("bad", json!({"resolution": "SOMETIMES"}));
+        let err = ServiceEntries::convert(&bad).expect_err("malformed");
+        assert!(err.to_string().contains("default/bad") && err.to_string().contains("resolution"), "{err}");
+        ix.apply::<ServiceEntries>(&bad);
+        assert_eq!(ix.count::<ServiceEntries>(), 1);
     }
 
     #[test]

@@ -32,13 +32,16 @@ use serde::Serialize;
 
 use crate::api::cluster_rbac_config::ClusterRbacConfigSpec;
 use crate::api::destination_rule::DestinationRuleSpec;
+use crate::api::gateway::GatewaySpec;
 use crate::api::mesh_policy::MeshPolicySpec;
 use crate::api::peer_authentication::PeerAuthenticationSpec;
 use crate::api::policy::PolicySpec;
 use crate::api::rbac_config::RbacConfigSpec;
 use crate::api::request_authentication::RequestAuthenticationSpec;
+use crate::api::service_entry::ServiceEntrySpec;
 use crate::api::service_role::ServiceRoleSpec;
 use crate::api::service_role_binding::ServiceRoleBindingSpec;
+use crate::api::sidecar::SidecarSpec;
 use crate::api::virtual_service::VirtualServiceSpec;
 
 /// Names one object: namespace (empty for cluster-scoped kinds) and name.
@@ -207,6 +210,12 @@ pub struct ClusterState<'a> {
     pub namespaces: &'a Store<Namespace>,
     pub virtual_services: &'a Store<Config<VirtualServiceSpec>>,
     pub destination_rules: &'a Store<Config<DestinationRuleSpec>>,
+    /// Indexed and validated; nothing translates them yet.
+    pub gateways: &'a Store<Config<GatewaySpec>>,
+    /// Indexed and validated; nothing translates them yet.
+    pub service_entries: &'a Store<Config<ServiceEntrySpec>>,
+    /// Indexed and validated; nothing translates them yet.
+    pub sidecars: &'a Store<Config<SidecarSpec>>,
     pub service_roles: &'a Store<Config<ServiceRoleSpec>>,
     pub service_role_bindings: &'a Store<Config<ServiceRoleBindingSpec>>,
     pub cluster_rbac_configs: &'a Store<Config<ClusterRbacConfigSpec>>,

@@ -53,7 +53,9 @@ impl Protocol {
         }
     }
 
-    fn parse(value: &str) -> Option<Protocol> {
+    /// A protocol by Istio's name for it, any case (`HTTP`, `grpc-web`); `None`
+    /// for a name Istio does not know.
+    pub fn parse(value: &str) -> Option<Protocol> {
         Some(match value.to_ascii_lowercase().as_str() {
             "http" | "http_proxy" => Protocol::Http,
             "http2" => Protocol::Http2,

@@ -790,3 +790,79 @@ pub(super) fn check_selector_labels(labels: &BTreeMap<String, String>, in_root: 
         );
     }
 }
+
+// ------------------------------------------- ports, protocols, listeners
+
+/// The protocols a Gateway, ServiceEntry or Sidecar port may name, as
+/// Istio parses them (any case).
+pub(super) const PROTOCOLS: &str = "HTTP, HTTPS, HTTP2, GRPC, GRPC-WEB, TCP, TLS, MONGO, MYSQL or REDIS";
+
+/// A port's protocol: required, and one Istio knows.
+pub(super) fn check_protocol(out: &mut Out, path: &str, protocol: Option<&str>) {
+    match protocol {
+        None | Some("") => out.err(path, format!("the protocol is required: set one of {PROTOCOLS}")),
+        Some(p) if crate::model::protocol::Protocol::parse(p).is_none() => {
+            out.err(path, format!("protocol {p:?} is not one Istio knows: use one of {PROTOCOLS}"))
+        }
+        Some(_) => {}
+    }
+}
+
+/// Istio's prefix for a listener bound to a Unix domain socket.
+pub(super) const UNIX_PREFIX: &str = "unix://";
+
+/// A `unix://` address: an absolute path, or `@` for an abstract socket.
+pub(super) fn check_unix_address(out: &mut Out, path: &str, address: &str) {
+    let socket = address.strip_prefix(UNIX_PREFIX).unwrap_or(address);
+    if socket.is_empty() || !(socket.starts_with('/') || socket.starts_with('@')) {
+        out.err(
+            path,
+            format!("{address:?} is not a Unix socket address: write unix:// and an absolute path, e.g. \"unix:///var/run/app.sock\""),
+        );
+    } else if socket.len() > 107 {
+        out.err(
+            path,
+            format!("the socket path of {address:?} is longer than 107 characters: use a shorter path"),
+        );
+    }
+}
+
+/// A host with a namespace in front, `namespace/host`, as a Gateway
+/// server's or a Sidecar egress listener's hosts write it. The namespace is
+/// `*`, `.`, a namespace name, or (Sidecar only) `~`; the host `*` or a DNS
+/// name with an optional leading wildcard. A Gateway may leave the
+/// namespace out.
+pub(super) fn check_namespaced_host(out: &mut Out, path: &str, value: &str, sidecar: bool) {
+    let (namespace, host) = match value.split_once('/') {
+        Some((ns, host)) => (Some(ns), host),
+        None if sidecar => {
+            return out.err(
+                path,
+                format!(
+                    "{value:?} has no namespace: write namespace/host, e.g. \"*/{value}\" (any namespace) or \
+                     \"./{value}\" (this one)"
+                ),
+            );
+        }
+        None => (None, value),
+    };
+    if let Some(ns) = namespace {
+        let tilde_ok = sidecar && ns == "~";
+        if !(ns == "*" || ns == "." || tilde_ok || is_dns1123_label(ns)) {
+            let choices = if sidecar {
+                "\"*\", \".\", \"~\" or a namespace name"
+            } else {
+                "\"*\", \".\" or a namespace name"
+            };
+            out.err(path, format!("namespace {ns:?} of {value:?} is not valid: use {choices}"));
+        }
+    }
+    if host.contains('/') {
+        return out.err(path, format!("{value:?} has more than one '/': write namespace/host"));
+    }
+    if host != "*" {
+        if let Err(e) = check_wildcard_domain(host) {
+            out.err(path, format!("host {host:?} is not valid ({e}): {HOST_FIX}"));
+        }
+    }
+}

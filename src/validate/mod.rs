@@ -28,11 +28,14 @@
 
 mod common;
 mod destination_rule;
+mod gateway;
 pub mod inventory;
 mod peer_authentication;
 mod policy;
 mod rbac;
 mod request_authentication;
+mod service_entry;
+mod sidecar;
 #[cfg(test)]
 mod tests;
 mod virtual_service;
@@ -45,13 +48,16 @@ use serde::de::DeserializeOwned;
 
 use crate::api::cluster_rbac_config::ClusterRbacConfigSpec;
 use crate::api::destination_rule::DestinationRuleSpec;
+use crate::api::gateway::GatewaySpec;
 use crate::api::mesh_policy::MeshPolicySpec;
 use crate::api::peer_authentication::PeerAuthenticationSpec;
 use crate::api::policy::PolicySpec;
 use crate::api::rbac_config::RbacConfigSpec;
 use crate::api::request_authentication::RequestAuthenticationSpec;
+use crate::api::service_entry::ServiceEntrySpec;
 use crate::api::service_role::ServiceRoleSpec;
 use crate::api::service_role_binding::ServiceRoleBindingSpec;
+use crate::api::sidecar::SidecarSpec;
 use crate::api::virtual_service::VirtualServiceSpec;
 use crate::model::mtls::{MtlsMode, MtlsPolicies};
 use crate::model::protocol::Protocol;
@@ -139,6 +145,8 @@ pub struct Context {
     /// Policies with targets, by namespace: (name, [(Service, [port])]),
     /// a port as `9080` or `name:http`, none for every port.
     targeted_policies: Option<BTreeMap<String, Vec<Targeted>>>,
+    /// Names of the Sidecars without a workloadSelector, by namespace.
+    namespace_wide_sidecars: Option<BTreeMap<String, BTreeSet<String>>>,
 }
 
 /// A PeerAuthentication without a selector: (name, creationTimestamp).
@@ -160,6 +168,7 @@ impl Context {
             root_namespace: None,
             namespace_wide_peer_authentications: Some(BTreeMap::new()),
             targeted_policies: Some(BTreeMap::new()),
+            namespace_wide_sidecars: Some(BTreeMap::new()),
         }
     }
 
@@ -188,6 +197,9 @@ impl Context {
         }
         for p in state.policies.values() {
             ctx.add_policy(&p.key.namespace, &p.key.name, &p.spec);
+        }
+        for s in state.sidecars.values() {
+            ctx.add_sidecar(&s.key.namespace, &s.key.name, &s.spec);
         }
         ctx.set_root_namespace(&state.mesh_config.root_namespace);
         ctx.mtls = Some(MtlsPolicies::build(state));
@@ -225,6 +237,23 @@ impl Context {
             entry.push((name.to_string(), created.map(String::from)));
         }
         self
+    }
+
+    /// A Sidecar, `name` in `namespace`; only those without a
+    /// workloadSelector are kept.
+    pub fn add_sidecar(&mut self, namespace: &str, name: &str, spec: &SidecarSpec) -> &mut Self {
+        let known = self.namespace_wide_sidecars.get_or_insert_with(BTreeMap::new);
+        if spec.workload_selector.is_none() {
+            known.entry(namespace.to_string()).or_default().insert(name.to_string());
+        }
+        self
+    }
+
+    /// The names of `namespace`'s Sidecars without a workloadSelector;
+    /// `None` when unknown.
+    fn namespace_wide_sidecars(&self, namespace: &str) -> Option<Vec<&str>> {
+        let known = self.namespace_wide_sidecars.as_ref()?;
+        Some(known.get(namespace).map(|n| n.iter().map(String::as_str).collect()).unwrap_or_default())
     }
 
     /// An Istio 1.1 Policy, `name` in `namespace`; only its targets are kept.
@@ -427,6 +456,36 @@ impl Validate for DestinationRuleSpec {
     }
 }
 
+impl Validate for GatewaySpec {
+    fn validate(&self, _namespace: &str, _ctx: &Context) -> Vec<Finding> {
+        let mut out = common::Out::default();
+        gateway::check(self, &mut out);
+        out.findings
+    }
+}
+
+impl Validate for ServiceEntrySpec {
+    fn validate(&self, namespace: &str, _ctx: &Context) -> Vec<Finding> {
+        let mut out = common::Out::default();
+        service_entry::check(self, namespace, &mut out);
+        out.findings
+    }
+}
+
+impl Validate for SidecarSpec {
+    fn validate(&self, _namespace: &str, _ctx: &Context) -> Vec<Finding> {
+        let mut out = common::Out::default();
+        sidecar::check(self, &mut out);
+        out.findings
+    }
+
+    fn validate_named(&self, namespace: &str, name: &str, ctx: &Context) -> Vec<Finding> {
+        let mut out = common::Out::default();
+        sidecar::check_siblings(self, namespace, name, ctx, &mut out);
+        out.findings
+    }
+}
+
 impl Validate for ServiceRoleSpec {
     fn validate(&self, _namespace: &str, ctx: &Context) -> Vec<Finding> {
         let mut out = common::Out::default();
@@ -534,6 +593,9 @@ pub fn validate_object(
     findings.extend(match kind {
         "VirtualService" => run::<VirtualServiceSpec>(kind, spec, namespace, name, ctx),
         "DestinationRule" => run::<DestinationRuleSpec>(kind, spec, namespace, name, ctx),
+        "Gateway" => run::<GatewaySpec>(kind, spec, namespace, name, ctx),
+        "ServiceEntry" => run::<ServiceEntrySpec>(kind, spec, namespace, name, ctx),
+        "Sidecar" => run::<SidecarSpec>(kind, spec, namespace, name, ctx),
         "ServiceRole" => run::<ServiceRoleSpec>(kind, spec, namespace, name, ctx),
         "ServiceRoleBinding" => run::<ServiceRoleBindingSpec>(kind, spec, namespace, name, ctx),
         "ClusterRbacConfig" | "RbacConfig" => run::<RbacConfigSpec>(kind, spec, namespace, name, ctx),

@@ -48,9 +48,12 @@ fn list(findings: &[Finding]) -> String {
 }
 
 /// Every kind validation knows.
-const KINDS: [&str; 10] = [
+const KINDS: [&str; 13] = [
     "VirtualService",
     "DestinationRule",
+    "Gateway",
+    "ServiceEntry",
+    "Sidecar",
     "ServiceRole",
     "ServiceRoleBinding",
     "ClusterRbacConfig",
@@ -95,9 +98,15 @@ fn validation_only(found: Vec<Finding>) -> Vec<Finding> {
 #[test]
 fn bookinfo_samples_name_exactly_the_fields_mesh_does_not_apply() {
     let mut seen = Vec::new();
-    for kind in
-        ["VirtualService", "DestinationRule", "ServiceRole", "ServiceRoleBinding", "ClusterRbacConfig"]
-    {
+    for kind in [
+        "VirtualService",
+        "DestinationRule",
+        "Gateway",
+        "ServiceEntry",
+        "ServiceRole",
+        "ServiceRoleBinding",
+        "ClusterRbacConfig",
+    ] {
         for (file, doc) in samples::of_kind(kind) {
             let name = doc["metadata"]["name"].as_str().unwrap();
             let found = validate_object(kind, ns_of(&doc), name, &doc["spec"], bookinfo());
@@ -106,10 +115,19 @@ fn bookinfo_samples_name_exactly_the_fields_mesh_does_not_apply() {
             }
         }
     }
-    // Authorization is applied: no RBAC sample names a field.
+    // Authorization is applied: no RBAC sample names a field. Gateways and
+    // ServiceEntries are accepted but not translated: every field they set
+    // is named (only the top-level ones, as nothing under them applies).
     let mut expected: Vec<String> = [
         "bookinfo-gateway.yaml VirtualService bookinfo spec.gateways",
+        "bookinfo-gateway.yaml Gateway bookinfo-gateway spec.selector",
+        "bookinfo-gateway.yaml Gateway bookinfo-gateway spec.servers",
         "certmanager-gateway.yaml VirtualService cert-manager spec.gateways",
+        "certmanager-gateway.yaml Gateway cert-manager-gateway spec.selector",
+        "certmanager-gateway.yaml Gateway cert-manager-gateway spec.servers",
+        "egress-rule-google-apis.yaml ServiceEntry googleapis spec.hosts",
+        "egress-rule-google-apis.yaml ServiceEntry googleapis spec.ports",
+        "egress-rule-google-apis.yaml ServiceEntry googleapis spec.resolution",
     ]
     .map(String::from)
     .into();
@@ -184,7 +202,7 @@ fn validate_object_reports_parse_errors_at_the_field() {
     let found = validate_object("VirtualService", NS, "reviews", &spec, bookinfo());
     assert_eq!(found.len(), 1, "{}", list(&found));
     assert!(found[0].is_error() && found[0].field == "spec.http[0].timeout", "{}", list(&found));
-    assert!(validate_object("Gateway", NS, "gw", &spec, bookinfo()).is_empty());
+    assert!(validate_object("WorkloadEntry", NS, "we", &spec, bookinfo()).is_empty());
 }
 
 #[test]
@@ -403,6 +421,34 @@ fn cases_yaml_is_well_formed() {
     for expect in [Expect::Reject, Expect::Warn, Expect::Accept, Expect::Clean] {
         assert!(cases.iter().any(|c| c.expect == expect), "no {expect:?} case");
     }
+}
+
+// ------------------------------------------------------------- Sidecars
+
+#[test]
+fn a_second_namespace_wide_sidecar_is_warned_about() {
+    let spec: SidecarSpec = serde_yaml_ng::from_str("egress: [{hosts: [\"./*\"]}]").expect("a Sidecar spec");
+    let json = serde_json::to_value(&spec).unwrap();
+    let mut ctx = Context::empty();
+    ctx.add_sidecar("prod", "default", &spec);
+    // The one already there, updated: no other.
+    assert!(validation_only(validate_object("Sidecar", "prod", "default", &json, &ctx)).is_empty());
+    // A second one without a selector.
+    let found = validation_only(validate_object("Sidecar", "prod", "second", &json, &ctx));
+    assert_eq!(found.len(), 1, "{}", list(&found));
+    assert!(
+        found[0].field == "spec.workloadSelector"
+            && found[0].message.starts_with("Sidecar default also has no workloadSelector in this namespace"),
+        "{}",
+        list(&found)
+    );
+    // One with a selector, or in another namespace, is not its sibling.
+    let selecting =
+        serde_json::json!({"workloadSelector": {"labels": {"app": "a"}}, "egress": [{"hosts": ["./*"]}]});
+    assert!(validation_only(validate_object("Sidecar", "prod", "a", &selecting, &ctx)).is_empty());
+    assert!(validation_only(validate_object("Sidecar", "dev", "x", &json, &ctx)).is_empty());
+    // Unknown to a context that knows nothing.
+    assert!(validation_only(validate_object("Sidecar", "prod", "y", &json, &Context::default())).is_empty());
 }
 
 // ------------------------------------------- policies that switch mutual TLS

@@ -312,6 +312,7 @@ fn authorization(case: &Case, destination: &Resolved, ports: &HashMap<u16, u16>)
     let (virtual_services, destination_rules, peer_authentications, policies, mesh_policies) =
         (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     let request_authentications = BTreeMap::new();
+    let (gateways, service_entries, sidecars) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     let state = ClusterState {
         services: &services,
         endpoint_slices: &endpoint_slices,
@@ -319,6 +320,9 @@ fn authorization(case: &Case, destination: &Resolved, ports: &HashMap<u16, u16>)
         namespaces: &namespaces,
         virtual_services: &virtual_services,
         destination_rules: &destination_rules,
+        gateways: &gateways,
+        service_entries: &service_entries,
+        sidecars: &sidecars,
         service_roles: &service_roles,
         service_role_bindings: &service_role_bindings,
         cluster_rbac_configs: &cluster_rbac_configs,
