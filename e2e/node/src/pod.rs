@@ -322,7 +322,7 @@ impl Worker {
             ));
         }
         // Written in place: the file itself is bind-mounted, a rename would not show.
-        std::fs::write(etc.join("hosts"), hosts)?;
+        rewrite_in_place(&etc.join("hosts"), hosts.as_bytes())?;
         let ns = &self.namespace;
         std::fs::write(
             etc.join("resolv.conf"),
@@ -882,4 +882,15 @@ pub fn find_pod_dir(state_dir: &std::path::Path, namespace: &str, name: &str) ->
         .find(|p| file_name(p).starts_with(&exact))
         .or_else(|| dirs.iter().find(|p| file_name(p).starts_with(&prefix)))
         .cloned()
+}
+
+/// Replaces a bind-mounted file's content without the empty moment of
+/// truncate-then-write, in which a program resolving a name from
+/// /etc/hosts would find none: the new content goes over the old from the
+/// start, then the file is cut to its length.
+fn rewrite_in_place(path: &std::path::Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path)?;
+    file.write_all(content)?;
+    file.set_len(content.len() as u64)
 }
