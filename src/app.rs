@@ -153,6 +153,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     watches.spawn::<index::VirtualServices>(&mut tasks);
     watches.spawn::<index::DestinationRules>(&mut tasks);
     watches.spawn::<index::Gateways>(&mut tasks);
+    watches.spawn::<index::Secrets>(&mut tasks);
     watches.spawn::<index::ServiceEntries>(&mut tasks);
     watches.spawn::<index::Sidecars>(&mut tasks);
     watches.spawn::<index::ServiceRoles>(&mut tasks);

@@ -8,11 +8,13 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
 use super::{ConvertError, Index, Kind, Store};
 use crate::api;
+use crate::model::credential::TlsCredential;
 use crate::model::{
     Config, Endpoint, EndpointPort, EndpointSlice, Namespace, ObjectKey, Service, ServicePort, Workload,
 };
@@ -20,6 +22,10 @@ use crate::model::{
 /// How to open a cluster-wide watch for a kind.
 pub trait Watched: Kind {
     fn api(client: Client) -> Api<Self::Object>;
+    /// Which objects of the kind are listed and watched: all by default.
+    fn config() -> watcher::Config {
+        watcher::Config::default()
+    }
 }
 
 fn key_of<R: Resource>(obj: &R, kind: &'static str) -> Result<ObjectKey, ConvertError> {
@@ -193,6 +199,46 @@ core_kind!(
     /// Namespaces.
     Namespaces, "Namespace", core::Namespace, Namespace, namespaces, namespace, false
 );
+
+/// Secrets, kept only for the TLS credentials they hold (gateway servers'
+/// `credentialName`); ServiceAccount tokens and Helm's release records are
+/// not even listed.
+pub struct Secrets;
+
+impl Kind for Secrets {
+    type Object = core::Secret;
+    type Entry = TlsCredential;
+    const NAME: &'static str = "Secret";
+    const VALIDATION_INPUT: bool = false;
+
+    fn key(obj: &core::Secret) -> Result<ObjectKey, ConvertError> {
+        key_of(obj, Self::NAME)
+    }
+    fn convert(obj: &core::Secret) -> Result<TlsCredential, ConvertError> {
+        let data: BTreeMap<String, Vec<u8>> =
+            obj.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
+        Ok(TlsCredential::from_data(key_of(obj, Self::NAME)?, &data))
+    }
+    fn kept(entry: &TlsCredential) -> bool {
+        !entry.is_empty()
+    }
+    fn store(index: &mut Index) -> &mut Store<TlsCredential> {
+        &mut index.credentials
+    }
+    fn store_ref(index: &Index) -> &Store<TlsCredential> {
+        &index.credentials
+    }
+}
+
+impl Watched for Secrets {
+    fn api(client: Client) -> Api<core::Secret> {
+        Api::all(client)
+    }
+    fn config() -> watcher::Config {
+        watcher::Config::default()
+            .fields("type!=kubernetes.io/service-account-token,type!=helm.sh/release.v1")
+    }
+}
 
 fn labels(meta: &kube::api::ObjectMeta) -> BTreeMap<String, String> {
     meta.labels.clone().unwrap_or_default()

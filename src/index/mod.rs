@@ -41,13 +41,14 @@ use crate::api::{
     service_role_binding::ServiceRoleBindingSpec, sidecar::SidecarSpec, virtual_service::VirtualServiceSpec,
 };
 pub use crate::model::Store;
+use crate::model::credential::TlsCredential;
 use crate::model::{
     ClusterState, Config, EndpointSlice, MeshConfig, Namespace, ObjectKey, Service, Workload,
 };
 
 pub use kinds::{
     ClusterRbacConfigs, DestinationRules, EndpointSlices, Gateways, MeshPolicies, Namespaces,
-    PeerAuthentications, Pods, Policies, RbacConfigs, RequestAuthentications, ServiceEntries,
+    PeerAuthentications, Pods, Policies, RbacConfigs, RequestAuthentications, Secrets, ServiceEntries,
     ServiceRoleBindings, ServiceRoles, Services, Sidecars, VirtualServices,
 };
 
@@ -75,6 +76,11 @@ pub trait Kind: 'static {
 
     fn key(obj: &Self::Object) -> Result<ObjectKey, ConvertError>;
     fn convert(obj: &Self::Object) -> Result<Self::Entry, ConvertError>;
+    /// Whether an entry is worth keeping; an object whose entry is not
+    /// (a Secret that holds nothing for TLS) is held as if it did not exist.
+    fn kept(_entry: &Self::Entry) -> bool {
+        true
+    }
     fn store(index: &mut Index) -> &mut Store<Self::Entry>;
     fn store_ref(index: &Index) -> &Store<Self::Entry>;
 }
@@ -115,6 +121,7 @@ pub struct Index {
     virtual_services: Store<Config<VirtualServiceSpec>>,
     destination_rules: Store<Config<DestinationRuleSpec>>,
     gateways: Store<Config<GatewaySpec>>,
+    credentials: Store<TlsCredential>,
     service_entries: Store<Config<ServiceEntrySpec>>,
     sidecars: Store<Config<SidecarSpec>>,
     service_roles: Store<Config<ServiceRoleSpec>>,
@@ -158,6 +165,7 @@ impl Index {
             virtual_services: Store::new(),
             destination_rules: Store::new(),
             gateways: Store::new(),
+            credentials: Store::new(),
             service_entries: Store::new(),
             sidecars: Store::new(),
             service_roles: Store::new(),
@@ -210,6 +218,12 @@ impl Index {
             Err(error) => return self.skip::<K>(error),
         };
         let store = K::store(self);
+        if !K::kept(&entry) {
+            if store.remove(&key).is_some() {
+                self.changed::<K>();
+            }
+            return;
+        }
         if store.get(&key) == Some(&entry) {
             return;
         }
@@ -239,6 +253,7 @@ impl Index {
                 }
             };
             match K::convert(obj) {
+                Ok(entry) if !K::kept(&entry) => {}
                 Ok(entry) => {
                     fresh.insert(key, entry);
                 }
@@ -270,6 +285,7 @@ impl Index {
             virtual_services: &self.virtual_services,
             destination_rules: &self.destination_rules,
             gateways: &self.gateways,
+            credentials: &self.credentials,
             service_entries: &self.service_entries,
             sidecars: &self.sidecars,
             service_roles: &self.service_roles,

@@ -24,7 +24,7 @@ where
 {
     let mut ready = Some(ready);
     let mut listing: Vec<K::Object> = Vec::new();
-    let stream = watcher::watcher(K::api(client), watcher::Config::default()).default_backoff();
+    let stream = watcher::watcher(K::api(client), K::config()).default_backoff();
     futures::pin_mut!(stream);
     loop {
         let event = tokio::select! {

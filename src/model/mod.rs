@@ -15,6 +15,7 @@
 //! codes ([`status`]) and the `mesh` gateway ([`mesh::MESH_GATEWAY`]).
 
 pub mod cidr;
+pub mod credential;
 pub mod duration;
 pub mod host;
 pub mod jwt;
@@ -212,6 +213,8 @@ pub struct ClusterState<'a> {
     pub destination_rules: &'a Store<Config<DestinationRuleSpec>>,
     /// Indexed and validated; nothing translates them yet.
     pub gateways: &'a Store<Config<GatewaySpec>>,
+    /// The TLS credentials Secrets hold (gateways' `credentialName`).
+    pub credentials: &'a Store<credential::TlsCredential>,
     /// Indexed and validated; nothing translates them yet.
     pub service_entries: &'a Store<Config<ServiceEntrySpec>>,
     /// Indexed and validated; nothing translates them yet.

@@ -24,6 +24,7 @@ use super::snapshot::{Resource, ResourceSet, Resources, Snapshot};
 use crate::index::Index;
 use crate::model::ObjectKey;
 use crate::model::Workload;
+use crate::model::credential::TlsCredential;
 use crate::model::jwt::JwtPolicies;
 use crate::model::mesh::{MeshView, ProxyContext, ScopeKey};
 use crate::model::mtls::{MtlsMode, MtlsPolicies};
@@ -68,6 +69,8 @@ impl MeshGenerator {
 struct Packing {
     outbound: HashMap<ScopeKey, Arc<PackedOutbound>>,
     inbound: HashMap<ObjectKey, Arc<PackedInbound>>,
+    /// The SDS secrets of the TLS credentials in each namespace's Secrets.
+    credentials: HashMap<String, Arc<ResourceSet>>,
 }
 
 impl Generator for MeshGenerator {
@@ -82,8 +85,15 @@ impl Generator for MeshGenerator {
             .iter()
             .map(|(key, w)| (key.clone(), (ProxyContext::from_workload(w), w.clone())))
             .collect();
-        let previous = std::mem::take(&mut *self.last.lock().unwrap_or_else(|p| p.into_inner()));
+        let (previous, credentials) = {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            let previous = std::mem::take(&mut *last);
+            let credentials = pack_credentials(state.credentials, &previous.credentials);
+            last.credentials = credentials.clone();
+            (previous, credentials)
+        };
         Arc::new(MeshContext {
+            credentials,
             view,
             mtls,
             jwt,
@@ -111,6 +121,8 @@ struct MeshContext {
     keys: FetchedKeys,
     /// Who may call each workload's inbound ports.
     rbac: RbacPolicies,
+    /// The SDS secrets of each namespace's TLS credentials.
+    credentials: HashMap<String, Arc<ResourceSet>>,
     /// Each pod's proxy context, and the pod itself (policies select on it).
     proxies: HashMap<ObjectKey, (ProxyContext, Workload)>,
     outbound: ScopeCache<ScopeKey, PackedOutbound>,
@@ -275,6 +287,26 @@ impl PushContext for MeshContext {
                 Resources::from_parts([outbound.listener.clone(), inbound.listener.clone()]),
             )
     }
+}
+
+/// The SDS secrets of the TLS credentials Secrets hold, by namespace: a
+/// gateway may have those of its own namespace. Unchanged namespaces keep
+/// the last push's part.
+fn pack_credentials(
+    credentials: &crate::model::Store<TlsCredential>,
+    previous: &HashMap<String, Arc<ResourceSet>>,
+) -> HashMap<String, Arc<ResourceSet>> {
+    let mut by_namespace: HashMap<&str, Vec<&TlsCredential>> = HashMap::new();
+    for credential in credentials.values() {
+        by_namespace.entry(credential.key.namespace.as_str()).or_default().push(credential);
+    }
+    by_namespace
+        .into_iter()
+        .map(|(namespace, credentials)| {
+            let secrets = ResourceSet::of(translate::secret::credential_secrets(credentials), |s| s.name.clone());
+            (namespace.to_string(), reuse(secrets, previous.get(namespace)))
+        })
+        .collect()
 }
 
 /// One listener, packed with the clusters it sends to (as translation says).

@@ -55,7 +55,7 @@ use super::proxy::{Proxy, ProxyId};
 use super::push::{self, Connection, Connections, Debounce, NackRecord, PushError, Pusher, StreamReport};
 use super::resource_type::ResourceType;
 use super::sds::{IssuedSecrets, WorkloadCa, is_served_secret};
-use super::snapshot::Snapshot;
+use super::snapshot::{Resources, Snapshot};
 use super::sotw::SotwStream;
 use super::wire::{DeltaResponse, SotwResponse, Wire};
 use crate::ca::serving::{ServingCert, provider};
@@ -552,21 +552,24 @@ impl<M: Machine> Session<M> {
         self.shared.note_cert_expiry();
     }
 
-    /// Refuses secret names other than the proxy's own: they are never
-    /// sent; each is warned about once per stream, and counted.
+    /// Refuses secret names other than the proxy's own and the credentials
+    /// its configuration holds (a gateway's, from Secrets of its namespace):
+    /// they are never sent; each is warned about once per stream, and
+    /// counted. A credential whose Secret appears later is sent then.
     fn refuse_foreign_secrets(&mut self, request: &M::Request) {
         let (type_url, names) = M::subscribing(request);
         if type_url != ResourceType::Secret.type_url() {
             return;
         }
-        for name in names.iter().filter(|n| !is_served_secret(n)) {
+        let held = self.base.get(ResourceType::Secret);
+        for name in names.iter().filter(|n| !is_served_secret(n) && !held.is_some_and(|h| h.contains(n))) {
             if self.refused.insert(name.clone()) {
                 self.shared.metrics.secret_refused();
                 tracing::warn!(
                     proxy = %self.connection.proxy.id,
                     identity = %format!("{}/{}", self.connection.proxy.identity.namespace, self.connection.proxy.identity.service_account),
                     secret = %name,
-                    "secret request refused: a proxy gets only its own `default` and `ROOTCA`"
+                    "secret request refused: a proxy gets its own `default` and `ROOTCA`, and a gateway the TLS credentials of Secrets in its namespace"
                 );
             }
         }
@@ -673,12 +676,14 @@ impl<M: Machine> Session<M> {
     }
 }
 
-/// The configuration offered, with the stream's own secrets added (they are
-/// the only secrets a proxy gets).
+/// The configuration offered, with the stream's own secrets added beside
+/// the credentials the configuration holds (a gateway's).
 fn with_secrets(base: &Arc<Snapshot>, secrets: Option<&IssuedSecrets>) -> Arc<Snapshot> {
     match secrets {
         Some(issued) => {
-            Arc::new(Snapshot::clone(base).with_resources(ResourceType::Secret, issued.secrets.clone()))
+            let mut parts = base.get(ResourceType::Secret).map(|r| r.parts().to_vec()).unwrap_or_default();
+            parts.push(issued.secrets.clone());
+            Arc::new(Snapshot::clone(base).with_resources(ResourceType::Secret, Resources::from_parts(parts)))
         }
         None => base.clone(),
     }
