@@ -451,6 +451,40 @@ mod tests {
         assert_eq!(ix.count::<ServiceEntries>(), 1);
     }
 
+    /// Secrets are held only for their TLS data: a Secret without any is
+    /// not kept, and one that loses it is dropped (a change that moves the
+    /// revision, so gateways stop being served the old credential).
+    #[test]
+    fn secrets_are_kept_only_while_they_hold_a_tls_credential() {
+        fn secret(name: &str, data: &[(&str, &str)]) -> core::Secret {
+            core::Secret {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    namespace: Some("istio-system".into()),
+                    ..Default::default()
+                },
+                data: Some(
+                    data.iter()
+                        .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.as_bytes().to_vec())))
+                        .collect(),
+                ),
+                ..Default::default()
+            }
+        }
+        let mut ix = index();
+        ix.apply::<Secrets>(&secret("registry", &[(".dockerconfigjson", "{}")]));
+        assert_eq!((ix.count::<Secrets>(), ix.revision()), (0, 0));
+        ix.apply::<Secrets>(&secret("bookinfo", &[("tls.crt", "C"), ("tls.key", "K")]));
+        let key = ObjectKey::new("istio-system", "bookinfo");
+        assert!(ix.get::<Secrets>(&key).is_some_and(|c| c.has_certificate()));
+        assert_eq!(ix.revision(), 1);
+        assert_eq!(ix.config_revision(), 0, "validation does not read Secrets");
+        ix.apply::<Secrets>(&secret("bookinfo", &[("note", "emptied")]));
+        assert_eq!((ix.count::<Secrets>(), ix.revision()), (0, 2));
+        ix.reset::<Secrets>(&[secret("registry", &[]), secret("bookinfo", &[("cert", "C"), ("key", "K")])]);
+        assert_eq!(ix.count::<Secrets>(), 1);
+    }
+
     #[test]
     fn the_malformed_field_is_named() {
         let err = VirtualServices::convert(&vs("bad", 1, json!({"http": [{"retries": {"attempts": "x"}}]})))

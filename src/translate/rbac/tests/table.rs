@@ -313,6 +313,7 @@ fn authorization(case: &Case, destination: &Resolved, ports: &HashMap<u16, u16>)
         (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     let request_authentications = BTreeMap::new();
     let (gateways, service_entries, sidecars) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let credentials = BTreeMap::new();
     let state = ClusterState {
         services: &services,
         endpoint_slices: &endpoint_slices,
@@ -321,6 +322,7 @@ fn authorization(case: &Case, destination: &Resolved, ports: &HashMap<u16, u16>)
         virtual_services: &virtual_services,
         destination_rules: &destination_rules,
         gateways: &gateways,
+        credentials: &credentials,
         service_entries: &service_entries,
         sidecars: &sidecars,
         service_roles: &service_roles,
