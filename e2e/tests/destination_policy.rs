@@ -25,7 +25,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::support::{
-    Applied, Release, TempNamespace, controller_metric, enter, eventually, kubectl_ok, pod_named, rollout,
+    Applied, Release, TempNamespace, controller_metric, enter, eventually, httpbin, kubectl_ok, pod_named,
+    rollout,
 };
 
 /// The chart, and a namespace labelled for injection; both removed on drop.
@@ -71,49 +72,6 @@ impl Mesh {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0)
     }
-}
-
-/// Istio's `samples/httpbin/httpbin.yaml`, with `replicas` pods.
-fn httpbin(replicas: u32, args: &str) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: ServiceAccount
-metadata:
-  name: httpbin
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: httpbin
-  labels: {{app: httpbin, service: httpbin}}
-spec:
-  ports:
-  - {{name: http, port: 8000, targetPort: 8080}}
-  selector: {{app: httpbin}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: httpbin
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: httpbin, version: v1}}
-  template:
-    metadata:
-      labels: {{app: httpbin, version: v1}}
-    spec:
-      serviceAccountName: httpbin
-      containers:
-      - image: docker.io/mccutchen/go-httpbin:v2.15.0
-        imagePullPolicy: IfNotPresent
-        name: httpbin
-        args: [{args}]
-        ports:
-        - containerPort: 8080
-"#
-    )
 }
 
 /// A fortio server Deployment (Istio's `fortio-deploy.yaml` shape) with

@@ -542,3 +542,46 @@ impl Drop for Applied {
         );
     }
 }
+
+/// Istio's `samples/httpbin/httpbin.yaml`, with `replicas` pods.
+pub fn httpbin(replicas: u32, args: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: httpbin
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: httpbin
+  labels: {{app: httpbin, service: httpbin}}
+spec:
+  ports:
+  - {{name: http, port: 8000, targetPort: 8080}}
+  selector: {{app: httpbin}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: httpbin
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: httpbin, version: v1}}
+  template:
+    metadata:
+      labels: {{app: httpbin, version: v1}}
+    spec:
+      serviceAccountName: httpbin
+      containers:
+      - image: docker.io/mccutchen/go-httpbin:v2.15.0
+        imagePullPolicy: IfNotPresent
+        name: httpbin
+        args: [{args}]
+        ports:
+        - containerPort: 8080
+"#
+    )
+}

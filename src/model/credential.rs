@@ -94,11 +94,17 @@ mod tests {
             key.clone(),
             &data(&[("tls.crt", "C"), ("tls.key", "K"), ("cert", "GC"), ("key", "GK"), ("cacert", "GA")]),
         );
-        assert_eq!((both.cert_chain.as_deref(), both.private_key.as_deref()), (Some(&b"GC"[..]), Some(&b"GK"[..])));
+        assert_eq!(
+            (both.cert_chain.as_deref(), both.private_key.as_deref()),
+            (Some(&b"GC"[..]), Some(&b"GK"[..]))
+        );
         assert_eq!(both.ca_cert.as_deref(), Some(&b"GA"[..]));
 
         // A generic cert without its key does not hide a complete tls pair.
-        let half = TlsCredential::from_data(key.clone(), &data(&[("cert", "GC"), ("tls.crt", "C"), ("tls.key", "K")]));
+        let half = TlsCredential::from_data(
+            key.clone(),
+            &data(&[("cert", "GC"), ("tls.crt", "C"), ("tls.key", "K")]),
+        );
         assert_eq!(half.cert_chain.as_deref(), Some(&b"C"[..]));
 
         let ca_only = TlsCredential::from_data(key.clone(), &data(&[("cacert", "A")]));

@@ -29,7 +29,10 @@ pub const ROOT_SECRET: &str = "ROOTCA";
 pub const CREDENTIAL_PREFIX: &str = "kubernetes://";
 
 fn inline_bytes(pem: &[u8]) -> Option<DataSource> {
-    Some(DataSource { specifier: Some(data_source::Specifier::InlineBytes(pem.to_vec())), ..Default::default() })
+    Some(DataSource {
+        specifier: Some(data_source::Specifier::InlineBytes(pem.to_vec())),
+        ..Default::default()
+    })
 }
 
 fn inline(pem: &str) -> Option<DataSource> {
@@ -79,7 +82,10 @@ pub fn credential_secrets<'a>(credentials: impl IntoIterator<Item = &'a TlsCrede
                 private_key: inline_bytes(key),
                 ..Default::default()
             };
-            out.insert(name.clone(), Secret { name, r#type: Some(secret::Type::TlsCertificate(certificate)) });
+            out.insert(
+                name.clone(),
+                Secret { name, r#type: Some(secret::Type::TlsCertificate(certificate)) },
+            );
         }
         let Some(ca) = &credential.ca_cert else { continue };
         // `<name>-cacert` is the Secret's own name, or the name of the CA of `<name>`.
@@ -96,7 +102,10 @@ pub fn credential_secrets<'a>(credentials: impl IntoIterator<Item = &'a TlsCrede
         };
         // A `-cacert` Secret's CA wins over the CA of the Secret it belongs to.
         if own || !out.contains_key(&name) {
-            out.insert(name.clone(), Secret { name, r#type: Some(secret::Type::ValidationContext(validation)) });
+            out.insert(
+                name.clone(),
+                Secret { name, r#type: Some(secret::Type::ValidationContext(validation)) },
+            );
         }
     }
     out.into_values().collect()
@@ -123,13 +132,15 @@ mod tests {
             .map(|s| {
                 let what = match &s.r#type {
                     Some(secret::Type::TlsCertificate(c)) => match &c.certificate_chain {
-                        Some(DataSource { specifier: Some(data_source::Specifier::InlineBytes(b)), .. }) => {
-                            String::from_utf8_lossy(b).into_owned()
-                        }
+                        Some(DataSource {
+                            specifier: Some(data_source::Specifier::InlineBytes(b)), ..
+                        }) => String::from_utf8_lossy(b).into_owned(),
                         other => format!("{other:?}"),
                     },
                     Some(secret::Type::ValidationContext(v)) => match &v.trusted_ca {
-                        Some(DataSource { specifier: Some(data_source::Specifier::InlineBytes(b)), .. }) => {
+                        Some(DataSource {
+                            specifier: Some(data_source::Specifier::InlineBytes(b)), ..
+                        }) => {
                             format!("ca {}", String::from_utf8_lossy(b))
                         }
                         other => format!("{other:?}"),

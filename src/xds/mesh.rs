@@ -303,7 +303,8 @@ fn pack_credentials(
     by_namespace
         .into_iter()
         .map(|(namespace, credentials)| {
-            let secrets = ResourceSet::of(translate::secret::credential_secrets(credentials), |s| s.name.clone());
+            let secrets =
+                ResourceSet::of(translate::secret::credential_secrets(credentials), |s| s.name.clone());
             (namespace.to_string(), reuse(secrets, previous.get(namespace)))
         })
         .collect()
