@@ -16,6 +16,7 @@
 
 pub mod cidr;
 pub mod duration;
+pub mod gateway;
 pub mod host;
 pub mod jwt;
 pub mod locality;
