@@ -325,8 +325,9 @@ mod tests {
         assert_eq!(event_for(&status).map(|(reason, _)| reason), Some("NotApplied".into()));
     }
 
-    /// A Gateway, a ServiceEntry and a Sidecar are accepted when valid and
-    /// never reported as applied: nothing translates them yet.
+    /// A ServiceEntry and a Sidecar are accepted when valid and never
+    /// reported as applied: nothing translates them yet. A Gateway is
+    /// applied, but for the fields still pending.
     #[test]
     fn kinds_not_translated_yet_are_accepted_and_unsupported() {
         use crate::api::{gateway::GatewaySpec, service_entry::ServiceEntrySpec, sidecar::SidecarSpec};
@@ -341,8 +342,16 @@ mod tests {
             1,
         );
         let sidecar = config::<SidecarSpec>(json!({"egress": [{"hosts": ["./*"]}]}), 1);
+        let applied = desired("Gateway", &gateway, &Context::default(), at(T0));
+        assert_eq!(summary(condition(&applied, "Reconciled")).0, "True");
+        let pending = config::<GatewaySpec>(
+            json!({"selector": {"istio": "ingressgateway"},
+                   "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"],
+                                "bind": "10.0.0.1"}]}),
+            1,
+        );
         let statuses = [
-            ("spec.servers", desired("Gateway", &gateway, &Context::default(), at(T0))),
+            ("spec.servers[0].bind", desired("Gateway", &pending, &Context::default(), at(T0))),
             ("spec.resolution", desired("ServiceEntry", &entry, &Context::default(), at(T0))),
             ("spec.egress", desired("Sidecar", &sidecar, &Context::default(), at(T0))),
         ];
@@ -351,7 +360,7 @@ mod tests {
             let reconciled = condition(&status, "Reconciled");
             assert_eq!(summary(reconciled), ("False".into(), "Unsupported".into()));
             let message = reconciled.message.as_deref().unwrap_or_default();
-            assert!(message.contains(field) && message.contains("not translated yet"), "{message}");
+            assert!(message.contains(field) && message.contains("not yet applied"), "{message}");
         }
         let invalid = config::<GatewaySpec>(json!({"selector": {"istio": "ingressgateway"}}), 2);
         let status = desired("Gateway", &invalid, &Context::default(), at(T0));

@@ -9,6 +9,9 @@ use super::settings::InjectArgs;
 
 pub const INJECT: &str = "sidecar.istio.io/inject";
 pub const STATUS: &str = "sidecar.istio.io/status";
+/// Istio's choice of injection template: `gateway` makes the pod a
+/// gateway proxy (`super::GATEWAY_TEMPLATE`), `sidecar` (the default) a sidecar.
+pub const TEMPLATES: &str = "inject.istio.io/templates";
 pub const PROXY_IMAGE: &str = "sidecar.istio.io/proxyImage";
 pub const PROXY_CPU: &str = "sidecar.istio.io/proxyCPU";
 pub const PROXY_MEMORY: &str = "sidecar.istio.io/proxyMemory";

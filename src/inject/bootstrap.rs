@@ -27,11 +27,21 @@ pub const ADMIN_PORT: u16 = 15000;
 pub const HEALTH_PORT: u16 = 15021;
 pub const PROMETHEUS_PORT: u16 = 15090;
 
+/// The node id's first part for a sidecar (Istio's node types).
+pub const SIDECAR_NODE: &str = "sidecar";
+/// The node id's first part for a gateway's Envoy.
+pub const ROUTER_NODE: &str = "router";
+
 /// Envoy's node id for a pod, Istio's format: `sidecar~<ip>~<pod>.<ns>~<ns>.svc.<domain>`.
 /// The injector passes it with `$(INSTANCE_IP)`, `$(POD_NAME)` and
 /// `$(POD_NAMESPACE)` for the kubelet to expand.
 pub fn node_id(ip: &str, pod: &str, namespace: &str, cluster_domain: &str) -> String {
-    format!("sidecar~{ip}~{pod}.{namespace}~{namespace}.svc.{cluster_domain}")
+    kind_node_id(SIDECAR_NODE, ip, pod, namespace, cluster_domain)
+}
+
+/// The same for a proxy of `kind` ([`SIDECAR_NODE`] or [`ROUTER_NODE`]).
+pub fn kind_node_id(kind: &str, ip: &str, pod: &str, namespace: &str, cluster_domain: &str) -> String {
+    format!("{kind}~{ip}~{pod}.{namespace}~{namespace}.svc.{cluster_domain}")
 }
 
 /// The bootstrap for sidecars that reach the controller at `proxy_xds_address` (host:port).

@@ -14,6 +14,10 @@
 //!   through the downward API) and an emptyDir for Envoy;
 //! - the annotation `sidecar.istio.io/status` recording what was added,
 //!   which also makes injecting twice a no-op;
+//! - a pod annotated `inject.istio.io/templates: gateway` (Istio's
+//!   gateway template) instead becomes a gateway proxy: its `istio-proxy`
+//!   container is filled with Envoy announcing itself as `router~…`, with
+//!   the same volumes, and nothing else is added (`template::gateway_patch`);
 //! - unless the pod says `sidecar.istio.io/rewriteAppHTTPProbers: "false"`,
 //!   its containers' httpGet, tcpSocket and grpc probes rewritten to
 //!   Envoy's app-health listener on :15020, so they pass under mutual TLS
@@ -41,6 +45,9 @@ pub const BOOTSTRAP_ANNOTATION: &str = "sidecar.mesh.io/bootstrap";
 pub const NAMESPACE_LABEL: &str = "istio-injection";
 pub const INIT_CONTAINER: &str = "istio-init";
 pub const PROXY_CONTAINER: &str = "istio-proxy";
+/// The template (annotation `inject.istio.io/templates`) of gateway proxies.
+pub const GATEWAY_TEMPLATE: &str = "gateway";
+const SIDECAR_TEMPLATE: &str = "sidecar";
 
 /// Why a pod was left alone.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,6 +131,24 @@ impl Injector {
         let empty = BTreeMap::new();
         let pod_annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
         let options = annotations::proxy_options(pod_annotations, &self.args)?;
+        match pod_annotations.get(annotations::TEMPLATES).map(|t| t.trim()) {
+            None | Some(SIDECAR_TEMPLATE) => {}
+            Some(GATEWAY_TEMPLATE) => {
+                return Ok(Outcome::Injected(template::gateway_patch(
+                    pod,
+                    &options,
+                    &self.args,
+                    &self.bootstrap,
+                )?));
+            }
+            Some(other) => {
+                return Err(InjectError::annotation(
+                    annotations::TEMPLATES,
+                    other,
+                    "is not a template the injector has; use `gateway` (a gateway proxy) or `sidecar`",
+                ));
+            }
+        }
         let app_probes = if options.rewrite_probes { probes::app_probes(pod)? } else { Vec::new() };
         if app_probes.is_empty() {
             return Ok(Outcome::Injected(template::patch(pod, &options, &self.args, &self.bootstrap, &[])?));
@@ -158,7 +183,10 @@ pub fn skip_reason(pod: &Pod, namespace: &NamespaceInfo<'_>, mesh_namespace: &st
     if pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false) {
         return Some(Skip::HostNetwork);
     }
-    if is_system_namespace(namespace.name, mesh_namespace) {
+    // The mesh's own gateways live beside the controller: a pod there is
+    // injected only when it opts in and asks for the gateway template.
+    let own_gateway = namespace.name == mesh_namespace && pod_choice(pod) == Some(true) && is_gateway(pod);
+    if is_system_namespace(namespace.name, mesh_namespace) && !own_gateway {
         return Some(Skip::SystemNamespace);
     }
     let label = namespace.labels.and_then(|l| l.get(NAMESPACE_LABEL)).map(String::as_str);
@@ -173,6 +201,12 @@ pub fn skip_reason(pod: &Pod, namespace: &NamespaceInfo<'_>, mesh_namespace: &st
     }
 }
 
+/// Whether the pod asks for the gateway template.
+pub fn is_gateway(pod: &Pod) -> bool {
+    let templates = pod.metadata.annotations.as_ref().and_then(|a| a.get(annotations::TEMPLATES));
+    templates.is_some_and(|t| t.trim() == GATEWAY_TEMPLATE)
+}
+
 /// Injected before: the status annotation, or a container of ours.
 pub fn is_injected(pod: &Pod) -> bool {
     let annotated = pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(annotations::STATUS));
@@ -182,7 +216,8 @@ pub fn is_injected(pod: &Pod) -> bool {
             s.containers.iter().chain(s.init_containers.iter().flatten()).any(|c| c.name == name)
         })
     };
-    annotated || has(PROXY_CONTAINER)
+    // A gateway pod brings its own `istio-proxy`, for the template to fill.
+    annotated || (!is_gateway(pod) && has(PROXY_CONTAINER))
 }
 
 /// The pod with a patch applied, as the API server applies it.

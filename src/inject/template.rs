@@ -17,7 +17,7 @@ use super::bootstrap::{self, BOOTSTRAP_DIR, BOOTSTRAP_FILE, ROOT_CERT_DIR, TOKEN
 use super::patch::{Addition, SidecarPatch};
 use super::probes::{self, AppProbe};
 use super::settings::{InjectArgs, PROXY_UID, TOKEN_AUDIENCE};
-use super::{BOOTSTRAP_ANNOTATION, INIT_CONTAINER, InjectError, PROXY_CONTAINER};
+use super::{BOOTSTRAP_ANNOTATION, GATEWAY_TEMPLATE, INIT_CONTAINER, InjectError, PROXY_CONTAINER};
 
 const ENVOY_VOLUME: &str = "istio-envoy";
 const TOKEN_VOLUME: &str = "istio-token";
@@ -49,7 +49,7 @@ pub fn patch(
     }
 
     let mut patch = SidecarPatch::default();
-    let mut proxy = proxy_container(options, args, &workload_name(pod));
+    let mut proxy = proxy_container(options, args, &workload_name(pod), bootstrap::SIDECAR_NODE);
     if !app_probes.is_empty() {
         proxy.env.get_or_insert_default().push(EnvVar {
             name: probes::PROBERS_ENV.into(),
@@ -104,6 +104,89 @@ pub fn patch(
     Ok(patch)
 }
 
+/// The JSON patch that makes `pod` a gateway proxy (Istio's `gateway`
+/// template): its container `istio-proxy` (whatever image it names, e.g.
+/// `auto`) becomes stock Envoy announcing itself as `router~…`, as an
+/// ordinary container (the gateway is the pod's application), with the
+/// same token, root certificate and bootstrap volumes as a sidecar, so
+/// it proves its pod's identity and gets its workload certificate by SDS
+/// for mutual TLS to sidecars. No init container and no traffic capture:
+/// the gateway's listeners bind the ports themselves. The container's own
+/// ports, environment, volume mounts and resources are kept, as Istio
+/// merges them.
+pub fn gateway_patch(
+    pod: &Pod,
+    options: &ProxyOptions,
+    args: &InjectArgs,
+    bootstrap: &str,
+) -> Result<SidecarPatch, InjectError> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Err(InjectError::Invalid("the pod has no spec".into()));
+    };
+    let Some(index) = spec.containers.iter().position(|c| c.name == PROXY_CONTAINER) else {
+        return Err(InjectError::Invalid(format!(
+            "the pod asks for the gateway template ({}: {GATEWAY_TEMPLATE}) but has no container named \
+             {PROXY_CONTAINER} for it; add one (image: auto)",
+            super::annotations::TEMPLATES
+        )));
+    };
+    let taken: Vec<&str> = spec.volumes.iter().flatten().map(|v| v.name.as_str()).collect();
+    let ours = [ENVOY_VOLUME, TOKEN_VOLUME, ROOT_CERT_VOLUME, BOOTSTRAP_VOLUME];
+    if let Some(clash) = ours.iter().find(|v| taken.contains(v)) {
+        return Err(InjectError::Invalid(format!(
+            "the pod already has a volume named {clash}, which the gateway proxy needs; rename it"
+        )));
+    }
+    let theirs = &spec.containers[index];
+    let mut proxy = proxy_container(options, args, &workload_name(pod), bootstrap::ROUTER_NODE);
+    // The pod's application: no native sidecar, nothing waits for it.
+    proxy.restart_policy = None;
+    proxy.startup_probe = None;
+    // Ready as soon as it has its listeners, probed as Istio's gateways are.
+    if let Some(probe) = proxy.readiness_probe.as_mut() {
+        probe.period_seconds = Some(2);
+        probe.failure_threshold = Some(30);
+    }
+    let ports = proxy.ports.get_or_insert_default();
+    for port in theirs.ports.iter().flatten() {
+        if !ports.iter().any(|p| p.container_port == port.container_port) {
+            ports.push(port.clone());
+        }
+    }
+    proxy.env.get_or_insert_default().extend(theirs.env.iter().flatten().cloned());
+    // Istio 1.1's certificate files (`serverCertificate`) come in this way.
+    proxy.volume_mounts.get_or_insert_default().extend(theirs.volume_mounts.iter().flatten().cloned());
+    if theirs.resources.as_ref().is_some_and(|r| r.requests.is_some() || r.limits.is_some()) {
+        proxy.resources = theirs.resources.clone();
+    }
+    let mut patch = SidecarPatch::default();
+    patch.replace(&["spec", "containers", &index.to_string()], Addition::Container(Box::new(proxy)));
+    if spec.volumes.is_none() {
+        patch.add(&["spec", "volumes"], Addition::Volumes(volumes(args)));
+    } else {
+        for v in volumes(args) {
+            patch.add(&["spec", "volumes", "-"], Addition::Volume(Box::new(v)));
+        }
+    }
+    let status = json!({
+        "initContainers": [],
+        "containers": [PROXY_CONTAINER],
+        "volumes": ours,
+        "imagePullSecrets": null,
+        "revision": "default",
+    });
+    let annotations = [(BOOTSTRAP_ANNOTATION, bootstrap.to_string()), (STATUS, status.to_string())];
+    if pod.metadata.annotations.is_none() {
+        let map = annotations.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        patch.add(&["metadata", "annotations"], Addition::Annotations(map));
+    } else {
+        for (key, value) in annotations {
+            patch.add(&["metadata", "annotations", key], Addition::Annotation(value));
+        }
+    }
+    Ok(patch)
+}
+
 /// The workload the pod belongs to, for Envoy's cluster name: the `app`
 /// label, else the pod's generated-name prefix, else its name.
 fn workload_name(pod: &Pod) -> String {
@@ -142,10 +225,15 @@ fn init_container(options: &ProxyOptions, args: &InjectArgs) -> Container {
     }
 }
 
-/// Stock Envoy as a native sidecar.
-fn proxy_container(options: &ProxyOptions, args: &InjectArgs, workload: &str) -> Container {
-    let node_id =
-        bootstrap::node_id("$(INSTANCE_IP)", "$(POD_NAME)", "$(POD_NAMESPACE)", &args.cluster_domain);
+/// Stock Envoy as a native sidecar; `kind` is its node id's first part.
+fn proxy_container(options: &ProxyOptions, args: &InjectArgs, workload: &str, kind: &str) -> Container {
+    let node_id = bootstrap::kind_node_id(
+        kind,
+        "$(INSTANCE_IP)",
+        "$(POD_NAME)",
+        "$(POD_NAMESPACE)",
+        &args.cluster_domain,
+    );
     let envoy_args = [
         "-c",
         &format!("{BOOTSTRAP_DIR}/{BOOTSTRAP_FILE}"),

@@ -771,3 +771,54 @@ fn kube_inject_rewrites_probes_as_the_webhook_does() {
     assert_eq!(offline["spec"], webhook["spec"]);
     assert_eq!(offline["metadata"]["annotations"], webhook["metadata"]["annotations"]);
 }
+
+#[test]
+fn a_gateway_pod_gets_envoy_as_a_router_in_its_own_container() {
+    let pod = read_pod("gateway.yaml");
+    // The chart's gateways are in the mesh's own namespace, and opt in.
+    let gateway = injected(&pod, MESH_NS);
+    golden("gateway", &gateway);
+    let spec = gateway.spec.as_ref().expect("a spec");
+    assert!(spec.init_containers.is_none(), "no traffic capture, no native sidecar");
+    assert_eq!(spec.containers.len(), 1);
+    let proxy = &spec.containers[0];
+    assert_eq!(proxy.image.as_deref(), Some(InjectArgs::default().proxy_image.as_str()));
+    let args = proxy.args.as_ref().expect("args");
+    let node = &args[args.iter().position(|a| a == "--service-node").expect("a node id") + 1];
+    assert!(node.starts_with("router~$(INSTANCE_IP)~$(POD_NAME).$(POD_NAMESPACE)~"), "{node}");
+    let ports: Vec<i32> = proxy.ports.iter().flatten().map(|p| p.container_port).collect();
+    assert_eq!(ports, [15090, 80, 443], "its own ports kept");
+    assert!(
+        !gateway.metadata.labels.as_ref().unwrap().contains_key(crate::translate::tls::TLS_MODE_LABEL),
+        "a gateway serves no mutual TLS inbound: clients must not send it"
+    );
+    // Injecting it again changes nothing.
+    let labels = enabled();
+    let ns = NamespaceInfo { name: MESH_NS, labels: Some(&labels) };
+    assert_eq!(injector().inject(&gateway, &ns), Ok(Outcome::Skipped(Skip::AlreadyInjected)));
+}
+
+#[test]
+fn the_gateway_template_needs_its_container_and_other_templates_are_refused() {
+    let labels = enabled();
+    let ns = NamespaceInfo { name: "default", labels: Some(&labels) };
+    let mut pod = read_pod("gateway.yaml");
+    pod.spec.as_mut().unwrap().containers[0].name = "gateway".into();
+    let err = injector().inject(&pod, &ns).expect_err("no istio-proxy container");
+    assert!(err.to_string().contains("no container named istio-proxy"), "{err}");
+    let mut pod = read_pod("details.yaml");
+    pod.metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(annotations::TEMPLATES.into(), "grpc-agent".into());
+    let err = injector().inject(&pod, &ns).expect_err("unknown template");
+    assert!(
+        err.to_string().contains("inject.istio.io/templates") && err.to_string().contains("gateway"),
+        "{err}"
+    );
+    // In the mesh's namespace only an opted-in gateway is injected.
+    let mut pod = read_pod("gateway.yaml");
+    pod.metadata.labels.as_mut().unwrap().remove(annotations::INJECT);
+    let mesh = NamespaceInfo { name: MESH_NS, labels: Some(&labels) };
+    assert_eq!(injector().inject(&pod, &mesh), Ok(Outcome::Skipped(Skip::SystemNamespace)));
+}

@@ -32,6 +32,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::gateway::{GatewayView, names_gateway};
 use super::host::{self, service_fqdn};
 use super::protocol::Protocol;
 use super::visibility::ExportTo;
@@ -124,6 +125,8 @@ impl ServiceView {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct VirtualServiceView {
     pub key: ObjectKey,
+    /// creationTimestamp: gateways merge VirtualServices oldest first.
+    pub created: Option<String>,
     pub hosts: Vec<String>,
     pub export_to: ExportTo,
     pub spec: VirtualServiceSpec,
@@ -189,6 +192,8 @@ pub struct MeshView {
     destination_rules: Vec<Arc<DestinationRuleView>>,
     dr_by_host: HashMap<String, Vec<usize>>,
     wildcard_dr: Vec<usize>,
+    /// Gateways, oldest first (Istio merges their servers in that order).
+    gateways: Vec<Arc<GatewayView>>,
     /// Label keys some `sourceLabels`, `workloadSelector` or locality failover reads.
     selected_label_keys: BTreeSet<String>,
     /// The SPIFFE trust domain of the mesh's identities.
@@ -280,6 +285,7 @@ impl MeshView {
             }
             view.virtual_services.push(Arc::new(VirtualServiceView {
                 key: config.key.clone(),
+                created: config.created.clone(),
                 hosts,
                 export_to: ExportTo::parse(&config.spec.export_to, ns),
                 spec: config.spec.clone(),
@@ -308,6 +314,10 @@ impl MeshView {
                 spec: config.spec.clone(),
             }));
         }
+
+        let mut gateways: Vec<_> = inputs.gateways.values().collect();
+        gateways.sort_by(|a, b| a.age_order().cmp(&b.age_order()));
+        view.gateways = gateways.into_iter().map(|g| Arc::new(GatewayView::of(g))).collect();
 
         view.services = services;
         view.selected_label_keys = selected_label_keys;
@@ -383,6 +393,40 @@ impl MeshView {
             })
             .min_by(|a, b| a.0.cmp(&b.0))
             .map(|(_, vs)| vs.as_ref())
+    }
+
+    /// The Gateways that configure a gateway proxy whose pod has `labels`, oldest first.
+    pub fn gateways_for(&self, labels: &BTreeMap<String, String>) -> Vec<&GatewayView> {
+        self.gateways.iter().map(Arc::as_ref).filter(|g| g.selects(labels)).collect()
+    }
+
+    /// The VirtualServices (with hosts) bound to `gateway` by their
+    /// `gateways` and exported to the gateway proxy's namespace, oldest
+    /// first, as Istio merges them on a gateway.
+    pub fn virtual_services_for_gateway(
+        &self,
+        gateway: &ObjectKey,
+        proxy_namespace: &str,
+    ) -> Vec<&VirtualServiceView> {
+        let mut bound: Vec<&VirtualServiceView> = self
+            .virtual_services
+            .iter()
+            .map(Arc::as_ref)
+            .filter(|vs| {
+                !vs.hosts.is_empty()
+                    && names_gateway(&vs.spec.gateways, &vs.key.namespace, gateway)
+                    && vs.export_to.visible_to(proxy_namespace)
+            })
+            .collect();
+        bound.sort_by(|a, b| {
+            (a.created.is_none(), &a.created, &a.key.name, &a.key.namespace).cmp(&(
+                b.created.is_none(),
+                &b.created,
+                &b.key.name,
+                &b.key.namespace,
+            ))
+        });
+        bound
     }
 
     /// The VirtualService `namespace/name`, as a root rule's `delegate`

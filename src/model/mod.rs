@@ -17,6 +17,7 @@
 pub mod cidr;
 pub mod credential;
 pub mod duration;
+pub mod gateway;
 pub mod host;
 pub mod jwt;
 pub mod locality;

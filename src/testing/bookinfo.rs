@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use crate::api::samples;
 use crate::index::{
-    ClusterRbacConfigs, DestinationRules, EndpointSlices, Index, Namespaces, Pods, ServiceRoleBindings,
-    ServiceRoles, Services, VirtualServices,
+    ClusterRbacConfigs, DestinationRules, EndpointSlices, Gateways, Index, Namespaces, Pods,
+    ServiceRoleBindings, ServiceRoles, Services, VirtualServices,
 };
 use crate::model::ObjectKey;
 use crate::model::mesh::{MeshView, ProxyContext};
@@ -142,7 +142,7 @@ pub fn endpoint_slice(service: &core::Service, pods: &[core::Pod]) -> discovery:
     }
 }
 
-/// Applies every VirtualService and DestinationRule of a networking sample.
+/// Applies every VirtualService, DestinationRule and Gateway of a networking sample.
 pub fn apply_networking(index: &mut Index, file: &str) {
     for doc in documents(&format!("networking/{file}")) {
         let mut obj: DynamicObject = serde_json::from_value(doc.clone()).expect("an object");
@@ -150,6 +150,7 @@ pub fn apply_networking(index: &mut Index, file: &str) {
         match kind(&doc) {
             "VirtualService" => index.apply::<VirtualServices>(&obj),
             "DestinationRule" => index.apply::<DestinationRules>(&obj),
+            "Gateway" => index.apply::<Gateways>(&obj),
             other => panic!("{file}: unexpected kind {other}"),
         }
     }

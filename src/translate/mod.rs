@@ -28,6 +28,7 @@
 
 pub mod cluster;
 pub mod endpoint;
+pub mod gateway;
 pub mod jwt;
 pub mod passthrough;
 pub mod rbac;

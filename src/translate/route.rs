@@ -61,6 +61,8 @@ use super::passthrough::PASSTHROUGH_CLUSTER;
 use super::{parse_duration, seconds};
 use crate::api::destination_rule::ConsistentHashLb;
 use crate::api::virtual_service::{Delegate, Destination, HttpMatchRequest, HttpRoute, StringMatch};
+use crate::model::ObjectKey;
+use crate::model::gateway::names_gateway;
 use crate::model::mesh::{MeshView, ScopeKey, ServiceView, VirtualServiceView, for_sidecars, is_subset};
 pub use resilience::{FAULT_FILTER, fault_filter};
 
@@ -134,18 +136,11 @@ fn allow_any() -> VirtualHost {
 pub fn virtual_host(view: &MeshView, scope: &ScopeKey, service: &ServiceView, port: u16) -> VirtualHost {
     let mut routes = Vec::new();
     if let Some(vs) = view.virtual_service_for(scope, service) {
-        for rule in &vs.spec.http {
-            match rule.delegate.as_ref().and_then(|d| delegate_of(view, vs, d)) {
-                Some(delegate) => {
-                    for merged in ops::merge_delegate(rule, &delegate.spec.http) {
-                        routes.extend(route_for_rule(view, scope, delegate, &merged, service, port));
-                    }
-                }
-                // A rule whose delegate is missing is dropped, as in Istio.
-                None if rule.delegate.is_some() => {}
-                None => routes.extend(route_for_rule(view, scope, vs, rule, service, port)),
-            }
-        }
+        routes = virtual_service_routes(
+            view,
+            &RouteSite { scope, routed: Some(service), port, gateway: None },
+            vs,
+        );
     }
     if routes.is_empty() {
         routes.push(default_route(view, scope, service, port));
@@ -156,6 +151,38 @@ pub fn virtual_host(view: &MeshView, scope: &ScopeKey, service: &ServiceView, po
         routes,
         ..Default::default()
     }
+}
+
+/// Where routes are built: for a sidecar, one Service's port (`routed`,
+/// whose port a destination without one takes); for a gateway, the
+/// server's port on the Gateway `gateway` (Istio: a destination without a
+/// port takes its Service's only port, else the server's port number).
+#[derive(Clone, Copy)]
+pub struct RouteSite<'a> {
+    pub scope: &'a ScopeKey,
+    pub routed: Option<&'a ServiceView>,
+    pub port: u16,
+    /// The Gateway whose server it is; None for sidecars (`mesh`).
+    pub gateway: Option<&'a ObjectKey>,
+}
+
+/// The Envoy routes of a VirtualService's `http` rules at `site`, in
+/// order, delegates' rules in place of the rules that delegate to them.
+pub fn virtual_service_routes(view: &MeshView, site: &RouteSite, vs: &VirtualServiceView) -> Vec<Route> {
+    let mut routes = Vec::new();
+    for rule in &vs.spec.http {
+        match rule.delegate.as_ref().and_then(|d| delegate_of(view, vs, d)) {
+            Some(delegate) => {
+                for merged in ops::merge_delegate(rule, &delegate.spec.http) {
+                    routes.extend(route_for_rule(view, site, delegate, &merged));
+                }
+            }
+            // A rule whose delegate is missing is dropped, as in Istio.
+            None if rule.delegate.is_some() => {}
+            None => routes.extend(route_for_rule(view, site, vs, rule)),
+        }
+    }
+    routes
 }
 
 /// The names a client may use for `service` on `port`: the FQDN, the
@@ -221,25 +248,23 @@ struct RouteFeatures<'a> {
 /// The Envoy routes of one HTTPRoute: one per match that applies here.
 fn route_for_rule(
     view: &MeshView,
-    scope: &ScopeKey,
+    site: &RouteSite,
     vs: &VirtualServiceView,
     rule: &HttpRoute,
-    service: &ServiceView,
-    port: u16,
 ) -> Vec<Route> {
     let matches: Vec<(Option<&HttpMatchRequest>, RouteMatch)> = if rule.r#match.is_empty() {
         vec![(None, prefix_match("/"))]
     } else {
         rule.r#match
             .iter()
-            .filter(|m| match_applies(m, scope, port))
+            .filter(|m| match_applies(m, site, &vs.key.namespace))
             .map(|m| (Some(m), route_match(m)))
             .collect()
     };
     if matches.is_empty() {
         return Vec::new();
     }
-    let template = rule_route(view, scope, vs, rule, service, port);
+    let template = rule_route(view, site, vs, rule);
     matches
         .into_iter()
         .map(|(m, matched)| Route {
@@ -256,25 +281,26 @@ fn route_for_rule(
         .collect()
 }
 
-/// Whether a match can ever be true for this proxy on this port.
-fn match_applies(m: &HttpMatchRequest, scope: &ScopeKey, port: u16) -> bool {
-    m.port.is_none_or(|p| p == u32::from(port))
+/// Whether a match can ever be true for this proxy on this port: on a
+/// gateway, its `gateways` (if any) must name that gateway, resolved in
+/// the VirtualService's namespace `vs_namespace`.
+fn match_applies(m: &HttpMatchRequest, site: &RouteSite, vs_namespace: &str) -> bool {
+    let scope = site.scope;
+    let gateways = match site.gateway {
+        None => for_sidecars(&m.gateways),
+        Some(gateway) => m.gateways.is_empty() || names_gateway(&m.gateways, vs_namespace, gateway),
+    };
+    m.port.is_none_or(|p| p == u32::from(site.port))
         && is_subset(&m.source_labels, &scope.labels)
         && m.source_namespace.as_ref().is_none_or(|ns| *ns == scope.namespace)
-        && for_sidecars(&m.gateways)
+        && gateways
 }
 
 /// The Envoy route of one rule, its match left out: the action (forward,
 /// redirect or direct response) and the features that apply to every
 /// action (header operations, CORS, fault), as Istio's `translateRoute`.
-fn rule_route(
-    view: &MeshView,
-    scope: &ScopeKey,
-    vs: &VirtualServiceView,
-    rule: &HttpRoute,
-    service: &ServiceView,
-    port: u16,
-) -> Route {
+fn rule_route(view: &MeshView, site: &RouteSite, vs: &VirtualServiceView, rule: &HttpRoute) -> Route {
+    let port = site.port;
     let features = RouteFeatures { rule };
     let mut out = Route::default();
     let header_authority = ops::HeaderEdits::of(rule.headers.as_ref(), &ops::LegacyHeaders::of_rule(rule))
@@ -288,7 +314,7 @@ fn rule_route(
             ..Default::default()
         })
     } else {
-        rule_action(view, scope, vs, rule, service, port, &mut out, header_authority)
+        rule_action(view, site, vs, rule, &mut out, header_authority)
     });
     features.cors(&mut out);
     features.fault(&mut out);
@@ -297,17 +323,15 @@ fn rule_route(
 
 /// Where a forwarding rule sends requests: its destinations, with their
 /// own header operations, and the rule's features that act on forwarding.
-#[allow(clippy::too_many_arguments)]
 fn rule_action(
     view: &MeshView,
-    scope: &ScopeKey,
+    site: &RouteSite,
     vs: &VirtualServiceView,
     rule: &HttpRoute,
-    service: &ServiceView,
-    port: u16,
     out: &mut Route,
     header_authority: Option<String>,
 ) -> route::Action {
+    let (scope, routed, port) = (site.scope, site.routed, site.port);
     if rule.route.is_empty() {
         return direct_response(
             503,
@@ -319,7 +343,7 @@ fn rule_action(
         .iter()
         .map(|d| {
             (
-                resolve(view, scope, &vs.key.namespace, &d.destination, service, port),
+                resolve(view, scope, &vs.key.namespace, &d.destination, routed, port),
                 d.weight.unwrap_or(0).max(0) as u32,
             )
         })
@@ -383,7 +407,7 @@ fn rule_action(
     let hashed = rule.route.len() == 1 && !action.hash_policy.is_empty();
     features.retries(&mut action, hashed);
     features.mirrors(&mut action, |mirror| {
-        resolve(view, scope, &vs.key.namespace, mirror, service, port).ok().map(|t| t.cluster)
+        resolve(view, scope, &vs.key.namespace, mirror, routed, port).ok().map(|t| t.cluster)
     });
     features.rewrite(&mut action, header_authority);
     route::Action::Route(action)
@@ -404,7 +428,7 @@ pub(super) fn resolve(
     scope: &ScopeKey,
     vs_namespace: &str,
     destination: &Destination,
-    routed: &ServiceView,
+    routed: Option<&ServiceView>,
     port: u16,
 ) -> Result<Target, String> {
     let host = view.resolve_host(&destination.host, vs_namespace);
@@ -416,7 +440,9 @@ pub(super) fn resolve(
         Some(n) => u16::try_from(n).ok(),
         None if service.ports.len() == 1 => Some(service.ports[0].port),
         // Istio: without a port, the port the request came in on.
-        None if service.hostname == routed.hostname || service.port(port).is_some() => Some(port),
+        None if routed.is_some_and(|r| r.hostname == service.hostname) || service.port(port).is_some() => {
+            Some(port)
+        }
         None => None,
     };
     let Some(port) = number.filter(|n| service.port(*n).is_some()) else {

@@ -298,8 +298,8 @@ fn tcp_proxy_filter(cluster: String) -> envoy_types::pb::envoy::config::listener
     network_filter(TCP_PROXY, any(&proxy))
 }
 
-/// The connection manager settings both directions share.
-fn http_connection_manager() -> HttpConnectionManager {
+/// The connection manager settings both directions (and gateways) share.
+pub(super) fn http_connection_manager() -> HttpConnectionManager {
     HttpConnectionManager {
         codec_type: http_connection_manager::CodecType::Auto.into(),
         http_filters: vec![HttpFilter {

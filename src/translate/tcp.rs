@@ -230,7 +230,7 @@ impl Routes<'_> {
                     self.scope,
                     &vs.key.namespace,
                     &d.destination,
-                    self.service,
+                    Some(self.service),
                     self.port,
                 )
                 .unwrap_or_else(|_| Target { cluster: BLACK_HOLE_CLUSTER.to_string(), ..Default::default() });
@@ -312,7 +312,7 @@ fn range((address_prefix, len): (String, u32)) -> CidrRange {
     CidrRange { address_prefix, prefix_len: Some(UInt32Value { value: len }) }
 }
 
-fn tcp_proxy(
+pub(super) fn tcp_proxy(
     stat_prefix: String,
     specifier: tcp_proxy::ClusterSpecifier,
     timeouts: &TcpProxyTimeouts,

@@ -18,6 +18,13 @@
 //!   checked against `ROOTCA`) beside its plaintext chain; in STRICT only
 //!   the TLS chain; in DISABLE only plaintext.
 //!
+//! - **gateway servers** ([`gateway_server_tls`]): an HTTPS server's TLS
+//!   terminated as Istio's `buildGatewayListenerTLSContext`: a
+//!   `credentialName` as the SDS secret `kubernetes://<name>` (and, for
+//!   MUTUAL, its CA as `kubernetes://<name>-cacert`), 1.1's files as file
+//!   data sources, ISTIO_MUTUAL with the workload's own `default` and
+//!   `ROOTCA`.
+//!
 //! Secrets are always named, never inlined: the xDS layer serves
 //! `default` and `ROOTCA` for the stream's own identity
 //! ([`super::secret`]).
@@ -39,6 +46,86 @@ use super::any;
 use super::cluster::ads_config_source;
 use super::secret::{ROOT_SECRET, WORKLOAD_SECRET};
 use crate::api::destination_rule::{ClientTlsSettings, TlsMode};
+use crate::api::gateway::{ServerTlsMode, ServerTlsSettings};
+
+/// Istio's prefix of the SDS names of Kubernetes Secrets a gateway's
+/// `credentialName` names.
+pub const CREDENTIAL_PREFIX: &str = "kubernetes://";
+/// Istio's suffix of the SDS name of a credential's CA certificates.
+pub const CREDENTIAL_CA_SUFFIX: &str = "-cacert";
+
+/// The SDS names of a gateway server's certificate and of the CA its
+/// client certificates are checked with: `kubernetes://<credentialName>`
+/// and `kubernetes://<credentialName>-cacert`, as Istio names them.
+pub fn credential_secret_names(credential_name: &str) -> (String, String) {
+    let name = if credential_name.starts_with(CREDENTIAL_PREFIX) {
+        credential_name.to_string()
+    } else {
+        format!("{CREDENTIAL_PREFIX}{credential_name}")
+    };
+    let ca = format!("{name}{CREDENTIAL_CA_SUFFIX}");
+    (name, ca)
+}
+
+/// The transport socket that terminates a gateway server's TLS, offering
+/// `alpn`; None for a mode that does not terminate (PASSTHROUGH,
+/// AUTO_PASSTHROUGH) or a SIMPLE/MUTUAL server with neither a
+/// `credentialName` nor certificate files (validation refuses it).
+pub fn gateway_server_tls(tls: &ServerTlsSettings, alpn: &[&str]) -> Option<TransportSocket> {
+    let mode = tls.mode?;
+    let mut common = CommonTlsContext {
+        tls_params: Some(tls12_or_later()),
+        alpn_protocols: alpn.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let verifies = matches!(mode, ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual);
+    let credential = tls.credential_name.as_deref().filter(|n| !n.is_empty());
+    match mode {
+        ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough => return None,
+        ServerTlsMode::IstioMutual => {
+            common.tls_certificate_sds_secret_configs = vec![sds(WORKLOAD_SECRET)];
+            common.validation_context_type = Some(
+                common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(sds(ROOT_SECRET)),
+            );
+        }
+        ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {
+            if let Some(credential) = credential {
+                let (certificate, ca) = credential_secret_names(credential);
+                common.tls_certificate_sds_secret_configs = vec![sds(&certificate)];
+                if verifies {
+                    common.validation_context_type = Some(
+                        common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(sds(&ca)),
+                    );
+                }
+            } else {
+                let (certificate, key) = (tls.server_certificate.as_deref()?, tls.private_key.as_deref()?);
+                common.tls_certificates = vec![TlsCertificate {
+                    certificate_chain: Some(file(certificate)),
+                    private_key: Some(file(key)),
+                    ..Default::default()
+                }];
+                if verifies {
+                    let ca = tls.ca_certificates.as_deref().filter(|c| !c.is_empty())?;
+                    common.validation_context_type =
+                        Some(common_tls_context::ValidationContextType::ValidationContext(
+                            CertificateValidationContext { trusted_ca: Some(file(ca)), ..Default::default() },
+                        ));
+                }
+            }
+        }
+    }
+    let context = DownstreamTlsContext {
+        require_client_certificate: Some(BoolValue {
+            value: matches!(mode, ServerTlsMode::Mutual | ServerTlsMode::IstioMutual),
+        }),
+        common_tls_context: Some(common),
+        ..Default::default()
+    };
+    Some(TransportSocket {
+        name: TLS_SOCKET.to_string(),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&context))),
+    })
+}
 
 /// The pod label Istio's injector sets on pods with a sidecar, and its value.
 pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";

@@ -18,7 +18,6 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 use super::{Finding, Severity};
-use crate::model::mesh::MESH_GATEWAY;
 
 /// What mesh does with one field.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,9 +178,6 @@ fn visit(inventory: &Inventory, kind: &str, value: &Value, at: &str, path: &str,
         Some(State::Alias { .. }) => return report(out, "its alias target is not in the inventory"),
         Some(State::Applied { .. }) => {}
     }
-    if let Some(reason) = unapplied_value(kind, path, value) {
-        report(out, &reason);
-    }
     match value {
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
@@ -207,30 +203,6 @@ fn descend(inventory: &Inventory, kind: &str, value: &Value, at: &str, path: &st
     } else if inventory.has_under(kind, &format!("{path}.")) {
         walk_object(inventory, kind, value, at, path, out);
     }
-}
-
-/// Values of an applied field that mesh does not apply: gateway names
-/// other than `mesh`, since there are no gateway proxies yet.
-fn unapplied_value(kind: &str, path: &str, value: &Value) -> Option<String> {
-    let is_gateways = kind == "VirtualService"
-        && matches!(
-            path,
-            "spec.gateways"
-                | "spec.http[].match[].gateways"
-                | "spec.tcp[].match[].gateways"
-                | "spec.tls[].match[].gateways"
-        );
-    if !is_gateways {
-        return None;
-    }
-    let others: Vec<&str> =
-        value.as_array()?.iter().filter_map(Value::as_str).filter(|g| *g != MESH_GATEWAY).collect();
-    (!others.is_empty()).then(|| {
-        format!(
-            "gateway {} is not served: mesh runs no gateway proxies yet, only `{MESH_GATEWAY}` (the sidecars) applies",
-            others.join(", ")
-        )
-    })
 }
 
 #[cfg(test)]

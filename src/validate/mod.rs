@@ -147,6 +147,8 @@ pub struct Context {
     targeted_policies: Option<BTreeMap<String, Vec<Targeted>>>,
     /// Names of the Sidecars without a workloadSelector, by namespace.
     namespace_wide_sidecars: Option<BTreeMap<String, BTreeSet<String>>>,
+    /// Gateways as (namespace, name); None when unknown (no warning then).
+    gateways: Option<BTreeSet<ObjectKey>>,
 }
 
 /// A PeerAuthentication without a selector: (name, creationTimestamp).
@@ -169,6 +171,7 @@ impl Context {
             namespace_wide_peer_authentications: Some(BTreeMap::new()),
             targeted_policies: Some(BTreeMap::new()),
             namespace_wide_sidecars: Some(BTreeMap::new()),
+            gateways: None,
         }
     }
 
@@ -200,6 +203,10 @@ impl Context {
         }
         for s in state.sidecars.values() {
             ctx.add_sidecar(&s.key.namespace, &s.key.name, &s.spec);
+        }
+        ctx.gateways = Some(BTreeSet::new());
+        for g in state.gateways.values() {
+            ctx.add_gateway(&g.key.namespace, &g.key.name);
         }
         ctx.set_root_namespace(&state.mesh_config.root_namespace);
         ctx.mtls = Some(MtlsPolicies::build(state));
@@ -237,6 +244,18 @@ impl Context {
             entry.push((name.to_string(), created.map(String::from)));
         }
         self
+    }
+
+    /// A Gateway, `name` in `namespace`: once one is added, a
+    /// VirtualService naming any other is warned about.
+    pub fn add_gateway(&mut self, namespace: &str, name: &str) -> &mut Self {
+        self.gateways.get_or_insert_with(BTreeSet::new).insert(ObjectKey::new(namespace, name));
+        self
+    }
+
+    /// Whether the Gateway exists; None when unknown.
+    fn gateway_exists(&self, gateway: &ObjectKey) -> Option<bool> {
+        Some(self.gateways.as_ref()?.contains(gateway))
     }
 
     /// A Sidecar, `name` in `namespace`; only those without a

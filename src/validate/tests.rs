@@ -115,16 +115,11 @@ fn bookinfo_samples_name_exactly_the_fields_mesh_does_not_apply() {
             }
         }
     }
-    // Authorization is applied: no RBAC sample names a field. Gateways and
-    // ServiceEntries are accepted but not translated: every field they set
-    // is named (only the top-level ones, as nothing under them applies).
+    // Authorization and Bookinfo's Gateways are applied: no RBAC or Gateway
+    // sample names a field. ServiceEntries are accepted but not translated:
+    // every field they set is named (only the top-level ones, as nothing
+    // under them applies).
     let mut expected: Vec<String> = [
-        "bookinfo-gateway.yaml VirtualService bookinfo spec.gateways",
-        "bookinfo-gateway.yaml Gateway bookinfo-gateway spec.selector",
-        "bookinfo-gateway.yaml Gateway bookinfo-gateway spec.servers",
-        "certmanager-gateway.yaml VirtualService cert-manager spec.gateways",
-        "certmanager-gateway.yaml Gateway cert-manager-gateway spec.selector",
-        "certmanager-gateway.yaml Gateway cert-manager-gateway spec.servers",
         "egress-rule-google-apis.yaml ServiceEntry googleapis spec.hosts",
         "egress-rule-google-apis.yaml ServiceEntry googleapis spec.ports",
         "egress-rule-google-apis.yaml ServiceEntry googleapis spec.resolution",
@@ -569,4 +564,25 @@ fn a_subject_read_from_certificates_warns_where_mutual_tls_is_disabled() {
     index.apply::<PeerAuthentications>(&disable);
     // Only the subject that needs a certificate; `*` and addresses match plaintext callers.
     assert_eq!(warnings(&index), ["spec.subjects[0].user"]);
+}
+
+#[test]
+fn a_virtual_service_naming_a_gateway_that_does_not_exist_is_warned_about() {
+    let spec = serde_json::json!({"hosts": ["productpage"], "gateways": ["bookinfo-gateway", "istio-system/edge", "mesh"],
+        "http": [{"match": [{"gateways": ["missing"]}], "route": [{"destination": {"host": "productpage"}}]}]});
+    // Gateways unknown: nothing to say.
+    let unknown = validation_only(validate_object("VirtualService", NS, "v", &spec, bookinfo()));
+    assert!(unknown.iter().all(|f| !f.message.contains("no Gateway")), "{}", list(&unknown));
+    let mut ctx = bookinfo().clone();
+    ctx.add_gateway(NS, "bookinfo-gateway");
+    let found = validation_only(validate_object("VirtualService", NS, "v", &spec, &ctx));
+    let missing: Vec<&str> =
+        found.iter().filter(|f| f.message.contains("no Gateway")).map(|f| f.field.as_str()).collect();
+    assert_eq!(missing, ["spec.gateways[1]", "spec.http[0].match[0].gateways[0]"], "{}", list(&found));
+    assert!(found.iter().all(|f| f.severity == Severity::Warning), "{}", list(&found));
+    assert!(
+        found.iter().any(|f| f.message.contains("no Gateway istio-system/edge exists")),
+        "{}",
+        list(&found)
+    );
 }

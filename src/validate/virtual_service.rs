@@ -53,6 +53,7 @@ pub(super) fn check(spec: &VirtualServiceSpec, namespace: &str, ctx: &Context, o
         }
     }
     check_gateway_names(out, "spec.gateways", &spec.gateways);
+    check_gateways_exist(&vs, out);
     check_hosts(&vs, out);
 
     if spec.http.is_empty() && spec.tls.is_empty() && spec.tcp.is_empty() {
@@ -110,6 +111,46 @@ pub(super) fn check(spec: &VirtualServiceSpec, namespace: &str, ctx: &Context, o
     );
     unreachable_rules(out, "spec.tls", &spec.tls.iter().map(|r| json_keys(&r.r#match)).collect::<Vec<_>>());
     unreachable_rules(out, "spec.tcp", &spec.tcp.iter().map(|r| json_keys(&r.r#match)).collect::<Vec<_>>());
+}
+
+/// Istio's analyzer IST0101 (ReferencedResourceNotFound): a Gateway named
+/// in `gateways` (or a match's) that the cluster does not hold configures
+/// nothing.
+fn check_gateways_exist(vs: &Vs, out: &mut Out) {
+    let http = vs.spec.http.iter().enumerate().flat_map(|(i, r)| {
+        r.r#match
+            .iter()
+            .enumerate()
+            .map(move |(j, m)| (format!("spec.http[{i}].match[{j}].gateways"), &m.gateways))
+    });
+    let tls = vs.spec.tls.iter().enumerate().flat_map(|(i, r)| {
+        r.r#match
+            .iter()
+            .enumerate()
+            .map(move |(j, m)| (format!("spec.tls[{i}].match[{j}].gateways"), &m.gateways))
+    });
+    let tcp = vs.spec.tcp.iter().enumerate().flat_map(|(i, r)| {
+        r.r#match
+            .iter()
+            .enumerate()
+            .map(move |(j, m)| (format!("spec.tcp[{i}].match[{j}].gateways"), &m.gateways))
+    });
+    let lists =
+        std::iter::once(("spec.gateways".to_string(), &vs.spec.gateways)).chain(http).chain(tls).chain(tcp);
+    for (path, names) in lists {
+        for (k, name) in names.iter().enumerate() {
+            let Some(gateway) = crate::model::gateway::gateway_key(name, vs.namespace) else { continue };
+            if vs.ctx.gateway_exists(&gateway) == Some(false) {
+                out.warn(
+                    format!("{path}[{k}]"),
+                    format!(
+                        "no Gateway {gateway} exists, so no gateway proxy applies these rules for {name:?}: \
+                         create the Gateway, or fix the name (\"namespace/name\", or \"name\" in this namespace)"
+                    ),
+                );
+            }
+        }
+    }
 }
 
 fn check_hosts(vs: &Vs, out: &mut Out) {

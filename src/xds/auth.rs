@@ -323,6 +323,13 @@ pub(crate) mod tests {
     #[test]
     fn the_pods_own_sidecar_is_authorized() {
         assert_eq!(authorize(&proxy("productpage-v1-x"), &identity(), Some(&workload())), Ok(()));
+        // A gateway's Envoy proves the same: its pod, by its pod's token.
+        let router = ProxyId::parse("router~10.1.2.3~productpage-v1-x.default~default.svc.cluster.local")
+            .expect("valid");
+        assert_eq!(authorize(&router, &identity(), Some(&workload())), Ok(()));
+        let other =
+            ProxyId::parse("router~10.1.2.3~other-pod.default~default.svc.cluster.local").expect("valid");
+        assert!(authorize(&other, &identity(), Some(&workload())).is_err());
         // The IP may not be known yet.
         let no_ip = Workload { ip: None, ..workload() };
         assert_eq!(authorize(&proxy("productpage-v1-x"), &identity(), Some(&no_ip)), Ok(()));

@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::config::listener::v3::Listener;
 
 use super::generator::{Generator, PushContext, ScopeCache};
 use super::jwks::{FetchedKeys, Jwks};
-use super::proxy::Proxy;
+use super::proxy::{Proxy, ProxyKind};
 use super::resource_type::ResourceType;
 use super::snapshot::{Resource, ResourceSet, Resources, Snapshot};
 use crate::index::Index;
@@ -64,11 +64,12 @@ impl MeshGenerator {
     }
 }
 
-/// Packed parts, by scope (outbound) and by pod (inbound).
+/// Packed parts, by scope (outbound) and by pod (inbound, gateways).
 #[derive(Default)]
 struct Packing {
     outbound: HashMap<ScopeKey, Arc<PackedOutbound>>,
     inbound: HashMap<ObjectKey, Arc<PackedInbound>>,
+    gateways: HashMap<ObjectKey, Arc<PackedGateway>>,
     /// The SDS secrets of the TLS credentials in each namespace's Secrets.
     credentials: HashMap<String, Arc<ResourceSet>>,
 }
@@ -209,6 +210,35 @@ impl PackedInbound {
     }
 }
 
+/// A gateway proxy's own listeners and routes.
+struct PackedGateway {
+    routes: Arc<ResourceSet>,
+    listeners: Arc<ResourceSet>,
+}
+
+impl PackedGateway {
+    fn new(view: &MeshView, proxy: &ProxyContext, previous: Option<&PackedGateway>) -> Self {
+        let config = translate::gateway::gateway(view, proxy);
+        Self {
+            routes: reuse(
+                ResourceSet::new(
+                    config
+                        .routes
+                        .iter()
+                        .map(|r| Arc::new(Resource::of(r.name.clone(), r).depending_on(route_clusters(r)))),
+                ),
+                previous.map(|p| &p.routes),
+            ),
+            listeners: reuse(
+                ResourceSet::new(config.listeners.iter().map(|(listener, sends_to)| {
+                    Arc::new(Resource::of(listener.name.clone(), listener).depending_on(sends_to.clone()))
+                })),
+                previous.map(|p| &p.listeners),
+            ),
+        }
+    }
+}
+
 impl MeshContext {
     /// Which mutual TLS an inbound port of `workload` accepts, the JWT
     /// filter of an HTTP port whose policies verify end users' tokens, and
@@ -263,6 +293,29 @@ impl PushContext for MeshContext {
         let outbound = self.outbound.get_or_build(scope.clone(), || {
             PackedOutbound::new(&self.view, &scope, self.previous.outbound.get(&scope).map(|p| &**p))
         });
+        if proxy.id.kind == ProxyKind::Router {
+            // A gateway: the clusters of its namespace, its own listeners and
+            // routes; no virtualOutbound, no virtualInbound.
+            let gateway = Arc::new(PackedGateway::new(
+                &self.view,
+                &context,
+                self.previous.gateways.get(&key).map(|p| &**p),
+            ));
+            {
+                let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+                last.outbound.entry(scope).or_insert_with(|| outbound.clone());
+                last.gateways.insert(key, gateway.clone());
+            }
+            // Its servers' certificates: the TLS credentials of the Secrets
+            // in its own namespace, sent only as its listeners ask for them.
+            let credentials = self.credentials.get(&proxy.id.namespace).cloned();
+            return Snapshot::new()
+                .with_resources(ResourceType::Cluster, Resources::from_parts([outbound.clusters.clone()]))
+                .with_resources(ResourceType::Endpoint, Resources::from_parts([outbound.endpoints.clone()]))
+                .with_resources(ResourceType::Route, Resources::from_parts([gateway.routes.clone()]))
+                .with_resources(ResourceType::Listener, Resources::from_parts([gateway.listeners.clone()]))
+                .with_resources(ResourceType::Secret, Resources::from_parts(credentials));
+        }
         let inbound = Arc::new(PackedInbound::new(
             &self.view,
             &context,

@@ -7,12 +7,35 @@ use std::net::IpAddr;
 
 use super::auth::TokenIdentity;
 
-/// The node id format the injector writes into every sidecar's bootstrap.
-pub const NODE_ID_FORMAT: &str = "sidecar~<pod-ip>~<pod-name>.<namespace>~<namespace>.svc.cluster.local";
+/// The node id format the injector writes into every proxy's bootstrap:
+/// `sidecar` for a sidecar, `router` for a gateway (Istio's kinds).
+pub const NODE_ID_FORMAT: &str =
+    "sidecar|router~<pod-ip>~<pod-name>.<namespace>~<namespace>.svc.cluster.local";
 
-/// A sidecar's node id, parsed: the pod it claims to run in.
+/// What a proxy is, as the first part of its node id says (Istio's
+/// `NodeType`): a pod's sidecar, or a gateway's Envoy, which gets the
+/// listeners of the Gateways that select its pod instead of a sidecar's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ProxyKind {
+    #[default]
+    Sidecar,
+    Router,
+}
+
+impl ProxyKind {
+    /// The node id's first part.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyKind::Sidecar => "sidecar",
+            ProxyKind::Router => "router",
+        }
+    }
+}
+
+/// A proxy's node id, parsed: the pod it claims to run in, and its kind.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ProxyId {
+    pub kind: ProxyKind,
     pub ip: IpAddr,
     pub pod: String,
     pub namespace: String,
@@ -21,7 +44,7 @@ pub struct ProxyId {
 /// A node id that does not follow [`NODE_ID_FORMAT`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "node id `{id}` is malformed: {problem}; expected `{NODE_ID_FORMAT}` (the sidecar's bootstrap sets it)"
+    "node id `{id}` is malformed: {problem}; expected `{NODE_ID_FORMAT}` (the proxy's bootstrap sets it)"
 )]
 pub struct NodeIdError {
     pub id: String,
@@ -29,16 +52,19 @@ pub struct NodeIdError {
 }
 
 impl ProxyId {
-    /// Parses `sidecar~<ip>~<pod>.<namespace>~<namespace>.svc.<domain>`.
+    /// Parses `sidecar~<ip>~<pod>.<namespace>~<namespace>.svc.<domain>`
+    /// (`router~…` for a gateway).
     pub fn parse(id: &str) -> Result<Self, NodeIdError> {
         let fail = |problem| NodeIdError { id: id.to_string(), problem };
         let parts: Vec<&str> = id.split('~').collect();
         let [kind, ip, workload, domain] = parts[..] else {
             return Err(fail("it needs four parts separated by `~`"));
         };
-        if kind != "sidecar" {
-            return Err(fail("the first part must be `sidecar`"));
-        }
+        let kind = match kind {
+            "sidecar" => ProxyKind::Sidecar,
+            "router" => ProxyKind::Router,
+            _ => return Err(fail("the first part must be `sidecar` or `router`")),
+        };
         let ip: IpAddr = ip.parse().map_err(|_| fail("the second part is not an IP address"))?;
         // Pod names may contain dots, namespaces may not: split at the last.
         let (pod, namespace) =
@@ -53,7 +79,7 @@ impl ProxyId {
         if cluster_domain.is_empty() {
             return Err(fail("the fourth part has no cluster domain"));
         }
-        Ok(Self { ip, pod: pod.to_string(), namespace: namespace.to_string() })
+        Ok(Self { kind, ip, pod: pod.to_string(), namespace: namespace.to_string() })
     }
 }
 
@@ -84,6 +110,7 @@ mod tests {
         assert_eq!(
             id,
             ProxyId {
+                kind: ProxyKind::Sidecar,
                 ip: "10.244.0.7".parse().unwrap(),
                 pod: "productpage-v1-6b746f74dc-9stvs".into(),
                 namespace: "default".into(),
@@ -100,11 +127,21 @@ mod tests {
     }
 
     #[test]
+    fn gateways_announce_themselves_as_routers() {
+        let id = ProxyId::parse(
+            "router~10.244.0.9~mesh-ingressgateway-5d9c-x2.istio-system~istio-system.svc.cluster.local",
+        )
+        .expect("valid");
+        assert_eq!(id.kind, ProxyKind::Router);
+        assert_eq!((id.pod.as_str(), id.namespace.as_str()), ("mesh-ingressgateway-5d9c-x2", "istio-system"));
+    }
+
+    #[test]
     fn malformed_ids_say_what_is_wrong_and_what_is_expected() {
         let cases = [
             ("", "four parts"),
             ("sidecar~10.0.0.1~p.default", "four parts"),
-            ("router~10.0.0.1~p.default~default.svc.cluster.local", "`sidecar`"),
+            ("gateway~10.0.0.1~p.default~default.svc.cluster.local", "`sidecar` or `router`"),
             ("sidecar~pod-ip~p.default~default.svc.cluster.local", "not an IP"),
             ("sidecar~10.0.0.1~p~default.svc.cluster.local", "`<pod-name>.<namespace>`"),
             ("sidecar~10.0.0.1~.default~default.svc.cluster.local", "`<pod-name>.<namespace>`"),

@@ -158,6 +158,7 @@ fn proxies() -> Vec<Proxy> {
     (0..PROXIES)
         .map(|i| Proxy {
             id: ProxyId {
+                kind: super::proxy::ProxyKind::Sidecar,
                 ip: format!("10.200.{}.{}", i / 250, i % 250).parse().expect("ip"),
                 pod: format!("pod-{i}"),
                 namespace: format!("ns-{}", i % SCOPES),

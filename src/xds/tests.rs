@@ -279,7 +279,11 @@ async fn refusals_say_why_with_the_right_code_and_are_counted() {
 
     let status = refused(&ads, Some(&bearer), "productpage").await;
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("sidecar~<pod-ip>~<pod-name>.<namespace>~"), "{}", status.message());
+    assert!(
+        status.message().contains("sidecar|router~<pod-ip>~<pod-name>.<namespace>~"),
+        "{}",
+        status.message()
+    );
 
     let other = "sidecar~10.1.2.4~details-v1-y.default~default.svc.cluster.local";
     let status = refused(&ads, Some(&bearer), other).await;

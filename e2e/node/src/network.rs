@@ -136,8 +136,10 @@ impl NodeNetwork {
         Ok(net)
     }
 
-    /// Makes a pod's namespace, plugs it into the bridge and gives it an address.
-    pub fn add_pod(&self, namespace: &str, name: &str) -> Result<PodNetwork> {
+    /// Makes a pod's namespace, plugs it into the bridge, gives it an
+    /// address and sets the pod's `securityContext.sysctls` in it (only the
+    /// network namespace's own, `net.*`: others would change the host).
+    pub fn add_pod(&self, namespace: &str, name: &str, sysctls: &[(String, String)]) -> Result<PodNetwork> {
         let host = self.allocate()?;
         let pod = PodNetwork {
             netns: format!("{}-{namespace}.{name}", self.args.prefix),
@@ -159,7 +161,14 @@ impl NodeNetwork {
             ip(&["-n", &pod.netns, "link", "set", "lo", "up"])?;
             ip(&["-n", &pod.netns, "addr", "add", &format!("{}/24", pod.ip), "dev", "eth0"])?;
             ip(&["-n", &pod.netns, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &pod.netns, "route", "add", "default", "via", &self.gateway.to_string()])
+            ip(&["-n", &pod.netns, "route", "add", "default", "via", &self.gateway.to_string()])?;
+            for (key, value) in sysctls {
+                if !key.starts_with("net.") {
+                    bail!("sysctl {key}: the node sets only network namespace sysctls (net.*)");
+                }
+                sysctl(&pod.netns, key, value)?;
+            }
+            Ok(())
         })();
         if let Err(e) = made {
             self.remove_pod(&pod);

@@ -276,7 +276,17 @@ impl Worker {
         if self.net.is_none() && !self.host_network() {
             let net = self.sh.net.clone();
             let (ns, name) = (self.namespace.clone(), self.name.clone());
-            let pod_net = tokio::task::spawn_blocking(move || net.add_pod(&ns, &name)).await??;
+            let sysctls: Vec<(String, String)> = self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.security_context.as_ref())
+                .and_then(|c| c.sysctls.as_ref())
+                .into_iter()
+                .flatten()
+                .map(|s| (s.name.clone(), s.value.clone()))
+                .collect();
+            let pod_net = tokio::task::spawn_blocking(move || net.add_pod(&ns, &name, &sysctls)).await??;
             tracing::info!(pod = %self.key(), ip = %pod_net.ip, netns = %pod_net.netns, "sandbox ready");
             self.net = Some(pod_net);
         }

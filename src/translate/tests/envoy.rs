@@ -102,15 +102,29 @@ fn productpage_secrets() -> Vec<Secret> {
 /// Points every SDS reference of the clusters and listeners at a file
 /// holding the named secret (standing in for ADS; a file holds one secret).
 fn secrets_from(dir: &TempDir, listeners: &mut [Listener], clusters: &mut [Cluster]) {
-    let sources: Vec<(String, ConfigSource)> = productpage_secrets()
-        .into_iter()
+    let secrets = productpage_secrets();
+    let sources: Vec<(String, ConfigSource)> = secrets
+        .iter()
         .map(|secret| {
             let source =
-                discovery_file(dir, &format!("sds-{}.pb", secret.name), std::slice::from_ref(&secret));
-            (secret.name, source)
+                discovery_file(dir, &format!("sds-{}.pb", secret.name), std::slice::from_ref(secret));
+            (secret.name.clone(), source)
         })
         .collect();
-    let source_of = |name: &str| sources.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone());
+    // A gateway's `kubernetes://<credential>` secrets: the workload's
+    // certificate, and its root for `-cacert`, under those names.
+    let credential = |name: &str| {
+        let like = if name.ends_with(crate::translate::tls::CREDENTIAL_CA_SUFFIX) { 1 } else { 0 };
+        let secret = Secret { name: name.to_string(), ..secrets[like].clone() };
+        let file = format!("sds-{}.pb", name.replace(['/', ':'], "_"));
+        discovery_file(dir, &file, std::slice::from_ref(&secret))
+    };
+    let source_of =
+        |name: &str| {
+            sources.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone()).or_else(|| {
+                name.starts_with(crate::translate::tls::CREDENTIAL_PREFIX).then(|| credential(name))
+            })
+        };
     let point = |common: &mut Option<CommonTlsContext>| {
         let Some(common) = common else { return };
         for sds in &mut common.tls_certificate_sds_secret_configs {
@@ -194,6 +208,50 @@ pub(super) fn static_bootstrap(dir: &TempDir, out: &Outbound, inb: &Inbound) -> 
     }
     secrets_from(dir, &mut listeners, &mut clusters);
     base_bootstrap(listeners, clusters)
+}
+
+/// Runs `envoy --mode validate` on a gateway proxy's configuration: its
+/// listeners (routes inline) and the clusters of its namespace.
+pub(super) fn assert_envoy_accepts_gateway(
+    what: &str,
+    out: &Outbound,
+    gateway: &crate::translate::gateway::GatewayConfig,
+) {
+    let dir = TempDir::new("validate-gateway");
+    let mut listeners: Vec<Listener> = gateway.listeners.iter().map(|(l, _)| l.clone()).collect();
+    for listener in &mut listeners {
+        map_managers(listener, &mut |manager| {
+            if let Some(name) = rds_name(manager) {
+                let routes =
+                    gateway.routes.iter().find(|r| r.name == name).cloned().expect("the route configuration");
+                manager.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(routes));
+            }
+        });
+    }
+    let mut clusters = out.clusters.clone();
+    for cluster in &mut clusters {
+        if cluster.eds_cluster_config.take().is_some() {
+            cluster.cluster_discovery_type =
+                Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static.into()));
+            cluster.load_assignment = out.endpoints.iter().find(|e| e.cluster_name == cluster.name).cloned();
+        }
+    }
+    secrets_from(&dir, &mut listeners, &mut clusters);
+    let mut bootstrap = base_bootstrap(listeners, clusters);
+    bootstrap.node.as_mut().expect("a node").id =
+        "router~10.244.0.50~ingress-0.istio-system~istio-system.svc.cluster.local".into();
+    let path = dir.write("config.pb", bootstrap.encode_to_vec());
+    let result = Command::new(envoy_binary())
+        .args(["--mode", "validate", "--log-level", "warn", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run envoy");
+    assert!(
+        result.status.success(),
+        "Envoy refused {what}:\n{}{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
 }
 
 #[test]

@@ -9,6 +9,7 @@
 
 mod envoy;
 mod focused;
+mod gateway;
 mod jwt;
 mod l4;
 mod ops;

@@ -189,12 +189,22 @@ fn authorization_kinds_are_applied_field_by_field() {
 }
 
 #[test]
-fn gateways_other_than_the_sidecars_are_named() {
+fn gateways_bound_by_name_are_applied_and_a_gateways_unapplied_fields_named() {
     let spec = json!({"hosts": ["*"], "gateways": ["bookinfo-gateway", "mesh"],
-                      "http": [{"match": [{"gateways": ["mesh"]}], "route": [{"destination": {"host": "a"}}]}]});
-    let found = unapplied("VirtualService", &spec);
-    assert_eq!(fields(&found), ["spec.gateways"]);
-    assert!(found[0].message.contains("bookinfo-gateway") && !found[0].message.contains("mesh,"));
+                      "http": [{"match": [{"gateways": ["bookinfo-gateway"]}], "route": [{"destination": {"host": "a"}}]}]});
+    assert_eq!(fields(&unapplied("VirtualService", &spec)), Vec::<String>::new());
+    let gateway = json!({"selector": {"istio": "ingressgateway"}, "servers": [
+        {"port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": ["*"], "bind": "10.0.0.1",
+         "tls": {"mode": "SIMPLE", "credentialName": "c", "minProtocolVersion": "TLSV1_3"}}]});
+    let found = unapplied("Gateway", &gateway);
+    assert_eq!(
+        fields(&found),
+        [
+            "spec.servers[0].bind",
+            "spec.servers[0].tls.credentialName",
+            "spec.servers[0].tls.minProtocolVersion"
+        ]
+    );
 }
 
 #[test]

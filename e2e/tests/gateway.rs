@@ -1,0 +1,293 @@
+//! The ingress gateway on real traffic: the chart installs it (stock
+//! Envoy injected with the gateway template), Istio's unmodified
+//! `bookinfo-gateway.yaml` opens the product page to a client outside the
+//! mesh (curl from the test process to the gateway Service's ClusterIP),
+//! Istio's routing samples steer what that client sees, an HTTP server with
+//! `httpsRedirect` answers 301, a TLS PASSTHROUGH server reaches an HTTPS
+//! server in the mesh by SNI, and a SIMPLE HTTPS server terminates TLS
+//! with Istio 1.1's file-based certificate (a Secret the chart mounts).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::support::{
+    Release, apply, conformance, enter, eventually, injected_bookinfo, jsonpath, kubectl_ok, pod_named,
+    rollout, run,
+};
+
+/// A folder for the test's certificates, removed when dropped.
+struct CertDir(std::path::PathBuf);
+
+impl CertDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("mesh-e2e-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary folder");
+        Self(dir)
+    }
+}
+
+impl Drop for CertDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A self-signed certificate for `host` in `dir` (`<name>.crt`, `<name>.key`).
+fn certificate(dir: &Path, name: &str, host: &str) -> (String, String) {
+    let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let (crt, key) = (crt.to_str().expect("utf-8").to_string(), key.to_str().expect("utf-8").to_string());
+    let out = run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={host}"),
+            "-addext",
+            &format!("subjectAltName=DNS:{host}"),
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
+        ],
+        None,
+    );
+    assert!(out.ok, "openssl: {}", out.stderr);
+    (crt, key)
+}
+
+/// curl from the test process (outside the mesh): `(status, body)`;
+/// status 0 when no answer came.
+fn curl(args: &[&str]) -> (u16, String) {
+    let mut all = vec!["-s", "-m", "10", "-w", "\n%{http_code}"];
+    all.extend(args);
+    let out = run("curl", &all, None);
+    let (body, code) = out.stdout.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// Which reviews version rendered each of `n` product pages fetched through the gateway.
+fn pages(gateway: &str, n: usize) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        let (status, body) = curl(&[&format!("http://{gateway}/productpage")]);
+        let version = if status == 200 {
+            body.split("reviews-podname\">")
+                .nth(1)
+                .and_then(|rest| rest.get(..10))
+                .filter(|v| v.starts_with("reviews-v"))
+                .unwrap_or("no reviews")
+                .to_string()
+        } else {
+            format!("status {status}")
+        };
+        *counts.entry(version).or_default() += 1;
+    }
+    counts
+}
+
+/// go-httpbin serving HTTPS on 8443 in the mesh (its sidecar injected),
+/// with a certificate for secure.example.com.
+fn secure_backend(namespace: &str, crt: &str, key: &str) {
+    kubectl_ok(
+        &["create", "secret", "tls", "secure-cert", "-n", namespace, "--cert", crt, "--key", key],
+        None,
+    );
+    apply(
+        namespace,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: secure}\nspec:\n  selector: {app: secure}\n  \
+         ports: [{name: https, port: 8443}]\n---\n\
+         apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: secure}\nspec:\n  replicas: 1\n  \
+         selector: {matchLabels: {app: secure}}\n  template:\n    metadata: {labels: {app: secure}}\n    spec:\n      \
+         containers:\n      - name: httpbin\n        image: docker.io/mccutchen/go-httpbin:v2.15.0\n        \
+         args: [-port, \"8443\", -https-cert-file, /etc/certs/tls.crt, -https-key-file, /etc/certs/tls.key, -use-real-hostname]\n        \
+         ports: [{containerPort: 8443}]\n        volumeMounts: [{name: certs, mountPath: /etc/certs, readOnly: true}]\n      \
+         volumes: [{name: certs, secret: {secretName: secure-cert}}]\n",
+    );
+}
+
+#[test]
+fn the_ingress_gateway_serves_bookinfo_redirects_passes_tls_through_and_terminates_it() {
+    let release_ns = "mesh-e2e-gateway";
+    let release = Release::install(release_ns, &[]);
+    // The chart's gateways come up with it, injected as routers.
+    for name in ["mesh-ingressgateway", "mesh-egressgateway"] {
+        kubectl_ok(&["rollout", "status", "deployment", name, "-n", release_ns, "--timeout=120s"], None);
+    }
+    let gateway_pod = pod_named(release_ns, "istio=ingressgateway");
+    let args = jsonpath(release_ns, &format!("pod/{gateway_pod}"), "{.spec.containers[0].args}");
+    assert!(args.contains("router~"), "the gateway announces itself as a router: {args}");
+    let ip = jsonpath(release_ns, "service/mesh-ingressgateway", "{.spec.clusterIP}");
+
+    let ns = injected_bookinfo("gateway");
+    let n = ns.name.as_str();
+    let sample = |file: &str| {
+        let path = conformance().join("networking").join(file);
+        kubectl_ok(&["apply", "-n", n, "-f", path.to_str().expect("utf-8")], None);
+    };
+
+    // Before any Gateway, nothing listens on the gateway's port 80.
+    let (status, _) = curl(&[&format!("http://{ip}/productpage")]);
+    assert_eq!(status, 0, "no Gateway yet: no listener");
+
+    // Istio's Bookinfo guide: the product page through the ingress gateway.
+    sample("bookinfo-gateway.yaml");
+    eventually("/productpage through the ingress gateway", Duration::from_secs(60), || {
+        (curl(&[&format!("http://{ip}/productpage")]).0 == 200).then_some(())
+    });
+    let served = (0..20).filter(|_| curl(&[&format!("http://{ip}/productpage")]).0 == 200).count();
+    assert_eq!(served, 20, "every page through the gateway");
+    // Paths the VirtualService does not route, and hosts nothing binds, are 404.
+    assert_eq!(curl(&[&format!("http://{ip}/not-routed")]).0, 404);
+
+    // The routing samples steer what the outside client sees: productpage's
+    // own calls to reviews follow them (its sidecar applies them).
+    sample("destination-rule-all.yaml");
+    sample("virtual-service-all-v1.yaml");
+    eventually("every page from reviews-v1", Duration::from_secs(60), || {
+        let counts = pages(&ip, 10);
+        (counts.get("reviews-v1") == Some(&10)).then_some(())
+    });
+    let v1 = pages(&ip, 30);
+    assert_eq!(v1.get("reviews-v1"), Some(&30), "{v1:?}");
+    sample("virtual-service-reviews-v3.yaml");
+    eventually("every page from reviews-v3", Duration::from_secs(60), || {
+        let counts = pages(&ip, 10);
+        (counts.get("reviews-v3") == Some(&10)).then_some(())
+    });
+    let v3 = pages(&ip, 30);
+    assert_eq!(v3.get("reviews-v3"), Some(&30), "{v3:?}");
+
+    // A TLS server in the mesh, a certificate for the gateway's own HTTPS.
+    let dir = CertDir::new(n);
+    let (secure_crt, secure_key) = certificate(&dir.0, "secure", "secure.example.com");
+    secure_backend(n, &secure_crt, &secure_key);
+    let (web_crt, web_key) = certificate(&dir.0, "web", "bookinfo.example.com");
+    kubectl_ok(
+        &[
+            "create",
+            "secret",
+            "tls",
+            "istio-ingressgateway-certs",
+            "-n",
+            release_ns,
+            "--cert",
+            &web_crt,
+            "--key",
+            &web_key,
+        ],
+        None,
+    );
+    rollout(n);
+    eventually("the certificate files in the gateway pod", Duration::from_secs(30), || {
+        enter(release_ns, &gateway_pod, "test -s /etc/istio/ingressgateway-certs/tls.key").ok.then_some(())
+    });
+
+    apply(
+        n,
+        "apiVersion: networking.istio.io/v1alpha3\nkind: Gateway\nmetadata: {name: edge}\nspec:\n  \
+         selector: {istio: ingressgateway}\n  servers:\n  \
+         - port: {number: 80, name: http-redirect, protocol: HTTP}\n    hosts: [redirect.example.com]\n    \
+           tls: {httpsRedirect: true}\n  \
+         - port: {number: 443, name: tls, protocol: TLS}\n    hosts: [secure.example.com]\n    tls: {mode: PASSTHROUGH}\n  \
+         - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [bookinfo.example.com]\n    \
+           tls:\n      mode: SIMPLE\n      serverCertificate: /etc/istio/ingressgateway-certs/tls.crt\n      \
+         privateKey: /etc/istio/ingressgateway-certs/tls.key\n\
+         ---\n\
+         apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: edge-web}\nspec:\n  \
+         hosts: [bookinfo.example.com, redirect.example.com]\n  gateways: [edge]\n  \
+         http:\n  - route: [{destination: {host: productpage, port: {number: 9080}}}]\n\
+         ---\n\
+         apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: edge-secure}\nspec:\n  \
+         hosts: [secure.example.com]\n  gateways: [edge]\n  \
+         tls:\n  - match: [{port: 443, sniHosts: [secure.example.com]}]\n    \
+           route: [{destination: {host: secure, port: {number: 8443}}}]\n",
+    );
+
+    // httpsRedirect: 301 to https, for its host only.
+    let (status, _) = eventually("a 301 for redirect.example.com", Duration::from_secs(60), || {
+        let answer = curl(&["-H", "Host: redirect.example.com", &format!("http://{ip}/productpage")]);
+        (answer.0 == 301).then_some(answer)
+    });
+    assert_eq!(status, 301);
+    let headers = run(
+        "curl",
+        &[
+            "-s",
+            "-m",
+            "10",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "-H",
+            "Host: redirect.example.com",
+            &format!("http://{ip}/productpage"),
+        ],
+        None,
+    );
+    assert!(
+        headers.stdout.to_ascii_lowercase().contains("location: https://redirect.example.com/productpage"),
+        "{}",
+        headers.stdout
+    );
+    assert_eq!(curl(&[&format!("http://{ip}/productpage")]).0, 200, "other hosts are not redirected");
+
+    // TLS PASSTHROUGH by SNI: the client verifies the backend's own certificate.
+    let through_gateway = |host: &str| format!("{host}:443:{ip}:443");
+    let (status, body) =
+        eventually("secure.example.com through the gateway", Duration::from_secs(60), || {
+            let answer = curl(&[
+                "--cacert",
+                &secure_crt,
+                "--connect-to",
+                &through_gateway("secure.example.com"),
+                "https://secure.example.com/hostname",
+            ]);
+            (answer.0 == 200).then_some(answer)
+        });
+    assert_eq!(status, 200);
+    assert!(body.contains("secure-"), "the backend named itself: {body}");
+
+    // SIMPLE: the gateway terminates TLS with the mounted certificate.
+    let (status, body) = eventually("bookinfo.example.com over HTTPS", Duration::from_secs(60), || {
+        let answer = curl(&[
+            "--cacert",
+            &web_crt,
+            "--connect-to",
+            &through_gateway("bookinfo.example.com"),
+            "https://bookinfo.example.com/productpage",
+        ]);
+        (answer.0 == 200).then_some(answer)
+    });
+    assert_eq!(status, 200);
+    assert!(body.contains("reviews-v3"), "the routed page, over TLS");
+    // A name no server lists gets no TLS handshake.
+    let (status, _) =
+        curl(&["-k", "--connect-to", &through_gateway("other.example.com"), "https://other.example.com/"]);
+    assert_eq!(status, 0, "no chain for other.example.com");
+
+    // The gateway's Envoy counts what it served.
+    let stats = enter(release_ns, &gateway_pod, "curl -s localhost:15000/stats");
+    let served = |stat: &str| {
+        stats
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{stat}: ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(served("http.outbound_0.0.0.0_80.downstream_rq_2xx") >= 50.0, "{}", stats.stdout.len());
+    assert!(served("http.outbound_0.0.0.0_443.downstream_rq_2xx") >= 1.0);
+    assert_eq!(served("listener_manager.lds.update_rejected"), 0.0);
+    drop(ns);
+    drop(release);
+}
