@@ -75,7 +75,7 @@ spec:
     kubectl_ok(&["apply", "-n", &ns.name, "-f", "-"], Some(app));
     kubectl_ok(&["wait", "-n", &ns.name, "--for", "condition=Ready", "pod/app", "--timeout=90s"], None);
 
-    let ip = jsonpath(&release.namespace, "pods", "{.items[0].status.podIP}");
+    let ip = crate::support::controller_pod_field(&release.namespace, "{.status.podIP}");
     let controller = format!("http://{ip}:15014");
     let dump_url = format!("{controller}/debug/config_dump?proxy={}/app", ns.name);
     let viewer = DebugViewer::bound_to("mesh-debug");

@@ -488,9 +488,18 @@ pub fn injected_bookinfo(prefix: &str) -> TempNamespace {
 /// The samples of one metric family of the controller a release runs,
 /// by their label sets, read from its /metrics over the pod network.
 pub fn controller_metric(release_ns: &str, family: &str) -> std::collections::BTreeMap<String, f64> {
-    let ip = jsonpath(release_ns, "pods", "{.items[0].status.podIP}");
+    let ip = controller_pod_field(release_ns, "{.status.podIP}");
     let out = run("curl", &["-sf", "-m", "2", &format!("http://{ip}:15014/metrics")], None);
     metric_family(&out.stdout, family)
+}
+
+/// A field of the (first) controller pod of a release, by jsonpath (e.g.
+/// `{.metadata.name}`): the release's namespace also holds its gateways.
+pub fn controller_pod_field(release_ns: &str, field: &str) -> String {
+    let path = format!("jsonpath={{.items[0]{}", field.trim_start_matches('{'));
+    kubectl_ok(&["get", "pods", "-n", release_ns, "-l", "app.kubernetes.io/name=mesh", "-o", &path], None)
+        .trim()
+        .to_string()
 }
 
 /// The samples of one metric family in a Prometheus text exposition.
