@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::support::{
     Applied, Release, TempNamespace, apply, controller_metric, enter, eventually, free_port,
-    injected_bookinfo, jsonpath, kubectl_ok, repo,
+    injected_bookinfo, kubectl_ok, repo,
 };
 
 #[path = "../../src/testing/jwt.rs"]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    DebugViewer, Release, TempNamespace, eventually, http_get, jsonpath, kubeconfig, kubectl, kubectl_ok, run,
+    DebugViewer, Release, TempNamespace, eventually, http_get, kubeconfig, kubectl, kubectl_ok, run,
 };
 
 fn mesh_bin() -> String {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{
     DebugViewer, Release, TempNamespace, conformance, controller_metric, enter, eventually, http_get,
-    injected_bookinfo, jsonpath, kubectl_ok, pod_named, run,
+    injected_bookinfo, kubectl_ok, pod_named, run,
 };
 
 /// Bookinfo injected in a namespace of its own, with the chart installed.
