@@ -211,7 +211,7 @@ pub struct ClusterState<'a> {
     pub namespaces: &'a Store<Namespace>,
     pub virtual_services: &'a Store<Config<VirtualServiceSpec>>,
     pub destination_rules: &'a Store<Config<DestinationRuleSpec>>,
-    /// Indexed and validated; nothing translates them yet.
+    /// Translated for the gateway proxies they select.
     pub gateways: &'a Store<Config<GatewaySpec>>,
     /// Indexed and validated; nothing translates them yet.
     pub service_entries: &'a Store<Config<ServiceEntrySpec>>,
