@@ -33,6 +33,17 @@ impl Drop for CertDir {
     }
 }
 
+/// Deletes a namespace's Gateways, and waits for it, wherever the test
+/// stops: a Gateway left behind while its namespace goes would configure
+/// the next test's gateways (with certificate files they do not have).
+struct GatewaysDeleted(String);
+
+impl Drop for GatewaysDeleted {
+    fn drop(&mut self) {
+        let _ = crate::support::kubectl(&["delete", "gateways", "--all", "-n", &self.0, "--wait=true"], None);
+    }
+}
+
 /// A self-signed certificate for `host` in `dir` (`<name>.crt`, `<name>.key`).
 fn certificate(dir: &Path, name: &str, host: &str) -> (String, String) {
     let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
@@ -117,7 +128,7 @@ fn secure_backend(namespace: &str, crt: &str, key: &str) {
 #[test]
 fn the_ingress_gateway_serves_bookinfo_redirects_passes_tls_through_and_terminates_it() {
     let release_ns = "mesh-e2e-gateway";
-    let release = Release::install(release_ns, &[]);
+    let _release = Release::install(release_ns, &[]);
     // The chart's gateways come up with it, injected as routers.
     for name in ["mesh-ingressgateway", "mesh-egressgateway"] {
         kubectl_ok(&["rollout", "status", "deployment", name, "-n", release_ns, "--timeout=120s"], None);
@@ -129,6 +140,7 @@ fn the_ingress_gateway_serves_bookinfo_redirects_passes_tls_through_and_terminat
 
     let ns = injected_bookinfo("gateway");
     let n = ns.name.as_str();
+    let _gateways = GatewaysDeleted(n.to_string());
     let sample = |file: &str| {
         let path = conformance().join("networking").join(file);
         kubectl_ok(&["apply", "-n", n, "-f", path.to_str().expect("utf-8")], None);
@@ -299,6 +311,4 @@ fn the_ingress_gateway_serves_bookinfo_redirects_passes_tls_through_and_terminat
         served("http.outbound_0.0.0.0_80.downstream_rq_2xx"),
         served("http.outbound_0.0.0.0_443.downstream_rq_2xx")
     );
-    drop(ns);
-    drop(release);
 }
