@@ -679,7 +679,8 @@ fn samples_with_fields_mesh_does_not_apply_warn_at_apply_and_say_so_in_status() 
             "{resource} {name}: {condition}"
         );
     }
-    for (resource, name, field) in [("serviceentry", "googleapis", "spec.resolution")] {
+    {
+        let (resource, name, field) = ("serviceentry", "googleapis", "spec.resolution");
         let condition = reconciled(resource, Some(&ns.name), name);
         assert_eq!(
             (condition["status"].as_str(), condition["reason"].as_str()),
