@@ -358,6 +358,9 @@ async fn start_ca(
             bundle.clone(),
             shutdown.clone()
         ) => "keeping the caBundle of the ValidatingWebhookConfiguration",
+        _ = webhook::gateways::replace_missed(client.clone(), args.namespace.clone(), shutdown.clone()) => {
+            "replacing gateway pods the injector missed"
+        }
         _ = webhook::configuration::keep_ca_bundle::<MutatingWebhookConfiguration>(
             client,
             args.injector_config.clone(),

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::support::{
-    Applied, Release, TempNamespace, apply, controller_metric, enter, eventually, free_port,
+    Applied, Release, TempNamespace, apply, controller_metric, controller_pods, enter, eventually, free_port,
     injected_bookinfo, kubectl_ok, repo,
 };
 
@@ -111,7 +111,7 @@ fn end_user_jwts_from_istio_1_1_origins_and_request_authentication_on_real_traff
     let release = Release::install("mesh-e2e-authn", &[]);
     let ns = injected_bookinfo("authn");
     let client = Client::start();
-    let controller = crate::support::controller_pod_field(&release.namespace, "{.metadata.name}");
+    let controller = controller_pods(&release.namespace, "{.items[0].metadata.name}");
     let signer = Signer::generate("bookinfo-2026");
     let forger = Signer::generate("bookinfo-2026");
     let keys = KeyServer::start(&release.namespace, &controller, &signer.jwks());
@@ -188,7 +188,7 @@ fn a_binding_requiring_a_jwt_claim_admits_only_valid_tokens_that_carry_it() {
     let release = Release::install("mesh-e2e-authn-rbac", &[]);
     let ns = injected_bookinfo("authn-rbac");
     let client = Client::start();
-    let controller = crate::support::controller_pod_field(&release.namespace, "{.metadata.name}");
+    let controller = controller_pods(&release.namespace, "{.items[0].metadata.name}");
     let signer = Signer::generate("bookinfo-2026");
     let forger = Signer::generate("bookinfo-2026");
     let keys = KeyServer::start(&release.namespace, &controller, &signer.jwks());

@@ -459,7 +459,7 @@ fn istio_1_1_authorization_for_http_services_step_by_step() {
     // `mesh proxy-config authz` shows what details' sidecar enforces: the
     // role its binding grants, on both chains of its port.
     let viewer = crate::support::DebugViewer::bound_to("mesh-debug");
-    let ip = crate::support::controller_pod_field(&release.namespace, "{.status.podIP}");
+    let ip = crate::support::controller_pods(&release.namespace, "{.items[0].status.podIP}");
     let details = kubectl_ok(
         &["get", "pods", "-n", "default", "-l", "app=details", "-o", "jsonpath={.items[0].metadata.name}"],
         None,

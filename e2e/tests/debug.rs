@@ -13,7 +13,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    DebugViewer, Release, TempNamespace, eventually, http_get, kubeconfig, kubectl, kubectl_ok, run,
+    DebugViewer, Release, TempNamespace, controller_pods, eventually, http_get, kubeconfig, kubectl,
+    kubectl_ok, run,
 };
 
 fn mesh_bin() -> String {
@@ -75,7 +76,7 @@ spec:
     kubectl_ok(&["apply", "-n", &ns.name, "-f", "-"], Some(app));
     kubectl_ok(&["wait", "-n", &ns.name, "--for", "condition=Ready", "pod/app", "--timeout=90s"], None);
 
-    let ip = crate::support::controller_pod_field(&release.namespace, "{.status.podIP}");
+    let ip = controller_pods(&release.namespace, "{.items[0].status.podIP}");
     let controller = format!("http://{ip}:15014");
     let dump_url = format!("{controller}/debug/config_dump?proxy={}/app", ns.name);
     let viewer = DebugViewer::bound_to("mesh-debug");

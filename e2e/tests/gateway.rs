@@ -33,6 +33,17 @@ impl Drop for CertDir {
     }
 }
 
+/// Deletes a namespace's Gateways, and waits for it, wherever the test
+/// stops: a Gateway left behind while its namespace goes would configure
+/// the next test's gateways (with certificate files they do not have).
+struct GatewaysDeleted(String);
+
+impl Drop for GatewaysDeleted {
+    fn drop(&mut self) {
+        let _ = crate::support::kubectl(&["delete", "gateways", "--all", "-n", &self.0, "--wait=true"], None);
+    }
+}
+
 /// A self-signed certificate for `host` in `dir` (`<name>.crt`, `<name>.key`).
 fn certificate(dir: &Path, name: &str, host: &str) -> (String, String) {
     let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
@@ -117,7 +128,7 @@ fn secure_backend(namespace: &str, crt: &str, key: &str) {
 #[test]
 fn the_ingress_gateway_serves_bookinfo_redirects_passes_tls_through_and_terminates_it() {
     let release_ns = "mesh-e2e-gateway";
-    let release = Release::install(release_ns, &[]);
+    let _release = Release::install(release_ns, &[]);
     // The chart's gateways come up with it, injected as routers.
     for name in ["mesh-ingressgateway", "mesh-egressgateway"] {
         kubectl_ok(&["rollout", "status", "deployment", name, "-n", release_ns, "--timeout=120s"], None);
@@ -129,6 +140,7 @@ fn the_ingress_gateway_serves_bookinfo_redirects_passes_tls_through_and_terminat
 
     let ns = injected_bookinfo("gateway");
     let n = ns.name.as_str();
+    let _gateways = GatewaysDeleted(n.to_string());
     let sample = |file: &str| {
         let path = conformance().join("networking").join(file);
         kubectl_ok(&["apply", "-n", n, "-f", path.to_str().expect("utf-8")], None);
@@ -145,6 +157,7 @@ fn the_ingress_gateway_serves_bookinfo_redirects_passes_tls_through_and_terminat
     });
     let served = (0..20).filter(|_| curl(&[&format!("http://{ip}/productpage")]).0 == 200).count();
     assert_eq!(served, 20, "every page through the gateway");
+    eprintln!("bookinfo-gateway.yaml: {served} of 20 pages 200 through {ip}:80");
     // Paths the VirtualService does not route, and hosts nothing binds, are 404.
     assert_eq!(curl(&[&format!("http://{ip}/not-routed")]).0, 404);
 
@@ -158,6 +171,7 @@ fn the_ingress_gateway_serves_bookinfo_redirects_passes_tls_through_and_terminat
     });
     let v1 = pages(&ip, 30);
     assert_eq!(v1.get("reviews-v1"), Some(&30), "{v1:?}");
+    eprintln!("virtual-service-all-v1.yaml: pages through the gateway {v1:?}");
     sample("virtual-service-reviews-v3.yaml");
     eventually("every page from reviews-v3", Duration::from_secs(60), || {
         let counts = pages(&ip, 10);
@@ -165,6 +179,7 @@ fn the_ingress_gateway_serves_bookinfo_redirects_passes_tls_through_and_terminat
     });
     let v3 = pages(&ip, 30);
     assert_eq!(v3.get("reviews-v3"), Some(&30), "{v3:?}");
+    eprintln!("virtual-service-reviews-v3.yaml: pages through the gateway {v3:?}");
 
     // A TLS server in the mesh, a certificate for the gateway's own HTTPS.
     let dir = CertDir::new(n);
@@ -239,6 +254,7 @@ fn the_ingress_gateway_serves_bookinfo_redirects_passes_tls_through_and_terminat
         "{}",
         headers.stdout
     );
+    eprintln!("httpsRedirect: {}", headers.stdout.lines().next().unwrap_or_default().trim());
     assert_eq!(curl(&[&format!("http://{ip}/productpage")]).0, 200, "other hosts are not redirected");
 
     // TLS PASSTHROUGH by SNI: the client verifies the backend's own certificate.
@@ -256,6 +272,7 @@ fn the_ingress_gateway_serves_bookinfo_redirects_passes_tls_through_and_terminat
         });
     assert_eq!(status, 200);
     assert!(body.contains("secure-"), "the backend named itself: {body}");
+    eprintln!("PASSTHROUGH secure.example.com: {status} {}", body.trim());
 
     // SIMPLE: the gateway terminates TLS with the mounted certificate.
     let (status, body) = eventually("bookinfo.example.com over HTTPS", Duration::from_secs(60), || {
@@ -270,6 +287,7 @@ fn the_ingress_gateway_serves_bookinfo_redirects_passes_tls_through_and_terminat
     });
     assert_eq!(status, 200);
     assert!(body.contains("reviews-v3"), "the routed page, over TLS");
+    eprintln!("SIMPLE bookinfo.example.com: {status}, {} bytes", body.len());
     // A name no server lists gets no TLS handshake.
     let (status, _) =
         curl(&["-k", "--connect-to", &through_gateway("other.example.com"), "https://other.example.com/"]);
@@ -288,6 +306,9 @@ fn the_ingress_gateway_serves_bookinfo_redirects_passes_tls_through_and_terminat
     assert!(served("http.outbound_0.0.0.0_80.downstream_rq_2xx") >= 50.0, "{}", stats.stdout.len());
     assert!(served("http.outbound_0.0.0.0_443.downstream_rq_2xx") >= 1.0);
     assert_eq!(served("listener_manager.lds.update_rejected"), 0.0);
-    drop(ns);
-    drop(release);
+    eprintln!(
+        "gateway Envoy: port 80 2xx {}, port 443 2xx {}",
+        served("http.outbound_0.0.0.0_80.downstream_rq_2xx"),
+        served("http.outbound_0.0.0.0_443.downstream_rq_2xx")
+    );
 }

@@ -147,9 +147,10 @@ fn bookinfo_gets_envoy_in_every_pod_and_its_traffic_goes_through_envoy() {
         assert_eq!(outbound[quiet], 0.0, "{quiet} calls nobody");
     }
 
-    // Every Envoy holds a stream to the controller and accepted all it was sent.
+    // Every Envoy holds a stream to the controller and accepted all it was
+    // sent: Bookinfo's six and the chart's two gateways.
     let connected = controller_metric(&release.namespace, "mesh_xds_connected_proxies");
-    assert_eq!(total(&connected), 6.0, "{connected:?}");
+    assert_eq!(total(&connected), 8.0, "{connected:?}");
     let acks = controller_metric(&release.namespace, "mesh_xds_acks_total");
     assert!(total(&acks) >= 12.0, "every proxy ACKs listeners and clusters: {acks:?}");
     let nacks = controller_metric(&release.namespace, "mesh_xds_nacks_total");

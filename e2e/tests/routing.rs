@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    DebugViewer, Release, TempNamespace, conformance, controller_metric, enter, eventually, http_get,
-    injected_bookinfo, kubectl_ok, pod_named, run,
+    DebugViewer, Release, TempNamespace, conformance, controller_metric, controller_pods, enter, eventually,
+    http_get, injected_bookinfo, kubectl_ok, pod_named, run,
 };
 
 /// Bookinfo injected in a namespace of its own, with the chart installed.
@@ -152,7 +152,7 @@ fn istios_bookinfo_routing_samples_route_real_traffic() {
     // applied; the controller's config dump of one proxy holds the subsets.
     // Both are read as a user bound to the chart's ClusterRole mesh-debug.
     let viewer = DebugViewer::bound_to("mesh-debug");
-    let ip = crate::support::controller_pod_field(&b.release.namespace, "{.status.podIP}");
+    let ip = controller_pods(&b.release.namespace, "{.items[0].status.podIP}");
     let controller = format!("http://{ip}:15014");
     let bin = std::env::var("MESH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mesh").to_string());
     let table = eventually("every proxy SYNCED in mesh proxy-status", Duration::from_secs(20), || {

@@ -141,7 +141,7 @@ fn every_hop_between_sidecars_is_mutual_tls_with_each_pods_own_identity() {
 
     // The controller's view of a proxy shows its secrets without the key.
     let viewer = DebugViewer::bound_to("mesh-debug");
-    let ip = crate::support::controller_pod_field(&release.namespace, "{.status.podIP}");
+    let ip = crate::support::controller_pods(&release.namespace, "{.items[0].status.podIP}");
     let (status, dump) = http_get(
         &format!("http://{ip}:15014/debug/config_dump?proxy={}/{client}", ns.name),
         Some(&viewer.token),

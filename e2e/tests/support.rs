@@ -375,6 +375,26 @@ pub fn apply(namespace: &str, yaml: &str) {
     kubectl_ok(&["apply", "-n", namespace, "-f", "-"], Some(yaml));
 }
 
+/// A JSONPath query over the controller's pods of a release (not its
+/// gateways, which share the namespace), trimmed.
+pub fn controller_pods(release_ns: &str, path: &str) -> String {
+    kubectl_ok(
+        &[
+            "get",
+            "pods",
+            "-n",
+            release_ns,
+            "-l",
+            "app.kubernetes.io/name=mesh",
+            "-o",
+            &format!("jsonpath={path}"),
+        ],
+        None,
+    )
+    .trim()
+    .to_string()
+}
+
 /// A JSONPath query, trimmed.
 pub fn jsonpath(namespace: &str, what: &str, path: &str) -> String {
     kubectl_ok(&["get", "-n", namespace, what, "-o", &format!("jsonpath={path}")], None).trim().to_string()
@@ -488,18 +508,9 @@ pub fn injected_bookinfo(prefix: &str) -> TempNamespace {
 /// The samples of one metric family of the controller a release runs,
 /// by their label sets, read from its /metrics over the pod network.
 pub fn controller_metric(release_ns: &str, family: &str) -> std::collections::BTreeMap<String, f64> {
-    let ip = controller_pod_field(release_ns, "{.status.podIP}");
+    let ip = controller_pods(release_ns, "{.items[0].status.podIP}");
     let out = run("curl", &["-sf", "-m", "2", &format!("http://{ip}:15014/metrics")], None);
     metric_family(&out.stdout, family)
-}
-
-/// A field of the (first) controller pod of a release, by jsonpath (e.g.
-/// `{.metadata.name}`): the release's namespace also holds its gateways.
-pub fn controller_pod_field(release_ns: &str, field: &str) -> String {
-    let path = format!("jsonpath={{.items[0]{}", field.trim_start_matches('{'));
-    kubectl_ok(&["get", "pods", "-n", release_ns, "-l", "app.kubernetes.io/name=mesh", "-o", &path], None)
-        .trim()
-        .to_string()
 }
 
 /// The samples of one metric family in a Prometheus text exposition.

@@ -100,7 +100,7 @@ config_kind!(
     DestinationRules, "DestinationRule", api::DestinationRule, api::destination_rule::DestinationRuleSpec, destination_rules
 );
 config_kind!(
-    /// networking.istio.io Gateways (indexed and validated; not translated yet).
+    /// networking.istio.io Gateways (translated for gateway proxies).
     Gateways, "Gateway", api::Gateway, api::gateway::GatewaySpec, gateways
 );
 config_kind!(

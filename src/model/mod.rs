@@ -212,7 +212,7 @@ pub struct ClusterState<'a> {
     pub namespaces: &'a Store<Namespace>,
     pub virtual_services: &'a Store<Config<VirtualServiceSpec>>,
     pub destination_rules: &'a Store<Config<DestinationRuleSpec>>,
-    /// Indexed and validated; nothing translates them yet.
+    /// Translated for the gateway proxies they select.
     pub gateways: &'a Store<Config<GatewaySpec>>,
     /// The TLS credentials Secrets hold (gateways' `credentialName`).
     pub credentials: &'a Store<credential::TlsCredential>,

@@ -86,6 +86,11 @@ pub fn gateway(view: &MeshView, proxy: &ProxyContext) -> GatewayConfig {
             PortKind::Terminated | PortKind::Passthrough => builder.tls(&servers),
             PortKind::Tcp => builder.tcp(&servers),
         };
+        // Envoy refuses a listener without chains (a TLS port whose servers
+        // have no route yet): Istio leaves such a port out too.
+        if listener.filter_chains.is_empty() {
+            continue;
+        }
         out.listeners.push((listener, clusters));
         out.routes.extend(routes);
     }

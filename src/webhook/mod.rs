@@ -9,5 +9,6 @@
 
 pub mod admission;
 pub mod configuration;
+pub mod gateways;
 pub mod injection;
 pub mod server;

@@ -587,3 +587,56 @@ mod tests {
         assert!(row.contains("(none: every request denied)"), "enforced: none, shadow: the role; {shadow}");
     }
 }
+
+#[cfg(test)]
+mod gateway_tests {
+    use super::super::auth::tests::identity;
+    use super::super::proxy::ProxyId;
+    use super::*;
+    use crate::index::Pods;
+    use crate::testing::bookinfo::{apply_networking, bookinfo};
+
+    fn names(snapshot: &Snapshot, t: ResourceType) -> Vec<String> {
+        snapshot.resources(t).iter().map(|r| r.name.clone()).collect()
+    }
+
+    #[test]
+    fn a_router_gets_its_gateways_listeners_and_routes_and_its_namespaces_clusters() {
+        let mut index = bookinfo();
+        apply_networking(&mut index, "bookinfo-gateway.yaml");
+        let mut pod = crate::testing::objects::pod("ingress-0")
+            .labels(&[("istio", "ingressgateway")])
+            .ip("10.244.0.50")
+            .build();
+        pod.metadata.namespace = Some("istio-system".into());
+        index.apply::<Pods>(&pod);
+        let generator = MeshGenerator::default();
+        let router = Proxy {
+            id: ProxyId::parse("router~10.244.0.50~ingress-0.istio-system~istio-system.svc.cluster.local")
+                .expect("a node id"),
+            identity: identity(),
+        };
+        let snapshot = generator.prepare(&index).generate(&router);
+        assert_eq!(
+            names(&snapshot, ResourceType::Listener),
+            ["0.0.0.0_80"],
+            "no virtualOutbound or virtualInbound"
+        );
+        assert_eq!(names(&snapshot, ResourceType::Route), ["http.80"]);
+        let clusters = names(&snapshot, ResourceType::Cluster);
+        assert!(clusters.contains(&"outbound|9080||productpage.default.svc.cluster.local".to_string()));
+        assert!(!clusters.iter().any(|c| c.starts_with("inbound|")), "{clusters:?}");
+        let routes = snapshot.resources(ResourceType::Route);
+        let http = routes.get("http.80").expect("the routes");
+        assert!(http.depends_on.iter().any(|c| c == "outbound|9080||productpage.default.svc.cluster.local"));
+
+        // The same pod announcing itself as a sidecar gets a sidecar's listeners.
+        let sidecar = Proxy {
+            id: ProxyId::parse("sidecar~10.244.0.50~ingress-0.istio-system~istio-system.svc.cluster.local")
+                .expect("a node id"),
+            identity: identity(),
+        };
+        let listeners = names(&generator.prepare(&index).generate(&sidecar), ResourceType::Listener);
+        assert!(listeners.contains(&"virtualOutbound".to_string()), "{listeners:?}");
+    }
+}

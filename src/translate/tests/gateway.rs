@@ -355,7 +355,19 @@ fn server_hosts_limit_the_namespaces_that_may_bind() {
         &["istio-system/own"],
         json!([{"route": [{"destination": {"host": "productpage"}}]}]),
     ));
+    index.apply::<Gateways>(&object(json!({
+        "apiVersion": "networking.istio.io/v1alpha3", "kind": "Gateway",
+        "metadata": {"name": "unrouted", "namespace": "istio-system"},
+        "spec": {"selector": {"istio": "ingressgateway"}, "servers": [
+            {"port": {"number": 9443, "name": "tls", "protocol": "TLS"}, "hosts": ["*"], "tls": {"mode": "PASSTHROUGH"}}]}
+    })));
     let (out, config) = translated(&index);
+    let ports: Vec<&str> = config.listeners.iter().map(|(l, _)| l.name.as_str()).collect();
+    assert_eq!(
+        ports,
+        ["0.0.0.0_8080", "0.0.0.0_8081"],
+        "a passthrough port no rule routes has no chain, so no listener"
+    );
     assert!(routes(&config, "http.8080").virtual_hosts.is_empty(), "only istio-system may bind to ./*");
     let hosts: Vec<&str> =
         routes(&config, "http.8081").virtual_hosts.iter().map(|v| v.name.as_str()).collect();
