@@ -2,7 +2,8 @@
 # `make run`: the local cluster with its node, the mesh installed by its Helm
 # chart (the controller as a pod), and the demo app (samples/bookinfo.yaml,
 # shaped like Istio's Bookinfo) in the namespace `default` labelled for
-# injection, so every pod of it runs stock Envoy beside the app.
+# injection, so every pod of it runs stock Envoy beside the app, and its
+# front door on the chart's ingress gateway (samples/gateway.yaml).
 # The controller's log follows in the foreground; Ctrl-C stops everything.
 set -euo pipefail
 
@@ -21,18 +22,29 @@ kubectl -n mesh-system create serviceaccount debug-viewer --dry-run=client -o ya
 kubectl create clusterrolebinding debug-viewer --clusterrole=mesh-debug \
   --serviceaccount=mesh-system:debug-viewer --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl label namespace default istio-injection=enabled --overwrite >/dev/null
-kubectl apply -f "$repo/samples/bookinfo.yaml" >/dev/null
+kubectl apply -f "$repo/samples/bookinfo.yaml" -f "$repo/samples/gateway.yaml" >/dev/null
 echo "[run] waiting for the demo app (samples/bookinfo.yaml), each pod with its Envoy..."
 kubectl rollout status deployment --timeout=240s >/dev/null
+kubectl -n mesh-system rollout status deployment mesh-ingressgateway --timeout=120s >/dev/null
+ingress=$(kubectl -n mesh-system get service mesh-ingressgateway -o jsonpath='{.spec.clusterIP}')
+# The page is served once the gateway has its routes: wait for the first 200.
+for _ in $(seq 1 60); do
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -m 2 "http://$ingress/productpage")" = 200 ] && break
+  sleep 1
+done
 productpage=$(kubectl get service productpage -o jsonpath='{.spec.clusterIP}')
 mesh=$(kubectl -n mesh-system get service mesh -o jsonpath='{.spec.clusterIP}')
 cat <<TXT
 
   The local cluster is up, with the mesh and the demo app (istio-proxy in every pod).
+
+    Open http://$ingress/productpage     (the demo app, through the ingress gateway)
+
   In another shell:
     cd $repo && eval "\$(make -s env)"
     kubectl get pods                                       # 2/2: the app and its Envoy
-    curl -s http://$productpage:9080/productpage           # from this machine, through Envoy
+    curl -s http://$ingress/productpage                    # through the ingress gateway
+    curl -s http://$productpage:9080/productpage           # straight to the Service, through its Envoy
     make pod-exec POD=default/productpage CMD='curl -s localhost:15000/stats | grep bound.*downstream_rq_total'
     export MESH_TOKEN=\$(kubectl -n mesh-system create token debug-viewer)   # may read /debug/* (ClusterRole mesh-debug)
     curl -s -H "Authorization: Bearer \$MESH_TOKEN" http://$mesh:15014/debug/configz   # what the controller sees
