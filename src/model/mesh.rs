@@ -26,6 +26,10 @@
 //! - A Service's `networking.istio.io/exportTo` annotation (a comma-separated
 //!   list of the same entries as `exportTo`) limits the namespaces whose
 //!   proxies get it; without it, every namespace does.
+//!
+//! ServiceEntries join the Services here, one service per host
+//! ([`super::service_entry`]), so VirtualServices, DestinationRules and
+//! visibility apply to their hosts as to Services'.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -34,8 +38,9 @@ use serde::Serialize;
 
 use super::host::{self, service_fqdn};
 use super::protocol::Protocol;
+use super::service_entry::{self, Discovery, EntryView};
 use super::visibility::ExportTo;
-use super::{ClusterState, EndpointSlice, ObjectKey, Workload};
+use super::{ClusterState, EndpointSlice, ObjectKey, OutboundTrafficPolicy, Workload};
 use crate::api::destination_rule::DestinationRuleSpec;
 use crate::api::virtual_service::VirtualServiceSpec;
 
@@ -106,6 +111,9 @@ pub struct ServiceView {
     /// The ServiceAccounts of the pods behind it: the identities a client
     /// expects the server's certificate to carry.
     pub service_accounts: BTreeSet<String>,
+    /// Set for a host of a ServiceEntry ([`super::service_entry`]): how its
+    /// endpoints are found, whether it is in the mesh, its addresses.
+    pub entry: Option<EntryView>,
 }
 
 impl ServiceView {
@@ -117,6 +125,19 @@ impl ServiceView {
     /// selector selects nothing: such Services have manual endpoints).
     pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
         !self.selector.is_empty() && is_subset(&self.selector, labels)
+    }
+
+    /// The addresses connections to the service are made to: a Service's
+    /// ClusterIP, a ServiceEntry's addresses (IPs or CIDR blocks). None:
+    /// it is reached by name (headless Services, entries without addresses).
+    pub fn addresses(&self) -> impl Iterator<Item = &str> {
+        let entry = self.entry.iter().flat_map(|e| e.addresses.iter().map(String::as_str));
+        self.cluster_ip.as_deref().into_iter().chain(entry)
+    }
+
+    /// How its clusters find their endpoints.
+    pub fn discovery(&self) -> Discovery {
+        Discovery::of(self.entry.as_ref())
     }
 }
 
@@ -193,6 +214,8 @@ pub struct MeshView {
     selected_label_keys: BTreeSet<String>,
     /// The SPIFFE trust domain of the mesh's identities.
     trust_domain: String,
+    /// The mesh-wide `outboundTrafficPolicy` ([`MeshView::outbound_traffic_policy`]).
+    outbound_traffic_policy: OutboundTrafficPolicy,
 }
 
 /// Istio's default trust domain.
@@ -251,8 +274,12 @@ impl MeshView {
                 selector: service.selector.clone(),
                 export_to: ExportTo::parse(&service.export_to, &service.key.namespace),
                 service_accounts,
+                entry: None,
             };
             services.insert(hostname, Arc::new(view));
+        }
+        for view in service_entry::services(inputs, |host| services.contains_key(host)) {
+            services.insert(view.hostname.clone(), Arc::new(view));
         }
 
         let is_service = |host: &str| services.contains_key(host);
@@ -312,6 +339,7 @@ impl MeshView {
         view.services = services;
         view.selected_label_keys = selected_label_keys;
         view.trust_domain = DEFAULT_TRUST_DOMAIN.to_string();
+        view.outbound_traffic_policy = inputs.mesh_config.outbound_traffic_policy;
         view
     }
 
@@ -324,6 +352,15 @@ impl MeshView {
     /// The SPIFFE trust domain of the mesh's identities.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
+    }
+
+    /// Where proxies of `scope` send traffic to destinations outside the
+    /// registry: the mesh's `outboundTrafficPolicy`. The one place the
+    /// translation reads it, so that a Sidecar's own `outboundTrafficPolicy`
+    /// can replace it for the scopes the Sidecar applies to (once the
+    /// `ScopeKey` tells those scopes apart).
+    pub fn outbound_traffic_policy(&self, _scope: &ScopeKey) -> OutboundTrafficPolicy {
+        self.outbound_traffic_policy
     }
 
     /// The scope of a proxy: what its outbound configuration depends on.
@@ -518,6 +555,7 @@ mod tests {
             selector: BTreeMap::new(),
             export_to: ExportTo::everywhere(),
             service_accounts: BTreeSet::new(),
+            entry: None,
         };
         assert!(!service.selects(&BTreeMap::from([("app".to_string(), "x".to_string())])));
     }

@@ -33,6 +33,7 @@ pub mod passthrough;
 pub mod rbac;
 pub mod route;
 pub mod secret;
+pub mod service_entry;
 pub mod sidecar;
 pub mod tcp;
 #[cfg(test)]
