@@ -10,6 +10,7 @@ mod ca;
 mod crds;
 mod debug;
 mod destination_policy;
+mod egress;
 mod http_ops;
 mod inject;
 mod l4_routing;

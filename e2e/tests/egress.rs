@@ -1,0 +1,386 @@
+//! Traffic leaving the mesh, on real traffic: an "external" service (the
+//! real go-httpbin, Istio's httpbin sample, on port 80) in a namespace
+//! without injection and without a Kubernetes Service, so the mesh's
+//! registry does not know it; a curl pod in an injected namespace reaches
+//! it by a name its `/etc/hosts` gives (`hostAliases`, what DNS would give
+//! on a real cluster) through its Envoy.
+//!
+//! - REGISTRY_ONLY (the chart's `meshConfig.outboundTrafficPolicy.mode`):
+//!   without a ServiceEntry a request on port 80 (HTTP for the mesh) is
+//!   answered 502 by the client's Envoy (`block_all`, as Istio's), by name
+//!   and by IP, and a connection to port 8000 (no service's) is closed
+//!   (`BlackHoleCluster`); with a ServiceEntry naming the host it gets
+//!   through: resolution DNS (Envoy resolves the name; port 8000 to
+//!   `targetPort` 80), STATIC (the pod's IP as the endpoint, its port from
+//!   the endpoint's `ports`, with a subset a DestinationRule and a
+//!   VirtualService route to) and NONE with the IP among the entry's
+//!   `addresses`, each counted on its cluster in the client Envoy's
+//!   statistics; a VirtualService on the entry's host adds a header
+//!   httpbin sees and times out a slow request at 1 s (504); removing the
+//!   entry blocks the host again.
+//! - ALLOW_ANY (the default): the same request gets through without any
+//!   ServiceEntry, by `PassthroughCluster`.
+//!
+//! Each mode is its own controller (a release per test): the mode is a
+//! controller setting, as Istio's MeshConfig.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{
+    Applied, Release, TempNamespace, apply, controller_metric, enter, eventually, jsonpath, kubectl_ok,
+    pod_named, rollout,
+};
+
+/// The name the client knows the external service by.
+const EXTERNAL_HOST: &str = "httpbin.external.test";
+
+/// Istio's httpbin sample's Deployment, listening on port 80, with no
+/// Service: nothing in the registry names it.
+const EXTERNAL: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: httpbin
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: httpbin}
+  template:
+    metadata:
+      labels: {app: httpbin}
+    spec:
+      containers:
+      - image: docker.io/mccutchen/go-httpbin:v2.26.0
+        name: httpbin
+        args: ["-port", "80"]
+        ports:
+        - containerPort: 80
+"#;
+
+/// Istio's curl sample (its Service has port 80 as HTTP, so the client's
+/// Envoy routes port 80 by Host), with the external host in `/etc/hosts`.
+fn client(external_ip: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: curl
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: curl
+  labels: {{app: curl, service: curl}}
+spec:
+  ports:
+  - {{port: 80, name: http}}
+  selector: {{app: curl}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: curl
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: curl}}
+  template:
+    metadata:
+      labels: {{app: curl}}
+    spec:
+      terminationGracePeriodSeconds: 0
+      serviceAccountName: curl
+      hostAliases:
+      - ip: "{external_ip}"
+        hostnames: ["{EXTERNAL_HOST}"]
+      containers:
+      - name: curl
+        image: curlimages/curl
+        command: ["/bin/sleep", "infinity"]
+"#
+    )
+}
+
+/// The mesh with one outbound traffic policy, the external service and the client.
+struct Egress {
+    release: Release,
+    client_ns: TempNamespace,
+    _external_ns: TempNamespace,
+    client: String,
+    external_ip: String,
+}
+
+impl Egress {
+    fn start(release_ns: &str, mode: &str) -> Self {
+        let release = Release::install(
+            release_ns,
+            &["--set", &format!("meshConfig.outboundTrafficPolicy.mode={mode}")],
+        );
+        let external_ns = TempNamespace::new("egress-external");
+        apply(&external_ns.name, EXTERNAL);
+        ready(&external_ns.name);
+        let external_ip = jsonpath(&external_ns.name, "pods", "{.items[0].status.podIP}");
+        assert!(!external_ip.is_empty(), "the external httpbin has an IP");
+        let client_ns = TempNamespace::new("egress");
+        kubectl_ok(&["label", "namespace", &client_ns.name, "istio-injection=enabled", "--overwrite"], None);
+        apply(&client_ns.name, &client(&external_ip));
+        ready(&client_ns.name);
+        let client = pod_named(&client_ns.name, "app=curl");
+        Self { release, client_ns, _external_ns: external_ns, client, external_ip }
+    }
+
+    /// One request from the curl pod through its Envoy: (status, body, seconds taken).
+    fn get(&self, host: &str, path: &str) -> (u16, String, f64) {
+        let script = format!("curl -s -m 10 -w '\\n%{{http_code}}' 'http://{host}{path}'");
+        let start = Instant::now();
+        let out = enter(&self.client_ns.name, &self.client, &script);
+        let elapsed = start.elapsed().as_secs_f64();
+        let (body, status) = out.stdout.rsplit_once('\n').unwrap_or(("", out.stdout.as_str()));
+        (status.trim().parse().unwrap_or(0), body.to_string(), elapsed)
+    }
+
+    fn status(&self, host: &str) -> u16 {
+        self.get(host, "/get").0
+    }
+
+    /// Waits until `n` requests in a row to `host` get `status`.
+    fn settle(&self, host: &str, status: u16, n: usize) {
+        eventually(&format!("{n} requests to {host} answered {status}"), Duration::from_secs(60), || {
+            (0..n).all(|_| self.status(host) == status).then_some(())
+        });
+    }
+
+    /// The client Envoy's counter `name` (0 when absent).
+    fn stat(&self, name: &str) -> f64 {
+        let out = enter(&self.client_ns.name, &self.client, "curl -sf -m 5 http://127.0.0.1:15000/stats");
+        assert!(out.ok, "the client Envoy's /stats: {}", out.stderr);
+        let prefix = format!("{name}: ");
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    fn assert_no_nack(&self) {
+        let nacks = controller_metric(&self.release.namespace, "mesh_xds_nacks_total");
+        assert_eq!(nacks.values().sum::<f64>(), 0.0, "Envoy refused configuration: {nacks:?}");
+        let acks: f64 = controller_metric(&self.release.namespace, "mesh_xds_acks_total").values().sum();
+        assert!(acks > 0.0, "no ACK counted: the metric's name is wrong");
+    }
+}
+
+fn ready(namespace: &str) {
+    rollout(namespace);
+    kubectl_ok(
+        &["wait", "-n", namespace, "--for", "condition=Ready", "pods", "--all", "--timeout=120s"],
+        None,
+    );
+}
+
+/// The entry's port: 8000 on the client's side, httpbin's 80 behind it.
+const ENTRY_PORT: u16 = 8000;
+
+/// Resolution DNS: Envoy resolves the host; `targetPort` is httpbin's port.
+fn dns_entry() -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: httpbin-external
+spec:
+  hosts: [{EXTERNAL_HOST}]
+  ports:
+  - {{number: {ENTRY_PORT}, name: http, protocol: HTTP, targetPort: 80}}
+  location: MESH_EXTERNAL
+  resolution: DNS
+"#
+    )
+}
+
+/// Resolution STATIC: the pod's IP, its port by the endpoint's `ports`,
+/// with a label a DestinationRule's subset selects and a VirtualService
+/// routes to.
+fn static_entry(ip: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: httpbin-external
+spec:
+  hosts: [{EXTERNAL_HOST}]
+  ports:
+  - {{number: {ENTRY_PORT}, name: http, protocol: HTTP}}
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints:
+  - address: "{ip}"
+    ports: {{http: 80}}
+    labels: {{version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: httpbin-external
+spec:
+  host: {EXTERNAL_HOST}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: httpbin-external
+spec:
+  hosts: [{EXTERNAL_HOST}]
+  http:
+  - route:
+    - destination: {{host: {EXTERNAL_HOST}, subset: v1}}
+"#
+    )
+}
+
+/// Resolution NONE with the pod's IP as the entry's address: connections
+/// to it on port 80 go to where they were going.
+fn address_entry(ip: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: httpbin-external
+spec:
+  hosts: [{EXTERNAL_HOST}]
+  addresses: ["{ip}"]
+  ports:
+  - {{number: 80, name: http, protocol: HTTP}}
+  location: MESH_EXTERNAL
+  resolution: NONE
+"#
+    )
+}
+
+/// A header httpbin sees, and a 1 s timeout, on the entry's host.
+fn header_and_timeout() -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: httpbin-external
+spec:
+  hosts: [{EXTERNAL_HOST}]
+  http:
+  - timeout: 1s
+    headers:
+      request:
+        set: {{x-egress: through-the-mesh}}
+    route:
+    - destination: {{host: {EXTERNAL_HOST}}}
+"#
+    )
+}
+
+/// Sends 10 requests to `host`, all of which must be answered 200, and
+/// returns how many the client's Envoy counted on `cluster`.
+fn ten_counted(mesh: &Egress, host: &str, cluster: &str) -> f64 {
+    let stat = format!("cluster.{cluster}.upstream_rq_200");
+    let before = mesh.stat(&stat);
+    for i in 0..10 {
+        let (status, body, _) = mesh.get(host, "/get");
+        assert_eq!(status, 200, "request {i} to {host}: {body}");
+    }
+    mesh.stat(&stat) - before
+}
+
+#[test]
+fn registry_only_reaches_an_external_service_only_through_a_service_entry() {
+    let mesh = Egress::start("mesh-e2e-egress-registry", "REGISTRY_ONLY");
+    let ns = mesh.client_ns.name.clone();
+    let by_name = format!("{EXTERNAL_HOST}:{ENTRY_PORT}");
+    let ip = mesh.external_ip.clone();
+
+    // Unknown to the registry. On port 80, which the mesh routes as HTTP,
+    // the client's Envoy answers 502 (`block_all`), by name and by IP; on
+    // 8000, which no service has, BlackHoleCluster closes the connection.
+    mesh.settle(EXTERNAL_HOST, 502, 5);
+    let (status, body, _) = mesh.get(&ip, "/get");
+    assert_eq!(status, 502, "by IP: {body}");
+    assert!(!body.contains("origin"), "the request never reached httpbin: {body}");
+    assert_eq!(mesh.status(&by_name), 0, "no answer at all on a port no service has");
+
+    // DNS: Envoy resolves the name as the pod's /etc/hosts says, and
+    // connects to the targetPort.
+    {
+        let _entry = Applied::new(&ns, &dns_entry());
+        mesh.settle(&by_name, 200, 5);
+        let cluster = format!("outbound|{ENTRY_PORT}||{EXTERNAL_HOST}");
+        let counted = ten_counted(&mesh, &by_name, &cluster);
+        assert!(counted >= 10.0, "{cluster} counted {counted} of 10 requests");
+        println!("[egress] DNS entry: 10 of 10 answered 200, {counted} counted on {cluster}");
+        // Only the entry's port is the entry's.
+        assert_eq!(mesh.status(EXTERNAL_HOST), 502);
+
+        // A VirtualService on the entry's host: a header httpbin sees, a timeout.
+        let _vs = Applied::new(&ns, &header_and_timeout());
+        let seen = eventually("httpbin to see the VirtualService's header", Duration::from_secs(30), || {
+            let (status, body, _) = mesh.get(&by_name, "/headers");
+            (status == 200 && body.contains("through-the-mesh")).then_some(body)
+        });
+        assert!(seen.to_ascii_lowercase().contains("x-egress"), "{seen}");
+        let (status, _, took) = mesh.get(&by_name, "/delay/3");
+        assert_eq!(status, 504, "a 3 s answer under a 1 s route timeout");
+        assert!(took < 2.5, "the timeout cut it at about 1 s, not {took:.1} s");
+        println!(
+            "[egress] VirtualService on the entry: header seen by httpbin, /delay/3 answered 504 after {took:.1} s"
+        );
+    }
+    // The entry removed: blocked again.
+    mesh.settle(&by_name, 0, 3);
+
+    // STATIC: the pod's IP as the endpoint (its port from the endpoint's
+    // `ports`), routed to a subset by its label.
+    {
+        let _entry = Applied::new(&ns, &static_entry(&ip));
+        mesh.settle(&by_name, 200, 5);
+        let cluster = format!("outbound|{ENTRY_PORT}|v1|{EXTERNAL_HOST}");
+        let counted = ten_counted(&mesh, &by_name, &cluster);
+        assert!(counted >= 10.0, "{cluster} counted {counted} of 10 requests");
+        println!("[egress] STATIC entry: 10 of 10 answered 200, {counted} counted on {cluster}");
+    }
+    mesh.settle(&by_name, 0, 3);
+
+    // NONE with the IP as the entry's address: to the original destination,
+    // by IP and by name alike.
+    {
+        let _entry = Applied::new(&ns, &address_entry(&ip));
+        mesh.settle(&ip, 200, 5);
+        let cluster = format!("outbound|80||{EXTERNAL_HOST}");
+        let counted = ten_counted(&mesh, &ip, &cluster) + ten_counted(&mesh, EXTERNAL_HOST, &cluster);
+        assert!(counted >= 20.0, "{cluster} counted {counted} of 20 requests");
+        println!("[egress] NONE entry at the address: 20 of 20 (by IP, by name) answered 200 on {cluster}");
+    }
+    mesh.settle(&ip, 502, 3);
+    mesh.assert_no_nack();
+}
+
+#[test]
+fn allow_any_reaches_an_external_service_without_a_service_entry() {
+    let mesh = Egress::start("mesh-e2e-egress-allow", "ALLOW_ANY");
+    let passthrough = "cluster.PassthroughCluster.upstream_rq_200";
+    mesh.settle(EXTERNAL_HOST, 200, 5);
+    let before = mesh.stat(passthrough);
+    for _ in 0..10 {
+        assert_eq!(mesh.status(EXTERNAL_HOST), 200);
+    }
+    assert_eq!(mesh.status(&mesh.external_ip), 200);
+    let counted = mesh.stat(passthrough) - before;
+    assert!(counted >= 11.0, "PassthroughCluster counted {counted} of 11 requests");
+    println!(
+        "[egress] ALLOW_ANY: 11 of 11 answered 200 without an entry, {counted} through PassthroughCluster"
+    );
+    mesh.assert_no_nack();
+}
