@@ -104,6 +104,14 @@ pub fn services(state: ClusterState<'_>, taken: impl Fn(&str) -> bool) -> Vec<Se
     out
 }
 
+/// A pod a `workloadSelector` picks.
+struct SelectedPod<'a> {
+    ip: &'a str,
+    health: Health,
+    labels: Arc<BTreeMap<String, String>>,
+    service_account: &'a str,
+}
+
 /// The services of one entry, one per host.
 fn entry_services(config: &Config<ServiceEntrySpec>, state: ClusterState<'_>) -> Vec<ServiceView> {
     let spec = &config.spec;
@@ -114,23 +122,26 @@ fn entry_services(config: &Config<ServiceEntrySpec>, state: ClusterState<'_>) ->
         addresses: spec.addresses.clone(),
         subject_alt_names: spec.subject_alt_names.clone(),
     };
-    // Pods a workloadSelector picks, with their labels.
-    let selected: Vec<(&str, Health, Arc<BTreeMap<String, String>>, &str)> = match &spec.workload_selector {
+    let selected: Vec<SelectedPod> = match &spec.workload_selector {
         Some(selector) => state
             .workloads
             .values()
             .filter(|w| w.key.namespace == *namespace && is_subset(&selector.labels, &w.labels))
             .filter_map(|w| {
-                let ip = w.ip.as_deref()?;
-                let health = if w.ready { Health::Healthy } else { Health::Unhealthy };
-                Some((ip, health, Arc::new(w.labels.clone()), w.service_account.as_str()))
+                Some(SelectedPod {
+                    ip: w.ip.as_deref()?,
+                    health: if w.ready { Health::Healthy } else { Health::Unhealthy },
+                    labels: Arc::new(w.labels.clone()),
+                    service_account: &w.service_account,
+                })
             })
             .collect(),
         None => Vec::new(),
     };
     let mut service_accounts: BTreeSet<String> =
         spec.endpoints.iter().filter_map(|e| e.service_account.clone()).collect();
-    service_accounts.extend(selected.iter().map(|(_, _, _, sa)| sa.to_string()).filter(|sa| !sa.is_empty()));
+    service_accounts
+        .extend(selected.iter().map(|p| p.service_account.to_string()).filter(|sa| !sa.is_empty()));
 
     let mut out = Vec::new();
     for raw_host in &spec.hosts {
@@ -186,7 +197,7 @@ fn port_endpoints(
     port: &ServicePort,
     number: u16,
     hostname: &str,
-    selected: &[(&str, Health, Arc<BTreeMap<String, String>>, &str)],
+    selected: &[SelectedPod<'_>],
 ) -> Vec<EndpointView> {
     let name = port.name.as_deref().unwrap_or_default();
     let target = port.target_port.and_then(|t| u16::try_from(t).ok()).filter(|t| *t != 0).unwrap_or(number);
@@ -194,12 +205,12 @@ fn port_endpoints(
         Resolution::None => return Vec::new(),
         _ if spec.workload_selector.is_some() => selected
             .iter()
-            .map(|(ip, health, labels, _)| EndpointView {
-                address: ip.to_string(),
+            .map(|pod| EndpointView {
+                address: pod.ip.to_string(),
                 port: target,
-                health: *health,
+                health: pod.health,
                 pod: None,
-                labels: labels.clone(),
+                labels: pod.labels.clone(),
             })
             .collect(),
         Resolution::Dns | Resolution::DnsRoundRobin if spec.endpoints.is_empty() => {
