@@ -13,8 +13,9 @@
 //!   through: resolution DNS (Envoy resolves the name; port 8000 to
 //!   `targetPort` 80), STATIC (the pod's IP as the endpoint, its port from
 //!   the endpoint's `ports`, with a subset a DestinationRule and a
-//!   VirtualService route to) and NONE with the IP among the entry's
-//!   `addresses`, each counted on its cluster in the client Envoy's
+//!   VirtualService route to), STATIC by `workloadSelector` (an entry in
+//!   the external namespace selecting httpbin's pod) and NONE with the IP
+//!   among the entry's `addresses`, each counted on its cluster in the client Envoy's
 //!   statistics; a VirtualService on the entry's host adds a header
 //!   httpbin sees and times out a slow request at 1 s (504); removing the
 //!   entry blocks the host again.
@@ -106,7 +107,7 @@ spec:
 struct Egress {
     release: Release,
     client_ns: TempNamespace,
-    _external_ns: TempNamespace,
+    external_ns: TempNamespace,
     client: String,
     external_ip: String,
 }
@@ -127,7 +128,7 @@ impl Egress {
         apply(&client_ns.name, &client(&external_ip));
         ready(&client_ns.name);
         let client = pod_named(&client_ns.name, "app=curl");
-        Self { release, client_ns, _external_ns: external_ns, client, external_ip }
+        Self { release, client_ns, external_ns, client, external_ip }
     }
 
     /// One request from the curl pod through its Envoy: (status, body, seconds taken).
@@ -243,6 +244,28 @@ spec:
     )
 }
 
+/// Resolution STATIC by `workloadSelector`, in the external service's own
+/// namespace: its pods are the endpoints (not injected, so no mutual TLS
+/// though the entry is MESH_INTERNAL).
+fn selector_entry() -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: httpbin-pods
+spec:
+  hosts: [{EXTERNAL_HOST}]
+  ports:
+  - {{number: {ENTRY_PORT}, name: http, protocol: HTTP, targetPort: 80}}
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector:
+    labels: {{app: httpbin}}
+"#
+    )
+}
+
 /// Resolution NONE with the pod's IP as the entry's address: connections
 /// to it on port 80 go to where they were going.
 fn address_entry(ip: &str) -> String {
@@ -350,6 +373,17 @@ fn registry_only_reaches_an_external_service_only_through_a_service_entry() {
         let counted = ten_counted(&mesh, &by_name, &cluster);
         assert!(counted >= 10.0, "{cluster} counted {counted} of 10 requests");
         println!("[egress] STATIC entry: 10 of 10 answered 200, {counted} counted on {cluster}");
+    }
+    mesh.settle(&by_name, 0, 3);
+
+    // A workloadSelector: the external namespace's httpbin pod, by its labels.
+    {
+        let _entry = Applied::new(&mesh.external_ns.name, &selector_entry());
+        mesh.settle(&by_name, 200, 5);
+        let cluster = format!("outbound|{ENTRY_PORT}||{EXTERNAL_HOST}");
+        let counted = ten_counted(&mesh, &by_name, &cluster);
+        assert!(counted >= 10.0, "{cluster} counted {counted} of 10 requests");
+        println!("[egress] workloadSelector entry: 10 of 10 answered 200, {counted} counted on {cluster}");
     }
     mesh.settle(&by_name, 0, 3);
 
