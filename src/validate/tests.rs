@@ -115,9 +115,10 @@ fn bookinfo_samples_name_exactly_the_fields_mesh_does_not_apply() {
             }
         }
     }
-    // Authorization is applied: no RBAC sample names a field. Gateways and
-    // ServiceEntries are accepted but not translated: every field they set
-    // is named (only the top-level ones, as nothing under them applies).
+    // Authorization is applied: no RBAC sample names a field, nor does the
+    // ServiceEntry sample (every field it sets is applied). Gateways are
+    // accepted but not translated: every field they set is named (only the
+    // top-level ones, as nothing under them applies).
     let mut expected: Vec<String> = [
         "bookinfo-gateway.yaml VirtualService bookinfo spec.gateways",
         "bookinfo-gateway.yaml Gateway bookinfo-gateway spec.selector",
@@ -125,9 +126,6 @@ fn bookinfo_samples_name_exactly_the_fields_mesh_does_not_apply() {
         "certmanager-gateway.yaml VirtualService cert-manager spec.gateways",
         "certmanager-gateway.yaml Gateway cert-manager-gateway spec.selector",
         "certmanager-gateway.yaml Gateway cert-manager-gateway spec.servers",
-        "egress-rule-google-apis.yaml ServiceEntry googleapis spec.hosts",
-        "egress-rule-google-apis.yaml ServiceEntry googleapis spec.ports",
-        "egress-rule-google-apis.yaml ServiceEntry googleapis spec.resolution",
     ]
     .map(String::from)
     .into();
@@ -569,4 +567,28 @@ fn a_subject_read_from_certificates_warns_where_mutual_tls_is_disabled() {
     index.apply::<PeerAuthentications>(&disable);
     // Only the subject that needs a certificate; `*` and addresses match plaintext callers.
     assert_eq!(warnings(&index), ["spec.subjects[0].user"]);
+}
+
+#[test]
+fn a_service_entry_host_is_a_service_virtual_services_and_destination_rules_may_name() {
+    use crate::index::ServiceEntries;
+    let mut index = crate::testing::bookinfo::bookinfo();
+    let vs = serde_json::json!({"hosts": ["api.example.com"], "http": [{"route": [{"destination": {"host": "api.example.com"}}]}]});
+    let dr = serde_json::json!({"host": "api.example.com", "trafficPolicy": {"tls": {"mode": "SIMPLE"}}});
+    let missing = |index: &crate::index::Index| -> Vec<String> {
+        let ctx = Context::of(index.state());
+        let mut found = validate_object("VirtualService", NS, "api", &vs, &ctx);
+        found.extend(validate_object("DestinationRule", NS, "api", &dr, &ctx));
+        found.into_iter().filter(|f| f.message.contains("no Service")).map(|f| f.field).collect()
+    };
+    assert_eq!(
+        missing(&index).len(),
+        3,
+        "without the entry: the VirtualService's host and destination, the rule's host"
+    );
+    index.apply::<ServiceEntries>(&crate::testing::objects::from_yaml(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api, namespace: default}\n\
+         spec:\n  hosts: [api.example.com]\n  ports: [{number: 443, name: https, protocol: HTTPS}]\n  resolution: DNS\n",
+    ));
+    assert!(missing(&index).is_empty(), "{:?}", missing(&index));
 }

@@ -337,3 +337,31 @@ fn envoy_accepts_service_entries_under_both_policies() {
         assert_envoy_accepts(&format!("service entries under {}", policy.as_str()), &out, &inb);
     }
 }
+
+#[test]
+fn export_to_limits_an_entrys_host_to_the_namespaces_it_names() {
+    let mut index = index(OutboundTrafficPolicy::AllowAny);
+    index.apply::<ServiceEntries>(&objects::from_yaml(
+        r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: private, namespace: other}
+spec:
+  hosts: [private.example.com]
+  ports: [{number: 80, protocol: HTTP, name: http}]
+  exportTo: ["."]
+"#,
+    ));
+    let view = mesh_view(&index);
+    let clusters = |namespace: &str| -> Vec<String> {
+        let scope = crate::model::mesh::ScopeKey { namespace: namespace.into(), ..Default::default() };
+        outbound(&view, &scope)
+            .clusters
+            .into_iter()
+            .map(|c| c.name)
+            .filter(|n| n.contains("private"))
+            .collect()
+    };
+    assert_eq!(clusters("other"), ["outbound|80||private.example.com"]);
+    assert!(clusters("default").is_empty(), "not exported to default");
+}
