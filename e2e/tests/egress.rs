@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{
     Applied, Release, TempNamespace, apply, controller_metric, enter, eventually, jsonpath, kubectl_ok,
-    pod_named, rollout,
+    pod_named, rollout, run,
 };
 
 /// The name the client knows the external service by.
@@ -114,12 +114,18 @@ struct Egress {
 
 impl Egress {
     fn start(release_ns: &str, mode: &str) -> Self {
+        Self::start_with(release_ns, mode, |ns| apply(ns, EXTERNAL))
+    }
+
+    /// The same, with `external` putting the external service in the
+    /// namespace it is given.
+    fn start_with(release_ns: &str, mode: &str, external: impl FnOnce(&str)) -> Self {
         let release = Release::install(
             release_ns,
             &["--set", &format!("meshConfig.outboundTrafficPolicy.mode={mode}")],
         );
         let external_ns = TempNamespace::new("egress-external");
-        apply(&external_ns.name, EXTERNAL);
+        external(&external_ns.name);
         ready(&external_ns.name);
         let external_ip = jsonpath(&external_ns.name, "pods", "{.items[0].status.podIP}");
         assert!(!external_ip.is_empty(), "the external httpbin has an IP");
@@ -133,7 +139,12 @@ impl Egress {
 
     /// One request from the curl pod through its Envoy: (status, body, seconds taken).
     fn get(&self, host: &str, path: &str) -> (u16, String, f64) {
-        let script = format!("curl -s -m 10 -w '\\n%{{http_code}}' 'http://{host}{path}'");
+        self.request(&format!("http://{host}{path}"), "")
+    }
+
+    /// One request to `url` with curl's `args`: (status, body, seconds taken).
+    fn request(&self, url: &str, args: &str) -> (u16, String, f64) {
+        let script = format!("curl -s -m 10 {args} -w '\\n%{{http_code}}' '{url}'");
         let start = Instant::now();
         let out = enter(&self.client_ns.name, &self.client, &script);
         let elapsed = start.elapsed().as_secs_f64();
@@ -415,6 +426,186 @@ fn allow_any_reaches_an_external_service_without_a_service_entry() {
     assert!(counted >= 11.0, "PassthroughCluster counted {counted} of 11 requests");
     println!(
         "[egress] ALLOW_ANY: 11 of 11 answered 200 without an entry, {counted} through PassthroughCluster"
+    );
+    mesh.assert_no_nack();
+}
+
+/// A folder on the host for the external server's certificate, removed
+/// when dropped. The local node runs Envoy as a host program, so the
+/// client's Envoy reads the CA file by its host path (on a real cluster it
+/// would be mounted into the sidecar).
+struct CertDir(std::path::PathBuf);
+
+impl CertDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("mesh-e2e-egress-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary folder");
+        Self(dir)
+    }
+
+    fn cert(&self) -> String {
+        self.0.join("tls.crt").display().to_string()
+    }
+}
+
+impl Drop for CertDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// go-httpbin serving only HTTPS on 443, with a certificate for the
+/// external host that `certs` holds (self-signed: its own CA).
+fn https_external(namespace: &str, certs: &CertDir) {
+    let key = certs.0.join("tls.key").display().to_string();
+    let out = run(
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            &format!("/CN={EXTERNAL_HOST}"),
+            "-addext",
+            &format!("subjectAltName=DNS:{EXTERNAL_HOST}"),
+            "-keyout",
+            &key,
+            "-out",
+            &certs.cert(),
+        ],
+        None,
+    );
+    assert!(out.ok, "openssl: {}", out.stderr);
+    kubectl_ok(
+        &["create", "secret", "tls", "httpbin-cert", "-n", namespace, "--cert", &certs.cert(), "--key", &key],
+        None,
+    );
+    apply(
+        namespace,
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: httpbin
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: httpbin}
+  template:
+    metadata:
+      labels: {app: httpbin}
+    spec:
+      containers:
+      - image: docker.io/mccutchen/go-httpbin:v2.26.0
+        name: httpbin
+        args: ["-port", "443", "-https-cert-file", "/etc/certs/tls.crt", "-https-key-file", "/etc/certs/tls.key"]
+        ports:
+        - containerPort: 443
+        volumeMounts: [{name: certs, mountPath: /etc/certs, readOnly: true}]
+      volumes: [{name: certs, secret: {secretName: httpbin-cert}}]
+"#,
+    );
+}
+
+/// Istio's egress TLS origination shape: the host's HTTPS port, and an
+/// HTTP port 80 whose target is the server's 443.
+fn tls_entry() -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: httpbin-external
+spec:
+  hosts: [{EXTERNAL_HOST}]
+  ports:
+  - {{number: 443, name: https, protocol: HTTPS}}
+  - {{number: 80, name: http, protocol: HTTP, targetPort: 443}}
+  location: MESH_EXTERNAL
+  resolution: DNS
+"#
+    )
+}
+
+/// TLS from the client's Envoy on the entry's port 80, verified against
+/// the server's CA.
+fn originate_tls(ca: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: originate-tls
+spec:
+  host: {EXTERNAL_HOST}
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: 80}}
+      tls:
+        mode: SIMPLE
+        sni: {EXTERNAL_HOST}
+        caCertificates: {ca}
+"#
+    )
+}
+
+#[test]
+fn an_external_https_host_is_reached_by_sni_and_a_destination_rule_originates_tls_to_it() {
+    let certs = CertDir::new();
+    let mesh = Egress::start_with("mesh-e2e-egress-tls", "REGISTRY_ONLY", |ns| https_external(ns, &certs));
+    let ns = mesh.client_ns.name.clone();
+    let https = format!("https://{EXTERNAL_HOST}/get");
+    let verified = format!("--cacert {}", certs.cert());
+
+    // Unknown to the registry: the client's own TLS connection is closed.
+    let (status, body, _) = mesh.request(&https, &verified);
+    assert_eq!(status, 0, "no answer without an entry: {body}");
+
+    let _entry = Applied::new(&ns, &tls_entry());
+    // The HTTPS port: the client's TLS goes through by its SNI, whole (curl verifies httpbin's certificate).
+    eventually("HTTPS through the entry's SNI chain", Duration::from_secs(60), || {
+        (mesh.request(&https, &verified).0 == 200).then_some(())
+    });
+    let cluster = format!("cluster.outbound|443||{EXTERNAL_HOST}.upstream_cx_total");
+    let before = mesh.stat(&cluster);
+    for i in 0..5 {
+        let (status, body, _) = mesh.request(&https, &verified);
+        assert_eq!(status, 200, "HTTPS request {i}: {body}");
+    }
+    let connections = mesh.stat(&cluster) - before;
+    assert!(connections >= 5.0, "{cluster}: {connections} connections for 5 requests");
+    println!(
+        "[egress] HTTPS by SNI: 5 of 5 answered 200, {connections} connections on outbound|443||{EXTERNAL_HOST}"
+    );
+
+    // Port 80 to the server's 443 in plaintext: httpbin refuses it.
+    let plain = format!("http://{EXTERNAL_HOST}/get");
+    eventually("plaintext to the HTTPS port refused", Duration::from_secs(60), || {
+        (mesh.request(&plain, "").0 == 400).then_some(())
+    });
+    // The DestinationRule's SIMPLE TLS: the client's Envoy speaks TLS, checking the certificate.
+    let _rule = Applied::new(&ns, &originate_tls(&certs.cert()));
+    eventually("TLS originated by the client's Envoy", Duration::from_secs(60), || {
+        (mesh.request(&plain, "").0 == 200).then_some(())
+    });
+    let handshakes = format!("cluster.outbound|80||{EXTERNAL_HOST}.ssl.handshake");
+    let before = mesh.stat(&handshakes);
+    let mut answered = 0;
+    for _ in 0..5 {
+        let (status, body, _) = mesh.request(&plain, "-H 'Connection: close'");
+        assert_eq!(status, 200, "{body}");
+        answered += 1;
+    }
+    let counted = mesh.stat(&handshakes) - before;
+    assert!(counted >= 1.0, "the client's Envoy made TLS handshakes to httpbin: {counted}");
+    println!(
+        "[egress] TLS origination: {answered} of 5 plain requests answered 200 over TLS, {counted} handshakes on outbound|80||{EXTERNAL_HOST}"
     );
     mesh.assert_no_nack();
 }

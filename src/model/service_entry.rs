@@ -19,7 +19,8 @@
 //!   match, by their IPs and labels, healthy when Ready.
 //!
 //! Where the model differs from Istio: a host that is also a Kubernetes
-//! Service's name stays the Service (Istio would merge the two); of two
+//! Service's name stays the Service, as in Istio, but without the entry's
+//! `subjectAltNames`, the one thing Istio adds to it; of two
 //! entries with the same host the oldest wins (Istio keeps one per
 //! namespace); an endpoint's `weight`, `locality` and `network` are not
 //! read (they stay pending in the inventory).
