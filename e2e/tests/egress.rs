@@ -21,6 +21,12 @@
 //!   entry blocks the host again.
 //! - ALLOW_ANY (the default): the same request gets through without any
 //!   ServiceEntry, by `PassthroughCluster`.
+//! - TLS, as Istio's egress TLS origination task: an HTTPS-only httpbin
+//!   (a certificate the test makes) reached by the client's own HTTPS
+//!   through the entry's HTTPS port (by SNI, the client verifying the
+//!   server), and by plain HTTP on the entry's port 80 (`targetPort` 443)
+//!   once a DestinationRule's SIMPLE TLS has the client's Envoy originate
+//!   TLS (before it, httpbin refuses the plaintext: 400).
 //!
 //! Each mode is its own controller (a release per test): the mode is a
 //! controller setting, as Istio's MeshConfig.
