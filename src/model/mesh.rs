@@ -53,6 +53,12 @@ pub fn for_sidecars(gateways: &[String]) -> bool {
     gateways.is_empty() || gateways.iter().any(|g| g == MESH_GATEWAY)
 }
 
+/// The label Istio's injector puts on a pod with a sidecar, with the
+/// value [`TLS_MODE_ISTIO`]: auto mTLS sends mutual TLS to endpoints that
+/// carry it.
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+pub const TLS_MODE_ISTIO: &str = "istio";
+
 /// How Envoy should treat an endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Health {

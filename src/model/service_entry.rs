@@ -10,7 +10,8 @@
 //! port's name, else the port's `targetPort`, else its number):
 //! - STATIC: the `endpoints`' addresses, with their labels (subsets select
 //!   on them; `security.istio.io/tlsMode: istio` marks one with a sidecar,
-//!   as for pods);
+//!   as for pods, and, as in Istio, so does a `serviceAccount` when that
+//!   label is absent);
 //! - DNS and DNS_ROUND_ROBIN: the `endpoints`' addresses (names or IPs),
 //!   or, with none, each host itself, resolved by Envoy;
 //! - NONE: none; the proxy connects to the connection's original
@@ -28,7 +29,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::mesh::{EndpointView, Health, PortView, ServiceView, is_subset};
+use super::mesh::{EndpointView, Health, PortView, ServiceView, TLS_MODE_ISTIO, TLS_MODE_LABEL, is_subset};
 use super::protocol::Protocol;
 use super::visibility::ExportTo;
 use super::{ClusterState, Config};
@@ -233,12 +234,18 @@ fn port_endpoints(
             .filter_map(|e| {
                 let address = e.address.clone().filter(|a| !a.is_empty() && !a.starts_with("unix://"))?;
                 let port = e.ports.get(name).and_then(|p| u16::try_from(*p).ok()).filter(|p| *p != 0);
+                let mut labels = e.labels.clone();
+                // Istio's getTLSModeFromWorkloadEntry: an endpoint with a
+                // ServiceAccount runs a sidecar unless its label says otherwise.
+                if e.service_account.as_deref().is_some_and(|sa| !sa.is_empty()) {
+                    labels.entry(TLS_MODE_LABEL.to_string()).or_insert_with(|| TLS_MODE_ISTIO.to_string());
+                }
                 Some(EndpointView {
                     address,
                     port: port.unwrap_or(target),
                     health: Health::Healthy,
                     pod: None,
-                    labels: Arc::new(e.labels.clone()),
+                    labels: Arc::new(labels),
                 })
             })
             .collect(),
@@ -309,6 +316,10 @@ spec:
             endpoints,
             [("10.1.0.1", 15432, Some(&"v1".to_string())), ("10.1.0.2", 6543, Some(&"v2".to_string()))]
         );
+        // The endpoint with a ServiceAccount is taken to run a sidecar, as in Istio.
+        let tls_modes: Vec<Option<&String>> =
+            pg.endpoints.iter().map(|e| e.labels.get(TLS_MODE_LABEL)).collect();
+        assert_eq!(tls_modes, [None, Some(&TLS_MODE_ISTIO.to_string())]);
         assert_eq!(db.port(8080).expect("8080").protocol, Protocol::Http);
         assert_eq!(db.port(8080).expect("8080").endpoints[0].port, 8080);
         // exportTo "." keeps it in its namespace.

@@ -94,16 +94,27 @@ pub(super) fn adjust_cluster(
 /// `:<port>`, and the entry's addresses that are single IPs.
 pub(super) fn domains(service: &ServiceView, entry: &EntryView, port: u16) -> Vec<String> {
     let mut out = vec![service.hostname.clone(), format!("{}:{port}", service.hostname)];
-    for address in entry.addresses.iter().filter(|a| !a.contains('/')) {
+    for address in entry.addresses.iter().map(String::as_str).filter_map(single_address) {
         if address.contains(':') {
             out.push(format!("[{address}]:{port}"));
             out.push(format!("[{address}]"));
         } else {
             out.push(format!("{address}:{port}"));
-            out.push(address.clone());
+            out.push(address.to_string());
         }
     }
     out
+}
+
+/// An address that is one IP: written alone, or as a /32 (/128) block,
+/// which Istio reads as the IP itself.
+fn single_address(address: &str) -> Option<&str> {
+    match address.split_once('/') {
+        None => Some(address),
+        Some((ip, "32")) if !ip.contains(':') => Some(ip),
+        Some((ip, "128")) if ip.contains(':') => Some(ip),
+        Some(_) => None,
+    }
 }
 
 /// The chains on any address of the non-HTTP ports of entries without
@@ -149,4 +160,18 @@ pub(super) fn port_wide_chains<'a>(
         }
     }
     (chains, clusters, by_sni)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_one_ip_alone_or_as_a_full_length_block() {
+        assert_eq!(single_address("192.0.2.1"), Some("192.0.2.1"));
+        assert_eq!(single_address("192.0.2.1/32"), Some("192.0.2.1"));
+        assert_eq!(single_address("2001:db8::1/128"), Some("2001:db8::1"));
+        assert_eq!(single_address("192.0.2.0/24"), None);
+        assert_eq!(single_address("2001:db8::/64"), None);
+    }
 }

@@ -40,9 +40,9 @@ use super::cluster::ads_config_source;
 use super::secret::{ROOT_SECRET, WORKLOAD_SECRET};
 use crate::api::destination_rule::{ClientTlsSettings, TlsMode};
 
-/// The pod label Istio's injector sets on pods with a sidecar, and its value.
-pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
-pub const TLS_MODE_ISTIO: &str = "istio";
+/// The pod label Istio's injector sets on pods with a sidecar, and its
+/// value (the model's: ServiceEntry endpoints carry it too).
+pub use crate::model::mesh::{TLS_MODE_ISTIO, TLS_MODE_LABEL};
 
 /// The metadata key Envoy matches transport sockets on.
 pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
