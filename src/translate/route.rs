@@ -106,10 +106,20 @@ pub fn route_configuration_for(
     headless: &[&ServiceView],
 ) -> RouteConfiguration {
     // Envoy refuses a route configuration in which two virtual hosts share
-    // a domain; names are unique (one Service per host name) and headless
-    // Services have no address among their domains.
-    let mut virtual_hosts: Vec<VirtualHost> =
-        headless.iter().map(|service| virtual_host(view, scope, service, port)).collect();
+    // a domain. Host names are unique (one service per name) and headless
+    // Services have no address among their domains, but a ServiceEntry host
+    // may be another name of a Service (`name.ns`): as Istio, the first
+    // virtual host (by host name) keeps a domain, later ones go without it.
+    let mut seen = std::collections::HashSet::new();
+    let mut virtual_hosts: Vec<VirtualHost> = headless
+        .iter()
+        .map(|service| {
+            let mut host = virtual_host(view, scope, service, port);
+            host.domains.retain(|d| seen.insert(d.clone()));
+            host
+        })
+        .filter(|host| !host.domains.is_empty())
+        .collect();
     virtual_hosts.push(catch_all(view, scope));
     RouteConfiguration {
         name: port.to_string(),

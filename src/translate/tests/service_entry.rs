@@ -365,3 +365,34 @@ spec:
     assert_eq!(clusters("other"), ["outbound|80||private.example.com"]);
     assert!(clusters("default").is_empty(), "not exported to default");
 }
+
+#[test]
+fn an_entry_host_that_is_another_name_of_a_headless_service_shares_no_domain_with_it() {
+    let mut index = index(OutboundTrafficPolicy::AllowAny);
+    // A headless Service `hs` on 9080, and an entry naming it `hs.default`.
+    index.apply::<crate::index::Services>(&objects::service("hs").port("http", 9080).build());
+    index.apply::<ServiceEntries>(&objects::from_yaml(
+        r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata: {name: alias, namespace: other}
+spec:
+  hosts: [hs.default]
+  ports: [{number: 9080, protocol: HTTP, name: http}]
+"#,
+    ));
+    let view = mesh_view(&index);
+    let proxy = productpage(&index);
+    let out = outbound(&view, &view.scope(&proxy));
+    let config = routes(&out, "9080");
+    let mut domains: Vec<&String> = config.virtual_hosts.iter().flat_map(|v| &v.domains).collect();
+    let all = domains.len();
+    domains.sort();
+    domains.dedup();
+    assert_eq!(domains.len(), all, "a domain twice in {:?}", config.virtual_hosts);
+    assert!(
+        config.virtual_hosts.iter().any(|v| v.name == "hs.default:9080"),
+        "the entry keeps its own host:port"
+    );
+    assert_envoy_accepts("an entry aliasing a headless Service", &out, &inbound(&view, &proxy, permissive));
+}
