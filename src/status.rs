@@ -341,10 +341,10 @@ mod tests {
                    "ports": [{"number": 443, "name": "https", "protocol": "HTTPS"}]}),
             1,
         );
-        let weighted = config::<ServiceEntrySpec>(
+        let with_locality = config::<ServiceEntrySpec>(
             json!({"hosts": ["db.example.com"], "resolution": "STATIC",
                    "ports": [{"number": 5432, "name": "tcp", "protocol": "TCP"}],
-                   "endpoints": [{"address": "10.0.0.1", "weight": 3}]}),
+                   "endpoints": [{"address": "10.0.0.1", "locality": "us-east1/us-east1-b"}]}),
             1,
         );
         let sidecar = config::<SidecarSpec>(json!({"egress": [{"hosts": ["./*"]}]}), 1);
@@ -361,11 +361,11 @@ mod tests {
         }
         let applied = desired("ServiceEntry", &entry, &Context::default(), at(T0));
         assert_eq!(summary(condition(&applied, "Reconciled")), ("True".into(), "Applied".into()));
-        let status = desired("ServiceEntry", &weighted, &Context::default(), at(T0));
+        let status = desired("ServiceEntry", &with_locality, &Context::default(), at(T0));
         let reconciled = condition(&status, "Reconciled");
         assert_eq!(summary(reconciled), ("False".into(), "Unsupported".into()));
         let message = reconciled.message.as_deref().unwrap_or_default();
-        assert!(message.contains("weight") && !message.contains("spec.resolution"), "{message}");
+        assert!(message.contains("locality") && !message.contains("spec.resolution"), "{message}");
         let invalid = config::<GatewaySpec>(json!({"selector": {"istio": "ingressgateway"}}), 2);
         let status = desired("Gateway", &invalid, &Context::default(), at(T0));
         assert_eq!(summary(condition(&status, "Accepted")), ("False".into(), "Invalid".into()));

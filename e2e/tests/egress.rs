@@ -27,6 +27,8 @@
 //!   server), and by plain HTTP on the entry's port 80 (`targetPort` 443)
 //!   once a DestinationRule's SIMPLE TLS has the client's Envoy originate
 //!   TLS (before it, httpbin refuses the plaintext: 400).
+//! - Endpoint weights: two httpbin pods as a STATIC entry's endpoints
+//!   with weights 4 and 1 get 80% ±10 and the rest of 200 requests.
 //!
 //! Each mode is its own controller (a release per test): the mode is a
 //! controller setting, as Istio's MeshConfig.
@@ -613,5 +615,79 @@ fn an_external_https_host_is_reached_by_sni_and_a_destination_rule_originates_tl
     println!(
         "[egress] TLS origination: {answered} of 5 plain requests answered 200 over TLS, {counted} handshakes on outbound|80||{EXTERNAL_HOST}"
     );
+    mesh.assert_no_nack();
+}
+
+/// Two go-httpbin pods telling their pod name (`/hostname`), on port 80,
+/// with no Service.
+const TWO_EXTERNAL: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: httpbin
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: httpbin}
+  template:
+    metadata:
+      labels: {app: httpbin}
+    spec:
+      containers:
+      - image: docker.io/mccutchen/go-httpbin:v2.26.0
+        name: httpbin
+        args: ["-port", "80", "-use-real-hostname"]
+        ports:
+        - containerPort: 80
+"#;
+
+/// STATIC endpoints with weights 4 and 1.
+fn weighted_entry(heavy: &str, light: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: httpbin-external
+spec:
+  hosts: [{EXTERNAL_HOST}]
+  ports:
+  - {{number: {ENTRY_PORT}, name: http, protocol: HTTP}}
+  resolution: STATIC
+  endpoints:
+  - {{address: "{heavy}", ports: {{http: 80}}, weight: 4}}
+  - {{address: "{light}", ports: {{http: 80}}, weight: 1}}
+"#
+    )
+}
+
+#[test]
+fn endpoint_weights_share_an_entrys_traffic() {
+    let mesh = Egress::start_with("mesh-e2e-egress-weight", "REGISTRY_ONLY", |ns| apply(ns, TWO_EXTERNAL));
+    let listing = jsonpath(
+        &mesh.external_ns.name,
+        "pods",
+        r#"{range .items[*]}{.metadata.name} {.status.podIP}{"\n"}{end}"#,
+    );
+    let pods: Vec<(&str, &str)> = listing.lines().filter_map(|l| l.split_once(' ')).collect();
+    assert_eq!(pods.len(), 2, "two external pods: {listing}");
+    let (heavy, light) = (pods[0], pods[1]);
+    let _entry = Applied::new(&mesh.client_ns.name, &weighted_entry(heavy.1, light.1));
+    let by_name = format!("{EXTERNAL_HOST}:{ENTRY_PORT}");
+    mesh.settle(&by_name, 200, 5);
+
+    let n = 200;
+    let script = format!(
+        "for i in $(seq 1 {n}); do curl -s -m 5 'http://{by_name}/hostname' || echo failed; echo; done"
+    );
+    let out = enter(&mesh.client_ns.name, &mesh.client, &script);
+    let count = |pod: &str| out.stdout.lines().filter(|l| l.contains(pod)).count();
+    let (to_heavy, to_light) = (count(heavy.0), count(light.0));
+    assert_eq!(to_heavy + to_light, n, "every request answered by one of the pods: {}", out.stdout);
+    let share = to_heavy as f64 * 100.0 / n as f64;
+    println!(
+        "[egress] weights 4:1 over {n} requests: {to_heavy} to the heavy endpoint, {to_light} to the light ({share:.0}%)"
+    );
+    assert!((70.0..=90.0).contains(&share), "80% ±10 to the weight-4 endpoint, got {share:.0}%");
     mesh.assert_no_nack();
 }

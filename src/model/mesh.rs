@@ -90,6 +90,9 @@ pub struct EndpointView {
     pub pod: Option<ObjectKey>,
     /// The pod's labels (empty when the endpoint is no known pod); subsets select on them.
     pub labels: Arc<BTreeMap<String, String>>,
+    /// Its share relative to the others (a ServiceEntry endpoint's
+    /// `weight`); None: equal shares.
+    pub weight: Option<u32>,
 }
 
 /// One port of a Service.
@@ -528,6 +531,7 @@ fn endpoints_of(
                     health: Health::of(endpoint.ready, endpoint.serving, endpoint.terminating),
                     pod: pod.clone(),
                     labels: pod_labels.clone(),
+                    weight: None,
                 });
             }
         }

@@ -23,8 +23,9 @@
 //! Service's name stays the Service, as in Istio, but without the entry's
 //! `subjectAltNames`, the one thing Istio adds to it; of two
 //! entries with the same host the oldest wins (Istio keeps one per
-//! namespace); an endpoint's `weight`, `locality` and `network` are not
-//! read (they stay pending in the inventory).
+//! namespace); an endpoint's `locality` and `network` are not read (they
+//! stay pending in the inventory). Its `weight` is its share, as Istio's
+//! `LbWeight`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -213,6 +214,7 @@ fn port_endpoints(
                 health: pod.health,
                 pod: None,
                 labels: pod.labels.clone(),
+                weight: None,
             })
             .collect(),
         Resolution::Dns | Resolution::DnsRoundRobin if spec.endpoints.is_empty() => {
@@ -226,6 +228,7 @@ fn port_endpoints(
                 health: Health::Healthy,
                 pod: None,
                 labels: Arc::new(BTreeMap::new()),
+                weight: None,
             }]
         }
         _ => spec
@@ -246,6 +249,7 @@ fn port_endpoints(
                     health: Health::Healthy,
                     pod: None,
                     labels: Arc::new(labels),
+                    weight: e.weight.filter(|w| *w > 0),
                 })
             })
             .collect(),

@@ -38,7 +38,7 @@ spec:
   location: MESH_EXTERNAL
   resolution: STATIC
   endpoints:
-  - {address: 192.0.2.10, labels: {version: v1}}
+  - {address: 192.0.2.10, labels: {version: v1}, weight: 3}
   - {address: 192.0.2.11, ports: {http: 8080}, labels: {version: v2}}
 ---
 apiVersion: networking.istio.io/v1alpha3
@@ -191,6 +191,16 @@ fn each_resolution_gets_its_cluster_type_and_endpoints() {
         .collect();
     assert_eq!(addresses.len(), 1);
     assert!(addresses[0].contains("192.0.2.11") && addresses[0].contains("8080"), "{addresses:?}");
+    // An endpoint's weight is its share; one without has none set (equal).
+    let whole =
+        out.endpoints.iter().find(|e| e.cluster_name == "outbound|80||httpbin.example.com").expect("all");
+    let weights: Vec<Option<u32>> = whole
+        .endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+        .map(|e| e.load_balancing_weight.map(|w| w.value))
+        .collect();
+    assert_eq!(weights, [Some(3), None]);
     // DNS: STRICT_DNS with the endpoints inline, IPv4.
     let api = cluster(&out, "outbound|443||api.example.com");
     assert_eq!(discovery(api), StrictDns);
