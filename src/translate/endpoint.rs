@@ -192,7 +192,6 @@ fn lb_endpoint(endpoint: &EndpointView) -> LbEndpoint {
         // A pod with a sidecar is sent mutual TLS (auto mTLS, see super::tls).
         metadata: (endpoint.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO))
             .then(istio_endpoint_metadata),
-        ..Default::default()
     }
 }
 
