@@ -9,7 +9,11 @@
 //! `tcp` or `tls` rules send them ([`super::tcp`]); and per HTTP port, a chain
 //! for any other address (pod IPs, headless Services) with the routes
 //! `"<port>"`.
-//! Everything else keeps the pass-through chains ([`super::passthrough`]).
+//! ServiceEntry hosts are services here too: those without addresses are
+//! routed by Host on `"<port>"` (HTTP) or take a chain by port and SNI
+//! ([`super::service_entry`]), those with addresses a chain per address.
+//! Everything else keeps the pass-through chains ([`super::passthrough`]),
+//! or, under REGISTRY_ONLY, goes to `BlackHoleCluster`.
 //! It depends only on the proxy's [`ScopeKey`], so the xDS layer computes
 //! it once per scope and shares it: equal ScopeKey ⇒ equal Outbound.
 //!
