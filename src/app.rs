@@ -63,6 +63,18 @@ pub struct ControllerArgs {
     #[arg(long, env = "MESH_ROOT_NAMESPACE", default_value = crate::model::DEFAULT_ROOT_NAMESPACE)]
     pub root_namespace: String,
 
+    /// Istio's MeshConfig `outboundTrafficPolicy.mode`: ALLOW_ANY (traffic
+    /// to destinations outside the registry passes through) or
+    /// REGISTRY_ONLY (it goes to BlackHoleCluster; only Services and
+    /// ServiceEntries are reached).
+    #[arg(
+        long,
+        env = "MESH_OUTBOUND_TRAFFIC_POLICY",
+        default_value = "ALLOW_ANY",
+        value_parser = crate::model::OutboundTrafficPolicy::parse
+    )]
+    pub outbound_traffic_policy: crate::model::OutboundTrafficPolicy,
+
     /// Address of the admission webhooks (HTTPS).
     #[arg(long, env = "MESH_WEBHOOK_ADDR", default_value = "0.0.0.0:15017")]
     pub webhook_addr: SocketAddr,
@@ -142,7 +154,10 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     index_metrics.register(&mut registry);
     let xds_metrics = crate::xds::XdsMetrics::default();
     xds_metrics.register(&mut registry);
-    let mesh_config = crate::model::MeshConfig { root_namespace: args.root_namespace.clone() };
+    let mesh_config = crate::model::MeshConfig {
+        root_namespace: args.root_namespace.clone(),
+        outbound_traffic_policy: args.outbound_traffic_policy,
+    };
     let index = SharedIndex::new(Index::new(index_metrics).with_mesh_config(mesh_config));
 
     let watches = Watches { client: &client, index: &index, readiness: &readiness, shutdown: &shutdown };

@@ -158,7 +158,10 @@ async fn configz(State(m): State<Monitoring>) -> Response {
         "RequestAuthentication": state.request_authentications.values().collect::<Vec<_>>(),
         "Policy": state.policies.values().collect::<Vec<_>>(),
         "MeshPolicy": state.mesh_policies.values().collect::<Vec<_>>(),
-        "meshConfig": {"rootNamespace": state.mesh_config.root_namespace},
+        "meshConfig": {
+            "rootNamespace": state.mesh_config.root_namespace,
+            "outboundTrafficPolicy": {"mode": state.mesh_config.outbound_traffic_policy.as_str()},
+        },
         "counts": {
             "Service": ix.count::<index::Services>(),
             "EndpointSlice": ix.count::<index::EndpointSlices>(),

@@ -325,9 +325,9 @@ mod tests {
         assert_eq!(event_for(&status).map(|(reason, _)| reason), Some("NotApplied".into()));
     }
 
-    /// A ServiceEntry and a Sidecar are accepted when valid and never
-    /// reported as applied: nothing translates them yet. A Gateway is
-    /// applied, but for the fields still pending.
+    /// A Sidecar is accepted when valid and never reported as applied:
+    /// nothing translates it yet. Gateways and ServiceEntries are applied,
+    /// but for the fields still pending.
     #[test]
     fn kinds_not_translated_yet_are_accepted_and_unsupported() {
         use crate::api::{gateway::GatewaySpec, service_entry::ServiceEntrySpec, sidecar::SidecarSpec};
@@ -341,6 +341,12 @@ mod tests {
                    "ports": [{"number": 443, "name": "https", "protocol": "HTTPS"}]}),
             1,
         );
+        let with_locality = config::<ServiceEntrySpec>(
+            json!({"hosts": ["db.example.com"], "resolution": "STATIC",
+                   "ports": [{"number": 5432, "name": "tcp", "protocol": "TCP"}],
+                   "endpoints": [{"address": "10.0.0.1", "locality": "us-east1/us-east1-b"}]}),
+            1,
+        );
         let sidecar = config::<SidecarSpec>(json!({"egress": [{"hosts": ["./*"]}]}), 1);
         let applied = desired("Gateway", &gateway, &Context::default(), at(T0));
         assert_eq!(summary(condition(&applied, "Reconciled")).0, "True");
@@ -352,7 +358,6 @@ mod tests {
         );
         let statuses = [
             ("spec.servers[0].bind", desired("Gateway", &pending, &Context::default(), at(T0))),
-            ("spec.resolution", desired("ServiceEntry", &entry, &Context::default(), at(T0))),
             ("spec.egress", desired("Sidecar", &sidecar, &Context::default(), at(T0))),
         ];
         for (field, status) in statuses {
@@ -362,6 +367,13 @@ mod tests {
             let message = reconciled.message.as_deref().unwrap_or_default();
             assert!(message.contains(field) && message.contains("not yet applied"), "{message}");
         }
+        let applied = desired("ServiceEntry", &entry, &Context::default(), at(T0));
+        assert_eq!(summary(condition(&applied, "Reconciled")), ("True".into(), "Applied".into()));
+        let status = desired("ServiceEntry", &with_locality, &Context::default(), at(T0));
+        let reconciled = condition(&status, "Reconciled");
+        assert_eq!(summary(reconciled), ("False".into(), "Unsupported".into()));
+        let message = reconciled.message.as_deref().unwrap_or_default();
+        assert!(message.contains("locality") && !message.contains("spec.resolution"), "{message}");
         let invalid = config::<GatewaySpec>(json!({"selector": {"istio": "ingressgateway"}}), 2);
         let status = desired("Gateway", &invalid, &Context::default(), at(T0));
         assert_eq!(summary(condition(&status, "Accepted")), ("False".into(), "Invalid".into()));

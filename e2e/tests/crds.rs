@@ -209,8 +209,8 @@ spec:
         assert_eq!(got, "reviews", "{version}");
     }
 
-    // The kinds mesh validates but does not translate yet explain
-    // themselves the same way, and are served under every version too.
+    // The kinds added with Gateway explain themselves the same way, and
+    // are served under every version too.
     let explain = kubectl_ok(&["explain", "gateway.spec.servers.tls"], None);
     for field in ["credentialName", "httpsRedirect", "minProtocolVersion", "mode"] {
         assert!(explain.contains(field), "explain lacks {field}:\n{explain}");

@@ -10,6 +10,7 @@ mod ca;
 mod crds;
 mod debug;
 mod destination_policy;
+mod egress;
 mod gateway;
 mod gateway_tls;
 mod http_ops;

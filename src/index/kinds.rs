@@ -104,7 +104,7 @@ config_kind!(
     Gateways, "Gateway", api::Gateway, api::gateway::GatewaySpec, gateways
 );
 config_kind!(
-    /// networking.istio.io ServiceEntries (indexed and validated; not translated yet).
+    /// networking.istio.io ServiceEntries (services of the mesh view beside Kubernetes Services).
     ServiceEntries, "ServiceEntry", api::ServiceEntry, api::service_entry::ServiceEntrySpec, service_entries
 );
 config_kind!(

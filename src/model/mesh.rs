@@ -26,6 +26,10 @@
 //! - A Service's `networking.istio.io/exportTo` annotation (a comma-separated
 //!   list of the same entries as `exportTo`) limits the namespaces whose
 //!   proxies get it; without it, every namespace does.
+//!
+//! ServiceEntries join the Services here, one service per host
+//! ([`super::service_entry`]), so VirtualServices, DestinationRules and
+//! visibility apply to their hosts as to Services'.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -35,8 +39,9 @@ use serde::Serialize;
 use super::gateway::{GatewayView, names_gateway};
 use super::host::{self, service_fqdn};
 use super::protocol::Protocol;
+use super::service_entry::{self, Discovery, EntryView};
 use super::visibility::ExportTo;
-use super::{ClusterState, EndpointSlice, ObjectKey, Workload};
+use super::{ClusterState, EndpointSlice, ObjectKey, OutboundTrafficPolicy, Workload};
 use crate::api::destination_rule::DestinationRuleSpec;
 use crate::api::virtual_service::VirtualServiceSpec;
 
@@ -48,6 +53,12 @@ pub const MESH_GATEWAY: &str = "mesh";
 pub fn for_sidecars(gateways: &[String]) -> bool {
     gateways.is_empty() || gateways.iter().any(|g| g == MESH_GATEWAY)
 }
+
+/// The label Istio's injector puts on a pod with a sidecar, with the
+/// value [`TLS_MODE_ISTIO`]: auto mTLS sends mutual TLS to endpoints that
+/// carry it.
+pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+pub const TLS_MODE_ISTIO: &str = "istio";
 
 /// How Envoy should treat an endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -80,6 +91,9 @@ pub struct EndpointView {
     pub pod: Option<ObjectKey>,
     /// The pod's labels (empty when the endpoint is no known pod); subsets select on them.
     pub labels: Arc<BTreeMap<String, String>>,
+    /// Its share relative to the others (a ServiceEntry endpoint's
+    /// `weight`); None: equal shares.
+    pub weight: Option<u32>,
 }
 
 /// One port of a Service.
@@ -107,6 +121,9 @@ pub struct ServiceView {
     /// The ServiceAccounts of the pods behind it: the identities a client
     /// expects the server's certificate to carry.
     pub service_accounts: BTreeSet<String>,
+    /// Set for a host of a ServiceEntry ([`super::service_entry`]): how its
+    /// endpoints are found, whether it is in the mesh, its addresses.
+    pub entry: Option<EntryView>,
 }
 
 impl ServiceView {
@@ -118,6 +135,19 @@ impl ServiceView {
     /// selector selects nothing: such Services have manual endpoints).
     pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
         !self.selector.is_empty() && is_subset(&self.selector, labels)
+    }
+
+    /// The addresses connections to the service are made to: a Service's
+    /// ClusterIP, a ServiceEntry's addresses (IPs or CIDR blocks). None:
+    /// it is reached by name (headless Services, entries without addresses).
+    pub fn addresses(&self) -> impl Iterator<Item = &str> {
+        let entry = self.entry.iter().flat_map(|e| e.addresses.iter().map(String::as_str));
+        self.cluster_ip.as_deref().into_iter().chain(entry)
+    }
+
+    /// How its clusters find their endpoints.
+    pub fn discovery(&self) -> Discovery {
+        Discovery::of(self.entry.as_ref())
     }
 }
 
@@ -198,6 +228,8 @@ pub struct MeshView {
     selected_label_keys: BTreeSet<String>,
     /// The SPIFFE trust domain of the mesh's identities.
     trust_domain: String,
+    /// The mesh-wide `outboundTrafficPolicy` ([`MeshView::outbound_traffic_policy`]).
+    outbound_traffic_policy: OutboundTrafficPolicy,
 }
 
 /// Istio's default trust domain.
@@ -256,8 +288,12 @@ impl MeshView {
                 selector: service.selector.clone(),
                 export_to: ExportTo::parse(&service.export_to, &service.key.namespace),
                 service_accounts,
+                entry: None,
             };
             services.insert(hostname, Arc::new(view));
+        }
+        for view in service_entry::services(inputs, |host| services.contains_key(host)) {
+            services.insert(view.hostname.clone(), Arc::new(view));
         }
 
         let is_service = |host: &str| services.contains_key(host);
@@ -322,6 +358,7 @@ impl MeshView {
         view.services = services;
         view.selected_label_keys = selected_label_keys;
         view.trust_domain = DEFAULT_TRUST_DOMAIN.to_string();
+        view.outbound_traffic_policy = inputs.mesh_config.outbound_traffic_policy;
         view
     }
 
@@ -334,6 +371,15 @@ impl MeshView {
     /// The SPIFFE trust domain of the mesh's identities.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
+    }
+
+    /// Where proxies of `scope` send traffic to destinations outside the
+    /// registry: the mesh's `outboundTrafficPolicy`. The one place the
+    /// translation reads it, so that a Sidecar's own `outboundTrafficPolicy`
+    /// can replace it for the scopes the Sidecar applies to (once the
+    /// `ScopeKey` tells those scopes apart).
+    pub fn outbound_traffic_policy(&self, _scope: &ScopeKey) -> OutboundTrafficPolicy {
+        self.outbound_traffic_policy
     }
 
     /// The scope of a proxy: what its outbound configuration depends on.
@@ -529,6 +575,7 @@ fn endpoints_of(
                     health: Health::of(endpoint.ready, endpoint.serving, endpoint.terminating),
                     pod: pod.clone(),
                     labels: pod_labels.clone(),
+                    weight: None,
                 });
             }
         }
@@ -562,6 +609,7 @@ mod tests {
             selector: BTreeMap::new(),
             export_to: ExportTo::everywhere(),
             service_accounts: BTreeSet::new(),
+            entry: None,
         };
         assert!(!service.selects(&BTreeMap::from([("app".to_string(), "x".to_string())])));
     }

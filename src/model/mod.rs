@@ -25,6 +25,7 @@ pub mod mesh;
 pub mod mtls;
 pub mod protocol;
 pub mod rbac;
+pub mod service_entry;
 pub mod status;
 pub mod visibility;
 
@@ -187,6 +188,38 @@ pub struct MeshConfig {
     /// Istio's `rootNamespace`: configuration here without a workload
     /// selector applies to the whole mesh (a PeerAuthentication, say).
     pub root_namespace: String,
+    /// Istio's `outboundTrafficPolicy.mode`: where a sidecar sends traffic
+    /// to a destination the registry does not know.
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+}
+
+/// Istio's `outboundTrafficPolicy.mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum OutboundTrafficPolicy {
+    /// Unknown destinations are reached as without the mesh (Istio's default).
+    #[default]
+    AllowAny,
+    /// Only Services and ServiceEntries are reached: the rest goes to
+    /// `BlackHoleCluster` (HTTP on a known port: 502).
+    RegistryOnly,
+}
+
+impl OutboundTrafficPolicy {
+    /// Istio's names, `ALLOW_ANY` and `REGISTRY_ONLY`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "ALLOW_ANY" => Ok(Self::AllowAny),
+            "REGISTRY_ONLY" => Ok(Self::RegistryOnly),
+            other => Err(format!("outbound traffic policy {other:?}: expected ALLOW_ANY or REGISTRY_ONLY")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AllowAny => "ALLOW_ANY",
+            Self::RegistryOnly => "REGISTRY_ONLY",
+        }
+    }
 }
 
 /// Istio's default `rootNamespace`.
@@ -194,7 +227,10 @@ pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 
 impl Default for MeshConfig {
     fn default() -> Self {
-        MeshConfig { root_namespace: DEFAULT_ROOT_NAMESPACE.to_string() }
+        MeshConfig {
+            root_namespace: DEFAULT_ROOT_NAMESPACE.to_string(),
+            outbound_traffic_policy: OutboundTrafficPolicy::default(),
+        }
     }
 }
 
@@ -216,7 +252,8 @@ pub struct ClusterState<'a> {
     pub gateways: &'a Store<Config<GatewaySpec>>,
     /// The TLS credentials Secrets hold (gateways' `credentialName`).
     pub credentials: &'a Store<credential::TlsCredential>,
-    /// Indexed and validated; nothing translates them yet.
+    /// Services of the mesh view beside the Kubernetes Services
+    /// ([`service_entry`]).
     pub service_entries: &'a Store<Config<ServiceEntrySpec>>,
     /// Indexed and validated; nothing translates them yet.
     pub sidecars: &'a Store<Config<SidecarSpec>>,

@@ -216,6 +216,12 @@ impl DestinationRuleBuilder {
     }
 }
 
+/// An object as a watch delivers it, from its whole YAML document
+/// (apiVersion, kind, metadata, spec).
+pub fn from_yaml(yaml: &str) -> DynamicObject {
+    serde_yaml_ng::from_str(yaml).expect("an object in YAML")
+}
+
 /// An Istio object of kind `K` as a watch delivers it.
 pub fn config<K: kube::Resource<DynamicType = ()>>(
     namespace: &str,

@@ -53,23 +53,30 @@ pub fn service_port_clusters(
     trust_domain: &str,
 ) -> Vec<Cluster> {
     let spec = rule.map(|r| &r.spec);
-    let peer_ids: Vec<String> = service
+    let mut peer_ids: Vec<String> = service
         .service_accounts
         .iter()
         .map(|sa| tls::spiffe_id(trust_domain, &service.key.namespace, sa))
         .collect();
+    // A ServiceEntry names more identities its servers may present.
+    peer_ids.extend(service.entry.iter().flat_map(|e| e.subject_alt_names.iter().cloned()));
     let cluster = |subset: Option<&Subset>| {
         let subset_name = subset.map_or("", |s| s.name.as_str());
         let identity = PeerIdentity {
             sni: tls::mesh_sni(port.port, subset_name, &service.hostname),
             peer_ids: &peer_ids,
         };
-        outbound_cluster(
+        let policy = ClusterPolicy::resolve(spec, subset, port.port);
+        let mut cluster = outbound_cluster(
             outbound_name(port.port, subset_name, &service.hostname),
             port,
-            &ClusterPolicy::resolve(spec, subset, port.port),
+            &policy,
             &identity,
-        )
+        );
+        if let Some(entry) = &service.entry {
+            super::service_entry::adjust_cluster(&mut cluster, service, entry, port, subset, &policy);
+        }
+        cluster
     };
     let mut out = vec![cluster(None)];
     for subset in spec.map(|s| s.subsets.as_slice()).unwrap_or_default() {

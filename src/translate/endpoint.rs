@@ -188,10 +188,10 @@ fn lb_endpoint(endpoint: &EndpointView) -> LbEndpoint {
             ..Default::default()
         })),
         health_status: health_status(endpoint.health).into(),
+        load_balancing_weight: endpoint.weight.map(|value| UInt32Value { value }),
         // A pod with a sidecar is sent mutual TLS (auto mTLS, see super::tls).
         metadata: (endpoint.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO))
             .then(istio_endpoint_metadata),
-        ..Default::default()
     }
 }
 
@@ -219,6 +219,7 @@ mod tests {
             health: Health::Healthy,
             pod: None,
             labels: Arc::new(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            weight: None,
         }
     }
 

@@ -20,7 +20,8 @@
 //! let inb = sidecar::inbound(&view, &proxy);             // per proxy, small
 //! ```
 //!
-//! [`cluster`], [`endpoint`] and [`route`] hold the pieces `sidecar` puts together.
+//! [`cluster`], [`endpoint`] and [`route`] hold the pieces `sidecar` puts
+//! together; [`service_entry`] what a ServiceEntry's hosts get besides.
 //!
 //! Host names and durations are read by the model's grammar
 //! ([`crate::model::host`], [`crate::model::duration`]), the same one
@@ -34,6 +35,7 @@ pub mod passthrough;
 pub mod rbac;
 pub mod route;
 pub mod secret;
+pub mod service_entry;
 pub mod sidecar;
 pub mod tcp;
 #[cfg(test)]

@@ -40,7 +40,9 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOption
 use envoy_types::pb::google::protobuf::{BoolValue, Duration};
 use prost::Name;
 
+use super::cluster::BLACK_HOLE_CLUSTER;
 use super::{address, any, seconds, socket_address};
+use crate::model::OutboundTrafficPolicy;
 
 /// The cluster for outbound traffic: to wherever the application connected.
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
@@ -107,6 +109,39 @@ pub fn inbound_cluster() -> Cluster {
 /// `virtualOutbound` on 0.0.0.0:15001.
 pub fn virtual_outbound() -> Listener {
     listener(Direction::Outbound)
+}
+
+/// Where `virtualOutbound` sends what no chain of the mesh takes, by the
+/// `outboundTrafficPolicy`: `PassthroughCluster` or `BlackHoleCluster`.
+pub fn outbound_catch_all_cluster(policy: OutboundTrafficPolicy) -> &'static str {
+    match policy {
+        OutboundTrafficPolicy::AllowAny => PASSTHROUGH_CLUSTER,
+        OutboundTrafficPolicy::RegistryOnly => BLACK_HOLE_CLUSTER,
+    }
+}
+
+/// `virtualOutbound` for an `outboundTrafficPolicy`: with ALLOW_ANY the
+/// pass-through listener; with REGISTRY_ONLY, as Istio's, every
+/// connection no chain of the mesh takes goes through a TCP proxy to
+/// `BlackHoleCluster`, which has no endpoints and closes it (no HTTP is
+/// sniffed there: a request to a port the mesh knows as HTTP meets that
+/// port's routes and their `block_all` host instead, 502).
+pub fn virtual_outbound_for(policy: OutboundTrafficPolicy) -> Listener {
+    let mut listener = virtual_outbound();
+    if policy == OutboundTrafficPolicy::RegistryOnly {
+        listener.filter_chains.clear();
+        let proxy = TcpProxy {
+            stat_prefix: BLACK_HOLE_CLUSTER.to_string(),
+            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(BLACK_HOLE_CLUSTER.to_string())),
+            ..Default::default()
+        };
+        listener.default_filter_chain = Some(FilterChain {
+            name: format!("{VIRTUAL_OUTBOUND}-blackhole"),
+            filters: vec![network_filter(TCP_PROXY, any(&proxy))],
+            ..Default::default()
+        });
+    }
+    listener
 }
 
 /// `virtualInbound` on 0.0.0.0:15006.

@@ -61,13 +61,15 @@ use super::passthrough::PASSTHROUGH_CLUSTER;
 use super::{parse_duration, seconds};
 use crate::api::destination_rule::ConsistentHashLb;
 use crate::api::virtual_service::{Delegate, Destination, HttpMatchRequest, HttpRoute, StringMatch};
-use crate::model::ObjectKey;
 use crate::model::gateway::names_gateway;
+use crate::model::{ObjectKey, OutboundTrafficPolicy};
 use crate::model::mesh::{MeshView, ScopeKey, ServiceView, VirtualServiceView, for_sidecars, is_subset};
 pub use resilience::{FAULT_FILTER, fault_filter};
 
 /// The virtual host that takes requests for hosts the mesh does not know.
 pub const ALLOW_ANY: &str = "allow_any";
+/// Istio's name for it under REGISTRY_ONLY, where it answers 502.
+pub const BLOCK_ALL: &str = "block_all";
 
 /// The RouteConfiguration of one Service's HTTP port for proxies of
 /// `scope`, named `<host>:<port>`: the Service's virtual host, then
@@ -81,7 +83,7 @@ pub fn service_route_configuration(
 ) -> RouteConfiguration {
     RouteConfiguration {
         name: service_route_name(service, port),
-        virtual_hosts: vec![virtual_host(view, scope, service, port), allow_any()],
+        virtual_hosts: vec![virtual_host(view, scope, service, port), catch_all(view, scope)],
         // Clusters arrive by CDS; a route may briefly name one not yet warm.
         validate_clusters: Some(BoolValue { value: false }),
         ..Default::default()
@@ -105,11 +107,21 @@ pub fn route_configuration_for(
     headless: &[&ServiceView],
 ) -> RouteConfiguration {
     // Envoy refuses a route configuration in which two virtual hosts share
-    // a domain; names are unique (one Service per host name) and headless
-    // Services have no address among their domains.
-    let mut virtual_hosts: Vec<VirtualHost> =
-        headless.iter().map(|service| virtual_host(view, scope, service, port)).collect();
-    virtual_hosts.push(allow_any());
+    // a domain. Host names are unique (one service per name) and headless
+    // Services have no address among their domains, but a ServiceEntry host
+    // may be another name of a Service (`name.ns`): as Istio, the first
+    // virtual host (by host name) keeps a domain, later ones go without it.
+    let mut seen = std::collections::HashSet::new();
+    let mut virtual_hosts: Vec<VirtualHost> = headless
+        .iter()
+        .map(|service| {
+            let mut host = virtual_host(view, scope, service, port);
+            host.domains.retain(|d| seen.insert(d.clone()));
+            host
+        })
+        .filter(|host| !host.domains.is_empty())
+        .collect();
+    virtual_hosts.push(catch_all(view, scope));
     RouteConfiguration {
         name: port.to_string(),
         virtual_hosts,
@@ -118,14 +130,24 @@ pub fn route_configuration_for(
     }
 }
 
-fn allow_any() -> VirtualHost {
+/// The virtual host for any other Host, by the scope's
+/// `outboundTrafficPolicy`: `allow_any` (ALLOW_ANY) passes the request
+/// through to the address the client connected to; `block_all`
+/// (REGISTRY_ONLY) answers 502, as Istio's.
+fn catch_all(view: &MeshView, scope: &ScopeKey) -> VirtualHost {
+    let (name, action) = match view.outbound_traffic_policy(scope) {
+        OutboundTrafficPolicy::AllowAny => {
+            (ALLOW_ANY, route::Action::Route(to_cluster(PASSTHROUGH_CLUSTER.to_string())))
+        }
+        OutboundTrafficPolicy::RegistryOnly => (BLOCK_ALL, direct_response(502, String::new())),
+    };
     VirtualHost {
-        name: ALLOW_ANY.to_string(),
+        name: name.to_string(),
         domains: vec!["*".to_string()],
         routes: vec![Route {
-            name: ALLOW_ANY.to_string(),
+            name: name.to_string(),
             r#match: Some(prefix_match("/")),
-            action: Some(route::Action::Route(to_cluster(PASSTHROUGH_CLUSTER.to_string()))),
+            action: Some(action),
             ..Default::default()
         }],
         ..Default::default()
@@ -189,6 +211,9 @@ pub fn virtual_service_routes(view: &MeshView, site: &RouteSite, vs: &VirtualSer
 /// `name.ns.svc` and `name.ns` forms, the short name from the same
 /// namespace, and the ClusterIP; each also with `:port`.
 pub fn domains(service: &ServiceView, port: u16, proxy_namespace: &str) -> Vec<String> {
+    if let Some(entry) = &service.entry {
+        return super::service_entry::domains(service, entry, port);
+    }
     let (name, ns) = (&service.key.name, &service.key.namespace);
     let mut hosts = vec![service.hostname.clone(), format!("{name}.{ns}.svc"), format!("{name}.{ns}")];
     if ns == proxy_namespace {

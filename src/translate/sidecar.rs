@@ -9,7 +9,11 @@
 //! `tcp` or `tls` rules send them ([`super::tcp`]); and per HTTP port, a chain
 //! for any other address (pod IPs, headless Services) with the routes
 //! `"<port>"`.
-//! Everything else keeps the pass-through chains ([`super::passthrough`]).
+//! ServiceEntry hosts are services here too: those without addresses are
+//! routed by Host on `"<port>"` (HTTP) or take a chain by port and SNI
+//! ([`super::service_entry`]), those with addresses a chain per address.
+//! Everything else keeps the pass-through chains ([`super::passthrough`]),
+//! or, under REGISTRY_ONLY, goes to `BlackHoleCluster`.
 //! It depends only on the proxy's [`ScopeKey`], so the xDS layer computes
 //! it once per scope and shares it: equal ScopeKey ⇒ equal Outbound.
 //!
@@ -51,17 +55,19 @@ use super::cluster::{
 };
 use super::endpoint::load_assignment;
 use super::passthrough::{
-    self, HTTP_CONNECTION_MANAGER, INBOUND_PASSTHROUGH_CLUSTER, INBOUND_SOURCE_ADDRESS, PASSTHROUGH_CLUSTER,
-    ROUTER, TCP_PROXY, network_filter,
+    self, HTTP_CONNECTION_MANAGER, INBOUND_PASSTHROUGH_CLUSTER, INBOUND_SOURCE_ADDRESS, ROUTER, TCP_PROXY,
+    network_filter,
 };
 use super::route::{
     cors_filter, fault_filter, route_configuration_for, service_route_configuration, service_route_name,
 };
 use super::{any, seconds, socket_address};
-use super::{tcp, tls};
+use super::{service_entry, tcp, tls};
+use crate::model::cidr::Cidr;
 use crate::model::mesh::{MeshView, PortView, ProxyContext, ScopeKey, ServiceView};
 use crate::model::mtls::MtlsMode;
 use crate::model::protocol::Protocol;
+use crate::model::service_entry::Discovery;
 
 /// What a proxy's outgoing traffic needs; the same for every proxy of a scope.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -137,6 +143,10 @@ pub fn endpoints(view: &MeshView, scope: &ScopeKey) -> Vec<ClusterLoadAssignment
     for (service, port) in outbound_ports(view, scope) {
         let rule = view.destination_rule_for(scope, service).map(|r| &r.spec);
         // Clusters with PASSTHROUGH load balancing connect to the original destination: no EDS.
+        // DNS and original-destination clusters (ServiceEntries) take none either.
+        if service.discovery() != Discovery::Eds {
+            continue;
+        }
         let policy = ClusterPolicy::resolve(rule, None, port.port);
         if policy.uses_eds() {
             let name = outbound_name(port.port, "", &service.hostname);
@@ -177,20 +187,23 @@ pub fn routes(view: &MeshView, scope: &ScopeKey) -> Vec<RouteConfiguration> {
 }
 
 /// The ports on which some reachable Service speaks HTTP, each with the
-/// headless Services (no ClusterIP) that do, in host name order.
+/// headless Services (no ClusterIP) and ServiceEntry hosts without
+/// addresses that do, in host name order: they are routed by Host alone.
 fn http_ports<'a>(view: &'a MeshView, scope: &'a ScopeKey) -> BTreeMap<u16, Vec<&'a ServiceView>> {
     let mut by_port: BTreeMap<u16, Vec<&ServiceView>> = BTreeMap::new();
     for (service, port) in outbound_ports(view, scope).filter(|(_, p)| p.protocol.is_http()) {
         let headless = by_port.entry(port.port).or_default();
         // A Service listing the same port twice gets one virtual host.
-        if service.cluster_ip.is_none() && headless.last().is_none_or(|s| s.hostname != service.hostname) {
+        let by_name = service.addresses().next().is_none();
+        if by_name && headless.last().is_none_or(|s| s.hostname != service.hostname) {
             headless.push(service);
         }
     }
     by_port
 }
 
-/// The Service ports reached at a ClusterIP, by (port, ClusterIP): each
+/// The Service ports reached at a ClusterIP (or a ServiceEntry's address
+/// or address block), by (port, address): each
 /// pair gets one filter chain, as Envoy refuses two chains with the same
 /// match. Two Services share an address only while the index catches up
 /// with one that was recreated; the first by host name keeps it (its
@@ -201,8 +214,8 @@ fn address_ports<'a>(
 ) -> BTreeMap<(u16, &'a str), (&'a ServiceView, Protocol)> {
     let mut out = BTreeMap::new();
     for (service, port) in outbound_ports(view, scope) {
-        if let Some(ip) = service.cluster_ip.as_deref() {
-            out.entry((port.port, ip)).or_insert((service, port.protocol));
+        for address in service.addresses() {
+            out.entry((port.port, address)).or_insert((service, port.protocol));
         }
     }
     out
@@ -225,10 +238,16 @@ pub fn outbound_listener(view: &MeshView, scope: &ScopeKey) -> Listener {
 
 /// `virtualOutbound`, and the clusters its chains send to themselves.
 fn outbound_listener_sending_to(view: &MeshView, scope: &ScopeKey) -> (Listener, BTreeSet<String>) {
-    let mut sends_to = BTreeSet::from([PASSTHROUGH_CLUSTER.to_string()]);
+    let policy = view.outbound_traffic_policy(scope);
+    let mut sends_to = BTreeSet::from([passthrough::outbound_catch_all_cluster(policy).to_string()]);
+    let http_ports: BTreeSet<u16> = http_ports(view, scope).into_keys().collect();
     let mut chains: Vec<FilterChain> =
-        http_ports(view, scope).into_keys().map(|port| outbound_http_chain(port, None)).collect();
-    let mut by_sni = false;
+        http_ports.iter().map(|&port| outbound_http_chain(port, None)).collect();
+    // ServiceEntries' TCP and TLS ports without addresses: by port (and SNI) on any address.
+    let (mut port_wide, port_wide_clusters, mut by_sni) =
+        service_entry::port_wide_chains(outbound_ports(view, scope), &http_ports);
+    chains.append(&mut port_wide);
+    sends_to.extend(port_wide_clusters);
     for ((port, ip), (service, protocol)) in address_ports(view, scope) {
         if protocol.is_http() {
             chains.push(outbound_http_chain(port, Some((service, ip))));
@@ -239,7 +258,7 @@ fn outbound_listener_sending_to(view: &MeshView, scope: &ScopeKey) -> (Listener,
             chains.append(&mut routed.chains);
         }
     }
-    let mut listener = passthrough::virtual_outbound();
+    let mut listener = passthrough::virtual_outbound_for(policy);
     if by_sni {
         // TLS routes need the SNI, which only the TLS inspector reads.
         listener.listener_filters.insert(1, passthrough::tls_inspector());
@@ -283,13 +302,16 @@ fn outbound_http_chain(port: u16, service: Option<(&ServiceView, &str)>) -> Filt
     }
 }
 
-/// Exactly one address.
+/// Exactly one address, or a ServiceEntry's address block (`10.1.0.0/16`).
 fn host_range(ip: &str) -> CidrRange {
-    let prefix_len = if ip.contains(':') { 128 } else { 32 };
-    CidrRange { address_prefix: ip.to_string(), prefix_len: Some(UInt32Value { value: prefix_len }) }
+    let (address_prefix, prefix_len) = match Cidr::parse(ip) {
+        Some(block) => (block.network().addr.to_string(), u32::from(block.len)),
+        None => (ip.to_string(), if ip.contains(':') { 128 } else { 32 }),
+    };
+    CidrRange { address_prefix, prefix_len: Some(UInt32Value { value: prefix_len }) }
 }
 
-fn tcp_proxy_filter(cluster: String) -> envoy_types::pb::envoy::config::listener::v3::Filter {
+pub(super) fn tcp_proxy_filter(cluster: String) -> envoy_types::pb::envoy::config::listener::v3::Filter {
     let proxy = TcpProxy {
         stat_prefix: cluster.clone(),
         cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster)),

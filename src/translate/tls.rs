@@ -127,9 +127,9 @@ pub fn gateway_server_tls(tls: &ServerTlsSettings, alpn: &[&str]) -> Option<Tran
     })
 }
 
-/// The pod label Istio's injector sets on pods with a sidecar, and its value.
-pub const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
-pub const TLS_MODE_ISTIO: &str = "istio";
+/// The pod label Istio's injector sets on pods with a sidecar, and its
+/// value (the model's: ServiceEntry endpoints carry it too).
+pub use crate::model::mesh::{TLS_MODE_ISTIO, TLS_MODE_LABEL};
 
 /// The metadata key Envoy matches transport sockets on.
 pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";

@@ -189,6 +189,11 @@ impl Context {
                 ctx.add_tcp_service(&svc.key.namespace, &svc.key.name);
             }
         }
+        // ServiceEntry hosts are services too (the mesh view's, by the same
+        // grammar): before the DestinationRules, whose hosts resolve against them.
+        for entry in state.service_entries.values() {
+            ctx.add_service_entry(&entry.spec);
+        }
         for dr in state.destination_rules.values() {
             ctx.add_destination_rule(&dr.key.namespace, &dr.spec);
         }
@@ -333,6 +338,23 @@ impl Context {
     /// ServiceEntry host ("www.googleapis.com"); may be a wildcard.
     pub fn add_host(&mut self, host: &str) -> &mut Self {
         self.services.get_or_insert_with(BTreeSet::new).insert(host.to_string());
+        self
+    }
+
+    /// The hosts of a ServiceEntry, as the mesh view names its services
+    /// (lower case, no trailing dot); those with a port that is not HTTP
+    /// count as TCP services.
+    pub fn add_service_entry(&mut self, spec: &ServiceEntrySpec) -> &mut Self {
+        let tcp = spec.ports.iter().any(|p| {
+            !p.protocol.as_deref().and_then(Protocol::parse).is_some_and(|protocol| protocol.is_http())
+        });
+        for raw in &spec.hosts {
+            let host = raw.strip_suffix('.').unwrap_or(raw).to_ascii_lowercase();
+            if tcp {
+                self.tcp_services.insert(host.clone());
+            }
+            self.add_host(&host);
+        }
         self
     }
 

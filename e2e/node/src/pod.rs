@@ -311,7 +311,8 @@ impl Worker {
     }
 
     /// /etc/hosts (every Service by its cluster names, the way cluster DNS
-    /// answers) and /etc/resolv.conf for the pod's containers.
+    /// answers, then the pod's `hostAliases`) and /etc/resolv.conf for the
+    /// pod's containers.
     fn write_etc(&mut self) -> Result<()> {
         let links = self.services.borrow_and_update().clone();
         let etc = self.dir.join("etc");
@@ -330,6 +331,16 @@ impl Worker {
                 "{}\t{n}.{ns}.svc.cluster.local {n}.{ns}.svc {n}.{ns}{short}\n",
                 svc.cluster_ip
             ));
+        }
+        // The pod's own `hostAliases`, after the rest, as the kubelet writes them:
+        // names outside the cluster a pod resolves without DNS.
+        let aliases = self.pod.spec.as_ref().and_then(|s| s.host_aliases.as_ref());
+        if let Some(aliases) = aliases.filter(|a| !a.is_empty()) {
+            hosts.push_str("\n# Entries added by HostAliases.\n");
+            for alias in aliases {
+                let names = alias.hostnames.as_deref().unwrap_or_default().join("\t");
+                hosts.push_str(&format!("{}\t{names}\n", alias.ip));
+            }
         }
         // Written in place: the file itself is bind-mounted, a rename would not show.
         rewrite_in_place(&etc.join("hosts"), hosts.as_bytes())?;

@@ -468,8 +468,8 @@ fn a_deleted_policy_no_longer_applies() {
 
 #[test]
 fn the_root_namespace_is_the_mesh_configs() {
-    let mut index =
-        Index::new(Default::default()).with_mesh_config(MeshConfig { root_namespace: "mesh-root".into() });
+    let mut index = Index::new(Default::default())
+        .with_mesh_config(MeshConfig { root_namespace: "mesh-root".into(), ..MeshConfig::default() });
     index.apply::<Pods>(&pod_with_named_port("reviews-v1-0", &[("app", "reviews")], "web", 8080));
     index.apply::<PeerAuthentications>(&created(
         config::<api::PeerAuthentication>("istio-system", "default", strict()),

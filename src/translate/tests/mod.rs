@@ -15,6 +15,7 @@ mod l4;
 mod ops;
 mod policy;
 mod random;
+mod service_entry;
 
 use crate::index::{Index, Pods, Services};
 pub(super) use crate::testing::bookinfo::{
@@ -22,8 +23,9 @@ pub(super) use crate::testing::bookinfo::{
 };
 
 /// The scenarios with a golden file each: the DestinationRules of
-/// `destination-rule-all.yaml` plus one routing sample.
-pub(super) const SCENARIOS: [&str; 10] = [
+/// `destination-rule-all.yaml` plus one routing sample, or plus
+/// ServiceEntries under REGISTRY_ONLY ([`service_entry::SERVICE_ENTRIES`]).
+pub(super) const SCENARIOS: [&str; 11] = [
     "no-virtual-service",
     "virtual-service-all-v1",
     "virtual-service-reviews-test-v2",
@@ -34,10 +36,14 @@ pub(super) const SCENARIOS: [&str; 10] = [
     "virtual-service-reviews-v3",
     "virtual-service-ratings-test-delay",
     "virtual-service-ratings-test-abort",
+    service_entry::SERVICE_ENTRIES,
 ];
 
 /// Bookinfo with the DestinationRules and the scenario's VirtualServices.
 pub(super) fn scenario(name: &str) -> Index {
+    if name == service_entry::SERVICE_ENTRIES {
+        return service_entry::index(crate::model::OutboundTrafficPolicy::RegistryOnly);
+    }
     let mut index = bookinfo();
     apply_networking(&mut index, "destination-rule-all.yaml");
     if name != "no-virtual-service" {
