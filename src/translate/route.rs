@@ -62,8 +62,8 @@ use super::{parse_duration, seconds};
 use crate::api::destination_rule::ConsistentHashLb;
 use crate::api::virtual_service::{Delegate, Destination, HttpMatchRequest, HttpRoute, StringMatch};
 use crate::model::gateway::names_gateway;
-use crate::model::{ObjectKey, OutboundTrafficPolicy};
 use crate::model::mesh::{MeshView, ScopeKey, ServiceView, VirtualServiceView, for_sidecars, is_subset};
+use crate::model::{ObjectKey, OutboundTrafficPolicy};
 pub use resilience::{FAULT_FILTER, fault_filter};
 
 /// The virtual host that takes requests for hosts the mesh does not know.
