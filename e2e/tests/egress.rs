@@ -30,6 +30,12 @@
 //! - Endpoint weights: two httpbin pods as a STATIC entry's endpoints
 //!   with weights 4 and 1 get 80% ±10 and the rest of 200 requests.
 //!
+//! - Through the egress gateway, as Istio's egress gateway task: a
+//!   VirtualService sends the sidecars' requests for the external host to
+//!   the chart's `mesh-egressgateway`, whose Envoy sends them out: each is
+//!   counted on the client's cluster to the gateway and on the gateway's
+//!   cluster to the host.
+//!
 //! Each mode is its own controller (a release per test): the mode is a
 //! controller setting, as Istio's MeshConfig.
 
@@ -689,5 +695,114 @@ fn endpoint_weights_share_an_entrys_traffic() {
         "[egress] weights 4:1 over {n} requests: {to_heavy} to the heavy endpoint, {to_light} to the light ({share:.0}%)"
     );
     assert!((70.0..=90.0).contains(&share), "80% ±10 to the weight-4 endpoint, got {share:.0}%");
+    mesh.assert_no_nack();
+}
+
+/// Istio's egress gateway task, on the external httpbin: a STATIC entry
+/// for the host on port 80, the chart's egress gateway admitting it, and
+/// one VirtualService with two rules: from the sidecars (`mesh`) to the
+/// egress gateway, and from the gateway out to the host.
+fn through_egress_gateway(release_ns: &str, external_ip: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata:
+  name: httpbin-external
+spec:
+  hosts: [{EXTERNAL_HOST}]
+  ports:
+  - {{number: 80, name: http-port, protocol: HTTP}}
+  location: MESH_EXTERNAL
+  resolution: STATIC
+  endpoints:
+  - address: "{external_ip}"
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: Gateway
+metadata:
+  name: istio-egressgateway
+spec:
+  selector:
+    istio: egressgateway
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: [{EXTERNAL_HOST}]
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata:
+  name: egressgateway-for-httpbin
+spec:
+  host: mesh-egressgateway.{release_ns}.svc.cluster.local
+  subsets:
+  - name: httpbin
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata:
+  name: direct-httpbin-through-egress-gateway
+spec:
+  hosts: [{EXTERNAL_HOST}]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match:
+    - gateways: [mesh]
+      port: 80
+    route:
+    - destination:
+        host: mesh-egressgateway.{release_ns}.svc.cluster.local
+        subset: httpbin
+        port: {{number: 80}}
+      weight: 100
+  - match:
+    - gateways: [istio-egressgateway]
+      port: 80
+    route:
+    - destination:
+        host: {EXTERNAL_HOST}
+        port: {{number: 80}}
+      weight: 100
+"#
+    )
+}
+
+#[test]
+fn egress_through_the_egress_gateway_is_counted_by_the_gateways_envoy() {
+    let mesh = Egress::start("mesh-e2e-egress-gateway", "REGISTRY_ONLY");
+    let r = mesh.release.namespace.clone();
+    let n = mesh.client_ns.name.clone();
+    // Blocked until the entry names the host.
+    mesh.settle(EXTERNAL_HOST, 502, 3);
+    let _routes = Applied::new(&n, &through_egress_gateway(&r, &mesh.external_ip));
+    mesh.settle(EXTERNAL_HOST, 200, 5);
+
+    let gateway = pod_named(&r, "istio=egressgateway");
+    let gateway_stat = |name: &str| -> f64 {
+        let out = enter(&r, &gateway, "curl -sf -m 5 http://127.0.0.1:15000/stats");
+        assert!(out.ok, "the egress gateway's /stats: {}", out.stderr);
+        let prefix = format!("{name}: ");
+        out.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let out_cluster = format!("cluster.outbound|80||{EXTERNAL_HOST}.upstream_rq_200");
+    let via_cluster =
+        format!("cluster.outbound|80|httpbin|mesh-egressgateway.{r}.svc.cluster.local.upstream_rq_200");
+    let (gateway_before, client_before) = (gateway_stat(&out_cluster), mesh.stat(&via_cluster));
+    for _ in 0..20 {
+        let (status, body, _) = mesh.get(EXTERNAL_HOST, "/headers");
+        assert_eq!(status, 200, "{body}");
+    }
+    let (gateway_after, client_after) = (gateway_stat(&out_cluster), mesh.stat(&via_cluster));
+    eprintln!(
+        "20 requests: the client's Envoy sent {} to the egress gateway, the gateway's Envoy {} to {EXTERNAL_HOST}",
+        client_after - client_before,
+        gateway_after - gateway_before
+    );
+    assert!(client_after - client_before >= 20.0, "the client's Envoy sent them to the egress gateway");
+    assert!(gateway_after - gateway_before >= 20.0, "the egress gateway sent them out");
     mesh.assert_no_nack();
 }
