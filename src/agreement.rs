@@ -40,7 +40,7 @@ fn validate(index: &Index, kind: &str, namespace: &str, spec: &Value) -> Vec<Fin
 /// Translation's verdict: the outbound configuration of a sidecar in `default`.
 fn translate(index: &Index) -> (MeshView, Outbound) {
     let view = MeshView::build(index.state());
-    let scope = ScopeKey { namespace: "default".into(), labels: Default::default() };
+    let scope = ScopeKey { namespace: "default".into(), labels: Default::default(), sidecar: None };
     let out = outbound(&view, &scope);
     (view, out)
 }
@@ -296,6 +296,7 @@ fn the_mesh_gateway_means_the_sidecars_to_both() {
         let scope = ScopeKey {
             namespace: "default".into(),
             labels: [("app".to_string(), "productpage".to_string())].into(),
+            sidecar: None,
         };
         let service = view.service(REVIEWS).expect("reviews");
         let bound = view.virtual_service_for(&scope, service).is_some();

@@ -23,6 +23,7 @@ pub mod mesh;
 pub mod mtls;
 pub mod protocol;
 pub mod rbac;
+pub mod sidecar_scope;
 pub mod status;
 pub mod visibility;
 

@@ -105,19 +105,36 @@ pub fn outbound(view: &MeshView, scope: &ScopeKey) -> Outbound {
     }
 }
 
-/// The Services' ports a proxy of `scope` sends to: (service, port), in host name then port order.
+/// The Services' ports a proxy of `scope` has listener chains and routes
+/// for: (service, port), in host name then port order.
 fn outbound_ports<'a>(
     view: &'a MeshView,
     scope: &'a ScopeKey,
 ) -> impl Iterator<Item = (&'a ServiceView, &'a PortView)> {
-    view.visible_services(&scope.namespace)
+    let egress = view.egress(scope);
+    captured_ports(view).filter(move |(s, p)| egress.listens(s, p.port))
+}
+
+/// The Services' ports a proxy of `scope` has clusters for: those it has
+/// chains for, and those the VirtualServices its Sidecar imports send to.
+fn cluster_ports<'a>(
+    view: &'a MeshView,
+    scope: &'a ScopeKey,
+) -> impl Iterator<Item = (&'a ServiceView, &'a PortView)> {
+    let egress = view.egress(scope);
+    captured_ports(view).filter(move |(s, p)| egress.has_clusters(s, p.port))
+}
+
+/// Every Service port the sidecar captures, in host name then port order.
+fn captured_ports(view: &MeshView) -> impl Iterator<Item = (&ServiceView, &PortView)> {
+    view.services()
         .flat_map(|s| s.ports.iter().filter(|p| p.protocol.is_captured() && p.port != 0).map(move |p| (s, p)))
 }
 
 /// The outbound clusters (CDS) of `scope`.
 pub fn clusters(view: &MeshView, scope: &ScopeKey) -> Vec<Cluster> {
     let mut out = Vec::new();
-    for (service, port) in outbound_ports(view, scope) {
+    for (service, port) in cluster_ports(view, scope) {
         out.extend(service_port_clusters(
             service,
             port,
@@ -134,7 +151,7 @@ pub fn clusters(view: &MeshView, scope: &ScopeKey) -> Vec<Cluster> {
 /// alone when only endpoints changed.
 pub fn endpoints(view: &MeshView, scope: &ScopeKey) -> Vec<ClusterLoadAssignment> {
     let mut out = Vec::new();
-    for (service, port) in outbound_ports(view, scope) {
+    for (service, port) in cluster_ports(view, scope) {
         let rule = view.destination_rule_for(scope, service).map(|r| &r.spec);
         // Clusters with PASSTHROUGH load balancing connect to the original destination: no EDS.
         let policy = ClusterPolicy::resolve(rule, None, port.port);

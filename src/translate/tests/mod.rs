@@ -14,6 +14,7 @@ mod l4;
 mod ops;
 mod policy;
 mod random;
+mod sidecar_scope;
 
 use crate::index::{Index, Pods, Services};
 pub(super) use crate::testing::bookinfo::{

@@ -1,0 +1,168 @@
+//! Sidecar resources on real proxies: Bookinfo injected in one namespace,
+//! its details Service in a second. Istio's documented Sidecar
+//! (`egress: [{hosts: ["./*", "istio-system/*"]}]`) cuts what the
+//! productpage Envoy holds to its namespace's Services, counted in the
+//! Envoy's own /config_dump, while traffic inside the namespace still
+//! flows; a Sidecar with a `workloadSelector` narrows only the pod it
+//! selects. Without a ServiceEntry or REGISTRY_ONLY, a call to a Service
+//! left out still leaves the pod, unrouted, through `PassthroughCluster`
+//! (Istio's ALLOW_ANY).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::support::{
+    Applied, Release, TempNamespace, conformance, enter, eventually, injected_bookinfo, kubectl_ok,
+    pod_named, rollout,
+};
+
+/// Bookinfo's details (Service, ServiceAccount, Deployment), from Istio's
+/// `bookinfo.yaml`, injected in a namespace of its own.
+fn details_only(prefix: &str) -> TempNamespace {
+    let ns = TempNamespace::new(prefix);
+    kubectl_ok(&["label", "namespace", &ns.name, "istio-injection=enabled", "--overwrite"], None);
+    let file = conformance().join("platform/bookinfo.yaml");
+    let file = file.to_str().expect("utf-8");
+    for selector in ["account=details", "app=details"] {
+        kubectl_ok(&["apply", "-n", &ns.name, "-l", selector, "-f", file], None);
+    }
+    rollout(&ns.name);
+    kubectl_ok(
+        &["wait", "-n", &ns.name, "--for", "condition=Ready", "pods", "--all", "--timeout=120s"],
+        None,
+    );
+    ns
+}
+
+/// The names of the clusters a pod's Envoy has in use, from its /config_dump.
+fn active_clusters(namespace: &str, pod: &str) -> BTreeSet<String> {
+    let out = enter(
+        namespace,
+        pod,
+        "curl -s -m 2 'http://127.0.0.1:15000/config_dump?resource=dynamic_active_clusters'",
+    );
+    let dump: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap_or_default();
+    dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["cluster"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+fn outbound(clusters: &BTreeSet<String>) -> BTreeSet<String> {
+    clusters.iter().filter(|c| c.starts_with("outbound|")).cloned().collect()
+}
+
+/// Bookinfo's four Services of `namespace`, as outbound cluster names.
+fn bookinfo_clusters(namespace: &str) -> BTreeSet<String> {
+    ["details", "productpage", "ratings", "reviews"]
+        .iter()
+        .map(|s| format!("outbound|9080||{s}.{namespace}.svc.cluster.local"))
+        .collect()
+}
+
+/// One counter of the Envoy in `pod` (0 when it has none yet).
+fn envoy_counter(namespace: &str, pod: &str, name: &str) -> f64 {
+    let out = enter(namespace, pod, "curl -s -m 2 http://127.0.0.1:15000/stats");
+    out.stdout
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// HTTP status codes of `n` requests from `pod` to `url`, one per line, counted.
+fn codes(namespace: &str, pod: &str, url: &str, n: usize) -> std::collections::BTreeMap<String, usize> {
+    let script =
+        format!("for i in $(seq 1 {n}); do curl -s -o /dev/null -m 5 -w '%{{http_code}}\\n' '{url}'; done");
+    let out = enter(namespace, pod, &script);
+    let mut counts = std::collections::BTreeMap::new();
+    for code in out.stdout.lines() {
+        *counts.entry(code.to_string()).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn a_sidecar_cuts_a_proxys_clusters_to_its_namespace_and_traffic_still_flows() {
+    let _release = Release::install("mesh-e2e-sidecar", &[]);
+    let a = injected_bookinfo("sidecar-a");
+    let b = details_only("sidecar-b");
+    let (a, b) = (a.name.as_str(), b.name.as_str());
+    let productpage = pod_named(a, "app=productpage");
+    let reviews = pod_named(a, "app=reviews,version=v1");
+    let other_details = format!("outbound|9080||details.{b}.svc.cluster.local");
+
+    // Before: every Service of the mesh, the other namespace's details too.
+    let before =
+        eventually("productpage's Envoy with both namespaces' Services", Duration::from_secs(60), || {
+            let clusters = active_clusters(a, &productpage);
+            clusters.contains(&other_details).then_some(clusters)
+        });
+    let before_outbound = outbound(&before);
+    assert!(before_outbound.is_superset(&bookinfo_clusters(a)), "{before_outbound:?}");
+    eprintln!(
+        "before any Sidecar: {} clusters, {} outbound: {before_outbound:?}",
+        before.len(),
+        before_outbound.len()
+    );
+
+    // A Sidecar selecting productpage only.
+    let selected = Applied::new(
+        a,
+        "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {name: productpage}\nspec:\n  \
+         workloadSelector: {labels: {app: productpage}}\n  egress:\n  - hosts: [\"./*\"]\n",
+    );
+    let narrowed =
+        eventually("productpage's Envoy narrowed to its namespace", Duration::from_secs(60), || {
+            let clusters = active_clusters(a, &productpage);
+            (outbound(&clusters) == bookinfo_clusters(a)).then_some(clusters)
+        });
+    eprintln!("workloadSelector Sidecar: productpage {} clusters ({} outbound)", narrowed.len(), 4);
+    // reviews-v1, not selected, keeps them all (checked after productpage changed, so the push is done).
+    let unselected = active_clusters(a, &reviews);
+    assert!(unselected.contains(&other_details), "reviews-v1 is not selected: {unselected:?}");
+    assert_eq!(outbound(&unselected), before_outbound, "reviews-v1 unchanged");
+    drop(selected);
+    eventually("productpage's Envoy back to every Service", Duration::from_secs(60), || {
+        active_clusters(a, &productpage).contains(&other_details).then_some(())
+    });
+
+    // Istio's documented example, for the whole namespace.
+    let _namespace_wide = Applied::new(
+        a,
+        "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {name: default}\nspec:\n  \
+         egress:\n  - hosts: [\"./*\", \"istio-system/*\"]\n",
+    );
+    for pod in [&productpage, &reviews] {
+        let after =
+            eventually(&format!("{pod}'s Envoy narrowed to its namespace"), Duration::from_secs(60), || {
+                let clusters = active_clusters(a, pod);
+                (outbound(&clusters) == bookinfo_clusters(a)).then_some(clusters)
+            });
+        let rest: Vec<&String> = after.iter().filter(|c| !c.starts_with("outbound|")).collect();
+        eprintln!("namespace-wide Sidecar: {pod} {} clusters, 4 outbound, and {rest:?}", after.len());
+        assert!(after.contains("PassthroughCluster") && after.contains("BlackHoleCluster"), "{after:?}");
+        assert!(after.len() < before.len(), "{} clusters, {} before", after.len(), before.len());
+    }
+
+    // Traffic inside the namespace still flows, through the routes.
+    let rq = "cluster.outbound|9080||reviews.{a}.svc.cluster.local.upstream_rq_200".replace("{a}", a);
+    let routed_before = envoy_counter(a, &productpage, &rq);
+    let answers = codes(a, &productpage, "http://reviews:9080/reviews/1", 50);
+    assert_eq!(answers.get("200"), Some(&50), "reviews from productpage: {answers:?}");
+    let routed = envoy_counter(a, &productpage, &rq) - routed_before;
+    assert!(routed >= 50.0, "reviews' cluster counted the requests: {routed}");
+
+    // details of the other namespace is no longer routed: it leaves through PassthroughCluster.
+    let passthrough = "cluster.PassthroughCluster.upstream_cx_total";
+    let passed_before = envoy_counter(a, &productpage, passthrough);
+    let answers = codes(a, &productpage, &format!("http://details.{b}:9080/details/0"), 10);
+    assert_eq!(answers.get("200"), Some(&10), "details of {b}, passed through: {answers:?}");
+    let passed = envoy_counter(a, &productpage, passthrough) - passed_before;
+    assert!(passed >= 10.0, "the requests left through PassthroughCluster: {passed}");
+    assert_eq!(envoy_counter(a, &productpage, "listener_manager.lds.update_rejected"), 0.0);
+    assert_eq!(envoy_counter(a, &productpage, "cluster_manager.cds.update_rejected"), 0.0);
+}

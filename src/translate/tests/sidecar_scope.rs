@@ -1,0 +1,234 @@
+//! Sidecar resources narrowing what a proxy receives (model/sidecar_scope.rs):
+//! which clusters, listener chains and routes the productpage sidecar gets
+//! under a Sidecar's egress listeners, and that Envoy takes the result.
+
+use std::collections::BTreeSet;
+
+use serde_json::json;
+
+use super::envoy::assert_envoy_accepts;
+use super::{bookinfo, endpoint_slice, mesh_view, permissive, productpage};
+use crate::index::{EndpointSlices, Index, Pods, Services, Sidecars, VirtualServices};
+use crate::model::ObjectKey;
+use crate::model::mesh::ProxyContext;
+use crate::testing::objects::{self, config};
+use crate::translate::sidecar::{Outbound, inbound, outbound};
+
+const HTTPBIN: &str = "httpbin.other.svc.cluster.local";
+const HTTPBIN_IP: &str = "10.96.5.1";
+const MONITORING: &str = "monitoring.istio-system.svc.cluster.local";
+
+/// Bookinfo in `default` (four Services on 9080), httpbin in `other`
+/// (HTTP 8000) and a Service on 15014 in the root namespace `istio-system`.
+fn mesh() -> Index {
+    let mut index = bookinfo();
+    for (name, namespace, ip, port) in [
+        ("httpbin", "other", HTTPBIN_IP, ("http", 8000)),
+        ("monitoring", "istio-system", "10.96.6.1", ("http-monitoring", 15014)),
+    ] {
+        let service = objects::service(name).namespace(namespace).cluster_ip(ip).port(port.0, port.1).build();
+        index.apply::<Services>(&service);
+        index.apply::<EndpointSlices>(&endpoint_slice(&service, &[]));
+    }
+    index
+}
+
+fn sidecar(index: &mut Index, namespace: &str, name: &str, spec: serde_json::Value) {
+    index.apply::<Sidecars>(&config::<crate::api::Sidecar>(namespace, name, spec));
+}
+
+fn translate_for(index: &Index, proxy: &ProxyContext) -> Outbound {
+    let view = mesh_view(index);
+    outbound(&view, &view.scope(proxy))
+}
+
+fn pod(index: &Index, name: &str) -> ProxyContext {
+    ProxyContext::from_workload(index.get::<Pods>(&ObjectKey::new("default", name)).expect("the pod"))
+}
+
+fn cluster_names(out: &Outbound) -> BTreeSet<String> {
+    out.clusters.iter().map(|c| c.name.clone()).collect()
+}
+
+fn route_names(out: &Outbound) -> Vec<String> {
+    out.routes.iter().map(|r| r.name.clone()).collect()
+}
+
+/// The filter chains at an address (`<ip>_<port>`) or a port's catch-all (`0.0.0.0_<port>`).
+fn has_chain(out: &Outbound, name: &str) -> bool {
+    out.listener.filter_chains.iter().any(|c| c.name == name)
+}
+
+fn bookinfo_clusters() -> Vec<String> {
+    ["details", "productpage", "ratings", "reviews"]
+        .iter()
+        .map(|s| format!("outbound|9080||{s}.default.svc.cluster.local"))
+        .collect()
+}
+
+fn with_fixed(mut names: Vec<String>) -> BTreeSet<String> {
+    names.extend(["PassthroughCluster".to_string(), "BlackHoleCluster".to_string()]);
+    names.into_iter().collect()
+}
+
+#[test]
+fn egress_to_the_namespace_and_the_root_cuts_the_clusters_to_theirs() {
+    let mut index = mesh();
+    let before = translate_for(&index, &productpage(&index));
+    let mut all = bookinfo_clusters();
+    all.insert(0, format!("outbound|8000||{HTTPBIN}"));
+    all.push(format!("outbound|15014||{MONITORING}"));
+    assert_eq!(cluster_names(&before), with_fixed(all));
+    assert!(has_chain(&before, &format!("{HTTPBIN_IP}_8000")));
+
+    // Istio's documented example: the namespace's own Services, and the root namespace's.
+    sidecar(&mut index, "default", "default", json!({"egress": [{"hosts": ["./*", "istio-system/*"]}]}));
+    let after = translate_for(&index, &productpage(&index));
+    let mut narrowed = bookinfo_clusters();
+    narrowed.push(format!("outbound|15014||{MONITORING}"));
+    assert_eq!(cluster_names(&after), with_fixed(narrowed));
+    assert_eq!(after.endpoints.len(), 5, "one assignment per EDS cluster");
+    assert!(!has_chain(&after, &format!("{HTTPBIN_IP}_8000")));
+    assert!(!has_chain(&after, "0.0.0.0_8000"));
+    assert!(!route_names(&after).iter().any(|r| r == "8000" || r.starts_with(HTTPBIN)));
+    assert!(has_chain(&after, "0.0.0.0_9080"));
+    assert_envoy_accepts(
+        "a Sidecar's narrowed configuration",
+        &after,
+        &inbound(&mesh_view(&index), &productpage(&index), permissive),
+    );
+
+    // Only the namespace: the root's Service goes too.
+    sidecar(&mut index, "default", "default", json!({"egress": [{"hosts": ["./*"]}]}));
+    assert_eq!(cluster_names(&translate_for(&index, &productpage(&index))), with_fixed(bookinfo_clusters()));
+
+    // One host by name, from another namespace.
+    sidecar(
+        &mut index,
+        "default",
+        "default",
+        json!({"egress": [{"hosts": [format!("other/{HTTPBIN}"), "./reviews.default.svc.cluster.local"]}]}),
+    );
+    assert_eq!(
+        cluster_names(&translate_for(&index, &productpage(&index))),
+        with_fixed(vec![
+            format!("outbound|8000||{HTTPBIN}"),
+            "outbound|9080||reviews.default.svc.cluster.local".into()
+        ])
+    );
+}
+
+#[test]
+fn a_workload_selector_narrows_only_the_pods_it_selects() {
+    let mut index = mesh();
+    sidecar(
+        &mut index,
+        "default",
+        "productpage",
+        json!({"workloadSelector": {"labels": {"app": "productpage"}}, "egress": [{"hosts": ["./*"]}]}),
+    );
+    let view = mesh_view(&index);
+    let productpage = productpage(&index);
+    let reviews = pod(&index, "reviews-v1-0");
+    assert_eq!(view.scope(&productpage).sidecar, Some(ObjectKey::new("default", "productpage")));
+    assert_eq!(view.scope(&reviews).sidecar, None);
+    assert_eq!(cluster_names(&translate_for(&index, &productpage)), with_fixed(bookinfo_clusters()));
+    assert_eq!(translate_for(&index, &reviews).clusters.len(), 8, "every Service, unchanged");
+    // Proxies of one Sidecar share their scope: both reviews pods, say.
+    sidecar(
+        &mut index,
+        "default",
+        "reviews",
+        json!({"workloadSelector": {"labels": {"app": "reviews"}}, "egress": [{"hosts": ["./*"]}]}),
+    );
+    let view = mesh_view(&index);
+    assert_eq!(view.scope(&pod(&index, "reviews-v1-0")), view.scope(&pod(&index, "reviews-v2-0")));
+    assert_ne!(view.scope(&pod(&index, "reviews-v1-0")), view.scope(&productpage));
+}
+
+#[test]
+fn a_root_namespace_sidecar_applies_where_the_namespace_has_none() {
+    let mut index = mesh();
+    sidecar(&mut index, "istio-system", "default", json!({"egress": [{"hosts": ["./*"]}]}));
+    // "." is the proxy's namespace, not the root's.
+    assert_eq!(cluster_names(&translate_for(&index, &productpage(&index))), with_fixed(bookinfo_clusters()));
+    // The namespace's own Sidecar replaces it.
+    sidecar(&mut index, "default", "default", json!({"egress": [{"hosts": ["other/*"]}]}));
+    assert_eq!(
+        cluster_names(&translate_for(&index, &productpage(&index))),
+        with_fixed(vec![format!("outbound|8000||{HTTPBIN}")])
+    );
+}
+
+#[test]
+fn imported_virtual_services_bring_their_destinations_clusters_and_others_do_not_apply() {
+    let mut index = mesh();
+    // A rule of `default` sends reviews to httpbin in `other`.
+    index.apply::<VirtualServices>(&config::<crate::api::VirtualService>(
+        "default",
+        "reviews",
+        json!({"hosts": ["reviews"], "http": [{"route": [{"destination": {"host": HTTPBIN, "port": {"number": 8000}}}]}]}),
+    ));
+    // A rule of `other` for details: not imported by "./*".
+    index.apply::<VirtualServices>(&config::<crate::api::VirtualService>(
+        "other",
+        "details",
+        json!({"hosts": ["details.default.svc.cluster.local"], "http": [{"fault": {"abort": {"httpStatus": 418, "percentage": {"value": 100}}}, "route": [{"destination": {"host": "details.default.svc.cluster.local"}}]}]}),
+    ));
+    let view = mesh_view(&index);
+    let scope = view.scope(&productpage(&index));
+    let details = view.service("details.default.svc.cluster.local").expect("details");
+    assert!(
+        view.virtual_service_for(&scope, details).is_some(),
+        "without a Sidecar, the rule of other applies"
+    );
+
+    sidecar(&mut index, "default", "default", json!({"egress": [{"hosts": ["./*"]}]}));
+    let view = mesh_view(&index);
+    let scope = view.scope(&productpage(&index));
+    let details = view.service("details.default.svc.cluster.local").expect("details");
+    assert!(view.virtual_service_for(&scope, details).is_none(), "not imported");
+    let out = outbound(&view, &scope);
+    // As Istio: the destination's cluster comes with the rule, but no chain at its address.
+    assert!(cluster_names(&out).contains(&format!("outbound|8000||{HTTPBIN}")));
+    assert!(!has_chain(&out, &format!("{HTTPBIN_IP}_8000")));
+    let reviews = out
+        .routes
+        .iter()
+        .find(|r| r.name == "reviews.default.svc.cluster.local:9080")
+        .expect("reviews' routes");
+    let sends_to = crate::translate::route::route_clusters(reviews);
+    assert!(sends_to.contains(&format!("outbound|8000||{HTTPBIN}")), "{sends_to:?}");
+    assert!(!sends_to.iter().any(|c| c.contains("reviews")), "{sends_to:?}");
+    assert_envoy_accepts(
+        "a rule sending outside the egress hosts",
+        &out,
+        &inbound(&view, &productpage(&index), permissive),
+    );
+}
+
+#[test]
+fn an_egress_listener_with_a_port_serves_that_port() {
+    let mut index = mesh();
+    sidecar(
+        &mut index,
+        "default",
+        "default",
+        json!({"egress": [{"port": {"number": 9080, "protocol": "HTTP", "name": "http"}, "hosts": ["./reviews.default.svc.cluster.local"]}, {"hosts": ["./*", "other/*"]}]}),
+    );
+    let out = translate_for(&index, &productpage(&index));
+    // Port 9080 is the first listener's: only reviews gets a chain and routes there...
+    let route_9080: Vec<String> = route_names(&out).into_iter().filter(|r| r.ends_with(":9080")).collect();
+    assert_eq!(route_9080, ["reviews.default.svc.cluster.local:9080"]);
+    // ...the other Services keep the clusters the catch-all imports them with,
+    let mut all = bookinfo_clusters();
+    all.insert(0, format!("outbound|8000||{HTTPBIN}"));
+    assert_eq!(cluster_names(&out), with_fixed(all));
+    // and httpbin's port is the catch-all's.
+    assert!(has_chain(&out, &format!("{HTTPBIN_IP}_8000")));
+    assert_envoy_accepts(
+        "an egress listener with a port",
+        &out,
+        &inbound(&mesh_view(&index), &productpage(&index), permissive),
+    );
+}
