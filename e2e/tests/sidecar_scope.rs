@@ -4,9 +4,10 @@
 //! productpage Envoy holds to its namespace's Services, counted in the
 //! Envoy's own /config_dump, while traffic inside the namespace still
 //! flows; a Sidecar with a `workloadSelector` narrows only the pod it
-//! selects. Without a ServiceEntry or REGISTRY_ONLY, a call to a Service
-//! left out still leaves the pod, unrouted, through `PassthroughCluster`
-//! (Istio's ALLOW_ANY).
+//! selects; an egress listener for one port serves that port alone.
+//! Without a ServiceEntry or REGISTRY_ONLY, a call to a Service left out
+//! still leaves the pod, unrouted, through `PassthroughCluster` (Istio's
+//! ALLOW_ANY).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -59,6 +60,25 @@ fn bookinfo_clusters(namespace: &str) -> BTreeSet<String> {
     ["details", "productpage", "ratings", "reviews"]
         .iter()
         .map(|s| format!("outbound|9080||{s}.{namespace}.svc.cluster.local"))
+        .collect()
+}
+
+/// Requests an Envoy sent out unrouted, to their original destination.
+const PASSTHROUGH_REQUESTS: &str = "cluster.PassthroughCluster.upstream_rq_total";
+
+/// The names of the route configurations a pod's Envoy has, from its /config_dump.
+fn route_configs(namespace: &str, pod: &str) -> BTreeSet<String> {
+    let out = enter(
+        namespace,
+        pod,
+        "curl -s -m 2 'http://127.0.0.1:15000/config_dump?resource=dynamic_route_configs'",
+    );
+    let dump: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap_or_default();
+    dump["configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["route_config"]["name"].as_str().map(str::to_string))
         .collect()
 }
 
@@ -157,12 +177,43 @@ fn a_sidecar_cuts_a_proxys_clusters_to_its_namespace_and_traffic_still_flows() {
     assert!(routed >= 50.0, "reviews' cluster counted the requests: {routed}");
 
     // details of the other namespace is no longer routed: it leaves through PassthroughCluster.
-    let passthrough = "cluster.PassthroughCluster.upstream_cx_total";
-    let passed_before = envoy_counter(a, &productpage, passthrough);
+    let passed_before = envoy_counter(a, &productpage, PASSTHROUGH_REQUESTS);
     let answers = codes(a, &productpage, &format!("http://details.{b}:9080/details/0"), 10);
     assert_eq!(answers.get("200"), Some(&10), "details of {b}, passed through: {answers:?}");
-    let passed = envoy_counter(a, &productpage, passthrough) - passed_before;
+    let passed = envoy_counter(a, &productpage, PASSTHROUGH_REQUESTS) - passed_before;
     assert!(passed >= 10.0, "the requests left through PassthroughCluster: {passed}");
+
+    // An egress listener for port 9080 that imports reviews only: the
+    // other Services keep their clusters (the portless listener imports
+    // them) but lose their routes on 9080.
+    let _port = Applied::new(
+        a,
+        &format!(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {{name: default}}\nspec:\n  \
+             egress:\n  - port: {{number: 9080, protocol: HTTP, name: http}}\n    \
+             hosts: [\"./reviews.{a}.svc.cluster.local\"]\n  - hosts: [\"./*\"]\n"
+        ),
+    );
+    let reviews_route = format!("reviews.{a}.svc.cluster.local:9080");
+    let routes =
+        eventually("productpage's Envoy with reviews' routes only on 9080", Duration::from_secs(60), || {
+            let routes = route_configs(a, &productpage);
+            (routes.iter().filter(|r| r.ends_with(":9080")).collect::<Vec<_>>() == [&reviews_route])
+                .then_some(routes)
+        });
+    eprintln!("egress listener on 9080 for reviews: route configurations {routes:?}");
+    assert_eq!(outbound(&active_clusters(a, &productpage)), bookinfo_clusters(a));
+    let routed_before = envoy_counter(a, &productpage, &rq);
+    let passed_before = envoy_counter(a, &productpage, PASSTHROUGH_REQUESTS);
+    let answers = codes(a, &productpage, "http://reviews:9080/reviews/1", 20);
+    assert_eq!(answers.get("200"), Some(&20), "reviews from productpage: {answers:?}");
+    let answers = codes(a, &productpage, "http://ratings:9080/ratings/0", 20);
+    assert_eq!(answers.get("200"), Some(&20), "ratings from productpage, passed through: {answers:?}");
+    let routed = envoy_counter(a, &productpage, &rq) - routed_before;
+    let passed = envoy_counter(a, &productpage, PASSTHROUGH_REQUESTS) - passed_before;
+    eprintln!("reviews routed {routed}, ratings passed through {passed}");
+    assert!(routed >= 20.0, "reviews' cluster counted its requests: {routed}");
+    assert!(passed >= 20.0, "ratings' requests left through PassthroughCluster: {passed}");
     assert_eq!(envoy_counter(a, &productpage, "listener_manager.lds.update_rejected"), 0.0);
     assert_eq!(envoy_counter(a, &productpage, "cluster_manager.cds.update_rejected"), 0.0);
 }

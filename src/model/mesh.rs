@@ -350,6 +350,11 @@ impl MeshView {
         ScopeKey { namespace: proxy.namespace.clone(), labels, sidecar }
     }
 
+    /// The Sidecar that applies to `proxy`, if any.
+    pub fn sidecar_for(&self, proxy: &ProxyContext) -> Option<&super::sidecar_scope::SidecarView> {
+        self.sidecars.applying(&proxy.namespace, &proxy.labels)
+    }
+
     /// What proxies of `scope` are configured to reach: the Services
     /// exported to their namespace, narrowed by their Sidecar's egress
     /// listeners; with the Services the VirtualServices it imports send

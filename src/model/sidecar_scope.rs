@@ -22,12 +22,18 @@
 //! An egress listener with a `port` imports Services on that port only;
 //! a port is served by the first listener naming it, else by the one
 //! without a port.
+//!
+//! Ingress listeners ([`IngressListener`]), when a Sidecar has any, are
+//! the pod's inbound ports in place of those of the Services selecting it
+//! (Istio's `buildInboundClustersFromSidecar`): each its port number and
+//! protocol, and where its traffic goes (`defaultEndpoint`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::host;
 use super::mesh::ServiceView;
+use super::protocol::Protocol;
 use super::{Config, ObjectKey, Store};
 use crate::api::sidecar::SidecarSpec;
 
@@ -70,6 +76,59 @@ impl EgressListener {
     }
 }
 
+/// One inbound port a Sidecar declares for its workloads.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IngressListener {
+    pub port: u16,
+    /// As `port.protocol` names it (TCP when it names none Istio knows).
+    pub protocol: Protocol,
+    /// Where its traffic goes; None: where it was sent (the pod's address
+    /// and this port), as Istio's ORIGINAL_DST without a `defaultEndpoint`.
+    pub endpoint: Option<DefaultEndpoint>,
+}
+
+/// A `defaultEndpoint`: the application's port on loopback or on the pod's
+/// own address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultEndpoint {
+    /// `127.0.0.1:PORT` (`ipv6`: `[::1]:PORT`).
+    Loopback { ipv6: bool, port: u16 },
+    /// `0.0.0.0:PORT` (`ipv6`: `[::]:PORT`): the pod's address.
+    Pod { ipv6: bool, port: u16 },
+}
+
+impl DefaultEndpoint {
+    /// Reads a `defaultEndpoint`; None for a `unix://` path (not applied)
+    /// or anything validation refuses.
+    pub fn parse(value: &str) -> Option<Self> {
+        let (host, port) = value.rsplit_once(':')?;
+        let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+        match host {
+            "127.0.0.1" => Some(Self::Loopback { ipv6: false, port }),
+            "[::1]" => Some(Self::Loopback { ipv6: true, port }),
+            "0.0.0.0" => Some(Self::Pod { ipv6: false, port }),
+            "[::]" => Some(Self::Pod { ipv6: true, port }),
+            _ => None,
+        }
+    }
+
+    /// The address and port traffic goes to, for a pod at `pod_ip`: a pod
+    /// without an address of the family asked for is reached on loopback,
+    /// as in Istio.
+    pub fn address(self, pod_ip: Option<&str>) -> (String, u16) {
+        let is_v6 = |ip: &&str| ip.contains(':');
+        match self {
+            Self::Loopback { ipv6: false, port } => ("127.0.0.1".into(), port),
+            Self::Loopback { ipv6: true, port } => ("::1".into(), port),
+            Self::Pod { ipv6, port } => match pod_ip.filter(|ip| is_v6(ip) == ipv6) {
+                Some(ip) => (ip.to_string(), port),
+                None if ipv6 => ("::1".into(), port),
+                None => ("127.0.0.1".into(), port),
+            },
+        }
+    }
+}
+
 /// A Sidecar, as far as the mesh applies it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SidecarView {
@@ -78,6 +137,9 @@ pub struct SidecarView {
     selector: Option<BTreeMap<String, String>>,
     /// Never empty: a Sidecar without egress has one listener `*/*`.
     egress: Vec<EgressListener>,
+    /// The pod's inbound ports, when set; a listener whose endpoint is a
+    /// `unix://` path is left out (not applied: status says so).
+    pub ingress: Vec<IngressListener>,
 }
 
 impl SidecarView {
@@ -104,10 +166,26 @@ impl SidecarView {
                 hosts: vec![EgressHost { namespace: "*".into(), host: "*".into() }],
             });
         }
+        let ingress = config
+            .spec
+            .ingress
+            .iter()
+            .filter_map(|listener| {
+                let port = listener.port.as_ref()?;
+                let number = port.number.and_then(|n| u16::try_from(n).ok()).filter(|n| *n != 0)?;
+                let protocol = port.protocol.as_deref().and_then(Protocol::parse).unwrap_or(Protocol::Tcp);
+                let endpoint = match listener.default_endpoint.as_deref().filter(|e| !e.is_empty()) {
+                    None => None,
+                    Some(e) => Some(DefaultEndpoint::parse(e)?),
+                };
+                Some(IngressListener { port: number, protocol, endpoint })
+            })
+            .collect();
         Self {
             key: config.key.clone(),
             selector: config.spec.workload_selector.as_ref().map(|s| s.labels.clone()),
             egress,
+            ingress,
         }
     }
 
@@ -336,6 +414,21 @@ mod tests {
 
     fn scopes_root() -> SidecarScopes {
         scopes(vec![sidecar("istio-system", "default", "2026-01-01T00:00:00Z", None, &[(None, &["./*"])])])
+    }
+
+    #[test]
+    fn default_endpoints_name_loopback_or_the_pod() {
+        let pod = Some("10.244.0.7");
+        let at = |e: &str, ip: Option<&str>| DefaultEndpoint::parse(e).map(|e| e.address(ip));
+        assert_eq!(at("127.0.0.1:8080", pod), Some(("127.0.0.1".into(), 8080)));
+        assert_eq!(at("0.0.0.0:8080", pod), Some(("10.244.0.7".into(), 8080)));
+        assert_eq!(at("0.0.0.0:8080", None), Some(("127.0.0.1".into(), 8080)));
+        assert_eq!(at("[::1]:8080", pod), Some(("::1".into(), 8080)));
+        assert_eq!(at("[::]:8080", pod), Some(("::1".into(), 8080)), "no IPv6 address: loopback");
+        assert_eq!(at("[::]:8080", Some("fd00::7")), Some(("fd00::7".into(), 8080)));
+        assert_eq!(at("unix:///var/run/app.sock", pod), None);
+        assert_eq!(at("127.0.0.1:0", pod), None);
+        assert_eq!(at("10.0.0.1:80", pod), None);
     }
 
     #[test]

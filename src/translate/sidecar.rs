@@ -1,7 +1,8 @@
 //! A sidecar's routed configuration, in two halves.
 //!
 //! [`outbound`]: what the application's outgoing traffic meets. Clusters,
-//! endpoints and routes for every Service the proxy may reach, and the
+//! endpoints and routes for every Service the proxy may reach (exported to
+//! its namespace and imported by its Sidecar: [`MeshView::egress`]), and the
 //! `virtualOutbound` listener (port 15001) with one filter chain per
 //! Service port at the Service's ClusterIP: HTTP ports go through an HTTP
 //! connection manager whose routes come by RDS as `<host>:<port>`, other
