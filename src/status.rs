@@ -327,7 +327,7 @@ mod tests {
 
     /// A Gateway and a ServiceEntry are accepted when valid and never
     /// reported as applied: nothing translates them yet. Nor is a Sidecar's
-    /// ingress; its egress is applied.
+    /// inbound connection pool; its egress is applied.
     #[test]
     fn kinds_not_translated_yet_are_accepted_and_unsupported() {
         use crate::api::{gateway::GatewaySpec, service_entry::ServiceEntrySpec, sidecar::SidecarSpec};
@@ -342,14 +342,13 @@ mod tests {
             1,
         );
         let sidecar = config::<SidecarSpec>(
-            json!({"ingress": [{"port": {"number": 9080, "protocol": "HTTP", "name": "http"},
-                                "defaultEndpoint": "127.0.0.1:8080"}]}),
+            json!({"egress": [{"hosts": ["./*"]}], "inboundConnectionPool": {"tcp": {"maxConnections": 10}}}),
             1,
         );
         let statuses = [
             ("spec.servers", desired("Gateway", &gateway, &Context::default(), at(T0))),
             ("spec.resolution", desired("ServiceEntry", &entry, &Context::default(), at(T0))),
-            ("spec.ingress", desired("Sidecar", &sidecar, &Context::default(), at(T0))),
+            ("spec.inboundConnectionPool", desired("Sidecar", &sidecar, &Context::default(), at(T0))),
         ];
         for (field, status) in statuses {
             assert_eq!(summary(condition(&status, "Accepted")), ("True".into(), "Accepted".into()));
@@ -358,7 +357,11 @@ mod tests {
             let message = reconciled.message.as_deref().unwrap_or_default();
             assert!(message.contains(field) && message.contains("not translated yet"), "{message}");
         }
-        let egress = config::<SidecarSpec>(json!({"egress": [{"hosts": ["./*", "istio-system/*"]}]}), 1);
+        let egress = config::<SidecarSpec>(
+            json!({"egress": [{"hosts": ["./*", "istio-system/*"]}],
+                   "ingress": [{"port": {"number": 9080, "protocol": "HTTP"}, "defaultEndpoint": "127.0.0.1:8080"}]}),
+            1,
+        );
         let status = desired("Sidecar", &egress, &Context::default(), at(T0));
         assert_eq!(summary(condition(&status, "Reconciled")), ("True".into(), "Applied".into()));
         let invalid = config::<GatewaySpec>(json!({"selector": {"istio": "ingressgateway"}}), 2);

@@ -217,3 +217,103 @@ fn a_sidecar_cuts_a_proxys_clusters_to_its_namespace_and_traffic_still_flows() {
     assert_eq!(envoy_counter(a, &productpage, "listener_manager.lds.update_rejected"), 0.0);
     assert_eq!(envoy_counter(a, &productpage, "cluster_manager.cds.update_rejected"), 0.0);
 }
+
+/// A fortio server that listens on loopback port 8080 only, behind a
+/// Service on port 80 (target 80, where nothing listens), and a client.
+const LOOPBACK_SERVER: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: local-only, labels: {app: local-only}}
+spec:
+  ports:
+  - {port: 80, name: http}
+  selector: {app: local-only}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: local-only}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: local-only}
+  template:
+    metadata:
+      labels: {app: local-only}
+    spec:
+      containers:
+      - name: fortio
+        image: fortio/fortio:latest_release
+        args: [server, -http-port, "127.0.0.1:8080", -grpc-port, disabled, -redirect-port, disabled]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: sleep}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: sleep}
+  template:
+    metadata:
+      labels: {app: sleep}
+    spec:
+      containers:
+      - name: sleep
+        image: busybox
+        command: [sh, -c, 'sleep 3600']
+"#;
+
+#[test]
+fn an_ingress_listener_sends_a_port_to_its_default_endpoint() {
+    let _release = Release::install("mesh-e2e-sidecar-in", &[]);
+    let ns = TempNamespace::new("sidecar-in");
+    let n = ns.name.as_str();
+    kubectl_ok(&["label", "namespace", n, "istio-injection=enabled", "--overwrite"], None);
+    crate::support::apply(n, LOOPBACK_SERVER);
+    rollout(n);
+    kubectl_ok(&["wait", "-n", n, "--for", "condition=Ready", "pods", "--all", "--timeout=120s"], None);
+    let client = pod_named(n, "app=sleep");
+    let server = pod_named(n, "app=local-only");
+    let url = "http://local-only/echo";
+
+    // Without a Sidecar, the port goes where it was sent: nothing listens on the pod's port 80.
+    let before =
+        eventually("the server's sidecar answering for its empty port", Duration::from_secs(60), || {
+            let answers = codes(n, &client, url, 5);
+            (answers.get("503") == Some(&5)).then_some(answers)
+        });
+    eprintln!("without a Sidecar: {before:?}");
+
+    // The Sidecar's ingress listener sends port 80 to the application on loopback.
+    let _sidecar = Applied::new(
+        n,
+        "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {name: local-only}\nspec:\n  \
+         workloadSelector: {labels: {app: local-only}}\n  ingress:\n  \
+         - port: {number: 80, protocol: HTTP}\n    defaultEndpoint: 127.0.0.1:8080\n",
+    );
+    eventually("the application answering through the ingress listener", Duration::from_secs(60), || {
+        (codes(n, &client, url, 5).get("200") == Some(&5)).then_some(())
+    });
+    // As HTTP, through the port's connection manager, to the static cluster.
+    let http = "http.inbound_0.0.0.0_80.downstream_rq_total";
+    let cluster = "cluster.inbound|80||.upstream_rq_200";
+    let (http_before, cluster_before) = (envoy_counter(n, &server, http), envoy_counter(n, &server, cluster));
+    let answers = codes(n, &client, url, 50);
+    assert_eq!(answers.get("200"), Some(&50), "{answers:?}");
+    let (http_seen, cluster_seen) =
+        (envoy_counter(n, &server, http) - http_before, envoy_counter(n, &server, cluster) - cluster_before);
+    eprintln!(
+        "with the ingress listener: 50 × 200; the server's Envoy counted {http_seen} HTTP requests, {cluster_seen} answered 200 by inbound|80||"
+    );
+    assert!(http_seen >= 50.0 && cluster_seen >= 50.0, "{http_seen} {cluster_seen}");
+    assert_eq!(envoy_counter(n, &server, "listener_manager.lds.update_rejected"), 0.0);
+    assert_eq!(envoy_counter(n, &server, "cluster_manager.cds.update_rejected"), 0.0);
+    // Every field it sets is applied, and its status says so.
+    eventually("the Sidecar Reconciled", Duration::from_secs(30), || {
+        let reconciled = crate::support::jsonpath(
+            n,
+            "sidecar/local-only",
+            "{.status.conditions[?(@.type==\"Reconciled\")].status}",
+        );
+        (reconciled == "True").then_some(())
+    });
+}

@@ -16,8 +16,9 @@
 //!
 //! [`inbound`]: what traffic to the application meets. The
 //! `virtualInbound` listener (port 15006) with one chain per port of the
-//! Services that select the pod (by target port), each to
-//! `inbound|<port>||`: an original-destination cluster whose connections
+//! Services that select the pod (by target port), or per ingress listener
+//! of its Sidecar, each to `inbound|<port>||`: an original-destination
+//! cluster (a static one to a Sidecar's `defaultEndpoint`) whose connections
 //! leave from 127.0.0.6, which the iptables rules let through uncaptured
 //! (`-s 127.0.0.6/32 -o lo -j RETURN`); other ports keep the pass-through
 //! chains. It depends on the pod itself.
@@ -32,7 +33,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{BindConfig, CidrRange};
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action, route_match,
@@ -58,11 +61,12 @@ use super::passthrough::{
 use super::route::{
     cors_filter, fault_filter, route_configuration_for, service_route_configuration, service_route_name,
 };
-use super::{any, seconds, socket_address};
+use super::{address, any, seconds, socket_address};
 use super::{tcp, tls};
 use crate::model::mesh::{MeshView, PortView, ProxyContext, ScopeKey, ServiceView};
 use crate::model::mtls::MtlsMode;
 use crate::model::protocol::Protocol;
+use crate::model::sidecar_scope::IngressListener;
 
 /// What a proxy's outgoing traffic needs; the same for every proxy of a scope.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -337,15 +341,20 @@ fn http_connection_manager() -> HttpConnectionManager {
     }
 }
 
-/// One port the pod serves, as some Service that selects it exposes it.
-#[derive(Clone, Copy, Debug)]
+/// One port the pod serves, as some Service that selects it exposes it,
+/// or as its Sidecar's ingress listener declares it.
+#[derive(Clone, Debug)]
 pub struct InboundPort<'a> {
     /// The container port.
     pub port: u16,
     pub protocol: Protocol,
     /// The Service that exposes it: when several do, the first by host
-    /// name, whose protocol and policies the port gets.
-    pub service: &'a ServiceView,
+    /// name, whose protocol and policies the port gets. A Sidecar's
+    /// ingress port may have none (Istio then names the Sidecar instead).
+    pub service: Option<&'a ServiceView>,
+    /// Where its traffic goes, from a Sidecar's `defaultEndpoint`; None:
+    /// the address it was sent to.
+    pub endpoint: Option<(String, u16)>,
 }
 
 /// What an inbound port enforces before it hands a request or connection
@@ -366,11 +375,42 @@ fn inbound_ports<'a>(view: &'a MeshView, proxy: &ProxyContext) -> Vec<InboundPor
     for service in view.services_of(proxy) {
         for port in service.ports.iter().filter(|p| p.protocol.is_captured()) {
             if let Some(target) = target_port(port, proxy) {
-                ports.entry(target).or_insert(InboundPort { port: target, protocol: port.protocol, service });
+                ports.entry(target).or_insert(InboundPort {
+                    port: target,
+                    protocol: port.protocol,
+                    service: Some(service),
+                    endpoint: None,
+                });
             }
         }
     }
     ports.into_values().collect()
+}
+
+/// The ports a Sidecar's ingress listeners declare, in their order (the
+/// first of two on one port): each with the Service that selects the pod
+/// on that target port, if one does (Istio's `findOrCreateServiceInstance`).
+fn ingress_ports<'a>(
+    view: &'a MeshView,
+    proxy: &ProxyContext,
+    listeners: &[IngressListener],
+) -> Vec<InboundPort<'a>> {
+    let mut ports: Vec<InboundPort> = Vec::new();
+    for listener in listeners {
+        if ports.iter().any(|p| p.port == listener.port) {
+            continue;
+        }
+        let service = view.services_of(proxy).find(|s| {
+            s.ports.iter().any(|p| p.protocol.is_captured() && target_port(p, proxy) == Some(listener.port))
+        });
+        ports.push(InboundPort {
+            port: listener.port,
+            protocol: listener.protocol,
+            service,
+            endpoint: listener.endpoint.map(|e| e.address(proxy.ip.as_deref())),
+        });
+    }
+    ports
 }
 
 /// The container port behind a Service port: a number, or a named port
@@ -398,7 +438,11 @@ pub fn inbound(
     proxy: &ProxyContext,
     policy: impl Fn(&InboundPort) -> PortPolicy,
 ) -> Inbound {
-    let ports = inbound_ports(view, proxy);
+    // A Sidecar's ingress listeners replace the Services' ports, as in Istio.
+    let ports = match view.sidecar_for(proxy).filter(|s| !s.ingress.is_empty()) {
+        Some(sidecar) => ingress_ports(view, proxy, &sidecar.ingress),
+        None => inbound_ports(view, proxy),
+    };
     let mut clusters: Vec<Cluster> = ports.iter().map(inbound_cluster).collect();
     clusters.push(passthrough::inbound_cluster());
     let mut chains: Vec<FilterChain> = ports.iter().flat_map(|p| inbound_chains(p, &policy(p))).collect();
@@ -414,10 +458,12 @@ pub fn inbound(
 }
 
 /// `inbound|<port>||`: to the application, at the address the connection
-/// was made to, from 127.0.0.6.
+/// was made to (or the Sidecar's `defaultEndpoint`: a static cluster), from
+/// 127.0.0.6, which the iptables rules let through uncaptured.
 fn inbound_cluster(port: &InboundPort) -> Cluster {
+    let name = inbound_name(port.port);
     let mut cluster = Cluster {
-        name: inbound_name(port.port),
+        name: name.clone(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::OriginalDst.into(),
         )),
@@ -429,11 +475,39 @@ fn inbound_cluster(port: &InboundPort) -> Cluster {
         }),
         ..Default::default()
     };
+    if let Some((ip, number)) = &port.endpoint {
+        cluster.cluster_discovery_type =
+            Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static.into()));
+        cluster.lb_policy = cluster::LbPolicy::RoundRobin.into();
+        cluster.load_assignment = Some(static_assignment(name, ip, *number));
+        if ip.contains(':') {
+            // 127.0.0.6 cannot reach an IPv6 address.
+            cluster.upstream_bind_config = None;
+        }
+    }
     if port.protocol.is_http2() {
         cluster.typed_extension_protocol_options =
             [(HttpProtocolOptions::full_name(), any(&http2_options()))].into();
     }
     cluster
+}
+
+/// One endpoint, inline in its cluster.
+fn static_assignment(cluster_name: String, ip: &str, port: u16) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name,
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: vec![LbEndpoint {
+                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                    address: Some(address(ip, u32::from(port))),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
 }
 
 /// A port's chains: PERMISSIVE takes mutual TLS with Istio's ALPN on one

@@ -210,8 +210,15 @@ fn descend(inventory: &Inventory, kind: &str, value: &Value, at: &str, path: &st
 }
 
 /// Values of an applied field that mesh does not apply: gateway names
-/// other than `mesh`, since there are no gateway proxies yet.
+/// other than `mesh`, since there are no gateway proxies yet; a Sidecar
+/// ingress listener's `unix://` endpoint.
 fn unapplied_value(kind: &str, path: &str, value: &Value) -> Option<String> {
+    if kind == "Sidecar" && path == "spec.ingress[].defaultEndpoint" {
+        return value.as_str().filter(|v| v.starts_with("unix://")).map(|_| {
+            "a unix:// endpoint is not served: the listener is left out, use 127.0.0.1:PORT or 0.0.0.0:PORT"
+                .to_string()
+        });
+    }
     let is_gateways = kind == "VirtualService"
         && matches!(
             path,

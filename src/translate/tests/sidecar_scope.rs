@@ -232,3 +232,96 @@ fn an_egress_listener_with_a_port_serves_that_port() {
         &inbound(&mesh_view(&index), &productpage(&index), permissive),
     );
 }
+
+/// The inbound clusters of a proxy: name, discovery type and, for a static
+/// one, its endpoint.
+fn inbound_clusters(inb: &crate::translate::sidecar::Inbound) -> Vec<String> {
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::ClusterDiscoveryType;
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    inb.clusters
+        .iter()
+        .map(|c| {
+            let kind = match c.cluster_discovery_type {
+                Some(ClusterDiscoveryType::Type(t)) => format!("{:?}", envoy_types::pb::envoy::config::cluster::v3::cluster::DiscoveryType::try_from(t).unwrap()),
+                _ => "?".into(),
+            };
+            let endpoint = c.load_assignment.iter().flat_map(|a| &a.endpoints).flat_map(|e| &e.lb_endpoints).map(|e| {
+                let Some(HostIdentifier::Endpoint(endpoint)) = &e.host_identifier else { return String::new() };
+                let Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(a)) =
+                    endpoint.address.as_ref().and_then(|a| a.address.as_ref())
+                else {
+                    return String::new();
+                };
+                match a.port_specifier {
+                    Some(envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier::PortValue(p)) => format!(" {}:{p}", a.address),
+                    _ => format!(" {}", a.address),
+                }
+            });
+            format!("{} {kind}{}", c.name, endpoint.collect::<String>())
+        })
+        .collect()
+}
+
+#[test]
+fn ingress_listeners_replace_the_services_ports() {
+    let mut index = mesh();
+    let view = mesh_view(&index);
+    let proxy = productpage(&index);
+    let ip = proxy.ip.clone().expect("productpage has an address");
+    let before = inbound(&view, &proxy, permissive);
+    assert_eq!(
+        inbound_clusters(&before),
+        ["inbound|9080|| OriginalDst", "InboundPassthroughCluster OriginalDst"]
+    );
+
+    sidecar(
+        &mut index,
+        "default",
+        "productpage",
+        json!({"workloadSelector": {"labels": {"app": "productpage"}}, "ingress": [
+            {"port": {"number": 9080, "protocol": "HTTP", "name": "http"}, "defaultEndpoint": "127.0.0.1:8080"},
+            {"port": {"number": 9090, "protocol": "TCP", "name": "tcp"}, "defaultEndpoint": "0.0.0.0:9091"},
+            {"port": {"number": 7070, "protocol": "HTTP", "name": "as-sent"}},
+            // Not applied: a Unix socket (status says so); the listener is left out.
+            {"port": {"number": 6060, "protocol": "HTTP", "name": "uds"}, "defaultEndpoint": "unix:///var/run/app.sock"},
+        ]}),
+    );
+    let view = mesh_view(&index);
+    // Which Service each port's policy is asked for: productpage's on 9080 only.
+    let asked = std::cell::RefCell::new(Vec::new());
+    let inb = inbound(&view, &proxy, |port| {
+        asked.borrow_mut().push((port.port, port.service.map(|s| s.key.name.clone())));
+        crate::translate::sidecar::PortPolicy::default()
+    });
+    assert_eq!(
+        inbound_clusters(&inb),
+        [
+            "inbound|9080|| Static 127.0.0.1:8080".to_string(),
+            format!("inbound|9090|| Static {ip}:9091"),
+            "inbound|7070|| OriginalDst".to_string(),
+            "InboundPassthroughCluster OriginalDst".to_string(),
+        ]
+    );
+    let asked = asked.into_inner();
+    assert!(asked.contains(&(9080, Some("productpage".into()))), "{asked:?}");
+    assert!(asked.contains(&(9090, None)) && asked.contains(&(7070, None)), "{asked:?}");
+    let ports: BTreeSet<String> = inb
+        .listener
+        .filter_chains
+        .iter()
+        .filter(|c| c.name.starts_with("inbound|"))
+        .map(|c| c.name.clone())
+        .collect();
+    // PERMISSIVE: a mutual TLS chain and a plaintext one per port.
+    let expected = ["7070", "9080", "9090"]
+        .iter()
+        .flat_map(|p| [format!("inbound|{p}||"), format!("inbound|{p}||;mtls")]);
+    assert_eq!(ports, expected.collect());
+    // Other pods of the namespace keep their Services' ports.
+    let reviews = inbound(&view, &pod(&index, "reviews-v1-0"), permissive);
+    assert_eq!(
+        inbound_clusters(&reviews),
+        ["inbound|9080|| OriginalDst", "InboundPassthroughCluster OriginalDst"]
+    );
+    assert_envoy_accepts("a Sidecar's ingress listeners", &outbound(&view, &view.scope(&proxy)), &inb);
+}
