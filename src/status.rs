@@ -327,7 +327,7 @@ mod tests {
 
     /// A Gateway and a ServiceEntry are accepted when valid and never
     /// reported as applied: nothing translates them yet. Nor is a Sidecar's
-    /// inbound connection pool; its egress is applied.
+    /// outbound traffic policy; its egress and ingress are applied.
     #[test]
     fn kinds_not_translated_yet_are_accepted_and_unsupported() {
         use crate::api::{gateway::GatewaySpec, service_entry::ServiceEntrySpec, sidecar::SidecarSpec};
@@ -342,24 +342,33 @@ mod tests {
             1,
         );
         let sidecar = config::<SidecarSpec>(
-            json!({"egress": [{"hosts": ["./*"]}], "inboundConnectionPool": {"tcp": {"maxConnections": 10}}}),
+            json!({"egress": [{"hosts": ["./*"]}], "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}),
             1,
         );
         let statuses = [
-            ("spec.servers", desired("Gateway", &gateway, &Context::default(), at(T0))),
-            ("spec.resolution", desired("ServiceEntry", &entry, &Context::default(), at(T0))),
-            ("spec.inboundConnectionPool", desired("Sidecar", &sidecar, &Context::default(), at(T0))),
+            ("spec.servers", "not translated yet", desired("Gateway", &gateway, &Context::default(), at(T0))),
+            (
+                "spec.resolution",
+                "not translated yet",
+                desired("ServiceEntry", &entry, &Context::default(), at(T0)),
+            ),
+            (
+                "spec.outboundTrafficPolicy",
+                "waits for the mesh-wide outboundTrafficPolicy",
+                desired("Sidecar", &sidecar, &Context::default(), at(T0)),
+            ),
         ];
-        for (field, status) in statuses {
+        for (field, reason, status) in statuses {
             assert_eq!(summary(condition(&status, "Accepted")), ("True".into(), "Accepted".into()));
             let reconciled = condition(&status, "Reconciled");
             assert_eq!(summary(reconciled), ("False".into(), "Unsupported".into()));
             let message = reconciled.message.as_deref().unwrap_or_default();
-            assert!(message.contains(field) && message.contains("not translated yet"), "{message}");
+            assert!(message.contains(field) && message.contains(reason), "{message}");
         }
         let egress = config::<SidecarSpec>(
             json!({"egress": [{"hosts": ["./*", "istio-system/*"]}],
-                   "ingress": [{"port": {"number": 9080, "protocol": "HTTP"}, "defaultEndpoint": "127.0.0.1:8080"}]}),
+                   "ingress": [{"port": {"number": 9080, "protocol": "HTTP"}, "defaultEndpoint": "127.0.0.1:8080"}],
+                   "inboundConnectionPool": {"tcp": {"maxConnections": 10}}}),
             1,
         );
         let status = desired("Sidecar", &egress, &Context::default(), at(T0));

@@ -4,7 +4,9 @@
 //! productpage Envoy holds to its namespace's Services, counted in the
 //! Envoy's own /config_dump, while traffic inside the namespace still
 //! flows; a Sidecar with a `workloadSelector` narrows only the pod it
-//! selects; an egress listener for one port serves that port alone.
+//! selects; an egress listener for one port serves that port alone; an
+//! ingress listener sends its port to the application's loopback address,
+//! with its connection pool's limits.
 //! Without a ServiceEntry or REGISTRY_ONLY, a call to a Service left out
 //! still leaves the pod, unrouted, through `PassthroughCluster` (Istio's
 //! ALLOW_ANY).
@@ -316,4 +318,64 @@ fn an_ingress_listener_sends_a_port_to_its_default_endpoint() {
         );
         (reconciled == "True").then_some(())
     });
+
+    // Ten requests at once, each held a second by the server: without a
+    // pool, the inbound cluster takes them all.
+    let overflow = "cluster.inbound|80||.upstream_rq_pending_overflow";
+    let burst = || {
+        let before = envoy_counter(n, &server, overflow);
+        let answers = concurrent_codes(n, &client, "http://local-only/echo?delay=1s", 10);
+        (answers, envoy_counter(n, &server, overflow) - before)
+    };
+    let (answers, overflowed) = burst();
+    eprintln!("10 at once, no pool: {answers:?}, {overflowed} overflowed");
+    assert_eq!((answers.get("200"), overflowed), (Some(&10), 0.0), "{answers:?}");
+
+    // The Sidecar's inboundConnectionPool: one connection, one waiting; the rest overflow.
+    let sidecar = |pools: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {{name: local-only}}\nspec:\n  \
+             workloadSelector: {{labels: {{app: local-only}}}}\n  ingress:\n  \
+             - port: {{number: 80, protocol: HTTP}}\n    defaultEndpoint: 127.0.0.1:8080\n{pools}"
+        )
+    };
+    let strict = "  inboundConnectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}\n";
+    let _pool = Applied::new(n, &sidecar(strict));
+    let (answers, overflowed) =
+        eventually("the server's Envoy refusing what overflows", Duration::from_secs(60), || {
+            let (answers, overflowed) = burst();
+            (overflowed > 0.0).then_some((answers, overflowed))
+        });
+    eprintln!(
+        "10 at once, inboundConnectionPool 1 + 1 pending: {answers:?}, {overflowed} overflowed at the server"
+    );
+    assert!(answers.get("200").is_some_and(|n| *n >= 2), "the first requests are served: {answers:?}");
+
+    // The listener's own connectionPool replaces it on its port.
+    let generous = format!("    connectionPool: {{tcp: {{maxConnections: 100}}}}\n{strict}");
+    let _pool = Applied::new(n, &sidecar(&generous));
+    let answers = eventually("the listener's pool in force", Duration::from_secs(60), || {
+        let (answers, overflowed) = burst();
+        (overflowed == 0.0 && answers.get("200") == Some(&10)).then_some(answers)
+    });
+    eprintln!("10 at once, the listener's connectionPool of 100: {answers:?}, none overflowed");
+}
+
+/// HTTP status codes of `n` requests sent at once from `pod` to `url`, counted.
+fn concurrent_codes(
+    namespace: &str,
+    pod: &str,
+    url: &str,
+    n: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    let script = format!(
+        "for i in $(seq 1 {n}); do curl -s -o /dev/null -m 20 -w '%{{http_code}}\\n' '{url}' & done; wait"
+    );
+    let out = enter(namespace, pod, &script);
+    let mut counts = std::collections::BTreeMap::new();
+    for code in out.stdout.lines() {
+        *counts.entry(code.to_string()).or_default() += 1;
+    }
+    assert_eq!(counts.values().sum::<usize>(), n, "{n} answers: {counts:?} {}", out.stderr);
+    counts
 }

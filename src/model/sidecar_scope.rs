@@ -26,7 +26,9 @@
 //! Ingress listeners ([`IngressListener`]), when a Sidecar has any, are
 //! the pod's inbound ports in place of those of the Services selecting it
 //! (Istio's `buildInboundClustersFromSidecar`): each its port number and
-//! protocol, and where its traffic goes (`defaultEndpoint`).
+//! protocol, and where its traffic goes (`defaultEndpoint`); its
+//! `connectionPool` (else `inboundConnectionPool`, which also applies to the
+//! Services' ports) limits its inbound cluster.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -35,6 +37,7 @@ use super::host;
 use super::mesh::ServiceView;
 use super::protocol::Protocol;
 use super::{Config, ObjectKey, Store};
+use crate::api::destination_rule::ConnectionPoolSettings;
 use crate::api::sidecar::SidecarSpec;
 
 /// One egress host entry, `namespace/host`.
@@ -85,6 +88,8 @@ pub struct IngressListener {
     /// Where its traffic goes; None: where it was sent (the pod's address
     /// and this port), as Istio's ORIGINAL_DST without a `defaultEndpoint`.
     pub endpoint: Option<DefaultEndpoint>,
+    /// Its own `connectionPool`, else the Sidecar's `inboundConnectionPool`.
+    pub connection_pool: Option<ConnectionPoolSettings>,
 }
 
 /// A `defaultEndpoint`: the application's port on loopback or on the pod's
@@ -140,6 +145,9 @@ pub struct SidecarView {
     /// The pod's inbound ports, when set; a listener whose endpoint is a
     /// `unix://` path is left out (not applied: status says so).
     pub ingress: Vec<IngressListener>,
+    /// `inboundConnectionPool`: the limits of every inbound port that has
+    /// none of its own, the Services' ports included.
+    pub inbound_connection_pool: Option<ConnectionPoolSettings>,
 }
 
 impl SidecarView {
@@ -178,7 +186,9 @@ impl SidecarView {
                     None => None,
                     Some(e) => Some(DefaultEndpoint::parse(e)?),
                 };
-                Some(IngressListener { port: number, protocol, endpoint })
+                let connection_pool =
+                    listener.connection_pool.clone().or_else(|| config.spec.inbound_connection_pool.clone());
+                Some(IngressListener { port: number, protocol, endpoint, connection_pool })
             })
             .collect();
         Self {
@@ -186,6 +196,7 @@ impl SidecarView {
             selector: config.spec.workload_selector.as_ref().map(|s| s.labels.clone()),
             egress,
             ingress,
+            inbound_connection_pool: config.spec.inbound_connection_pool.clone(),
         }
     }
 

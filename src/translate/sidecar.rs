@@ -50,8 +50,8 @@ use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use prost::Name;
 
 use super::cluster::{
-    CONNECT_TIMEOUT_SECONDS, ClusterPolicy, ads_config_source, black_hole_cluster, http2_options,
-    inbound_name, outbound_name, service_port_clusters,
+    CONNECT_TIMEOUT_SECONDS, ClusterPolicy, ads_config_source, apply_connection_pool, black_hole_cluster,
+    http2_options, inbound_name, outbound_name, service_port_clusters,
 };
 use super::endpoint::load_assignment;
 use super::passthrough::{
@@ -63,6 +63,7 @@ use super::route::{
 };
 use super::{address, any, seconds, socket_address};
 use super::{tcp, tls};
+use crate::api::destination_rule::ConnectionPoolSettings;
 use crate::model::mesh::{MeshView, PortView, ProxyContext, ScopeKey, ServiceView};
 use crate::model::mtls::MtlsMode;
 use crate::model::protocol::Protocol;
@@ -355,6 +356,8 @@ pub struct InboundPort<'a> {
     /// Where its traffic goes, from a Sidecar's `defaultEndpoint`; None:
     /// the address it was sent to.
     pub endpoint: Option<(String, u16)>,
+    /// The Sidecar's limits on the port's inbound connections, if any.
+    pub connection_pool: Option<&'a ConnectionPoolSettings>,
 }
 
 /// What an inbound port enforces before it hands a request or connection
@@ -371,6 +374,7 @@ pub struct PortPolicy {
 /// The ports of `proxy`'s pod that Services expose, by target port: when
 /// two Services disagree on a port's protocol, the first by host name wins.
 fn inbound_ports<'a>(view: &'a MeshView, proxy: &ProxyContext) -> Vec<InboundPort<'a>> {
+    let connection_pool = view.sidecar_for(proxy).and_then(|s| s.inbound_connection_pool.as_ref());
     let mut ports: BTreeMap<u16, InboundPort> = BTreeMap::new();
     for service in view.services_of(proxy) {
         for port in service.ports.iter().filter(|p| p.protocol.is_captured()) {
@@ -380,6 +384,7 @@ fn inbound_ports<'a>(view: &'a MeshView, proxy: &ProxyContext) -> Vec<InboundPor
                     protocol: port.protocol,
                     service: Some(service),
                     endpoint: None,
+                    connection_pool,
                 });
             }
         }
@@ -393,7 +398,7 @@ fn inbound_ports<'a>(view: &'a MeshView, proxy: &ProxyContext) -> Vec<InboundPor
 fn ingress_ports<'a>(
     view: &'a MeshView,
     proxy: &ProxyContext,
-    listeners: &[IngressListener],
+    listeners: &'a [IngressListener],
 ) -> Vec<InboundPort<'a>> {
     let mut ports: Vec<InboundPort> = Vec::new();
     for listener in listeners {
@@ -408,6 +413,7 @@ fn ingress_ports<'a>(
             protocol: listener.protocol,
             service,
             endpoint: listener.endpoint.map(|e| e.address(proxy.ip.as_deref())),
+            connection_pool: listener.connection_pool.as_ref(),
         });
     }
     ports
@@ -459,7 +465,8 @@ pub fn inbound(
 
 /// `inbound|<port>||`: to the application, at the address the connection
 /// was made to (or the Sidecar's `defaultEndpoint`: a static cluster), from
-/// 127.0.0.6, which the iptables rules let through uncaptured.
+/// 127.0.0.6, which the iptables rules let through uncaptured (but to
+/// loopback, which they never capture).
 fn inbound_cluster(port: &InboundPort) -> Cluster {
     let name = inbound_name(port.port);
     let mut cluster = Cluster {
@@ -480,14 +487,19 @@ fn inbound_cluster(port: &InboundPort) -> Cluster {
             Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static.into()));
         cluster.lb_policy = cluster::LbPolicy::RoundRobin.into();
         cluster.load_assignment = Some(static_assignment(name, ip, *number));
-        if ip.contains(':') {
-            // 127.0.0.6 cannot reach an IPv6 address.
+        // Loopback is never captured, so it needs no 127.0.0.6 (Istio binds
+        // only for other addresses); nor can 127.0.0.6 reach IPv6.
+        if ip == "127.0.0.1" || ip.contains(':') {
             cluster.upstream_bind_config = None;
         }
     }
     if port.protocol.is_http2() {
         cluster.typed_extension_protocol_options =
             [(HttpProtocolOptions::full_name(), any(&http2_options()))].into();
+    }
+    if let Some(pool) = port.connection_pool {
+        // As Istio's inbound cluster builder: the outbound pool's translation.
+        apply_connection_pool(&mut cluster, Some(pool), port.protocol);
     }
     cluster
 }

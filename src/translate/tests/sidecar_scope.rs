@@ -325,3 +325,90 @@ fn ingress_listeners_replace_the_services_ports() {
     );
     assert_envoy_accepts("a Sidecar's ingress listeners", &outbound(&view, &view.scope(&proxy)), &inb);
 }
+
+/// `(max_connections, max_pending_requests)` of a cluster's circuit breaker, if it has one.
+fn limits(inb: &crate::translate::sidecar::Inbound, name: &str) -> Option<(u32, u32)> {
+    let cluster = inb.clusters.iter().find(|c| c.name == name).expect("the cluster");
+    let t = cluster.circuit_breakers.as_ref()?.thresholds.first()?.clone();
+    Some((t.max_connections?.value, t.max_pending_requests?.value))
+}
+
+#[test]
+fn inbound_connection_pools_limit_the_inbound_clusters() {
+    let mut index = mesh();
+    let proxy = productpage(&index);
+    assert_eq!(limits(&inbound(&mesh_view(&index), &proxy, permissive), "inbound|9080||"), None);
+
+    // The Sidecar's pool, on the Services' ports.
+    sidecar(
+        &mut index,
+        "default",
+        "default",
+        json!({"inboundConnectionPool": {"tcp": {"maxConnections": 3}}}),
+    );
+    let inb = inbound(&mesh_view(&index), &proxy, permissive);
+    assert_eq!(limits(&inb, "inbound|9080||"), Some((3, u32::MAX)));
+
+    // An ingress listener's own pool replaces it; one without keeps it.
+    sidecar(
+        &mut index,
+        "default",
+        "default",
+        json!({"inboundConnectionPool": {"tcp": {"maxConnections": 3}}, "ingress": [
+            {"port": {"number": 9080, "protocol": "HTTP"}, "defaultEndpoint": "127.0.0.1:9080",
+             "connectionPool": {"http": {"http1MaxPendingRequests": 2}}},
+            {"port": {"number": 9090, "protocol": "TCP"}},
+        ]}),
+    );
+    let view = mesh_view(&index);
+    let inb = inbound(&view, &proxy, permissive);
+    assert_eq!(limits(&inb, "inbound|9080||"), Some((u32::MAX, 2)));
+    assert_eq!(limits(&inb, "inbound|9090||"), Some((3, u32::MAX)));
+    assert_envoy_accepts("inbound connection pools", &outbound(&view, &view.scope(&proxy)), &inb);
+}
+
+/// Every field of a connection pool: the inbound cluster takes exactly what a
+/// DestinationRule's pool gives an outbound one (src/translate/tests/policy.rs
+/// proves that translation field by field).
+#[test]
+fn an_inbound_pool_translates_every_field_as_a_destination_rules_pool() {
+    let pool = json!({
+        "tcp": {"maxConnections": 7, "connectTimeout": "3s", "maxConnectionDuration": "1h", "idleTimeout": "30s",
+                "tcpKeepalive": {"probes": 4, "time": "60s", "interval": "5s"}},
+        "http": {"http1MaxPendingRequests": 5, "http2MaxRequests": 9, "maxRequestsPerConnection": 3, "maxRetries": 2,
+                 "idleTimeout": "20s", "maxConcurrentStreams": 11, "h2UpgradePolicy": "DEFAULT", "useClientProtocol": true},
+    });
+    let mut index = mesh();
+    index.apply::<crate::index::DestinationRules>(
+        &objects::dr("productpage").with("trafficPolicy", json!({"connectionPool": pool.clone()})).build(),
+    );
+    for spec in [
+        json!({"inboundConnectionPool": pool.clone()}),
+        json!({"ingress": [{"port": {"number": 9080, "protocol": "HTTP"}, "connectionPool": pool.clone()}]}),
+    ] {
+        sidecar(&mut index, "default", "default", spec.clone());
+        let view = mesh_view(&index);
+        let proxy = productpage(&index);
+        let out = outbound(&view, &view.scope(&proxy));
+        let inb = inbound(&view, &proxy, permissive);
+        let outbound_cluster = out
+            .clusters
+            .iter()
+            .find(|c| c.name == "outbound|9080||productpage.default.svc.cluster.local")
+            .unwrap();
+        let inbound_cluster = inb.clusters.iter().find(|c| c.name == "inbound|9080||").unwrap();
+        assert!(inbound_cluster.circuit_breakers.is_some(), "{spec}");
+        assert_eq!(inbound_cluster.circuit_breakers, outbound_cluster.circuit_breakers, "{spec}");
+        assert_eq!(inbound_cluster.connect_timeout, outbound_cluster.connect_timeout, "{spec}");
+        assert_eq!(
+            inbound_cluster.upstream_connection_options, outbound_cluster.upstream_connection_options,
+            "{spec}"
+        );
+        assert_eq!(
+            inbound_cluster.typed_extension_protocol_options,
+            outbound_cluster.typed_extension_protocol_options,
+            "{spec}"
+        );
+        assert_envoy_accepts("an inbound pool with every field", &out, &inb);
+    }
+}
