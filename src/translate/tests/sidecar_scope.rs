@@ -329,7 +329,7 @@ fn ingress_listeners_replace_the_services_ports() {
 /// `(max_connections, max_pending_requests)` of a cluster's circuit breaker, if it has one.
 fn limits(inb: &crate::translate::sidecar::Inbound, name: &str) -> Option<(u32, u32)> {
     let cluster = inb.clusters.iter().find(|c| c.name == name).expect("the cluster");
-    let t = cluster.circuit_breakers.as_ref()?.thresholds.first()?.clone();
+    let t = *cluster.circuit_breakers.as_ref()?.thresholds.first()?;
     Some((t.max_connections?.value, t.max_pending_requests?.value))
 }
 
