@@ -192,7 +192,7 @@ fn a_sidecar_cuts_a_proxys_clusters_to_its_namespace_and_traffic_still_flows() {
         a,
         &format!(
             "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {{name: default}}\nspec:\n  \
-             egress:\n  - port: {{number: 9080, protocol: HTTP, name: http}}\n    \
+             egress:\n  - port: {{number: 9080, protocol: HTTP, name: http}}\n    captureMode: DEFAULT\n    \
              hosts: [\"./reviews.{a}.svc.cluster.local\"]\n  - hosts: [\"./*\"]\n"
         ),
     );
@@ -290,7 +290,7 @@ fn an_ingress_listener_sends_a_port_to_its_default_endpoint() {
         n,
         "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {name: local-only}\nspec:\n  \
          workloadSelector: {labels: {app: local-only}}\n  ingress:\n  \
-         - port: {number: 80, protocol: HTTP}\n    defaultEndpoint: 127.0.0.1:8080\n",
+         - port: {number: 80, protocol: HTTP}\n    defaultEndpoint: 127.0.0.1:8080\n    captureMode: IPTABLES\n",
     );
     eventually("the application answering through the ingress listener", Duration::from_secs(60), || {
         (codes(n, &client, url, 5).get("200") == Some(&5)).then_some(())

@@ -211,8 +211,16 @@ fn descend(inventory: &Inventory, kind: &str, value: &Value, at: &str, path: &st
 
 /// Values of an applied field that mesh does not apply: gateway names
 /// other than `mesh`, since there are no gateway proxies yet; a Sidecar
-/// ingress listener's `unix://` endpoint.
+/// ingress listener's `unix://` endpoint; a Sidecar listener's capture
+/// mode NONE (DEFAULT and IPTABLES are the mesh's iptables capture).
 fn unapplied_value(kind: &str, path: &str, value: &Value) -> Option<String> {
+    if kind == "Sidecar" && matches!(path, "spec.ingress[].captureMode" | "spec.egress[].captureMode") {
+        return (value.as_str() == Some("NONE")).then(|| {
+            "NONE is not applied: traffic is always captured by iptables, and no listener of its own is built \
+             for the application to call"
+                .to_string()
+        });
+    }
     if kind == "Sidecar" && path == "spec.ingress[].defaultEndpoint" {
         return value.as_str().filter(|v| v.starts_with("unix://")).map(|_| {
             "a unix:// endpoint is not served: the listener is left out, use 127.0.0.1:PORT or 0.0.0.0:PORT"
