@@ -15,8 +15,9 @@
 //! any namespace, `~` none. A Service of namespace `n` is imported when it
 //! falls within (Istio's `SubsetOf`) a host listed for `n`, or, when no
 //! host names `n`, one listed for `*`: Istio's `selectServices`. A
-//! VirtualService is imported the same way by its namespace, when one of
-//! its hosts has names in common (Istio's `Matches`) with such a host.
+//! VirtualService of namespace `n` is imported when one of its hosts has
+//! names in common (Istio's `Matches`) with a host listed for `n` or for
+//! `*` (both, in Istio's `SelectVirtualServices`).
 //! A Sidecar without egress imports like one listener `*/*`.
 //!
 //! An egress listener with a `port` imports Services on that port only;
@@ -225,10 +226,16 @@ impl SidecarView {
     }
 
     /// Whether some egress listener imports a VirtualService of
-    /// `namespace` with `hosts` (resolved).
+    /// `namespace` with `hosts` (resolved): by the hosts listed for its
+    /// namespace and, unlike a Service, also by those for any namespace
+    /// (Istio's `SelectVirtualServices` checks both).
     pub fn imports_virtual_service(&self, proxy_namespace: &str, namespace: &str, hosts: &[String]) -> bool {
         self.egress.iter().any(|l| {
-            let imported = l.hosts_for(namespace, proxy_namespace);
+            let names = |h: &&EgressHost| {
+                h.namespace == "*"
+                    || (if h.namespace == "." { proxy_namespace } else { &h.namespace }) == namespace
+            };
+            let imported: Vec<&str> = l.hosts.iter().filter(names).map(|h| h.host.as_str()).collect();
             hosts.iter().any(|vh| imported.iter().any(|ih| host::matches(vh, ih)))
         })
     }
@@ -471,13 +478,18 @@ mod tests {
             "s",
             "2026-01-01T00:00:00Z",
             None,
-            &[(None, &["./*", "*/*.example.com"])],
+            &[(None, &["./*", "*/*.example.com", "b/ratings.b.svc.cluster.local"])],
         )]);
         let s = scopes.get(&ObjectKey::new("a", "s")).unwrap();
         let hosts = |h: &[&str]| h.iter().map(|h| h.to_string()).collect::<Vec<_>>();
         assert!(s.imports_virtual_service("a", "a", &hosts(&["reviews.a.svc.cluster.local"])));
         assert!(!s.imports_virtual_service("a", "b", &hosts(&["reviews.a.svc.cluster.local"])));
         assert!(s.imports_virtual_service("a", "b", &hosts(&["www.example.com"])));
+        // Namespace b is named, and the `*/` hosts still apply to its rules (not to its Services).
+        assert!(s.imports_virtual_service("a", "b", &hosts(&["ratings.b.svc.cluster.local"])));
+        assert!(s.imports_virtual_service("a", "b", &hosts(&["api.example.com"])));
+        assert!(!s.imports_virtual_service("a", "b", &hosts(&["details.b.svc.cluster.local"])));
+        assert!(!s.imports("a", "b", "api.b.svc.cluster.local", 80));
         // No egress at all imports everything.
         let open = scopes_of_empty();
         let s = open.get(&ObjectKey::new("a", "open")).unwrap();
