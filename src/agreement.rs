@@ -40,7 +40,7 @@ fn validate(index: &Index, kind: &str, namespace: &str, spec: &Value) -> Vec<Fin
 /// Translation's verdict: the outbound configuration of a sidecar in `default`.
 fn translate(index: &Index) -> (MeshView, Outbound) {
     let view = MeshView::build(index.state());
-    let scope = ScopeKey { namespace: "default".into(), labels: Default::default() };
+    let scope = ScopeKey { namespace: "default".into(), labels: Default::default(), sidecar: None };
     let out = outbound(&view, &scope);
     (view, out)
 }
@@ -296,9 +296,52 @@ fn the_mesh_gateway_means_the_sidecars_to_both() {
         let scope = ScopeKey {
             namespace: "default".into(),
             labels: [("app".to_string(), "productpage".to_string())].into(),
+            sidecar: None,
         };
         let service = view.service(REVIEWS).expect("reviews");
         let bound = view.virtual_service_for(&scope, service).is_some();
         assert_eq!((warned, bound), (!for_sidecars, for_sidecars), "gateways {gateways:?}: {findings:?}");
+    }
+}
+
+/// A Sidecar egress host: validation warns exactly when translation
+/// imports nothing by it (a short name is never completed).
+#[test]
+fn egress_hosts_read_alike_in_validation_and_translation() {
+    // (egress host of a Sidecar in `default`, whether reviews is imported)
+    let cases = [
+        ("./reviews.default.svc.cluster.local", true),
+        ("./Reviews.default.svc.cluster.local.", true),
+        ("./*", true),
+        ("*/*.default.svc.cluster.local", true),
+        ("./reviews", false),
+        ("default/reviews", false),
+        ("prod/*", false),
+    ];
+    for (host, imported) in cases {
+        let mut index = cluster();
+        let spec = json!({"egress": [{"hosts": [host]}]});
+        index.apply::<crate::index::Sidecars>(&config::<crate::api::Sidecar>(
+            "default",
+            "under-test",
+            spec.clone(),
+        ));
+        let findings = validate(&index, "Sidecar", "default", &spec);
+        let warned = findings.iter().any(|f| f.message.contains("is not a full name"));
+        let (view, out) = {
+            let view = MeshView::build(index.state());
+            let proxy =
+                crate::model::mesh::ProxyContext { namespace: "default".into(), ..Default::default() };
+            let out = outbound(&view, &view.scope(&proxy));
+            (view, out)
+        };
+        assert!(view.service(REVIEWS).is_some());
+        let got = out.clusters.iter().any(|c| c.name == format!("outbound|9080||{REVIEWS}"));
+        assert_eq!(got, imported, "{host}: imported");
+        let short = host.split_once('/').is_some_and(|(_, h)| h != "*" && !h.contains('.'));
+        assert_eq!(warned, short, "{host}: warned {findings:?}");
+        if warned {
+            assert!(!got, "{host}: a warned host imports nothing");
+        }
     }
 }

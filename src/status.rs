@@ -325,11 +325,10 @@ mod tests {
         assert_eq!(event_for(&status).map(|(reason, _)| reason), Some("NotApplied".into()));
     }
 
-    /// A Sidecar is accepted when valid and never reported as applied:
-    /// nothing translates it yet. Gateways and ServiceEntries are applied,
-    /// but for the fields still pending.
+    /// Gateways, ServiceEntries and Sidecars are applied, but for the
+    /// fields still pending: those make them Reconciled=False.
     #[test]
-    fn kinds_not_translated_yet_are_accepted_and_unsupported() {
+    fn pending_fields_of_gateways_entries_and_sidecars_leave_them_unsupported() {
         use crate::api::{gateway::GatewaySpec, service_entry::ServiceEntrySpec, sidecar::SidecarSpec};
         let gateway = config::<GatewaySpec>(
             json!({"selector": {"istio": "ingressgateway"},
@@ -347,7 +346,6 @@ mod tests {
                    "endpoints": [{"address": "10.0.0.1", "locality": "us-east1/us-east1-b"}]}),
             1,
         );
-        let sidecar = config::<SidecarSpec>(json!({"egress": [{"hosts": ["./*"]}]}), 1);
         let applied = desired("Gateway", &gateway, &Context::default(), at(T0));
         assert_eq!(summary(condition(&applied, "Reconciled")).0, "True");
         let pending = config::<GatewaySpec>(
@@ -356,9 +354,10 @@ mod tests {
                                 "bind": "10.0.0.1"}]}),
             1,
         );
+        let sidecar = config::<SidecarSpec>(json!({"egress": [{"hosts": ["./*"], "bind": "127.0.0.1"}]}), 1);
         let statuses = [
             ("spec.servers[0].bind", desired("Gateway", &pending, &Context::default(), at(T0))),
-            ("spec.egress", desired("Sidecar", &sidecar, &Context::default(), at(T0))),
+            ("spec.egress[0].bind", desired("Sidecar", &sidecar, &Context::default(), at(T0))),
         ];
         for (field, status) in statuses {
             assert_eq!(summary(condition(&status, "Accepted")), ("True".into(), "Accepted".into()));
@@ -374,6 +373,15 @@ mod tests {
         assert_eq!(summary(reconciled), ("False".into(), "Unsupported".into()));
         let message = reconciled.message.as_deref().unwrap_or_default();
         assert!(message.contains("locality") && !message.contains("spec.resolution"), "{message}");
+        let egress = config::<SidecarSpec>(
+            json!({"egress": [{"hosts": ["./*", "istio-system/*"]}],
+                   "ingress": [{"port": {"number": 9080, "protocol": "HTTP"}, "defaultEndpoint": "127.0.0.1:8080"}],
+                   "inboundConnectionPool": {"tcp": {"maxConnections": 10}},
+                   "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}),
+            1,
+        );
+        let status = desired("Sidecar", &egress, &Context::default(), at(T0));
+        assert_eq!(summary(condition(&status, "Reconciled")), ("True".into(), "Applied".into()));
         let invalid = config::<GatewaySpec>(json!({"selector": {"istio": "ingressgateway"}}), 2);
         let status = desired("Gateway", &invalid, &Context::default(), at(T0));
         assert_eq!(summary(condition(&status, "Accepted")), ("False".into(), "Invalid".into()));

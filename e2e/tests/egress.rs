@@ -20,7 +20,9 @@
 //!   httpbin sees and times out a slow request at 1 s (504); removing the
 //!   entry blocks the host again.
 //! - ALLOW_ANY (the default): the same request gets through without any
-//!   ServiceEntry, by `PassthroughCluster`.
+//!   ServiceEntry, by `PassthroughCluster`; a Sidecar whose
+//!   `outboundTrafficPolicy` is REGISTRY_ONLY has the pods it selects get
+//!   502 for it again, until it is deleted.
 //! - TLS, as Istio's egress TLS origination task: an HTTPS-only httpbin
 //!   (a certificate the test makes) reached by the client's own HTTPS
 //!   through the entry's HTTPS port (by SNI, the client verifying the
@@ -441,6 +443,16 @@ fn allow_any_reaches_an_external_service_without_a_service_entry() {
     println!(
         "[egress] ALLOW_ANY: 11 of 11 answered 200 without an entry, {counted} through PassthroughCluster"
     );
+    // A Sidecar's REGISTRY_ONLY replaces the mesh's ALLOW_ANY for the pods
+    // it selects: the same host is refused by their Envoy, until it goes.
+    let sidecar = Applied::new(
+        &mesh.client_ns.name,
+        "apiVersion: networking.istio.io/v1alpha3\nkind: Sidecar\nmetadata: {name: registry-only}\nspec:\n  \
+         workloadSelector: {labels: {app: curl}}\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+    );
+    mesh.settle(EXTERNAL_HOST, 502, 5);
+    drop(sidecar);
+    mesh.settle(EXTERNAL_HOST, 200, 5);
     mesh.assert_no_nack();
 }
 

@@ -20,4 +20,5 @@ mod node;
 mod resilience;
 mod routing;
 mod security;
+mod sidecar_scope;
 mod webhook;

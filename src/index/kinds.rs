@@ -108,7 +108,7 @@ config_kind!(
     ServiceEntries, "ServiceEntry", api::ServiceEntry, api::service_entry::ServiceEntrySpec, service_entries
 );
 config_kind!(
-    /// networking.istio.io Sidecars (indexed and validated; not translated yet).
+    /// networking.istio.io Sidecars (their egress narrows what proxies receive).
     Sidecars, "Sidecar", api::Sidecar, api::sidecar::SidecarSpec, sidecars
 );
 config_kind!(

@@ -49,11 +49,18 @@ pub fn is_ip(host: &str) -> bool {
     host.parse::<IpAddr>().is_ok()
 }
 
+/// A host as written, in lower case and without one trailing dot, but
+/// not completed: where Istio compares names as written (a Sidecar's
+/// egress hosts), a short name stays short.
+pub fn normalize(host: &str) -> String {
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+}
+
 /// Resolves a host as written in an object of `namespace`, by the rules in
 /// this module's documentation. `is_service` says whether an FQDN names a
 /// known Service; it decides the `name.ns` form only.
 pub fn resolve(host: &str, namespace: &str, is_service: impl Fn(&str) -> bool) -> String {
-    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    let host = normalize(host);
     if host.is_empty() || is_wildcard(&host) || is_ip(&host) {
         return host;
     }

@@ -30,6 +30,8 @@
 //! ServiceEntries join the Services here, one service per host
 //! ([`super::service_entry`]), so VirtualServices, DestinationRules and
 //! visibility apply to their hosts as to Services'.
+//! - The `Sidecar` that applies to a proxy ([`super::sidecar_scope`]) is
+//!   part of its [`ScopeKey`] and narrows that further ([`MeshView::egress`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -40,6 +42,7 @@ use super::gateway::{GatewayView, names_gateway};
 use super::host::{self, service_fqdn};
 use super::protocol::Protocol;
 use super::service_entry::{self, Discovery, EntryView};
+use super::sidecar_scope::{ScopeEgress, SidecarScopes};
 use super::visibility::ExportTo;
 use super::{ClusterState, EndpointSlice, ObjectKey, OutboundTrafficPolicy, Workload};
 use crate::api::destination_rule::DestinationRuleSpec;
@@ -208,6 +211,8 @@ pub struct ScopeKey {
     pub namespace: String,
     /// Only the proxy's labels whose keys some rule selects on; usually none.
     pub labels: BTreeMap<String, String>,
+    /// The Sidecar that applies to the proxy, if any.
+    pub sidecar: Option<ObjectKey>,
 }
 
 /// The mesh, indexed for translation. Cheap to share (`Arc<MeshView>`).
@@ -230,6 +235,8 @@ pub struct MeshView {
     trust_domain: String,
     /// The mesh-wide `outboundTrafficPolicy` ([`MeshView::outbound_traffic_policy`]).
     outbound_traffic_policy: OutboundTrafficPolicy,
+    /// The Sidecars, to find the one that applies to a proxy.
+    sidecars: SidecarScopes,
 }
 
 /// Istio's default trust domain.
@@ -357,6 +364,7 @@ impl MeshView {
 
         view.services = services;
         view.selected_label_keys = selected_label_keys;
+        view.sidecars = SidecarScopes::build(inputs.sidecars, &inputs.mesh_config.root_namespace);
         view.trust_domain = DEFAULT_TRUST_DOMAIN.to_string();
         view.outbound_traffic_policy = inputs.mesh_config.outbound_traffic_policy;
         view
@@ -374,12 +382,15 @@ impl MeshView {
     }
 
     /// Where proxies of `scope` send traffic to destinations outside the
-    /// registry: the mesh's `outboundTrafficPolicy`. The one place the
-    /// translation reads it, so that a Sidecar's own `outboundTrafficPolicy`
-    /// can replace it for the scopes the Sidecar applies to (once the
-    /// `ScopeKey` tells those scopes apart).
-    pub fn outbound_traffic_policy(&self, _scope: &ScopeKey) -> OutboundTrafficPolicy {
-        self.outbound_traffic_policy
+    /// registry: the applying Sidecar's `outboundTrafficPolicy.mode` when it
+    /// sets one, else the mesh's. The one place the translation reads it.
+    pub fn outbound_traffic_policy(&self, scope: &ScopeKey) -> OutboundTrafficPolicy {
+        scope
+            .sidecar
+            .as_ref()
+            .and_then(|key| self.sidecars.get(key))
+            .and_then(|sidecar| sidecar.outbound_traffic_policy)
+            .unwrap_or(self.outbound_traffic_policy)
     }
 
     /// The scope of a proxy: what its outbound configuration depends on.
@@ -394,7 +405,59 @@ impl MeshView {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
         };
-        ScopeKey { namespace: proxy.namespace.clone(), labels }
+        let sidecar = self.sidecars.applying(&proxy.namespace, &proxy.labels).map(|s| s.key.clone());
+        ScopeKey { namespace: proxy.namespace.clone(), labels, sidecar }
+    }
+
+    /// The Sidecar that applies to `proxy`, if any.
+    pub fn sidecar_for(&self, proxy: &ProxyContext) -> Option<&super::sidecar_scope::SidecarView> {
+        self.sidecars.applying(&proxy.namespace, &proxy.labels)
+    }
+
+    /// What proxies of `scope` are configured to reach: the Services
+    /// exported to their namespace, narrowed by their Sidecar's egress
+    /// listeners; with the Services the VirtualServices it imports send
+    /// to, whose clusters come along (Istio's `ConvertToSidecarScope`).
+    pub fn egress<'a>(&'a self, scope: &'a ScopeKey) -> ScopeEgress<'a> {
+        let sidecar = scope.sidecar.as_ref().and_then(|key| self.sidecars.get(key));
+        let mut destinations = BTreeSet::new();
+        if sidecar.is_some() {
+            let imported = self.virtual_services.iter().filter(|vs| self.imports_virtual_service(scope, vs));
+            for vs in imported {
+                destinations.extend(self.destination_hosts(vs));
+                let delegates = vs.spec.http.iter().filter_map(|r| r.delegate.as_ref());
+                for delegate in delegates {
+                    let namespace = delegate.namespace.as_deref().filter(|n| !n.is_empty());
+                    let name = delegate.name.as_deref().unwrap_or_default();
+                    if let Some(d) = self.virtual_service(namespace.unwrap_or(&vs.key.namespace), name) {
+                        destinations.extend(self.destination_hosts(d));
+                    }
+                }
+            }
+        }
+        ScopeEgress::new(&scope.namespace, sidecar, destinations)
+    }
+
+    /// Whether proxies of `scope` apply `vs`: sidecar rules exported to
+    /// their namespace, and imported by their Sidecar if they have one.
+    fn imports_virtual_service(&self, scope: &ScopeKey, vs: &VirtualServiceView) -> bool {
+        vs.for_sidecars()
+            && vs.export_to.visible_to(&scope.namespace)
+            && scope.sidecar.as_ref().and_then(|key| self.sidecars.get(key)).is_none_or(|sidecar| {
+                sidecar.imports_virtual_service(&scope.namespace, &vs.key.namespace, &vs.hosts)
+            })
+    }
+
+    /// The hosts a VirtualService's rules send to (mirrors too), resolved in its namespace.
+    fn destination_hosts(&self, vs: &VirtualServiceView) -> Vec<String> {
+        let spec = &vs.spec;
+        let http = spec.http.iter().flat_map(|r| {
+            let routes = r.route.iter().map(|d| &d.destination);
+            routes.chain(r.mirror.iter()).chain(r.mirrors.iter().map(|m| &m.destination))
+        });
+        let tcp = spec.tcp.iter().flat_map(|r| &r.route).map(|d| &d.destination);
+        let tls = spec.tls.iter().flat_map(|r| &r.route).map(|d| &d.destination);
+        http.chain(tcp).chain(tls).map(|d| self.resolve_host(&d.host, &vs.key.namespace)).collect()
     }
 
     /// A Service by host name.
@@ -427,7 +490,7 @@ impl MeshView {
         let exact = self.vs_by_host.get(&service.hostname).into_iter().flatten();
         let candidates = exact.chain(self.wildcard_vs.iter()).map(|&i| &self.virtual_services[i]);
         candidates
-            .filter(|vs| vs.for_sidecars() && vs.export_to.visible_to(&scope.namespace))
+            .filter(|vs| self.imports_virtual_service(scope, vs))
             .filter_map(|vs| {
                 let pattern = vs
                     .hosts

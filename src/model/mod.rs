@@ -26,6 +26,7 @@ pub mod mtls;
 pub mod protocol;
 pub mod rbac;
 pub mod service_entry;
+pub mod sidecar_scope;
 pub mod status;
 pub mod visibility;
 

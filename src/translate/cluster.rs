@@ -18,6 +18,7 @@ use envoy_types::pb::google::protobuf::UInt64Value;
 
 mod policy;
 
+pub(super) use policy::apply_connection_pool;
 pub use policy::{ClusterPolicy, TcpProxyTimeouts};
 
 use super::seconds;

@@ -1,7 +1,8 @@
 //! A sidecar's routed configuration, in two halves.
 //!
 //! [`outbound`]: what the application's outgoing traffic meets. Clusters,
-//! endpoints and routes for every Service the proxy may reach, and the
+//! endpoints and routes for every Service the proxy may reach (exported to
+//! its namespace and imported by its Sidecar: [`MeshView::egress`]), and the
 //! `virtualOutbound` listener (port 15001) with one filter chain per
 //! Service port at the Service's ClusterIP: HTTP ports go through an HTTP
 //! connection manager whose routes come by RDS as `<host>:<port>`, other
@@ -19,8 +20,9 @@
 //!
 //! [`inbound`]: what traffic to the application meets. The
 //! `virtualInbound` listener (port 15006) with one chain per port of the
-//! Services that select the pod (by target port), each to
-//! `inbound|<port>||`: an original-destination cluster whose connections
+//! Services that select the pod (by target port), or per ingress listener
+//! of its Sidecar, each to `inbound|<port>||`: an original-destination
+//! cluster (a static one to a Sidecar's `defaultEndpoint`) whose connections
 //! leave from 127.0.0.6, which the iptables rules let through uncaptured
 //! (`-s 127.0.0.6/32 -o lo -j RETURN`); other ports keep the pass-through
 //! chains. It depends on the pod itself.
@@ -35,7 +37,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{BindConfig, CidrRange};
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action, route_match,
@@ -50,8 +54,8 @@ use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 use prost::Name;
 
 use super::cluster::{
-    CONNECT_TIMEOUT_SECONDS, ClusterPolicy, ads_config_source, black_hole_cluster, http2_options,
-    inbound_name, outbound_name, service_port_clusters,
+    CONNECT_TIMEOUT_SECONDS, ClusterPolicy, ads_config_source, apply_connection_pool, black_hole_cluster,
+    http2_options, inbound_name, outbound_name, service_port_clusters,
 };
 use super::endpoint::load_assignment;
 use super::passthrough::{
@@ -61,13 +65,15 @@ use super::passthrough::{
 use super::route::{
     cors_filter, fault_filter, route_configuration_for, service_route_configuration, service_route_name,
 };
-use super::{any, seconds, socket_address};
+use super::{address, any, seconds, socket_address};
 use super::{service_entry, tcp, tls};
+use crate::api::destination_rule::ConnectionPoolSettings;
 use crate::model::cidr::Cidr;
 use crate::model::mesh::{MeshView, PortView, ProxyContext, ScopeKey, ServiceView};
 use crate::model::mtls::MtlsMode;
 use crate::model::protocol::Protocol;
 use crate::model::service_entry::Discovery;
+use crate::model::sidecar_scope::IngressListener;
 
 /// What a proxy's outgoing traffic needs; the same for every proxy of a scope.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -111,19 +117,36 @@ pub fn outbound(view: &MeshView, scope: &ScopeKey) -> Outbound {
     }
 }
 
-/// The Services' ports a proxy of `scope` sends to: (service, port), in host name then port order.
+/// The Services' ports a proxy of `scope` has listener chains and routes
+/// for: (service, port), in host name then port order.
 fn outbound_ports<'a>(
     view: &'a MeshView,
     scope: &'a ScopeKey,
 ) -> impl Iterator<Item = (&'a ServiceView, &'a PortView)> {
-    view.visible_services(&scope.namespace)
+    let egress = view.egress(scope);
+    captured_ports(view).filter(move |(s, p)| egress.listens(s, p.port))
+}
+
+/// The Services' ports a proxy of `scope` has clusters for: those it has
+/// chains for, and those the VirtualServices its Sidecar imports send to.
+fn cluster_ports<'a>(
+    view: &'a MeshView,
+    scope: &'a ScopeKey,
+) -> impl Iterator<Item = (&'a ServiceView, &'a PortView)> {
+    let egress = view.egress(scope);
+    captured_ports(view).filter(move |(s, p)| egress.has_clusters(s, p.port))
+}
+
+/// Every Service port the sidecar captures, in host name then port order.
+fn captured_ports(view: &MeshView) -> impl Iterator<Item = (&ServiceView, &PortView)> {
+    view.services()
         .flat_map(|s| s.ports.iter().filter(|p| p.protocol.is_captured() && p.port != 0).map(move |p| (s, p)))
 }
 
 /// The outbound clusters (CDS) of `scope`.
 pub fn clusters(view: &MeshView, scope: &ScopeKey) -> Vec<Cluster> {
     let mut out = Vec::new();
-    for (service, port) in outbound_ports(view, scope) {
+    for (service, port) in cluster_ports(view, scope) {
         out.extend(service_port_clusters(
             service,
             port,
@@ -140,7 +163,7 @@ pub fn clusters(view: &MeshView, scope: &ScopeKey) -> Vec<Cluster> {
 /// alone when only endpoints changed.
 pub fn endpoints(view: &MeshView, scope: &ScopeKey) -> Vec<ClusterLoadAssignment> {
     let mut out = Vec::new();
-    for (service, port) in outbound_ports(view, scope) {
+    for (service, port) in cluster_ports(view, scope) {
         let rule = view.destination_rule_for(scope, service).map(|r| &r.spec);
         // Clusters with PASSTHROUGH load balancing connect to the original destination: no EDS.
         // DNS and original-destination clusters (ServiceEntries) take none either.
@@ -341,15 +364,22 @@ pub(super) fn http_connection_manager() -> HttpConnectionManager {
     }
 }
 
-/// One port the pod serves, as some Service that selects it exposes it.
-#[derive(Clone, Copy, Debug)]
+/// One port the pod serves, as some Service that selects it exposes it,
+/// or as its Sidecar's ingress listener declares it.
+#[derive(Clone, Debug)]
 pub struct InboundPort<'a> {
     /// The container port.
     pub port: u16,
     pub protocol: Protocol,
     /// The Service that exposes it: when several do, the first by host
-    /// name, whose protocol and policies the port gets.
-    pub service: &'a ServiceView,
+    /// name, whose protocol and policies the port gets. A Sidecar's
+    /// ingress port may have none (Istio then names the Sidecar instead).
+    pub service: Option<&'a ServiceView>,
+    /// Where its traffic goes, from a Sidecar's `defaultEndpoint`; None:
+    /// the address it was sent to.
+    pub endpoint: Option<(String, u16)>,
+    /// The Sidecar's limits on the port's inbound connections, if any.
+    pub connection_pool: Option<&'a ConnectionPoolSettings>,
 }
 
 /// What an inbound port enforces before it hands a request or connection
@@ -366,15 +396,49 @@ pub struct PortPolicy {
 /// The ports of `proxy`'s pod that Services expose, by target port: when
 /// two Services disagree on a port's protocol, the first by host name wins.
 fn inbound_ports<'a>(view: &'a MeshView, proxy: &ProxyContext) -> Vec<InboundPort<'a>> {
+    let connection_pool = view.sidecar_for(proxy).and_then(|s| s.inbound_connection_pool.as_ref());
     let mut ports: BTreeMap<u16, InboundPort> = BTreeMap::new();
     for service in view.services_of(proxy) {
         for port in service.ports.iter().filter(|p| p.protocol.is_captured()) {
             if let Some(target) = target_port(port, proxy) {
-                ports.entry(target).or_insert(InboundPort { port: target, protocol: port.protocol, service });
+                ports.entry(target).or_insert(InboundPort {
+                    port: target,
+                    protocol: port.protocol,
+                    service: Some(service),
+                    endpoint: None,
+                    connection_pool,
+                });
             }
         }
     }
     ports.into_values().collect()
+}
+
+/// The ports a Sidecar's ingress listeners declare, in their order (the
+/// first of two on one port): each with the Service that selects the pod
+/// on that target port, if one does (Istio's `findOrCreateServiceInstance`).
+fn ingress_ports<'a>(
+    view: &'a MeshView,
+    proxy: &ProxyContext,
+    listeners: &'a [IngressListener],
+) -> Vec<InboundPort<'a>> {
+    let mut ports: Vec<InboundPort> = Vec::new();
+    for listener in listeners {
+        if ports.iter().any(|p| p.port == listener.port) {
+            continue;
+        }
+        let service = view.services_of(proxy).find(|s| {
+            s.ports.iter().any(|p| p.protocol.is_captured() && target_port(p, proxy) == Some(listener.port))
+        });
+        ports.push(InboundPort {
+            port: listener.port,
+            protocol: listener.protocol,
+            service,
+            endpoint: listener.endpoint.map(|e| e.address(proxy.ip.as_deref())),
+            connection_pool: listener.connection_pool.as_ref(),
+        });
+    }
+    ports
 }
 
 /// The container port behind a Service port: a number, or a named port
@@ -402,7 +466,11 @@ pub fn inbound(
     proxy: &ProxyContext,
     policy: impl Fn(&InboundPort) -> PortPolicy,
 ) -> Inbound {
-    let ports = inbound_ports(view, proxy);
+    // A Sidecar's ingress listeners replace the Services' ports, as in Istio.
+    let ports = match view.sidecar_for(proxy).filter(|s| !s.ingress.is_empty()) {
+        Some(sidecar) => ingress_ports(view, proxy, &sidecar.ingress),
+        None => inbound_ports(view, proxy),
+    };
     let mut clusters: Vec<Cluster> = ports.iter().map(inbound_cluster).collect();
     clusters.push(passthrough::inbound_cluster());
     let mut chains: Vec<FilterChain> = ports.iter().flat_map(|p| inbound_chains(p, &policy(p))).collect();
@@ -418,10 +486,13 @@ pub fn inbound(
 }
 
 /// `inbound|<port>||`: to the application, at the address the connection
-/// was made to, from 127.0.0.6.
+/// was made to (or the Sidecar's `defaultEndpoint`: a static cluster), from
+/// 127.0.0.6, which the iptables rules let through uncaptured (but to
+/// loopback, which they never capture).
 fn inbound_cluster(port: &InboundPort) -> Cluster {
+    let name = inbound_name(port.port);
     let mut cluster = Cluster {
-        name: inbound_name(port.port),
+        name: name.clone(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::OriginalDst.into(),
         )),
@@ -433,11 +504,44 @@ fn inbound_cluster(port: &InboundPort) -> Cluster {
         }),
         ..Default::default()
     };
+    if let Some((ip, number)) = &port.endpoint {
+        cluster.cluster_discovery_type =
+            Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static.into()));
+        cluster.lb_policy = cluster::LbPolicy::RoundRobin.into();
+        cluster.load_assignment = Some(static_assignment(name, ip, *number));
+        // Loopback is never captured, so it needs no 127.0.0.6 (Istio binds
+        // only for other addresses); nor can 127.0.0.6 reach IPv6.
+        if ip == "127.0.0.1" || ip.contains(':') {
+            cluster.upstream_bind_config = None;
+        }
+    }
     if port.protocol.is_http2() {
         cluster.typed_extension_protocol_options =
             [(HttpProtocolOptions::full_name(), any(&http2_options()))].into();
     }
+    if let Some(pool) = port.connection_pool {
+        // As Istio's inbound cluster builder: the outbound pool's translation.
+        apply_connection_pool(&mut cluster, Some(pool), port.protocol);
+    }
     cluster
+}
+
+/// One endpoint, inline in its cluster.
+fn static_assignment(cluster_name: String, ip: &str, port: u16) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name,
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: vec![LbEndpoint {
+                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                    address: Some(address(ip, u32::from(port))),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
 }
 
 /// A port's chains: PERMISSIVE takes mutual TLS with Istio's ALPN on one

@@ -178,6 +178,9 @@ fn visit(inventory: &Inventory, kind: &str, value: &Value, at: &str, path: &str,
         Some(State::Alias { .. }) => return report(out, "its alias target is not in the inventory"),
         Some(State::Applied { .. }) => {}
     }
+    if let Some(reason) = unapplied_value(kind, path, value) {
+        report(out, &reason);
+    }
     match value {
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
@@ -203,6 +206,26 @@ fn descend(inventory: &Inventory, kind: &str, value: &Value, at: &str, path: &st
     } else if inventory.has_under(kind, &format!("{path}.")) {
         walk_object(inventory, kind, value, at, path, out);
     }
+}
+
+/// Values of an applied field that mesh does not apply: a Sidecar
+/// ingress listener's `unix://` endpoint; a Sidecar listener's capture
+/// mode NONE (DEFAULT and IPTABLES are the mesh's iptables capture).
+fn unapplied_value(kind: &str, path: &str, value: &Value) -> Option<String> {
+    if kind == "Sidecar" && matches!(path, "spec.ingress[].captureMode" | "spec.egress[].captureMode") {
+        return (value.as_str() == Some("NONE")).then(|| {
+            "NONE is not applied: traffic is always captured by iptables, and no listener of its own is built \
+             for the application to call"
+                .to_string()
+        });
+    }
+    if kind == "Sidecar" && path == "spec.ingress[].defaultEndpoint" {
+        return value.as_str().filter(|v| v.starts_with("unix://")).map(|_| {
+            "a unix:// endpoint is not served: the listener is left out, use 127.0.0.1:PORT or 0.0.0.0:PORT"
+                .to_string()
+        });
+    }
+    None
 }
 
 #[cfg(test)]

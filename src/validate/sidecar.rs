@@ -150,6 +150,21 @@ pub(super) fn check(spec: &SidecarSpec, out: &mut Out) {
         for (j, host) in listener.hosts.iter().enumerate() {
             let at = format!("{path}.hosts[{j}]");
             check_namespaced_host(out, &at, host, true);
+            // Istio compares egress hosts with Services' full names as
+            // written: a short name imports nothing.
+            if let Some((ns, name)) = host.split_once('/')
+                && name != "*"
+                && !name.contains('.')
+            {
+                let ns = if ns == "." || ns == "*" || ns == "~" { "<namespace>" } else { ns };
+                out.warn(
+                    at.clone(),
+                    format!(
+                        "{name:?} is not a full name and matches no Service (egress hosts are not completed): \
+                         write {name}.{ns}.svc.cluster.local"
+                    ),
+                );
+            }
             if !seen.insert(host.as_str()) {
                 out.warn(at, format!("{host:?} is listed twice: remove the duplicate"));
             }

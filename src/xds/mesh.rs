@@ -252,8 +252,10 @@ impl MeshContext {
         {
             policy.http_filters.extend(translate::jwt::filter(&jwt, &self.keys));
         }
-        let service = port.service;
-        if let Some(auth) = self.rbac.authorization(&service.hostname, &service.key.namespace) {
+        // A Sidecar's ingress port that no Service exposes has no Service's RBAC.
+        if let Some(service) = port.service
+            && let Some(auth) = self.rbac.authorization(&service.hostname, &service.key.namespace)
+        {
             let destination = Destination {
                 host: &service.hostname,
                 name: &service.key.name,

@@ -175,7 +175,7 @@ fn positive_duration(text: &str) -> Option<Duration> {
 /// Circuit breakers, connect timeout, TCP keepalive and the upstream HTTP
 /// options of a connection pool; without one, Istio's defaults (limits
 /// lifted, 10 s to connect).
-pub(super) fn apply_connection_pool(
+pub(crate) fn apply_connection_pool(
     cluster: &mut Cluster,
     pool: Option<&ConnectionPoolSettings>,
     protocol: Protocol,

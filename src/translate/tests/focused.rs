@@ -42,7 +42,7 @@ fn reviews_rule(index: &mut Index) {
 }
 
 fn scope(namespace: &str) -> ScopeKey {
-    ScopeKey { namespace: namespace.into(), labels: BTreeMap::new() }
+    ScopeKey { namespace: namespace.into(), labels: BTreeMap::new(), sidecar: None }
 }
 
 fn translate(index: &Index) -> Outbound {

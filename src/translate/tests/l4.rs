@@ -159,7 +159,11 @@ fn tcp_matches_that_cannot_hold_for_this_proxy_or_address_are_dropped() {
         view.scope(&productpage(&index)).labels,
         BTreeMap::from([("app".into(), "productpage".into())])
     );
-    let reviews = ScopeKey { namespace: "default".into(), labels: [("app".into(), "reviews".into())].into() };
+    let reviews = ScopeKey {
+        namespace: "default".into(),
+        labels: [("app".into(), "reviews".into())].into(),
+        sidecar: None,
+    };
     let out = outbound(&view, &reviews);
     assert_eq!(chains(&out, ECHO_IP)[0], format!("10.96.2.1_9000 sni= src= -> outbound|9000|v1|{ECHO}"));
 }

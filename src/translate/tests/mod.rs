@@ -16,6 +16,7 @@ mod ops;
 mod policy;
 mod random;
 mod service_entry;
+mod sidecar_scope;
 
 use crate::index::{Index, Pods, Services};
 pub(super) use crate::testing::bookinfo::{

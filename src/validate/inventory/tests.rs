@@ -229,3 +229,26 @@ fn the_summary_lists_fields_with_their_reasons() {
         "{s}"
     );
 }
+
+#[test]
+fn a_sidecar_ingress_unix_endpoint_is_named_and_loopback_is_not() {
+    let listener = |endpoint: &str| json!({"ingress": [{"port": {"number": 80, "protocol": "HTTP"}, "defaultEndpoint": endpoint}]});
+    let found = unapplied("Sidecar", &listener("unix:///var/run/app.sock"));
+    assert_eq!(fields(&found), ["spec.ingress[0].defaultEndpoint"]);
+    assert!(found[0].message.contains("unix:// endpoint is not served"), "{}", found[0].message);
+    assert_eq!(fields(&unapplied("Sidecar", &listener("127.0.0.1:8080"))), Vec::<String>::new());
+}
+
+#[test]
+fn a_sidecar_capture_mode_none_is_named_and_iptables_is_not() {
+    let listener = |mode: &str| {
+        json!({"egress": [{"hosts": ["./*"], "captureMode": mode}],
+                                        "ingress": [{"port": {"number": 80, "protocol": "HTTP"}, "captureMode": mode}]})
+    };
+    let found = unapplied("Sidecar", &listener("NONE"));
+    assert_eq!(fields(&found), ["spec.egress[0].captureMode", "spec.ingress[0].captureMode"]);
+    assert!(found[0].message.contains("NONE is not applied"), "{}", found[0].message);
+    for mode in ["DEFAULT", "IPTABLES"] {
+        assert_eq!(fields(&unapplied("Sidecar", &listener(mode))), Vec::<String>::new(), "{mode}");
+    }
+}
