@@ -133,6 +133,36 @@ fn the_ingress_gateway_serves_bookinfo_redirects_passes_tls_through_and_terminat
     for name in ["mesh-ingressgateway", "mesh-egressgateway"] {
         kubectl_ok(&["rollout", "status", "deployment", name, "-n", release_ns, "--timeout=120s"], None);
     }
+    // A gateway pod the injector never saw (made before the webhook
+    // configuration, as Helm may; here created unlabelled, then labelled)
+    // is replaced by its ReplicaSet: the controller deletes it.
+    kubectl_ok(
+        &["apply", "-n", release_ns, "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: missed-gateway\n  \
+             annotations: {inject.istio.io/templates: gateway}\nspec:\n  \
+             containers: [{name: istio-proxy, image: auto}]\n",
+        ),
+    );
+    kubectl_ok(&["label", "pod", "missed-gateway", "-n", release_ns, "sidecar.istio.io/inject=true"], None);
+    eventually("the uninjected gateway pod deleted", Duration::from_secs(30), || {
+        let left = crate::support::kubectl(
+            &[
+                "get",
+                "pod",
+                "missed-gateway",
+                "-n",
+                release_ns,
+                "-o",
+                "jsonpath={.metadata.deletionTimestamp}",
+            ],
+            None,
+        );
+        let gone = !left.ok && left.stderr.contains("NotFound");
+        (gone || !left.stdout.trim().is_empty()).then_some(())
+    });
+    eprintln!("an uninjected gateway pod was deleted by the controller");
+
     let gateway_pod = pod_named(release_ns, "istio=ingressgateway");
     let args = jsonpath(release_ns, &format!("pod/{gateway_pod}"), "{.spec.containers[0].args}");
     assert!(args.contains("router~"), "the gateway announces itself as a router: {args}");
