@@ -22,10 +22,12 @@ kubectl create clusterrolebinding debug-viewer --clusterrole=mesh-debug \
   --serviceaccount=mesh-system:debug-viewer --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl label namespace default istio-injection=enabled --overwrite >/dev/null
 kubectl apply -f "$repo/samples/bookinfo.yaml" >/dev/null
+kubectl apply -f "$repo/samples/gateway.yaml" >/dev/null
 echo "[run] waiting for the demo app (samples/bookinfo.yaml), each pod with its Envoy..."
 kubectl rollout status deployment --timeout=240s >/dev/null
 productpage=$(kubectl get service productpage -o jsonpath='{.spec.clusterIP}')
 mesh=$(kubectl -n mesh-system get service mesh -o jsonpath='{.spec.clusterIP}')
+ingress=$(kubectl -n mesh-system get service mesh-ingressgateway -o jsonpath='{.spec.clusterIP}')
 cat <<TXT
 
   The local cluster is up, with the mesh and the demo app (istio-proxy in every pod).
@@ -33,6 +35,7 @@ cat <<TXT
     cd $repo && eval "\$(make -s env)"
     kubectl get pods                                       # 2/2: the app and its Envoy
     curl -s http://$productpage:9080/productpage           # from this machine, through Envoy
+    curl -s http://$ingress/productpage                    # through the ingress gateway (samples/gateway.yaml)
     make pod-exec POD=default/productpage CMD='curl -s localhost:15000/stats | grep bound.*downstream_rq_total'
     export MESH_TOKEN=\$(kubectl -n mesh-system create token debug-viewer)   # may read /debug/* (ClusterRole mesh-debug)
     curl -s -H "Authorization: Bearer \$MESH_TOKEN" http://$mesh:15014/debug/configz   # what the controller sees
