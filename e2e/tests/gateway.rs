@@ -133,6 +133,36 @@ fn the_ingress_gateway_serves_bookinfo_redirects_passes_tls_through_and_terminat
     for name in ["mesh-ingressgateway", "mesh-egressgateway"] {
         kubectl_ok(&["rollout", "status", "deployment", name, "-n", release_ns, "--timeout=120s"], None);
     }
+    // A gateway pod the injector never saw (made before the webhook
+    // configuration, as Helm may; here created unlabelled, then labelled)
+    // is replaced by its ReplicaSet: the controller deletes it.
+    kubectl_ok(
+        &["apply", "-n", release_ns, "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: missed-gateway\n  \
+             annotations: {inject.istio.io/templates: gateway}\nspec:\n  \
+             containers: [{name: istio-proxy, image: auto}]\n",
+        ),
+    );
+    kubectl_ok(&["label", "pod", "missed-gateway", "-n", release_ns, "sidecar.istio.io/inject=true"], None);
+    eventually("the uninjected gateway pod deleted", Duration::from_secs(30), || {
+        let left = crate::support::kubectl(
+            &[
+                "get",
+                "pod",
+                "missed-gateway",
+                "-n",
+                release_ns,
+                "-o",
+                "jsonpath={.metadata.deletionTimestamp}",
+            ],
+            None,
+        );
+        let gone = !left.ok && left.stderr.contains("NotFound");
+        (gone || !left.stdout.trim().is_empty()).then_some(())
+    });
+    eprintln!("an uninjected gateway pod was deleted by the controller");
+
     let gateway_pod = pod_named(release_ns, "istio=ingressgateway");
     let args = jsonpath(release_ns, &format!("pod/{gateway_pod}"), "{.spec.containers[0].args}");
     assert!(args.contains("router~"), "the gateway announces itself as a router: {args}");
@@ -151,7 +181,10 @@ fn the_ingress_gateway_serves_bookinfo_redirects_passes_tls_through_and_terminat
     assert_eq!(status, 0, "no Gateway yet: no listener");
 
     // Istio's Bookinfo guide: the product page through the ingress gateway.
-    sample("bookinfo-gateway.yaml");
+    // The Gateway and its VirtualService come in one file: no warning.
+    let path = conformance().join("networking/bookinfo-gateway.yaml");
+    let applied = crate::support::kubectl(&["apply", "-n", n, "-f", path.to_str().expect("utf-8")], None);
+    assert!(applied.ok && !applied.stderr.contains("Warning"), "{}", applied.stderr);
     eventually("/productpage through the ingress gateway", Duration::from_secs(60), || {
         (curl(&[&format!("http://{ip}/productpage")]).0 == 200).then_some(())
     });
@@ -160,6 +193,18 @@ fn the_ingress_gateway_serves_bookinfo_redirects_passes_tls_through_and_terminat
     eprintln!("bookinfo-gateway.yaml: {served} of 20 pages 200 through {ip}:80");
     // Paths the VirtualService does not route, and hosts nothing binds, are 404.
     assert_eq!(curl(&[&format!("http://{ip}/not-routed")]).0, 404);
+    // A VirtualService naming a Gateway that does not exist: its status says so.
+    apply(
+        n,
+        "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: nowhere}\nspec:\n  \
+         hosts: [nowhere.example.com]\n  gateways: [no-such-gateway]\n  \
+         http: [{route: [{destination: {host: productpage}}]}]\n",
+    );
+    let accepted = eventually("the missing Gateway in status", Duration::from_secs(30), || {
+        let message = jsonpath(n, "vs/nowhere", "{.status.conditions[?(@.type==\"Accepted\")].message}");
+        message.contains("no Gateway").then_some(message)
+    });
+    eprintln!("status of a VirtualService naming a missing Gateway: {accepted}");
 
     // The routing samples steer what the outside client sees: productpage's
     // own calls to reviews follow them (its sidecar applies them).

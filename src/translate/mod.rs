@@ -23,6 +23,11 @@
 //! [`cluster`], [`endpoint`] and [`route`] hold the pieces `sidecar` puts
 //! together; [`service_entry`] what a ServiceEntry's hosts get besides.
 //!
+//! [`gateway`] is a gateway proxy's own part (`router~…`): the listeners
+//! and routes of the Gateways that select its pod, per proxy
+//! (`gateway::gateway(&view, &proxy)`), beside the outbound clusters and
+//! endpoints of its namespace's scope.
+//!
 //! Host names and durations are read by the model's grammar
 //! ([`crate::model::host`], [`crate::model::duration`]), the same one
 //! validation uses, so what the webhook says of an object is what Envoy gets.

@@ -15,6 +15,10 @@
 //! Host alone; here the destination address picks the Service first, and
 //! the Host chooses only between it and pass-through (docs/traffic.md).
 //!
+//! Gateway proxies build their virtual hosts' routes with the same code
+//! ([`virtual_service_routes`] at a [`RouteSite`] naming the Gateway;
+//! `super::gateway`).
+//!
 //! A Service bound to a VirtualService gets that VirtualService's `http`
 //! rules, in order, one Envoy route per `match` entry; otherwise one
 //! default route to `outbound|<port>||<host>`. Matches that cannot apply

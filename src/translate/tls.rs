@@ -44,15 +44,10 @@ use envoy_types::pb::google::protobuf::{BoolValue, Struct, Value, value};
 
 use super::any;
 use super::cluster::ads_config_source;
-use super::secret::{ROOT_SECRET, WORKLOAD_SECRET};
+use super::secret::{CREDENTIAL_PREFIX, ROOT_SECRET, WORKLOAD_SECRET};
 use crate::api::destination_rule::{ClientTlsSettings, TlsMode};
 use crate::api::gateway::{ServerTlsMode, ServerTlsSettings};
-
-/// Istio's prefix of the SDS names of Kubernetes Secrets a gateway's
-/// `credentialName` names.
-pub const CREDENTIAL_PREFIX: &str = "kubernetes://";
-/// Istio's suffix of the SDS name of a credential's CA certificates.
-pub const CREDENTIAL_CA_SUFFIX: &str = "-cacert";
+use crate::model::credential::CA_SUFFIX;
 
 /// The SDS names of a gateway server's certificate and of the CA its
 /// client certificates are checked with: `kubernetes://<credentialName>`
@@ -63,7 +58,7 @@ pub fn credential_secret_names(credential_name: &str) -> (String, String) {
     } else {
         format!("{CREDENTIAL_PREFIX}{credential_name}")
     };
-    let ca = format!("{name}{CREDENTIAL_CA_SUFFIX}");
+    let ca = format!("{name}{CA_SUFFIX}");
     (name, ca)
 }
 

@@ -208,7 +208,9 @@ fn descend(inventory: &Inventory, kind: &str, value: &Value, at: &str, path: &st
     }
 }
 
-/// Values of an applied field that mesh does not apply: a Sidecar
+/// Values of an applied field that mesh does not apply: a Gateway's
+/// servers whose protocol and TLS mode no gateway listener serves yet
+/// (AUTO_PASSTHROUGH, TLS terminated for `tcp` rules, UDP); a Sidecar
 /// ingress listener's `unix://` endpoint; a Sidecar listener's capture
 /// mode NONE (DEFAULT and IPTABLES are the mesh's iptables capture).
 fn unapplied_value(kind: &str, path: &str, value: &Value) -> Option<String> {
@@ -225,7 +227,32 @@ fn unapplied_value(kind: &str, path: &str, value: &Value) -> Option<String> {
                 .to_string()
         });
     }
-    None
+    if kind != "Gateway" || path != "spec.servers" {
+        return None;
+    }
+    let servers: Vec<crate::api::gateway::Server> = serde_json::from_value(value.clone()).ok()?;
+    let left: Vec<String> = servers
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.port.as_ref().is_some_and(|p| p.protocol.is_some()))
+        .filter(|(_, s)| crate::model::gateway::port_kind(s).is_none())
+        .map(|(i, s)| {
+            let protocol = s.port.as_ref().and_then(|p| p.protocol.as_deref()).unwrap_or_default();
+            match s.tls.as_ref().and_then(|t| t.mode) {
+                Some(mode) => {
+                    format!("servers[{i}] ({protocol}, {})", serde_json::json!(mode).as_str().unwrap_or(""))
+                }
+                None => format!("servers[{i}] ({protocol})"),
+            }
+        })
+        .collect();
+    (!left.is_empty()).then(|| {
+        format!(
+            "{} get no listener: gateways serve HTTP, HTTP2, GRPC, HTTPS, TCP and TLS PASSTHROUGH servers, not \
+             AUTO_PASSTHROUGH, TLS terminated for tcp rules, or UDP",
+            left.join(", ")
+        )
+    })
 }
 
 #[cfg(test)]

@@ -258,6 +258,12 @@ impl Context {
         self
     }
 
+    /// The same, not knowing which Gateways exist: nothing is said of them.
+    pub fn without_gateways(mut self) -> Self {
+        self.gateways = None;
+        self
+    }
+
     /// Whether the Gateway exists; None when unknown.
     fn gateway_exists(&self, gateway: &ObjectKey) -> Option<bool> {
         Some(self.gateways.as_ref()?.contains(gateway))

@@ -114,17 +114,16 @@ fn secrets_from(dir: &TempDir, listeners: &mut [Listener], clusters: &mut [Clust
     // A gateway's `kubernetes://<credential>` secrets: the workload's
     // certificate, and its root for `-cacert`, under those names.
     let credential = |name: &str| {
-        let like = if name.ends_with(crate::translate::tls::CREDENTIAL_CA_SUFFIX) { 1 } else { 0 };
+        let like = if name.ends_with(crate::model::credential::CA_SUFFIX) { 1 } else { 0 };
         let secret = Secret { name: name.to_string(), ..secrets[like].clone() };
         let file = format!("sds-{}.pb", name.replace(['/', ':'], "_"));
         discovery_file(dir, &file, std::slice::from_ref(&secret))
     };
-    let source_of =
-        |name: &str| {
-            sources.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone()).or_else(|| {
-                name.starts_with(crate::translate::tls::CREDENTIAL_PREFIX).then(|| credential(name))
-            })
-        };
+    let source_of = |name: &str| {
+        sources.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone()).or_else(|| {
+            name.starts_with(crate::translate::secret::CREDENTIAL_PREFIX).then(|| credential(name))
+        })
+    };
     let point = |common: &mut Option<CommonTlsContext>| {
         let Some(common) = common else { return };
         for sds in &mut common.tls_certificate_sds_secret_configs {

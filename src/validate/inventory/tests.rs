@@ -205,6 +205,21 @@ fn gateways_bound_by_name_are_applied_and_a_gateways_unapplied_fields_named() {
             "spec.servers[0].tls.minProtocolVersion"
         ]
     );
+    // Servers no listener serves yet are named by value.
+    let unserved = json!({"servers": [
+        {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]},
+        {"port": {"number": 15443, "name": "tls", "protocol": "TLS"}, "hosts": ["*.local"], "tls": {"mode": "AUTO_PASSTHROUGH"}},
+        {"port": {"number": 9443, "name": "tls-term", "protocol": "TLS"}, "hosts": ["*"],
+         "tls": {"mode": "SIMPLE", "serverCertificate": "/c", "privateKey": "/k"}}]});
+    let found = unapplied("Gateway", &unserved);
+    assert_eq!(fields(&found), ["spec.servers"]);
+    assert!(
+        found[0]
+            .message
+            .contains("servers[1] (TLS, AUTO_PASSTHROUGH), servers[2] (TLS, SIMPLE) get no listener"),
+        "{}",
+        found[0].message
+    );
 }
 
 #[test]
