@@ -44,8 +44,8 @@
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    Applied, Release, TempNamespace, apply, controller_metric, enter, eventually, jsonpath, kubectl_ok,
-    pod_named, rollout, run,
+    Applied, CertDir, Release, TempNamespace, apply, controller_metric, enter, eventually, jsonpath,
+    kubectl_ok, pod_named, rollout,
 };
 
 /// The name the client knows the external service by.
@@ -456,60 +456,12 @@ fn allow_any_reaches_an_external_service_without_a_service_entry() {
     mesh.assert_no_nack();
 }
 
-/// A folder on the host for the external server's certificate, removed
-/// when dropped. The local node runs Envoy as a host program, so the
-/// client's Envoy reads the CA file by its host path (on a real cluster it
-/// would be mounted into the sidecar).
-struct CertDir(std::path::PathBuf);
-
-impl CertDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("mesh-e2e-egress-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a temporary folder");
-        Self(dir)
-    }
-
-    fn cert(&self) -> String {
-        self.0.join("tls.crt").display().to_string()
-    }
-}
-
-impl Drop for CertDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// go-httpbin serving only HTTPS on 443, with a certificate for the
 /// external host that `certs` holds (self-signed: its own CA).
 fn https_external(namespace: &str, certs: &CertDir) {
-    let key = certs.0.join("tls.key").display().to_string();
-    let out = run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            &format!("/CN={EXTERNAL_HOST}"),
-            "-addext",
-            &format!("subjectAltName=DNS:{EXTERNAL_HOST}"),
-            "-keyout",
-            &key,
-            "-out",
-            &certs.cert(),
-        ],
-        None,
-    );
-    assert!(out.ok, "openssl: {}", out.stderr);
+    let (crt, key) = certs.self_signed("tls", &[EXTERNAL_HOST]);
     kubectl_ok(
-        &["create", "secret", "tls", "httpbin-cert", "-n", namespace, "--cert", &certs.cert(), "--key", &key],
+        &["create", "secret", "tls", "httpbin-cert", "-n", namespace, "--cert", &crt, "--key", &key],
         None,
     );
     apply(
@@ -583,11 +535,14 @@ spec:
 
 #[test]
 fn an_external_https_host_is_reached_by_sni_and_a_destination_rule_originates_tls_to_it() {
-    let certs = CertDir::new();
+    // The local node runs Envoy as a host program, so the client's Envoy
+    // reads the CA file by its host path (on a real cluster it would be
+    // mounted into the sidecar).
+    let certs = CertDir::new("egress-tls");
     let mesh = Egress::start_with("mesh-e2e-egress-tls", "REGISTRY_ONLY", |ns| https_external(ns, &certs));
     let ns = mesh.client_ns.name.clone();
     let https = format!("https://{EXTERNAL_HOST}/get");
-    let verified = format!("--cacert {}", certs.cert());
+    let verified = format!("--cacert {}", certs.path("tls.crt"));
 
     // Unknown to the registry: the client's own TLS connection is closed.
     let (status, body, _) = mesh.request(&https, &verified);
@@ -616,7 +571,7 @@ fn an_external_https_host_is_reached_by_sni_and_a_destination_rule_originates_tl
         (mesh.request(&plain, "").0 == 400).then_some(())
     });
     // The DestinationRule's SIMPLE TLS: the client's Envoy speaks TLS, checking the certificate.
-    let _rule = Applied::new(&ns, &originate_tls(&certs.cert()));
+    let _rule = Applied::new(&ns, &originate_tls(&certs.path("tls.crt")));
     eventually("TLS originated by the client's Envoy", Duration::from_secs(60), || {
         (mesh.request(&plain, "").0 == 200).then_some(())
     });

@@ -8,30 +8,12 @@
 //! with Istio 1.1's file-based certificate (a Secret the chart mounts).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use crate::support::{
-    Release, apply, conformance, enter, eventually, injected_bookinfo, jsonpath, kubectl_ok, pod_named,
-    rollout, run,
+    CertDir, Release, apply, conformance, enter, eventually, injected_bookinfo, jsonpath, kubectl_ok,
+    pod_named, rollout, run,
 };
-
-/// A folder for the test's certificates, removed when dropped.
-struct CertDir(std::path::PathBuf);
-
-impl CertDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("mesh-e2e-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a temporary folder");
-        Self(dir)
-    }
-}
-
-impl Drop for CertDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Deletes a namespace's Gateways, and waits for it, wherever the test
 /// stops: a Gateway left behind while its namespace goes would configure
@@ -42,37 +24,6 @@ impl Drop for GatewaysDeleted {
     fn drop(&mut self) {
         let _ = crate::support::kubectl(&["delete", "gateways", "--all", "-n", &self.0, "--wait=true"], None);
     }
-}
-
-/// A self-signed certificate for `host` in `dir` (`<name>.crt`, `<name>.key`).
-fn certificate(dir: &Path, name: &str, host: &str) -> (String, String) {
-    let (crt, key) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
-    let (crt, key) = (crt.to_str().expect("utf-8").to_string(), key.to_str().expect("utf-8").to_string());
-    let out = run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            &format!("/CN={host}"),
-            "-addext",
-            &format!("subjectAltName=DNS:{host}"),
-            "-keyout",
-            &key,
-            "-out",
-            &crt,
-        ],
-        None,
-    );
-    assert!(out.ok, "openssl: {}", out.stderr);
-    (crt, key)
 }
 
 /// curl from the test process (outside the mesh): `(status, body)`;
@@ -228,9 +179,9 @@ fn the_ingress_gateway_serves_bookinfo_redirects_passes_tls_through_and_terminat
 
     // A TLS server in the mesh, a certificate for the gateway's own HTTPS.
     let dir = CertDir::new(n);
-    let (secure_crt, secure_key) = certificate(&dir.0, "secure", "secure.example.com");
+    let (secure_crt, secure_key) = dir.self_signed("secure", &["secure.example.com"]);
     secure_backend(n, &secure_crt, &secure_key);
-    let (web_crt, web_key) = certificate(&dir.0, "web", "bookinfo.example.com");
+    let (web_crt, web_key) = dir.self_signed("web", &["bookinfo.example.com"]);
     kubectl_ok(
         &[
             "create",

@@ -10,106 +10,16 @@
 //! gateway or replacing its listener, and no request fails. And a MUTUAL
 //! server: a client certificate signed by the Secret's `ca.crt` is needed.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::support::{
-    Release, TempNamespace, apply, enter, eventually, httpbin, jsonpath, kubectl_ok, pod_named, rollout, run,
+    CertDir, Release, TempNamespace, apply, enter, eventually, httpbin, jsonpath, kubectl_ok, pod_named,
+    rollout, run,
 };
 
 /// The ingress gateway the chart installs, as Istio's samples select it.
 const GATEWAY_SERVICE: &str = "mesh-ingressgateway";
 const GATEWAY_SELECTOR: &str = "istio=ingressgateway";
-
-/// A folder for the test's keys and certificates, removed when dropped.
-struct CertDir(PathBuf);
-
-impl CertDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("mesh-e2e-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a temporary folder");
-        Self(dir)
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.0.join(file).to_str().expect("utf-8").to_string()
-    }
-
-    fn openssl(&self, args: &[&str]) {
-        let out = run("openssl", args, None);
-        assert!(out.ok, "openssl {args:?}: {}", out.stderr);
-    }
-
-    /// A CA `<name>.crt`/`<name>.key`.
-    fn ca(&self, name: &str) {
-        let (crt, key) = (self.path(&format!("{name}.crt")), self.path(&format!("{name}.key")));
-        self.openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            &format!("/O=mesh e2e/CN={name}"),
-            "-keyout",
-            &key,
-            "-out",
-            &crt,
-        ]);
-    }
-
-    /// `<name>.crt`/`<name>.key` for `dns`, signed by the CA `ca`.
-    fn leaf(&self, name: &str, dns: &str, ca: &str) {
-        let (crt, key, csr) = (
-            self.path(&format!("{name}.crt")),
-            self.path(&format!("{name}.key")),
-            self.path(&format!("{name}.csr")),
-        );
-        self.openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            &format!("/CN={dns}"),
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ]);
-        let ext = self.path(&format!("{name}.ext"));
-        std::fs::write(&ext, format!("subjectAltName=DNS:{dns}\n")).expect("extension file");
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &self.path(&format!("{ca}.crt")),
-            "-CAkey",
-            &self.path(&format!("{ca}.key")),
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            &ext,
-            "-out",
-            &crt,
-        ]);
-    }
-}
-
-impl Drop for CertDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Creates or replaces the `kubernetes.io/tls` Secret `name` in `namespace`.
 fn tls_secret(namespace: &str, name: &str, crt: &str, key: &str, ca: Option<&str>) {
@@ -193,13 +103,13 @@ fn https_with_a_credential_secret_verifies_rotates_without_a_drop_and_can_requir
     rollout(r);
 
     let certs = CertDir::new(n);
-    certs.ca("first-ca");
-    certs.ca("second-ca");
-    certs.ca("client-ca");
-    certs.leaf("httpbin", "httpbin.example.com", "first-ca");
-    certs.leaf("httpbin-rotated", "httpbin.example.com", "second-ca");
-    certs.leaf("mutual", "mutual.example.com", "first-ca");
-    certs.leaf("client", "client.example.com", "client-ca");
+    for ca in ["first-ca", "second-ca", "client-ca"] {
+        certs.self_signed(ca, &[]);
+    }
+    certs.signed("httpbin", "httpbin.example.com", "first-ca");
+    certs.signed("httpbin-rotated", "httpbin.example.com", "second-ca");
+    certs.signed("mutual", "mutual.example.com", "first-ca");
+    certs.signed("client", "client.example.com", "client-ca");
     let file = |name: &str| certs.path(name);
     tls_secret(r, "httpbin-credential", &file("httpbin.crt"), &file("httpbin.key"), None);
     tls_secret(

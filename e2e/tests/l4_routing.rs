@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::support::{
-    Applied, Release, TempNamespace, apply, enter, eventually, jsonpath, kubectl_ok, pod_named, run,
+    Applied, CertDir, Release, TempNamespace, apply, enter, eventually, jsonpath, kubectl_ok, pod_named,
 };
 
 /// Istio's `samples/tcp-echo/tcp-echo-services.yaml`: one Service on
@@ -296,45 +296,10 @@ fn a_tcp_route_by_source_subnet_takes_only_connections_from_that_subnet() {
 /// named `https`, both with a certificate the test makes for
 /// one.example.com, two.example.com and three.example.com (which no rule
 /// will name: only routing refuses it).
-fn secure_backends(namespace: &str, dir: &std::path::Path) {
-    let (crt, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-    let out = run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=one.example.com",
-            "-addext",
-            "subjectAltName=DNS:one.example.com,DNS:two.example.com,DNS:three.example.com",
-            "-keyout",
-            key.to_str().expect("utf-8"),
-            "-out",
-            crt.to_str().expect("utf-8"),
-        ],
-        None,
-    );
-    assert!(out.ok, "openssl: {}", out.stderr);
+fn secure_backends(namespace: &str, certs: &CertDir) {
+    let (crt, key) = certs.self_signed("tls", &["one.example.com", "two.example.com", "three.example.com"]);
     kubectl_ok(
-        &[
-            "create",
-            "secret",
-            "tls",
-            "secure-cert",
-            "-n",
-            namespace,
-            "--cert",
-            crt.to_str().expect("utf-8"),
-            "--key",
-            key.to_str().expect("utf-8"),
-        ],
+        &["create", "secret", "tls", "secure-cert", "-n", namespace, "--cert", &crt, "--key", &key],
         None,
     );
     let deployment = |version: &str| {
@@ -380,29 +345,12 @@ fn answers(namespace: &str, pod: &str, sni: &str, n: usize) -> BTreeMap<String, 
     counts
 }
 
-/// A folder for the test's certificate, removed when dropped.
-struct CertDir(std::path::PathBuf);
-
-impl CertDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("mesh-e2e-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a temporary folder");
-        Self(dir)
-    }
-}
-
-impl Drop for CertDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn tls_routes_send_each_sni_to_its_own_backend_without_terminating_the_clients_tls() {
     let (_release, ns) = injected("mesh-e2e-l4-tls", "l4-tls");
     let n = ns.name.as_str();
-    let dir = CertDir::new(n);
-    secure_backends(n, &dir.0);
+    let certs = CertDir::new(n);
+    secure_backends(n, &certs);
     let mounts = "    volumeMounts: [{name: certs, mountPath: /etc/certs, readOnly: true}]\n";
     let volumes = "  volumes: [{name: certs, secret: {secretName: secure-cert}}]\n";
     apply(n, &sleeper("sleep", mounts, volumes));

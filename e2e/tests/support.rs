@@ -605,3 +605,95 @@ spec:
 "#
     )
 }
+
+/// A folder for a test's keys and certificates, made with openssl (P-256,
+/// valid for a day); removed when dropped.
+pub struct CertDir(PathBuf);
+
+impl CertDir {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("mesh-e2e-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary folder");
+        Self(dir)
+    }
+
+    /// The path of `file` in the folder.
+    pub fn path(&self, file: &str) -> String {
+        self.0.join(file).to_str().expect("utf-8").to_string()
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let out = run("openssl", args, None);
+        assert!(out.ok, "openssl {args:?}: {}", out.stderr);
+    }
+
+    /// A self-signed `<name>.crt` and `<name>.key` (their paths) for the
+    /// DNS names `hosts`, the first also its common name; with no hosts, a
+    /// CA named `<name>` to sign others with ([`CertDir::signed`]).
+    pub fn self_signed(&self, name: &str, hosts: &[&str]) -> (String, String) {
+        let (crt, key) = (self.path(&format!("{name}.crt")), self.path(&format!("{name}.key")));
+        let subject = format!("/CN={}", hosts.first().unwrap_or(&name));
+        let mut args = vec!["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+        args.extend(["-nodes", "-days", "1", "-subj", &subject]);
+        let names = hosts.iter().map(|h| format!("DNS:{h}")).collect::<Vec<_>>().join(",");
+        let san = format!("subjectAltName={names}");
+        if !hosts.is_empty() {
+            args.extend(["-addext", &san]);
+        }
+        args.extend(["-keyout", &key, "-out", &crt]);
+        self.openssl(&args);
+        (crt, key)
+    }
+
+    /// `<name>.crt` and `<name>.key` (their paths) for the DNS name `host`,
+    /// signed by the CA `ca` made with [`CertDir::self_signed`].
+    pub fn signed(&self, name: &str, host: &str, ca: &str) -> (String, String) {
+        let (crt, key, csr) = (
+            self.path(&format!("{name}.crt")),
+            self.path(&format!("{name}.key")),
+            self.path(&format!("{name}.csr")),
+        );
+        let subject = format!("/CN={host}");
+        self.openssl(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            &subject,
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ]);
+        let ext = self.path(&format!("{name}.ext"));
+        std::fs::write(&ext, format!("subjectAltName=DNS:{host}\n")).expect("an extension file");
+        let (ca_crt, ca_key) = (self.path(&format!("{ca}.crt")), self.path(&format!("{ca}.key")));
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_crt,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+            "-out",
+            &crt,
+        ]);
+        (crt, key)
+    }
+}
+
+impl Drop for CertDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -78,22 +78,8 @@ pub fn patch(
         }
     }
 
-    let status = json!({
-        "initContainers": [INIT_CONTAINER, PROXY_CONTAINER],
-        "containers": [],
-        "volumes": ours,
-        "imagePullSecrets": null,
-        "revision": "default",
-    });
-    let annotations = [(BOOTSTRAP_ANNOTATION, bootstrap.to_string()), (STATUS, status.to_string())];
-    if pod.metadata.annotations.is_none() {
-        let map = annotations.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        patch.add(&["metadata", "annotations"], Addition::Annotations(map));
-    } else {
-        for (key, value) in annotations {
-            patch.add(&["metadata", "annotations", key], Addition::Annotation(value));
-        }
-    }
+    let added = json!({"initContainers": [INIT_CONTAINER, PROXY_CONTAINER], "containers": []});
+    annotate(&mut patch, pod, bootstrap, added, &ours);
     // Istio's mark of a pod with a sidecar: clients send it mutual TLS (auto mTLS).
     let (label, value) = (TLS_MODE_LABEL, TLS_MODE_ISTIO.to_string());
     if pod.metadata.labels.is_none() {
@@ -168,13 +154,30 @@ pub fn gateway_patch(
             patch.add(&["spec", "volumes", "-"], Addition::Volume(Box::new(v)));
         }
     }
-    let status = json!({
-        "initContainers": [],
-        "containers": [PROXY_CONTAINER],
-        "volumes": ours,
-        "imagePullSecrets": null,
-        "revision": "default",
-    });
+    annotate(
+        &mut patch,
+        pod,
+        bootstrap,
+        json!({"initContainers": [], "containers": [PROXY_CONTAINER]}),
+        &ours,
+    );
+    Ok(patch)
+}
+
+/// Adds the bootstrap and Istio's injection status (which of the pod's
+/// containers and volumes are the injector's: `added`, `volumes`) to the
+/// pod's annotations.
+fn annotate(
+    patch: &mut SidecarPatch,
+    pod: &Pod,
+    bootstrap: &str,
+    added: serde_json::Value,
+    volumes: &[&str],
+) {
+    let mut status = added;
+    status["volumes"] = json!(volumes);
+    status["imagePullSecrets"] = serde_json::Value::Null;
+    status["revision"] = json!("default");
     let annotations = [(BOOTSTRAP_ANNOTATION, bootstrap.to_string()), (STATUS, status.to_string())];
     if pod.metadata.annotations.is_none() {
         let map = annotations.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
@@ -184,7 +187,6 @@ pub fn gateway_patch(
             patch.add(&["metadata", "annotations", key], Addition::Annotation(value));
         }
     }
-    Ok(patch)
 }
 
 /// The workload the pod belongs to, for Envoy's cluster name: the `app`
