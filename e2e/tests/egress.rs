@@ -51,28 +51,39 @@ use crate::support::{
 /// The name the client knows the external service by.
 const EXTERNAL_HOST: &str = "httpbin.external.test";
 
-/// Istio's httpbin sample's Deployment, listening on port 80, with no
-/// Service: nothing in the registry names it.
-const EXTERNAL: &str = r#"
+/// Istio's httpbin sample's Deployment with no Service, so nothing in the
+/// registry names it: `replicas` go-httpbin pods with `args` (the port
+/// among them), listening on `port`; `extra` is added to the pod spec's
+/// container (and volumes) as written.
+fn external(replicas: u32, args: &str, port: u16, extra: &str) -> String {
+    format!(
+        r#"
 apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: httpbin
 spec:
-  replicas: 1
+  replicas: {replicas}
   selector:
-    matchLabels: {app: httpbin}
+    matchLabels: {{app: httpbin}}
   template:
     metadata:
-      labels: {app: httpbin}
+      labels: {{app: httpbin}}
     spec:
       containers:
       - image: docker.io/mccutchen/go-httpbin:v2.26.0
         name: httpbin
-        args: ["-port", "80"]
+        args: [{args}]
         ports:
-        - containerPort: 80
-"#;
+        - containerPort: {port}
+{extra}"#
+    )
+}
+
+/// One of them on port 80.
+fn one_external() -> String {
+    external(1, r#""-port", "80""#, 80, "")
+}
 
 /// Istio's curl sample (its Service has port 80 as HTTP, so the client's
 /// Envoy routes port 80 by Host), with the external host in `/etc/hosts`.
@@ -130,7 +141,7 @@ struct Egress {
 
 impl Egress {
     fn start(release_ns: &str, mode: &str) -> Self {
-        Self::start_with(release_ns, mode, |ns| apply(ns, EXTERNAL))
+        Self::start_with(release_ns, mode, |ns| apply(ns, &one_external()))
     }
 
     /// The same, with `external` putting the external service in the
@@ -464,31 +475,10 @@ fn https_external(namespace: &str, certs: &CertDir) {
         &["create", "secret", "tls", "httpbin-cert", "-n", namespace, "--cert", &crt, "--key", &key],
         None,
     );
-    apply(
-        namespace,
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: httpbin
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {app: httpbin}
-  template:
-    metadata:
-      labels: {app: httpbin}
-    spec:
-      containers:
-      - image: docker.io/mccutchen/go-httpbin:v2.26.0
-        name: httpbin
-        args: ["-port", "443", "-https-cert-file", "/etc/certs/tls.crt", "-https-key-file", "/etc/certs/tls.key"]
-        ports:
-        - containerPort: 443
-        volumeMounts: [{name: certs, mountPath: /etc/certs, readOnly: true}]
-      volumes: [{name: certs, secret: {secretName: httpbin-cert}}]
-"#,
-    );
+    let args = r#""-port", "443", "-https-cert-file", "/etc/certs/tls.crt", "-https-key-file", "/etc/certs/tls.key""#;
+    let certs = "        volumeMounts: [{name: certs, mountPath: /etc/certs, readOnly: true}]\n      \
+                 volumes: [{name: certs, secret: {secretName: httpbin-cert}}]\n";
+    apply(namespace, &external(1, args, 443, certs));
 }
 
 /// Istio's egress TLS origination shape: the host's HTTPS port, and an
@@ -591,29 +581,6 @@ fn an_external_https_host_is_reached_by_sni_and_a_destination_rule_originates_tl
     mesh.assert_no_nack();
 }
 
-/// Two go-httpbin pods telling their pod name (`/hostname`), on port 80,
-/// with no Service.
-const TWO_EXTERNAL: &str = r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: httpbin
-spec:
-  replicas: 2
-  selector:
-    matchLabels: {app: httpbin}
-  template:
-    metadata:
-      labels: {app: httpbin}
-    spec:
-      containers:
-      - image: docker.io/mccutchen/go-httpbin:v2.26.0
-        name: httpbin
-        args: ["-port", "80", "-use-real-hostname"]
-        ports:
-        - containerPort: 80
-"#;
-
 /// STATIC endpoints with weights 4 and 1.
 fn weighted_entry(heavy: &str, light: &str) -> String {
     format!(
@@ -636,7 +603,10 @@ spec:
 
 #[test]
 fn endpoint_weights_share_an_entrys_traffic() {
-    let mesh = Egress::start_with("mesh-e2e-egress-weight", "REGISTRY_ONLY", |ns| apply(ns, TWO_EXTERNAL));
+    let mesh = Egress::start_with("mesh-e2e-egress-weight", "REGISTRY_ONLY", |ns| {
+        // Two pods telling their pod name (`/hostname`).
+        apply(ns, &external(2, r#""-port", "80", "-use-real-hostname""#, 80, ""))
+    });
     let listing = jsonpath(
         &mesh.external_ns.name,
         "pods",
