@@ -170,75 +170,12 @@ fn secrets_from(dir: &TempDir, listeners: &mut [Listener], clusters: &mut [Clust
 /// with Envoy's words, when Envoy refuses `what`.
 pub(super) fn assert_envoy_accepts(what: &str, out: &Outbound, inb: &Inbound) {
     let dir = TempDir::new("validate");
-    let path = dir.write("config.pb", static_bootstrap(&dir, out, inb).encode_to_vec());
-    let result = Command::new(envoy_binary())
-        .args(["--mode", "validate", "--log-level", "warn", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run envoy");
-    assert!(
-        result.status.success(),
-        "Envoy refused {what}:\n{}{}",
-        String::from_utf8_lossy(&result.stdout),
-        String::from_utf8_lossy(&result.stderr)
-    );
+    let bootstrap = static_bootstrap(&dir, out, inb);
+    assert_envoy_validates(what, &dir, &bootstrap);
 }
 
-/// Everything static: what `--mode validate` can check in full.
-pub(super) fn static_bootstrap(dir: &TempDir, out: &Outbound, inb: &Inbound) -> Bootstrap {
-    let mut listeners = vec![out.listener.clone(), inb.listener.clone()];
-    for listener in &mut listeners {
-        map_managers(listener, &mut |manager| {
-            if let Some(name) = rds_name(manager) {
-                let routes =
-                    out.routes.iter().find(|r| r.name == name).cloned().expect("the route configuration");
-                manager.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(routes));
-            }
-        });
-    }
-    let mut clusters: Vec<Cluster> = out.clusters.iter().chain(&inb.clusters).cloned().collect();
-    for cluster in &mut clusters {
-        if cluster.eds_cluster_config.take().is_some() {
-            cluster.cluster_discovery_type =
-                Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static.into()));
-            cluster.load_assignment = out.endpoints.iter().find(|e| e.cluster_name == cluster.name).cloned();
-            assert!(cluster.load_assignment.is_some(), "{} has no endpoints", cluster.name);
-        }
-    }
-    secrets_from(dir, &mut listeners, &mut clusters);
-    base_bootstrap(listeners, clusters)
-}
-
-/// Runs `envoy --mode validate` on a gateway proxy's configuration: its
-/// listeners (routes inline) and the clusters of its namespace.
-pub(super) fn assert_envoy_accepts_gateway(
-    what: &str,
-    out: &Outbound,
-    gateway: &crate::translate::gateway::GatewayConfig,
-) {
-    let dir = TempDir::new("validate-gateway");
-    let mut listeners: Vec<Listener> = gateway.listeners.iter().map(|(l, _)| l.clone()).collect();
-    for listener in &mut listeners {
-        map_managers(listener, &mut |manager| {
-            if let Some(name) = rds_name(manager) {
-                let routes =
-                    gateway.routes.iter().find(|r| r.name == name).cloned().expect("the route configuration");
-                manager.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(routes));
-            }
-        });
-    }
-    let mut clusters = out.clusters.clone();
-    for cluster in &mut clusters {
-        if cluster.eds_cluster_config.take().is_some() {
-            cluster.cluster_discovery_type =
-                Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static.into()));
-            cluster.load_assignment = out.endpoints.iter().find(|e| e.cluster_name == cluster.name).cloned();
-        }
-    }
-    secrets_from(&dir, &mut listeners, &mut clusters);
-    let mut bootstrap = base_bootstrap(listeners, clusters);
-    bootstrap.node.as_mut().expect("a node").id =
-        "router~10.244.0.50~ingress-0.istio-system~istio-system.svc.cluster.local".into();
+/// `envoy --mode validate` on `bootstrap`, written into `dir`.
+fn assert_envoy_validates(what: &str, dir: &TempDir, bootstrap: &Bootstrap) {
     let path = dir.write("config.pb", bootstrap.encode_to_vec());
     let result = Command::new(envoy_binary())
         .args(["--mode", "validate", "--log-level", "warn", "-c"])
@@ -251,6 +188,60 @@ pub(super) fn assert_envoy_accepts_gateway(
         String::from_utf8_lossy(&result.stdout),
         String::from_utf8_lossy(&result.stderr)
     );
+}
+
+/// The listeners with the route configurations their managers name by RDS inline.
+fn with_inline_routes(mut listeners: Vec<Listener>, routes: &[RouteConfiguration]) -> Vec<Listener> {
+    for listener in &mut listeners {
+        map_managers(listener, &mut |manager| {
+            if let Some(name) = rds_name(manager) {
+                let routes =
+                    routes.iter().find(|r| r.name == name).cloned().expect("the route configuration");
+                manager.route_specifier = Some(http_connection_manager::RouteSpecifier::RouteConfig(routes));
+            }
+        });
+    }
+    listeners
+}
+
+/// The clusters, EDS ones made static with their endpoints from `out`.
+fn static_clusters(clusters: impl IntoIterator<Item = Cluster>, out: &Outbound) -> Vec<Cluster> {
+    let mut clusters: Vec<Cluster> = clusters.into_iter().collect();
+    for cluster in &mut clusters {
+        if cluster.eds_cluster_config.take().is_some() {
+            cluster.cluster_discovery_type =
+                Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static.into()));
+            cluster.load_assignment = out.endpoints.iter().find(|e| e.cluster_name == cluster.name).cloned();
+            assert!(cluster.load_assignment.is_some(), "{} has no endpoints", cluster.name);
+        }
+    }
+    clusters
+}
+
+/// Everything static: what `--mode validate` can check in full.
+pub(super) fn static_bootstrap(dir: &TempDir, out: &Outbound, inb: &Inbound) -> Bootstrap {
+    let mut listeners = with_inline_routes(vec![out.listener.clone(), inb.listener.clone()], &out.routes);
+    let mut clusters = static_clusters(out.clusters.iter().chain(&inb.clusters).cloned(), out);
+    secrets_from(dir, &mut listeners, &mut clusters);
+    base_bootstrap(listeners, clusters)
+}
+
+/// Runs `envoy --mode validate` on a gateway proxy's configuration: its
+/// listeners (routes inline) and the clusters of its namespace.
+pub(super) fn assert_envoy_accepts_gateway(
+    what: &str,
+    out: &Outbound,
+    gateway: &crate::translate::gateway::GatewayConfig,
+) {
+    let dir = TempDir::new("validate-gateway");
+    let listeners = gateway.listeners.iter().map(|(l, _)| l.clone()).collect();
+    let mut listeners = with_inline_routes(listeners, &gateway.routes);
+    let mut clusters = static_clusters(out.clusters.clone(), out);
+    secrets_from(&dir, &mut listeners, &mut clusters);
+    let mut bootstrap = base_bootstrap(listeners, clusters);
+    bootstrap.node.as_mut().expect("a node").id =
+        "router~10.244.0.50~ingress-0.istio-system~istio-system.svc.cluster.local".into();
+    assert_envoy_validates(what, &dir, &bootstrap);
 }
 
 #[test]
