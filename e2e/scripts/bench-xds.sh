@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench-xds`: the control plane at scale. Brings up a cluster of its
-# own (state in .cluster-bench-xds/, ports offset by 50000), runs the
+# own (state in .cluster-bench-xds/, ports offset by 50000; MESH_CLUSTER_DIR
+# and MESH_PORT_OFFSET move them), runs the
 # release build of `mesh controller` on the host, and has `xds-load`
 # (e2e/xds-load) create the Services, EndpointSlices and pods, take a
 # token per pod, open one ADS stream per pod over TLS and measure: the
@@ -22,8 +23,9 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 source "$repo/e2e/scripts/versions.sh"
-export MESH_CLUSTER_DIR=$repo/.cluster-bench-xds
-export MESH_PORT_OFFSET=50000
+# Another offset and directory let a second run go beside this one.
+export MESH_CLUSTER_DIR=${MESH_CLUSTER_DIR:-$repo/.cluster-bench-xds}
+export MESH_PORT_OFFSET=${MESH_PORT_OFFSET:-50000}
 cluster=$repo/e2e/scripts/cluster.sh
 dir=$MESH_CLUSTER_DIR
 xds=$((15012 + MESH_PORT_OFFSET))
