@@ -466,7 +466,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 mod faults {
     use std::sync::Arc;
 
-    use crate::index::Index;
+    use crate::index::{Changes, ClusterSnapshot};
     use crate::xds::{Generator, PushContext};
 
     /// With MESH_TEST_PANIC_PUSH=<namespace>, every push made while that
@@ -487,11 +487,11 @@ mod faults {
     }
 
     impl Generator for PanicWhileNamespaceExists {
-        fn prepare(&self, index: &Index) -> Arc<dyn PushContext> {
-            if index.state().namespaces.values().any(|ns| ns.name == self.namespace) {
+        fn prepare(&self, cluster: &ClusterSnapshot, changes: &Changes) -> Arc<dyn PushContext> {
+            if cluster.state().namespaces.values().any(|ns| ns.name == self.namespace) {
                 panic!("injected fault: namespace {} exists (MESH_TEST_PANIC_PUSH)", self.namespace);
             }
-            self.generator.prepare(index)
+            self.generator.prepare(cluster, changes)
         }
 
         fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {

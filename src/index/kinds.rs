@@ -12,7 +12,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 
-use super::{ConvertError, Index, Kind, Store};
+use super::{ClusterSnapshot, ConvertError, Kind, Store};
 use crate::api;
 use crate::model::credential::TlsCredential;
 use crate::model::{
@@ -75,11 +75,11 @@ macro_rules! config_kind {
             fn convert(obj: &DynamicObject) -> Result<Self::Entry, ConvertError> {
                 parse_config(obj, Self::NAME)
             }
-            fn store(index: &mut Index) -> &mut Store<Self::Entry> {
-                &mut index.$field
+            fn store(cluster: &mut ClusterSnapshot) -> &mut Store<Self::Entry> {
+                &mut cluster.$field
             }
-            fn store_ref(index: &Index) -> &Store<Self::Entry> {
-                &index.$field
+            fn store_ref(cluster: &ClusterSnapshot) -> &Store<Self::Entry> {
+                &cluster.$field
             }
         }
 
@@ -167,11 +167,11 @@ macro_rules! core_kind {
             fn convert(obj: &$object) -> Result<$entry, ConvertError> {
                 Ok($convert(key_of(obj, Self::NAME)?, obj))
             }
-            fn store(index: &mut Index) -> &mut Store<$entry> {
-                &mut index.$field
+            fn store(cluster: &mut ClusterSnapshot) -> &mut Store<$entry> {
+                &mut cluster.$field
             }
-            fn store_ref(index: &Index) -> &Store<$entry> {
-                &index.$field
+            fn store_ref(cluster: &ClusterSnapshot) -> &Store<$entry> {
+                &cluster.$field
             }
         }
 
@@ -222,11 +222,11 @@ impl Kind for Secrets {
     fn kept(entry: &TlsCredential) -> bool {
         !entry.is_empty()
     }
-    fn store(index: &mut Index) -> &mut Store<TlsCredential> {
-        &mut index.credentials
+    fn store(cluster: &mut ClusterSnapshot) -> &mut Store<TlsCredential> {
+        &mut cluster.credentials
     }
-    fn store_ref(index: &Index) -> &Store<TlsCredential> {
-        &index.credentials
+    fn store_ref(cluster: &ClusterSnapshot) -> &Store<TlsCredential> {
+        &cluster.credentials
     }
 }
 

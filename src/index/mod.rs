@@ -24,6 +24,7 @@
 pub mod kinds;
 pub mod watch;
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use prometheus_client::metrics::counter::Counter;
@@ -81,8 +82,8 @@ pub trait Kind: 'static {
     fn kept(_entry: &Self::Entry) -> bool {
         true
     }
-    fn store(index: &mut Index) -> &mut Store<Self::Entry>;
-    fn store_ref(index: &Index) -> &Store<Self::Entry>;
+    fn store(cluster: &mut ClusterSnapshot) -> &mut Store<Self::Entry>;
+    fn store_ref(cluster: &ClusterSnapshot) -> &Store<Self::Entry>;
 }
 
 /// Counters the index keeps about itself, exported on /metrics.
@@ -112,8 +113,11 @@ impl IndexMetrics {
     }
 }
 
-/// Everything the controller knows about the cluster.
-pub struct Index {
+/// Every store of the index at one moment. The stores are persistent
+/// maps, so a snapshot costs a reference count per kind: the push loop
+/// takes one under the index's lock and builds from it without the lock.
+#[derive(Clone)]
+pub struct ClusterSnapshot {
     services: Store<Service>,
     endpoint_slices: Store<EndpointSlice>,
     workloads: Store<Workload>,
@@ -133,30 +137,10 @@ pub struct Index {
     policies: Store<Config<PolicySpec>>,
     mesh_policies: Store<Config<MeshPolicySpec>>,
     mesh_config: MeshConfig,
-    revision: channel::Sender<u64>,
-    config_revision: channel::Sender<u64>,
-    metrics: IndexMetrics,
 }
 
-/// The index shared between the watch loops and its readers.
-#[derive(Clone)]
-pub struct SharedIndex(Arc<Mutex<Index>>);
-
-impl SharedIndex {
-    pub fn new(index: Index) -> Self {
-        Self(Arc::new(Mutex::new(index)))
-    }
-
-    /// Locks the index. A watch loop that panicked while holding the lock
-    /// left a consistent map behind (every mutation is a single insert or
-    /// remove), so a poisoned lock is taken over rather than propagated.
-    pub fn lock(&self) -> MutexGuard<'_, Index> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl Index {
-    pub fn new(metrics: IndexMetrics) -> Self {
+impl ClusterSnapshot {
+    fn new(mesh_config: MeshConfig) -> Self {
         Self {
             services: Store::new(),
             endpoint_slices: Store::new(),
@@ -176,102 +160,7 @@ impl Index {
             request_authentications: Store::new(),
             policies: Store::new(),
             mesh_policies: Store::new(),
-            mesh_config: MeshConfig::default(),
-            revision: channel::Sender::new(0),
-            config_revision: channel::Sender::new(0),
-            metrics,
-        }
-    }
-
-    /// The index with the mesh-wide settings its readers get in
-    /// [`ClusterState::mesh_config`] (Istio's defaults otherwise).
-    pub fn with_mesh_config(mut self, mesh_config: MeshConfig) -> Self {
-        self.mesh_config = mesh_config;
-        self
-    }
-
-    /// A receiver that sees the revision move on every change.
-    pub fn subscribe(&self) -> channel::Receiver<u64> {
-        self.revision.subscribe()
-    }
-
-    pub fn revision(&self) -> u64 {
-        *self.revision.borrow()
-    }
-
-    /// A receiver that moves only when something validation reads changed
-    /// (Istio configuration, Services), not on every Pod or EndpointSlice.
-    pub fn subscribe_config(&self) -> channel::Receiver<u64> {
-        self.config_revision.subscribe()
-    }
-
-    pub fn config_revision(&self) -> u64 {
-        *self.config_revision.borrow()
-    }
-
-    /// Adds or updates one object. A malformed object is logged, counted and
-    /// skipped, and whatever was stored for it before stays.
-    pub fn apply<K: Kind>(&mut self, obj: &K::Object) {
-        let converted = K::key(obj).and_then(|key| Ok((key, K::convert(obj)?)));
-        let (key, entry) = match converted {
-            Ok(pair) => pair,
-            Err(error) => return self.skip::<K>(error),
-        };
-        let store = K::store(self);
-        if !K::kept(&entry) {
-            if store.remove(&key).is_some() {
-                self.changed::<K>();
-            }
-            return;
-        }
-        if store.get(&key) == Some(&entry) {
-            return;
-        }
-        store.insert(key, entry);
-        self.changed::<K>();
-    }
-
-    /// Removes one object.
-    pub fn delete<K: Kind>(&mut self, obj: &K::Object) {
-        let Ok(key) = K::key(obj) else { return };
-        if K::store(self).remove(&key).is_some() {
-            self.changed::<K>();
-        }
-    }
-
-    /// Replaces every entry of a kind after a (re)list: objects that went
-    /// away while the watch was down are dropped. A malformed object keeps
-    /// its previous entry, as in [`Index::apply`].
-    pub fn reset<K: Kind>(&mut self, objs: &[K::Object]) {
-        let mut fresh = Store::new();
-        for obj in objs {
-            let key = match K::key(obj) {
-                Ok(key) => key,
-                Err(error) => {
-                    self.skip::<K>(error);
-                    continue;
-                }
-            };
-            match K::convert(obj) {
-                Ok(entry) if !K::kept(&entry) => {}
-                Ok(entry) => {
-                    fresh.insert(key, entry);
-                }
-                Err(error) => {
-                    if let Some(old) = K::store(self).get(&key) {
-                        fresh.insert(key, old.clone());
-                    }
-                    self.skip::<K>(error);
-                }
-            }
-        }
-        let store = K::store(self);
-        if *store != fresh {
-            *store = fresh;
-            self.changed::<K>();
-        } else {
-            // The gauge still needs setting on the first list of an empty kind.
-            self.update_gauge::<K>();
+            mesh_config,
         }
     }
 
@@ -305,10 +194,248 @@ impl Index {
     pub fn get<K: Kind>(&self, key: &ObjectKey) -> Option<&K::Entry> {
         K::store_ref(self).get(key)
     }
+}
+
+/// Which objects changed since the push loop last asked
+/// ([`Index::take_changes`]): by kind, the keys of the objects added,
+/// updated or removed, or the whole kind after a relist. A push rebuilds
+/// only what these reach.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Everything may have changed: nothing is known to be as it was.
+    everything: bool,
+    /// Kinds every object of which may have changed (a relist).
+    kinds: BTreeSet<&'static str>,
+    /// Objects that changed, by kind name.
+    objects: BTreeSet<(&'static str, ObjectKey)>,
+}
+
+/// Past this many changed objects a push rebuilds everything anyway, and
+/// the log stops growing.
+const MAX_LOGGED_CHANGES: usize = 10_000;
+
+impl Changes {
+    /// Nothing known to be unchanged: a first push, or a change of an
+    /// input outside the index (fetched JWT keys).
+    pub fn everything() -> Self {
+        Self { everything: true, ..Self::default() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.everything && self.kinds.is_empty() && self.objects.is_empty()
+    }
+
+    pub fn is_everything(&self) -> bool {
+        self.everything
+    }
+
+    /// Whether any object of a kind changed.
+    pub fn touches(&self, kind: &str) -> bool {
+        self.everything
+            || self.kinds.contains(kind)
+            || self.objects.range((kind, ObjectKey::default())..).next().is_some_and(|(k, _)| *k == kind)
+    }
+
+    /// Whether objects of kinds other than `kinds` changed.
+    pub fn beyond(&self, kinds: &[&str]) -> bool {
+        self.everything
+            || self.kinds.iter().any(|k| !kinds.contains(k))
+            || self.objects.iter().any(|(k, _)| !kinds.contains(k))
+    }
+
+    /// The keys of the objects of `K` that changed; `None` when any of
+    /// them may have (a relist, or everything changed).
+    pub fn keys<K: Kind>(&self) -> Option<impl Iterator<Item = &ObjectKey>> {
+        if self.everything || self.kinds.contains(K::NAME) {
+            return None;
+        }
+        let from = (K::NAME, ObjectKey::default());
+        Some(self.objects.range(from..).take_while(|(k, _)| *k == K::NAME).map(|(_, key)| key))
+    }
+
+    /// Adds what `other` says changed.
+    pub fn merge(&mut self, other: Changes) {
+        self.everything |= other.everything;
+        self.kinds.extend(other.kinds);
+        self.objects.extend(other.objects);
+        self.bound();
+    }
+
+    fn object(&mut self, kind: &'static str, key: ObjectKey) {
+        if !self.everything && !self.kinds.contains(kind) {
+            self.objects.insert((kind, key));
+            self.bound();
+        }
+    }
+
+    fn kind(&mut self, kind: &'static str) {
+        self.kinds.insert(kind);
+        self.objects.retain(|(k, _)| *k != kind);
+    }
+
+    fn bound(&mut self) {
+        if self.objects.len() > MAX_LOGGED_CHANGES {
+            *self = Self::everything();
+        }
+    }
+}
+
+/// Everything the controller knows about the cluster.
+pub struct Index {
+    cluster: ClusterSnapshot,
+    /// What changed since the push loop last took it.
+    changes: Changes,
+    revision: channel::Sender<u64>,
+    config_revision: channel::Sender<u64>,
+    metrics: IndexMetrics,
+}
+
+/// The index shared between the watch loops and its readers.
+#[derive(Clone)]
+pub struct SharedIndex(Arc<Mutex<Index>>);
+
+impl SharedIndex {
+    pub fn new(index: Index) -> Self {
+        Self(Arc::new(Mutex::new(index)))
+    }
+
+    /// Locks the index. A watch loop that panicked while holding the lock
+    /// left a consistent map behind (every mutation is a single insert or
+    /// remove), so a poisoned lock is taken over rather than propagated.
+    pub fn lock(&self) -> MutexGuard<'_, Index> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Index {
+    pub fn new(metrics: IndexMetrics) -> Self {
+        Self {
+            cluster: ClusterSnapshot::new(MeshConfig::default()),
+            // The first push builds everything.
+            changes: Changes::everything(),
+            revision: channel::Sender::new(0),
+            config_revision: channel::Sender::new(0),
+            metrics,
+        }
+    }
+
+    /// The index with the mesh-wide settings its readers get in
+    /// [`ClusterState::mesh_config`] (Istio's defaults otherwise).
+    pub fn with_mesh_config(mut self, mesh_config: MeshConfig) -> Self {
+        self.cluster.mesh_config = mesh_config;
+        self
+    }
+
+    /// A receiver that sees the revision move on every change.
+    pub fn subscribe(&self) -> channel::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+
+    /// A receiver that moves only when something validation reads changed
+    /// (Istio configuration, Services), not on every Pod or EndpointSlice.
+    pub fn subscribe_config(&self) -> channel::Receiver<u64> {
+        self.config_revision.subscribe()
+    }
+
+    pub fn config_revision(&self) -> u64 {
+        *self.config_revision.borrow()
+    }
+
+    /// Adds or updates one object. A malformed object is logged, counted and
+    /// skipped, and whatever was stored for it before stays.
+    pub fn apply<K: Kind>(&mut self, obj: &K::Object) {
+        let converted = K::key(obj).and_then(|key| Ok((key, K::convert(obj)?)));
+        let (key, entry) = match converted {
+            Ok(pair) => pair,
+            Err(error) => return self.skip::<K>(error),
+        };
+        let store = K::store(&mut self.cluster);
+        if !K::kept(&entry) {
+            if store.remove(&key).is_some() {
+                self.changed::<K>(Some(key));
+            }
+            return;
+        }
+        if store.get(&key) == Some(&entry) {
+            return;
+        }
+        store.insert(key.clone(), entry);
+        self.changed::<K>(Some(key));
+    }
+
+    /// Removes one object.
+    pub fn delete<K: Kind>(&mut self, obj: &K::Object) {
+        let Ok(key) = K::key(obj) else { return };
+        if K::store(&mut self.cluster).remove(&key).is_some() {
+            self.changed::<K>(Some(key));
+        }
+    }
+
+    /// Replaces every entry of a kind after a (re)list: objects that went
+    /// away while the watch was down are dropped. A malformed object keeps
+    /// its previous entry, as in [`Index::apply`].
+    pub fn reset<K: Kind>(&mut self, objs: &[K::Object]) {
+        let mut fresh = Store::new();
+        for obj in objs {
+            let key = match K::key(obj) {
+                Ok(key) => key,
+                Err(error) => {
+                    self.skip::<K>(error);
+                    continue;
+                }
+            };
+            match K::convert(obj) {
+                Ok(entry) if !K::kept(&entry) => {}
+                Ok(entry) => {
+                    fresh.insert(key, entry);
+                }
+                Err(error) => {
+                    if let Some(old) = K::store(&mut self.cluster).get(&key) {
+                        fresh.insert(key, old.clone());
+                    }
+                    self.skip::<K>(error);
+                }
+            }
+        }
+        let store = K::store(&mut self.cluster);
+        if *store != fresh {
+            *store = fresh;
+            self.changed::<K>(None);
+        } else {
+            // The gauge still needs setting on the first list of an empty kind.
+            self.update_gauge::<K>();
+        }
+    }
+
+    /// Every store, by reference: what the layers above read.
+    pub fn state(&self) -> ClusterState<'_> {
+        self.cluster.state()
+    }
+
+    /// Every store as it is now, to read without the lock.
+    pub fn snapshot(&self) -> ClusterSnapshot {
+        self.cluster.clone()
+    }
+
+    /// What changed since the last call (everything, before the first),
+    /// and forgets it: for the one push loop.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// The entry of one object, by namespace (empty for cluster-scoped
+    /// kinds) and name.
+    pub fn get<K: Kind>(&self, key: &ObjectKey) -> Option<&K::Entry> {
+        self.cluster.get::<K>(key)
+    }
 
     /// How many objects of a kind the index holds.
     pub fn count<K: Kind>(&self) -> usize {
-        K::store_ref(self).len()
+        K::store_ref(&self.cluster).len()
     }
 
     fn skip<K: Kind>(&self, error: ConvertError) {
@@ -316,7 +443,12 @@ impl Index {
         self.metrics.skipped.get_or_create(&KindLabel { kind: K::NAME }).inc();
     }
 
-    fn changed<K: Kind>(&mut self) {
+    /// Records a change of one object, or of the whole kind (`None`).
+    fn changed<K: Kind>(&mut self, key: Option<ObjectKey>) {
+        match key {
+            Some(key) => self.changes.object(K::NAME, key),
+            None => self.changes.kind(K::NAME),
+        }
         self.update_gauge::<K>();
         self.revision.send_modify(|r| *r += 1);
         if K::VALIDATION_INPUT {
@@ -325,7 +457,7 @@ impl Index {
     }
 
     fn update_gauge<K: Kind>(&self) {
-        let n = K::store_ref(self).len() as i64;
+        let n = K::store_ref(&self.cluster).len() as i64;
         self.metrics.objects.get_or_create(&KindLabel { kind: K::NAME }).set(n);
     }
 }

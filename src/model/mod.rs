@@ -235,8 +235,10 @@ impl Default for MeshConfig {
     }
 }
 
-/// The entries of one kind, by namespace and name.
-pub type Store<E> = BTreeMap<ObjectKey, E>;
+/// The entries of one kind, by namespace and name. A persistent map:
+/// a clone shares the entries, so the index hands out a snapshot of every
+/// store in constant time and readers build from it without its lock.
+pub type Store<E> = imbl::OrdMap<ObjectKey, E>;
 
 /// Everything the cluster holds that the mesh reads, by reference: the
 /// index hands it out under its lock, and the mesh view, validation's

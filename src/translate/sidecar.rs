@@ -145,8 +145,22 @@ fn captured_ports(view: &MeshView) -> impl Iterator<Item = (&ServiceView, &PortV
 
 /// The outbound clusters (CDS) of `scope`.
 pub fn clusters(view: &MeshView, scope: &ScopeKey) -> Vec<Cluster> {
+    let mut out = clusters_where(view, scope, |_| true);
+    out.push(passthrough::outbound_cluster());
+    out.push(black_hole_cluster());
+    out
+}
+
+/// The outbound clusters of `scope` of the Services named `hosts` alone:
+/// what a change of their endpoints reaches (the ServiceAccounts their
+/// clusters check come from the endpoints' pods).
+pub fn host_clusters(view: &MeshView, scope: &ScopeKey, hosts: &BTreeSet<String>) -> Vec<Cluster> {
+    clusters_where(view, scope, |s| hosts.contains(&s.hostname))
+}
+
+fn clusters_where(view: &MeshView, scope: &ScopeKey, wanted: impl Fn(&ServiceView) -> bool) -> Vec<Cluster> {
     let mut out = Vec::new();
-    for (service, port) in cluster_ports(view, scope) {
+    for (service, port) in cluster_ports(view, scope).filter(|(s, _)| wanted(s)) {
         out.extend(service_port_clusters(
             service,
             port,
@@ -154,16 +168,30 @@ pub fn clusters(view: &MeshView, scope: &ScopeKey) -> Vec<Cluster> {
             view.trust_domain(),
         ));
     }
-    out.push(passthrough::outbound_cluster());
-    out.push(black_hole_cluster());
     out
 }
 
-/// The endpoints (EDS) of the outbound clusters of `scope`: compute these
-/// alone when only endpoints changed.
+/// The endpoints (EDS) of the outbound clusters of `scope`.
 pub fn endpoints(view: &MeshView, scope: &ScopeKey) -> Vec<ClusterLoadAssignment> {
+    endpoints_where(view, scope, |_| true)
+}
+
+/// The endpoints of `scope`'s clusters of the Services named `hosts`.
+pub fn host_endpoints(
+    view: &MeshView,
+    scope: &ScopeKey,
+    hosts: &BTreeSet<String>,
+) -> Vec<ClusterLoadAssignment> {
+    endpoints_where(view, scope, |s| hosts.contains(&s.hostname))
+}
+
+fn endpoints_where(
+    view: &MeshView,
+    scope: &ScopeKey,
+    wanted: impl Fn(&ServiceView) -> bool,
+) -> Vec<ClusterLoadAssignment> {
     let mut out = Vec::new();
-    for (service, port) in cluster_ports(view, scope) {
+    for (service, port) in cluster_ports(view, scope).filter(|(s, _)| wanted(s)) {
         let rule = view.destination_rule_for(scope, service).map(|r| &r.spec);
         // Clusters with PASSTHROUGH load balancing connect to the original destination: no EDS.
         // DNS and original-destination clusters (ServiceEntries) take none either.
@@ -196,12 +224,27 @@ pub fn endpoints(view: &MeshView, scope: &ScopeKey) -> Vec<ClusterLoadAssignment
 /// virtual host and `allow_any`), and one per HTTP port for every other
 /// address (`"<port>"`, headless Services' virtual hosts and `allow_any`).
 pub fn routes(view: &MeshView, scope: &ScopeKey) -> Vec<RouteConfiguration> {
+    routes_where(view, scope, |_| true)
+}
+
+/// The route configurations of `scope` a change of the VirtualServices
+/// for `hosts` reaches: each `<host>:<port>` of those Services, and every
+/// `"<port>"` (headless Services' virtual hosts; few).
+pub fn host_routes(view: &MeshView, scope: &ScopeKey, hosts: &BTreeSet<String>) -> Vec<RouteConfiguration> {
+    routes_where(view, scope, |s| hosts.contains(&s.hostname))
+}
+
+fn routes_where(
+    view: &MeshView,
+    scope: &ScopeKey,
+    wanted: impl Fn(&ServiceView) -> bool,
+) -> Vec<RouteConfiguration> {
     let mut out: Vec<RouteConfiguration> = http_ports(view, scope)
         .into_iter()
         .map(|(port, headless)| route_configuration_for(view, scope, port, &headless))
         .collect();
     for ((port, _), (service, kind)) in address_ports(view, scope) {
-        if kind.is_http() {
+        if kind.is_http() && wanted(service) {
             out.push(service_route_configuration(view, scope, service, port));
         }
     }
@@ -260,7 +303,7 @@ pub fn outbound_listener(view: &MeshView, scope: &ScopeKey) -> Listener {
 }
 
 /// `virtualOutbound`, and the clusters its chains send to themselves.
-fn outbound_listener_sending_to(view: &MeshView, scope: &ScopeKey) -> (Listener, BTreeSet<String>) {
+pub fn outbound_listener_sending_to(view: &MeshView, scope: &ScopeKey) -> (Listener, BTreeSet<String>) {
     let policy = view.outbound_traffic_policy(scope);
     let mut sends_to = BTreeSet::from([passthrough::outbound_catch_all_cluster(policy).to_string()]);
     let http_ports: BTreeSet<u16> = http_ports(view, scope).into_keys().collect();

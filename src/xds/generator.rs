@@ -1,8 +1,10 @@
 //! Generation, apart from the snapshot it produces: a [`Generator`] builds
-//! every proxy's [`Snapshot`] once per push. [`Generator::prepare`] takes
-//! what it needs from the index, under its lock, into a [`PushContext`];
-//! [`PushContext::generate`] then runs without the lock, once per proxy,
-//! sharing work between proxies through the context ([`ScopeCache`]).
+//! proxies' [`Snapshot`]s once per push. [`Generator::prepare`] gets a
+//! snapshot of the index's stores (taken under its lock in constant time)
+//! and what changed since the last push, and makes a [`PushContext`]
+//! without the lock; [`PushContext::generate`] then runs once per proxy
+//! the change reaches ([`PushContext::affects`]), sharing work between
+//! proxies through the context ([`ScopeCache`]).
 //! [`super::mesh::MeshGenerator`] is the mesh's; [`Passthrough`] serves the
 //! pass-through configuration alone.
 
@@ -12,15 +14,16 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use super::proxy::Proxy;
 use super::snapshot::Snapshot;
-use crate::index::Index;
+use crate::index::{Changes, ClusterSnapshot};
 use crate::translate;
 
 /// Builds proxies' snapshots, once per push for all of them.
 pub trait Generator: Send + Sync + 'static {
-    /// Takes from the index what generation needs. Runs with the index
-    /// locked: copy (or share) what is needed and return quickly; the
-    /// real work happens in [`PushContext::generate`], without the lock.
-    fn prepare(&self, index: &Index) -> Arc<dyn PushContext>;
+    /// Prepares a push from the cluster as it is and what changed since
+    /// the last push ([`Changes::everything`] when nothing is known, as
+    /// for the first): a generator may rebuild only what `changes` reach
+    /// and reuse the rest from its last push.
+    fn prepare(&self, cluster: &ClusterSnapshot, changes: &Changes) -> Arc<dyn PushContext>;
 
     /// What besides the index changes what this generator makes (fetched
     /// JWT keys): a push follows each move of the revision. None by default.
@@ -34,14 +37,20 @@ pub trait Generator: Send + Sync + 'static {
 /// [`ScopeCache`]). Called concurrently for different proxies.
 pub trait PushContext: Send + Sync + 'static {
     fn generate(&self, proxy: &Proxy) -> Snapshot;
+
+    /// Whether this push may change what `proxy` gets; a proxy it does
+    /// not reach keeps its snapshot without one being generated.
+    fn affects(&self, _proxy: &Proxy) -> bool {
+        true
+    }
 }
 
 impl<F> Generator for F
 where
-    F: Fn(&Index) -> Arc<dyn PushContext> + Send + Sync + 'static,
+    F: Fn(&ClusterSnapshot) -> Arc<dyn PushContext> + Send + Sync + 'static,
 {
-    fn prepare(&self, index: &Index) -> Arc<dyn PushContext> {
-        self(index)
+    fn prepare(&self, cluster: &ClusterSnapshot, _changes: &Changes) -> Arc<dyn PushContext> {
+        self(cluster)
     }
 }
 
@@ -102,7 +111,7 @@ impl Default for Passthrough {
 }
 
 impl Generator for Passthrough {
-    fn prepare(&self, _index: &Index) -> Arc<dyn PushContext> {
+    fn prepare(&self, _cluster: &ClusterSnapshot, _changes: &Changes) -> Arc<dyn PushContext> {
         Arc::new(PassthroughContext(self.snapshot.clone()))
     }
 }
@@ -135,18 +144,19 @@ mod tests {
 
     #[test]
     fn the_passthrough_snapshot_has_two_listeners_and_two_clusters() {
-        let index = Index::new(Default::default());
+        let index = crate::index::Index::new(Default::default()).snapshot();
+        let everything = Changes::everything();
         let proxy = Proxy {
             id: super::super::proxy::ProxyId::parse("sidecar~10.0.0.1~p.default~default.svc.cluster.local")
                 .expect("valid"),
             identity: super::super::auth::tests::identity(),
         };
         let generator = Passthrough::new();
-        let snapshot = generator.prepare(&index).generate(&proxy);
+        let snapshot = generator.prepare(&index, &everything).generate(&proxy);
         let names = |t| snapshot.resources(t).iter().map(|r| r.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(ResourceType::Listener), ["virtualInbound", "virtualOutbound"]);
         assert_eq!(names(ResourceType::Cluster), ["InboundPassthroughCluster", "PassthroughCluster"]);
-        assert_eq!(snapshot, generator.prepare(&index).generate(&proxy), "deterministic");
-        assert_eq!(snapshot.version(), generator.prepare(&index).generate(&proxy).version());
+        assert_eq!(snapshot, generator.prepare(&index, &everything).generate(&proxy), "deterministic");
+        assert_eq!(snapshot.version(), generator.prepare(&index, &everything).generate(&proxy).version());
     }
 }

@@ -16,15 +16,18 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+
 use super::generator::{Generator, PushContext, ScopeCache};
 use super::jwks::{FetchedKeys, Jwks};
 use super::proxy::{Proxy, ProxyKind};
 use super::resource_type::ResourceType;
 use super::snapshot::{Resource, ResourceSet, Resources, Snapshot};
-use crate::index::Index;
+use crate::index::{Changes, ClusterSnapshot, EndpointSlices, Kind as _, Pods, Secrets, VirtualServices};
 use crate::model::ObjectKey;
 use crate::model::Workload;
 use crate::model::credential::TlsCredential;
+use crate::model::host::{self, service_fqdn};
 use crate::model::jwt::JwtPolicies;
 use crate::model::mesh::{MeshView, ProxyContext, ScopeKey};
 use crate::model::mtls::{MtlsMode, MtlsPolicies};
@@ -36,8 +39,8 @@ use crate::translate::sidecar::{InboundPort, PortPolicy};
 
 /// Translates the index into each proxy's configuration.
 pub struct MeshGenerator {
-    /// What the last push packed, whose unchanged parts the next reuses.
-    last: Arc<Mutex<Packing>>,
+    /// What the last push built, whose unchanged parts the next reuses.
+    last: Arc<Mutex<Last>>,
     /// The trust domain of the mesh's SPIFFE identities.
     trust_domain: String,
     /// The JWT issuers' key sets the controller fetched.
@@ -64,8 +67,19 @@ impl MeshGenerator {
     }
 }
 
-/// Packed parts, by scope (outbound) and by pod (inbound, gateways).
+/// The last push: the cluster and view it was built from, and its parts.
 #[derive(Default)]
+struct Last {
+    /// Moves with every push: a late proxy of an older push (its first
+    /// snapshot) must not put parts built from older state here.
+    generation: u64,
+    cluster: Option<ClusterSnapshot>,
+    view: Option<Arc<MeshView>>,
+    packing: Packing,
+}
+
+/// Packed parts, by scope (outbound) and by pod (inbound, gateways).
+#[derive(Clone, Default)]
 struct Packing {
     outbound: HashMap<ScopeKey, Arc<PackedOutbound>>,
     inbound: HashMap<ObjectKey, Arc<PackedInbound>>,
@@ -74,36 +88,162 @@ struct Packing {
     credentials: HashMap<String, Arc<ResourceSet>>,
 }
 
+/// The kinds whose changes a push follows object by object; a change of
+/// any other kind (a Service, a DestinationRule, a policy) translates
+/// everything again, reusing each resource whose content is unchanged.
+const FOLLOWED: &[&str] = &[EndpointSlices::NAME, VirtualServices::NAME, Pods::NAME, Secrets::NAME];
+
+/// What a push must build again, from what changed since the last.
+#[derive(Debug, Default, PartialEq)]
+struct Reach {
+    /// Everything (the first push, or a change not followed in detail).
+    everything: bool,
+    /// Services whose clusters and endpoints changed (their EndpointSlices,
+    /// or the pods behind them: labels, ServiceAccount), by host name.
+    endpoints: BTreeSet<String>,
+    /// What VirtualServices changed: the route configurations of these
+    /// hosts, and every scope's listener (TCP and TLS rules).
+    routes: Option<RouteReach>,
+    /// Pods whose own parts (inbound listener and clusters, or a gateway's
+    /// listeners and routes) changed.
+    pods: BTreeSet<ObjectKey>,
+    /// Every gateway's listeners and routes (they read VirtualServices and
+    /// Secrets).
+    gateways: bool,
+    /// The Secrets' TLS credentials.
+    credentials: bool,
+}
+
+#[derive(Debug, PartialEq)]
+enum RouteReach {
+    All,
+    Hosts(BTreeSet<String>),
+}
+
+impl Reach {
+    fn everything() -> Self {
+        Self { everything: true, ..Self::default() }
+    }
+
+    /// What `changes`, between `before` and `now`, reach.
+    fn of(
+        changes: &Changes,
+        before: (&ClusterSnapshot, &MeshView),
+        now: (&ClusterSnapshot, &MeshView),
+    ) -> Self {
+        if changes.beyond(FOLLOWED) {
+            return Self::everything();
+        }
+        let mut reach = Self::default();
+        let (Some(slices), Some(vss), Some(pods), Some(secrets)) = (
+            changes.keys::<EndpointSlices>(),
+            changes.keys::<VirtualServices>(),
+            changes.keys::<Pods>(),
+            changes.keys::<Secrets>(),
+        ) else {
+            return Self::everything();
+        };
+        for key in slices {
+            for cluster in [before.0, now.0] {
+                if let Some(service) = cluster.get::<EndpointSlices>(key).and_then(|s| s.service.as_ref()) {
+                    reach.endpoints.insert(service_fqdn(service, &key.namespace));
+                }
+            }
+        }
+        for key in pods {
+            // A ServiceEntry's workloadSelector makes pods its endpoints.
+            if now.0.state().service_entries.values().any(|e| e.spec.workload_selector.is_some()) {
+                return Self::everything();
+            }
+            reach.pods.insert(key.clone());
+        }
+        // The pods behind changed endpoints (an inbound port's target may
+        // be named), and the Services whose endpoints are changed pods.
+        for view in [before.1, now.1] {
+            for service in view.services() {
+                for endpoint in service.ports.iter().flat_map(|p| &p.endpoints) {
+                    let Some(pod) = &endpoint.pod else { continue };
+                    if reach.endpoints.contains(&service.hostname) {
+                        reach.pods.insert(pod.clone());
+                    } else if reach.pods.contains(pod) {
+                        reach.endpoints.insert(service.hostname.clone());
+                    }
+                }
+            }
+        }
+        let mut route_hosts = BTreeSet::new();
+        let mut all_routes = false;
+        let mut any_vs = false;
+        for key in vss {
+            any_vs = true;
+            for view in [before.1, now.1] {
+                let Some(vs) = view.virtual_service(&key.namespace, &key.name) else { continue };
+                // A delegate (no hosts) or a wildcard reaches any route.
+                all_routes |= vs.hosts.is_empty() || vs.hosts.iter().any(|h| host::is_wildcard(h));
+                route_hosts.extend(vs.hosts.iter().cloned());
+            }
+        }
+        if any_vs {
+            reach.routes = Some(if all_routes { RouteReach::All } else { RouteReach::Hosts(route_hosts) });
+            reach.gateways = true;
+        }
+        if secrets.count() > 0 {
+            reach.credentials = true;
+            reach.gateways = true;
+        }
+        reach
+    }
+
+    /// Whether every proxy's shared (outbound) parts may change.
+    fn reaches_every_proxy(&self) -> bool {
+        self.everything || !self.endpoints.is_empty() || self.routes.is_some()
+    }
+}
+
 impl Generator for MeshGenerator {
-    fn prepare(&self, index: &Index) -> Arc<dyn PushContext> {
-        let state = index.state();
-        let view = MeshView::build(state).with_trust_domain(&self.trust_domain);
+    fn prepare(&self, cluster: &ClusterSnapshot, changes: &Changes) -> Arc<dyn PushContext> {
+        let state = cluster.state();
+        let view = Arc::new(MeshView::build(state).with_trust_domain(&self.trust_domain));
         let mtls = MtlsPolicies::build(state);
         let jwt = JwtPolicies::build(state);
         let rbac = RbacPolicies::build(state);
-        let proxies = state
-            .workloads
-            .iter()
-            .map(|(key, w)| (key.clone(), (ProxyContext::from_workload(w), w.clone())))
-            .collect();
-        let (previous, credentials) = {
-            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-            let previous = std::mem::take(&mut *last);
-            let credentials = pack_credentials(state.credentials, &previous.credentials);
-            last.credentials = credentials.clone();
-            (previous, credentials)
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let reach = match (&last.cluster, &last.view) {
+            (Some(before), Some(before_view)) => Reach::of(changes, (before, before_view), (cluster, &view)),
+            _ => Reach::everything(),
         };
+        let previous = std::mem::take(&mut last.packing);
+        let credentials = if reach.everything || reach.credentials {
+            pack_credentials(state.credentials, &previous.credentials)
+        } else {
+            previous.credentials.clone()
+        };
+        // A push that reaches every proxy packs every part again (dropping
+        // those of scopes and pods gone); one that reaches a few keeps the
+        // others' parts for the next.
+        last.packing = if reach.reaches_every_proxy() {
+            Packing { credentials: credentials.clone(), ..Packing::default() }
+        } else {
+            Packing { credentials: credentials.clone(), ..previous.clone() }
+        };
+        last.cluster = Some(cluster.clone());
+        last.view = Some(view.clone());
+        last.generation += 1;
+        let generation = last.generation;
+        drop(last);
         Arc::new(MeshContext {
+            cluster: cluster.clone(),
             credentials,
             view,
             mtls,
             jwt,
             keys: self.jwks.fetched(),
             rbac,
-            proxies,
+            reach,
             outbound: ScopeCache::default(),
             previous,
             last: self.last.clone(),
+            generation,
         })
     }
 
@@ -113,7 +253,9 @@ impl Generator for MeshGenerator {
 }
 
 struct MeshContext {
-    view: MeshView,
+    /// The cluster this push is built from.
+    cluster: ClusterSnapshot,
+    view: Arc<MeshView>,
     /// Which mutual TLS each workload's inbound ports accept.
     mtls: MtlsPolicies,
     /// Which JWTs each workload's inbound ports verify.
@@ -124,13 +266,15 @@ struct MeshContext {
     rbac: RbacPolicies,
     /// The SDS secrets of each namespace's TLS credentials.
     credentials: HashMap<String, Arc<ResourceSet>>,
-    /// Each pod's proxy context, and the pod itself (policies select on it).
-    proxies: HashMap<ObjectKey, (ProxyContext, Workload)>,
+    /// What this push builds again; the rest is the last push's.
+    reach: Reach,
     outbound: ScopeCache<ScopeKey, PackedOutbound>,
     /// The previous push's packing, whose unchanged parts are reused.
     previous: Packing,
     /// Where this push's packing is kept for the next.
-    last: Arc<Mutex<Packing>>,
+    last: Arc<Mutex<Last>>,
+    /// This push's [`Last::generation`].
+    generation: u64,
 }
 
 /// `new`, or `old` if it has the same content: the streams then see that
@@ -145,6 +289,11 @@ fn reuse(new: ResourceSet, old: Option<&Arc<ResourceSet>>) -> Arc<ResourceSet> {
     }
 }
 
+/// `old` with `replacements` put in by name (unchanged ones keep `old`'s).
+fn patch(old: &Arc<ResourceSet>, replacements: ResourceSet) -> Arc<ResourceSet> {
+    reuse(old.patched(replacements), Some(old))
+}
+
 /// A scope's outbound configuration, packed for sharing.
 struct PackedOutbound {
     clusters: Arc<ResourceSet>,
@@ -153,33 +302,67 @@ struct PackedOutbound {
     listener: Arc<ResourceSet>,
 }
 
+fn cluster_set(clusters: Vec<Cluster>) -> ResourceSet {
+    ResourceSet::of(clusters, |c: &Cluster| c.name.clone())
+}
+
+fn endpoint_set(endpoints: Vec<ClusterLoadAssignment>) -> ResourceSet {
+    ResourceSet::of(endpoints, |e: &ClusterLoadAssignment| e.cluster_name.clone())
+}
+
+fn route_set(routes: &[RouteConfiguration]) -> ResourceSet {
+    ResourceSet::new(
+        routes.iter().map(|r| Arc::new(Resource::of(r.name.clone(), r).depending_on(route_clusters(r)))),
+    )
+}
+
 impl PackedOutbound {
     /// Packs the scope's outbound configuration, reusing what did not
     /// change since `previous`.
     fn new(view: &MeshView, scope: &ScopeKey, previous: Option<&PackedOutbound>) -> Self {
         let out = translate::sidecar::outbound(view, scope);
         Self {
-            clusters: reuse(
-                ResourceSet::of(out.clusters, |c: &Cluster| c.name.clone()),
-                previous.map(|p| &p.clusters),
-            ),
-            endpoints: reuse(
-                ResourceSet::of(out.endpoints, |e: &ClusterLoadAssignment| e.cluster_name.clone()),
-                previous.map(|p| &p.endpoints),
-            ),
-            routes: reuse(
-                ResourceSet::new(
-                    out.routes
-                        .iter()
-                        .map(|r| Arc::new(Resource::of(r.name.clone(), r).depending_on(route_clusters(r)))),
-                ),
-                previous.map(|p| &p.routes),
-            ),
+            clusters: reuse(cluster_set(out.clusters), previous.map(|p| &p.clusters)),
+            endpoints: reuse(endpoint_set(out.endpoints), previous.map(|p| &p.endpoints)),
+            routes: reuse(route_set(&out.routes), previous.map(|p| &p.routes)),
             listener: reuse(
                 listener_set(&out.listener, out.listener_clusters),
                 previous.map(|p| &p.listener),
             ),
         }
+    }
+
+    /// `previous` with what `reach` reaches translated again: the clusters
+    /// and endpoints of the Services whose endpoints changed, the route
+    /// configurations of the hosts whose VirtualServices changed, and then
+    /// the listener. Which resources exist does not change with these.
+    fn update(view: &MeshView, scope: &ScopeKey, previous: &PackedOutbound, reach: &Reach) -> Self {
+        use translate::sidecar::{host_clusters, host_endpoints, host_routes, outbound_listener_sending_to};
+        // A Sidecar's imports follow its VirtualServices' destinations.
+        if reach.everything || (reach.routes.is_some() && scope.sidecar.is_some()) {
+            return Self::new(view, scope, Some(previous));
+        }
+        let (mut clusters, mut endpoints) = (previous.clusters.clone(), previous.endpoints.clone());
+        if !reach.endpoints.is_empty() {
+            clusters = patch(&clusters, cluster_set(host_clusters(view, scope, &reach.endpoints)));
+            endpoints = patch(&endpoints, endpoint_set(host_endpoints(view, scope, &reach.endpoints)));
+        }
+        let (routes, listener) = match &reach.routes {
+            None => (previous.routes.clone(), previous.listener.clone()),
+            Some(routes) => {
+                let routes = match routes {
+                    RouteReach::All => {
+                        reuse(route_set(&translate::sidecar::routes(view, scope)), Some(&previous.routes))
+                    }
+                    RouteReach::Hosts(hosts) => {
+                        patch(&previous.routes, route_set(&host_routes(view, scope, hosts)))
+                    }
+                };
+                let (listener, sends_to) = outbound_listener_sending_to(view, scope);
+                (routes, reuse(listener_set(&listener, sends_to), Some(&previous.listener)))
+            }
+        };
+        Self { clusters, endpoints, routes, listener }
     }
 }
 
@@ -220,15 +403,7 @@ impl PackedGateway {
     fn new(view: &MeshView, proxy: &ProxyContext, previous: Option<&PackedGateway>) -> Self {
         let config = translate::gateway::gateway(view, proxy);
         Self {
-            routes: reuse(
-                ResourceSet::new(
-                    config
-                        .routes
-                        .iter()
-                        .map(|r| Arc::new(Resource::of(r.name.clone(), r).depending_on(route_clusters(r)))),
-                ),
-                previous.map(|p| &p.routes),
-            ),
+            routes: reuse(route_set(&config.routes), previous.map(|p| &p.routes)),
             listeners: reuse(
                 ResourceSet::new(config.listeners.iter().map(|(listener, sends_to)| {
                     Arc::new(Resource::of(listener.name.clone(), listener).depending_on(sends_to.clone()))
@@ -240,6 +415,15 @@ impl PackedGateway {
 }
 
 impl MeshContext {
+    /// Records parts this push built for the next, unless a newer push
+    /// has begun.
+    fn keep(&self, record: impl FnOnce(&mut Packing)) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.generation == self.generation {
+            record(&mut last.packing);
+        }
+    }
+
     /// Which mutual TLS an inbound port of `workload` accepts, the JWT
     /// filter of an HTTP port whose policies verify end users' tokens, and
     /// then the RBAC filter of the Service behind it when RBAC is on for
@@ -274,12 +458,19 @@ impl MeshContext {
 }
 
 impl PushContext for MeshContext {
+    fn affects(&self, proxy: &Proxy) -> bool {
+        let reach = &self.reach;
+        reach.reaches_every_proxy()
+            || reach.pods.iter().any(|p| p.namespace == proxy.id.namespace && p.name == proxy.id.pod)
+            || (proxy.id.kind == ProxyKind::Router && (reach.gateways || reach.credentials))
+    }
+
     fn generate(&self, proxy: &Proxy) -> Snapshot {
         let key = ObjectKey::new(&proxy.id.namespace, &proxy.id.pod);
         // Authorized streams have their pod in the index; a pod deleted
         // since gets the configuration of its namespace until its stream ends.
-        let known = self.proxies.get(&key);
-        let context = known.map(|(context, _)| context.clone()).unwrap_or_else(|| ProxyContext {
+        let known = self.cluster.get::<Pods>(&key);
+        let context = known.map(ProxyContext::from_workload).unwrap_or_else(|| ProxyContext {
             namespace: proxy.id.namespace.clone(),
             pod: proxy.id.pod.clone(),
             ip: Some(proxy.id.ip.to_string()),
@@ -288,26 +479,29 @@ impl PushContext for MeshContext {
         // A pod gone from the index has no policies' say: Istio's default
         // (and no Service selects it, so it has no inbound ports).
         let policy = |port: &InboundPort| match known {
-            Some((_, workload)) => self.port_policy(workload, port),
+            Some(workload) => self.port_policy(workload, port),
             None => PortPolicy { mtls: MtlsMode::Permissive, ..PortPolicy::default() },
         };
         let scope = self.view.scope(&context);
-        let outbound = self.outbound.get_or_build(scope.clone(), || {
-            PackedOutbound::new(&self.view, &scope, self.previous.outbound.get(&scope).map(|p| &**p))
-        });
+        let outbound =
+            self.outbound.get_or_build(scope.clone(), || match self.previous.outbound.get(&scope) {
+                Some(previous) => PackedOutbound::update(&self.view, &scope, previous, &self.reach),
+                None => PackedOutbound::new(&self.view, &scope, None),
+            });
+        // The pod's own parts are the last push's unless this one reaches them.
+        let own_changed = self.reach.everything || self.reach.pods.contains(&key);
         if proxy.id.kind == ProxyKind::Router {
             // A gateway: the clusters of its namespace, its own listeners and
             // routes; no virtualOutbound, no virtualInbound.
-            let gateway = Arc::new(PackedGateway::new(
-                &self.view,
-                &context,
-                self.previous.gateways.get(&key).map(|p| &**p),
-            ));
-            {
-                let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-                last.outbound.entry(scope).or_insert_with(|| outbound.clone());
-                last.gateways.insert(key, gateway.clone());
-            }
+            let previous = self.previous.gateways.get(&key);
+            let gateway = match previous {
+                Some(previous) if !own_changed && !self.reach.gateways => previous.clone(),
+                _ => Arc::new(PackedGateway::new(&self.view, &context, previous.map(|p| &**p))),
+            };
+            self.keep(|packing| {
+                packing.outbound.insert(scope, outbound.clone());
+                packing.gateways.insert(key, gateway.clone());
+            });
             // Its servers' certificates: the TLS credentials of the Secrets
             // in its own namespace, sent only as its listeners ask for them.
             let credentials = self.credentials.get(&proxy.id.namespace).cloned();
@@ -318,17 +512,15 @@ impl PushContext for MeshContext {
                 .with_resources(ResourceType::Listener, Resources::from_parts([gateway.listeners.clone()]))
                 .with_resources(ResourceType::Secret, Resources::from_parts(credentials));
         }
-        let inbound = Arc::new(PackedInbound::new(
-            &self.view,
-            &context,
-            policy,
-            self.previous.inbound.get(&key).map(|p| &**p),
-        ));
-        {
-            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-            last.outbound.entry(scope).or_insert_with(|| outbound.clone());
-            last.inbound.insert(key, inbound.clone());
-        }
+        let previous = self.previous.inbound.get(&key);
+        let inbound = match previous {
+            Some(previous) if !own_changed => previous.clone(),
+            _ => Arc::new(PackedInbound::new(&self.view, &context, policy, previous.map(|p| &**p))),
+        };
+        self.keep(|packing| {
+            packing.outbound.insert(scope, outbound.clone());
+            packing.inbound.insert(key, inbound.clone());
+        });
 
         Snapshot::new()
             .with_resources(
@@ -375,6 +567,7 @@ mod tests {
     use super::super::auth::tests::identity;
     use super::super::proxy::ProxyId;
     use super::*;
+    use crate::index::Index;
     use crate::testing::bookinfo::{apply_networking, apply_rbac, bookinfo};
     use crate::xds::debug::authz_table;
 
@@ -431,7 +624,7 @@ mod tests {
         let mut changes = generator.changes().expect("fetched keys are an input");
         let mut index = bookinfo();
         let proxy = productpage();
-        let before = generator.prepare(&index).generate(&proxy);
+        let before = generator.prepare(&index.snapshot(), &Changes::everything()).generate(&proxy);
         for (_, filters, _) in inbound_http_filters(&before) {
             assert_eq!(filters, ["envoy.filters.http.router"], "nothing applied: no JWT filter");
         }
@@ -463,14 +656,14 @@ mod tests {
                 })
                 .collect()
         };
-        let unfetched = generator.prepare(&index).generate(&proxy);
+        let unfetched = generator.prepare(&index.snapshot(), &Changes::everything()).generate(&proxy);
         assert_eq!(keys_of(&unfetched), [translate::jwt::NO_KEYS, translate::jwt::NO_KEYS]);
         assert!(!changes.has_changed().unwrap());
         let keys = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"a","y":"b"}]}"#;
         jwks.store(uri, keys.to_string());
         assert!(changes.has_changed().unwrap(), "new keys make a push");
         changes.borrow_and_update();
-        let fetched = generator.prepare(&index).generate(&proxy);
+        let fetched = generator.prepare(&index.snapshot(), &Changes::everything()).generate(&proxy);
         assert_eq!(keys_of(&fetched), [keys, keys]);
         jwks.store(uri, keys.to_string());
         assert!(!changes.has_changed().unwrap(), "the same keys again push nothing");
@@ -479,7 +672,9 @@ mod tests {
             config::<crate::api::ClusterRbacConfig>("", "default", serde_json::json!({"mode": "ON"}));
         crc.metadata.namespace = None;
         index.apply::<crate::index::ClusterRbacConfigs>(&crc);
-        for (name, filters, _) in inbound_http_filters(&generator.prepare(&index).generate(&proxy)) {
+        for (name, filters, _) in inbound_http_filters(
+            &generator.prepare(&index.snapshot(), &Changes::everything()).generate(&proxy),
+        ) {
             assert_eq!(
                 filters,
                 [translate::jwt::JWT_FILTER, translate::rbac::HTTP_RBAC, "envoy.filters.http.router"],
@@ -493,7 +688,9 @@ mod tests {
                 .expect("an id"),
             identity: identity(),
         };
-        for (_, filters, _) in inbound_http_filters(&generator.prepare(&index).generate(&reviews)) {
+        for (_, filters, _) in inbound_http_filters(
+            &generator.prepare(&index.snapshot(), &Changes::everything()).generate(&reviews),
+        ) {
             assert_eq!(filters, ["envoy.filters.http.router"]);
         }
     }
@@ -505,8 +702,8 @@ mod tests {
         apply_networking(&mut index, "destination-rule-all.yaml");
         apply_networking(&mut index, "virtual-service-all-v1.yaml");
         let proxy = productpage();
-        let first = generator.prepare(&index).generate(&proxy);
-        let again = generator.prepare(&index).generate(&proxy);
+        let first = generator.prepare(&index.snapshot(), &Changes::everything()).generate(&proxy);
+        let again = generator.prepare(&index.snapshot(), &Changes::everything()).generate(&proxy);
         assert_eq!(first, again);
         // The outbound part is the first part of each type.
         let outbound_same = |a: &Snapshot, b: &Snapshot, t: ResourceType| {
@@ -518,7 +715,7 @@ mod tests {
         }
 
         apply_networking(&mut index, "virtual-service-reviews-50-v3.yaml");
-        let changed = generator.prepare(&index).generate(&proxy);
+        let changed = generator.prepare(&index.snapshot(), &Changes::everything()).generate(&proxy);
         assert!(!outbound_same(&again, &changed, ResourceType::Route), "the routes changed");
         for t in [ResourceType::Cluster, ResourceType::Endpoint, ResourceType::Listener] {
             assert!(outbound_same(&again, &changed, t), "{t}: unchanged by a VirtualService, the same part");
@@ -555,7 +752,9 @@ mod tests {
         let generator = MeshGenerator::default();
         let mut index = bookinfo();
         let table = |index: &Index, pod: &str, ip: &str| {
-            authz_table(&inbound_listener(&generator.prepare(index).generate(&sidecar(pod, ip))))
+            authz_table(&inbound_listener(
+                &generator.prepare(&index.snapshot(), &Changes::everything()).generate(&sidecar(pod, ip)),
+            ))
         };
         let productpage_ip = productpage().id.ip.to_string();
         // No switch: RBAC is off, every port open.
@@ -618,7 +817,7 @@ mod gateway_tests {
                 .expect("a node id"),
             identity: identity(),
         };
-        let snapshot = generator.prepare(&index).generate(&router);
+        let snapshot = generator.prepare(&index.snapshot(), &Changes::everything()).generate(&router);
         assert_eq!(
             names(&snapshot, ResourceType::Listener),
             ["0.0.0.0_80"],
@@ -638,7 +837,226 @@ mod gateway_tests {
                 .expect("a node id"),
             identity: identity(),
         };
-        let listeners = names(&generator.prepare(&index).generate(&sidecar), ResourceType::Listener);
+        let listeners = names(
+            &generator.prepare(&index.snapshot(), &Changes::everything()).generate(&sidecar),
+            ResourceType::Listener,
+        );
         assert!(listeners.contains(&"virtualOutbound".to_string()), "{listeners:?}");
+    }
+}
+
+/// A push built from the index's log of changes must give every proxy what
+/// a push built from nothing gives it.
+#[cfg(test)]
+mod incremental_tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1 as core;
+    use k8s_openapi::api::discovery::v1 as discovery;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::super::auth::tests::identity;
+    use super::super::proxy::ProxyId;
+    use super::*;
+    use crate::index::{Index, Pods};
+    use crate::testing::bookinfo::{apply_networking, bookinfo};
+    use crate::testing::objects::{self, from_yaml};
+
+    /// Pushes as the push loop does (the index's changes since the last
+    /// push) and checks each proxy's snapshot against a fresh generator's.
+    /// Proxies the push does not reach keep what they had. Returns how many
+    /// it reached.
+    struct Fleet {
+        generator: MeshGenerator,
+        held: BTreeMap<String, Snapshot>,
+    }
+
+    impl Fleet {
+        fn new() -> Self {
+            Self { generator: MeshGenerator::default(), held: BTreeMap::new() }
+        }
+
+        fn push(&mut self, index: &mut Index, step: &str) -> usize {
+            let changes = index.take_changes();
+            let cluster = index.snapshot();
+            let context = self.generator.prepare(&cluster, &changes);
+            let fresh = MeshGenerator::default().prepare(&cluster, &Changes::everything());
+            let mut reached = 0;
+            for proxy in proxies(index) {
+                let name = proxy.id.to_string();
+                let snapshot = match self.held.get(&name) {
+                    Some(held) if !context.affects(&proxy) => held.clone(),
+                    _ => {
+                        reached += 1;
+                        context.generate(&proxy)
+                    }
+                };
+                let expected = fresh.generate(&proxy);
+                for t in ResourceType::ALL {
+                    let (got, want) = (snapshot.resources(t), expected.resources(t));
+                    let names = |r: &Resources| {
+                        r.iter().map(|r| (r.name.clone(), r.version.clone())).collect::<Vec<_>>()
+                    };
+                    assert_eq!(names(&got), names(&want), "{step}: {name}: {t}");
+                }
+                assert_eq!(snapshot, expected, "{step}: {name}");
+                self.held.insert(name, snapshot);
+            }
+            reached
+        }
+    }
+
+    /// A proxy for every pod: routers for those labelled as gateways.
+    fn proxies(index: &Index) -> Vec<Proxy> {
+        index
+            .state()
+            .workloads
+            .values()
+            .map(|w| {
+                let kind = if w.labels.contains_key("istio") { "router" } else { "sidecar" };
+                let ip = w.ip.clone().unwrap_or_else(|| "10.0.0.1".into());
+                let ns = &w.key.namespace;
+                let id = format!("{kind}~{ip}~{}.{ns}~{ns}.svc.cluster.local", w.key.name);
+                Proxy { id: ProxyId::parse(&id).expect("a node id"), identity: identity() }
+            })
+            .collect()
+    }
+
+    fn slice(service: &str, name: &str, endpoints: &[(&str, Option<&str>)]) -> discovery::EndpointSlice {
+        discovery::EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                labels: Some([("kubernetes.io/service-name".to_string(), service.to_string())].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            ports: Some(vec![discovery::EndpointPort {
+                name: Some("http".into()),
+                port: Some(9080),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            endpoints: endpoints
+                .iter()
+                .map(|(ip, pod)| discovery::Endpoint {
+                    addresses: vec![ip.to_string()],
+                    conditions: Some(discovery::EndpointConditions {
+                        ready: Some(true),
+                        serving: Some(true),
+                        terminating: Some(false),
+                    }),
+                    target_ref: pod.map(|pod| core::ObjectReference {
+                        kind: Some("Pod".into()),
+                        name: Some(pod.into()),
+                        namespace: Some("default".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    fn secret(name: &str, cert: &str) -> core::Secret {
+        core::Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("istio-system".into()),
+                ..Default::default()
+            },
+            data: Some(
+                [("tls.crt", cert), ("tls.key", "K")]
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_push_from_the_changes_gives_every_proxy_what_a_push_from_nothing_does() {
+        let mut index = bookinfo();
+        let mut ingress =
+            objects::pod("ingress-0").labels(&[("istio", "ingressgateway")]).ip("10.244.0.50").build();
+        ingress.metadata.namespace = Some("istio-system".into());
+        index.apply::<Pods>(&ingress);
+        let mut fleet = Fleet::new();
+        let all = proxies(&index).len();
+        assert_eq!(fleet.push(&mut index, "first push"), all);
+        assert_eq!(fleet.push(&mut index, "nothing changed"), 0, "no change reaches no proxy");
+
+        apply_networking(&mut index, "destination-rule-all.yaml");
+        assert_eq!(fleet.push(&mut index, "DestinationRules"), all);
+        apply_networking(&mut index, "virtual-service-all-v1.yaml");
+        fleet.push(&mut index, "VirtualServices for every host");
+        apply_networking(&mut index, "virtual-service-reviews-50-v3.yaml");
+        fleet.push(&mut index, "the reviews VirtualService changed");
+        apply_networking(&mut index, "bookinfo-gateway.yaml");
+        fleet.push(&mut index, "a Gateway and its VirtualService");
+
+        // Endpoints: a slice that drops a pod, one of addresses no pod has.
+        index.apply::<EndpointSlices>(&slice(
+            "reviews",
+            "reviews-abcde",
+            &[("10.244.0.15", Some("reviews-v2-0"))],
+        ));
+        fleet.push(&mut index, "reviews lost two endpoints");
+        index.apply::<EndpointSlices>(&slice("details", "details-extra", &[("10.200.0.1", None)]));
+        fleet.push(&mut index, "details got a second slice");
+        index.delete::<EndpointSlices>(&slice("details", "details-extra", &[]));
+        fleet.push(&mut index, "the second slice went");
+
+        // Pods: a new one, then in a slice, then relabelled (its subset moves).
+        let pod = |version: &str| {
+            objects::pod("reviews-v9-0")
+                .labels(&[("app", "reviews"), ("version", version), ("security.istio.io/tlsMode", "istio")])
+                .ip("10.244.0.99")
+                .service_account("bookinfo-reviews")
+                .build()
+        };
+        index.apply::<Pods>(&pod("v2"));
+        assert_eq!(fleet.push(&mut index, "a new pod"), 1, "only the new pod's proxy");
+        index.apply::<EndpointSlices>(&slice(
+            "reviews",
+            "reviews-abcde",
+            &[("10.244.0.15", Some("reviews-v2-0")), ("10.244.0.99", Some("reviews-v9-0"))],
+        ));
+        fleet.push(&mut index, "the new pod is an endpoint");
+        index.apply::<Pods>(&pod("v3"));
+        fleet.push(&mut index, "the endpoint's pod moved to v3");
+        index.apply::<Pods>(
+            &objects::pod("reviews-v9-0")
+                .labels(&[("app", "reviews"), ("version", "v3")])
+                .ip("10.244.0.99")
+                .service_account("other")
+                .build(),
+        );
+        fleet.push(&mut index, "the endpoint's pod has another ServiceAccount");
+
+        // A wildcard VirtualService reaches every route; deleting one too.
+        let wildcard = from_yaml(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: wild, namespace: default}\n\
+             spec:\n  hosts: ['*.default.svc.cluster.local']\n  http:\n  - route:\n    - destination: {host: ratings}\n",
+        );
+        index.apply::<VirtualServices>(&wildcard);
+        fleet.push(&mut index, "a wildcard VirtualService");
+        index.delete::<VirtualServices>(&wildcard);
+        fleet.push(&mut index, "the wildcard VirtualService went");
+
+        // Secrets reach the gateway alone.
+        index.apply::<Secrets>(&secret("bookinfo-credential", "C1"));
+        assert_eq!(fleet.push(&mut index, "a TLS Secret"), 1, "the gateway alone");
+        index.apply::<Secrets>(&secret("bookinfo-credential", "C2"));
+        assert_eq!(fleet.push(&mut index, "the Secret's certificate changed"), 1);
+
+        // A pod gone; a Service's change is not followed in detail.
+        index.delete::<Pods>(&pod("v3"));
+        fleet.push(&mut index, "the pod went");
+        let mut service = objects::service("extra").port("http", 9080).cluster_ip("10.96.0.99").build();
+        service.metadata.namespace = Some("default".into());
+        index.apply::<crate::index::Services>(&service);
+        assert_eq!(fleet.push(&mut index, "a new Service"), proxies(&index).len());
     }
 }

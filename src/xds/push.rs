@@ -3,11 +3,13 @@
 //! Index changes come in bursts (a rollout moves many pods and endpoint
 //! slices). [`run`] waits for the revision to stay still for the quiet
 //! period of its [`Debounce`] (but never longer than its maximum delay, so
-//! constant churn still pushes), then makes one push: the [`Generator`]
-//! takes what it needs from the index under its lock, the lock is
-//! released, and every proxy's snapshot is generated from that one
-//! [`PushContext`] (in parallel, sharing work between proxies of a scope).
-//! A proxy whose snapshot did not change is not woken.
+//! constant churn still pushes), then makes one push: under the index's
+//! lock it takes a snapshot of the stores and the log of what changed
+//! (both in constant time); without the lock, the [`Generator`] prepares
+//! a [`PushContext`] that rebuilds only what those changes reach, and the
+//! snapshot of every proxy the push reaches is generated from it (in
+//! parallel, sharing work between proxies of a scope). A proxy whose
+//! snapshot did not change is not woken.
 //!
 //! The same push ends the stream of a proxy whose pod left the index (or
 //! was replaced by a pod of the same name): it reconnects and
@@ -40,7 +42,7 @@ use super::proxy::Proxy;
 use super::resource_type::ResourceType;
 use super::sds::CertSummary;
 use super::snapshot::{Resources, Snapshot};
-use crate::index::{Pods, SharedIndex};
+use crate::index::{Changes, Pods, SharedIndex};
 use crate::model::ObjectKey;
 use crate::supervisor::panic_message;
 
@@ -256,6 +258,9 @@ pub struct Pusher {
     epoch: AtomicU64,
     /// One push at a time.
     pushing: tokio::sync::Mutex<()>,
+    /// The generator's inputs beyond the index moved (fetched JWT keys):
+    /// the next push rebuilds everything.
+    others_moved: std::sync::atomic::AtomicBool,
 }
 
 /// Why a push (or a proxy's first snapshot) made nothing.
@@ -292,6 +297,7 @@ impl Pusher {
             current: Mutex::new(None),
             epoch: AtomicU64::new(0),
             pushing: tokio::sync::Mutex::new(()),
+            others_moved: Default::default(),
         }
     }
 
@@ -304,7 +310,11 @@ impl Pusher {
         if let Some(current) = self.current.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return current;
         }
-        let context = self.generator.prepare(&self.index.lock());
+        // The index's log of changes is left for the push loop: this
+        // context starts from nothing known, and the next push's changes
+        // cover all that happened since.
+        let cluster = self.index.lock().snapshot();
+        let context = self.generator.prepare(&cluster, &Changes::everything());
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         current.get_or_insert_with(|| (self.epoch.fetch_add(1, Ordering::SeqCst) + 1, context)).clone()
     }
@@ -350,16 +360,19 @@ impl Pusher {
     fn push_blocking(&self) -> PushSummary {
         let started = Instant::now();
         let connections = self.connections.list();
-        let (context, gone) = {
-            let index = self.index.lock();
-            let context = self.generator.prepare(&index);
-            let gone: Vec<_> = connections
-                .iter()
-                .filter(|c| index.get::<Pods>(&c.pod()).is_none_or(|w| w.uid != c.proxy.identity.pod_uid))
-                .cloned()
-                .collect();
-            (context, gone)
+        let (cluster, mut changes) = {
+            let mut index = self.index.lock();
+            (index.snapshot(), index.take_changes())
         };
+        if self.others_moved.swap(false, Ordering::SeqCst) {
+            changes.merge(Changes::everything());
+        }
+        let context = self.generator.prepare(&cluster, &changes);
+        let gone: Vec<_> = connections
+            .iter()
+            .filter(|c| cluster.get::<Pods>(&c.pod()).is_none_or(|w| w.uid != c.proxy.identity.pod_uid))
+            .cloned()
+            .collect();
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((epoch, context.clone()));
         for connection in &gone {
@@ -367,11 +380,12 @@ impl Pusher {
             connection.ended.cancel();
         }
         let live: Vec<_> = connections.into_iter().filter(|c| !c.ended.is_cancelled()).collect();
+        let reached: Vec<_> = live.iter().filter(|c| context.affects(&c.proxy)).cloned().collect();
         let changed = AtomicU64::new(0);
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(live.len().max(1));
-        let chunk = live.len().div_ceil(threads).max(1);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(reached.len().max(1));
+        let chunk = reached.len().div_ceil(threads).max(1);
         std::thread::scope(|scope| {
-            let parts: Vec<_> = live
+            let parts: Vec<_> = reached
                 .chunks(chunk)
                 .map(|part| {
                     let (context, changed) = (&context, &changed);
@@ -422,7 +436,7 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             changed = revisions.changed() => if changed.is_err() { return Ok(()) },
-            () = other_change(&mut others) => {}
+            () = other_change(&mut others) => pusher.others_moved.store(true, Ordering::SeqCst),
         }
         let first = tokio::time::Instant::now();
         let latest = first + debounce.max_delay;
@@ -436,6 +450,7 @@ pub async fn run(
                     quiet_until = tokio::time::Instant::now() + debounce.quiet;
                 }
                 () = other_change(&mut others) => {
+                    pusher.others_moved.store(true, Ordering::SeqCst);
                     quiet_until = tokio::time::Instant::now() + debounce.quiet;
                 }
             }

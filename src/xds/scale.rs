@@ -23,7 +23,7 @@ use super::proxy::{Proxy, ProxyId};
 use super::resource_type::ResourceType;
 use super::snapshot::{Resource, ResourceSet, Resources, Snapshot};
 use super::sotw::SotwStream;
-use crate::index::Index;
+use crate::index::{Changes, ClusterSnapshot, Index};
 
 const SERVICES: usize = 1000;
 const PROXIES: usize = 2000;
@@ -137,7 +137,7 @@ struct FakeContext {
 }
 
 impl Generator for Fake {
-    fn prepare(&self, _index: &Index) -> Arc<dyn PushContext> {
+    fn prepare(&self, _cluster: &ClusterSnapshot, _changes: &Changes) -> Arc<dyn PushContext> {
         Arc::new(FakeContext { generation: self.generation, scopes: ScopeCache::default() })
     }
 }
@@ -169,7 +169,7 @@ fn proxies() -> Vec<Proxy> {
 }
 
 fn generate_all(generator: &Fake, proxies: &[Proxy]) -> Vec<Arc<Snapshot>> {
-    let context = generator.prepare(&Index::new(Default::default()));
+    let context = generator.prepare(&Index::new(Default::default()).snapshot(), &Changes::everything());
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = proxies.len().div_ceil(threads);
     std::thread::scope(|scope| {

@@ -171,6 +171,22 @@ impl ResourceSet {
         ResourceSet { items, sum: self.sum }
     }
 
+    /// These resources with `replacements` put in by name: each replaces
+    /// the resource of its name, or joins the set.
+    pub fn patched(&self, replacements: ResourceSet) -> ResourceSet {
+        let mut items = Vec::with_capacity(self.items.len() + replacements.items.len());
+        let mut old = self.items.iter().peekable();
+        for new in replacements.items {
+            while let Some(kept) = old.next_if(|o| o.name < new.name) {
+                items.push(kept.clone());
+            }
+            old.next_if(|o| o.name == new.name);
+            items.push(new);
+        }
+        items.extend(old.cloned());
+        ResourceSet::sorted(items)
+    }
+
     /// The same names and versions (by their hashes' sum: see
     /// [`version_of`]).
     pub fn same_content(&self, other: &Self) -> bool {

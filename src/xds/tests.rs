@@ -25,7 +25,7 @@ use super::auth::{Authenticator, Rejection, TokenIdentity};
 use super::server::{Ads, ResponseStream, ServeError};
 use super::{ResourceType, XdsMetrics};
 use crate::ca::serving::ServingCert;
-use crate::index::{Index, IndexMetrics, Pods, SharedIndex};
+use crate::index::{Changes, ClusterSnapshot, Index, IndexMetrics, Pods, SharedIndex};
 use crate::testing::{TempDir, envoy_binary, objects};
 
 const NODE_ID: &str = "sidecar~10.1.2.3~productpage-v1-x.default~default.svc.cluster.local";
@@ -367,9 +367,9 @@ struct FaultyContext {
 }
 
 impl super::Generator for FaultyGenerator {
-    fn prepare(&self, index: &Index) -> Arc<dyn super::PushContext> {
-        let faulty = index.state().workloads.keys().any(|key| key.name == FAULTY_POD);
-        Arc::new(FaultyContext { faulty, inner: self.0.prepare(index) })
+    fn prepare(&self, cluster: &ClusterSnapshot, changes: &Changes) -> Arc<dyn super::PushContext> {
+        let faulty = cluster.state().workloads.keys().any(|key| key.name == FAULTY_POD);
+        Arc::new(FaultyContext { faulty, inner: self.0.prepare(cluster, changes) })
     }
 }
 
@@ -960,7 +960,7 @@ async fn a_changed_cluster_is_active_at_once(api_type: &str) {
     let current = Arc::new(AtomicUsize::new(0));
     let generator = {
         let current = current.clone();
-        move |_: &Index| -> Arc<dyn super::PushContext> {
+        move |_: &ClusterSnapshot| -> Arc<dyn super::PushContext> {
             Arc::new(Fixed(backend(POLICIES[current.load(Ordering::SeqCst)])))
         }
     };
@@ -1064,7 +1064,7 @@ fn short_token(seconds: u64) -> String {
 struct SecretUser;
 
 impl super::Generator for SecretUser {
-    fn prepare(&self, _index: &Index) -> Arc<dyn super::PushContext> {
+    fn prepare(&self, _cluster: &ClusterSnapshot, _changes: &Changes) -> Arc<dyn super::PushContext> {
         Arc::new(SecretUser)
     }
 }

@@ -77,7 +77,7 @@ use crate::api::service_role::{AccessRule, ServiceRoleSpec};
 use crate::api::service_role_binding::ServiceRoleBindingSpec;
 use crate::ca::{Authority, Leaf, Root, SpiffeId};
 use crate::model::rbac::{Authorization, RbacPolicies};
-use crate::model::{ClusterState, Config, MeshConfig, ObjectKey};
+use crate::model::{ClusterState, Config, MeshConfig, ObjectKey, Store};
 use crate::testing::{TempDir, envoy_binary};
 use crate::translate::jwt::{JWT_FILTER, JWT_PAYLOAD_METADATA};
 use crate::translate::passthrough::{ROUTER, network_filter, tls_inspector};
@@ -267,14 +267,14 @@ impl Resolved {
 
 /// The case's objects as the index would hold them, through the model.
 fn authorization(case: &Case, destination: &Resolved, ports: &HashMap<u16, u16>) -> Option<Authorization> {
-    let mut service_roles = BTreeMap::new();
+    let mut service_roles = Store::new();
     for (key, spec) in &case.roles {
         let (namespace, name) = key.split_once('/').unwrap_or((&destination.namespace, key));
         let mut spec = spec.clone();
         spec.rules.iter_mut().for_each(|r| rename_ports(r, ports));
         service_roles.insert(ObjectKey::new(namespace, name), stored(namespace, name, None, spec));
     }
-    let mut service_role_bindings = BTreeMap::new();
+    let mut service_role_bindings = Store::new();
     for (n, binding) in case.bindings.iter().enumerate() {
         let namespace = binding.namespace.as_deref().unwrap_or(&destination.namespace);
         let name = binding.name.clone().unwrap_or_else(|| format!("binding-{n}"));
@@ -290,8 +290,8 @@ fn authorization(case: &Case, destination: &Resolved, ports: &HashMap<u16, u16>)
         spec: serde_json::from_value(serde_json::json!({"mode": "ON"})).expect("a switch"),
     }];
     let switches = case.switches.as_deref().unwrap_or(&default_switch);
-    let mut cluster_rbac_configs = BTreeMap::new();
-    let mut rbac_configs = BTreeMap::new();
+    let mut cluster_rbac_configs = Store::new();
+    let mut rbac_configs = Store::new();
     for switch in switches {
         match switch.kind {
             SwitchKind::ClusterRbacConfig => {
@@ -308,12 +308,12 @@ fn authorization(case: &Case, destination: &Resolved, ports: &HashMap<u16, u16>)
     }
     let mesh_config = MeshConfig::default();
     let (services, endpoint_slices, workloads, namespaces) =
-        (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        (Store::new(), Store::new(), Store::new(), Store::new());
     let (virtual_services, destination_rules, peer_authentications, policies, mesh_policies) =
-        (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-    let request_authentications = BTreeMap::new();
-    let (gateways, service_entries, sidecars) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-    let credentials = BTreeMap::new();
+        (Store::new(), Store::new(), Store::new(), Store::new(), Store::new());
+    let request_authentications = Store::new();
+    let (gateways, service_entries, sidecars) = (Store::new(), Store::new(), Store::new());
+    let credentials = Store::new();
     let state = ClusterState {
         services: &services,
         endpoint_slices: &endpoint_slices,
