@@ -98,8 +98,8 @@ pub struct ControllerArgs {
 
     /// How long the index must be still before configuration is pushed, in
     /// milliseconds (bursts of changes make one push); under constant
-    /// change, a push still happens at least every max(1 s, 10 x this).
-    #[arg(long, env = "MESH_DEBOUNCE_MS", default_value_t = 100)]
+    /// change, a push still happens at least every max(100 ms, 10 x this).
+    #[arg(long, env = "MESH_DEBOUNCE_MS", default_value_t = crate::xds::push::DEFAULT_QUIET_MS)]
     pub debounce_ms: u64,
 
     /// Lifetime of the serving certificate, in seconds; it is renewed at half.

@@ -257,3 +257,49 @@ mod tests {
         assert_eq!(d.data["spec"]["trafficPolicy"]["loadBalancer"]["simple"], "RANDOM");
     }
 }
+
+/// An EndpointSlice of `service` with one port `http`, as the endpoint
+/// controller writes it: each endpoint an address, ready, and the pod it is
+/// (`None`: an address no pod has).
+pub fn endpoint_slice(
+    namespace: &str,
+    service: &str,
+    name: &str,
+    port: i32,
+    endpoints: &[(&str, Option<&str>)],
+) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+    use k8s_openapi::api::discovery::v1 as discovery;
+    discovery::EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(labels(&[("kubernetes.io/service-name", service)])),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        ports: Some(vec![discovery::EndpointPort {
+            name: Some("http".into()),
+            port: Some(port),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        endpoints: endpoints
+            .iter()
+            .map(|(ip, pod)| discovery::Endpoint {
+                addresses: vec![ip.to_string()],
+                conditions: Some(discovery::EndpointConditions {
+                    ready: Some(true),
+                    serving: Some(true),
+                    terminating: Some(false),
+                }),
+                target_ref: pod.map(|pod| core::ObjectReference {
+                    kind: Some("Pod".into()),
+                    name: Some(pod.into()),
+                    namespace: Some(namespace.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}

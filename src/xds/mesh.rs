@@ -852,7 +852,6 @@ mod incremental_tests {
     use std::collections::BTreeMap;
 
     use k8s_openapi::api::core::v1 as core;
-    use k8s_openapi::api::discovery::v1 as discovery;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::super::auth::tests::identity;
@@ -861,6 +860,14 @@ mod incremental_tests {
     use crate::index::{Index, Pods};
     use crate::testing::bookinfo::{apply_networking, bookinfo};
     use crate::testing::objects::{self, from_yaml};
+
+    fn slice(
+        service: &str,
+        name: &str,
+        endpoints: &[(&str, Option<&str>)],
+    ) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+        objects::endpoint_slice("default", service, name, 9080, endpoints)
+    }
 
     /// Pushes as the push loop does (the index's changes since the last
     /// push) and checks each proxy's snapshot against a fresh generator's.
@@ -920,42 +927,6 @@ mod incremental_tests {
                 Proxy { id: ProxyId::parse(&id).expect("a node id"), identity: identity() }
             })
             .collect()
-    }
-
-    fn slice(service: &str, name: &str, endpoints: &[(&str, Option<&str>)]) -> discovery::EndpointSlice {
-        discovery::EndpointSlice {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("default".into()),
-                labels: Some([("kubernetes.io/service-name".to_string(), service.to_string())].into()),
-                ..Default::default()
-            },
-            address_type: "IPv4".into(),
-            ports: Some(vec![discovery::EndpointPort {
-                name: Some("http".into()),
-                port: Some(9080),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]),
-            endpoints: endpoints
-                .iter()
-                .map(|(ip, pod)| discovery::Endpoint {
-                    addresses: vec![ip.to_string()],
-                    conditions: Some(discovery::EndpointConditions {
-                        ready: Some(true),
-                        serving: Some(true),
-                        terminating: Some(false),
-                    }),
-                    target_ref: pod.map(|pod| core::ObjectReference {
-                        kind: Some("Pod".into()),
-                        name: Some(pod.into()),
-                        namespace: Some("default".into()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .collect(),
-        }
     }
 
     fn secret(name: &str, cert: &str) -> core::Secret {

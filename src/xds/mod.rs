@@ -58,6 +58,8 @@ pub(crate) mod order;
 pub mod protocol;
 pub mod proxy;
 pub mod push;
+#[cfg(test)]
+mod push_cost;
 pub mod resource_type;
 #[cfg(test)]
 mod scale;
