@@ -233,31 +233,6 @@ pub fn config<K: kube::Resource<DynamicType = ()>>(
     obj
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn builders_make_what_the_api_server_delivers() {
-        let p = pod("reviews-v1-0").labels(&[("app", "reviews")]).ip("10.244.0.7").build();
-        assert_eq!(
-            p.metadata.labels.as_ref().and_then(|l| l.get("app")).map(String::as_str),
-            Some("reviews")
-        );
-        assert_eq!(p.status.as_ref().and_then(|s| s.pod_ip.as_deref()), Some("10.244.0.7"));
-
-        let v = vs("reviews").route_header_to("end-user", "jason", "v2").route_to("v1").build();
-        assert_eq!(v.metadata.namespace.as_deref(), Some("default"));
-        assert_eq!(v.data["spec"]["hosts"], json!(["reviews"]));
-        assert_eq!(v.data["spec"]["http"][0]["match"][0]["headers"]["end-user"]["exact"], "jason");
-        assert_eq!(v.data["spec"]["http"][1]["route"][0]["destination"]["subset"], "v1");
-
-        let d = dr("reviews").versions().load_balancer("RANDOM").build();
-        assert_eq!(d.data["spec"]["subsets"][2], json!({"name": "v3", "labels": {"version": "v3"}}));
-        assert_eq!(d.data["spec"]["trafficPolicy"]["loadBalancer"]["simple"], "RANDOM");
-    }
-}
-
 /// An EndpointSlice of `service` with one port `http`, as the endpoint
 /// controller writes it: each endpoint an address, ready, and the pod it is
 /// (`None`: an address no pod has).
@@ -301,5 +276,30 @@ pub fn endpoint_slice(
                 ..Default::default()
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builders_make_what_the_api_server_delivers() {
+        let p = pod("reviews-v1-0").labels(&[("app", "reviews")]).ip("10.244.0.7").build();
+        assert_eq!(
+            p.metadata.labels.as_ref().and_then(|l| l.get("app")).map(String::as_str),
+            Some("reviews")
+        );
+        assert_eq!(p.status.as_ref().and_then(|s| s.pod_ip.as_deref()), Some("10.244.0.7"));
+
+        let v = vs("reviews").route_header_to("end-user", "jason", "v2").route_to("v1").build();
+        assert_eq!(v.metadata.namespace.as_deref(), Some("default"));
+        assert_eq!(v.data["spec"]["hosts"], json!(["reviews"]));
+        assert_eq!(v.data["spec"]["http"][0]["match"][0]["headers"]["end-user"]["exact"], "jason");
+        assert_eq!(v.data["spec"]["http"][1]["route"][0]["destination"]["subset"], "v1");
+
+        let d = dr("reviews").versions().load_balancer("RANDOM").build();
+        assert_eq!(d.data["spec"]["subsets"][2], json!({"name": "v3", "labels": {"version": "v3"}}));
+        assert_eq!(d.data["spec"]["trafficPolicy"]["loadBalancer"]["simple"], "RANDOM");
     }
 }
