@@ -15,7 +15,7 @@ use super::auth::tests::identity;
 use super::generator::Generator;
 use super::mesh::MeshGenerator;
 use super::proxy::{Proxy, ProxyId};
-use crate::index::{DestinationRules, EndpointSlices, Index, Pods, Services, VirtualServices};
+use crate::index::{Changes, DestinationRules, EndpointSlices, Index, Pods, Services, VirtualServices};
 use crate::testing::objects::{self, endpoint_slice, from_yaml};
 
 const SERVICES: usize = 1000;
@@ -87,10 +87,20 @@ fn proxies() -> Vec<Proxy> {
         .collect()
 }
 
-/// One push from the index's changes: (prepare, generate, proxies reached).
-fn push(generator: &MeshGenerator, index: &mut Index, proxies: &[Proxy]) -> (Duration, Duration, usize) {
+/// One push from the index's changes, or as if everything had changed
+/// (what every push did before pushes followed changes): (prepare,
+/// generate, proxies reached).
+fn push(
+    generator: &MeshGenerator,
+    index: &mut Index,
+    proxies: &[Proxy],
+    everything: bool,
+) -> (Duration, Duration, usize) {
     let started = Instant::now();
-    let changes = index.take_changes();
+    let mut changes = index.take_changes();
+    if everything {
+        changes = Changes::everything();
+    }
     let context = generator.prepare(&index.snapshot(), &changes);
     let prepared = started.elapsed();
     let started = Instant::now();
@@ -112,23 +122,31 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 fn push_cost() {
     let mut index = mesh();
     let proxies = proxies();
-    let generator = MeshGenerator::default();
+    // Two generators over the same index, one following the changes, one
+    // told each time that everything changed; each push of the one is
+    // followed by the same push of the other, so both see the same state.
+    let (following, rebuilding) = (MeshGenerator::default(), MeshGenerator::default());
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
     let mut measure = |what: &str, expect_reached: usize, change: &mut dyn FnMut(&mut Index, usize)| {
-        let (mut prepare, mut generate) = (Vec::new(), Vec::new());
+        let (mut prepare, mut generate, mut whole) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..5 {
             change(&mut index, round);
-            let (p, g, reached) = push(&generator, &mut index, &proxies);
+            let (p, g, reached) = push(&following, &mut index, &proxies, false);
             assert_eq!(reached, expect_reached, "{what}: proxies reached");
             prepare.push(p);
             generate.push(g);
+            let (p, g, _) = push(&rebuilding, &mut index, &proxies, true);
+            whole.push(p + g);
         }
-        let (p, g) = (median(prepare), median(generate));
+        let (p, g, w) = (median(prepare), median(generate), median(whole));
         println!(
-            "push_cost: {what}: prepare {}, generate {} for {expect_reached} proxies, total {}",
+            "push_cost: {what}: prepare {}, generate {} for {expect_reached} proxies, total {}; \
+             rebuilding everything {} ({:.1}x)",
             ms(p),
             ms(g),
-            ms(p + g)
+            ms(p + g),
+            ms(w),
+            w.as_secs_f64() / (p + g).as_secs_f64().max(1e-9)
         );
     };
     let all = proxies.len();
