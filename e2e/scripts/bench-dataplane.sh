@@ -1,0 +1,313 @@
+#!/usr/bin/env bash
+# `make bench-dataplane`: what the mesh's Envoy configuration costs in
+# latency, against the same two Envoys with a hand-written minimal static
+# configuration doing the same job, in one run. Brings up a cluster of its
+# own, installs the mesh with its Helm chart, and runs two injected pods
+# in namespace `bench`: fortio-server (fortio's echo server on :8080, the
+# Service's port, and a twin process on :8090) and fortio-client (idle;
+# the load runs inside its network namespace). Then, ROUNDS times, in a
+# rotating order, fortio load (POST, 1 kB body, echoed back) at QPS for
+# SECONDS_ (after a WARMUP at the same rate) over CONNECTIONS connections:
+#
+#   (a) no proxy: the client pod → the server pod's :8090 directly (the
+#       pods' annotations exclude that port from capture on both sides);
+#   (b) the mesh: the client pod → the Service fortio-server:8080,
+#       captured by iptables to the client's sidecar, mutual TLS to the
+#       server's sidecar (captured to :15006), then the app on :8080;
+#   (c) hand-written: the client pod → 127.0.0.1:15101, a second Envoy in
+#       the client pod (e2e/bench/dataplane-static-client.yaml, as UID
+#       1337 so its outbound connection is not captured), mutual TLS to a
+#       second Envoy in the server pod on :15201 (excluded from capture;
+#       e2e/bench/dataplane-static-server.yaml), then the app on :8080.
+#       Same Envoy binary, same --concurrency as the sidecars, same pods.
+#
+# It checks that each path went where it says: (b) counted at both
+# sidecars with TLS handshakes on the server's :15006; (a) and (c) not
+# seen by the sidecars at all; (c) with TLS handshakes on :15201. It
+# prints p50/p90/p99 per path and round, the median over rounds, the
+# latency each proxied path adds over (a), the ratio of the two, and the
+# CPU and RSS of the two Envoys of each path. Everything is removed at the
+# end, whatever the outcome, and checked.
+#
+#   QPS (1000)  SECONDS_ (30)  WARMUP (5 s)  CONNECTIONS (16)  ROUNDS (3)
+#   MESH_CLUSTER_DIR (.cluster-bench-dataplane)  MESH_PORT_OFFSET (40000)
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+source "$repo/e2e/scripts/versions.sh"
+export MESH_CLUSTER_DIR=${MESH_CLUSTER_DIR:-$repo/.cluster-bench-dataplane}
+export MESH_PORT_OFFSET=${MESH_PORT_OFFSET:-40000}
+cluster=$repo/e2e/scripts/cluster.sh
+target=${CARGO_TARGET_DIR:-$repo/target}
+dir=$MESH_CLUSTER_DIR
+prefix=mesh$((MESH_PORT_OFFSET / 10000))
+qps=${QPS:-1000} seconds=${SECONDS_:-30} warmup=${WARMUP:-5}
+connections=${CONNECTIONS:-16} rounds=${ROUNDS:-3}
+ns=bench
+out=$target/bench-dataplane
+fortio=$TOOLS_BIN/fortio
+envoy=$TOOLS_BIN/envoy
+
+log() { printf '[bench-dataplane] %s\n' "$*" >&2; }
+
+static_pids=()
+cleanup() {
+  local rc=$?
+  local pid
+  for pid in "${static_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  "$cluster" down >/dev/null 2>&1 || true
+  "$repo/e2e/scripts/check-clean.sh" "$dir" "$prefix" >&2 || rc=1
+  exit $rc
+}
+
+for bin in "$target/debug/localnode" "$target/debug/mesh" "$fortio" "$envoy"; do
+  [ -x "$bin" ] || { log "$bin is missing: make tools build"; exit 1; }
+done
+rm -rf "$out" && mkdir -p "$out"
+"$cluster" down >/dev/null 2>&1 || true
+trap cleanup EXIT
+log "cluster up ($dir, ports +$MESH_PORT_OFFSET)"
+"$cluster" up >/dev/null
+eval "$("$cluster" env)"
+log "installing the chart"
+"$cluster" mesh-up >/dev/null
+kubectl create namespace "$ns" >/dev/null
+kubectl label namespace "$ns" istio-injection=enabled >/dev/null
+
+# fortio's echo server, one HTTP port and nothing else.
+server_args() { echo "[server, -http-port, \"$1\", -grpc-port, disabled, -redirect-port, disabled, -tcp-port, disabled, -udp-port, disabled]"; }
+kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: fortio-server, namespace: $ns}
+spec:
+  selector: {app: fortio-server}
+  ports:
+  - {name: http, port: 8080}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: fortio-server
+  namespace: $ns
+  labels: {app: fortio-server}
+  annotations:
+    # (a) reaches the twin directly, (c) reaches the hand-written Envoy.
+    traffic.sidecar.istio.io/excludeInboundPorts: "8090,15201"
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: fortio
+    image: fortio/fortio:latest_release
+    args: $(server_args 8080)
+    ports: [{containerPort: 8080, name: http}]
+  - name: fortio-direct
+    image: fortio/fortio:latest_release
+    args: $(server_args 8090)
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: fortio-client
+  namespace: $ns
+  labels: {app: fortio-client}
+  annotations:
+    traffic.sidecar.istio.io/excludeOutboundPorts: "8090"
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: fortio
+    image: fortio/fortio:latest_release
+    args: $(server_args 8080)
+EOF
+kubectl -n "$ns" wait --for=condition=Ready pod --all --timeout=180s >/dev/null
+server_ip=$(kubectl -n "$ns" get pod fortio-server -o jsonpath='{.status.podIP}')
+log "pods ready; server pod at $server_ip"
+
+in_pod() { # pod command: a shell command in the pod's namespaces, as root
+  "$target/debug/localnode" enter --state-dir "$dir/node" "$ns/$1" -- sh -c "$2"
+}
+admin() { # pod port path [stats filter, a regular expression]
+  in_pod "$1" "curl -sfG 'http://127.0.0.1:$2/$3' ${4:+--data-urlencode 'filter=$4'}"
+}
+# Host pids of the pod's sidecar Envoy: the Envoy processes in its network
+# namespace, less the hand-written one.
+sidecar_pid() { # pod
+  local pid
+  for pid in $(ip netns pids "$prefix-$ns.$1"); do
+    [ "$(readlink "/proc/$pid/exe")" = "$(readlink -f "$envoy")" ] || continue
+    [[ " ${static_pids[*]} " == *" $pid "* ]] && continue
+    echo "$pid"
+  done
+}
+
+# The hand-written Envoys: as many worker threads as the sidecars have.
+concurrency=$(admin fortio-client 15000 server_info \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["command_line_options"]["concurrency"])')
+static=$dir/bench-static
+mkdir -p "$static/certs"
+(
+  cd "$static/certs"
+  # An ECDSA P-256 root and workload certificates with SPIFFE IDs, as the mesh's CA issues.
+  openssl ecparam -name prime256v1 -genkey -noout -out root.key
+  openssl req -x509 -new -key root.key -subj /O=bench-dataplane -days 1 -out root.pem \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+  for side in client server; do
+    openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out "$side.key"
+    openssl req -new -key "$side.key" -subj /O=bench -out "$side.csr"
+    openssl x509 -req -in "$side.csr" -CA root.pem -CAkey root.key -days 1 -out "$side.pem" -extfile <(
+      echo "subjectAltName=critical,URI:spiffe://cluster.local/ns/$ns/sa/default"
+      echo "keyUsage=critical,digitalSignature,keyEncipherment"
+      echo "extendedKeyUsage=serverAuth,clientAuth"
+    )
+  done
+) >"$out/openssl.log" 2>&1
+# Envoy runs as 1337 in the pod: it must read these (a throwaway test key).
+chmod 755 "$static" "$static/certs" && chmod 644 "$static"/certs/*
+for side in client server; do
+  sed -e "s|@SERVER_IP@|$server_ip|; s|@CERTS@|$static/certs|g" \
+    "$repo/e2e/bench/dataplane-static-$side.yaml" >"$static/$side.yaml"
+  chmod 644 "$static/$side.yaml"
+  "$target/debug/localnode" enter --state-dir "$dir/node" "$ns/fortio-$side" -- \
+    setpriv --reuid 1337 --regid 1337 --clear-groups "$envoy" -c "$static/$side.yaml" \
+    --concurrency "$concurrency" --disable-hot-restart --log-level warning --local-address-ip-version v4 \
+    >"$out/static-$side.log" 2>&1 </dev/null &
+  static_pids+=($!)
+done
+for port in 15100 15200; do
+  pod=fortio-client && [ $port = 15200 ] && pod=fortio-server
+  for _ in $(seq 1 100); do admin $pod $port ready >/dev/null 2>&1 && break; sleep 0.2; done
+  admin $pod $port ready >/dev/null || { log "the hand-written Envoy on $pod :$port is not ready"; cat "$out"/static-*.log >&2; exit 1; }
+done
+client_sidecar=$(sidecar_pid fortio-client) server_sidecar=$(sidecar_pid fortio-server)
+[ "$(wc -w <<<"$client_sidecar $server_sidecar")" = 2 ] || { log "sidecar Envoys not found: '$client_sidecar' '$server_sidecar'"; exit 1; }
+log "hand-written Envoys up (pids ${static_pids[*]}), sidecars pids $client_sidecar $server_sidecar, --concurrency $concurrency"
+
+declare -A url=(
+  [none]="http://$server_ip:8090/"
+  [mesh]="http://fortio-server:8080/"
+  [static]="http://127.0.0.1:15101/"
+)
+declare -A pids=(
+  [none]=""
+  [mesh]="$client_sidecar $server_sidecar"
+  [static]="${static_pids[*]}"
+)
+load() { # path duration json-file
+  in_pod fortio-client "$fortio load -quiet -qps $qps -c $connections -t $2 -payload-size 1024 \
+    -p 50,90,99,99.9 -json - ${url[$1]}" >"$3" 2>>"$out/fortio.log"
+}
+cpu_ticks() { local pid t=0; for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo $t; }
+# Connections the sidecars accepted, on either pod: (a) and (c) must add none.
+sidecar_connections() {
+  local pod
+  for pod in fortio-client fortio-server; do admin $pod 15000 stats '^listener\.0\.0\.0\.0_150(01|06)\.downstream_cx_total$'; done \
+    | awk -F': ' '{n += $2} END {print n + 0}'
+}
+stat_of() { # pod port name
+  admin "$1" "$2" stats "^$(sed 's/[.|]/\\&/g' <<<"$3")\$" | awk -F': ' '{print $2 + 0}'
+}
+hz=$(getconf CLK_TCK)
+
+order=(none mesh static)
+for round in $(seq 1 "$rounds"); do
+  for path in "${order[@]}"; do
+    load "$path" "${warmup}s" /dev/null
+    seen=$(sidecar_connections)
+    inbound=$(stat_of fortio-server 15000 http.inbound_0.0.0.0_8080.downstream_rq_2xx)
+    inbound_static=$(stat_of fortio-server 15200 http.server.downstream_rq_2xx)
+    load_before=$(cut -d' ' -f1 /proc/loadavg)
+    # shellcheck disable=SC2086
+    before=$(cpu_ticks ${pids[$path]})
+    load "$path" "${seconds}s" "$out/$path-$round.json"
+    # shellcheck disable=SC2086
+    after=$(cpu_ticks ${pids[$path]})
+    rss=""
+    for pid in ${pids[$path]}; do rss+="$(awk '/VmRSS/ {print $2}' "/proc/$pid/status") "; done
+    requests=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["DurationHistogram"]["Count"])' "$out/$path-$round.json")
+    # Each path went where it says: the server side of (b) and (c) answered
+    # every request (fortio's histogram leaves out the one warm-up request
+    # each connection makes first), the sidecars saw nothing of (a) and (c).
+    case $path in
+      mesh) counted=$(( $(stat_of fortio-server 15000 http.inbound_0.0.0.0_8080.downstream_rq_2xx) - inbound )) ;;
+      static) counted=$(( $(stat_of fortio-server 15200 http.server.downstream_rq_2xx) - inbound_static )) ;;
+      none) counted=$((requests + connections)) ;;
+    esac
+    [ "$counted" = $((requests + connections)) ] || {
+      log "$path, round $round: fortio sent $requests (+$connections warm-up), the server side answered $counted"
+      exit 1
+    }
+    if [ "$path" != mesh ] && [ "$(sidecar_connections)" != "$seen" ]; then
+      log "$path, round $round: the sidecars accepted connections; the path is not what it says"
+      exit 1
+    fi
+    # CPU seconds of the path's two Envoys over the measured run, their RSS.
+    echo "$(( after - before )) $hz $rss" >"$out/$path-$round.proc"
+    log "round $round, $path: $requests requests (load average $load_before -> $(cut -d' ' -f1 /proc/loadavg))"
+  done
+  order=("${order[@]:1}" "${order[0]}")
+done
+
+# Mutual TLS really happened on both proxied paths, with what parameters.
+tls_stats() { admin "$1" "$2" stats "$3\.ssl\.(handshake|versions|ciphers|curves|sigalgs)"; }
+{
+  echo "mesh, client sidecar:"; tls_stats fortio-client 15000 'cluster\.outbound\|8080\|\|fortio-server\.bench\.svc\.cluster\.local'
+  echo "mesh, server sidecar:"; tls_stats fortio-server 15000 'listener\.0\.0\.0\.0_15006'
+  echo "hand-written, client:"; tls_stats fortio-client 15100 'cluster\.server'
+  echo "hand-written, server:"; tls_stats fortio-server 15200 'listener\.0\.0\.0\.0_15201'
+} >"$out/tls.txt"
+for check in 'listener.0.0.0.0_15006.ssl.handshake' 'listener.0.0.0.0_15201.ssl.handshake'; do
+  grep -qE "^$(sed 's/\./\\./g' <<<"$check"): [1-9]" "$out/tls.txt" || { log "no TLS handshake counted at $check"; cat "$out/tls.txt" >&2; exit 1; }
+done
+for pod in fortio-client fortio-server; do admin $pod 15000 config_dump >"$out/$pod-config_dump.json"; done
+
+python3 - "$out" "$rounds" "$qps" "$seconds" "$connections" "$concurrency" <<'EOF'
+import json, statistics, sys
+
+out, rounds, qps, seconds, connections, concurrency = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
+paths = {"none": "(a) no proxy", "mesh": "(b) mesh sidecars", "static": "(c) hand-written"}
+quantiles = [50, 90, 99, 99.9]
+runs = {p: [json.load(open(f"{out}/{p}-{r}.json")) for r in range(1, rounds + 1)] for p in paths}
+def proc(p, r):
+    ticks, hz, *rss = open(f"{out}/{p}-{r}.proc").read().split()
+    return {"cpu_s": int(ticks) / int(hz), "rss_mib": [int(k) // 1024 for k in rss]}
+procs = {p: [proc(p, r) for r in range(1, rounds + 1)] for p in paths}
+
+def ms(run, q):
+    return next(x["Value"] for x in run["DurationHistogram"]["Percentiles"] if x["Percentile"] == q) * 1000
+
+print()
+print(f"== data plane: {qps} req/s, 1 kB POST echoed, {connections} connections, {seconds} s, "
+      f"{rounds} rounds, Envoy --concurrency {concurrency} ==")
+for p, label in paths.items():
+    for r, run in enumerate(runs[p], 1):
+        codes = run["RetCodes"]
+        bad = sum(n for c, n in codes.items() if c != "200")
+        if bad:
+            sys.exit(f"{label}, round {r}: {bad} answers were not 200: {codes}")
+        cpu = procs[p][r - 1]["cpu_s"] / float(seconds) * 100
+        rss = procs[p][r - 1]["rss_mib"]
+        extra = f", Envoys' CPU {cpu:.0f}% of one core, RSS {'/'.join(map(str, rss))} MiB" if rss else ""
+        print(f"{label}, round {r}: {run['ActualQPS']:.0f} req/s, {run['DurationHistogram']['Count']} requests, "
+              + ", ".join(f"p{q:g} {ms(run, q):.3f} ms" for q in quantiles) + extra)
+
+median = {p: {q: statistics.median(ms(run, q) for run in runs[p]) for q in quantiles} for p in paths}
+print()
+print("median over rounds:")
+for p, label in paths.items():
+    print(f"  {label}: " + ", ".join(f"p{q:g} {median[p][q]:.3f} ms" for q in quantiles))
+added = {p: {q: median[p][q] - median["none"][q] for q in quantiles} for p in ("mesh", "static")}
+print("added over no proxy (two Envoys):")
+for p in ("mesh", "static"):
+    print(f"  {paths[p]}: " + ", ".join(f"p{q:g} +{added[p][q]:.3f} ms" for q in quantiles))
+print(f"p90, mesh / hand-written: added {added['mesh'][90] / added['static'][90]:.2f}x "
+      f"(goal <= 1.05x), end to end {median['mesh'][90] / median['static'][90]:.2f}x")
+for p in ("mesh", "static"):
+    cpu = statistics.median(x["cpu_s"] for x in procs[p])
+    per_request = statistics.median(x["cpu_s"] / run["DurationHistogram"]["Count"] for x, run in zip(procs[p], runs[p]))
+    print(f"{paths[p]}: both Envoys' CPU, median {cpu / float(seconds) * 100:.0f}% of one core, "
+          f"{per_request * 1e6:.0f} us per request")
+EOF
+echo
+echo "TLS on both proxied paths (from the Envoys' stats):"
+cat "$out/tls.txt"
