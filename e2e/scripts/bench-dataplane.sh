@@ -15,21 +15,25 @@
 #       captured by iptables to the client's sidecar, mutual TLS to the
 #       server's sidecar (captured to :15006), then the app on :8080;
 #   (c) hand-written: the client pod → 127.0.0.1:15101, a second Envoy in
-#       the client pod (e2e/bench/dataplane-static-client.yaml, as UID
-#       1337 so its outbound connection is not captured), mutual TLS to a
-#       second Envoy in the server pod on :15201 (excluded from capture;
-#       e2e/bench/dataplane-static-server.yaml), then the app on :8080.
-#       Same Envoy binary, same --concurrency as the sidecars, same pods.
+#       the client pod (e2e/bench/dataplane-static-client.yaml, a container
+#       of the pod as UID 1337, so its outbound connection is not
+#       captured), mutual TLS to a second Envoy in the server pod on
+#       :15201 (excluded from capture; e2e/bench/dataplane-static-server.yaml),
+#       then the app on :8080. Same Envoy binary, same --concurrency as the
+#       sidecars, same pods, started by the node as the sidecars are.
 #
 # It checks that each path went where it says: (b) counted at both
 # sidecars with TLS handshakes on the server's :15006; (a) and (c) not
 # seen by the sidecars at all; (c) with TLS handshakes on :15201. It
 # prints p50/p90/p99 per path and round, the median over rounds, the
 # latency each proxied path adds over (a), the ratio of the two, and the
-# CPU and RSS of the two Envoys of each path. Everything is removed at the
+# CPU (time on a core and time waiting for one, per request, from the
+# threads' schedstat) and RSS of the two Envoys of each path. Everything is removed at the
 # end, whatever the outcome, and checked.
 #
 #   QPS (1000)  SECONDS_ (30)  WARMUP (5 s)  CONNECTIONS (16)  ROUNDS (3)
+#   UNIFORM (1: requests evenly spread; 0: fortio's default, every
+#   connection sending at the same instants)
 #   MESH_CLUSTER_DIR (.cluster-bench-dataplane)  MESH_PORT_OFFSET (40000)
 set -euo pipefail
 
@@ -42,7 +46,7 @@ target=${CARGO_TARGET_DIR:-$repo/target}
 dir=$MESH_CLUSTER_DIR
 prefix=mesh$((MESH_PORT_OFFSET / 10000))
 qps=${QPS:-1000} seconds=${SECONDS_:-30} warmup=${WARMUP:-5}
-connections=${CONNECTIONS:-16} rounds=${ROUNDS:-3}
+connections=${CONNECTIONS:-16} rounds=${ROUNDS:-3} uniform=${UNIFORM:-1}
 ns=bench
 out=$target/bench-dataplane
 fortio=$TOOLS_BIN/fortio
@@ -50,11 +54,8 @@ envoy=$TOOLS_BIN/envoy
 
 log() { printf '[bench-dataplane] %s\n' "$*" >&2; }
 
-static_pids=()
 cleanup() {
   local rc=$?
-  local pid
-  for pid in "${static_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   "$cluster" down >/dev/null 2>&1 || true
   "$repo/e2e/scripts/check-clean.sh" "$dir" "$prefix" >&2 || rc=1
   exit $rc
@@ -74,8 +75,82 @@ log "installing the chart"
 kubectl create namespace "$ns" >/dev/null
 kubectl label namespace "$ns" istio-injection=enabled >/dev/null
 
+in_pod() { # pod command: a shell command in the pod's namespaces, as root
+  "$target/debug/localnode" enter --state-dir "$dir/node" "$ns/$1" -- sh -c "$2"
+}
+admin() { # pod port path [stats filter, a regular expression]
+  in_pod "$1" "curl -sfG 'http://127.0.0.1:$2/$3' ${4:+--data-urlencode 'filter=$4'}"
+}
+# Host pid of an Envoy of the pod: the Envoy process in its network
+# namespace whose command line names (or, with !, does not name) a word.
+envoy_pid() { # pod [!]word
+  local pid
+  for pid in $(ip netns pids "$prefix-$ns.$1"); do
+    [ "$(readlink "/proc/$pid/exe")" = "$(readlink -f "$envoy")" ] || continue
+    if [[ $2 == !* ]]; then
+      grep -qF -- "${2#!}" "/proc/$pid/cmdline" && continue
+    else
+      grep -qF -- "$2" "/proc/$pid/cmdline" || continue
+    fi
+    echo "$pid"
+  done
+}
+
+# Certificates for the hand-written Envoys: an ECDSA P-256 root and
+# workload certificates with SPIFFE IDs, as the mesh's CA issues them.
+certs=$out/certs
+mkdir -p "$certs"
+(
+  cd "$certs"
+  openssl ecparam -name prime256v1 -genkey -noout -out root.key
+  openssl req -x509 -new -key root.key -subj /O=bench-dataplane -days 1 -out root.pem \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+  for side in client server; do
+    openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out "$side.key"
+    openssl req -new -key "$side.key" -subj /O=bench -out "$side.csr"
+    openssl x509 -req -in "$side.csr" -CA root.pem -CAkey root.key -days 1 -out "$side.pem" -extfile <(
+      echo "subjectAltName=critical,URI:spiffe://cluster.local/ns/$ns/sa/default"
+      echo "keyUsage=critical,digitalSignature,keyEncipherment"
+      echo "extendedKeyUsage=serverAuth,clientAuth"
+    )
+  done
+) >"$out/openssl.log" 2>&1
+kubectl -n "$ns" create secret generic bench-static-certs --from-file="$certs/root.pem" \
+  --from-file="$certs/client.pem" --from-file="$certs/client.key" \
+  --from-file="$certs/server.pem" --from-file="$certs/server.key" >/dev/null
+
+# Envoy runs as many workers as the machine has cores when not told (the
+# sidecars are not told); checked against the sidecars below.
+concurrency=$(nproc)
 # fortio's echo server, one HTTP port and nothing else.
 server_args() { echo "[server, -http-port, \"$1\", -grpc-port, disabled, -redirect-port, disabled, -tcp-port, disabled, -udp-port, disabled]"; }
+# The hand-written Envoy as one more container of the pod: the node starts
+# it as it starts the sidecar (the same binary, user 1337, the pod's
+# network namespace, the node's session: the scheduler groups processes by
+# session, so an Envoy started from this script would compete for the
+# cores on other terms than the sidecars).
+static_envoy() { # side
+  cat <<EOF
+  - name: envoy-static
+    image: envoyproxy/envoy:v1.40.0
+    args: [-c, /etc/bench-static/config/$1.yaml, --concurrency, "$concurrency", --disable-hot-restart,
+           --log-level, warning, --local-address-ip-version, v4]
+    securityContext: {runAsUser: 1337, runAsGroup: 1337}
+    volumeMounts:
+    - {name: static-config, mountPath: /etc/bench-static/config}
+    - {name: static-certs, mountPath: /etc/bench-static/certs}
+  volumes:
+  - {name: static-config, configMap: {name: bench-static-$1}}
+  - {name: static-certs, secret: {secretName: bench-static-certs}}
+EOF
+}
+static_config() { # side server-ip
+  sed -e "s|@SERVER_IP@|$2|; s|@CERTS@|/etc/bench-static/certs|g" \
+    "$repo/e2e/bench/dataplane-static-$1.yaml" >"$out/static-$1.yaml"
+  kubectl -n "$ns" create configmap "bench-static-$1" --from-file="$1.yaml=$out/static-$1.yaml" >/dev/null
+}
+
+static_config server ""
 kubectl apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Service
@@ -104,7 +179,14 @@ spec:
   - name: fortio-direct
     image: fortio/fortio:latest_release
     args: $(server_args 8090)
----
+$(static_envoy server)
+EOF
+kubectl -n "$ns" wait --for=condition=Ready pod/fortio-server --timeout=180s >/dev/null
+server_ip=$(kubectl -n "$ns" get pod fortio-server -o jsonpath='{.status.podIP}')
+# The client's hand-written Envoy dials the server pod's address, as the
+# sidecar does its EDS endpoint.
+static_config client "$server_ip"
+kubectl apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Pod
 metadata:
@@ -119,69 +201,36 @@ spec:
   - name: fortio
     image: fortio/fortio:latest_release
     args: $(server_args 8080)
+$(static_envoy client)
 EOF
-kubectl -n "$ns" wait --for=condition=Ready pod --all --timeout=180s >/dev/null
-server_ip=$(kubectl -n "$ns" get pod fortio-server -o jsonpath='{.status.podIP}')
+kubectl -n "$ns" wait --for=condition=Ready pod/fortio-client --timeout=180s >/dev/null
 log "pods ready; server pod at $server_ip"
 
-in_pod() { # pod command: a shell command in the pod's namespaces, as root
-  "$target/debug/localnode" enter --state-dir "$dir/node" "$ns/$1" -- sh -c "$2"
-}
-admin() { # pod port path [stats filter, a regular expression]
-  in_pod "$1" "curl -sfG 'http://127.0.0.1:$2/$3' ${4:+--data-urlencode 'filter=$4'}"
-}
-# Host pids of the pod's sidecar Envoy: the Envoy processes in its network
-# namespace, less the hand-written one.
-sidecar_pid() { # pod
-  local pid
-  for pid in $(ip netns pids "$prefix-$ns.$1"); do
-    [ "$(readlink "/proc/$pid/exe")" = "$(readlink -f "$envoy")" ] || continue
-    [[ " ${static_pids[*]} " == *" $pid "* ]] && continue
-    echo "$pid"
-  done
-}
-
-# The hand-written Envoys: as many worker threads as the sidecars have.
-concurrency=$(admin fortio-client 15000 server_info \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["command_line_options"]["concurrency"])')
-static=$dir/bench-static
-mkdir -p "$static/certs"
-(
-  cd "$static/certs"
-  # An ECDSA P-256 root and workload certificates with SPIFFE IDs, as the mesh's CA issues.
-  openssl ecparam -name prime256v1 -genkey -noout -out root.key
-  openssl req -x509 -new -key root.key -subj /O=bench-dataplane -days 1 -out root.pem \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
-  for side in client server; do
-    openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out "$side.key"
-    openssl req -new -key "$side.key" -subj /O=bench -out "$side.csr"
-    openssl x509 -req -in "$side.csr" -CA root.pem -CAkey root.key -days 1 -out "$side.pem" -extfile <(
-      echo "subjectAltName=critical,URI:spiffe://cluster.local/ns/$ns/sa/default"
-      echo "keyUsage=critical,digitalSignature,keyEncipherment"
-      echo "extendedKeyUsage=serverAuth,clientAuth"
-    )
-  done
-) >"$out/openssl.log" 2>&1
-# Envoy runs as 1337 in the pod: it must read these (a throwaway test key).
-chmod 755 "$static" "$static/certs" && chmod 644 "$static"/certs/*
-for side in client server; do
-  sed -e "s|@SERVER_IP@|$server_ip|; s|@CERTS@|$static/certs|g" \
-    "$repo/e2e/bench/dataplane-static-$side.yaml" >"$static/$side.yaml"
-  chmod 644 "$static/$side.yaml"
-  "$target/debug/localnode" enter --state-dir "$dir/node" "$ns/fortio-$side" -- \
-    setpriv --reuid 1337 --regid 1337 --clear-groups "$envoy" -c "$static/$side.yaml" \
-    --concurrency "$concurrency" --disable-hot-restart --log-level warning --local-address-ip-version v4 \
-    >"$out/static-$side.log" 2>&1 </dev/null &
-  static_pids+=($!)
-done
 for port in 15100 15200; do
   pod=fortio-client && [ $port = 15200 ] && pod=fortio-server
   for _ in $(seq 1 100); do admin $pod $port ready >/dev/null 2>&1 && break; sleep 0.2; done
-  admin $pod $port ready >/dev/null || { log "the hand-written Envoy on $pod :$port is not ready"; cat "$out"/static-*.log >&2; exit 1; }
+  admin $pod $port ready >/dev/null || { log "the hand-written Envoy on $pod :$port is not ready"; exit 1; }
 done
-client_sidecar=$(sidecar_pid fortio-client) server_sidecar=$(sidecar_pid fortio-server)
-[ "$(wc -w <<<"$client_sidecar $server_sidecar")" = 2 ] || { log "sidecar Envoys not found: '$client_sidecar' '$server_sidecar'"; exit 1; }
-log "hand-written Envoys up (pids ${static_pids[*]}), sidecars pids $client_sidecar $server_sidecar, --concurrency $concurrency"
+sidecar_concurrency=$(admin fortio-client 15000 server_info \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["command_line_options"]["concurrency"])')
+[ "$sidecar_concurrency" = "$concurrency" ] || {
+  log "the sidecars run $sidecar_concurrency workers, the hand-written Envoys $concurrency"
+  exit 1
+}
+client_sidecar=$(envoy_pid fortio-client '!bench-static') server_sidecar=$(envoy_pid fortio-server '!bench-static')
+client_static=$(envoy_pid fortio-client bench-static) server_static=$(envoy_pid fortio-server bench-static)
+for pid in "$client_sidecar" "$server_sidecar" "$client_static" "$server_static"; do
+  [[ $pid =~ ^[0-9]+$ ]] || {
+    log "not one Envoy of each kind per pod: sidecars '$client_sidecar' '$server_sidecar'," \
+      "hand-written '$client_static' '$server_static'"
+    exit 1
+  }
+  [ "$(ps -o sid= -p "$pid")" = "$(ps -o sid= -p "$client_sidecar")" ] || {
+    log "Envoy $pid runs in another session than the sidecars"
+    exit 1
+  }
+done
+log "Envoys: sidecars $client_sidecar $server_sidecar, hand-written $client_static $server_static, --concurrency $concurrency"
 
 declare -A url=(
   [none]="http://$server_ip:8090/"
@@ -191,13 +240,24 @@ declare -A url=(
 declare -A pids=(
   [none]=""
   [mesh]="$client_sidecar $server_sidecar"
-  [static]="${static_pids[*]}"
+  [static]="$client_static $server_static"
 )
+# fortio starts its connections together, so without -uniform they send
+# at the same instants: bursts of CONNECTIONS requests, CONNECTIONS/QPS
+# apart. With it, requests come evenly spread at QPS.
+arrival=$([ "$uniform" = 1 ] && echo "-uniform")
 load() { # path duration json-file
-  in_pod fortio-client "$fortio load -quiet -qps $qps -c $connections -t $2 -payload-size 1024 \
+  in_pod fortio-client "$fortio load -quiet -qps $qps -c $connections -t $2 -payload-size 1024 $arrival \
     -p 50,90,99,99.9 -json - ${url[$1]}" >"$3" 2>>"$out/fortio.log"
 }
-cpu_ticks() { local pid t=0; for pid in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done; echo $t; }
+# Per Envoy, "pid:cpu_ns:wait_ns": the time its threads ran and the time
+# they waited for a core while runnable (/proc/PID/task/*/schedstat).
+sched() {
+  local pid
+  for pid in "$@"; do
+    echo "$pid:$(cat /proc/"$pid"/task/*/schedstat | awk '{run += $1; wait += $2} END {printf "%.0f:%.0f", run, wait}')"
+  done
+}
 # Connections the sidecars accepted, on either pod: (a) and (c) must add none.
 sidecar_connections() {
   local pod
@@ -207,7 +267,6 @@ sidecar_connections() {
 stat_of() { # pod port name
   admin "$1" "$2" stats "^$(sed 's/[.|]/\\&/g' <<<"$3")\$" | awk -F': ' '{print $2 + 0}'
 }
-hz=$(getconf CLK_TCK)
 
 order=(none mesh static)
 for round in $(seq 1 "$rounds"); do
@@ -218,10 +277,10 @@ for round in $(seq 1 "$rounds"); do
     inbound_static=$(stat_of fortio-server 15200 http.server.downstream_rq_2xx)
     load_before=$(cut -d' ' -f1 /proc/loadavg)
     # shellcheck disable=SC2086
-    before=$(cpu_ticks ${pids[$path]})
+    before=$(sched ${pids[$path]})
     load "$path" "${seconds}s" "$out/$path-$round.json"
     # shellcheck disable=SC2086
-    after=$(cpu_ticks ${pids[$path]})
+    after=$(sched ${pids[$path]})
     rss=""
     for pid in ${pids[$path]}; do rss+="$(awk '/VmRSS/ {print $2}' "/proc/$pid/status") "; done
     requests=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["DurationHistogram"]["Count"])' "$out/$path-$round.json")
@@ -241,8 +300,11 @@ for round in $(seq 1 "$rounds"); do
       log "$path, round $round: the sidecars accepted connections; the path is not what it says"
       exit 1
     fi
-    # CPU seconds of the path's two Envoys over the measured run, their RSS.
-    echo "$(( after - before )) $hz $rss" >"$out/$path-$round.proc"
+    # The path's two Envoys (client, server) over the measured run: CPU,
+    # waiting for a core, RSS.
+    echo "$before" >"$out/$path-$round.sched-before"
+    echo "$after" >"$out/$path-$round.sched-after"
+    echo "$rss" >"$out/$path-$round.rss"
     log "round $round, $path: $requests requests (load average $load_before -> $(cut -d' ' -f1 /proc/loadavg))"
   done
   order=("${order[@]:1}" "${order[0]}")
@@ -261,23 +323,29 @@ for check in 'listener.0.0.0.0_15006.ssl.handshake' 'listener.0.0.0.0_15201.ssl.
 done
 for pod in fortio-client fortio-server; do admin $pod 15000 config_dump >"$out/$pod-config_dump.json"; done
 
-python3 - "$out" "$rounds" "$qps" "$seconds" "$connections" "$concurrency" <<'EOF'
+python3 - "$out" "$rounds" "$qps" "$seconds" "$connections" "$concurrency" "${arrival:-bursts}" <<'EOF'
 import json, statistics, sys
 
-out, rounds, qps, seconds, connections, concurrency = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
+out, rounds, qps, seconds, connections, concurrency, arrival = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
 paths = {"none": "(a) no proxy", "mesh": "(b) mesh sidecars", "static": "(c) hand-written"}
 quantiles = [50, 90, 99, 99.9]
 runs = {p: [json.load(open(f"{out}/{p}-{r}.json")) for r in range(1, rounds + 1)] for p in paths}
+def sched(p, r, when):
+    return [[int(x) for x in line.split(":")[1:]] for line in open(f"{out}/{p}-{r}.sched-{when}").read().split()]
+
 def proc(p, r):
-    ticks, hz, *rss = open(f"{out}/{p}-{r}.proc").read().split()
-    return {"cpu_s": int(ticks) / int(hz), "rss_mib": [int(k) // 1024 for k in rss]}
+    # Per Envoy (client, server): CPU seconds, seconds waiting for a core.
+    spent = [[(a - b) / 1e9 for a, b in zip(after, before)]
+             for before, after in zip(sched(p, r, "before"), sched(p, r, "after"))]
+    rss = [int(k) // 1024 for k in open(f"{out}/{p}-{r}.rss").read().split()]
+    return {"cpu_s": sum(s[0] for s in spent), "spent": spent, "rss_mib": rss}
 procs = {p: [proc(p, r) for r in range(1, rounds + 1)] for p in paths}
 
 def ms(run, q):
     return next(x["Value"] for x in run["DurationHistogram"]["Percentiles"] if x["Percentile"] == q) * 1000
 
 print()
-print(f"== data plane: {qps} req/s, 1 kB POST echoed, {connections} connections, {seconds} s, "
+print(f"== data plane: {qps} req/s ({arrival.lstrip('-')}), 1 kB POST echoed, {connections} connections, {seconds} s, "
       f"{rounds} rounds, Envoy --concurrency {concurrency} ==")
 for p, label in paths.items():
     for r, run in enumerate(runs[p], 1):
@@ -299,14 +367,18 @@ for p, label in paths.items():
 added = {p: {q: median[p][q] - median["none"][q] for q in quantiles} for p in ("mesh", "static")}
 print("added over no proxy (two Envoys):")
 for p in ("mesh", "static"):
-    print(f"  {paths[p]}: " + ", ".join(f"p{q:g} +{added[p][q]:.3f} ms" for q in quantiles))
+    print(f"  {paths[p]}: " + ", ".join(f"p{q:g} {added[p][q]:+.3f} ms" for q in quantiles))
 print(f"p90, mesh / hand-written: added {added['mesh'][90] / added['static'][90]:.2f}x "
       f"(goal <= 1.05x), end to end {median['mesh'][90] / median['static'][90]:.2f}x")
 for p in ("mesh", "static"):
+    requests = [run["DurationHistogram"]["Count"] for run in runs[p]]
     cpu = statistics.median(x["cpu_s"] for x in procs[p])
-    per_request = statistics.median(x["cpu_s"] / run["DurationHistogram"]["Count"] for x, run in zip(procs[p], runs[p]))
-    print(f"{paths[p]}: both Envoys' CPU, median {cpu / float(seconds) * 100:.0f}% of one core, "
-          f"{per_request * 1e6:.0f} us per request")
+    line = f"{paths[p]}: both Envoys' CPU, median {cpu / float(seconds) * 100:.0f}% of one core; per request, median:"
+    for i, side in enumerate(("client", "server")):
+        run_us = statistics.median(x["spent"][i][0] / n * 1e6 for x, n in zip(procs[p], requests))
+        wait_us = statistics.median(x["spent"][i][1] / n * 1e6 for x, n in zip(procs[p], requests))
+        line += f" {side} Envoy {run_us:.0f} us on a core, {wait_us:.0f} us waiting for one;"
+    print(line.rstrip(";"))
 EOF
 echo
 echo "TLS on both proxied paths (from the Envoys' stats):"
