@@ -34,6 +34,8 @@
 #   QPS (1000)  SECONDS_ (30)  WARMUP (5 s)  CONNECTIONS (16)  ROUNDS (3)
 #   UNIFORM (1: requests evenly spread; 0: fortio's default, every
 #   connection sending at the same instants)
+#   STATIC_CLIENT, STATIC_SERVER: other hand-written configurations, to
+#   price one difference at a time (docs/perf.md)
 #   MESH_CLUSTER_DIR (.cluster-bench-dataplane)  MESH_PORT_OFFSET (40000)
 set -euo pipefail
 
@@ -144,9 +146,13 @@ static_envoy() { # side
   - {name: static-certs, secret: {secretName: bench-static-certs}}
 EOF
 }
+declare -A static_files=(
+  [client]=${STATIC_CLIENT:-$repo/e2e/bench/dataplane-static-client.yaml}
+  [server]=${STATIC_SERVER:-$repo/e2e/bench/dataplane-static-server.yaml}
+)
 static_config() { # side server-ip
   sed -e "s|@SERVER_IP@|$2|; s|@CERTS@|/etc/bench-static/certs|g" \
-    "$repo/e2e/bench/dataplane-static-$1.yaml" >"$out/static-$1.yaml"
+    "${static_files[$1]}" >"$out/static-$1.yaml"
   kubectl -n "$ns" create configmap "bench-static-$1" --from-file="$1.yaml=$out/static-$1.yaml" >/dev/null
 }
 
