@@ -380,6 +380,11 @@ for p in ("mesh", "static"):
     print(f"  {paths[p]}: " + ", ".join(f"p{q:g} {added[p][q]:+.3f} ms" for q in quantiles))
 print(f"p90, mesh / hand-written: added {added['mesh'][90] / added['static'][90]:.2f}x "
       f"(goal <= 1.05x), end to end {median['mesh'][90] / median['static'][90]:.2f}x")
+# Each round's own ratio: the machine's load moves between rounds, and
+# the three paths of a round ran back to back.
+per_round = [(ms(m, 90) - ms(n, 90)) / (ms(s, 90) - ms(n, 90))
+             for m, s, n in zip(runs["mesh"], runs["static"], runs["none"])]
+print("p90 added, mesh / hand-written, each round: " + ", ".join(f"{r:.2f}x" for r in per_round))
 for p in ("mesh", "static"):
     requests = [run["DurationHistogram"]["Count"] for run in runs[p]]
     cpu = statistics.median(x["cpu_s"] for x in procs[p])
