@@ -251,7 +251,8 @@ declare -A pids=(
 # fortio starts its connections together, so without -uniform they send
 # at the same instants: bursts of CONNECTIONS requests, CONNECTIONS/QPS
 # apart. With it, requests come evenly spread at QPS.
-arrival=$([ "$uniform" = 1 ] && echo "-uniform")
+arrival=""
+if [ "$uniform" = 1 ]; then arrival=-uniform; fi
 # fortio's histogram buckets are multiples of -r (default 1 ms, so every
 # sub-millisecond percentile would be interpolated inside one bucket);
 # with 50 us they are 50 us wide up to 0.6 ms, 100 us to 1 ms, 250 us to
