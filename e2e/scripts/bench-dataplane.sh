@@ -261,12 +261,13 @@ load() { # path duration json-file
   in_pod fortio-client "$fortio load -quiet -qps $qps -c $connections -t $2 -payload-size 1024 $arrival -r 0.00005 \
     -p 50,90,99,99.9 -json - ${url[$1]}" >"$3" 2>>"$out/fortio.log"
 }
-# Per Envoy, "pid:cpu_ns:wait_ns": the time its threads ran and the time
-# they waited for a core while runnable (/proc/PID/task/*/schedstat).
+# Per Envoy, "pid:cpu_ns:wait_ns:slices": the time its threads ran, the
+# time they waited for a core while runnable, and how many times one was
+# put on a core (/proc/PID/task/*/schedstat).
 sched() {
   local pid
   for pid in "$@"; do
-    echo "$pid:$(cat /proc/"$pid"/task/*/schedstat | awk '{run += $1; wait += $2} END {printf "%.0f:%.0f", run, wait}')"
+    echo "$pid:$(cat /proc/"$pid"/task/*/schedstat | awk '{run += $1; wait += $2; n += $3} END {printf "%.0f:%.0f:%.0f", run, wait, n}')"
   done
 }
 # Connections the sidecars accepted, on either pod: (a) and (c) must add none.
@@ -345,8 +346,9 @@ def sched(p, r, when):
     return [[int(x) for x in line.split(":")[1:]] for line in open(f"{out}/{p}-{r}.sched-{when}").read().split()]
 
 def proc(p, r):
-    # Per Envoy (client, server): CPU seconds, seconds waiting for a core.
-    spent = [[(a - b) / 1e9 for a, b in zip(after, before)]
+    # Per Envoy (client, server): CPU seconds, seconds waiting for a
+    # core, times put on a core.
+    spent = [[(a - b) / 1e9 for a, b in zip(after[:2], before[:2])] + [after[2] - before[2]]
              for before, after in zip(sched(p, r, "before"), sched(p, r, "after"))]
     rss = [int(k) // 1024 for k in open(f"{out}/{p}-{r}.rss").read().split()]
     return {"cpu_s": sum(s[0] for s in spent), "spent": spent, "rss_mib": rss}
@@ -393,7 +395,8 @@ for p in ("mesh", "static"):
     for i, side in enumerate(("client", "server")):
         run_us = statistics.median(x["spent"][i][0] / n * 1e6 for x, n in zip(procs[p], requests))
         wait_us = statistics.median(x["spent"][i][1] / n * 1e6 for x, n in zip(procs[p], requests))
-        line += f" {side} Envoy {run_us:.0f} us on a core, {wait_us:.0f} us waiting for one;"
+        slices = statistics.median(x["spent"][i][2] / n for x, n in zip(procs[p], requests))
+        line += f" {side} Envoy {run_us:.0f} us on a core, {wait_us:.0f} us waiting for one, {slices:.2f} times on a core;"
     print(line.rstrip(";"))
 EOF
 echo
