@@ -9,7 +9,7 @@ CARGO ?= cargo
 MESH := target/debug/mesh
 CLUSTER := e2e/scripts/cluster.sh
 
-.PHONY: bench-ca bench-identity bench-webhook bench-xds help tools build crds cluster-up cluster-down up down pod-exec env run test test-unit test-e2e lint fmt clean
+.PHONY: bench-ca bench-dataplane bench-identity bench-webhook bench-xds help tools build crds cluster-up cluster-down up down pod-exec env run test test-unit test-e2e lint fmt clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -84,6 +84,10 @@ bench-identity: tools ## Pod creation to its Envoy's first ACKed secret, 20 inje
 	$(CARGO) build --release -p mesh
 	@$(MAKE) -s build
 	@e2e/scripts/bench-identity.sh
+
+bench-dataplane: tools ## Latency two sidecars add (1 kB at 1000 req/s, mutual TLS) beside two hand-written Envoys (docs/perf.md)
+	@$(MAKE) -s build
+	@e2e/scripts/bench-dataplane.sh
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
