@@ -23,7 +23,11 @@ use super::jwks::{FetchedKeys, Jwks};
 use super::proxy::{Proxy, ProxyKind};
 use super::resource_type::ResourceType;
 use super::snapshot::{Resource, ResourceSet, Resources, Snapshot};
-use crate::index::{Changes, ClusterSnapshot, EndpointSlices, Kind as _, Pods, Secrets, VirtualServices};
+use crate::index::{
+    Changes, ClusterRbacConfigs, ClusterSnapshot, EndpointSlices, Kind as _, MeshPolicies,
+    PeerAuthentications, Pods, Policies, RbacConfigs, RequestAuthentications, Secrets, ServiceRoleBindings,
+    ServiceRoles, VirtualServices,
+};
 use crate::model::ObjectKey;
 use crate::model::Workload;
 use crate::model::credential::TlsCredential;
@@ -91,7 +95,34 @@ struct Packing {
 /// The kinds whose changes a push follows object by object; a change of
 /// any other kind (a Service, a DestinationRule, a policy) translates
 /// everything again, reusing each resource whose content is unchanged.
-const FOLLOWED: &[&str] = &[EndpointSlices::NAME, VirtualServices::NAME, Pods::NAME, Secrets::NAME];
+const FOLLOWED: &[&str] = &[
+    EndpointSlices::NAME,
+    VirtualServices::NAME,
+    Pods::NAME,
+    Secrets::NAME,
+    PeerAuthentications::NAME,
+    RequestAuthentications::NAME,
+    Policies::NAME,
+    MeshPolicies::NAME,
+    ServiceRoles::NAME,
+    ServiceRoleBindings::NAME,
+    ClusterRbacConfigs::NAME,
+    RbacConfigs::NAME,
+];
+
+/// The kinds only sidecars' inbound parts read (mutual TLS, JWT and RBAC
+/// policies): a change of one translates every sidecar's inbound part
+/// again, and nothing else.
+const INBOUND_POLICIES: &[&str] = &[
+    PeerAuthentications::NAME,
+    RequestAuthentications::NAME,
+    Policies::NAME,
+    MeshPolicies::NAME,
+    ServiceRoles::NAME,
+    ServiceRoleBindings::NAME,
+    ClusterRbacConfigs::NAME,
+    RbacConfigs::NAME,
+];
 
 /// What a push must build again, from what changed since the last.
 #[derive(Debug, Default, PartialEq)]
@@ -107,6 +138,8 @@ struct Reach {
     /// Pods whose own parts (inbound listener and clusters, or a gateway's
     /// listeners and routes) changed.
     pods: BTreeSet<ObjectKey>,
+    /// Every sidecar's inbound part (a policy changed).
+    inbound: bool,
     /// Every gateway's listeners and routes (they read VirtualServices and
     /// Secrets).
     gateways: bool,
@@ -134,7 +167,8 @@ impl Reach {
         if changes.beyond(FOLLOWED) {
             return Self::everything();
         }
-        let mut reach = Self::default();
+        let mut reach =
+            Self { inbound: INBOUND_POLICIES.iter().any(|k| changes.touches(k)), ..Self::default() };
         let (Some(slices), Some(vss), Some(pods), Some(secrets)) = (
             changes.keys::<EndpointSlices>(),
             changes.keys::<VirtualServices>(),
@@ -460,9 +494,11 @@ impl MeshContext {
 impl PushContext for MeshContext {
     fn affects(&self, proxy: &Proxy) -> bool {
         let reach = &self.reach;
+        let router = proxy.id.kind == ProxyKind::Router;
         reach.reaches_every_proxy()
             || reach.pods.iter().any(|p| p.namespace == proxy.id.namespace && p.name == proxy.id.pod)
-            || (proxy.id.kind == ProxyKind::Router && (reach.gateways || reach.credentials))
+            || (router && (reach.gateways || reach.credentials))
+            || (!router && reach.inbound)
     }
 
     fn generate(&self, proxy: &Proxy) -> Snapshot {
@@ -514,7 +550,7 @@ impl PushContext for MeshContext {
         }
         let previous = self.previous.inbound.get(&key);
         let inbound = match previous {
-            Some(previous) if !own_changed => previous.clone(),
+            Some(previous) if !own_changed && !self.reach.inbound => previous.clone(),
             _ => Arc::new(PackedInbound::new(&self.view, &context, policy, previous.map(|p| &**p))),
         };
         self.keep(|packing| {
@@ -1021,6 +1057,20 @@ mod incremental_tests {
         assert_eq!(fleet.push(&mut index, "a TLS Secret"), 1, "the gateway alone");
         index.apply::<Secrets>(&secret("bookinfo-credential", "C2"));
         assert_eq!(fleet.push(&mut index, "the Secret's certificate changed"), 1);
+
+        // Policies reach every sidecar's inbound part, not the gateway.
+        let sidecars = proxies(&index).iter().filter(|p| p.id.kind == ProxyKind::Sidecar).count();
+        let strict = from_yaml(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: default}\n\
+             spec: {mtls: {mode: STRICT}}\n",
+        );
+        index.apply::<PeerAuthentications>(&strict);
+        assert_eq!(fleet.push(&mut index, "STRICT mutual TLS"), sidecars);
+        crate::testing::bookinfo::apply_rbac(&mut index, "rbac-config-ON.yaml");
+        crate::testing::bookinfo::apply_rbac(&mut index, "productpage-policy.yaml");
+        assert_eq!(fleet.push(&mut index, "RBAC on, a role and its binding"), sidecars);
+        index.delete::<PeerAuthentications>(&strict);
+        fleet.push(&mut index, "PERMISSIVE again");
 
         // A pod gone; a Service's change is not followed in detail.
         index.delete::<Pods>(&pod("v3"));
