@@ -356,6 +356,7 @@ fn a_full_push_to_2000_proxies() {
                 ..Default::default()
             }
             .encode_to_vec();
+            client += encoding.elapsed();
             stream
                 .on_request(&DeltaDiscoveryRequest::decode(ack.as_slice()).expect("decodes"))
                 .expect("valid");
