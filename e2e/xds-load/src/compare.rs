@@ -77,6 +77,8 @@ fn find<'a>(figures: &'a Figures, name: &str) -> Option<&'a Figure> {
 
 fn cell(f: Option<&Figure>) -> String {
     match f {
+        // A count: whole, with no unit.
+        Some(Figure { value: Some(v), unit, .. }) if unit.is_empty() => format!("{v:.0}"),
         Some(Figure { value: Some(v), unit, .. }) => {
             let digits = if v.abs() >= 100.0 {
                 0
@@ -152,10 +154,12 @@ mod tests {
         istiod.seconds("initial push", Some(Duration::from_secs(8)));
         istiod.missing("RSS", "MiB", "no pid");
         istiod.add("idle CPU", "%", Some(0.0));
+        mesh.add("clusters", "", Some(1006.0));
+        istiod.add("clusters", "", Some(56.0));
         istiod.add("only here", "ms", Some(3.0));
         let text = table(&mesh, &istiod);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 5, "{text}");
+        assert_eq!(lines.len(), 6, "{text}");
         assert!(lines[0].starts_with("figure") && lines[0].ends_with("mesh ÷ istiod"), "{text}");
         assert!(
             lines[1].contains("2.00 s") && lines[1].contains("8.00 s") && lines[1].ends_with("0.25"),
@@ -163,7 +167,11 @@ mod tests {
         );
         assert!(lines[2].contains("100 MiB") && lines[2].contains("n/a (no pid)") && lines[2].ends_with('–'));
         assert!(lines[3].ends_with("1.00"), "0 against 0 is even: {text}");
-        assert!(lines[4].contains("not measured") && lines[4].contains("3.00 ms"), "{text}");
+        assert!(
+            lines[4].contains("1006 ") && lines[4].contains("56 ") && lines[4].ends_with("17.96"),
+            "{text}"
+        );
+        assert!(lines[5].contains("not measured") && lines[5].contains("3.00 ms"), "{text}");
     }
 
     #[test]
