@@ -40,11 +40,15 @@ pidfile=$dir/pids/controller
 controller_log=$dir/logs/bench-controller.log
 prefix=mesh$((MESH_PORT_OFFSET / 10000))
 compare=${COMPARE:-}
-# istiod listens on Istio's own ports shifted by the offset and 100 more,
-# so it never meets the controller's.
-istiod_shift=$((MESH_PORT_OFFSET + 100))
-istiod_xds=$((15012 + istiod_shift))
-istiod_http=$((8080 + istiod_shift))
+# istiod's port for Istio's port $1: the offset + 1000 + its last three
+# digits (15012 -> 31012 with MESH_PORT_OFFSET=30000), so they never meet
+# the controller's and, for offsets up to 30000, stay below the kernel's
+# ephemeral range (32768 and up), where a socket the run opens (2,000
+# proxies reconnecting, the API server's own) can take a port istiod is
+# about to bind.
+istiod_port() { echo $((MESH_PORT_OFFSET + 1000 + $1 % 1000)); }
+istiod_xds=$(istiod_port 15012)
+istiod_http=$(istiod_port 8080)
 istiod_pidfile=$dir/pids/istiod
 istiod_log=$dir/logs/bench-istiod.log
 istiod_dir=$dir/istiod
@@ -104,18 +108,17 @@ start_istiod() {
       PILOT_ENABLE_ANALYSIS=false CLUSTER_ID=Kubernetes PLATFORM="" GOMAXPROCS="$(nproc)"
     setsid "$TOOLS_BIN/pilot-discovery" discovery --kubeconfig "$dir/kubeconfig" \
       --meshConfig "$istiod_dir/mesh.yaml" --domain cluster.local --keepaliveMaxServerConnectionAge 30m \
-      --httpAddr "127.0.0.1:$istiod_http" --grpcAddr "127.0.0.1:$((15010 + istiod_shift))" \
-      --secureGRPCAddr "127.0.0.1:$istiod_xds" --monitoringAddr "127.0.0.1:$((15014 + istiod_shift))" \
-      --httpsAddr "127.0.0.1:$((15017 + istiod_shift))" --ctrlz_port "$((9876 + istiod_shift))" \
+      --httpAddr "127.0.0.1:$istiod_http" --grpcAddr "127.0.0.1:$(istiod_port 15010)" \
+      --secureGRPCAddr "127.0.0.1:$istiod_xds" --monitoringAddr "127.0.0.1:$(istiod_port 15014)" \
+      --httpsAddr "127.0.0.1:$(istiod_port 15017)" --ctrlz_port "$(istiod_port 9876)" \
       --log_output_level all:warn >>"$istiod_log" 2>&1 </dev/null &
     echo $! >"$istiod_pidfile"
   )
   for _ in $(seq 1 600); do
     curl -sf --max-time 1 "http://127.0.0.1:$istiod_http/ready" >/dev/null && return 0
     if ! kill -0 "$(cat "$istiod_pidfile")" 2>/dev/null; then
-      # Its ports lie in the kernel's ephemeral range: right after a
-      # restart, one of the 2,000 proxies' reconnecting sockets may hold
-      # one for a moment.
+      # With an offset that puts its ports in the ephemeral range, a
+      # reconnecting proxy's socket may hold one for a moment.
       if [ "${2:-0}" -lt 10 ] && tail -3 "$istiod_log" | grep -q 'address already in use'; then
         log "istiod: a port is taken by another socket; starting again in 1 s"
         sleep 1
