@@ -60,7 +60,7 @@ impl Layout {
 
     /// The `version` label of pod `i` (the DestinationRule's subsets).
     pub fn version(&self, i: usize) -> &'static str {
-        if i % 2 == 0 { "v1" } else { "v2" }
+        if i.is_multiple_of(2) { "v1" } else { "v2" }
     }
 
     /// The address proxy `i` says it has. The pods never get an IP, so

@@ -97,11 +97,15 @@ fn cell(f: Option<&Figure>) -> String {
 
 /// `a ÷ b`, when both are measured and `b` is not zero.
 fn ratio(a: Option<&Figure>, b: Option<&Figure>) -> String {
-    match (a.and_then(|f| f.value), b.and_then(|f| f.value)) {
-        (Some(a), Some(b)) if b != 0.0 => format!("{:.2}", a / b),
-        (Some(a), Some(_)) if a == 0.0 => "1.00".into(),
-        (Some(_), Some(_)) => "∞".into(),
-        _ => "–".into(),
+    let (Some(a), Some(b)) = (a.and_then(|f| f.value), b.and_then(|f| f.value)) else {
+        return "–".into();
+    };
+    if b != 0.0 {
+        format!("{:.2}", a / b)
+    } else if a == 0.0 {
+        "1.00".into()
+    } else {
+        "∞".into()
     }
 }
 

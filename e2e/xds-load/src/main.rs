@@ -152,10 +152,11 @@ fn say(line: impl AsRef<str>) {
     println!("xds-load: {}", line.as_ref());
 }
 
-/// The figures, printed as one block at the end.
-#[derive(Default)]
+/// The figures, printed as one block at the end, and as numbers for
+/// `--figures`.
 struct Summary {
     rows: Vec<(String, String)>,
+    figures: Figures,
 }
 
 impl Summary {
@@ -191,8 +192,7 @@ fn controller(process: &Process, before: Option<Sample>, after: Option<Sample>) 
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mut summary = Summary::default();
-    let mut figures = Figures::new(args.target.name());
+    let mut summary = Summary { rows: Vec::new(), figures: Figures::new(args.target.name()) };
     let process = Process::new(args.controller_pid_file.clone());
     let client = kube::Client::try_default().await.context("connecting to the API server (KUBECONFIG)")?;
     let layout = Arc::new(Layout {
@@ -253,7 +253,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     summary
         .add("control plane", format!("{} on {} (server name {server_name})", target.name(), args.xds_addr));
     summary.add("controller before proxies", controller(&process, None, before_proxies));
-    figures.mib("RSS before proxies", before_proxies.map(|s| s.rss_kib));
+    summary.figures.mib("RSS before proxies", before_proxies.map(|s| s.rss_kib));
 
     // --- initial connection -------------------------------------------------------
     let start = Instant::now();
@@ -297,13 +297,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.batch
         ),
     );
-    figures.seconds("initial push (all ACKed)", Some(connected.duration_since(start)));
-    figures.latencies("per proxy connect→ACK", &per_proxy);
+    summary.figures.seconds("initial push (all ACKed)", Some(connected.duration_since(start)));
+    summary.figures.latencies("per proxy connect→ACK", &per_proxy);
     summary.add("  per proxy, connect to ACK", distribution(per_proxy));
     summary.add("  config per proxy", config_sizes(&fleet));
     for t in proxy::Counters::TYPES {
         if fleet.counters.responses(t) > 0 {
-            figures.add(
+            summary.figures.add(
                 format!("{} resources per proxy", probe::label(t)),
                 "",
                 Some(fleet.counters.last_size(t) as f64),
@@ -312,12 +312,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     summary.add("  secrets", secrets(&fleet, None));
     summary.add("  controller", controller(&process, before_proxies, after_connect));
-    figures.add("CPU, initial push", "s", cpu_seconds(&process, before_proxies, after_connect));
-    figures.mib("RSS, all connected", after_connect.map(|s| s.rss_kib));
-    figures.mib("peak RSS, initial push", after_connect.map(|s| s.hwm_kib));
+    summary.figures.add("CPU, initial push", "s", cpu_seconds(&process, before_proxies, after_connect));
+    summary.figures.mib("RSS, all connected", after_connect.map(|s| s.rss_kib));
+    summary.figures.mib("peak RSS, initial push", after_connect.map(|s| s.hwm_kib));
     // The load tool shares the cores: what it spent decoding and answering.
     summary.add("  xds-load itself", controller(&process, own_before, own_after));
-    figures.add("xds-load CPU, initial push", "s", cpu_seconds(&process, own_before, own_after));
+    summary.figures.add("xds-load CPU, initial push", "s", cpu_seconds(&process, own_before, own_after));
     let retries: u32 = (0..layout.proxies).map(|i| fleet.state(i).sessions.saturating_sub(1)).sum();
     if retries > 0 {
         summary.add("  reconnects during the initial push", retries.to_string());
@@ -326,7 +326,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // --- idle -------------------------------------------------------------------
     tokio::time::sleep(Duration::from_secs(2)).await;
     let what = format!("idle, {} proxies connected", layout.proxies);
-    idle(&fleet, &process, &mut summary, &mut figures, args.idle_seconds, &what, "idle").await;
+    idle(&fleet, &process, &mut summary, args.idle_seconds, &what, "idle").await;
 
     // --- one VirtualService change ---------------------------------------------------
     let push_timeout = Duration::from_secs(args.push_timeout);
@@ -377,24 +377,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ),
         );
     } else {
-        figures.latencies("VirtualService convergence", &from_start);
+        summary.figures.latencies("VirtualService convergence", &from_start);
         summary.add("  convergence from request start", distribution(from_start));
         summary.add("  convergence from call return", distribution(from_return));
         summary.add("  proxies reached", format!("{verified_proxies} of {expected}"));
         if !fulls.is_empty() {
-            figures.latencies("VirtualService change to last proxy", &fulls);
+            summary.figures.latencies("VirtualService change to last proxy", &fulls);
             summary.add("  full push (change to last proxy)", distribution(fulls));
         }
     }
-    figures.add("VirtualService (proxy, change) pairs reached", "", Some(verified_proxies as f64));
+    summary.figures.add("VirtualService (proxy, change) pairs reached", "", Some(verified_proxies as f64));
     if observed_proxies > verified_proxies {
         summary.add("  pushes mentioning the service (content not checked)", distribution(observed));
     }
     summary.add("  controller", controller(&process, vs_before, vs_after));
-    figures.add("CPU, VirtualService changes", "s", cpu_seconds(&process, vs_before, vs_after));
+    summary.figures.add("CPU, VirtualService changes", "s", cpu_seconds(&process, vs_before, vs_after));
 
     // --- endpoint churn ------------------------------------------------------------
-    churn(&client, &layout, &fleet, &process, &mut endpoints, &args, &mut summary, &mut figures).await?;
+    churn(&client, &layout, &fleet, &process, &mut endpoints, &args, &mut summary).await?;
 
     // --- controller restart ---------------------------------------------------------
     if let Some(command) = args.restart_command.as_ref().filter(|_| !args.no_restart) {
@@ -415,8 +415,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let done = Instant::now();
         let ready = fleet.ready_since(killed);
         let after = process.sample();
-        figures.seconds("restart: stop + start + ready", Some(restarted.duration_since(killed)));
-        figures.seconds("restart: all ACKed after ready", all.then(|| done.duration_since(restarted)));
+        summary.figures.seconds("restart: stop + start + ready", Some(restarted.duration_since(killed)));
+        summary
+            .figures
+            .seconds("restart: all ACKed after ready", all.then(|| done.duration_since(restarted)));
         summary.add(
             "controller restart",
             format!(
@@ -452,16 +454,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 Some(s.ready_at?.duration_since(s.attempt_started?.max(restarted)))
             })
             .collect();
-        figures.latencies("restart: per proxy attempt→ACK", &per_proxy);
+        summary.figures.latencies("restart: per proxy attempt→ACK", &per_proxy);
         summary.add("  per proxy, last attempt (not before readiness) to ACK", distribution(per_proxy));
         summary.add("  secrets", secrets(&fleet, Some(restarted)));
         summary.add("  new controller", controller(&process, None, after));
-        figures.mib("RSS after restart, all connected", after.map(|s| s.rss_kib));
+        summary.figures.mib("RSS after restart, all connected", after.map(|s| s.rss_kib));
         tokio::time::sleep(Duration::from_secs(2)).await;
         let what = "idle after restart";
-        idle(&fleet, &process, &mut summary, &mut figures, args.idle_seconds, what, what).await;
+        idle(&fleet, &process, &mut summary, args.idle_seconds, what, what).await;
     } else {
-        figures.missing("restart: all ACKed after ready", "s", "no restart in this run");
+        summary.figures.missing("restart: all ACKed after ready", "s", "no restart in this run");
     }
 
     if let Some(own) = process.own() {
@@ -473,7 +475,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await;
     summary.print();
     if let Some(path) = &args.figures {
-        figures.write(path)?;
+        summary.figures.write(path)?;
     }
     Ok(())
 }
@@ -561,7 +563,6 @@ async fn idle(
     fleet: &Fleet,
     process: &Process,
     summary: &mut Summary,
-    figures: &mut Figures,
     seconds: u64,
     what: &str,
     figure: &str,
@@ -572,9 +573,9 @@ async fn idle(
     let after = process.sample();
     let pushed = fleet.counters.total() - responses;
     let percent = before.zip(after).and_then(|(b, a)| process.cpu_percent(&b, &a));
-    figures.add(format!("{figure}: CPU"), "% of a core", percent);
-    figures.mib(format!("{figure}: RSS"), after.map(|s| s.rss_kib));
-    figures.add(format!("{figure}: responses received"), "", Some(pushed as f64));
+    summary.figures.add(format!("{figure}: CPU"), "% of a core", percent);
+    summary.figures.mib(format!("{figure}: RSS"), after.map(|s| s.rss_kib));
+    summary.figures.add(format!("{figure}: responses received"), "", Some(pushed as f64));
     summary.add(
         format!("{what} ({seconds} s)"),
         format!("{}; {pushed} responses received", controller(process, before, after)),
@@ -631,7 +632,6 @@ async fn churn(
     endpoints: &mut Endpoints,
     args: &Args,
     summary: &mut Summary,
-    figures: &mut Figures,
 ) -> anyhow::Result<()> {
     let rate = args.churn_rate.max(1);
     let total = rate as u64 * args.churn_seconds;
@@ -708,10 +708,10 @@ async fn churn(
         summary.add("  convergence from request start", distribution(latencies.clone()));
         summary.add("  (update, proxy) pairs reached", format!("{} of {expected}", latencies.len()));
     }
-    figures.latencies("endpoint churn convergence", &latencies);
-    figures.add("endpoint churn (update, proxy) pairs reached", "", Some(latencies.len() as f64));
-    figures.seconds("endpoint churn: updates sent in", Some(sent));
+    summary.figures.latencies("endpoint churn convergence", &latencies);
+    summary.figures.add("endpoint churn (update, proxy) pairs reached", "", Some(latencies.len() as f64));
+    summary.figures.seconds("endpoint churn: updates sent in", Some(sent));
     summary.add("  controller", controller(process, before, after));
-    figures.add("CPU, endpoint churn", "s", cpu_seconds(process, before, after));
+    summary.figures.add("CPU, endpoint churn", "s", cpu_seconds(process, before, after));
     Ok(())
 }
