@@ -97,8 +97,8 @@ stop_controller() {
 # 100 ms / 10 s, push throttle and request limit from GOMAXPROCS).
 start_istiod() {
   mkdir -p "$dir/pids" "$dir/logs" "$istiod_dir"
-  # The mesh config the chart's `istio` ConfigMap gives a default install,
-  # where it bears on a sidecar's configuration.
+  # A default install's values for what bears on a sidecar's
+  # configuration; istiod's defaults for the rest.
   printf '%s\n' 'defaultConfig:' '  discoveryAddress: istiod.istio-system.svc:15012' \
     'enablePrometheusMerge: true' 'rootNamespace: istio-system' 'trustDomain: cluster.local' \
     >"$istiod_dir/mesh.yaml"
