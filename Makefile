@@ -72,7 +72,7 @@ bench-webhook: tools ## Both webhooks' latency at 200 req/s (docs/perf.md)
 	@$(MAKE) -s build
 	@e2e/scripts/bench-webhook.sh
 
-bench-xds: tools ## The xDS server at scale: 1000 Services, 2000 simulated proxies (docs/perf.md)
+bench-xds: tools ## The xDS server at scale: 1000 Services, 2000 simulated proxies; COMPARE=istiod: istiod beside it (docs/perf.md)
 	$(CARGO) build --release -p mesh -p xds-load
 	@$(MAKE) -s build
 	@e2e/scripts/bench-xds.sh

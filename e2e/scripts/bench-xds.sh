@@ -11,14 +11,20 @@
 #
 #   SERVICES (1000)  PROXIES (2000)  ACCOUNTS (4)  ENDPOINTS (3 per Service)
 #   CHURN_RATE (30 updates/s)  CHURN_SECONDS (20)  VS_CHANGES (3)
-#   IDLE_SECONDS (10)  PUSH_TIMEOUT (10 s)  BATCH (100 connections at a time)
+#   IDLE_SECONDS (10)  PUSH_TIMEOUT (10 s; 25 s with COMPARE)  BATCH (100 connections at a time)
+#   CONNECT_TIMEOUT (300 s for all proxies to connect and ACK)
 #   CONTROLLER_WRAPPER (none: a profiler command to run the controller under;
 #   no restart then)
 #   SECRETS (1: each proxy asks for the SDS secrets its clusters name and
-#   ACKs them, as Envoy does; 0: it does not, for the figures without)
+#   ACKs them, as Envoy does; 0: it does not, for the figures without;
+#   0 by default with COMPARE)
+#   COMPARE (none; istiod: after the controller, the same proxies measure
+#   istiod (pilot-discovery, built by `tools.sh istiod`, run on the host
+#   with its stock settings) on the same cluster and objects, and both
+#   columns are printed with their ratio; docs/perf.md)
 #
-# `bench-xds.sh restart-controller` is what xds-load runs to restart the
-# controller mid-run.
+# `bench-xds.sh restart-controller` (`restart-istiod`) is what xds-load runs
+# to restart the control plane mid-run.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -34,6 +40,19 @@ webhook=$((15017 + MESH_PORT_OFFSET))
 pidfile=$dir/pids/controller
 controller_log=$dir/logs/bench-controller.log
 prefix=mesh$((MESH_PORT_OFFSET / 10000))
+compare=${COMPARE:-}
+# istiod's port for Istio's port $1: the offset + 1000 + its last three
+# digits (15012 -> 31012 with MESH_PORT_OFFSET=30000), so they never meet
+# the controller's and, for offsets up to 30000, stay below the kernel's
+# ephemeral range (32768 and up), where a socket the run opens (2,000
+# proxies reconnecting, the API server's own) can take a port istiod is
+# about to bind.
+istiod_port() { echo $((MESH_PORT_OFFSET + 1000 + $1 % 1000)); }
+istiod_xds=$(istiod_port 15012)
+istiod_http=$(istiod_port 8080)
+istiod_pidfile=$dir/pids/istiod
+istiod_log=$dir/logs/bench-istiod.log
+istiod_dir=$dir/istiod
 
 log() { printf '[bench-xds] %s\n' "$*" >&2; }
 
@@ -69,21 +88,103 @@ stop_controller() {
   kill -KILL "$pid" 2>/dev/null || true
 }
 
+# istiod as the chart's Deployment runs it (manifests/charts/istio-control/
+# istio-discovery/templates/deployment.yaml: the same args and env), on the
+# host: no Pod, so the env the Pod would get comes from here, and the
+# relative paths it reads (./etc/cacerts, ./var/lib/istio/inject,
+# ./var/run/secrets/...) are under its folder and absent: a self-signed
+# CA, no injection templates. Everything else is its default (debounce
+# 100 ms / 10 s, push throttle and request limit from GOMAXPROCS).
+start_istiod() {
+  mkdir -p "$dir/pids" "$dir/logs" "$istiod_dir"
+  # A default install's values for what bears on a sidecar's
+  # configuration; istiod's defaults for the rest.
+  printf '%s\n' 'defaultConfig:' '  discoveryAddress: istiod.istio-system.svc:15012' \
+    'enablePrometheusMerge: true' 'rootNamespace: istio-system' 'trustDomain: cluster.local' \
+    >"$istiod_dir/mesh.yaml"
+  (
+    cd "$istiod_dir"
+    export REVISION=default PILOT_CERT_PROVIDER=istiod POD_NAME=istiod-bench POD_NAMESPACE=istio-system \
+      SERVICE_ACCOUNT=istiod CA_TRUSTED_NODE_ACCOUNTS=istio-system/ztunnel PILOT_TRACE_SAMPLING=1 \
+      PILOT_ENABLE_ANALYSIS=false CLUSTER_ID=Kubernetes PLATFORM="" GOMAXPROCS="$(nproc)"
+    setsid "$TOOLS_BIN/pilot-discovery" discovery --kubeconfig "$dir/kubeconfig" \
+      --meshConfig "$istiod_dir/mesh.yaml" --domain cluster.local --keepaliveMaxServerConnectionAge 30m \
+      --httpAddr "127.0.0.1:$istiod_http" --grpcAddr "127.0.0.1:$(istiod_port 15010)" \
+      --secureGRPCAddr "127.0.0.1:$istiod_xds" --monitoringAddr "127.0.0.1:$(istiod_port 15014)" \
+      --httpsAddr "127.0.0.1:$(istiod_port 15017)" --ctrlz_port "$(istiod_port 9876)" \
+      --log_output_level all:warn >>"$istiod_log" 2>&1 </dev/null &
+    echo $! >"$istiod_pidfile"
+  )
+  for _ in $(seq 1 600); do
+    curl -sf --max-time 1 "http://127.0.0.1:$istiod_http/ready" >/dev/null && return 0
+    if ! kill -0 "$(cat "$istiod_pidfile")" 2>/dev/null; then
+      # With an offset that puts its ports in the ephemeral range, a
+      # reconnecting proxy's socket may hold one for a moment.
+      if [ "${2:-0}" -lt 10 ] && tail -3 "$istiod_log" | grep -q 'address already in use'; then
+        log "istiod: a port is taken by another socket; starting again in 1 s"
+        sleep 1
+        start_istiod again "$((${2:-0} + 1))"
+        return
+      fi
+      log "istiod exited (log: $istiod_log)"
+      tail -5 "$istiod_log" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+  log "istiod is not ready after 120 s (log: $istiod_log)"
+  return 1
+}
+
+stop_istiod() {
+  [ -f "$istiod_pidfile" ] || return 0
+  local pid
+  pid=$(cat "$istiod_pidfile")
+  kill -TERM "$pid" 2>/dev/null || return 0
+  # istiod drains for --shutdownDuration (10 s) before it exits.
+  for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+# Istio's CRDs for the kinds ours does not define (EnvoyFilter,
+# WorkloadEntry, AuthorizationPolicy, Telemetry, ...), from the pinned
+# module's manifests, so istiod watches what it watches in an install;
+# ours stay as they are.
+install_istio_crds() {
+  local all
+  all=$(go env GOMODCACHE)/istio.io/istio@$ISTIOD_VERSION/manifests/charts/base/files/crd-all.gen.yaml
+  python3 "$repo/e2e/scripts/crds-not-ours.py" "$all" "$repo/crds/istio.yaml" >"$istiod_dir/istio-crds.yaml"
+  kubectl apply --server-side -f "$istiod_dir/istio-crds.yaml" >/dev/null
+  kubectl wait --for condition=Established --timeout=60s -f "$istiod_dir/istio-crds.yaml" >/dev/null
+}
+
 if [ "${1:-}" = restart-controller ]; then
   stop_controller
   start_controller
   exit
 fi
+if [ "${1:-}" = restart-istiod ]; then
+  stop_istiod
+  start_istiod
+  exit
+fi
+case "$compare" in
+  '' | istiod) ;;
+  *) log "COMPARE=$compare: only COMPARE=istiod is known"; exit 2 ;;
+esac
 
 cleanup() {
   local rc=$?
   stop_controller
+  stop_istiod
   [ -f "$controller_log" ] && cp "$controller_log" "$repo/target/bench-xds-controller.log"
+  [ -f "$istiod_log" ] && cp "$istiod_log" "$repo/target/bench-xds-istiod.log"
   "$cluster" down >/dev/null 2>&1 || true
   "$repo/e2e/scripts/check-clean.sh" "$dir" "$prefix" >&2 || rc=1
   exit $rc
 }
 
+if [ "$compare" = istiod ]; then "$repo/e2e/scripts/tools.sh" istiod; fi
 "$cluster" down >/dev/null 2>&1 || true
 trap cleanup EXIT
 # Two thousand TLS connections on each side of loopback.
@@ -94,18 +195,54 @@ eval "$("$cluster" env)"
 kubectl apply --server-side -f "$repo/crds/" >/dev/null
 kubectl wait --for condition=Established --timeout=60s -f "$repo/crds/" >/dev/null
 kubectl create namespace mesh-system >/dev/null
+if [ "$compare" = istiod ]; then
+  mkdir -p "$istiod_dir"
+  install_istio_crds
+  kubectl create namespace istio-system >/dev/null
+fi
 log "controller on 127.0.0.1:$xds (xDS), :$mon (monitoring)"
 start_controller
 
+secrets_default=1 push_timeout=10
+# istiod pushes after 100 ms of quiet or 10 s of steady changes (its
+# PILOT_DEBOUNCE_MAX), and a full push to 2,000 proxies can take longer:
+# wait up to 25 s (xds-load matches a change for 30 s).
+if [ -n "$compare" ]; then secrets_default=0 push_timeout=25; fi
 secrets_flag=()
-if [ "${SECRETS:-1}" = 0 ]; then secrets_flag=(--no-secrets); fi
-# The whole run is bounded; xds-load bounds each of its waits too.
-timeout --signal=TERM 1800 "$repo/target/release/xds-load" \
-  --services "${SERVICES:-1000}" --proxies "${PROXIES:-2000}" --accounts "${ACCOUNTS:-4}" \
-  --endpoints "${ENDPOINTS:-3}" --churn-rate "${CHURN_RATE:-30}" --churn-seconds "${CHURN_SECONDS:-20}" \
-  --vs-changes "${VS_CHANGES:-3}" --idle-seconds "${IDLE_SECONDS:-10}" --push-timeout "${PUSH_TIMEOUT:-10}" \
-  --batch "${BATCH:-100}" --xds-addr "127.0.0.1:$xds" \
-  --controller-pid-file "$pidfile" ${CONTROLLER_WRAPPER:+--no-restart} \
-  "${secrets_flag[@]}" \
-  --restart-command "$repo/e2e/scripts/bench-xds.sh restart-controller" \
-  | tee "$repo/target/bench-xds.log"
+if [ "${SECRETS:-$secrets_default}" = 0 ]; then secrets_flag=(--no-secrets); fi
+# One run of the load against one control plane: TARGET ADDRESS PID_FILE
+# RESTART_ARGUMENT, then more of xds-load's flags.
+load() {
+  local target=$1 addr=$2 pids=$3 restart=$4
+  shift 4
+  # The whole run is bounded; xds-load bounds each of its waits too.
+  timeout --signal=TERM 1800 "$repo/target/release/xds-load" --target "$target" \
+    --services "${SERVICES:-1000}" --proxies "${PROXIES:-2000}" --accounts "${ACCOUNTS:-4}" \
+    --endpoints "${ENDPOINTS:-3}" --churn-rate "${CHURN_RATE:-30}" --churn-seconds "${CHURN_SECONDS:-20}" \
+    --vs-changes "${VS_CHANGES:-3}" --idle-seconds "${IDLE_SECONDS:-10}" --push-timeout "${PUSH_TIMEOUT:-$push_timeout}" \
+    --batch "${BATCH:-100}" --connect-timeout "${CONNECT_TIMEOUT:-300}" --xds-addr "$addr" --controller-pid-file "$pids" \
+    "${secrets_flag[@]}" --restart-command "$repo/e2e/scripts/bench-xds.sh $restart" "$@"
+}
+if [ -z "$compare" ]; then
+  load mesh "127.0.0.1:$xds" "$pidfile" restart-controller ${CONTROLLER_WRAPPER:+--no-restart} \
+    | tee "$repo/target/bench-xds.log"
+  exit
+fi
+
+# Side by side: the controller, then istiod on the same objects (the
+# second run sets back the endpoints and weights the first one changed).
+figures=$repo/target/bench-xds-figures
+mkdir -p "$figures"
+load mesh "127.0.0.1:$xds" "$pidfile" restart-controller ${CONTROLLER_WRAPPER:+--no-restart} \
+  --figures "$figures/mesh.json" | tee "$repo/target/bench-xds.log"
+stop_controller
+log "istiod $ISTIOD_VERSION on 127.0.0.1:$istiod_xds (xDS, TLS), :$istiod_http (ready)"
+start_istiod
+load istiod "127.0.0.1:$istiod_xds" "$istiod_pidfile" restart-istiod --figures "$figures/istiod.json" \
+  | tee "$repo/target/bench-xds-istiod-run.log"
+stop_istiod
+{
+  echo
+  echo "== xDS at scale: the mesh's controller and istiod, side by side (mesh ÷ istiod below 1: the mesh needs less) =="
+  "$repo/target/release/xds-load" --compare "$figures/mesh.json" "$figures/istiod.json"
+} | tee "$repo/target/bench-xds-compare.txt"

@@ -88,6 +88,18 @@ httpbin() {
   stamp httpbin "$HTTPBIN_VERSION"
 }
 
+# Only the side-by-side benchmark runs istiod, so `all` leaves it out: the
+# build takes minutes and no test needs it.
+istiod() {
+  if fresh istiod "$ISTIOD_VERSION" && [ -x "$TOOLS_BIN/pilot-discovery" ]; then
+    log "istiod $ISTIOD_VERSION: present"; return
+  fi
+  log "istiod $ISTIOD_VERSION: go install pilot-discovery (about four minutes)"
+  CGO_ENABLED=0 GOBIN="$TOOLS_BIN" go install -trimpath -ldflags "-s -w" \
+    "istio.io/istio/pilot/cmd/pilot-discovery@$ISTIOD_VERSION"
+  stamp istiod "$ISTIOD_VERSION"
+}
+
 envoy() {
   if fresh envoy "$ENVOY_VERSION" && [ -x "$TOOLS_BIN/envoy" ]; then
     log "envoy $ENVOY_VERSION: present"; return
@@ -109,7 +121,7 @@ envoy() {
 what=${1:-all}
 case "$what" in
   all) debian_packages; envoy; helm; fortio; httpbin; kubernetes ;;
-  debian|envoy|helm|fortio|httpbin|kubernetes) [ "$what" = debian ] && debian_packages || "$what" ;;
-  *) echo "usage: $0 [all|debian|envoy|helm|fortio|httpbin|kubernetes]" >&2; exit 2 ;;
+  debian|envoy|helm|fortio|httpbin|kubernetes|istiod) [ "$what" = debian ] && debian_packages || "$what" ;;
+  *) echo "usage: $0 [all|debian|envoy|helm|fortio|httpbin|kubernetes|istiod]" >&2; exit 2 ;;
 esac
 log "done: $TOOLS_BIN"

@@ -7,6 +7,9 @@ ENVOY_VERSION=1.40.0
 FORTIO_VERSION=v1.66.5
 # Istio's httpbin sample runs this image (mccutchen/go-httpbin).
 HTTPBIN_VERSION=v2.26.0
+# istiod (pilot-discovery) for the side-by-side benchmark only (COMPARE=istiod
+# make bench-xds); a pseudo-version of module istio.io/istio.
+ISTIOD_VERSION=v0.0.0-20260827124520-eed52ebb66ad
 
 MESH_CACHE=${MESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mesh}
 TOOLS_BIN="$MESH_CACHE/bin"

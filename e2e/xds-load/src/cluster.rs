@@ -58,10 +58,20 @@ impl Layout {
         format!("bench-{}", i % self.accounts.max(1))
     }
 
-    /// Istio's node id for pod `i`. The pods never get an IP, so the
-    /// control plane checks none; the one given is a fake.
+    /// The `version` label of pod `i` (the DestinationRule's subsets).
+    pub fn version(&self, i: usize) -> &'static str {
+        if i.is_multiple_of(2) { "v1" } else { "v2" }
+    }
+
+    /// The address proxy `i` says it has. The pods never get an IP, so
+    /// the control plane checks none; this one is a fake.
+    pub fn pod_ip(&self, i: usize) -> String {
+        format!("10.199.{}.{}", (i / 254) % 256, i % 254 + 1)
+    }
+
+    /// Istio's node id for pod `i`.
     pub fn node_id(&self, i: usize) -> String {
-        let ip = format!("10.199.{}.{}", (i / 254) % 256, i % 254 + 1);
+        let ip = self.pod_ip(i);
         format!("sidecar~{ip}~{}.{ns}~{ns}.svc.cluster.local", self.pod(i), ns = self.namespace)
     }
 }
@@ -102,14 +112,14 @@ fn exists(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
-/// Creates `obj` unless it exists.
-async fn create<K>(api: &Api<K>, obj: &K) -> anyhow::Result<()>
+/// Creates `obj` unless it exists; false when it did.
+async fn create<K>(api: &Api<K>, obj: &K) -> anyhow::Result<bool>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
     match api.create(&PostParams::default(), obj).await {
-        Ok(_) => Ok(()),
-        Err(e) if exists(&e) => Ok(()),
+        Ok(_) => Ok(true),
+        Err(e) if exists(&e) => Ok(false),
         Err(e) => Err(e).with_context(|| format!("creating {} {:?}", K::kind(&()), obj.meta().name)),
     }
 }
@@ -123,7 +133,7 @@ fn slice(layout: &Layout, i: usize, addresses: &VecDeque<String>) -> serde_json:
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {
-            "name": format!("{}-{MANAGER}", layout.service(i)),
+            "name": slice_name(layout, i),
             "namespace": layout.namespace,
             "labels": {
                 "kubernetes.io/service-name": layout.service(i),
@@ -134,6 +144,10 @@ fn slice(layout: &Layout, i: usize, addresses: &VecDeque<String>) -> serde_json:
         "ports": [{"name": "http", "port": PORT, "protocol": "TCP"}],
         "endpoints": endpoints(addresses),
     })
+}
+
+fn slice_name(layout: &Layout, i: usize) -> String {
+    format!("{}-{MANAGER}", layout.service(i))
 }
 
 fn endpoints(addresses: &VecDeque<String>) -> serde_json::Value {
@@ -168,6 +182,9 @@ impl Endpoints {
 }
 
 /// Creates everything the proxies need; returns each pod's uid, in order.
+/// What a previous run left (the side-by-side run measures a second
+/// control plane on the same objects) is reused, and the endpoints it
+/// churned are set back to their initial addresses.
 pub async fn setup(
     client: &Client,
     layout: &Arc<Layout>,
@@ -199,11 +216,16 @@ pub async fn setup(
             (i, service, slice(layout, i, &endpoints.per_service[i]))
         })
         .collect();
-    bounded(work, concurrency, |(_, service, slice)| {
+    bounded(work, concurrency, |(i, service, slice)| {
         let (services, slices) = (services.clone(), slices.clone());
+        let initial = endpoints.per_service[i].clone();
+        let name = slice_name(layout, i);
         async move {
             create(&services, &from_json(service)?).await?;
-            create(&slices, &from_json(slice)?).await
+            if !create(&slices, &from_json(slice)?).await? {
+                patch_endpoints(&slices, &name, &initial).await?;
+            }
+            Ok(())
         }
     })
     .await?;
@@ -221,7 +243,7 @@ pub async fn setup(
                     "name": name,
                     "labels": {
                         "app": layout.service(i % layout.services.max(1)),
-                        "version": if i % 2 == 0 { "v1" } else { "v2" },
+                        "version": layout.version(i),
                     },
                 },
                 "spec": {
@@ -270,6 +292,10 @@ pub async fn setup_routing(client: &Client, layout: &Layout) -> anyhow::Result<(
         let obj: DynamicObject = from_json(obj)?;
         match api.create(&PostParams::default(), &obj).await {
             Ok(_) => {}
+            // Back to the initial weights, which the first change switches.
+            Err(e) if exists(&e) && kind == "VirtualService" => {
+                set_weights(client, layout, WEIGHTS).await?;
+            }
             Err(e) if exists(&e) => {}
             Err(e) => {
                 return Err(e).with_context(|| format!("creating {kind} {host} (are the CRDs installed?)"));
@@ -316,26 +342,41 @@ pub async fn set_endpoints(
     addresses: &VecDeque<String>,
 ) -> anyhow::Result<()> {
     let api: Api<EndpointSlice> = Api::namespaced(client.clone(), &layout.namespace);
-    let name = format!("{}-{MANAGER}", layout.service(s));
+    patch_endpoints(&api, &slice_name(layout, s), addresses).await
+}
+
+async fn patch_endpoints(
+    api: &Api<EndpointSlice>,
+    name: &str,
+    addresses: &VecDeque<String>,
+) -> anyhow::Result<()> {
     let patch = json!({"endpoints": endpoints(addresses)});
-    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .with_context(|| format!("patching EndpointSlice {name}"))?;
     Ok(())
 }
 
-/// A token for each pod: audience `mesh-ca`, bound to the pod, one hour.
-pub async fn tokens(client: &Client, layout: &Arc<Layout>, uids: &[String]) -> anyhow::Result<Vec<String>> {
+/// A token for each pod: for `audience` (the control plane's), bound to
+/// the pod, one hour.
+pub async fn tokens(
+    client: &Client,
+    layout: &Arc<Layout>,
+    uids: &[String],
+    audience: &str,
+) -> anyhow::Result<Vec<String>> {
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &layout.namespace);
     let work: Vec<(usize, String)> = uids.iter().cloned().enumerate().collect();
     let layout = layout.clone();
+    let audience = audience.to_string();
     bounded(work, 32, move |(i, uid)| {
         let accounts = accounts.clone();
         let layout = layout.clone();
+        let audience = audience.clone();
         async move {
             let request = TokenRequest {
                 spec: TokenRequestSpec {
-                    audiences: vec!["mesh-ca".into()],
+                    audiences: vec![audience],
                     expiration_seconds: Some(3600),
                     bound_object_ref: Some(BoundObjectReference {
                         api_version: Some("v1".into()),
@@ -356,20 +397,25 @@ pub async fn tokens(client: &Client, layout: &Arc<Layout>, uids: &[String]) -> a
     .await
 }
 
-/// The mesh's root certificate, as the controller publishes it in every
-/// namespace; waits up to `within` for it.
-pub async fn root_cert(client: &Client, namespace: &str, within: Duration) -> anyhow::Result<String> {
+/// The control plane's root certificate, as it publishes it in every
+/// namespace (ConfigMap `config_map`); waits up to `within` for it.
+pub async fn root_cert(
+    client: &Client,
+    namespace: &str,
+    config_map: &str,
+    within: Duration,
+) -> anyhow::Result<String> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let deadline = Instant::now() + within;
     loop {
-        if let Some(cm) = api.get_opt("mesh-ca-root-cert").await?
+        if let Some(cm) = api.get_opt(config_map).await?
             && let Some(pem) = cm.data.unwrap_or_default().remove("root-cert.pem")
         {
             return Ok(pem);
         }
         if Instant::now() >= deadline {
             bail!(
-                "ConfigMap {namespace}/mesh-ca-root-cert has no root-cert.pem after {within:?}: is the controller running?"
+                "ConfigMap {namespace}/{config_map} has no root-cert.pem after {within:?}: is the control plane running?"
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -18,9 +18,11 @@
 //! such, never as a figure.
 
 mod cluster;
+mod compare;
 mod probe;
 mod proxy;
 mod report;
+mod target;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,9 +35,11 @@ use tokio::task::JoinSet;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use cluster::{Endpoints, Layout};
+use compare::Figures;
 use probe::{Check, Probe};
 use proxy::{Fleet, Identity};
 use report::{Process, Sample, distribution, mib};
+use target::Target;
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -56,13 +60,24 @@ struct Args {
     /// Endpoint addresses per Service.
     #[arg(long, default_value_t = 3)]
     endpoints: usize,
+    /// The control plane under test: its token audience, root ConfigMap,
+    /// server name and node metadata.
+    #[arg(long, value_enum, default_value = "mesh")]
+    target: Target,
     /// The controller's xDS address.
     #[arg(long, default_value = "127.0.0.1:15012")]
     xds_addr: String,
     /// The name the xDS server's certificate is checked against (TLS SNI
-    /// and HTTP/2 authority).
-    #[arg(long, default_value = "mesh.mesh-system.svc")]
-    server_name: String,
+    /// and HTTP/2 authority); the target's by default.
+    #[arg(long)]
+    server_name: Option<String>,
+    /// Writes the figures as JSON to this file, for `--compare`.
+    #[arg(long)]
+    figures: Option<PathBuf>,
+    /// Prints two runs' figures files side by side with their ratio
+    /// (first ÷ second), and does nothing else.
+    #[arg(long, num_args = 2, value_names = ["FIRST", "SECOND"])]
+    compare: Option<Vec<PathBuf>>,
     /// Connections being opened at once (until their first response).
     #[arg(long, default_value_t = 100)]
     batch: usize,
@@ -105,6 +120,18 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(files) = &args.compare {
+        return match (Figures::read(&files[0]), Figures::read(&files[1])) {
+            (Ok(first), Ok(second)) => {
+                print!("{}", compare::table(&first, &second));
+                ExitCode::SUCCESS
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("xds-load: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -125,10 +152,11 @@ fn say(line: impl AsRef<str>) {
     println!("xds-load: {}", line.as_ref());
 }
 
-/// The figures, printed as one block at the end.
-#[derive(Default)]
+/// The figures, printed as one block at the end, and as numbers for
+/// `--figures`.
 struct Summary {
     rows: Vec<(String, String)>,
+    figures: Figures,
 }
 
 impl Summary {
@@ -164,7 +192,7 @@ fn controller(process: &Process, before: Option<Sample>, after: Option<Sample>) 
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mut summary = Summary::default();
+    let mut summary = Summary { rows: Vec::new(), figures: Figures::new(args.target.name()) };
     let process = Process::new(args.controller_pid_file.clone());
     let client = kube::Client::try_default().await.context("connecting to the API server (KUBECONFIG)")?;
     let layout = Arc::new(Layout {
@@ -194,30 +222,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
     );
     let t = Instant::now();
-    let tokens = cluster::tokens(&client, &layout, &uids).await?;
+    let target = args.target;
+    let tokens = cluster::tokens(&client, &layout, &uids, target.audience()).await?;
     say(format!(
-        "{} tokens (audience mesh-ca, bound to their pods, 1 h) in {:.1} s",
+        "{} tokens (audience {}, bound to their pods, 1 h) in {:.1} s",
         tokens.len(),
+        target.audience(),
         t.elapsed().as_secs_f64()
     ));
-    let root = cluster::root_cert(&client, &layout.namespace, Duration::from_secs(60)).await?;
+    let root =
+        cluster::root_cert(&client, &layout.namespace, target.root_config_map(), Duration::from_secs(60))
+            .await?;
     // Let the controller's watches take in what was just created before
     // the first figures.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let tls =
-        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root)).domain_name(&args.server_name);
+    let server_name = args.server_name.clone().unwrap_or_else(|| target.server_name().to_string());
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root)).domain_name(&server_name);
     let endpoint = Endpoint::from_shared(format!("https://{}", args.xds_addr))
         .context("--xds-addr")?
-        .origin(format!("https://{}", args.server_name).parse().context("--server-name")?)
+        .origin(format!("https://{server_name}").parse().context("--server-name")?)
         .tls_config(tls)
         .context("TLS settings")?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    let fleet = Fleet::new(endpoint, layout.proxies, args.batch, !args.no_secrets);
+    let subscribe_secrets = !args.no_secrets && target.serves_secrets();
+    let fleet = Fleet::new(endpoint, layout.proxies, args.batch, subscribe_secrets);
     let before_proxies = process.sample();
     let own_before = process.own();
+    summary
+        .add("control plane", format!("{} on {} (server name {server_name})", target.name(), args.xds_addr));
     summary.add("controller before proxies", controller(&process, None, before_proxies));
+    summary.figures.mib("RSS before proxies", before_proxies.map(|s| s.rss_kib));
 
     // --- initial connection -------------------------------------------------------
     let start = Instant::now();
@@ -227,6 +263,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             node_id: layout.node_id(i),
             cluster: format!("{}.{}", layout.service(i % layout.services), layout.namespace),
             token,
+            metadata: target.node_metadata(&layout, i),
         };
         tasks.spawn(proxy::run(fleet.clone(), i, identity));
     }
@@ -245,7 +282,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let after_connect = process.sample();
     let own_after = process.own();
-    let per_proxy = (0..layout.proxies)
+    let per_proxy: Vec<Duration> = (0..layout.proxies)
         .filter_map(|i| {
             let s = fleet.state(i);
             Some(s.ready_at?.duration_since(s.attempt_started?))
@@ -260,12 +297,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.batch
         ),
     );
+    summary.figures.seconds("initial push (all ACKed)", Some(connected.duration_since(start)));
+    summary.figures.latencies("per proxy connect→ACK", &per_proxy);
     summary.add("  per proxy, connect to ACK", distribution(per_proxy));
     summary.add("  config per proxy", config_sizes(&fleet));
+    for t in proxy::Counters::TYPES {
+        if fleet.counters.responses(t) > 0 {
+            summary.figures.add(
+                format!("{} resources per proxy", probe::label(t)),
+                "",
+                Some(fleet.counters.last_size(t) as f64),
+            );
+        }
+    }
     summary.add("  secrets", secrets(&fleet, None));
     summary.add("  controller", controller(&process, before_proxies, after_connect));
+    summary.figures.add("CPU, initial push", "s", cpu_seconds(&process, before_proxies, after_connect));
+    summary.figures.mib("RSS, all connected", after_connect.map(|s| s.rss_kib));
+    summary.figures.mib("peak RSS, initial push", after_connect.map(|s| s.hwm_kib));
     // The load tool shares the cores: what it spent decoding and answering.
     summary.add("  xds-load itself", controller(&process, own_before, own_after));
+    summary.figures.add("xds-load CPU, initial push", "s", cpu_seconds(&process, own_before, own_after));
     let retries: u32 = (0..layout.proxies).map(|i| fleet.state(i).sessions.saturating_sub(1)).sum();
     if retries > 0 {
         summary.add("  reconnects during the initial push", retries.to_string());
@@ -274,7 +326,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // --- idle -------------------------------------------------------------------
     tokio::time::sleep(Duration::from_secs(2)).await;
     let what = format!("idle, {} proxies connected", layout.proxies);
-    idle(&fleet, &process, &mut summary, args.idle_seconds, &what).await;
+    idle(&fleet, &process, &mut summary, args.idle_seconds, &what, "idle").await;
 
     // --- one VirtualService change ---------------------------------------------------
     let push_timeout = Duration::from_secs(args.push_timeout);
@@ -325,17 +377,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ),
         );
     } else {
+        summary.figures.latencies("VirtualService convergence", &from_start);
         summary.add("  convergence from request start", distribution(from_start));
         summary.add("  convergence from call return", distribution(from_return));
         summary.add("  proxies reached", format!("{verified_proxies} of {expected}"));
         if !fulls.is_empty() {
+            summary.figures.latencies("VirtualService change to last proxy", &fulls);
             summary.add("  full push (change to last proxy)", distribution(fulls));
         }
     }
+    summary.figures.add("VirtualService (proxy, change) pairs reached", "", Some(verified_proxies as f64));
     if observed_proxies > verified_proxies {
         summary.add("  pushes mentioning the service (content not checked)", distribution(observed));
     }
     summary.add("  controller", controller(&process, vs_before, vs_after));
+    summary.figures.add("CPU, VirtualService changes", "s", cpu_seconds(&process, vs_before, vs_after));
 
     // --- endpoint churn ------------------------------------------------------------
     churn(&client, &layout, &fleet, &process, &mut endpoints, &args, &mut summary).await?;
@@ -359,6 +415,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let done = Instant::now();
         let ready = fleet.ready_since(killed);
         let after = process.sample();
+        summary.figures.seconds("restart: stop + start + ready", Some(restarted.duration_since(killed)));
+        summary
+            .figures
+            .seconds("restart: all ACKed after ready", all.then(|| done.duration_since(restarted)));
         summary.add(
             "controller restart",
             format!(
@@ -388,17 +448,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 ),
             );
         }
-        let per_proxy = (0..layout.proxies)
+        let per_proxy: Vec<Duration> = (0..layout.proxies)
             .filter_map(|i| {
                 let s = fleet.state(i);
                 Some(s.ready_at?.duration_since(s.attempt_started?.max(restarted)))
             })
             .collect();
+        summary.figures.latencies("restart: per proxy attempt→ACK", &per_proxy);
         summary.add("  per proxy, last attempt (not before readiness) to ACK", distribution(per_proxy));
         summary.add("  secrets", secrets(&fleet, Some(restarted)));
         summary.add("  new controller", controller(&process, None, after));
+        summary.figures.mib("RSS after restart, all connected", after.map(|s| s.rss_kib));
         tokio::time::sleep(Duration::from_secs(2)).await;
-        idle(&fleet, &process, &mut summary, args.idle_seconds, "idle after restart").await;
+        let what = "idle after restart";
+        idle(&fleet, &process, &mut summary, args.idle_seconds, what, what).await;
+    } else {
+        summary.figures.missing("restart: all ACKed after ready", "s", "no restart in this run");
     }
 
     if let Some(own) = process.own() {
@@ -409,7 +474,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} })
             .await;
     summary.print();
+    if let Some(path) = &args.figures {
+        summary.figures.write(path)?;
+    }
     Ok(())
+}
+
+/// CPU seconds between two samples of the same process.
+fn cpu_seconds(process: &Process, before: Option<Sample>, after: Option<Sample>) -> Option<f64> {
+    process.cpu_seconds(&before?, &after?)
 }
 
 /// Waits until every proxy has ACKed a configuration on a stream opened
@@ -484,13 +557,25 @@ fn collect(fleet: &Fleet, id: usize, started: Instant, returned: Instant) -> Col
     c
 }
 
-/// The controller's CPU, and the responses sent, over `seconds` of no change.
-async fn idle(fleet: &Fleet, process: &Process, summary: &mut Summary, seconds: u64, what: &str) {
+/// The controller's CPU, and the responses sent, over `seconds` of no
+/// change; `figure` names the figures.
+async fn idle(
+    fleet: &Fleet,
+    process: &Process,
+    summary: &mut Summary,
+    seconds: u64,
+    what: &str,
+    figure: &str,
+) {
     let before = process.sample();
     let responses = fleet.counters.total();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let after = process.sample();
     let pushed = fleet.counters.total() - responses;
+    let percent = before.zip(after).and_then(|(b, a)| process.cpu_percent(&b, &a));
+    summary.figures.add(format!("{figure}: CPU"), "% of a core", percent);
+    summary.figures.mib(format!("{figure}: RSS"), after.map(|s| s.rss_kib));
+    summary.figures.add(format!("{figure}: responses received"), "", Some(pushed as f64));
     summary.add(
         format!("{what} ({seconds} s)"),
         format!("{}; {pushed} responses received", controller(process, before, after)),
@@ -623,6 +708,10 @@ async fn churn(
         summary.add("  convergence from request start", distribution(latencies.clone()));
         summary.add("  (update, proxy) pairs reached", format!("{} of {expected}", latencies.len()));
     }
+    summary.figures.latencies("endpoint churn convergence", &latencies);
+    summary.figures.add("endpoint churn (update, proxy) pairs reached", "", Some(latencies.len() as f64));
+    summary.figures.seconds("endpoint churn: updates sent in", Some(sent));
     summary.add("  controller", controller(process, before, after));
+    summary.figures.add("CPU, endpoint churn", "s", cpu_seconds(process, before, after));
     Ok(())
 }

@@ -28,6 +28,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::google::protobuf::Struct;
 use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -53,6 +54,8 @@ pub struct Identity {
     pub node_id: String,
     pub cluster: String,
     pub token: String,
+    /// The node metadata its first request carries.
+    pub metadata: Option<Struct>,
 }
 
 /// When a proxy first saw a probe's change.
@@ -312,7 +315,12 @@ async fn session(
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
     let (tx, rx) = mpsc::channel(16);
-    let node = Node { id: identity.node_id.clone(), cluster: identity.cluster.clone(), ..Default::default() };
+    let node = Node {
+        id: identity.node_id.clone(),
+        cluster: identity.cluster.clone(),
+        metadata: identity.metadata.clone(),
+        ..Default::default()
+    };
     let mut requests = Requests { tx, node: Some(node) };
     let mut subs: [Subscription; 5] = Default::default();
     const CDS: usize = 0;
