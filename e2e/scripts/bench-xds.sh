@@ -16,6 +16,13 @@
 #   no restart then)
 #   SECRETS (1: each proxy asks for the SDS secrets its clusters name and
 #   ACKs them, as Envoy does; 0: it does not, for the figures without)
+#   ENVOYS (50 at 1,000 proxies or more, else 10; 0: none): real Envoy
+#   processes beside the simulated proxies, one more pod each, with the
+#   injected bootstrap; route, cluster and endpoint changes are measured on
+#   their configuration dumps, and their RSS. ENVOY_CHANGES (3 of each),
+#   ENVOY_TIMEOUT (30 s), ENVOY_POLL_MS (100), ENVOY_LOG_LEVEL (info). Their
+#   admin ports start at 3000 + MESH_PORT_OFFSET; their logs are copied to
+#   target/bench-xds-envoys/.
 #
 # `bench-xds.sh restart-controller` is what xds-load runs to restart the
 # controller mid-run.
@@ -32,6 +39,7 @@ xds=$((15012 + MESH_PORT_OFFSET))
 mon=$((15014 + MESH_PORT_OFFSET))
 webhook=$((15017 + MESH_PORT_OFFSET))
 pidfile=$dir/pids/controller
+envoy_dir=$dir/envoys
 controller_log=$dir/logs/bench-controller.log
 prefix=mesh$((MESH_PORT_OFFSET / 10000))
 
@@ -75,8 +83,29 @@ if [ "${1:-}" = restart-controller ]; then
   exit
 fi
 
+# The Envoys xds-load started, should it have been stopped before it
+# stopped them: each folder holds its Envoy's pid while it runs.
+stop_envoys() {
+  local pidf pid
+  for pidf in "$envoy_dir"/*/pid; do
+    [ -f "$pidf" ] || continue
+    pid=$(cat "$pidf")
+    if [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(readlink -f "$TOOLS_BIN/envoy")" ]; then
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+  if [ -d "$envoy_dir" ]; then
+    rm -rf "$repo/target/bench-xds-envoys"
+    mkdir -p "$repo/target/bench-xds-envoys"
+    for log in "$envoy_dir"/*/envoy.log; do
+      [ -f "$log" ] && cp "$log" "$repo/target/bench-xds-envoys/$(basename "$(dirname "$log")").log"
+    done
+  fi
+}
+
 cleanup() {
   local rc=$?
+  stop_envoys
   stop_controller
   [ -f "$controller_log" ] && cp "$controller_log" "$repo/target/bench-xds-controller.log"
   "$cluster" down >/dev/null 2>&1 || true
@@ -97,6 +126,7 @@ kubectl create namespace mesh-system >/dev/null
 log "controller on 127.0.0.1:$xds (xDS), :$mon (monitoring)"
 start_controller
 
+envoys=${ENVOYS:-$(( ${PROXIES:-2000} >= 1000 ? 50 : 10 ))}
 secrets_flag=()
 if [ "${SECRETS:-1}" = 0 ]; then secrets_flag=(--no-secrets); fi
 # The whole run is bounded; xds-load bounds each of its waits too.
@@ -107,5 +137,9 @@ timeout --signal=TERM 1800 "$repo/target/release/xds-load" \
   --batch "${BATCH:-100}" --xds-addr "127.0.0.1:$xds" \
   --controller-pid-file "$pidfile" ${CONTROLLER_WRAPPER:+--no-restart} \
   "${secrets_flag[@]}" \
+  --envoys "$envoys" --envoy-binary "$TOOLS_BIN/envoy" --envoy-dir "$envoy_dir" \
+  --envoy-first-port $((3000 + MESH_PORT_OFFSET)) --envoy-changes "${ENVOY_CHANGES:-3}" \
+  --envoy-timeout "${ENVOY_TIMEOUT:-30}" --envoy-poll-ms "${ENVOY_POLL_MS:-100}" \
+  --envoy-log-level "${ENVOY_LOG_LEVEL:-info}" \
   --restart-command "$repo/e2e/scripts/bench-xds.sh restart-controller" \
   | tee "$repo/target/bench-xds.log"

@@ -18,6 +18,7 @@
 //! such, never as a figure.
 
 mod cluster;
+mod envoy;
 mod probe;
 mod proxy;
 mod report;
@@ -101,6 +102,8 @@ struct Args {
     /// controller still issues a certificate per stream at admission).
     #[arg(long)]
     no_secrets: bool,
+    #[command(flatten)]
+    envoy: envoy::Options,
 }
 
 fn main() -> ExitCode {
@@ -178,7 +181,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // --- objects and tokens ---------------------------------------------------
     let t = Instant::now();
     let mut endpoints = Endpoints::initial(&layout);
-    let uids = cluster::setup(&client, &layout, &endpoints).await?;
+    // The real Envoys' pods follow the simulated proxies' ones.
+    let pods = Arc::new(Layout { proxies: layout.proxies + args.envoy.count, ..(*layout).clone() });
+    let uids = cluster::setup(&client, &pods, &endpoints).await?;
     cluster::setup_routing(&client, &layout).await?;
     let counts = cluster::counts(&client, &layout.namespace).await?;
     summary.add(
@@ -194,7 +199,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
     );
     let t = Instant::now();
-    let tokens = cluster::tokens(&client, &layout, &uids).await?;
+    let mut tokens = cluster::tokens(&client, &pods, &uids).await?;
+    let envoy_tokens = tokens.split_off(layout.proxies);
     say(format!(
         "{} tokens (audience mesh-ca, bound to their pods, 1 h) in {:.1} s",
         tokens.len(),
@@ -206,7 +212,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let tls =
-        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root)).domain_name(&args.server_name);
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root.clone())).domain_name(&args.server_name);
     let endpoint = Endpoint::from_shared(format!("https://{}", args.xds_addr))
         .context("--xds-addr")?
         .origin(format!("https://{}", args.server_name).parse().context("--server-name")?)
@@ -276,6 +282,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let what = format!("idle, {} proxies connected", layout.proxies);
     idle(&fleet, &process, &mut summary, args.idle_seconds, &what).await;
 
+    // --- real Envoys, beside the simulated proxies until the restart -----------------
+    let envoys = if envoy_tokens.is_empty() {
+        None
+    } else {
+        let target = envoy::Target { xds_addr: &args.xds_addr, server_name: &args.server_name, root_pem: &root };
+        let (envoys, rows) =
+            envoy::start(&args.envoy, &layout, layout.proxies, envoy_tokens, target, connect_timeout).await?;
+        rows.into_iter().for_each(|(k, v)| summary.add(k, v));
+        // Their endpoints come after their clusters: let them all arrive.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        envoys.memory().await.into_iter().for_each(|(k, v)| summary.add(k, v));
+        Some(envoys)
+    };
+
     // --- one VirtualService change ---------------------------------------------------
     let push_timeout = Duration::from_secs(args.push_timeout);
     let mut weights = cluster::WEIGHTS;
@@ -339,6 +359,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // --- endpoint churn ------------------------------------------------------------
     churn(&client, &layout, &fleet, &process, &mut endpoints, &args, &mut summary).await?;
+
+    if let Some(envoys) = envoys {
+        envoys.measure(&client, &layout, &mut endpoints).await?.into_iter().for_each(|(k, v)| summary.add(k, v));
+        envoys.health().await.into_iter().for_each(|(k, v)| summary.add(k, v));
+        envoys.stop().await;
+    }
 
     // --- controller restart ---------------------------------------------------------
     if let Some(command) = args.restart_command.as_ref().filter(|_| !args.no_restart) {
