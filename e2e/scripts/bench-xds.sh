@@ -21,8 +21,8 @@
 #   injected bootstrap; route, cluster and endpoint changes are measured on
 #   their configuration dumps, and their RSS. ENVOY_CHANGES (3 of each),
 #   ENVOY_TIMEOUT (30 s), ENVOY_POLL_MS (100), ENVOY_LOG_LEVEL (info). Their
-#   admin ports start at 3000 + MESH_PORT_OFFSET; their logs are copied to
-#   target/bench-xds-envoys/.
+#   ports (3 each, up to 200 Envoys) start at 61000 + 600 per 10000 of
+#   MESH_PORT_OFFSET; their logs are copied to target/bench-xds-envoys/.
 #
 # `bench-xds.sh restart-controller` is what xds-load runs to restart the
 # controller mid-run.
@@ -100,6 +100,7 @@ stop_envoys() {
     for log in "$envoy_dir"/*/envoy.log; do
       [ -f "$log" ] && cp "$log" "$repo/target/bench-xds-envoys/$(basename "$(dirname "$log")").log"
     done
+    cp "$envoy_dir"/*/config_dump.json "$repo/target/bench-xds-envoys/" 2>/dev/null || true
   fi
 }
 
@@ -127,6 +128,10 @@ log "controller on 127.0.0.1:$xds (xDS), :$mon (monitoring)"
 start_controller
 
 envoys=${ENVOYS:-$(( ${PROXIES:-2000} >= 1000 ? 50 : 10 ))}
+# Above the kernel's ephemeral range (32768-60999), where no outgoing
+# connection can hold a port an Envoy is about to listen on; 600 ports for
+# each offset (0, 10000, ..., 50000), below the xDS port of offset 50000.
+envoy_ports=$((61000 + (MESH_PORT_OFFSET / 10000 % 6) * 600))
 secrets_flag=()
 if [ "${SECRETS:-1}" = 0 ]; then secrets_flag=(--no-secrets); fi
 # The whole run is bounded; xds-load bounds each of its waits too.
@@ -138,7 +143,7 @@ timeout --signal=TERM 1800 "$repo/target/release/xds-load" \
   --controller-pid-file "$pidfile" ${CONTROLLER_WRAPPER:+--no-restart} \
   "${secrets_flag[@]}" \
   --envoys "$envoys" --envoy-binary "$TOOLS_BIN/envoy" --envoy-dir "$envoy_dir" \
-  --envoy-first-port $((3000 + MESH_PORT_OFFSET)) --envoy-changes "${ENVOY_CHANGES:-3}" \
+  --envoy-first-port "$envoy_ports" --envoy-changes "${ENVOY_CHANGES:-3}" \
   --envoy-timeout "${ENVOY_TIMEOUT:-30}" --envoy-poll-ms "${ENVOY_POLL_MS:-100}" \
   --envoy-log-level "${ENVOY_LOG_LEVEL:-info}" \
   --restart-command "$repo/e2e/scripts/bench-xds.sh restart-controller" \

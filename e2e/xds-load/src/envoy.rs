@@ -578,20 +578,34 @@ impl Envoys {
     /// holds.
     pub async fn memory(&self) -> Vec<Row> {
         let mut rows = Vec::new();
-        let mut rss: Vec<u64> = self.list.iter().filter_map(|e| status_kib(e.pid, "VmRSS:")).collect();
-        rss.sort_unstable();
-        if let (Some(min), Some(max)) = (rss.first(), rss.last()) {
-            rows.push((
-                "Envoys: RSS".into(),
-                format!("min {}, p50 {}, max {} ({} Envoys, /proc VmRSS)", mib(*min), mib(rss[rss.len() / 2]), mib(*max), rss.len()),
-            ));
+        // The binary's pages (RssFile) are shared by every Envoy on the
+        // host; what each holds of its own is RssAnon.
+        for key in ["VmRSS:", "RssAnon:"] {
+            let mut kib: Vec<u64> = self.list.iter().filter_map(|e| status_kib(e.pid, key)).collect();
+            kib.sort_unstable();
+            if let (Some(min), Some(max)) = (kib.first(), kib.last()) {
+                rows.push((
+                    format!("Envoys: {}", key.trim_end_matches(':')),
+                    format!("min {}, p50 {}, max {} ({} Envoys, /proc)", mib(*min), mib(kib[kib.len() / 2]), mib(*max), kib.len()),
+                ));
+            }
         }
         let Some(first) = self.list.first() else { return rows };
         let admin = first.ports.admin;
         let kib = |key| status_kib(first.pid, key).map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+        let pss = |key| rollup_kib(first.pid, key).map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
         rows.push((
             format!("  {} (/proc)", first.pod),
-            format!("VmRSS {}, VmHWM {}, RssAnon {}, RssFile {}", kib("VmRSS:"), kib("VmHWM:"), kib("RssAnon:"), kib("RssFile:")),
+            format!(
+                "VmRSS {}, VmHWM {}, RssAnon {}, RssFile {}; Pss {} (Pss_Anon {}, Pss_File {})",
+                kib("VmRSS:"),
+                kib("VmHWM:"),
+                kib("RssAnon:"),
+                kib("RssFile:"),
+                pss("Pss:"),
+                pss("Pss_Anon:"),
+                pss("Pss_File:")
+            ),
         ));
         if let Ok(memory) = get_json(admin, "/memory").await {
             let field = |k: &str| {
@@ -622,6 +636,10 @@ impl Envoys {
         let assignments = count("/config_dump?resource=dynamic_endpoint_configs&include_eds&mask=version_info").await;
         let listeners = count("/config_dump?resource=dynamic_listeners&mask=name").await;
         let stats = get(admin, "/stats").await.ok().map(|(_, body)| body.lines().count());
+        // Kept beside its log, for a look at what the memory holds.
+        if let Ok((200, dump)) = get(admin, "/config_dump?include_eds").await {
+            let _ = std::fs::write(first.dir.join("config_dump.json"), dump);
+        }
         let shown = |n: Option<usize>| n.map_or("n/a".into(), |n| n.to_string());
         rows.push((
             format!("  {} holds", first.pod),
@@ -711,8 +729,16 @@ fn stat_lines(body: &str) -> impl Iterator<Item = (&str, u64)> {
 
 /// A `kB` field of /proc/<pid>/status.
 fn status_kib(pid: u32, key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok())
+    kib_field(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?, key)
+}
+
+/// A `kB` field of /proc/<pid>/smaps_rollup (proportional set sizes).
+fn rollup_kib(pid: u32, key: &str) -> Option<u64> {
+    kib_field(&std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?, key)
+}
+
+fn kib_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 /// What every Envoy showed of the changes of one kind.
