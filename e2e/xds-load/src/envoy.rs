@@ -18,7 +18,7 @@
 //! type and name, so the figures are upper bounds by one poll.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use http_body_util::{BodyExt, Empty};
@@ -359,23 +359,26 @@ pub struct Progress {
 }
 
 impl Change {
-    /// The admin query whose answer holds the change: one resource type,
-    /// the changed resources by name.
-    pub fn query(&self) -> String {
+    /// The admin queries whose answers hold the change: one resource
+    /// type each, the changed resources by name.
+    pub fn queries(&self) -> Vec<String> {
         match self {
-            Change::RouteWeight { host, .. } => format!(
+            Change::RouteWeight { host, .. } => vec![format!(
                 "/config_dump?resource=dynamic_route_configs&name_regex={}",
                 encode(&format!(".*{}.*", exactly(host).trim_matches(['^', '$'])))
-            ),
-            // No resource filter: active and warming clusters both.
-            Change::ClusterLimit { host, .. } => format!(
-                "/config_dump?name_regex={}",
-                encode(&format!(r"^outbound\|[0-9]+\|[^|]*\|{}$", exactly(host).trim_matches(['^', '$'])))
-            ),
-            Change::EndpointAddress { cluster, .. } => format!(
+            )],
+            Change::ClusterLimit { host, .. } => {
+                let names =
+                    encode(&format!(r"^outbound\|[0-9]+\|[^|]*\|{}$", exactly(host).trim_matches(['^', '$'])));
+                ["dynamic_active_clusters", "dynamic_warming_clusters"]
+                    .iter()
+                    .map(|resource| format!("/config_dump?resource={resource}&name_regex={names}"))
+                    .collect()
+            }
+            Change::EndpointAddress { cluster, .. } => vec![format!(
                 "/config_dump?resource=dynamic_endpoint_configs&include_eds&name_regex={}",
                 encode(&exactly(cluster))
-            ),
+            )],
         }
     }
 
@@ -415,16 +418,24 @@ impl Change {
 struct Reached {
     warming: Option<Instant>,
     done: Option<Instant>,
+    /// Envoy's own time of the update that brought it: the latest
+    /// `last_updated` of the resources in the dump that showed it.
+    applied: Option<SystemTime>,
     errors: u32,
 }
 
 /// Polls one Envoy until the change shows or the deadline passes.
 async fn watch(admin: u16, change: Change, deadline: Instant, every: Duration) -> Reached {
-    let query = change.query();
+    let queries = change.queries();
     let mut reached = Reached::default();
     loop {
-        match get_json(admin, &query).await {
-            Ok(dump) => {
+        let mut answers = Vec::with_capacity(queries.len());
+        for query in &queries {
+            answers.push(get_json(admin, query).await);
+        }
+        match answers.into_iter().collect::<anyhow::Result<Vec<Value>>>() {
+            Ok(answers) => {
+                let dump = Value::Array(answers);
                 let now = Instant::now();
                 let progress = change.assess(&dump);
                 if progress.warming && reached.warming.is_none() {
@@ -432,6 +443,7 @@ async fn watch(admin: u16, change: Change, deadline: Instant, every: Duration) -
                 }
                 if progress.done {
                     reached.done = Some(now);
+                    reached.applied = values(&dump, "last_updated").iter().filter_map(|t| timestamp(t.as_str()?)).max();
                     return reached;
                 }
             }
@@ -452,11 +464,12 @@ impl Envoys {
     /// Makes the API call `call` and watches every Envoy until `change`
     /// shows in its dump; returns when the call started, and what each
     /// Envoy showed.
-    async fn converge<F>(&self, change: Change, call: F) -> anyhow::Result<(Instant, Vec<Reached>)>
+    async fn converge<F>(&self, change: Change, call: F) -> anyhow::Result<(Since, Vec<Reached>)>
     where
         F: std::future::Future<Output = anyhow::Result<()>>,
     {
         let since = Instant::now();
+        let wall = SystemTime::now();
         let deadline = since + Duration::from_secs(self.options.timeout);
         let every = Duration::from_millis(self.options.poll_ms.max(10));
         let mut watchers = JoinSet::new();
@@ -474,7 +487,7 @@ impl Envoys {
             let (k, reached) = done.context("a watcher panicked")?;
             out[k] = reached;
         }
-        Ok((since, out))
+        Ok((Since { at: since, wall }, out))
     }
 
     /// The route, cluster and endpoint changes, `--envoy-changes` of each.
@@ -741,9 +754,45 @@ fn kib_field(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
+/// When an API call started, on both clocks: Envoy stamps what it
+/// applies with the wall clock.
+#[derive(Clone, Copy)]
+struct Since {
+    at: Instant,
+    wall: SystemTime,
+}
+
+/// A protobuf JSON timestamp (`2026-12-04T23:00:39.175Z`, UTC).
+fn timestamp(text: &str) -> Option<SystemTime> {
+    let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<u64>().ok());
+    let (h, min, sec) = (t.next()??, t.next()??, t.next()??);
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    let nanos = if fraction.is_empty() {
+        0
+    } else {
+        let digits: String = fraction.chars().chain(std::iter::repeat('0')).take(9).collect();
+        digits.parse::<u32>().ok()?
+    };
+    let secs = days * 86_400 + h * 3600 + min * 60 + sec;
+    Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
 /// What every Envoy showed of the changes of one kind.
 #[derive(Default)]
 struct Tally {
+    /// Envoy's `last_updated` of what showed the change, from the call's
+    /// start (no polling in it; the wall clock of one host).
+    applied: Vec<Duration>,
     done: Vec<Duration>,
     warming: Vec<Duration>,
     /// Per change that reached every Envoy: its start to the last one.
@@ -753,8 +802,11 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, since: Instant, reached: &[Reached]) {
+    fn add(&mut self, start: Since, reached: &[Reached]) {
+        let since = start.at;
         self.expected += reached.len();
+        self.applied
+            .extend(reached.iter().filter_map(|r| r.applied?.duration_since(start.wall).ok()));
         let done: Vec<Duration> = reached.iter().filter_map(|r| Some(r.done?.duration_since(since))).collect();
         if done.len() == reached.len()
             && let Some(last) = done.iter().max()
@@ -772,6 +824,10 @@ impl Tally {
             rows.push(("  seen warming, from request start".into(), distribution(self.warming.clone())));
         }
         rows.push((format!("  convergence from request start ({what})"), distribution(self.done.clone())));
+        rows.push((
+            "  the same by Envoy's last_updated (no poll in it)".into(),
+            distribution(self.applied.clone()),
+        ));
         rows.push((
             "  Envoys reached".into(),
             format!("{} of {} ({} Envoys per change)", self.done.len(), self.expected, envoys),
@@ -835,7 +891,7 @@ mod tests {
         let change = |weight| Change::RouteWeight { host: HOST.into(), cluster: v2.clone(), weight };
         assert!(change(70).assess(&dump).done);
         assert!(!change(30).assess(&dump).done);
-        assert!(change(70).query().starts_with("/config_dump?resource=dynamic_route_configs&name_regex="));
+        assert!(change(70).queries()[0].starts_with("/config_dump?resource=dynamic_route_configs&name_regex="));
     }
 
     #[test]
@@ -865,6 +921,15 @@ mod tests {
         let change = |a: &str| Change::EndpointAddress { cluster: format!("outbound|9080||{HOST}"), address: a.into() };
         assert!(change("10.200.0.12").assess(&dump).done);
         assert!(!change("10.200.0.1").assess(&dump).done);
+    }
+
+    #[test]
+    fn envoy_timestamps_are_read_as_utc() {
+        let at = |t| timestamp(t).unwrap().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(at("1970-01-01T00:00:00Z"), Duration::ZERO);
+        assert_eq!(at("2026-12-04T23:00:39.175Z"), Duration::new(1_796_425_239, 175_000_000));
+        assert_eq!(at("2000-02-29T12:00:00.000001Z"), Duration::new(951_825_600, 1_000));
+        assert_eq!(timestamp("2026-12-04 23:00:39"), None);
     }
 
     #[test]
