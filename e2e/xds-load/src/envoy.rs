@@ -29,6 +29,8 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 use crate::cluster::{self, Endpoints, Layout};
+use crate::probe::{self, Check, Probe};
+use crate::proxy::Fleet;
 use crate::report::{distribution, mib};
 
 /// One line of the report.
@@ -421,6 +423,8 @@ struct Reached {
     /// Envoy's own time of the update that brought it: the latest
     /// `last_updated` of the resources in the dump that showed it.
     applied: Option<SystemTime>,
+    /// What the last dump showed (at the deadline, if never done).
+    last: Progress,
     errors: u32,
 }
 
@@ -438,6 +442,7 @@ async fn watch(admin: u16, change: Change, deadline: Instant, every: Duration) -
                 let dump = Value::Array(answers);
                 let now = Instant::now();
                 let progress = change.assess(&dump);
+                reached.last = progress;
                 if progress.warming && reached.warming.is_none() {
                     reached.warming = Some(now);
                 }
@@ -462,14 +467,27 @@ impl Envoys {
     }
 
     /// Makes the API call `call` and watches every Envoy until `change`
-    /// shows in its dump; returns when the call started, and what each
-    /// Envoy showed.
-    async fn converge<F>(&self, change: Change, call: F) -> anyhow::Result<(Since, Vec<Reached>)>
+    /// shows in its dump, and the simulated proxies with `simulated` for
+    /// the same change; returns when the call started, what each Envoy
+    /// showed, and when each simulated proxy received the change (when
+    /// `verified`, a response holding it; else any response of the
+    /// probe's types about the service).
+    async fn converge<F>(
+        &self,
+        change: Change,
+        fleet: &Fleet,
+        mut simulated: Probe,
+        verified: bool,
+        call: F,
+    ) -> anyhow::Result<(Since, Vec<Reached>, Vec<Duration>)>
     where
         F: std::future::Future<Output = anyhow::Result<()>>,
     {
         let since = Instant::now();
         let wall = SystemTime::now();
+        simulated.since = since;
+        let id = fleet.probe(simulated);
+        println!("xds-load: Envoys: {change:?} requested at {} UTC", utc(wall));
         let deadline = since + Duration::from_secs(self.options.timeout);
         let every = Duration::from_millis(self.options.poll_ms.max(10));
         let mut watchers = JoinSet::new();
@@ -487,7 +505,13 @@ impl Envoys {
             let (k, reached) = done.context("a watcher panicked")?;
             out[k] = reached;
         }
-        Ok((Since { at: since, wall }, out))
+        let fleet_times = (0..fleet.states.len())
+            .filter_map(|i| {
+                let seen = fleet.state(i).seen.get(id).copied().unwrap_or_default();
+                Some(if verified { seen.verified } else { seen.observed }?.duration_since(since))
+            })
+            .collect();
+        Ok((Since { at: since, wall }, out, fleet_times))
     }
 
     /// The route, cluster and endpoint changes, `--envoy-changes` of each.
@@ -496,6 +520,7 @@ impl Envoys {
         client: &kube::Client,
         layout: &Layout,
         endpoints: &mut Endpoints,
+        fleet: &Fleet,
     ) -> anyhow::Result<Vec<Row>> {
         let mut rows = Vec::new();
         let changes = self.options.changes;
@@ -512,15 +537,17 @@ impl Envoys {
                 weight: v2.into(),
             };
             let call = async { cluster::set_weights(client, layout, (100 - v2, v2)).await.map(|_| ()) };
-            let (since, reached) = self.converge(change, call).await?;
-            route.add(since, &reached);
+            let check = Check::RouteWeight { cluster: format!("|v2|{host}"), weight: v2 };
+            let probe = Probe { since: Instant::now(), types: &[probe::ROUTE, probe::LISTENER], mention: host.clone(), check };
+            let (since, reached, simulated) = self.converge(change, fleet, probe, true, call).await?;
+            route.add(since, &reached, simulated);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         rows.push((
             "Envoys: route change".into(),
             format!("{changes} weight changes of {} (70/30, 60/40, …), each awaited up to {} s", layout.service(0), self.options.timeout),
         ));
-        rows.extend(route.rows(self.list.len(), "RDS"));
+        rows.extend(route.rows(self.list.len(), "RDS", "a response holding the new weight"));
 
         // A new connection limit on every cluster of svc-0000: Envoy
         // replaces each, warms it and needs its endpoints again.
@@ -531,8 +558,11 @@ impl Envoys {
             let limit = 1001 + c as u64;
             let change = Change::ClusterLimit { host: host.clone(), max_connections: limit };
             let call = cluster::set_max_connections(client, layout, limit);
-            let (since, reached) = self.converge(change, call).await?;
-            clusters.add(since, &reached);
+            // Any CDS response after the change: SotW sends every cluster.
+            let check = Check::Address("no address: the CDS response's arrival is the figure".into());
+            let probe = Probe { since: Instant::now(), types: &[probe::CLUSTER], mention: host.clone(), check };
+            let (since, reached, simulated) = self.converge(change, fleet, probe, false, call).await?;
+            clusters.add(since, &reached, simulated);
             for e in &self.list {
                 holding.1 += 1;
                 if self.membership(e.ports.admin, &plain).await == Some(layout.endpoints as u64) {
@@ -549,7 +579,11 @@ impl Envoys {
                 self.options.timeout
             ),
         ));
-        rows.extend(clusters.rows(self.list.len(), "the new clusters active (warmed), none warming"));
+        rows.extend(clusters.rows(
+            self.list.len(),
+            "the new clusters active (warmed), none warming",
+            "any CDS response after the change (not checked)",
+        ));
         rows.push((
             format!("  {plain} holding its {} endpoints once converged", layout.endpoints),
             format!("{} of {} (Envoy, change) pairs (membership_total)", holding.0, holding.1),
@@ -562,11 +596,13 @@ impl Envoys {
             let (fresh, list) = endpoints.replace_one(s);
             let change = Change::EndpointAddress {
                 cluster: format!("outbound|{}||{}", cluster::PORT, layout.host(s)),
-                address: fresh,
+                address: fresh.clone(),
             };
+            let check = Check::Address(fresh.clone());
+            let probe = Probe { since: Instant::now(), types: &[probe::ENDPOINT, probe::CLUSTER], mention: layout.host(s), check };
             let call = cluster::set_endpoints(client, layout, s, &list);
-            let (since, reached) = self.converge(change, call).await?;
-            eds.add(since, &reached);
+            let (since, reached, simulated) = self.converge(change, fleet, probe, true, call).await?;
+            eds.add(since, &reached, simulated);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         rows.push((
@@ -576,7 +612,7 @@ impl Envoys {
                 self.options.timeout
             ),
         ));
-        rows.extend(eds.rows(self.list.len(), "EDS"));
+        rows.extend(eds.rows(self.list.len(), "EDS", "a response holding the new address"));
         Ok(rows)
     }
 
@@ -762,6 +798,29 @@ struct Since {
     wall: SystemTime,
 }
 
+/// A wall-clock time as `2026-12-04 23:00:39.175`, UTC.
+fn utc(at: SystemTime) -> String {
+    let since = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let (days, secs) = ((since.as_secs() / 86_400) as i64, since.as_secs() % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        since.subsec_millis()
+    )
+}
+
 /// A protobuf JSON timestamp (`2026-12-04T23:00:39.175Z`, UTC).
 fn timestamp(text: &str) -> Option<SystemTime> {
     let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
@@ -799,12 +858,27 @@ struct Tally {
     last: Vec<Duration>,
     expected: usize,
     errors: u32,
+    /// Envoys not done at the deadline: with the change warming, without it.
+    left_warming: usize,
+    left_without: usize,
+    /// The simulated proxies, the same changes.
+    simulated: Vec<Duration>,
+    simulated_expected: usize,
 }
 
 impl Tally {
-    fn add(&mut self, start: Since, reached: &[Reached]) {
+    fn add(&mut self, start: Since, reached: &[Reached], simulated: Vec<Duration>) {
         let since = start.at;
         self.expected += reached.len();
+        self.simulated_expected += 1;
+        self.simulated.extend(simulated);
+        for r in reached.iter().filter(|r| r.done.is_none()) {
+            if r.last.warming {
+                self.left_warming += 1;
+            } else {
+                self.left_without += 1;
+            }
+        }
         self.applied
             .extend(reached.iter().filter_map(|r| r.applied?.duration_since(start.wall).ok()));
         let done: Vec<Duration> = reached.iter().filter_map(|r| Some(r.done?.duration_since(since))).collect();
@@ -818,7 +892,7 @@ impl Tally {
         self.errors += reached.iter().map(|r| r.errors).sum::<u32>();
     }
 
-    fn rows(&self, envoys: usize, what: &str) -> Vec<Row> {
+    fn rows(&self, envoys: usize, what: &str, simulated: &str) -> Vec<Row> {
         let mut rows = Vec::new();
         if !self.warming.is_empty() {
             rows.push(("  seen warming, from request start".into(), distribution(self.warming.clone())));
@@ -835,9 +909,19 @@ impl Tally {
         if !self.last.is_empty() {
             rows.push(("  change to last Envoy".into(), distribution(self.last.clone())));
         }
+        if self.left_warming + self.left_without > 0 {
+            rows.push((
+                "  Envoys not there at the deadline".into(),
+                format!("{} with the change warming, {} without it", self.left_warming, self.left_without),
+            ));
+        }
         if self.errors > 0 {
             rows.push(("  admin API errors while polling".into(), self.errors.to_string()));
         }
+        rows.push((
+            format!("  simulated proxies, same changes ({simulated})"),
+            format!("{} ({} changes)", distribution(self.simulated.clone()), self.simulated_expected),
+        ));
         rows
     }
 }
@@ -930,6 +1014,9 @@ mod tests {
         assert_eq!(at("2026-12-04T23:00:39.175Z"), Duration::new(1_796_425_239, 175_000_000));
         assert_eq!(at("2000-02-29T12:00:00.000001Z"), Duration::new(951_825_600, 1_000));
         assert_eq!(timestamp("2026-12-04 23:00:39"), None);
+        let back = timestamp("2026-12-04T23:00:39.175Z").unwrap();
+        assert_eq!(utc(back), "2026-12-04 23:00:39.175");
+        assert_eq!(utc(timestamp("2000-02-29T12:00:00Z").unwrap()), "2000-02-29 12:00:00.000");
     }
 
     #[test]

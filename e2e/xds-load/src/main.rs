@@ -361,7 +361,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     churn(&client, &layout, &fleet, &process, &mut endpoints, &args, &mut summary).await?;
 
     if let Some(envoys) = envoys {
-        envoys.measure(&client, &layout, &mut endpoints).await?.into_iter().for_each(|(k, v)| summary.add(k, v));
+        envoys.measure(&client, &layout, &mut endpoints, &fleet).await?.into_iter().for_each(|(k, v)| summary.add(k, v));
         envoys.health().await.into_iter().for_each(|(k, v)| summary.add(k, v));
         envoys.stop().await;
     }
