@@ -362,24 +362,29 @@ pub struct Progress {
 
 impl Change {
     /// The admin queries whose answers hold the change: one resource
-    /// type each, the changed resources by name.
-    pub fn queries(&self) -> Vec<String> {
+    /// type each, the changed resources by name; the answers' lists go
+    /// under the resource's name in the dump [`Change::assess`] reads.
+    pub fn queries(&self) -> Vec<(&'static str, String)> {
+        let resource = |name: &'static str, query: String| (name, query);
         match self {
-            Change::RouteWeight { host, .. } => vec![format!(
+            Change::RouteWeight { host, .. } => vec![resource("dynamic_route_configs", format!(
                 "/config_dump?resource=dynamic_route_configs&name_regex={}",
                 encode(&format!(".*{}.*", exactly(host).trim_matches(['^', '$'])))
-            )],
+            ))],
             Change::ClusterLimit { host, .. } => {
                 let names =
                     encode(&format!(r"^outbound\|[0-9]+\|[^|]*\|{}$", exactly(host).trim_matches(['^', '$'])));
                 ["dynamic_active_clusters", "dynamic_warming_clusters"]
-                    .iter()
-                    .map(|resource| format!("/config_dump?resource={resource}&name_regex={names}"))
+                    .into_iter()
+                    .map(|name| resource(name, format!("/config_dump?resource={name}&name_regex={names}")))
                     .collect()
             }
-            Change::EndpointAddress { cluster, .. } => vec![format!(
-                "/config_dump?resource=dynamic_endpoint_configs&include_eds&name_regex={}",
-                encode(&exactly(cluster))
+            Change::EndpointAddress { cluster, .. } => vec![resource(
+                "dynamic_endpoint_configs",
+                format!(
+                    "/config_dump?resource=dynamic_endpoint_configs&include_eds&name_regex={}",
+                    encode(&exactly(cluster))
+                ),
             )],
         }
     }
@@ -434,12 +439,13 @@ async fn watch(admin: u16, change: Change, deadline: Instant, every: Duration) -
     let mut reached = Reached::default();
     loop {
         let mut answers = Vec::with_capacity(queries.len());
-        for query in &queries {
-            answers.push(get_json(admin, query).await);
+        for (name, query) in &queries {
+            // With `resource=`, the dump is a flat list under `configs`.
+            answers.push(get_json(admin, query).await.map(|mut a| (name.to_string(), a["configs"].take())));
         }
-        match answers.into_iter().collect::<anyhow::Result<Vec<Value>>>() {
+        match answers.into_iter().collect::<anyhow::Result<serde_json::Map<String, Value>>>() {
             Ok(answers) => {
-                let dump = Value::Array(answers);
+                let dump = Value::Object(answers);
                 let now = Instant::now();
                 let progress = change.assess(&dump);
                 reached.last = progress;
@@ -975,7 +981,7 @@ mod tests {
         let change = |weight| Change::RouteWeight { host: HOST.into(), cluster: v2.clone(), weight };
         assert!(change(70).assess(&dump).done);
         assert!(!change(30).assess(&dump).done);
-        assert!(change(70).queries()[0].starts_with("/config_dump?resource=dynamic_route_configs&name_regex="));
+        assert!(change(70).queries()[0].1.starts_with("/config_dump?resource=dynamic_route_configs&name_regex="));
     }
 
     #[test]
