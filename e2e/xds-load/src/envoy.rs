@@ -531,6 +531,15 @@ impl Envoys {
             let (k, reached) = done.context("a watcher panicked")?;
             out[k] = reached;
         }
+        // The simulated proxies may still be taking the push in: their
+        // figures are complete only once every one has it (or the deadline).
+        let arrived = |i: usize| {
+            let seen = fleet.state(i).seen.get(id).copied().unwrap_or_default();
+            if verified { seen.verified.is_some() } else { seen.observed.is_some() }
+        };
+        while Instant::now() < deadline && !(0..fleet.states.len()).all(arrived) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let fleet_times = (0..fleet.states.len())
             .filter_map(|i| {
                 let seen = fleet.state(i).seen.get(id).copied().unwrap_or_default();
@@ -566,7 +575,7 @@ impl Envoys {
             let check = Check::RouteWeight { cluster: format!("|v2|{host}"), weight: v2 };
             let probe = Probe { since: Instant::now(), types: &[probe::ROUTE, probe::LISTENER], mention: host.clone(), check };
             let (since, reached, simulated) = self.converge(change, fleet, probe, true, call).await?;
-            route.add(since, &reached, simulated);
+            route.add(since, &reached, simulated, fleet.states.len());
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         rows.push((
@@ -588,7 +597,7 @@ impl Envoys {
             let check = Check::Address("no address: the CDS response's arrival is the figure".into());
             let probe = Probe { since: Instant::now(), types: &[probe::CLUSTER], mention: host.clone(), check };
             let (since, reached, simulated) = self.converge(change, fleet, probe, false, call).await?;
-            clusters.add(since, &reached, simulated);
+            clusters.add(since, &reached, simulated, fleet.states.len());
             for e in &self.list {
                 holding.1 += 1;
                 if self.membership(e.ports.admin, &plain).await == Some(layout.endpoints as u64) {
@@ -628,7 +637,7 @@ impl Envoys {
             let probe = Probe { since: Instant::now(), types: &[probe::ENDPOINT, probe::CLUSTER], mention: layout.host(s), check };
             let call = cluster::set_endpoints(client, layout, s, &list);
             let (since, reached, simulated) = self.converge(change, fleet, probe, true, call).await?;
-            eds.add(since, &reached, simulated);
+            eds.add(since, &reached, simulated, fleet.states.len());
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         rows.push((
@@ -890,10 +899,12 @@ struct Tally {
     /// The simulated proxies, the same changes.
     simulated: Vec<Duration>,
     simulated_expected: usize,
+    simulated_proxies: usize,
 }
 
 impl Tally {
-    fn add(&mut self, start: Since, reached: &[Reached], simulated: Vec<Duration>) {
+    fn add(&mut self, start: Since, reached: &[Reached], simulated: Vec<Duration>, proxies: usize) {
+        self.simulated_proxies = proxies;
         let since = start.at;
         self.expected += reached.len();
         self.simulated_expected += 1;
@@ -946,7 +957,12 @@ impl Tally {
         }
         rows.push((
             format!("  simulated proxies, same changes ({simulated})"),
-            format!("{} ({} changes)", distribution(self.simulated.clone()), self.simulated_expected),
+            format!(
+                "{} ({} changes × {} proxies)",
+                distribution(self.simulated.clone()),
+                self.simulated_expected,
+                self.simulated_proxies
+            ),
         ));
         rows
     }
