@@ -106,8 +106,7 @@ pub fn host_bootstrap(
     }
     grpc["channel_credentials"]["ssl_credentials"]["root_certs"]["filename"] = json!(root_file);
     grpc["call_credentials"][0]["from_plugin"]["typed_config"]["secret_data"]["filename"] = json!(token_file);
-    grpc["channel_args"] =
-        json!({"args": {"grpc.ssl_target_name_override": {"string_value": server_name}}});
+    grpc["channel_args"] = json!({"args": {"grpc.ssl_target_name_override": {"string_value": server_name}}});
     Ok(bootstrap)
 }
 
@@ -120,7 +119,9 @@ fn relocate(value: &mut Value, ports: Ports) -> anyhow::Result<()> {
                     Ok(ADMIN_PORT) => ports.admin,
                     Ok(HEALTH_PORT) => ports.health,
                     Ok(PROMETHEUS_PORT) => ports.prometheus,
-                    _ => bail!("the injected bootstrap has a socket on port {port}, which xds-load does not place"),
+                    _ => bail!(
+                        "the injected bootstrap has a socket on port {port}, which xds-load does not place"
+                    ),
                 };
                 *socket = json!({"address": "127.0.0.1", "port_value": moved});
             }
@@ -191,7 +192,8 @@ pub async fn start(
         let ports = Ports::of(options.first_port, k)?;
         let dir = options.dir.join(layout.pod(i));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let (token_file, root_file, config) = (dir.join("token"), dir.join("root.pem"), dir.join("envoy.json"));
+        let (token_file, root_file, config) =
+            (dir.join("token"), dir.join("root.pem"), dir.join("envoy.json"));
         // The kubelet writes tokens without a trailing newline; Envoy's
         // gRPC refuses a header value ending in one.
         std::fs::write(&token_file, token.trim())?;
@@ -292,7 +294,8 @@ async fn get(port: u16, path_and_query: &str) -> anyhow::Result<(u16, String)> {
         let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         let connection = tokio::spawn(connection);
-        let request = hyper::Request::get(path_and_query).header("host", "127.0.0.1").body(Empty::<Bytes>::new())?;
+        let request =
+            hyper::Request::get(path_and_query).header("host", "127.0.0.1").body(Empty::<Bytes>::new())?;
         let response = sender.send_request(request).await?;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await?.to_bytes();
@@ -386,13 +389,18 @@ impl Change {
     pub fn queries(&self) -> Vec<(&'static str, String)> {
         let resource = |name: &'static str, query: String| (name, query);
         match self {
-            Change::RouteWeight { host, .. } => vec![resource("dynamic_route_configs", format!(
-                "/config_dump?resource=dynamic_route_configs&name_regex={}",
-                encode(&format!(".*{}.*", exactly(host).trim_matches(['^', '$'])))
-            ))],
+            Change::RouteWeight { host, .. } => vec![resource(
+                "dynamic_route_configs",
+                format!(
+                    "/config_dump?resource=dynamic_route_configs&name_regex={}",
+                    encode(&format!(".*{}.*", exactly(host).trim_matches(['^', '$'])))
+                ),
+            )],
             Change::ClusterLimit { host, .. } => {
-                let names =
-                    encode(&format!(r"^outbound\|[0-9]+\|[^|]*\|{}$", exactly(host).trim_matches(['^', '$'])));
+                let names = encode(&format!(
+                    r"^outbound\|[0-9]+\|[^|]*\|{}$",
+                    exactly(host).trim_matches(['^', '$'])
+                ));
                 ["dynamic_active_clusters", "dynamic_warming_clusters"]
                     .into_iter()
                     .map(|name| resource(name, format!("/config_dump?resource={name}&name_regex={names}")))
@@ -425,7 +433,8 @@ impl Change {
                 let listed = |key: &str| -> Vec<&Value> {
                     values(dump, key).into_iter().flat_map(|a| a.as_array().into_iter().flatten()).collect()
                 };
-                let (active, warming) = (listed("dynamic_active_clusters"), listed("dynamic_warming_clusters"));
+                let (active, warming) =
+                    (listed("dynamic_active_clusters"), listed("dynamic_warming_clusters"));
                 Progress {
                     warming: warming.iter().any(limited),
                     done: !active.is_empty() && warming.is_empty() && active.iter().all(limited),
@@ -473,7 +482,8 @@ async fn watch(admin: u16, change: Change, deadline: Instant, every: Duration) -
                 }
                 if progress.done {
                     reached.done = Some(now);
-                    reached.applied = values(&dump, "last_updated").iter().filter_map(|t| timestamp(t.as_str()?)).max();
+                    reached.applied =
+                        values(&dump, "last_updated").iter().filter_map(|t| timestamp(t.as_str()?)).max();
                     return reached;
                 }
             }
@@ -573,14 +583,23 @@ impl Envoys {
             };
             let call = async { cluster::set_weights(client, layout, (100 - v2, v2)).await.map(|_| ()) };
             let check = Check::RouteWeight { cluster: format!("|v2|{host}"), weight: v2 };
-            let probe = Probe { since: Instant::now(), types: &[probe::ROUTE, probe::LISTENER], mention: host.clone(), check };
+            let probe = Probe {
+                since: Instant::now(),
+                types: &[probe::ROUTE, probe::LISTENER],
+                mention: host.clone(),
+                check,
+            };
             let (since, reached, simulated) = self.converge(change, fleet, probe, true, call).await?;
             route.add(since, &reached, simulated, fleet.states.len());
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         rows.push((
             "Envoys: route change".into(),
-            format!("{changes} weight changes of {} (70/30, 60/40, …), each awaited up to {} s", layout.service(0), self.options.timeout),
+            format!(
+                "{changes} weight changes of {} (70/30, 60/40, …), each awaited up to {} s",
+                layout.service(0),
+                self.options.timeout
+            ),
         ));
         rows.extend(route.rows(self.list.len(), "RDS", "a response holding the new weight"));
 
@@ -595,7 +614,8 @@ impl Envoys {
             let call = cluster::set_max_connections(client, layout, limit);
             // Any CDS response after the change: SotW sends every cluster.
             let check = Check::Address("no address: the CDS response's arrival is the figure".into());
-            let probe = Probe { since: Instant::now(), types: &[probe::CLUSTER], mention: host.clone(), check };
+            let probe =
+                Probe { since: Instant::now(), types: &[probe::CLUSTER], mention: host.clone(), check };
             let (since, reached, simulated) = self.converge(change, fleet, probe, false, call).await?;
             clusters.add(since, &reached, simulated, fleet.states.len());
             for e in &self.list {
@@ -634,7 +654,12 @@ impl Envoys {
                 address: fresh.clone(),
             };
             let check = Check::Address(fresh.clone());
-            let probe = Probe { since: Instant::now(), types: &[probe::ENDPOINT, probe::CLUSTER], mention: layout.host(s), check };
+            let probe = Probe {
+                since: Instant::now(),
+                types: &[probe::ENDPOINT, probe::CLUSTER],
+                mention: layout.host(s),
+                check,
+            };
             let call = cluster::set_endpoints(client, layout, s, &list);
             let (since, reached, simulated) = self.converge(change, fleet, probe, true, call).await?;
             eds.add(since, &reached, simulated, fleet.states.len());
@@ -670,14 +695,24 @@ impl Envoys {
             if let (Some(min), Some(max)) = (kib.first(), kib.last()) {
                 rows.push((
                     format!("Envoys: {}", key.trim_end_matches(':')),
-                    format!("min {}, p50 {}, max {} ({} Envoys, /proc)", mib(*min), mib(kib[kib.len() / 2]), mib(*max), kib.len()),
+                    format!(
+                        "min {}, p50 {}, max {} ({} Envoys, /proc)",
+                        mib(*min),
+                        mib(kib[kib.len() / 2]),
+                        mib(*max),
+                        kib.len()
+                    ),
                 ));
             }
         }
         let Some(first) = self.list.first() else { return rows };
         let admin = first.ports.admin;
-        let kib = |key| status_kib(first.pid, key).map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
-        let pss = |key| rollup_kib(first.pid, key).map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+        let kib = |key| {
+            status_kib(first.pid, key).map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+        };
+        let pss = |key| {
+            rollup_kib(first.pid, key).map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+        };
         rows.push((
             format!("  {} (/proc)", first.pod),
             format!(
@@ -693,7 +728,10 @@ impl Envoys {
         ));
         if let Ok(memory) = get_json(admin, "/memory").await {
             let field = |k: &str| {
-                memory[k].as_str().and_then(|v| v.parse::<f64>().ok()).map_or("n/a".into(), |b| format!("{:.1} MiB", b / 1048576.0))
+                memory[k]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .map_or("n/a".into(), |b| format!("{:.1} MiB", b / 1048576.0))
             };
             rows.push((
                 format!("  {} (/memory)", first.pod),
@@ -714,10 +752,13 @@ impl Envoys {
             rows.push((format!("  {} (/stats)", first.pod), text.join(", ")));
         }
         let count = |query: &'static str| async move {
-            get_json(admin, query).await.ok().map(|d| values(&d, "configs").iter().filter_map(|c| c.as_array()).map(Vec::len).sum::<usize>())
+            get_json(admin, query).await.ok().map(|d| {
+                values(&d, "configs").iter().filter_map(|c| c.as_array()).map(Vec::len).sum::<usize>()
+            })
         };
         let routes = count("/config_dump?resource=dynamic_route_configs&mask=version_info").await;
-        let assignments = count("/config_dump?resource=dynamic_endpoint_configs&include_eds&mask=version_info").await;
+        let assignments =
+            count("/config_dump?resource=dynamic_endpoint_configs&include_eds&mask=version_info").await;
         let listeners = count("/config_dump?resource=dynamic_listeners&mask=name").await;
         let stats = get(admin, "/stats").await.ok().map(|(_, body)| body.lines().count());
         // Kept beside its log, for a look at what the memory holds.
@@ -741,11 +782,14 @@ impl Envoys {
     /// NACKs, initial fetch timeouts and anything left warming, summed over
     /// every Envoy, and the log lines that say a configuration was rejected.
     pub async fn health(&self) -> Vec<Row> {
-        let suffixes = ["update_rejected", "init_fetch_timeout", "warming_clusters", "total_listeners_warming"];
+        let suffixes =
+            ["update_rejected", "init_fetch_timeout", "warming_clusters", "total_listeners_warming"];
         let mut sums = [0u64; 4];
         let mut connected = 0;
         let mut unreadable = 0;
-        let filter = encode("(update_rejected|init_fetch_timeout|warming_clusters|total_listeners_warming|control_plane\\.connected_state)$");
+        let filter = encode(
+            "(update_rejected|init_fetch_timeout|warming_clusters|total_listeners_warming|control_plane\\.connected_state)$",
+        );
         for e in &self.list {
             let Ok((200, body)) = get(e.ports.admin, &format!("/stats?filter={filter}")).await else {
                 unreadable += 1;
@@ -778,7 +822,11 @@ impl Envoys {
                 sums[1],
                 sums[2],
                 sums[3],
-                if unreadable > 0 { format!(" ({unreadable} Envoys' stats unreadable)") } else { String::new() }
+                if unreadable > 0 {
+                    format!(" ({unreadable} Envoys' stats unreadable)")
+                } else {
+                    String::new()
+                }
             ),
         )];
         rows.push((
@@ -916,9 +964,9 @@ impl Tally {
                 self.left_without += 1;
             }
         }
-        self.applied
-            .extend(reached.iter().filter_map(|r| r.applied?.duration_since(start.wall).ok()));
-        let done: Vec<Duration> = reached.iter().filter_map(|r| Some(r.done?.duration_since(since))).collect();
+        self.applied.extend(reached.iter().filter_map(|r| r.applied?.duration_since(start.wall).ok()));
+        let done: Vec<Duration> =
+            reached.iter().filter_map(|r| Some(r.done?.duration_since(since))).collect();
         if done.len() == reached.len()
             && let Some(last) = done.iter().max()
         {
@@ -988,8 +1036,14 @@ mod tests {
         .unwrap();
         let grpc = &b["dynamic_resources"]["ads_config"]["grpc_services"][0]["google_grpc"];
         assert_eq!(grpc["target_uri"], "127.0.0.1:55012");
-        assert_eq!(grpc["channel_args"]["args"]["grpc.ssl_target_name_override"]["string_value"], "mesh.mesh-system.svc");
-        assert_eq!(grpc["call_credentials"][0]["from_plugin"]["typed_config"]["secret_data"]["filename"], "/x/token");
+        assert_eq!(
+            grpc["channel_args"]["args"]["grpc.ssl_target_name_override"]["string_value"],
+            "mesh.mesh-system.svc"
+        );
+        assert_eq!(
+            grpc["call_credentials"][0]["from_plugin"]["typed_config"]["secret_data"]["filename"],
+            "/x/token"
+        );
         assert_eq!(grpc["channel_credentials"]["ssl_credentials"]["root_certs"]["filename"], "/x/root.pem");
         assert_eq!(b["admin"]["address"]["socket_address"]["port_value"], 43006);
         let mut sockets = Vec::new();
@@ -1017,7 +1071,9 @@ mod tests {
         let change = |weight| Change::RouteWeight { host: HOST.into(), cluster: v2.clone(), weight };
         assert!(change(70).assess(&dump).done);
         assert!(!change(30).assess(&dump).done);
-        assert!(change(70).queries()[0].1.starts_with("/config_dump?resource=dynamic_route_configs&name_regex="));
+        assert!(
+            change(70).queries()[0].1.starts_with("/config_dump?resource=dynamic_route_configs&name_regex=")
+        );
     }
 
     #[test]
@@ -1027,9 +1083,7 @@ mod tests {
                 "circuit_breakers": {"thresholds": [{"max_connections": limit}]}}})
         };
         let change = Change::ClusterLimit { host: HOST.into(), max_connections: 1001 };
-        let dump = |active: Vec<Value>, warming: Vec<Value>| {
-            json!({"configs": [{"dynamic_active_clusters": active, "dynamic_warming_clusters": warming}]})
-        };
+        let dump = |active: Vec<Value>, warming: Vec<Value>| json!({"configs": [{"dynamic_active_clusters": active, "dynamic_warming_clusters": warming}]});
         let old = dump(vec![cluster("", 1000), cluster("v1", 1000)], vec![]);
         assert_eq!(change.assess(&old), Progress { warming: false, done: false });
         let warming = dump(vec![cluster("", 1000), cluster("v1", 1001)], vec![cluster("", 1001)]);
@@ -1044,7 +1098,10 @@ mod tests {
         let dump = json!({"configs": [{"endpoint_config": {"endpoints": [{"lb_endpoints": [
             {"endpoint": {"address": {"socket_address": {"address": "10.200.0.12", "port_value": 9080}}}}
         ]}]}}]});
-        let change = |a: &str| Change::EndpointAddress { cluster: format!("outbound|9080||{HOST}"), address: a.into() };
+        let change = |a: &str| Change::EndpointAddress {
+            cluster: format!("outbound|9080||{HOST}"),
+            address: a.into(),
+        };
         assert!(change("10.200.0.12").assess(&dump).done);
         assert!(!change("10.200.0.1").assess(&dump).done);
     }

@@ -211,8 +211,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // the first figures.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let tls =
-        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root.clone())).domain_name(&args.server_name);
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(root.clone()))
+        .domain_name(&args.server_name);
     let endpoint = Endpoint::from_shared(format!("https://{}", args.xds_addr))
         .context("--xds-addr")?
         .origin(format!("https://{}", args.server_name).parse().context("--server-name")?)
@@ -286,7 +287,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let envoys = if envoy_tokens.is_empty() {
         None
     } else {
-        let target = envoy::Target { xds_addr: &args.xds_addr, server_name: &args.server_name, root_pem: &root };
+        let target =
+            envoy::Target { xds_addr: &args.xds_addr, server_name: &args.server_name, root_pem: &root };
         let (envoys, rows) =
             envoy::start(&args.envoy, &layout, layout.proxies, envoy_tokens, target, connect_timeout).await?;
         rows.into_iter().for_each(|(k, v)| summary.add(k, v));
@@ -361,7 +363,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     churn(&client, &layout, &fleet, &process, &mut endpoints, &args, &mut summary).await?;
 
     if let Some(envoys) = envoys {
-        envoys.measure(&client, &layout, &mut endpoints, &fleet).await?.into_iter().for_each(|(k, v)| summary.add(k, v));
+        envoys
+            .measure(&client, &layout, &mut endpoints, &fleet)
+            .await?
+            .into_iter()
+            .for_each(|(k, v)| summary.add(k, v));
         envoys.health().await.into_iter().for_each(|(k, v)| summary.add(k, v));
         envoys.stop().await;
     }
