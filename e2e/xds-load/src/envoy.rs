@@ -606,7 +606,8 @@ impl Envoys {
         // A new connection limit on every cluster of svc-0000: Envoy
         // replaces each, warms it and needs its endpoints again.
         let mut clusters = Tally::default();
-        let mut holding = (0usize, 0usize);
+        // (Envoy, change) pairs: with all the endpoints, with fewer, unknown.
+        let mut holding = (0usize, Vec::new(), 0usize);
         let plain = format!("outbound|{}||{host}", cluster::PORT);
         for c in 0..changes {
             let limit = 1001 + c as u64;
@@ -619,9 +620,10 @@ impl Envoys {
             let (since, reached, simulated) = self.converge(change, fleet, probe, false, call).await?;
             clusters.add(since, &reached, simulated, fleet.states.len());
             for e in &self.list {
-                holding.1 += 1;
-                if self.membership(e.ports.admin, &plain).await == Some(layout.endpoints as u64) {
-                    holding.0 += 1;
+                match self.membership(e.ports.admin, &plain).await {
+                    Some(n) if n == layout.endpoints as u64 => holding.0 += 1,
+                    Some(n) => holding.1.push(n),
+                    None => holding.2 += 1,
                 }
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -641,7 +643,13 @@ impl Envoys {
         ));
         rows.push((
             format!("  {plain} holding its {} endpoints once converged", layout.endpoints),
-            format!("{} of {} (Envoy, change) pairs (membership_total)", holding.0, holding.1),
+            format!(
+                "{} of {} (Envoy, change) pairs (membership_total); fewer: {:?}; stats unreadable: {}",
+                holding.0,
+                holding.0 + holding.1.len() + holding.2,
+                holding.1,
+                holding.2
+            ),
         ));
 
         // An address replaced in one Service's EndpointSlice.

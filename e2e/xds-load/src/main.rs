@@ -13,6 +13,9 @@
 //!   from the start of the API call to each proxy's receipt of a response
 //!   that carries the change ([`probe`]);
 //! - the controller's RSS and CPU (from /proc) at each phase.
+//! - with `--envoys N`, the same on real Envoy processes ([`envoy`]):
+//!   route, cluster and endpoint changes until each one's config dump
+//!   shows them, its memory, and its NACKs.
 //!
 //! Every wait is bounded; a change that brings no push is reported as
 //! such, never as a figure.
