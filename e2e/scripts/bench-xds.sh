@@ -22,6 +22,14 @@
 #   istiod (pilot-discovery, built by `tools.sh istiod`, run on the host
 #   with its stock settings) on the same cluster and objects, and both
 #   columns are printed with their ratio; docs/perf.md)
+#   ENVOYS (50 at 1,000 proxies or more, else 10; 0: none; the controller's
+#   run only): real Envoy
+#   processes beside the simulated proxies, one more pod each, with the
+#   injected bootstrap; route, cluster and endpoint changes are measured on
+#   their configuration dumps, and their RSS. ENVOY_CHANGES (3 of each),
+#   ENVOY_TIMEOUT (30 s), ENVOY_POLL_MS (100), ENVOY_LOG_LEVEL (info). Their
+#   ports (3 each, up to 200 Envoys) start at 61000 + 600 per 10000 of
+#   MESH_PORT_OFFSET; their logs are copied to target/bench-xds-envoys/.
 #
 # `bench-xds.sh restart-controller` (`restart-istiod`) is what xds-load runs
 # to restart the control plane mid-run.
@@ -38,6 +46,7 @@ xds=$((15012 + MESH_PORT_OFFSET))
 mon=$((15014 + MESH_PORT_OFFSET))
 webhook=$((15017 + MESH_PORT_OFFSET))
 pidfile=$dir/pids/controller
+envoy_dir=$dir/envoys
 controller_log=$dir/logs/bench-controller.log
 prefix=mesh$((MESH_PORT_OFFSET / 10000))
 compare=${COMPARE:-}
@@ -173,8 +182,30 @@ case "$compare" in
   *) log "COMPARE=$compare: only COMPARE=istiod is known"; exit 2 ;;
 esac
 
+# The Envoys xds-load started, should it have been stopped before it
+# stopped them: each folder holds its Envoy's pid while it runs.
+stop_envoys() {
+  local pidf pid
+  for pidf in "$envoy_dir"/*/pid; do
+    [ -f "$pidf" ] || continue
+    pid=$(cat "$pidf")
+    if [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$(readlink -f "$TOOLS_BIN/envoy")" ]; then
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+  if [ -d "$envoy_dir" ]; then
+    rm -rf "$repo/target/bench-xds-envoys"
+    mkdir -p "$repo/target/bench-xds-envoys"
+    for log in "$envoy_dir"/*/envoy.log; do
+      [ -f "$log" ] && cp "$log" "$repo/target/bench-xds-envoys/$(basename "$(dirname "$log")").log"
+    done
+    cp "$envoy_dir"/*/config_dump.json "$repo/target/bench-xds-envoys/" 2>/dev/null || true
+  fi
+}
+
 cleanup() {
   local rc=$?
+  stop_envoys
   stop_controller
   stop_istiod
   [ -f "$controller_log" ] && cp "$controller_log" "$repo/target/bench-xds-controller.log"
@@ -203,6 +234,16 @@ fi
 log "controller on 127.0.0.1:$xds (xDS), :$mon (monitoring)"
 start_controller
 
+envoys=${ENVOYS:-$(( ${PROXIES:-2000} >= 1000 ? 50 : 10 ))}
+# Above the kernel's ephemeral range (32768-60999), where no outgoing
+# connection can hold a port an Envoy is about to listen on; 600 ports for
+# each offset (0, 10000, ..., 50000), below the xDS port of offset 50000.
+envoy_ports=$((61000 + (MESH_PORT_OFFSET / 10000 % 6) * 600))
+# Real Envoys run the mesh's injected bootstrap: the controller's run only.
+envoy_flags=(--envoys "$envoys" --envoy-binary "$TOOLS_BIN/envoy" --envoy-dir "$envoy_dir"
+  --envoy-first-port "$envoy_ports" --envoy-changes "${ENVOY_CHANGES:-3}"
+  --envoy-timeout "${ENVOY_TIMEOUT:-30}" --envoy-poll-ms "${ENVOY_POLL_MS:-100}"
+  --envoy-log-level "${ENVOY_LOG_LEVEL:-info}")
 secrets_default=1 push_timeout=10
 # istiod pushes after 100 ms of quiet or 10 s of steady changes (its
 # PILOT_DEBOUNCE_MAX), and a full push to 2,000 proxies can take longer:
@@ -225,7 +266,7 @@ load() {
 }
 if [ -z "$compare" ]; then
   load mesh "127.0.0.1:$xds" "$pidfile" restart-controller ${CONTROLLER_WRAPPER:+--no-restart} \
-    | tee "$repo/target/bench-xds.log"
+    "${envoy_flags[@]}" | tee "$repo/target/bench-xds.log"
   exit
 fi
 
@@ -234,7 +275,7 @@ fi
 figures=$repo/target/bench-xds-figures
 mkdir -p "$figures"
 load mesh "127.0.0.1:$xds" "$pidfile" restart-controller ${CONTROLLER_WRAPPER:+--no-restart} \
-  --figures "$figures/mesh.json" | tee "$repo/target/bench-xds.log"
+  "${envoy_flags[@]}" --figures "$figures/mesh.json" | tee "$repo/target/bench-xds.log"
 stop_controller
 log "istiod $ISTIOD_VERSION on 127.0.0.1:$istiod_xds (xDS, TLS), :$istiod_http (ready)"
 start_istiod

@@ -334,6 +334,18 @@ pub async fn set_weights(
     Ok((start, Instant::now()))
 }
 
+/// Sets the DestinationRule's connection limit (every cluster of the
+/// Service, each subset's too).
+pub async fn set_max_connections(client: &Client, layout: &Layout, limit: u64) -> anyhow::Result<()> {
+    let host = layout.service(0);
+    let api = istio(client, &layout.namespace, "DestinationRule");
+    let patch = json!({"spec": {"trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": limit}}}}});
+    api.patch(&host, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("patching DestinationRule {host}"))?;
+    Ok(())
+}
+
 /// Writes service `s`'s endpoint list.
 pub async fn set_endpoints(
     client: &Client,

@@ -13,12 +13,16 @@
 //!   from the start of the API call to each proxy's receipt of a response
 //!   that carries the change ([`probe`]);
 //! - the controller's RSS and CPU (from /proc) at each phase.
+//! - with `--envoys N`, the same on real Envoy processes ([`envoy`]):
+//!   route, cluster and endpoint changes until each one's config dump
+//!   shows them, its memory, and its NACKs.
 //!
 //! Every wait is bounded; a change that brings no push is reported as
 //! such, never as a figure.
 
 mod cluster;
 mod compare;
+mod envoy;
 mod probe;
 mod proxy;
 mod report;
@@ -116,6 +120,8 @@ struct Args {
     /// controller still issues a certificate per stream at admission).
     #[arg(long)]
     no_secrets: bool,
+    #[command(flatten)]
+    envoy: envoy::Options,
 }
 
 fn main() -> ExitCode {
@@ -206,7 +212,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // --- objects and tokens ---------------------------------------------------
     let t = Instant::now();
     let mut endpoints = Endpoints::initial(&layout);
-    let uids = cluster::setup(&client, &layout, &endpoints).await?;
+    // The real Envoys' pods follow the simulated proxies' ones.
+    let pods = Arc::new(Layout { proxies: layout.proxies + args.envoy.count, ..(*layout).clone() });
+    let uids = cluster::setup(&client, &pods, &endpoints).await?;
     cluster::setup_routing(&client, &layout).await?;
     let counts = cluster::counts(&client, &layout.namespace).await?;
     summary.add(
@@ -223,7 +231,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let t = Instant::now();
     let target = args.target;
-    let tokens = cluster::tokens(&client, &layout, &uids, target.audience()).await?;
+    let mut tokens = cluster::tokens(&client, &pods, &uids, target.audience()).await?;
+    let envoy_tokens = tokens.split_off(layout.proxies);
     say(format!(
         "{} tokens (audience {}, bound to their pods, 1 h) in {:.1} s",
         tokens.len(),
@@ -238,7 +247,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let server_name = args.server_name.clone().unwrap_or_else(|| target.server_name().to_string());
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root)).domain_name(&server_name);
+    let tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root.clone())).domain_name(&server_name);
     let endpoint = Endpoint::from_shared(format!("https://{}", args.xds_addr))
         .context("--xds-addr")?
         .origin(format!("https://{server_name}").parse().context("--server-name")?)
@@ -328,6 +338,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let what = format!("idle, {} proxies connected", layout.proxies);
     idle(&fleet, &process, &mut summary, args.idle_seconds, &what, "idle").await;
 
+    // --- real Envoys, beside the simulated proxies until the restart -----------------
+    let envoys = if envoy_tokens.is_empty() {
+        None
+    } else {
+        anyhow::ensure!(
+            target == target::Target::Mesh,
+            "--envoys: the real Envoys run the mesh's injected bootstrap, so they measure the mesh only (not --target {})",
+            target.name()
+        );
+        let target = envoy::Target { xds_addr: &args.xds_addr, server_name: &server_name, root_pem: &root };
+        let (envoys, rows) =
+            envoy::start(&args.envoy, &layout, layout.proxies, envoy_tokens, target, connect_timeout).await?;
+        rows.into_iter().for_each(|(k, v)| summary.add(k, v));
+        // Their endpoints come after their clusters: let them all arrive.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        envoys.memory().await.into_iter().for_each(|(k, v)| summary.add(k, v));
+        Some(envoys)
+    };
+
     // --- one VirtualService change ---------------------------------------------------
     let push_timeout = Duration::from_secs(args.push_timeout);
     let mut weights = cluster::WEIGHTS;
@@ -395,6 +424,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // --- endpoint churn ------------------------------------------------------------
     churn(&client, &layout, &fleet, &process, &mut endpoints, &args, &mut summary).await?;
+
+    if let Some(envoys) = envoys {
+        envoys
+            .measure(&client, &layout, &mut endpoints, &fleet)
+            .await?
+            .into_iter()
+            .for_each(|(k, v)| summary.add(k, v));
+        envoys.health().await.into_iter().for_each(|(k, v)| summary.add(k, v));
+        envoys.stop().await;
+    }
 
     // --- controller restart ---------------------------------------------------------
     if let Some(command) = args.restart_command.as_ref().filter(|_| !args.no_restart) {
