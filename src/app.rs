@@ -98,7 +98,8 @@ pub struct ControllerArgs {
 
     /// How long the index must be still before configuration is pushed, in
     /// milliseconds (bursts of changes make one push); under constant
-    /// change, a push still happens at least every max(100 ms, 10 x this).
+    /// change, a push still happens at least every max(100 ms, 10 x this):
+    /// a second by default.
     #[arg(long, env = "MESH_DEBOUNCE_MS", default_value_t = crate::xds::push::DEFAULT_QUIET_MS)]
     pub debounce_ms: u64,
 

@@ -588,21 +588,8 @@ mod tests {
     /// revision, so gateways stop being served the old credential).
     #[test]
     fn secrets_are_kept_only_while_they_hold_a_tls_credential() {
-        fn secret(name: &str, data: &[(&str, &str)]) -> core::Secret {
-            core::Secret {
-                metadata: ObjectMeta {
-                    name: Some(name.into()),
-                    namespace: Some("istio-system".into()),
-                    ..Default::default()
-                },
-                data: Some(
-                    data.iter()
-                        .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.as_bytes().to_vec())))
-                        .collect(),
-                ),
-                ..Default::default()
-            }
-        }
+        let secret =
+            |name: &str, data: &[(&str, &str)]| crate::testing::objects::secret("istio-system", name, data);
         let mut ix = index();
         ix.apply::<Secrets>(&secret("registry", &[(".dockerconfigjson", "{}")]));
         assert_eq!((ix.count::<Secrets>(), ix.revision()), (0, 0));

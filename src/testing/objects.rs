@@ -279,6 +279,23 @@ pub fn endpoint_slice(
     }
 }
 
+/// A Secret holding `data` (key, value), as the API server returns it.
+pub fn secret(namespace: &str, name: &str, data: &[(&str, &str)]) -> core::Secret {
+    core::Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        data: Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,22 +93,10 @@ struct Packing {
 }
 
 /// The kinds whose changes a push follows object by object; a change of
-/// any other kind (a Service, a DestinationRule, a policy) translates
-/// everything again, reusing each resource whose content is unchanged.
-const FOLLOWED: &[&str] = &[
-    EndpointSlices::NAME,
-    VirtualServices::NAME,
-    Pods::NAME,
-    Secrets::NAME,
-    PeerAuthentications::NAME,
-    RequestAuthentications::NAME,
-    Policies::NAME,
-    MeshPolicies::NAME,
-    ServiceRoles::NAME,
-    ServiceRoleBindings::NAME,
-    ClusterRbacConfigs::NAME,
-    RbacConfigs::NAME,
-];
+/// any other kind but the [`INBOUND_POLICIES`] (a Service, a
+/// DestinationRule) translates everything again, reusing each resource
+/// whose content is unchanged.
+const FOLLOWED: &[&str] = &[EndpointSlices::NAME, VirtualServices::NAME, Pods::NAME, Secrets::NAME];
 
 /// The kinds only sidecars' inbound parts read (mutual TLS, JWT and RBAC
 /// policies): a change of one translates every sidecar's inbound part
@@ -164,7 +152,7 @@ impl Reach {
         before: (&ClusterSnapshot, &MeshView),
         now: (&ClusterSnapshot, &MeshView),
     ) -> Self {
-        if changes.beyond(FOLLOWED) {
+        if changes.beyond(&[FOLLOWED, INBOUND_POLICIES].concat()) {
             return Self::everything();
         }
         let mut reach =
@@ -966,20 +954,7 @@ mod incremental_tests {
     }
 
     fn secret(name: &str, cert: &str) -> core::Secret {
-        core::Secret {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("istio-system".into()),
-                ..Default::default()
-            },
-            data: Some(
-                [("tls.crt", cert), ("tls.key", "K")]
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.as_bytes().to_vec())))
-                    .collect(),
-            ),
-            ..Default::default()
-        }
+        objects::secret("istio-system", name, &[("tls.crt", cert), ("tls.key", "K")])
     }
 
     #[test]
