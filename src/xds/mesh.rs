@@ -876,7 +876,6 @@ mod incremental_tests {
     use std::collections::BTreeMap;
 
     use k8s_openapi::api::core::v1 as core;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::super::auth::tests::identity;
     use super::super::proxy::ProxyId;
