@@ -172,12 +172,12 @@ impl Reach {
                 }
             }
         }
-        for key in pods {
-            // A ServiceEntry's workloadSelector makes pods its endpoints.
-            if now.0.state().service_entries.values().any(|e| e.spec.workload_selector.is_some()) {
-                return Self::everything();
-            }
-            reach.pods.insert(key.clone());
+        reach.pods.extend(pods.cloned());
+        // A ServiceEntry's workloadSelector makes pods its endpoints.
+        if !reach.pods.is_empty()
+            && now.0.state().service_entries.values().any(|e| e.spec.workload_selector.is_some())
+        {
+            return Self::everything();
         }
         // The pods behind changed endpoints (an inbound port's target may
         // be named), and the Services whose endpoints are changed pods.
@@ -1053,5 +1053,15 @@ mod incremental_tests {
         service.metadata.namespace = Some("default".into());
         index.apply::<crate::index::Services>(&service);
         assert_eq!(fleet.push(&mut index, "a new Service"), proxies(&index).len());
+
+        // Pods a ServiceEntry selects are its endpoints: a pod's change then reaches everyone.
+        index.apply::<crate::index::ServiceEntries>(&from_yaml(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: vm, namespace: default}\n\
+             spec:\n  hosts: [vm.example.com]\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n\
+             \x20 resolution: STATIC\n  workloadSelector: {labels: {app: vm}}\n",
+        ));
+        fleet.push(&mut index, "a ServiceEntry selecting pods");
+        index.apply::<Pods>(&objects::pod("vm-0").labels(&[("app", "vm")]).ip("10.244.0.77").build());
+        assert_eq!(fleet.push(&mut index, "a pod the ServiceEntry selects"), proxies(&index).len());
     }
 }
