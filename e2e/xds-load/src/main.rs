@@ -20,6 +20,7 @@
 //! Every wait is bounded; a change that brings no push is reported as
 //! such, never as a figure.
 
+mod ads;
 mod cluster;
 mod compare;
 mod envoy;
@@ -36,7 +37,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use tokio::task::JoinSet;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use cluster::{Endpoints, Layout};
 use compare::Figures;
@@ -82,6 +82,10 @@ struct Args {
     /// (first ÷ second), and does nothing else.
     #[arg(long, num_args = 2, value_names = ["FIRST", "SECOND"])]
     compare: Option<Vec<PathBuf>>,
+    /// The ADS protocol the simulated proxies speak (the injected
+    /// bootstrap's, unless told otherwise).
+    #[arg(long, value_enum, default_value = "sotw")]
+    protocol: ads::Protocol,
     /// Connections being opened at once (until their first response).
     #[arg(long, default_value_t = 100)]
     batch: usize,
@@ -247,17 +251,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let server_name = args.server_name.clone().unwrap_or_else(|| target.server_name().to_string());
-    let tls =
-        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(root.clone())).domain_name(&server_name);
-    let endpoint = Endpoint::from_shared(format!("https://{}", args.xds_addr))
-        .context("--xds-addr")?
-        .origin(format!("https://{server_name}").parse().context("--server-name")?)
-        .tls_config(tls)
-        .context("TLS settings")?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
+    let connector = ads::Connector::new(&args.xds_addr, &server_name, &root, args.protocol)
+        .context("--xds-addr, --server-name")?;
     let subscribe_secrets = !args.no_secrets && target.serves_secrets();
-    let fleet = Fleet::new(endpoint, layout.proxies, args.batch, subscribe_secrets);
+    let fleet = Fleet::new(connector, layout.proxies, args.batch, subscribe_secrets);
     let before_proxies = process.sample();
     let own_before = process.own();
     summary

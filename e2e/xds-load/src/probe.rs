@@ -15,12 +15,12 @@
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::listener::v3::{Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_action};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager::RouteSpecifier,
 };
-use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
 pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -74,7 +74,8 @@ pub struct Finding {
 
 impl Probe {
     /// Matches a response of `type_url` with `resources`, received at `at`.
-    pub fn matches(&self, type_url: &str, resources: &[Any], at: Instant) -> Finding {
+    /// `resources` are the encoded messages (the values of the `Any`s).
+    pub fn matches(&self, type_url: &str, resources: &[Bytes], at: Instant) -> Finding {
         if at < self.since || !self.types.contains(&type_url) {
             return Finding::default();
         }
@@ -82,18 +83,18 @@ impl Probe {
         // A cluster or CLA is about the service when its name says so (a
         // short read); a listener or route configuration when its content does.
         let by_name = type_url == CLUSTER || type_url == ENDPOINT;
-        let about: Vec<&Any> = resources
+        let about: Vec<&Bytes> = resources
             .iter()
-            .filter(|r| match first_string(&r.value).filter(|_| by_name) {
+            .filter(|r| match first_string(r).filter(|_| by_name) {
                 Some(name) => mention.find(name).is_some(),
-                None => mention.find(&r.value).is_some(),
+                None => mention.find(r).is_some(),
             })
             .collect();
         if about.is_empty() {
             return Finding::default();
         }
         let verified = match &self.check {
-            Check::Address(address) => about.iter().any(|r| holds_address(&r.value, address)),
+            Check::Address(address) => about.iter().any(|r| holds_address(r, address)),
             Check::RouteWeight { cluster, weight } => about.iter().any(|r| {
                 route_weights(type_url, r).iter().any(|(c, w)| c.contains(cluster.as_str()) && w == weight)
             }),
@@ -137,16 +138,16 @@ pub fn holds_address(bytes: &[u8], address: &str) -> bool {
 
 /// The (cluster, weight) pairs of every weighted route in a route
 /// configuration, or in the inline route configurations of a listener.
-pub fn route_weights(type_url: &str, resource: &Any) -> Vec<(String, u32)> {
+pub fn route_weights(type_url: &str, resource: &[u8]) -> Vec<(String, u32)> {
     let mut out = Vec::new();
     match type_url {
         ROUTE => {
-            if let Ok(config) = RouteConfiguration::decode(resource.value.as_slice()) {
+            if let Ok(config) = RouteConfiguration::decode(resource) {
                 weights_of(&config, &mut out);
             }
         }
         LISTENER => {
-            if let Ok(listener) = Listener::decode(resource.value.as_slice()) {
+            if let Ok(listener) = Listener::decode(resource) {
                 for hcm in connection_managers(&listener) {
                     if let Some(RouteSpecifier::RouteConfig(config)) = &hcm.route_specifier {
                         weights_of(config, &mut out);
@@ -217,7 +218,7 @@ mod tests {
         Route, RouteAction, VirtualHost, WeightedCluster, weighted_cluster,
     };
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::Rds;
-    use envoy_types::pb::google::protobuf::UInt32Value;
+    use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 
     use super::*;
 
@@ -225,7 +226,12 @@ mod tests {
         Any { type_url: M::type_url(), value: m.encode_to_vec() }
     }
 
-    fn cla(name: &str, addresses: &[&str]) -> Any {
+    /// What a resource's `Any` wraps.
+    fn value<M: Message>(m: &M) -> Bytes {
+        Bytes::from(m.encode_to_vec())
+    }
+
+    fn cla(name: &str, addresses: &[&str]) -> Bytes {
         let endpoint = |ip: &str| LbEndpoint {
             host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
                 address: Some(Address {
@@ -239,7 +245,7 @@ mod tests {
             })),
             ..Default::default()
         };
-        any(&ClusterLoadAssignment {
+        value(&ClusterLoadAssignment {
             cluster_name: name.to_string(),
             endpoints: vec![LocalityLbEndpoints {
                 lb_endpoints: addresses.iter().map(|a| endpoint(a)).collect(),
@@ -317,8 +323,8 @@ mod tests {
             ("outbound|9080|v1|svc-0001.bench.svc.cluster.local", 20),
             ("outbound|9080|v2|svc-0001.bench.svc.cluster.local", 80),
         ]);
-        assert_eq!(p.matches(ROUTE, &[any(&old)], t0), Finding { observed: true, verified: false });
-        assert_eq!(p.matches(ROUTE, &[any(&new)], t0), Finding { observed: true, verified: true });
+        assert_eq!(p.matches(ROUTE, &[value(&old)], t0), Finding { observed: true, verified: false });
+        assert_eq!(p.matches(ROUTE, &[value(&new)], t0), Finding { observed: true, verified: true });
 
         let hcm = HttpConnectionManager {
             route_specifier: Some(RouteSpecifier::RouteConfig(new)),
@@ -335,7 +341,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        assert_eq!(p.matches(LISTENER, &[any(&listener)], t0), Finding { observed: true, verified: true });
+        assert_eq!(p.matches(LISTENER, &[value(&listener)], t0), Finding { observed: true, verified: true });
     }
 
     #[test]
@@ -367,9 +373,9 @@ mod tests {
     fn the_name_is_read_from_the_first_field() {
         let long = "x".repeat(300);
         let encoded = cla(&long, &["10.200.0.1"]);
-        assert_eq!(first_string(&encoded.value), Some(long.as_bytes()));
-        assert_eq!(first_string(&cla("a", &[]).value), Some(&b"a"[..]));
-        assert_eq!(first_string(&cla("", &["10.200.0.1"]).value), None);
+        assert_eq!(first_string(&encoded), Some(long.as_bytes()));
+        assert_eq!(first_string(&cla("a", &[])), Some(&b"a"[..]));
+        assert_eq!(first_string(&cla("", &["10.200.0.1"])), None);
         assert_eq!(first_string(&[0x0a, 0x05, b'a']), None, "truncated");
     }
 

@@ -16,28 +16,28 @@
 //! breaks (the controller restarts), the proxy reconnects with a short
 //! back-off, like Envoy, until the fleet is stopped.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{Node, TransportSocket, transport_socket};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     UpstreamTlsContext, common_tls_context::ValidationContextType,
 };
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Struct;
 use prost::Message;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
 
+use crate::ads::{self, Connector, DeltaResponse, Names, Protocol, Response};
 use crate::probe::{self, Probe};
 
-/// How long a connection and its first response may take.
+/// How long a connection with its stream, and then its first response,
+/// may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const FIRST_RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A stream with nothing to say for this long is taken as dead (no run
@@ -128,7 +128,7 @@ pub struct Fleet {
     /// response), so a reconnect storm reaches the API server's
     /// TokenReview in batches.
     admission: Arc<Semaphore>,
-    endpoint: Endpoint,
+    connector: Connector,
     pub stop: CancellationToken,
     pub first_error: Mutex<Option<String>>,
     /// Whether proxies subscribe to the secrets their clusters name.
@@ -136,13 +136,13 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn new(endpoint: Endpoint, proxies: usize, batch: usize, secrets: bool) -> Arc<Self> {
+    pub fn new(connector: Connector, proxies: usize, batch: usize, secrets: bool) -> Arc<Self> {
         Arc::new(Self {
             states: (0..proxies).map(|_| Mutex::new(ProxyState::default())).collect(),
             probes: RwLock::new(Vec::new()),
             counters: Counters::default(),
             admission: Arc::new(Semaphore::new(batch.max(1))),
-            endpoint,
+            connector,
             stop: CancellationToken::new(),
             first_error: Mutex::new(None),
             secrets,
@@ -183,7 +183,9 @@ impl Fleet {
     }
 
     /// Matches a response against the probes of the last [`PROBE_WINDOW`].
-    fn match_probes(&self, i: usize, response: &DiscoveryResponse, at: Instant) {
+    /// `values` gives the response's encoded resources, only if a probe
+    /// may need them.
+    fn match_probes(&self, i: usize, type_url: &str, values: impl FnOnce() -> Vec<Bytes>, at: Instant) {
         let probes = self.probes.read().unwrap_or_else(|p| p.into_inner());
         if probes.is_empty() {
             return;
@@ -205,9 +207,13 @@ impl Fleet {
                 findings.push((id, seen, p));
             }
         }
+        if findings.is_empty() {
+            return;
+        }
+        let values = values();
         let mut updates = Vec::new();
         for (id, seen, p) in findings {
-            let finding = p.matches(&response.type_url, &response.resources, at);
+            let finding = p.matches(type_url, &values, at);
             if finding.observed && seen.observed.is_none() || finding.verified {
                 updates.push((id, finding));
             }
@@ -266,35 +272,87 @@ pub async fn run(fleet: Arc<Fleet>, i: usize, identity: Identity) {
     }
 }
 
-/// What a stream knows of one resource type.
-#[derive(Default)]
-struct Subscription {
-    requested: bool,
-    names: Vec<String>,
-    version: String,
-    nonce: String,
-    /// A response to the current subscription has been ACKed.
-    acked: bool,
+const CDS: usize = 0;
+const EDS: usize = 1;
+const LDS: usize = 2;
+const RDS: usize = 3;
+const SDS: usize = 4;
+const URLS: [&str; 5] = Counters::TYPES;
+
+/// One stream's messages as both protocols read them, with the waits
+/// bounded.
+struct Link<'a> {
+    fleet: &'a Fleet,
+    i: usize,
+    stream: ads::Stream,
+    /// Held until the first response (see [`Fleet::admission`]).
+    permit: Option<OwnedSemaphorePermit>,
 }
 
-/// The requests a stream sends, in order.
-struct Requests {
-    tx: mpsc::Sender<DiscoveryRequest>,
-    node: Option<Node>,
-}
-
-impl Requests {
-    async fn send(&mut self, type_url: &str, sub: &Subscription) -> Result<(), String> {
-        let request = DiscoveryRequest {
-            version_info: sub.version.clone(),
-            // Like Istio's bootstrap: the node goes only in the first request.
-            node: self.node.take(),
-            resource_names: sub.names.clone(),
-            type_url: type_url.to_string(),
-            response_nonce: sub.nonce.clone(),
-            ..Default::default()
+impl<'a> Link<'a> {
+    /// Opens the stream with its `first` request.
+    async fn open(
+        fleet: &'a Fleet,
+        i: usize,
+        identity: &Identity,
+        permit: OwnedSemaphorePermit,
+        first: Vec<Bytes>,
+    ) -> Result<Self, String> {
+        let open = fleet.connector.open(&identity.token, first);
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, open).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(format!("no stream within {CONNECT_TIMEOUT:?}")),
         };
-        self.tx.send(request).await.map_err(|_| "the request stream closed".to_string())
+        Ok(Self { fleet, i, stream, permit: Some(permit) })
+    }
+
+    /// The next message and when it came; `None` once the fleet stops.
+    async fn next(&mut self) -> Result<Option<(Bytes, Instant)>, String> {
+        // The first response is awaited for a bounded time; later ones
+        // come whenever the configuration changes.
+        let wait = if self.permit.is_some() { FIRST_RESPONSE_TIMEOUT } else { IDLE_STREAM };
+        let next = tokio::select! {
+            _ = self.fleet.stop.cancelled() => return Ok(None),
+            next = tokio::time::timeout(wait, self.stream.message(MAX_MESSAGE)) => match next {
+                Ok(next) => next?,
+                Err(_) => return Err(format!("no response within {wait:?}")),
+            },
+        };
+        let Some(message) = next else { return Err("the control plane ended the stream".into()) };
+        if self.permit.take().is_some() {
+            self.fleet.state(self.i).sessions += 1;
+        }
+        Ok(Some((message, Instant::now())))
+    }
+
+    /// Counts a response and matches it against the probes; `held` is
+    /// how many resources of the type the proxy now holds.
+    fn received(&self, type_url: &str, held: usize, values: impl FnOnce() -> Vec<Bytes>, at: Instant) {
+        let slot = Counters::slot(type_url);
+        self.fleet.counters.by_type[slot].fetch_add(1, Ordering::Relaxed);
+        self.fleet.counters.resources[slot].store(held as u64, Ordering::Relaxed);
+        self.fleet.match_probes(self.i, type_url, values, at);
+    }
+
+    async fn send(&self, request: Vec<Bytes>) -> Result<(), String> {
+        self.stream.requests.send(request).await
+    }
+
+    /// Notes the time the stream ACKed all of its initial configuration
+    /// (first time only).
+    fn ready(&self) {
+        let mut state = self.fleet.state(self.i);
+        if state.ready_at.is_none() {
+            state.ready_at = Some(Instant::now());
+        }
+    }
+
+    fn secrets_acked(&self) {
+        let mut state = self.fleet.state(self.i);
+        if state.secret_acked_at.is_none() {
+            state.secret_acked_at = Some(Instant::now());
+        }
     }
 }
 
@@ -305,185 +363,331 @@ async fn session(
     identity: &Identity,
     permit: OwnedSemaphorePermit,
 ) -> Result<(), String> {
-    let mut permit = Some(permit);
-    let channel: Channel = match tokio::time::timeout(CONNECT_TIMEOUT, fleet.endpoint.connect()).await {
-        Ok(Ok(channel)) => channel,
-        Ok(Err(e)) => return Err(format!("connect: {}", chain(&e))),
-        Err(_) => return Err(format!("connect: no TLS connection within {CONNECT_TIMEOUT:?}")),
-    };
-    let mut client = AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
-    let (tx, rx) = mpsc::channel(16);
     let node = Node {
         id: identity.node_id.clone(),
         cluster: identity.cluster.clone(),
         metadata: identity.metadata.clone(),
         ..Default::default()
     };
-    let mut requests = Requests { tx, node: Some(node) };
+    match fleet.connector.protocol {
+        Protocol::Sotw => sotw_session(fleet, i, identity, permit, node).await,
+        Protocol::Delta => delta_session(fleet, i, identity, permit, node).await,
+    }
+}
+
+/// What a SotW stream knows of one resource type.
+#[derive(Default)]
+struct Subscription {
+    requested: bool,
+    names: Names,
+    version: String,
+    nonce: String,
+    /// A response to the current subscription has been ACKed.
+    acked: bool,
+}
+
+impl Subscription {
+    /// The request for `type_url` as it stands.
+    fn request(&self, type_url: &str) -> Vec<Bytes> {
+        ads::sotw_request(&self.version, None, &self.names, type_url, &self.nonce)
+    }
+
+    fn complete(&self) -> bool {
+        self.names.is_empty() || self.acked
+    }
+}
+
+async fn sotw_session(
+    fleet: &Fleet,
+    i: usize,
+    identity: &Identity,
+    permit: OwnedSemaphorePermit,
+    node: Node,
+) -> Result<(), String> {
     let mut subs: [Subscription; 5] = Default::default();
-    const CDS: usize = 0;
-    const EDS: usize = 1;
-    const LDS: usize = 2;
-    const RDS: usize = 3;
-    const SDS: usize = 4;
-    let urls = Counters::TYPES;
-
     subs[CDS].requested = true;
-    requests.send(urls[CDS], &subs[CDS]).await?;
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    let bearer = format!("Bearer {}", identity.token)
-        .parse()
-        .map_err(|_| "the token is not a valid metadata value".to_string())?;
-    request.metadata_mut().insert("authorization", bearer);
-    let mut responses =
-        match tokio::time::timeout(FIRST_RESPONSE_TIMEOUT, client.stream_aggregated_resources(request)).await
-        {
-            Ok(Ok(response)) => response.into_inner(),
-            Ok(Err(status)) => return Err(format!("gRPC {:?}: {}", status.code(), status.message())),
-            Err(_) => return Err(format!("no answer to the stream within {FIRST_RESPONSE_TIMEOUT:?}")),
-        };
-    loop {
-        // The first response is awaited for a bounded time; later ones
-        // come whenever the configuration changes.
-        let wait = if permit.is_some() { FIRST_RESPONSE_TIMEOUT } else { IDLE_STREAM };
-        let next = tokio::select! {
-            _ = fleet.stop.cancelled() => return Ok(()),
-            next = tokio::time::timeout(wait, responses.message()) => match next {
-                Ok(next) => next,
-                Err(_) => return Err(format!("no response within {wait:?}")),
-            },
-        };
-        let response = match next {
-            Ok(Some(response)) => response,
-            Ok(None) => return Err("the control plane ended the stream".into()),
-            Err(status) => return Err(format!("gRPC {:?}: {}", status.code(), status.message())),
-        };
-        let at = Instant::now();
-        if permit.take().is_some() {
-            fleet.state(i).sessions += 1;
-        }
-        let slot = Counters::slot(&response.type_url);
-        fleet.counters.by_type[slot].fetch_add(1, Ordering::Relaxed);
-        fleet.counters.resources[slot].store(response.resources.len() as u64, Ordering::Relaxed);
-        fleet.match_probes(i, &response, at);
-
-        let Some(t) = urls.iter().position(|u| *u == response.type_url) else {
+    // Like Istio's bootstrap: the node goes only in the first request.
+    let first = ads::sotw_request("", Some(&node), &Names::default(), URLS[CDS], "");
+    let mut link = Link::open(fleet, i, identity, permit, first).await?;
+    while let Some((message, at)) = link.next().await? {
+        let response =
+            Response::decode(message).map_err(|e| format!("a response that does not decode: {e}"))?;
+        link.received(&response.type_url, response.resources.len(), || response.values(), at);
+        let Some(t) = URLS.iter().position(|u| *u == response.type_url) else {
             // A type this proxy did not ask for: ACK it all the same.
             let sub =
                 Subscription { version: response.version_info, nonce: response.nonce, ..Default::default() };
-            requests.send(&response.type_url, &sub).await?;
+            link.send(sub.request(&response.type_url)).await?;
             continue;
         };
         subs[t].version = response.version_info.clone();
         subs[t].nonce = response.nonce.clone();
+        // A changed name set is asked for at once, before the ACK.
+        let resubscribe = |subs: &mut [Subscription; 5], t: usize, names: Names| {
+            (names != subs[t].names).then(|| {
+                subs[t] = Subscription { requested: true, names, ..std::mem::take(&mut subs[t]) };
+                subs[t].acked = false;
+                subs[t].request(URLS[t])
+            })
+        };
         match t {
             CDS => {
                 let names = cluster_names(&response, fleet.secrets);
-                if names.eds != subs[EDS].names {
-                    subs[EDS].names = names.eds;
-                    subs[EDS].requested = true;
-                    subs[EDS].acked = false;
-                    requests.send(urls[EDS], &subs[EDS]).await?;
+                if let Some(request) = resubscribe(&mut subs, EDS, names.eds) {
+                    link.send(request).await?;
                 }
                 // Envoy asks for a cluster's secrets while it warms the
                 // cluster, before it ACKs the CDS response: all names of
                 // the type in one request on an ADS stream.
-                if names.sds != subs[SDS].names {
-                    subs[SDS].names = names.sds;
-                    subs[SDS].requested = true;
-                    subs[SDS].acked = false;
-                    requests.send(urls[SDS], &subs[SDS]).await?;
-                }
-                subs[CDS].acked = true;
-                requests.send(urls[CDS], &subs[CDS]).await?;
-                if !subs[LDS].requested && subs[EDS].names.is_empty() {
-                    subs[LDS].requested = true;
-                    requests.send(urls[LDS], &subs[LDS]).await?;
-                }
-            }
-            EDS => {
-                subs[EDS].acked = true;
-                requests.send(urls[EDS], &subs[EDS]).await?;
-                if !subs[LDS].requested {
-                    subs[LDS].requested = true;
-                    requests.send(urls[LDS], &subs[LDS]).await?;
+                if let Some(request) = resubscribe(&mut subs, SDS, names.sds) {
+                    link.send(request).await?;
                 }
             }
             LDS => {
-                let rds = rds_names(&response);
-                if rds != subs[RDS].names {
-                    subs[RDS].names = rds;
-                    subs[RDS].requested = true;
-                    subs[RDS].acked = false;
-                    requests.send(urls[RDS], &subs[RDS]).await?;
+                if let Some(request) = resubscribe(&mut subs, RDS, rds_names(&response)) {
+                    link.send(request).await?;
                 }
-                subs[LDS].acked = true;
-                requests.send(urls[LDS], &subs[LDS]).await?;
             }
-            _ => {
-                subs[t].acked = true;
-                requests.send(urls[t], &subs[t]).await?;
-                if t == SDS && !response.resources.is_empty() {
-                    let mut state = fleet.state(i);
-                    if state.secret_acked_at.is_none() {
-                        state.secret_acked_at = Some(Instant::now());
+            _ => {}
+        }
+        subs[t].acked = true;
+        link.send(subs[t].request(URLS[t])).await?;
+        if t == SDS && !response.resources.is_empty() {
+            link.secrets_acked();
+        }
+        // Listeners come once the clusters are warm: after the endpoints,
+        // or at once when no cluster needs any.
+        if !subs[LDS].requested && (t == EDS || t == CDS && subs[EDS].names.is_empty()) {
+            subs[LDS].requested = true;
+            link.send(subs[LDS].request(URLS[LDS])).await?;
+        }
+        if subs[CDS].acked
+            && subs[LDS].acked
+            && subs[EDS].complete()
+            && subs[RDS].complete()
+            && subs[SDS].complete()
+        {
+            link.ready();
+        }
+    }
+    Ok(())
+}
+
+/// What a Delta stream knows of one resource type it subscribes to by
+/// name.
+#[derive(Default)]
+struct Named {
+    requested: bool,
+    /// Sorted.
+    names: Vec<Arc<str>>,
+    acked: bool,
+}
+
+impl Named {
+    /// Subscribes to `wanted` (sorted, deduplicated) instead: the request
+    /// that says so, if anything changed.
+    fn change_to(&mut self, type_url: &str, wanted: Vec<Arc<str>>) -> Option<Vec<Bytes>> {
+        let added: Vec<&str> =
+            wanted.iter().filter(|n| self.names.binary_search(n).is_err()).map(|n| &**n).collect();
+        let gone: Vec<&str> =
+            self.names.iter().filter(|n| wanted.binary_search(n).is_err()).map(|n| &**n).collect();
+        if added.is_empty() && gone.is_empty() {
+            return None;
+        }
+        let request = ads::delta_request(None, type_url, &added, &gone, "");
+        if !added.is_empty() {
+            // Answered with the new names' resources.
+            self.requested = true;
+            self.acked = false;
+        }
+        self.names = wanted;
+        Some(request)
+    }
+
+    fn complete(&self) -> bool {
+        self.names.is_empty() || self.acked
+    }
+}
+
+/// Sorted and deduplicated.
+fn sorted(mut names: Vec<Arc<str>>) -> Vec<Arc<str>> {
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+async fn delta_session(
+    fleet: &Fleet,
+    i: usize,
+    identity: &Identity,
+    permit: OwnedSemaphorePermit,
+    node: Node,
+) -> Result<(), String> {
+    // Clusters and listeners are wildcard; the rest by name.
+    let mut clusters: HashMap<Arc<str>, Arc<ClusterInfo>> = HashMap::new();
+    let mut listeners: HashMap<String, Vec<Arc<str>>> = HashMap::new();
+    let (mut cds_acked, mut lds_requested, mut lds_acked) = (false, false, false);
+    let (mut eds, mut rds, mut sds) = (Named::default(), Named::default(), Named::default());
+    let first = ads::delta_request(Some(&node), URLS[CDS], &[], &[], "");
+    let mut link = Link::open(fleet, i, identity, permit, first).await?;
+    while let Some((message, at)) = link.next().await? {
+        let response =
+            DeltaResponse::decode(message).map_err(|e| format!("a response that does not decode: {e}"))?;
+        let t = URLS.iter().position(|u| *u == response.type_url);
+        match t {
+            Some(CDS) => {
+                for name in &response.removed_resources {
+                    clusters.remove(name.as_str());
+                }
+                for (resource, info) in response
+                    .resources
+                    .iter()
+                    .zip(cluster_infos(response.resources.iter().map(|r| &r.resource)))
+                {
+                    if resource.name.as_str() != &*info.name {
+                        return Err(format!("a cluster named {:?} sent as {:?}", info.name, resource.name));
+                    }
+                    clusters.insert(info.name.clone(), info);
+                }
+                let wanted = sorted(clusters.values().filter_map(|c| c.eds.clone()).collect());
+                if let Some(request) = eds.change_to(URLS[EDS], wanted) {
+                    link.send(request).await?;
+                }
+                if fleet.secrets {
+                    let wanted = sorted(clusters.values().flat_map(|c| c.secrets.iter().cloned()).collect());
+                    if let Some(request) = sds.change_to(URLS[SDS], wanted) {
+                        link.send(request).await?;
                     }
                 }
             }
-        }
-        let complete = |s: &Subscription| s.names.is_empty() || s.acked;
-        if subs[CDS].acked
-            && subs[LDS].acked
-            && complete(&subs[EDS])
-            && complete(&subs[RDS])
-            && complete(&subs[SDS])
-        {
-            let mut state = fleet.state(i);
-            if state.ready_at.is_none() {
-                state.ready_at = Some(Instant::now());
+            Some(LDS) => {
+                for name in &response.removed_resources {
+                    listeners.remove(name);
+                }
+                for resource in &response.resources {
+                    let names = Listener::decode(ads::any_value(&resource.resource))
+                        .map(|l| probe::rds_names(&l).into_iter().map(Arc::from).collect())
+                        .unwrap_or_default();
+                    listeners.insert(resource.name.clone(), names);
+                }
+                let wanted = sorted(listeners.values().flatten().cloned().collect());
+                if let Some(request) = rds.change_to(URLS[RDS], wanted) {
+                    link.send(request).await?;
+                }
             }
+            _ => {}
+        }
+        let held = match t {
+            Some(CDS) => clusters.len(),
+            Some(EDS) => eds.names.len(),
+            Some(LDS) => listeners.len(),
+            Some(RDS) => rds.names.len(),
+            Some(SDS) => sds.names.len(),
+            _ => response.resources.len(),
+        };
+        link.received(&response.type_url, held, || response.values(), at);
+        link.send(ads::delta_request(None, &response.type_url, &[], &[], &response.nonce)).await?;
+        match t {
+            Some(CDS) => cds_acked = true,
+            Some(EDS) => eds.acked = true,
+            Some(LDS) => lds_acked = true,
+            Some(RDS) => rds.acked = true,
+            Some(SDS) => {
+                sds.acked = true;
+                if !response.resources.is_empty() {
+                    link.secrets_acked();
+                }
+            }
+            _ => {}
+        }
+        if !lds_requested && (t == Some(EDS) || t == Some(CDS) && eds.names.is_empty()) {
+            lds_requested = true;
+            link.send(ads::delta_request(None, URLS[LDS], &[], &[], "")).await?;
+        }
+        if cds_acked && lds_acked && eds.complete() && rds.complete() && sds.complete() {
+            link.ready();
         }
     }
+    Ok(())
 }
 
-/// What a CDS response makes Envoy subscribe to next, each sorted.
+/// What a CDS response makes Envoy subscribe to next.
 #[derive(Debug, Default, PartialEq)]
 struct ClusterNames {
     /// The EDS names of its EDS clusters.
-    eds: Vec<String>,
+    eds: Names,
     /// The SDS secrets its clusters' TLS transport sockets name (only
     /// when `secrets` was asked for).
-    sds: Vec<String>,
+    sds: Names,
 }
 
-fn cluster_names(response: &DiscoveryResponse, secrets: bool) -> ClusterNames {
-    let mut names = ClusterNames::default();
-    for c in response.resources.iter().filter_map(|any| Cluster::decode(any.value.as_slice()).ok()) {
-        if secrets {
-            let sockets = c
-                .transport_socket
-                .iter()
-                .chain(c.transport_socket_matches.iter().flat_map(|m| &m.transport_socket));
-            for socket in sockets {
-                secret_names(socket, &mut names.sds);
-            }
+/// What one cluster makes Envoy subscribe to.
+#[derive(Debug, Default)]
+struct ClusterInfo {
+    name: Arc<str>,
+    eds: Option<Arc<str>>,
+    secrets: Vec<Arc<str>>,
+}
+
+impl ClusterInfo {
+    fn of(cluster: Cluster) -> Self {
+        let mut secrets = Vec::new();
+        let sockets = cluster
+            .transport_socket
+            .iter()
+            .chain(cluster.transport_socket_matches.iter().flat_map(|m| &m.transport_socket));
+        for socket in sockets {
+            secret_names(socket, &mut secrets);
         }
-        if c.cluster_discovery_type
-            == Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32))
-        {
-            names.eds.push(match c.eds_cluster_config {
-                Some(eds) if !eds.service_name.is_empty() => eds.service_name,
-                _ => c.name,
-            });
-        }
+        let eds = (cluster.cluster_discovery_type
+            == Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Eds as i32)))
+        .then(|| match &cluster.eds_cluster_config {
+            Some(eds) if !eds.service_name.is_empty() => Arc::from(eds.service_name.as_str()),
+            _ => Arc::from(cluster.name.as_str()),
+        });
+        Self { name: Arc::from(cluster.name), eds, secrets: secrets.into_iter().map(Arc::from).collect() }
     }
-    for list in [&mut names.eds, &mut names.sds] {
-        list.sort();
+}
+
+/// What each of `clusters` (encoded `Any`s) makes Envoy subscribe to.
+/// Every proxy of a scope gets the very same clusters, so each distinct
+/// one is decoded once, not once per proxy.
+fn cluster_infos<'a>(clusters: impl Iterator<Item = &'a Bytes>) -> Vec<Arc<ClusterInfo>> {
+    static CACHE: OnceLock<Mutex<HashMap<Bytes, Arc<ClusterInfo>>>> = OnceLock::new();
+    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    // A guard: a run has a few thousand distinct clusters.
+    if cache.len() > 200_000 {
+        cache.clear();
+    }
+    clusters
+        .map(|any| match cache.get(any) {
+            Some(info) => info.clone(),
+            None => {
+                let info = Arc::new(match Cluster::decode(ads::any_value(any)) {
+                    Ok(cluster) => ClusterInfo::of(cluster),
+                    Err(_) => ClusterInfo::default(),
+                });
+                // A copy: the key must not hold on to the whole response.
+                cache.insert(Bytes::copy_from_slice(any), info.clone());
+                info
+            }
+        })
+        .collect()
+}
+
+fn cluster_names(response: &Response, secrets: bool) -> ClusterNames {
+    let infos = cluster_infos(response.resources.iter());
+    let mut eds: Vec<&str> = infos.iter().filter_map(|i| i.eds.as_deref()).collect();
+    let mut sds: Vec<&str> = if secrets {
+        infos.iter().flat_map(|i| i.secrets.iter().map(|s| &**s)).collect()
+    } else {
+        Vec::new()
+    };
+    for list in [&mut eds, &mut sds] {
+        list.sort_unstable();
         list.dedup();
     }
-    names
+    ClusterNames { eds: Names::intern(&eds), sds: Names::intern(&sds) }
 }
 
 /// The SDS secret names an upstream TLS transport socket refers to: its
@@ -510,29 +714,17 @@ fn secret_names(socket: &TransportSocket, out: &mut Vec<String>) {
     out.retain(|n| !n.is_empty());
 }
 
-/// The RDS names of an LDS response's listeners, sorted.
-fn rds_names(response: &DiscoveryResponse) -> Vec<String> {
+/// The RDS names of an LDS response's listeners.
+fn rds_names(response: &Response) -> Names {
     let mut names: Vec<String> = response
-        .resources
-        .iter()
-        .filter_map(|any| Listener::decode(any.value.as_slice()).ok())
+        .values()
+        .into_iter()
+        .filter_map(|value| Listener::decode(value).ok())
         .flat_map(|l| probe::rds_names(&l))
         .collect();
-    names.sort();
+    names.sort_unstable();
     names.dedup();
-    names
-}
-
-/// An error with its causes, on one line.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
+    Names::intern(&names)
 }
 
 #[cfg(test)]
@@ -540,6 +732,7 @@ mod tests {
     use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::CombinedCertificateValidationContext;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{CommonTlsContext, SdsSecretConfig};
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
     use envoy_types::pb::google::protobuf::Any;
 
     use super::*;
@@ -598,15 +791,16 @@ mod tests {
         }
     }
 
-    fn response(clusters: &[Cluster]) -> DiscoveryResponse {
-        DiscoveryResponse {
+    fn response(clusters: &[Cluster]) -> Response {
+        let full = DiscoveryResponse {
             type_url: probe::CLUSTER.into(),
             resources: clusters
                 .iter()
                 .map(|c| Any { type_url: probe::CLUSTER.into(), value: c.encode_to_vec() })
                 .collect(),
             ..Default::default()
-        }
+        };
+        Response::decode(Bytes::from(full.encode_to_vec())).expect("decodes")
     }
 
     #[test]
@@ -614,8 +808,8 @@ mod tests {
         let plain = Cluster { name: "PassthroughCluster".into(), ..Default::default() };
         let response = response(&[auto_mtls("outbound|9080||a"), auto_mtls("outbound|9080||b"), plain]);
         let names = cluster_names(&response, true);
-        assert_eq!(names.eds, ["outbound|9080||a", "outbound|9080||b"]);
-        assert_eq!(names.sds, ["ROOTCA", "default"]);
+        assert_eq!(names.eds, Names::intern(&["outbound|9080||a", "outbound|9080||b"]));
+        assert_eq!(names.sds, Names::intern(&["ROOTCA", "default"]));
         let without = cluster_names(&response, false);
         assert_eq!(without.eds, names.eds);
         assert!(without.sds.is_empty(), "no secrets asked for when told not to");
