@@ -103,6 +103,12 @@ pub struct ControllerArgs {
     #[arg(long, env = "MESH_DEBOUNCE_MS", default_value_t = crate::xds::push::DEFAULT_QUIET_MS)]
     pub debounce_ms: u64,
 
+    /// Changes of endpoints alone (EndpointSlices, pods) are pushed this
+    /// many milliseconds after the first of them, whether more come or
+    /// not (a rollout never goes quiet).
+    #[arg(long, env = "MESH_ENDPOINT_DEBOUNCE_MS", default_value_t = crate::xds::push::DEFAULT_ENDPOINTS_MS)]
+    pub endpoint_debounce_ms: u64,
+
     /// Lifetime of the serving certificate, in seconds; it is renewed at half.
     #[arg(long, env = "MESH_SERVING_CERT_SECONDS", default_value_t = 86400)]
     pub serving_cert_seconds: u64,
@@ -224,7 +230,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         Arc::new(crate::xds::TokenCache::new(Arc::new(crate::xds::KubeAuthenticator::new(client.clone()))));
     let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
     let settings = crate::xds::AdsSettings {
-        debounce: crate::xds::Debounce::from_millis(args.debounce_ms),
+        debounce: crate::xds::Debounce::from_millis(args.debounce_ms)
+            .with_endpoints_millis(args.endpoint_debounce_ms),
         instance: instance.clone(),
         workload_ca: Some(workload_ca),
     };

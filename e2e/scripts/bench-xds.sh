@@ -258,7 +258,7 @@ load() {
   local target=$1 addr=$2 pids=$3 restart=$4
   shift 4
   # The whole run is bounded; xds-load bounds each of its waits too.
-  timeout --signal=TERM 1800 "$repo/target/release/xds-load" --target "$target" \
+  timeout --signal=TERM 1800 ${LOAD_WRAPPER:-} "$repo/target/release/xds-load" --target "$target" \
     --services "${SERVICES:-1000}" --proxies "${PROXIES:-2000}" --accounts "${ACCOUNTS:-4}" \
     --endpoints "${ENDPOINTS:-3}" --churn-rate "${CHURN_RATE:-30}" --churn-seconds "${CHURN_SECONDS:-20}" \
     --vs-changes "${VS_CHANGES:-3}" --idle-seconds "${IDLE_SECONDS:-10}" --push-timeout "${PUSH_TIMEOUT:-$push_timeout}" \

@@ -421,6 +421,11 @@ impl Index {
         self.cluster.clone()
     }
 
+    /// What changed since the last [`Index::take_changes`], left in place.
+    pub fn pending_changes(&self) -> &Changes {
+        &self.changes
+    }
+
     /// What changed since the last call (everything, before the first),
     /// and forgets it: for the one push loop.
     pub fn take_changes(&mut self) -> Changes {

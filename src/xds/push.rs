@@ -42,7 +42,7 @@ use super::proxy::Proxy;
 use super::resource_type::ResourceType;
 use super::sds::CertSummary;
 use super::snapshot::{Resources, Snapshot};
-use crate::index::{Changes, Pods, SharedIndex};
+use crate::index::{Changes, EndpointSlices, Kind, Pods, SharedIndex};
 use crate::model::ObjectKey;
 use crate::supervisor::panic_message;
 
@@ -53,6 +53,11 @@ pub struct Debounce {
     pub quiet: Duration,
     /// ...but not longer than this after the first change.
     pub max_delay: Duration,
+    /// Changes of endpoints alone (EndpointSlices, pods) are pushed this
+    /// long after the first of them, still or not: they come steadily
+    /// during a rollout, where a quiet period never comes and they would
+    /// wait for `max_delay`, and a push of them is cheap.
+    pub endpoints: Duration,
 }
 
 impl Default for Debounce {
@@ -69,13 +74,41 @@ impl Default for Debounce {
 /// 3.2 s against 2.4 s) for a VirtualService 60 ms sooner (docs/perf.md).
 pub const DEFAULT_QUIET_MS: u64 = 100;
 
+/// The default window for endpoint changes.
+pub const DEFAULT_ENDPOINTS_MS: u64 = 100;
+
+/// The kinds whose changes alone make an endpoint push.
+const ENDPOINT_KINDS: [&str; 2] = [EndpointSlices::NAME, Pods::NAME];
+
 impl Debounce {
     /// A quiet period of `quiet_ms` (0: push at once), at most ten times
     /// that (and at least 100 ms) under constant change: a second by
-    /// default.
+    /// default. Endpoint changes alone wait the default window, or the
+    /// quiet period if shorter.
     pub fn from_millis(quiet_ms: u64) -> Self {
         let quiet = Duration::from_millis(quiet_ms);
-        Self { quiet, max_delay: (quiet * 10).max(Duration::from_millis(100)) }
+        let endpoints = Duration::from_millis(DEFAULT_ENDPOINTS_MS).min(quiet);
+        Self { quiet, max_delay: (quiet * 10).max(Duration::from_millis(100)), endpoints }
+    }
+
+    /// With endpoint changes alone pushed `endpoints_ms` after the first.
+    pub fn with_endpoints_millis(self, endpoints_ms: u64) -> Self {
+        Self { endpoints: Duration::from_millis(endpoints_ms), ..self }
+    }
+
+    /// When to push, for changes that began at `first`, the latest at
+    /// `last`, and that are (so far) of endpoints alone or not.
+    fn deadline<T: std::ops::Add<Duration, Output = T> + Ord + Copy>(
+        &self,
+        first: T,
+        last: T,
+        endpoints_alone: bool,
+    ) -> T {
+        if endpoints_alone {
+            first + self.endpoints
+        } else {
+            (last + self.quiet).min(first + self.max_delay)
+        }
     }
 }
 
@@ -448,19 +481,20 @@ pub async fn run(
             () = other_change(&mut others) => pusher.others_moved.store(true, Ordering::SeqCst),
         }
         let first = tokio::time::Instant::now();
-        let latest = first + debounce.max_delay;
-        let mut quiet_until = first + debounce.quiet;
+        let mut last = first;
         loop {
+            let endpoints_alone = !pusher.others_moved.load(Ordering::SeqCst)
+                && !pusher.index.lock().pending_changes().beyond(&ENDPOINT_KINDS);
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep_until(quiet_until.min(latest)) => break,
+                _ = tokio::time::sleep_until(debounce.deadline(first, last, endpoints_alone)) => break,
                 changed = revisions.changed() => {
                     if changed.is_err() { return Ok(()) }
-                    quiet_until = tokio::time::Instant::now() + debounce.quiet;
+                    last = tokio::time::Instant::now();
                 }
                 () = other_change(&mut others) => {
                     pusher.others_moved.store(true, Ordering::SeqCst);
-                    quiet_until = tokio::time::Instant::now() + debounce.quiet;
+                    last = tokio::time::Instant::now();
                 }
             }
         }
@@ -478,5 +512,33 @@ async fn other_change(others: &mut Option<watch::Receiver<u64>>) {
     let Some(rx) = others else { return std::future::pending().await };
     if rx.changed().await.is_err() {
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn endpoint_changes_alone_are_pushed_a_window_after_the_first_however_many_follow() {
+        let d = Debounce::from_millis(100).with_endpoints_millis(30);
+        assert_eq!((d.quiet, d.max_delay, d.endpoints), (ms(100), ms(1000), ms(30)));
+        // A rollout: a change every 20 ms never lets the index go quiet.
+        assert_eq!(d.deadline(ms(0), ms(20), true), ms(30));
+        assert_eq!(d.deadline(ms(0), ms(980), true), ms(30));
+        // Anything else waits for quiet, at most the maximum delay.
+        assert_eq!(d.deadline(ms(0), ms(20), false), ms(120));
+        assert_eq!(d.deadline(ms(0), ms(980), false), ms(1000));
+    }
+
+    #[test]
+    fn the_endpoint_window_is_never_longer_than_the_quiet_period() {
+        assert_eq!(Debounce::default().endpoints, ms(DEFAULT_ENDPOINTS_MS));
+        assert_eq!(Debounce::from_millis(10).endpoints, ms(10));
+        assert_eq!(Debounce::from_millis(0).deadline(ms(5), ms(5), true), ms(5), "0: at once");
     }
 }

@@ -566,7 +566,7 @@ async fn delta_session(
                 }
                 for resource in &response.resources {
                     let names = Listener::decode(ads::any_value(&resource.resource))
-                        .map(|l| probe::rds_names(&l).into_iter().map(Arc::from).collect())
+                        .map(|l| probe::rds_names(&l).iter().map(|n| Arc::from(n.as_str())).collect())
                         .unwrap_or_default();
                     listeners.insert(resource.name.clone(), names);
                 }
