@@ -548,7 +548,7 @@ impl<M: Machine> Session<M> {
     /// Records the stream's certificate for debug views and metrics.
     fn note_certificate(&self) {
         let summary = self.secrets.as_ref().map(|s| s.summary.clone());
-        self.connection.update_report(|report| report.certificate = summary);
+        self.shared.pusher.connections().set_certificate(&self.connection, summary);
         self.shared.note_cert_expiry();
     }
 
