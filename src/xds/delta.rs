@@ -324,14 +324,22 @@ impl DeltaStream {
         order::planned(resource_type, &mut self.ledgers);
         let state = self.types.get_mut(&resource_type)?;
         state.held = plan.held;
-        // A subscribed name the snapshot lacks: only if some name was not found.
+        // A subscribed name the snapshot lacks: only if some name was not
+        // found. Not one removed already: Envoy refuses a response that
+        // names a resource twice.
         let absent: Vec<String> = if state.wildcard || desired.len() == state.names.len() {
             Vec::new()
         } else {
+            let removed: BTreeSet<&str> = plan.removed.iter().map(String::as_str).collect();
             state
                 .names
                 .iter()
-                .filter(|n| !all.contains(n) && !plan.next.contains(n) && !state.absent.contains(n))
+                .filter(|n| {
+                    !all.contains(n)
+                        && !plan.next.contains(n)
+                        && !state.absent.contains(n)
+                        && !removed.contains(n)
+                })
                 .map(str::to_string)
                 .collect()
         };
@@ -621,6 +629,24 @@ mod tests {
         let changed = snapshot(&[], &[("shared-r1", "2"), ("shared-r2", "2"), ("shared-r3", "1")]);
         assert_eq!(names(&one(a.on_snapshot(changed.clone()))), ["shared-r2"]);
         assert_eq!(names(&one(b.on_snapshot(changed))), ["shared-r1", "shared-r2"]);
+    }
+
+    /// A subscribed resource that leaves the snapshot is named once in
+    /// `removed_resources`: Envoy refuses a response that names a
+    /// resource twice.
+    #[test]
+    fn a_subscribed_resource_that_goes_is_removed_once() {
+        let both = snapshot(&[], &[("once-r1", "1"), ("once-r2", "1")]);
+        let mut stream = DeltaStream::new(both);
+        let first = one(stream.on_request(&subscribe(ResourceType::Route, &["once-r1", "once-r2"])).unwrap());
+        stream.on_request(&ack(&first)).unwrap();
+        let gone = one(stream.on_snapshot(snapshot(&[], &[("once-r1", "1")])));
+        assert!(gone.resources.is_empty());
+        assert_eq!(gone.removed_resources, ["once-r2"]);
+        stream.on_request(&ack(&gone)).unwrap();
+        // Back again: sent.
+        let back = one(stream.on_snapshot(snapshot(&[], &[("once-r1", "1"), ("once-r2", "2")])));
+        assert_eq!(names(&back), ["once-r2"]);
     }
 
     /// Names told absent are a shared set too, empty again once they
