@@ -27,6 +27,11 @@
 //!   and asks for nothing new (the name is subscribed already);
 //! - a type URL the mesh does not serve is answered with no resources, its
 //!   subscribed names listed as removed, and its ACKs ignored.
+//!
+//! A stream's subscribed names (and those it was told are absent) are
+//! shared sets ([`super::names`]), as SotW's: the proxies of a scope that
+//! subscribed to the same names hold one set, and one selection of their
+//! snapshot's resources.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -35,6 +40,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::protobuf::Any;
 
+use super::names::NameSet;
 use super::order::{self, Ledger};
 use super::protocol::{Event, Machine, Nack, Protocol, ProtocolError, Pushed, Step, TypeStatus};
 use super::resource_type::ResourceType;
@@ -51,19 +57,36 @@ struct InFlight {
     updated: Vec<Arc<Resource>>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct TypeState {
     wildcard: bool,
-    names: BTreeSet<String>,
+    /// The names subscribed to, shared with the streams that asked for
+    /// the same ones (and with them, the selection of the snapshot).
+    names: Arc<NameSet>,
     /// Subscribed names told absent (in `removed_resources`) and not
-    /// present since.
-    absent: BTreeSet<String>,
+    /// present since; shared too, and usually the empty set.
+    absent: Arc<NameSet>,
     in_flight: Option<InFlight>,
     /// Something was held back for make-before-break.
     held: bool,
     sent_version: Option<String>,
     acked_version: Option<String>,
     nack: Option<Nack>,
+}
+
+impl TypeState {
+    fn new() -> Self {
+        Self {
+            wildcard: false,
+            names: NameSet::empty(),
+            absent: NameSet::empty(),
+            in_flight: None,
+            held: false,
+            sent_version: None,
+            acked_version: None,
+            nack: None,
+        }
+    }
 }
 
 /// The state of one Delta stream.
@@ -107,7 +130,7 @@ impl DeltaStream {
         };
         let mut step = Step::default();
         let first = !self.types.contains_key(&resource_type);
-        let state = self.types.entry(resource_type).or_default();
+        let state = self.types.entry(resource_type).or_insert_with(TypeState::new);
         let ledger = self.ledgers.entry(resource_type).or_default();
         let changes_subscription =
             !request.resource_names_subscribe.is_empty() || !request.resource_names_unsubscribe.is_empty();
@@ -145,25 +168,27 @@ impl DeltaStream {
             ledger.sent = Resources::from_sorted(held);
             ledger.acked = ledger.sent.clone();
         }
-        for name in &request.resource_names_subscribe {
-            if name == WILDCARD {
-                state.wildcard = true;
-            } else {
-                state.names.insert(name.clone());
-                state.absent.remove(name);
-            }
+        let subscribed =
+            || request.resource_names_subscribe.iter().map(String::as_str).filter(|n| *n != WILDCARD);
+        let unsubscribed =
+            || request.resource_names_unsubscribe.iter().map(String::as_str).filter(|n| *n != WILDCARD);
+        if request.resource_names_subscribe.iter().any(|n| n == WILDCARD) {
+            state.wildcard = true;
         }
         let mut dropped = BTreeSet::new();
         for name in &request.resource_names_unsubscribe {
             if name == WILDCARD {
                 state.wildcard = resource_type.is_wildcard_only();
-            } else {
-                state.names.remove(name);
-                state.absent.remove(name);
-                if !state.wildcard {
-                    dropped.insert(name.as_str());
-                }
+            } else if !state.wildcard {
+                dropped.insert(name.as_str());
             }
+        }
+        if changes_subscription {
+            // Copy on write: a new set, shared with every stream that asks
+            // for the same names.
+            state.names = state.names.with_changes(subscribed(), unsubscribed());
+            // Subscribing again (or unsubscribing) ends "told absent".
+            state.absent = state.absent.with_changes([], subscribed().chain(unsubscribed()));
         }
         if !dropped.is_empty() {
             // The proxy forgets what it unsubscribed from.
@@ -288,28 +313,34 @@ impl DeltaStream {
             return None;
         }
         let all = self.snapshot.resources(resource_type);
-        let desired = if state.wildcard
-            || (state.names.len() == all.len()
-                && state.names.iter().zip(all.iter()).all(|(n, r)| *n == r.name))
-        {
-            // Every resource of the type: the snapshot's own, shared.
+        let desired = if state.wildcard {
             all.clone()
         } else {
-            Resources::from_sorted(state.names.iter().filter_map(|n| all.get(n)).cloned().collect())
+            // Cached in the shared set: the snapshot's own when it names
+            // every resource, else one selection for all of its streams.
+            state.names.select(&all)
         };
         let plan = order::plan(resource_type, &desired, &self.ledgers, &self.snapshot, true);
         order::planned(resource_type, &mut self.ledgers);
         let state = self.types.get_mut(&resource_type)?;
         state.held = plan.held;
-        // A subscribed name the snapshot lacks: only if some name was not found.
+        // A subscribed name the snapshot lacks: only if some name was not
+        // found. Not one removed already: Envoy refuses a response that
+        // names a resource twice.
         let absent: Vec<String> = if state.wildcard || desired.len() == state.names.len() {
             Vec::new()
         } else {
+            let removed: BTreeSet<&str> = plan.removed.iter().map(String::as_str).collect();
             state
                 .names
                 .iter()
-                .filter(|n| !all.contains(n) && !plan.next.contains(n) && !state.absent.contains(*n))
-                .cloned()
+                .filter(|n| {
+                    !all.contains(n)
+                        && !plan.next.contains(n)
+                        && !state.absent.contains(n)
+                        && !removed.contains(n)
+                })
+                .map(str::to_string)
                 .collect()
         };
         let ledger = self.ledgers.entry(resource_type).or_default();
@@ -318,14 +349,11 @@ impl DeltaStream {
             ledger.sent = plan.next;
             return None;
         }
-        for name in plan.removed.iter().chain(&absent) {
-            if state.names.contains(name) {
-                state.absent.insert(name.clone());
-            }
-        }
-        for updated in &plan.updated {
-            state.absent.remove(&updated.name);
-        }
+        let names = &state.names;
+        state.absent = state.absent.with_changes(
+            plan.removed.iter().chain(&absent).map(String::as_str).filter(|n| names.contains(n)),
+            plan.updated.iter().map(|r| r.name.as_str()),
+        );
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         let version = plan.next.version();
@@ -555,6 +583,95 @@ mod tests {
         // "missing" appears: sent.
         let appeared = one(stream.on_snapshot(snapshot(&[], &[("r1", "2"), ("r2", "1"), ("missing", "1")])));
         assert_eq!(names(&appeared), ["missing"]);
+    }
+
+    /// Streams that subscribe to the same names (in any order, in one
+    /// request or several) hold one shared set, and one selection of a
+    /// shared snapshot; what they are sent does not depend on it.
+    #[test]
+    fn streams_subscribing_to_the_same_names_share_one_set() {
+        let routes = snapshot(&[], &[("shared-r1", "1"), ("shared-r2", "1"), ("shared-r3", "1")]);
+        let subscribed = |stream: &DeltaStream| stream.types[&ResourceType::Route].names.clone();
+        let absent = |stream: &DeltaStream| stream.types[&ResourceType::Route].absent.clone();
+
+        let mut a = DeltaStream::new(routes.clone());
+        let mut b = DeltaStream::new(routes.clone());
+        let to_a = one(a.on_request(&subscribe(ResourceType::Route, &["shared-r2", "shared-r1"])).unwrap());
+        let to_b = one(b.on_request(&subscribe(ResourceType::Route, &["shared-r1"])).unwrap());
+        b.on_request(&ack(&to_b)).unwrap();
+        let more_to_b = one(b.on_request(&subscribe(ResourceType::Route, &["shared-r2"])).unwrap());
+        assert!(Arc::ptr_eq(&subscribed(&a), &subscribed(&b)), "one set for the same names");
+        assert_eq!(subscribed(&a).iter().collect::<Vec<_>>(), ["shared-r1", "shared-r2"]);
+        assert!(Arc::ptr_eq(&absent(&a), &NameSet::empty()) && Arc::ptr_eq(&absent(&b), &NameSet::empty()));
+        a.on_request(&ack(&to_a)).unwrap();
+        b.on_request(&ack(&more_to_b)).unwrap();
+        // The same resources, in the same versions; the selection is one.
+        assert_eq!(names(&to_a), ["shared-r1", "shared-r2"]);
+        assert_eq!([names(&to_b), names(&more_to_b)].concat(), names(&to_a));
+        assert_eq!(a.held(ResourceType::Route), b.held(ResourceType::Route));
+        assert!(a.holding()[&ResourceType::Route].same_parts(&b.holding()[&ResourceType::Route]));
+
+        // An unsubscription makes another set; the other stream keeps its.
+        let before = subscribed(&a);
+        let unsubscribe = DeltaDiscoveryRequest {
+            type_url: ResourceType::Route.type_url().into(),
+            resource_names_unsubscribe: vec!["shared-r1".into()],
+            ..Default::default()
+        };
+        assert!(a.on_request(&unsubscribe).unwrap().responses.is_empty());
+        assert!(!Arc::ptr_eq(&subscribed(&a), &before));
+        assert_eq!(subscribed(&a).iter().collect::<Vec<_>>(), ["shared-r2"]);
+        assert!(Arc::ptr_eq(&subscribed(&b), &before));
+        assert_eq!(b.held(ResourceType::Route).len(), 2);
+        assert_eq!(a.held(ResourceType::Route).keys().collect::<Vec<_>>(), ["shared-r2"]);
+
+        // A change reaches each stream as its names say.
+        let changed = snapshot(&[], &[("shared-r1", "2"), ("shared-r2", "2"), ("shared-r3", "1")]);
+        assert_eq!(names(&one(a.on_snapshot(changed.clone()))), ["shared-r2"]);
+        assert_eq!(names(&one(b.on_snapshot(changed))), ["shared-r1", "shared-r2"]);
+    }
+
+    /// A subscribed resource that leaves the snapshot is named once in
+    /// `removed_resources`: Envoy refuses a response that names a
+    /// resource twice.
+    #[test]
+    fn a_subscribed_resource_that_goes_is_removed_once() {
+        let both = snapshot(&[], &[("once-r1", "1"), ("once-r2", "1")]);
+        let mut stream = DeltaStream::new(both);
+        let first = one(stream.on_request(&subscribe(ResourceType::Route, &["once-r1", "once-r2"])).unwrap());
+        stream.on_request(&ack(&first)).unwrap();
+        let gone = one(stream.on_snapshot(snapshot(&[], &[("once-r1", "1")])));
+        assert!(gone.resources.is_empty());
+        assert_eq!(gone.removed_resources, ["once-r2"]);
+        stream.on_request(&ack(&gone)).unwrap();
+        // Back again: sent.
+        let back = one(stream.on_snapshot(snapshot(&[], &[("once-r1", "1"), ("once-r2", "2")])));
+        assert_eq!(names(&back), ["once-r2"]);
+    }
+
+    /// Names told absent are a shared set too, empty again once they
+    /// appear.
+    #[test]
+    fn names_told_absent_are_shared_and_forgotten_when_they_appear() {
+        let without = snapshot(&[], &[("absent-r1", "1")]);
+        let absent = |stream: &DeltaStream| stream.types[&ResourceType::Route].absent.clone();
+        let mut a = DeltaStream::new(without.clone());
+        let mut b = DeltaStream::new(without);
+        for stream in [&mut a, &mut b] {
+            let first =
+                one(stream.on_request(&subscribe(ResourceType::Route, &["absent-r1", "absent-r2"])).unwrap());
+            assert_eq!(
+                (names(&first), first.removed_resources.clone()),
+                (vec!["absent-r1"], vec!["absent-r2".into()])
+            );
+            stream.on_request(&ack(&first)).unwrap();
+        }
+        assert!(Arc::ptr_eq(&absent(&a), &absent(&b)));
+        assert_eq!(absent(&a).iter().collect::<Vec<_>>(), ["absent-r2"]);
+
+        let with = snapshot(&[], &[("absent-r1", "1"), ("absent-r2", "1")]);
+        assert_eq!(names(&one(a.on_snapshot(with))), ["absent-r2"]);
+        assert!(Arc::ptr_eq(&absent(&a), &NameSet::empty()));
     }
 
     #[test]

@@ -7,8 +7,13 @@
 //! shares the first one's. What a set selects of a type's resources is
 //! cached in the set, so the proxies of a scope also share the selection
 //! (the same `Arc`ed parts), and with it the ledgers built from it.
+//!
+//! SotW streams intern the names each request lists; Delta streams change
+//! theirs by subscribing and unsubscribing, and a change builds the new
+//! set and interns it ([`NameSet::with_changes`]): a set is never changed
+//! in place.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use super::snapshot::Resources;
@@ -76,6 +81,34 @@ impl NameSet {
             interner.sweep_at = (live * 2).max(64);
         }
         set
+    }
+
+    /// The shared empty set.
+    pub fn empty() -> Arc<NameSet> {
+        NameSet::intern(std::iter::empty())
+    }
+
+    /// This set with `added` and without `removed` (a name in both goes),
+    /// as the shared set of those names: copy on write, so streams that
+    /// made the same changes to the same set share the result. This very
+    /// set when nothing changes, without interning anything.
+    pub fn with_changes<'a>(
+        self: &Arc<Self>,
+        added: impl IntoIterator<Item = &'a str>,
+        removed: impl IntoIterator<Item = &'a str>,
+    ) -> Arc<NameSet> {
+        let added: Vec<&str> = added.into_iter().filter(|n| !self.contains(n)).collect();
+        // A name both added and removed goes, so with names to add every
+        // removed name counts; without, only those the set has.
+        let removed: HashSet<&str> = if added.is_empty() {
+            removed.into_iter().filter(|n| self.contains(n)).collect()
+        } else {
+            removed.into_iter().collect()
+        };
+        if added.is_empty() && removed.is_empty() {
+            return self.clone();
+        }
+        NameSet::intern(self.iter().chain(added).filter(|n| !removed.contains(n)))
     }
 
     /// Whether `names` (any order) are exactly this set. Cheaper than
@@ -188,6 +221,27 @@ mod tests {
         // Interning the same names again makes a new set.
         let again = NameSet::intern(["only-here-once"]);
         assert_eq!(again.len(), 1);
+    }
+
+    #[test]
+    fn a_changed_set_is_the_shared_set_of_its_new_names() {
+        let start = NameSet::intern(["c1", "c2"]);
+        let unchanged = start.with_changes(["c1"], ["c9"]);
+        assert!(Arc::ptr_eq(&unchanged, &start), "nothing added or removed: the same set");
+
+        let grown = start.with_changes(["c3", "c1"], []);
+        assert_eq!(grown.iter().collect::<Vec<_>>(), ["c1", "c2", "c3"]);
+        assert!(Arc::ptr_eq(&grown, &NameSet::intern(["c3", "c2", "c1"])), "interned");
+        assert!(Arc::ptr_eq(&grown, &start.with_changes(["c3"], [])), "the same change, the same set");
+
+        let shrunk = grown.with_changes([], ["c2"]);
+        assert_eq!(shrunk.iter().collect::<Vec<_>>(), ["c1", "c3"]);
+        assert!(!Arc::ptr_eq(&shrunk, &grown));
+        assert_eq!(grown.len(), 3, "the old set is not changed");
+
+        let both = start.with_changes(["c4"], ["c4", "c1"]);
+        assert_eq!(both.iter().collect::<Vec<_>>(), ["c2"], "a name added and removed goes");
+        assert!(Arc::ptr_eq(&both.with_changes([], ["c2"]), &NameSet::empty()));
     }
 
     #[test]

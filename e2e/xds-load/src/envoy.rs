@@ -613,7 +613,8 @@ impl Envoys {
             let limit = 1001 + c as u64;
             let change = Change::ClusterLimit { host: host.clone(), max_connections: limit };
             let call = cluster::set_max_connections(client, layout, limit);
-            // Any CDS response after the change: SotW sends every cluster.
+            // Any CDS response after the change: SotW sends every cluster,
+            // Delta (the injected bootstrap's) the changed ones.
             let check = Check::Address("no address: the CDS response's arrival is the figure".into());
             let probe =
                 Probe { since: Instant::now(), types: &[probe::CLUSTER], mention: host.clone(), check };
