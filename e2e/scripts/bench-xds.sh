@@ -13,7 +13,8 @@
 #   CHURN_RATE (30 updates/s)  CHURN_SECONDS (20)  VS_CHANGES (3)
 #   IDLE_SECONDS (10)  PUSH_TIMEOUT (10 s; 25 s with COMPARE)  BATCH (100 connections at a time)
 #   CONNECT_TIMEOUT (300 s for all proxies to connect and ACK)
-#   PROTOCOL (sotw; delta: the simulated proxies speak Delta ADS)
+#   PROTOCOL (delta, as the injected bootstrap; sotw: the simulated proxies
+#   speak state-of-the-world ADS)
 #   CONTROLLER_WRAPPER (none: a profiler command to run the controller under;
 #   no restart then)
 #   SECRETS (1: each proxy asks for the SDS secrets its clusters name and
@@ -262,7 +263,7 @@ load() {
     --services "${SERVICES:-1000}" --proxies "${PROXIES:-2000}" --accounts "${ACCOUNTS:-4}" \
     --endpoints "${ENDPOINTS:-3}" --churn-rate "${CHURN_RATE:-30}" --churn-seconds "${CHURN_SECONDS:-20}" \
     --vs-changes "${VS_CHANGES:-3}" --idle-seconds "${IDLE_SECONDS:-10}" --push-timeout "${PUSH_TIMEOUT:-$push_timeout}" \
-    --batch "${BATCH:-100}" --protocol "${PROTOCOL:-sotw}" --connect-timeout "${CONNECT_TIMEOUT:-300}" --xds-addr "$addr" --controller-pid-file "$pids" \
+    --batch "${BATCH:-100}" --protocol "${PROTOCOL:-delta}" --connect-timeout "${CONNECT_TIMEOUT:-300}" --xds-addr "$addr" --controller-pid-file "$pids" \
     "${secrets_flag[@]}" --restart-command "$repo/e2e/scripts/bench-xds.sh $restart" "$@"
 }
 if [ -z "$compare" ]; then

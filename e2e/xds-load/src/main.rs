@@ -82,9 +82,9 @@ struct Args {
     /// (first ÷ second), and does nothing else.
     #[arg(long, num_args = 2, value_names = ["FIRST", "SECOND"])]
     compare: Option<Vec<PathBuf>>,
-    /// The ADS protocol the simulated proxies speak (the injected
-    /// bootstrap's, unless told otherwise).
-    #[arg(long, value_enum, default_value = "sotw")]
+    /// The ADS protocol the simulated proxies speak: the injected
+    /// bootstrap's (Delta) unless told otherwise.
+    #[arg(long, value_enum, default_value = "delta")]
     protocol: ads::Protocol,
     /// Connections being opened at once (until their first response).
     #[arg(long, default_value_t = 100)]
