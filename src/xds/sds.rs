@@ -12,7 +12,9 @@
 //! and pushes it like any other change, so connections are not dropped.
 //!
 //! A request for any other secret name is refused: not served, counted in
-//! `mesh_xds_secret_refusals_total` and logged as a warning.
+//! `mesh_xds_secret_refusals_total` and logged as a warning. Over Delta the
+//! name is answered as absent, as any name the snapshot lacks; Envoy keeps
+//! waiting for it without delaying what else it warms.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
