@@ -449,7 +449,7 @@ impl MeshView {
     }
 
     /// The hosts a VirtualService's rules send to (mirrors too), resolved in its namespace.
-    fn destination_hosts(&self, vs: &VirtualServiceView) -> Vec<String> {
+    pub fn destination_hosts(&self, vs: &VirtualServiceView) -> Vec<String> {
         let spec = &vs.spec;
         let http = spec.http.iter().flat_map(|r| {
             let routes = r.route.iter().map(|d| &d.destination);
@@ -546,6 +546,19 @@ impl MeshView {
             .binary_search_by(|vs| (vs.key.namespace.as_str(), vs.key.name.as_str()).cmp(&(namespace, name)))
             .ok()
             .map(|i| self.virtual_services[i].as_ref())
+    }
+
+    /// Every VirtualService, in namespace/name order.
+    pub fn virtual_services(&self) -> impl Iterator<Item = &VirtualServiceView> {
+        self.virtual_services.iter().map(Arc::as_ref)
+    }
+
+    /// A DestinationRule by namespace and name.
+    pub fn destination_rule(&self, namespace: &str, name: &str) -> Option<&DestinationRuleView> {
+        self.destination_rules
+            .iter()
+            .find(|r| r.key.namespace == namespace && r.key.name == name)
+            .map(Arc::as_ref)
     }
 
     /// The DestinationRule that applies to `service` for proxies of `scope`.

@@ -40,6 +40,14 @@ pub fn outbound_name(port: u16, subset: &str, hostname: &str) -> String {
     format!("outbound|{port}|{subset}|{hostname}")
 }
 
+/// The host of an [`outbound_name`]; `None` for any other name.
+pub fn outbound_host(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix("outbound|")?;
+    let mut fields = rest.splitn(3, '|');
+    let (_port, _subset, host) = (fields.next()?, fields.next()?, fields.next()?);
+    Some(host)
+}
+
 /// `inbound|<port>||`: the application's own port, on the inbound side.
 pub fn inbound_name(port: u16) -> String {
     format!("inbound|{port}||")
@@ -211,5 +219,19 @@ pub fn black_hole_cluster() -> Cluster {
         )),
         connect_timeout: Some(seconds(CONNECT_TIMEOUT_SECONDS)),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_is_read_back_from_an_outbound_name() {
+        let host = "reviews.default.svc.cluster.local";
+        assert_eq!(outbound_host(&outbound_name(9080, "v1", host)), Some(host));
+        assert_eq!(outbound_host(&outbound_name(9080, "", host)), Some(host));
+        assert_eq!(outbound_host(&inbound_name(9080)), None);
+        assert_eq!(outbound_host("PassthroughCluster"), None);
     }
 }

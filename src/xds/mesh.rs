@@ -24,7 +24,7 @@ use super::proxy::{Proxy, ProxyKind};
 use super::resource_type::ResourceType;
 use super::snapshot::{Resource, ResourceSet, Resources, Snapshot};
 use crate::index::{
-    Changes, ClusterRbacConfigs, ClusterSnapshot, EndpointSlices, Kind as _, MeshPolicies,
+    Changes, ClusterRbacConfigs, ClusterSnapshot, DestinationRules, EndpointSlices, Kind as _, MeshPolicies,
     PeerAuthentications, Pods, Policies, RbacConfigs, RequestAuthentications, Secrets, ServiceRoleBindings,
     ServiceRoles, VirtualServices,
 };
@@ -33,10 +33,11 @@ use crate::model::Workload;
 use crate::model::credential::TlsCredential;
 use crate::model::host::{self, service_fqdn};
 use crate::model::jwt::JwtPolicies;
-use crate::model::mesh::{MeshView, ProxyContext, ScopeKey};
+use crate::model::mesh::{MeshView, ProxyContext, ScopeKey, VirtualServiceView};
 use crate::model::mtls::{MtlsMode, MtlsPolicies};
 use crate::model::rbac::RbacPolicies;
 use crate::translate;
+use crate::translate::cluster::outbound_host;
 use crate::translate::rbac::Destination;
 use crate::translate::route::route_clusters;
 use crate::translate::sidecar::{InboundPort, PortPolicy};
@@ -93,10 +94,11 @@ struct Packing {
 }
 
 /// The kinds whose changes a push follows object by object; a change of
-/// any other kind but the [`INBOUND_POLICIES`] (a Service, a
-/// DestinationRule) translates everything again, reusing each resource
-/// whose content is unchanged.
-const FOLLOWED: &[&str] = &[EndpointSlices::NAME, VirtualServices::NAME, Pods::NAME, Secrets::NAME];
+/// any other kind but the [`INBOUND_POLICIES`] (a Service, a Sidecar)
+/// translates everything again, reusing each resource whose content is
+/// unchanged.
+const FOLLOWED: &[&str] =
+    &[EndpointSlices::NAME, VirtualServices::NAME, DestinationRules::NAME, Pods::NAME, Secrets::NAME];
 
 /// The kinds only sidecars' inbound parts read (mutual TLS, JWT and RBAC
 /// policies): a change of one translates every sidecar's inbound part
@@ -157,14 +159,30 @@ impl Reach {
         }
         let mut reach =
             Self { inbound: INBOUND_POLICIES.iter().any(|k| changes.touches(k)), ..Self::default() };
-        let (Some(slices), Some(vss), Some(pods), Some(secrets)) = (
+        let (Some(slices), Some(vss), Some(drs), Some(pods), Some(secrets)) = (
             changes.keys::<EndpointSlices>(),
             changes.keys::<VirtualServices>(),
+            changes.keys::<DestinationRules>(),
             changes.keys::<Pods>(),
             changes.keys::<Secrets>(),
         ) else {
             return Self::everything();
         };
+        // A DestinationRule reaches its host's clusters and endpoints (its
+        // subsets, their policies), and the routes that send to that host
+        // (subsets named, hash policies).
+        let mut rule_hosts = BTreeSet::new();
+        for key in drs {
+            for view in [before.1, now.1] {
+                let Some(rule) = view.destination_rule(&key.namespace, &key.name) else { continue };
+                // A selector can split scopes; a wildcard reaches any host.
+                if rule.spec.workload_selector.is_some() || host::is_wildcard(&rule.host) {
+                    return Self::everything();
+                }
+                rule_hosts.insert(rule.host.clone());
+            }
+        }
+        reach.endpoints.extend(rule_hosts.iter().cloned());
         for key in slices {
             for cluster in [before.0, now.0] {
                 if let Some(service) = cluster.get::<EndpointSlices>(key).and_then(|s| s.service.as_ref()) {
@@ -196,14 +214,29 @@ impl Reach {
         let mut route_hosts = BTreeSet::new();
         let mut all_routes = false;
         let mut any_vs = false;
+        // A delegate (no hosts) or a wildcard reaches any route.
+        let mut add_routes_of = |vs: &VirtualServiceView| {
+            all_routes |= vs.hosts.is_empty() || vs.hosts.iter().any(|h| host::is_wildcard(h));
+            route_hosts.extend(vs.hosts.iter().cloned());
+        };
         for key in vss {
             any_vs = true;
             for view in [before.1, now.1] {
-                let Some(vs) = view.virtual_service(&key.namespace, &key.name) else { continue };
-                // A delegate (no hosts) or a wildcard reaches any route.
-                all_routes |= vs.hosts.is_empty() || vs.hosts.iter().any(|h| host::is_wildcard(h));
-                route_hosts.extend(vs.hosts.iter().cloned());
+                if let Some(vs) = view.virtual_service(&key.namespace, &key.name) {
+                    add_routes_of(vs);
+                }
             }
+        }
+        if !rule_hosts.is_empty() {
+            any_vs = true;
+            for view in [before.1, now.1] {
+                for vs in view.virtual_services() {
+                    if view.destination_hosts(vs).iter().any(|h| rule_hosts.contains(h)) {
+                        add_routes_of(vs);
+                    }
+                }
+            }
+            route_hosts.extend(rule_hosts);
         }
         if any_vs {
             reach.routes = Some(if all_routes { RouteReach::All } else { RouteReach::Hosts(route_hosts) });
@@ -366,8 +399,13 @@ impl PackedOutbound {
         }
         let (mut clusters, mut endpoints) = (previous.clusters.clone(), previous.endpoints.clone());
         if !reach.endpoints.is_empty() {
-            clusters = patch(&clusters, cluster_set(host_clusters(view, scope, &reach.endpoints)));
-            endpoints = patch(&endpoints, endpoint_set(host_endpoints(view, scope, &reach.endpoints)));
+            // Every cluster of those hosts is replaced: a DestinationRule
+            // may have added or removed subsets.
+            let others = |name: &str| outbound_host(name).is_none_or(|h| !reach.endpoints.contains(h));
+            let replaced =
+                |old: &Arc<ResourceSet>, new: ResourceSet| reuse(old.replacing(others, new), Some(old));
+            clusters = replaced(&clusters, cluster_set(host_clusters(view, scope, &reach.endpoints)));
+            endpoints = replaced(&endpoints, endpoint_set(host_endpoints(view, scope, &reach.endpoints)));
         }
         let (routes, listener) = match &reach.routes {
             None => (previous.routes.clone(), previous.listener.clone()),
@@ -1015,6 +1053,51 @@ mod incremental_tests {
                 .build(),
         );
         fleet.push(&mut index, "the endpoint's pod has another ServiceAccount");
+
+        // DestinationRules: a subset gone (a route still names it), a hash
+        // policy, the subset back, a rule deleted; a rule with a wildcard
+        // host or a workload selector reaches everything.
+        let rule = |name: &str, spec: &str| {
+            from_yaml(&format!(
+                "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: default}}\nspec: {spec}\n"
+            ))
+        };
+        let reviews = |subsets: &str| {
+            rule(
+                "reviews",
+                &format!(
+                    "{{host: reviews, trafficPolicy: {{loadBalancer: {{consistentHash: {{httpHeaderName: x-user}}}}}}, subsets: [{subsets}]}}"
+                ),
+            )
+        };
+        let v1_v2 = "{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}";
+        index.apply::<DestinationRules>(&reviews(v1_v2));
+        fleet.push(&mut index, "reviews lost subset v3 and hashes by header");
+        index.apply::<DestinationRules>(&reviews(&format!("{v1_v2}, {{name: v3, labels: {{version: v3}}}}")));
+        fleet.push(&mut index, "reviews has v3 again");
+        // details' VirtualService sends to a subset of ratings: the rule
+        // of ratings reaches details' routes too.
+        index.apply::<VirtualServices>(&from_yaml(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: details, namespace: default}\n\
+             spec:\n  hosts: [details]\n  http:\n  - route:\n    - destination: {host: ratings, subset: v1}\n",
+        ));
+        fleet.push(&mut index, "details routed to ratings v1");
+        index.delete::<DestinationRules>(&rule("ratings", "{host: ratings}"));
+        fleet.push(&mut index, "the ratings DestinationRule went");
+        let wide =
+            rule("wide", "{host: '*.default.svc.cluster.local', trafficPolicy: {tls: {mode: DISABLE}}}");
+        index.apply::<DestinationRules>(&wide);
+        assert_eq!(fleet.push(&mut index, "a DestinationRule for every host"), proxies(&index).len());
+        index.delete::<DestinationRules>(&wide);
+        fleet.push(&mut index, "it went");
+        let selecting = rule(
+            "selecting",
+            "{host: details, workloadSelector: {matchLabels: {app: productpage}}, subsets: []}",
+        );
+        index.apply::<DestinationRules>(&selecting);
+        fleet.push(&mut index, "a DestinationRule for productpage's proxies");
+        index.delete::<DestinationRules>(&selecting);
+        fleet.push(&mut index, "it went too");
 
         // A wildcard VirtualService reaches every route; deleting one too.
         let wildcard = from_yaml(

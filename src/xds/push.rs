@@ -104,11 +104,7 @@ impl Debounce {
         last: T,
         endpoints_alone: bool,
     ) -> T {
-        if endpoints_alone {
-            first + self.endpoints
-        } else {
-            (last + self.quiet).min(first + self.max_delay)
-        }
+        if endpoints_alone { first + self.endpoints } else { (last + self.quiet).min(first + self.max_delay) }
     }
 }
 

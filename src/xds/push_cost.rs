@@ -66,12 +66,18 @@ fn mesh() -> Index {
     for i in 0..PROXIES {
         index.apply::<Pods>(&pod(i, "v1"));
     }
-    index.apply::<DestinationRules>(&from_yaml(&format!(
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc-0000, namespace: {NAMESPACE}}}\n\
-         spec:\n  host: svc-0000\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n"
-    )));
+    index.apply::<DestinationRules>(&destination_rule(1000));
     index.apply::<VirtualServices>(&virtual_service(80));
     index
+}
+
+/// svc-0000's subsets v1 and v2, with a connection limit.
+fn destination_rule(max_connections: u32) -> kube::api::DynamicObject {
+    from_yaml(&format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc-0000, namespace: {NAMESPACE}}}\n\
+         spec:\n  host: svc-0000\n  trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: {max_connections}}}}}}}\n\
+         \x20 subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n"
+    ))
 }
 
 fn proxies() -> Vec<Proxy> {
@@ -158,6 +164,9 @@ fn push_cost() {
     });
     measure("a VirtualService's weights", all, &mut |index, round| {
         index.apply::<VirtualServices>(&virtual_service(if round % 2 == 0 { 20 } else { 80 }));
+    });
+    measure("a DestinationRule's connection limit", all, &mut |index, round| {
+        index.apply::<DestinationRules>(&destination_rule(1001 + round as u32));
     });
     measure("one EndpointSlice", all, &mut |index, round| {
         index.apply::<EndpointSlices>(&slice(1 + round, 1 + round));

@@ -187,6 +187,13 @@ impl ResourceSet {
         ResourceSet::sorted(items)
     }
 
+    /// These resources less those `keep` refuses, with `replacements`
+    /// put in by name.
+    pub fn replacing(&self, keep: impl Fn(&str) -> bool, replacements: ResourceSet) -> ResourceSet {
+        let kept = ResourceSet::sorted(self.items.iter().filter(|r| keep(&r.name)).cloned().collect());
+        kept.patched(replacements)
+    }
+
     /// The same names and versions (by their hashes' sum: see
     /// [`version_of`]).
     pub fn same_content(&self, other: &Self) -> bool {

@@ -536,24 +536,28 @@ async fn delta_session(
         let t = URLS.iter().position(|u| *u == response.type_url);
         match t {
             Some(CDS) => {
+                // Whether the names to subscribe to may have moved: a
+                // changed cluster keeps them as a rule, and 1,000 clusters
+                // are not walked again for it.
+                let mut moved = false;
                 for name in &response.removed_resources {
-                    clusters.remove(name.as_str());
+                    moved |= clusters.remove(name.as_str()).is_some();
                 }
-                for (resource, info) in response
-                    .resources
-                    .iter()
-                    .zip(cluster_infos(response.resources.iter().map(|r| &r.resource)))
-                {
+                let infos = cluster_infos(response.resources.iter().map(|r| &r.resource));
+                for (resource, info) in response.resources.iter().zip(infos) {
                     if resource.name.as_str() != &*info.name {
                         return Err(format!("a cluster named {:?} sent as {:?}", info.name, resource.name));
                     }
-                    clusters.insert(info.name.clone(), info);
+                    let before = clusters.insert(info.name.clone(), info.clone());
+                    moved |= before.is_none_or(|b| b.eds != info.eds || b.secrets != info.secrets);
                 }
-                let wanted = sorted(clusters.values().filter_map(|c| c.eds.clone()).collect());
-                if let Some(request) = eds.change_to(URLS[EDS], wanted) {
-                    link.send(request).await?;
+                if moved {
+                    let wanted = sorted(clusters.values().filter_map(|c| c.eds.clone()).collect());
+                    if let Some(request) = eds.change_to(URLS[EDS], wanted) {
+                        link.send(request).await?;
+                    }
                 }
-                if fleet.secrets {
+                if moved && fleet.secrets {
                     let wanted = sorted(clusters.values().flat_map(|c| c.secrets.iter().cloned()).collect());
                     if let Some(request) = sds.change_to(URLS[SDS], wanted) {
                         link.send(request).await?;
