@@ -98,12 +98,12 @@ impl Debounce {
 
     /// When to push, for changes that began at `first`, the latest at
     /// `last`, and that are (so far) of endpoints alone or not.
-    fn deadline<T: std::ops::Add<Duration, Output = T> + Ord + Copy>(
+    fn deadline(
         &self,
-        first: T,
-        last: T,
+        first: tokio::time::Instant,
+        last: tokio::time::Instant,
         endpoints_alone: bool,
-    ) -> T {
+    ) -> tokio::time::Instant {
         if endpoints_alone { first + self.endpoints } else { (last + self.quiet).min(first + self.max_delay) }
     }
 }
@@ -588,18 +588,21 @@ mod tests {
     fn endpoint_changes_alone_are_pushed_a_window_after_the_first_however_many_follow() {
         let d = Debounce::from_millis(100).with_endpoints_millis(30);
         assert_eq!((d.quiet, d.max_delay, d.endpoints), (ms(100), ms(1000), ms(30)));
+        let t0 = tokio::time::Instant::now();
+        let at = |n| t0 + ms(n);
         // A rollout: a change every 20 ms never lets the index go quiet.
-        assert_eq!(d.deadline(ms(0), ms(20), true), ms(30));
-        assert_eq!(d.deadline(ms(0), ms(980), true), ms(30));
+        assert_eq!(d.deadline(t0, at(20), true), at(30));
+        assert_eq!(d.deadline(t0, at(980), true), at(30));
         // Anything else waits for quiet, at most the maximum delay.
-        assert_eq!(d.deadline(ms(0), ms(20), false), ms(120));
-        assert_eq!(d.deadline(ms(0), ms(980), false), ms(1000));
+        assert_eq!(d.deadline(t0, at(20), false), at(120));
+        assert_eq!(d.deadline(t0, at(980), false), at(1000));
     }
 
     #[test]
     fn the_endpoint_window_is_never_longer_than_the_quiet_period() {
         assert_eq!(Debounce::default().endpoints, ms(DEFAULT_ENDPOINTS_MS));
         assert_eq!(Debounce::from_millis(10).endpoints, ms(10));
-        assert_eq!(Debounce::from_millis(0).deadline(ms(5), ms(5), true), ms(5), "0: at once");
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(Debounce::from_millis(0).deadline(t0, t0, true), t0, "0: at once");
     }
 }
