@@ -134,7 +134,9 @@ impl Body for ResponseBody {
             let Some(responses) = self.responses.as_mut() else { return Poll::Ready(None) };
             match responses.as_mut().poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(chunks))) => self.pending.extend(chunks),
+                // `pending` is drained: it takes the chunks' own room, so a
+                // stream keeps the room of its last response, not its largest.
+                Poll::Ready(Some(Ok(chunks))) => self.pending = chunks.into(),
                 Poll::Ready(Some(Err(status))) => {
                     self.trailers = Some(trailers(&status));
                     self.responses = None;

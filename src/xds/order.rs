@@ -184,7 +184,9 @@ pub(crate) fn sent(
 /// proxy does not subscribe to them, and gets them in full when it does).
 pub(crate) fn planned(resource_type: ResourceType, ledgers: &mut BTreeMap<ResourceType, Ledger>) {
     if let Some(ledger) = ledgers.get_mut(&resource_type) {
-        ledger.rewarm.clear();
+        // Not `clear`: a stream holds its ledgers for hours, and a full
+        // cluster push leaves room for every cluster.
+        ledger.rewarm = Vec::new();
     }
 }
 

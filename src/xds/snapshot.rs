@@ -135,8 +135,11 @@ impl ResourceSet {
     }
 
     /// Items already sorted by name, without duplicates.
-    fn sorted(items: Vec<Arc<Resource>>) -> Self {
+    fn sorted(mut items: Vec<Arc<Resource>>) -> Self {
         debug_assert!(items.windows(2).all(|w| w[0].name < w[1].name));
+        // A set lives as long as its proxies; `collect` from a `Vec` of
+        // messages may have kept the messages' larger allocation.
+        items.shrink_to_fit();
         let sum = items.iter().fold(0u64, |s, r| s.wrapping_add(r.key));
         Self { items, sum }
     }
