@@ -187,6 +187,16 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     watches.spawn::<index::Policies>(&mut tasks);
     watches.spawn::<index::MeshPolicies>(&mut tasks);
 
+    // One replica writes what all share (status, Events, the root in every
+    // namespace, the webhooks' caBundle); every replica serves.
+    let leader = match elect(client.clone(), &args).await {
+        Some((leader, election)) => {
+            tasks.adopt("leader election", election);
+            Some(leader)
+        }
+        None => None,
+    };
+
     let serving = Arc::new(ServingCert::default());
     let workload_ca =
         Arc::new(crate::xds::WorkloadCa::new(args.trust_domain.clone(), args.workload_cert_ttl));
@@ -199,6 +209,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             serving.clone(),
             workload_ca.clone(),
             ca_ready,
+            leader.clone(),
             shutdown.clone(),
         ),
     );
@@ -234,6 +245,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             .with_endpoints_millis(args.endpoint_debounce_ms),
         instance: instance.clone(),
         workload_ca: Some(workload_ca),
+        readiness: Some(readiness.clone()),
     };
     // JWT issuers' key sets, fetched here and sent inline, so sidecars need no route to issuers.
     let jwks_metrics = crate::xds::jwks::JwksMetrics::default();
@@ -281,8 +293,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         monitoring::serve(listener, registry, readiness, index.clone(), proxies, access, shutdown.clone()),
     );
 
-    if let Some((leader, election)) = elect(client.clone(), &args).await {
-        tasks.adopt("leader election", election);
+    if let Some(leader) = leader {
         tasks.spawn(
             "status writer",
             crate::status::run(client.clone(), index.clone(), leader, instance, shutdown.clone()),
@@ -295,8 +306,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
 }
 
 /// Lease-based leader election among the replicas (Lease `mesh-controller`
-/// in the mesh namespace). Only the leader writes status; every replica
-/// serves. The receiver says whether this replica leads now; the task
+/// in the mesh namespace). Only the leader writes to the cluster (status,
+/// Events, the root ConfigMaps, the caBundles, replaced gateway pods);
+/// every replica serves. The receiver says whether this replica leads now; the task
 /// renews the Lease, and releases it once the receiver is dropped (the
 /// status writer stopped), so another replica takes over at once.
 async fn elect(
@@ -315,7 +327,8 @@ async fn elect(
     match manager {
         Ok(manager) => Some(manager.watch().await),
         Err(e) => {
-            // Without a Lease nobody writes status; serving goes on.
+            // Without a Lease nobody writes status; serving goes on, and this
+            // replica keeps the CA's root and caBundles as if it led.
             tracing::error!(error = %e, "leader election unavailable: status will not be written");
             None
         }
@@ -325,7 +338,9 @@ async fn elect(
 /// Loads (or makes) the CA, retrying until it can; issues the webhook's
 /// serving certificate and renews it at half its life; publishes the root
 /// to every namespace and into the webhook configuration, until shutdown;
-/// hands the CA to the xDS server for workload certificates.
+/// hands the CA to the xDS server for workload certificates. The writes
+/// to the cluster run only while this replica leads (always, without an
+/// election).
 /// Each of these parts runs until shutdown; if one ends before, so does
 /// the task, with an error naming the part.
 async fn start_ca(
@@ -334,6 +349,7 @@ async fn start_ca(
     serving: Arc<ServingCert>,
     workload_ca: Arc<crate::xds::WorkloadCa>,
     ready: ReadyGuard,
+    leader: Option<tokio::sync::watch::Receiver<bool>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let authority = loop {
@@ -371,28 +387,48 @@ async fn start_ca(
             }
         }
     };
+    let writes = |stop| leader_writes(client.clone(), args.clone(), bundle.clone(), stop);
+    let writes = async {
+        match leader {
+            Some(leader) => crate::supervisor::while_leading(leader, shutdown.clone(), writes).await,
+            None => Some(writes(shutdown.clone()).await),
+        }
+    };
     let ended = tokio::select! {
-        _ = ca::store::publish_root(client.clone(), bundle.clone(), shutdown.clone()) => {
+        ended = writes => ended.unwrap_or("leader election"),
+        _ = renewals => "renewing the serving certificate",
+    };
+    if shutdown.is_cancelled() { Ok(()) } else { anyhow::bail!("{ended} stopped before shutdown") }
+}
+
+/// What the leading replica writes for all of them, until `stop`; returns
+/// the part that ended first.
+async fn leader_writes(
+    client: Client,
+    args: ControllerArgs,
+    bundle: String,
+    stop: CancellationToken,
+) -> &'static str {
+    tokio::select! {
+        _ = ca::store::publish_root(client.clone(), bundle.clone(), stop.clone()) => {
             "publishing the root certificate to every namespace"
         }
         _ = webhook::configuration::keep_ca_bundle::<ValidatingWebhookConfiguration>(
             client.clone(),
             args.webhook_config.clone(),
             bundle.clone(),
-            shutdown.clone()
+            stop.clone()
         ) => "keeping the caBundle of the ValidatingWebhookConfiguration",
-        _ = webhook::gateways::replace_missed(client.clone(), args.namespace.clone(), shutdown.clone()) => {
+        _ = webhook::gateways::replace_missed(client.clone(), args.namespace.clone(), stop.clone()) => {
             "replacing gateway pods the injector missed"
         }
         _ = webhook::configuration::keep_ca_bundle::<MutatingWebhookConfiguration>(
             client,
             args.injector_config.clone(),
             bundle,
-            shutdown.clone()
+            stop
         ) => "keeping the caBundle of the MutatingWebhookConfiguration",
-        _ = renewals => "renewing the serving certificate",
-    };
-    if shutdown.is_cancelled() { Ok(()) } else { anyhow::bail!("{ended} stopped before shutdown") }
+    }
 }
 
 /// Issues and installs the serving certificate; returns when to renew it.

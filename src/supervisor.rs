@@ -179,6 +179,53 @@ impl Tasks {
     }
 }
 
+/// Runs `work` only while this replica leads (`leader` says so), for the
+/// writes one replica makes for all: started each time the replica
+/// becomes leader, and cancelled through its token (then awaited) when it
+/// stops leading, so two replicas never write at once for longer than the
+/// Lease's grace. Returns `None` at shutdown or when the election ends
+/// (its sender dropped: the election's own task reports that), and what
+/// `work` returned if it ended without being cancelled, which the caller
+/// treats as a failure.
+pub async fn while_leading<F, Fut, T>(
+    mut leader: tokio::sync::watch::Receiver<bool>,
+    shutdown: CancellationToken,
+    mut work: F,
+) -> Option<T>
+where
+    F: FnMut(CancellationToken) -> Fut,
+    Fut: Future<Output = T>,
+{
+    loop {
+        while !*leader.borrow_and_update() {
+            tokio::select! {
+                changed = leader.changed() => if changed.is_err() { return None },
+                _ = shutdown.cancelled() => return None,
+            }
+        }
+        let stop = shutdown.child_token();
+        let running = work(stop.clone());
+        tokio::pin!(running);
+        loop {
+            tokio::select! {
+                ended = &mut running => return Some(ended),
+                changed = leader.changed() => {
+                    if changed.is_err() || !*leader.borrow_and_update() {
+                        stop.cancel();
+                        running.as_mut().await;
+                        if changed.is_err() { return None }
+                        break;
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    running.as_mut().await;
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 /// The message of a panic (`panic!` with a literal or a formatted message).
 pub fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(message) = payload.downcast_ref::<&str>() {
@@ -306,5 +353,70 @@ mod tests {
         tasks.adopt("leader election", handle);
         let failed = tasks.run_until(std::future::pending()).await.expect_err("it panicked");
         assert_eq!(failed.to_string(), "leader election panicked: lease lost its mind");
+    }
+
+    /// Counts how often `while_leading` starts and stops its work.
+    fn counted(
+        starts: Arc<std::sync::atomic::AtomicUsize>,
+        stops: Arc<std::sync::atomic::AtomicUsize>,
+    ) -> impl FnMut(CancellationToken) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        move |stop| {
+            starts.fetch_add(1, Ordering::SeqCst);
+            let stops = stops.clone();
+            Box::pin(async move {
+                stop.cancelled().await;
+                stops.fetch_add(1, Ordering::SeqCst);
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn work_runs_only_while_leading_and_stops_when_leadership_goes() {
+        use std::sync::atomic::AtomicUsize;
+        let (lead, leader) = tokio::sync::watch::channel(false);
+        let shutdown = CancellationToken::new();
+        let (starts, stops) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let running =
+            tokio::spawn(while_leading(leader, shutdown.clone(), counted(starts.clone(), stops.clone())));
+        let settle = || tokio::time::sleep(Duration::from_millis(20));
+        settle().await;
+        assert_eq!(starts.load(Ordering::SeqCst), 0, "not leading: nothing runs");
+        lead.send(true).unwrap();
+        settle().await;
+        assert_eq!((starts.load(Ordering::SeqCst), stops.load(Ordering::SeqCst)), (1, 0));
+        lead.send(false).unwrap();
+        settle().await;
+        assert_eq!(stops.load(Ordering::SeqCst), 1, "leadership lost: the work was cancelled");
+        lead.send(true).unwrap();
+        settle().await;
+        assert_eq!(starts.load(Ordering::SeqCst), 2, "leading again: started again");
+        shutdown.cancel();
+        assert_eq!(running.await.unwrap(), None);
+        assert_eq!(stops.load(Ordering::SeqCst), 2, "shutdown cancels the work and waits for it");
+    }
+
+    #[tokio::test]
+    async fn the_election_ending_stops_the_work() {
+        use std::sync::atomic::AtomicUsize;
+        let (lead, leader) = tokio::sync::watch::channel(true);
+        let (starts, stops) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let running = tokio::spawn(while_leading(
+            leader,
+            CancellationToken::new(),
+            counted(starts.clone(), stops.clone()),
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(lead);
+        let ended = tokio::time::timeout(Duration::from_secs(5), running).await.expect("returns").unwrap();
+        assert_eq!(ended, None);
+        assert_eq!((starts.load(Ordering::SeqCst), stops.load(Ordering::SeqCst)), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn work_that_ends_by_itself_ends_the_loop() {
+        let (_lead, leader) = tokio::sync::watch::channel(true);
+        let ended = while_leading(leader, CancellationToken::new(), |_| async { "done" });
+        let ended = tokio::time::timeout(Duration::from_secs(5), ended).await.expect("returns");
+        assert_eq!(ended, Some("done"), "for the caller to report");
     }
 }

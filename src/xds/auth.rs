@@ -91,6 +91,10 @@ pub enum Rejection {
     IpMismatch { pod: ObjectKey, node: IpAddr, index: String },
     #[error("no workload certificate for this proxy: {0}")]
     NoCertificate(String),
+    #[error(
+        "this controller has not read everything from the API server yet (waiting for: {0}); it serves no partial view: the proxy retries, and may reach another replica"
+    )]
+    NotSynced(String),
 }
 
 /// How a refusal is reported to the proxy, in gRPC terms.
@@ -126,6 +130,7 @@ impl Rejection {
             Rejection::ServiceAccountMismatch { .. } => "service_account_mismatch",
             Rejection::IpMismatch { .. } => "ip_mismatch",
             Rejection::NoCertificate(_) => "no_certificate",
+            Rejection::NotSynced(_) => "not_synced",
         }
     }
 
@@ -135,7 +140,9 @@ impl Rejection {
             Rejection::NoRequest | Rejection::NoNode | Rejection::MalformedNodeId(_) => {
                 Refusal::InvalidArgument
             }
-            Rejection::ReviewFailed(_) | Rejection::NoCertificate(_) => Refusal::Unavailable,
+            Rejection::ReviewFailed(_) | Rejection::NoCertificate(_) | Rejection::NotSynced(_) => {
+                Refusal::Unavailable
+            }
             _ => Refusal::PermissionDenied,
         }
     }

@@ -61,6 +61,7 @@ use super::wire::{DeltaResponse, SotwResponse, Wire};
 use crate::ca::serving::{ServingCert, provider};
 use crate::index::{Pods, SharedIndex};
 use crate::model::ObjectKey;
+use crate::readiness::Readiness;
 
 /// What a stream sends back: discovery responses, then a final status.
 pub type ResponseStream = Pin<Box<dyn Stream<Item = Result<SotwResponse, Status>> + Send>>;
@@ -105,11 +106,17 @@ pub struct AdsSettings {
     /// Issues each stream's workload certificate; without it, streams get
     /// configuration only (no secrets).
     pub workload_ca: Option<Arc<WorkloadCa>>,
+    /// Streams are refused (gRPC Unavailable, so proxies retry) until this
+    /// is ready: every watch synced and the CA loaded. A controller that
+    /// served before would send a partial view, and proxies would drop
+    /// what the caches had not read yet. Without it, streams are served at
+    /// once.
+    pub readiness: Option<Readiness>,
 }
 
 impl Default for AdsSettings {
     fn default() -> Self {
-        Self { debounce: Debounce::default(), instance: "local".into(), workload_ca: None }
+        Self { debounce: Debounce::default(), instance: "local".into(), workload_ca: None, readiness: None }
     }
 }
 
@@ -129,6 +136,7 @@ struct Shared {
     pod_wait: Duration,
     large: Arc<Semaphore>,
     workload_ca: Option<Arc<WorkloadCa>>,
+    readiness: Option<Readiness>,
 }
 
 impl Ads {
@@ -177,6 +185,7 @@ impl Ads {
                 pod_wait: POD_WAIT,
                 large: Arc::new(Semaphore::new(LARGE_IN_FLIGHT)),
                 workload_ca: settings.workload_ca,
+                readiness: settings.readiness,
             }),
         }
     }
@@ -281,6 +290,9 @@ impl Shared {
             return Err((Rejection::NoNode, None));
         };
         let fail = |rejection| (rejection, Some(node_id.clone()));
+        if let Some(readiness) = self.readiness.as_ref().filter(|r| !r.is_ready()) {
+            return Err(fail(Rejection::NotSynced(readiness.pending().join(", "))));
+        }
         let token = auth::bearer_token(authorization).map_err(fail)?;
         let id = ProxyId::parse(&node_id).map_err(|e| fail(e.into()))?;
         let identity = self.authenticator.authenticate(token).await.map_err(fail)?;

@@ -175,6 +175,34 @@ async fn an_authorized_stream_gets_the_passthrough_configuration() {
     .expect("the proxy is counted out");
 }
 
+#[tokio::test]
+async fn streams_wait_for_every_cache_to_sync() {
+    let readiness = crate::readiness::Readiness::new();
+    let pods = readiness.register("Pod cache");
+    let settings = super::AdsSettings { readiness: Some(readiness.clone()), ..Default::default() };
+    let authenticator = FakeAuthenticator::new();
+    let ads = Ads::with_settings(
+        authenticator.clone(),
+        index(),
+        Arc::new(super::generator::Passthrough::new()),
+        XdsMetrics::default(),
+        settings,
+        CancellationToken::new(),
+    );
+    tokio::spawn(ads.push_loop());
+    let bearer = format!("Bearer {TOKEN}");
+    let status = refused(&ads, Some(&bearer), NODE_ID).await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("waiting for: Pod cache"), "{}", status.message());
+    assert_eq!(authenticator.reviews.load(Ordering::SeqCst), 0, "no token review before the caches sync");
+
+    pods.ready();
+    let mut stream = Scripted::open(&ads, Some(&bearer), first_request(ResourceType::Cluster, NODE_ID))
+        .await
+        .expect("accepted once synced");
+    assert_eq!(stream.next().await.expect("clusters").resources.len(), 2);
+}
+
 /// A service that issues workload certificates of `ttl` from a fresh root.
 fn ads_with_ca(index: SharedIndex, ttl: Duration) -> (Ads, XdsMetrics, CancellationToken) {
     let now = time::OffsetDateTime::now_utc();
@@ -184,6 +212,7 @@ fn ads_with_ca(index: SharedIndex, ttl: Duration) -> (Ads, XdsMetrics, Cancellat
         debounce: super::Debounce::from_millis(10),
         instance: "test".into(),
         workload_ca: Some(Arc::new(super::WorkloadCa::with_authority(authority, "cluster.local", ttl))),
+        ..Default::default()
     };
     let metrics = XdsMetrics::default();
     let shutdown = CancellationToken::new();
