@@ -109,6 +109,14 @@ pub struct ControllerArgs {
     #[arg(long, env = "MESH_ENDPOINT_DEBOUNCE_MS", default_value_t = crate::xds::push::DEFAULT_ENDPOINTS_MS)]
     pub endpoint_debounce_ms: u64,
 
+    /// After SIGTERM, how long the controller goes on serving before it ends
+    /// its streams, in seconds. Kubernetes takes a terminating pod out of
+    /// its Service at the same time, but every node's kube-proxy needs a
+    /// moment to see that; a proxy that reconnected before then could be
+    /// sent back here, fail, and wait out gRPC's growing back-off.
+    #[arg(long, env = "MESH_SHUTDOWN_DELAY_SECONDS", default_value_t = 3)]
+    pub shutdown_delay_seconds: u64,
+
     /// Lifetime of the serving certificate, in seconds; it is renewed at half.
     #[arg(long, env = "MESH_SERVING_CERT_SECONDS", default_value_t = 86400)]
     pub serving_cert_seconds: u64,
@@ -150,7 +158,13 @@ pub async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Client> {
 /// of its long-running tasks stops (then the error naming it; see
 /// [`crate::supervisor`]).
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
-    let stop = shutdown_signal();
+    let signal = shutdown_signal();
+    let delay = Duration::from_secs(args.shutdown_delay_seconds);
+    let stop = async move {
+        signal.await;
+        tracing::info!(?delay, "asked to stop: serving on while the pod leaves its Service, then stopping");
+        tokio::time::sleep(delay).await;
+    };
     let client = client(args.kubeconfig.as_ref()).await?;
     let shutdown = CancellationToken::new();
     let readiness = Readiness::new();

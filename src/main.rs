@@ -91,9 +91,11 @@ enum ProxyConfig {
 /// Where the controller's debug views are, and who asks.
 #[derive(Args)]
 struct DebugAccess {
-    /// The controller's monitoring address.
-    #[arg(long, env = "MESH_CONTROLLER", default_value = "http://127.0.0.1:15014")]
-    controller: String,
+    /// The controller's monitoring address; with several replicas, each of
+    /// them (repeat the flag, or separate with commas): every proxy is
+    /// connected to one replica, which alone knows its state.
+    #[arg(long, env = "MESH_CONTROLLER", default_value = "http://127.0.0.1:15014", value_delimiter = ',')]
+    controller: Vec<String>,
     /// A Kubernetes bearer token of a user allowed to get /debug/*
     /// (ClusterRole mesh-debug, or cluster-admin). Without it, the
     /// current kubeconfig user's token (its token, tokenFile or exec plugin).
@@ -152,43 +154,74 @@ fn print_crds(format: CrdFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints the table of the controller's /debug/syncz.
-fn proxy_status(controller: &str, token: &str) -> anyhow::Result<()> {
-    let body = http_get(controller, "/debug/syncz", token)?;
-    let statuses: Vec<mesh::xds::debug::SyncStatus> = serde_json::from_str(&body)
-        .with_context(|| format!("{controller}/debug/syncz is not a list of proxies"))?;
+/// The proxies connected to each of the controllers, from their
+/// /debug/syncz. A replica that does not answer is reported on stderr and
+/// left out, so the others' proxies still show; none answering is an error.
+fn sync_statuses(controllers: &[String], token: &str) -> anyhow::Result<Vec<mesh::xds::debug::SyncStatus>> {
+    let mut statuses = Vec::new();
+    let mut failures = Vec::new();
+    for controller in controllers {
+        let answer = http_get(controller, "/debug/syncz", token).and_then(|body| {
+            serde_json::from_str::<Vec<mesh::xds::debug::SyncStatus>>(&body)
+                .with_context(|| format!("{controller}/debug/syncz is not a list of proxies"))
+        });
+        match answer {
+            Ok(mut more) => statuses.append(&mut more),
+            Err(e) => failures.push(e),
+        }
+    }
+    if failures.len() == controllers.len() {
+        return Err(failures.into_iter().next().unwrap_or_else(|| anyhow::anyhow!("no --controller given")));
+    }
+    for failure in failures {
+        eprintln!("mesh: warning: {failure:#} (its proxies are not shown)");
+    }
+    Ok(statuses)
+}
+
+/// Prints the table of the controllers' /debug/syncz.
+fn proxy_status(controllers: &[String], token: &str) -> anyhow::Result<()> {
+    let statuses = sync_statuses(controllers, token)?;
     std::io::stdout().lock().write_all(mesh::xds::debug::status_table(&statuses).as_bytes())?;
     Ok(())
 }
 
 /// Prints the certificate of `pod`'s proxy, from /debug/syncz.
-fn proxy_secret(controller: &str, token: &str, pod: &str) -> anyhow::Result<()> {
-    let body = http_get(controller, "/debug/syncz", token)?;
-    let statuses: Vec<mesh::xds::debug::SyncStatus> = serde_json::from_str(&body)
-        .with_context(|| format!("{controller}/debug/syncz is not a list of proxies"))?;
+fn proxy_secret(controllers: &[String], token: &str, pod: &str) -> anyhow::Result<()> {
+    let statuses = sync_statuses(controllers, token)?;
     let table = mesh::xds::debug::secret_table(&statuses, pod).with_context(|| {
-        format!("no proxy of pod {pod} is connected to {controller} (see `mesh proxy-status`)")
+        format!("no proxy of pod {pod} is connected to {} (see `mesh proxy-status`)", controllers.join(", "))
     })?;
     std::io::stdout().lock().write_all(table.as_bytes())?;
     Ok(())
 }
 
-/// Prints the RBAC policies of `pod`'s inbound listener, from
-/// /debug/config_dump.
-fn proxy_authz(controller: &str, token: &str, pod: &str) -> anyhow::Result<()> {
+/// Prints the RBAC policies of `pod`'s inbound listener, from the
+/// /debug/config_dump of the controller the proxy is connected to.
+fn proxy_authz(controllers: &[String], token: &str, pod: &str) -> anyhow::Result<()> {
     // A pod's name and namespace are DNS labels, and `/` may stand in a query.
     anyhow::ensure!(
         pod.bytes().all(|b| b.is_ascii_alphanumeric() || b"-./".contains(&b)),
         "{pod:?} is not a pod: write namespace/name or name.namespace"
     );
-    let body = http_get(controller, &format!("/debug/config_dump?proxy={pod}"), token)?;
-    let dump: serde_json::Value =
-        serde_json::from_str(&body).with_context(|| format!("{controller}/debug/config_dump is not JSON"))?;
-    let listener = mesh::xds::debug::inbound_listener(&dump).with_context(|| {
-        format!("the proxy of pod {pod} holds no inbound listener yet (see `mesh proxy-status`)")
-    })?;
-    std::io::stdout().lock().write_all(mesh::xds::debug::authz_table(&listener).as_bytes())?;
-    Ok(())
+    let mut last = None;
+    for controller in controllers {
+        let dump = http_get(controller, &format!("/debug/config_dump?proxy={pod}"), token).and_then(|body| {
+            serde_json::from_str::<serde_json::Value>(&body)
+                .with_context(|| format!("{controller}/debug/config_dump is not JSON"))
+        });
+        match dump {
+            Ok(dump) => {
+                let listener = mesh::xds::debug::inbound_listener(&dump).with_context(|| {
+                    format!("the proxy of pod {pod} holds no inbound listener yet (see `mesh proxy-status`)")
+                })?;
+                std::io::stdout().lock().write_all(mesh::xds::debug::authz_table(&listener).as_bytes())?;
+                return Ok(());
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no --controller given")))
 }
 
 /// What to do when there is no token to send.

@@ -27,33 +27,40 @@ const AUDIENCE: &str = "bookinfo";
 /// `python3 -m http.server` on 127.0.0.1 in a pod's network namespace,
 /// serving a folder; stopped (its process group) on drop.
 struct KeyServer {
-    child: Child,
+    children: Vec<Child>,
     dir: PathBuf,
     port: u16,
 }
 
 impl KeyServer {
-    fn start(namespace: &str, pod: &str, jwks: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("mesh-e2e-jwks-{}-{pod}", std::process::id()));
+    /// The key set served on 127.0.0.1 in each of the controller's pods, at
+    /// one port: every replica fetches it (each serves its own proxies).
+    fn start(namespace: &str, pods: &[String], jwks: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("mesh-e2e-jwks-{}-{namespace}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a folder for the key set");
         std::fs::write(dir.join("jwks.json"), jwks).expect("the key set written");
         let port = free_port();
         let state = std::env::var("LOCALNODE_STATE_DIR").expect("LOCALNODE_STATE_DIR (set by make test-e2e)");
-        let log = std::fs::File::create(dir.join("server.log")).expect("a log file");
-        let child = Command::new(repo().join("target/debug/localnode"))
-            .args(["enter", "--state-dir", &state, &format!("{namespace}/{pod}"), "--"])
-            .args(["/usr/bin/python3", "-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--directory", dir.to_str().expect("utf-8")])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("the key server starts");
-        let server = Self { child, dir, port };
+        let mut server = Self { children: Vec::new(), dir: dir.clone(), port };
+        for pod in pods {
+            let log = std::fs::File::create(dir.join(format!("{pod}.log"))).expect("a log file");
+            let child = Command::new(repo().join("target/debug/localnode"))
+                .args(["enter", "--state-dir", &state, &format!("{namespace}/{pod}"), "--"])
+                .args(["/usr/bin/python3", "-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--directory", dir.to_str().expect("utf-8")])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .process_group(0)
+                .spawn()
+                .expect("the key server starts");
+            server.children.push(child);
+        }
         let url = server.url();
-        eventually("the key server to answer in the controller's pod", Duration::from_secs(20), || {
-            enter(namespace, pod, &format!("curl -sf -m 2 {url}")).ok.then_some(())
-        });
+        for pod in pods {
+            eventually("the key server to answer in the controller's pod", Duration::from_secs(20), || {
+                enter(namespace, pod, &format!("curl -sf -m 2 {url}")).ok.then_some(())
+            });
+        }
         server
     }
 
@@ -64,8 +71,10 @@ impl KeyServer {
 
 impl Drop for KeyServer {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["--", &format!("-{}", self.child.id())]).status();
-        let _ = self.child.wait();
+        for child in &mut self.children {
+            let _ = Command::new("kill").args(["--", &format!("-{}", child.id())]).status();
+            let _ = child.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -111,10 +120,13 @@ fn end_user_jwts_from_istio_1_1_origins_and_request_authentication_on_real_traff
     let release = Release::install("mesh-e2e-authn", &[]);
     let ns = injected_bookinfo("authn");
     let client = Client::start();
-    let controller = controller_pods(&release.namespace, "{.items[0].metadata.name}");
+    let controllers: Vec<String> = controller_pods(&release.namespace, "{.items[*].metadata.name}")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
     let signer = Signer::generate("bookinfo-2026");
     let forger = Signer::generate("bookinfo-2026");
-    let keys = KeyServer::start(&release.namespace, &controller, &signer.jwks());
+    let keys = KeyServer::start(&release.namespace, &controllers, &signer.jwks());
 
     let url = |path: &str| format!("http://productpage.{}:9080{path}", ns.name);
     let valid = signer.token(&claims(ISSUER, AUDIENCE, "alice", false));
@@ -188,10 +200,13 @@ fn a_binding_requiring_a_jwt_claim_admits_only_valid_tokens_that_carry_it() {
     let release = Release::install("mesh-e2e-authn-rbac", &[]);
     let ns = injected_bookinfo("authn-rbac");
     let client = Client::start();
-    let controller = controller_pods(&release.namespace, "{.items[0].metadata.name}");
+    let controllers: Vec<String> = controller_pods(&release.namespace, "{.items[*].metadata.name}")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
     let signer = Signer::generate("bookinfo-2026");
     let forger = Signer::generate("bookinfo-2026");
-    let keys = KeyServer::start(&release.namespace, &controller, &signer.jwks());
+    let keys = KeyServer::start(&release.namespace, &controllers, &signer.jwks());
     let url = format!("http://productpage.{}:9080/productpage", ns.name);
 
     let valid = signer.token(&claims(ISSUER, AUDIENCE, "alice", false));

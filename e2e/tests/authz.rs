@@ -459,16 +459,15 @@ fn istio_1_1_authorization_for_http_services_step_by_step() {
     // `mesh proxy-config authz` shows what details' sidecar enforces: the
     // role its binding grants, on both chains of its port.
     let viewer = crate::support::DebugViewer::bound_to("mesh-debug");
-    let ip = crate::support::controller_pods(&release.namespace, "{.items[0].status.podIP}");
     let details = kubectl_ok(
         &["get", "pods", "-n", "default", "-l", "app=details", "-o", "jsonpath={.items[0].metadata.name}"],
         None,
     );
     let bin = std::env::var("MESH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mesh").to_string());
     let args = ["proxy-config", "authz", &format!("default/{}", details.trim()), "--controller"];
-    let controller = format!("http://{ip}:15014");
+    let controllers = crate::support::controllers(&release.namespace).join(",");
     let table =
-        crate::support::run(&bin, &[&args[..], &[&controller, "--token", &viewer.token]].concat(), None);
+        crate::support::run(&bin, &[&args[..], &[&controllers, "--token", &viewer.token]].concat(), None);
     assert!(table.ok, "{}", table.stderr);
     let rows: Vec<&str> = table.stdout.lines().filter(|l| l.starts_with("9080 ")).collect();
     assert_eq!(rows.len(), 2, "mutual TLS and plaintext chains of 9080:\n{}", table.stdout);

@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    DebugViewer, Release, TempNamespace, controller_pods, eventually, http_get, kubeconfig, kubectl,
-    kubectl_ok, run,
+    DebugViewer, Release, TempNamespace, controllers, eventually, http_get, kubeconfig, kubectl, kubectl_ok,
+    run,
 };
 
 fn mesh_bin() -> String {
@@ -76,16 +76,20 @@ spec:
     kubectl_ok(&["apply", "-n", &ns.name, "-f", "-"], Some(app));
     kubectl_ok(&["wait", "-n", &ns.name, "--for", "condition=Ready", "pod/app", "--timeout=90s"], None);
 
-    let ip = controller_pods(&release.namespace, "{.items[0].status.podIP}");
-    let controller = format!("http://{ip}:15014");
-    let dump_url = format!("{controller}/debug/config_dump?proxy={}/app", ns.name);
     let viewer = DebugViewer::bound_to("mesh-debug");
 
-    // The sidecar's ADS stream is up: its pod is in the dump (read as the viewer).
-    let dump: Value = eventually("the app's Envoy connected", Duration::from_secs(60), || {
-        let (status, body) = http_get(&dump_url, Some(&viewer.token));
-        (status == 200).then(|| serde_json::from_str(&body).expect("config_dump is JSON"))
-    });
+    // The sidecar's ADS stream is up: its pod is in the dump (read as the
+    // viewer) of the replica it is connected to.
+    let all = controllers(&release.namespace);
+    let (controller, dump): (String, Value) =
+        eventually("the app's Envoy connected", Duration::from_secs(60), || {
+            all.iter().find_map(|controller| {
+                let url = format!("{controller}/debug/config_dump?proxy={}/app", ns.name);
+                let (status, body) = http_get(&url, Some(&viewer.token));
+                (status == 200).then(|| (controller.clone(), serde_json::from_str(&body).expect("JSON")))
+            })
+        });
+    let dump_url = format!("{controller}/debug/config_dump?proxy={}/app", ns.name);
     assert_eq!(dump[0]["status"]["pod"], format!("{}/app", ns.name), "{dump}");
     assert!(dump[0]["config"]["cds"]["resources"].as_array().is_some_and(|r| !r.is_empty()), "{dump}");
     for view in ["/debug/syncz", "/debug/configz"] {
@@ -155,8 +159,10 @@ spec:
     // token of the kubeconfig's current user.
     let row = format!("app.{} ", ns.name);
     let synced = |out: &str| out.lines().any(|l| l.starts_with(&row) && l.matches("SYNCED").count() == 4);
+    // Every replica asked, as a user of several would: the rows of all.
+    let every = all.join(",");
     let table = eventually("app SYNCED in mesh proxy-status --token", Duration::from_secs(30), || {
-        let (ok, out, _) = proxy_status(&["--controller", &controller, "--token", &viewer.token], &[]);
+        let (ok, out, _) = proxy_status(&["--controller", &every, "--token", &viewer.token], &[]);
         (ok && synced(&out)).then_some(out)
     });
     eprintln!("{table}");

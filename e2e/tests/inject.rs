@@ -680,10 +680,13 @@ spec:
         assert!(!active.contains(name), "{name} was delivered: {secrets}");
         assert!(warming.contains(name), "{name} is not awaited: {secrets}");
     }
-    // And the controller said so, naming the proxy and the secret.
-    let controller = pod_named(&release.namespace, "app.kubernetes.io/name=mesh");
+    // And the controller it reached said so, naming the proxy and the secret.
+    let replicas = crate::support::controller_pods(&release.namespace, "{.items[*].metadata.name}");
     let log = eventually("the refusals in the controller's log", Duration::from_secs(10), || {
-        let log = crate::support::container_log(&release.namespace, &controller, "controller");
+        let log: String = replicas
+            .split_whitespace()
+            .map(|pod| crate::support::container_log(&release.namespace, pod, "controller"))
+            .collect();
         wanted.iter().all(|name| log.contains(name.as_str())).then_some(log)
     });
     assert!(log.contains("secret request refused"), "no warning in the controller's log");

@@ -13,6 +13,7 @@ mod destination_policy;
 mod egress;
 mod gateway;
 mod gateway_tls;
+mod ha;
 mod http_ops;
 mod inject;
 mod l4_routing;

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    DebugViewer, Release, TempNamespace, conformance, controller_metric, controller_pods, enter, eventually,
-    http_get, injected_bookinfo, kubectl_ok, pod_named, run,
+    DebugViewer, Release, TempNamespace, conformance, controller_config_dump, controller_metric, controllers,
+    enter, eventually, injected_bookinfo, kubectl_ok, pod_named, run,
 };
 
 /// Bookinfo injected in a namespace of its own, with the chart installed.
@@ -152,22 +152,18 @@ fn istios_bookinfo_routing_samples_route_real_traffic() {
     // applied; the controller's config dump of one proxy holds the subsets.
     // Both are read as a user bound to the chart's ClusterRole mesh-debug.
     let viewer = DebugViewer::bound_to("mesh-debug");
-    let ip = controller_pods(&b.release.namespace, "{.items[0].status.podIP}");
-    let controller = format!("http://{ip}:15014");
+    let controllers = controllers(&b.release.namespace).join(",");
     let bin = std::env::var("MESH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mesh").to_string());
     let table = eventually("every proxy SYNCED in mesh proxy-status", Duration::from_secs(20), || {
-        let out = run(&bin, &["proxy-status", "--controller", &controller, "--token", &viewer.token], None);
+        let out = run(&bin, &["proxy-status", "--controller", &controllers, "--token", &viewer.token], None);
         let rows: Vec<&str> =
             out.stdout.lines().filter(|l| l.contains(&format!(".{} ", b.ns.name))).collect();
         (out.ok && rows.len() == 6 && rows.iter().all(|r| r.matches("SYNCED").count() == 4))
             .then_some(out.stdout.clone())
     });
     eprintln!("{table}");
-    let (status, dump) = http_get(
-        &format!("{controller}/debug/config_dump?proxy={}/{}", b.ns.name, b.client),
-        Some(&viewer.token),
-    );
-    assert_eq!(status, 200, "config_dump: {dump}");
+    let dump =
+        controller_config_dump(&b.release.namespace, &format!("{}/{}", b.ns.name, b.client), &viewer.token);
     let subset = format!("outbound|9080|v3|reviews.{}.svc.cluster.local", b.ns.name);
     assert!(dump.contains(&subset), "no {subset} in the config dump");
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::support::{
     Applied, DebugViewer, Release, TempNamespace, apply, container_log, controller_metric, enter, eventually,
-    http_get, injected_bookinfo, kubectl_ok, pod_named,
+    injected_bookinfo, kubectl_ok, pod_named,
 };
 
 /// An Envoy admin counter of a pod's sidecar (0 when absent).
@@ -141,22 +141,21 @@ fn every_hop_between_sidecars_is_mutual_tls_with_each_pods_own_identity() {
 
     // The controller's view of a proxy shows its secrets without the key.
     let viewer = DebugViewer::bound_to("mesh-debug");
-    let ip = crate::support::controller_pods(&release.namespace, "{.items[0].status.podIP}");
-    let (status, dump) = http_get(
-        &format!("http://{ip}:15014/debug/config_dump?proxy={}/{client}", ns.name),
-        Some(&viewer.token),
+    let dump = crate::support::controller_config_dump(
+        &release.namespace,
+        &format!("{}/{client}", ns.name),
+        &viewer.token,
     );
-    assert_eq!(status, 200, "{dump}");
     assert!(dump.contains("BEGIN CERTIFICATE") && dump.contains("[redacted]"), "{dump}");
     assert!(!dump.contains("PRIVATE KEY"), "a private key in the config dump");
 
     // `mesh proxy-config secret` shows the same certificate Envoy holds.
     let bin = std::env::var("MESH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mesh").to_string());
-    let controller = format!("http://{ip}:15014");
+    let controllers = crate::support::controllers(&release.namespace).join(",");
     let pod_ref = format!("{}/{client}", ns.name);
     let table = crate::support::run(
         &bin,
-        &["proxy-config", "secret", &pod_ref, "--controller", &controller, "--token", &viewer.token],
+        &["proxy-config", "secret", &pod_ref, "--controller", &controllers, "--token", &viewer.token],
         None,
     );
     assert!(table.ok, "{}", table.stderr);

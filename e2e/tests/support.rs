@@ -249,6 +249,8 @@ impl Controller {
             .args(["--webhook-addr", &format!("127.0.0.1:{}", free_port())])
             .args(["--xds-addr", &format!("127.0.0.1:{}", free_port())])
             .env("MESH_LOG", "info,mesh=debug")
+            // No Service sends it proxies: nothing to wait for on SIGTERM.
+            .env("MESH_SHUTDOWN_DELAY_SECONDS", "0")
             .stdout(Stdio::null());
         (command, monitoring)
     }
@@ -505,12 +507,40 @@ pub fn injected_bookinfo(prefix: &str) -> TempNamespace {
     ns
 }
 
-/// The samples of one metric family of the controller a release runs,
-/// by their label sets, read from its /metrics over the pod network.
+/// The samples of one metric family of the controllers a release runs,
+/// by their label sets, added up over the replicas (each counts what its
+/// own proxies did), read from their /metrics over the pod network.
 pub fn controller_metric(release_ns: &str, family: &str) -> std::collections::BTreeMap<String, f64> {
-    let ip = controller_pods(release_ns, "{.items[0].status.podIP}");
-    let out = run("curl", &["-sf", "-m", "2", &format!("http://{ip}:15014/metrics")], None);
-    metric_family(&out.stdout, family)
+    let mut total = std::collections::BTreeMap::new();
+    for controller in controllers(release_ns) {
+        let out = run("curl", &["-sf", "-m", "2", &format!("{controller}/metrics")], None);
+        for (labels, value) in metric_family(&out.stdout, family) {
+            *total.entry(labels).or_insert(0.0) += value;
+        }
+    }
+    total
+}
+
+/// A proxy's configuration as the controller it is connected to holds it
+/// (/debug/config_dump), asked of each replica until one knows the proxy.
+pub fn controller_config_dump(release_ns: &str, proxy: &str, token: &str) -> String {
+    let mut answers = Vec::new();
+    for controller in controllers(release_ns) {
+        let (status, dump) = http_get(&format!("{controller}/debug/config_dump?proxy={proxy}"), Some(token));
+        if status == 200 {
+            return dump;
+        }
+        answers.push(format!("{controller}: {status} {dump}"));
+    }
+    panic!("no controller of {release_ns} holds proxy {proxy}: {answers:?}");
+}
+
+/// The monitoring address (`http://ip:15014`) of each running controller
+/// replica of a release; a proxy's state is known to the one it is
+/// connected to, so the debug views are asked of all of them.
+pub fn controllers(release_ns: &str) -> Vec<String> {
+    let ips = controller_pods(release_ns, r#"{range .items[?(@.status.podIP)]}{.status.podIP}{"\n"}{end}"#);
+    ips.lines().filter(|ip| !ip.is_empty()).map(|ip| format!("http://{ip}:15014")).collect()
 }
 
 /// The samples of one metric family in a Prometheus text exposition.
