@@ -3,16 +3,33 @@
 //! while the watch was down disappear; the kind counts as synced (for
 //! /readyz) after its first complete list.
 
+use std::time::Duration;
+
 use futures::StreamExt;
 use kube::Client;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::utils::{Backoff, ResetTimerBackoff};
+use kube::runtime::watcher::{self, Event, ExponentialBackoff};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use super::SharedIndex;
 use super::kinds::Watched;
 use crate::readiness::ReadyGuard;
+
+/// When a failed watch is tried again: kube's default doubling from 0.8 s
+/// reaches 30 s between tries, so after an API server outage a change
+/// could wait that long; here the tries are at most 5 s apart (with
+/// jitter, so the watches do not all come back at once).
+fn retries() -> impl Backoff {
+    let doubling = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    ResetTimerBackoff::new(ExponentialBackoff::from(doubling), Duration::from_secs(120))
+}
 
 /// Watches one kind until `shutdown`. Errors are logged and retried with
 /// back-off, so the watch never ends on its own; if it did, the index
@@ -24,7 +41,7 @@ where
 {
     let mut ready = Some(ready);
     let mut listing: Vec<K::Object> = Vec::new();
-    let stream = watcher::watcher(K::api(client), K::config()).default_backoff();
+    let stream = watcher::watcher(K::api(client), K::config()).backoff(retries());
     futures::pin_mut!(stream);
     loop {
         let event = tokio::select! {

@@ -201,9 +201,23 @@ pub fn authorize(
 /// token, not one per stream. Entries are keyed by the token's SHA-256 and
 /// live until the token expires or [`TokenCache::TTL`], whichever is
 /// first. Refusals are not remembered.
+///
+/// While the API server cannot be asked (the review fails, rather than
+/// refusing the token), a token reviewed within [`TokenCache::STALE`] is
+/// still accepted, until it expires: proxies that reconnect during an API
+/// server outage are served, as their configuration and certificates come
+/// from the controller's memory anyway.
 pub struct TokenCache {
     inner: Arc<dyn Authenticator>,
-    entries: Mutex<HashMap<Vec<u8>, (TokenIdentity, SystemTime)>>,
+    entries: Mutex<HashMap<Vec<u8>, Review>>,
+}
+
+/// A successful review: trusted without asking until `fresh`, and while
+/// the API server cannot be asked, until `stale`.
+struct Review {
+    identity: TokenIdentity,
+    fresh: SystemTime,
+    stale: SystemTime,
 }
 
 impl TokenCache {
@@ -211,6 +225,9 @@ impl TokenCache {
     /// deleted) is refused again after this long; [`authorize`] still
     /// checks the pod on every stream meanwhile.
     pub const TTL: Duration = Duration::from_secs(60);
+    /// How long a review still counts while the API server cannot be
+    /// asked (never beyond the token's expiry).
+    pub const STALE: Duration = Duration::from_secs(3600);
     /// Entries kept at most; beyond, new reviews are not remembered.
     pub const CAPACITY: usize = 10_000;
 
@@ -221,33 +238,48 @@ impl TokenCache {
     async fn authenticate_at(&self, token: &str, now: SystemTime) -> Result<TokenIdentity, Rejection> {
         let key = digest(token);
         if let Some(key) = &key
-            && let Some(identity) = self.lookup(key, now)
+            && let Some(identity) = self.lookup(key, now, |review| review.fresh)
         {
             return Ok(identity);
         }
-        let identity = self.inner.authenticate(token).await?;
+        let identity = match self.inner.authenticate(token).await {
+            Ok(identity) => identity,
+            Err(Rejection::ReviewFailed(why)) => {
+                let stale = key.as_deref().and_then(|key| self.lookup(key, now, |review| review.stale));
+                return stale.ok_or(Rejection::ReviewFailed(why));
+            }
+            Err(refused) => return Err(refused),
+        };
         if let Some(key) = key {
-            let until = expiry(token).map_or(now + Self::TTL, |exp| exp.min(now + Self::TTL));
-            self.remember(key, identity.clone(), until, now);
+            let expiry = expiry(token);
+            let until = |life: Duration| expiry.map_or(now + life, |exp| exp.min(now + life));
+            let review =
+                Review { identity: identity.clone(), fresh: until(Self::TTL), stale: until(Self::STALE) };
+            self.remember(key, review, now);
         }
         Ok(identity)
     }
 
-    fn lookup(&self, key: &[u8], now: SystemTime) -> Option<TokenIdentity> {
+    fn lookup(
+        &self,
+        key: &[u8],
+        now: SystemTime,
+        until: impl Fn(&Review) -> SystemTime,
+    ) -> Option<TokenIdentity> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.get(key).filter(|(_, until)| now < *until).map(|(identity, _)| identity.clone())
+        entries.get(key).filter(|review| now < until(review)).map(|review| review.identity.clone())
     }
 
-    fn remember(&self, key: Vec<u8>, identity: TokenIdentity, until: SystemTime, now: SystemTime) {
-        if until <= now {
+    fn remember(&self, key: Vec<u8>, review: Review, now: SystemTime) {
+        if review.fresh <= now {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= Self::CAPACITY {
-            entries.retain(|_, (_, until)| now < *until);
+            entries.retain(|_, review| now < review.stale);
         }
         if entries.len() < Self::CAPACITY {
-            entries.insert(key, (identity, until));
+            entries.insert(key, review);
         }
     }
 }
@@ -398,6 +430,22 @@ pub(crate) mod tests {
         }
     }
 
+    /// An API server that answers until it is stopped, then cannot be asked.
+    struct Outage(std::sync::atomic::AtomicBool);
+
+    impl Authenticator for Outage {
+        fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenIdentity, Rejection>> {
+            let result = if self.0.load(Ordering::SeqCst) {
+                Err(Rejection::ReviewFailed("connection refused".into()))
+            } else if token.starts_with("good") {
+                Ok(identity())
+            } else {
+                Err(Rejection::InvalidToken("no".into()))
+            };
+            Box::pin(async move { result })
+        }
+    }
+
     fn jwt(exp: u64) -> String {
         let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{{\"exp\":{exp}}}"));
         format!("good.{claims}.sig")
@@ -451,5 +499,34 @@ pub(crate) mod tests {
             cache.authenticate_at("bad", t0).await.expect_err("refused");
         }
         assert_eq!(calls(), 6);
+    }
+
+    #[tokio::test]
+    async fn while_the_api_server_cannot_be_asked_a_recent_review_still_counts() {
+        let api = Arc::new(Outage(std::sync::atomic::AtomicBool::new(false)));
+        let cache = TokenCache::new(api.clone());
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let reviewed = jwt(1_000_000 + 7200);
+        let short = jwt(1_000_000 + 600);
+        cache.authenticate_at(&reviewed, t0).await.expect("reviewed");
+        cache.authenticate_at(&short, t0).await.expect("reviewed");
+
+        api.0.store(true, Ordering::SeqCst);
+        // Past the minute, the review is asked again and cannot be: the
+        // last good one is used, up to an hour and never past expiry.
+        assert!(cache.authenticate_at(&reviewed, at(120)).await.is_ok());
+        assert!(cache.authenticate_at(&reviewed, at(3599)).await.is_ok());
+        let after_an_hour = cache.authenticate_at(&reviewed, at(3601)).await;
+        assert!(matches!(after_an_hour, Err(Rejection::ReviewFailed(_))), "{after_an_hour:?}");
+        assert!(cache.authenticate_at(&short, at(599)).await.is_ok());
+        assert!(matches!(cache.authenticate_at(&short, at(601)).await, Err(Rejection::ReviewFailed(_))));
+        // A token never reviewed is not let in.
+        let unknown = jwt(1_000_000 + 7200).replace("good", "good2");
+        assert!(matches!(cache.authenticate_at(&unknown, at(120)).await, Err(Rejection::ReviewFailed(_))));
+
+        // Once the API server answers again, it is asked again.
+        api.0.store(false, Ordering::SeqCst);
+        assert!(cache.authenticate_at(&reviewed, at(130)).await.is_ok(), "asked again and accepted");
     }
 }
