@@ -125,7 +125,12 @@ EOF
 
 # --- processes ---------------------------------------------------------------
 
-running() { [ -f "$pids/$1" ] && kill -0 "$(cat "$pids/$1")" 2>/dev/null; }
+# A process that exited but was not reaped yet (a zombie) is not running.
+running() {
+  [ -f "$pids/$1" ] || return 1
+  local pid; pid=$(cat "$pids/$1")
+  kill -0 "$pid" 2>/dev/null && ! grep -qE '^[0-9]+ \(.*\) Z' "/proc/$pid/stat" 2>/dev/null
+}
 
 # start NAME BINARY ARGS...: runs one component in its own session, logging to a file.
 start() {

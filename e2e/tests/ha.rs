@@ -80,10 +80,10 @@ impl Load {
     fn start(ns: &str, pod: &str) -> Self {
         let flag = std::env::temp_dir().join(format!("mesh-e2e-ha-{}-{ns}-stop", std::process::id()));
         let _ = std::fs::remove_file(&flag);
-        // Bounded in time (180 s) and count (5,000) whatever happens.
+        // Bounded in time (300 s) and count (20,000) whatever happens.
         let script = format!(
-            "end=$(($(date +%s) + 180)); i=0; \
-             while [ ! -e {flag} ] && [ $(date +%s) -lt $end ] && [ $i -lt 5000 ]; do \
+            "end=$(($(date +%s) + 300)); i=0; \
+             while [ ! -e {flag} ] && [ $(date +%s) -lt $end ] && [ $i -lt 20000 ]; do \
                page=$(curl -s -m 10 -w '\\n%{{http_code}}' http://productpage:9080/productpage); \
                echo \"$(echo \"$page\" | tail -n 1) $(echo \"$page\" | grep -o 'reviews-v[123]' | head -n 1)\"; \
                i=$((i + 1)); \
@@ -349,13 +349,45 @@ fn apply_sample(ns: &str, sample: &str) {
     kubectl_ok(&["apply", "-n", ns, "-f", file.to_str().expect("utf-8")], None);
 }
 
-/// The API server process of the test cluster.
-fn apiserver_pid() -> String {
-    let dir = std::env::var("MESH_CLUSTER_DIR").expect("MESH_CLUSTER_DIR (set by make test-e2e)");
-    std::fs::read_to_string(std::path::Path::new(&dir).join("pids/kube-apiserver"))
-        .expect("the API server's pid file")
-        .trim()
-        .to_string()
+/// The test cluster's API server, killed (SIGKILL: it closes its port at
+/// once on SIGTERM, but its process lingers for its own drain, and the
+/// cluster script would not start another meanwhile) until [`Outage::end`],
+/// or until dropped, so a failing test does not leave the cluster without it.
+struct Outage {
+    ended: bool,
+}
+
+impl Outage {
+    fn start() -> Self {
+        let dir = std::env::var("MESH_CLUSTER_DIR").expect("MESH_CLUSTER_DIR (set by make test-e2e)");
+        let pid = std::fs::read_to_string(std::path::Path::new(&dir).join("pids/kube-apiserver"))
+            .expect("the API server's pid file")
+            .trim()
+            .to_string();
+        assert!(run("kill", &["-KILL", &pid], None).ok, "stopping the API server ({pid})");
+        // Gone, or exited and not reaped yet (a zombie: state Z).
+        eventually("the API server stopped", Duration::from_secs(30), || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+            (stat.is_empty() || state == Some('Z')).then_some(())
+        });
+        Self { ended: false }
+    }
+
+    /// Starts it again (the cluster script starts what is not running).
+    fn end(mut self) {
+        self.ended = true;
+        let up = run(repo().join("e2e/scripts/cluster.sh").to_str().expect("utf-8"), &["up"], None);
+        assert!(up.ok, "starting the API server again: {}", up.stderr);
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = run(repo().join("e2e/scripts/cluster.sh").to_str().expect("utf-8"), &["up"], None);
+        }
+    }
 }
 
 /// Restarts of the release's controller containers so far.
@@ -384,11 +416,7 @@ fn an_api_server_outage_of_a_minute_fails_no_request_and_loses_no_change() {
     eventually("pages from reviews-v3 only", Duration::from_secs(30), || {
         only("reviews-v3")(&versions(&ns.name, &client)).then_some(())
     });
-    let pid = apiserver_pid();
-    assert!(run("kill", &["-TERM", &pid], None).ok, "stopping the API server ({pid})");
-    eventually("the API server stopped", Duration::from_secs(30), || {
-        (!std::path::Path::new(&format!("/proc/{pid}")).exists()).then_some(())
-    });
+    let outage = Outage::start();
     let stopped = Instant::now();
     assert!(
         !run(
@@ -405,8 +433,7 @@ fn an_api_server_outage_of_a_minute_fails_no_request_and_loses_no_change() {
         during.extend(versions(&ns.name, &client));
         std::thread::sleep(Duration::from_secs(5));
     }
-    let up = run(repo().join("e2e/scripts/cluster.sh").to_str().expect("utf-8"), &["up"], None);
-    assert!(up.ok, "starting the API server again: {}", up.stderr);
+    outage.end();
     let outage = stopped.elapsed();
     let restarted = Instant::now();
 
@@ -438,16 +465,52 @@ spec:
   containers: [{name: sleep, image: busybox, command: [sh, -c, "sleep 3600"]}]
 "#;
     kubectl_ok(&["apply", "-n", &ns.name, "-f", "-"], Some(pod));
-    kubectl_ok(
-        &["wait", "-n", &ns.name, "--for", "condition=Ready", "pod/after-outage", "--timeout=90s"],
+    let created = Instant::now();
+    // The node's watches, like the kubelet's, retry with a back-off that
+    // reaches 30 s plus jitter during the outage: it may see the pod late.
+    let ready = crate::support::kubectl(
+        &["wait", "-n", &ns.name, "--for", "condition=Ready", "pod/after-outage", "--timeout=180s"],
         None,
     );
-    let containers = crate::support::jsonpath(&ns.name, "pod/after-outage", "{.spec.containers[*].name}");
-    assert!(containers.split_whitespace().any(|c| c == "istio-proxy"), "not injected: {containers}");
+    let became_ready = created.elapsed();
+    if !ready.ok {
+        let pod = crate::support::kubectl(&["describe", "pod", "-n", &ns.name, "after-outage"], None).stdout;
+        let node = crate::support::kubectl(&["describe", "nodes"], None).stdout;
+        panic!("the pod created after the outage is not Ready: {}\n{pod}\n{node}", ready.stderr);
+    }
+    // Envoy is a native sidecar: an init container that keeps running.
+    let containers = crate::support::jsonpath(
+        &ns.name,
+        "pod/after-outage",
+        "{.spec.initContainers[*].name} {.spec.containers[*].name}",
+    );
+    if !containers.split_whitespace().any(|c| c == "istio-proxy") {
+        let dir = std::env::var("MESH_CLUSTER_DIR").unwrap_or_default();
+        let apiserver = std::fs::read_to_string(format!("{dir}/logs/kube-apiserver.log")).unwrap_or_default();
+        let calls: Vec<&str> =
+            apiserver.lines().filter(|l| l.contains("webhook") || l.contains("injector")).collect();
+        let replicas = controller_pods(&release.namespace, "{.items[*].metadata.name}");
+        let logs: Vec<String> = replicas
+            .split_whitespace()
+            .flat_map(|pod| {
+                container_log(&release.namespace, pod, "controller")
+                    .lines()
+                    .filter(|l| l.contains("after-outage") || l.contains("inject") || l.contains("Namespace"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        panic!(
+            "not injected: {containers}\napiserver on webhooks: {:#?}\ncontrollers: {logs:#?}",
+            &calls[calls.len().saturating_sub(30)..]
+        );
+    }
     let answers = load.stop();
 
     eprintln!(
-        "API server down {outage:?}; pages during it {during:?}; jason's change arrived {arrived:?} after the restart"
+        "API server down {outage:?}; {} pages checked during it; jason's change arrived {arrived:?} after the restart; \
+         the pod created after was Ready {became_ready:?} after its creation",
+        during.len()
     );
     assert!(
         !during.is_empty() && during.iter().all(|v| v == "reviews-v3"),

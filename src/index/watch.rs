@@ -18,9 +18,10 @@ use super::kinds::Watched;
 use crate::readiness::ReadyGuard;
 
 /// When a failed watch is tried again: kube's default doubling from 0.8 s
-/// reaches 30 s between tries, so after an API server outage a change
-/// could wait that long; here the tries are at most 5 s apart (with
-/// jitter, so the watches do not all come back at once).
+/// reaches 30 s between tries (plus jitter), so after an API server outage
+/// a change could wait that long; here the delay doubles from 0.5 s to
+/// 5 s, plus a random part of at most as much again, so the watches do not
+/// all come back at once: at most 10 s apart.
 fn retries() -> impl Backoff {
     let doubling = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(500))
