@@ -323,8 +323,9 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
 /// in the mesh namespace). Only the leader writes to the cluster (status,
 /// Events, the root ConfigMaps, the caBundles, replaced gateway pods);
 /// every replica serves. The receiver says whether this replica leads now; the task
-/// renews the Lease, and releases it once the receiver is dropped (the
-/// status writer stopped), so another replica takes over at once.
+/// renews the Lease, and releases it once every receiver is dropped (the
+/// status writer and the CA's writes stopped), so another replica takes
+/// over at once.
 async fn elect(
     client: Client,
     args: &ControllerArgs,

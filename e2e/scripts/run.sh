@@ -34,6 +34,10 @@ for _ in $(seq 1 60); do
 done
 productpage=$(kubectl get service productpage -o jsonpath='{.spec.clusterIP}')
 mesh=$(kubectl -n mesh-system get service mesh -o jsonpath='{.spec.clusterIP}')
+# Each proxy is connected to one replica, which alone knows its state: ask all of them.
+replicas=$(kubectl -n mesh-system get pods -l app.kubernetes.io/name=mesh \
+  -o jsonpath='{range .items[*]}http://{.status.podIP}:15014,{end}')
+replicas=${replicas%,}
 cat <<TXT
 
   The local cluster is up, with the mesh and the demo app (istio-proxy in every pod).
@@ -48,13 +52,12 @@ cat <<TXT
     make pod-exec POD=default/productpage CMD='curl -s localhost:15000/stats | grep bound.*downstream_rq_total'
     export MESH_TOKEN=\$(kubectl -n mesh-system create token debug-viewer)   # may read /debug/* (ClusterRole mesh-debug)
     curl -s -H "Authorization: Bearer \$MESH_TOKEN" http://$mesh:15014/debug/configz   # what the controller sees
-    target/debug/mesh proxy-status --controller http://$mesh:15014                    # every Envoy, in sync or not
+    target/debug/mesh proxy-status --controller $replicas   # every Envoy, in sync or not
     kubectl apply -f samples/routing/destination-rules.yaml -f samples/routing/all-v1.yaml   # samples/README.md
   Ctrl-C here stops the cluster.
 
 TXT
 # The node serves no kubelet API (no `kubectl logs`): follow the
-# controller's log file. Not exec: the EXIT trap must run after it stops.
+# controller replicas' log files. Not exec: the EXIT trap must run after it stops.
 state=$(dirname "$KUBECONFIG")
-log=$(ls "$state"/node/pods/mesh-system_mesh-*/logs/controller/*.log | head -n1)
-tail -n 20 -F "$log" || true
+tail -n 20 -F "$state"/node/pods/mesh-system_mesh-*/logs/controller/*.log || true

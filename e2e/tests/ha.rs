@@ -5,7 +5,10 @@
 //! request is answered 200 by the version the routing names, every proxy
 //! is connected again within 5 s, and each Envoy holds the same listeners,
 //! clusters and routes as before (only its certificate is new: each
-//! stream is issued one).
+//! stream is issued one). Then the API server is killed for a minute:
+//! the pages keep coming, the configuration applied before stays in force,
+//! a change applied after it returns arrives, a pod created after is
+//! injected, and no controller restarts (docs/reliability.md).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -475,27 +478,7 @@ spec:
         "pod/after-outage",
         "{.spec.initContainers[*].name} {.spec.containers[*].name}",
     );
-    if !containers.split_whitespace().any(|c| c == "istio-proxy") {
-        let dir = std::env::var("MESH_CLUSTER_DIR").unwrap_or_default();
-        let apiserver = std::fs::read_to_string(format!("{dir}/logs/kube-apiserver.log")).unwrap_or_default();
-        let calls: Vec<&str> =
-            apiserver.lines().filter(|l| l.contains("webhook") || l.contains("injector")).collect();
-        let replicas = controller_pods(&release.namespace, "{.items[*].metadata.name}");
-        let logs: Vec<String> = replicas
-            .split_whitespace()
-            .flat_map(|pod| {
-                container_log(&release.namespace, pod, "controller")
-                    .lines()
-                    .filter(|l| l.contains("after-outage") || l.contains("inject") || l.contains("Namespace"))
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        panic!(
-            "not injected: {containers}\napiserver on webhooks: {:#?}\ncontrollers: {logs:#?}",
-            &calls[calls.len().saturating_sub(30)..]
-        );
-    }
+    assert!(containers.split_whitespace().any(|c| c == "istio-proxy"), "not injected: {containers}");
     let answers = load.stop();
 
     eprintln!(

@@ -416,26 +416,18 @@ pub(crate) mod tests {
         assert_eq!(Rejection::MissingToken.refusal(), Refusal::Unauthenticated);
     }
 
-    struct Counting(AtomicUsize);
-
-    impl Authenticator for Counting {
-        fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenIdentity, Rejection>> {
-            self.0.fetch_add(1, Ordering::SeqCst);
-            let result = if token.starts_with("good") {
-                Ok(identity())
-            } else {
-                Err(Rejection::InvalidToken("no".into()))
-            };
-            Box::pin(async move { result })
-        }
+    /// The API server's reviews, counted; `down` makes them fail as when
+    /// it cannot be reached.
+    #[derive(Default)]
+    struct FakeApi {
+        calls: AtomicUsize,
+        down: std::sync::atomic::AtomicBool,
     }
 
-    /// An API server that answers until it is stopped, then cannot be asked.
-    struct Outage(std::sync::atomic::AtomicBool);
-
-    impl Authenticator for Outage {
+    impl Authenticator for FakeApi {
         fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenIdentity, Rejection>> {
-            let result = if self.0.load(Ordering::SeqCst) {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let result = if self.down.load(Ordering::SeqCst) {
                 Err(Rejection::ReviewFailed("connection refused".into()))
             } else if token.starts_with("good") {
                 Ok(identity())
@@ -473,10 +465,10 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn reviews_are_remembered_until_the_token_expires_or_a_minute_passes() {
-        let inner = Arc::new(Counting(AtomicUsize::new(0)));
+        let inner = Arc::new(FakeApi::default());
         let cache = TokenCache::new(inner.clone());
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let calls = || inner.0.load(Ordering::SeqCst);
+        let calls = || inner.calls.load(Ordering::SeqCst);
 
         // A token valid for an hour: remembered for a minute.
         let long = jwt(1_000_000 + 3600);
@@ -503,7 +495,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn while_the_api_server_cannot_be_asked_a_recent_review_still_counts() {
-        let api = Arc::new(Outage(std::sync::atomic::AtomicBool::new(false)));
+        let api = Arc::new(FakeApi::default());
         let cache = TokenCache::new(api.clone());
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let at = |s: u64| t0 + Duration::from_secs(s);
@@ -512,7 +504,7 @@ pub(crate) mod tests {
         cache.authenticate_at(&reviewed, t0).await.expect("reviewed");
         cache.authenticate_at(&short, t0).await.expect("reviewed");
 
-        api.0.store(true, Ordering::SeqCst);
+        api.down.store(true, Ordering::SeqCst);
         // Past the minute, the review is asked again and cannot be: the
         // last good one is used, up to an hour and never past expiry.
         assert!(cache.authenticate_at(&reviewed, at(120)).await.is_ok());
@@ -526,7 +518,7 @@ pub(crate) mod tests {
         assert!(matches!(cache.authenticate_at(&unknown, at(120)).await, Err(Rejection::ReviewFailed(_))));
 
         // Once the API server answers again, it is asked again.
-        api.0.store(false, Ordering::SeqCst);
+        api.down.store(false, Ordering::SeqCst);
         assert!(cache.authenticate_at(&reviewed, at(130)).await.is_ok(), "asked again and accepted");
     }
 }
