@@ -9,7 +9,7 @@ CARGO ?= cargo
 MESH := target/debug/mesh
 CLUSTER := e2e/scripts/cluster.sh
 
-.PHONY: bench-ca bench-dataplane bench-identity bench-webhook bench-xds help tools build crds cluster-up cluster-down up down pod-exec env run test test-unit test-e2e lint fmt clean
+.PHONY: fuzz bench-ca bench-dataplane bench-identity bench-webhook bench-xds help tools build crds cluster-up cluster-down up down pod-exec env run test test-unit test-e2e lint fmt clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -52,17 +52,21 @@ env: ## Print export lines: eval "$$(make -s env)"
 run: tools build ## Local cluster + Bookinfo + the controller in the foreground; Ctrl-C stops all
 	@e2e/scripts/run.sh
 
-test: tools lint test-unit test-e2e ## Everything: format, lints, unit tests, end-to-end tests
+test: tools lint test-unit fuzz test-e2e ## Everything: format, lints, unit tests, a short fuzz run, end-to-end tests
 
 lint: ## The layer check (imports flow one way), cargo fmt --check and clippy with warnings as errors
 	python3 scripts/layers.py
 	python3 scripts/layers.py --self-test
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --features mesh/e2e -- -D warnings
+	$(CARGO) clippy --lib --features fuzzing -- -D warnings
 
 test-unit: ## Unit and in-process tests (no cluster; the iptables test needs root)
 	$(CARGO) test --workspace
 	$(CARGO) test --lib iptables -- --ignored
+
+fuzz: ## Every fuzz target for 20 s each; FUZZ_RUNS=10000000 make fuzz for the long run (fuzz/README.md)
+	@scripts/fuzz.sh
 
 test-e2e: tools build ## End-to-end tests on a cluster of their own, removed afterwards
 	@e2e/scripts/e2e.sh

@@ -12,8 +12,9 @@ the rule, when a module reaches a layer it must not:
 - index does not import the gRPC/HTTP stack, nor the layers that read it;
 - xds never imports webhook, and webhook never imports xds.
 
-Test-only code (a `#[cfg(test)]` module, inline or in its own file) is not
-checked: tests may build their fixtures with the index and kube's types.
+Test-only code (a `#[cfg(test)]` module, inline or in its own file, or one
+also built for the fuzz targets, `#[cfg(any(test, feature = "fuzzing"))]`)
+is not checked: tests may build their fixtures with the index and kube's types.
 Comments and string literals are ignored.
 
 Usage: scripts/layers.py [SRC_DIR]   (default: src next to this script)
@@ -71,7 +72,9 @@ RULES = {
     ),
 }
 
-CFG_TEST = re.compile(r"#\[cfg\(test\)\]")
+# Test-only, or test fixtures the fuzz targets share (feature `fuzzing`);
+# matched on the stripped text, where the feature's name is blanked.
+CFG_TEST = re.compile(r"#\[cfg\((?:test|any\(test,\s*feature\s*=\s*\))\)\]")
 RAW_STRING = re.compile(r'b?r(#*)"')
 CHAR = re.compile(r"'(?:\\(?:x[0-9a-fA-F]{2}|u\{[0-9a-fA-F]+\}|.)|[^\\'\n])'")
 # What follows a `#[cfg(test)]` when it marks a module: `mod x;` or `mod x {`.

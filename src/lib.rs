@@ -13,6 +13,8 @@ mod agreement;
 pub mod api;
 pub mod app;
 pub mod ca;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod index;
 pub mod inject;
 pub mod iptables;
@@ -21,7 +23,9 @@ pub mod monitoring;
 pub mod readiness;
 pub mod status;
 pub mod supervisor;
-#[cfg(test)]
+// The fuzz targets use the Bookinfo fixture only.
+#[cfg(any(test, feature = "fuzzing"))]
+#[cfg_attr(not(test), allow(dead_code))]
 mod testing;
 pub mod translate;
 pub mod validate;

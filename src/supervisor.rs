@@ -208,7 +208,9 @@ where
         tokio::pin!(running);
         loop {
             tokio::select! {
-                ended = &mut running => return Some(ended),
+                // At shutdown the work's token is cancelled too (a child):
+                // its ending then is no failure, whichever branch wakes first.
+                ended = &mut running => return (!shutdown.is_cancelled()).then_some(ended),
                 changed = leader.changed() => {
                     if changed.is_err() || !*leader.borrow_and_update() {
                         stop.cancel();
@@ -378,18 +380,28 @@ mod tests {
         let (starts, stops) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let running =
             tokio::spawn(while_leading(leader, shutdown.clone(), counted(starts.clone(), stops.clone())));
-        let settle = || tokio::time::sleep(Duration::from_millis(20));
-        settle().await;
-        assert_eq!(starts.load(Ordering::SeqCst), 0, "not leading: nothing runs");
+        // Waits (at most 5 s, on a loaded machine) for the counts to be `want`.
+        let counts = || (starts.load(Ordering::SeqCst), stops.load(Ordering::SeqCst));
+        let until = |want: (usize, usize), why: &'static str| {
+            let counts = counts.clone();
+            async move {
+                let reached = tokio::time::timeout(Duration::from_secs(5), async {
+                    while counts() != want {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+                .await;
+                assert!(reached.is_ok(), "{why}: (starts, stops) = {:?}, not {want:?}", counts());
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(counts(), (0, 0), "not leading: nothing runs");
         lead.send(true).unwrap();
-        settle().await;
-        assert_eq!((starts.load(Ordering::SeqCst), stops.load(Ordering::SeqCst)), (1, 0));
+        until((1, 0), "leading: the work started").await;
         lead.send(false).unwrap();
-        settle().await;
-        assert_eq!(stops.load(Ordering::SeqCst), 1, "leadership lost: the work was cancelled");
+        until((1, 1), "leadership lost: the work was cancelled").await;
         lead.send(true).unwrap();
-        settle().await;
-        assert_eq!(starts.load(Ordering::SeqCst), 2, "leading again: started again");
+        until((2, 1), "leading again: started again").await;
         shutdown.cancel();
         assert_eq!(running.await.unwrap(), None);
         assert_eq!(stops.load(Ordering::SeqCst), 2, "shutdown cancels the work and waits for it");

@@ -118,10 +118,22 @@ envoy() {
   stamp envoy "$ENVOY_VERSION"
 }
 
+# cargo fuzz (libFuzzer's driver) for `make fuzz` and the short fuzz run of
+# `make test`, from crates.io into the cache.
+cargo_fuzz() {
+  if fresh cargo-fuzz "$CARGO_FUZZ_VERSION" && [ -x "$MESH_CACHE/cargo-fuzz/bin/cargo-fuzz" ]; then
+    log "cargo-fuzz $CARGO_FUZZ_VERSION: present"; return
+  fi
+  log "cargo-fuzz $CARGO_FUZZ_VERSION: cargo install"
+  cargo install -q --locked --version "$CARGO_FUZZ_VERSION" --root "$MESH_CACHE/cargo-fuzz" cargo-fuzz
+  stamp cargo-fuzz "$CARGO_FUZZ_VERSION"
+}
+
 what=${1:-all}
 case "$what" in
-  all) debian_packages; envoy; helm; fortio; httpbin; kubernetes ;;
+  all) debian_packages; envoy; helm; fortio; httpbin; kubernetes; cargo_fuzz ;;
   debian|envoy|helm|fortio|httpbin|kubernetes|istiod) [ "$what" = debian ] && debian_packages || "$what" ;;
-  *) echo "usage: $0 [all|debian|envoy|helm|fortio|httpbin|kubernetes|istiod]" >&2; exit 2 ;;
+  cargo-fuzz) cargo_fuzz ;;
+  *) echo "usage: $0 [all|debian|envoy|helm|fortio|httpbin|kubernetes|istiod|cargo-fuzz]" >&2; exit 2 ;;
 esac
 log "done: $TOOLS_BIN"

@@ -10,6 +10,8 @@ HTTPBIN_VERSION=v2.26.0
 # istiod (pilot-discovery) for the side-by-side benchmark only (COMPARE=istiod
 # make bench-xds); a pseudo-version of module istio.io/istio.
 ISTIOD_VERSION=v0.0.0-20260827124520-eed52ebb66ad
+# The fuzz targets' driver (fuzz/, make fuzz).
+CARGO_FUZZ_VERSION=0.13.2
 
 MESH_CACHE=${MESH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mesh}
 TOOLS_BIN="$MESH_CACHE/bin"

@@ -8,7 +8,7 @@
 //! stream is issued one). Then the API server is killed for a minute:
 //! the pages keep coming, the configuration applied before stays in force,
 //! a change applied after it returns arrives, a pod created after is
-//! injected, and no controller restarts (docs/reliability.md).
+//! injected, and no controller restarts (docs/operations.md).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -471,7 +471,7 @@ spec:
     // Injected, as the webhook answers. Not asserted: that its Envoy gets
     // configured. In some runs it never did (its gRPC client closed every
     // stream with status 13 before the controller saw a request), an open
-    // bug (docs/reliability.md, "Not yet proved").
+    // bug (docs/operations.md, "Not yet proved").
     // Envoy is a native sidecar: an init container that keeps running.
     let containers = crate::support::jsonpath(
         &ns.name,

@@ -21,7 +21,8 @@ pub mod policy;
 pub mod rbac_config;
 pub mod reference;
 pub mod request_authentication;
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod samples;
 pub mod schema;
 pub mod service_entry;

@@ -326,6 +326,14 @@ impl Index {
         self
     }
 
+    /// The index holding what `cluster` holds, for fixtures built once and
+    /// reused (fuzz targets start every input from Bookinfo).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn with_cluster(mut self, cluster: ClusterSnapshot) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
     /// A receiver that sees the revision move on every change.
     pub fn subscribe(&self) -> channel::Receiver<u64> {
         self.revision.subscribe()

@@ -184,9 +184,70 @@ fn origin_provider(jwt: &Jwt) -> JwtProvider {
     }
 }
 
-/// Inline keys win over a URL, as in Istio.
+/// A key set Envoy can load: a JSON object with a non-empty list of
+/// `keys`, each of them a key Envoy's JWT library can build (the fields
+/// its type needs, base64url, of the curve's size). Envoy refuses a
+/// listener whose JWT filter holds a set with no key or a broken one, so
+/// inline sets, fetched ones and validation all go through this check.
+/// Whether an EC point is on its curve is not checked.
+pub fn check_key_set(jwks: &str) -> Result<(), String> {
+    let value: serde_json::Value = serde_json::from_str(jwks).map_err(|e| format!("not JSON: {e}"))?;
+    let keys = value.get("keys").and_then(|k| k.as_array()).ok_or("no \"keys\" list")?;
+    if keys.is_empty() {
+        return Err("the \"keys\" list is empty".into());
+    }
+    for (i, key) in keys.iter().enumerate() {
+        check_key(key).map_err(|problem| format!("key {i} {problem}"))?;
+    }
+    Ok(())
+}
+
+fn check_key(key: &serde_json::Value) -> Result<(), String> {
+    use base64::Engine;
+    let field = |name: &str| -> Result<Vec<u8>, String> {
+        let text = key.get(name).and_then(|v| v.as_str()).ok_or(format!("has no \"{name}\""))?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text.trim_end_matches('='))
+            .map_err(|_| format!("has a \"{name}\" that is not base64url"))?;
+        if bytes.is_empty() {
+            return Err(format!("has an empty \"{name}\""));
+        }
+        Ok(bytes)
+    };
+    let sized = |name: &str, size: usize| -> Result<(), String> {
+        let bytes = field(name)?;
+        if bytes.len() != size {
+            return Err(format!("has a \"{name}\" of {} bytes, not {size}", bytes.len()));
+        }
+        Ok(())
+    };
+    match key.get("kty").and_then(|k| k.as_str()) {
+        None => Err("has no \"kty\"".into()),
+        Some("RSA") => field("n").and(field("e")).map(drop),
+        Some("EC") => {
+            let size = match key.get("crv").and_then(|c| c.as_str()) {
+                Some("P-256") => 32,
+                Some("P-384") => 48,
+                Some("P-521") => 66,
+                other => return Err(format!("has curve {other:?}, not P-256, P-384 or P-521")),
+            };
+            sized("x", size).and(sized("y", size))
+        }
+        Some("oct") => field("k").map(drop),
+        Some("OKP") => match key.get("crv").and_then(|c| c.as_str()) {
+            Some("Ed25519") => sized("x", 32),
+            other => Err(format!("has curve {other:?}, not Ed25519")),
+        },
+        Some(other) => Err(format!("has type {other:?}, not RSA, EC, oct or OKP")),
+    }
+}
+
+/// Inline keys win over a URL, as in Istio; inline keys Envoy could not
+/// load verify no token (validation refuses them; an object applied
+/// without the webhook still must not break the listener).
 fn keys(jwks: Option<&str>, uri: Option<&str>) -> Keys {
     match (jwks.filter(|j| !j.is_empty()), uri.filter(|u| !u.is_empty())) {
+        (Some(jwks), _) if check_key_set(jwks).is_err() => Keys::None,
         (Some(jwks), _) => Keys::Inline(jwks.to_string()),
         (None, Some(uri)) => Keys::Uri(uri.to_string()),
         (None, None) => Keys::None,

@@ -4,8 +4,11 @@
 
 pub mod bookinfo;
 pub mod conformance;
+#[cfg(test)]
 pub mod jwt;
+#[cfg(test)]
 pub mod objects;
+#[cfg(test)]
 pub mod random_config;
 
 use std::path::PathBuf;

@@ -586,7 +586,10 @@ fn uri_match(uri: Option<&StringMatch>) -> route_match::PathSpecifier {
 /// A header condition; an empty StringMatch means "present" (Istio).
 /// `invert` makes it a `withoutHeaders` condition.
 fn header_match(name: &str, value: &StringMatch, invert: bool) -> HeaderMatcher {
-    let specifier = match string_matcher(value) {
+    // In withoutHeaders Istio reads the regex "*" as "present" (validation
+    // allows it there), which no RE2 engine would compile.
+    let present = invert && value.regex.as_deref() == Some("*");
+    let specifier = match string_matcher(value).filter(|_| !present) {
         Some(matcher) => header_matcher::HeaderMatchSpecifier::StringMatch(matcher),
         None => header_matcher::HeaderMatchSpecifier::PresentMatch(true),
     };

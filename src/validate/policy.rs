@@ -164,7 +164,7 @@ fn check_jwt(p: &str, jwt: &Jwt, out: &mut Out) {
         }
     }
     if let Some(jwks) = jwt.jwks.as_deref().filter(|j| !j.is_empty())
-        && let Err(problem) = super::request_authentication::check_jwks(jwks)
+        && let Err(problem) = crate::model::jwt::check_key_set(jwks)
     {
         out.err(
             format!("{p}.jwks"),

@@ -11,6 +11,7 @@ use crate::api::request_authentication::{JwtRule, RequestAuthenticationSpec};
 
 use super::Context;
 use super::common::*;
+use crate::model::jwt::check_key_set;
 
 pub(super) fn check(spec: &RequestAuthenticationSpec, namespace: &str, ctx: &Context, out: &mut Out) {
     let in_root = ctx.root_namespace.as_deref() == Some(namespace);
@@ -57,7 +58,7 @@ fn check_rule(p: &str, rule: &JwtRule, out: &mut Out) {
     }
     match rule.jwks.as_deref().filter(|j| !j.is_empty()) {
         Some(jwks) => {
-            if let Err(problem) = check_jwks(jwks) {
+            if let Err(problem) = check_key_set(jwks) {
                 out.err(
                     format!("{p}.jwks"),
                     format!("the key set is not a JSON Web Key Set ({problem}): write {{\"keys\": [...]}}"),
@@ -111,16 +112,4 @@ pub(super) fn jwks_uri_host(uri: &str) -> Result<&str, &'static str> {
         return Err("has no host");
     }
     Ok(host)
-}
-
-/// A JSON Web Key Set: an object whose `keys` is a list of objects with a `kty`.
-pub(super) fn check_jwks(jwks: &str) -> Result<(), String> {
-    let value: serde_json::Value = serde_json::from_str(jwks).map_err(|e| format!("not JSON: {e}"))?;
-    let keys = value.get("keys").and_then(|k| k.as_array()).ok_or("no \"keys\" list")?;
-    for (i, key) in keys.iter().enumerate() {
-        if key.get("kty").and_then(|k| k.as_str()).is_none() {
-            return Err(format!("key {i} has no \"kty\""));
-        }
-    }
-    Ok(())
 }

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::model::jwt::check_key_set;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -174,18 +175,6 @@ impl Fetch for HttpFetch {
             String::from_utf8(body.to_vec()).map_err(|_| "the body is not UTF-8".to_string())
         })
     }
-}
-
-/// A fetched body that is a key set Envoy can use: a JSON object with a
-/// list of `keys`, each with a `kty`. Anything else is a failed fetch,
-/// so the last good keys stay.
-pub fn check_key_set(body: &str) -> Result<(), String> {
-    let value: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
-    let keys = value.get("keys").and_then(|k| k.as_array()).ok_or("no \"keys\" list")?;
-    if keys.iter().any(|k| k.get("kty").and_then(|t| t.as_str()).is_none()) {
-        return Err("a key has no \"kty\"".into());
-    }
-    Ok(())
 }
 
 /// How often to fetch.

@@ -28,6 +28,7 @@ pub struct XdsMetrics {
     cert_errors: Counter,
     secret_refusals: Counter,
     nearest_cert_expiry: Gauge,
+    queue_full: Counter,
 }
 
 impl Default for XdsMetrics {
@@ -48,6 +49,7 @@ impl Default for XdsMetrics {
             cert_errors: Counter::default(),
             secret_refusals: Counter::default(),
             nearest_cert_expiry: Gauge::default(),
+            queue_full: Counter::default(),
         }
     }
 }
@@ -120,6 +122,21 @@ impl XdsMetrics {
             "Unix time at which the first certificate held by a connected proxy expires (0: none)",
             self.nearest_cert_expiry.clone(),
         );
+        registry.register(
+            "xds_stream_queue_full",
+            "Times a stream's queue of responses was full, so it stopped reading its proxy's requests \
+             until the proxy read (a slow or stuck proxy; its memory stays bounded)",
+            self.queue_full.clone(),
+        );
+    }
+
+    pub(crate) fn queue_full(&self) {
+        self.queue_full.inc();
+    }
+
+    /// Times a stream's queue was found full (tests).
+    pub fn queue_full_count(&self) -> u64 {
+        self.queue_full.get()
     }
 
     pub(crate) fn cert_issued(&self) {

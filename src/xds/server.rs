@@ -74,7 +74,7 @@ const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// (a sidecar can start before the pod's watch event arrives).
 const POD_WAIT: Duration = Duration::from_secs(5);
 /// Responses queued per stream before the stream stops reading.
-const QUEUE: usize = 16;
+pub(super) const QUEUE: usize = 16;
 /// Large responses in flight at once, over all streams: from the moment
 /// one is queued until HTTP/2 has let it go (the stream asks for its next
 /// response only once all but [`SEND_BUFFER`] of the last one was taken by
@@ -693,6 +693,13 @@ impl<M: Machine> Session<M> {
             } else {
                 None
             };
+            // A proxy that does not read fills the queue; the stream then
+            // waits here, reading none of its requests, so what it holds
+            // stays within QUEUE responses.
+            if self.tx.capacity() == 0 {
+                metrics.queue_full();
+                tracing::debug!(%proxy, "stream queue full: waiting for the proxy to read");
+            }
             if self.tx.send(Box::new(Ok(Queued { response, permit }))).await.is_err() {
                 return Err("proxy went away");
             }

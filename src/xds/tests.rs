@@ -383,6 +383,68 @@ async fn a_nack_is_counted_and_the_refused_version_not_resent() {
     assert!(quiet.is_err(), "the NACKed version is not re-sent: {quiet:?}");
 }
 
+#[tokio::test]
+async fn a_proxy_that_does_not_read_stops_its_stream_at_the_queue_bound_and_loses_nothing() {
+    let (ads, metrics, _shutdown) = ads(FakeAuthenticator::new(), index());
+    let bearer = format!("Bearer {TOKEN}");
+    // The requests the server has taken from the stream, counted.
+    let taken = Arc::new(AtomicUsize::new(0));
+    let (requests, rx) = mpsc::unbounded_channel::<Result<DiscoveryRequest, Status>>();
+    let counted = taken.clone();
+    let inbound = futures::stream::unfold(rx, move |mut rx| {
+        let counted = counted.clone();
+        async move {
+            let request = rx.recv().await?;
+            counted.fetch_add(1, Ordering::SeqCst);
+            Some((request, rx))
+        }
+    })
+    .boxed();
+    // Each request names a type the mesh does not serve: each gets its
+    // own answer, with no ACK awaited, so a proxy that reads none of them
+    // makes them pile up.
+    const SENT: usize = 100;
+    let unserved = |i: usize| DiscoveryRequest {
+        type_url: format!("type.googleapis.com/test.Unserved{i}"),
+        node: (i == 0).then(|| Node { id: NODE_ID.into(), ..Default::default() }),
+        ..Default::default()
+    };
+    for i in 0..SENT {
+        requests.send(Ok(unserved(i))).expect("open channel");
+    }
+    let mut responses = ads.open(Some(&bearer), inbound).await.expect("accepted");
+
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while metrics.queue_full_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the full queue is counted");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The queue, the response being sent, and the request that made it.
+    let bound = super::server::QUEUE + 2;
+    let stalled = taken.load(Ordering::SeqCst);
+    assert!(
+        stalled <= bound,
+        "the stream took {stalled} requests from a proxy that read nothing (bound {bound})"
+    );
+
+    // Once the proxy reads, the stream goes on: every request answered, in order.
+    let mut nonces = Vec::new();
+    for _ in 0..SENT {
+        let response = tokio::time::timeout(Duration::from_secs(5), responses.next())
+            .await
+            .expect("a response within 5 s")
+            .expect("the stream is open")
+            .expect("a response")
+            .to_proto();
+        nonces.push(response.nonce.parse::<u64>().expect("a counter"));
+    }
+    assert!(nonces.windows(2).all(|w| w[0] < w[1]), "{nonces:?}");
+    assert_eq!(taken.load(Ordering::SeqCst), SENT);
+}
+
 /// The pass-through configuration, until the index holds a pod named
 /// [`FAULTY_POD`]: then generating any proxy's snapshot panics, as a bug
 /// in translation would.

@@ -91,7 +91,7 @@ fn request_rules_fields_reach_the_provider() {
         "default",
         "full",
         json!({"jwtRules": [{
-            "issuer": "a.example", "audiences": ["bookinfo"], "jwks": "{\"keys\": []}",
+            "issuer": "a.example", "audiences": ["bookinfo"], "jwks": "{\"keys\": [{\"kty\": \"EC\", \"crv\": \"P-256\", \"x\": \"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4\", \"y\": \"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM\"}]}",
             "jwksUri": "https://a.example/ignored", "fromHeaders": [{"name": "x-jwt", "prefix": "Token "}],
             "fromParams": ["t"], "outputPayloadToHeader": "x-payload", "forwardOriginalToken": true,
         }]}),
@@ -102,7 +102,7 @@ fn request_rules_fields_reach_the_provider() {
         JwtProvider {
             issuer: "a.example".into(),
             audiences: vec!["bookinfo".into()],
-            keys: Keys::Inline("{\"keys\": []}".into()),
+            keys: Keys::Inline("{\"keys\": [{\"kty\": \"EC\", \"crv\": \"P-256\", \"x\": \"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4\", \"y\": \"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM\"}]}".into()),
             from_headers: vec![("x-jwt".into(), "Token ".into())],
             from_params: vec!["t".into()],
             forward: true,
@@ -147,11 +147,11 @@ fn istio_1_1_origins_come_from_the_policy_that_applies_to_the_port() {
         &mut index,
         "default",
         "default",
-        json!({"origins": [{"jwt": {"issuer": "ns.example", "jwks": "{\"keys\": []}", "jwksUri": "https://x/k"}}]}),
+        json!({"origins": [{"jwt": {"issuer": "ns.example", "jwks": "{\"keys\": [{\"kty\": \"EC\", \"crv\": \"P-256\", \"x\": \"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4\", \"y\": \"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM\"}]}", "jwksUri": "https://x/k"}}]}),
     );
     assert_eq!(
         policy_of(&index, REVIEWS_V1, 9080).unwrap().providers[0].keys,
-        Keys::Inline("{\"keys\": []}".into())
+        Keys::Inline("{\"keys\": [{\"kty\": \"EC\", \"crv\": \"P-256\", \"x\": \"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4\", \"y\": \"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM\"}]}".into())
     );
     // A policy without origins that applies means no JWT, even under a MeshPolicy with some.
     policy(

@@ -90,7 +90,7 @@ fn rds_name(manager: &HttpConnectionManager) -> Option<String> {
 }
 
 /// The secrets the productpage proxy gets by SDS, from a fresh CA.
-fn productpage_secrets() -> Vec<Secret> {
+pub(super) fn productpage_secrets() -> Vec<Secret> {
     let now = time::OffsetDateTime::now_utc();
     let root = crate::ca::Root::generate("cluster.local", now).expect("root");
     let authority = crate::ca::Authority::from_root(&root, now).expect("authority");

@@ -92,7 +92,7 @@ fn every_match_kind_translates() {
         "authority": {"prefix": "reviews"},
         "scheme": {"exact": "http"},
         "headers": {"End-User": {"exact": "jason"}, "x-present": {}},
-        "withoutHeaders": {"x-canary": {"regex": "yes|true"}},
+        "withoutHeaders": {"x-canary": {"regex": "yes|true"}, "x-debug": {"regex": "*"}},
         "queryParams": {"debug": {"exact": ""}, "v": {"regex": "[0-9]+"}}
     }))
     .expect("a match");
@@ -124,6 +124,8 @@ fn every_match_kind_translates() {
         ("end-user", false, "exact jason"),
         ("x-present", false, "present true"),
         ("x-canary", true, "regex yes|true"),
+        // Istio's "*" in withoutHeaders: the header is absent.
+        ("x-debug", true, "present true"),
     ];
     assert_eq!(headers, expected.map(|(n, i, w)| (n.to_string(), i, w.to_string())));
     let query: Vec<String> = r

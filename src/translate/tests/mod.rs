@@ -9,6 +9,7 @@
 
 mod envoy;
 mod focused;
+mod fuzz_corpus;
 mod gateway;
 mod jwt;
 mod l4;

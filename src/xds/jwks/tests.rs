@@ -13,8 +13,9 @@ use crate::index::{Index, IndexMetrics, RequestAuthentications};
 use crate::testing::objects::config;
 
 const URI: &str = "https://issuer.example/jwks.json";
-const KEYS_A: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"a","y":"a"}]}"#;
-const KEYS_B: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"b","y":"b"}]}"#;
+// Two public keys of RFC 7517 and RFC 7515's examples.
+const KEYS_A: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4","y":"4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM"}]}"#;
+const KEYS_B: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
 
 /// Answers each fetch with the next scripted result (the last repeats),
 /// and notes what the cache held and its revision when asked: the state
@@ -122,10 +123,15 @@ async fn a_body_that_is_no_key_set_is_a_failed_fetch() {
 #[test]
 fn key_sets_are_checked() {
     assert!(check_key_set(KEYS_A).is_ok());
-    assert!(check_key_set(r#"{"keys": []}"#).is_ok());
+    assert!(check_key_set(r#"{"keys": []}"#).unwrap_err().contains("empty"));
     assert!(check_key_set("{}").unwrap_err().contains("keys"));
     assert!(check_key_set(r#"{"keys": [{"n": "x"}]}"#).unwrap_err().contains("kty"));
     assert!(check_key_set("not json").unwrap_err().contains("not JSON"));
+    // What Envoy's JWT library would refuse, refusing the whole listener.
+    let short = r#"{"keys": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]}"#;
+    assert!(check_key_set(short).unwrap_err().contains("of 1 bytes, not 32"));
+    assert!(check_key_set(r#"{"keys": [{"kty": "RSA", "e": "AQAB"}]}"#).unwrap_err().contains("\"n\""));
+    assert!(check_key_set(r#"{"keys": [{"kty": "PQ"}]}"#).unwrap_err().contains("not RSA, EC, oct or OKP"));
 }
 
 #[tokio::test]
