@@ -382,17 +382,14 @@ mod tests {
             tokio::spawn(while_leading(leader, shutdown.clone(), counted(starts.clone(), stops.clone())));
         // Waits (at most 5 s, on a loaded machine) for the counts to be `want`.
         let counts = || (starts.load(Ordering::SeqCst), stops.load(Ordering::SeqCst));
-        let until = |want: (usize, usize), why: &'static str| {
-            let counts = counts.clone();
-            async move {
-                let reached = tokio::time::timeout(Duration::from_secs(5), async {
-                    while counts() != want {
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                })
-                .await;
-                assert!(reached.is_ok(), "{why}: (starts, stops) = {:?}, not {want:?}", counts());
-            }
+        let until = |want: (usize, usize), why: &'static str| async move {
+            let reached = tokio::time::timeout(Duration::from_secs(5), async {
+                while counts() != want {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+            assert!(reached.is_ok(), "{why}: (starts, stops) = {:?}, not {want:?}", counts());
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(counts(), (0, 0), "not leading: nothing runs");
