@@ -31,6 +31,7 @@ cd "$repo/fuzz"
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo fuzz list)
 cargo fuzz build "${flags[@]}"
+bin="$MESH_CACHE/fuzz-target/$(rustc -vV | awk '/^host:/ { print $2 }')/release"
 
 work=${FUZZ_WORK:-$(mktemp -d /tmp/mesh-fuzz.XXXXXX)}
 limit=(-max_total_time="${FUZZ_SECONDS:-20}")
@@ -42,7 +43,9 @@ for target in "${targets[@]}"; do
   [ -d regressions/"$target" ] && seeds+=(regressions/"$target")
   log="$work/$target.log"
   # -timeout: an input that takes 10 s is a hang. -rss_limit_mb: a leak.
-  if ! cargo fuzz run "${flags[@]}" "$target" "$work/$target" "${seeds[@]}" -- \
+  # The binary built above, run directly: `cargo fuzz run` would build
+  # again, from whatever the sources are by then.
+  if ! "$bin/$target" "$work/$target" "${seeds[@]}" \
       "${limit[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
       -artifact_prefix="$work/crashes/$target/" >"$log" 2>&1; then
     tail -n 40 "$log" >&2

@@ -847,7 +847,19 @@ impl Worker {
             status["podIP"] = json!(ip);
             status["podIPs"] = json!([{"ip": ip}]);
         }
-        if self.last_status.as_ref() == Some(&status) {
+        // Unchanged here, and the API server holds it: nothing to write.
+        // Compared with the server's too, as the kubelet does: the node
+        // lifecycle controller marks every pod of a node it thought was
+        // down not Ready, and only the node can say they are again (else
+        // they stay out of their Services' endpoints for good).
+        let server_ready = self
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|conditions| conditions.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status == "True");
+        if self.last_status.as_ref() == Some(&status) && server_ready == Some(ready) {
             return Ok(());
         }
         let api: Api<Pod> = Api::namespaced(self.sh.client.clone(), &self.namespace);

@@ -117,6 +117,11 @@ struct Args {
     /// Skip the restart even if a restart command is given.
     #[arg(long)]
     no_restart: bool,
+    /// VirtualService changes per second made from 2 s before the restart
+    /// until 5 s after every proxy is back (0: none); the run then checks
+    /// that every proxy converges to the last change.
+    #[arg(long, default_value_t = 200)]
+    restart_changes_per_second: u32,
     /// Seconds the restart command may take.
     #[arg(long, default_value_t = 120)]
     restart_timeout: u64,
@@ -435,20 +440,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // --- controller restart ---------------------------------------------------------
     if let Some(command) = args.restart_command.as_ref().filter(|_| !args.no_restart) {
         let before = process.sample();
-        let killed = Instant::now();
-        let status = tokio::time::timeout(
-            Duration::from_secs(args.restart_timeout),
-            tokio::process::Command::new("bash").arg("-c").arg(command).kill_on_drop(true).status(),
-        )
-        .await
-        .with_context(|| format!("the restart command took over {} s", args.restart_timeout))?
-        .context("running the restart command")?;
-        if !status.success() {
-            bail!("the restart command failed ({status}): {command}");
+        let stop_changes = tokio_util::sync::CancellationToken::new();
+        let changing =
+            changes_at(&client, &layout, args.restart_changes_per_second, &process, stop_changes.clone());
+        tokio::pin!(changing);
+        if args.restart_changes_per_second > 0 {
+            // The changes are flowing before the controller stops.
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut changing).await;
         }
-        let restarted = Instant::now();
-        let all = wait_ready(&fleet, killed, connect_timeout).await;
-        let done = Instant::now();
+        let killed = Instant::now();
+        let restart = async {
+            let status = tokio::time::timeout(
+                Duration::from_secs(args.restart_timeout),
+                tokio::process::Command::new("bash").arg("-c").arg(command).kill_on_drop(true).status(),
+            )
+            .await
+            .with_context(|| format!("the restart command took over {} s", args.restart_timeout))?
+            .context("running the restart command")?;
+            if !status.success() {
+                bail!("the restart command failed ({status}): {command}");
+            }
+            let restarted = Instant::now();
+            let all = wait_ready(&fleet, killed, connect_timeout).await;
+            let done = Instant::now();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            stop_changes.cancel();
+            anyhow::Ok((restarted, all, done))
+        };
+        let (restarted, all, done, churned) = match tokio::join!(restart, &mut changing) {
+            (Ok((restarted, all, done)), churned) => (restarted, all, done, churned),
+            (Err(e), _) => return Err(e),
+        };
         let ready = fleet.ready_since(killed);
         let after = process.sample();
         summary.figures.seconds("restart: stop + start + ready", Some(restarted.duration_since(killed)));
@@ -495,6 +517,52 @@ async fn run(args: Args) -> anyhow::Result<()> {
         summary.add("  secrets", secrets(&fleet, Some(restarted)));
         summary.add("  new controller", controller(&process, None, after));
         summary.figures.mib("RSS after restart, all connected", after.map(|s| s.rss_kib));
+        if args.restart_changes_per_second > 0 {
+            let seconds = churned.seconds.max(0.001);
+            summary.add(
+                "  VirtualService changes during the restart",
+                format!(
+                    "{} made in {:.1} s ({:.0}/s, {} failed: the API server's answers); controller RSS at most {} while they came",
+                    churned.made,
+                    seconds,
+                    churned.made as f64 / seconds,
+                    churned.failed,
+                    churned.peak_rss_kib.map_or("n/a".to_string(), |k| format!("{:.0} MiB", k as f64 / 1024.0))
+                ),
+            );
+            summary.figures.add(
+                "restart: changes per second made",
+                "/s",
+                Some(churned.made as f64 / seconds),
+            );
+            summary.figures.mib("restart: RSS peak under changes", churned.peak_rss_kib);
+            // The last word: one more change, which every proxy must show.
+            let cluster_name = format!("|v2|{}", layout.host(0));
+            let probe = Probe {
+                since: Instant::now(),
+                types: &[probe::ROUTE, probe::LISTENER],
+                mention: layout.host(0),
+                check: Check::RouteWeight { cluster: cluster_name, weight: FINAL_WEIGHTS.1 },
+            };
+            let (id, started, returned) =
+                change(&fleet, probe, cluster::set_weights(&client, &layout, FINAL_WEIGHTS)).await?;
+            wait_verified(&fleet, id, push_timeout).await;
+            let c = collect(&fleet, id, started, returned);
+            summary.add(
+                "  the final change",
+                format!(
+                    "{} of {} proxies hold it; last {:.2} s after the call",
+                    c.verified,
+                    layout.proxies,
+                    c.last_verified.map_or(f64::NAN, |at| at.duration_since(started).as_secs_f64())
+                ),
+            );
+            summary.figures.add(
+                "restart: proxies converged to the final change",
+                "",
+                Some(c.verified as f64),
+            );
+        }
         tokio::time::sleep(Duration::from_secs(2)).await;
         let what = "idle after restart";
         idle(&fleet, &process, &mut summary, args.idle_seconds, what, what).await;
@@ -514,6 +582,67 @@ async fn run(args: Args) -> anyhow::Result<()> {
         summary.figures.write(path)?;
     }
     Ok(())
+}
+
+/// The weights of the last change after the restart: none of those made
+/// during it ([`changes_at`]) has them.
+const FINAL_WEIGHTS: (u32, u32) = (37, 63);
+
+/// What [`changes_at`] did.
+struct Churned {
+    made: u64,
+    failed: u64,
+    seconds: f64,
+    peak_rss_kib: Option<u64>,
+}
+
+/// Changes the VirtualService's weights `rate` times a second (at most 32
+/// calls in flight; a tick with 32 waiting is skipped) until `stop`,
+/// sampling the controller's RSS every 250 ms.
+async fn changes_at(
+    client: &kube::Client,
+    layout: &Layout,
+    rate: u32,
+    process: &Process,
+    stop: tokio_util::sync::CancellationToken,
+) -> Churned {
+    let started = Instant::now();
+    let mut churned = Churned { made: 0, failed: 0, seconds: 0.0, peak_rss_kib: None };
+    if rate == 0 {
+        return churned;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    let mut sample = tokio::time::interval(Duration::from_millis(250));
+    let mut calls = futures::stream::FuturesUnordered::new();
+    let mut n: u32 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick(), if calls.len() < 32 => {
+                // 1..=98, never the final change's weight.
+                n = n.wrapping_add(1);
+                let v1 = 1 + n % 98;
+                let v1 = if v1 == FINAL_WEIGHTS.0 { v1 + 1 } else { v1 };
+                calls.push(cluster::set_weights(client, layout, (v1, 100 - v1)));
+            }
+            Some(result) = futures::StreamExt::next(&mut calls) => match result {
+                Ok(_) => churned.made += 1,
+                Err(_) => churned.failed += 1,
+            },
+            _ = sample.tick() => {
+                let rss = process.sample().map(|s| s.rss_kib);
+                churned.peak_rss_kib = churned.peak_rss_kib.max(rss);
+            }
+        }
+    }
+    while let Some(result) = futures::StreamExt::next(&mut calls).await {
+        match result {
+            Ok(_) => churned.made += 1,
+            Err(_) => churned.failed += 1,
+        }
+    }
+    churned.seconds = started.elapsed().as_secs_f64();
+    churned
 }
 
 /// CPU seconds between two samples of the same process.
