@@ -11,9 +11,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use kube::core::DynamicObject;
 use kube::core::admission::AdmissionReview;
 use prost::Message;
@@ -29,6 +27,7 @@ use crate::model::mesh::MeshView;
 use crate::validate::{self, Context, Severity};
 use crate::xds::delta::DeltaStream;
 use crate::xds::grpc::{Frames, Requests};
+use crate::xds::protocol::Machine;
 use crate::xds::proxy::ProxyKind;
 use crate::xds::sotw::SotwStream;
 use crate::xds::wire::Wire;
@@ -191,51 +190,41 @@ pub fn xds_requests(data: &[u8]) -> u64 {
         .map(|c| Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::copy_from_slice(c))))
         .collect();
     let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+    if protocol % 2 == 0 {
+        stream::<SotwStream, DiscoveryResponse, _>(body)
+    } else {
+        stream::<DeltaStream, DeltaDiscoveryResponse, _>(body)
+    }
+}
+
+/// One stream of protocol `M` fed `body`; `P` is its response as the proxy
+/// decodes it.
+fn stream<M, P, B>(body: B) -> u64
+where
+    M: Machine,
+    M::Request: Message + Default,
+    P: Nonced,
+    B: http_body::Body + Unpin,
+    B::Error: std::fmt::Display,
+{
     let [plain, routed] = snapshots();
     let mut nonces = Nonces::default();
-    if protocol % 2 == 0 {
-        let mut stream = SotwStream::new(plain.clone());
-        let requests = Requests::<_, DiscoveryRequest>::new(body);
-        for (n, request) in futures::executor::block_on_stream(requests).enumerate() {
-            let Ok(request) = request else { break };
-            if n == 0 {
-                let _ = ProxyId::parse(request.node.as_ref().map(|n| n.id.as_str()).unwrap_or_default());
-            }
-            if let Ok(step) = stream.on_request(&request) {
-                step.responses.iter().for_each(|r| nonces.check::<DiscoveryResponse>(r));
-            }
-            if n % 3 == 2 {
-                let snapshot = if n % 2 == 0 { routed } else { plain };
-                stream
-                    .on_snapshot(snapshot.clone())
-                    .responses
-                    .iter()
-                    .for_each(|r| nonces.check::<DiscoveryResponse>(r));
-            }
+    let mut stream = M::new(plain.clone());
+    let requests = Requests::<_, M::Request>::new(body);
+    for (n, request) in futures::executor::block_on_stream(requests).enumerate() {
+        let Ok(request) = request else { break };
+        if n == 0 {
+            let _ = ProxyId::parse(M::node(&request).map(|n| n.id.as_str()).unwrap_or_default());
         }
-        stream.status();
-    } else {
-        let mut stream = DeltaStream::new(plain.clone());
-        let requests = Requests::<_, DeltaDiscoveryRequest>::new(body);
-        for (n, request) in futures::executor::block_on_stream(requests).enumerate() {
-            let Ok(request) = request else { break };
-            if n == 0 {
-                let _ = ProxyId::parse(request.node.as_ref().map(|n| n.id.as_str()).unwrap_or_default());
-            }
-            if let Ok(step) = stream.on_request(&request) {
-                step.responses.iter().for_each(|r| nonces.check::<DeltaDiscoveryResponse>(r));
-            }
-            if n % 3 == 2 {
-                let snapshot = if n % 2 == 0 { routed } else { plain };
-                stream
-                    .on_snapshot(snapshot.clone())
-                    .responses
-                    .iter()
-                    .for_each(|r| nonces.check::<DeltaDiscoveryResponse>(r));
-            }
+        if let Ok(step) = stream.on_request(&request) {
+            step.responses.iter().for_each(|r| nonces.check::<P>(r));
         }
-        stream.status();
+        if n % 3 == 2 {
+            let snapshot = if n % 2 == 0 { routed } else { plain };
+            stream.on_snapshot(snapshot.clone()).responses.iter().for_each(|r| nonces.check::<P>(r));
+        }
     }
+    stream.status();
     nonces.sent
 }
 

@@ -273,7 +273,12 @@ pub async fn setup(
 /// subsets v1 and v2 of service 0, and a VirtualService splitting its
 /// traffic [`WEIGHTS`].
 pub async fn setup_routing(client: &Client, layout: &Layout) -> anyhow::Result<()> {
-    let host = layout.service(0);
+    setup_routing_of(client, layout, 0).await
+}
+
+/// The same objects for service `s`.
+pub async fn setup_routing_of(client: &Client, layout: &Layout, s: usize) -> anyhow::Result<()> {
+    let host = layout.service(s);
     let dr = json!({
         "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
         "metadata": {"name": host},
@@ -294,7 +299,7 @@ pub async fn setup_routing(client: &Client, layout: &Layout) -> anyhow::Result<(
             Ok(_) => {}
             // Back to the initial weights, which the first change switches.
             Err(e) if exists(&e) && kind == "VirtualService" => {
-                set_weights(client, layout, WEIGHTS).await?;
+                set_weights_of(client, layout, s, WEIGHTS).await?;
             }
             Err(e) if exists(&e) => {}
             Err(e) => {
@@ -324,7 +329,17 @@ pub async fn set_weights(
     layout: &Layout,
     weights: (u32, u32),
 ) -> anyhow::Result<(Instant, Instant)> {
-    let host = layout.service(0);
+    set_weights_of(client, layout, 0, weights).await
+}
+
+/// Sets the weights of service `s`'s VirtualService.
+pub async fn set_weights_of(
+    client: &Client,
+    layout: &Layout,
+    s: usize,
+    weights: (u32, u32),
+) -> anyhow::Result<(Instant, Instant)> {
+    let host = layout.service(s);
     let api = istio(client, &layout.namespace, "VirtualService");
     let patch = json!({"spec": {"http": [route(&host, weights)]}});
     let start = Instant::now();
