@@ -367,15 +367,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let vs_before = process.sample();
     for _ in 0..args.vs_changes {
         weights = (weights.1, weights.0);
-        let cluster_name = format!("|v2|{}", layout.host(0));
-        let probe = Probe {
-            since: Instant::now(),
-            types: &[probe::ROUTE, probe::LISTENER],
-            mention: layout.host(0),
-            check: Check::RouteWeight { cluster: cluster_name, weight: weights.1 },
-        };
         let (id, started, returned) =
-            change(&fleet, probe, cluster::set_weights(&client, &layout, weights)).await?;
+            change(&fleet, weight_probe(&layout, weights), cluster::set_weights(&client, &layout, weights))
+                .await?;
         wait_verified(&fleet, id, push_timeout).await;
         let c = collect(&fleet, id, started, returned);
         from_start.extend(c.verified_from_start);
@@ -542,13 +536,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             );
             summary.figures.mib("restart: RSS peak under changes", churned.peak_rss_kib);
             // The last word: one more change, which every proxy must show.
-            let cluster_name = format!("|v2|{}", layout.host(0));
-            let probe = Probe {
-                since: Instant::now(),
-                types: &[probe::ROUTE, probe::LISTENER],
-                mention: layout.host(0),
-                check: Check::RouteWeight { cluster: cluster_name, weight: FINAL_WEIGHTS.1 },
-            };
+            let probe = weight_probe(&layout, FINAL_WEIGHTS);
             let (id, started, returned) =
                 change(&fleet, probe, cluster::set_weights(&client, &layout, FINAL_WEIGHTS)).await?;
             wait_verified(&fleet, id, push_timeout).await;
@@ -589,6 +577,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What proxies show once service 0's VirtualService has `weights`: its
+/// v2 subset's route weight.
+fn weight_probe(layout: &Layout, weights: (u32, u32)) -> Probe {
+    Probe {
+        since: Instant::now(),
+        types: &[probe::ROUTE, probe::LISTENER],
+        mention: layout.host(0),
+        check: Check::RouteWeight { cluster: format!("|v2|{}", layout.host(0)), weight: weights.1 },
+    }
+}
+
 /// The weights of the last change after the restart: none of those made
 /// during it ([`changes_at`]) has them.
 const FINAL_WEIGHTS: (u32, u32) = (37, 63);
@@ -599,6 +598,15 @@ struct Churned {
     failed: u64,
     seconds: f64,
     peak_rss_kib: Option<u64>,
+}
+
+impl Churned {
+    fn count<T>(&mut self, call: &anyhow::Result<T>) {
+        match call {
+            Ok(_) => self.made += 1,
+            Err(_) => self.failed += 1,
+        }
+    }
 }
 
 /// VirtualServices the changes during the restart go round: one object
@@ -637,10 +645,7 @@ async fn changes_at(
                 let service = n as usize % CHANGED_SERVICES;
                 calls.push(cluster::set_weights_of(client, layout, service, (v1, 100 - v1)));
             }
-            Some(result) = futures::StreamExt::next(&mut calls) => match result {
-                Ok(_) => churned.made += 1,
-                Err(_) => churned.failed += 1,
-            },
+            Some(result) = futures::StreamExt::next(&mut calls) => churned.count(&result),
             _ = sample.tick() => {
                 let rss = process.sample().map(|s| s.rss_kib);
                 churned.peak_rss_kib = churned.peak_rss_kib.max(rss);
@@ -648,10 +653,7 @@ async fn changes_at(
         }
     }
     while let Some(result) = futures::StreamExt::next(&mut calls).await {
-        match result {
-            Ok(_) => churned.made += 1,
-            Err(_) => churned.failed += 1,
-        }
+        churned.count(&result);
     }
     churned.seconds = started.elapsed().as_secs_f64();
     churned
