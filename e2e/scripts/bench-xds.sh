@@ -15,6 +15,10 @@
 #   CONNECT_TIMEOUT (300 s for all proxies to connect and ACK)
 #   PROTOCOL (delta, as the injected bootstrap; sotw: the simulated proxies
 #   speak state-of-the-world ADS)
+#   STALLED (0): proxies that never read their stream, held STALLED_SECONDS
+#   (90) after the endpoint churn while LATE_PROXIES (20) more connect and
+#   a VirtualService change is made; the controller's RSS meanwhile
+#   (docs/operations.md)
 #   CONTROLLER_WRAPPER (none: a profiler command to run the controller under;
 #   no restart then)
 #   SECRETS (1: each proxy asks for the SDS secrets its clusters name and
@@ -268,6 +272,7 @@ load() {
 }
 if [ -z "$compare" ]; then
   load mesh "127.0.0.1:$xds" "$pidfile" restart-controller ${CONTROLLER_WRAPPER:+--no-restart} \
+    --stalled "${STALLED:-0}" --stalled-seconds "${STALLED_SECONDS:-90}" --late-proxies "${LATE_PROXIES:-20}" \
     "${envoy_flags[@]}" | tee "$repo/target/bench-xds.log"
   exit
 fi

@@ -29,6 +29,7 @@ pub struct XdsMetrics {
     secret_refusals: Counter,
     nearest_cert_expiry: Gauge,
     queue_full: Counter,
+    stalled: Counter,
 }
 
 impl Default for XdsMetrics {
@@ -50,6 +51,7 @@ impl Default for XdsMetrics {
             secret_refusals: Counter::default(),
             nearest_cert_expiry: Gauge::default(),
             queue_full: Counter::default(),
+            stalled: Counter::default(),
         }
     }
 }
@@ -128,6 +130,12 @@ impl XdsMetrics {
              until the proxy read (a slow or stuck proxy; its memory stays bounded)",
             self.queue_full.clone(),
         );
+        registry.register(
+            "xds_streams_stalled",
+            "Streams closed with their connection because the proxy stopped taking its responses \
+             (it reconnects if it is alive)",
+            self.stalled.clone(),
+        );
     }
 
     pub(crate) fn queue_full(&self) {
@@ -137,6 +145,15 @@ impl XdsMetrics {
     /// Times a stream's queue was found full (tests).
     pub fn queue_full_count(&self) -> u64 {
         self.queue_full.get()
+    }
+
+    pub(crate) fn stream_stalled(&self) {
+        self.stalled.inc();
+    }
+
+    /// Streams closed because their proxy stopped reading (tests).
+    pub fn stalled_count(&self) -> u64 {
+        self.stalled.get()
     }
 
     pub(crate) fn cert_issued(&self) {

@@ -33,6 +33,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
@@ -95,6 +96,14 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for connections to close before dropping them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// A stream whose proxy takes none of its responses for this long is
+/// closed with its connection ([`watch_stall`]). Its responses and its
+/// place among the large ones in flight are held until then, so this
+/// bounds how long stuck proxies can keep new ones from their first
+/// configuration. A live proxy takes a megabyte in far less.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a stream's watchdog looks.
+const STALL_CHECK: Duration = Duration::from_secs(5);
 
 /// How the service runs.
 #[derive(Clone)]
@@ -134,6 +143,7 @@ struct Shared {
     debounce: Debounce,
     shutdown: CancellationToken,
     pod_wait: Duration,
+    stall_timeout: Duration,
     large: Arc<Semaphore>,
     workload_ca: Option<Arc<WorkloadCa>>,
     readiness: Option<Readiness>,
@@ -183,6 +193,7 @@ impl Ads {
                 debounce: settings.debounce,
                 shutdown,
                 pod_wait: POD_WAIT,
+                stall_timeout: STALL_TIMEOUT,
                 large: Arc::new(Semaphore::new(LARGE_IN_FLIGHT)),
                 workload_ca: settings.workload_ca,
                 readiness: settings.readiness,
@@ -211,6 +222,15 @@ impl Ads {
         self
     }
 
+    /// Shortens the time a stream may take none of its responses.
+    #[cfg(test)]
+    pub(crate) fn with_stall_timeout(mut self, timeout: Duration) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.inner) {
+            shared.stall_timeout = timeout;
+        }
+        self
+    }
+
     /// Admits a SotW stream and starts serving it. `authorization` is the
     /// value of the stream's `authorization` metadata; `inbound` the
     /// proxy's requests.
@@ -218,7 +238,7 @@ impl Ads {
     where
         S: Stream<Item = Result<DiscoveryRequest, Status>> + Send + Unpin + 'static,
     {
-        self.open_with::<SotwStream, S>(authorization, inbound).await
+        self.open_with::<SotwStream, S>(authorization, inbound, CancellationToken::new()).await
     }
 
     /// Admits a Delta stream and starts serving it.
@@ -230,13 +250,17 @@ impl Ads {
     where
         S: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Send + Unpin + 'static,
     {
-        self.open_with::<DeltaStream, S>(authorization, inbound).await
+        self.open_with::<DeltaStream, S>(authorization, inbound, CancellationToken::new()).await
     }
 
+    /// Admits a stream of protocol `M` and starts serving it; `close` is
+    /// cancelled, and the stream ended, if the proxy stops taking its
+    /// responses (the server then closes the connection).
     async fn open_with<M, S>(
         &self,
         authorization: Option<&str>,
         mut inbound: S,
+        close: CancellationToken,
     ) -> Result<Pin<Box<dyn Stream<Item = Result<M::Response, Status>> + Send>>, Status>
     where
         M: Machine,
@@ -258,15 +282,18 @@ impl Ads {
             }
         };
         let (tx, rx) = mpsc::channel(QUEUE);
+        let delivery = Arc::new(Delivery::default());
+        let outgoing = Outgoing { rx, permit: None, delivery: delivery.clone(), handed: false };
+        let sender = Sender { tx, delivery, close };
         tokio::spawn(Session::<M>::start(
             self.inner.clone(),
             admitted,
             node_id,
             Box::new(first),
             inbound,
-            tx,
+            sender,
         ));
-        Ok(Box::pin(Outgoing { rx, permit: None }))
+        Ok(Box::pin(outgoing))
     }
 }
 
@@ -383,7 +410,7 @@ struct Session<M: Machine> {
     shared: Arc<Shared>,
     connection: Arc<Connection>,
     machine: M,
-    tx: mpsc::Sender<Sending<M::Response>>,
+    tx: Sender<M::Response>,
     /// The latest configuration offered, before the secrets join it.
     base: Arc<Snapshot>,
     secrets: Option<IssuedSecrets>,
@@ -407,7 +434,7 @@ impl<M: Machine> Session<M> {
         node_id: String,
         first: Box<M::Request>,
         inbound: S,
-        tx: mpsc::Sender<Sending<M::Response>>,
+        tx: Sender<M::Response>,
     ) where
         S: Stream<Item = Result<M::Request, Status>> + Send + Unpin + 'static,
     {
@@ -427,7 +454,7 @@ impl<M: Machine> Session<M> {
                     ),
                     PushError::Cancelled => Status::unavailable("control plane shutdown"),
                 };
-                let _ = tx.send(Box::new(Err(status))).await;
+                let _ = tx.send(Err(status)).await;
                 return;
             }
         };
@@ -453,6 +480,16 @@ impl<M: Machine> Session<M> {
             acked_types: Default::default(),
         };
         session.note_certificate();
+        let watching = CancellationToken::new();
+        tokio::spawn(watch_stall(
+            session.tx.delivery.clone(),
+            session.tx.close.clone(),
+            watching.clone(),
+            shared.stall_timeout,
+            shared.metrics.clone(),
+            connection.proxy.id.clone(),
+        ));
+        let _stop_watching = watching.drop_guard();
         let ended = Box::pin(session.run(first, inbound, offers, deadline)).await;
         tracing::info!(proxy = %connection.proxy.id, reason = ended, "proxy disconnected");
         drop(registered);
@@ -479,6 +516,7 @@ impl<M: Machine> Session<M> {
         }
         let shutdown = self.shared.shutdown.clone();
         let pod_gone = self.connection.ended().clone();
+        let stalled = self.tx.close.clone();
         let token_deadline = async move {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at).await,
@@ -499,6 +537,7 @@ impl<M: Machine> Session<M> {
                     Box::pin(self.end(Status::unavailable("the control plane is shutting down; reconnect"))).await;
                     return "control plane shutdown";
                 }
+                _ = stalled.cancelled() => return STALLED,
                 _ = pod_gone.cancelled() => {
                     Box::pin(self.end(Status::unavailable("the pod is gone from the control plane's view; reconnect"))).await;
                     return "pod deleted";
@@ -517,7 +556,7 @@ impl<M: Machine> Session<M> {
                         return ended;
                     }
                 }
-                _ = self.tx.closed() => return "proxy went away",
+                _ = self.tx.tx.closed() => return "proxy went away",
                 request = inbound.next() => match request {
                     Some(Ok(request)) => {
                         let request = Box::new(request);
@@ -614,7 +653,7 @@ impl<M: Machine> Session<M> {
 
     /// Ends the stream with `status`, if the proxy is still there to hear it.
     async fn end(&self, status: Status) {
-        let _ = self.tx.send(Box::new(Err(status))).await;
+        let _ = self.tx.send(Err(status)).await;
     }
 
     /// Logs and counts what happened, records it for /debug/syncz, then
@@ -682,7 +721,11 @@ impl<M: Machine> Session<M> {
             );
             let permit = if response.encoded_len() >= LARGE {
                 let started = std::time::Instant::now();
-                let Ok(permit) = self.shared.large.clone().acquire_owned().await else {
+                let permit = tokio::select! {
+                    permit = self.shared.large.clone().acquire_owned() => permit,
+                    _ = self.tx.close.cancelled() => return Err(STALLED),
+                };
+                let Ok(permit) = permit else {
                     return Err("control plane shutdown");
                 };
                 let waited = started.elapsed();
@@ -696,13 +739,11 @@ impl<M: Machine> Session<M> {
             // A proxy that does not read fills the queue; the stream then
             // waits here, reading none of its requests, so what it holds
             // stays within QUEUE responses.
-            if self.tx.capacity() == 0 {
+            if self.tx.tx.capacity() == 0 {
                 metrics.queue_full();
                 tracing::debug!(%proxy, "stream queue full: waiting for the proxy to read");
             }
-            if self.tx.send(Box::new(Ok(Queued { response, permit }))).await.is_err() {
-                return Err("proxy went away");
-            }
+            self.tx.send(Ok(Queued { response, permit })).await?;
         }
         Ok(())
     }
@@ -742,6 +783,84 @@ struct Queued<R> {
 /// room for 32 of them per stream whether or not they are used.
 type Sending<R> = Box<Result<Queued<R>, Status>>;
 
+/// Why a session ended when its proxy stopped taking responses.
+const STALLED: &str = "proxy stopped reading";
+
+/// How far a stream's responses have gone: queued by its session, and
+/// taken by HTTP/2 (all but [`SEND_BUFFER`] of them on their way to the
+/// proxy). [`watch_stall`] compares the two.
+#[derive(Default)]
+struct Delivery {
+    queued: AtomicU64,
+    taken: AtomicU64,
+}
+
+/// A session's end of its response queue.
+struct Sender<R> {
+    tx: mpsc::Sender<Sending<R>>,
+    delivery: Arc<Delivery>,
+    /// Cancelled when the proxy stopped taking responses: the session
+    /// ends, and the server closes the connection.
+    close: CancellationToken,
+}
+
+impl<R> Sender<R> {
+    /// Queues `item`, waiting for room; fails once the proxy went away or
+    /// stopped reading.
+    async fn send(&self, item: Result<Queued<R>, Status>) -> Result<(), &'static str> {
+        tokio::select! {
+            sent = self.tx.send(Box::new(item)) => sent.map_err(|_| "proxy went away")?,
+            _ = self.close.cancelled() => return Err(STALLED),
+        }
+        self.delivery.queued.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Watches one stream until `done`: once responses are queued and the
+/// proxy has taken none of them for `timeout`, cancels `close`. A stream
+/// that waits for a proxy that reads nothing would otherwise hold its
+/// responses, and its places among the large ones in flight, for as long
+/// as the connection lives: HTTP/2 pings do not find such a proxy when its
+/// connection is still read (Envoy's gRPC library answers them on its own
+/// threads).
+async fn watch_stall(
+    delivery: Arc<Delivery>,
+    close: CancellationToken,
+    done: CancellationToken,
+    timeout: Duration,
+    metrics: XdsMetrics,
+    proxy: ProxyId,
+) {
+    let check = STALL_CHECK.min(timeout / 2);
+    let mut taken = delivery.taken.load(Ordering::Relaxed);
+    let mut waiting_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(check) => {}
+        }
+        let (queued, now_taken) =
+            (delivery.queued.load(Ordering::Relaxed), delivery.taken.load(Ordering::Relaxed));
+        if now_taken != taken || now_taken >= queued {
+            taken = now_taken;
+            waiting_since = None;
+            continue;
+        }
+        let since = *waiting_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() + check >= timeout {
+            metrics.stream_stalled();
+            tracing::warn!(
+                %proxy,
+                waiting = queued - now_taken,
+                "the proxy took none of its responses for {timeout:?}: closing its connection (it reconnects if it is alive)"
+            );
+            close.cancel();
+            return;
+        }
+    }
+}
+
 /// The responses of one stream, as the response body pulls them: a
 /// response's place among the large ones in flight is given back when the
 /// next one is asked for. The body hands a response's frames to HTTP/2 at
@@ -750,6 +869,9 @@ type Sending<R> = Box<Result<Queued<R>, Status>>;
 struct Outgoing<R> {
     rx: mpsc::Receiver<Sending<R>>,
     permit: Option<OwnedSemaphorePermit>,
+    delivery: Arc<Delivery>,
+    /// A response was handed to HTTP/2 and it has not asked for the next.
+    handed: bool,
 }
 
 impl<R> Stream for Outgoing<R> {
@@ -757,7 +879,12 @@ impl<R> Stream for Outgoing<R> {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.permit = None;
-        match self.rx.poll_recv(cx).map(|sent| sent.map(|boxed| *boxed)) {
+        if std::mem::take(&mut self.handed) {
+            self.delivery.taken.fetch_add(1, Ordering::Relaxed);
+        }
+        let next = self.rx.poll_recv(cx).map(|sent| sent.map(|boxed| *boxed));
+        self.handed = matches!(next, Poll::Ready(Some(_)));
+        match next {
             Poll::Ready(Some(Ok(queued))) => {
                 self.permit = queued.permit;
                 Poll::Ready(Some(Ok(queued.response)))
@@ -782,11 +909,20 @@ pub const DELTA_PATH: &str =
 #[derive(Clone)]
 pub struct AdsService {
     ads: Ads,
+    /// The connection's: cancelled when one of its streams' proxy stops
+    /// reading; the server then closes the connection.
+    close: CancellationToken,
 }
 
 impl AdsService {
     pub fn new(ads: Ads) -> Self {
-        Self { ads }
+        Self { ads, close: CancellationToken::new() }
+    }
+
+    /// The service for one connection, which is closed when `close` is
+    /// cancelled.
+    fn for_connection(&self, close: CancellationToken) -> Self {
+        Self { ads: self.ads.clone(), close }
     }
 }
 
@@ -823,7 +959,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let ads = self.ads.clone();
+        let (ads, close) = (self.ads.clone(), self.close.clone());
         let authorization = authorization(&request);
         let compressed = request.headers().get("grpc-encoding").is_some_and(|e| e.as_bytes() != b"identity");
         let path = request.uri().path().to_owned();
@@ -834,11 +970,19 @@ where
             }
             let opened = match path.as_str() {
                 SOTW_PATH => ads
-                    .open(authorization.as_deref(), Requests::<B, DiscoveryRequest>::new(body))
+                    .open_with::<SotwStream, _>(
+                        authorization.as_deref(),
+                        Requests::<B, DiscoveryRequest>::new(body),
+                        close,
+                    )
                     .await
                     .map(chunked),
                 DELTA_PATH => ads
-                    .open_delta(authorization.as_deref(), Requests::<B, DeltaDiscoveryRequest>::new(body))
+                    .open_with::<DeltaStream, _>(
+                        authorization.as_deref(),
+                        Requests::<B, DeltaDiscoveryRequest>::new(body),
+                        close,
+                    )
                     .await
                     .map(chunked),
                 _ => Err(Status::unimplemented(format!("no method {path} here"))),
@@ -894,7 +1038,9 @@ pub async fn serve(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             _ = shutdown.cancelled() => break,
         };
-        let (acceptor, service, shutdown) = (acceptor.clone(), service.clone(), shutdown.clone());
+        let close = CancellationToken::new();
+        let (acceptor, service, shutdown) =
+            (acceptor.clone(), service.for_connection(close.clone()), shutdown.clone());
         connections.spawn(async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -910,6 +1056,9 @@ pub async fn serve(
             tokio::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
+                // A proxy that stopped reading would hold a graceful close
+                // open: the connection is dropped.
+                _ = close.cancelled() => return tracing::debug!(%peer, "xDS connection closed: its proxy stopped reading"),
                 _ = shutdown.cancelled() => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
@@ -940,7 +1089,7 @@ mod tests {
     async fn a_large_responses_place_is_held_until_the_next_one_is_asked_for() {
         let large = Arc::new(Semaphore::new(1));
         let (tx, rx) = mpsc::channel(4);
-        let mut outgoing = Outgoing { rx, permit: None };
+        let mut outgoing = Outgoing { rx, permit: None, delivery: Arc::default(), handed: false };
         let permit = large.clone().acquire_owned().await.expect("open");
         tx.send(Box::new(Ok(Queued { response: 1, permit: Some(permit) }))).await.expect("open");
         tx.send(Box::new(Ok(Queued { response: 2, permit: None }))).await.expect("open");

@@ -445,6 +445,57 @@ async fn a_proxy_that_does_not_read_stops_its_stream_at_the_queue_bound_and_lose
     assert_eq!(taken.load(Ordering::SeqCst), SENT);
 }
 
+#[tokio::test]
+async fn a_proxy_that_takes_no_response_is_closed_after_the_stall_timeout_and_a_reading_one_is_not() {
+    let (ads, metrics, _shutdown) = ads(FakeAuthenticator::new(), index());
+    let ads = ads.with_stall_timeout(Duration::from_millis(400));
+    let bearer = format!("Bearer {TOKEN}");
+    // Takes each response as it comes, as HTTP/2 asks for the next one
+    // once the last is on its way.
+    let Scripted { requests: _reading_requests, responses: mut reading } =
+        Scripted::open(&ads, Some(&bearer), first_request(ResourceType::Cluster, NODE_ID))
+            .await
+            .expect("accepted");
+    let (taken, mut got) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(response) = reading.next().await {
+            if taken.send(response).is_err() {
+                break;
+            }
+        }
+    });
+    let first =
+        tokio::time::timeout(Duration::from_secs(5), got.recv()).await.expect("a response within 5 s");
+    assert!(matches!(first, Some(Ok(_))), "{first:?}");
+    // Takes nothing: its first response waits.
+    let mut stuck = Scripted::open(&ads, Some(&bearer), first_request(ResourceType::Listener, NODE_ID))
+        .await
+        .expect("accepted");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while metrics.connected_proxies() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("both sessions start");
+
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while metrics.stalled_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the stuck stream is closed and counted within 5 s");
+    // Its session ended: what was queued, then the end of the stream.
+    let rest: Vec<_> = tokio::time::timeout(Duration::from_secs(5), stuck.responses.by_ref().collect())
+        .await
+        .expect("the stuck stream ends");
+    assert!(rest.len() <= 1 && rest.iter().all(Result::is_ok), "{rest:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(metrics.stalled_count(), 1, "the reading stream is not closed");
+    assert_eq!(metrics.connected_proxies(), 1);
+}
+
 /// The pass-through configuration, until the index holds a pod named
 /// [`FAULTY_POD`]: then generating any proxy's snapshot panics, as a bug
 /// in translation would.

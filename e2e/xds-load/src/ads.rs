@@ -196,6 +196,27 @@ impl Connector {
     /// Opens a connection and one ADS stream on it, sending `first`
     /// before waiting for the response headers.
     pub async fn open(&self, token: &str, first: Vec<Bytes>) -> Result<Stream, String> {
+        let opened = self.open_with(token, first, http2::Builder::new(TokioExecutor::new())).await?;
+        Ok(opened.stream)
+    }
+
+    /// Opens a stream as [`Connector::open`] does, on a connection whose
+    /// flow-control windows are HTTP/2's initial 64 KiB (Envoy's gRPC
+    /// clients raise them): a stream that is never read stops the
+    /// server's sending once 64 KiB are on their way. The connection
+    /// still answers pings.
+    pub async fn open_small_window(&self, token: &str, first: Vec<Bytes>) -> Result<Opened, String> {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder.initial_stream_window_size(INITIAL_WINDOW).initial_connection_window_size(INITIAL_WINDOW);
+        self.open_with(token, first, builder).await
+    }
+
+    async fn open_with(
+        &self,
+        token: &str,
+        first: Vec<Bytes>,
+        builder: http2::Builder<TokioExecutor>,
+    ) -> Result<Opened, String> {
         let tcp = TcpStream::connect(&self.address).await.map_err(|e| format!("connect: {e}"))?;
         tcp.set_nodelay(true).map_err(|e| format!("connect: {e}"))?;
         let tls = self
@@ -203,12 +224,10 @@ impl Connector {
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(|e| format!("TLS handshake: {e}"))?;
-        let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
-        tokio::spawn(async move {
-            // Ends when the stream and the sender are dropped, or the
+        let (mut sender, connection) =
+            builder.handshake(TokioIo::new(tls)).await.map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        let connection = tokio::spawn(async move {
+            // Ends when the sender is dropped (the stream goes on), or the
             // server goes away; the stream sees that error itself.
             let _ = connection.await;
         });
@@ -228,9 +247,26 @@ impl Connector {
         }
         // A refusal comes as a response with no body, its status in the headers.
         grpc_status(&parts.headers)?;
-        Ok(Stream { requests, body, buf: BytesMut::new() })
+        Ok(Opened { stream: Stream { requests, body, buf: BytesMut::new() }, connection, sender })
     }
 }
+
+/// A stream with its connection.
+pub struct Opened {
+    pub stream: Stream,
+    /// Ends when the connection does, while `sender` is held.
+    pub connection: tokio::task::JoinHandle<()>,
+    pub sender: Sender,
+}
+
+/// A connection's request sender.
+pub type Sender = http2::SendRequest<RequestBody>;
+
+/// The body of a stream's request: the messages the proxy sends.
+type RequestBody = StreamBody<ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
+
+/// HTTP/2's initial flow-control window (RFC 9113, 6.9.2).
+const INITIAL_WINDOW: u32 = 65_535;
 
 /// The request side of a stream.
 #[derive(Clone)]

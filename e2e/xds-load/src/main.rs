@@ -15,7 +15,10 @@
 //! - the controller's RSS and CPU (from /proc) at each phase.
 //! - with `--envoys N`, the same on real Envoy processes ([`envoy`]):
 //!   route, cluster and endpoint changes until each one's config dump
-//!   shows them, its memory, and its NACKs.
+//!   shows them, its memory, and its NACKs;
+//! - with `--stalled N`, what the controller holds for N proxies that
+//!   never read their stream ([`stalled`]), and whether new proxies and
+//!   a change are still served meanwhile.
 //!
 //! Every wait is bounded; a change that brings no push is reported as
 //! such, never as a figure.
@@ -27,6 +30,7 @@ mod envoy;
 mod probe;
 mod proxy;
 mod report;
+mod stalled;
 mod target;
 
 use std::path::PathBuf;
@@ -125,6 +129,18 @@ struct Args {
     /// Seconds the restart command may take.
     #[arg(long, default_value_t = 120)]
     restart_timeout: u64,
+    /// Proxies that never read their stream ([`stalled`]), opened after
+    /// the endpoint churn and held `--stalled-seconds` while
+    /// `--late-proxies` connect and a VirtualService change is made; the
+    /// controller's RSS is sampled meanwhile (0: none).
+    #[arg(long, default_value_t = 0)]
+    stalled: usize,
+    #[arg(long, default_value_t = 90)]
+    stalled_seconds: u64,
+    /// Proxies that connect (and must get their whole configuration)
+    /// while the stalled ones hold their streams.
+    #[arg(long, default_value_t = 20)]
+    late_proxies: usize,
     /// Do not subscribe to the SDS secrets the clusters name (the
     /// controller still issues a certificate per stream at admission).
     #[arg(long)]
@@ -221,8 +237,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // --- objects and tokens ---------------------------------------------------
     let t = Instant::now();
     let mut endpoints = Endpoints::initial(&layout);
-    // The real Envoys' pods follow the simulated proxies' ones.
-    let pods = Arc::new(Layout { proxies: layout.proxies + args.envoy.count, ..(*layout).clone() });
+    // The real Envoys' pods follow the simulated proxies' ones, then the
+    // stalled proxies' and the late ones'.
+    let late_proxies = if args.stalled > 0 { args.late_proxies } else { 0 };
+    let pods = Arc::new(Layout {
+        proxies: layout.proxies + args.envoy.count + args.stalled + late_proxies,
+        ..(*layout).clone()
+    });
     let uids = cluster::setup(&client, &pods, &endpoints).await?;
     cluster::setup_routing(&client, &layout).await?;
     let counts = cluster::counts(&client, &layout.namespace).await?;
@@ -241,7 +262,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let t = Instant::now();
     let target = args.target;
     let mut tokens = cluster::tokens(&client, &pods, &uids, target.audience()).await?;
-    let envoy_tokens = tokens.split_off(layout.proxies);
+    let mut envoy_tokens = tokens.split_off(layout.proxies);
+    let mut stalled_tokens = envoy_tokens.split_off(args.envoy.count);
+    let late_tokens = stalled_tokens.split_off(args.stalled);
+    let identity = |i: usize, token: String| Identity {
+        node_id: layout.node_id(i),
+        cluster: format!("{}.{}", layout.service(i % layout.services), layout.namespace),
+        token,
+        metadata: target.node_metadata(&layout, i),
+    };
+    let first_stalled = layout.proxies + args.envoy.count;
+    let stalled_identities: Vec<Identity> =
+        stalled_tokens.into_iter().enumerate().map(|(k, t)| identity(first_stalled + k, t)).collect();
+    let late_identities: Vec<Identity> = late_tokens
+        .into_iter()
+        .enumerate()
+        .map(|(k, t)| identity(first_stalled + args.stalled + k, t))
+        .collect();
     say(format!(
         "{} tokens (audience {}, bound to their pods, 1 h) in {:.1} s",
         tokens.len(),
@@ -259,7 +296,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let connector = ads::Connector::new(&args.xds_addr, &server_name, &root, args.protocol)
         .context("--xds-addr, --server-name")?;
     let subscribe_secrets = !args.no_secrets && target.serves_secrets();
-    let fleet = Fleet::new(connector, layout.proxies, args.batch, subscribe_secrets);
+    let fleet = Fleet::new(connector.clone(), layout.proxies, args.batch, subscribe_secrets);
     let before_proxies = process.sample();
     let own_before = process.own();
     summary
@@ -271,13 +308,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut tasks = JoinSet::new();
     for (i, token) in tokens.into_iter().enumerate() {
-        let identity = Identity {
-            node_id: layout.node_id(i),
-            cluster: format!("{}.{}", layout.service(i % layout.services), layout.namespace),
-            token,
-            metadata: target.node_metadata(&layout, i),
-        };
-        tasks.spawn(proxy::run(fleet.clone(), i, identity));
+        tasks.spawn(proxy::run(fleet.clone(), i, identity(i, token)));
     }
     let connect_timeout = Duration::from_secs(args.connect_timeout);
     let all = wait_ready(&fleet, start, connect_timeout).await;
@@ -429,6 +460,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .for_each(|(k, v)| summary.add(k, v));
         envoys.health().await.into_iter().for_each(|(k, v)| summary.add(k, v));
         envoys.stop().await;
+    }
+
+    // --- proxies that never read -----------------------------------------------------
+    if !stalled_identities.is_empty() {
+        let late = Fleet::new(connector.clone(), late_identities.len(), args.batch, subscribe_secrets);
+        let phase = StalledPhase {
+            connector: &connector,
+            fleet: &fleet,
+            late: &late,
+            layout: &layout,
+            process: &process,
+        };
+        phase.run(&client, stalled_identities, late_identities, &args, &mut summary).await?;
     }
 
     // --- controller restart ---------------------------------------------------------
@@ -798,6 +842,159 @@ fn config_sizes(fleet: &Fleet) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The weights of the change made while stalled proxies hold their
+/// streams: no other change has them.
+const STALLED_WEIGHTS: (u32, u32) = (41, 59);
+
+/// How long the late proxies may take to get their configuration.
+const LATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Proxies that never read: what the controller holds for them, and
+/// whether everyone else is still served while they hold their streams.
+struct StalledPhase<'a> {
+    connector: &'a ads::Connector,
+    fleet: &'a Fleet,
+    late: &'a Arc<Fleet>,
+    layout: &'a Layout,
+    process: &'a Process,
+}
+
+impl StalledPhase<'_> {
+    async fn run(
+        &self,
+        client: &kube::Client,
+        stalled: Vec<Identity>,
+        late: Vec<Identity>,
+        args: &Args,
+        summary: &mut Summary,
+    ) -> anyhow::Result<()> {
+        let before = self.process.sample();
+        let sessions_before = self.fleet.sessions();
+        let opened_at = Instant::now();
+        let hold = Duration::from_secs(args.stalled_seconds);
+        let asked = stalled.len();
+        let (result, peak) = peak_rss_while(self.process, async {
+            let stalled = stalled::Stalled::open(self.connector, stalled).await;
+            let opened_in = opened_at.elapsed();
+            // Their first responses stop in their windows.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let held = self.process.sample();
+            let late = self.connect_late(late).await;
+            let change = self.change(client, Duration::from_secs(args.push_timeout)).await?;
+            tokio::time::sleep(hold.saturating_sub(opened_at.elapsed())).await;
+            anyhow::Ok((stalled, opened_in, held, late, change))
+        })
+        .await;
+        let (stalled, opened_in, held, late, change) = result?;
+        let reconnects = self.fleet.sessions() - sessions_before;
+        self.late.stop.cancel();
+        let closed = stalled.closed_after();
+        let (count, refused) = (stalled.len(), stalled.refused.clone());
+        drop(stalled);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = self.process.sample();
+
+        summary.add(
+            "stalled proxies",
+            format!(
+                "{count} of {asked} streams opened in {:.1} s, each with its first request, then never read (HTTP/2 windows of 64 KiB, pings answered); held {} s",
+                opened_in.as_secs_f64(),
+                args.stalled_seconds
+            ),
+        );
+        if let Some(first) = refused.first() {
+            summary.add("  streams refused", format!("{}; the first: {first}", refused.len()));
+        }
+        let rss = |s: Option<Sample>| s.map_or("n/a".to_string(), |s| mib(s.rss_kib));
+        summary.add(
+            "  controller RSS",
+            format!(
+                "{} before them, {} 3 s after they opened, at most {} while held, {} 2 s after they went",
+                rss(before),
+                rss(held),
+                peak.map_or("n/a".to_string(), mib),
+                rss(after)
+            ),
+        );
+        summary.figures.mib("stalled: RSS before", before.map(|s| s.rss_kib));
+        summary.figures.mib("stalled: RSS peak while held", peak);
+        summary.add(
+            "  closed by the controller",
+            if closed.is_empty() {
+                format!("none of {count} within {} s", args.stalled_seconds)
+            } else {
+                format!("{} of {count}, after {}", closed.len(), distribution(closed.clone()))
+            },
+        );
+        summary.figures.add("stalled: streams closed by the controller", "", Some(closed.len() as f64));
+        summary.add("  new proxies meanwhile", late);
+        summary.add("  a VirtualService change meanwhile", change);
+        summary.add("  reconnections of the other proxies meanwhile", reconnects.to_string());
+        Ok(())
+    }
+
+    /// Connects the late proxies; says how many got their whole
+    /// configuration and how fast.
+    async fn connect_late(&self, identities: Vec<Identity>) -> String {
+        let total = identities.len();
+        let started = Instant::now();
+        for (j, identity) in identities.into_iter().enumerate() {
+            tokio::spawn(proxy::run(self.late.clone(), j, identity));
+        }
+        if wait_ready(self.late, started, LATE_TIMEOUT).await {
+            format!(
+                "all {total} connected and ACKed their configuration in {:.2} s",
+                started.elapsed().as_secs_f64()
+            )
+        } else {
+            let first = self.late.first_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            format!(
+                "only {} of {total} connected and ACKed their configuration within {LATE_TIMEOUT:?}; an error seen: {}",
+                self.late.ready_since(started),
+                first.unwrap_or_else(|| "none (their streams are open but incomplete)".into())
+            )
+        }
+    }
+
+    /// Makes one VirtualService change every proxy, old and late, must show.
+    async fn change(&self, client: &kube::Client, within: Duration) -> anyhow::Result<String> {
+        let probe = weight_probe(self.layout, STALLED_WEIGHTS);
+        let late_id = self.late.probe(probe.clone());
+        let (id, started, returned) =
+            change(self.fleet, probe, cluster::set_weights(client, self.layout, STALLED_WEIGHTS)).await?;
+        wait_verified(self.fleet, id, within).await;
+        wait_verified(self.late, late_id, within).await;
+        let c = collect(self.fleet, id, started, returned);
+        let late = collect(self.late, late_id, started, returned);
+        let last = c.last_verified.max(late.last_verified).map(|at| at.duration_since(started));
+        Ok(format!(
+            "{} of {} proxies and {} of {} late ones hold it within {within:?}{}",
+            c.verified,
+            self.fleet.states.len(),
+            late.verified,
+            self.late.states.len(),
+            last.map_or(String::new(), |d| format!("; the last {:.2} s after the call", d.as_secs_f64()))
+        ))
+    }
+}
+
+/// Runs `work`, sampling the controller's RSS every 250 ms; returns its
+/// output and the highest RSS seen (KiB).
+async fn peak_rss_while<T>(
+    process: &Process,
+    work: impl std::future::Future<Output = T>,
+) -> (T, Option<u64>) {
+    tokio::pin!(work);
+    let mut peak = None;
+    let mut sample = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            out = &mut work => return (out, peak),
+            _ = sample.tick() => peak = peak.max(process.sample().map(|s| s.rss_kib)),
+        }
+    }
 }
 
 /// EndpointSlice updates at `--churn-rate` for `--churn-seconds`, each

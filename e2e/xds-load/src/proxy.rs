@@ -162,6 +162,11 @@ impl Fleet {
 
     /// Proxies whose current stream has ACKed its initial configuration
     /// after `since`.
+    /// Streams that got a first response, over all proxies.
+    pub fn sessions(&self) -> u64 {
+        (0..self.states.len()).map(|i| u64::from(self.state(i).sessions)).sum()
+    }
+
     pub fn ready_since(&self, since: Instant) -> usize {
         (0..self.states.len()).filter(|&i| self.state(i).ready_at.is_some_and(|t| t >= since)).count()
     }
@@ -363,15 +368,24 @@ async fn session(
     identity: &Identity,
     permit: OwnedSemaphorePermit,
 ) -> Result<(), String> {
+    match fleet.connector.protocol {
+        Protocol::Sotw => sotw_session(fleet, i, identity, permit).await,
+        Protocol::Delta => delta_session(fleet, i, identity, permit).await,
+    }
+}
+
+/// A stream's first request, as Envoy's: clusters, with the node (like
+/// Istio's bootstrap, the node goes only in the first request).
+pub fn first_request(protocol: Protocol, identity: &Identity) -> Vec<Bytes> {
     let node = Node {
         id: identity.node_id.clone(),
         cluster: identity.cluster.clone(),
         metadata: identity.metadata.clone(),
         ..Default::default()
     };
-    match fleet.connector.protocol {
-        Protocol::Sotw => sotw_session(fleet, i, identity, permit, node).await,
-        Protocol::Delta => delta_session(fleet, i, identity, permit, node).await,
+    match protocol {
+        Protocol::Sotw => ads::sotw_request("", Some(&node), &Names::default(), URLS[CDS], ""),
+        Protocol::Delta => ads::delta_request(Some(&node), URLS[CDS], &[], &[], ""),
     }
 }
 
@@ -402,12 +416,10 @@ async fn sotw_session(
     i: usize,
     identity: &Identity,
     permit: OwnedSemaphorePermit,
-    node: Node,
 ) -> Result<(), String> {
     let mut subs: [Subscription; 5] = Default::default();
     subs[CDS].requested = true;
-    // Like Istio's bootstrap: the node goes only in the first request.
-    let first = ads::sotw_request("", Some(&node), &Names::default(), URLS[CDS], "");
+    let first = first_request(Protocol::Sotw, identity);
     let mut link = Link::open(fleet, i, identity, permit, first).await?;
     while let Some((message, at)) = link.next().await? {
         let response =
@@ -521,14 +533,13 @@ async fn delta_session(
     i: usize,
     identity: &Identity,
     permit: OwnedSemaphorePermit,
-    node: Node,
 ) -> Result<(), String> {
     // Clusters and listeners are wildcard; the rest by name.
     let mut clusters: HashMap<Arc<str>, Arc<ClusterInfo>> = HashMap::new();
     let mut listeners: HashMap<String, Vec<Arc<str>>> = HashMap::new();
     let (mut cds_acked, mut lds_requested, mut lds_acked) = (false, false, false);
     let (mut eds, mut rds, mut sds) = (Named::default(), Named::default(), Named::default());
-    let first = ads::delta_request(Some(&node), URLS[CDS], &[], &[], "");
+    let first = first_request(Protocol::Delta, identity);
     let mut link = Link::open(fleet, i, identity, permit, first).await?;
     while let Some((message, at)) = link.next().await? {
         let response =
