@@ -9,7 +9,10 @@
 //! the pages keep coming, the configuration applied before stays in force,
 //! a change applied after it returns arrives, a pod created after is
 //! injected and its Envoy configured (the pod Ready), and no controller
-//! restarts (docs/operations.md).
+//! restarts. Last, one sidecar's Envoy is frozen (SIGSTOP) while a change
+//! is made: the others serve on, the controller lets the frozen one go,
+//! and once it continues it reconnects and holds the change
+//! (docs/operations.md).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -312,6 +315,14 @@ fn killing_a_replica_and_a_rolling_restart_fail_no_request_and_change_no_config(
 /// SIGKILL to the controller process of a pod, found by the pod's network
 /// namespace (every replica runs the same command line).
 fn kill_controller(namespace: &str, pod: &str) {
+    let pids = processes_in_pod(namespace, pod, "mesh");
+    assert_eq!(pids.len(), 1, "one controller process in {namespace}/{pod}: {pids:?}");
+    assert!(run("kill", &["-KILL", &pids[0]], None).ok, "kill {}", pids[0]);
+}
+
+/// The pids of the processes named `comm` in the pod (found by its network
+/// namespace).
+fn processes_in_pod(namespace: &str, pod: &str, comm: &str) -> Vec<String> {
     let suffix = format!("-{namespace}.{pod}");
     let list = run("ip", &["netns", "list"], None).stdout;
     let netns = list
@@ -321,15 +332,10 @@ fn kill_controller(namespace: &str, pod: &str) {
         .unwrap_or_else(|| panic!("no network namespace for {namespace}/{pod} in {list}"))
         .to_string();
     let pids = run("ip", &["netns", "pids", &netns], None).stdout;
-    let mut killed = 0;
-    for pid in pids.split_whitespace() {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() == "mesh" {
-            assert!(run("kill", &["-KILL", pid], None).ok, "kill {pid}");
-            killed += 1;
-        }
-    }
-    assert_eq!(killed, 1, "one controller process in {netns} (pids {pids})");
+    pids.split_whitespace()
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim() == comm)
+        .map(str::to_string)
+        .collect()
 }
 
 /// The pages' reviews versions, ten in a row from productpage's pod.
@@ -514,4 +520,89 @@ spec:
     assert!(total >= 100, "too few pages to prove anything: {answers:?}");
     assert_eq!(ok, total, "every page 200 through the outage: {answers:?}");
     assert_eq!(controller_restarts(&release.namespace), restarts, "a controller restarted during the outage");
+}
+
+/// A pod's Envoy stopped (SIGSTOP: it reads nothing, answers nothing)
+/// until [`Frozen::thaw`], or until dropped.
+struct Frozen {
+    pid: String,
+    thawed: bool,
+}
+
+impl Frozen {
+    fn new(namespace: &str, pod: &str) -> Self {
+        let pids = processes_in_pod(namespace, pod, "envoy");
+        assert_eq!(pids.len(), 1, "one Envoy in {namespace}/{pod}: {pids:?}");
+        assert!(run("kill", &["-STOP", &pids[0]], None).ok, "stopping Envoy {}", pids[0]);
+        Self { pid: pids[0].clone(), thawed: false }
+    }
+
+    fn thaw(mut self) {
+        self.thawed = true;
+        assert!(run("kill", &["-CONT", &self.pid], None).ok, "continuing Envoy {}", self.pid);
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.thawed {
+            let _ = run("kill", &["-CONT", &self.pid], None);
+        }
+    }
+}
+
+#[test]
+fn a_frozen_sidecar_is_let_go_and_gets_what_changed_when_it_thaws_while_the_others_serve_on() {
+    let release = Release::install("mesh-e2e-frozen", &[]);
+    let ns = injected_bookinfo("frozen");
+    let client = pod_named(&ns.name, "app=productpage");
+    apply_sample(&ns.name, "destination-rule-all.yaml");
+    apply_sample(&ns.name, "virtual-service-all-v1.yaml");
+    eventually("pages from reviews-v1 only", Duration::from_secs(30), || {
+        only("reviews-v1")(&versions(&ns.name, &client)).then_some(())
+    });
+    let total = || connected(&release.namespace).values().sum::<f64>();
+    let before = total();
+    // reviews-v2 takes no traffic while everything goes to v1, then v3.
+    let frozen_pod = pod_named(&ns.name, "app=reviews,version=v2");
+    let load = Load::start(&ns.name, &client);
+    let frozen = Frozen::new(&ns.name, &frozen_pod);
+    let stopped = Instant::now();
+
+    // A change while it is frozen: every other sidecar takes it.
+    apply_sample(&ns.name, "virtual-service-reviews-v3.yaml");
+    eventually("pages from reviews-v3 only", Duration::from_secs(30), || {
+        only("reviews-v3")(&versions(&ns.name, &client)).then_some(())
+    });
+    // HTTP/2 pings (every 30 s, 10 s to answer) find it; the controller
+    // ends its stream.
+    let let_go = eventually("the frozen proxy's stream ended", Duration::from_secs(90), || {
+        (total() < before).then(|| stopped.elapsed())
+    });
+    frozen.thaw();
+    let thawed = Instant::now();
+    let back = eventually("the thawed proxy connected again", Duration::from_secs(60), || {
+        (total() >= before).then(|| thawed.elapsed())
+    });
+    // It holds the change made while it was frozen.
+    let routes = eventually("the thawed Envoy routes reviews to v3", Duration::from_secs(30), || {
+        let out = enter(
+            &ns.name,
+            &frozen_pod,
+            "curl -s -m 5 'http://127.0.0.1:15000/config_dump?resource=dynamic_route_configs'",
+        );
+        let reviews = format!("reviews.{}.svc.cluster.local", ns.name);
+        (out.stdout.contains(&format!("outbound|9080|v3|{reviews}"))
+            && !out.stdout.contains(&format!("outbound|9080|v1|{reviews}")))
+        .then_some(out.stdout.len())
+    });
+    let answers = load.stop();
+    eprintln!(
+        "frozen Envoy let go {let_go:?} after it stopped, connected again {back:?} after it continued \
+         ({routes} bytes of routes); pages under load: {answers:?}"
+    );
+    let pages: usize = answers.values().sum();
+    let ok: usize = answers.iter().filter(|(k, _)| k.starts_with("200 ")).map(|(_, n)| n).sum();
+    assert!(pages >= 50, "too few pages to prove anything: {answers:?}");
+    assert_eq!(ok, pages, "every page 200 while a sidecar was frozen: {answers:?}");
 }
