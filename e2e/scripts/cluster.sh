@@ -24,6 +24,7 @@ mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 off=${MESH_PORT_OFFSET:-0}
 apiserver_port=$((6443 + off))
+kubelet_port=$((10250 + off))
 etcd_port=$((2379 + off))
 etcd_peer_port=$((2380 + off))
 kcm_port=$((10257 + off))
@@ -92,6 +93,10 @@ make_pki() {
   # other components trust requests carrying it (request-header auth).
   cert front-proxy-client front-proxy-client
   cert node "system:node:$node_name" system:nodes
+  # The node's kubelet port (container logs), and the API server's
+  # identity there.
+  cert kubelet "system:node:$node_name" system:nodes "DNS:$node_name,IP:$node_ip"
+  cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
   cert kube-proxy system:kube-proxy
   # ServiceAccount tokens are signed with this key pair (RSA, as kube expects by default).
   if [ ! -f "$pki/sa.key" ]; then
@@ -193,6 +198,9 @@ up() {
     --enable-admission-plugins NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultStorageClass,DefaultTolerationSeconds,NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ResourceQuota \
     --service-cluster-ip-range "$service_cidr" \
     --advertise-address "$node_ip" \
+    --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority "$pki/ca.crt" --kubelet-preferred-address-types InternalIP \
     --allow-privileged=true --profiling=false \
     --cert-dir "$dir/apiserver-certs"
   wait_for kube-apiserver 90 apiserver_ready
@@ -239,6 +247,8 @@ start_node() {
     --kube-proxy "$TOOLS_BIN/kube-proxy" --kube-proxy-kubeconfig "$dir/kube-proxy.kubeconfig" \
     --prefix "$prefix" --pod-cidr "$node_cidr" --cluster-cidr "$cluster_cidr" \
     --service-cidr "$service_cidr" --link-ip "$link_ip" \
+    --kubelet-port "$kubelet_port" --kubelet-cert "$pki/kubelet.crt" --kubelet-key "$pki/kubelet.key" \
+    --client-ca "$pki/ca.crt" \
     ${MESH_TOKEN_MAX_AGE:+--token-max-age "$MESH_TOKEN_MAX_AGE"}
   wait_for "node $node_name" 60 "$TOOLS_BIN/kubectl" --kubeconfig "$kubeconfig" \
     wait --for condition=Ready "node/$node_name" --timeout 1s

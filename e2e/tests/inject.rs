@@ -88,6 +88,14 @@ fn bookinfo_gets_envoy_in_every_pod_and_its_traffic_goes_through_envoy() {
         assert_eq!(init["state"]["terminated"]["exitCode"], 0, "{pod}: {init}");
     }
 
+    // Envoy's own log and the app's, as users read them: what the node
+    // wrote for each container.
+    let productpage_pod = pod_named(&ns.name, "app=productpage");
+    for container in ["istio-proxy", "productpage"] {
+        let logs = kubectl_ok(&["logs", "-n", &ns.name, "deploy/productpage-v1", "-c", container], None);
+        assert_eq!(logs, crate::support::container_log(&ns.name, &productpage_pod, container), "{container}");
+    }
+
     // The page still shows details and reviews, through every Envoy on the way.
     let productpage = pod_named(&ns.name, "app=productpage");
     let page = eventually("productpage through Envoy", Duration::from_secs(30), || {

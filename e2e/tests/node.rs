@@ -453,3 +453,50 @@ fn a_container_that_exits_is_restarted() {
     assert_eq!(status["lastState"]["terminated"]["exitCode"], 3, "{status}");
     let _ = kubectl(&["delete", "pod", "-n", &ns.name, "crasher", "--wait=false"], None);
 }
+
+#[test]
+fn kubectl_logs_reads_a_containers_output_through_the_nodes_kubelet_port() {
+    let ns = TempNamespace::new("logs");
+    apply(
+        &ns.name,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: talker}\nspec:\n  containers:\n  \
+         - {name: say, image: busybox, command: [sh, -c, 'for i in 1 2 3; do echo line $i; done; \
+         i=0; while [ $i -lt 600 ]; do echo tick $i; i=$((i + 1)); sleep 1; done']}\n",
+    );
+    wait_ready(&ns.name, "talker");
+    let logs = eventually("three lines and a tick", Duration::from_secs(30), || {
+        let out = kubectl(&["logs", "-n", &ns.name, "talker"], None);
+        (out.ok && out.stdout.contains("tick 1")).then_some(out.stdout)
+    });
+    assert!(logs.starts_with("line 1\nline 2\nline 3\ntick 0\n"), "{logs}");
+    let tail = kubectl_ok(&["logs", "-n", &ns.name, "talker", "-c", "say", "--tail", "1"], None);
+    assert_eq!(tail.lines().count(), 1, "{tail}");
+    assert!(tail.starts_with("tick "), "{tail}");
+    let limited = kubectl_ok(&["logs", "-n", &ns.name, "talker", "--limit-bytes", "7"], None);
+    assert_eq!(limited, "line 1\n");
+    // Followed: new lines keep coming until kubectl is stopped (3 s).
+    let followed = crate::support::run(
+        "timeout",
+        &[
+            "3",
+            "kubectl",
+            "--kubeconfig",
+            &crate::support::kubeconfig(),
+            "logs",
+            "-f",
+            "-n",
+            &ns.name,
+            "talker",
+            "--tail",
+            "1",
+        ],
+        None,
+    );
+    let ticks = followed.stdout.lines().filter(|l| l.starts_with("tick ")).count();
+    assert!(ticks >= 2, "a followed log grows: {:?}", followed.stdout);
+    // What the node cannot do is refused with the reason.
+    let since = kubectl(&["logs", "-n", &ns.name, "talker", "--since", "10s"], None);
+    assert!(!since.ok && since.stderr.contains("keeps no timestamps"), "{}", since.stderr);
+    let previous = kubectl(&["logs", "-n", &ns.name, "talker", "--previous"], None);
+    assert!(!previous.ok && previous.stderr.contains("no log of a previous run"), "{}", previous.stderr);
+}

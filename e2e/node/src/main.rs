@@ -9,6 +9,7 @@
 
 mod environment;
 mod images;
+mod kubelet;
 mod network;
 mod node;
 mod pod;
@@ -31,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the node.
-    Run(node::RunArgs),
+    Run(Box<node::RunArgs>),
     /// Enter a pod's sandbox and exec a program (used by the node itself).
     Exec(sandbox::ExecArgs),
     /// Run a command inside a pod (network namespace, /etc/hosts, volumes), as root.
@@ -61,7 +62,7 @@ fn main() -> std::process::ExitCode {
                 .init();
             tokio::runtime::Runtime::new()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(node::run(args)))
+                .and_then(|rt| rt.block_on(node::run(*args)))
         }
     };
     match result {

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::environment::ServiceLink;
 use crate::images::Images;
+use crate::kubelet::KubeletArgs;
 use crate::network::{NetworkArgs, NodeNetwork, in_netns, netns_path};
 use crate::pod::{Shared, Worker};
 
@@ -65,6 +66,8 @@ pub struct RunArgs {
     pub token_max_age: Option<u64>,
     #[command(flatten)]
     pub network: NetworkArgs,
+    #[command(flatten)]
+    pub kubelet: KubeletArgs,
 }
 
 fn parse_program(s: &str) -> Result<(String, String), String> {
@@ -87,6 +90,18 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let shutdown = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(tls) = crate::kubelet::tls_config(&args.kubelet)? {
+        let addr = std::net::SocketAddr::from((net.gateway, args.kubelet.kubelet_port));
+        let listener = crate::kubelet::listen(&netns_path(&net.node_netns), addr)?;
+        tracing::info!(%addr, "kubelet port (container logs) ready");
+        tasks.spawn(crate::kubelet::serve(
+            listener,
+            tls,
+            args.kubelet.kubelet_client_name.clone(),
+            args.state_dir.clone(),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(forward_apiserver(net.clone(), args.apiserver.clone(), shutdown.clone()));
     tasks.spawn(supervise_kube_proxy(args.clone(), net.clone(), shutdown.clone()));
     register(&client, &args, &net).await?;
@@ -233,7 +248,7 @@ fn node_status(args: &RunArgs, net: &NodeNetwork) -> serde_json::Value {
         ],
         "addresses": [{"type": "InternalIP", "address": net.gateway.to_string()}, {"type": "Hostname", "address": args.name}],
         "capacity": resources, "allocatable": resources,
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": args.kubelet.kubelet_port}},
         "nodeInfo": {
             "machineID": "local", "systemUUID": "local", "bootID": "local",
             "kernelVersion": nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
