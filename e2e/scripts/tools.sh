@@ -100,6 +100,41 @@ istiod() {
   stamp istiod "$ISTIOD_VERSION"
 }
 
+# Prometheus and Jaeger are left out of `all` until a test or `make run`
+# runs them (each build takes about five minutes).
+prometheus() {
+  if fresh prometheus "$PROMETHEUS_VERSION" && [ -x "$TOOLS_BIN/prometheus" ]; then
+    log "prometheus $PROMETHEUS_VERSION: present"; return
+  fi
+  log "prometheus $PROMETHEUS_VERSION: go install (about five minutes)"
+  CGO_ENABLED=0 GOBIN="$TOOLS_BIN" go install -trimpath \
+    -ldflags "-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
+  "$TOOLS_BIN/prometheus" --version >/dev/null
+  stamp prometheus "$PROMETHEUS_VERSION"
+}
+
+# Jaeger's module has replace directives, which `go install pkg@version`
+# refuses: it is built as a tool of a module of our own, in the cache.
+jaeger() {
+  if fresh jaeger "$JAEGER_VERSION" && [ -x "$TOOLS_BIN/jaeger" ]; then
+    log "jaeger $JAEGER_VERSION: present"; return
+  fi
+  log "jaeger $JAEGER_VERSION: go get -tool, go build (about five minutes)"
+  local mod="$MESH_CACHE/src/jaeger-tool"
+  rm -rf "$mod"
+  mkdir -p "$mod"
+  (
+    cd "$mod"
+    export CGO_ENABLED=0 GOFLAGS=-mod=mod
+    go mod init mesh.local/jaeger-tool >/dev/null 2>&1
+    go get -tool "github.com/jaegertracing/jaeger/cmd/jaeger@$JAEGER_VERSION"
+    go build -trimpath -ldflags "-s -w" -o "$TOOLS_BIN/jaeger" github.com/jaegertracing/jaeger/cmd/jaeger
+  )
+  "$TOOLS_BIN/jaeger" --help >/dev/null
+  stamp jaeger "$JAEGER_VERSION"
+}
+
 envoy() {
   if fresh envoy "$ENVOY_VERSION" && [ -x "$TOOLS_BIN/envoy" ]; then
     log "envoy $ENVOY_VERSION: present"; return
@@ -132,8 +167,8 @@ cargo_fuzz() {
 what=${1:-all}
 case "$what" in
   all) debian_packages; envoy; helm; fortio; httpbin; kubernetes; cargo_fuzz ;;
-  debian|envoy|helm|fortio|httpbin|kubernetes|istiod) [ "$what" = debian ] && debian_packages || "$what" ;;
+  debian|envoy|helm|fortio|httpbin|kubernetes|istiod|prometheus|jaeger) [ "$what" = debian ] && debian_packages || "$what" ;;
   cargo-fuzz) cargo_fuzz ;;
-  *) echo "usage: $0 [all|debian|envoy|helm|fortio|httpbin|kubernetes|istiod|cargo-fuzz]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|debian|envoy|helm|fortio|httpbin|kubernetes|istiod|prometheus|jaeger|cargo-fuzz]" >&2; exit 2 ;;
 esac
 log "done: $TOOLS_BIN"
