@@ -27,6 +27,12 @@
 //! proxy reconnects with the token the kubelet refreshed, and is reviewed
 //! again: a deleted pod's proxy gets nothing new.
 //!
+//! What a stream holds for a slow proxy is bounded (docs/operations.md): a
+//! queue of `QUEUE` responses, HTTP/2's send buffer, and places among
+//! the large responses in flight; a proxy that takes none of its
+//! responses for 30 s has its stream and connection closed
+//! (`watch_stall`).
+//!
 //! The first ACK of each resource type on a stream is logged (info) with
 //! the time since the stream was registered: how long a new sidecar waited
 //! for its configuration and its secrets (`make bench-identity` reads it).
