@@ -328,6 +328,7 @@ fn workload(key: ObjectKey, pod: &core::Pod) -> Workload {
     let spec = pod.spec.as_ref();
     let status = pod.status.as_ref();
     Workload {
+        workload_name: workload_name(pod).unwrap_or_else(|| key.name.clone()),
         key,
         uid: pod.metadata.uid.clone().unwrap_or_default(),
         labels: labels(&pod.metadata),
@@ -345,6 +346,33 @@ fn workload(key: ObjectKey, pod: &core::Pod) -> Workload {
             .filter_map(|p| Some((p.name.clone().filter(|n| !n.is_empty())?, port(p.container_port))))
             .collect(),
     }
+}
+
+/// The name of the workload a pod belongs to, from its controlling owner:
+/// a ReplicaSet named `<deployment>-<pod-template-hash>` stands for its
+/// Deployment, a Job named `<cronjob>-<number>` for its CronJob; any
+/// other owner for itself. None without an owner.
+fn workload_name(pod: &core::Pod) -> Option<String> {
+    let owners = pod.metadata.owner_references.as_ref()?;
+    let owner = owners.iter().find(|o| o.controller == Some(true)).or_else(|| owners.first())?;
+    let strip = |suffix: Option<&str>| {
+        let suffix = suffix.filter(|s| !s.is_empty())?;
+        owner.name.strip_suffix(suffix)?.strip_suffix('-').filter(|n| !n.is_empty()).map(str::to_string)
+    };
+    let named = match owner.kind.as_str() {
+        "ReplicaSet" => {
+            strip(pod.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash")).map(String::as_str))
+        }
+        // A CronJob's Jobs are named after it and the minute they were
+        // scheduled for: a number.
+        "Job" => owner
+            .name
+            .rsplit_once('-')
+            .filter(|(name, n)| !name.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .map(|(name, _)| name.to_string()),
+        _ => None,
+    };
+    Some(named.unwrap_or_else(|| owner.name.clone()))
 }
 
 fn namespace(key: ObjectKey, ns: &core::Namespace) -> Namespace {

@@ -479,8 +479,10 @@ impl Index {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1 as core;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use kube::api::{ApiResource, DynamicObject, ObjectMeta};
     use serde_json::json;
+    use std::collections::BTreeMap;
 
     fn vs(name: &str, generation: i64, spec: serde_json::Value) -> DynamicObject {
         let ar = ApiResource::erase::<crate::api::VirtualService>(&());
@@ -669,5 +671,49 @@ mod tests {
         assert_eq!(w.ip.as_deref(), Some("10.244.0.7"));
         assert!(w.ready);
         assert_eq!(w.labels.get("app").map(String::as_str), Some("reviews"));
+        assert_eq!(w.workload_name, "reviews-v1-abc", "no owner: the pod's own name");
+    }
+
+    #[test]
+    fn a_pods_workload_is_named_after_its_deployment_cronjob_or_owner() {
+        let owned = |name: &str, kind: &str, owner: &str, hash: Option<&str>| {
+            let mut labels = BTreeMap::new();
+            if let Some(hash) = hash {
+                labels.insert("pod-template-hash".to_string(), hash.to_string());
+            }
+            core::Pod {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    namespace: Some("default".into()),
+                    labels: Some(labels),
+                    owner_references: Some(vec![OwnerReference {
+                        api_version: "apps/v1".into(),
+                        kind: kind.into(),
+                        name: owner.into(),
+                        uid: "u".into(),
+                        controller: Some(true),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+        };
+        let cases = [
+            (owned("reviews-v1-7d9f-x2", "ReplicaSet", "reviews-v1-7d9f", Some("7d9f")), "reviews-v1"),
+            // A ReplicaSet of its own: its name does not end in the hash.
+            (owned("web-abcde", "ReplicaSet", "web", Some("7d9f")), "web"),
+            (owned("backup-28990320-q", "Job", "backup-28990320", None), "backup"),
+            (owned("migrate-q", "Job", "migrate", None), "migrate"),
+            (owned("db-0", "StatefulSet", "db", None), "db"),
+            (owned("agent-x", "DaemonSet", "agent", None), "agent"),
+        ];
+        for (pod, expected) in cases {
+            let mut ix = index();
+            ix.apply::<Pods>(&pod);
+            let name = pod.metadata.name.clone().expect("named");
+            let w = ix.get::<Pods>(&ObjectKey::new("default", &name)).expect("indexed");
+            assert_eq!(w.workload_name, expected, "{name}");
+        }
     }
 }

@@ -137,6 +137,11 @@ pub struct Endpoint {
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Workload {
     pub key: ObjectKey,
+    /// The workload the pod belongs to, as Istio names it in its metrics
+    /// (`source_workload`, `destination_workload`): its Deployment's name
+    /// for a pod of a ReplicaSet made by one, its CronJob's for a pod of a
+    /// Job made by one, else its owner's name, else its own.
+    pub workload_name: String,
     pub uid: String,
     pub labels: BTreeMap<String, String>,
     pub service_account: String,
