@@ -291,6 +291,14 @@ fn killing_a_replica_and_a_rolling_restart_fail_no_request_and_change_no_config(
             &["rollout", "status", "deployment/mesh", "-n", &release.namespace, "--timeout=180s"],
             None,
         );
+        // The rollout is done once the old replicas are terminating; each
+        // still holds its proxies for its shutdown delay. Watch until both
+        // are gone.
+        eventually("the old replicas gone", Duration::from_secs(60), || {
+            let now = controller_pods(&release.namespace, "{.items[*].metadata.name}");
+            (!replicas.split_whitespace().any(|old| now.split_whitespace().any(|new| new == old)))
+                .then_some(())
+        });
     });
     let rolled = started.elapsed();
     print_stream_log(&ns.name, &pods);
