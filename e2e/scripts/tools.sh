@@ -58,60 +58,40 @@ kubernetes() {
   stamp kubernetes "$key"
 }
 
-helm() {
-  if fresh helm "$HELM_VERSION" && [ -x "$TOOLS_BIN/helm" ]; then
-    log "helm $HELM_VERSION: present"; return
+# go_tool NAME VERSION BINARY PACKAGE [LDFLAGS]: `go install PACKAGE@VERSION`
+# into the cache as BINARY, unless that version is there already.
+go_tool() {
+  local name=$1 version=$2 binary=$3 package=$4 ldflags=${5:-}
+  if fresh "$name" "$version" && [ -x "$TOOLS_BIN/$binary" ]; then
+    log "$name $version: present"; return
   fi
-  log "helm $HELM_VERSION: go install"
-  CGO_ENABLED=0 GOBIN="$TOOLS_BIN" go install -trimpath \
-    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
-    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-  stamp helm "$HELM_VERSION"
+  log "$name $version: go install $package"
+  CGO_ENABLED=0 GOBIN="$TOOLS_BIN" go install -trimpath -ldflags "-s -w $ldflags" "$package@$version"
+  stamp "$name" "$version"
 }
 
-fortio() {
-  if fresh fortio "$FORTIO_VERSION" && [ -x "$TOOLS_BIN/fortio" ]; then
-    log "fortio $FORTIO_VERSION: present"; return
-  fi
-  log "fortio $FORTIO_VERSION: go install"
-  CGO_ENABLED=0 GOBIN="$TOOLS_BIN" go install -trimpath -ldflags "-s -w" "fortio.org/fortio@$FORTIO_VERSION"
-  stamp fortio "$FORTIO_VERSION"
+helm() {
+  go_tool helm "$HELM_VERSION" helm helm.sh/helm/v3/cmd/helm \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 }
+
+fortio() { go_tool fortio "$FORTIO_VERSION" fortio fortio.org/fortio; }
 
 httpbin() {
-  if fresh httpbin "$HTTPBIN_VERSION" && [ -x "$TOOLS_BIN/go-httpbin" ]; then
-    log "go-httpbin $HTTPBIN_VERSION: present"; return
-  fi
-  log "go-httpbin $HTTPBIN_VERSION: go install"
-  CGO_ENABLED=0 GOBIN="$TOOLS_BIN" go install -trimpath -ldflags "-s -w" \
-    "github.com/mccutchen/go-httpbin/v2/cmd/go-httpbin@$HTTPBIN_VERSION"
-  stamp httpbin "$HTTPBIN_VERSION"
+  go_tool httpbin "$HTTPBIN_VERSION" go-httpbin github.com/mccutchen/go-httpbin/v2/cmd/go-httpbin
 }
 
 # Only the side-by-side benchmark runs istiod, so `all` leaves it out: the
 # build takes minutes and no test needs it.
 istiod() {
-  if fresh istiod "$ISTIOD_VERSION" && [ -x "$TOOLS_BIN/pilot-discovery" ]; then
-    log "istiod $ISTIOD_VERSION: present"; return
-  fi
-  log "istiod $ISTIOD_VERSION: go install pilot-discovery (about four minutes)"
-  CGO_ENABLED=0 GOBIN="$TOOLS_BIN" go install -trimpath -ldflags "-s -w" \
-    "istio.io/istio/pilot/cmd/pilot-discovery@$ISTIOD_VERSION"
-  stamp istiod "$ISTIOD_VERSION"
+  go_tool istiod "$ISTIOD_VERSION" pilot-discovery istio.io/istio/pilot/cmd/pilot-discovery
 }
 
 # Prometheus and Jaeger are left out of `all` until a test or `make run`
 # runs them (each build takes about five minutes).
 prometheus() {
-  if fresh prometheus "$PROMETHEUS_VERSION" && [ -x "$TOOLS_BIN/prometheus" ]; then
-    log "prometheus $PROMETHEUS_VERSION: present"; return
-  fi
-  log "prometheus $PROMETHEUS_VERSION: go install (about five minutes)"
-  CGO_ENABLED=0 GOBIN="$TOOLS_BIN" go install -trimpath \
-    -ldflags "-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
-    "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
-  "$TOOLS_BIN/prometheus" --version >/dev/null
-  stamp prometheus "$PROMETHEUS_VERSION"
+  go_tool prometheus "$PROMETHEUS_VERSION" prometheus github.com/prometheus/prometheus/cmd/prometheus \
+    "-X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION"
 }
 
 # Jaeger's module has replace directives, which `go install pkg@version`

@@ -35,9 +35,9 @@ pub struct KubeletArgs {
     /// The kubelet port (the Node's daemonEndpoints), on the node's address.
     #[arg(long, default_value_t = 10250)]
     pub kubelet_port: u16,
-    /// The node's serving certificate and key (PEM); without them, no
-    /// kubelet port.
-    #[arg(long, requires = "kubelet_key")]
+    /// The node's serving certificate and key (PEM), with `--client-ca`;
+    /// without them, no kubelet port.
+    #[arg(long, requires_all = ["kubelet_key", "client_ca"])]
     pub kubelet_cert: Option<PathBuf>,
     #[arg(long)]
     pub kubelet_key: Option<PathBuf>,

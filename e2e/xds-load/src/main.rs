@@ -484,8 +484,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         let before = process.sample();
         let stop_changes = tokio_util::sync::CancellationToken::new();
-        let changing =
-            changes_at(&client, &layout, args.restart_changes_per_second, &process, stop_changes.clone());
+        let changing = peak_rss_while(
+            &process,
+            changes_at(&client, &layout, args.restart_changes_per_second, stop_changes.clone()),
+        );
         tokio::pin!(changing);
         if args.restart_changes_per_second > 0 {
             // The changes are flowing before the controller stops.
@@ -510,8 +512,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             stop_changes.cancel();
             anyhow::Ok((restarted, all, done))
         };
-        let (restarted, all, done, churned) = match tokio::join!(restart, &mut changing) {
-            (Ok((restarted, all, done)), churned) => (restarted, all, done, churned),
+        let (restarted, all, done, (churned, peak_rss_kib)) = match tokio::join!(restart, &mut changing) {
+            (Ok((restarted, all, done)), changes) => (restarted, all, done, changes),
             (Err(e), _) => return Err(e),
         };
         let ready = fleet.ready_since(killed);
@@ -570,7 +572,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     seconds,
                     churned.made as f64 / seconds,
                     churned.failed,
-                    churned.peak_rss_kib.map_or("n/a".to_string(), |k| format!("{:.0} MiB", k as f64 / 1024.0))
+                    peak_rss_kib.map_or("n/a".to_string(), mib)
                 ),
             );
             summary.figures.add(
@@ -578,7 +580,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "/s",
                 Some(churned.made as f64 / seconds),
             );
-            summary.figures.mib("restart: RSS peak under changes", churned.peak_rss_kib);
+            summary.figures.mib("restart: RSS peak under changes", peak_rss_kib);
             // The last word: one more change, which every proxy must show.
             let probe = weight_probe(&layout, FINAL_WEIGHTS);
             let (id, started, returned) =
@@ -641,7 +643,6 @@ struct Churned {
     made: u64,
     failed: u64,
     seconds: f64,
-    peak_rss_kib: Option<u64>,
 }
 
 impl Churned {
@@ -660,22 +661,19 @@ const CHANGED_SERVICES: usize = 20;
 
 /// Changes the weights of the VirtualServices of services
 /// 0..[`CHANGED_SERVICES`] in turn, `rate` times a second (at most 32 calls
-/// in flight; a tick with 32 waiting is skipped) until `stop`, sampling
-/// the controller's RSS every 250 ms.
+/// in flight; a tick with 32 waiting is skipped) until `stop`.
 async fn changes_at(
     client: &kube::Client,
     layout: &Layout,
     rate: u32,
-    process: &Process,
     stop: tokio_util::sync::CancellationToken,
 ) -> Churned {
     let started = Instant::now();
-    let mut churned = Churned { made: 0, failed: 0, seconds: 0.0, peak_rss_kib: None };
+    let mut churned = Churned { made: 0, failed: 0, seconds: 0.0 };
     if rate == 0 {
         return churned;
     }
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
-    let mut sample = tokio::time::interval(Duration::from_millis(250));
     let mut calls = futures::stream::FuturesUnordered::new();
     let mut n: u32 = 0;
     loop {
@@ -690,10 +688,6 @@ async fn changes_at(
                 calls.push(cluster::set_weights_of(client, layout, service, (v1, 100 - v1)));
             }
             Some(result) = futures::StreamExt::next(&mut calls) => churned.count(&result),
-            _ = sample.tick() => {
-                let rss = process.sample().map(|s| s.rss_kib);
-                churned.peak_rss_kib = churned.peak_rss_kib.max(rss);
-            }
         }
     }
     while let Some(result) = futures::StreamExt::next(&mut calls).await {
