@@ -257,6 +257,16 @@ impl DefaultBookinfo {
     }
 }
 
+/// Waits until no Bookinfo Envoy drains a filter chain a change replaced:
+/// from then on every connection, pooled ones included, meets the change.
+fn wait_drained(what: &str) {
+    let started = Instant::now();
+    while draining() > 0.0 {
+        assert!(started.elapsed() < SETTLE, "{what}: still draining after {SETTLE:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// The filter chains and listeners the Bookinfo pods' Envoys are draining.
 fn draining() -> f64 {
     let names =
@@ -420,6 +430,7 @@ fn istio_1_1_authorization_for_http_services_step_by_step() {
     assert!(pages.iter().any(Reply::stars), "no page with stars in {RUN} (reviews v2 and v3 call ratings)");
     // The subject is a namespace, proven by mutual TLS: a caller without a
     // sidecar has none.
+    wait_drained("the uninjected client's page");
     let outside = plain.page();
     assert!(outside.denied(), "an uninjected client under namespace-policy: {}", outside.summary());
     // Any other method is not in the role.
@@ -434,6 +445,7 @@ fn istio_1_1_authorization_for_http_services_step_by_step() {
         |p: &Reply| p.status == 200 && p.body.contains(DETAILS_ERROR) && p.body.contains(REVIEWS_ERROR);
     bookinfo.step("productpage-policy.yaml: details and reviews fail", RUN, only_productpage);
     // `user: "*"` is anyone, with or without an identity.
+    wait_drained("the uninjected client's page");
     let outside = plain.page();
     assert!(only_productpage(&outside), "an uninjected client under user \"*\": {}", outside.summary());
 
@@ -484,7 +496,9 @@ fn istio_1_1_authorization_for_http_services_step_by_step() {
     bookinfo.step("every policy deleted: denied", RUN, Reply::denied);
     rbac_on.delete();
     bookinfo.step("authorization off again", RUN, Reply::full);
-    assert!(plain.page().full(), "an uninjected client once authorization is off");
+    wait_drained("the uninjected client's page");
+    let outside = plain.page();
+    assert!(outside.full(), "an uninjected client once authorization is off: {}", outside.summary());
 }
 
 #[test]
