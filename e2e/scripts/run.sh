@@ -23,6 +23,8 @@ kubectl create clusterrolebinding debug-viewer --clusterrole=mesh-debug \
   --serviceaccount=mesh-system:debug-viewer --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl label namespace default istio-injection=enabled --overwrite >/dev/null
 kubectl apply -f "$repo/samples/bookinfo.yaml" -f "$repo/samples/gateway.yaml" >/dev/null
+# Prometheus, scraping every proxy's Istio metrics and the controller (docs/observe.md).
+kubectl apply -f "$repo/samples/addons/prometheus.yaml" >/dev/null
 echo "[run] waiting for the demo app (samples/bookinfo.yaml), each pod with its Envoy..."
 kubectl rollout status deployment --timeout=240s >/dev/null
 kubectl -n mesh-system rollout status deployment mesh-ingressgateway --timeout=120s >/dev/null
@@ -38,11 +40,14 @@ mesh=$(kubectl -n mesh-system get service mesh -o jsonpath='{.spec.clusterIP}')
 replicas=$(kubectl -n mesh-system get pods -l app.kubernetes.io/name=mesh \
   -o jsonpath='{range .items[*]}http://{.status.podIP}:15014,{end}')
 replicas=${replicas%,}
+kubectl -n mesh-system rollout status deployment prometheus --timeout=120s >/dev/null
+prometheus=$(kubectl -n mesh-system get pods -l app=prometheus -o jsonpath='{.items[0].status.podIP}')
 cat <<TXT
 
   The local cluster is up, with the mesh and the demo app (istio-proxy in every pod).
 
     Open http://$ingress/productpage     (the demo app, through the ingress gateway)
+    Open http://$prometheus:9090          (Prometheus: Istio's metrics from every proxy)
 
   In another shell:
     cd $repo && eval "\$(make -s env)"
@@ -54,6 +59,8 @@ cat <<TXT
     curl -s -H "Authorization: Bearer \$MESH_TOKEN" http://$mesh:15014/debug/configz   # what the controller sees
     target/debug/mesh proxy-status --controller $replicas   # every Envoy, in sync or not
     kubectl apply -f samples/routing/destination-rules.yaml -f samples/routing/all-v1.yaml   # samples/README.md
+    curl -s http://$prometheus:9090/api/v1/query --data-urlencode \
+      'query=sum(rate(istio_requests_total{destination_service=~"reviews.*"}[1m])) by (destination_version, source_workload)'
   Ctrl-C here stops the cluster.
 
 TXT

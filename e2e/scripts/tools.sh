@@ -87,8 +87,9 @@ istiod() {
   go_tool istiod "$ISTIOD_VERSION" pilot-discovery istio.io/istio/pilot/cmd/pilot-discovery
 }
 
-# Prometheus and Jaeger are left out of `all` until a test or `make run`
-# runs them (each build takes about five minutes).
+# Prometheus runs on the local cluster (samples/addons/prometheus.yaml);
+# Jaeger is left out of `all` until a test or `make run` runs it (each
+# build takes about five minutes).
 prometheus() {
   go_tool prometheus "$PROMETHEUS_VERSION" prometheus github.com/prometheus/prometheus/cmd/prometheus \
     "-X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION"
@@ -146,7 +147,7 @@ cargo_fuzz() {
 
 what=${1:-all}
 case "$what" in
-  all) debian_packages; envoy; helm; fortio; httpbin; kubernetes; cargo_fuzz ;;
+  all) debian_packages; envoy; helm; fortio; httpbin; prometheus; kubernetes; cargo_fuzz ;;
   debian|envoy|helm|fortio|httpbin|kubernetes|istiod|prometheus|jaeger) [ "$what" = debian ] && debian_packages || "$what" ;;
   cargo-fuzz) cargo_fuzz ;;
   *) echo "usage: $0 [all|debian|envoy|helm|fortio|httpbin|kubernetes|istiod|prometheus|jaeger|cargo-fuzz]" >&2; exit 2 ;;

@@ -18,6 +18,7 @@ mod http_ops;
 mod inject;
 mod l4_routing;
 mod node;
+mod observe;
 mod resilience;
 mod routing;
 mod security;

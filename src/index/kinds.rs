@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use super::{ClusterSnapshot, ConvertError, Kind, Store};
 use crate::api;
 use crate::model::credential::TlsCredential;
+use crate::model::telemetry;
 use crate::model::{
     Config, Endpoint, EndpointPort, EndpointSlice, Namespace, ObjectKey, Service, ServicePort, Workload,
 };
@@ -348,31 +349,13 @@ fn workload(key: ObjectKey, pod: &core::Pod) -> Workload {
     }
 }
 
-/// The name of the workload a pod belongs to, from its controlling owner:
-/// a ReplicaSet named `<deployment>-<pod-template-hash>` stands for its
-/// Deployment, a Job named `<cronjob>-<number>` for its CronJob; any
-/// other owner for itself. None without an owner.
+/// The name of the workload a pod belongs to, from its controlling owner
+/// ([`telemetry::workload_name`]). None without an owner.
 fn workload_name(pod: &core::Pod) -> Option<String> {
     let owners = pod.metadata.owner_references.as_ref()?;
     let owner = owners.iter().find(|o| o.controller == Some(true)).or_else(|| owners.first())?;
-    let strip = |suffix: Option<&str>| {
-        let suffix = suffix.filter(|s| !s.is_empty())?;
-        owner.name.strip_suffix(suffix)?.strip_suffix('-').filter(|n| !n.is_empty()).map(str::to_string)
-    };
-    let named = match owner.kind.as_str() {
-        "ReplicaSet" => {
-            strip(pod.metadata.labels.as_ref().and_then(|l| l.get("pod-template-hash")).map(String::as_str))
-        }
-        // A CronJob's Jobs are named after it and the minute they were
-        // scheduled for: a number.
-        "Job" => owner
-            .name
-            .rsplit_once('-')
-            .filter(|(name, n)| !name.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-            .map(|(name, _)| name.to_string()),
-        _ => None,
-    };
-    Some(named.unwrap_or_else(|| owner.name.clone()))
+    let owner = telemetry::Owner { kind: &owner.kind, name: &owner.name };
+    telemetry::workload_name(Some(owner), pod.metadata.labels.as_ref().unwrap_or(&BTreeMap::new()))
 }
 
 fn namespace(key: ObjectKey, ns: &core::Namespace) -> Namespace {

@@ -136,6 +136,7 @@ impl Injector {
             Some(GATEWAY_TEMPLATE) => {
                 return Ok(Outcome::Injected(template::gateway_patch(
                     pod,
+                    namespace.name,
                     &options,
                     &self.args,
                     &self.bootstrap,
@@ -151,12 +152,26 @@ impl Injector {
         }
         let app_probes = if options.rewrite_probes { probes::app_probes(pod)? } else { Vec::new() };
         if app_probes.is_empty() {
-            return Ok(Outcome::Injected(template::patch(pod, &options, &self.args, &self.bootstrap, &[])?));
+            return Ok(Outcome::Injected(template::patch(
+                pod,
+                namespace.name,
+                &options,
+                &self.args,
+                &self.bootstrap,
+                &[],
+            )?));
         }
         let bootstrap =
             bootstrap::with_app_health(bootstrap::bootstrap(&self.args.proxy_xds_address), &app_probes)
                 .to_string();
-        Ok(Outcome::Injected(template::patch(pod, &options, &self.args, &bootstrap, &app_probes)?))
+        Ok(Outcome::Injected(template::patch(
+            pod,
+            namespace.name,
+            &options,
+            &self.args,
+            &bootstrap,
+            &app_probes,
+        )?))
     }
 }
 

@@ -1,5 +1,7 @@
 //! The containers, volumes and annotations an injected pod gains.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
     DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
@@ -11,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
 use super::annotations::{ProxyOptions, STATUS};
+use crate::model::telemetry;
 use crate::translate::tls::{TLS_MODE_ISTIO, TLS_MODE_LABEL};
 
 use super::bootstrap::{self, BOOTSTRAP_DIR, BOOTSTRAP_FILE, ROOT_CERT_DIR, TOKEN_DIR, TOKEN_FILE};
@@ -32,6 +35,7 @@ const BOOTSTRAP_VOLUME: &str = "istio-bootstrap";
 /// rewritten form and recorded on the sidecar; `bootstrap` serves them.
 pub fn patch(
     pod: &Pod,
+    namespace: &str,
     options: &ProxyOptions,
     args: &InjectArgs,
     bootstrap: &str,
@@ -50,6 +54,7 @@ pub fn patch(
 
     let mut patch = SidecarPatch::default();
     let mut proxy = proxy_container(options, args, &workload_name(pod), bootstrap::SIDECAR_NODE);
+    proxy.env.get_or_insert_default().push(workload_labels(pod, namespace));
     if !app_probes.is_empty() {
         proxy.env.get_or_insert_default().push(EnvVar {
             name: probes::PROBERS_ENV.into(),
@@ -102,6 +107,7 @@ pub fn patch(
 /// merges them.
 pub fn gateway_patch(
     pod: &Pod,
+    namespace: &str,
     options: &ProxyOptions,
     args: &InjectArgs,
     bootstrap: &str,
@@ -125,6 +131,7 @@ pub fn gateway_patch(
     }
     let theirs = &spec.containers[index];
     let mut proxy = proxy_container(options, args, &workload_name(pod), bootstrap::ROUTER_NODE);
+    proxy.env.get_or_insert_default().push(workload_labels(pod, namespace));
     // The pod's application: no native sidecar, nothing waits for it.
     proxy.restart_policy = None;
     proxy.startup_probe = None;
@@ -196,6 +203,26 @@ fn workload_name(pod: &Pod) -> String {
     let app = meta.labels.as_ref().and_then(|l| l.get("app")).filter(|a| !a.is_empty());
     let generated = meta.generate_name.as_deref().map(|g| g.trim_end_matches('-')).filter(|g| !g.is_empty());
     app.map(String::as_str).or(generated).or(meta.name.as_deref()).unwrap_or("unknown").to_string()
+}
+
+/// The pod's workload as Istio's metrics name it, for the sidecar's own
+/// (crate::translate::telemetry): fixed at creation, as the pod's owner is.
+fn workload_labels(pod: &Pod, namespace: &str) -> EnvVar {
+    let meta = &pod.metadata;
+    let empty = BTreeMap::new();
+    let labels = meta.labels.as_ref().unwrap_or(&empty);
+    let owners = meta.owner_references.iter().flatten();
+    let owner = owners.clone().find(|o| o.controller == Some(true)).or_else(|| owners.clone().next());
+    let owner = owner.map(|o| telemetry::Owner { kind: &o.kind, name: &o.name });
+    // A pod without an owner is its own workload; it may have only a generated name yet.
+    let own_name = meta.name.as_deref().or(meta.generate_name.as_deref().map(|g| g.trim_end_matches('-')));
+    let workload =
+        telemetry::workload_name(owner, labels).unwrap_or_else(|| own_name.unwrap_or_default().to_string());
+    EnvVar {
+        name: telemetry::ENV.into(),
+        value: Some(telemetry::WorkloadLabels::new(&workload, namespace, labels).joined()),
+        ..Default::default()
+    }
 }
 
 /// `mesh iptables`: root with NET_ADMIN and NET_RAW only, nothing else.

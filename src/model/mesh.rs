@@ -43,6 +43,7 @@ use super::host::{self, service_fqdn};
 use super::protocol::Protocol;
 use super::service_entry::{self, Discovery, EntryView};
 use super::sidecar_scope::{ScopeEgress, SidecarScopes};
+use super::telemetry::WorkloadLabels;
 use super::visibility::ExportTo;
 use super::{ClusterState, EndpointSlice, ObjectKey, OutboundTrafficPolicy, Workload};
 use crate::api::destination_rule::DestinationRuleSpec;
@@ -94,6 +95,9 @@ pub struct EndpointView {
     pub pod: Option<ObjectKey>,
     /// The pod's labels (empty when the endpoint is no known pod); subsets select on them.
     pub labels: Arc<BTreeMap<String, String>>,
+    /// What Istio's metrics call the pod's workload; None when the
+    /// endpoint is no known pod.
+    pub workload: Option<Arc<WorkloadLabels>>,
     /// Its share relative to the others (a ServiceEntry endpoint's
     /// `weight`); None: equal shares.
     pub weight: Option<u32>,
@@ -244,9 +248,15 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
 impl MeshView {
     pub fn build(inputs: ClusterState<'_>) -> Self {
-        let labels: HashMap<&ObjectKey, Arc<BTreeMap<String, String>>> =
-            inputs.workloads.iter().map(|(key, w)| (key, Arc::new(w.labels.clone()))).collect();
-        let no_labels = Arc::new(BTreeMap::new());
+        let pods: HashMap<&ObjectKey, PodLabels> = inputs
+            .workloads
+            .iter()
+            .map(|(key, w)| {
+                let telemetry = WorkloadLabels::new(&w.workload_name, &key.namespace, &w.labels);
+                (key, (Arc::new(w.labels.clone()), Some(Arc::new(telemetry))))
+            })
+            .collect();
+        let unknown_pod = (Arc::new(BTreeMap::new()), None);
 
         // Slices by the Service they belong to.
         let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
@@ -274,8 +284,8 @@ impl MeshView {
                     endpoints: endpoints_of(
                         &port.name,
                         service_slices.unwrap_or_default(),
-                        &labels,
-                        &no_labels,
+                        &pods,
+                        &unknown_pod,
                     ),
                 })
                 .collect::<Vec<PortView>>();
@@ -625,12 +635,15 @@ pub fn is_subset(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, 
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// A pod's labels, and what Istio's metrics call its workload.
+type PodLabels = (Arc<BTreeMap<String, String>>, Option<Arc<WorkloadLabels>>);
+
 /// The endpoints of the Service port named `port_name`, from its slices.
 fn endpoints_of(
     port_name: &str,
     slices: &[&EndpointSlice],
-    labels: &HashMap<&ObjectKey, Arc<BTreeMap<String, String>>>,
-    no_labels: &Arc<BTreeMap<String, String>>,
+    pods: &HashMap<&ObjectKey, PodLabels>,
+    unknown_pod: &PodLabels,
 ) -> Vec<EndpointView> {
     let mut out = Vec::new();
     for slice in slices {
@@ -643,14 +656,15 @@ fn endpoints_of(
                 let namespace = if p.namespace.is_empty() { &slice.key.namespace } else { &p.namespace };
                 ObjectKey::new(namespace.clone(), p.name.clone())
             });
-            let pod_labels = pod.as_ref().and_then(|p| labels.get(p)).unwrap_or(no_labels);
+            let (labels, workload) = pod.as_ref().and_then(|p| pods.get(p)).unwrap_or(unknown_pod);
             for address in &endpoint.addresses {
                 out.push(EndpointView {
                     address: address.clone(),
                     port: port.port,
                     health: Health::of(endpoint.ready, endpoint.serving, endpoint.terminating),
                     pod: pod.clone(),
-                    labels: pod_labels.clone(),
+                    labels: labels.clone(),
+                    workload: workload.clone(),
                     weight: None,
                 });
             }

@@ -28,6 +28,7 @@ pub mod rbac;
 pub mod service_entry;
 pub mod sidecar_scope;
 pub mod status;
+pub mod telemetry;
 pub mod visibility;
 
 use std::collections::BTreeMap;

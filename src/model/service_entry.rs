@@ -32,6 +32,7 @@ use std::sync::Arc;
 
 use super::mesh::{EndpointView, Health, PortView, ServiceView, TLS_MODE_ISTIO, TLS_MODE_LABEL, is_subset};
 use super::protocol::Protocol;
+use super::telemetry::WorkloadLabels;
 use super::visibility::ExportTo;
 use super::{ClusterState, Config};
 use crate::api::service_entry::{Location, Resolution, ServiceEntrySpec, ServicePort};
@@ -112,6 +113,7 @@ struct SelectedPod<'a> {
     ip: &'a str,
     health: Health,
     labels: Arc<BTreeMap<String, String>>,
+    workload: Arc<WorkloadLabels>,
     service_account: &'a str,
 }
 
@@ -135,6 +137,7 @@ fn entry_services(config: &Config<ServiceEntrySpec>, state: ClusterState<'_>) ->
                     ip: w.ip.as_deref()?,
                     health: if w.ready { Health::Healthy } else { Health::Unhealthy },
                     labels: Arc::new(w.labels.clone()),
+                    workload: Arc::new(WorkloadLabels::new(&w.workload_name, &w.key.namespace, &w.labels)),
                     service_account: &w.service_account,
                 })
             })
@@ -214,6 +217,7 @@ fn port_endpoints(
                 health: pod.health,
                 pod: None,
                 labels: pod.labels.clone(),
+                workload: Some(pod.workload.clone()),
                 weight: None,
             })
             .collect(),
@@ -228,6 +232,7 @@ fn port_endpoints(
                 health: Health::Healthy,
                 pod: None,
                 labels: Arc::new(BTreeMap::new()),
+                workload: None,
                 weight: None,
             }]
         }
@@ -249,6 +254,7 @@ fn port_endpoints(
                     health: Health::Healthy,
                     pod: None,
                     labels: Arc::new(labels),
+                    workload: None,
                     weight: e.weight.filter(|w| *w > 0),
                 })
             })

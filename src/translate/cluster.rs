@@ -11,7 +11,7 @@
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    AggregatedConfigSource, ApiVersion, ConfigSource, Http2ProtocolOptions, config_source,
+    AggregatedConfigSource, ApiVersion, ConfigSource, Http2ProtocolOptions, Metadata, config_source,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{HttpProtocolOptions, http_protocol_options};
 use envoy_types::pb::google::protobuf::UInt64Value;
@@ -22,7 +22,7 @@ pub(super) use policy::apply_connection_pool;
 pub use policy::{ClusterPolicy, TcpProxyTimeouts};
 
 use super::seconds;
-use super::tls;
+use super::{telemetry, tls};
 use crate::api::destination_rule::{SimpleLb, Subset};
 use crate::model::mesh::{DestinationRuleView, PortView, ServiceView};
 
@@ -85,6 +85,11 @@ pub fn service_port_clusters(
         if let Some(entry) = &service.entry {
             super::service_entry::adjust_cluster(&mut cluster, service, entry, port, subset, &policy);
         }
+        // Names the Service in the caller's metrics.
+        cluster.metadata = Some(Metadata {
+            filter_metadata: [telemetry::cluster_metadata(service)].into(),
+            ..Default::default()
+        });
         cluster
     };
     let mut out = vec![cluster(None)];

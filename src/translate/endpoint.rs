@@ -13,14 +13,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality as EnvoyLocality};
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality as EnvoyLocality, Metadata};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
 use envoy_types::pb::google::protobuf::UInt32Value;
 
-use super::address;
 use super::tls::{TLS_MODE_ISTIO, TLS_MODE_LABEL, istio_endpoint_metadata};
+use super::{address, proto_map, telemetry};
 use crate::api::destination_rule::{LocalityDistribute, LocalityFailover};
 use crate::model::locality::Locality;
 use crate::model::mesh::{EndpointView, Health, PortView, is_subset};
@@ -189,10 +189,22 @@ fn lb_endpoint(endpoint: &EndpointView) -> LbEndpoint {
         })),
         health_status: health_status(endpoint.health).into(),
         load_balancing_weight: endpoint.weight.map(|value| UInt32Value { value }),
-        // A pod with a sidecar is sent mutual TLS (auto mTLS, see super::tls).
-        metadata: (endpoint.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO))
-            .then(istio_endpoint_metadata),
+        metadata: endpoint_metadata(endpoint),
     }
+}
+
+/// What Envoy reads of an endpoint besides its address: whether it is
+/// sent mutual TLS (a pod with a sidecar: auto mTLS, see super::tls), and
+/// the workload that answers there, for the caller's metrics.
+fn endpoint_metadata(endpoint: &EndpointView) -> Option<Metadata> {
+    let sidecar = endpoint.labels.get(TLS_MODE_LABEL).map(String::as_str) == Some(TLS_MODE_ISTIO);
+    let namespaces: Vec<_> = sidecar
+        .then(istio_endpoint_metadata)
+        .into_iter()
+        .chain(endpoint.workload.as_deref().map(telemetry::endpoint_metadata))
+        .collect();
+    (!namespaces.is_empty())
+        .then(|| Metadata { filter_metadata: proto_map(namespaces), ..Default::default() })
 }
 
 fn health_status(health: Health) -> HealthStatus {
@@ -219,6 +231,7 @@ mod tests {
             health: Health::Healthy,
             pod: None,
             labels: Arc::new(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            workload: None,
             weight: None,
         }
     }

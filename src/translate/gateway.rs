@@ -47,10 +47,12 @@ use super::passthrough::{HTTP_CONNECTION_MANAGER, network_filter, tls_inspector}
 use super::route::{RouteSite, Target, cors_filter, fault_filter, resolve, virtual_service_routes};
 use super::sidecar::http_connection_manager;
 use super::tcp::tcp_proxy;
+use super::telemetry::{self, Reporter};
 use super::{address, any, tls};
 use crate::api::virtual_service::RouteDestination;
 use crate::model::gateway::{BoundServer, PortKind, ServerHost, servers_by_port};
 use crate::model::mesh::{MeshView, ProxyContext, ScopeKey, VirtualServiceView};
+use crate::model::protocol::Protocol;
 
 /// A gateway proxy's own configuration.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -376,6 +378,7 @@ impl PortBuilder<'_> {
             ..http_connection_manager()
         };
         manager.use_remote_address = Some(BoolValue { value: true });
+        manager.access_log.push(telemetry::http_metrics(Reporter::Source, Protocol::Http, None));
         manager.http_filters.insert(0, fault_filter());
         manager.http_filters.insert(0, cors_filter());
         network_filter(HTTP_CONNECTION_MANAGER, any(&manager))
@@ -444,6 +447,7 @@ impl PortBuilder<'_> {
             name,
             virtual_hosts,
             validate_clusters: Some(BoolValue { value: false }),
+            request_headers_to_add: vec![telemetry::peer_header()],
             ..Default::default()
         }
     }

@@ -43,9 +43,14 @@ pub mod secret;
 pub mod service_entry;
 pub mod sidecar;
 pub mod tcp;
+pub mod telemetry;
 #[cfg(test)]
 mod tests;
 pub mod tls;
+
+use std::collections::HashMap;
+use std::hash::RandomState;
+use std::sync::LazyLock;
 
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
 use envoy_types::pb::google::protobuf::{Any, Duration};
@@ -57,6 +62,22 @@ use crate::model::duration;
 /// `typed_config` and of every resource in a discovery response).
 pub fn any<M: Message + Name>(message: &M) -> Any {
     Any { type_url: M::type_url(), value: message.encode_to_vec() }
+}
+
+/// A protobuf map (a `Struct`'s fields, a `Metadata`'s namespaces) that
+/// prost encodes in the same order each time it is built in this process.
+/// prost writes a map in its iteration order, and xDS versions are hashes
+/// of the encoded bytes: a map of two entries built with its own random
+/// hasher would make an unchanged resource look changed, and be pushed
+/// again. One hasher for all, entries inserted in key order, the same
+/// capacity: the same layout.
+pub(crate) fn proto_map<V>(entries: impl IntoIterator<Item = (String, V)>) -> HashMap<String, V> {
+    static HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+    let mut entries: Vec<(String, V)> = entries.into_iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut map = HashMap::with_capacity_and_hasher(entries.len(), HASHER.clone());
+    map.extend(entries);
+    map
 }
 
 /// A whole number of seconds as a protobuf Duration.

@@ -62,7 +62,7 @@ use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
 
 use super::cluster::{BLACK_HOLE_CLUSTER, ClusterPolicy, TcpProxyTimeouts, outbound_name};
 use super::passthrough::PASSTHROUGH_CLUSTER;
-use super::{parse_duration, seconds};
+use super::{parse_duration, seconds, telemetry};
 use crate::api::destination_rule::ConsistentHashLb;
 use crate::api::virtual_service::{Delegate, Destination, HttpMatchRequest, HttpRoute, StringMatch};
 use crate::model::gateway::names_gateway;
@@ -90,6 +90,7 @@ pub fn service_route_configuration(
         virtual_hosts: vec![virtual_host(view, scope, service, port), catch_all(view, scope)],
         // Clusters arrive by CDS; a route may briefly name one not yet warm.
         validate_clusters: Some(BoolValue { value: false }),
+        request_headers_to_add: vec![telemetry::peer_header()],
         ..Default::default()
     }
 }
@@ -130,6 +131,7 @@ pub fn route_configuration_for(
         name: port.to_string(),
         virtual_hosts,
         validate_clusters: Some(BoolValue { value: false }),
+        request_headers_to_add: vec![telemetry::peer_header()],
         ..Default::default()
     }
 }

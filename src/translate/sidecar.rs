@@ -65,6 +65,7 @@ use super::passthrough::{
 use super::route::{
     cors_filter, fault_filter, route_configuration_for, service_route_configuration, service_route_name,
 };
+use super::telemetry::{self, Reporter};
 use super::{address, any, seconds, socket_address};
 use super::{service_entry, tcp, tls};
 use crate::api::destination_rule::ConnectionPoolSettings;
@@ -308,7 +309,7 @@ pub fn outbound_listener_sending_to(view: &MeshView, scope: &ScopeKey) -> (Liste
     let mut sends_to = BTreeSet::from([passthrough::outbound_catch_all_cluster(policy).to_string()]);
     let http_ports: BTreeSet<u16> = http_ports(view, scope).into_keys().collect();
     let mut chains: Vec<FilterChain> =
-        http_ports.iter().map(|&port| outbound_http_chain(port, None)).collect();
+        http_ports.iter().map(|&port| outbound_http_chain(port, Protocol::Http, None)).collect();
     // ServiceEntries' TCP and TLS ports without addresses: by port (and SNI) on any address.
     let (mut port_wide, port_wide_clusters, mut by_sni) =
         service_entry::port_wide_chains(outbound_ports(view, scope), &http_ports);
@@ -316,7 +317,7 @@ pub fn outbound_listener_sending_to(view: &MeshView, scope: &ScopeKey) -> (Liste
     sends_to.extend(port_wide_clusters);
     for ((port, ip), (service, protocol)) in address_ports(view, scope) {
         if protocol.is_http() {
-            chains.push(outbound_http_chain(port, Some((service, ip))));
+            chains.push(outbound_http_chain(port, protocol, Some((service, ip))));
         } else {
             let mut routed = tcp::service_chains(view, scope, service, port, protocol, ip);
             sends_to.append(&mut routed.clusters);
@@ -335,8 +336,9 @@ pub fn outbound_listener_sending_to(view: &MeshView, scope: &ScopeKey) -> (Liste
 }
 
 /// An HTTP chain on `port`: at one Service's ClusterIP, with that
-/// Service's routes, or at any other address, with the port's.
-fn outbound_http_chain(port: u16, service: Option<(&ServiceView, &str)>) -> FilterChain {
+/// Service's routes, or at any other address, with the port's; `protocol`
+/// is what the metrics call its requests.
+fn outbound_http_chain(port: u16, protocol: Protocol, service: Option<(&ServiceView, &str)>) -> FilterChain {
     let (name, routes, prefix_ranges) = match service {
         Some((service, ip)) => {
             (format!("{ip}_{port}"), service_route_name(service, port), vec![host_range(ip)])
@@ -352,6 +354,7 @@ fn outbound_http_chain(port: u16, service: Option<(&ServiceView, &str)>) -> Filt
         })),
         ..http_connection_manager()
     };
+    manager.access_log.push(telemetry::http_metrics(Reporter::Source, protocol, None));
     // Faults are injected on the client's side, by the routes that set
     // them; CORS before them, as Istio orders its outbound filters.
     manager.http_filters.insert(0, fault_filter());
@@ -628,6 +631,8 @@ fn inbound_chain(port: &InboundPort, policy: &PortPolicy, mtls: Option<&[&str]>)
                 }],
                 ..Default::default()
             }],
+            // The caller's workload is for the metrics, not the application.
+            request_headers_to_remove: vec![telemetry::PEER_HEADER.to_string()],
             ..Default::default()
         };
         let mut manager = HttpConnectionManager {
@@ -648,8 +653,13 @@ fn inbound_chain(port: &InboundPort, policy: &PortPolicy, mtls: Option<&[&str]>)
             }),
             ..http_connection_manager()
         };
+        let reporter = Reporter::Destination { mutual_tls: mtls.is_some() };
+        manager.access_log.push(telemetry::http_metrics(reporter, port.protocol, port.service));
         let router = std::mem::take(&mut manager.http_filters);
-        manager.http_filters = policy.http_filters.iter().cloned().chain(router).collect();
+        // Only a verified peer's header names the caller (super::telemetry).
+        let peer = mtls.map(|_| telemetry::peer_filter());
+        manager.http_filters =
+            peer.into_iter().chain(policy.http_filters.iter().cloned()).chain(router).collect();
         vec![network_filter(HTTP_CONNECTION_MANAGER, any(&manager))]
     } else {
         policy.network_filters.iter().cloned().chain([tcp_proxy_filter(cluster)]).collect()

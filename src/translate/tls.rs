@@ -30,9 +30,7 @@
 //! ([`super::secret`]).
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
-use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, Metadata, TransportSocket, data_source, transport_socket,
-};
+use envoy_types::pb::envoy::config::core::v3::{DataSource, TransportSocket, data_source, transport_socket};
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
@@ -156,13 +154,11 @@ pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> 
     format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
 }
 
-/// The endpoint metadata that selects the mTLS transport socket.
-pub fn istio_endpoint_metadata() -> Metadata {
+/// The endpoint metadata (a namespace of it) that selects the mTLS
+/// transport socket.
+pub fn istio_endpoint_metadata() -> (String, Struct) {
     let fields = [("tlsMode".to_string(), string_value(TLS_MODE_ISTIO))].into();
-    Metadata {
-        filter_metadata: [(TRANSPORT_SOCKET_MATCH.to_string(), Struct { fields })].into(),
-        ..Default::default()
-    }
+    (TRANSPORT_SOCKET_MATCH.to_string(), Struct { fields })
 }
 
 /// Istio's auto mTLS: mutual TLS to endpoints with a sidecar, plaintext to the rest.
@@ -350,6 +346,6 @@ fn any_san(names: &[String]) -> Vec<SubjectAltNameMatcher> {
         .collect()
 }
 
-fn string_value(text: &str) -> Value {
+pub(super) fn string_value(text: &str) -> Value {
     Value { kind: Some(value::Kind::StringValue(text.to_string())) }
 }

@@ -672,7 +672,10 @@ mod tests {
                     }
                     _ => None,
                 });
-                (chain.name.clone(), manager.http_filters.iter().map(|f| f.name.clone()).collect(), jwt)
+                // The metrics' peer filter is on every mutual TLS chain whatever the policies.
+                let policy_filters =
+                    manager.http_filters.iter().filter(|f| f.name != translate::telemetry::PEER_FILTER);
+                (chain.name.clone(), policy_filters.map(|f| f.name.clone()).collect(), jwt)
             })
             .collect()
     }

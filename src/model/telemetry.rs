@@ -1,0 +1,179 @@
+//! How Istio's standard metrics name a workload (`source_workload`,
+//! `destination_app`, `destination_canonical_service`...), in one place for
+//! both ends that need it: the injector writes a pod's own values into its
+//! sidecar's environment ([`ENV`]), and translation puts every endpoint's
+//! on its EDS entry, where the calling proxy reads them per request. Both
+//! carry them joined into one value ([`WorkloadLabels::joined`]), which
+//! the Prometheus scrape configuration splits into Istio's labels.
+
+use std::collections::BTreeMap;
+
+/// What Istio's metrics say of one workload; an empty value is reported
+/// as `unknown` (docs/observe.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkloadLabels {
+    /// `*_workload`: the Deployment (or CronJob, or other owner) of the pod.
+    pub workload: String,
+    /// `*_workload_namespace`.
+    pub namespace: String,
+    /// `*_app`: the pod's `app` label.
+    pub app: String,
+    /// `*_version`: the pod's `version` label.
+    pub version: String,
+    /// `*_canonical_service`: `service.istio.io/canonical-name`, else
+    /// `app.kubernetes.io/name`, else `app`, else the workload.
+    pub canonical_service: String,
+    /// `*_canonical_revision`: `service.istio.io/canonical-revision`, else
+    /// `app.kubernetes.io/version`, else `version`, else `latest`.
+    pub canonical_revision: String,
+}
+
+impl WorkloadLabels {
+    /// The values of a pod of `workload` in `namespace` with `labels`.
+    pub fn new(workload: &str, namespace: &str, labels: &BTreeMap<String, String>) -> Self {
+        let first = |keys: &[&str]| {
+            keys.iter().find_map(|k| labels.get(*k).filter(|v| !v.is_empty())).cloned().unwrap_or_default()
+        };
+        let canonical_service =
+            match first(&["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]) {
+                name if name.is_empty() => workload.to_string(),
+                name => name,
+            };
+        let canonical_revision =
+            match first(&["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"]) {
+                revision if revision.is_empty() => "latest".to_string(),
+                revision => revision,
+            };
+        Self {
+            workload: workload.to_string(),
+            namespace: namespace.to_string(),
+            app: first(&["app"]),
+            version: first(&["version"]),
+            canonical_service,
+            canonical_revision,
+        }
+    }
+
+    /// Each value with its label's name (without `source_` or
+    /// `destination_`), in [`FIELDS`] order.
+    pub fn fields(&self) -> [(&'static str, &str); 6] {
+        let [workload, namespace, app, version, service, revision] = FIELDS;
+        [
+            (workload, &self.workload),
+            (namespace, &self.namespace),
+            (app, &self.app),
+            (version, &self.version),
+            (service, &self.canonical_service),
+            (revision, &self.canonical_revision),
+        ]
+    }
+
+    /// The values in [`FIELDS`] order, joined by [`SEPARATOR`]: how a
+    /// proxy carries them as one tag, header or metadata value.
+    pub fn joined(&self) -> String {
+        self.fields().map(|(_, value)| value).join(SEPARATOR)
+    }
+}
+
+/// The labels Istio gives each end of a request, after its `source_` or
+/// `destination_` prefix, in the order [`WorkloadLabels::joined`] writes them.
+pub const FIELDS: [&str; 6] =
+    ["workload", "workload_namespace", "app", "version", "canonical_service", "canonical_revision"];
+
+/// Between the values of [`WorkloadLabels::joined`]; no label value holds it.
+pub const SEPARATOR: &str = ";";
+
+/// The sidecar's environment variable holding its own
+/// [`WorkloadLabels::joined`], set by the injector.
+pub const ENV: &str = "MESH_WORKLOAD_LABELS";
+
+/// A pod's controlling owner (or first owner), as its ownerReferences say.
+#[derive(Clone, Copy, Debug)]
+pub struct Owner<'a> {
+    pub kind: &'a str,
+    pub name: &'a str,
+}
+
+/// The workload a pod belongs to, as Istio's metrics name it: a
+/// ReplicaSet named `<deployment>-<pod-template-hash>` stands for its
+/// Deployment, a Job named `<cronjob>-<number>` for its CronJob; any other
+/// owner for itself. None without an owner (the caller then uses the
+/// pod's own name).
+pub fn workload_name(owner: Option<Owner<'_>>, labels: &BTreeMap<String, String>) -> Option<String> {
+    let owner = owner?;
+    let named = match owner.kind {
+        "ReplicaSet" => labels
+            .get("pod-template-hash")
+            .filter(|hash| !hash.is_empty())
+            .and_then(|hash| owner.name.strip_suffix(hash.as_str()))
+            .and_then(|n| n.strip_suffix('-'))
+            .filter(|n| !n.is_empty())
+            .map(str::to_string),
+        // A CronJob's Jobs are named after it and the minute they were
+        // scheduled for: a number.
+        "Job" => owner
+            .name
+            .rsplit_once('-')
+            .filter(|(name, n)| !name.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .map(|(name, _)| name.to_string()),
+        _ => None,
+    };
+    Some(named.unwrap_or_else(|| owner.name.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn canonical_names_fall_back_as_istios_do() {
+        let w =
+            WorkloadLabels::new("reviews-v2", "default", &labels(&[("app", "reviews"), ("version", "v2")]));
+        assert_eq!((w.app.as_str(), w.version.as_str()), ("reviews", "v2"));
+        assert_eq!((w.canonical_service.as_str(), w.canonical_revision.as_str()), ("reviews", "v2"));
+
+        let named = labels(&[
+            ("app", "reviews"),
+            ("app.kubernetes.io/name", "reviews-app"),
+            ("service.istio.io/canonical-name", "reviews-canonical"),
+            ("app.kubernetes.io/version", "2.0"),
+        ]);
+        let w = WorkloadLabels::new("reviews-v2", "default", &named);
+        assert_eq!(
+            (w.canonical_service.as_str(), w.canonical_revision.as_str()),
+            ("reviews-canonical", "2.0")
+        );
+        assert_eq!(w.version, "", "no version label: unknown, though the canonical revision has one");
+
+        let bare = WorkloadLabels::new("batch", "jobs", &BTreeMap::new());
+        assert_eq!((bare.canonical_service.as_str(), bare.canonical_revision.as_str()), ("batch", "latest"));
+        assert_eq!((bare.app.as_str(), bare.namespace.as_str()), ("", "jobs"));
+    }
+
+    #[test]
+    fn the_workload_is_the_deployment_or_cronjob_behind_the_owner() {
+        let hash = labels(&[("pod-template-hash", "7d4b9c")]);
+        let rs = |name| Some(Owner { kind: "ReplicaSet", name });
+        assert_eq!(workload_name(rs("reviews-v1-7d4b9c"), &hash).as_deref(), Some("reviews-v1"));
+        // A ReplicaSet not named after its hash (made by hand) is its own workload.
+        assert_eq!(workload_name(rs("reviews-v1"), &hash).as_deref(), Some("reviews-v1"));
+        assert_eq!(workload_name(rs("7d4b9c"), &hash).as_deref(), Some("7d4b9c"));
+        let job = |name| Some(Owner { kind: "Job", name });
+        assert_eq!(workload_name(job("report-29123456"), &hash).as_deref(), Some("report"));
+        assert_eq!(workload_name(job("migrate-db"), &hash).as_deref(), Some("migrate-db"));
+        let sts = Some(Owner { kind: "StatefulSet", name: "ratings" });
+        assert_eq!(workload_name(sts, &hash).as_deref(), Some("ratings"));
+        assert_eq!(workload_name(None, &hash), None);
+    }
+
+    #[test]
+    fn the_joined_form_keeps_the_field_order_and_its_empty_values() {
+        let w = WorkloadLabels::new("reviews-v2", "default", &labels(&[("app", "reviews")]));
+        assert_eq!(w.joined(), "reviews-v2;default;reviews;;reviews;latest");
+        assert_eq!(w.fields().map(|(name, _)| name), FIELDS);
+    }
+}

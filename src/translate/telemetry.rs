@@ -1,0 +1,320 @@
+//! Istio's standard metrics, made by each proxy itself: Envoy's stats
+//! access logger counts every request into `istio.requests_total` and its
+//! histograms (docs/observe.md). Envoy's Prometheus endpoint
+//! (`:15090/stats/prometheus`) serves them as `envoy_istio_*`; the scrape
+//! configuration the chart ships (`charts/mesh/files/prometheus-scrape.yaml`)
+//! renames them `istio_*`, splits the joined tags below into Istio's labels,
+//! adds the constant ones (`source_cluster`, `destination_cluster`) and
+//! reports an empty label as `unknown`.
+//!
+//! Tags are few and joined ([`WorkloadLabels::joined`]): the logger sits on
+//! every HTTP connection manager (one per Service port on the outbound
+//! listener), and each tag is written out once per stat there, so 25 of
+//! them would multiply the listener's size.
+//!
+//! Where each end's labels come from:
+//! - the proxy's own workload: its environment ([`telemetry::ENV`], set by
+//!   the injector), read once when Envoy loads the listener;
+//! - the destination, for the caller's proxy (reporter `source`): the
+//!   chosen endpoint's metadata ([`endpoint_metadata`]) and the cluster's
+//!   ([`cluster_metadata`]), both from the controller;
+//! - the source, for the called proxy (reporter `destination`): the header
+//!   [`PEER_HEADER`] the caller's proxy sets on every request
+//!   ([`peer_header`]), read into request metadata and removed by
+//!   [`peer_filter`], on mutual TLS chains only: without a verified peer, a
+//!   client could mint any number of label values.
+
+use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, header_value_option};
+use envoy_types::pb::envoy::extensions::access_loggers::stats::v3::{Config as StatsLog, config as stats};
+use envoy_types::pb::envoy::extensions::filters::http::header_to_metadata::v3::{
+    Config as HeaderToMetadata, config as header_to_metadata,
+};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpFilter, http_filter,
+};
+use envoy_types::pb::google::protobuf::{Struct, UInt64Value};
+
+use super::any;
+use super::tls::string_value;
+use crate::model::mesh::ServiceView;
+use crate::model::protocol::Protocol;
+use crate::model::telemetry::{self, WorkloadLabels};
+
+/// The request header that carries the caller's workload to the callee:
+/// its [`WorkloadLabels::joined`].
+pub const PEER_HEADER: &str = "x-mesh-peer";
+/// The request metadata [`peer_filter`] fills from [`PEER_HEADER`].
+const PEER_METADATA: &str = "mesh.peer";
+/// An endpoint's [`WorkloadLabels`], joined, under [`LABELS_KEY`].
+pub const WORKLOAD_METADATA: &str = "mesh.workload";
+/// A cluster's Service (host, name, namespace), joined, under [`LABELS_KEY`].
+pub const SERVICE_METADATA: &str = "mesh.service";
+const LABELS_KEY: &str = "labels";
+
+const STATS_LOGGER: &str = "envoy.access_loggers.stats";
+/// [`peer_filter`]'s name.
+pub const PEER_FILTER: &str = "envoy.filters.http.header_to_metadata";
+/// Envoy names the stats `istio.requests_total`.
+const STAT_PREFIX: &str = "istio";
+/// A label whose value no one can know here.
+const UNKNOWN: &str = "unknown";
+
+/// Which end of a request a proxy reports: the caller's (`source`) or
+/// the callee's (`destination`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reporter {
+    /// Outbound listeners and gateways.
+    Source,
+    /// Inbound listeners; `mutual_tls` when the chain verified the peer.
+    Destination { mutual_tls: bool },
+}
+
+/// The joined tags, each of which the scrape configuration splits into
+/// the labels it lists, in order.
+pub const JOINED_TAGS: [(&str, &[&str]); 3] = [
+    ("source", &telemetry::FIELDS),
+    ("destination", &telemetry::FIELDS),
+    ("service", &["service", "service_name", "service_namespace"]),
+];
+
+/// The access log that counts an HTTP connection manager's requests into
+/// Istio's request metrics, reported as `reporter`; `service` is the
+/// Service an inbound port serves (None: outbound, where the cluster
+/// names it, or an inbound port no Service exposes).
+pub fn http_metrics(reporter: Reporter, protocol: Protocol, service: Option<&ServiceView>) -> AccessLog {
+    let protocol = if protocol == Protocol::Grpc { "grpc" } else { "http" };
+    let mut tags = peer_tags(reporter, service);
+    tags.extend([
+        tag("request_protocol", protocol),
+        tag("response_code", "%RESPONSE_CODE%"),
+        tag("grpc_response_status", "%GRPC_STATUS_NUMBER%"),
+        tag("response_flags", "%RESPONSE_FLAGS%"),
+    ]);
+    let stat = |name: &str| Some(stats::Stat { name: name.to_string(), tags: tags.clone() });
+    let histogram = |name: &str, unit: stats::histogram::Unit, value: &str| stats::Histogram {
+        stat: stat(name),
+        unit: unit.into(),
+        value_format: value.to_string(),
+    };
+    let config = StatsLog {
+        stat_prefix: STAT_PREFIX.to_string(),
+        counters: vec![stats::Counter {
+            stat: stat("requests_total"),
+            value_fixed: Some(UInt64Value { value: 1 }),
+            ..Default::default()
+        }],
+        histograms: vec![
+            histogram("request_duration_milliseconds", stats::histogram::Unit::Milliseconds, "%DURATION%"),
+            // Bodies: Envoy's byte counts of a request leave out its headers.
+            histogram("request_bytes", stats::histogram::Unit::Bytes, "%BYTES_RECEIVED%"),
+            histogram("response_bytes", stats::histogram::Unit::Bytes, "%BYTES_SENT%"),
+        ],
+    };
+    AccessLog {
+        name: STATS_LOGGER.to_string(),
+        config_type: Some(access_log::ConfigType::TypedConfig(any(&config))),
+        ..Default::default()
+    }
+}
+
+/// Who is at either end, and how they are connected.
+fn peer_tags(reporter: Reporter, service: Option<&ServiceView>) -> Vec<stats::Tag> {
+    let own = format!("%ENVIRONMENT({})%", telemetry::ENV);
+    let endpoint = format!("%UPSTREAM_METADATA({WORKLOAD_METADATA}:{LABELS_KEY})%");
+    let peer = format!("%DYNAMIC_METADATA({PEER_METADATA}:{LABELS_KEY})%");
+    // (reporter, source, its principal, destination, its principal, security)
+    let (name, source, source_principal, destination, destination_principal, security) = match reporter {
+        Reporter::Source => {
+            ("source", own, "%UPSTREAM_LOCAL_URI_SAN%", endpoint, "%UPSTREAM_PEER_URI_SAN%", UNKNOWN)
+        }
+        Reporter::Destination { mutual_tls: true } => (
+            "destination",
+            peer,
+            "%DOWNSTREAM_PEER_URI_SAN%",
+            own,
+            "%DOWNSTREAM_LOCAL_URI_SAN%",
+            "mutual_tls",
+        ),
+        Reporter::Destination { mutual_tls: false } => {
+            ("destination", UNKNOWN.to_string(), UNKNOWN, own, UNKNOWN, "none")
+        }
+    };
+    let service = match (reporter, service) {
+        (Reporter::Source, _) => format!("%CLUSTER_METADATA({SERVICE_METADATA}:{LABELS_KEY})%"),
+        (Reporter::Destination { .. }, Some(service)) => service_labels(service),
+        (Reporter::Destination { .. }, None) => UNKNOWN.to_string(),
+    };
+    vec![
+        tag("reporter", name),
+        tag("source", &source),
+        tag("source_principal", source_principal),
+        tag("destination", &destination),
+        tag("destination_principal", destination_principal),
+        tag("service", &service),
+        tag("connection_security_policy", security),
+    ]
+}
+
+fn tag(name: &str, value_format: &str) -> stats::Tag {
+    stats::Tag { name: name.to_string(), value_format: value_format.to_string() }
+}
+
+/// A Service's host, name and namespace, joined, as Istio's
+/// `destination_service*` labels give them; a ServiceEntry's host is its name.
+fn service_labels(service: &ServiceView) -> String {
+    [service.hostname.as_str(), &service.key.name, &service.key.namespace].join(telemetry::SEPARATOR)
+}
+
+/// The header every outbound request carries, set by the caller's proxy
+/// whatever the application sent: the proxy's own [`WorkloadLabels`].
+pub fn peer_header() -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: PEER_HEADER.to_string(),
+            value: format!("%ENVIRONMENT({})%", telemetry::ENV),
+            ..Default::default()
+        }),
+        append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
+        ..Default::default()
+    }
+}
+
+/// On an inbound mutual TLS chain, first: moves [`PEER_HEADER`] into the
+/// request's metadata, out of the application's sight.
+pub fn peer_filter() -> HttpFilter {
+    let rule = header_to_metadata::Rule {
+        header: PEER_HEADER.to_string(),
+        on_header_present: Some(header_to_metadata::KeyValuePair {
+            metadata_namespace: PEER_METADATA.to_string(),
+            key: LABELS_KEY.to_string(),
+            ..Default::default()
+        }),
+        remove: true,
+        ..Default::default()
+    };
+    let config = HeaderToMetadata { request_rules: vec![rule], ..Default::default() };
+    HttpFilter {
+        name: PEER_FILTER.to_string(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(&config))),
+        ..Default::default()
+    }
+}
+
+/// The metadata of an endpoint that is a known pod (a namespace of it):
+/// its workload, for the caller's metrics.
+pub fn endpoint_metadata(workload: &WorkloadLabels) -> (String, Struct) {
+    let fields = [(LABELS_KEY.to_string(), string_value(&workload.joined()))].into();
+    (WORKLOAD_METADATA.to_string(), Struct { fields })
+}
+
+/// The metadata of a Service's cluster (a namespace of it): the Service,
+/// for the caller's metrics.
+pub fn cluster_metadata(service: &ServiceView) -> (String, Struct) {
+    let fields = [(LABELS_KEY.to_string(), string_value(&service_labels(service)))].into();
+    (SERVICE_METADATA.to_string(), Struct { fields })
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use serde::Deserialize;
+    use serde_json::Value;
+
+    use super::*;
+
+    fn tags(log: &AccessLog) -> Vec<(String, String)> {
+        let Some(access_log::ConfigType::TypedConfig(config)) = &log.config_type else {
+            panic!("typed config")
+        };
+        let config = StatsLog::decode(config.value.as_slice()).expect("a stats logger");
+        let counter = &config.counters[0];
+        assert_eq!(counter.stat.as_ref().map(|s| s.name.as_str()), Some("requests_total"));
+        // Every stat carries the same tags, so the labels of a request agree across them.
+        for histogram in &config.histograms {
+            assert_eq!(histogram.stat.as_ref().map(|s| &s.tags), counter.stat.as_ref().map(|s| &s.tags));
+        }
+        counter.stat.iter().flat_map(|s| &s.tags).map(|t| (t.name.clone(), t.value_format.clone())).collect()
+    }
+
+    fn tag_value<'a>(tags: &'a [(String, String)], name: &str) -> &'a str {
+        tags.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).unwrap_or_else(|| panic!("{name}"))
+    }
+
+    #[test]
+    fn only_a_verified_peer_names_the_caller() {
+        let mtls = tags(&http_metrics(Reporter::Destination { mutual_tls: true }, Protocol::Http, None));
+        assert_eq!(tag_value(&mtls, "source"), "%DYNAMIC_METADATA(mesh.peer:labels)%");
+        assert_eq!(tag_value(&mtls, "source_principal"), "%DOWNSTREAM_PEER_URI_SAN%");
+        assert_eq!(tag_value(&mtls, "destination"), "%ENVIRONMENT(MESH_WORKLOAD_LABELS)%");
+        assert_eq!(tag_value(&mtls, "connection_security_policy"), "mutual_tls");
+        let plain = tags(&http_metrics(Reporter::Destination { mutual_tls: false }, Protocol::Grpc, None));
+        assert_eq!(tag_value(&plain, "source"), "unknown");
+        assert_eq!(tag_value(&plain, "source_principal"), "unknown");
+        assert_eq!(tag_value(&plain, "connection_security_policy"), "none");
+        assert_eq!(tag_value(&plain, "request_protocol"), "grpc");
+        let outbound = tags(&http_metrics(Reporter::Source, Protocol::Http, None));
+        assert_eq!(tag_value(&outbound, "reporter"), "source");
+        assert_eq!(tag_value(&outbound, "source"), "%ENVIRONMENT(MESH_WORKLOAD_LABELS)%");
+        assert_eq!(tag_value(&outbound, "destination"), "%UPSTREAM_METADATA(mesh.workload:labels)%");
+        assert_eq!(tag_value(&outbound, "service"), "%CLUSTER_METADATA(mesh.service:labels)%");
+        // The header the callee trusts is the one the caller's proxy sets.
+        assert_eq!(
+            peer_header().header.map(|h| h.value),
+            Some("%ENVIRONMENT(MESH_WORKLOAD_LABELS)%".to_string())
+        );
+    }
+
+    /// The sample Prometheus's job for the proxies: its metric relabelling.
+    fn scrape_rules() -> Vec<Value> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/addons/prometheus.yaml");
+        let text = std::fs::read_to_string(path).expect("the sample");
+        let config = serde_yaml_ng::Deserializer::from_str(&text)
+            .map(|d| Value::deserialize(d).expect("YAML"))
+            .find(|d| d["kind"] == "ConfigMap")
+            .expect("the ConfigMap");
+        let prometheus: Value =
+            serde_yaml_ng::from_str(config["data"]["prometheus.yml"].as_str().expect("prometheus.yml"))
+                .expect("YAML");
+        let job = prometheus["scrape_configs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .find(|j| j["job_name"] == "mesh-proxies")
+            .expect("the proxies' job")
+            .clone();
+        job["metric_relabel_configs"].as_array().expect("rules").clone()
+    }
+
+    #[test]
+    fn the_sample_scrape_configuration_splits_every_joined_tag_into_istios_labels() {
+        let rules = scrape_rules();
+        for (tag, labels) in JOINED_TAGS {
+            let prefix = if tag == "source" { "source_" } else { "destination_" };
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|l| {
+                    if l.starts_with("service") { format!("destination_{l}") } else { format!("{prefix}{l}") }
+                })
+                .collect();
+            for (i, label) in labels.iter().enumerate() {
+                let rule = rules
+                    .iter()
+                    .find(|r| r["target_label"] == label.as_str() && r["source_labels"][0] == tag)
+                    .unwrap_or_else(|| panic!("no rule makes {label} from {tag}"));
+                let groups = rule["regex"].as_str().expect("a regex").matches("([^;]*)").count();
+                assert_eq!(groups, labels.len(), "{label}: one group per joined value");
+                assert_eq!(rule["replacement"], format!("${}", i + 1), "{label}");
+                let unknown = rules
+                    .iter()
+                    .any(|r| r["target_label"] == label.as_str() && r["replacement"] == "unknown");
+                assert!(unknown, "{label} is `unknown` when empty");
+            }
+            let dropped = rules
+                .iter()
+                .filter(|r| r["action"] == "labeldrop")
+                .any(|r| r["regex"].as_str().is_some_and(|re| re.split('|').any(|t| t == tag)));
+            assert!(dropped, "{tag} is dropped once split");
+        }
+    }
+}
