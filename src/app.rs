@@ -75,6 +75,30 @@ pub struct ControllerArgs {
     )]
     pub outbound_traffic_policy: crate::model::OutboundTrafficPolicy,
 
+    /// Whether every proxy counts Istio's standard metrics
+    /// (`istio_requests_total` and its histograms; docs/observe.md).
+    #[arg(long, env = "MESH_PROXY_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub proxy_metrics: bool,
+
+    /// Istio's MeshConfig `accessLogFile`: where every proxy writes a line
+    /// per request (`/dev/stdout`: its container's log); empty: no log.
+    #[arg(long, env = "MESH_ACCESS_LOG_FILE", default_value = "")]
+    pub access_log_file: String,
+
+    /// Istio's MeshConfig `accessLogEncoding`: TEXT or JSON.
+    #[arg(
+        long,
+        env = "MESH_ACCESS_LOG_ENCODING",
+        default_value = "TEXT",
+        value_parser = crate::model::telemetry::AccessLogEncoding::parse
+    )]
+    pub access_log_encoding: crate::model::telemetry::AccessLogEncoding,
+
+    /// Istio's MeshConfig `accessLogFormat`: Envoy's format string (TEXT)
+    /// or a JSON object of them (JSON); empty: Istio's default format.
+    #[arg(long, env = "MESH_ACCESS_LOG_FORMAT", default_value = "")]
+    pub access_log_format: String,
+
     /// Address of the admission webhooks (HTTPS).
     #[arg(long, env = "MESH_WEBHOOK_ADDR", default_value = "0.0.0.0:15017")]
     pub webhook_addr: SocketAddr,
@@ -178,6 +202,13 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let mesh_config = crate::model::MeshConfig {
         root_namespace: args.root_namespace.clone(),
         outbound_traffic_policy: args.outbound_traffic_policy,
+        telemetry: crate::model::telemetry::Settings::new(
+            args.proxy_metrics,
+            &args.access_log_file,
+            args.access_log_encoding,
+            &args.access_log_format,
+        )
+        .map_err(anyhow::Error::msg)?,
     };
     let index = SharedIndex::new(Index::new(index_metrics).with_mesh_config(mesh_config));
 

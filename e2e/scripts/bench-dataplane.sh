@@ -36,6 +36,8 @@
 #   connection sending at the same instants)
 #   STATIC_CLIENT, STATIC_SERVER: other hand-written configurations, to
 #   price one difference at a time (docs/perf.md)
+#   MESH_HELM_SET: chart values for the mesh (`telemetry.metrics=false`
+#   prices Istio's metrics: docs/observe.md)
 #   MESH_CLUSTER_DIR (.cluster-bench-dataplane)  MESH_PORT_OFFSET (40000)
 set -euo pipefail
 

@@ -301,11 +301,13 @@ remove_network() {
 }
 
 # The mesh on a running cluster, installed as users install it: the Helm
-# chart, its controller running as a pod on the node.
+# chart, its controller running as a pod on the node. MESH_HELM_SET, if
+# set, is passed as `--set` (e.g. telemetry.metrics=false).
 mesh_up() {
   apiserver_ready || die "the cluster is not up: run '$0 up' first"
   "$TOOLS_BIN/helm" --kubeconfig "$kubeconfig" upgrade --install mesh "$repo/charts/mesh" \
-    -n mesh-system --create-namespace --wait --timeout 180s >/dev/null
+    -n mesh-system --create-namespace --wait --timeout 180s \
+    ${MESH_HELM_SET:+--set "$MESH_HELM_SET"} >/dev/null
   local ip
   ip=$("$TOOLS_BIN/kubectl" --kubeconfig "$kubeconfig" -n mesh-system get service mesh -o jsonpath='{.spec.clusterIP}')
   log "mesh ready: http://$ip:15014/debug/configz, for users bound to ClusterRole mesh-debug (kubectl -n mesh-system get pods)"

@@ -74,8 +74,15 @@ impl Prometheus {
 }
 
 /// Product pages asked for from productpage's pod (through its Envoy), and
-/// which reviews version each showed.
+/// which reviews version each showed; every page must show one.
 fn pages(namespace: &str, client: &str, n: usize) -> BTreeMap<String, f64> {
+    let counts = shown(namespace, client, n);
+    assert_eq!(counts.values().sum::<f64>(), n as f64, "{n} pages: {counts:?}");
+    counts
+}
+
+/// Which reviews version each of `n` product pages showed.
+fn shown(namespace: &str, client: &str, n: usize) -> BTreeMap<String, f64> {
     let script = format!(
         "curl -s -m 60 'http://productpage:9080/productpage?r=[1-{n}]' | grep -o 'reviews-podname\">reviews-v[123]' | grep -o 'v[123]$'"
     );
@@ -84,7 +91,6 @@ fn pages(namespace: &str, client: &str, n: usize) -> BTreeMap<String, f64> {
     for version in out.stdout.lines() {
         *counts.entry(version.to_string()).or_default() += 1.0;
     }
-    assert_eq!(counts.values().sum::<f64>(), n as f64, "{n} pages: {counts:?} {}", out.stderr);
     counts
 }
 
@@ -96,9 +102,19 @@ fn minus(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTree
         .collect()
 }
 
+/// The last line of productpage's Envoy log that `matches`, read with
+/// `kubectl logs` as a user would.
+fn access_line(namespace: &str, matches: impl Fn(&str) -> bool) -> Option<String> {
+    let log = kubectl_ok(
+        &["logs", "-n", namespace, "deploy/productpage-v1", "-c", "istio-proxy", "--tail", "200"],
+        None,
+    );
+    log.lines().rev().find(|l| matches(l)).map(str::to_string)
+}
+
 #[test]
 fn istios_request_metrics_reach_prometheus_with_istios_labels() {
-    let release = Release::install("mesh-e2e-observe", &[]);
+    let release = Release::install("mesh-e2e-observe", &["--set", "meshConfig.accessLogFile=/dev/stdout"]);
     let bookinfo = injected_bookinfo("observe");
     let ns = bookinfo.name.as_str();
     let prometheus = Prometheus::start(&release.namespace);
@@ -108,8 +124,8 @@ fn istios_request_metrics_reach_prometheus_with_istios_labels() {
         kubectl_ok(&["apply", "-n", ns, "-f", file.to_str().expect("utf-8")], None);
     }
     eventually("reviews v1 and v3 only", Duration::from_secs(60), || {
-        let counts = pages(ns, &client, 10);
-        counts.keys().all(|v| v == "v1" || v == "v3").then_some(())
+        let counts = shown(ns, &client, 10);
+        (counts.values().sum::<f64>() == 10.0 && counts.keys().all(|v| v == "v1" || v == "v3")).then_some(())
     });
 
     // What productpage's proxy counted as the caller, by the version that
@@ -118,23 +134,26 @@ fn istios_request_metrics_reach_prometheus_with_istios_labels() {
         "sum by (destination_version) (istio_requests_total{{reporter=\"source\", source_workload=\"productpage-v1\", \
          destination_service_name=\"reviews\", destination_service_namespace=\"{ns}\", response_code=\"200\"}})"
     );
-    // Prometheus scrapes every 5 s: wait for a quiet total.
-    let settled = |expected: Option<f64>| {
-        eventually("Prometheus to scrape productpage's proxy", Duration::from_secs(60), || {
+    // Prometheus scrapes every 5 s: a total is settled once it holds at
+    // least `least` and stays the same over two scrape intervals.
+    let settled = |least: f64| {
+        eventually("Prometheus to scrape productpage's proxy", Duration::from_secs(90), || {
             let first = prometheus.by(&reviews_calls, "destination_version");
-            std::thread::sleep(Duration::from_secs(6));
+            std::thread::sleep(Duration::from_secs(11));
             let second = prometheus.by(&reviews_calls, "destination_version");
-            let total: f64 = second.values().sum();
-            (first == second && expected.is_none_or(|n| total >= n)).then_some(second)
+            (first == second && second.values().sum::<f64>() >= least).then_some(second)
         })
     };
-    let before = settled(None);
-    let shown = pages(ns, &client, 60);
-    let before_total: f64 = before.values().sum();
-    let after = settled(Some(before_total + 60.0));
+    // The pages of the wait above are counted first: at least its last ten.
+    let before = settled(10.0);
+    let rendered = pages(ns, &client, 60);
+    let after = settled(before.values().sum::<f64>() + 60.0);
     let counted = minus(&after, &before);
-    eprintln!("pages by reviews version: {shown:?}; istio_requests_total moved by {counted:?}");
-    assert_eq!(counted, shown, "the source reporter's count by destination_version is what the pages showed");
+    eprintln!("pages by reviews version: {rendered:?}; istio_requests_total moved by {counted:?}");
+    assert_eq!(
+        counted, rendered,
+        "the source reporter's count by destination_version is what the pages showed"
+    );
 
     // The query of the issue, as Istio's users write it.
     let split = prometheus.query(&format!(
@@ -218,4 +237,44 @@ spec:
         (now > before).then_some(now)
     });
     eprintln!("istio_requests_total{{response_code=\"503\"}} to ratings: {before} → {after}");
+
+    // The access log, in Istio's default TEXT line: productpage's call to
+    // reviews, as its Envoy routed it.
+    let line =
+        access_line(ns, |l| l.contains("\"GET /reviews/0 HTTP/1.1\" 200")).expect("a TEXT line for reviews");
+    eprintln!("TEXT: {line}");
+    assert!(line.starts_with('['), "{line}");
+    assert!(
+        line.contains(&format!("outbound|9080|v1|reviews.{ns}.svc.cluster.local"))
+            || line.contains(&format!("outbound|9080|v3|reviews.{ns}.svc.cluster.local")),
+        "{line}"
+    );
+
+    // JSON, with Istio's default keys, after a helm upgrade.
+    let chart = repo().join("charts/mesh");
+    let out = helm(&[
+        "upgrade",
+        "mesh",
+        chart.to_str().expect("utf-8"),
+        "-n",
+        &release.namespace,
+        "--reuse-values",
+        "--set",
+        "meshConfig.accessLogEncoding=JSON",
+        "--wait",
+        "--timeout",
+        "180s",
+    ]);
+    assert!(out.ok, "helm upgrade: {}", out.stderr);
+    kubectl_ok(&["rollout", "status", "deployment/mesh", "-n", &release.namespace, "--timeout=180s"], None);
+    let entry = eventually("a JSON access log line", Duration::from_secs(90), || {
+        shown(ns, &client, 1);
+        let line = access_line(ns, |l| l.starts_with('{') && l.contains("/reviews/0"))?;
+        serde_json::from_str::<Value>(&line).ok()
+    });
+    eprintln!("JSON: {entry}");
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["path"], "/reviews/0");
+    assert!(entry["upstream_cluster"].as_str().is_some_and(|c| c.starts_with("outbound|9080|v")), "{entry}");
+    assert!(entry["response_code"].is_number(), "{entry}");
 }

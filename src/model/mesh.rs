@@ -43,7 +43,7 @@ use super::host::{self, service_fqdn};
 use super::protocol::Protocol;
 use super::service_entry::{self, Discovery, EntryView};
 use super::sidecar_scope::{ScopeEgress, SidecarScopes};
-use super::telemetry::WorkloadLabels;
+use super::telemetry::{self, WorkloadLabels};
 use super::visibility::ExportTo;
 use super::{ClusterState, EndpointSlice, ObjectKey, OutboundTrafficPolicy, Workload};
 use crate::api::destination_rule::DestinationRuleSpec;
@@ -239,6 +239,8 @@ pub struct MeshView {
     trust_domain: String,
     /// The mesh-wide `outboundTrafficPolicy` ([`MeshView::outbound_traffic_policy`]).
     outbound_traffic_policy: OutboundTrafficPolicy,
+    /// What every proxy reports.
+    telemetry: Arc<telemetry::Settings>,
     /// The Sidecars, to find the one that applies to a proxy.
     sidecars: SidecarScopes,
 }
@@ -377,6 +379,7 @@ impl MeshView {
         view.sidecars = SidecarScopes::build(inputs.sidecars, &inputs.mesh_config.root_namespace);
         view.trust_domain = DEFAULT_TRUST_DOMAIN.to_string();
         view.outbound_traffic_policy = inputs.mesh_config.outbound_traffic_policy;
+        view.telemetry = Arc::new(inputs.mesh_config.telemetry.clone());
         view
     }
 
@@ -394,6 +397,11 @@ impl MeshView {
     /// Where proxies of `scope` send traffic to destinations outside the
     /// registry: the applying Sidecar's `outboundTrafficPolicy.mode` when it
     /// sets one, else the mesh's. The one place the translation reads it.
+    /// What every proxy reports: metrics, access logs.
+    pub fn telemetry(&self) -> &telemetry::Settings {
+        &self.telemetry
+    }
+
     pub fn outbound_traffic_policy(&self, scope: &ScopeKey) -> OutboundTrafficPolicy {
         scope
             .sidecar

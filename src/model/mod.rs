@@ -198,6 +198,8 @@ pub struct MeshConfig {
     /// Istio's `outboundTrafficPolicy.mode`: where a sidecar sends traffic
     /// to a destination the registry does not know.
     pub outbound_traffic_policy: OutboundTrafficPolicy,
+    /// What every proxy reports: metrics, access logs.
+    pub telemetry: telemetry::Settings,
 }
 
 /// Istio's `outboundTrafficPolicy.mode`.
@@ -237,6 +239,7 @@ impl Default for MeshConfig {
         MeshConfig {
             root_namespace: DEFAULT_ROOT_NAMESPACE.to_string(),
             outbound_traffic_policy: OutboundTrafficPolicy::default(),
+            telemetry: telemetry::Settings::default(),
         }
     }
 }

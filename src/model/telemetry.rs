@@ -8,6 +8,86 @@
 
 use std::collections::BTreeMap;
 
+use serde::Serialize;
+
+/// What every proxy reports, mesh-wide (the chart's `meshConfig` and
+/// `telemetry` values, through the controller's flags).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Settings {
+    /// Istio's standard metrics, counted by each proxy.
+    pub metrics: bool,
+    /// Istio's `accessLogFile`: where each proxy writes a line per request
+    /// or connection (`/dev/stdout`: its container's log); None: no log.
+    pub access_log_file: Option<String>,
+    /// Istio's `accessLogEncoding`.
+    pub access_log_encoding: AccessLogEncoding,
+    /// Istio's `accessLogFormat`: Envoy's format string for TEXT, or a
+    /// JSON object of them for JSON; None: Istio's default format.
+    pub access_log_format: Option<String>,
+}
+
+impl Settings {
+    /// The settings as the flags give them (empty: unset); a JSON format
+    /// must be an object of format strings, as Envoy takes it.
+    pub fn new(
+        metrics: bool,
+        access_log_file: &str,
+        access_log_encoding: AccessLogEncoding,
+        access_log_format: &str,
+    ) -> Result<Self, String> {
+        let format = Some(access_log_format.trim()).filter(|f| !f.is_empty());
+        if let (AccessLogEncoding::Json, Some(format)) = (access_log_encoding, format) {
+            json_format(format)?;
+        }
+        Ok(Self {
+            metrics,
+            access_log_file: Some(access_log_file.trim()).filter(|f| !f.is_empty()).map(str::to_string),
+            access_log_encoding,
+            access_log_format: format.map(str::to_string),
+        })
+    }
+}
+
+/// A JSON access log format: its keys and their format strings.
+pub fn json_format(format: &str) -> Result<BTreeMap<String, String>, String> {
+    serde_json::from_str(format).map_err(|e| {
+        format!(
+            "accessLogFormat with accessLogEncoding JSON: {e}; write a JSON object of format strings, \
+             such as {{\"method\": \"%REQ(:METHOD)%\", \"code\": \"%RESPONSE_CODE%\"}}"
+        )
+    })
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            metrics: true,
+            access_log_file: None,
+            access_log_encoding: AccessLogEncoding::Text,
+            access_log_format: None,
+        }
+    }
+}
+
+/// Istio's `accessLogEncoding`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+pub enum AccessLogEncoding {
+    #[default]
+    Text,
+    Json,
+}
+
+impl AccessLogEncoding {
+    /// Istio's names, `TEXT` and `JSON`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "TEXT" => Ok(Self::Text),
+            "JSON" => Ok(Self::Json),
+            other => Err(format!("access log encoding {other:?}: expected TEXT or JSON")),
+        }
+    }
+}
+
 /// What Istio's metrics say of one workload; an empty value is reported
 /// as `unknown` (docs/observe.md).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -378,7 +378,8 @@ impl PortBuilder<'_> {
             ..http_connection_manager()
         };
         manager.use_remote_address = Some(BoolValue { value: true });
-        manager.access_log.push(telemetry::http_metrics(Reporter::Source, Protocol::Http, None));
+        manager.access_log =
+            telemetry::http_logs(self.view.telemetry(), Reporter::Source, Protocol::Http, None);
         manager.http_filters.insert(0, fault_filter());
         manager.http_filters.insert(0, cors_filter());
         network_filter(HTTP_CONNECTION_MANAGER, any(&manager))

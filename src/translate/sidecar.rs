@@ -75,6 +75,7 @@ use crate::model::mtls::MtlsMode;
 use crate::model::protocol::Protocol;
 use crate::model::service_entry::Discovery;
 use crate::model::sidecar_scope::IngressListener;
+use crate::model::telemetry::Settings;
 
 /// What a proxy's outgoing traffic needs; the same for every proxy of a scope.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -309,7 +310,7 @@ pub fn outbound_listener_sending_to(view: &MeshView, scope: &ScopeKey) -> (Liste
     let mut sends_to = BTreeSet::from([passthrough::outbound_catch_all_cluster(policy).to_string()]);
     let http_ports: BTreeSet<u16> = http_ports(view, scope).into_keys().collect();
     let mut chains: Vec<FilterChain> =
-        http_ports.iter().map(|&port| outbound_http_chain(port, Protocol::Http, None)).collect();
+        http_ports.iter().map(|&port| outbound_http_chain(view, port, Protocol::Http, None)).collect();
     // ServiceEntries' TCP and TLS ports without addresses: by port (and SNI) on any address.
     let (mut port_wide, port_wide_clusters, mut by_sni) =
         service_entry::port_wide_chains(outbound_ports(view, scope), &http_ports);
@@ -317,7 +318,7 @@ pub fn outbound_listener_sending_to(view: &MeshView, scope: &ScopeKey) -> (Liste
     sends_to.extend(port_wide_clusters);
     for ((port, ip), (service, protocol)) in address_ports(view, scope) {
         if protocol.is_http() {
-            chains.push(outbound_http_chain(port, protocol, Some((service, ip))));
+            chains.push(outbound_http_chain(view, port, protocol, Some((service, ip))));
         } else {
             let mut routed = tcp::service_chains(view, scope, service, port, protocol, ip);
             sends_to.append(&mut routed.clusters);
@@ -338,7 +339,12 @@ pub fn outbound_listener_sending_to(view: &MeshView, scope: &ScopeKey) -> (Liste
 /// An HTTP chain on `port`: at one Service's ClusterIP, with that
 /// Service's routes, or at any other address, with the port's; `protocol`
 /// is what the metrics call its requests.
-fn outbound_http_chain(port: u16, protocol: Protocol, service: Option<(&ServiceView, &str)>) -> FilterChain {
+fn outbound_http_chain(
+    view: &MeshView,
+    port: u16,
+    protocol: Protocol,
+    service: Option<(&ServiceView, &str)>,
+) -> FilterChain {
     let (name, routes, prefix_ranges) = match service {
         Some((service, ip)) => {
             (format!("{ip}_{port}"), service_route_name(service, port), vec![host_range(ip)])
@@ -354,7 +360,7 @@ fn outbound_http_chain(port: u16, protocol: Protocol, service: Option<(&ServiceV
         })),
         ..http_connection_manager()
     };
-    manager.access_log.push(telemetry::http_metrics(Reporter::Source, protocol, None));
+    manager.access_log = telemetry::http_logs(view.telemetry(), Reporter::Source, protocol, None);
     // Faults are injected on the client's side, by the routes that set
     // them; CORS before them, as Istio orders its outbound filters.
     manager.http_filters.insert(0, fault_filter());
@@ -519,7 +525,8 @@ pub fn inbound(
     };
     let mut clusters: Vec<Cluster> = ports.iter().map(inbound_cluster).collect();
     clusters.push(passthrough::inbound_cluster());
-    let mut chains: Vec<FilterChain> = ports.iter().flat_map(|p| inbound_chains(p, &policy(p))).collect();
+    let mut chains: Vec<FilterChain> =
+        ports.iter().flat_map(|p| inbound_chains(view.telemetry(), p, &policy(p))).collect();
     let mut listener = passthrough::virtual_inbound();
     // TLS is recognised (and its ALPN read) before HTTP is sniffed.
     listener.listener_filters.insert(1, passthrough::tls_inspector());
@@ -595,20 +602,24 @@ fn static_assignment(cluster_name: String, ip: &str, port: u16) -> ClusterLoadAs
 /// another; STRICT has only the mutual TLS chain, which also catches
 /// plaintext to the port, so it fails the handshake instead of passing
 /// through; DISABLE has only plaintext.
-fn inbound_chains(port: &InboundPort, policy: &PortPolicy) -> Vec<FilterChain> {
+fn inbound_chains(reporting: &Settings, port: &InboundPort, policy: &PortPolicy) -> Vec<FilterChain> {
+    let chain = |mtls| inbound_chain(reporting, port, policy, mtls);
     match policy.mtls {
-        MtlsMode::Disable => vec![inbound_chain(port, policy, None)],
-        MtlsMode::Permissive => {
-            vec![inbound_chain(port, policy, Some(&tls::MESH_ALPN)), inbound_chain(port, policy, None)]
-        }
-        MtlsMode::Strict => vec![inbound_chain(port, policy, Some(&[]))],
+        MtlsMode::Disable => vec![chain(None)],
+        MtlsMode::Permissive => vec![chain(Some(&tls::MESH_ALPN)), chain(None)],
+        MtlsMode::Strict => vec![chain(Some(&[]))],
     }
 }
 
 /// A port's chain: plaintext (`mtls` None), or mutual TLS for clients
 /// offering one of the ALPN values `mtls` lists (empty: for any
 /// connection to the port).
-fn inbound_chain(port: &InboundPort, policy: &PortPolicy, mtls: Option<&[&str]>) -> FilterChain {
+fn inbound_chain(
+    reporting: &Settings,
+    port: &InboundPort,
+    policy: &PortPolicy,
+    mtls: Option<&[&str]>,
+) -> FilterChain {
     let cluster = inbound_name(port.port);
     let filters = if port.protocol.is_http() {
         let routes = RouteConfiguration {
@@ -654,7 +665,7 @@ fn inbound_chain(port: &InboundPort, policy: &PortPolicy, mtls: Option<&[&str]>)
             ..http_connection_manager()
         };
         let reporter = Reporter::Destination { mutual_tls: mtls.is_some() };
-        manager.access_log.push(telemetry::http_metrics(reporter, port.protocol, port.service));
+        manager.access_log = telemetry::http_logs(reporting, reporter, port.protocol, port.service);
         let router = std::mem::take(&mut manager.http_filters);
         // Only a verified peer's header names the caller (super::telemetry).
         let peer = mtls.map(|_| telemetry::peer_filter());

@@ -25,7 +25,11 @@
 //!   client could mint any number of label values.
 
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, header_value_option};
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, HeaderValue, HeaderValueOption, SubstitutionFormatString, data_source, header_value_option,
+    substitution_format_string,
+};
+use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{FileAccessLog, file_access_log};
 use envoy_types::pb::envoy::extensions::access_loggers::stats::v3::{Config as StatsLog, config as stats};
 use envoy_types::pb::envoy::extensions::filters::http::header_to_metadata::v3::{
     Config as HeaderToMetadata, config as header_to_metadata,
@@ -35,11 +39,11 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::google::protobuf::{Struct, UInt64Value};
 
-use super::any;
 use super::tls::string_value;
+use super::{any, proto_map};
 use crate::model::mesh::ServiceView;
 use crate::model::protocol::Protocol;
-use crate::model::telemetry::{self, WorkloadLabels};
+use crate::model::telemetry::{self, AccessLogEncoding, Settings, WorkloadLabels};
 
 /// The request header that carries the caller's workload to the callee:
 /// its [`WorkloadLabels::joined`].
@@ -53,6 +57,7 @@ pub const SERVICE_METADATA: &str = "mesh.service";
 const LABELS_KEY: &str = "labels";
 
 const STATS_LOGGER: &str = "envoy.access_loggers.stats";
+const FILE_LOGGER: &str = "envoy.access_loggers.file";
 /// [`peer_filter`]'s name.
 pub const PEER_FILTER: &str = "envoy.filters.http.header_to_metadata";
 /// Envoy names the stats `istio.requests_total`.
@@ -77,6 +82,94 @@ pub const JOINED_TAGS: [(&str, &[&str]); 3] = [
     ("destination", &telemetry::FIELDS),
     ("service", &["service", "service_name", "service_namespace"]),
 ];
+
+/// What an HTTP connection manager logs: Istio's metrics and the access
+/// log, as `settings` ask.
+pub fn http_logs(
+    settings: &Settings,
+    reporter: Reporter,
+    protocol: Protocol,
+    service: Option<&ServiceView>,
+) -> Vec<AccessLog> {
+    let metrics = settings.metrics.then(|| http_metrics(reporter, protocol, service));
+    metrics.into_iter().chain(access_log(settings)).collect()
+}
+
+/// Istio's default access log line (its `accessLogFormat` unset, TEXT).
+const TEXT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" \
+%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \
+\"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% \
+%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \
+\"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER_RAW% \
+%UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% \
+%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n";
+
+/// Istio's default JSON access log: its keys and what each holds.
+const JSON_FORMAT: [(&str, &str); 24] = [
+    ("start_time", "%START_TIME%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    ("protocol", "%PROTOCOL%"),
+    ("response_code", "%RESPONSE_CODE%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
+    ("response_code_details", "%RESPONSE_CODE_DETAILS%"),
+    ("connection_termination_details", "%CONNECTION_TERMINATION_DETAILS%"),
+    ("upstream_transport_failure_reason", "%UPSTREAM_TRANSPORT_FAILURE_REASON%"),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+    ("duration", "%DURATION%"),
+    ("upstream_service_time", "%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%"),
+    ("x_forwarded_for", "%REQ(X-FORWARDED-FOR)%"),
+    ("user_agent", "%REQ(USER-AGENT)%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("authority", "%REQ(:AUTHORITY)%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER_RAW%"),
+    ("upstream_local_address", "%UPSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_local_address", "%DOWNSTREAM_LOCAL_ADDRESS%"),
+    ("downstream_remote_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+    ("requested_server_name", "%REQUESTED_SERVER_NAME%"),
+    ("route_name", "%ROUTE_NAME%"),
+];
+
+/// The access log Istio's `accessLogFile`, `accessLogEncoding` and
+/// `accessLogFormat` ask for; None when `accessLogFile` is unset.
+pub fn access_log(settings: &Settings) -> Option<AccessLog> {
+    let path = settings.access_log_file.clone()?;
+    let format = match settings.access_log_encoding {
+        AccessLogEncoding::Text => {
+            let text = settings
+                .access_log_format
+                .as_ref()
+                .map_or_else(|| TEXT_FORMAT.to_string(), |f| format!("{f}\n"));
+            substitution_format_string::Format::TextFormatSource(DataSource {
+                specifier: Some(data_source::Specifier::InlineString(text)),
+                ..Default::default()
+            })
+        }
+        AccessLogEncoding::Json => {
+            // Checked when the controller started (Settings::new).
+            let keys = match &settings.access_log_format {
+                Some(format) => telemetry::json_format(format).unwrap_or_default(),
+                None => JSON_FORMAT.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            };
+            let fields = keys.into_iter().map(|(key, value)| (key, string_value(&value)));
+            substitution_format_string::Format::JsonFormat(Struct { fields: proto_map(fields) })
+        }
+    };
+    let config = FileAccessLog {
+        path,
+        access_log_format: Some(file_access_log::AccessLogFormat::LogFormat(SubstitutionFormatString {
+            format: Some(format),
+            ..Default::default()
+        })),
+    };
+    Some(AccessLog {
+        name: FILE_LOGGER.to_string(),
+        config_type: Some(access_log::ConfigType::TypedConfig(any(&config))),
+        ..Default::default()
+    })
+}
 
 /// The access log that counts an HTTP connection manager's requests into
 /// Istio's request metrics, reported as `reporter`; `service` is the

@@ -176,3 +176,31 @@ fn push_cost() {
     });
     measure("nothing", 0, &mut |_, _| {});
 }
+
+#[test]
+#[ignore = "prints figures: cargo test --release --lib xds::push_cost -- --ignored --nocapture"]
+fn snapshot_bytes_with_and_without_metrics() {
+    use crate::model::MeshConfig;
+    use crate::model::telemetry::Settings;
+    use crate::xds::resource_type::ResourceType;
+    let proxy = &proxies()[0];
+    let mut totals = Vec::new();
+    for metrics in [false, true] {
+        let telemetry = Settings { metrics, ..Settings::default() };
+        let index = mesh().with_mesh_config(MeshConfig { telemetry, ..MeshConfig::default() });
+        let snapshot =
+            MeshGenerator::default().prepare(&index.snapshot(), &Changes::everything()).generate(proxy);
+        let bytes = |t: ResourceType| snapshot.resources(t).iter().map(|r| r.value().len()).sum::<usize>();
+        let per_type: Vec<String> =
+            ResourceType::ALL.iter().map(|t| format!("{t} {:.1} KiB", bytes(*t) as f64 / 1024.0)).collect();
+        let total: usize = ResourceType::ALL.iter().map(|t| bytes(*t)).sum();
+        println!(
+            "snapshot bytes, {SERVICES} Services, metrics {}: {} (total {:.1} KiB)",
+            if metrics { "on" } else { "off" },
+            per_type.join(", "),
+            total as f64 / 1024.0
+        );
+        totals.push(total);
+    }
+    assert!(totals[1] > totals[0], "the metrics' loggers are in the listeners");
+}

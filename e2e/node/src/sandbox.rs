@@ -101,6 +101,7 @@ pub fn exec(args: ExecArgs) -> Result<()> {
             (p, f)
         }
     };
+    give_output_to(args.uid, args.gid)?;
     drop_privileges(args.uid, args.gid, &parse_caps(&args.caps)?)?;
 
     let argv: Vec<CString> =
@@ -284,6 +285,26 @@ fn parse_caps(list: &str) -> Result<CapsHashSet> {
             full.parse::<Capability>().map_err(|_| anyhow::anyhow!("unknown capability {name:?}"))
         })
         .collect()
+}
+
+/// Hands the container's output (its log file) to the user it runs as, as
+/// runc does with a container's stdio, so it may open `/dev/stdout` again
+/// (Envoy's access log does).
+fn give_output_to(uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+    let Some(uid) = uid.filter(|u| *u != 0) else { return Ok(()) };
+    let gid = gid.unwrap_or(uid);
+    use nix::sys::stat::{SFlag, fstat};
+    use std::os::fd::AsFd;
+    let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+    for file in [stdout.as_fd(), stderr.as_fd()] {
+        let stat = fstat(file).context("fstat of the container's output")?;
+        // A regular file: the node's log; never a device such as /dev/null.
+        if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG {
+            nix::unistd::fchown(file, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+                .context("handing the container's log to its user")?;
+        }
+    }
+    Ok(())
 }
 
 /// Leaves the process with exactly `keep` capabilities, as the given user

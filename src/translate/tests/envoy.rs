@@ -253,6 +253,49 @@ fn envoy_validates_every_scenario() {
 }
 
 #[test]
+fn envoy_accepts_the_access_logs_and_metrics_of_every_setting() {
+    use crate::model::MeshConfig;
+    use crate::model::telemetry::{AccessLogEncoding, Settings};
+    let custom_json = r#"{"code": "%RESPONSE_CODE%", "peer": "%DOWNSTREAM_PEER_URI_SAN%"}"#;
+    let settings = [
+        Settings::new(true, "/dev/stdout", AccessLogEncoding::Text, ""),
+        Settings::new(true, "/dev/stdout", AccessLogEncoding::Json, ""),
+        Settings::new(false, "/dev/stdout", AccessLogEncoding::Text, "%RESPONSE_CODE% %REQ(:PATH)%"),
+        Settings::new(false, "/tmp/access.log", AccessLogEncoding::Json, custom_json),
+        Settings::new(false, "", AccessLogEncoding::Text, ""),
+    ];
+    for telemetry in settings {
+        let telemetry = telemetry.expect("valid settings");
+        let index = scenario("no-virtual-service")
+            .with_mesh_config(MeshConfig { telemetry: telemetry.clone(), ..MeshConfig::default() });
+        let view = mesh_view(&index);
+        let proxy = productpage(&index);
+        let (out, inb) = (outbound(&view, &view.scope(&proxy)), inbound(&view, &proxy, permissive));
+        let mut loggers = Vec::new();
+        for listener in [&out.listener, &inb.listener] {
+            let mut listener = listener.clone();
+            map_managers(&mut listener, &mut |m| loggers.extend(m.access_log.iter().map(|l| l.name.clone())));
+        }
+        let wanted = usize::from(telemetry.metrics) + usize::from(telemetry.access_log_file.is_some());
+        assert!(!loggers.is_empty() || wanted == 0, "{telemetry:?}");
+        assert_eq!(loggers.len() % wanted.max(1), 0, "{telemetry:?}: {loggers:?}");
+        assert_eq!(
+            loggers.iter().any(|l| l == "envoy.access_loggers.stats"),
+            telemetry.metrics,
+            "{telemetry:?}"
+        );
+        assert_eq!(
+            loggers.iter().any(|l| l == "envoy.access_loggers.file"),
+            telemetry.access_log_file.is_some(),
+            "{telemetry:?}"
+        );
+        assert_envoy_accepts(&format!("the telemetry {telemetry:?}"), &out, &inb);
+    }
+    let refused = Settings::new(true, "/dev/stdout", AccessLogEncoding::Json, "%RESPONSE_CODE%");
+    assert!(refused.is_err_and(|e| e.contains("JSON object")), "a JSON format that is no object");
+}
+
+#[test]
 fn envoy_validation_is_not_vacuous() {
     // A route configuration with two virtual hosts sharing a domain is invalid.
     let (mut out, inb) = configuration("no-virtual-service");
