@@ -99,6 +99,16 @@ pub struct ControllerArgs {
     #[arg(long, env = "MESH_ACCESS_LOG_FORMAT", default_value = "")]
     pub access_log_format: String,
 
+    /// Istio's `defaultConfig.tracing.zipkin.address`: the Zipkin
+    /// collector (host:port) every proxy sends its spans to; empty: no tracing.
+    #[arg(long, env = "MESH_ZIPKIN_ADDRESS", default_value = "")]
+    pub zipkin_address: String,
+
+    /// Istio's `defaultConfig.tracing.sampling`: the percentage of requests
+    /// traced (0 to 100) unless a pod's `proxy.istio.io/config` says otherwise.
+    #[arg(long, env = "MESH_TRACE_SAMPLING", default_value_t = 1.0)]
+    pub trace_sampling: f64,
+
     /// Address of the admission webhooks (HTTPS).
     #[arg(long, env = "MESH_WEBHOOK_ADDR", default_value = "0.0.0.0:15017")]
     pub webhook_addr: SocketAddr,
@@ -207,6 +217,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             &args.access_log_file,
             args.access_log_encoding,
             &args.access_log_format,
+            crate::model::telemetry::Tracing::new(&args.zipkin_address, args.trace_sampling)
+                .map_err(anyhow::Error::msg)?,
         )
         .map_err(anyhow::Error::msg)?,
     };

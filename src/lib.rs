@@ -13,6 +13,7 @@ mod agreement;
 pub mod api;
 pub mod app;
 pub mod ca;
+pub mod dashboard;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod index;

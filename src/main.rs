@@ -60,6 +60,17 @@ enum Command {
     /// Show what a proxy holds, from the controller (same access as proxy-status).
     #[command(subcommand)]
     ProxyConfig(ProxyConfig),
+    /// Serve a live service graph of the mesh on this machine, from
+    /// Prometheus: workloads, the calls between them (requests per second,
+    /// errors, p99 latency), each workload's proxies and recent traces.
+    Dashboard {
+        #[command(flatten)]
+        args: mesh::dashboard::DashboardArgs,
+        /// A Kubernetes token allowed to get the controllers' /debug/*
+        /// (else the kubeconfig user's, if it has one), for the proxies' status.
+        #[arg(long, env = "MESH_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Print the CustomResourceDefinitions of every supported Istio kind.
     Crds {
         /// yaml: the CRDs to apply; markdown: the field reference (docs/api.md).
@@ -129,6 +140,15 @@ fn main() -> std::process::ExitCode {
         }
         Command::ProxyConfig(ProxyConfig::Authz { pod, access }) => {
             access.token().and_then(|token| proxy_authz(&access.controller, &token, &pod))
+        }
+        Command::Dashboard { args, token } => {
+            // The proxies' status needs a token; the graph does not.
+            let token = if args.controller.is_empty() { None } else { debug_token(token, None).ok() };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(mesh::dashboard::run(args, token)))
         }
         Command::Controller(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -332,6 +332,9 @@ tls_stats() { admin "$1" "$2" stats "$3\.ssl\.(handshake|versions|ciphers|curves
   echo "hand-written, client:"; tls_stats fortio-client 15100 'cluster\.server'
   echo "hand-written, server:"; tls_stats fortio-server 15200 'listener\.0\.0\.0\.0_15201'
 } >"$out/tls.txt"
+# Whether this run priced Istio's metrics (MESH_HELM_SET=telemetry.metrics=false turns them off).
+counted=$(admin fortio-server 15000 stats/prometheus | awk '/^envoy_istio_requests_total\{/ { n += $NF } END { print n + 0 }')
+echo "Istio metrics: the server sidecar counted $counted requests in istio_requests_total" >"$out/metrics.txt"
 for check in 'listener.0.0.0.0_15006.ssl.handshake' 'listener.0.0.0.0_15201.ssl.handshake'; do
   grep -qE "^$(sed 's/\./\\./g' <<<"$check"): [1-9]" "$out/tls.txt" || { log "no TLS handshake counted at $check"; cat "$out/tls.txt" >&2; exit 1; }
 done
@@ -404,3 +407,4 @@ EOF
 echo
 echo "TLS on both proxied paths (from the Envoys' stats):"
 cat "$out/tls.txt"
+cat "$out/metrics.txt"

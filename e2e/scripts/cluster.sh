@@ -243,7 +243,7 @@ start_node() {
     --images "$repo/e2e/images.yaml" \
     --program "bookinfo=$target/bookinfo" --program "mesh=$mesh" --program "envoy=$TOOLS_BIN/envoy" \
     --program "httpbin=$TOOLS_BIN/go-httpbin" --program "fortio=$TOOLS_BIN/fortio" \
-    --program "prometheus=$TOOLS_BIN/prometheus" \
+    --program "prometheus=$TOOLS_BIN/prometheus" --program "jaeger=$TOOLS_BIN/jaeger" \
     --apiserver "127.0.0.1:$apiserver_port" \
     --kube-proxy "$TOOLS_BIN/kube-proxy" --kube-proxy-kubeconfig "$dir/kube-proxy.kubeconfig" \
     --prefix "$prefix" --pod-cidr "$node_cidr" --cluster-cidr "$cluster_cidr" \

@@ -23,6 +23,8 @@ debian_packages() {
   command -v conntrack >/dev/null || missing+=(conntrack)
   command -v curl >/dev/null || missing+=(curl)
   command -v openssl >/dev/null || missing+=(openssl)
+  # The service graph's end-to-end test opens the page in it (headless).
+  command -v chromium >/dev/null || missing+=(chromium)
   [ ${#missing[@]} -eq 0 ] && return
   log "apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -87,9 +89,8 @@ istiod() {
   go_tool istiod "$ISTIOD_VERSION" pilot-discovery istio.io/istio/pilot/cmd/pilot-discovery
 }
 
-# Prometheus runs on the local cluster (samples/addons/prometheus.yaml);
-# Jaeger is left out of `all` until a test or `make run` runs it (each
-# build takes about five minutes).
+# Prometheus and Jaeger run on the local cluster (samples/addons/); each
+# build takes about five minutes, once.
 prometheus() {
   go_tool prometheus "$PROMETHEUS_VERSION" prometheus github.com/prometheus/prometheus/cmd/prometheus \
     "-X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION"
@@ -147,7 +148,7 @@ cargo_fuzz() {
 
 what=${1:-all}
 case "$what" in
-  all) debian_packages; envoy; helm; fortio; httpbin; prometheus; kubernetes; cargo_fuzz ;;
+  all) debian_packages; envoy; helm; fortio; httpbin; prometheus; jaeger; kubernetes; cargo_fuzz ;;
   debian|envoy|helm|fortio|httpbin|kubernetes|istiod|prometheus|jaeger) [ "$what" = debian ] && debian_packages || "$what" ;;
   cargo-fuzz) cargo_fuzz ;;
   *) echo "usage: $0 [all|debian|envoy|helm|fortio|httpbin|kubernetes|istiod|prometheus|jaeger|cargo-fuzz]" >&2; exit 2 ;;

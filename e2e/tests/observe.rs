@@ -94,6 +94,19 @@ fn shown(namespace: &str, client: &str, n: usize) -> BTreeMap<String, f64> {
     counts
 }
 
+/// Every call to ratings answered 503 by the caller's proxy (a fault abort).
+const RATINGS_ABORT: &str = "apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: ratings}
+spec:
+  hosts: [ratings]
+  http:
+  - fault:
+      abort: {percentage: {value: 100}, httpStatus: 503}
+    route:
+    - destination: {host: ratings}
+";
+
 fn minus(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     after
         .iter()
@@ -209,18 +222,7 @@ fn istios_request_metrics_reach_prometheus_with_istios_labels() {
 
     // A fault abort on ratings: 503s, flagged FI (fault injected) by the
     // caller's proxy, where the fault is injected.
-    let abort = "apiVersion: networking.istio.io/v1alpha3
-kind: VirtualService
-metadata: {name: ratings}
-spec:
-  hosts: [ratings]
-  http:
-  - fault:
-      abort: {percentage: {value: 100}, httpStatus: 503}
-    route:
-    - destination: {host: ratings, subset: v1}
-";
-    let _abort = Applied::new(ns, abort);
+    let _abort = Applied::new(ns, RATINGS_ABORT);
     let aborted = format!(
         "sum(istio_requests_total{{reporter=\"source\", destination_service_name=\"ratings\", \
          destination_service_namespace=\"{ns}\", response_code=\"503\", response_flags=\"FI\"}}) or vector(0)"
@@ -277,4 +279,231 @@ spec:
     assert_eq!(entry["path"], "/reviews/0");
     assert!(entry["upstream_cluster"].as_str().is_some_and(|c| c.starts_with("outbound|9080|v")), "{entry}");
     assert!(entry["response_code"].is_number(), "{entry}");
+}
+
+/// Jaeger from samples/addons/jaeger.yaml in `namespace`; its query API's address.
+fn jaeger(namespace: &str) -> (Applied, String) {
+    let sample = std::fs::read_to_string(repo().join("samples/addons/jaeger.yaml")).expect("the sample");
+    let applied = Applied::new(
+        namespace,
+        &sample.replace("namespace: mesh-system", &format!("namespace: {namespace}")),
+    );
+    rollout(namespace);
+    let pod = pod_named(namespace, "app=jaeger");
+    kubectl_ok(
+        &["wait", "-n", namespace, "--for", "condition=Ready", &format!("pod/{pod}"), "--timeout=120s"],
+        None,
+    );
+    let ip = jsonpath(namespace, &format!("pod/{pod}"), "{.status.podIP}");
+    (applied, format!("{ip}:16686"))
+}
+
+/// The traces Jaeger holds that `service` took part in: each as the set of
+/// services its spans came from, and its number of spans.
+fn traces(jaeger: &str, service: &str) -> Vec<(std::collections::BTreeSet<String>, usize)> {
+    let url = format!("http://{jaeger}/api/traces");
+    let Ok(mut response) =
+        ureq::get(&url).query("service", service).query("limit", "100").query("lookback", "1h").call()
+    else {
+        return Vec::new();
+    };
+    let body: Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap_or_default()).unwrap_or_default();
+    body["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|trace| {
+            let services = trace["processes"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(_, p)| p["serviceName"].as_str().map(str::to_string))
+                .collect();
+            (services, trace["spans"].as_array().map_or(0, Vec::len))
+        })
+        .collect()
+}
+
+#[test]
+fn a_product_page_is_one_trace_in_jaeger_with_spans_from_each_sidecar_on_its_path() {
+    let namespace = "mesh-e2e-tracing";
+    // Nothing is sampled mesh-wide; productpage's pod will ask for every request.
+    let zipkin = format!("meshConfig.defaultConfig.tracing.zipkin.address=zipkin.{namespace}:9411");
+    let release = Release::install(
+        namespace,
+        &["--set", &zipkin, "--set", "meshConfig.defaultConfig.tracing.sampling=0"],
+    );
+    let (_jaeger, jaeger) = jaeger(&release.namespace);
+    let bookinfo = injected_bookinfo("tracing");
+    let ns = bookinfo.name.as_str();
+    let service = |app: &str| format!("{app}.{ns}");
+    let client = pod_named(ns, "app=productpage");
+    pages(ns, &client, 10);
+    std::thread::sleep(Duration::from_secs(8));
+    let unsampled = traces(&jaeger, &service("productpage"));
+    assert!(unsampled.is_empty(), "sampling 0: no trace, found {unsampled:?}");
+
+    // proxy.istio.io/config on productpage's pods: every request it starts is traced.
+    let patch = r#"{"spec":{"template":{"metadata":{"annotations":{"proxy.istio.io/config":"tracing:\n  sampling: 100\n"}}}}}"#;
+    kubectl_ok(&["patch", "deployment", "productpage-v1", "-n", ns, "--type", "merge", "-p", patch], None);
+    kubectl_ok(&["rollout", "status", "deployment/productpage-v1", "-n", ns, "--timeout=180s"], None);
+    eventually("the old productpage pod gone", Duration::from_secs(60), || {
+        (kubectl_ok(&["get", "pods", "-n", ns, "-l", "app=productpage", "-o", "name"], None).lines().count()
+            == 1)
+            .then_some(())
+    });
+    let client = pod_named(ns, "app=productpage");
+    kubectl_ok(
+        &["wait", "-n", ns, "--for", "condition=Ready", &format!("pod/{client}"), "--timeout=120s"],
+        None,
+    );
+    let whole = [service("productpage"), service("details"), service("reviews"), service("ratings")];
+    // Each hop is a span at the caller's sidecar and one at the callee's:
+    // the client's call into productpage, then details, reviews and ratings
+    // (each proxy sends its spans every few seconds: a trace fills up).
+    let found = eventually("a trace with both spans of every hop", Duration::from_secs(90), || {
+        pages(ns, &client, 6);
+        let all = traces(&jaeger, &service("productpage"));
+        all.into_iter().find(|(services, spans)| whole.iter().all(|s| services.contains(s)) && *spans >= 8)
+    });
+    eprintln!("a trace: {} spans from {:?}", found.1, found.0);
+}
+
+/// `mesh dashboard` on a free port of this machine, stopped when dropped.
+struct DashboardProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl DashboardProcess {
+    fn start(prometheus: &str, jaeger: Option<&str>, controllers: &[String], token: &str) -> Self {
+        let bin = std::env::var("MESH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mesh").to_string());
+        let port = free_port();
+        let mut command = std::process::Command::new(bin);
+        command
+            .args(["dashboard", "--prometheus", &format!("http://{prometheus}"), "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["--controller", &controllers.join(","), "--token", token])
+            .stderr(std::process::Stdio::null());
+        if let Some(jaeger) = jaeger {
+            command.args(["--jaeger", &format!("http://{jaeger}")]);
+        }
+        let child = command.spawn().expect("mesh dashboard");
+        let url = format!("http://127.0.0.1:{port}/");
+        eventually("the dashboard to serve", Duration::from_secs(20), || {
+            (http_get(&url, None).0 == 200).then_some(())
+        });
+        Self { child, url }
+    }
+}
+
+impl Drop for DashboardProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Headless Chromium (Debian's) on `url`, with time for the page's script
+/// to fetch and draw: the DOM it ends with, or a screenshot at `png`.
+fn chromium(url: &str, screenshot: Option<&std::path::Path>) -> String {
+    let profile = std::env::temp_dir().join(format!("mesh-e2e-chromium-{}", std::process::id()));
+    let mut args = vec![
+        "--headless".to_string(),
+        "--no-sandbox".to_string(),
+        "--disable-gpu".to_string(),
+        "--hide-scrollbars".to_string(),
+        format!("--user-data-dir={}", profile.display()),
+        "--window-size=1400,700".to_string(),
+        "--virtual-time-budget=10000".to_string(),
+    ];
+    match screenshot {
+        Some(path) => args.push(format!("--screenshot={}", path.display())),
+        None => args.push("--dump-dom".to_string()),
+    }
+    args.push(url.to_string());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run("chromium", &argv, None);
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(out.ok, "chromium: {}", out.stderr);
+    out.stdout
+}
+
+/// The edges the page drew: (source, destination, failing).
+fn drawn_edges(dom: &str) -> Vec<(String, String, bool)> {
+    let edge =
+        regex::Regex::new(r#"<g class="edge( failing)?" data-source="([^"]+)" data-destination="([^"]+)""#)
+            .expect("a regex");
+    edge.captures_iter(dom).map(|c| (c[2].to_string(), c[3].to_string(), c.get(1).is_some())).collect()
+}
+
+/// How many pixels of a PNG are the page's red (#e0241b, give or take).
+fn red_pixels(png: &std::path::Path) -> usize {
+    let decoder =
+        png::Decoder::new(std::io::BufReader::new(std::fs::File::open(png).expect("the screenshot")));
+    let mut reader = decoder.read_info().expect("a PNG");
+    let mut pixels = vec![0; reader.output_buffer_size().expect("a size")];
+    let info = reader.next_frame(&mut pixels).expect("a frame");
+    let channels = info.color_type.samples();
+    pixels[..info.buffer_size()]
+        .chunks(channels)
+        .filter(|p| p.len() >= 3 && p[0] > 190 && p[1] < 90 && p[2] < 90)
+        .count()
+}
+
+#[test]
+fn the_service_graph_shows_bookinfo_in_a_browser_and_turns_an_edge_red_under_an_abort() {
+    let release = Release::install("mesh-e2e-graph", &[]);
+    let bookinfo = injected_bookinfo("graph");
+    let ns = bookinfo.name.as_str();
+    let prometheus = Prometheus::start(&release.namespace);
+    let viewer = DebugViewer::bound_to("mesh-debug");
+    let dashboard =
+        DashboardProcess::start(&prometheus.address, None, &controllers(&release.namespace), &viewer.token);
+    let client = pod_named(ns, "app=productpage");
+    let id = |workload: &str| format!("{ns}/{workload}");
+
+    // Round robin over the three reviews versions: an edge to each.
+    let reviews = [id("reviews-v1"), id("reviews-v2"), id("reviews-v3")];
+    let edges = eventually("the Bookinfo graph in the page", Duration::from_secs(120), || {
+        pages(ns, &client, 10);
+        let edges = drawn_edges(&chromium(&dashboard.url, None));
+        let to = |d: &str| edges.iter().any(|(s, dst, _)| *s == id("productpage-v1") && dst == d);
+        (reviews.iter().all(|r| to(r)) && to(&id("details-v1"))).then_some(edges)
+    });
+    eprintln!("drawn: {edges:?}");
+    assert!(edges.iter().all(|(_, _, failing)| !failing), "nothing fails yet: {edges:?}");
+    for version in ["reviews-v2", "reviews-v3"] {
+        assert!(
+            edges.iter().any(|(s, d, _)| *s == id(version) && *d == id("ratings-v1")),
+            "{version} → ratings: {edges:?}"
+        );
+    }
+
+    // Ratings aborted by the callers' proxies: their edges to it turn red.
+    let _abort = Applied::new(ns, RATINGS_ABORT);
+    let ratings = format!("{ns}/service:ratings");
+    let edges = eventually("a red edge to ratings", Duration::from_secs(120), || {
+        pages(ns, &client, 10);
+        let edges = drawn_edges(&chromium(&dashboard.url, None));
+        edges
+            .iter()
+            .any(|(s, d, failing)| *failing && *d == ratings && s.starts_with(&id("reviews-v")))
+            .then_some(edges)
+    });
+    eprintln!("drawn under the abort: {edges:?}");
+    assert!(
+        edges.iter().filter(|(_, _, failing)| *failing).all(|(_, d, _)| *d == ratings),
+        "only the calls to ratings fail: {edges:?}"
+    );
+
+    // The screenshot docs/observe.md shows, checked for the red edge.
+    let dir = repo().join("target/e2e");
+    std::fs::create_dir_all(&dir).expect("target/e2e");
+    let png = dir.join("service-graph.png");
+    chromium(&dashboard.url, Some(&png));
+    let red = red_pixels(&png);
+    eprintln!("screenshot {} with {red} red pixels", png.display());
+    assert!(red > 200, "the failing edge is red in the screenshot: {red} red pixels");
 }

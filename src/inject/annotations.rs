@@ -26,6 +26,9 @@ pub const EXCLUDE_OUTBOUND_PORTS: &str = "traffic.sidecar.istio.io/excludeOutbou
 /// `"false"` keeps the app's probes as they are (`true`, the default, sends
 /// them to Envoy's app-health listener; see `probes`).
 pub const REWRITE_PROBES: &str = "sidecar.istio.io/rewriteAppHTTPProbers";
+/// Istio's ProxyConfig for one pod, as YAML; the injector reads its
+/// `tracing.sampling` (docs/observe.md) and nothing else of it.
+pub const PROXY_CONFIG: &str = "proxy.istio.io/config";
 
 /// Ports of the sidecar itself that inbound capture always leaves alone:
 /// 15090 (Prometheus stats), 15021 (health), 15020 (the app's rewritten
@@ -47,6 +50,9 @@ pub struct ProxyOptions {
     pub traffic: Traffic,
     /// Rewrite the app's probes to Envoy's app-health listener.
     pub rewrite_probes: bool,
+    /// The pod's own share of traced requests, in percent
+    /// (`proxy.istio.io/config` `tracing.sampling`).
+    pub trace_sampling: Option<f64>,
 }
 
 /// What the init container captures, as `mesh iptables` flags take it.
@@ -148,6 +154,10 @@ pub fn proxy_options(
         Some("0" | "f" | "F" | "false" | "FALSE" | "False") => false,
         Some(v) => return Err(InjectError::annotation(REWRITE_PROBES, v, "is not \"true\" or \"false\"")),
     };
+    let trace_sampling = match get(PROXY_CONFIG) {
+        None => None,
+        Some(config) => trace_sampling(&config)?,
+    };
     Ok(ProxyOptions {
         image,
         cpu: quantity(PROXY_CPU, &defaults.proxy_cpu, "CPU")?,
@@ -157,7 +167,23 @@ pub fn proxy_options(
         log_level,
         traffic,
         rewrite_probes,
+        trace_sampling,
     })
+}
+
+/// `tracing.sampling` of a pod's ProxyConfig (YAML), checked.
+fn trace_sampling(config: &str) -> Result<Option<f64>, InjectError> {
+    let refuse = |problem: String| InjectError::annotation(PROXY_CONFIG, config, &problem);
+    let config: serde_json::Value =
+        serde_yaml_ng::from_str(config).map_err(|e| refuse(format!("is not YAML: {e}")))?;
+    let sampling = &config["tracing"]["sampling"];
+    if sampling.is_null() {
+        return Ok(None);
+    }
+    let percent =
+        sampling.as_f64().ok_or_else(|| refuse("has a tracing.sampling that is not a number".to_string()))?;
+    crate::model::telemetry::check_sampling(percent).map_err(refuse)?;
+    Ok(Some(percent))
 }
 
 impl Traffic {

@@ -92,6 +92,26 @@ pub fn bootstrap(proxy_xds_address: &str) -> Value {
     })
 }
 
+/// The bootstrap with the pod's own share of traced requests: Envoy's
+/// runtime value `tracing.random_sampling`, which overrides the connection
+/// managers' `random_sampling` (the mesh-wide share), as a fraction per
+/// million. An admin layer above it keeps /runtime_modify working.
+pub fn with_trace_sampling(mut bootstrap: Value, percent: f64) -> Value {
+    let per_million = (percent * 10_000.0).round() as u64;
+    bootstrap["layered_runtime"] = json!({
+        "layers": [
+            {
+                "name": "pod",
+                "static_layer": {
+                    "tracing.random_sampling": {"numerator": per_million, "denominator": "MILLION"},
+                },
+            },
+            {"name": "admin", "admin_layer": {}},
+        ],
+    });
+    bootstrap
+}
+
 /// The header that carries the Host the kubelet would have sent to the app
 /// (`<pod IP>:<app port>`) to `host_rewrite_header`: Envoy refuses to set
 /// Host itself from `request_headers_to_add`, and the pod's IP is known only

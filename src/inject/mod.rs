@@ -151,7 +151,7 @@ impl Injector {
             }
         }
         let app_probes = if options.rewrite_probes { probes::app_probes(pod)? } else { Vec::new() };
-        if app_probes.is_empty() {
+        if app_probes.is_empty() && options.trace_sampling.is_none() {
             return Ok(Outcome::Injected(template::patch(
                 pod,
                 namespace.name,
@@ -161,9 +161,15 @@ impl Injector {
                 &[],
             )?));
         }
-        let bootstrap =
-            bootstrap::with_app_health(bootstrap::bootstrap(&self.args.proxy_xds_address), &app_probes)
-                .to_string();
+        // This pod's own bootstrap: its probes, its share of traces.
+        let mut bootstrap = bootstrap::bootstrap(&self.args.proxy_xds_address);
+        if !app_probes.is_empty() {
+            bootstrap = bootstrap::with_app_health(bootstrap, &app_probes);
+        }
+        if let Some(percent) = options.trace_sampling {
+            bootstrap = bootstrap::with_trace_sampling(bootstrap, percent);
+        }
+        let bootstrap = bootstrap.to_string();
         Ok(Outcome::Injected(template::patch(
             pod,
             namespace.name,

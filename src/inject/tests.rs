@@ -822,3 +822,36 @@ fn the_gateway_template_needs_its_container_and_other_templates_are_refused() {
     let mesh = NamespaceInfo { name: MESH_NS, labels: Some(&labels) };
     assert_eq!(injector().inject(&pod, &mesh), Ok(Outcome::Skipped(Skip::SystemNamespace)));
 }
+
+#[test]
+fn a_pods_trace_sampling_goes_into_its_bootstraps_runtime() {
+    let args = InjectArgs::default();
+    let annotated =
+        [(annotations::PROXY_CONFIG.to_string(), "tracing:\n  sampling: 25\n".to_string())].into();
+    let options = annotations::proxy_options(&annotated, &args).unwrap();
+    assert_eq!(options.trace_sampling, Some(25.0));
+    // The pod's bootstrap carries it.
+    let mut pod = read_pod("details.yaml");
+    pod.metadata.annotations.get_or_insert_default().extend(annotated);
+    let pod = injected(&pod, "default");
+    let bootstrap: serde_json::Value = serde_json::from_str(
+        pod.metadata.annotations.as_ref().and_then(|a| a.get(BOOTSTRAP_ANNOTATION)).expect("the bootstrap"),
+    )
+    .unwrap();
+    assert_eq!(
+        bootstrap["layered_runtime"]["layers"][0]["static_layer"]["tracing.random_sampling"]["numerator"],
+        250_000
+    );
+    let bootstrap = bootstrap::with_trace_sampling(bootstrap::bootstrap("mesh.mesh-system.svc:15012"), 25.0);
+    let layer = &bootstrap["layered_runtime"]["layers"][0]["static_layer"]["tracing.random_sampling"];
+    assert_eq!(layer["numerator"], 250_000);
+    assert_eq!(layer["denominator"], "MILLION");
+    for bad in ["tracing: {sampling: 150}", "tracing: {sampling: lots}", "tracing: ["] {
+        let refused = [(annotations::PROXY_CONFIG.to_string(), bad.to_string())].into();
+        let error = annotations::proxy_options(&refused, &args).expect_err(bad).to_string();
+        assert!(error.contains(annotations::PROXY_CONFIG), "{error}");
+    }
+    let other =
+        [(annotations::PROXY_CONFIG.to_string(), "holdApplicationUntilProxyStarts: true".to_string())].into();
+    assert_eq!(annotations::proxy_options(&other, &args).unwrap().trace_sampling, None);
+}

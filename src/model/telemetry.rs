@@ -12,7 +12,7 @@ use serde::Serialize;
 
 /// What every proxy reports, mesh-wide (the chart's `meshConfig` and
 /// `telemetry` values, through the controller's flags).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Settings {
     /// Istio's standard metrics, counted by each proxy.
     pub metrics: bool,
@@ -24,6 +24,56 @@ pub struct Settings {
     /// Istio's `accessLogFormat`: Envoy's format string for TEXT, or a
     /// JSON object of them for JSON; None: Istio's default format.
     pub access_log_format: Option<String>,
+    /// Spans to a Zipkin collector; None: no tracing.
+    pub tracing: Option<Tracing>,
+}
+
+/// Istio's `defaultConfig.tracing` with a Zipkin collector.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Tracing {
+    /// The collector's `host:port` (Istio's `tracing.zipkin.address`).
+    pub zipkin_address: String,
+    /// The percentage of requests traced when the caller did not decide
+    /// (Istio's `tracing.sampling`); a pod's `proxy.istio.io/config`
+    /// annotation may set its own.
+    pub sampling: f64,
+}
+
+impl Tracing {
+    /// The settings from the flags: `zipkin_address` empty means none.
+    pub fn new(zipkin_address: &str, sampling: f64) -> Result<Option<Self>, String> {
+        let address = zipkin_address.trim();
+        if address.is_empty() {
+            return Ok(None);
+        }
+        check_sampling(sampling)?;
+        match address.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {}
+            _ => {
+                return Err(format!(
+                    "tracing.zipkin.address {address:?}: write host:port, such as zipkin.istio-system:9411"
+                ));
+            }
+        }
+        Ok(Some(Self { zipkin_address: address.to_string(), sampling }))
+    }
+
+    /// The collector's host and port.
+    pub fn host_port(&self) -> (&str, u16) {
+        let (host, port) = self.zipkin_address.rsplit_once(':').unwrap_or((&self.zipkin_address, "9411"));
+        (host, port.parse().unwrap_or(9411))
+    }
+}
+
+/// A sampling percentage, as Istio takes it: 0 to 100.
+pub fn check_sampling(sampling: f64) -> Result<(), String> {
+    if (0.0..=100.0).contains(&sampling) {
+        Ok(())
+    } else {
+        Err(format!(
+            "tracing sampling {sampling}: write a percentage from 0 to 100 (1 traces one request in a hundred)"
+        ))
+    }
 }
 
 impl Settings {
@@ -34,6 +84,7 @@ impl Settings {
         access_log_file: &str,
         access_log_encoding: AccessLogEncoding,
         access_log_format: &str,
+        tracing: Option<Tracing>,
     ) -> Result<Self, String> {
         let format = Some(access_log_format.trim()).filter(|f| !f.is_empty());
         if let (AccessLogEncoding::Json, Some(format)) = (access_log_encoding, format) {
@@ -44,6 +95,7 @@ impl Settings {
             access_log_file: Some(access_log_file.trim()).filter(|f| !f.is_empty()).map(str::to_string),
             access_log_encoding,
             access_log_format: format.map(str::to_string),
+            tracing,
         })
     }
 }
@@ -65,6 +117,7 @@ impl Default for Settings {
             access_log_file: None,
             access_log_encoding: AccessLogEncoding::Text,
             access_log_format: None,
+            tracing: None,
         }
     }
 }

@@ -207,6 +207,25 @@ fn endpoint_metadata(endpoint: &EndpointView) -> Option<Metadata> {
         .then(|| Metadata { filter_metadata: proto_map(namespaces), ..Default::default() })
 }
 
+/// One endpoint (an address or, for DNS clusters, a host name), inline in
+/// its cluster.
+pub fn single(cluster_name: String, host: &str, port: u16) -> ClusterLoadAssignment {
+    ClusterLoadAssignment {
+        cluster_name,
+        endpoints: vec![LocalityLbEndpoints {
+            lb_endpoints: vec![LbEndpoint {
+                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                    address: Some(address(host, u32::from(port))),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 fn health_status(health: Health) -> HealthStatus {
     match health {
         Health::Healthy => HealthStatus::Healthy,

@@ -83,7 +83,7 @@ pub fn gateway(view: &MeshView, proxy: &ProxyContext) -> GatewayConfig {
     let mut out = GatewayConfig::default();
     for (port, servers) in servers_by_port(&gateways) {
         let builder = PortBuilder { view, scope: &scope, port };
-        let (listener, clusters, routes) = match servers[0].kind {
+        let (listener, mut clusters, routes) = match servers[0].kind {
             PortKind::Http => builder.http(&servers),
             PortKind::Terminated | PortKind::Passthrough => builder.tls(&servers),
             PortKind::Tcp => builder.tcp(&servers),
@@ -93,6 +93,8 @@ pub fn gateway(view: &MeshView, proxy: &ProxyContext) -> GatewayConfig {
         if listener.filter_chains.is_empty() {
             continue;
         }
+        // Its HTTP connection managers trace to the collector's cluster.
+        clusters.extend(telemetry::zipkin_cluster(view.telemetry()).map(|c| c.name));
         out.listeners.push((listener, clusters));
         out.routes.extend(routes);
     }

@@ -37,9 +37,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{BindConfig, CidrRange};
-use envoy_types::pb::envoy::config::endpoint::v3::{
-    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
-};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, FilterChainMatch, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action, route_match,
@@ -66,7 +64,7 @@ use super::route::{
     cors_filter, fault_filter, route_configuration_for, service_route_configuration, service_route_name,
 };
 use super::telemetry::{self, Reporter};
-use super::{address, any, seconds, socket_address};
+use super::{any, seconds, socket_address};
 use super::{service_entry, tcp, tls};
 use crate::api::destination_rule::ConnectionPoolSettings;
 use crate::model::cidr::Cidr;
@@ -150,6 +148,7 @@ pub fn clusters(view: &MeshView, scope: &ScopeKey) -> Vec<Cluster> {
     let mut out = clusters_where(view, scope, |_| true);
     out.push(passthrough::outbound_cluster());
     out.push(black_hole_cluster());
+    out.extend(telemetry::zipkin_cluster(view.telemetry()));
     out
 }
 
@@ -308,6 +307,8 @@ pub fn outbound_listener(view: &MeshView, scope: &ScopeKey) -> Listener {
 pub fn outbound_listener_sending_to(view: &MeshView, scope: &ScopeKey) -> (Listener, BTreeSet<String>) {
     let policy = view.outbound_traffic_policy(scope);
     let mut sends_to = BTreeSet::from([passthrough::outbound_catch_all_cluster(policy).to_string()]);
+    // The HTTP connection managers trace to the collector's cluster.
+    sends_to.extend(telemetry::zipkin_cluster(view.telemetry()).map(|c| c.name));
     let http_ports: BTreeSet<u16> = http_ports(view, scope).into_keys().collect();
     let mut chains: Vec<FilterChain> =
         http_ports.iter().map(|&port| outbound_http_chain(view, port, Protocol::Http, None)).collect();
@@ -361,6 +362,7 @@ fn outbound_http_chain(
         ..http_connection_manager()
     };
     manager.access_log = telemetry::http_logs(view.telemetry(), Reporter::Source, protocol, None);
+    manager.tracing = telemetry::tracing(view.telemetry());
     // Faults are injected on the client's side, by the routes that set
     // them; CORS before them, as Istio orders its outbound filters.
     manager.http_filters.insert(0, fault_filter());
@@ -533,8 +535,13 @@ pub fn inbound(
     chains.append(&mut listener.filter_chains);
     listener.filter_chains = chains;
     // Each port's chain sends to its own cluster, the rest passes through.
-    let listener_clusters =
-        ports.iter().map(|p| inbound_name(p.port)).chain([INBOUND_PASSTHROUGH_CLUSTER.to_string()]).collect();
+    let zipkin = telemetry::zipkin_cluster(view.telemetry()).map(|c| c.name);
+    let listener_clusters = ports
+        .iter()
+        .map(|p| inbound_name(p.port))
+        .chain([INBOUND_PASSTHROUGH_CLUSTER.to_string()])
+        .chain(zipkin)
+        .collect();
     Inbound { clusters, listener, listener_clusters }
 }
 
@@ -561,7 +568,7 @@ fn inbound_cluster(port: &InboundPort) -> Cluster {
         cluster.cluster_discovery_type =
             Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::Static.into()));
         cluster.lb_policy = cluster::LbPolicy::RoundRobin.into();
-        cluster.load_assignment = Some(static_assignment(name, ip, *number));
+        cluster.load_assignment = Some(super::endpoint::single(name, ip, *number));
         // Loopback is never captured, so it needs no 127.0.0.6 (Istio binds
         // only for other addresses); nor can 127.0.0.6 reach IPv6.
         if ip == "127.0.0.1" || ip.contains(':') {
@@ -577,24 +584,6 @@ fn inbound_cluster(port: &InboundPort) -> Cluster {
         apply_connection_pool(&mut cluster, Some(pool), port.protocol);
     }
     cluster
-}
-
-/// One endpoint, inline in its cluster.
-fn static_assignment(cluster_name: String, ip: &str, port: u16) -> ClusterLoadAssignment {
-    ClusterLoadAssignment {
-        cluster_name,
-        endpoints: vec![LocalityLbEndpoints {
-            lb_endpoints: vec![LbEndpoint {
-                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                    address: Some(address(ip, u32::from(port))),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
 }
 
 /// A port's chains: PERMISSIVE takes mutual TLS with Istio's ALPN on one
@@ -666,6 +655,7 @@ fn inbound_chain(
         };
         let reporter = Reporter::Destination { mutual_tls: mtls.is_some() };
         manager.access_log = telemetry::http_logs(reporting, reporter, port.protocol, port.service);
+        manager.tracing = telemetry::tracing(reporting);
         let router = std::mem::take(&mut manager.http_filters);
         // Only a verified peer's header names the caller (super::telemetry).
         let peer = mtls.map(|_| telemetry::peer_filter());

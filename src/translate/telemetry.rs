@@ -25,22 +25,25 @@
 //!   client could mint any number of label values.
 
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     DataSource, HeaderValue, HeaderValueOption, SubstitutionFormatString, data_source, header_value_option,
     substitution_format_string,
 };
+use envoy_types::pb::envoy::config::trace::v3::{self as trace, ZipkinConfig, zipkin_config};
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{FileAccessLog, file_access_log};
 use envoy_types::pb::envoy::extensions::access_loggers::stats::v3::{Config as StatsLog, config as stats};
 use envoy_types::pb::envoy::extensions::filters::http::header_to_metadata::v3::{
     Config as HeaderToMetadata, config as header_to_metadata,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpFilter, http_filter,
+    HttpFilter, http_connection_manager, http_filter,
 };
-use envoy_types::pb::google::protobuf::{Struct, UInt64Value};
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf::{BoolValue, Struct, UInt64Value};
 
 use super::tls::string_value;
-use super::{any, proto_map};
+use super::{any, proto_map, seconds};
 use crate::model::mesh::ServiceView;
 use crate::model::protocol::Protocol;
 use crate::model::telemetry::{self, AccessLogEncoding, Settings, WorkloadLabels};
@@ -93,6 +96,52 @@ pub fn http_logs(
 ) -> Vec<AccessLog> {
     let metrics = settings.metrics.then(|| http_metrics(reporter, protocol, service));
     metrics.into_iter().chain(access_log(settings)).collect()
+}
+
+/// The cluster the proxies send their spans to (Istio's name for it).
+pub const ZIPKIN_CLUSTER: &str = "zipkin";
+const ZIPKIN_TRACER: &str = "envoy.tracers.zipkin";
+
+/// An HTTP connection manager's tracing, when `settings` ask for it:
+/// Zipkin spans (v2 JSON, 128-bit trace ids, one span per hop and side,
+/// as Istio sets Zipkin up) for the sampled share of requests the caller
+/// did not decide on. A pod's own share arrives as Envoy's runtime value
+/// `tracing.random_sampling`, which overrides this one (the injector puts
+/// it in the pod's bootstrap).
+pub fn tracing(settings: &Settings) -> Option<http_connection_manager::Tracing> {
+    let tracing = settings.tracing.as_ref()?;
+    let (host, _) = tracing.host_port();
+    let zipkin = ZipkinConfig {
+        collector_cluster: ZIPKIN_CLUSTER.to_string(),
+        collector_endpoint: "/api/v2/spans".to_string(),
+        collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson.into(),
+        collector_hostname: host.to_string(),
+        trace_id_128bit: true,
+        shared_span_context: Some(BoolValue { value: false }),
+        ..Default::default()
+    };
+    Some(http_connection_manager::Tracing {
+        provider: Some(trace::tracing::Http {
+            name: ZIPKIN_TRACER.to_string(),
+            config_type: Some(trace::tracing::http::ConfigType::TypedConfig(any(&zipkin))),
+        }),
+        random_sampling: Some(Percent { value: tracing.sampling }),
+        ..Default::default()
+    })
+}
+
+/// The collector's cluster, when tracing is on: its address by DNS.
+pub fn zipkin_cluster(settings: &Settings) -> Option<Cluster> {
+    let (host, port) = settings.tracing.as_ref()?.host_port();
+    Some(Cluster {
+        name: ZIPKIN_CLUSTER.to_string(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::StrictDns.into(),
+        )),
+        connect_timeout: Some(seconds(1)),
+        load_assignment: Some(super::endpoint::single(ZIPKIN_CLUSTER.to_string(), host, port)),
+        ..Default::default()
+    })
 }
 
 /// Istio's default access log line (its `accessLogFormat` unset, TEXT).
@@ -356,6 +405,44 @@ mod tests {
             peer_header().header.map(|h| h.value),
             Some("%ENVIRONMENT(MESH_WORKLOAD_LABELS)%".to_string())
         );
+    }
+
+    #[test]
+    fn tracing_sends_zipkin_spans_to_the_collector_named_by_the_settings() {
+        assert_eq!(tracing(&Settings::default()), None, "off unless a collector is named");
+        assert_eq!(zipkin_cluster(&Settings::default()), None);
+        let on = Settings {
+            tracing: telemetry::Tracing::new("zipkin.mesh-system:9411", 2.5).expect("valid"),
+            ..Settings::default()
+        };
+        let config = tracing(&on).expect("tracing");
+        assert_eq!(config.random_sampling.map(|p| p.value), Some(2.5));
+        let provider = config.provider.expect("a provider");
+        assert_eq!(provider.name, "envoy.tracers.zipkin");
+        let Some(trace::tracing::http::ConfigType::TypedConfig(any)) = provider.config_type else { panic!() };
+        let zipkin = ZipkinConfig::decode(any.value.as_slice()).expect("Zipkin");
+        assert_eq!(
+            (zipkin.collector_cluster.as_str(), zipkin.collector_endpoint.as_str()),
+            ("zipkin", "/api/v2/spans")
+        );
+        assert!(zipkin.trace_id_128bit);
+        let cluster = zipkin_cluster(&on).expect("the collector's cluster");
+        let endpoint = &cluster.load_assignment.expect("its address").endpoints[0].lb_endpoints[0];
+        use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint;
+        let Some(lb_endpoint::HostIdentifier::Endpoint(endpoint)) = &endpoint.host_identifier else {
+            panic!()
+        };
+        let address = format!("{:?}", endpoint.address);
+        assert!(address.contains("zipkin.mesh-system") && address.contains("9411"), "{address}");
+        for bad in [
+            ("zipkin", 1.0),
+            ("zipkin:0", 1.0),
+            (":9411", 1.0),
+            ("zipkin:9411", 101.0),
+            ("zipkin:9411", -1.0),
+        ] {
+            assert!(telemetry::Tracing::new(bad.0, bad.1).is_err(), "{bad:?}");
+        }
     }
 
     /// The sample Prometheus's job for the proxies: its metric relabelling.

@@ -255,14 +255,21 @@ fn envoy_validates_every_scenario() {
 #[test]
 fn envoy_accepts_the_access_logs_and_metrics_of_every_setting() {
     use crate::model::MeshConfig;
-    use crate::model::telemetry::{AccessLogEncoding, Settings};
+    use crate::model::telemetry::{AccessLogEncoding, Settings, Tracing};
     let custom_json = r#"{"code": "%RESPONSE_CODE%", "peer": "%DOWNSTREAM_PEER_URI_SAN%"}"#;
     let settings = [
-        Settings::new(true, "/dev/stdout", AccessLogEncoding::Text, ""),
-        Settings::new(true, "/dev/stdout", AccessLogEncoding::Json, ""),
-        Settings::new(false, "/dev/stdout", AccessLogEncoding::Text, "%RESPONSE_CODE% %REQ(:PATH)%"),
-        Settings::new(false, "/tmp/access.log", AccessLogEncoding::Json, custom_json),
-        Settings::new(false, "", AccessLogEncoding::Text, ""),
+        Settings::new(true, "/dev/stdout", AccessLogEncoding::Text, "", None),
+        Settings::new(true, "/dev/stdout", AccessLogEncoding::Json, "", None),
+        Settings::new(false, "/dev/stdout", AccessLogEncoding::Text, "%RESPONSE_CODE% %REQ(:PATH)%", None),
+        Settings::new(false, "/tmp/access.log", AccessLogEncoding::Json, custom_json, None),
+        Settings::new(false, "", AccessLogEncoding::Text, "", None),
+        Settings::new(
+            true,
+            "",
+            AccessLogEncoding::Text,
+            "",
+            Tracing::new("zipkin.mesh-system:9411", 10.0).unwrap(),
+        ),
     ];
     for telemetry in settings {
         let telemetry = telemetry.expect("valid settings");
@@ -289,9 +296,15 @@ fn envoy_accepts_the_access_logs_and_metrics_of_every_setting() {
             telemetry.access_log_file.is_some(),
             "{telemetry:?}"
         );
+        if telemetry.tracing.is_some() {
+            assert!(out.clusters.iter().any(|c| c.name == "zipkin"), "the collector's cluster");
+            let mut traced = 0;
+            map_managers(&mut out.listener.clone(), &mut |m| traced += usize::from(m.tracing.is_some()));
+            assert!(traced > 0, "the outbound connection managers trace");
+        }
         assert_envoy_accepts(&format!("the telemetry {telemetry:?}"), &out, &inb);
     }
-    let refused = Settings::new(true, "/dev/stdout", AccessLogEncoding::Json, "%RESPONSE_CODE%");
+    let refused = Settings::new(true, "/dev/stdout", AccessLogEncoding::Json, "%RESPONSE_CODE%", None);
     assert!(refused.is_err_and(|e| e.contains("JSON object")), "a JSON format that is no object");
 }
 
