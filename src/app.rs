@@ -209,6 +209,8 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     index_metrics.register(&mut registry);
     let xds_metrics = crate::xds::XdsMetrics::default();
     xds_metrics.register(&mut registry);
+    let webhook_metrics = webhook::metrics::WebhookMetrics::default();
+    webhook_metrics.register(&mut registry);
     let mesh_config = crate::model::MeshConfig {
         root_namespace: args.root_namespace.clone(),
         outbound_traffic_policy: args.outbound_traffic_policy,
@@ -286,6 +288,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             index.clone(),
             synced,
             crate::inject::Injector::new(args.inject.clone(), args.namespace.clone()),
+            webhook_metrics,
             shutdown.clone(),
         ),
     );

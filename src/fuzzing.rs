@@ -15,14 +15,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, Dis
 use kube::core::DynamicObject;
 use kube::core::admission::AdmissionReview;
 use prost::Message;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::index::{
-    ClusterRbacConfigs, ClusterSnapshot, DestinationRules, EndpointSlices, Gateways, Index, Kind,
-    MeshPolicies, Namespaces, PeerAuthentications, Pods, Policies, RbacConfigs, RequestAuthentications,
-    Secrets, ServiceEntries, ServiceRoleBindings, ServiceRoles, Services, Sidecars, VirtualServices,
-};
+use crate::index::{ClusterSnapshot, Index};
 use crate::model::mesh::MeshView;
 use crate::validate::{self, Context, Severity};
 use crate::xds::delta::DeltaStream;
@@ -67,45 +62,10 @@ pub fn admission_review(data: &[u8]) -> Option<Value> {
 pub fn index_object(data: &[u8]) {
     let Ok(object) = serde_json::from_slice::<Value>(data) else { return };
     let mut index = Index::new(Default::default());
-    apply_object(&mut index, object);
+    index.apply_value(object);
     let state = index.state();
     MeshView::build(state);
     Context::of(state);
-}
-
-/// Adds `object` to the index by its `kind`; false for a kind the index
-/// does not keep or an object that does not decode as one.
-fn apply_object(index: &mut Index, object: Value) -> bool {
-    fn apply<K: Kind>(index: &mut Index, object: Value) -> bool
-    where
-        K::Object: DeserializeOwned,
-    {
-        let Ok(object) = serde_json::from_value::<K::Object>(object) else { return false };
-        index.apply::<K>(&object);
-        true
-    }
-    let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
-    match kind.as_str() {
-        "Namespace" => apply::<Namespaces>(index, object),
-        "Service" => apply::<Services>(index, object),
-        "EndpointSlice" => apply::<EndpointSlices>(index, object),
-        "Pod" => apply::<Pods>(index, object),
-        "Secret" => apply::<Secrets>(index, object),
-        "VirtualService" => apply::<VirtualServices>(index, object),
-        "DestinationRule" => apply::<DestinationRules>(index, object),
-        "Gateway" => apply::<Gateways>(index, object),
-        "ServiceEntry" => apply::<ServiceEntries>(index, object),
-        "Sidecar" => apply::<Sidecars>(index, object),
-        "ServiceRole" => apply::<ServiceRoles>(index, object),
-        "ServiceRoleBinding" => apply::<ServiceRoleBindings>(index, object),
-        "ClusterRbacConfig" => apply::<ClusterRbacConfigs>(index, object),
-        "RbacConfig" => apply::<RbacConfigs>(index, object),
-        "PeerAuthentication" => apply::<PeerAuthentications>(index, object),
-        "RequestAuthentication" => apply::<RequestAuthentications>(index, object),
-        "Policy" => apply::<Policies>(index, object),
-        "MeshPolicy" => apply::<MeshPolicies>(index, object),
-        _ => false,
-    }
 }
 
 /// Whether an Istio object passes the validating webhook (warnings allowed).
@@ -133,7 +93,7 @@ pub fn translation(data: &[u8]) -> Option<Snapshot> {
     for object in objects {
         let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
         if CORE_KINDS.contains(&kind) || admitted(&object) {
-            apply_object(&mut index, object);
+            index.apply_value(object);
         }
     }
     let generator = MeshGenerator::new("cluster.local");

@@ -10,6 +10,7 @@
 
 #[cfg(test)]
 mod agreement;
+pub mod analyze;
 pub mod api;
 pub mod app;
 pub mod ca;

@@ -60,6 +60,10 @@ enum Command {
     /// Show what a proxy holds, from the controller (same access as proxy-status).
     #[command(subcommand)]
     ProxyConfig(ProxyConfig),
+    /// Find problems in Istio configuration (files, the live cluster, or
+    /// both), with Istio's analyzer codes; exits 79 when a finding reaches
+    /// --failure-threshold.
+    Analyze(mesh::analyze::cli::AnalyzeArgs),
     /// Serve a live service graph of the mesh on this machine, from
     /// Prometheus: workloads, the calls between them (requests per second,
     /// errors, p99 latency), each workload's proxies and recent traces.
@@ -140,6 +144,17 @@ fn main() -> std::process::ExitCode {
         }
         Command::ProxyConfig(ProxyConfig::Authz { pod, access }) => {
             access.token().and_then(|token| proxy_authz(&access.controller, &token, &pod))
+        }
+        Command::Analyze(args) => {
+            let found = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(mesh::analyze::cli::run(args)));
+            match found {
+                Ok(true) => return std::process::ExitCode::from(mesh::analyze::cli::FOUND_ISSUES),
+                other => other.map(|_| ()),
+            }
         }
         Command::Dashboard { args, token } => {
             // The proxies' status needs a token; the graph does not.

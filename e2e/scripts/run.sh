@@ -13,8 +13,8 @@ cluster=$repo/e2e/scripts/cluster.sh
 eval "$("$cluster" env)"
 trap '"$cluster" down' EXIT
 
-echo "[run] installing the mesh (helm)..."
-"$cluster" mesh-up
+echo "[run] installing the mesh (helm), tracing to Jaeger (samples/addons/jaeger.yaml)..."
+MESH_HELM_SET=meshConfig.defaultConfig.tracing.zipkin.address=zipkin.mesh-system:9411 "$cluster" mesh-up
 # Who may read the controller's /debug views: a ServiceAccount bound to the
 # chart's ClusterRole mesh-debug (the cluster's admin authenticates with a
 # client certificate, which the controller's plain HTTP port cannot check).
@@ -23,8 +23,9 @@ kubectl create clusterrolebinding debug-viewer --clusterrole=mesh-debug \
   --serviceaccount=mesh-system:debug-viewer --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl label namespace default istio-injection=enabled --overwrite >/dev/null
 kubectl apply -f "$repo/samples/bookinfo.yaml" -f "$repo/samples/gateway.yaml" >/dev/null
-# Prometheus, scraping every proxy's Istio metrics and the controller (docs/observe.md).
-kubectl apply -f "$repo/samples/addons/prometheus.yaml" >/dev/null
+# Prometheus, scraping every proxy's Istio metrics and the controller, and
+# Jaeger, receiving their spans (docs/observe.md).
+kubectl apply -f "$repo/samples/addons/prometheus.yaml" -f "$repo/samples/addons/jaeger.yaml" >/dev/null
 echo "[run] waiting for the demo app (samples/bookinfo.yaml), each pod with its Envoy..."
 kubectl rollout status deployment --timeout=240s >/dev/null
 kubectl -n mesh-system rollout status deployment mesh-ingressgateway --timeout=120s >/dev/null
@@ -41,13 +42,16 @@ replicas=$(kubectl -n mesh-system get pods -l app.kubernetes.io/name=mesh \
   -o jsonpath='{range .items[*]}http://{.status.podIP}:15014,{end}')
 replicas=${replicas%,}
 kubectl -n mesh-system rollout status deployment prometheus --timeout=120s >/dev/null
+kubectl -n mesh-system rollout status deployment jaeger --timeout=120s >/dev/null
 prometheus=$(kubectl -n mesh-system get pods -l app=prometheus -o jsonpath='{.items[0].status.podIP}')
+jaeger=$(kubectl -n mesh-system get pods -l app=jaeger -o jsonpath='{.items[0].status.podIP}')
 cat <<TXT
 
   The local cluster is up, with the mesh and the demo app (istio-proxy in every pod).
 
     Open http://$ingress/productpage     (the demo app, through the ingress gateway)
     Open http://$prometheus:9090          (Prometheus: Istio's metrics from every proxy)
+    Open http://$jaeger:16686/api/traces?service=productpage.default   (Jaeger: 1% of requests traced)
 
   In another shell:
     cd $repo && eval "\$(make -s env)"
@@ -59,12 +63,15 @@ cat <<TXT
     curl -s -H "Authorization: Bearer \$MESH_TOKEN" http://$mesh:15014/debug/configz   # what the controller sees
     target/debug/mesh proxy-status --controller $replicas   # every Envoy, in sync or not
     kubectl apply -f samples/routing/destination-rules.yaml -f samples/routing/all-v1.yaml   # samples/README.md
+    target/debug/mesh dashboard --prometheus http://$prometheus:9090 --jaeger http://$jaeger:16686 \
+      --controller $replicas --token \$MESH_TOKEN   # the live service graph, on http://127.0.0.1:20001/
+    kubectl logs deploy/productpage-v1 -c istio-proxy      # Envoy's log (set meshConfig.accessLogFile=/dev/stdout for access lines)
     curl -s http://$prometheus:9090/api/v1/query --data-urlencode \
       'query=sum(rate(istio_requests_total{destination_service=~"reviews.*"}[1m])) by (destination_version, source_workload)'
   Ctrl-C here stops the cluster.
 
 TXT
-# The node serves no kubelet API (no `kubectl logs`): follow the
-# controller replicas' log files. Not exec: the EXIT trap must run after it stops.
+# Follow both controller replicas' log files (`kubectl logs -f` follows one
+# pod). Not exec: the EXIT trap must run after it stops.
 state=$(dirname "$KUBECONFIG")
 tail -n 20 -F "$state"/node/pods/mesh-system_mesh-*/logs/controller/*.log || true

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod analyze;
 mod authn;
 mod authz;
 mod ca;

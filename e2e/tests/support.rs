@@ -37,6 +37,8 @@ pub fn conformance() -> PathBuf {
 /// The output of one kubectl call.
 pub struct Output {
     pub ok: bool,
+    /// The exit code; None when a signal ended the program.
+    pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
@@ -57,6 +59,7 @@ pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
     let out = child.wait_with_output().expect("the program ran");
     Output {
         ok: out.status.success(),
+        code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
@@ -417,6 +420,7 @@ pub fn enter(namespace: &str, pod: &str, script: &str) -> Output {
         .expect("localnode enter runs");
     Output {
         ok: out.status.success(),
+        code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }

@@ -353,6 +353,42 @@ impl Index {
         *self.config_revision.borrow()
     }
 
+    /// Adds an object of any kind the index keeps, as JSON (from a file, a
+    /// fuzzer), by its `kind`; false for a kind the index does not keep or
+    /// an object that does not decode as one.
+    pub fn apply_value(&mut self, object: serde_json::Value) -> bool {
+        fn apply<K: Kind>(index: &mut Index, object: serde_json::Value) -> bool
+        where
+            K::Object: serde::de::DeserializeOwned,
+        {
+            let Ok(object) = serde_json::from_value::<K::Object>(object) else { return false };
+            index.apply::<K>(&object);
+            true
+        }
+        let kind = object.get("kind").and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
+        match kind.as_str() {
+            "Namespace" => apply::<Namespaces>(self, object),
+            "Service" => apply::<Services>(self, object),
+            "EndpointSlice" => apply::<EndpointSlices>(self, object),
+            "Pod" => apply::<Pods>(self, object),
+            "Secret" => apply::<Secrets>(self, object),
+            "VirtualService" => apply::<VirtualServices>(self, object),
+            "DestinationRule" => apply::<DestinationRules>(self, object),
+            "Gateway" => apply::<Gateways>(self, object),
+            "ServiceEntry" => apply::<ServiceEntries>(self, object),
+            "Sidecar" => apply::<Sidecars>(self, object),
+            "ServiceRole" => apply::<ServiceRoles>(self, object),
+            "ServiceRoleBinding" => apply::<ServiceRoleBindings>(self, object),
+            "ClusterRbacConfig" => apply::<ClusterRbacConfigs>(self, object),
+            "RbacConfig" => apply::<RbacConfigs>(self, object),
+            "PeerAuthentication" => apply::<PeerAuthentications>(self, object),
+            "RequestAuthentication" => apply::<RequestAuthentications>(self, object),
+            "Policy" => apply::<Policies>(self, object),
+            "MeshPolicy" => apply::<MeshPolicies>(self, object),
+            _ => false,
+        }
+    }
+
     /// Adds or updates one object. A malformed object is logged, counted and
     /// skipped, and whatever was stored for it before stays.
     pub fn apply<K: Kind>(&mut self, obj: &K::Object) {

@@ -11,4 +11,5 @@ pub mod admission;
 pub mod configuration;
 pub mod gateways;
 pub mod injection;
+pub mod metrics;
 pub mod server;

@@ -8,7 +8,7 @@
 //! per Pod change.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -20,6 +20,7 @@ use kube::core::DynamicObject;
 use kube::core::admission::AdmissionReview;
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::WebhookMetrics;
 use super::{admission, injection};
 use crate::ca::serving::{ServingCert, provider};
 use crate::index::{Namespaces, SharedIndex};
@@ -48,6 +49,7 @@ struct Webhook {
     synced: Arc<dyn Fn() -> bool + Send + Sync>,
     cache: ContextCache,
     injector: Arc<Injector>,
+    metrics: WebhookMetrics,
 }
 
 impl Webhook {
@@ -77,7 +79,11 @@ async fn validate(
     State(webhook): State<Webhook>,
     axum::Json(review): axum::Json<AdmissionReview<DynamicObject>>,
 ) -> axum::Json<AdmissionReview<DynamicObject>> {
-    axum::Json(admission::review(review, &webhook.context()))
+    let started = Instant::now();
+    let answer = admission::review(review, &webhook.context());
+    let allowed = answer.response.as_ref().is_some_and(|r| r.allowed);
+    webhook.metrics.reviewed("validate", allowed, started.elapsed().as_secs_f64());
+    axum::Json(answer)
 }
 
 async fn inject(
@@ -90,7 +96,10 @@ async fn inject(
         }
         webhook.index.lock().get::<Namespaces>(&ObjectKey::new("", namespace)).map(|n| n.labels.clone())
     };
-    axum::Json(injection::review(review, labels, &webhook.injector))
+    let started = Instant::now();
+    let answer = injection::review(review, labels, &webhook.injector);
+    webhook.metrics.reviewed("inject", answer.allowed(), started.elapsed().as_secs_f64());
+    axum::Json(answer)
 }
 
 /// Serves /validate and /inject on `listener` until `shutdown`.
@@ -100,10 +109,12 @@ pub async fn serve(
     index: SharedIndex,
     synced: Arc<dyn Fn() -> bool + Send + Sync>,
     injector: Injector,
+    metrics: WebhookMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), rustls::Error> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(cert)?));
-    let webhook = Webhook { index, synced, cache: Arc::new(Mutex::new(None)), injector: Arc::new(injector) };
+    let webhook =
+        Webhook { index, synced, cache: Arc::new(Mutex::new(None)), injector: Arc::new(injector), metrics };
     // The API server accepts objects up to 3 MiB; all of them must reach
     // the rules (a too-large body gets their message, not a transport error).
     let app = Router::new()
