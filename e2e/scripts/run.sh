@@ -63,11 +63,11 @@ cat <<TXT
     curl -s -H "Authorization: Bearer \$MESH_TOKEN" http://$mesh:15014/debug/configz   # what the controller sees
     target/debug/mesh proxy-status --controller $replicas   # every Envoy, in sync or not
     kubectl apply -f samples/routing/destination-rules.yaml -f samples/routing/all-v1.yaml   # samples/README.md
-    target/debug/mesh dashboard --prometheus http://$prometheus:9090 --jaeger http://$jaeger:16686 \
-      --controller $replicas --token \$MESH_TOKEN   # the live service graph, on http://127.0.0.1:20001/
+    target/debug/mesh dashboard --prometheus http://$prometheus:9090 --jaeger http://$jaeger:16686 --controller $replicas --token \$MESH_TOKEN
+                                                           # the live service graph, on http://127.0.0.1:20001/
+    target/debug/mesh analyze                              # Istio's analyzers on the cluster's configuration
     kubectl logs deploy/productpage-v1 -c istio-proxy      # Envoy's log (set meshConfig.accessLogFile=/dev/stdout for access lines)
-    curl -s http://$prometheus:9090/api/v1/query --data-urlencode \
-      'query=sum(rate(istio_requests_total{destination_service=~"reviews.*"}[1m])) by (destination_version, source_workload)'
+    curl -s http://$prometheus:9090/api/v1/query --data-urlencode 'query=sum(rate(istio_requests_total{destination_service=~"reviews.*"}[1m])) by (destination_version, source_workload)'
   Ctrl-C here stops the cluster.
 
 TXT

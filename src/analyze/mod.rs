@@ -101,7 +101,7 @@ pub fn analyze(state: ClusterState<'_>, mesh_namespace: &str) -> Vec<Finding> {
     referenced_resources(state, &mut findings);
     namespaces_not_injected(state, mesh_namespace, &mut findings);
     conflicting_mesh_hosts(state, &mut findings);
-    port_names(state, &mut findings);
+    port_names(state, mesh_namespace, &mut findings);
     findings.sort_by(|a, b| {
         (std::cmp::Reverse(a.level), a.code, a.kind, &a.namespace, &a.name, &a.message).cmp(&(
             std::cmp::Reverse(b.level),
@@ -292,8 +292,10 @@ fn conflicting_mesh_hosts(state: ClusterState<'_>, out: &mut Vec<Finding>) {
 
 /// IST0118: Service ports whose protocol Istio cannot tell from their name
 /// or `appProtocol` (it would have to sniff; the mesh treats them as TCP).
-fn port_names(state: ClusterState<'_>, out: &mut Vec<Finding>) {
-    for service in state.services.values() {
+/// The mesh's own Services are left out (its gateway's `status-port` is
+/// Istio's name for that port).
+fn port_names(state: ClusterState<'_>, mesh_namespace: &str, out: &mut Vec<Finding>) {
+    for service in state.services.values().filter(|s| s.key.namespace != mesh_namespace) {
         for port in &service.ports {
             let protocol = Protocol::infer(&port.name, port.app_protocol.as_deref(), &port.protocol);
             if protocol == Protocol::Unknown {

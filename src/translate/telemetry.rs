@@ -32,7 +32,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::config::trace::v3::{self as trace, ZipkinConfig, zipkin_config};
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{FileAccessLog, file_access_log};
-use envoy_types::pb::envoy::extensions::access_loggers::stats::v3::{Config as StatsLog, config as stats};
+use envoy_types::pb::envoy::extensions::access_loggers::stats::v3::config as stats;
 use envoy_types::pb::envoy::extensions::filters::http::header_to_metadata::v3::{
     Config as HeaderToMetadata, config as header_to_metadata,
 };
@@ -67,6 +67,34 @@ pub const PEER_FILTER: &str = "envoy.filters.http.header_to_metadata";
 const STAT_PREFIX: &str = "istio";
 /// A label whose value no one can know here.
 const UNKNOWN: &str = "unknown";
+
+/// Envoy's stats logger configuration as Envoy 1.40 takes it: envoy-types
+/// 0.7 lacks `stats_scope` (field 6), which replaces `stat_prefix` (field
+/// 1, deprecated: Envoy warns once per logger at each listener load).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StatsLogConfig {
+    #[prost(message, repeated, tag = "3")]
+    pub histograms: Vec<stats::Histogram>,
+    #[prost(message, repeated, tag = "4")]
+    pub counters: Vec<stats::Counter>,
+    #[prost(message, optional, tag = "6")]
+    pub stats_scope: Option<StatsScope>,
+}
+
+impl prost::Name for StatsLogConfig {
+    const NAME: &'static str = "Config";
+    const PACKAGE: &'static str = "envoy.extensions.access_loggers.stats.v3";
+    fn type_url() -> String {
+        format!("type.googleapis.com/{}", Self::full_name())
+    }
+}
+
+/// Envoy's `envoy.type.v3.Scope`, its `prefix` (field 5) alone.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StatsScope {
+    #[prost(string, tag = "5")]
+    pub prefix: String,
+}
 
 /// Which end of a request a proxy reports: the caller's (`source`) or
 /// the callee's (`destination`).
@@ -239,8 +267,8 @@ pub fn http_metrics(reporter: Reporter, protocol: Protocol, service: Option<&Ser
         unit: unit.into(),
         value_format: value.to_string(),
     };
-    let config = StatsLog {
-        stat_prefix: STAT_PREFIX.to_string(),
+    let config = StatsLogConfig {
+        stats_scope: Some(StatsScope { prefix: STAT_PREFIX.to_string() }),
         counters: vec![stats::Counter {
             stat: stat("requests_total"),
             value_fixed: Some(UInt64Value { value: 1 }),
@@ -369,7 +397,8 @@ mod tests {
         let Some(access_log::ConfigType::TypedConfig(config)) = &log.config_type else {
             panic!("typed config")
         };
-        let config = StatsLog::decode(config.value.as_slice()).expect("a stats logger");
+        let config = StatsLogConfig::decode(config.value.as_slice()).expect("a stats logger");
+        assert_eq!(config.stats_scope.as_ref().map(|s| s.prefix.as_str()), Some("istio"));
         let counter = &config.counters[0];
         assert_eq!(counter.stat.as_ref().map(|s| s.name.as_str()), Some("requests_total"));
         // Every stat carries the same tags, so the labels of a request agree across them.
