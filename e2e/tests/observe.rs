@@ -19,21 +19,11 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(namespace: &str) -> Self {
-        let sample =
-            std::fs::read_to_string(repo().join("samples/addons/prometheus.yaml")).expect("the sample");
         // The sample's cluster-wide names carry the namespace, so two runs never share them.
-        let yaml = sample
-            .replace("namespace: mesh-system", &format!("namespace: {namespace}"))
-            .replace("names: [mesh-system]", &format!("names: [{namespace}]"))
-            .replace("name: mesh-prometheus", &format!("name: {namespace}-prometheus"));
-        let applied = Applied::new(namespace, &yaml);
-        rollout(namespace);
-        let pod = pod_named(namespace, "app=prometheus");
-        kubectl_ok(
-            &["wait", "-n", namespace, "--for", "condition=Ready", &format!("pod/{pod}"), "--timeout=120s"],
-            None,
-        );
-        let ip = jsonpath(namespace, &format!("pod/{pod}"), "{.status.podIP}");
+        let (applied, ip) = addon(namespace, "prometheus", |yaml| {
+            yaml.replace("names: [mesh-system]", &format!("names: [{namespace}]"))
+                .replace("name: mesh-prometheus", &format!("name: {namespace}-prometheus"))
+        });
         Self { _applied: applied, address: format!("{ip}:9090") }
     }
 
@@ -300,20 +290,26 @@ fn istios_request_metrics_reach_prometheus_with_istios_labels() {
     assert!(entry["response_code"].is_number(), "{entry}");
 }
 
-/// Jaeger from samples/addons/jaeger.yaml in `namespace`; its query API's address.
-fn jaeger(namespace: &str) -> (Applied, String) {
-    let sample = std::fs::read_to_string(repo().join("samples/addons/jaeger.yaml")).expect("the sample");
-    let applied = Applied::new(
-        namespace,
-        &sample.replace("namespace: mesh-system", &format!("namespace: {namespace}")),
-    );
+/// An addon of samples/addons/ (`<app>.yaml`, its pod labelled `app: <app>`)
+/// applied in `namespace` instead of mesh-system, with `adapt` for the rest
+/// of it; the objects (deleted when dropped) and its Ready pod's address.
+fn addon(namespace: &str, app: &str, adapt: impl Fn(String) -> String) -> (Applied, String) {
+    let sample =
+        std::fs::read_to_string(repo().join(format!("samples/addons/{app}.yaml"))).expect("the sample");
+    let yaml = adapt(sample.replace("namespace: mesh-system", &format!("namespace: {namespace}")));
+    let applied = Applied::new(namespace, &yaml);
     rollout(namespace);
-    let pod = pod_named(namespace, "app=jaeger");
+    let pod = pod_named(namespace, &format!("app={app}"));
     kubectl_ok(
         &["wait", "-n", namespace, "--for", "condition=Ready", &format!("pod/{pod}"), "--timeout=120s"],
         None,
     );
-    let ip = jsonpath(namespace, &format!("pod/{pod}"), "{.status.podIP}");
+    (applied, jsonpath(namespace, &format!("pod/{pod}"), "{.status.podIP}"))
+}
+
+/// Jaeger from samples/addons/jaeger.yaml in `namespace`; its query API's address.
+fn jaeger(namespace: &str) -> (Applied, String) {
+    let (applied, ip) = addon(namespace, "jaeger", |yaml| yaml);
     (applied, format!("{ip}:16686"))
 }
 
