@@ -6,7 +6,11 @@
 //! `api` (CRD types) -> `model` (plain data, Istio's grammar) -> `index`
 //! (watch events to model), `translate` (model to Envoy) and `validate`
 //! (Istio's rules), which know nothing of each other -> `xds`, `webhook`,
-//! `status` -> `app`, which wires them.
+//! `status` -> `app`, which wires them. Beside them, the operator's
+//! commands: `ctl`, `analyze`, `dashboard`.
+
+/// This build's version: `mesh version`, the controller's /version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 #[cfg(test)]
 mod agreement;
@@ -14,6 +18,7 @@ pub mod analyze;
 pub mod api;
 pub mod app;
 pub mod ca;
+pub mod ctl;
 pub mod dashboard;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;

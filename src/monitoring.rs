@@ -59,6 +59,8 @@ fn router(state: Monitoring) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        // Open like /healthz: `mesh version` shows it to anyone who reaches the port.
+        .route("/version", get(|| async { axum::Json(serde_json::json!({"version": crate::VERSION})) }))
         .merge(guarded(&state, "/debug/configz", get(configz)))
         .merge(guarded(&state, "/debug/syncz", get(syncz)))
         .merge(guarded(&state, "/debug/config_dump", get(config_dump)))

@@ -15,12 +15,6 @@ trap '"$cluster" down' EXIT
 
 echo "[run] installing the mesh (helm), tracing to Jaeger (samples/addons/jaeger.yaml)..."
 MESH_HELM_SET=meshConfig.defaultConfig.tracing.zipkin.address=zipkin.mesh-system:9411 "$cluster" mesh-up
-# Who may read the controller's /debug views: a ServiceAccount bound to the
-# chart's ClusterRole mesh-debug (the cluster's admin authenticates with a
-# client certificate, which the controller's plain HTTP port cannot check).
-kubectl -n mesh-system create serviceaccount debug-viewer --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-kubectl create clusterrolebinding debug-viewer --clusterrole=mesh-debug \
-  --serviceaccount=mesh-system:debug-viewer --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl label namespace default istio-injection=enabled --overwrite >/dev/null
 kubectl apply -f "$repo/samples/bookinfo.yaml" -f "$repo/samples/gateway.yaml" >/dev/null
 # Prometheus, scraping every proxy's Istio metrics and the controller, and
@@ -59,9 +53,11 @@ cat <<TXT
     curl -s http://$ingress/productpage                    # through the ingress gateway
     curl -s http://$productpage:9080/productpage           # straight to the Service, through its Envoy
     make pod-exec POD=default/productpage CMD='curl -s localhost:15000/stats | grep bound.*downstream_rq_total'
-    export MESH_TOKEN=\$(kubectl -n mesh-system create token debug-viewer)   # may read /debug/* (ClusterRole mesh-debug)
+    target/debug/mesh proxy-status                         # every Envoy, in sync or not (the controller found through the kubeconfig)
+    target/debug/mesh proxy-config route deploy/productpage-v1   # what its Envoy holds: cluster, listener, route, endpoint, all; -o json
+    target/debug/mesh version                              # this binary's and each controller replica's
+    export MESH_TOKEN=\$(kubectl -n mesh-system create token mesh-debug)   # may read /debug/* (ClusterRole mesh-debug)
     curl -s -H "Authorization: Bearer \$MESH_TOKEN" http://$mesh:15014/debug/configz   # what the controller sees
-    target/debug/mesh proxy-status --controller $replicas   # every Envoy, in sync or not
     kubectl apply -f samples/routing/destination-rules.yaml -f samples/routing/all-v1.yaml   # samples/README.md
     target/debug/mesh dashboard --prometheus http://$prometheus:9090 --jaeger http://$jaeger:16686 --controller $replicas --token \$MESH_TOKEN
                                                            # the live service graph, on http://127.0.0.1:20001/

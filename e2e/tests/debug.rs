@@ -13,9 +13,71 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::{
-    DebugViewer, Release, TempNamespace, controllers, eventually, http_get, kubeconfig, kubectl, kubectl_ok,
-    run,
+    DebugViewer, Output, Release, TempNamespace, controllers, enter, eventually, http_get, kubeconfig,
+    kubectl, kubectl_ok, run,
 };
+
+/// `mesh` with arguments, no token or kubeconfig from the environment.
+fn mesh(args: &[&str]) -> Output {
+    let out = Command::new(mesh_bin())
+        .args(args)
+        .env_remove("MESH_TOKEN")
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("mesh runs");
+    Output {
+        ok: out.status.success(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn list(value: &Value) -> Vec<Value> {
+    value.as_array().cloned().unwrap_or_default()
+}
+
+/// A listener's filter chains, the default one included.
+fn chains(listener: &Value) -> usize {
+    list(&listener["filter_chains"]).len() + usize::from(!listener["default_filter_chain"].is_null())
+}
+
+/// The active resources of a kind in Envoy's config dump, static first.
+fn held(dump: &Value, kind: &str) -> Vec<Value> {
+    let (section, lists): (&str, &[(&str, &[&str])]) = match kind {
+        "cluster" => (
+            "ClustersConfigDump",
+            &[("static_clusters", &["cluster"]), ("dynamic_active_clusters", &["cluster"])],
+        ),
+        "listener" => (
+            "ListenersConfigDump",
+            &[("static_listeners", &["listener"]), ("dynamic_listeners", &["active_state", "listener"])],
+        ),
+        "route" => (
+            "RoutesConfigDump",
+            &[("static_route_configs", &["route_config"]), ("dynamic_route_configs", &["route_config"])],
+        ),
+        _ => (
+            "EndpointsConfigDump",
+            &[
+                ("static_endpoint_configs", &["endpoint_config"]),
+                ("dynamic_endpoint_configs", &["endpoint_config"]),
+            ],
+        ),
+    };
+    let configs = list(&dump["configs"]);
+    let Some(section) = configs.iter().find(|c| c["@type"].as_str().is_some_and(|t| t.ends_with(section)))
+    else {
+        return Vec::new();
+    };
+    lists
+        .iter()
+        .flat_map(|(name, path)| {
+            list(&section[*name]).into_iter().map(|entry| path.iter().fold(entry, |v, k| v[*k].clone()))
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
 
 fn mesh_bin() -> String {
     std::env::var("MESH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mesh").to_string())
@@ -205,11 +267,89 @@ spec:
     let _ = std::fs::remove_dir_all(&dir);
 
     // The test cluster's admin authenticates with a client certificate,
-    // which the controller's plain HTTP port never sees: the CLI says so.
+    // which the controller's plain HTTP port never sees: the CLI makes a
+    // short-lived token of the chart's ServiceAccount mesh-debug, bound to
+    // the ClusterRole of that name.
     let admin = kubeconfig();
-    let (ok, _, err) = proxy_status(&["--controller", &controller, "--kubeconfig", &admin], &[]);
+    let release_ns = ["--mesh-namespace", release.namespace.as_str()];
+    let (ok, out, err) = proxy_status(
+        &[&["--controller", &controller, "--kubeconfig", &admin][..], &release_ns].concat(),
+        &[],
+    );
+    assert!(ok && synced(&out), "as the admin, with the chart's ServiceAccount: {out}{err}");
+    // Where there is no such ServiceAccount, it says what to pass.
+    let (ok, _, err) = proxy_status(
+        &["--controller", &controller, "--kubeconfig", &admin, "--mesh-namespace", &ns.name],
+        &[],
+    );
     assert!(!ok, "proxy-status ran with no token");
-    assert!(err.contains("client certificate") && err.contains("--token"), "{err}");
+    assert!(
+        err.contains("client certificate") && err.contains("mesh-debug") && err.contains("--token"),
+        "{err}"
+    );
+
+    // Without --controller, as istioctl: every replica found through the
+    // kubeconfig and asked by port-forward through the API server.
+    let (ok, out, err) = proxy_status(&[&["--kubeconfig", &admin][..], &release_ns].concat(), &[]);
+    assert!(ok && synced(&out), "found through the kubeconfig: {out}{err}");
+    let replicas = all.len();
+    let version = mesh(&[&["version", "--kubeconfig", &admin][..], &release_ns].concat());
+    assert!(version.ok, "{}", version.stderr);
+    let control =
+        version.stdout.lines().find(|l| l.starts_with("control plane version:")).unwrap_or_default();
+    assert_eq!(control.matches(env!("CARGO_PKG_VERSION")).count(), replicas, "{}", version.stdout);
+    assert!(version.stdout.starts_with(&format!("client version: {}\n", env!("CARGO_PKG_VERSION"))));
+
+    // `mesh proxy-config`: what the app's Envoy holds, read from Envoy itself,
+    // is its config dump (read here from inside the pod), kind by kind.
+    let pod = format!("app.{}", ns.name);
+    for kind in ["cluster", "listener", "route", "endpoint"] {
+        let (json, table) =
+            eventually(&format!("proxy-config {kind} = the dump"), Duration::from_secs(60), || {
+                let dump = enter(&ns.name, "app", "curl -sf localhost:15000/config_dump?include_eds");
+                let dump: Value = serde_json::from_str(&dump.stdout).ok()?;
+                let json = mesh(&["proxy-config", kind, &pod, "-o", "json", "--kubeconfig", &admin]);
+                let json: Value = serde_json::from_str(&json.stdout).ok()?;
+                let table = mesh(&["proxy-config", kind, &pod, "--kubeconfig", &admin]);
+                (table.ok && json == Value::Array(held(&dump, kind))).then_some((json, table.stdout))
+            });
+        let resources = json.as_array().expect("a list");
+        assert!(!resources.is_empty(), "{kind}: the app's Envoy holds none");
+        let rows = table.lines().count() - 1;
+        let expected = match kind {
+            "cluster" => resources.len(),
+            "listener" => resources.iter().map(chains).sum(),
+            "route" => resources
+                .iter()
+                .flat_map(|c| list(&c["virtual_hosts"]))
+                .map(|h| list(&h["routes"]).len())
+                .sum(),
+            _ => resources
+                .iter()
+                .flat_map(|e| list(&e["endpoints"]))
+                .map(|l| list(&l["lb_endpoints"]).len())
+                .sum(),
+        };
+        assert_eq!(rows, expected, "{kind}: one row each:\n{table}");
+        if kind == "cluster" {
+            for cluster in resources {
+                let name = cluster["name"].as_str().expect("a name");
+                let shown = match name.split('|').collect::<Vec<_>>().as_slice() {
+                    ["outbound", port, _, host] => format!("{host} {port}"),
+                    _ => name.to_string(),
+                };
+                let key: Vec<&str> = shown.split(' ').collect();
+                assert!(
+                    table.lines().any(|l| l.split_whitespace().take(key.len()).eq(key.iter().copied())),
+                    "{name} is not in\n{table}"
+                );
+            }
+        }
+    }
+    let all_kinds = mesh(&["proxy-config", "all", &pod, "--kubeconfig", &admin]);
+    assert!(all_kinds.ok && all_kinds.stdout.matches("\n\n").count() == 3, "{}", all_kinds.stdout);
+    let missing = mesh(&["proxy-config", "cluster", "nobody", "-n", &ns.name, "--kubeconfig", &admin]);
+    assert!(!missing.ok && missing.stderr.contains("nobody"), "{}", missing.stderr);
 
     // Once bound to mesh-debug, the same token is let in (after the
     // controller's memory of the refusal, at most 10 s, runs out).

@@ -261,6 +261,42 @@ fn istios_tcp_traffic_shifting_moves_a_fifth_then_every_connection_to_v2() {
         "v2's cluster counted its connections"
     );
     assert_eq!(envoy_stat(n, &client, "listener_manager.lds.update_rejected"), 0.0);
+
+    // Istio's TCP metrics, from both ends: the client's proxy counted
+    // (reporter source) and v2's proxy counted (reporter destination, the
+    // caller's SPIFFE ID, mutual TLS) at least the last 200 connections,
+    // each closed, with the bytes each way ("hello\n" in, the echo out).
+    let service = format!("tcp-echo.{n}.svc.cluster.local;tcp-echo;{n}");
+    let caller = format!("spiffe://cluster.local/ns/{n}/sa/default");
+    let server = pod_named(n, "app=tcp-echo,version=v2");
+    for (pod, labels) in [
+        (client.as_str(), vec!["reporter=\"source\"".to_string(), format!("destination=\"tcp-echo-v2;{n};")]),
+        (
+            server.as_str(),
+            vec![
+                "reporter=\"destination\"".to_string(),
+                format!("source_principal=\"{caller}\""),
+                "connection_security_policy=\"mutual_tls\"".to_string(),
+            ],
+        ),
+    ] {
+        let text = enter(n, pod, "curl -s http://127.0.0.1:15000/stats/prometheus").stdout;
+        let total = |name: &str| -> f64 {
+            text.lines()
+                .filter(|l| l.starts_with(&format!("envoy_istio_{name}{{")))
+                .filter(|l| {
+                    l.contains(&format!("service=\"{service}\"")) && l.contains("request_protocol=\"tcp\"")
+                })
+                .filter(|l| labels.iter().all(|label| l.contains(label.as_str())))
+                .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+                .sum()
+        };
+        let (opened, closed) = (total("tcp_connections_opened_total"), total("tcp_connections_closed_total"));
+        let (received, sent) = (total("tcp_received_bytes_total"), total("tcp_sent_bytes_total"));
+        eprintln!("{pod}: opened {opened}, closed {closed}, received {received} B, sent {sent} B");
+        assert!(opened >= 200.0 && closed >= 200.0, "{pod}: {opened} opened, {closed} closed");
+        assert!(received >= 6.0 * 200.0 && sent >= 4.0 * 200.0, "{pod}: {received} B in, {sent} B out");
+    }
 }
 
 #[test]

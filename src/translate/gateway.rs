@@ -112,6 +112,11 @@ struct PortBuilder<'a> {
 type PortConfig = (Listener, BTreeSet<String>, Vec<RouteConfiguration>);
 
 impl PortBuilder<'_> {
+    /// What the gateway's TCP proxies log: the caller's side, as its HTTP.
+    fn tcp_logs(&self) -> telemetry::TcpLogs {
+        telemetry::tcp_logs(self.view.telemetry(), Reporter::Source, None)
+    }
+
     fn listener(&self, chains: Vec<FilterChain>, by_sni: bool) -> Listener {
         Listener {
             name: format!("0.0.0.0_{}", self.port),
@@ -223,6 +228,7 @@ impl PortBuilder<'_> {
                     BLACK_HOLE_CLUSTER.to_string(),
                     tcp_proxy::ClusterSpecifier::Cluster(BLACK_HOLE_CLUSTER.to_string()),
                     &TcpProxyTimeouts::default(),
+                    &self.tcp_logs(),
                 )
             });
         let chain = FilterChain {
@@ -338,12 +344,14 @@ impl PortBuilder<'_> {
                     BLACK_HOLE_CLUSTER.to_string(),
                     tcp_proxy::ClusterSpecifier::Cluster(BLACK_HOLE_CLUSTER.to_string()),
                     &TcpProxyTimeouts::default(),
+                    &self.tcp_logs(),
                 )
             }
             [(target, _)] => tcp_proxy(
                 target.cluster.clone(),
                 tcp_proxy::ClusterSpecifier::Cluster(target.cluster.clone()),
                 &target.tcp,
+                &self.tcp_logs(),
             ),
             many => {
                 let total: u64 = many.iter().map(|(_, w)| u64::from(*w)).sum();
@@ -362,6 +370,7 @@ impl PortBuilder<'_> {
                         clusters: weighted,
                     }),
                     &TcpProxyTimeouts::default(),
+                    &self.tcp_logs(),
                 )
             }
         }

@@ -123,6 +123,7 @@ fn single_address(address: &str) -> Option<&str> {
 pub(super) fn port_wide_chains<'a>(
     services: impl Iterator<Item = (&'a ServiceView, &'a PortView)>,
     http_ports: &std::collections::BTreeSet<u16>,
+    logs: &super::telemetry::TcpLogs,
 ) -> (Vec<FilterChain>, Vec<String>, bool) {
     // By port: (SNI names or none, the service).
     let mut by_port: BTreeMap<u16, Vec<(Option<&str>, &ServiceView)>> = BTreeMap::new();
@@ -153,7 +154,7 @@ pub(super) fn port_wide_chains<'a>(
                     server_names: sni.map(|n| vec![n.to_string()]).unwrap_or_default(),
                     ..Default::default()
                 }),
-                filters: vec![super::sidecar::tcp_proxy_filter(cluster.clone())],
+                filters: vec![super::sidecar::tcp_proxy_filter(cluster.clone(), logs)],
                 ..Default::default()
             });
             clusters.push(cluster);

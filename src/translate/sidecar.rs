@@ -313,8 +313,11 @@ pub fn outbound_listener_sending_to(view: &MeshView, scope: &ScopeKey) -> (Liste
     let mut chains: Vec<FilterChain> =
         http_ports.iter().map(|&port| outbound_http_chain(view, port, Protocol::Http, None)).collect();
     // ServiceEntries' TCP and TLS ports without addresses: by port (and SNI) on any address.
-    let (mut port_wide, port_wide_clusters, mut by_sni) =
-        service_entry::port_wide_chains(outbound_ports(view, scope), &http_ports);
+    let (mut port_wide, port_wide_clusters, mut by_sni) = service_entry::port_wide_chains(
+        outbound_ports(view, scope),
+        &http_ports,
+        &telemetry::tcp_logs(view.telemetry(), Reporter::Source, None),
+    );
     chains.append(&mut port_wide);
     sends_to.extend(port_wide_clusters);
     for ((port, ip), (service, protocol)) in address_ports(view, scope) {
@@ -388,12 +391,16 @@ fn host_range(ip: &str) -> CidrRange {
     CidrRange { address_prefix, prefix_len: Some(UInt32Value { value: prefix_len }) }
 }
 
-pub(super) fn tcp_proxy_filter(cluster: String) -> envoy_types::pb::envoy::config::listener::v3::Filter {
-    let proxy = TcpProxy {
+pub(super) fn tcp_proxy_filter(
+    cluster: String,
+    logs: &telemetry::TcpLogs,
+) -> envoy_types::pb::envoy::config::listener::v3::Filter {
+    let mut proxy = TcpProxy {
         stat_prefix: cluster.clone(),
         cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster)),
         ..Default::default()
     };
+    logs.apply(&mut proxy);
     network_filter(TCP_PROXY, any(&proxy))
 }
 
@@ -663,7 +670,9 @@ fn inbound_chain(
             peer.into_iter().chain(policy.http_filters.iter().cloned()).chain(router).collect();
         vec![network_filter(HTTP_CONNECTION_MANAGER, any(&manager))]
     } else {
-        policy.network_filters.iter().cloned().chain([tcp_proxy_filter(cluster)]).collect()
+        let reporter = Reporter::Destination { mutual_tls: mtls.is_some() };
+        let logs = telemetry::tcp_logs(reporting, reporter, port.service);
+        policy.network_filters.iter().cloned().chain([tcp_proxy_filter(cluster, &logs)]).collect()
     };
     let destination_port = Some(UInt32Value { value: u32::from(port.port) });
     match mtls {

@@ -46,6 +46,7 @@ use super::any;
 use super::cluster::{BLACK_HOLE_CLUSTER, ClusterPolicy, TcpProxyTimeouts, outbound_name};
 use super::passthrough::{TCP_PROXY, network_filter};
 use super::route::{Target, resolve};
+use super::telemetry::{self, Reporter, TcpLogs};
 use crate::api::virtual_service::{L4MatchAttributes, RouteDestination, TlsMatchAttributes};
 use crate::model::cidr::Cidr;
 use crate::model::host;
@@ -132,7 +133,12 @@ impl Routes<'_> {
             Some(filter) => filter,
             None if any_applies => {
                 let specifier = self.single(BLACK_HOLE_CLUSTER);
-                tcp_proxy(BLACK_HOLE_CLUSTER.to_string(), specifier, &TcpProxyTimeouts::default())
+                tcp_proxy(
+                    BLACK_HOLE_CLUSTER.to_string(),
+                    specifier,
+                    &TcpProxyTimeouts::default(),
+                    &self.tcp_logs(),
+                )
             }
             None => self.default_proxy(),
         };
@@ -240,8 +246,15 @@ impl Routes<'_> {
         // Counted under the Service's own cluster name, whichever way it is split.
         let stat_prefix = outbound_name(self.port, "", &self.service.hostname);
         match targets.as_slice() {
-            [] => tcp_proxy(stat_prefix, self.single(BLACK_HOLE_CLUSTER), &TcpProxyTimeouts::default()),
-            [(target, _)] => tcp_proxy(stat_prefix, self.single(&target.cluster), &target.tcp),
+            [] => tcp_proxy(
+                stat_prefix,
+                self.single(BLACK_HOLE_CLUSTER),
+                &TcpProxyTimeouts::default(),
+                &self.tcp_logs(),
+            ),
+            [(target, _)] => {
+                tcp_proxy(stat_prefix, self.single(&target.cluster), &target.tcp, &self.tcp_logs())
+            }
             many => {
                 let total: u64 = many.iter().map(|(_, w)| u64::from(*w)).sum();
                 let clusters = many
@@ -259,7 +272,7 @@ impl Routes<'_> {
                     .collect();
                 let specifier =
                     tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster { clusters });
-                tcp_proxy(stat_prefix, specifier, &TcpProxyTimeouts::default())
+                tcp_proxy(stat_prefix, specifier, &TcpProxyTimeouts::default(), &self.tcp_logs())
             }
         }
     }
@@ -270,7 +283,12 @@ impl Routes<'_> {
         let rule = self.view.destination_rule_for(self.scope, self.service).map(|r| &r.spec);
         let timeouts = ClusterPolicy::resolve(rule, None, self.port).tcp_proxy_timeouts();
         let specifier = self.single(&cluster);
-        tcp_proxy(cluster, specifier, &timeouts)
+        tcp_proxy(cluster, specifier, &timeouts, &self.tcp_logs())
+    }
+
+    /// What the outbound TCP proxies log: the caller's side.
+    fn tcp_logs(&self) -> TcpLogs {
+        telemetry::tcp_logs(self.view.telemetry(), Reporter::Source, None)
     }
 
     fn single(&mut self, cluster: &str) -> tcp_proxy::ClusterSpecifier {
@@ -316,13 +334,15 @@ pub(super) fn tcp_proxy(
     stat_prefix: String,
     specifier: tcp_proxy::ClusterSpecifier,
     timeouts: &TcpProxyTimeouts,
+    logs: &TcpLogs,
 ) -> Filter {
-    let proxy = TcpProxy {
+    let mut proxy = TcpProxy {
         stat_prefix,
         cluster_specifier: Some(specifier),
         idle_timeout: timeouts.idle,
         max_downstream_connection_duration: timeouts.max_connection_duration,
         ..Default::default()
     };
+    logs.apply(&mut proxy);
     network_filter(TCP_PROXY, any(&proxy))
 }

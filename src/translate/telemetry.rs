@@ -24,13 +24,16 @@
 //!   [`peer_filter`], on mutual TLS chains only: without a verified peer, a
 //!   client could mint any number of label values.
 
-use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
+use envoy_types::pb::envoy::config::accesslog::v3::{
+    AccessLog, AccessLogFilter, LogTypeFilter, access_log, access_log_filter,
+};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     DataSource, HeaderValue, HeaderValueOption, SubstitutionFormatString, data_source, header_value_option,
     substitution_format_string,
 };
 use envoy_types::pb::envoy::config::trace::v3::{self as trace, ZipkinConfig, zipkin_config};
+use envoy_types::pb::envoy::data::accesslog::v3::AccessLogType;
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{FileAccessLog, file_access_log};
 use envoy_types::pb::envoy::extensions::access_loggers::stats::v3::config as stats;
 use envoy_types::pb::envoy::extensions::filters::http::header_to_metadata::v3::{
@@ -39,6 +42,7 @@ use envoy_types::pb::envoy::extensions::filters::http::header_to_metadata::v3::{
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpFilter, http_connection_manager, http_filter,
 };
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{BoolValue, Struct, UInt64Value};
 
@@ -124,6 +128,87 @@ pub fn http_logs(
 ) -> Vec<AccessLog> {
     let metrics = settings.metrics.then(|| http_metrics(reporter, protocol, service));
     metrics.into_iter().chain(access_log(settings)).collect()
+}
+
+/// What a TCP proxy logs: Istio's TCP metrics and the access log, as
+/// `settings` ask, reported as `reporter`; `service` as for [`http_metrics`].
+pub fn tcp_logs(settings: &Settings, reporter: Reporter, service: Option<&ServiceView>) -> TcpLogs {
+    let mut logs = TcpLogs::default();
+    if settings.metrics {
+        let [opened, ended] = tcp_metrics(reporter, service);
+        logs.access_log.extend([opened, ended]);
+        // The opened counter needs a record when the upstream connects.
+        logs.options = Some(tcp_proxy::TcpAccessLogOptions {
+            flush_access_log_on_connected: true,
+            ..Default::default()
+        });
+    }
+    logs.access_log.extend(access_log(settings).map(|log| of_type(log, AccessLogType::TcpConnectionEnd)));
+    logs
+}
+
+/// The access loggers of a TCP proxy, and when it writes its records.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TcpLogs {
+    pub access_log: Vec<AccessLog>,
+    pub options: Option<tcp_proxy::TcpAccessLogOptions>,
+}
+
+impl TcpLogs {
+    /// Sets them on `proxy`.
+    pub fn apply(&self, proxy: &mut TcpProxy) {
+        proxy.access_log.clone_from(&self.access_log);
+        proxy.access_log_options.clone_from(&self.options);
+    }
+}
+
+/// `log`, only for records of type `record`.
+fn of_type(mut log: AccessLog, record: AccessLogType) -> AccessLog {
+    log.filter = Some(AccessLogFilter {
+        filter_specifier: Some(access_log_filter::FilterSpecifier::LogTypeFilter(LogTypeFilter {
+            types: vec![record.into()],
+            exclude: false,
+        })),
+    });
+    log
+}
+
+/// Istio's TCP metrics: connections opened, counted when the upstream
+/// connects; connections closed and the bytes each way, counted when the
+/// connection ends (so a long connection's bytes show at its end).
+fn tcp_metrics(reporter: Reporter, service: Option<&ServiceView>) -> [AccessLog; 2] {
+    let mut tags = peer_tags(reporter, service);
+    tags.extend([tag("request_protocol", "tcp"), tag("response_flags", "%RESPONSE_FLAGS%")]);
+    let counter = |name: &str, value: Result<u64, &str>| stats::Counter {
+        stat: Some(stats::Stat { name: name.to_string(), tags: tags.clone() }),
+        value_fixed: value.ok().map(|value| UInt64Value { value }),
+        value_format: value.err().unwrap_or_default().to_string(),
+    };
+    let logger = |counters: Vec<stats::Counter>, record: AccessLogType| {
+        let config = StatsLogConfig {
+            stats_scope: Some(StatsScope { prefix: STAT_PREFIX.to_string() }),
+            counters,
+            histograms: Vec::new(),
+        };
+        let log = AccessLog {
+            name: STATS_LOGGER.to_string(),
+            config_type: Some(access_log::ConfigType::TypedConfig(any(&config))),
+            ..Default::default()
+        };
+        of_type(log, record)
+    };
+    [
+        logger(vec![counter("tcp_connections_opened_total", Ok(1))], AccessLogType::TcpUpstreamConnected),
+        logger(
+            vec![
+                counter("tcp_connections_closed_total", Ok(1)),
+                // Sent and received by the proxy on its downstream connection.
+                counter("tcp_sent_bytes_total", Err("%BYTES_SENT%")),
+                counter("tcp_received_bytes_total", Err("%BYTES_RECEIVED%")),
+            ],
+            AccessLogType::TcpConnectionEnd,
+        ),
+    ]
 }
 
 /// The cluster the proxies send their spans to (Istio's name for it).

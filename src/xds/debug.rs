@@ -418,7 +418,7 @@ pub fn status_table(statuses: &[SyncStatus]) -> String {
 }
 
 /// Rows as columns padded to their widest cell, three spaces apart.
-fn aligned(rows: Vec<Vec<String>>) -> String {
+pub fn aligned(rows: Vec<Vec<String>>) -> String {
     let widths: Vec<usize> =
         (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();

@@ -1,6 +1,7 @@
 //! What the xDS server counts, exported on /metrics with the `mesh_`
 //! prefix: connected proxies, refused streams by reason, and pushes, ACKs
-//! and NACKs by resource type, how long pushes take, and pushes that
+//! and NACKs by resource type, how long pushes take and how long proxies
+//! take to converge after one, and pushes that
 //! panicked; workload certificates issued, failed and the nearest expiry
 //! among connected proxies, and secret requests refused. Every label has
 //! a bounded set of values.
@@ -22,6 +23,7 @@ pub struct XdsMetrics {
     acks: Family<TypeLabel, Counter>,
     nacks: Family<TypeLabel, Counter>,
     push_seconds: Histogram,
+    convergence_seconds: Histogram,
     snapshots_changed: Counter,
     push_panics: Counter,
     certs_issued: Counter,
@@ -43,6 +45,10 @@ impl Default for XdsMetrics {
             // 1 ms to about 16 s.
             push_seconds: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
                 0.001, 2.0, 15,
+            )),
+            // 10 ms to about 80 s.
+            convergence_seconds: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.01, 2.0, 14,
             )),
             snapshots_changed: Counter::default(),
             push_panics: Counter::default(),
@@ -93,6 +99,12 @@ impl XdsMetrics {
             "xds_push_duration_seconds",
             "Time to build every connected proxy's snapshot after a (debounced) index change",
             self.push_seconds.clone(),
+        );
+        registry.register(
+            "xds_proxy_convergence_seconds",
+            "Time from the first configuration change of a push until a proxy it reached acknowledged \
+             everything it was sent (the debounce included; refused configuration not counted)",
+            self.convergence_seconds.clone(),
         );
         registry.register(
             "xds_snapshots_changed",
@@ -175,6 +187,10 @@ impl XdsMetrics {
     pub(crate) fn push_done(&self, elapsed: std::time::Duration, changed: u64) {
         self.push_seconds.observe(elapsed.as_secs_f64());
         self.snapshots_changed.inc_by(changed);
+    }
+
+    pub(crate) fn converged(&self, elapsed: std::time::Duration) {
+        self.convergence_seconds.observe(elapsed.as_secs_f64());
     }
 
     pub(crate) fn push_panicked(&self) {

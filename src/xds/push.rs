@@ -114,6 +114,9 @@ pub(crate) struct Offer {
     epoch: u64,
     pub snapshot: Arc<Snapshot>,
     version: String,
+    /// The first index change of the push that made it (none for a
+    /// stream's first snapshot): where the proxy's convergence starts.
+    pub changed_at: Option<tokio::time::Instant>,
 }
 
 /// A refusal, with when it came.
@@ -151,7 +154,12 @@ pub struct Connection {
 impl Connection {
     /// Offers a snapshot from push `epoch`; the stream wakes only if it is
     /// newer than what it has and differs from it.
-    pub(crate) fn offer(&self, epoch: u64, snapshot: Snapshot) -> bool {
+    pub(crate) fn offer(
+        &self,
+        epoch: u64,
+        snapshot: Snapshot,
+        changed_at: Option<tokio::time::Instant>,
+    ) -> bool {
         let version = snapshot.version();
         self.offers.send_if_modified(|current| {
             if current.epoch > epoch {
@@ -159,7 +167,7 @@ impl Connection {
             }
             let changed = current.version != version;
             if changed {
-                *current = Offer { epoch, snapshot: Arc::new(snapshot), version };
+                *current = Offer { epoch, snapshot: Arc::new(snapshot), version, changed_at };
             } else {
                 current.epoch = epoch;
             }
@@ -281,7 +289,8 @@ impl Connections {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
         let empty = Snapshot::new();
         let version = empty.version();
-        let (offers, _) = watch::channel(Offer { epoch: 0, snapshot: Arc::new(empty), version });
+        let (offers, _) =
+            watch::channel(Offer { epoch: 0, snapshot: Arc::new(empty), version, changed_at: None });
         let connection = Arc::new(Connection {
             id,
             proxy,
@@ -396,7 +405,7 @@ impl Pusher {
         let proxy = connection.proxy.id.to_string();
         tokio::task::spawn_blocking(move || {
             let (epoch, context) = this.context();
-            connection.offer(epoch, context.generate(&connection.proxy));
+            connection.offer(epoch, context.generate(&connection.proxy), None);
             connection.offers.borrow().clone()
         })
         .await
@@ -406,9 +415,20 @@ impl Pusher {
     /// One push: a fresh context from the index, a snapshot for every
     /// proxy, and an end to streams whose pod is gone.
     pub async fn push(self: &Arc<Self>) -> Result<PushSummary, PushError> {
+        self.push_changes_from(tokio::time::Instant::now()).await
+    }
+
+    /// A push of the changes that began at `changed_at`, where the
+    /// proxies' convergence is measured from.
+    pub async fn push_changes_from(
+        self: &Arc<Self>,
+        changed_at: tokio::time::Instant,
+    ) -> Result<PushSummary, PushError> {
         let _one = self.pushing.lock().await;
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.push_blocking()).await.map_err(|e| self.failed(e, "a push"))
+        tokio::task::spawn_blocking(move || this.push_blocking(changed_at))
+            .await
+            .map_err(|e| self.failed(e, "a push"))
     }
 
     /// Logs and counts a panic of `what`.
@@ -424,7 +444,7 @@ impl Pusher {
         }
     }
 
-    fn push_blocking(&self) -> PushSummary {
+    fn push_blocking(&self, changed_at: tokio::time::Instant) -> PushSummary {
         let started = Instant::now();
         let connections = self.connections.list();
         let (cluster, mut changes) = {
@@ -458,7 +478,8 @@ impl Pusher {
                     let (context, changed) = (&context, &changed);
                     scope.spawn(move || {
                         for connection in part {
-                            if connection.offer(epoch, context.generate(&connection.proxy)) {
+                            if connection.offer(epoch, context.generate(&connection.proxy), Some(changed_at))
+                            {
                                 changed.fetch_add(1, Ordering::Relaxed);
                             }
                         }
@@ -527,7 +548,7 @@ pub async fn run(
         if let Some(others) = &mut others {
             others.borrow_and_update();
         }
-        pusher.push().await?;
+        pusher.push_changes_from(first).await?;
     }
 }
 

@@ -426,6 +426,9 @@ struct Session<M: Machine> {
     /// is logged with the time since the stream was admitted (how long a
     /// new sidecar waits for its configuration and its certificate).
     acked_types: std::collections::BTreeSet<ResourceType>,
+    /// The earliest configuration change offered and not yet acknowledged
+    /// in full: the start of the proxy's convergence.
+    converging: Option<tokio::time::Instant>,
 }
 
 // A session's task lives as long as its stream, and an async fn keeps room
@@ -484,6 +487,7 @@ impl<M: Machine> Session<M> {
             secrets,
             refused: Default::default(),
             acked_types: Default::default(),
+            converging: None,
         };
         session.note_certificate();
         let watching = CancellationToken::new();
@@ -581,7 +585,11 @@ impl<M: Machine> Session<M> {
                         Box::pin(self.end(Status::unavailable("the control plane stopped pushing; reconnect"))).await;
                         return "pushes ended";
                     }
-                    self.base = offers.borrow_and_update().snapshot.clone();
+                    let offer = offers.borrow_and_update().clone();
+                    self.base = offer.snapshot;
+                    if let Some(at) = offer.changed_at {
+                        self.converging = Some(self.converging.map_or(at, |earlier| earlier.min(at)));
+                    }
                     let step = self.machine.on_snapshot(with_secrets(&self.base, self.secrets.as_ref()));
                     if let Err(ended) = Box::pin(self.send(step)).await {
                         return ended;
@@ -703,6 +711,16 @@ impl<M: Machine> Session<M> {
             }
         }
         let (status, holding) = (self.machine.status(), self.machine.holding());
+        // Converged: nothing more to send, everything sent acknowledged. A
+        // refusal ends the measure (the NACK is counted instead).
+        if !nacks.is_empty() {
+            self.converging = None;
+        } else if step.responses.is_empty()
+            && status.values().all(|t| t.sent == t.acked && t.nack.is_none())
+            && let Some(since) = self.converging.take()
+        {
+            metrics.converged(since.elapsed());
+        }
         self.connection.update_report(|report: &mut StreamReport| {
             report.types = status;
             report.holding = holding;

@@ -1147,6 +1147,19 @@ async fn a_changed_cluster_is_active_at_once(api_type: &str) {
     assert_eq!(stats.get("cluster_manager.cds.update_rejected"), Some(&0), "{stats:?}");
     assert_eq!(stats.get("cluster_manager.warming_clusters"), Some(&0), "{stats:?}");
     assert_eq!(control_plane.metrics.nacks(ResourceType::Endpoint), 0);
+    // Each change converged: pushed, and everything it sent acknowledged.
+    let mut registry = prometheus_client::registry::Registry::default();
+    control_plane.metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("metrics text");
+    let value = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}:\n{text}"));
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("a number")
+    };
+    let (count, sum) =
+        (value("xds_proxy_convergence_seconds_count"), value("xds_proxy_convergence_seconds_sum"));
+    assert!(count >= 3.0, "{api_type}: {count} convergences for 3 changes:\n{text}");
+    assert!(sum / count < 1.0, "{api_type}: {:.3} s on average", sum / count);
     control_plane.shutdown.cancel();
 }
 
