@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::support::{
-    Applied, CertDir, Release, TempNamespace, apply, enter, eventually, jsonpath, kubectl_ok, pod_named,
+    Applied, CertDir, Release, TempNamespace, apply, container_log, enter, eventually, jsonpath, kubectl_ok,
+    pod_named,
 };
 
 /// Istio's `samples/tcp-echo/tcp-echo-services.yaml`: one Service on
@@ -216,7 +217,9 @@ fn share(counts: &BTreeMap<String, usize>, word: &str, n: usize) -> f64 {
 
 #[test]
 fn istios_tcp_traffic_shifting_moves_a_fifth_then_every_connection_to_v2() {
-    let (_release, ns) = injected("mesh-e2e-l4-tcp", "l4-tcp");
+    let _release = Release::install("mesh-e2e-l4-tcp", &["--set", "meshConfig.accessLogFile=/dev/stdout"]);
+    let ns = TempNamespace::new("l4-tcp");
+    kubectl_ok(&["label", "namespace", &ns.name, "istio-injection=enabled", "--overwrite"], None);
     let n = ns.name.as_str();
     apply(n, TCP_ECHO_SERVICES);
     apply(n, &sleeper("sleep", "", ""));
@@ -297,6 +300,16 @@ fn istios_tcp_traffic_shifting_moves_a_fifth_then_every_connection_to_v2() {
         assert!(opened >= 200.0 && closed >= 200.0, "{pod}: {opened} opened, {closed} closed");
         assert!(received >= 6.0 * 200.0 && sent >= 4.0 * 200.0, "{pod}: {received} B in, {sent} B out");
     }
+    // Each connection is one line of the access log when it ends, in
+    // Istio's TEXT format: no request ("- - -"), the bytes, the cluster.
+    let log = container_log(n, &client, "istio-proxy");
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains(&format!("outbound|9000|v2|tcp-echo.{n}.svc.cluster.local")))
+        .unwrap_or_else(|| panic!("no access line for v2 in:\n{}", &log[log.len().saturating_sub(3000)..]));
+    eprintln!("TCP access line: {line}");
+    assert!(line.starts_with('[') && line.contains("\"- - -\" 0 ") && line.contains("\" 6 "), "{line}");
 }
 
 #[test]
