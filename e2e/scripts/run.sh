@@ -52,7 +52,8 @@ cat <<TXT
     kubectl get pods                                       # 2/2: the app and its Envoy
     curl -s http://$ingress/productpage                    # through the ingress gateway
     curl -s http://$productpage:9080/productpage           # straight to the Service, through its Envoy
-    make pod-exec POD=default/productpage CMD='curl -s localhost:15000/stats | grep bound.*downstream_rq_total'
+    kubectl exec deploy/productpage-v1 -c istio-proxy -- curl -s localhost:15000/stats | grep bound.*downstream_rq_total
+    kubectl port-forward svc/productpage 9080              # then http://127.0.0.1:9080/productpage
     target/debug/mesh proxy-status                         # every Envoy, in sync or not (the controller found through the kubeconfig)
     target/debug/mesh proxy-config route deploy/productpage-v1   # what its Envoy holds: cluster, listener, route, endpoint, all; -o json
     target/debug/mesh version                              # this binary's and each controller replica's

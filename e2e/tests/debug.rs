@@ -66,7 +66,8 @@ fn held(dump: &Value, kind: &str) -> Vec<Value> {
         ),
     };
     let configs = list(&dump["configs"]);
-    let Some(section) = configs.iter().find(|c| c["@type"].as_str().is_some_and(|t| t.ends_with(section)))
+    let Some(section) =
+        configs.iter().find(|c| c["@type"].as_str().is_some_and(|t| t.ends_with(&format!(".{section}"))))
     else {
         return Vec::new();
     };

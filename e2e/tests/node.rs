@@ -500,3 +500,236 @@ fn kubectl_logs_reads_a_containers_output_through_the_nodes_kubelet_port() {
     let previous = kubectl(&["logs", "-n", &ns.name, "talker", "--previous"], None);
     assert!(!previous.ok && previous.stderr.contains("no log of a previous run"), "{}", previous.stderr);
 }
+
+/// A program the test started (kubectl port-forward, kubectl proxy),
+/// killed when the test ends, whatever its outcome.
+struct Background(std::process::Child);
+
+impl Background {
+    /// Runs kubectl against the test cluster for at most `limit`.
+    fn kubectl(limit: Duration, args: &[&str]) -> Self {
+        let kubeconfig = crate::support::kubeconfig();
+        let limit = limit.as_secs().to_string();
+        let child = std::process::Command::new("timeout")
+            .args([limit.as_str(), "kubectl", "--kubeconfig", &kubeconfig])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("kubectl starts");
+        Self(child)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// kubectl with a time limit: a hung session fails the test, not the run.
+fn kubectl_within(seconds: u64, args: &[&str], stdin: Option<&str>) -> crate::support::Output {
+    let kubeconfig = crate::support::kubeconfig();
+    let limit = seconds.to_string();
+    let mut all = vec![limit.as_str(), "kubectl", "--kubeconfig", kubeconfig.as_str()];
+    all.extend_from_slice(args);
+    crate::support::run("timeout", &all, stdin)
+}
+
+/// GET `path` on a local port through a port-forward, once it answers.
+fn curl_through(port: u16, path: &str) -> String {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    eventually(&format!("an answer on {url}"), Duration::from_secs(30), || {
+        let out = crate::support::run("curl", &["-sS", "-m", "5", &url], None);
+        out.ok.then_some(out.stdout)
+    })
+}
+
+/// The websocket port-forward kube-rs clients use (`v4.channel.k8s.io`):
+/// through `kubectl proxy` on `proxy` to the pod's `port`, sends `request`
+/// on the port's data channel and returns what comes back on it until the
+/// pod closes the connection.
+fn websocket_port_forward(
+    proxy: u16,
+    namespace: &str,
+    pod: &str,
+    port: u16,
+    request: &[u8],
+) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut tcp = eventually("kubectl proxy", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", proxy)).ok()
+    });
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let upgrade = format!(
+        "GET /api/v1/namespaces/{namespace}/pods/{pod}/portforward?ports={port} HTTP/1.1\r\n\
+         Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: v5.channel.k8s.io, v4.channel.k8s.io\r\n\r\n"
+    );
+    tcp.write_all(upgrade.as_bytes()).expect("upgrade sent");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        let n = tcp.read(&mut chunk).expect("the upgrade's answer");
+        assert!(n > 0, "no answer to the upgrade: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    buf.drain(..head_end + 4);
+    let mut reader = tcp.try_clone().expect("clone");
+    // The server's frames (unmasked): (opcode, payload); None at the end.
+    let mut next_frame = |buf: &mut Vec<u8>| -> Option<(u8, Vec<u8>)> {
+        loop {
+            if buf.len() >= 2 {
+                let (opcode, short) = (buf[0] & 0x0f, usize::from(buf[1] & 0x7f));
+                let (len, at) = match short {
+                    126 => (buf.get(2..4).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]]))), 4),
+                    127 => {
+                        (buf.get(2..10).map(|b| u64::from_be_bytes(b.try_into().expect("8")) as usize), 10)
+                    }
+                    n => (Some(n), 2),
+                };
+                if let Some(len) = len
+                    && buf.len() >= at + len
+                {
+                    let payload = buf[at..at + len].to_vec();
+                    buf.drain(..at + len);
+                    return Some((opcode, payload));
+                }
+            }
+            match reader.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    let mut data = Vec::new();
+    let mut sent = false;
+    for _ in 0..1000 {
+        let Some((opcode, payload)) = next_frame(&mut buf) else { break };
+        match (opcode, payload.split_first()) {
+            // Close.
+            (8, _) => break,
+            // Each channel first names its port; then the data channel carries the pod's bytes.
+            (2, Some((0, rest))) if !sent => {
+                assert_eq!(rest, port.to_le_bytes(), "the data channel names its port first");
+                let mut message = vec![0u8];
+                message.extend_from_slice(request);
+                // A client's frame is masked; this mask is all zeros, which masks nothing.
+                let mut frame = vec![0x82, 0x80 | 126];
+                frame.extend_from_slice(&(message.len() as u16).to_be_bytes());
+                frame.extend_from_slice(&[0, 0, 0, 0]);
+                frame.extend_from_slice(&message);
+                tcp.write_all(&frame).expect("request sent");
+                sent = true;
+            }
+            (2, Some((0, rest))) => data.extend_from_slice(rest),
+            _ => {}
+        }
+    }
+    (head, data)
+}
+
+#[test]
+fn kubectl_exec_and_port_forward_reach_a_pods_processes_through_the_nodes_kubelet_port() {
+    let ns = TempNamespace::new("exec");
+    let n = ns.name.as_str();
+    apply(
+        n,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: shell}
+spec:
+  securityContext: {runAsUser: 1234, runAsGroup: 2345}
+  containers:
+  - {name: app, image: busybox, command: [sh, -c, 'exec sleep 3600'], env: [{name: GREETING, value: hello}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  containers:
+  - name: details
+    image: docker.io/istio/examples-bookinfo-details-v1:1.15.0
+    ports: [{containerPort: 9080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {selector: {app: web}, ports: [{port: 80, targetPort: 9080}]}
+"#,
+    );
+    wait_ready(n, "shell");
+    wait_ready(n, "web");
+
+    // Output, errors and the exit code come back apart.
+    let run = kubectl_within(
+        60,
+        &["exec", "-n", n, "shell", "--", "sh", "-c", "echo out; echo err >&2; exit 3"],
+        None,
+    );
+    assert_eq!(run.code, Some(3), "{}", run.stderr);
+    assert_eq!(run.stdout, "out\n");
+    assert!(run.stderr.starts_with("err\n"), "{}", run.stderr);
+    // Stdin reaches the command, and its end ends it.
+    let cat = kubectl_within(60, &["exec", "-i", "-n", n, "shell", "--", "cat"], Some("hi\n"));
+    assert!(cat.ok, "{}", cat.stderr);
+    assert_eq!(cat.stdout, "hi\n");
+    // As the container's user, with its environment, in its pod.
+    let who = kubectl_within(
+        60,
+        &["exec", "-n", n, "shell", "-c", "app", "--", "sh", "-c", "id -u; id -g; echo $GREETING; hostname"],
+        None,
+    );
+    assert!(who.ok, "{}", who.stderr);
+    assert_eq!(who.stdout, "1234\n2345\nhello\nshell\n");
+    // A command that is not there fails, and says why.
+    let missing = kubectl_within(60, &["exec", "-n", n, "shell", "--", "no-such-program"], None);
+    assert!(!missing.ok && missing.stderr.contains("no-such-program"), "{}", missing.stderr);
+
+    // A terminal (`-t`) of the size of the client's, as the controlling terminal.
+    let command = format!(
+        "stty cols 123 rows 45; kubectl --kubeconfig {} exec -it -n {n} shell -- sh -c 'stty size; tty; exit 4'",
+        crate::support::kubeconfig()
+    );
+    let tty = crate::support::run("timeout", &["60", "script", "-qec", &command, "/dev/null"], None);
+    assert_eq!(tty.code, Some(4), "{} {}", tty.stdout, tty.stderr);
+    assert!(tty.stdout.contains("45 123\r\n"), "{:?}", tty.stdout);
+    assert!(tty.stdout.contains("/dev/pts/"), "{:?}", tty.stdout);
+
+    // kubectl port-forward, to a pod and to a Service.
+    let (pod_port, svc_port) = (crate::support::free_port(), crate::support::free_port());
+    let _to_pod = Background::kubectl(
+        Duration::from_secs(120),
+        &["port-forward", "-n", n, "pod/web", &format!("{pod_port}:9080")],
+    );
+    let _to_svc = Background::kubectl(
+        Duration::from_secs(120),
+        &["port-forward", "-n", n, "svc/web", &format!("{svc_port}:80")],
+    );
+    assert_eq!(curl_through(pod_port, "/health"), r#"{"status":"Details is healthy"}"#);
+    // Connection after connection over the same session.
+    for _ in 0..3 {
+        assert!(curl_through(pod_port, "/details/0").contains("William Shakespeare"));
+    }
+    assert_eq!(curl_through(svc_port, "/health"), r#"{"status":"Details is healthy"}"#);
+
+    // The websocket port-forward of kube-rs clients, through kubectl proxy.
+    let proxy = crate::support::free_port();
+    let _proxy = Background::kubectl(Duration::from_secs(120), &["proxy", "--port", &proxy.to_string()]);
+    let (head, data) = websocket_port_forward(proxy, n, "web", 9080, b"GET /health HTTP/1.0\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("sec-websocket-protocol: v4.channel.k8s.io"), "{head}");
+    let answer = String::from_utf8_lossy(&data);
+    assert!(
+        answer.starts_with("HTTP/1.0 200") && answer.ends_with(r#"{"status":"Details is healthy"}"#),
+        "{answer}"
+    );
+}

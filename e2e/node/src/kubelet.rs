@@ -1,14 +1,22 @@
-//! The part of the kubelet's API that `kubectl logs` reaches: the API
-//! server calls `GET /containerLogs/{namespace}/{pod}/{container}` on the
-//! node's kubelet port (the Node's `daemonEndpoints`), over TLS with the
-//! node's serving certificate. As a kubelet with `--client-ca-file`, the
-//! node takes only client certificates of the cluster's CA, and of those
-//! it serves only the API server's kubelet client (`--kubelet-client-name`);
-//! a real kubelet asks the API server (SubjectAccessReview) instead.
+//! The parts of the kubelet's API that `kubectl logs`, `kubectl exec` and
+//! `kubectl port-forward` reach, on the node's kubelet port (the Node's
+//! `daemonEndpoints`), over TLS with the node's serving certificate. As a
+//! kubelet with `--client-ca-file`, the node takes only client certificates
+//! of the cluster's CA, and of those it serves only the API server's
+//! kubelet client (`--kubelet-client-name`), on every path; a real kubelet
+//! asks the API server (SubjectAccessReview) instead.
 //!
-//! Supported: `follow`, `previous`, `tailLines`, `limitBytes`. The node
-//! keeps no timestamps in its logs, so `timestamps`, `sinceSeconds` and
-//! `sinceTime` are refused with a message that says so.
+//! - `GET /containerLogs/{namespace}/{pod}/{container}`: `follow`,
+//!   `previous`, `tailLines`, `limitBytes`. The node keeps no timestamps in
+//!   its logs, so `timestamps`, `sinceSeconds` and `sinceTime` are refused
+//!   with a message that says so.
+//! - `POST /exec/{namespace}/{pod}/{container}`: upgraded to SPDY/3.1
+//!   ([`crate::spdy`]); the command runs in the container's sandbox
+//!   ([`crate::exec`]).
+//! - `POST /portForward/{namespace}/{pod}`: SPDY/3.1, and `GET` upgraded
+//!   to a websocket, as kube-rs clients send it ([`crate::portforward`]).
+//!
+//! Upgrades are HTTP/1.1 (the API server asks for no other).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
@@ -123,7 +131,7 @@ pub async fn serve(
                 async move { Ok::<_, std::convert::Infallible>(handle(request, allowed, &state_dir, shutdown)) }
             });
             let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
                 .await;
             if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "kubelet port: connection ended");
@@ -139,9 +147,9 @@ fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     Some(cn)
 }
 
-type Body = BoxBody<Bytes, std::io::Error>;
+pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
 
-fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     let body = http_body_util::Full::new(Bytes::from(message.into())).map_err(|never| match never {}).boxed();
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -149,7 +157,7 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response<Body> {
 }
 
 fn handle(
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     allowed: bool,
     state_dir: &Path,
     shutdown: CancellationToken,
@@ -158,9 +166,24 @@ fn handle(
         return text(StatusCode::FORBIDDEN, "the local node serves only the API server's kubelet client\n");
     }
     let path = request.uri().path().to_string();
-    let Some(rest) = path.strip_prefix("/containerLogs/") else {
-        return text(StatusCode::NOT_FOUND, format!("{path}: the local node serves only /containerLogs\n"));
-    };
+    let (kind, rest) = path.trim_start_matches('/').split_once('/').unwrap_or((path.as_str(), ""));
+    match kind {
+        "containerLogs" => container_logs(&request, rest, state_dir, shutdown),
+        "exec" => crate::exec::handle(&mut request, rest, state_dir, shutdown),
+        "portForward" => crate::portforward::handle(&mut request, rest, state_dir, shutdown),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            format!("{path}: the local node serves only /containerLogs, /exec and /portForward\n"),
+        ),
+    }
+}
+
+fn container_logs(
+    request: &Request<Incoming>,
+    rest: &str,
+    state_dir: &Path,
+    shutdown: CancellationToken,
+) -> Response<Body> {
     let parts: Vec<&str> = rest.split('/').collect();
     let [namespace, pod, container] = parts.as_slice() else {
         return text(StatusCode::BAD_REQUEST, "want /containerLogs/{namespace}/{pod}/{container}\n");
@@ -188,8 +211,94 @@ fn handle(
     response
 }
 
+/// Every value of a header, its comma-separated lists split, in order.
+pub(crate) fn header_values(headers: &http::HeaderMap, name: &str) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+/// Whether the request asks to switch to `protocol` (`Upgrade`, any case).
+pub(crate) fn wants_upgrade(headers: &http::HeaderMap, protocol: &str) -> bool {
+    header_values(headers, "upgrade").iter().any(|p| p.eq_ignore_ascii_case(protocol))
+}
+
+/// `101 Switching Protocols` to `upgrade`, with `headers`.
+pub(crate) fn switching_protocols(
+    upgrade: &'static str,
+    headers: &[(&'static str, String)],
+) -> Response<Body> {
+    let mut response = text(StatusCode::SWITCHING_PROTOCOLS, "");
+    let h = response.headers_mut();
+    h.insert(http::header::CONNECTION, http::HeaderValue::from_static("Upgrade"));
+    h.insert(http::header::UPGRADE, http::HeaderValue::from_static(upgrade));
+    for (name, value) in headers {
+        if let Ok(value) = http::HeaderValue::from_str(value) {
+            h.insert(*name, value);
+        }
+    }
+    response
+}
+
+/// A query string's pairs, decoded as a form (`+` is a space, `%XX` a byte).
+pub(crate) fn query_pairs(query: &str) -> Vec<(String, String)> {
+    fn hex(digit: u8) -> Option<u8> {
+        (digit as char).to_digit(16).map(|d| d as u8)
+    }
+    fn decode(text: &str) -> String {
+        let bytes = text.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(high), Some(low)) => {
+                        out.push(high << 4 | low);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                },
+                other => out.push(other),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(key), decode(value))
+        })
+        .collect()
+}
+
+/// Runs an upgraded connection's session once hyper hands the connection
+/// over (after the 101 is sent).
+pub(crate) fn on_upgrade<F, Fut>(request: &mut Request<Incoming>, what: &'static str, session: F)
+where
+    F: FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        match tokio::time::timeout(Duration::from_secs(10), upgrade).await {
+            Ok(Ok(upgraded)) => session(TokioIo::new(upgraded)).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, "kubelet port: {what}: upgrade failed"),
+            Err(_) => tracing::debug!("kubelet port: {what}: upgrade timed out"),
+        }
+    });
+}
+
 /// The pod's folder, its name matched exactly.
-fn find_exact_pod_dir(state_dir: &Path, namespace: &str, pod: &str) -> Option<PathBuf> {
+pub(crate) fn find_exact_pod_dir(state_dir: &Path, namespace: &str, pod: &str) -> Option<PathBuf> {
     let dir = find_pod_dir(state_dir, namespace, pod)?;
     let name = dir.file_name()?.to_string_lossy().into_owned();
     name.starts_with(&format!("{namespace}_{pod}_")).then_some(dir)
@@ -347,6 +456,36 @@ mod tests {
         let refused = LogQuery::parse("sinceSeconds=60").expect_err("refused");
         assert!(refused.contains("no timestamps"), "{refused}");
         assert!(LogQuery::parse("tailLines=x").is_err());
+    }
+
+    #[test]
+    fn queries_decode_as_forms_and_never_panic() {
+        assert_eq!(
+            query_pairs("command=sh&command=echo+a%3Bb&tty=1&flag"),
+            [("command", "sh"), ("command", "echo a;b"), ("tty", "1"), ("flag", "")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        // Broken escapes stay as written; a cut multi-byte escape is replaced, not a panic.
+        assert_eq!(query_pairs("a=%zz%4")[0].1, "%zz%4");
+        assert_eq!(query_pairs("a=%E2%82")[0].1, "\u{fffd}");
+        assert_eq!(query_pairs("a=é%")[0].1, "é%");
+    }
+
+    #[test]
+    fn header_lists_are_split_across_and_within_headers() {
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-stream-protocol-version", http::HeaderValue::from_static("v4.channel.k8s.io"));
+        headers.append(
+            "x-stream-protocol-version",
+            http::HeaderValue::from_static("v3.channel.k8s.io, channel.k8s.io"),
+        );
+        headers.append("upgrade", http::HeaderValue::from_static("spdy/3.1"));
+        assert_eq!(
+            header_values(&headers, "x-stream-protocol-version"),
+            ["v4.channel.k8s.io", "v3.channel.k8s.io", "channel.k8s.io"]
+        );
+        assert!(wants_upgrade(&headers, "SPDY/3.1"));
+        assert!(!wants_upgrade(&headers, "websocket"));
     }
 
     #[test]

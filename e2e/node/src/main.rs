@@ -8,13 +8,16 @@
 //!   root, for debugging and tests (`make pod-exec`).
 
 mod environment;
+mod exec;
 mod images;
 mod kubelet;
 mod network;
 mod node;
 mod pod;
+mod portforward;
 mod probes;
 mod sandbox;
+mod spdy;
 mod volumes;
 
 use std::path::PathBuf;
@@ -97,6 +100,7 @@ fn enter(state_dir: &std::path::Path, pod: &str, command: Vec<String>) -> Result
         gid: None,
         caps: "ALL".into(),
         workdir: None,
+        tty: false,
         command,
     };
     sandbox::exec(args)

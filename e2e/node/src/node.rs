@@ -93,7 +93,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if let Some(tls) = crate::kubelet::tls_config(&args.kubelet)? {
         let addr = std::net::SocketAddr::from((net.gateway, args.kubelet.kubelet_port));
         let listener = crate::kubelet::listen(&netns_path(&net.node_netns), addr)?;
-        tracing::info!(%addr, "kubelet port (container logs) ready");
+        tracing::info!(%addr, "kubelet port (logs, exec, port-forward) ready");
         tasks.spawn(crate::kubelet::serve(
             listener,
             tls,

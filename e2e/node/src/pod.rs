@@ -369,6 +369,7 @@ impl Worker {
             let started = c.started_at.map(|s| s.0).unwrap_or_else(Timestamp::now);
             let reason = if code == 0 { "Completed" } else { "Error" };
             tracing::info!(pod = %key, container = %c.spec.name, code, "container exited");
+            crate::exec::ContainerEntry::remove(&self.dir, &c.spec.name);
             c.child = None;
             c.probes.clear();
             c.ended = Some(Terminated { code, reason: reason.into(), started, finished: Timestamp::now() });
@@ -511,6 +512,7 @@ impl Worker {
             Err(e) => {
                 let c = &mut self.containers[index];
                 tracing::warn!(container = %c.spec.name, error = %format!("{e:#}"), "container cannot start");
+                crate::exec::ContainerEntry::remove(&self.dir, &c.spec.name);
                 c.waiting = Some(("CreateContainerError".into(), format!("{e:#}")));
                 c.next_start = Instant::now() + c.backoff;
                 c.backoff = (c.backoff * 2).min(BACKOFF_MAX);
@@ -521,6 +523,9 @@ impl Worker {
     async fn spawn(&self, index: usize) -> Result<tokio::process::Child> {
         let c = &self.containers[index].spec;
         let (mut argv, env) = self.sandbox_command(c).await?;
+        // `kubectl exec` runs its commands the way this run was started.
+        let entry = crate::exec::ContainerEntry { launcher: argv.clone(), env: env.clone() };
+        entry.save(&self.dir, &c.name)?;
         let expand =
             |v: &Vec<String>| -> Vec<String> { v.iter().map(|a| environment::expand(a, &env)).collect() };
         let image = c.image.clone().unwrap_or_default();

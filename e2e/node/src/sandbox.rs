@@ -9,8 +9,10 @@
 //!    /etc/resolv.conf. A target whose parent does not exist is made inside
 //!    an overlay of its nearest existing ancestor, so nothing is created on
 //!    the host's filesystem and nothing outlives the process;
-//! 4. change to the working directory, drop to the container's user, group
-//!    and capabilities, and exec the program.
+//! 4. change to the working directory; with `--tty`, take stdin (a
+//!    terminal) as the controlling terminal of a new session;
+//! 5. drop to the container's user, group and capabilities, and exec the
+//!    program.
 
 use std::collections::BTreeSet;
 use std::ffi::CString;
@@ -50,6 +52,10 @@ pub struct ExecArgs {
     pub caps: String,
     #[arg(long)]
     pub workdir: Option<PathBuf>,
+    /// Stdin is a terminal: make it the controlling terminal of a new
+    /// session, as a container runtime does for `kubectl exec -t`.
+    #[arg(long)]
+    pub tty: bool,
     /// The program and its arguments.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
@@ -90,6 +96,11 @@ pub fn exec(args: ExecArgs) -> Result<()> {
         std::env::set_current_dir(dir).with_context(|| format!("changing to {}", dir.display()))?;
     }
 
+    if args.tty {
+        nix::unistd::setsid().context("starting a session for the terminal")?;
+        rustix::process::ioctl_tiocsctty(std::io::stdin())
+            .context("taking the terminal as the controlling one")?;
+    }
     // Open the program while still root: a container user (Envoy's 1337)
     // may not be able to walk the path to it (a tool cache under /root).
     // One that only a volume provides is looked up now.
