@@ -75,10 +75,6 @@ enum Command {
     Dashboard {
         #[command(flatten)]
         args: mesh::dashboard::DashboardArgs,
-        /// A Kubernetes token allowed to get the controllers' /debug/*
-        /// (else the kubeconfig user's, if it has one), for the proxies' status.
-        #[arg(long, env = "MESH_TOKEN", hide_env_values = true)]
-        token: Option<String>,
     },
     /// Print the CustomResourceDefinitions of every supported Istio kind.
     Crds {
@@ -192,19 +188,7 @@ fn main() -> std::process::ExitCode {
                 other => other.map(|_| ()),
             }
         }
-        Command::Dashboard { args, token } => {
-            // The proxies' status needs a token; the graph does not.
-            block_on(async {
-                let access = mesh::ctl::Access {
-                    controller: args.controller.clone(),
-                    token,
-                    kubeconfig: None,
-                    mesh_namespace: "mesh-system".into(),
-                };
-                let token = if args.controller.is_empty() { None } else { access.token().await.ok() };
-                mesh::dashboard::run(args, token).await
-            })
-        }
+        Command::Dashboard { args } => block_on(mesh::dashboard::run(args)),
         Command::Controller(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -31,10 +31,6 @@ for _ in $(seq 1 60); do
 done
 productpage=$(kubectl get service productpage -o jsonpath='{.spec.clusterIP}')
 mesh=$(kubectl -n mesh-system get service mesh -o jsonpath='{.spec.clusterIP}')
-# Each proxy is connected to one replica, which alone knows its state: ask all of them.
-replicas=$(kubectl -n mesh-system get pods -l app.kubernetes.io/name=mesh \
-  -o jsonpath='{range .items[*]}http://{.status.podIP}:15014,{end}')
-replicas=${replicas%,}
 kubectl -n mesh-system rollout status deployment prometheus --timeout=120s >/dev/null
 kubectl -n mesh-system rollout status deployment jaeger --timeout=120s >/dev/null
 prometheus=$(kubectl -n mesh-system get pods -l app=prometheus -o jsonpath='{.items[0].status.podIP}')
@@ -60,7 +56,7 @@ cat <<TXT
     export MESH_TOKEN=\$(kubectl -n mesh-system create token mesh-debug)   # may read /debug/* (ClusterRole mesh-debug)
     curl -s -H "Authorization: Bearer \$MESH_TOKEN" http://$mesh:15014/debug/configz   # what the controller sees
     kubectl apply -f samples/routing/destination-rules.yaml -f samples/routing/all-v1.yaml   # samples/README.md
-    target/debug/mesh dashboard --prometheus http://$prometheus:9090 --jaeger http://$jaeger:16686 --controller $replicas --token \$MESH_TOKEN
+    target/debug/mesh dashboard --prometheus http://$prometheus:9090 --jaeger http://$jaeger:16686
                                                            # the live service graph, on http://127.0.0.1:20001/
     target/debug/mesh analyze                              # Istio's analyzers on the cluster's configuration
     kubectl logs deploy/productpage-v1 -c istio-proxy      # Envoy's log (set meshConfig.accessLogFile=/dev/stdout for access lines)

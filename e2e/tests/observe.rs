@@ -392,14 +392,19 @@ struct DashboardProcess {
 }
 
 impl DashboardProcess {
-    fn start(prometheus: &str, jaeger: Option<&str>, controllers: &[String], token: &str) -> Self {
+    /// The dashboard as a user runs it: the controllers of `release_ns`
+    /// found through the kubeconfig (the cluster's admin, whose client
+    /// certificate gets a token of the chart's ServiceAccount mesh-debug).
+    fn start(prometheus: &str, jaeger: Option<&str>, release_ns: &str) -> Self {
         let bin = std::env::var("MESH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mesh").to_string());
         let port = free_port();
         let mut command = std::process::Command::new(bin);
         command
             .args(["dashboard", "--prometheus", &format!("http://{prometheus}"), "--listen"])
             .arg(format!("127.0.0.1:{port}"))
-            .args(["--controller", &controllers.join(","), "--token", token])
+            .args(["--kubeconfig", &kubeconfig(), "--mesh-namespace", release_ns])
+            .env_remove("MESH_TOKEN")
+            .env_remove("MESH_CONTROLLER")
             .stderr(std::process::Stdio::null());
         if let Some(jaeger) = jaeger {
             command.args(["--jaeger", &format!("http://{jaeger}")]);
@@ -473,9 +478,7 @@ fn the_service_graph_shows_bookinfo_in_a_browser_and_turns_an_edge_red_under_an_
     let bookinfo = injected_bookinfo("graph");
     let ns = bookinfo.name.as_str();
     let prometheus = Prometheus::start(&release.namespace);
-    let viewer = DebugViewer::bound_to("mesh-debug");
-    let dashboard =
-        DashboardProcess::start(&prometheus.address, None, &controllers(&release.namespace), &viewer.token);
+    let dashboard = DashboardProcess::start(&prometheus.address, None, &release.namespace);
     let client = pod_named(ns, "app=productpage");
     let id = |workload: &str| format!("{ns}/{workload}");
 
@@ -494,6 +497,17 @@ fn the_service_graph_shows_bookinfo_in_a_browser_and_turns_an_edge_red_under_an_
     });
     eprintln!("drawn: {edges:?}");
     assert!(edges.iter().all(|(_, _, failing)| !failing), "nothing fails yet: {edges:?}");
+    // A click on a workload: its proxy, in sync, from the controllers.
+    let (status, details) =
+        http_get(&format!("{}api/workload?namespace={ns}&workload=productpage-v1", dashboard.url), None);
+    let details: serde_json::Value = serde_json::from_str(&details).expect("JSON");
+    assert_eq!(status, 200, "{details}");
+    assert_eq!(
+        details["proxies"][0]["pod"].as_str().map(|p| p.starts_with("productpage-v1-")),
+        Some(true),
+        "{details}"
+    );
+    assert_eq!(details["proxies"][0]["status"], "in sync", "{details}");
 
     // Ratings aborted by the callers' proxies: their edges to it turn red.
     let _abort = Applied::new(ns, RATINGS_ABORT);

@@ -3,7 +3,8 @@
 //! graph comes from Prometheus ([`graph`]): workloads and the calls between
 //! them with requests per second, error rate and p99 latency, an edge red
 //! when its calls fail. A click on a workload shows its proxies'
-//! configuration status (from the controllers' /debug/syncz, when given)
+//! configuration status (from every controller replica's /debug/syncz,
+//! found through the kubeconfig as `mesh proxy-status` finds them)
 //! and its recent traces (from Jaeger, when given). docs/observe.md.
 
 pub mod graph;
@@ -39,10 +40,10 @@ pub struct DashboardArgs {
     /// (samples/addons/jaeger.yaml, port 16686); without it none are shown.
     #[arg(long, env = "MESH_JAEGER")]
     pub jaeger: Option<String>,
-    /// The controllers' monitoring addresses, for the proxies' configuration
-    /// status (repeat, or separate with commas); without them none is shown.
-    #[arg(long, env = "MESH_CONTROLLER", value_delimiter = ',')]
-    pub controller: Vec<String>,
+    /// Where the controllers are, for the proxies' configuration status
+    /// (found through the kubeconfig unless --controller is given).
+    #[command(flatten)]
+    pub access: crate::ctl::Access,
     /// Where to serve the page.
     #[arg(long, default_value = "127.0.0.1:20001")]
     pub listen: SocketAddr,
@@ -53,13 +54,17 @@ pub struct DashboardArgs {
 
 struct Dashboard {
     args: DashboardArgs,
-    /// A bearer token for the controllers' /debug views, if there is one.
-    token: Option<String>,
+    /// The bearer token for the controllers' /debug views, and when it was
+    /// made: a ServiceAccount's lives 10 minutes (crate::ctl::token).
+    token: tokio::sync::Mutex<Option<(String, tokio::time::Instant)>>,
     client: Client<HttpConnector, Empty<Bytes>>,
 }
 
+/// How long a token is used before it is asked for again.
+const TOKEN_REUSE: Duration = Duration::from_secs(300);
+
 /// Serves the dashboard until Ctrl-C.
-pub async fn run(args: DashboardArgs, token: Option<String>) -> anyhow::Result<()> {
+pub async fn run(args: DashboardArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.window.chars().all(|c| c.is_ascii_alphanumeric()) && !args.window.is_empty(),
         "--window {:?}: write a Prometheus duration such as 1m or 30s",
@@ -67,7 +72,7 @@ pub async fn run(args: DashboardArgs, token: Option<String>) -> anyhow::Result<(
     );
     let listen = args.listen;
     let client = Client::builder(TokioExecutor::new()).build_http();
-    let state = Arc::new(Dashboard { args, token, client });
+    let state = Arc::new(Dashboard { args, token: Default::default(), client });
     let app = axum::Router::new()
         .route("/", get(page))
         .route("/api/graph", get(graph_json))
@@ -105,6 +110,46 @@ impl Dashboard {
             response.into_body().collect().await.with_context(|| format!("{url}: reading"))?.to_bytes();
         anyhow::ensure!(status.is_success(), "{url}: {status}: {}", String::from_utf8_lossy(&body));
         serde_json::from_slice(&body).with_context(|| format!("{url}: not JSON"))
+    }
+
+    /// The token for the /debug views, made again after [`TOKEN_REUSE`].
+    async fn token(&self) -> anyhow::Result<String> {
+        let mut held = self.token.lock().await;
+        match &*held {
+            Some((token, at)) if at.elapsed() < TOKEN_REUSE => Ok(token.clone()),
+            _ => {
+                let token = self.args.access.token().await?;
+                *held = Some((token.clone(), tokio::time::Instant::now()));
+                Ok(token)
+            }
+        }
+    }
+
+    /// Every controller replica's proxies; what failed, as notes.
+    async fn sync_statuses(&self, notes: &mut Vec<String>) -> Vec<SyncStatus> {
+        let token = match self.token().await {
+            Ok(token) => token,
+            Err(e) => {
+                notes.push(format!("the proxies' status: {e:#}"));
+                return Vec::new();
+            }
+        };
+        let controllers = match self.args.access.controllers().await {
+            Ok(controllers) => controllers,
+            Err(e) => {
+                notes.push(format!("the proxies' status: {e:#}"));
+                return Vec::new();
+            }
+        };
+        let mut statuses = Vec::new();
+        for controller in controllers {
+            let answer = controller.get("/debug/syncz", Some(&token)).await;
+            match answer.and_then(|body| Ok(serde_json::from_str::<Vec<SyncStatus>>(&body)?)) {
+                Ok(mut more) => statuses.append(&mut more),
+                Err(e) => notes.push(format!("{e:#}")),
+            }
+        }
+        statuses
     }
 
     /// A PromQL instant query's answer.
@@ -162,14 +207,8 @@ struct TraceLine {
 
 async fn workload_json(State(state): State<Arc<Dashboard>>, Query(query): Query<WorkloadQuery>) -> Response {
     let mut details = WorkloadDetails { proxies: Vec::new(), traces: Vec::new(), notes: Vec::new() };
-    for controller in &state.args.controller {
-        let url = format!("{}/debug/syncz", controller.trim_end_matches('/'));
-        let answer = state.get_json(&url, state.token.as_deref()).await;
-        match answer.and_then(|v| Ok(serde_json::from_value::<Vec<SyncStatus>>(v)?)) {
-            Ok(statuses) => details.proxies.extend(proxies_of(&statuses, &query.namespace, &query.workload)),
-            Err(e) => details.notes.push(format!("{e:#}")),
-        }
-    }
+    let statuses = state.sync_statuses(&mut details.notes).await;
+    details.proxies.extend(proxies_of(&statuses, &query.namespace, &query.workload));
     if let Some(jaeger) = &state.args.jaeger {
         // A proxy's spans are named after its `--service-cluster`: `<app>.<namespace>`.
         let app = query.app.as_deref().filter(|a| *a != "unknown").unwrap_or(&query.workload);
