@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::{
-    TempNamespace, apply, conformance, enter, eventually, jsonpath, kubectl, kubectl_ok, pod_named, rollout,
+    Background, TempNamespace, apply, conformance, enter, eventually, jsonpath, kubectl, kubectl_ok,
+    pod_named, rollout,
 };
 
 /// A folder on the host for a test's output (mounted into pods by hostPath).
@@ -499,34 +500,6 @@ fn kubectl_logs_reads_a_containers_output_through_the_nodes_kubelet_port() {
     assert!(!since.ok && since.stderr.contains("keeps no timestamps"), "{}", since.stderr);
     let previous = kubectl(&["logs", "-n", &ns.name, "talker", "--previous"], None);
     assert!(!previous.ok && previous.stderr.contains("no log of a previous run"), "{}", previous.stderr);
-}
-
-/// A program the test started (kubectl port-forward, kubectl proxy),
-/// killed when the test ends, whatever its outcome.
-struct Background(std::process::Child);
-
-impl Background {
-    /// Runs kubectl against the test cluster for at most `limit`.
-    fn kubectl(limit: Duration, args: &[&str]) -> Self {
-        let kubeconfig = crate::support::kubeconfig();
-        let limit = limit.as_secs().to_string();
-        let child = std::process::Command::new("timeout")
-            .args([limit.as_str(), "kubectl", "--kubeconfig", &kubeconfig])
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("kubectl starts");
-        Self(child)
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// kubectl with a time limit: a hung session fails the test, not the run.

@@ -252,6 +252,20 @@ fn istios_request_metrics_reach_prometheus_with_istios_labels() {
     eprintln!("TEXT: {line}");
     // Nothing the mesh sends makes Envoy warn of a deprecated field.
     let whole = kubectl_ok(&["logs", "-n", ns, "deploy/productpage-v1", "-c", "istio-proxy"], None);
+    // kubectl's other habits on the injected app: exec in its sidecar (as
+    // the proxy's user) and the Service on a local port.
+    let exec = ["exec", "-n", ns, "deploy/productpage-v1", "-c", "istio-proxy", "--", "id", "-u"];
+    assert_eq!(kubectl_ok(&exec, None).trim(), "1337");
+    let port = free_port();
+    let _forward = Background::kubectl(
+        Duration::from_secs(120),
+        &["port-forward", "-n", ns, "svc/productpage", &format!("{port}:9080")],
+    );
+    let page = eventually("the product page through kubectl port-forward", Duration::from_secs(30), || {
+        let (status, body) = http_get(&format!("http://127.0.0.1:{port}/productpage"), None);
+        (status == 200).then_some(body)
+    });
+    assert!(page.contains("reviews-podname"), "{page}");
     let deprecated: Vec<&str> = whole.lines().filter(|l| l.contains("Deprecated field")).collect();
     assert!(deprecated.is_empty(), "{deprecated:?}");
     assert!(line.starts_with('['), "{line}");

@@ -731,3 +731,34 @@ impl Drop for CertDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A program the test started (kubectl port-forward, kubectl proxy),
+/// killed when the test ends, whatever its outcome.
+pub struct Background(std::process::Child);
+
+impl Background {
+    /// Runs kubectl against the test cluster for at most `limit`.
+    pub fn kubectl(limit: Duration, args: &[&str]) -> Self {
+        let kubeconfig = kubeconfig();
+        let limit = limit.as_secs().to_string();
+        let child = std::process::Command::new("timeout")
+            .args([limit.as_str(), "kubectl", "--kubeconfig", &kubeconfig])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("kubectl starts");
+        Self(child)
+    }
+}
+
+impl Drop for Background {
+    /// SIGTERM, which `timeout` passes on to kubectl, so neither outlives the test.
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        if self.0.wait().is_err() {
+            let _ = self.0.kill();
+        }
+    }
+}
