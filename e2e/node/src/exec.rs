@@ -26,13 +26,13 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::kubelet::{
     Body, find_exact_pod_dir, header_values, on_upgrade, query_pairs, switching_protocols, text,
 };
-use crate::spdy::{Connection, Stream, StreamWriter};
+use crate::spdy::{self, Connection, Stream, StreamWriter};
 
 /// The remote command protocol spoken (the API server offers it first).
 pub const PROTOCOL: &str = "v4.channel.k8s.io";
@@ -411,15 +411,18 @@ async fn run(
         }
     };
     let mut tasks = tokio::task::JoinSet::new();
-    if let (Some(input), Some(stream)) = (input, streams.stdin) {
-        tasks.spawn(copy_in(stream, input));
+    if let (Some(input), Some(mut stream)) = (input, streams.stdin) {
+        tasks.spawn(async move { spdy::receive_into(&mut stream.incoming, input).await });
     }
     if let (Some(master), Some(resize)) = (&terminal, streams.resize) {
         tasks.spawn(resize_terminal(resize, master.clone()));
     }
     let mut outputs: Vec<_> = outputs
         .into_iter()
-        .map(|(reader, writer)| (tokio::spawn(copy_out(reader, writer.clone())), writer))
+        .map(|(reader, writer)| {
+            let out = writer.clone();
+            (tokio::spawn(async move { out.send_from(reader).await }), writer)
+        })
         .collect();
 
     let exited = tokio::select! {
@@ -458,32 +461,6 @@ fn kill(pid: Option<u32>) {
     let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) else { return };
     let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-}
-
-/// The client's stdin into the command, closed at the client's FIN.
-async fn copy_in(mut stream: Stream, mut input: Writer) {
-    while let Some(data) = stream.incoming.recv().await {
-        if input.write_all(&data).await.is_err() {
-            return;
-        }
-    }
-    let _ = input.shutdown().await;
-}
-
-/// The command's output onto a stream, FIN at its end.
-async fn copy_out(mut output: Reader, writer: StreamWriter) {
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        match output.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if writer.write(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-    let _ = writer.finish().await;
 }
 
 /// A size the client's terminal has.

@@ -341,29 +341,9 @@ async fn forward(error: Stream, data: Stream, target: Target) {
     };
     let Stream { mut incoming, out, reset, .. } = data;
     let (mut from_pod, mut to_pod) = tcp.into_split();
-    let upstream = async {
-        while let Some(chunk) = incoming.recv().await {
-            if to_pod.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-        // The client is done sending: so is the connection to the pod.
-        let _ = to_pod.shutdown().await;
-    };
-    let downstream = async {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match from_pod.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if out.write(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-        let _ = out.finish().await;
-    };
+    // The client done sending: so is the connection to the pod, and back.
+    let upstream = spdy::receive_into(&mut incoming, &mut to_pod);
+    let downstream = out.send_from(&mut from_pod);
     tokio::select! {
         _ = futures::future::join(upstream, downstream) => {}
         _ = reset.cancelled() => return,

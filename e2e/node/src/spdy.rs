@@ -472,6 +472,34 @@ impl StreamWriter {
         let frame = Frame::RstStream { stream: self.id, status };
         self.frames.send(Outgoing::Frame(frame)).await.map_err(|_| Closed)
     }
+
+    /// Sends what `reader` yields until its end (or error), then FIN;
+    /// stops early if the peer is gone.
+    pub async fn send_from(&self, mut reader: impl AsyncRead + Unpin) {
+        let mut buf = vec![0u8; DATA_CHUNK];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if self.write(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = self.finish().await;
+    }
+}
+
+/// Writes the peer's data on a stream into `writer` until the peer's FIN,
+/// then shuts `writer` down; stops early if `writer` fails.
+pub async fn receive_into(incoming: &mut mpsc::Receiver<Bytes>, mut writer: impl AsyncWrite + Unpin) {
+    while let Some(data) = incoming.recv().await {
+        if writer.write_all(&data).await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
 }
 
 /// A SPDY/3.1 connection, server side: the peer's streams as they open.
