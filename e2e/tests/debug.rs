@@ -25,12 +25,7 @@ fn mesh(args: &[&str]) -> Output {
         .env_remove("KUBECONFIG")
         .output()
         .expect("mesh runs");
-    Output {
-        ok: out.status.success(),
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Output::from(out)
 }
 
 fn list(value: &Value) -> Vec<Value> {

@@ -43,6 +43,17 @@ pub struct Output {
     pub stderr: String,
 }
 
+impl From<std::process::Output> for Output {
+    fn from(out: std::process::Output) -> Self {
+        Output {
+            ok: out.status.success(),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 /// Runs `program` with `args`, feeding `stdin` when given.
 pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(program)
@@ -57,12 +68,7 @@ pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Output {
         pipe.write_all(input.as_bytes()).expect("writing the program's stdin");
     }
     let out = child.wait_with_output().expect("the program ran");
-    Output {
-        ok: out.status.success(),
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Output::from(out)
 }
 
 /// Runs kubectl against the test cluster.
@@ -418,12 +424,7 @@ pub fn enter(namespace: &str, pod: &str, script: &str) -> Output {
         .args(["enter", "--state-dir", &state, &format!("{namespace}/{pod}"), "--", "sh", "-c", script])
         .output()
         .expect("localnode enter runs");
-    Output {
-        ok: out.status.success(),
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Output::from(out)
 }
 
 /// The one pod of a namespace matching a label selector.

@@ -30,10 +30,22 @@ fn print(text: &str) -> anyhow::Result<()> {
 pub async fn sync_statuses(access: &Access) -> anyhow::Result<Vec<SyncStatus>> {
     let controllers = access.controllers().await?;
     let token = access.token().await?;
+    let (statuses, failures) = ask_syncz(&controllers, &token).await;
+    if failures.len() == controllers.len() {
+        return Err(failures.into_iter().next().unwrap_or_else(|| anyhow::anyhow!("no controller to ask")));
+    }
+    for failure in failures {
+        eprintln!("mesh: warning: {failure:#} (its proxies are not shown)");
+    }
+    Ok(statuses)
+}
+
+/// Every controller's /debug/syncz, merged; what failed, by controller.
+pub async fn ask_syncz(controllers: &[Target], token: &str) -> (Vec<SyncStatus>, Vec<anyhow::Error>) {
     let mut statuses = Vec::new();
     let mut failures = Vec::new();
-    for controller in &controllers {
-        let answer = controller.get("/debug/syncz", Some(&token)).await.and_then(|body| {
+    for controller in controllers {
+        let answer = controller.get("/debug/syncz", Some(token)).await.and_then(|body| {
             serde_json::from_str::<Vec<SyncStatus>>(&body)
                 .with_context(|| format!("/debug/syncz of {controller} is not a list of proxies"))
         });
@@ -42,13 +54,7 @@ pub async fn sync_statuses(access: &Access) -> anyhow::Result<Vec<SyncStatus>> {
             Err(e) => failures.push(e),
         }
     }
-    if failures.len() == controllers.len() {
-        return Err(failures.into_iter().next().unwrap_or_else(|| anyhow::anyhow!("no controller to ask")));
-    }
-    for failure in failures {
-        eprintln!("mesh: warning: {failure:#} (its proxies are not shown)");
-    }
-    Ok(statuses)
+    (statuses, failures)
 }
 
 /// `mesh proxy-status`: the table of every replica's /debug/syncz.

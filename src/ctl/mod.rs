@@ -60,6 +60,20 @@ pub struct Access {
     /// The namespace the mesh is installed in (the chart's release namespace).
     #[arg(long, short = 'i', env = "MESH_SYSTEM_NAMESPACE", default_value = "mesh-system")]
     pub mesh_namespace: String,
+    /// The client, made once: a command (or the dashboard, per click) asks
+    /// the API server several times.
+    #[arg(skip)]
+    client: ClientCell,
+}
+
+/// A kube client made on first use.
+#[derive(Clone, Default)]
+struct ClientCell(std::sync::Arc<tokio::sync::OnceCell<kube::Client>>);
+
+impl std::fmt::Debug for ClientCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.initialized() { "ClientCell(made)" } else { "ClientCell(not yet)" })
+    }
 }
 
 impl Access {
@@ -74,12 +88,17 @@ impl Access {
     /// A client of the kubeconfig's API server (in a pod with no
     /// kubeconfig, the pod's own).
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
-        let config = match self.read_kubeconfig() {
-            Ok(kubeconfig) => kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?,
-            Err(e) if self.kubeconfig.is_some() => return Err(e).context("reading --kubeconfig"),
-            Err(_) => kube::Config::infer().await.context("no kubeconfig, and not in a pod")?,
-        };
-        Ok(kube::Client::try_from(config)?)
+        let client = self.client.0.get_or_try_init(|| async {
+            let config = match self.read_kubeconfig() {
+                Ok(kubeconfig) => {
+                    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+                }
+                Err(e) if self.kubeconfig.is_some() => return Err(e).context("reading --kubeconfig"),
+                Err(_) => kube::Config::infer().await.context("no kubeconfig, and not in a pod")?,
+            };
+            anyhow::Ok(kube::Client::try_from(config)?)
+        });
+        Ok(client.await?.clone())
     }
 
     /// The namespace of the kubeconfig's current context, else `default`.

@@ -94,13 +94,12 @@ async fn page() -> Html<&'static str> {
 }
 
 impl Dashboard {
-    /// GETs `url` and reads its JSON, with a bearer token when given.
-    async fn get_json(&self, url: &str, token: Option<&str>) -> anyhow::Result<Value> {
-        let mut request = http::Request::get(url).header("Accept", "application/json");
-        if let Some(token) = token {
-            request = request.header("Authorization", format!("Bearer {token}"));
-        }
-        let request = request.body(Empty::new()).with_context(|| format!("{url} is not a URL"))?;
+    /// GETs `url` and reads its JSON.
+    async fn get_json(&self, url: &str) -> anyhow::Result<Value> {
+        let request = http::Request::get(url)
+            .header("Accept", "application/json")
+            .body(Empty::new())
+            .with_context(|| format!("{url} is not a URL"))?;
         let response = tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
             .await
             .with_context(|| format!("{url}: no answer within 10 s"))?
@@ -141,14 +140,8 @@ impl Dashboard {
                 return Vec::new();
             }
         };
-        let mut statuses = Vec::new();
-        for controller in controllers {
-            let answer = controller.get("/debug/syncz", Some(&token)).await;
-            match answer.and_then(|body| Ok(serde_json::from_str::<Vec<SyncStatus>>(&body)?)) {
-                Ok(mut more) => statuses.append(&mut more),
-                Err(e) => notes.push(format!("{e:#}")),
-            }
-        }
+        let (statuses, failures) = crate::ctl::commands::ask_syncz(&controllers, &token).await;
+        notes.extend(failures.iter().map(|e| format!("{e:#}")));
         statuses
     }
 
@@ -156,7 +149,7 @@ impl Dashboard {
     async fn query(&self, promql: &str) -> anyhow::Result<Value> {
         let encoded: String = form_urlencoded::byte_serialize(promql.as_bytes()).collect();
         let base = self.args.prometheus.trim_end_matches('/');
-        self.get_json(&format!("{base}/api/v1/query?query={encoded}"), None).await
+        self.get_json(&format!("{base}/api/v1/query?query={encoded}")).await
     }
 }
 
@@ -216,7 +209,7 @@ async fn workload_json(State(state): State<Arc<Dashboard>>, Query(query): Query<
             form_urlencoded::byte_serialize(format!("{app}.{}", query.namespace).as_bytes()).collect();
         let url =
             format!("{}/api/traces?service={service}&limit=5&lookback=1h", jaeger.trim_end_matches('/'));
-        match state.get_json(&url, None).await {
+        match state.get_json(&url).await {
             Ok(answer) => details.traces = traces(&answer),
             Err(e) => details.notes.push(format!("{e:#}")),
         }

@@ -184,19 +184,7 @@ fn tcp_metrics(reporter: Reporter, service: Option<&ServiceView>) -> [AccessLog;
         value_fixed: value.ok().map(|value| UInt64Value { value }),
         value_format: value.err().unwrap_or_default().to_string(),
     };
-    let logger = |counters: Vec<stats::Counter>, record: AccessLogType| {
-        let config = StatsLogConfig {
-            stats_scope: Some(StatsScope { prefix: STAT_PREFIX.to_string() }),
-            counters,
-            histograms: Vec::new(),
-        };
-        let log = AccessLog {
-            name: STATS_LOGGER.to_string(),
-            config_type: Some(access_log::ConfigType::TypedConfig(any(&config))),
-            ..Default::default()
-        };
-        of_type(log, record)
-    };
+    let logger = |counters, record| of_type(stats_logger(counters, Vec::new()), record);
     [
         logger(vec![counter("tcp_connections_opened_total", Ok(1))], AccessLogType::TcpUpstreamConnected),
         logger(
@@ -352,19 +340,27 @@ pub fn http_metrics(reporter: Reporter, protocol: Protocol, service: Option<&Ser
         unit: unit.into(),
         value_format: value.to_string(),
     };
-    let config = StatsLogConfig {
-        stats_scope: Some(StatsScope { prefix: STAT_PREFIX.to_string() }),
-        counters: vec![stats::Counter {
+    stats_logger(
+        vec![stats::Counter {
             stat: stat("requests_total"),
             value_fixed: Some(UInt64Value { value: 1 }),
             ..Default::default()
         }],
-        histograms: vec![
+        vec![
             histogram("request_duration_milliseconds", stats::histogram::Unit::Milliseconds, "%DURATION%"),
             // Bodies: Envoy's byte counts of a request leave out its headers.
             histogram("request_bytes", stats::histogram::Unit::Bytes, "%BYTES_RECEIVED%"),
             histogram("response_bytes", stats::histogram::Unit::Bytes, "%BYTES_SENT%"),
         ],
+    )
+}
+
+/// Envoy's stats logger with these stats, named `istio.*`.
+fn stats_logger(counters: Vec<stats::Counter>, histograms: Vec<stats::Histogram>) -> AccessLog {
+    let config = StatsLogConfig {
+        stats_scope: Some(StatsScope { prefix: STAT_PREFIX.to_string() }),
+        counters,
+        histograms,
     };
     AccessLog {
         name: STATS_LOGGER.to_string(),

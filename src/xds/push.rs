@@ -413,17 +413,9 @@ impl Pusher {
     }
 
     /// One push: a fresh context from the index, a snapshot for every
-    /// proxy, and an end to streams whose pod is gone.
-    pub async fn push(self: &Arc<Self>) -> Result<PushSummary, PushError> {
-        self.push_changes_from(tokio::time::Instant::now()).await
-    }
-
-    /// A push of the changes that began at `changed_at`, where the
-    /// proxies' convergence is measured from.
-    pub async fn push_changes_from(
-        self: &Arc<Self>,
-        changed_at: tokio::time::Instant,
-    ) -> Result<PushSummary, PushError> {
+    /// proxy, and an end to streams whose pod is gone. The changes began at
+    /// `changed_at`, where the proxies' convergence is measured from.
+    pub async fn push(self: &Arc<Self>, changed_at: tokio::time::Instant) -> Result<PushSummary, PushError> {
         let _one = self.pushing.lock().await;
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.push_blocking(changed_at))
@@ -548,7 +540,7 @@ pub async fn run(
         if let Some(others) = &mut others {
             others.borrow_and_update();
         }
-        pusher.push_changes_from(first).await?;
+        pusher.push(first).await?;
     }
 }
 
